@@ -1,0 +1,13 @@
+//! Protobuf definitions and generated tonic clients and servers shared by
+//! every Trellis component. The `.proto` sources live in `api/proto/`.
+//!
+//! The main types are the services of `trellis.v1`: [`v1::raft_server`] (Raft
+//! peers), [`v1::peer_server`] (node-to-node forwarding), [`v1::join_server`]
+//! (first contact with a join token), [`v1::ca_server`] (certificates) and
+//! [`v1::admin_server`] (the CLI), each with its client.
+
+/// `trellis.v1`: the control-plane API.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)] // generated code
+    tonic::include_proto!("trellis.v1");
+}

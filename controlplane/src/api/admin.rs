@@ -1,0 +1,173 @@
+//! The `Admin` service, for the `trellis` CLI: tokens, members, and raw
+//! key-value access to the store.
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use trellis_api::v1::admin_server::Admin;
+use trellis_api::v1::{
+    CreateTokenRequest, CreateTokenResponse, Empty, GetRequest, GetResponse, ListTokensResponse,
+    MembersResponse, PutRequest, PutResponse, RemoveNodeRequest, RevokeTokenRequest, TokenInfo,
+};
+
+use super::require_admin;
+use crate::error::NodeError;
+use crate::node::{now, LeaderOp, LeaderReply, Node};
+use crate::raft::Command;
+use crate::tokens::{JoinToken, TokenKind, TokenRecord};
+
+/// Token lifetime when the request names none.
+const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
+
+pub struct AdminService(pub Arc<Node>);
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        let r = req.into_inner();
+        let kind = match (r.kind.as_str(), r.identity.as_str()) {
+            ("controlplane", "") => TokenKind::ControlPlane,
+            ("controlplane", _) => {
+                return Err(Status::invalid_argument(
+                    "identity: only vm tokens carry an identity",
+                ))
+            }
+            ("vm", "") => {
+                return Err(Status::invalid_argument(
+                    "identity: a vm token needs --identity NAMESPACE/SERVICEACCOUNT",
+                ))
+            }
+            ("vm", id) => {
+                TokenKind::vm(id).map_err(|e| Status::invalid_argument(format!("identity: {e}")))?
+            }
+            (other, _) => {
+                return Err(Status::invalid_argument(format!(
+                    "kind: `{other}` is not a token kind; use controlplane or vm"
+                )))
+            }
+        };
+        let mesh = self.0.mesh().ok_or(NodeError::NoLeader)?;
+        let pin = crate::ca::cert_fingerprint(&mesh.root_cert_pem)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        // Every member's address, this node's first: the joiner tries them
+        // in order.
+        let mut addrs = vec![self.0.address.clone()];
+        for m in self.0.members().await {
+            if !addrs.contains(&m.address) {
+                addrs.push(m.address);
+            }
+        }
+        let token = JoinToken::generate(addrs, pin);
+        let ttl = if r.ttl_seconds == 0 {
+            DEFAULT_TOKEN_TTL_SECS
+        } else {
+            r.ttl_seconds
+        };
+        let max_uses = (r.max_uses > 0).then_some(r.max_uses);
+        let record = TokenRecord::new(&token, kind, now(), ttl, max_uses);
+        let expires = record.expires_at;
+        self.0.write(Command::CreateToken { record }).await?;
+        Ok(Response::new(CreateTokenResponse {
+            token: token.encode(),
+            id: token.id.clone(),
+            expires_at_unix: expires as i64,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<Empty>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        let now = now();
+        let tokens = self
+            .0
+            .read_state(|s| s.store.tokens())
+            .into_iter()
+            .map(|t| {
+                let (kind, identity) = match &t.kind {
+                    TokenKind::ControlPlane => ("controlplane".to_string(), String::new()),
+                    TokenKind::Vm { identity } => ("vm".to_string(), identity.clone()),
+                };
+                TokenInfo {
+                    id: t.id.clone(),
+                    kind,
+                    identity,
+                    created_at_unix: t.created_at as i64,
+                    expires_at_unix: t.expires_at as i64,
+                    uses: t.uses,
+                    max_uses: t.max_uses.unwrap_or(0),
+                    status: t.summary(now).to_string(),
+                }
+            })
+            .collect();
+        Ok(Response::new(ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<RevokeTokenRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        require_admin(&self.0, &req)?;
+        let id = req.into_inner().id;
+        self.0
+            .write(Command::RevokeToken { id, now: now() })
+            .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn members(&self, req: Request<Empty>) -> Result<Response<MembersResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        Ok(Response::new(MembersResponse {
+            members: self.0.members().await,
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        let id = req.into_inner().node_id;
+        self.0.leader_op(LeaderOp::RemoveNode { id }).await?;
+        Ok(Response::new(MembersResponse {
+            members: self.0.members().await,
+        }))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        let r = req.into_inner();
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument("key: must not be empty"));
+        }
+        let (index, _) = self
+            .0
+            .write(Command::Put {
+                key: r.key,
+                value: r.value,
+            })
+            .await?;
+        Ok(Response::new(PutResponse { index }))
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        let r = req.into_inner();
+        let value = if r.linearizable {
+            match self.0.leader_op(LeaderOp::Read { key: r.key }).await? {
+                LeaderReply::Read(v) => v,
+                other => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+            }
+        } else {
+            self.0.read_state(|s| s.store.kv(&r.key).cloned())
+        };
+        Ok(Response::new(GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+}

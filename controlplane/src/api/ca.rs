@@ -1,0 +1,102 @@
+//! The `Ca` service: signs workload CSRs for the identity the caller proved,
+//! and serves the trust bundle.
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use trellis_api::v1::ca_server::Ca;
+use trellis_api::v1::{Empty, IssueCertificateRequest, IssueCertificateResponse, TrustBundle};
+use trellis_identity::SpiffeId;
+
+use super::{mesh_caller, peer_ip};
+use crate::ca::{check_csr, CsrPolicy};
+use crate::error::NodeError;
+use crate::node::Node;
+use crate::tokens::{parse_vm_identity, JoinToken, KindRequired, TokenKind};
+
+pub struct CaService(pub Arc<Node>);
+
+impl CaService {
+    fn policy(&self, id: &SpiffeId, ttl_seconds: u64) -> CsrPolicy {
+        let s = &self.0.settings;
+        CsrPolicy {
+            expected_uri: id.to_string(),
+            requested_ttl: (ttl_seconds > 0).then(|| Duration::from_secs(ttl_seconds)),
+            default_ttl: s.leaf_ttl,
+            max_ttl: s.max_leaf_ttl,
+        }
+    }
+
+    /// The identity a VM token is scoped to, read from this node's replica
+    /// so the CSR can be checked before a use of the token is spent.
+    fn token_identity(&self, token: &str) -> Option<SpiffeId> {
+        let t = JoinToken::parse(token).ok()?;
+        let record = self.0.read_state(|s| s.store.token(&t.id))?;
+        self.identity_of(&record.kind).ok()
+    }
+
+    fn identity_of(&self, kind: &TokenKind) -> Result<SpiffeId, NodeError> {
+        match kind {
+            TokenKind::Vm { identity } => {
+                let (ns, sa) =
+                    parse_vm_identity(identity).map_err(|e| NodeError::Internal(e.to_string()))?;
+                Ok(SpiffeId::workload(&self.0.trust_domain, &ns, &sa))
+            }
+            TokenKind::ControlPlane => Err(NodeError::Refused(
+                "a control-plane token cannot be used to get a workload certificate".into(),
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Ca for CaService {
+    async fn issue_certificate(
+        &self,
+        req: Request<IssueCertificateRequest>,
+    ) -> Result<Response<IssueCertificateResponse>, Status> {
+        let node = &self.0;
+        let ip = peer_ip(&req);
+        let current = trellis_identity::grpc::peer_info(&req).and_then(|p| p.spiffe_id());
+        let r = req.into_inner();
+        let id = if !r.token.is_empty() {
+            if let Some(id) = self.token_identity(&r.token) {
+                check_csr(r.csr_pem.as_bytes(), &self.policy(&id, r.ttl_seconds))
+                    .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+            }
+            let (record, _) = node.use_token(&r.token, KindRequired::Vm, &ip).await?;
+            self.identity_of(&record.kind)?
+        } else {
+            match current {
+                Some(id) if id.trust_domain() == node.trust_domain => id,
+                Some(id) => {
+                    return Err(Status::permission_denied(format!(
+                        "{id} is not in trust domain {}",
+                        node.trust_domain
+                    )))
+                }
+                None => return Err(Status::unauthenticated(
+                    "present a join token (token) or a current certificate of this mesh (renewal)",
+                )),
+            }
+        };
+        let issued = node
+            .intermediate
+            .issue(r.csr_pem.as_bytes(), &self.policy(&id, r.ttl_seconds))
+            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+        tracing::info!(identity = %id, not_after = issued.not_after_unix, "issued certificate");
+        Ok(Response::new(IssueCertificateResponse {
+            chain_pem: issued.chain_pem,
+            trust_bundle_pem: vec![node.intermediate.root_pem().to_string()],
+            not_after_unix: issued.not_after_unix,
+        }))
+    }
+
+    async fn get_trust_bundle(&self, req: Request<Empty>) -> Result<Response<TrustBundle>, Status> {
+        mesh_caller(&self.0, &req)?;
+        Ok(Response::new(TrustBundle {
+            trust_domain: self.0.trust_domain.clone(),
+            roots_pem: vec![self.0.intermediate.root_pem().to_string()],
+        }))
+    }
+}

@@ -1,0 +1,418 @@
+//! Starting a node: `init` (a new mesh), `join` (with a token) and `run`
+//! (restart from the data directory). `main.rs` parses flags and calls
+//! these.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use base64::Engine;
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use trellis_api::v1::join_client::JoinClient;
+use trellis_api::v1::AddNodeRequest;
+use trellis_api::v1::JoinControlPlaneRequest;
+use trellis_identity::admin_config::{write_private, AdminConfig};
+use trellis_identity::verify::{
+    client_config, server_config, Expect, Identity, PinnedRootVerifier, SpiffeServerVerifier,
+};
+use trellis_identity::{csr, grpc, pem, SpiffeId};
+
+use crate::ca::{IntermediateCa, RootCa, SealKey, DEFAULT_INTERMEDIATE_LIFETIME};
+use crate::local::LocalState;
+use crate::node::{Node, Settings};
+use crate::raft::state::SEAL_CHECK_TEXT;
+use crate::raft::{Command, MeshInfo};
+use crate::tokens::JoinToken;
+
+/// Lifetime of a node's own serving certificate; a new one is issued at
+/// every start.
+const SERVING_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Lifetime of the admin client certificate written by `init`.
+const ADMIN_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Where the CA key (that seals CA private keys at rest) comes from.
+#[derive(Clone, Debug, Default)]
+pub struct CaKeySource {
+    /// `--ca-key-file`.
+    pub file: Option<PathBuf>,
+    /// `TRELLIS_CA_KEY`: the key itself, base64.
+    pub value: Option<String>,
+}
+
+impl CaKeySource {
+    fn default_file(data_dir: &Path) -> PathBuf {
+        data_dir.join("ca.key")
+    }
+
+    /// The given key, else `DATA_DIR/ca.key` if present.
+    fn load(&self, data_dir: &Path) -> anyhow::Result<Option<SealKey>> {
+        if let Some(v) = &self.value {
+            return Ok(Some(SealKey::from_base64(v)?));
+        }
+        if let Some(f) = &self.file {
+            return Ok(Some(SealKey::load(f)?));
+        }
+        let default = Self::default_file(data_dir);
+        if default.exists() {
+            return Ok(Some(SealKey::load(&default)?));
+        }
+        Ok(None)
+    }
+
+    fn require(&self, data_dir: &Path) -> anyhow::Result<SealKey> {
+        self.load(data_dir)?.ok_or_else(|| {
+            anyhow!(
+                "no CA key: pass --ca-key-file FILE or set TRELLIS_CA_KEY (the key printed by \
+                 `trellis-controlplane init`, also in its DATA_DIR/ca.key)"
+            )
+        })
+    }
+}
+
+fn host_of(addr: &str) -> String {
+    addr.rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+        .unwrap_or_else(|| addr.to_string())
+}
+
+/// Starts a new mesh on this node, then runs it.
+pub async fn init(
+    trust_domain: &str,
+    advertise: &str,
+    settings: Settings,
+    key: CaKeySource,
+) -> anyhow::Result<()> {
+    let dir = settings.data_dir.clone();
+    if LocalState::exists(&dir) {
+        eprintln!(
+            "{} is already initialized; starting the node",
+            dir.display()
+        );
+        return run(settings, key, None).await;
+    }
+    trellis_identity::spiffe::validate_trust_domain(trust_domain)
+        .map_err(|e| anyhow!("--trust-domain: {e}"))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let seal = match key.load(&dir)? {
+        Some(k) => k,
+        None => {
+            let k = SealKey::generate();
+            let path = CaKeySource::default_file(&dir);
+            write_private(&path, format!("{}\n", k.to_base64()).as_bytes())?;
+            eprintln!(
+                "generated the CA key in {} (mode 0600): every control-plane node needs it \
+                 (--ca-key-file); back it up apart from the data directory",
+                path.display()
+            );
+            k
+        }
+    };
+    let root = RootCa::generate(trust_domain)?;
+    let inter_req = csr::generate_ca_csr()?;
+    let inter_pem =
+        root.sign_intermediate(&inter_req.csr_pem, "node-1", DEFAULT_INTERMEDIATE_LIFETIME)?;
+    let inter = IntermediateCa::from_pem(&inter_pem, &inter_req.key_pem, root.cert_pem())?;
+    let mesh = MeshInfo {
+        trust_domain: trust_domain.to_string(),
+        root_cert_pem: root.cert_pem().to_string(),
+        sealed_root_key: seal.seal(root.key_pem().as_bytes()),
+        seal_check: seal.seal(SEAL_CHECK_TEXT),
+    };
+    let local = LocalState {
+        node_id: 1,
+        trust_domain: trust_domain.to_string(),
+        address: advertise.to_string(),
+        root_cert_pem: root.cert_pem().to_string(),
+        intermediate_cert_pem: inter_pem,
+        sealed_intermediate_key: B64.encode(seal.seal(inter_req.key_pem.as_bytes())),
+        pending_mesh: Some(mesh),
+        joined: true,
+        seeds: Vec::new(),
+        learner: false,
+    };
+    let (admin_cert, admin_key) = inter.issue_local(
+        &SpiffeId::admin(trust_domain).to_string(),
+        &[],
+        ADMIN_CERT_TTL,
+    )?;
+    let admin = AdminConfig {
+        trust_domain: trust_domain.to_string(),
+        controlplanes: vec![advertise.to_string()],
+        trust_bundle: root.cert_pem().to_string(),
+        certificate: admin_cert.chain_pem.concat(),
+        key: admin_key,
+    };
+    let admin_path = dir.join("admin.yaml");
+    admin.save(&admin_path)?;
+    local.save(&dir)?;
+    println!(
+        "initialized mesh {trust_domain} (root sha256:{})",
+        hex::encode(root.fingerprint_sha256())
+    );
+    println!(
+        "admin config: {} (use: export TRELLIS_CONFIG={})",
+        admin_path.display(),
+        admin_path.display()
+    );
+    run(settings, key, Some(seal)).await
+}
+
+/// Joins an existing mesh with a control-plane token, then runs.
+pub async fn join(
+    token: &str,
+    advertise: &str,
+    learner: bool,
+    settings: Settings,
+    key: CaKeySource,
+) -> anyhow::Result<()> {
+    let dir = settings.data_dir.clone();
+    if LocalState::exists(&dir) {
+        eprintln!("{} has already joined; starting the node", dir.display());
+        return run(settings, key, None).await;
+    }
+    let seal = key.require(&dir)?;
+    let token_str = token.trim();
+    let token = JoinToken::parse(token_str)?;
+    let req = csr::generate_ca_csr()?;
+    // Trust on first contact only a server whose chain holds the pinned root.
+    let tls = Arc::new(client_config(
+        None,
+        Arc::new(PinnedRootVerifier::new(token.root_pin)),
+    )?);
+    let (channel, addr) = grpc::connect_any(&token.addrs, tls).await?;
+    let resp = JoinClient::new(channel)
+        .join_control_plane(JoinControlPlaneRequest {
+            token: token_str.to_string(),
+            intermediate_csr_pem: req.csr_pem.clone(),
+            address: advertise.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow!("{addr} refused the join: {}", s.message()))?
+        .into_inner();
+    let root = pem::certs(&resp.root_cert_pem, "root certificate")?;
+    if trellis_identity::sha256(&root[0]) != token.root_pin {
+        bail!("the root certificate sent by {addr} does not match the token's pin; not joining");
+    }
+    match seal.open(&resp.seal_check) {
+        Ok(t) if t == SEAL_CHECK_TEXT => {}
+        _ => bail!(
+            "the CA key given to this node is not this mesh's CA key; pass the key of the \
+             first node (its DATA_DIR/ca.key) with --ca-key-file or TRELLIS_CA_KEY"
+        ),
+    }
+    IntermediateCa::from_pem(
+        &resp.intermediate_cert_pem,
+        &req.key_pem,
+        &resp.root_cert_pem,
+    )?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let local = LocalState {
+        node_id: resp.node_id,
+        trust_domain: resp.trust_domain.clone(),
+        address: advertise.to_string(),
+        root_cert_pem: resp.root_cert_pem,
+        intermediate_cert_pem: resp.intermediate_cert_pem,
+        sealed_intermediate_key: B64.encode(seal.seal(req.key_pem.as_bytes())),
+        pending_mesh: None,
+        joined: false,
+        seeds: token.addrs.clone(),
+        learner,
+    };
+    local.save(&dir)?;
+    println!(
+        "joined mesh {} as node {} ({})",
+        resp.trust_domain,
+        resp.node_id,
+        if learner { "learner" } else { "voter" }
+    );
+    run(settings, key, Some(seal)).await
+}
+
+/// Runs the node in `settings.data_dir` until SIGINT or SIGTERM.
+pub async fn run(
+    settings: Settings,
+    key: CaKeySource,
+    seal: Option<SealKey>,
+) -> anyhow::Result<()> {
+    let dir = settings.data_dir.clone();
+    let seal = match seal {
+        Some(s) => s,
+        None => key.require(&dir)?,
+    };
+    let local = LocalState::load(&dir)?;
+    let sealed = B64
+        .decode(&local.sealed_intermediate_key)
+        .context("node.json: sealed_intermediate_key is not base64")?;
+    let inter_key =
+        String::from_utf8(seal.open(&sealed)?).context("intermediate key is not PEM")?;
+    let inter = IntermediateCa::from_pem(
+        &local.intermediate_cert_pem,
+        &inter_key,
+        &local.root_cert_pem,
+    )?;
+
+    let me = SpiffeId::controlplane(&local.trust_domain, &format!("node-{}", local.node_id));
+    let (serving, serving_key) = inter.issue_local(
+        &me.to_string(),
+        &[host_of(&local.address)],
+        SERVING_CERT_TTL,
+    )?;
+    // Serve the root too, so a joining node can match it with its pin.
+    let chain = format!("{}{}", serving.chain_pem.concat(), local.root_cert_pem);
+    let identity = Identity::from_pem(&chain, &serving_key)?;
+    let roots = pem::certs(&local.root_cert_pem, "root certificate")?;
+    let server_tls = Arc::new(RwLock::new(Arc::new(server_config(&identity, &roots)?)));
+    let peer_tls = Arc::new(client_config(
+        Some(&identity),
+        Arc::new(SpiffeServerVerifier::new(
+            &roots,
+            Expect::AnyControlPlane {
+                trust_domain: local.trust_domain.clone(),
+            },
+        )?),
+    )?);
+
+    let (raft, state) =
+        crate::raft::start(local.node_id, &dir, &settings.raft, peer_tls.clone()).await?;
+    // Refuse to run with a CA key that cannot open the mesh's root key.
+    let mesh = state.read().unwrap_or_else(|p| p.into_inner()).store.mesh();
+    if let Some(mesh) = mesh {
+        seal.open(&mesh.sealed_root_key)
+            .context("the CA key does not open this mesh's root key")?;
+    }
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let node = Arc::new(Node::new(
+        local.node_id,
+        local.trust_domain.clone(),
+        local.address.clone(),
+        raft.clone(),
+        state,
+        settings,
+        inter,
+        seal,
+        peer_tls,
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        crate::api::router(node.clone()).serve_with_incoming_shutdown(
+            grpc::incoming(listener, server_tls),
+            async {
+                let _ = stop_rx.await;
+            },
+        ),
+    );
+
+    if let Some(mesh) = local.pending_mesh.clone() {
+        if !raft.is_initialized().await? {
+            let members = BTreeMap::from([(local.node_id, BasicNode::new(local.address.clone()))]);
+            raft.initialize(members).await?;
+        }
+        tokio::spawn(finish_init(node.clone(), mesh, dir.clone()));
+    }
+    if !local.joined {
+        tokio::spawn(request_membership(node.clone(), local.clone(), dir.clone()));
+    }
+    println!(
+        "ready: node {} of {} serving on {}",
+        local.node_id, local.trust_domain, local.address
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    raft.shutdown()
+        .await
+        .map_err(|e| anyhow!("raft shutdown: {e}"))?;
+    Ok(())
+}
+
+/// Writes the mesh record of a new mesh (retrying until this node leads),
+/// then forgets it locally.
+async fn finish_init(node: Arc<Node>, mesh: MeshInfo, dir: PathBuf) {
+    loop {
+        if node.mesh().is_some() {
+            break;
+        }
+        match node
+            .write(Command::InitMesh {
+                mesh: mesh.clone(),
+                next_node_id: 2,
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "writing the mesh record; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    match LocalState::load(&dir) {
+        Ok(mut local) => {
+            local.pending_mesh = None;
+            if let Err(e) = local.save(&dir) {
+                tracing::warn!(error = %e, "saving node.json");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading node.json"),
+    }
+}
+
+/// Asks the cluster, through any known node, to add this node; retries
+/// until it is a member.
+async fn request_membership(node: Arc<Node>, mut local: LocalState, dir: PathBuf) {
+    let mut attempt = 0u32;
+    loop {
+        for seed in &local.seeds {
+            let Ok(mut client) = node.peer_client(seed) else {
+                continue;
+            };
+            let req = AddNodeRequest {
+                node_id: local.node_id,
+                address: local.address.clone(),
+                learner: local.learner,
+            };
+            match client.add_node(req).await {
+                Ok(_) => {
+                    tracing::info!(node_id = local.node_id, "added to the cluster");
+                    local.joined = true;
+                    if let Err(e) = local.save(&dir) {
+                        tracing::warn!(error = %e, "saving node.json");
+                    }
+                    return;
+                }
+                Err(s) => tracing::warn!(seed = %seed, error = %s.message(), "asking to be added"),
+            }
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

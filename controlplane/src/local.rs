@@ -1,0 +1,60 @@
+//! What a node keeps for itself in its data directory (`node.json`): its
+//! id, address, trust domain, root certificate and its intermediate CA, the
+//! intermediate's key sealed with the CA key. Everything the mesh shares is
+//! in the replicated store instead.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::raft::MeshInfo;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalState {
+    pub node_id: u64,
+    pub trust_domain: String,
+    /// The address peers and clients reach this node at.
+    pub address: String,
+    pub root_cert_pem: String,
+    pub intermediate_cert_pem: String,
+    /// Base64 of the intermediate CA key sealed with the CA key.
+    pub sealed_intermediate_key: String,
+    /// Set on the first node until the mesh record is in the store (so a
+    /// crash during `init` is finished at the next start).
+    #[serde(default)]
+    pub pending_mesh: Option<MeshInfo>,
+    /// Whether the cluster has added this node (false between `join` and
+    /// the leader accepting it; the node asks again at start).
+    #[serde(default)]
+    pub joined: bool,
+    /// Control-plane addresses known at join time, to ask to be added.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// Join as a non-voting learner.
+    #[serde(default)]
+    pub learner: bool,
+}
+
+impl LocalState {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("node.json")
+    }
+
+    pub fn exists(data_dir: &Path) -> bool {
+        Self::path(data_dir).exists()
+    }
+
+    pub fn load(data_dir: &Path) -> anyhow::Result<Self> {
+        let p = Self::path(data_dir);
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            anyhow::anyhow!("{}: {e}; is this a Trellis data directory?", p.display())
+        })?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    }
+
+    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_vec_pretty(self)?;
+        trellis_identity::admin_config::write_private(&Self::path(data_dir), &text)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! `trellis-controlplane`: parses flags and starts a node.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use trellis_controlplane::bootstrap::{self, CaKeySource};
+use trellis_controlplane::node::Settings;
+use trellis_controlplane::raft::RaftSettings;
+
+#[derive(Parser)]
+#[command(
+    name = "trellis-controlplane",
+    version,
+    about = "The Trellis control plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a new mesh on this node: generate the root CA, this node's
+    /// intermediate and the admin config (DATA_DIR/admin.yaml), then serve.
+    Init {
+        /// Trust domain of the mesh, e.g. example.org.
+        #[arg(long, env = "TRELLIS_TRUST_DOMAIN")]
+        trust_domain: String,
+        #[command(flatten)]
+        node: NodeFlags,
+    },
+    /// Join an existing mesh with a token from `trellis token create --kind controlplane`, then serve.
+    Join {
+        /// The join token.
+        #[arg(long, env = "TRELLIS_TOKEN")]
+        token: String,
+        /// Join as a learner: replicates and serves reads but never votes.
+        #[arg(long)]
+        learner: bool,
+        #[command(flatten)]
+        node: NodeFlags,
+    },
+    /// Restart a node from its data directory.
+    Run {
+        #[command(flatten)]
+        node: NodeFlags,
+    },
+}
+
+#[derive(Args)]
+struct NodeFlags {
+    /// Directory of this node's store, keys and certificates.
+    #[arg(long, env = "TRELLIS_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address of the gRPC port (Raft, agents, admin).
+    #[arg(long, env = "TRELLIS_LISTEN", default_value = "127.0.0.1:15012")]
+    listen: String,
+    /// Address other nodes and clients use to reach this one, if not --listen.
+    #[arg(long, env = "TRELLIS_ADVERTISE")]
+    advertise: Option<String>,
+    /// File holding the CA key (base64) that seals CA private keys at rest;
+    /// TRELLIS_CA_KEY may hold the key itself. Default: DATA_DIR/ca.key.
+    #[arg(long, env = "TRELLIS_CA_KEY_FILE")]
+    ca_key_file: Option<PathBuf>,
+    /// Raft heartbeat interval, milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Minimum election timeout, milliseconds (the maximum is twice this).
+    #[arg(long, default_value_t = 400)]
+    election_timeout_ms: u64,
+    /// Take a snapshot and compact the log every this many entries.
+    #[arg(long, default_value_t = 5000)]
+    snapshot_every: u64,
+    /// Default lifetime of issued workload certificates, seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    cert_ttl_secs: u64,
+    /// Longest lifetime a workload certificate may ask for, seconds.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    max_cert_ttl_secs: u64,
+}
+
+impl NodeFlags {
+    fn settings(&self) -> Settings {
+        Settings {
+            data_dir: self.data_dir.clone(),
+            listen: self.listen.clone(),
+            raft: RaftSettings {
+                heartbeat: Duration::from_millis(self.heartbeat_ms),
+                election_timeout: (
+                    Duration::from_millis(self.election_timeout_ms),
+                    Duration::from_millis(self.election_timeout_ms * 2),
+                ),
+                snapshot_every: self.snapshot_every,
+                ..RaftSettings::default()
+            },
+            leaf_ttl: Duration::from_secs(self.cert_ttl_secs),
+            max_leaf_ttl: Duration::from_secs(self.max_cert_ttl_secs),
+        }
+    }
+
+    fn advertise(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.clone())
+    }
+
+    fn key(&self) -> CaKeySource {
+        CaKeySource {
+            file: self.ca_key_file.clone(),
+            value: std::env::var("TRELLIS_CA_KEY")
+                .ok()
+                .filter(|v| !v.is_empty()),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
+                .unwrap_or_else(|_| "warn,trellis_controlplane=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Cmd::Init { trust_domain, node } => {
+            bootstrap::init(
+                &trust_domain,
+                &node.advertise(),
+                node.settings(),
+                node.key(),
+            )
+            .await
+        }
+        Cmd::Join {
+            token,
+            learner,
+            node,
+        } => {
+            bootstrap::join(
+                &token,
+                &node.advertise(),
+                learner,
+                node.settings(),
+                node.key(),
+            )
+            .await
+        }
+        Cmd::Run { node } => bootstrap::run(node.settings(), node.key(), None).await,
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,432 @@
+//! A running control-plane node: its Raft instance, its replica, its CA and
+//! the operations the APIs call. Writes and linearizable reads run on the
+//! leader; a follower forwards them ([`Node::leader_op`]).
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
+use trellis_api::v1::peer_client::PeerClient;
+use trellis_api::v1::{Empty, Member, RaftPayload};
+
+use crate::ca::{IntermediateCa, RootCa, SealKey};
+use crate::error::NodeError;
+use crate::raft::{Command, MeshInfo, NodeId, Raft, RaftSettings, Response, SharedState};
+use crate::tokens::{JoinToken, KindRequired, Throttle, TokenRecord};
+
+/// Settings of a node, from its command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// Address to bind the gRPC port to.
+    pub listen: String,
+    pub raft: RaftSettings,
+    /// Lifetime of issued workload certificates when the CSR asks for none.
+    pub leaf_ttl: Duration,
+    /// Longest lifetime a caller may ask for.
+    pub max_leaf_ttl: Duration,
+}
+
+/// An operation that must run on the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LeaderOp {
+    Write(Command),
+    Read {
+        key: String,
+    },
+    AddNode {
+        id: NodeId,
+        addr: String,
+        learner: bool,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+}
+
+/// The leader's answer to a [`LeaderOp`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LeaderReply {
+    Written { index: u64, response: Response },
+    Read(Option<Vec<u8>>),
+    Done,
+}
+
+/// Result of an operation carried to the leader; the error is the text of a
+/// [`NodeError`] with its status code, rebuilt on the receiving side.
+pub type ForwardResult = Result<LeaderReply, (i32, String)>;
+
+enum Local {
+    NotLeader,
+    Failed(NodeError),
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Failed token attempts before a peer is locked out, within a minute.
+const THROTTLE_MAX_FAILURES: u32 = 5;
+const THROTTLE_WINDOW_SECS: u64 = 60;
+const THROTTLE_LOCKOUT_SECS: u64 = 60;
+
+pub struct Node {
+    pub id: NodeId,
+    pub trust_domain: String,
+    pub address: String,
+    pub raft: Raft,
+    pub state: SharedState,
+    pub settings: Settings,
+    pub intermediate: IntermediateCa,
+    seal: SealKey,
+    peer_tls: Arc<rustls::ClientConfig>,
+    peers: Mutex<HashMap<String, PeerClient<Channel>>>,
+    throttle: Mutex<Throttle>,
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)] // one constructor, called once by bootstrap
+    pub fn new(
+        id: NodeId,
+        trust_domain: String,
+        address: String,
+        raft: Raft,
+        state: SharedState,
+        settings: Settings,
+        intermediate: IntermediateCa,
+        seal: SealKey,
+        peer_tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        Self {
+            id,
+            trust_domain,
+            address,
+            raft,
+            state,
+            settings,
+            intermediate,
+            seal,
+            peer_tls,
+            peers: Mutex::new(HashMap::new()),
+            throttle: Mutex::new(Throttle::new(
+                THROTTLE_MAX_FAILURES,
+                THROTTLE_WINDOW_SECS,
+                THROTTLE_LOCKOUT_SECS,
+            )),
+        }
+    }
+
+    /// The mesh record from this node's replica.
+    pub fn mesh(&self) -> Option<MeshInfo> {
+        self.read_state(|s| s.store.mesh())
+    }
+
+    /// Reads this node's replica.
+    pub fn read_state<T>(&self, f: impl FnOnce(&crate::raft::state_machine::Applied) -> T) -> T {
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        f(&st)
+    }
+
+    /// The root CA, unsealed for one signing: only ever held in memory.
+    pub fn root_ca(&self) -> Result<RootCa, NodeError> {
+        let mesh = self
+            .mesh()
+            .ok_or_else(|| NodeError::Internal("this node has no mesh record yet".into()))?;
+        let key = self
+            .seal
+            .open(&mesh.sealed_root_key)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let key = String::from_utf8(key).map_err(|e| NodeError::Internal(e.to_string()))?;
+        RootCa::from_pem(&mesh.root_cert_pem, &key).map_err(|e| NodeError::Internal(e.to_string()))
+    }
+
+    /// The current leader and its address, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())?;
+        Some((leader, addr))
+    }
+
+    async fn wait_leader(&self, deadline: Instant) -> Result<(NodeId, String), NodeError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(NodeError::NoLeader);
+            }
+            let _ = tokio::time::timeout(left, rx.changed()).await;
+        }
+    }
+
+    /// A (cached) client to a peer's `Peer` service.
+    pub fn peer_client(&self, addr: &str) -> Result<PeerClient<Channel>, NodeError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = trellis_identity::grpc::channel(addr, self.peer_tls.clone())
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let c = PeerClient::new(ch);
+        peers.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Runs `op` on the leader: here if this node leads, else forwarded.
+    /// Retries through elections for up to five seconds.
+    pub async fn leader_op(&self, op: LeaderOp) -> Result<LeaderReply, NodeError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (leader, addr) = self.wait_leader(deadline).await?;
+            let res = if leader == self.id {
+                match self.run_local(&op).await {
+                    Ok(r) => Ok(r),
+                    Err(Local::Failed(e)) => Err(e),
+                    Err(Local::NotLeader) => Err(NodeError::NoLeader),
+                }
+            } else {
+                self.forward(leader, &addr, &op).await
+            };
+            match res {
+                Err(NodeError::NoLeader | NodeError::LeaderUnreachable { .. })
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        op: &LeaderOp,
+    ) -> Result<LeaderReply, NodeError> {
+        let mut client = self.peer_client(addr)?;
+        let data = bincode::serialize(op).map_err(|e| NodeError::Internal(e.to_string()))?;
+        let reply = client
+            .forward(RaftPayload { data })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                    NodeError::LeaderUnreachable {
+                        leader,
+                        addr: addr.to_string(),
+                        reason: s.message().to_string(),
+                    }
+                }
+                _ => NodeError::from(s),
+            })?
+            .into_inner();
+        let res: ForwardResult =
+            bincode::deserialize(&reply.data).map_err(|e| NodeError::Internal(e.to_string()))?;
+        res.map_err(|(code, msg)| NodeError::from(tonic::Status::new(tonic::Code::from(code), msg)))
+    }
+
+    /// Serves an operation forwarded by a peer: only if this node leads.
+    pub async fn serve_forwarded(&self, op: LeaderOp) -> ForwardResult {
+        match self.run_local(&op).await {
+            Ok(r) => Ok(r),
+            Err(Local::NotLeader) => {
+                let s = tonic::Status::from(NodeError::NoLeader);
+                Err((s.code() as i32, s.message().to_string()))
+            }
+            Err(Local::Failed(e)) => {
+                let s = tonic::Status::from(e);
+                Err((s.code() as i32, s.message().to_string()))
+            }
+        }
+    }
+
+    async fn run_local(&self, op: &LeaderOp) -> Result<LeaderReply, Local> {
+        fn write_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Local {
+            match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Local::NotLeader,
+                RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                    Local::Failed(NodeError::Refused(e.to_string()))
+                }
+                RaftError::Fatal(e) => Local::Failed(NodeError::Internal(e.to_string())),
+            }
+        }
+        match op {
+            LeaderOp::Write(cmd) => {
+                let r = self
+                    .raft
+                    .client_write(cmd.clone())
+                    .await
+                    .map_err(write_err)?;
+                Ok(LeaderReply::Written {
+                    index: r.log_id.index,
+                    response: r.data,
+                })
+            }
+            LeaderOp::Read { key } => {
+                self.raft.ensure_linearizable().await.map_err(|e| match e {
+                    RaftError::APIError(_) => Local::NotLeader,
+                    RaftError::Fatal(e) => Local::Failed(NodeError::Internal(e.to_string())),
+                })?;
+                Ok(LeaderReply::Read(
+                    self.read_state(|s| s.store.kv(key).cloned()),
+                ))
+            }
+            LeaderOp::AddNode { id, addr, learner } => {
+                self.raft
+                    .add_learner(*id, BasicNode::new(addr.clone()), true)
+                    .await
+                    .map_err(write_err)?;
+                if !learner {
+                    self.raft
+                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false)
+                        .await
+                        .map_err(write_err)?;
+                }
+                Ok(LeaderReply::Done)
+            }
+            LeaderOp::RemoveNode { id } => {
+                let m = self.raft.metrics().borrow().membership_config.clone();
+                let membership = m.membership();
+                if membership.get_node(id).is_none() {
+                    return Err(Local::Failed(NodeError::NotFound(format!(
+                        "node {id} is not a member; `trellis controlplane members` lists them"
+                    ))));
+                }
+                let is_voter = membership.voter_ids().any(|v| v == *id);
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([*id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([*id]))
+                };
+                self.raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(write_err)?;
+                Ok(LeaderReply::Done)
+            }
+        }
+    }
+
+    /// Writes a command through the leader; a refusal by the store becomes
+    /// [`NodeError::Refused`]. Returns the commit index and the response.
+    pub async fn write(&self, cmd: Command) -> Result<(u64, Response), NodeError> {
+        match self.leader_op(LeaderOp::Write(cmd)).await? {
+            LeaderReply::Written {
+                response: Response::Refused(why),
+                ..
+            } => Err(NodeError::Refused(why)),
+            LeaderReply::Written { index, response } => Ok((index, response)),
+            other => Err(NodeError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Checks a join token presented by `peer` and spends one use of it.
+    /// Failures count against the peer; too many lock it out for a while.
+    pub async fn use_token(
+        &self,
+        token: &str,
+        required: KindRequired,
+        peer: &str,
+    ) -> Result<(TokenRecord, Option<u64>), NodeError> {
+        let now = now();
+        self.throttle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(peer, now)
+            .map_err(|e| NodeError::Throttled(e.to_string()))?;
+        let res = self.try_use_token(token, required, now).await;
+        let mut throttle = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
+        match &res {
+            Ok(_) => throttle.record_success(peer),
+            Err(NodeError::Refused(_) | NodeError::InvalidArgument(_)) => {
+                throttle.record_failure(peer, now)
+            }
+            Err(_) => {}
+        }
+        res
+    }
+
+    async fn try_use_token(
+        &self,
+        token: &str,
+        required: KindRequired,
+        now: u64,
+    ) -> Result<(TokenRecord, Option<u64>), NodeError> {
+        let token =
+            JoinToken::parse(token).map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let mesh = self.mesh().ok_or(NodeError::NoLeader)?;
+        let ours = trellis_identity::pem::certs(&mesh.root_cert_pem, "root")
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        if trellis_identity::sha256(&ours[0]) != token.root_pin {
+            return Err(NodeError::Refused(format!(
+                "token {} pins another mesh's root certificate; create a token on this mesh with `trellis token create`",
+                token.id
+            )));
+        }
+        let cmd = Command::UseToken {
+            id: token.id.clone(),
+            secret_sha256: crate::tokens::secret_sha256(&token.secret),
+            required,
+            now,
+        };
+        match self.write(cmd).await? {
+            (_, Response::TokenUsed { record, node_id }) => Ok((record, node_id)),
+            (_, other) => Err(NodeError::Internal(format!(
+                "unexpected response {other:?}"
+            ))),
+        }
+    }
+
+    /// Every member, with role, leadership and (when it answers within a
+    /// second) the last log index it applied.
+    pub async fn members(&self) -> Vec<Member> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let futs = membership.nodes().map(|(id, node)| {
+            let id = *id;
+            let addr = node.addr.clone();
+            let is_voter = voters.contains(&id);
+            let leader = m.current_leader == Some(id);
+            async move {
+                let last_applied = if id == self.id {
+                    self.raft.metrics().borrow().last_applied.map(|l| l.index)
+                } else {
+                    match self.peer_client(&addr) {
+                        Ok(mut c) => {
+                            tokio::time::timeout(Duration::from_secs(1), c.node_status(Empty {}))
+                                .await
+                                .ok()
+                                .and_then(|r| r.ok())
+                                .map(|r| r.into_inner().last_applied_index)
+                        }
+                        Err(_) => None,
+                    }
+                };
+                Member {
+                    node_id: id,
+                    address: addr,
+                    role: if is_voter { "voter" } else { "learner" }.into(),
+                    leader,
+                    last_applied_index: last_applied,
+                }
+            }
+        });
+        futures::future::join_all(futs).await
+    }
+}

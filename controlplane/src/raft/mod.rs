@@ -1,0 +1,75 @@
+//! The replicated store: openraft with sled for the log ([`log_store`]) and
+//! the state machine ([`state_machine`]), peers talking over tonic with mTLS
+//! ([`network`]). The replicated data and its commands are in [`state`].
+// openraft's `StorageError` is large and its trait methods return it by
+// value; boxing it in our helpers would only add conversions.
+#![allow(clippy::result_large_err)]
+pub mod log_store;
+pub mod network;
+pub mod state;
+pub mod state_machine;
+pub mod types;
+
+#[cfg(test)]
+mod store_suite;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use state::{Command, MeshInfo, Response, Store};
+pub use state_machine::SharedState;
+pub use types::{NodeId, Raft, TypeConfig};
+
+/// Raft timing and compaction settings.
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Followers start an election after a random timeout in this range
+    /// without hearing from a leader.
+    pub election_timeout: (Duration, Duration),
+    /// Take a snapshot (and then compact the log) every this many entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the log below the snapshot, so that slightly lagging
+    /// followers catch up from the log rather than a snapshot.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+            snapshot_every: 5000,
+            keep_logs: 1000,
+        }
+    }
+}
+
+/// Opens the node's store in `data_dir` and starts its Raft instance.
+pub async fn start(
+    node_id: NodeId,
+    data_dir: &Path,
+    settings: &RaftSettings,
+    peer_tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<(Raft, SharedState)> {
+    let db = log_store::open_db(&data_dir.join("db"))?;
+    let log = log_store::LogStore::open(&db)?;
+    let sm = state_machine::StateMachine::open(&db, data_dir.join("snapshot.bin"))?;
+    let state = sm.state();
+    let config = openraft::Config {
+        cluster_name: "trellis".into(),
+        heartbeat_interval: settings.heartbeat.as_millis() as u64,
+        election_timeout_min: settings.election_timeout.0.as_millis() as u64,
+        election_timeout_max: settings.election_timeout.1.as_millis() as u64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+        max_in_snapshot_log_to_keep: settings.keep_logs,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    let config = Arc::new(config.validate()?);
+    let raft =
+        openraft::Raft::new(node_id, config, network::Network::new(peer_tls), log, sm).await?;
+    Ok((raft, state))
+}

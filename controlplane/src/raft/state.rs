@@ -1,0 +1,387 @@
+//! The replicated state and its commands: a pure, deterministic function
+//! from (state, command) to (state, response). No I/O and no clock: the
+//! proposer puts the time into the command, so every replica decides alike.
+//!
+//! The state is one ordered key space of bytes, so that persistence
+//! (sled), snapshots and reads all see the same thing:
+//! - `mesh` — [`MeshInfo`]: trust domain, root certificate, sealed root key;
+//! - `next-node-id` — the next control-plane node id to hand out;
+//! - `token/ID` — a [`TokenRecord`] (hashed secret, kind, expiry, uses);
+//! - `kv/KEY` — user data written through the admin API.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tokens::{KindRequired, TokenRecord};
+
+const MESH: &str = "mesh";
+const NEXT_NODE_ID: &str = "next-node-id";
+const TOKEN_PREFIX: &str = "token/";
+const KV_PREFIX: &str = "kv/";
+
+/// What the whole mesh agrees on about itself, set once by `init`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshInfo {
+    pub trust_domain: String,
+    pub root_cert_pem: String,
+    /// The root CA key, sealed with the CA key given to every node: it is
+    /// replicated so that any node can sign a joining node's intermediate,
+    /// but it is never stored or sent in the clear.
+    pub sealed_root_key: Vec<u8>,
+    /// [`SEAL_CHECK_TEXT`] sealed with the same key, so a joining node can
+    /// check it was given the right CA key without seeing the root key.
+    pub seal_check: Vec<u8>,
+}
+
+/// The known plaintext of [`MeshInfo::seal_check`].
+pub const SEAL_CHECK_TEXT: &[u8] = b"trellis seal key check v1";
+
+/// A write to the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Bootstraps the mesh; refused if it is already set.
+    InitMesh { mesh: MeshInfo, next_node_id: u64 },
+    /// Sets `kv/KEY`.
+    Put { key: String, value: Vec<u8> },
+    /// Removes `kv/KEY`.
+    Delete { key: String },
+    /// Stores a new (hashed) token.
+    CreateToken { record: TokenRecord },
+    /// Revokes a token at `now`.
+    RevokeToken { id: String, now: u64 },
+    /// Spends one use of a token if it is still good for `required` at
+    /// `now`; for a control-plane token also hands out a node id.
+    UseToken {
+        id: String,
+        secret_sha256: String,
+        required: KindRequired,
+        now: u64,
+    },
+}
+
+/// The outcome of a command, returned to the proposer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    /// A token was spent; `node_id` is set for control-plane tokens.
+    TokenUsed {
+        record: TokenRecord,
+        node_id: Option<u64>,
+    },
+    /// The command was valid Raft input but refused by the state, with the
+    /// operator-facing reason. Nothing changed.
+    Refused(String),
+}
+
+/// The replicated key space.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Store {
+    map: BTreeMap<String, Vec<u8>>,
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).expect("in-memory bincode encoding cannot fail")
+}
+
+fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Option<T> {
+    bincode::deserialize(b).ok()
+}
+
+impl Store {
+    /// Builds a store from persisted pairs.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
+        Self {
+            map: pairs.into_iter().collect(),
+        }
+    }
+
+    /// All pairs, for snapshots and persistence.
+    pub fn pairs(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+        self.map.iter()
+    }
+
+    /// The value at a raw key (persistence uses this for changed keys).
+    pub fn raw(&self, key: &str) -> Option<&Vec<u8>> {
+        self.map.get(key)
+    }
+
+    pub fn mesh(&self) -> Option<MeshInfo> {
+        self.map.get(MESH).and_then(|b| dec(b))
+    }
+
+    pub fn kv(&self, key: &str) -> Option<&Vec<u8>> {
+        self.map.get(&format!("{KV_PREFIX}{key}"))
+    }
+
+    pub fn token(&self, id: &str) -> Option<TokenRecord> {
+        self.map
+            .get(&format!("{TOKEN_PREFIX}{id}"))
+            .and_then(|b| dec(b))
+    }
+
+    pub fn tokens(&self) -> Vec<TokenRecord> {
+        self.map
+            .range(TOKEN_PREFIX.to_string()..)
+            .take_while(|(k, _)| k.starts_with(TOKEN_PREFIX))
+            .filter_map(|(_, v)| dec(v))
+            .collect()
+    }
+
+    fn set<T: Serialize>(&mut self, key: String, v: &T, changed: &mut Vec<String>) {
+        self.map.insert(key.clone(), enc(v));
+        changed.push(key);
+    }
+
+    /// Applies one command. Keys it wrote or removed are pushed on `changed`.
+    pub fn apply(&mut self, cmd: &Command, changed: &mut Vec<String>) -> Response {
+        match cmd {
+            Command::InitMesh { mesh, next_node_id } => {
+                if self.mesh().is_some() {
+                    return Response::Refused("the mesh is already initialized".into());
+                }
+                self.set(MESH.into(), mesh, changed);
+                self.set(NEXT_NODE_ID.into(), next_node_id, changed);
+                Response::Ok
+            }
+            Command::Put { key, value } => {
+                let k = format!("{KV_PREFIX}{key}");
+                self.map.insert(k.clone(), value.clone());
+                changed.push(k);
+                Response::Ok
+            }
+            Command::Delete { key } => {
+                let k = format!("{KV_PREFIX}{key}");
+                self.map.remove(&k);
+                changed.push(k);
+                Response::Ok
+            }
+            Command::CreateToken { record } => {
+                let k = format!("{TOKEN_PREFIX}{}", record.id);
+                if self.map.contains_key(&k) {
+                    return Response::Refused(format!("token id {} already exists", record.id));
+                }
+                self.set(k, record, changed);
+                Response::Ok
+            }
+            Command::RevokeToken { id, now } => match self.token(id) {
+                None => Response::Refused(format!(
+                    "no token with id {id}; `trellis token list` shows the ids"
+                )),
+                Some(mut record) => {
+                    if record.revoked_at.is_none() {
+                        record.revoked_at = Some(*now);
+                        self.set(format!("{TOKEN_PREFIX}{id}"), &record, changed);
+                    }
+                    Response::Ok
+                }
+            },
+            Command::UseToken {
+                id,
+                secret_sha256,
+                required,
+                now,
+            } => {
+                let Some(mut record) = self.token(id) else {
+                    return Response::Refused(format!(
+                        "token {id} is not known to this mesh; create one with `trellis token create`"
+                    ));
+                };
+                if let Err(e) = record.check_hash(secret_sha256, *required, *now) {
+                    return Response::Refused(e.to_string());
+                }
+                record.consume();
+                self.set(format!("{TOKEN_PREFIX}{id}"), &record, changed);
+                let node_id = match required {
+                    KindRequired::ControlPlane => {
+                        let next: u64 =
+                            self.map.get(NEXT_NODE_ID).and_then(|b| dec(b)).unwrap_or(1);
+                        self.set(NEXT_NODE_ID.into(), &(next + 1), changed);
+                        Some(next)
+                    }
+                    KindRequired::Vm => None,
+                };
+                Response::TokenUsed { record, node_id }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::{secret_sha256, JoinToken, TokenKind};
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn mesh() -> MeshInfo {
+        MeshInfo {
+            trust_domain: "example.org".into(),
+            root_cert_pem: "ROOT".into(),
+            sealed_root_key: vec![1, 2, 3],
+            seal_check: vec![4, 5],
+        }
+    }
+
+    fn token(kind: TokenKind, max_uses: Option<u32>) -> (JoinToken, TokenRecord) {
+        let t = JoinToken::generate(vec!["127.0.0.1:15012".into()], [7; 32]);
+        let r = TokenRecord::new(&t, kind, NOW, 3600, max_uses);
+        (t, r)
+    }
+
+    fn use_cmd(t: &JoinToken, required: KindRequired, now: u64) -> Command {
+        Command::UseToken {
+            id: t.id.clone(),
+            secret_sha256: secret_sha256(&t.secret),
+            required,
+            now,
+        }
+    }
+
+    /// Every command survives the Raft log's encoding (bincode cannot read
+    /// every serde shape; a command it cannot decode would poison the log).
+    #[test]
+    fn every_command_round_trips_through_the_log_encoding() {
+        let (t, record) = token(TokenKind::vm("default/web").unwrap(), Some(2));
+        let cmds = vec![
+            Command::InitMesh {
+                mesh: mesh(),
+                next_node_id: 2,
+            },
+            Command::Put {
+                key: "a".into(),
+                value: vec![0; 256],
+            },
+            Command::Delete { key: "a".into() },
+            Command::CreateToken {
+                record: record.clone(),
+            },
+            Command::CreateToken {
+                record: token(TokenKind::ControlPlane, None).1,
+            },
+            Command::RevokeToken {
+                id: t.id.clone(),
+                now: NOW,
+            },
+            use_cmd(&t, KindRequired::Vm, NOW),
+        ];
+        for cmd in cmds {
+            let b = bincode::serialize(&cmd).unwrap();
+            assert_eq!(bincode::deserialize::<Command>(&b).unwrap(), cmd);
+        }
+        let resp = Response::TokenUsed {
+            record,
+            node_id: Some(3),
+        };
+        let b = bincode::serialize(&resp).unwrap();
+        assert_eq!(bincode::deserialize::<Response>(&b).unwrap(), resp);
+    }
+
+    #[test]
+    fn init_mesh_only_once() {
+        let mut s = Store::default();
+        let mut changed = Vec::new();
+        let cmd = Command::InitMesh {
+            mesh: mesh(),
+            next_node_id: 2,
+        };
+        assert_eq!(s.apply(&cmd, &mut changed), Response::Ok);
+        assert_eq!(s.mesh(), Some(mesh()));
+        assert!(matches!(s.apply(&cmd, &mut changed), Response::Refused(_)));
+    }
+
+    #[test]
+    fn put_and_delete_report_changed_keys() {
+        let mut s = Store::default();
+        let mut changed = Vec::new();
+        s.apply(
+            &Command::Put {
+                key: "x".into(),
+                value: b"1".to_vec(),
+            },
+            &mut changed,
+        );
+        assert_eq!(s.kv("x"), Some(&b"1".to_vec()));
+        s.apply(&Command::Delete { key: "x".into() }, &mut changed);
+        assert_eq!(s.kv("x"), None);
+        assert_eq!(changed, vec!["kv/x".to_string(), "kv/x".to_string()]);
+        // The pairs persisted for a restart rebuild the same store.
+        let copy = Store::from_pairs(s.pairs().map(|(k, v)| (k.clone(), v.clone())));
+        assert_eq!(copy, s);
+    }
+
+    #[test]
+    fn controlplane_token_hands_out_increasing_node_ids_until_used_up() {
+        let mut s = Store::default();
+        let mut ch = Vec::new();
+        s.apply(
+            &Command::InitMesh {
+                mesh: mesh(),
+                next_node_id: 2,
+            },
+            &mut ch,
+        );
+        let (t, r) = token(TokenKind::ControlPlane, Some(2));
+        s.apply(&Command::CreateToken { record: r }, &mut ch);
+        let ids: Vec<Option<u64>> = (0..2)
+            .map(
+                |_| match s.apply(&use_cmd(&t, KindRequired::ControlPlane, NOW + 1), &mut ch) {
+                    Response::TokenUsed { node_id, .. } => node_id,
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        assert_eq!(ids, vec![Some(2), Some(3)]);
+        let Response::Refused(why) =
+            s.apply(&use_cmd(&t, KindRequired::ControlPlane, NOW + 1), &mut ch)
+        else {
+            panic!("a used-up token was accepted");
+        };
+        assert!(why.contains("used up"), "{why}");
+    }
+
+    #[test]
+    fn token_refusals_change_nothing() {
+        let mut s = Store::default();
+        let mut ch = Vec::new();
+        let (t, r) = token(TokenKind::vm("default/web").unwrap(), None);
+        s.apply(&Command::CreateToken { record: r.clone() }, &mut ch);
+        let before = s.clone();
+        let mut wrong_secret = use_cmd(&t, KindRequired::Vm, NOW);
+        if let Command::UseToken { secret_sha256, .. } = &mut wrong_secret {
+            *secret_sha256 = "00".repeat(32);
+        }
+        let cases = [
+            (wrong_secret, "secret"),
+            (use_cmd(&t, KindRequired::ControlPlane, NOW), "control"),
+            (use_cmd(&t, KindRequired::Vm, NOW + 7200), "expired"),
+            (
+                Command::UseToken {
+                    id: "nosuchid".into(),
+                    secret_sha256: secret_sha256(&t.secret),
+                    required: KindRequired::Vm,
+                    now: NOW,
+                },
+                "not known",
+            ),
+        ];
+        for (cmd, word) in cases {
+            match s.apply(&cmd, &mut ch) {
+                Response::Refused(why) => assert!(why.contains(word), "{why} lacks {word}"),
+                other => panic!("{cmd:?} gave {other:?}"),
+            }
+            assert_eq!(s, before, "a refused {cmd:?} changed the store");
+        }
+        s.apply(
+            &Command::RevokeToken {
+                id: t.id.clone(),
+                now: NOW + 5,
+            },
+            &mut ch,
+        );
+        let Response::Refused(why) = s.apply(&use_cmd(&t, KindRequired::Vm, NOW + 6), &mut ch)
+        else {
+            panic!("a revoked token was accepted");
+        };
+        assert!(why.contains("revoked"), "{why}");
+    }
+}

@@ -1,0 +1,218 @@
+//! The control plane as users run it: real processes on loopback, real
+//! mTLS, real disks. Each test starts its own cluster.
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use trellis_api::v1::{Empty, GetRequest, PutRequest};
+use trellis_e2e::{wait_for, Cluster};
+
+async fn put(c: &Cluster, node: u64, key: &str, value: &str) -> anyhow::Result<u64> {
+    let mut a = c.admin(node).await?;
+    Ok(a.put(PutRequest {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+    })
+    .await?
+    .into_inner()
+    .index)
+}
+
+async fn get_local(c: &Cluster, node: u64, key: &str) -> Option<Vec<u8>> {
+    let mut a = c.admin(node).await.ok()?;
+    let r = a
+        .get(GetRequest {
+            key: key.into(),
+            linearizable: false,
+        })
+        .await
+        .ok()?
+        .into_inner();
+    r.found.then_some(r.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_fail_over_and_lose_no_acknowledged_write() -> anyhow::Result<()> {
+    let mut c = Cluster::start(3, &[]).await?;
+    let ids: Vec<u64> = c.nodes.iter().map(|n| n.id).collect();
+    assert_eq!(ids.len(), 3);
+
+    // Writes through any node are readable on all.
+    for &w in &ids {
+        put(&c, w, &format!("via/{w}"), &format!("v{w}")).await?;
+    }
+    for &r in &ids {
+        for &w in &ids {
+            let key = format!("via/{w}");
+            let want = format!("v{w}").into_bytes();
+            wait_for(
+                Duration::from_secs(5),
+                &format!("{key} on node {r}"),
+                || async {
+                    (get_local(&c, r, &key).await.as_deref() == Some(&want[..])).then_some(())
+                },
+            )
+            .await?;
+        }
+    }
+
+    // A client writes continuously, through every node in turn, while the
+    // leader is killed.
+    let leader = c.leader().await.expect("a leader");
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let last_ack = Arc::new(Mutex::new(Instant::now()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let survivors: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
+    let clients = {
+        let mut v = Vec::new();
+        for &id in &ids {
+            v.push((id, c.admin(id).await?));
+        }
+        v
+    };
+    let writer = {
+        let acked = acked.clone();
+        let last_ack = last_ack.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut clients = clients;
+            let mut i = 0u64;
+            let mut gaps = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (_, client) = &mut clients[(i as usize) % 3];
+                let key = format!("w/{i:06}");
+                let res = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.put(PutRequest {
+                        key: key.clone(),
+                        value: vec![b'x'; 256],
+                    }),
+                )
+                .await;
+                if let Ok(Ok(_)) = res {
+                    let now = Instant::now();
+                    let mut last = last_ack.lock().unwrap();
+                    gaps.push(now - *last);
+                    *last = now;
+                    acked.lock().unwrap().insert(key);
+                }
+                i += 1;
+            }
+            gaps
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed_at = Instant::now();
+    c.kill(leader);
+    // Wait for writes to resume after the kill.
+    let resumed = wait_for(
+        Duration::from_secs(10),
+        "writes after killing the leader",
+        || async {
+            let l = *last_ack.lock().unwrap();
+            (l > killed_at).then_some(l - killed_at)
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await?;
+    eprintln!("writes resumed {resumed:?} after kill -9 of the leader");
+    assert!(
+        resumed < Duration::from_secs(3),
+        "a new leader took {resumed:?} to accept writes (limit 3 s)"
+    );
+    let new_leader = c.leader().await.expect("a new leader");
+    assert_ne!(new_leader, leader);
+
+    // No acknowledged write is missing, read linearizably on the survivors.
+    let acked: Vec<String> = acked.lock().unwrap().iter().cloned().collect();
+    assert!(
+        acked.len() > 20,
+        "only {} writes were acknowledged",
+        acked.len()
+    );
+    for &s in &survivors {
+        let mut a = c.admin(s).await?;
+        for key in &acked {
+            let r = a
+                .get(GetRequest {
+                    key: key.clone(),
+                    linearizable: true,
+                })
+                .await?
+                .into_inner();
+            assert!(r.found, "acknowledged write {key} missing on node {s}");
+        }
+    }
+
+    // The old leader restarts, rejoins as a follower and converges.
+    c.restart(leader).await?;
+    for key in &acked {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{key} on restarted node {leader}"),
+            || async { get_local(&c, leader, key).await.map(|_| ()) },
+        )
+        .await?;
+    }
+    let members = c.members().await?;
+    let old = members
+        .iter()
+        .find(|m| m.node_id == leader)
+        .expect("old leader is a member");
+    assert!(
+        !old.leader,
+        "the restarted node should follow the new leader"
+    );
+    let applied: Vec<Option<u64>> = members.iter().map(|m| m.last_applied_index).collect();
+    wait_for(
+        Duration::from_secs(10),
+        "all nodes at the same applied index",
+        || async {
+            let m = c.members().await.ok()?;
+            let idx: BTreeSet<Option<u64>> = m.iter().map(|m| m.last_applied_index).collect();
+            (idx.len() == 1 && !idx.contains(&None)).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; last seen {applied:?}"))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_lists_roles_and_remove_works_online() -> anyhow::Result<()> {
+    let mut c = Cluster::start(3, &[]).await?;
+    let learner = c.join(true).await?;
+    let out = c.cli(&["controlplane", "members", "-o", "json"])?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+    assert_eq!(rows.len(), 4, "{out}");
+    let role = |id: u64| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["role"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(role(learner).as_deref(), Some("learner"));
+    assert_eq!(rows.iter().filter(|r| r["role"] == "voter").count(), 3);
+    assert_eq!(rows.iter().filter(|r| r["leader"] == true).count(), 1);
+
+    // Remove a voter that is not the leader, online.
+    let leader = c.leader().await.expect("leader");
+    let victim = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&i| i != leader && i != learner)
+        .unwrap();
+    c.cli(&["controlplane", "remove", &victim.to_string()])?;
+    let m = c.members().await?;
+    assert!(
+        m.iter().all(|m| m.node_id != victim),
+        "node {victim} still listed"
+    );
+    // The cluster keeps taking writes with the remaining voters.
+    put(&c, leader, "after/remove", "ok").await?;
+    let mut a = c.admin(leader).await?;
+    assert_eq!(a.members(Empty {}).await?.into_inner().members.len(), 3);
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! The `trellis` command-line interface: talks to the control plane's admin
+//! API over mTLS with the admin identity from its config file
+//! ([`trellis_identity::admin_config::AdminConfig`]).
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod commands;
+pub mod duration;

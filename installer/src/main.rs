@@ -1,0 +1,112 @@
+//! `trellis`: parses flags and runs one command.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use trellis::commands::{self, Output};
+use trellis::duration::parse_duration;
+
+#[derive(Parser)]
+#[command(name = "trellis", version, about = "Operate a Trellis mesh")]
+struct Cli {
+    /// Admin config file. Default: $TRELLIS_CONFIG, else ~/.config/trellis/config.yaml.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Join tokens for control-plane nodes and VMs.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Control-plane membership.
+    #[command(subcommand)]
+    Controlplane(ControlplaneCmd),
+    /// Raw key-value access to the replicated store (debugging, benchmarks).
+    #[command(subcommand)]
+    Kv(KvCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token; prints it on stdout.
+    Create {
+        /// controlplane (a new control-plane node) or vm (a workload).
+        #[arg(long, value_parser = ["controlplane", "vm"])]
+        kind: String,
+        /// For vm tokens: the identity NAMESPACE/SERVICEACCOUNT.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// How many times the token may be used (default: until it expires).
+        #[arg(long)]
+        uses: Option<u32>,
+    },
+    /// List tokens with their status.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum ControlplaneCmd {
+    /// List nodes: id, address, role, leader, last applied index.
+    Members {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Remove a node from the cluster, online.
+    Remove {
+        node_id: u64,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCmd {
+    /// Write a key (acknowledged once durable on a majority).
+    Put { key: String, value: String },
+    /// Read a key from the connected node's replica.
+    Get {
+        key: String,
+        /// Read through the leader after confirming its leadership.
+        #[arg(long)]
+        linearizable: bool,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    let cfg = cli.config.as_deref();
+    let res = match cli.command {
+        Cmd::Token(TokenCmd::Create {
+            kind,
+            identity,
+            ttl,
+            uses,
+        }) => commands::token_create(cfg, &kind, identity, ttl, uses).await,
+        Cmd::Token(TokenCmd::List { output }) => commands::token_list(cfg, output).await,
+        Cmd::Token(TokenCmd::Revoke { id }) => commands::token_revoke(cfg, id).await,
+        Cmd::Controlplane(ControlplaneCmd::Members { output }) => {
+            commands::members(cfg, output).await
+        }
+        Cmd::Controlplane(ControlplaneCmd::Remove { node_id, output }) => {
+            commands::remove(cfg, node_id, output).await
+        }
+        Cmd::Kv(KvCmd::Put { key, value }) => commands::kv_put(cfg, key, value).await,
+        Cmd::Kv(KvCmd::Get { key, linearizable }) => commands::kv_get(cfg, key, linearizable).await,
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
