@@ -3,7 +3,7 @@
 //! these.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -15,7 +15,8 @@ use trellis_api::v1::AddNodeRequest;
 use trellis_api::v1::JoinControlPlaneRequest;
 use trellis_identity::admin_config::{write_private, AdminConfig};
 use trellis_identity::verify::{
-    client_config, server_config, Expect, Identity, PinnedRootVerifier, SpiffeServerVerifier,
+    client_config, server_config, CertCell, Expect, Identity, PinnedRootVerifier,
+    SpiffeServerVerifier,
 };
 use trellis_identity::{csr, grpc, pem, SpiffeId};
 
@@ -256,18 +257,11 @@ pub async fn run(
     )?;
 
     let me = SpiffeId::controlplane(&local.trust_domain, &format!("node-{}", local.node_id));
-    let (serving, serving_key) = inter.issue_local(
-        &me.to_string(),
-        &[host_of(&local.address)],
-        SERVING_CERT_TTL,
-    )?;
-    // Serve the root too, so a joining node can match it with its pin.
-    let chain = format!("{}{}", serving.chain_pem.concat(), local.root_cert_pem);
-    let identity = Identity::from_pem(&chain, &serving_key)?;
+    let cert = CertCell::new(&serving_identity(&inter, &me, &local)?)?;
     let roots = pem::certs(&local.root_cert_pem, "root certificate")?;
-    let server_tls = Arc::new(RwLock::new(Arc::new(server_config(&identity, &roots)?)));
+    let server_tls = Arc::new(server_config(cert.clone(), &roots)?);
     let peer_tls = Arc::new(client_config(
-        Some(&identity),
+        Some(cert.clone()),
         Arc::new(SpiffeServerVerifier::new(
             &roots,
             Expect::AnyControlPlane {
@@ -318,6 +312,7 @@ pub async fn run(
     if !local.joined {
         tokio::spawn(request_membership(node.clone(), local.clone(), dir.clone()));
     }
+    tokio::spawn(renew_serving_cert(node.clone(), cert, me, local.clone()));
     println!(
         "ready: node {} of {} serving on {}",
         local.node_id, local.trust_domain, local.address
@@ -331,6 +326,41 @@ pub async fn run(
         .await
         .map_err(|e| anyhow!("raft shutdown: {e}"))?;
     Ok(())
+}
+
+/// This node's serving certificate, issued by its own intermediate, with
+/// the root appended so a joining node can match it against its pin.
+fn serving_identity(
+    inter: &IntermediateCa,
+    me: &SpiffeId,
+    local: &LocalState,
+) -> anyhow::Result<Identity> {
+    let (serving, key) = inter.issue_local(
+        &me.to_string(),
+        &[host_of(&local.address)],
+        SERVING_CERT_TTL,
+    )?;
+    let chain = format!("{}{}", serving.chain_pem.concat(), local.root_cert_pem);
+    Ok(Identity::from_pem(&chain, &key)?)
+}
+
+/// Renews the serving certificate at half its lifetime for as long as the
+/// node runs: open connections keep theirs, new handshakes get the new one.
+async fn renew_serving_cert(node: Arc<Node>, cert: Arc<CertCell>, me: SpiffeId, local: LocalState) {
+    let mut wait = SERVING_CERT_TTL / 2;
+    loop {
+        tokio::time::sleep(wait).await;
+        match serving_identity(&node.intermediate, &me, &local).and_then(|id| Ok(cert.set(&id)?)) {
+            Ok(()) => {
+                tracing::info!("renewed the serving certificate");
+                wait = SERVING_CERT_TTL / 2;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "renewing the serving certificate; retrying in a minute");
+                wait = Duration::from_secs(60);
+            }
+        }
+    }
 }
 
 /// Writes the mesh record of a new mesh (retrying until this node leads),

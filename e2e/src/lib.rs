@@ -136,7 +136,8 @@ impl Cluster {
         ];
         // No --ca-key-file: init generates the key in its data directory.
         args.extend(c.common_args(&dir, &addr, false));
-        let node = c.spawn(1, dir, addr, &args)?;
+        let log = c.log_path("node-1");
+        let node = c.spawn(1, dir, addr, log, &args)?;
         c.nodes.push(node);
         c.wait_ready(1).await?;
         c.wait_writable(1).await?;
@@ -179,14 +180,19 @@ impl Cluster {
         self.root.path().join("node-1").join("admin.yaml")
     }
 
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.root.path().join(format!("{name}.log"))
+    }
+
+    /// Starts a node process appending its output to `log`.
     fn spawn(
         &self,
         id: u64,
         dir: PathBuf,
         addr: String,
+        log: PathBuf,
         args: &[String],
     ) -> anyhow::Result<NodeProc> {
-        let log = self.root.path().join(format!("node-{id}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -301,18 +307,22 @@ impl Cluster {
         learner: bool,
         extra: &[&str],
     ) -> anyhow::Result<u64> {
-        let seq = self.nodes.len() + 1;
+        // Unique per attempt: failed joins leave their directory and log.
+        static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let seq = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = self.root.path().join(format!("joiner-{seq}"));
         let addr = format!("127.0.0.1:{}", free_port());
         let mut args = vec!["join".to_string(), "--token".into(), token.to_string()];
         if learner {
             args.push("--learner".into());
         }
-        args.extend(self.common_args(&dir, &addr, true));
+        // A --ca-key-file in `extra` replaces the cluster's.
+        args.extend(self.common_args(&dir, &addr, !extra.contains(&"--ca-key-file")));
         args.extend(extra.iter().map(|s| s.to_string()));
         // The node id is assigned by the cluster; log under a sequence
         // number until we know it.
-        let mut node = self.spawn(1000 + seq as u64, dir.clone(), addr.clone(), &args)?;
+        let log = self.log_path(&format!("joiner-{seq}"));
+        let mut node = self.spawn(0, dir.clone(), addr.clone(), log, &args)?;
         let id = wait_for(Duration::from_secs(30), "the joining node's id", || async {
             let out = node.output();
             if out.contains("error:") {
@@ -366,14 +376,14 @@ impl Cluster {
 
     /// Restarts a stopped node from its data directory.
     pub async fn restart(&mut self, id: u64) -> anyhow::Result<()> {
-        let (dir, addr) = {
+        let (dir, addr, log) = {
             let n = self.node(id);
-            (n.dir.clone(), n.addr.clone())
+            (n.dir.clone(), n.addr.clone(), n.log.clone())
         };
         let mut args = vec!["run".to_string()];
         args.extend(self.common_args(&dir, &addr, true));
         let before = self.node(id).output().matches("ready: node").count();
-        let proc_ = self.spawn(id, dir, addr, &args)?;
+        let proc_ = self.spawn(id, dir, addr, log, &args)?;
         *self.node_mut(id) = proc_;
         let node = self.node(id);
         wait_for(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::verify::{client_config, Expect, Identity, SpiffeServerVerifier};
+use crate::verify::{client_config, CertCell, Expect, Identity, SpiffeServerVerifier};
 use crate::{pem, IdentityError};
 
 /// The admin client configuration file.
@@ -81,7 +81,7 @@ impl AdminConfig {
         )?;
         let identity = Identity::from_pem(&self.certificate, &self.key)?;
         Ok(Arc::new(client_config(
-            Some(&identity),
+            Some(CertCell::new(&identity)?),
             Arc::new(verifier),
         )?))
     }

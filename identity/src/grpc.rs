@@ -6,7 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -187,16 +187,12 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// The server configuration in force; replaced when the serving certificate
-/// is renewed, read once per accepted connection.
-pub type ServerConfigCell = Arc<RwLock<Arc<rustls::ServerConfig>>>;
-
 /// Accepts TCP connections on `listener` and completes TLS handshakes in
 /// their own tasks, so a slow client cannot hold up others. Connections that
 /// fail the handshake are logged and dropped.
 pub fn incoming(
     listener: TcpListener,
-    config: ServerConfigCell,
+    config: Arc<rustls::ServerConfig>,
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     tokio::spawn(async move {
@@ -213,10 +209,7 @@ pub fn incoming(
                 return;
             }
             let _ = tcp.set_nodelay(true);
-            let acceptor = {
-                let cfg = config.read().unwrap_or_else(|p| p.into_inner());
-                tokio_rustls::TlsAcceptor::from(cfg.clone())
-            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

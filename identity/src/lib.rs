@@ -13,6 +13,7 @@ pub mod admin_config;
 pub mod csr;
 pub mod grpc;
 pub mod pem;
+pub mod rfc3339;
 pub mod spiffe;
 pub mod verify;
 

@@ -7,11 +7,14 @@
 //! chain only if it contains a certificate whose SHA-256 equals the pin from
 //! the join token, and verifies the chain against that certificate.
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::ResolvesServerCert;
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
 use crate::{pem, IdentityError, SpiffeId};
@@ -254,31 +257,80 @@ impl ServerCertVerifier for PinnedRootVerifier {
     signature_checks!();
 }
 
+/// The certificate a node presents, replaceable while it runs: both its
+/// server and its client configurations resolve their certificate here, so
+/// renewing it is one [`CertCell::set`] and no connection is disturbed.
+#[derive(Debug)]
+pub struct CertCell(RwLock<Arc<CertifiedKey>>);
+
+impl CertCell {
+    pub fn new(identity: &Identity) -> Result<Arc<Self>, IdentityError> {
+        Ok(Arc::new(Self(RwLock::new(Arc::new(certified(identity)?)))))
+    }
+
+    /// Presents `identity` from the next handshake on.
+    pub fn set(&self, identity: &Identity) -> Result<(), IdentityError> {
+        let ck = Arc::new(certified(identity)?);
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = ck;
+        Ok(())
+    }
+
+    /// The certificate presented now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn certified(identity: &Identity) -> Result<CertifiedKey, IdentityError> {
+    Ok(CertifiedKey::from_der(
+        identity.chain.clone(),
+        identity.key.clone_key(),
+        &crate::provider(),
+    )?)
+}
+
+impl ResolvesServerCert for CertCell {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for CertCell {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 const ALPN_H2: &[u8] = b"h2";
 
-/// A client configuration: our identity (if any) and a server verifier.
+/// A client configuration: our certificate (if any) and a server verifier.
 pub fn client_config(
-    identity: Option<&Identity>,
+    cert: Option<Arc<CertCell>>,
     verifier: Arc<dyn ServerCertVerifier>,
 ) -> Result<rustls::ClientConfig, IdentityError> {
     let builder = rustls::ClientConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let mut config = match identity {
-        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
+    let mut config = match cert {
+        Some(cell) => builder.with_client_cert_resolver(cell),
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
 }
 
-/// A server configuration that presents `identity` and verifies client
-/// certificates against `roots` when a client offers one. Clients without a
-/// certificate are let through the handshake; each RPC then decides, from
-/// the verified identity or its absence, what the caller may do.
+/// A server configuration that presents the certificate in `cert` and
+/// verifies client certificates against `roots` when a client offers one.
+/// Clients without a certificate are let through the handshake; each RPC
+/// then decides, from the verified identity or its absence, what the
+/// caller may do.
 pub fn server_config(
-    identity: &Identity,
+    cert: Arc<CertCell>,
     roots: &[CertificateDer<'static>],
 ) -> Result<rustls::ServerConfig, IdentityError> {
     let mut store = rustls::RootCertStore::empty();
@@ -294,7 +346,129 @@ pub fn server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+    struct Pki {
+        root: CertificateDer<'static>,
+        leaf: Identity,
+    }
+
+    fn pki(uri: &str) -> Pki {
+        let root_key = KeyPair::generate().unwrap();
+        let mut rp = CertificateParams::default();
+        rp.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root = rp.self_signed(&root_key).unwrap();
+        let issuer = Issuer::new(rp, root_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut lp = CertificateParams::default();
+        lp.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        let leaf = lp.signed_by(&leaf_key, &issuer).unwrap();
+        Pki {
+            root: root.der().clone(),
+            leaf: Identity {
+                chain: vec![leaf.der().clone(), root.der().clone()],
+                key: PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+            },
+        }
+    }
+
+    fn name() -> ServerName<'static> {
+        ServerName::try_from("trellis.invalid").unwrap()
+    }
+
+    #[test]
+    fn spiffe_verifier_checks_chain_and_identity() {
+        let p = pki("spiffe://td/trellis/controlplane/node-1");
+        let other = pki("spiffe://td/trellis/controlplane/node-1");
+        let check = |roots: &[CertificateDer<'static>], expect: Expect| {
+            SpiffeServerVerifier::new(roots, expect)
+                .unwrap()
+                .verify_server_cert(&p.leaf.chain[0], &[], &name(), &[], UnixTime::now())
+        };
+        let id = SpiffeId::parse("spiffe://td/trellis/controlplane/node-1").unwrap();
+        assert!(check(std::slice::from_ref(&p.root), Expect::Exact(id)).is_ok());
+        assert!(check(
+            std::slice::from_ref(&p.root),
+            Expect::AnyControlPlane {
+                trust_domain: "td".into()
+            }
+        )
+        .is_ok());
+        let wrong = SpiffeId::parse("spiffe://td/trellis/controlplane/node-2").unwrap();
+        assert!(check(std::slice::from_ref(&p.root), Expect::Exact(wrong)).is_err());
+        assert!(check(
+            std::slice::from_ref(&p.root),
+            Expect::AnyControlPlane {
+                trust_domain: "other".into()
+            }
+        )
+        .is_err());
+        // Same identity, another root: refused.
+        assert!(check(
+            std::slice::from_ref(&other.root),
+            Expect::AnyControlPlaneAnyDomain
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn pinned_verifier_needs_the_pinned_root_in_the_chain() {
+        let p = pki("spiffe://td/trellis/controlplane/node-1");
+        let verify = |pin: [u8; 32], intermediates: &[CertificateDer<'static>]| {
+            PinnedRootVerifier::new(pin).verify_server_cert(
+                &p.leaf.chain[0],
+                intermediates,
+                &name(),
+                &[],
+                UnixTime::now(),
+            )
+        };
+        let pin = crate::sha256(&p.root);
+        assert!(verify(pin, std::slice::from_ref(&p.root)).is_ok());
+        let e = verify([0; 32], std::slice::from_ref(&p.root))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not match the join token's pin"), "{e}");
+        assert!(
+            verify(pin, &[]).is_err(),
+            "accepted a chain without the root"
+        );
+        // A workload identity is not a control-plane node.
+        let w = pki("spiffe://td/ns/default/sa/web");
+        let r = PinnedRootVerifier::new(crate::sha256(&w.root)).verify_server_cert(
+            &w.leaf.chain[0],
+            std::slice::from_ref(&w.root),
+            &name(),
+            &[],
+            UnixTime::now(),
+        );
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn cert_cell_presents_the_latest_certificate() {
+        let a = pki("spiffe://td/trellis/controlplane/node-1");
+        let b = pki("spiffe://td/trellis/controlplane/node-1");
+        let cell = CertCell::new(&a.leaf).unwrap();
+        assert_eq!(cell.current().cert[0], a.leaf.chain[0]);
+        cell.set(&b.leaf).unwrap();
+        let client = ResolvesClientCert::resolve(&*cell, &[], &[]).unwrap();
+        assert_eq!(client.cert[0], b.leaf.chain[0]);
+        // A key that does not match its certificate is refused, and the
+        // cell keeps presenting the previous one.
+        let mismatched = Identity {
+            chain: a.leaf.chain.clone(),
+            key: b.leaf.key.clone_key(),
+        };
+        assert!(cell.set(&mismatched).is_err());
+        assert_eq!(cell.current().cert[0], b.leaf.chain[0]);
+    }
 }

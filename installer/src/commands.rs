@@ -26,25 +26,7 @@ fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
 }
 
 fn time(unix: i64) -> String {
-    let secs = unix.max(0) as u64;
-    let days = secs / 86400;
-    let rem = secs % 86400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    trellis_identity::rfc3339::format_rfc3339(unix.max(0) as u64)
 }
 
 /// `trellis token create`: prints the token alone on stdout.
@@ -250,14 +232,4 @@ pub async fn kv_get(config: Option<&Path>, key: String, linearizable: bool) -> a
     }
     println!("{}", String::from_utf8_lossy(&r.value));
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_unix_time() {
-        assert_eq!(super::time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::time(1_795_000_000), "2026-11-18T09:46:40Z");
-        assert_eq!(super::time(951_782_400), "2000-02-29T00:00:00Z");
-    }
 }

@@ -72,22 +72,13 @@ pub(crate) fn extra_san(s: &str) -> Result<SanType, CaError> {
         })
 }
 
-/// Lowercase letters, digits, `.`, `-`, `_` (the SPIFFE trust domain rule).
+/// The SPIFFE trust domain rule, as [`trellis_identity::spiffe`] applies it.
 pub(crate) fn validate_trust_domain(td: &str) -> Result<(), CaError> {
-    let ok = !td.is_empty()
-        && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(CaError::BadName {
-            what: "trust domain",
-            value: td.escape_debug().to_string(),
-            reason: "use lowercase letters, digits, '.', '-' and '_', e.g. example.org".into(),
-        })
-    }
+    trellis_identity::spiffe::validate_trust_domain(td).map_err(|reason| CaError::BadName {
+        what: "trust domain",
+        value: td.escape_debug().to_string(),
+        reason,
+    })
 }
 
 /// One SPIFFE path segment: letters, digits, `-`, `.`, `_`; at most 63.
@@ -223,9 +214,4 @@ pub(crate) fn der_to_pem(der: &[u8]) -> String {
     out
 }
 
-pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
+pub(crate) use trellis_identity::sha256;

@@ -260,6 +260,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .flush_async()
             .await
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = bytes.len(), "installed snapshot from the leader");
         Ok(())
     }
 

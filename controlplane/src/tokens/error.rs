@@ -1,7 +1,7 @@
 //! [`TokenError`]: every way a join token can be refused, phrased for the operator.
 
 use super::kind::KindRequired;
-use super::rfc3339::Rfc3339;
+use trellis_identity::rfc3339::Rfc3339;
 
 /// Why a join token was rejected.
 ///

@@ -22,12 +22,11 @@ mod error;
 mod join_token;
 mod kind;
 mod record;
-mod rfc3339;
 mod throttle;
 
 pub use error::TokenError;
 pub use join_token::{JoinToken, MAX_ADDRS, MAX_TOKEN_LEN, TOKEN_PREFIX};
 pub use kind::{parse_vm_identity, KindRequired, TokenKind};
 pub use record::{secret_sha256, TokenRecord, TokenStatus};
-pub use rfc3339::{format_rfc3339, Rfc3339};
 pub use throttle::{Throttle, DEFAULT_MAX_PEERS};
+pub use trellis_identity::rfc3339::{format_rfc3339, Rfc3339};

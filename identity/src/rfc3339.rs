@@ -1,7 +1,8 @@
 //! RFC 3339 (UTC) rendering of unix timestamps for operator-facing messages.
 //!
-//! Hand-written to keep the token module free of clock and calendar
-//! dependencies; only formatting is needed, never parsing.
+//! Hand-written to stay free of calendar dependencies; only formatting is
+//! needed, never parsing. Used for token expiries and certificate lifetimes
+//! in messages and CLI output.
 
 use std::fmt;
 
