@@ -66,7 +66,10 @@ struct NodeFlags {
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
     /// Minimum election timeout, milliseconds (the maximum is twice this).
-    #[arg(long, default_value_t = 400)]
+    /// A follower also refuses to vote until the maximum has passed since
+    /// it last heard from a leader, so a failover takes about 2 to 3 times
+    /// this value.
+    #[arg(long, default_value_t = 300)]
     election_timeout_ms: u64,
     /// Take a snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 5000)]

@@ -118,13 +118,26 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct PeerInfo {
     pub remote_addr: SocketAddr,
     pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The leaf's SPIFFE ID, parsed once per connection.
+    spiffe: Option<SpiffeId>,
 }
 
 impl PeerInfo {
+    pub fn new(remote_addr: SocketAddr, certs: Option<Arc<Vec<CertificateDer<'static>>>>) -> Self {
+        let spiffe = certs
+            .as_ref()
+            .and_then(|c| c.first())
+            .and_then(|leaf| pem::spiffe_id(leaf).ok());
+        Self {
+            remote_addr,
+            certs,
+            spiffe,
+        }
+    }
+
     /// The caller's SPIFFE ID, if it authenticated with a certificate.
     pub fn spiffe_id(&self) -> Option<SpiffeId> {
-        let leaf = self.certs.as_ref()?.first()?;
-        pem::spiffe_id(leaf).ok()
+        self.spiffe.clone()
     }
 
     /// The caller's leaf certificate, if any.
@@ -218,7 +231,7 @@ pub fn incoming(
                             tls.get_ref().1.peer_certificates().map(|c| {
                                 Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())
                             });
-                        let info = PeerInfo { remote_addr, certs };
+                        let info = PeerInfo::new(remote_addr, certs);
                         let _ = tx.send(Ok(TlsConn { inner: tls, info })).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%remote_addr, error = %e, "TLS handshake failed"),

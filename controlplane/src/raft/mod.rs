@@ -40,7 +40,7 @@ impl Default for RaftSettings {
     fn default() -> Self {
         Self {
             heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
             snapshot_every: 5000,
             keep_logs: 1000,
         }

@@ -1,0 +1,257 @@
+//! `trellis-bench controlplane`: the phases of one run. Each system gets
+//! the machine to itself: start-up time of a single node for both, then the
+//! 3-node Trellis control plane (idle RSS, load, then leader kills, each
+//! killed node restarted before the next kill) torn down before the 3-node
+//! etcd cluster goes through the same.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::cluster::BenchCluster;
+use crate::etcd::{self, EtcdBins, EtcdCluster};
+use crate::load::{self, Load};
+use crate::machine::CpuTimes;
+use crate::probe;
+use crate::process::{status_kib, Usage};
+use crate::report::{self, Setup, SystemResult};
+use crate::trellis::{self, TrellisCluster};
+
+/// Nodes per cluster.
+const NODES: usize = 3;
+/// Single-node start-up runs per system; the median is reported.
+const STARTUP_RUNS: usize = 3;
+/// Quiet time after a cluster is up before its idle RSS is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
+/// Quiet time between the load and the kill, so the kill does not land in
+/// the middle of the load's last writes.
+const BEFORE_KILL: Duration = Duration::from_secs(1);
+/// Longest wait for a write after the leader is killed.
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Measured seconds of write load per system (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Seconds of write load before measuring.
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
+    /// Concurrent clients, each on its own connection, spread over the nodes.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Times the leader is killed per system (the killed node is restarted
+    /// before the next); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    failovers: usize,
+    /// The etcd 3.4 server binary.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd: PathBuf,
+    /// The etcdctl binary (finds etcd's leader).
+    #[arg(long, default_value = "/usr/bin/etcdctl")]
+    etcdctl: PathBuf,
+    /// Use the trellis-controlplane binary beside this one as it is,
+    /// instead of building it first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+impl Args {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.seconds == 0 {
+            bail!("--seconds: must be at least 1");
+        }
+        if self.connections == 0 {
+            bail!("--connections: must be at least 1");
+        }
+        if self.failovers == 0 {
+            bail!("--failovers: must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    args.validate()?;
+    let bin = controlplane_binary(!args.no_build)?;
+    let etcd_bins = EtcdBins {
+        etcd: args.etcd.clone(),
+        etcdctl: args.etcdctl.clone(),
+    };
+    let etcd_version = etcd_bins.check()?;
+    let load = Load {
+        value_size: args.value_size,
+        warmup: Duration::from_secs(args.warmup_seconds),
+        measure: Duration::from_secs(args.seconds),
+    };
+
+    eprintln!("start-up time of one fresh node, {STARTUP_RUNS} runs each ...");
+    let mut trellis_startup = Vec::new();
+    let mut etcd_startup = Vec::new();
+    for _ in 0..STARTUP_RUNS {
+        trellis_startup.push(trellis::time_to_first_write(&bin).await?);
+        etcd_startup.push(etcd::time_to_first_write(&etcd_bins).await?);
+    }
+
+    eprintln!("Trellis: starting {NODES} nodes ...");
+    let mut c = TrellisCluster::start(&bin, NODES).await?;
+    let trellis = bench_cluster(&mut c, &args, &load, trellis_startup).await?;
+    drop(c);
+
+    eprintln!("etcd {etcd_version}: starting {NODES} members ...");
+    let mut c = EtcdCluster::start(&etcd_bins, NODES).await?;
+    let mut etcd = bench_cluster(&mut c, &args, &load, etcd_startup).await?;
+    drop(c);
+    etcd.version = etcd_version;
+
+    let setup = Setup {
+        nodes: NODES,
+        connections: args.connections,
+        value_size: args.value_size,
+        warmup: load.warmup,
+        measure: load.measure,
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+    };
+    println!("{}", report::render(&setup, &trellis, &etcd));
+    Ok(())
+}
+
+/// Idle RSS, load, failover on a running cluster.
+async fn bench_cluster<C: BenchCluster>(
+    c: &mut C,
+    args: &Args,
+    load: &Load,
+    mut startup: Vec<Duration>,
+) -> anyhow::Result<SystemResult> {
+    let name = c.name();
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let idle_rss_kib = rss(c, "VmRSS")?;
+
+    eprintln!(
+        "{name}: {} connections, {} s warm-up + {} s ...",
+        args.connections,
+        load.warmup.as_secs(),
+        load.measure.as_secs()
+    );
+    let mut clients = Vec::new();
+    for i in 0..args.connections {
+        clients.push(c.client(i % c.len()).await?);
+    }
+    let before = Usage::total(&c.pids())?;
+    let machine_before = CpuTimes::now()?;
+    let result = load::run(clients, load).await?;
+    let load_machine = CpuTimes::now()?.share_since(machine_before);
+    let load_usage = Usage::total(&c.pids())?.since(before);
+    let peak_rss_kib = rss(c, "VmHWM")?;
+
+    let mut failover = Vec::new();
+    let mut killed = None;
+    for run in 1..=args.failovers {
+        if let Some(node) = killed.take() {
+            eprintln!("{name}: restarting node {} ...", node + 1);
+            c.restart(node).await?;
+        }
+        tokio::time::sleep(BEFORE_KILL).await;
+        let (took, leader) = kill_leader(c, run).await?;
+        failover.push(took);
+        killed = Some(leader);
+    }
+    failover.sort_unstable();
+    startup.sort_unstable();
+    Ok(SystemResult {
+        name,
+        version: String::new(),
+        transport: c.transport(),
+        load: result,
+        idle_rss_kib,
+        peak_rss_kib,
+        load_usage,
+        load_machine,
+        startup,
+        failover,
+    })
+}
+
+/// SIGKILL to the leader, then writes through a survivor until one is
+/// committed. Returns the time that took and the node killed.
+async fn kill_leader<C: BenchCluster>(c: &mut C, run: usize) -> anyhow::Result<(Duration, usize)> {
+    let name = c.name();
+    let leader = c.leader().await?;
+    let survivor = (0..c.len())
+        .find(|&i| i != leader)
+        .context("no node besides the leader")?;
+    // Connected before the kill: only the write is timed.
+    let client = c.client(survivor).await?;
+    eprintln!("{name}: kill -9 leader (node {}) ...", leader + 1);
+    let since = Instant::now();
+    c.kill(leader);
+    let mut seq = 0u64;
+    let took = probe::first_success(
+        since,
+        FAILOVER_DEADLINE,
+        &format!("{name} after its leader was killed"),
+        || {
+            let mut client = client.clone();
+            seq += 1;
+            let key = format!("bench/failover/{run}/{seq}");
+            async move { Ok(client.put(key, b"1".to_vec()).await?) }
+        },
+    )
+    .await?;
+    Ok((took, leader))
+}
+
+fn rss<C: BenchCluster>(c: &C, field: &str) -> anyhow::Result<Vec<u64>> {
+    c.pids().into_iter().map(|p| status_kib(p, field)).collect()
+}
+
+/// `trellis-controlplane` beside this executable (`target/PROFILE/`),
+/// built first with the same profile unless told not to.
+fn controlplane_binary(build: bool) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let dir = exe.parent().context("this executable's directory")?;
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("this executable's profile directory")?;
+    if profile != "release" {
+        eprintln!("warning: this is a `{profile}` build; run with --release for figures that mean something");
+    }
+    if build {
+        build_controlplane(dir, profile)?;
+    }
+    let bin = dir.join("trellis-controlplane");
+    trellis::check_binary(&bin)?;
+    Ok(bin)
+}
+
+fn build_controlplane(target_profile_dir: &Path, profile: &str) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let profile = if profile == "debug" { "dev" } else { profile };
+    eprintln!("building trellis-controlplane ({profile}) ...");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "trellis-controlplane",
+            "--profile",
+            profile,
+        ])
+        // The same target directory as this executable.
+        .env(
+            "CARGO_TARGET_DIR",
+            target_profile_dir.parent().context("target directory")?,
+        )
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building trellis-controlplane failed");
+    }
+    Ok(())
+}
