@@ -1,80 +1,104 @@
-//! The Raft log on sled.
+//! The Raft log: entries in a write-ahead log ([`Wal`]) and in memory, the
+//! vote and commit index in sled.
 //!
 //! A write is acknowledged to openraft (the [`LogFlushed`] callback) only
-//! after an explicit `fsync` of the sled database that covers it: never on
-//! the strength of sled's periodic background flush. Appends that arrive
-//! while a flush is running are flushed together by the next one (group
-//! commit), so throughput grows with load while every acknowledged entry is
-//! on disk.
+//! after an `fdatasync` that covers it. Appends that arrive while a sync
+//! runs are covered by the next one (group commit), so throughput grows
+//! with load while every acknowledged entry is on disk.
+//!
+//! Entries not yet purged are also kept in memory: replication and apply
+//! read them from there, never from disk. Snapshots bound their number
+//! (`--snapshot-every` plus the entries kept for lagging followers).
+use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::RangeBounds;
-use std::sync::mpsc;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
 
 use crate::raft::types::{io_error, Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::raft::wal::Wal;
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last-purged";
 
-/// The log store: sled trees `log` (index → entry) and `raft` (vote,
-/// committed, last purged), and the group-commit flusher.
+struct Inner {
+    wal: Wal,
+    entries: BTreeMap<u64, Entry>,
+}
+
+/// The log store of a node.
 #[derive(Clone)]
 pub struct LogStore {
     db: sled::Db,
-    log: sled::Tree,
     meta: sled::Tree,
+    inner: Arc<Mutex<Inner>>,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
+fn logs_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    io_error(ErrorSubject::Logs, verb, e)
+}
+
+/// Syncs the newest WAL segment for every batch of waiting appends, then
+/// acknowledges them. Ends when the last sender is dropped.
+fn run_flusher(rx: mpsc::Receiver<LogFlushed<TypeConfig>>, target: Arc<RwLock<Option<Arc<File>>>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let file = target.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let res = match file {
+            Some(f) => f.sync_data(),
+            None => Ok(()),
+        };
+        for cb in batch {
+            cb.log_io_completed(match &res {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            });
+        }
+    }
+}
+
 impl LogStore {
-    /// Opens the log in `db` and starts its flusher thread. The thread ends
-    /// when the last clone of the store is dropped.
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let flush_db = db.clone();
+    /// Opens the log: the WAL in `wal_dir`, the vote and commit index in
+    /// `db`. Starts the flusher thread.
+    pub fn open(db: &sled::Db, wal_dir: &Path) -> Result<Self, StorageError> {
+        let meta = db
+            .open_tree("raft")
+            .map_err(|e| logs_err(ErrorVerb::Read, e))?;
+        let (wal, records) = Wal::open(wal_dir).map_err(|e| logs_err(ErrorVerb::Read, e))?;
+        let last_purged = read_meta::<Option<LogId>>(&meta, LAST_PURGED)?.flatten();
+        let floor = last_purged.map(|l| l.index + 1).unwrap_or(0);
+        let mut entries = BTreeMap::new();
+        for (index, payload) in records {
+            if index < floor {
+                continue;
+            }
+            let e: Entry =
+                bincode::deserialize(&payload).map_err(|e| logs_err(ErrorVerb::Read, e))?;
+            entries.insert(index, e);
+        }
+        let (tx, rx) = mpsc::channel();
+        let target = wal.sync_target();
         std::thread::Builder::new()
-            .name("raft-log-flush".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
-                    let res = flush_db.flush().map(|_| ()).map_err(std::io::Error::other);
-                    for cb in batch {
-                        let r = match &res {
-                            Ok(()) => Ok(()),
-                            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-                        };
-                        cb.log_io_completed(r);
-                    }
-                }
-            })
-            .map_err(sled::Error::Io)?;
+            .name("raft-log-sync".into())
+            .spawn(move || run_flusher(rx, target))
+            .map_err(|e| logs_err(ErrorVerb::Write, e))?;
         Ok(Self {
             db: db.clone(),
-            log: db.open_tree("log")?,
-            meta: db.open_tree("raft")?,
+            meta,
+            inner: Arc::new(Mutex::new(Inner { wal, entries })),
             flusher: tx,
         })
     }
 
-    fn get_meta<T: for<'de> serde::Deserialize<'de>>(
-        &self,
-        key: &str,
-        subject: ErrorSubject<u64>,
-    ) -> Result<Option<T>, StorageError> {
-        let Some(b) = self
-            .meta
-            .get(key)
-            .map_err(|e| io_error(subject.clone(), ErrorVerb::Read, e))?
-        else {
-            return Ok(None);
-        };
-        bincode::deserialize(&b)
-            .map(Some)
-            .map_err(|e| io_error(subject, ErrorVerb::Read, e))
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn put_meta<T: serde::Serialize>(
@@ -91,27 +115,25 @@ impl LogStore {
         Ok(())
     }
 
-    async fn flush(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
+    async fn flush_meta(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
         self.db
             .flush_async()
             .await
             .map_err(|e| io_error(subject, ErrorVerb::Write, e))?;
         Ok(())
     }
-
-    fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
-        match self.log.last() {
-            Ok(Some((_, v))) => bincode::deserialize(&v)
-                .map(Some)
-                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(io_error(ErrorSubject::Logs, ErrorVerb::Read, e)),
-        }
-    }
 }
 
-fn key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+fn read_meta<T: for<'de> serde::Deserialize<'de>>(
+    meta: &sled::Tree,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
+    let Some(b) = meta.get(key).map_err(|e| logs_err(ErrorVerb::Read, e))? else {
+        return Ok(None);
+    };
+    bincode::deserialize(&b)
+        .map(Some)
+        .map_err(|e| logs_err(ErrorVerb::Read, e))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -119,26 +141,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        use std::ops::Bound;
-        let start = match range.start_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => i + 1,
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let mut out = Vec::new();
-        for item in self.log.range((Bound::Included(key(start)), end)) {
-            let (_, v) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            out.push(
-                bincode::deserialize(&v)
-                    .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?,
-            );
-        }
-        Ok(out)
+        Ok(self
+            .lock()
+            .entries
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 }
 
@@ -146,10 +154,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged = self
-            .get_meta::<Option<LogId>>(LAST_PURGED, ErrorSubject::Logs)?
-            .flatten();
-        let last = self.last_entry()?.map(|e| e.log_id).or(last_purged);
+        let last_purged = read_meta::<Option<LogId>>(&self.meta, LAST_PURGED)?.flatten();
+        let last = self
+            .lock()
+            .entries
+            .last_key_value()
+            .map(|(_, e)| e.log_id)
+            .or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -163,23 +174,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.put_meta(VOTE, vote, ErrorSubject::Vote)?;
         // A vote must be on disk before it is acted upon.
-        self.flush(ErrorSubject::Vote).await
+        self.flush_meta(ErrorSubject::Vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(VOTE, ErrorSubject::Vote)
+        read_meta(&self.meta, VOTE)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not flushed: a lost committed index is learned again from the
+        // Not flushed: a lost commit index is learned again from the
         // leader; it only lets a restarted node apply sooner.
         self.put_meta(COMMITTED, &committed, ErrorSubject::Store)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
-            .get_meta::<Option<LogId>>(COMMITTED, ErrorSubject::Store)?
-            .flatten())
+        Ok(read_meta::<Option<LogId>>(&self.meta, COMMITTED)?.flatten())
     }
 
     async fn append<I>(
@@ -191,51 +200,52 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for e in entries {
-            let b = bincode::serialize(&e)
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut records = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let b = bincode::serialize(e)
                 .map_err(|err| io_error(ErrorSubject::Log(e.log_id), ErrorVerb::Write, err))?;
-            batch.insert(&key(e.log_id.index), b);
+            records.push((e.log_id.index, b));
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        if self.flusher.send(callback).is_err() {
-            return Err(io_error(
-                ErrorSubject::Logs,
+        {
+            let mut inner = self.lock();
+            inner
+                .wal
+                .append(&records)
+                .map_err(|e| logs_err(ErrorVerb::Write, e))?;
+            for e in entries {
+                inner.entries.insert(e.log_id.index, e);
+            }
+        }
+        self.flusher.send(callback).map_err(|_| {
+            logs_err(
                 ErrorVerb::Write,
-                std::io::Error::other("the log flusher has stopped"),
-            ));
-        }
-        Ok(())
+                std::io::Error::other("the log sync thread has stopped"),
+            )
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(key(log_id.index)..) {
-            let (k, _) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        self.flush(ErrorSubject::Logs).await
+        let mut inner = self.lock();
+        inner
+            .wal
+            .truncate(log_id.index)
+            .map_err(|e| logs_err(ErrorVerb::Delete, e))?;
+        inner.entries.split_off(&log_id.index);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point first: a crash in between leaves extra
-        // entries below it, which are harmless, never a gap.
+        // entries below it, which recovery skips, never a gap.
         self.put_meta(LAST_PURGED, &Some(log_id), ErrorSubject::Logs)?;
-        self.flush(ErrorSubject::Logs).await?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=key(log_id.index)) {
-            let (k, _) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        Ok(())
+        self.flush_meta(ErrorSubject::Logs).await?;
+        let mut inner = self.lock();
+        inner.entries = inner.entries.split_off(&(log_id.index + 1));
+        inner
+            .wal
+            .purge(log_id.index)
+            .map_err(|e| logs_err(ErrorVerb::Delete, e))
     }
 }
 
@@ -244,8 +254,7 @@ pub fn open_db(path: &std::path::Path) -> Result<sled::Db, sled::Error> {
     sled::Config::new()
         .path(path)
         // sled's default 1 GiB page cache would dominate a node's memory; the
-        // working set is the log tail and the state machine, which is kept
-        // in memory anyway.
+        // working set is the state machine, which is kept in memory anyway.
         .cache_capacity(16 * 1024 * 1024)
         .open()
 }

@@ -1,6 +1,7 @@
-//! The replicated store: openraft with sled for the log ([`log_store`]) and
-//! the state machine ([`state_machine`]), peers talking over tonic with mTLS
-//! ([`network`]). The replicated data and its commands are in [`state`].
+//! The replicated store: openraft with its log in a write-ahead log
+//! ([`wal`], [`log_store`]) and its state machine in sled
+//! ([`state_machine`]), peers talking over tonic with mTLS ([`network`]).
+//! The replicated data and its commands are in [`state`].
 // openraft's `StorageError` is large and its trait methods return it by
 // value; boxing it in our helpers would only add conversions.
 #![allow(clippy::result_large_err)]
@@ -9,6 +10,7 @@ pub mod network;
 pub mod state;
 pub mod state_machine;
 pub mod types;
+pub mod wal;
 
 #[cfg(test)]
 mod store_suite;
@@ -55,7 +57,7 @@ pub async fn start(
     peer_tls: Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<(Raft, SharedState)> {
     let db = log_store::open_db(&data_dir.join("db"))?;
-    let log = log_store::LogStore::open(&db)?;
+    let log = log_store::LogStore::open(&db, &data_dir.join("wal"))?;
     let sm = state_machine::StateMachine::open(&db, data_dir.join("snapshot.bin"))?;
     let state = sm.state();
     let config = openraft::Config {

@@ -3,8 +3,7 @@
 //! 3-node Trellis control plane (idle RSS, load, then leader kills, each
 //! killed node restarted before the next kill) torn down before the 3-node
 //! etcd cluster goes through the same.
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -77,7 +76,7 @@ impl Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    let bin = controlplane_binary(!args.no_build)?;
+    controlplane_binary(!args.no_build)?;
     let etcd_bins = EtcdBins {
         etcd: args.etcd.clone(),
         etcdctl: args.etcdctl.clone(),
@@ -93,12 +92,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut trellis_startup = Vec::new();
     let mut etcd_startup = Vec::new();
     for _ in 0..STARTUP_RUNS {
-        trellis_startup.push(trellis::time_to_first_write(&bin).await?);
+        trellis_startup.push(trellis::time_to_first_write().await?);
         etcd_startup.push(etcd::time_to_first_write(&etcd_bins).await?);
     }
 
     eprintln!("Trellis: starting {NODES} nodes ...");
-    let mut c = TrellisCluster::start(&bin, NODES).await?;
+    let mut c = TrellisCluster::start(NODES).await?;
     let trellis = bench_cluster(&mut c, &args, &load, trellis_startup).await?;
     drop(c);
 
@@ -209,11 +208,11 @@ fn rss<C: BenchCluster>(c: &C, field: &str) -> anyhow::Result<Vec<u64>> {
     c.pids().into_iter().map(|p| status_kib(p, field)).collect()
 }
 
-/// `trellis-controlplane` beside this executable (`target/PROFILE/`),
-/// built first with the same profile unless told not to.
-fn controlplane_binary(build: bool) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("finding this executable")?;
-    let dir = exe.parent().context("this executable's directory")?;
+/// Makes the Trellis clusters start the `trellis-controlplane` beside this
+/// executable (`target/PROFILE/`), built first with the same profile unless
+/// told not to.
+fn controlplane_binary(build: bool) -> anyhow::Result<()> {
+    let dir = trellis_e2e::profile_dir()?;
     let profile = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -221,37 +220,11 @@ fn controlplane_binary(build: bool) -> anyhow::Result<PathBuf> {
     if profile != "release" {
         eprintln!("warning: this is a `{profile}` build; run with --release for figures that mean something");
     }
-    if build {
-        build_controlplane(dir, profile)?;
-    }
-    let bin = dir.join("trellis-controlplane");
-    trellis::check_binary(&bin)?;
-    Ok(bin)
-}
-
-fn build_controlplane(target_profile_dir: &Path, profile: &str) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let profile = if profile == "debug" { "dev" } else { profile };
-    eprintln!("building trellis-controlplane ({profile}) ...");
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "trellis-controlplane",
-            "--profile",
-            profile,
-        ])
-        // The same target directory as this executable.
-        .env(
-            "CARGO_TARGET_DIR",
-            target_profile_dir.parent().context("target directory")?,
-        )
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building trellis-controlplane failed");
-    }
-    Ok(())
+    let packages: &[&str] = if build {
+        &["trellis-controlplane"]
+    } else {
+        &[]
+    };
+    let dir = trellis_e2e::use_bins(packages)?;
+    trellis::check_binary(&dir.join("trellis-controlplane"))
 }

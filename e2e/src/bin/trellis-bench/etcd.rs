@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use tonic::transport::{Channel, Endpoint};
-use trellis_e2e::free_port;
+use trellis_e2e::{free_port, remove_env_prefixed, Proc};
 
 use crate::cluster::{BenchCluster, Client};
 use crate::probe;
-use crate::process::Proc;
 
 /// etcd's v3 KV service, generated from `e2e/proto/etcd.proto`.
 pub mod pb {
@@ -231,12 +230,7 @@ fn spawn(etcd: &Path, root: &Path, s: &Spec, initial_cluster: &str) -> anyhow::R
         // etcd's defaults, spelled out: they are part of what is compared.
         .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
         .args(["--logger", "zap", "--log-outputs", "stderr"]);
-    // Settings in the caller's environment would apply to every member.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ETCD_") {
-            cmd.env_remove(k);
-        }
-    }
+    remove_env_prefixed(&mut cmd, "ETCD_");
     Proc::spawn(
         &format!("etcd {}", s.name),
         &mut cmd,

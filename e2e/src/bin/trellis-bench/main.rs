@@ -7,9 +7,11 @@
 //! node, the time a fresh node takes to serve its first write and the time
 //! to the first write after the leader is killed. See `docs/benchmarks.md`.
 //!
-//! The modules follow one run: [`process`] (child processes that die with
-//! their guard), [`trellis`] and [`etcd`] (the two clusters behind
-//! [`cluster::BenchCluster`]), [`load`] (the write load), [`machine`] (CPU
+//! The modules follow one run: [`trellis`] and [`etcd`] (the two clusters
+//! behind [`cluster::BenchCluster`]; Trellis's is the e2e harness's
+//! `trellis_e2e::Cluster`, and every process runs under a
+//! `trellis_e2e::Proc` that dies with its guard), [`process`] (their memory,
+//! CPU time and disk writes), [`load`] (the write load), [`machine`] (CPU
 //! taken by the hypervisor meanwhile), [`probe`] (time to the first
 //! successful write), [`controlplane`] (the phases) and [`report`] (the
 //! table).

@@ -1,80 +1,10 @@
-//! Child processes that are killed when their guard is dropped (on success,
-//! error or panic alike), and their memory, CPU time and disk writes as the
-//! kernel reports them.
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+//! The memory, CPU time and disk writes of processes as the kernel reports
+//! them. (The processes themselves run under [`trellis_e2e::Proc`].)
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-
-/// A running child process whose stdout and stderr go to a log file.
-pub struct Proc {
-    name: String,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Proc {
-    /// Starts `cmd` with its output appended to `log`.
-    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Self> {
-        let out = File::options()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("creating {}", log.display()))?;
-        let child = cmd
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
-        Ok(Self {
-            name: name.to_string(),
-            log: log.to_path_buf(),
-            child: Some(child),
-        })
-    }
-
-    /// Process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// What the process printed so far.
-    pub fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Fails, with the end of the log, if the process has exited.
-    pub fn check_running(&mut self) -> anyhow::Result<()> {
-        let Some(child) = self.child.as_mut() else {
-            bail!("{} was killed", self.name);
-        };
-        if let Some(status) = child.try_wait()? {
-            let out = self.output();
-            let tail: Vec<&str> = out.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("{} exited ({status}):\n{}", self.name, tail.join("\n"));
-        }
-        Ok(())
-    }
-
-    /// SIGKILL, then reap.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use anyhow::Context;
 
 /// A `kB` field of `/proc/PID/status` (VmRSS, VmHWM), in KiB.
 pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {

@@ -1,0 +1,101 @@
+//! Where the binaries under test are: `target/PROFILE/` of the running
+//! executable, built first with the same profile.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context};
+
+/// What [`bin_dir`] builds when nothing chose otherwise: every binary the
+/// harness starts.
+const HARNESS_PACKAGES: [&str; 2] = ["trellis-controlplane", "trellis"];
+
+static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// The directory holding the binaries of the profile this executable was
+/// built with; builds them first (once per process) so `cargo test` alone
+/// is enough. A binary that wants a say in that calls [`use_bins`] first.
+pub fn bin_dir() -> &'static Path {
+    BIN_DIR.get_or_init(|| prepare(&HARNESS_PACKAGES).expect("building the binaries"))
+}
+
+/// Builds `packages` (none: takes the binaries as they are) with the
+/// profile of this executable and makes their directory the one
+/// [`bin_dir`] returns. For a `[[bin]]` such as `trellis-bench`, before it
+/// starts a [`crate::Cluster`].
+pub fn use_bins(packages: &[&str]) -> anyhow::Result<&'static Path> {
+    let dir = prepare(packages)?;
+    Ok(BIN_DIR.get_or_init(|| dir))
+}
+
+/// Path of one of our binaries.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// `target/PROFILE/` of the running executable.
+pub fn profile_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    profile_dir_of(&exe)
+        .map(Path::to_path_buf)
+        .with_context(|| format!("no target/PROFILE/ above {}", exe.display()))
+}
+
+/// A test executable is in `target/PROFILE/deps/`, a `[[bin]]` in
+/// `target/PROFILE/` itself.
+fn profile_dir_of(exe: &Path) -> Option<&Path> {
+    let dir = exe.parent()?;
+    if dir.file_name()? == "deps" {
+        dir.parent()
+    } else {
+        Some(dir)
+    }
+}
+
+fn prepare(packages: &[&str]) -> anyhow::Result<PathBuf> {
+    let dir = profile_dir()?;
+    if !packages.is_empty() {
+        build(&dir, packages)?;
+    }
+    Ok(dir)
+}
+
+/// `cargo build` of `packages` into `dir` (`target/PROFILE/`).
+fn build(dir: &Path, packages: &[&str]) -> anyhow::Result<()> {
+    let target = dir.parent().context("target directory")?;
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(p) => p,
+        None => bail!("no profile directory name in {}", dir.display()),
+    };
+    eprintln!("building {} ({profile}) ...", packages.join(", "));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "--profile", profile]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    let status = cmd
+        // The same target directory as this executable.
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building {} failed", packages.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_profile_dir_of_tests_and_binaries() {
+        let test = Path::new("/w/target/debug/deps/controlplane-0123abcd");
+        assert_eq!(profile_dir_of(test), Some(Path::new("/w/target/debug")));
+        let bench = Path::new("/w/target/release/trellis-bench");
+        assert_eq!(profile_dir_of(bench), Some(Path::new("/w/target/release")));
+    }
+}
