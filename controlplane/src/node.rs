@@ -1,7 +1,7 @@
 //! A running control-plane node: its Raft instance, its replica, its CA and
 //! the operations the APIs call. Writes and linearizable reads run on the
 //! leader; a follower forwards them ([`Node::leader_op`]).
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -90,6 +90,19 @@ pub struct Node {
     peer_tls: Arc<rustls::ClientConfig>,
     peers: Mutex<HashMap<String, PeerClient<Channel>>>,
     throttle: Mutex<Throttle>,
+    forward_queue: Mutex<Vec<Pending>>,
+    forward_permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// Forwarded calls in flight at once from one node to the leader.
+const FORWARD_IN_FLIGHT: usize = 2;
+
+/// An operation waiting to be forwarded.
+struct Pending {
+    leader: NodeId,
+    addr: String,
+    op: LeaderOp,
+    reply: tokio::sync::oneshot::Sender<Result<LeaderReply, NodeError>>,
 }
 
 impl Node {
@@ -116,6 +129,8 @@ impl Node {
             seal,
             peer_tls,
             peers: Mutex::new(HashMap::new()),
+            forward_queue: Mutex::new(Vec::new()),
+            forward_permits: Arc::new(tokio::sync::Semaphore::new(FORWARD_IN_FLIGHT)),
             throttle: Mutex::new(Throttle::new(
                 THROTTLE_MAX_FAILURES,
                 THROTTLE_WINDOW_SECS,
@@ -189,7 +204,7 @@ impl Node {
 
     /// Runs `op` on the leader: here if this node leads, else forwarded.
     /// Retries through elections for up to five seconds.
-    pub async fn leader_op(&self, op: LeaderOp) -> Result<LeaderReply, NodeError> {
+    pub async fn leader_op(self: &Arc<Self>, op: LeaderOp) -> Result<LeaderReply, NodeError> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let (leader, addr) = self.wait_leader(deadline).await?;
@@ -200,7 +215,7 @@ impl Node {
                     Err(Local::NotLeader) => Err(NodeError::NoLeader),
                 }
             } else {
-                self.forward(leader, &addr, &op).await
+                self.forward_batched(leader, &addr, op.clone()).await
             };
             match res {
                 Err(NodeError::NoLeader | NodeError::LeaderUnreachable { .. })
@@ -213,14 +228,16 @@ impl Node {
         }
     }
 
+    /// Carries a batch of operations to the leader in one call; one result
+    /// per operation, in order.
     async fn forward(
         &self,
         leader: NodeId,
         addr: &str,
-        op: &LeaderOp,
-    ) -> Result<LeaderReply, NodeError> {
+        ops: &[LeaderOp],
+    ) -> Result<Vec<Result<LeaderReply, NodeError>>, NodeError> {
         let mut client = self.peer_client(addr)?;
-        let data = bincode::serialize(op).map_err(|e| NodeError::Internal(e.to_string()))?;
+        let data = bincode::serialize(ops).map_err(|e| NodeError::Internal(e.to_string()))?;
         let reply = client
             .forward(RaftPayload { data })
             .await
@@ -235,24 +252,133 @@ impl Node {
                 _ => NodeError::from(s),
             })?
             .into_inner();
-        let res: ForwardResult =
+        let res: Vec<ForwardResult> =
             bincode::deserialize(&reply.data).map_err(|e| NodeError::Internal(e.to_string()))?;
-        res.map_err(|(code, msg)| NodeError::from(tonic::Status::new(tonic::Code::from(code), msg)))
+        if res.len() != ops.len() {
+            return Err(NodeError::Internal(format!(
+                "the leader answered {} of {} forwarded operations",
+                res.len(),
+                ops.len()
+            )));
+        }
+        Ok(res
+            .into_iter()
+            .map(|r| {
+                r.map_err(|(code, msg)| {
+                    NodeError::from(tonic::Status::new(tonic::Code::from(code), msg))
+                })
+            })
+            .collect())
     }
 
-    /// Serves an operation forwarded by a peer: only if this node leads.
-    pub async fn serve_forwarded(&self, op: LeaderOp) -> ForwardResult {
-        match self.run_local(&op).await {
-            Ok(r) => Ok(r),
-            Err(Local::NotLeader) => {
-                let s = tonic::Status::from(NodeError::NoLeader);
-                Err((s.code() as i32, s.message().to_string()))
-            }
-            Err(Local::Failed(e)) => {
-                let s = tonic::Status::from(e);
-                Err((s.code() as i32, s.message().to_string()))
+    /// Forwards one operation, batched with the others waiting to go to the
+    /// same leader: concurrent writes through a follower share one call
+    /// (at most [`FORWARD_IN_FLIGHT`] calls are in flight; operations that
+    /// arrive meanwhile go in the next batch).
+    async fn forward_batched(
+        self: &Arc<Self>,
+        leader: NodeId,
+        addr: &str,
+        op: LeaderOp,
+    ) -> Result<LeaderReply, NodeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.forward_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Pending {
+                leader,
+                addr: addr.to_string(),
+                op,
+                reply: tx,
+            });
+        // A sender task runs while permits last and sends what is queued
+        // until the queue is empty; an operation queued while every permit
+        // is taken goes out with a running sender's next batch. The sender
+        // checks the queue again after giving its permit back, which closes
+        // the race with an operation queued in between.
+        if let Ok(permit) = self.forward_permits.clone().try_acquire_owned() {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let mut permit = Some(permit);
+                loop {
+                    let batch = std::mem::take(
+                        &mut *node.forward_queue.lock().unwrap_or_else(|p| p.into_inner()),
+                    );
+                    if !batch.is_empty() {
+                        node.send_batch(batch).await;
+                        continue;
+                    }
+                    drop(permit.take());
+                    let queued = !node
+                        .forward_queue
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_empty();
+                    match node.forward_permits.clone().try_acquire_owned() {
+                        Ok(p) if queued => permit = Some(p),
+                        _ => break,
+                    }
+                }
+            });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(NodeError::Internal("forwarding was dropped".into())))
+    }
+
+    async fn send_batch(&self, batch: Vec<Pending>) {
+        let mut by_leader: BTreeMap<(NodeId, String), Vec<Pending>> = BTreeMap::new();
+        for p in batch {
+            by_leader
+                .entry((p.leader, p.addr.clone()))
+                .or_default()
+                .push(p);
+        }
+        for ((leader, addr), pending) in by_leader {
+            let ops: Vec<LeaderOp> = pending.iter().map(|p| p.op.clone()).collect();
+            match self.forward(leader, &addr, &ops).await {
+                Ok(results) => {
+                    for (p, r) in pending.into_iter().zip(results) {
+                        let _ = p.reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    for p in pending {
+                        let _ = p.reply.send(Err(match &e {
+                            NodeError::LeaderUnreachable {
+                                leader,
+                                addr,
+                                reason,
+                            } => NodeError::LeaderUnreachable {
+                                leader: *leader,
+                                addr: addr.clone(),
+                                reason: reason.clone(),
+                            },
+                            NodeError::NoLeader => NodeError::NoLeader,
+                            other => NodeError::Internal(other.to_string()),
+                        }));
+                    }
+                }
             }
         }
+    }
+
+    /// Serves operations forwarded by a peer, concurrently (so a batch of
+    /// writes is appended together): only if this node leads.
+    pub async fn serve_forwarded(&self, ops: Vec<LeaderOp>) -> Vec<ForwardResult> {
+        let runs = ops.iter().map(|op| async move {
+            match self.run_local(op).await {
+                Ok(r) => Ok(r),
+                Err(Local::NotLeader) => {
+                    let s = tonic::Status::from(NodeError::NoLeader);
+                    Err((s.code() as i32, s.message().to_string()))
+                }
+                Err(Local::Failed(e)) => {
+                    let s = tonic::Status::from(e);
+                    Err((s.code() as i32, s.message().to_string()))
+                }
+            }
+        });
+        futures::future::join_all(runs).await
     }
 
     async fn run_local(&self, op: &LeaderOp) -> Result<LeaderReply, Local> {
@@ -324,7 +450,7 @@ impl Node {
 
     /// Writes a command through the leader; a refusal by the store becomes
     /// [`NodeError::Refused`]. Returns the commit index and the response.
-    pub async fn write(&self, cmd: Command) -> Result<(u64, Response), NodeError> {
+    pub async fn write(self: &Arc<Self>, cmd: Command) -> Result<(u64, Response), NodeError> {
         match self.leader_op(LeaderOp::Write(cmd)).await? {
             LeaderReply::Written {
                 response: Response::Refused(why),
@@ -338,7 +464,7 @@ impl Node {
     /// Checks a join token presented by `peer` and spends one use of it.
     /// Failures count against the peer; too many lock it out for a while.
     pub async fn use_token(
-        &self,
+        self: &Arc<Self>,
         token: &str,
         required: KindRequired,
         peer: &str,
@@ -362,7 +488,7 @@ impl Node {
     }
 
     async fn try_use_token(
-        &self,
+        self: &Arc<Self>,
         token: &str,
         required: KindRequired,
         now: u64,

@@ -16,9 +16,9 @@ pub struct PeerService(pub Arc<Node>);
 impl Peer for PeerService {
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         require_controlplane(&self.0, &req)?;
-        let op: LeaderOp = bincode::deserialize(&req.get_ref().data)
-            .map_err(|e| Status::invalid_argument(format!("bad forwarded operation: {e}")))?;
-        let res = self.0.serve_forwarded(op).await;
+        let ops: Vec<LeaderOp> = bincode::deserialize(&req.get_ref().data)
+            .map_err(|e| Status::invalid_argument(format!("bad forwarded operations: {e}")))?;
+        let res = self.0.serve_forwarded(ops).await;
         let data = bincode::serialize(&res).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(RaftPayload { data }))
     }
