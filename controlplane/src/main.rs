@@ -74,6 +74,10 @@ struct NodeFlags {
     /// Take a snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 5000)]
     snapshot_every: u64,
+    /// Size in bytes at which a Raft log segment file is closed; compaction
+    /// deletes whole segments.
+    #[arg(long, default_value_t = 16 << 20)]
+    wal_segment_bytes: u64,
     /// Default lifetime of issued workload certificates, seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     cert_ttl_secs: u64,
@@ -94,6 +98,7 @@ impl NodeFlags {
                     Duration::from_millis(self.election_timeout_ms * 2),
                 ),
                 snapshot_every: self.snapshot_every,
+                wal_segment_bytes: self.wal_segment_bytes,
                 ..RaftSettings::default()
             },
             leaf_ttl: Duration::from_secs(self.cert_ttl_secs),

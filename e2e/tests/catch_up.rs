@@ -8,8 +8,13 @@ use trellis_e2e::{wait_for, Cluster};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fourth_node_joins_after_10000_writes_and_catches_up_by_snapshot() -> anyhow::Result<()> {
     // Snapshot every 1,000 entries, so the log the 4th node would need has
-    // long been compacted away when it joins.
-    let mut c = Cluster::start(3, &["--snapshot-every", "1000"]).await?;
+    // long been compacted away when it joins; small log segments, so that
+    // compaction shows on disk.
+    let mut c = Cluster::start(
+        3,
+        &["--snapshot-every", "1000", "--wal-segment-bytes", "65536"],
+    )
+    .await?;
     let leader = c.leader().await.expect("leader");
     const WRITES: usize = 10_000;
     const CLIENTS: usize = 16;
@@ -31,6 +36,19 @@ async fn fourth_node_joins_after_10000_writes_and_catches_up_by_snapshot() -> an
     for t in tasks {
         t.await??;
     }
+
+    // The log on disk stays bounded: about two snapshot intervals of
+    // entries, not all 10,000 (which would take some 50 segments).
+    let wal = c.node(leader).dir.join("wal");
+    let segments: Vec<u64> = std::fs::read_dir(&wal)?
+        .filter_map(|e| e.ok()?.metadata().ok().map(|m| m.len()))
+        .collect();
+    let bytes: u64 = segments.iter().sum();
+    assert!(
+        segments.len() <= 16 && bytes < 1_200_000,
+        "the leader's log was not compacted: {} segments, {bytes} bytes",
+        segments.len()
+    );
 
     let id = c.join(false).await?;
     // Every write is on the new node, read from its own replica.

@@ -65,13 +65,14 @@ fn run_flusher(rx: mpsc::Receiver<LogFlushed<TypeConfig>>, target: Arc<RwLock<Op
 }
 
 impl LogStore {
-    /// Opens the log: the WAL in `wal_dir`, the vote and commit index in
-    /// `db`. Starts the flusher thread.
-    pub fn open(db: &sled::Db, wal_dir: &Path) -> Result<Self, StorageError> {
+    /// Opens the log: the WAL in `wal_dir` (segments of `segment_bytes`),
+    /// the vote and commit index in `db`. Starts the sync thread.
+    pub fn open(db: &sled::Db, wal_dir: &Path, segment_bytes: u64) -> Result<Self, StorageError> {
         let meta = db
             .open_tree("raft")
             .map_err(|e| logs_err(ErrorVerb::Read, e))?;
-        let (wal, records) = Wal::open(wal_dir).map_err(|e| logs_err(ErrorVerb::Read, e))?;
+        let (wal, records) =
+            Wal::open(wal_dir, segment_bytes).map_err(|e| logs_err(ErrorVerb::Read, e))?;
         let last_purged = read_meta::<Option<LogId>>(&meta, LAST_PURGED)?.flatten();
         let floor = last_purged.map(|l| l.index + 1).unwrap_or(0);
         let mut entries = BTreeMap::new();

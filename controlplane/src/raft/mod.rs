@@ -36,6 +36,9 @@ pub struct RaftSettings {
     /// Entries kept in the log below the snapshot, so that slightly lagging
     /// followers catch up from the log rather than a snapshot.
     pub keep_logs: u64,
+    /// Size at which a write-ahead log segment is closed; compaction
+    /// deletes whole segments.
+    pub wal_segment_bytes: u64,
 }
 
 impl Default for RaftSettings {
@@ -45,6 +48,7 @@ impl Default for RaftSettings {
             election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
             snapshot_every: 5000,
             keep_logs: 1000,
+            wal_segment_bytes: wal::DEFAULT_SEGMENT_BYTES,
         }
     }
 }
@@ -57,7 +61,7 @@ pub async fn start(
     peer_tls: Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<(Raft, SharedState)> {
     let db = log_store::open_db(&data_dir.join("db"))?;
-    let log = log_store::LogStore::open(&db, &data_dir.join("wal"))?;
+    let log = log_store::LogStore::open(&db, &data_dir.join("wal"), settings.wal_segment_bytes)?;
     let sm = state_machine::StateMachine::open(&db, data_dir.join("snapshot.bin"))?;
     let state = sm.state();
     let config = openraft::Config {

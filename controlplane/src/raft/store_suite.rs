@@ -13,6 +13,7 @@ use super::log_store::{open_db, LogStore};
 use super::state::Command;
 use super::state_machine::StateMachine;
 use super::types::{StorageError, TypeConfig};
+use super::wal::DEFAULT_SEGMENT_BYTES;
 
 struct SledBuilder;
 
@@ -20,7 +21,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = TempDir::new().expect("tempdir");
         let db = open_db(&dir.path().join("db")).expect("open sled");
-        let log = LogStore::open(&db, &dir.path().join("wal"))?;
+        let log = LogStore::open(&db, &dir.path().join("wal"), DEFAULT_SEGMENT_BYTES)?;
         let sm = StateMachine::open(&db, dir.path().join("snapshot.bin"))?;
         Ok((dir, log, sm))
     }
@@ -54,8 +55,12 @@ fn sigkill_child_appender() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let db = open_db(&std::path::Path::new(&dir).join("db")).expect("open sled");
-        let mut log =
-            LogStore::open(&db, &std::path::Path::new(&dir).join("wal")).expect("log store");
+        let mut log = LogStore::open(
+            &db,
+            &std::path::Path::new(&dir).join("wal"),
+            DEFAULT_SEGMENT_BYTES,
+        )
+        .expect("log store");
         for index in 1.. {
             // Returns once the flush callback has fired.
             log.blocking_append([put_entry(index)])
@@ -104,7 +109,8 @@ fn acknowledged_appends_survive_sigkill() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let db = open_db(&dir.path().join("db")).expect("reopen sled after SIGKILL");
-        let mut log = LogStore::open(&db, &dir.path().join("wal")).expect("log store");
+        let mut log =
+            LogStore::open(&db, &dir.path().join("wal"), DEFAULT_SEGMENT_BYTES).expect("log store");
         let state = log.get_log_state().await.expect("log state");
         let last = state.last_log_id.expect("log is empty after reopen").index;
         assert!(

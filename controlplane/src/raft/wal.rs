@@ -2,8 +2,9 @@
 //! files of checksummed records, made durable by `fdatasync` on one thread
 //! that acknowledges every append it covered (group commit).
 //!
-//! Layout: `DIR/FIRST_INDEX.wal`, 20-digit first index, each at most
-//! [`SEGMENT_BYTES`] (a record is never split). A record is
+//! Layout: `DIR/FIRST_INDEX.wal`, 20-digit first index; a segment is
+//! closed once it passes the segment size ([`DEFAULT_SEGMENT_BYTES`] unless
+//! configured; a record is never split). A record is
 //! `len: u32 | crc32(index ‖ payload): u32 | index: u64 | payload`, all
 //! little-endian. Indexes are consecutive within a segment and increase
 //! from one segment to the next (a jump follows a snapshot install).
@@ -17,8 +18,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-/// A segment is closed once it grows past this size.
-pub const SEGMENT_BYTES: u64 = 16 << 20;
+/// A segment is closed once it grows past this size, by default.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 16 << 20;
 const HEADER: usize = 16;
 /// Largest record accepted on recovery; anything bigger is corruption.
 const MAX_RECORD: usize = 256 << 20;
@@ -49,6 +50,7 @@ impl Segment {
 #[derive(Debug)]
 pub struct Wal {
     dir: PathBuf,
+    segment_bytes: u64,
     segments: Vec<Segment>,
     file: Option<File>,
     /// The last segment's file, shared with the flusher; swapped when a new
@@ -112,9 +114,9 @@ pub fn decode_records(data: &[u8]) -> (Vec<RecordRef<'_>>, u64) {
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir` and returns every record in it,
-    /// as (index, payload).
-    pub fn open(dir: &Path) -> io::Result<(Self, Vec<Record>)> {
+    /// Opens (or creates) the log in `dir`, closing segments past
+    /// `segment_bytes`, and returns every record in it.
+    pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<(Self, Vec<Record>)> {
         std::fs::create_dir_all(dir)?;
         let mut firsts: Vec<u64> = Vec::new();
         for e in std::fs::read_dir(dir)? {
@@ -174,6 +176,7 @@ impl Wal {
         }
         let mut wal = Self {
             dir: dir.to_path_buf(),
+            segment_bytes,
             segments,
             file: None,
             sync_target: Arc::new(RwLock::new(None)),
@@ -236,7 +239,7 @@ impl Wal {
         let contiguous = last.is_none_or(|l| *first == l + 1);
         let needs_new = match self.segments.last() {
             None => true,
-            Some(s) => s.len >= SEGMENT_BYTES || !contiguous,
+            Some(s) => s.len >= self.segment_bytes || !contiguous,
         };
         if needs_new {
             self.start_segment(*first)?;
@@ -350,20 +353,20 @@ mod tests {
     #[test]
     fn reopen_returns_what_was_appended() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, recs) = Wal::open(dir.path()).unwrap();
+        let (mut w, recs) = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         assert!(recs.is_empty());
         w.append(&(1..=10).map(rec).collect::<Vec<_>>()).unwrap();
         w.append(&[rec(11)]).unwrap();
         sync(&w);
         drop(w);
-        let (_, recs) = Wal::open(dir.path()).unwrap();
+        let (_, recs) = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         assert_eq!(recs, (1..=11).map(rec).collect::<Vec<_>>());
     }
 
     #[test]
     fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
+        let (mut w, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         w.append(&(1..=5).map(rec).collect::<Vec<_>>()).unwrap();
         sync(&w);
         drop(w);
@@ -375,23 +378,23 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&tail[..tail.len() / 2]).unwrap();
         drop(f);
-        let (mut w, recs) = Wal::open(dir.path()).unwrap();
+        let (mut w, recs) = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         assert_eq!(recs.len(), 5);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
         w.append(&[rec(6)]).unwrap();
         sync(&w);
         drop(w);
-        let (_, recs) = Wal::open(dir.path()).unwrap();
+        let (_, recs) = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         assert_eq!(recs, (1..=6).map(rec).collect::<Vec<_>>());
     }
 
     #[test]
     fn corruption_before_the_last_segment_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
+        let (mut w, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         w.append(&[rec(1), rec(2)]).unwrap();
         // Force a second segment.
-        w.segments.last_mut().unwrap().len = SEGMENT_BYTES;
+        w.segments.last_mut().unwrap().len = DEFAULT_SEGMENT_BYTES;
         w.append(&[rec(3)]).unwrap();
         sync(&w);
         drop(w);
@@ -400,17 +403,17 @@ mod tests {
         let n = data.len();
         data[n - 1] ^= 0xff;
         std::fs::write(&first, data).unwrap();
-        let err = Wal::open(dir.path()).unwrap_err();
+        let err = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
     }
 
     #[test]
     fn truncate_and_purge_across_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
+        let (mut w, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         for chunk in [1..=3u64, 4..=6, 7..=9] {
             w.append(&chunk.map(rec).collect::<Vec<_>>()).unwrap();
-            w.segments.last_mut().unwrap().len = SEGMENT_BYTES;
+            w.segments.last_mut().unwrap().len = DEFAULT_SEGMENT_BYTES;
         }
         assert_eq!(w.segment_count(), 3);
         // Truncate into the middle of the second segment.
@@ -429,15 +432,18 @@ mod tests {
         w.purge(3).unwrap();
         assert_eq!(w.segment_count(), 1);
         drop(w);
-        let (_, recs) = Wal::open(dir.path()).unwrap();
+        let (_, recs) = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         assert_eq!(recs, vec![rec(4), (5, b"new five".to_vec())]);
         // Truncating everything leaves an empty log that accepts any start.
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
+        let (mut w, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         w.truncate(0).unwrap();
         assert_eq!(w.segment_count(), 0);
         w.append(&[rec(100)]).unwrap();
         sync(&w);
         drop(w);
-        assert_eq!(Wal::open(dir.path()).unwrap().1, vec![rec(100)]);
+        assert_eq!(
+            Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap().1,
+            vec![rec(100)]
+        );
     }
 }
