@@ -518,6 +518,16 @@ impl Node {
         }
     }
 
+    /// Every member's address, from this node's view of the membership:
+    /// no network calls, unlike [`Node::members`].
+    pub fn member_addresses(&self) -> Vec<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership()
+            .nodes()
+            .map(|(_, n)| n.addr.clone())
+            .collect()
+    }
+
     /// Every member, with role, leadership and (when it answers within a
     /// second) the last log index it applied.
     pub async fn members(&self) -> Vec<Member> {

@@ -10,14 +10,21 @@ use trellis_identity::admin_config::AdminConfig;
 /// An admin client connected to the first reachable control-plane address.
 ///
 /// The config's address list is refreshed from the cluster's membership
-/// after each connection, so the CLI keeps working when the node it was
-/// first given (the one that ran `init`) is down or removed.
+/// while it is short or when the first address did not answer, so the CLI
+/// keeps working when the node it was first given (the one that ran
+/// `init`) is down or removed.
 pub async fn admin(config_flag: Option<&Path>) -> anyhow::Result<AdminClient<Channel>> {
     let path = AdminConfig::default_path(config_flag);
     let mut cfg = AdminConfig::load(&path)?;
     let tls = cfg.tls().with_context(|| format!("{}", path.display()))?;
-    let (channel, _) = trellis_identity::grpc::connect_any(&cfg.controlplanes, tls).await?;
+    let (channel, used) = trellis_identity::grpc::connect_any(&cfg.controlplanes, tls).await?;
     let mut client = AdminClient::new(channel);
+    // Refresh only while the list is short (as `init` writes it) or after a
+    // failover: `Members` asks every node for its status.
+    let refresh = cfg.controlplanes.len() < 3 || cfg.controlplanes.first() != Some(&used);
+    if !refresh {
+        return Ok(client);
+    }
     if let Ok(r) = client.members(Empty {}).await {
         let addrs: Vec<String> = r
             .into_inner()

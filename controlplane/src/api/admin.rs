@@ -55,9 +55,9 @@ impl Admin for AdminService {
         // Every member's address, this node's first: the joiner tries them
         // in order.
         let mut addrs = vec![self.0.address.clone()];
-        for m in self.0.members().await {
-            if !addrs.contains(&m.address) {
-                addrs.push(m.address);
+        for a in self.0.member_addresses() {
+            if !addrs.contains(&a) {
+                addrs.push(a);
             }
         }
         let token = JoinToken::generate(addrs, pin);
