@@ -278,9 +278,13 @@ pub async fn run(
         seal.open(&mesh.sealed_root_key)
             .context("the CA key does not open this mesh's root key")?;
     }
-    let listener = TcpListener::bind(&settings.listen)
+    let listen = settings
+        .listen
+        .clone()
+        .unwrap_or_else(|| local.address.clone());
+    let listener = TcpListener::bind(&listen)
         .await
-        .with_context(|| format!("binding {}", settings.listen))?;
+        .with_context(|| format!("binding {listen}"))?;
     let node = Arc::new(Node::new(
         local.node_id,
         local.trust_domain.clone(),

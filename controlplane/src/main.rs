@@ -47,14 +47,19 @@ enum Cmd {
     },
 }
 
+/// Where `init` and `join` listen unless told otherwise.
+const DEFAULT_LISTEN: &str = "127.0.0.1:15012";
+
 #[derive(Args)]
 struct NodeFlags {
     /// Directory of this node's store, keys and certificates.
     #[arg(long, env = "TRELLIS_DATA_DIR")]
     data_dir: PathBuf,
-    /// Address of the gRPC port (Raft, agents, admin).
-    #[arg(long, env = "TRELLIS_LISTEN", default_value = "127.0.0.1:15012")]
-    listen: String,
+    /// Address of the gRPC port (Raft, agents, admin). Default for `init`
+    /// and `join`: 127.0.0.1:15012; for `run`: the address the node was
+    /// created with.
+    #[arg(long, env = "TRELLIS_LISTEN")]
+    listen: Option<String>,
     /// Address other nodes and clients use to reach this one, if not --listen.
     #[arg(long, env = "TRELLIS_ADVERTISE")]
     advertise: Option<String>,
@@ -109,7 +114,8 @@ impl NodeFlags {
     fn advertise(&self) -> String {
         self.advertise
             .clone()
-            .unwrap_or_else(|| self.listen.clone())
+            .or_else(|| self.listen.clone())
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string())
     }
 
     fn key(&self) -> CaKeySource {

@@ -22,8 +22,8 @@ use crate::tokens::{JoinToken, KindRequired, Throttle, TokenRecord};
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub data_dir: PathBuf,
-    /// Address to bind the gRPC port to.
-    pub listen: String,
+    /// Address to bind the gRPC port to; `None`: the node's own address.
+    pub listen: Option<String>,
     pub raft: RaftSettings,
     /// Lifetime of issued workload certificates when the CSR asks for none.
     pub leaf_ttl: Duration,
