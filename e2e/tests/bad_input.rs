@@ -1,6 +1,5 @@
 //! Bad tokens, CSRs and callers are refused, each with its own reason, and
 //! refusals change nothing.
-use std::sync::Arc;
 
 use base64::Engine;
 use tonic::Code;
@@ -9,7 +8,7 @@ use trellis_api::v1::ca_client::CaClient;
 use trellis_api::v1::{Empty, IssueCertificateRequest};
 use trellis_e2e::Cluster;
 use trellis_identity::admin_config::AdminConfig;
-use trellis_identity::verify::{client_config, CertCell, Expect, Identity, SpiffeServerVerifier};
+use trellis_identity::verify::{CertCell, Identity};
 use trellis_identity::{csr, grpc, pem};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,16 +18,8 @@ async fn ca_client(
     c: &Cluster,
     identity: Option<&Identity>,
 ) -> anyhow::Result<CaClient<tonic::transport::Channel>> {
-    let cfg = AdminConfig::load(&c.admin_config())?;
-    let roots = pem::certs(&cfg.trust_bundle, "roots")?;
-    let verifier = SpiffeServerVerifier::new(
-        &roots,
-        Expect::AnyControlPlane {
-            trust_domain: c.trust_domain.clone(),
-        },
-    )?;
     let cert = identity.map(CertCell::new).transpose()?;
-    let tls = Arc::new(client_config(cert, Arc::new(verifier))?);
+    let tls = AdminConfig::load(&c.admin_config())?.tls_as(cert)?;
     let (ch, _) = grpc::connect_any(&[c.node(1).addr.clone()], tls).await?;
     Ok(CaClient::new(ch))
 }
@@ -251,17 +242,7 @@ async fn the_ca_signs_only_the_identity_the_caller_proved() -> anyhow::Result<()
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
 
     // A workload identity may not use the admin API.
-    let cfg = AdminConfig::load(&c.admin_config())?;
-    let roots = pem::certs(&cfg.trust_bundle, "roots")?;
-    let tls = Arc::new(client_config(
-        Some(CertCell::new(&identity)?),
-        Arc::new(SpiffeServerVerifier::new(
-            &roots,
-            Expect::AnyControlPlane {
-                trust_domain: td.clone(),
-            },
-        )?),
-    )?);
+    let tls = AdminConfig::load(&c.admin_config())?.tls_as(Some(CertCell::new(&identity)?))?;
     let (ch, _) = grpc::connect_any(&[c.node(1).addr.clone()], tls).await?;
     let s = AdminClient::new(ch)
         .members(Empty {})

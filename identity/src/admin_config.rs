@@ -72,6 +72,16 @@ impl AdminConfig {
     /// The TLS client configuration: the admin identity, and servers must
     /// be control-plane nodes of this trust domain under these roots.
     pub fn tls(&self) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
+        let identity = Identity::from_pem(&self.certificate, &self.key)?;
+        self.tls_as(Some(CertCell::new(&identity)?))
+    }
+
+    /// The same server checks, presenting `cert` (or no certificate) instead
+    /// of the admin's: for callers with another identity of the mesh.
+    pub fn tls_as(
+        &self,
+        cert: Option<Arc<CertCell>>,
+    ) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
         let roots = pem::certs(&self.trust_bundle, "trust_bundle")?;
         let verifier = SpiffeServerVerifier::new(
             &roots,
@@ -79,11 +89,7 @@ impl AdminConfig {
                 trust_domain: self.trust_domain.clone(),
             },
         )?;
-        let identity = Identity::from_pem(&self.certificate, &self.key)?;
-        Ok(Arc::new(client_config(
-            Some(CertCell::new(&identity)?),
-            Arc::new(verifier),
-        )?))
+        Ok(Arc::new(client_config(cert, Arc::new(verifier))?))
     }
 }
 
