@@ -139,11 +139,6 @@ impl PeerInfo {
     pub fn spiffe_id(&self) -> Option<SpiffeId> {
         self.spiffe.clone()
     }
-
-    /// The caller's leaf certificate, if any.
-    pub fn leaf(&self) -> Option<&CertificateDer<'static>> {
-        self.certs.as_ref()?.first()
-    }
 }
 
 /// Peer information of a tonic request served over [`incoming`].

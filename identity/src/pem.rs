@@ -52,14 +52,6 @@ pub fn spiffe_id(cert_der: &[u8]) -> Result<SpiffeId, IdentityError> {
     }
 }
 
-/// `notAfter` of a DER certificate, as unix seconds.
-pub fn not_after(cert_der: &[u8]) -> Result<i64, IdentityError> {
-    use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(cert_der)
-        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-    Ok(cert.validity().not_after.timestamp())
-}
-
 /// Hex SHA-256 of a DER certificate: the pin a join token carries.
 pub fn fingerprint_hex(cert_der: &[u8]) -> String {
     hex::encode(crate::sha256(cert_der))

@@ -168,10 +168,9 @@ impl Store {
                     "no token with id {id}; `trellis token list` shows the ids"
                 )),
                 Some(mut record) => {
-                    if record.revoked_at.is_none() {
-                        record.revoked_at = Some(*now);
-                        self.set(format!("{TOKEN_PREFIX}{id}"), &record, changed);
-                    }
+                    // Revoking twice keeps the first time.
+                    record.revoke(*now);
+                    self.set(format!("{TOKEN_PREFIX}{id}"), &record, changed);
                     Response::Ok
                 }
             },
