@@ -101,7 +101,7 @@ async fn fourth_node_joins_after_10000_writes_and_catches_up_by_snapshot() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_learner_never_votes() -> anyhow::Result<()> {
+async fn a_learner_is_not_counted_in_the_quorum() -> anyhow::Result<()> {
     let mut c = Cluster::start(3, &[]).await?;
     let learner = c.join(true).await?;
     let voters: Vec<u64> = c
