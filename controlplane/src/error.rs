@@ -3,7 +3,7 @@
 //! give up (invalid input, refused, not allowed).
 use tonic::{Code, Status};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum NodeError {
     /// No leader is known yet (election in progress): retry shortly.
     #[error("no Raft leader is known yet (election in progress?); retry in a moment")]

@@ -65,6 +65,15 @@ enum Local {
     Failed(NodeError),
 }
 
+impl From<Local> for NodeError {
+    fn from(l: Local) -> NodeError {
+        match l {
+            Local::NotLeader => NodeError::NoLeader,
+            Local::Failed(e) => e,
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
     SystemTime::now()
@@ -209,11 +218,7 @@ impl Node {
         loop {
             let (leader, addr) = self.wait_leader(deadline).await?;
             let res = if leader == self.id {
-                match self.run_local(&op).await {
-                    Ok(r) => Ok(r),
-                    Err(Local::Failed(e)) => Err(e),
-                    Err(Local::NotLeader) => Err(NodeError::NoLeader),
-                }
+                self.run_local(&op).await.map_err(NodeError::from)
             } else {
                 self.forward_batched(leader, &addr, op.clone()).await
             };
@@ -343,19 +348,7 @@ impl Node {
                 }
                 Err(e) => {
                     for p in pending {
-                        let _ = p.reply.send(Err(match &e {
-                            NodeError::LeaderUnreachable {
-                                leader,
-                                addr,
-                                reason,
-                            } => NodeError::LeaderUnreachable {
-                                leader: *leader,
-                                addr: addr.clone(),
-                                reason: reason.clone(),
-                            },
-                            NodeError::NoLeader => NodeError::NoLeader,
-                            other => NodeError::Internal(other.to_string()),
-                        }));
+                        let _ = p.reply.send(Err(e.clone()));
                     }
                 }
             }
@@ -366,17 +359,10 @@ impl Node {
     /// writes is appended together): only if this node leads.
     pub async fn serve_forwarded(&self, ops: Vec<LeaderOp>) -> Vec<ForwardResult> {
         let runs = ops.iter().map(|op| async move {
-            match self.run_local(op).await {
-                Ok(r) => Ok(r),
-                Err(Local::NotLeader) => {
-                    let s = tonic::Status::from(NodeError::NoLeader);
-                    Err((s.code() as i32, s.message().to_string()))
-                }
-                Err(Local::Failed(e)) => {
-                    let s = tonic::Status::from(e);
-                    Err((s.code() as i32, s.message().to_string()))
-                }
-            }
+            self.run_local(op).await.map_err(|l| {
+                let s = tonic::Status::from(NodeError::from(l));
+                (s.code() as i32, s.message().to_string())
+            })
         });
         futures::future::join_all(runs).await
     }
