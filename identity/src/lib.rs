@@ -6,12 +6,15 @@
 //! identities instead of DNS names ([`verify`]), pins the root on first
 //! contact as `kubeadm join` does ([`verify::PinnedRootVerifier`]), generates
 //! keys and CSRs on the client side ([`csr`]), and connects tonic clients and
-//! servers over those configurations ([`grpc`]).
+//! servers over those configurations ([`grpc`]). It also holds the join-token
+//! format ([`join_token::JoinToken`]), which the control plane issues and
+//! every joining component parses.
 #![forbid(unsafe_code)]
 
 pub mod admin_config;
 pub mod csr;
 pub mod grpc;
+pub mod join_token;
 pub mod pem;
 pub mod rfc3339;
 pub mod spiffe;

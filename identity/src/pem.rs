@@ -52,6 +52,16 @@ pub fn spiffe_id(cert_der: &[u8]) -> Result<SpiffeId, IdentityError> {
     }
 }
 
+/// The validity window of a DER certificate (`notBefore`, `notAfter`), as
+/// unix seconds.
+pub fn validity(cert_der: &[u8]) -> Result<(i64, i64), IdentityError> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
 /// Hex SHA-256 of a DER certificate: the pin a join token carries.
 pub fn fingerprint_hex(cert_der: &[u8]) -> String {
     hex::encode(crate::sha256(cert_der))

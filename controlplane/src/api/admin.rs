@@ -61,6 +61,12 @@ impl Admin for AdminService {
             }
         }
         let token = JoinToken::generate(addrs, pin);
+        // A VM token also says which identity it is for, so the agent can
+        // name its SPIFFE ID in its CSR without another round trip.
+        let token = match &kind {
+            TokenKind::Vm { identity } => token.with_workload(&self.0.trust_domain, identity),
+            TokenKind::ControlPlane => token,
+        };
         let ttl = if r.ttl_seconds == 0 {
             DEFAULT_TOKEN_TTL_SECS
         } else {

@@ -7,8 +7,8 @@ use ring::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
 
 use super::error::TokenError;
-use super::join_token::JoinToken;
 use super::kind::{KindRequired, TokenKind};
+use super::JoinToken;
 
 /// The stored side of a join token. Holds only the SHA-256 of the secret, so
 /// a leaked store (or backup) does not leak usable tokens.

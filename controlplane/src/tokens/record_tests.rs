@@ -12,6 +12,8 @@ fn token() -> JoinToken {
         secret: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8".into(),
         addrs: vec!["10.0.0.1:7443".into()],
         root_pin: [1; 32],
+        trust_domain: None,
+        workload: None,
     }
 }
 

@@ -13,7 +13,14 @@ fn sample() -> JoinToken {
         secret: SECRET.into(),
         addrs: vec!["10.0.0.1:7443".into(), "cp.example.org:7443".into()],
         root_pin: PIN,
+        trust_domain: None,
+        workload: None,
     }
+}
+
+/// [`sample`] scoped to a VM identity, as the control plane issues VM tokens.
+fn vm_sample() -> JoinToken {
+    sample().with_workload("example.org", "default/web")
 }
 
 /// A token string whose payload is `json`, verbatim.
@@ -24,6 +31,13 @@ fn with_payload(json: &str) -> String {
 fn payload(id: &str, secret: &str, addrs: &str, pin: &str) -> String {
     with_payload(&format!(
         r#"{{"i":"{id}","s":"{secret}","a":{addrs},"p":"{pin}"}}"#
+    ))
+}
+
+/// A token, valid but for its `t` and `w`, which are the JSON values given.
+fn scoped(trust_domain: &str, workload: &str) -> String {
+    with_payload(&format!(
+        r#"{{"i":"abc12345","s":"{SECRET}","a":["10.0.0.1:7443"],"p":"{PIN_HEX}","t":{trust_domain},"w":{workload}}}"#
     ))
 }
 
@@ -59,7 +73,10 @@ fn generated_ids_use_the_whole_alphabet() {
 #[test]
 fn encode_parse_round_trip() {
     let generated = JoinToken::generate(vec!["[fd00::1]:7443".into()], [7; 32]);
-    for t in [sample(), generated] {
+    let generated_vm = generated
+        .clone()
+        .with_workload("mesh.example-1.org", "kube-system/coredns.v2");
+    for t in [sample(), vm_sample(), generated, generated_vm] {
         let s = t.encode();
         assert!(s.starts_with("trellis1."), "{s}");
         assert!(
@@ -89,6 +106,56 @@ fn encoding_is_the_documented_json() {
 }
 
 #[test]
+fn vm_encoding_adds_t_and_w() {
+    let s = vm_sample().encode();
+    let json = URL_SAFE_NO_PAD.decode(&s[TOKEN_PREFIX.len()..]).unwrap();
+    assert_eq!(
+        std::str::from_utf8(&json).unwrap(),
+        format!(
+            r#"{{"i":"abc12345","s":"{SECRET}","a":["10.0.0.1:7443","cp.example.org:7443"],"p":"{PIN_HEX}","t":"example.org","w":"default/web"}}"#
+        )
+    );
+}
+
+#[test]
+fn old_format_tokens_still_parse() {
+    // Encoded before tokens could carry `t` and `w`
+    // (fuzz/seeds/token_parse/valid_one_addr).
+    let old = "trellis1.eyJpIjoiYWJjMTIzNDUiLCJzIjoiQUFFQ0F3UUZCZ2NJQ1FvTERBME9EeEFSRWhNVUZSWVhHQmthR3h3ZEhoOCIsImEiOlsiMTAuMC4wLjE6NzQ0MyJdLCJwIjoiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYiJ9";
+    let t = JoinToken::parse(old).unwrap();
+    assert_eq!(
+        t,
+        JoinToken {
+            addrs: vec!["10.0.0.1:7443".into()],
+            ..sample()
+        }
+    );
+    assert_eq!((t.trust_domain, t.workload), (None, None));
+    // `null` is the same as absent.
+    let t = JoinToken::parse(&scoped("null", "null")).unwrap();
+    assert_eq!((t.trust_domain, t.workload), (None, None));
+}
+
+#[test]
+fn workload_id_is_the_vm_spiffe_id() {
+    assert_eq!(
+        vm_sample().workload_id().unwrap().to_string(),
+        "spiffe://example.org/ns/default/sa/web"
+    );
+    assert_eq!(sample().workload_id(), None);
+    // Both halves are needed, and both must be valid.
+    let mut t = vm_sample();
+    t.trust_domain = None;
+    assert_eq!(t.workload_id(), None);
+    let mut t = vm_sample();
+    t.workload = Some("default".into());
+    assert_eq!(t.workload_id(), None);
+    let mut t = vm_sample();
+    t.trust_domain = Some("Example.org".into());
+    assert_eq!(t.workload_id(), None);
+}
+
+#[test]
 fn parse_accepts_unknown_fields_and_uppercase_pin() {
     let s = with_payload(&format!(
         r#"{{"i":"abc12345","s":"{SECRET}","a":["10.0.0.1:7443","cp.example.org:7443"],"p":"{}","future":1}}"#,
@@ -110,7 +177,7 @@ fn debug_redacts_secret() {
 
 /// Asserts that parsing `input` fails with an error accepted by `check`
 /// whose message contains `words`.
-fn case(input: impl AsRef<str>, check: fn(&TokenError) -> bool, words: &str) {
+fn case(input: impl AsRef<str>, check: fn(&TokenParseError) -> bool, words: &str) {
     let input = input.as_ref();
     match JoinToken::parse(input) {
         Ok(t) => panic!("{input:?}: expected an error, parsed {t:?}"),
@@ -137,202 +204,242 @@ fn parse_errors() {
 
     case(
         "",
-        |e| matches!(e, TokenError::Empty),
+        |e| matches!(e, TokenParseError::Empty),
         "trellis token create",
     );
     case(
         " \t\n ",
-        |e| matches!(e, TokenError::Empty),
+        |e| matches!(e, TokenParseError::Empty),
         "no join token",
     );
     case(
         "x".repeat(MAX_TOKEN_LEN + 1),
-        |e| matches!(e, TokenError::TooLong { .. }),
+        |e| matches!(e, TokenParseError::TooLong { .. }),
         "4097 bytes",
     );
     case(
         "hello",
-        |e| matches!(e, TokenError::NotATrellisToken),
+        |e| matches!(e, TokenParseError::NotATrellisToken),
         "tokens start with `trellis1.`",
     );
     // A kubeadm token pasted by mistake.
     case(
         "abcdef.0123456789abcdef",
-        |e| matches!(e, TokenError::NotATrellisToken),
+        |e| matches!(e, TokenParseError::NotATrellisToken),
         "not a Trellis join token",
     );
     case(
         "trellis1",
-        |e| matches!(e, TokenError::NotATrellisToken),
+        |e| matches!(e, TokenParseError::NotATrellisToken),
         "trellis1.",
     );
     case(
         "Trellis1.abc",
-        |e| matches!(e, TokenError::NotATrellisToken),
+        |e| matches!(e, TokenParseError::NotATrellisToken),
         "trellis1.",
     );
     case(
         "trellis.abc",
-        |e| matches!(e, TokenError::NotATrellisToken),
+        |e| matches!(e, TokenParseError::NotATrellisToken),
         "trellis1.",
     );
     case(
         "trellis2.eyJ9",
-        |e| matches!(e, TokenError::UnsupportedVersion { .. }),
+        |e| matches!(e, TokenParseError::UnsupportedVersion { .. }),
         "`trellis2` is not supported",
     );
     case(
         "trellis10.x",
-        |e| matches!(e, TokenError::UnsupportedVersion { .. }),
+        |e| matches!(e, TokenParseError::UnsupportedVersion { .. }),
         "same release",
     );
     case(
         "trellis1.",
-        |e| matches!(e, TokenError::BadJson { .. }),
+        |e| matches!(e, TokenParseError::BadJson { .. }),
         "copy the whole token",
     );
     case(
         "trellis1.!!!!",
-        |e| matches!(e, TokenError::BadBase64 { .. }),
+        |e| matches!(e, TokenParseError::BadBase64 { .. }),
         "not valid base64url",
     );
     case(
         "trellis1.a",
-        |e| matches!(e, TokenError::BadBase64 { .. }),
+        |e| matches!(e, TokenParseError::BadBase64 { .. }),
         "one word",
     );
     case(
         "trellis1.eyJp Ijoi",
-        |e| matches!(e, TokenError::BadBase64 { .. }),
+        |e| matches!(e, TokenParseError::BadBase64 { .. }),
         "spaces or line breaks",
     );
     case(
         "trellis1.eyJp\nIjoi",
-        |e| matches!(e, TokenError::BadBase64 { .. }),
+        |e| matches!(e, TokenParseError::BadBase64 { .. }),
         "spaces or line breaks",
     );
     case(
         with_payload("not json"),
-        |e| matches!(e, TokenError::BadJson { .. }),
+        |e| matches!(e, TokenParseError::BadJson { .. }),
         "do not decode",
     );
     case(
         with_payload("{}"),
-        |e| matches!(e, TokenError::BadJson { .. }),
+        |e| matches!(e, TokenParseError::BadJson { .. }),
         "missing field",
     );
     case(
         with_payload(r#"{"i":1,"s":"","p":""}"#),
-        |e| matches!(e, TokenError::BadJson { .. }),
+        |e| matches!(e, TokenParseError::BadJson { .. }),
         "invalid type",
     );
     case(
         payload("ABC12345", SECRET, addrs, PIN_HEX),
-        |e| matches!(e, TokenError::BadId { .. }),
+        |e| matches!(e, TokenParseError::BadId { .. }),
         "8 lowercase letters or digits",
     );
     case(
         payload("abc1234", SECRET, addrs, PIN_HEX),
-        |e| matches!(e, TokenError::BadId { .. }),
+        |e| matches!(e, TokenParseError::BadId { .. }),
         "`abc1234`",
     );
     case(
         payload("abc123456", SECRET, addrs, PIN_HEX),
-        |e| matches!(e, TokenError::BadId { .. }),
+        |e| matches!(e, TokenParseError::BadId { .. }),
         "invalid",
     );
     case(
         payload("abc-1234", SECRET, addrs, PIN_HEX),
-        |e| matches!(e, TokenError::BadId { .. }),
+        |e| matches!(e, TokenParseError::BadId { .. }),
         "invalid",
     );
     case(
         payload("", SECRET, addrs, PIN_HEX),
-        |e| matches!(e, TokenError::BadId { .. }),
+        |e| matches!(e, TokenParseError::BadId { .. }),
         "invalid",
     );
     case(
         payload(ok_id, "short", addrs, PIN_HEX),
-        |e| matches!(e, TokenError::BadSecret),
+        |e| matches!(e, TokenParseError::BadSecret),
         "43 base64url",
     );
     case(
         payload(ok_id, &format!("{SECRET}A"), addrs, PIN_HEX),
-        |e| matches!(e, TokenError::BadSecret),
+        |e| matches!(e, TokenParseError::BadSecret),
         "malformed",
     );
     // Right length, but non-canonical final character (trailing bits set).
     case(
         payload(ok_id, &format!("{}9", &SECRET[..42]), addrs, PIN_HEX),
-        |e| matches!(e, TokenError::BadSecret),
+        |e| matches!(e, TokenParseError::BadSecret),
         "malformed",
     );
     case(
         payload(ok_id, &format!("{}+", &SECRET[..42]), addrs, PIN_HEX),
-        |e| matches!(e, TokenError::BadSecret),
+        |e| matches!(e, TokenParseError::BadSecret),
         "malformed",
     );
     case(
         payload(ok_id, SECRET, "[]", PIN_HEX),
-        |e| matches!(e, TokenError::NoAddresses),
+        |e| matches!(e, TokenParseError::NoAddresses),
         "no control-plane addresses",
     );
     case(
         with_payload(&format!(
             r#"{{"i":"{ok_id}","s":"{SECRET}","p":"{PIN_HEX}"}}"#
         )),
-        |e| matches!(e, TokenError::NoAddresses),
+        |e| matches!(e, TokenParseError::NoAddresses),
         "trellis token create",
     );
     case(
         payload(ok_id, SECRET, &many, PIN_HEX),
-        |e| matches!(e, TokenError::TooManyAddresses { count: 33, max: 32 }),
+        |e| matches!(e, TokenParseError::TooManyAddresses { count: 33, max: 32 }),
         "33 control-plane addresses",
     );
     case(
         payload(ok_id, SECRET, r#"["10.0.0.1:7443",""]"#, PIN_HEX),
-        |e| matches!(e, TokenError::BadAddress { .. }),
+        |e| matches!(e, TokenParseError::BadAddress { .. }),
         "it is empty",
     );
     case(
         payload(ok_id, SECRET, r#"["a b:1"]"#, PIN_HEX),
-        |e| matches!(e, TokenError::BadAddress { .. }),
+        |e| matches!(e, TokenParseError::BadAddress { .. }),
         "spaces or control",
     );
     case(
         payload(ok_id, SECRET, r#"["a\u0000b"]"#, PIN_HEX),
-        |e| matches!(e, TokenError::BadAddress { .. }),
+        |e| matches!(e, TokenParseError::BadAddress { .. }),
         "spaces or control",
     );
     case(
         payload(ok_id, SECRET, &long_addr, PIN_HEX),
-        |e| matches!(e, TokenError::BadAddress { .. }),
+        |e| matches!(e, TokenParseError::BadAddress { .. }),
         "too long",
     );
     case(
         payload(ok_id, SECRET, addrs, "abab"),
-        |e| matches!(e, TokenError::BadPin { .. }),
+        |e| matches!(e, TokenParseError::BadPin { .. }),
         "it has 4 characters",
     );
     case(
         payload(ok_id, SECRET, addrs, ""),
-        |e| matches!(e, TokenError::BadPin { .. }),
+        |e| matches!(e, TokenParseError::BadPin { .. }),
         "64 hex characters",
     );
     case(
         payload(ok_id, SECRET, addrs, &format!("{PIN_HEX}ab")),
-        |e| matches!(e, TokenError::BadPin { .. }),
+        |e| matches!(e, TokenParseError::BadPin { .. }),
         "66 characters",
     );
     case(
         payload(ok_id, SECRET, addrs, &"zz".repeat(32)),
-        |e| matches!(e, TokenError::BadPin { .. }),
+        |e| matches!(e, TokenParseError::BadPin { .. }),
         "not hexadecimal",
+    );
+    case(
+        scoped(r#""Example.org""#, r#""default/web""#),
+        |e| matches!(e, TokenParseError::BadTrustDomain { .. }),
+        "join token trust domain is invalid: trust domain `Example.org` may hold only lowercase",
+    );
+    case(
+        scoped(r#""""#, r#""default/web""#),
+        |e| matches!(e, TokenParseError::BadTrustDomain { .. }),
+        "1 to 255 characters",
+    );
+    case(
+        scoped(r#""example.org""#, r#""default""#),
+        |e| matches!(e, TokenParseError::BadWorkload { .. }),
+        "join token workload `default` is invalid: expected exactly one `/`",
+    );
+    case(
+        scoped(r#""example.org""#, r#""""#),
+        |e| matches!(e, TokenParseError::BadWorkload { .. }),
+        "expected `namespace/serviceaccount`",
+    );
+    case(
+        scoped(r#""example.org""#, r#""Default/web""#),
+        |e| matches!(e, TokenParseError::BadWorkload { .. }),
+        "the namespace has a character other than",
+    );
+    case(
+        scoped(r#""example.org""#, r#""default/web/x""#),
+        |e| matches!(e, TokenParseError::BadWorkload { .. }),
+        "trellis token create",
+    );
+    case(
+        scoped("1", r#""default/web""#),
+        |e| matches!(e, TokenParseError::BadJson { .. }),
+        "invalid type",
+    );
+    case(
+        scoped(r#""example.org""#, r#"["default","web"]"#),
+        |e| matches!(e, TokenParseError::BadJson { .. }),
+        "invalid type",
     );
     // Field order: the id is reported before the pin.
     case(
         payload("BAD", SECRET, addrs, "zz"),
-        |e| matches!(e, TokenError::BadId { .. }),
+        |e| matches!(e, TokenParseError::BadId { .. }),
         "id",
     );
 }
@@ -349,7 +456,7 @@ fn errors_do_not_echo_raw_control_characters() {
         r#"{{"i":"abc12345","s":"{SECRET}","a":"\u001b[2J\u202e","p":"{PIN_HEX}"}}"#
     ));
     let err = JoinToken::parse(&s).unwrap_err();
-    assert!(matches!(err, TokenError::BadJson { .. }), "{err:?}");
+    assert!(matches!(err, TokenParseError::BadJson { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.is_ascii() && !msg.contains('\u{1b}'), "{msg:?}");
 
@@ -358,19 +465,97 @@ fn errors_do_not_echo_raw_control_characters() {
         .unwrap_err()
         .to_string();
     assert!(msg.len() < 300, "id echoed in full: {} bytes", msg.len());
+
+    for (td, w) in [
+        (r#""\u001b[2J\u202e""#, r#""default/web""#),
+        (r#""example.org""#, r#""\u001b[2J/\u202e""#),
+    ] {
+        let msg = JoinToken::parse(&scoped(td, w)).unwrap_err().to_string();
+        assert!(msg.is_ascii() && !msg.contains('\u{1b}'), "{msg:?}");
+        assert!(msg.contains("\\u{1b}[2J"), "{msg:?}");
+    }
+    let long = format!(r#""{}""#, "X".repeat(250));
+    for (td, w) in [(long.as_str(), r#""default/web""#), (r#""x""#, &long)] {
+        let msg = JoinToken::parse(&scoped(td, w)).unwrap_err().to_string();
+        assert!(msg.len() < 300, "echoed in full: {msg}");
+    }
 }
 
 #[test]
 fn validate_catches_what_parse_would_reject() {
     let mut t = sample();
     t.addrs.clear();
-    assert_eq!(t.validate(), Err(TokenError::NoAddresses));
+    assert_eq!(t.validate(), Err(TokenParseError::NoAddresses));
     let mut t = sample();
     t.id = "x".into();
-    assert!(matches!(t.validate(), Err(TokenError::BadId { .. })));
+    assert!(matches!(t.validate(), Err(TokenParseError::BadId { .. })));
     let mut t = sample();
     t.secret = "x".into();
-    assert_eq!(t.validate(), Err(TokenError::BadSecret));
+    assert_eq!(t.validate(), Err(TokenParseError::BadSecret));
+    vm_sample().validate().unwrap();
+    let t = sample().with_workload("Example.org", "default/web");
+    assert!(matches!(
+        t.validate(),
+        Err(TokenParseError::BadTrustDomain { .. })
+    ));
+    let t = sample().with_workload("example.org", "web");
+    assert!(matches!(
+        t.validate(),
+        Err(TokenParseError::BadWorkload { .. })
+    ));
+}
+
+#[test]
+fn vm_identities() {
+    let long63 = "a".repeat(63);
+    let long64 = "a".repeat(64);
+    let ok: &[&str] = &[
+        "default/web",
+        "a/b",
+        "ns-1/sa-2",
+        "0ns/0sa",
+        "kube-system/coredns.v2",
+    ];
+    for id in ok {
+        let (ns, sa) = parse_vm_identity(id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(format!("{ns}/{sa}"), *id);
+    }
+    assert!(parse_vm_identity(&format!("{long63}/{long63}")).is_ok());
+
+    let bad: Vec<(String, &str)> = vec![
+        ("".into(), "exactly one `/`"),
+        ("default".into(), "exactly one `/`"),
+        ("a/b/c".into(), "exactly one `/`"),
+        ("/web".into(), "namespace is empty"),
+        ("default/".into(), "service account is empty"),
+        ("Default/web".into(), "namespace has a character"),
+        ("default/Web".into(), "service account has a character"),
+        ("de fault/web".into(), "namespace has a character"),
+        ("default/we b".into(), "service account has a character"),
+        ("default/web%2f".into(), "service account has a character"),
+        ("-ns/web".into(), "namespace starts or ends"),
+        ("ns-/web".into(), "namespace starts or ends"),
+        ("ns/-web".into(), "starts or ends with `-`"),
+        ("ns/web..x".into(), "empty part between dots"),
+        ("ns/.web".into(), "empty part between dots"),
+        (format!("{long64}/web"), "namespace is longer"),
+        (format!("ns/{long64}"), "exceeds 63"),
+        (
+            format!("ns/{}", [long63.as_str(); 5].join(".")),
+            "longer than 253",
+        ),
+        ("ns/wéb".into(), "service account has a character"),
+    ];
+    for (id, want) in &bad {
+        match parse_vm_identity(id) {
+            Err(e @ TokenParseError::BadVmIdentity { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains(want), "{id:?}: {msg}");
+                assert!(msg.contains("namespace/serviceaccount"), "{msg}");
+            }
+            other => panic!("{id:?}: expected BadVmIdentity, got {other:?}"),
+        }
+    }
 }
 
 /// xorshift64*: deterministic, so a failure reproduces.
@@ -421,8 +606,14 @@ fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>, interesting: &[u8]) {
 
 #[test]
 fn damaged_tokens_never_panic() {
-    let good = sample().encode();
+    for token in [sample(), vm_sample()] {
+        damage(&token.encode());
+    }
+}
 
+/// Feeds [`parse_damaged`] truncations, substitutions and random mutations
+/// of the valid token string `good`.
+fn damage(good: &str) {
     // Every truncation, from either end.
     for i in 0..=good.len() {
         parse_damaged(&good[..i]);
@@ -434,7 +625,7 @@ fn damaged_tokens_never_panic() {
     let interesting = b"\0 \t\n.=-_+/Aa0z\xff{}\"\\trellis19";
     for i in 0..good.len() {
         for &b in interesting.iter() {
-            let mut bytes = good.clone().into_bytes();
+            let mut bytes = good.as_bytes().to_vec();
             bytes[i] = b;
             parse_damaged(&String::from_utf8_lossy(&bytes));
         }
@@ -446,7 +637,7 @@ fn damaged_tokens_never_panic() {
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut accepted = 0;
     for _ in 0..20_000 {
-        let mut text = good.clone().into_bytes();
+        let mut text = good.as_bytes().to_vec();
         mutate(&mut rng, &mut text, interesting);
         parse_damaged(&String::from_utf8_lossy(&text));
 
