@@ -5,6 +5,12 @@
 //! peers), [`v1::peer_server`] (node-to-node forwarding), [`v1::join_server`]
 //! (first contact with a join token), [`v1::ca_server`] (certificates) and
 //! [`v1::admin_server`] (the CLI), each with its client.
+//!
+//! [`config`] holds the Istio-compatible configuration kinds (VirtualService,
+//! DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication) with
+//! strict YAML parsing and validation that names the offending field.
+
+pub mod config;
 
 /// `trellis.v1`: the control-plane API.
 pub mod v1 {

@@ -8,7 +8,12 @@ use anyhow::{bail, Context};
 
 /// What [`bin_dir`] builds when nothing chose otherwise: every binary the
 /// harness starts.
-const HARNESS_PACKAGES: [&str; 2] = ["trellis-controlplane", "trellis"];
+const HARNESS_PACKAGES: [&str; 4] = [
+    "trellis-controlplane",
+    "trellis",
+    "trellis-echo",
+    "trellis-agent",
+];
 
 static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();
 

@@ -52,6 +52,9 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     /// Extra flags for every node (timeouts, snapshot policy).
     pub node_flags: Vec<String>,
+    /// The IP address nodes listen on (127.0.0.1 unless a test needs the
+    /// control plane reachable from network namespaces).
+    pub host: String,
 }
 
 impl Cluster {
@@ -62,6 +65,7 @@ impl Cluster {
             trust_domain: "e2e.trellis.test".into(),
             nodes: Vec::new(),
             node_flags: node_flags.iter().map(|s| s.to_string()).collect(),
+            host: "127.0.0.1".into(),
         })
     }
 
@@ -77,7 +81,7 @@ impl Cluster {
     /// Starts node 1 with `init`, without waiting for it.
     pub fn spawn_init(&mut self) -> anyhow::Result<()> {
         let dir = self.root.path().join("node-1");
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("{}:{}", self.host, free_port());
         let mut args = vec![
             "init".to_string(),
             "--trust-domain".into(),
@@ -286,7 +290,7 @@ impl Cluster {
         static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let seq = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = self.root.path().join(format!("joiner-{seq}"));
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("{}:{}", self.host, free_port());
         let mut args = vec!["join".to_string(), "--token".into(), token.to_string()];
         if learner {
             args.push("--learner".into());

@@ -12,6 +12,8 @@
 
 mod bins;
 mod cluster;
+pub mod mesh;
+pub mod netns;
 mod process;
 
 pub use bins::{bin, bin_dir, profile_dir, use_bins};

@@ -324,6 +324,17 @@ pub fn client_config(
     Ok(config)
 }
 
+/// Whether a server asks for client certificates or insists on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Clients without a certificate are let through the handshake; each
+    /// request then decides, from the verified identity or its absence,
+    /// what the caller may do (the control plane: tokens come without one).
+    Optional,
+    /// Only clients with a certificate from the mesh get through (agents).
+    Required,
+}
+
 /// A server configuration that presents the certificate in `cert` and
 /// verifies client certificates against `roots` when a client offers one.
 /// Clients without a certificate are let through the handshake; each RPC
@@ -333,21 +344,34 @@ pub fn server_config(
     cert: Arc<CertCell>,
     roots: &[CertificateDer<'static>],
 ) -> Result<rustls::ServerConfig, IdentityError> {
+    server_config_with(cert, roots, ClientAuth::Optional, &[ALPN_H2])
+}
+
+/// A TLS 1.3 server configuration presenting `cert`, verifying clients
+/// against `roots` as `auth` says, offering `alpn`.
+pub fn server_config_with(
+    cert: Arc<CertCell>,
+    roots: &[CertificateDer<'static>],
+    auth: ClientAuth,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, IdentityError> {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store.add(r.clone())?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(store),
         crate::provider(),
-    )
-    .allow_unauthenticated()
-    .build()?;
+    );
+    let verifier = match auth {
+        ClientAuth::Optional => builder.allow_unauthenticated().build()?,
+        ClientAuth::Required => builder.build()?,
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(cert);
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Ok(config)
 }
 

@@ -1,0 +1,173 @@
+//! The agent's HTTP endpoints: admin on 127.0.0.1:15000 (`/config_dump`,
+//! `/clusters`, `/certs`, `/stats`, `/ready`, `/logging`) and metrics and
+//! health on 15020 (`/stats/prometheus`, `/healthz/ready`), named as in
+//! Envoy and Istio so the usual scripts and scrapers work.
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::proxy::body::{self, Body};
+use crate::proxy::Proxy;
+
+/// Changes the log filter at run time (`/logging?level=debug`).
+pub type SetLogLevel = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What the endpoints read.
+pub struct Admin {
+    pub px: Arc<Proxy>,
+    pub ready: AtomicBool,
+    pub set_log_level: SetLogLevel,
+}
+
+/// Which set of endpoints a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    Admin,
+    Metrics,
+}
+
+/// Serves `which` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, which: Endpoints) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&admin, which, req)) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn handle(admin: &Admin, which: Endpoints, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    match (which, path) {
+        (_, "/stats/prometheus") => text(StatusCode::OK, admin.px.telemetry.metrics.render()),
+        (Endpoints::Metrics, "/healthz/ready") | (Endpoints::Admin, "/ready") => {
+            if admin.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "LIVE\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n".into())
+            }
+        }
+        (Endpoints::Admin, "/stats") => text(StatusCode::OK, admin.px.telemetry.metrics.render()),
+        (Endpoints::Admin, "/config_dump") => json(config_dump(admin)),
+        (Endpoints::Admin, "/clusters") => text(StatusCode::OK, clusters(admin)),
+        (Endpoints::Admin, "/certs") => json(certs(admin)),
+        (Endpoints::Admin, "/logging") if req.method() == Method::POST || !query.is_empty() => {
+            let level = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("level="))
+                .unwrap_or("");
+            match (admin.set_log_level)(level) {
+                Ok(()) => text(StatusCode::OK, format!("log level set to {level}\n")),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        }
+        (Endpoints::Admin, "/logging") => text(
+            StatusCode::OK,
+            "POST /logging?level=LEVEL (trace, debug, info, warn, error, or a tracing filter)\n"
+                .into(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+fn text(status: StatusCode, s: String) -> Response<Body> {
+    let mut r = Response::new(body::full(s));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(body::full(
+        serde_json::to_vec_pretty(&v).unwrap_or_default(),
+    ));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn config_dump(admin: &Admin) -> serde_json::Value {
+    let mesh = admin.px.mesh.load();
+    let mut services: Vec<_> = mesh.services().map(|s| s.as_ref().clone()).collect();
+    services.sort_by(|a, b| a.host.cmp(&b.host));
+    serde_json::json!({
+        "identity": admin.px.tls.identity().to_string(),
+        "workload": admin.px.me.as_ref(),
+        "services": services,
+        "resources": mesh.resources,
+    })
+}
+
+/// Envoy's `/clusters` text: one line per cluster, endpoint and fact.
+fn clusters(admin: &Admin) -> String {
+    let mesh = admin.px.mesh.load();
+    let mut cs: Vec<_> = mesh.clusters().collect();
+    cs.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = String::new();
+    for c in cs {
+        for (i, e) in c.endpoints.iter().enumerate() {
+            let prefix = format!("{}::{}", c.name, e.addr);
+            let health = if c.ejected(i) {
+                "/failed_outlier_check"
+            } else {
+                "healthy"
+            };
+            let _ = writeln!(out, "{prefix}::health_flags::{health}");
+            let _ = writeln!(
+                out,
+                "{prefix}::rq_active::{}",
+                e.state.active.load(Ordering::Relaxed)
+            );
+            if let Some(id) = &e.identity {
+                let _ = writeln!(out, "{prefix}::identity::{id}");
+            }
+        }
+    }
+    out
+}
+
+fn certs(admin: &Admin) -> serde_json::Value {
+    let ck = admin.px.tls.cert().current();
+    let chain: Vec<serde_json::Value> = ck
+        .cert
+        .iter()
+        .map(|c| {
+            let (nb, na) = trellis_identity::pem::validity(c).unwrap_or((0, 0));
+            serde_json::json!({
+                "sha256": trellis_identity::pem::fingerprint_hex(c),
+                "uri_sans": trellis_identity::pem::uri_sans(c).unwrap_or_default(),
+                "valid_from": trellis_identity::rfc3339::format_rfc3339(nb.max(0) as u64),
+                "expiration_time": trellis_identity::rfc3339::format_rfc3339(na.max(0) as u64),
+            })
+        })
+        .collect();
+    let roots: Vec<String> = admin
+        .px
+        .tls
+        .roots()
+        .iter()
+        .map(|r| trellis_identity::pem::fingerprint_hex(r))
+        .collect();
+    serde_json::json!({ "identity": admin.px.tls.identity().to_string(), "cert_chain": chain, "roots_sha256": roots })
+}

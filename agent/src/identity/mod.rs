@@ -1,0 +1,269 @@
+//! The agent's workload certificate: where it comes from and how it stays
+//! fresh.
+//!
+//! - From files (`--cert-chain`, `--key`, `--roots`), for tests and for
+//!   certificates issued by other means. Not renewed.
+//! - From the control plane with a VM join token (`--token`): the key is
+//!   generated here and never leaves the host; the CSR goes to the CA over
+//!   TLS that trusts only the root pinned in the token. Key, chain and roots
+//!   are kept in the data directory (0600), so a restarted agent resumes
+//!   without the token (which may be used up by then). The certificate is
+//!   renewed at half its lifetime over mTLS with the current certificate;
+//!   while the control plane is unreachable the agent keeps serving on what
+//!   it has and retries.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::CertificateDer;
+use trellis_api::v1::ca_client::CaClient;
+use trellis_api::v1::IssueCertificateRequest;
+use trellis_identity::admin_config::write_private;
+use trellis_identity::join_token::JoinToken;
+use trellis_identity::verify::{
+    client_config, Expect, Identity, PinnedRootVerifier, SpiffeServerVerifier,
+};
+use trellis_identity::{csr, grpc, pem, SpiffeId};
+
+use crate::tls::MeshTls;
+
+/// Why the agent has no certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Token(#[from] trellis_identity::join_token::TokenParseError),
+    #[error(
+        "this join token carries no workload identity, so it cannot give the agent a \
+         certificate; create a VM token with `trellis token create --kind vm --identity NS/SA`"
+    )]
+    NotAVmToken,
+    #[error("{0}")]
+    Certificate(#[from] trellis_identity::IdentityError),
+    #[error("cannot make a key and CSR: {0}")]
+    Csr(#[from] csr::CsrGenError),
+    #[error("the control plane refused the certificate request: {0}")]
+    Refused(String),
+    #[error("no identity: pass --token, or --cert-chain, --key and --roots")]
+    NoSource,
+}
+
+/// Where the certificate comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    Files {
+        chain: PathBuf,
+        key: PathBuf,
+        roots: PathBuf,
+    },
+    Token {
+        /// The token string; `None` when resuming from the data directory.
+        token: Option<String>,
+        data_dir: PathBuf,
+    },
+}
+
+/// A certificate in hand.
+pub struct Loaded {
+    pub identity: Identity,
+    pub id: SpiffeId,
+    pub roots: Vec<CertificateDer<'static>>,
+    pub not_after: i64,
+    /// Control-plane addresses to renew with (token mode only).
+    pub control_plane: Vec<String>,
+}
+
+const KEY: &str = "key.pem";
+const CHAIN: &str = "cert-chain.pem";
+const ROOTS: &str = "root-cert.pem";
+const ADDRS: &str = "control-plane.json";
+
+/// Loads or obtains the certificate.
+pub async fn load(source: &Source) -> Result<Loaded, IdentityError> {
+    match source {
+        Source::Files { chain, key, roots } => {
+            from_pem(&read(chain)?, &read(key)?, &read(roots)?, Vec::new())
+        }
+        Source::Token { token, data_dir } => {
+            if let Some(loaded) = resume(data_dir)? {
+                return Ok(loaded);
+            }
+            let token = token.as_deref().ok_or(IdentityError::NoSource)?;
+            obtain(token, data_dir).await
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, IdentityError> {
+    std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+fn from_pem(
+    chain: &str,
+    key: &str,
+    roots: &str,
+    control_plane: Vec<String>,
+) -> Result<Loaded, IdentityError> {
+    let identity = Identity::from_pem(chain, key)?;
+    let roots = pem::certs(roots, "trust bundle")?;
+    let id = pem::spiffe_id(&identity.chain[0])?;
+    let (_, not_after) = pem::validity(&identity.chain[0])?;
+    Ok(Loaded {
+        identity,
+        id,
+        roots,
+        not_after,
+        control_plane,
+    })
+}
+
+/// The certificate kept in `data_dir`, if there is one still valid.
+fn resume(data_dir: &Path) -> Result<Option<Loaded>, IdentityError> {
+    let chain = data_dir.join(CHAIN);
+    if !chain.exists() {
+        return Ok(None);
+    }
+    let addrs: Vec<String> =
+        serde_json::from_str(&read(&data_dir.join(ADDRS))?).unwrap_or_default();
+    let loaded = from_pem(
+        &read(&chain)?,
+        &read(&data_dir.join(KEY))?,
+        &read(&data_dir.join(ROOTS))?,
+        addrs,
+    )?;
+    if loaded.not_after <= unix_now() {
+        tracing::warn!(
+            not_after = %trellis_identity::rfc3339::format_rfc3339(loaded.not_after as u64),
+            "the stored certificate has expired; requesting a new one with the token"
+        );
+        return Ok(None);
+    }
+    Ok(Some(loaded))
+}
+
+async fn obtain(token_str: &str, data_dir: &Path) -> Result<Loaded, IdentityError> {
+    let token = JoinToken::parse(token_str)?;
+    let id = token.workload_id().ok_or(IdentityError::NotAVmToken)?;
+    let tls = client_config(None, Arc::new(PinnedRootVerifier::new(token.root_pin)))?;
+    let (channel, addr) = grpc::connect_any(&token.addrs, Arc::new(tls)).await?;
+    tracing::info!(%addr, %id, "requesting the workload certificate with the join token");
+    issue(channel, &id, Some(token_str), data_dir, token.addrs.clone()).await
+}
+
+async fn issue(
+    channel: tonic::transport::Channel,
+    id: &SpiffeId,
+    token: Option<&str>,
+    data_dir: &Path,
+    control_plane: Vec<String>,
+) -> Result<Loaded, IdentityError> {
+    let kc = csr::generate_csr(&id.to_string())?;
+    let resp = CaClient::new(channel)
+        .issue_certificate(IssueCertificateRequest {
+            csr_pem: kc.csr_pem,
+            token: token.unwrap_or_default().to_string(),
+            ttl_seconds: 0,
+        })
+        .await
+        .map_err(|s| IdentityError::Refused(s.message().to_string()))?
+        .into_inner();
+    let chain = resp.chain_pem.concat();
+    let roots = resp.trust_bundle_pem.concat();
+    let loaded = from_pem(&chain, &kc.key_pem, &roots, control_plane)?;
+    std::fs::create_dir_all(data_dir).map_err(|source| IdentityError::Write {
+        path: data_dir.into(),
+        source,
+    })?;
+    let addrs = serde_json::to_vec(&loaded.control_plane).unwrap_or_default();
+    for (name, data) in [
+        (KEY, kc.key_pem.as_bytes()),
+        (CHAIN, chain.as_bytes()),
+        (ROOTS, roots.as_bytes()),
+        (ADDRS, &addrs[..]),
+    ] {
+        let path = data_dir.join(name);
+        write_private(&path, data).map_err(|source| IdentityError::Write { path, source })?;
+    }
+    Ok(loaded)
+}
+
+/// Renews the certificate in `tls` when half of its remaining lifetime has
+/// passed (the CA backdates `notBefore`, so the remaining lifetime, not the
+/// whole, is what counts), for as long as the agent runs. After a failure it
+/// retries with backoff (capped at a minute) and keeps the current
+/// certificate meanwhile.
+pub async fn renew_forever(
+    tls: Arc<MeshTls>,
+    mut not_after: i64,
+    control_plane: Vec<String>,
+    data_dir: PathBuf,
+) {
+    let mut retry = Duration::from_secs(1);
+    loop {
+        let wait = ((not_after - unix_now()) / 2).max(1) as u64;
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        loop {
+            match renew_once(&tls, &control_plane, &data_dir).await {
+                Ok(l) => {
+                    tracing::info!(
+                        not_after = %trellis_identity::rfc3339::format_rfc3339(l.not_after as u64),
+                        "renewed the workload certificate"
+                    );
+                    not_after = l.not_after;
+                    retry = Duration::from_secs(1);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?retry, "certificate renewal failed; still serving on the current certificate");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+}
+
+async fn renew_once(
+    tls: &MeshTls,
+    control_plane: &[String],
+    data_dir: &Path,
+) -> Result<Loaded, IdentityError> {
+    let verifier = SpiffeServerVerifier::new(
+        &tls.roots(),
+        Expect::AnyControlPlane {
+            trust_domain: tls.identity().trust_domain().to_string(),
+        },
+    )?;
+    let config = client_config(Some(tls.cert().clone()), Arc::new(verifier))?;
+    let (channel, _) = grpc::connect_any(control_plane, Arc::new(config)).await?;
+    let loaded = issue(
+        channel,
+        tls.identity(),
+        None,
+        data_dir,
+        control_plane.to_vec(),
+    )
+    .await?;
+    tls.cert().set(&loaded.identity)?;
+    tls.set_roots(loaded.roots.clone())?;
+    Ok(loaded)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,194 @@
+//! `trellis-agent`: the proxy that runs beside every workload.
+//!
+//! One process per workload or host: the mTLS proxy ([`proxy`]: inbound on
+//! 15006, outbound on 15001 and per-upstream ports), its view of the mesh
+//! ([`mesh`], compiled from Istio resources), route selection ([`route`]),
+//! the certificate client ([`identity`]), iptables capture ([`capture`]),
+//! telemetry ([`telemetry`]) and the admin and metrics endpoints
+//! ([`admin`]). [`run`] wires them together from [`Options`].
+pub mod admin;
+pub mod capture;
+pub mod identity;
+pub mod mesh;
+pub mod options;
+pub mod proxy;
+pub mod route;
+pub mod state;
+pub mod telemetry;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use trellis_api::config::{parse_documents, Resource};
+
+pub use options::Options;
+use proxy::outbound::Listener;
+
+/// Reads and validates a config file: all of it or nothing.
+pub fn load_config(path: &Path) -> anyhow::Result<Vec<Resource>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Result<()> {
+    // The config first: a bad file is refused before anything else happens.
+    let resources = match &opts.config_file {
+        Some(p) => load_config(p)?,
+        None => Vec::new(),
+    };
+    let source = opts.identity_source()?;
+    let loaded = identity::load(&source).await?;
+    tracing::info!(identity = %loaded.id, "workload certificate loaded");
+    let cert = trellis_identity::verify::CertCell::new(&loaded.identity)?;
+    let tls = Arc::new(tls::MeshTls::new(
+        cert,
+        loaded.id.clone(),
+        loaded.roots.clone(),
+    )?);
+    if let identity::Source::Token { data_dir, .. } = &source {
+        tokio::spawn(identity::renew_forever(
+            tls.clone(),
+            loaded.not_after,
+            loaded.control_plane.clone(),
+            data_dir.clone(),
+        ));
+    }
+
+    let settings = opts.mesh_settings(&loaded.id)?;
+    let mesh = mesh::build(resources, &settings, None);
+    let me = Arc::new(opts.workload(&loaded.id, &settings));
+    let connect = proxy::connect::ConnectOpts {
+        timeout: opts.connect_timeout,
+        mark: (opts.capture == options::CaptureMode::Iptables)
+            .then_some(proxy::connect::CAPTURE_MARK),
+    };
+    let px = Arc::new(proxy::Proxy {
+        pool: proxy::pool::Pool::new(tls.clone(), connect.clone()),
+        app: proxy::app::AppClient::new(opts.app_host),
+        peer_metadata: http::HeaderValue::from_str(&serde_json::to_string(me.as_ref())?)?,
+        labels: settings.labels.clone(),
+        tls,
+        telemetry: Arc::new(telemetry::Telemetry::new(opts.access_log)),
+        mesh: state::Shared::new(mesh),
+        me,
+        opts: connect,
+        peer_inbound_port: opts.peer_inbound_port,
+    });
+
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))
+    };
+    let inbound = bind(opts.inbound).await?;
+    let outbound = bind(opts.outbound).await?;
+    let mut upstreams = Vec::new();
+    for u in &opts.upstreams {
+        upstreams.push((bind(u.listen).await?, u.clone()));
+    }
+    let admin_l = bind(opts.admin).await?;
+    let metrics_l = bind(opts.metrics).await?;
+
+    let capture = (opts.capture == options::CaptureMode::Iptables).then(|| capture::Capture {
+        inbound_port: opts.inbound.port(),
+        outbound_port: opts.outbound.port(),
+        exclude_inbound: opts.capture_exclude_ports(),
+    });
+    if let Some(c) = &capture {
+        c.install()?;
+        tracing::info!("iptables capture installed");
+    }
+
+    let admin = Arc::new(admin::Admin {
+        px: px.clone(),
+        ready: AtomicBool::new(false),
+        set_log_level,
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(proxy::inbound::serve(inbound, px.clone()));
+    tasks.spawn(proxy::outbound::serve(
+        outbound,
+        Listener::Capture,
+        px.clone(),
+    ));
+    for (l, u) in upstreams {
+        tasks.spawn(proxy::outbound::serve(
+            l,
+            Listener::Upstream {
+                host: Arc::from(u.host.as_str()),
+                port: u.port,
+            },
+            px.clone(),
+        ));
+    }
+    tasks.spawn(admin::serve(
+        admin_l,
+        admin.clone(),
+        admin::Endpoints::Admin,
+    ));
+    tasks.spawn(admin::serve(
+        metrics_l,
+        admin.clone(),
+        admin::Endpoints::Metrics,
+    ));
+    if let Some(path) = opts.config_file.clone() {
+        tasks.spawn(watch_config(path, settings, px.clone()));
+    }
+    admin
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        inbound = %opts.inbound, outbound = %opts.outbound, admin = %opts.admin, metrics = %opts.metrics,
+        "trellis-agent ready"
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    if let Some(c) = &capture {
+        c.remove();
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+/// Reloads the config file when it changes; a file that does not parse or
+/// validate is refused with its errors and the previous config stays.
+async fn watch_config(path: std::path::PathBuf, settings: mesh::Settings, px: Arc<proxy::Proxy>) {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last: Option<SystemTime> = modified(&path);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = modified(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match load_config(&path) {
+            Ok(resources) => {
+                let prev = px.mesh.load();
+                px.mesh
+                    .store(mesh::build(resources, &settings, Some(&prev)));
+                tracing::info!(file = %path.display(), "config reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config update refused; the previous config stays in force")
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

@@ -1,0 +1,477 @@
+//! Compiling Istio resources into a [`Mesh`]: pure, deterministic, and
+//! total (resources were validated when parsed; what still cannot be used,
+//! such as a WorkloadEntry with a DNS name, is skipped with a log line).
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use trellis_api::config::{
+    self, DestinationRule, Location, OutlierDetection, Resource, ServiceEntry, SimpleLb, Spec,
+    TrafficPolicy, WorkloadEntry,
+};
+use trellis_identity::SpiffeId;
+
+use super::cluster::{Cluster, Endpoint, HashOn, LbPolicy, Limits, OutlierConfig};
+use super::{Mesh, MtlsMode, MtlsSettings, Service, ServicePort};
+use crate::telemetry::labels::Workload;
+
+/// What the view depends on besides the resources.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub trust_domain: String,
+    /// Kubernetes cluster domain for short names (`cluster.local`).
+    pub domain: String,
+    /// This workload's namespace and labels (PeerAuthentication selectors,
+    /// short names, `sourceLabels`).
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// This workload's addresses: endpoints at one of them are this
+    /// workload, which tells the inbound side its services' ports.
+    pub addresses: Vec<IpAddr>,
+    /// The port every agent's inbound listener is on.
+    pub peer_inbound_port: u16,
+}
+
+/// Istio's root namespace: a PeerAuthentication there applies mesh-wide.
+const ROOT_NAMESPACE: &str = "istio-system";
+/// Label that says a workload has no agent and speaks plaintext.
+const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
+/// `name` as Kubernetes DNS would expand it from `namespace`, unless
+/// `known` already knows it.
+pub fn canonical(
+    name: &str,
+    namespace: &str,
+    domain: &str,
+    known: impl Fn(&str) -> bool,
+) -> String {
+    if known(name) {
+        return name.to_string();
+    }
+    match name.matches('.').count() {
+        0 => format!("{name}.{namespace}.svc.{domain}"),
+        1 => format!("{name}.svc.{domain}"),
+        _ => name.to_string(),
+    }
+}
+
+/// Compiles `resources`; counters of clusters in `prev` carry over.
+pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mesh {
+    let mut resources = resources;
+    resources.sort_by(|a, b| {
+        (a.kind(), &a.metadata.namespace, &a.metadata.name).cmp(&(
+            b.kind(),
+            &b.metadata.namespace,
+            &b.metadata.name,
+        ))
+    });
+    let mut mesh = Mesh {
+        namespace: s.namespace.clone(),
+        domain: s.domain.clone(),
+        ..Default::default()
+    };
+    let workload_entries: Vec<(&str, &WorkloadEntry)> = resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::WorkloadEntry(we) => Some((r.metadata.namespace.as_str(), we.as_ref())),
+            _ => None,
+        })
+        .collect();
+    let mut endpoints: HashMap<String, Vec<(ServiceEntryRef, WorkloadEntry)>> = HashMap::new();
+    for r in &resources {
+        let Spec::ServiceEntry(se) = &r.spec else {
+            continue;
+        };
+        let ns = r.metadata.namespace.as_str();
+        let mut eps: Vec<WorkloadEntry> = se.endpoints.clone();
+        if let Some(sel) = &se.workload_selector {
+            eps.extend(
+                workload_entries
+                    .iter()
+                    .filter(|(wns, we)| {
+                        *wns == ns && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))
+                    })
+                    .map(|(_, we)| (*we).clone()),
+            );
+        }
+        for host in &se.hosts {
+            let svc = service(host, ns, se);
+            for ip in &svc.addresses {
+                for p in &svc.ports {
+                    mesh.by_addr
+                        .insert(SocketAddr::new(*ip, p.number), (svc.clone(), p.number));
+                }
+            }
+            for we in &eps {
+                mark_inbound(&mut mesh, s, &svc, se, we);
+            }
+            endpoints
+                .entry(host.clone())
+                .or_default()
+                .extend(eps.iter().map(|we| {
+                    (
+                        ServiceEntryRef {
+                            namespace: ns.to_string(),
+                            external: se.location == Some(Location::MeshExternal),
+                            ports: se.ports.clone(),
+                        },
+                        we.clone(),
+                    )
+                }));
+            mesh.services.entry(host.clone()).or_insert(svc);
+        }
+    }
+    let known = |h: &str| mesh.services.contains_key(h);
+    let mut rules: HashMap<String, &DestinationRule> = HashMap::new();
+    for r in &resources {
+        match &r.spec {
+            Spec::VirtualService(vs) => {
+                let ns = &r.metadata.namespace;
+                let mut http = vs.http.clone();
+                for route in &mut http {
+                    for d in &mut route.route {
+                        d.destination.host = canonical(&d.destination.host, ns, &s.domain, known);
+                    }
+                    if let Some(m) = &mut route.mirror {
+                        m.host = canonical(&m.host, ns, &s.domain, known);
+                    }
+                    for m in &mut route.mirrors {
+                        m.destination.host = canonical(&m.destination.host, ns, &s.domain, known);
+                    }
+                }
+                for host in &vs.hosts {
+                    let host = canonical(host, ns, &s.domain, known);
+                    if !vs.http.is_empty() {
+                        mesh.http
+                            .entry(host.clone())
+                            .or_insert_with(|| http.clone());
+                    }
+                    if !vs.tcp.is_empty() {
+                        mesh.tcp.entry(host).or_insert_with(|| vs.tcp.clone());
+                    }
+                }
+            }
+            Spec::DestinationRule(dr) => {
+                let host = canonical(&dr.host, &r.metadata.namespace, &s.domain, known);
+                rules.entry(host).or_insert(dr);
+            }
+            _ => {}
+        }
+    }
+    mesh.mtls = peer_authentication(&resources, s);
+    let mut hosts: Vec<&String> = mesh.services.keys().collect();
+    hosts.sort();
+    let mut clusters = HashMap::new();
+    for host in hosts {
+        let svc = &mesh.services[host];
+        let eps = endpoints.get(host).map(Vec::as_slice).unwrap_or_default();
+        let dr = rules.get(host).copied();
+        for p in &svc.ports {
+            let subsets = std::iter::once(None)
+                .chain(dr.into_iter().flat_map(|d| d.subsets.iter().map(Some)));
+            for subset in subsets {
+                let labels = subset.map(|ss| &ss.labels);
+                let members: Vec<Endpoint> = eps
+                    .iter()
+                    .filter(|(_, we)| {
+                        labels.is_none_or(|l| l.iter().all(|(k, v)| we.labels.get(k) == Some(v)))
+                    })
+                    .filter_map(|(se, we)| endpoint(s, se, we, p))
+                    .collect();
+                let policy = merged_policy(
+                    dr.and_then(|d| d.traffic_policy.as_ref()),
+                    subset.and_then(|ss| ss.traffic_policy.as_ref()),
+                    p.number,
+                );
+                let name = subset.map(|ss| ss.name.as_str()).unwrap_or("");
+                let mut c = Cluster::new(
+                    host,
+                    p.number,
+                    name,
+                    members,
+                    lb_policy(&policy),
+                    limits(&policy),
+                    outlier(&policy),
+                );
+                if let Some(old) =
+                    prev.and_then(|m| m.clusters.get(&(host.clone(), p.number, name.to_string())))
+                {
+                    c.adopt(old);
+                }
+                clusters.insert((host.clone(), p.number, name.to_string()), Arc::new(c));
+            }
+        }
+    }
+    mesh.clusters = clusters;
+    mesh.resources = resources;
+    mesh
+}
+
+struct ServiceEntryRef {
+    namespace: String,
+    external: bool,
+    ports: Vec<config::ServicePort>,
+}
+
+fn service(host: &str, ns: &str, se: &ServiceEntry) -> Arc<Service> {
+    Arc::new(Service {
+        host: host.to_string(),
+        namespace: ns.to_string(),
+        ports: se
+            .ports
+            .iter()
+            .map(|p| ServicePort {
+                number: p.number as u16,
+                name: p.name.clone(),
+                protocol: p.protocol().into(),
+            })
+            .collect(),
+        addresses: se.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+    })
+}
+
+/// The port `we` serves service port `p` on: its own mapping by port name,
+/// else the port's `targetPort`, else the port itself.
+fn target_port(we: &WorkloadEntry, p: &config::ServicePort) -> u16 {
+    we.ports
+        .get(&p.name)
+        .copied()
+        .or(p.target_port)
+        .unwrap_or(p.number) as u16
+}
+
+fn mark_inbound(
+    mesh: &mut Mesh,
+    s: &Settings,
+    svc: &Arc<Service>,
+    se: &ServiceEntry,
+    we: &WorkloadEntry,
+) {
+    let Ok(ip) = we.address.parse::<IpAddr>() else {
+        return;
+    };
+    if !s.addresses.contains(&ip) {
+        return;
+    }
+    for p in &se.ports {
+        mesh.inbound
+            .entry(target_port(we, p))
+            .or_insert_with(|| (p.protocol().into(), Arc::from(svc.host.as_str())));
+    }
+}
+
+fn endpoint(
+    s: &Settings,
+    se: &ServiceEntryRef,
+    we: &WorkloadEntry,
+    p: &ServicePort,
+) -> Option<Endpoint> {
+    let Ok(ip) = we.address.parse::<IpAddr>() else {
+        tracing::warn!(address = %we.address, "skipping an endpoint that is not an IP address (DNS endpoints are not supported yet)");
+        return None;
+    };
+    let cfg_port = se.ports.iter().find(|sp| sp.number as u16 == p.number)?;
+    let target = target_port(we, cfg_port);
+    let plaintext = se.external
+        || we
+            .labels
+            .get(TLS_MODE_LABEL)
+            .is_some_and(|m| m == "disabled");
+    let sa = we
+        .service_account
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let identity = (!plaintext).then(|| SpiffeId::workload(&s.trust_domain, &se.namespace, &sa));
+    let workload = Workload {
+        workload: we.labels.get("app").cloned().unwrap_or_default(),
+        namespace: se.namespace.clone(),
+        principal: identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+        app: we.labels.get("app").cloned().unwrap_or_default(),
+        version: we.labels.get("version").cloned().unwrap_or_default(),
+    };
+    Some(Endpoint {
+        addr: SocketAddr::new(
+            ip,
+            if plaintext {
+                target
+            } else {
+                s.peer_inbound_port
+            },
+        ),
+        target_port: target,
+        identity,
+        labels: we.labels.clone(),
+        workload: Arc::new(workload),
+        weight: we.weight.unwrap_or(1),
+        state: Arc::default(),
+    })
+}
+
+/// The effective traffic policy of a cluster: the rule's, then its settings
+/// for this port, then the subset's, each later one overriding per field.
+fn merged_policy(
+    top: Option<&TrafficPolicy>,
+    subset: Option<&TrafficPolicy>,
+    port: u16,
+) -> TrafficPolicy {
+    let mut out = TrafficPolicy::default();
+    for p in [top, subset].into_iter().flatten() {
+        overlay(
+            &mut out,
+            p.load_balancer.clone(),
+            p.connection_pool.clone(),
+            p.outlier_detection.clone(),
+        );
+        if let Some(pl) = p
+            .port_level_settings
+            .iter()
+            .find(|pl| pl.port.is_some_and(|x| x.number == u32::from(port)))
+        {
+            overlay(
+                &mut out,
+                pl.load_balancer.clone(),
+                pl.connection_pool.clone(),
+                pl.outlier_detection.clone(),
+            );
+        }
+    }
+    out
+}
+
+fn overlay(
+    out: &mut TrafficPolicy,
+    lb: Option<config::LoadBalancerSettings>,
+    pool: Option<config::ConnectionPoolSettings>,
+    od: Option<OutlierDetection>,
+) {
+    if lb.is_some() {
+        out.load_balancer = lb;
+    }
+    if pool.is_some() {
+        out.connection_pool = pool;
+    }
+    if od.is_some() {
+        out.outlier_detection = od;
+    }
+}
+
+fn lb_policy(p: &TrafficPolicy) -> LbPolicy {
+    let Some(lb) = &p.load_balancer else {
+        return LbPolicy::LeastRequest;
+    };
+    if let Some(ch) = &lb.consistent_hash {
+        let on = if let Some(h) = &ch.http_header_name {
+            HashOn::Header(h.to_ascii_lowercase())
+        } else if let Some(c) = &ch.http_cookie {
+            HashOn::Cookie(c.name.clone())
+        } else if let Some(q) = &ch.http_query_parameter_name {
+            HashOn::QueryParameter(q.clone())
+        } else {
+            HashOn::SourceIp
+        };
+        return LbPolicy::RingHash(on);
+    }
+    match lb.simple {
+        Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
+        Some(SimpleLb::Random) => LbPolicy::Random,
+        _ => LbPolicy::LeastRequest,
+    }
+}
+
+/// Connection-pool limits. Between agents every endpoint has one
+/// multiplexed HTTP/2 connection, so Envoy's limits become one cap on
+/// requests in flight: `http2MaxRequests`, and, when `maxConnections` is
+/// set, HTTP/1.1's view of it (`maxConnections` busy plus
+/// `http1MaxPendingRequests` waiting).
+fn limits(p: &TrafficPolicy) -> Limits {
+    let mut l = Limits::default();
+    let Some(pool) = &p.connection_pool else {
+        return l;
+    };
+    let http = pool.http.as_ref();
+    if let Some(n) = http.and_then(|h| h.http2_max_requests).filter(|n| *n > 0) {
+        l.max_active = n as u32;
+    }
+    if let Some(c) = pool
+        .tcp
+        .as_ref()
+        .and_then(|t| t.max_connections)
+        .filter(|n| *n > 0)
+    {
+        let pending = http
+            .and_then(|h| h.http1_max_pending_requests)
+            .unwrap_or(0)
+            .max(0);
+        l.max_active = l.max_active.min((c + pending) as u32);
+    }
+    l
+}
+
+fn outlier(p: &TrafficPolicy) -> Option<OutlierConfig> {
+    let od = p.outlier_detection.as_ref()?;
+    let secs = |d: Option<config::Duration>, default: u64| {
+        d.map_or(Duration::from_secs(default), |d| d.as_std())
+    };
+    Some(OutlierConfig {
+        // Envoy's default is 5 consecutive 5xx once detection is on.
+        consecutive_5xx: Some(od.consecutive_5xx_errors.unwrap_or(5)),
+        consecutive_gateway: od
+            .consecutive_gateway_errors
+            .or(od.consecutive_errors.and_then(|n| u32::try_from(n).ok())),
+        interval: secs(od.interval, 10),
+        base_ejection: secs(od.base_ejection_time, 30),
+        max_ejection_percent: od
+            .max_ejection_percent
+            .map_or(10, |n| n.clamp(0, 100) as u32),
+    })
+}
+
+/// This workload's mTLS mode: a PeerAuthentication selecting it wins over
+/// its namespace's, which wins over the root namespace's (mesh-wide).
+fn peer_authentication(resources: &[Resource], s: &Settings) -> MtlsSettings {
+    let mut best: Option<(u8, &config::PeerAuthentication)> = None;
+    for r in resources {
+        let Spec::PeerAuthentication(pa) = &r.spec else {
+            continue;
+        };
+        let rank = match (&pa.selector, r.metadata.namespace.as_str()) {
+            (Some(sel), ns) if ns == s.namespace => {
+                if sel
+                    .match_labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k) == Some(v))
+                {
+                    3
+                } else {
+                    continue;
+                }
+            }
+            (None, ns) if ns == s.namespace => 2,
+            (None, ROOT_NAMESPACE) => 1,
+            _ => continue,
+        };
+        if best.is_none_or(|(b, _)| rank > b) {
+            best = Some((rank, pa));
+        }
+    }
+    let Some((_, pa)) = best else {
+        return MtlsSettings::default();
+    };
+    let mode = |m: &config::MtlsMode| match m {
+        config::MtlsMode::Strict => Some(MtlsMode::Strict),
+        config::MtlsMode::Permissive | config::MtlsMode::Disable => Some(MtlsMode::Permissive),
+        config::MtlsMode::Unset => None,
+    };
+    MtlsSettings {
+        default: pa.mtls.as_ref().and_then(|m| mode(&m.mode)),
+        ports: pa
+            .port_level_mtls
+            .iter()
+            .filter_map(|(p, m)| Some((*p as u16, mode(&m.mode)?)))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,208 @@
+//! Compiling resources into the view: services, clusters with subsets and
+//! policies, short names, mTLS modes, inbound ports.
+use std::net::{IpAddr, SocketAddr};
+
+use trellis_api::config::parse_documents;
+
+use super::*;
+use crate::mesh::cluster::LbPolicy;
+use crate::mesh::AppProtocol;
+
+const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: [240.0.0.1]
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9090, name: grpc-api}]
+  endpoints:
+  - {address: 10.0.0.2, labels: {app: reviews, version: v1}, serviceAccount: reviews}
+  - {address: 10.0.0.3, labels: {app: reviews, version: v2}, serviceAccount: reviews, ports: {http: 8080}}
+  - {address: 10.0.0.4, labels: {app: reviews, version: v2, security.istio.io/tlsMode: disabled}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+    portLevelSettings:
+    - port: {number: 9090}
+      loadBalancer: {consistentHash: {httpHeaderName: X-User}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: RANDOM}
+      outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 1m}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews, subset: v1}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: mesh, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls: {8080: {mode: STRICT}}
+"#;
+
+fn settings(addr: &str, labels: &[(&str, &str)]) -> Settings {
+    Settings {
+        trust_domain: "example.org".into(),
+        domain: "cluster.local".into(),
+        namespace: "default".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        addresses: vec![addr.parse().unwrap()],
+        peer_inbound_port: 15006,
+    }
+}
+
+const HOST: &str = "reviews.default.svc.cluster.local";
+
+#[test]
+fn services_clusters_and_policies() {
+    let m = build(
+        parse_documents(MESH).unwrap(),
+        &settings("10.0.0.9", &[]),
+        None,
+    );
+    assert_eq!(m.canonical_host("reviews"), HOST);
+    assert_eq!(m.canonical_host("reviews.default"), HOST);
+    assert_eq!(
+        m.resolve("reviews:9080").map(|(h, p)| (h.to_string(), p)),
+        Some((HOST.into(), 9080))
+    );
+    assert_eq!(m.resolve("240.0.0.1:9090").map(|(_, p)| p), Some(9090));
+    assert!(m.resolve("unknown:80").is_none());
+    let vip: SocketAddr = "240.0.0.1:9080".parse().unwrap();
+    assert_eq!(
+        m.service_by_addr(vip).map(|(s, p)| (s.host.as_str(), p)),
+        Some((HOST, 9080))
+    );
+    assert_eq!(m.service(HOST).unwrap().protocol(9090), AppProtocol::Http2);
+    assert!(
+        m.http_routes(HOST).is_some(),
+        "short VirtualService host is canonicalised"
+    );
+
+    let all = m.cluster(HOST, 9080, "").unwrap();
+    assert_eq!(all.endpoints.len(), 3);
+    assert_eq!(all.lb, LbPolicy::RoundRobin);
+    assert_eq!(
+        all.limits.max_active, 2,
+        "maxConnections + http1MaxPendingRequests"
+    );
+    let e = &all.endpoints;
+    assert_eq!(
+        e[0].addr,
+        "10.0.0.2:15006".parse::<SocketAddr>().unwrap(),
+        "mTLS goes to the peer agent"
+    );
+    assert_eq!(
+        e[0].identity.as_ref().unwrap().to_string(),
+        "spiffe://example.org/ns/default/sa/reviews"
+    );
+    assert_eq!(e[1].target_port, 8080, "the entry's own port for `http`");
+    assert_eq!(
+        e[2].addr,
+        "10.0.0.4:9080".parse::<SocketAddr>().unwrap(),
+        "no agent: plaintext to the app"
+    );
+    assert!(e[2].identity.is_none());
+
+    let v2 = m.cluster(HOST, 9080, "v2").unwrap();
+    assert_eq!(v2.endpoints.len(), 2);
+    assert_eq!(v2.lb, LbPolicy::Random, "the subset's policy wins");
+    assert_eq!(v2.outlier.as_ref().unwrap().consecutive_5xx, Some(2));
+    assert_eq!(
+        v2.outlier.as_ref().unwrap().base_ejection,
+        Duration::from_secs(60)
+    );
+    assert!(
+        matches!(m.cluster(HOST, 9090, "").unwrap().lb, LbPolicy::RingHash(HashOn::Header(ref h)) if h == "x-user")
+    );
+    assert!(m.cluster(HOST, 9080, "v9").is_none());
+}
+
+#[test]
+fn peer_authentication_workload_over_namespace_over_mesh() {
+    let m = build(
+        parse_documents(MESH).unwrap(),
+        &settings("10.0.0.9", &[]),
+        None,
+    );
+    assert_eq!(m.inbound_mode(9080), MtlsMode::Strict, "mesh-wide STRICT");
+    let r = build(
+        parse_documents(MESH).unwrap(),
+        &settings("10.0.0.3", &[("app", "reviews")]),
+        None,
+    );
+    assert_eq!(
+        r.inbound_mode(9080),
+        MtlsMode::Permissive,
+        "the selector matches"
+    );
+    assert_eq!(r.inbound_mode(8080), MtlsMode::Strict, "port-level");
+    let none = build(Vec::new(), &settings("10.0.0.3", &[]), None);
+    assert_eq!(
+        none.inbound_mode(1),
+        MtlsMode::Permissive,
+        "Istio's default"
+    );
+}
+
+#[test]
+fn inbound_ports_come_from_entries_at_our_address() {
+    let m = build(
+        parse_documents(MESH).unwrap(),
+        &settings("10.0.0.3", &[]),
+        None,
+    );
+    assert_eq!(m.app_protocol(8080), AppProtocol::Http1);
+    assert_eq!(m.app_protocol(9090), AppProtocol::Http2);
+    assert_eq!(&*m.inbound_service(8080), HOST);
+    assert_eq!(
+        m.app_protocol(9080),
+        AppProtocol::Unknown,
+        "not this workload's port"
+    );
+    let ip: IpAddr = "10.0.0.3".parse().unwrap();
+    assert!(m.services().all(|s| !s.addresses.contains(&ip)));
+}
+
+#[test]
+fn a_new_view_keeps_the_old_counters() {
+    let s = settings("10.0.0.9", &[]);
+    let a = build(parse_documents(MESH).unwrap(), &s, None);
+    let c = a.cluster(HOST, 9080, "v1").unwrap();
+    c.state
+        .active
+        .store(7, std::sync::atomic::Ordering::Relaxed);
+    let b = build(parse_documents(MESH).unwrap(), &s, Some(&a));
+    let c2 = b.cluster(HOST, 9080, "v1").unwrap();
+    assert_eq!(
+        c2.state.active.load(std::sync::atomic::Ordering::Relaxed),
+        7
+    );
+    assert!(Arc::ptr_eq(&c.endpoints[0].state, &c2.endpoints[0].state));
+}

@@ -1,0 +1,407 @@
+//! A cluster: the endpoints of one service port (or of one subset of it),
+//! how to choose among them, and what is known of their health.
+//!
+//! Choosing is pure given its inputs (the endpoints' state, a random
+//! number, the hash of the request); the counters it reads are updated by
+//! the proxy as requests start and end.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use trellis_identity::SpiffeId;
+
+use crate::telemetry::labels::Workload;
+
+/// How a cluster picks an endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    /// Consistent hash of what [`HashOn`] names, on a ring of virtual nodes.
+    RingHash(HashOn),
+}
+
+/// What consistent hashing hashes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HashOn {
+    Header(String),
+    Cookie(String),
+    SourceIp,
+    QueryParameter(String),
+}
+
+/// Circuit-breaking limits (DestinationRule `connectionPool`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Most requests in flight to the cluster at once; more get `503 UO`.
+    pub max_active: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_active: u32::MAX,
+        }
+    }
+}
+
+/// Outlier detection settings (DestinationRule `outlierDetection`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutlierConfig {
+    /// Consecutive 5xx responses (including connect failures) that eject an
+    /// endpoint; `None` disables this check.
+    pub consecutive_5xx: Option<u32>,
+    /// Consecutive 502/503/504 responses and connect failures that eject.
+    pub consecutive_gateway: Option<u32>,
+    pub interval: Duration,
+    pub base_ejection: Duration,
+    pub max_ejection_percent: u32,
+}
+
+/// Health bookkeeping of one endpoint.
+#[derive(Debug, Default)]
+pub struct OutlierState {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// One endpoint of a cluster.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where to connect: the peer agent's inbound port (mTLS), or the
+    /// workload itself when it has no agent.
+    pub addr: SocketAddr,
+    /// The service's port on the workload (told to the peer in the SNI).
+    pub target_port: u16,
+    /// The identity the peer must present; `None`: plaintext, no agent.
+    pub identity: Option<SpiffeId>,
+    pub labels: BTreeMap<String, String>,
+    pub workload: Arc<Workload>,
+    pub weight: u32,
+    /// Runtime state that outlives config updates (see [`Cluster::adopt`]).
+    pub state: Arc<EndpointState>,
+}
+
+/// Counters of one endpoint, kept across config updates.
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    pub active: AtomicU32,
+    pub outlier: Mutex<OutlierState>,
+}
+
+/// Endpoints of a service port or subset, and how to use them.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Envoy-style name: `outbound|PORT|SUBSET|HOST`.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub subset: String,
+    pub endpoints: Vec<Endpoint>,
+    pub lb: LbPolicy,
+    pub limits: Limits,
+    pub outlier: Option<OutlierConfig>,
+    pub state: Arc<ClusterState>,
+    ring: Vec<(u64, usize)>,
+}
+
+/// Counters of one cluster, kept across config updates.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    pub active: AtomicU32,
+    pub active_retries: AtomicU32,
+    rr: AtomicUsize,
+}
+
+/// Virtual nodes per endpoint on the hash ring (Envoy's minimum ring size is
+/// 1024 for the whole ring; this keeps the spread even for small clusters).
+const VNODES: usize = 128;
+
+impl Cluster {
+    pub fn new(
+        host: &str,
+        port: u16,
+        subset: &str,
+        endpoints: Vec<Endpoint>,
+        lb: LbPolicy,
+        limits: Limits,
+        outlier: Option<OutlierConfig>,
+    ) -> Self {
+        let mut ring = Vec::new();
+        if matches!(lb, LbPolicy::RingHash(_)) {
+            for (i, e) in endpoints.iter().enumerate() {
+                for v in 0..VNODES * e.weight.max(1) as usize {
+                    ring.push((fnv1a(format!("{}#{v}", e.addr).as_bytes()), i));
+                }
+            }
+            ring.sort_unstable();
+        }
+        Self {
+            name: format!("outbound|{port}|{subset}|{host}"),
+            host: host.into(),
+            port,
+            subset: subset.into(),
+            endpoints,
+            lb,
+            limits,
+            outlier,
+            state: Arc::default(),
+            ring,
+        }
+    }
+
+    /// Takes over the counters of `prev` (the same cluster in the previous
+    /// config), so a config update does not forget ejections and load.
+    pub fn adopt(&mut self, prev: &Cluster) {
+        self.state = prev.state.clone();
+        for e in &mut self.endpoints {
+            if let Some(p) = prev.endpoints.iter().find(|p| p.addr == e.addr) {
+                e.state = p.state.clone();
+            }
+        }
+    }
+
+    /// Picks an endpoint not ejected at `now`; `hash` is the request's hash
+    /// for ring hashing; `exclude` an endpoint to avoid if another is healthy
+    /// (the one a retry failed on). `None`: no healthy endpoint (`UH`).
+    pub fn pick(&self, now: Instant, hash: Option<u64>, exclude: Option<usize>) -> Option<usize> {
+        let healthy: Vec<usize> = (0..self.endpoints.len())
+            .filter(|&i| !self.is_ejected(i, now))
+            .collect();
+        let candidates: Vec<usize> = match exclude {
+            Some(x) if healthy.len() > 1 => healthy.into_iter().filter(|&i| i != x).collect(),
+            _ => healthy,
+        };
+        if candidates.is_empty() {
+            return None;
+        }
+        let pick = match &self.lb {
+            LbPolicy::RoundRobin => {
+                let n = self.state.rr.fetch_add(1, Ordering::Relaxed);
+                candidates[n % candidates.len()]
+            }
+            LbPolicy::Random => candidates[fastrand::usize(..candidates.len())],
+            LbPolicy::LeastRequest => {
+                // Power of two choices, as Envoy's least request does.
+                let a = candidates[fastrand::usize(..candidates.len())];
+                let b = candidates[fastrand::usize(..candidates.len())];
+                let load = |i: usize| self.endpoints[i].state.active.load(Ordering::Relaxed);
+                if load(b) < load(a) {
+                    b
+                } else {
+                    a
+                }
+            }
+            LbPolicy::RingHash(_) => {
+                let h = hash.unwrap_or_else(|| fastrand::u64(..));
+                let start = self.ring.partition_point(|(k, _)| *k < h);
+                (0..self.ring.len())
+                    .map(|o| self.ring[(start + o) % self.ring.len()].1)
+                    .find(|i| candidates.contains(i))
+                    .unwrap_or(candidates[0])
+            }
+        };
+        Some(pick)
+    }
+
+    fn is_ejected(&self, i: usize, now: Instant) -> bool {
+        let st = self.endpoints[i]
+            .state
+            .outlier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        st.ejected_until.is_some_and(|t| t > now)
+    }
+
+    /// Records the outcome of a request to endpoint `i` (`status` 0: the
+    /// connection failed) for outlier detection; may eject it.
+    pub fn record(&self, i: usize, status: u16, now: Instant) {
+        let Some(cfg) = &self.outlier else { return };
+        let gateway = matches!(status, 0 | 502..=504);
+        let five = status == 0 || status >= 500;
+        let eject = {
+            let mut st = self.endpoints[i]
+                .state
+                .outlier
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if five {
+                st.consecutive_5xx += 1;
+            } else {
+                st.consecutive_5xx = 0;
+            }
+            if gateway {
+                st.consecutive_gateway += 1;
+            } else {
+                st.consecutive_gateway = 0;
+            }
+            let tripped = cfg
+                .consecutive_5xx
+                .is_some_and(|n| n > 0 && st.consecutive_5xx >= n)
+                || cfg
+                    .consecutive_gateway
+                    .is_some_and(|n| n > 0 && st.consecutive_gateway >= n);
+            tripped && st.ejected_until.is_none_or(|t| t <= now)
+        };
+        if !eject {
+            return;
+        }
+        let ejected = (0..self.endpoints.len())
+            .filter(|&j| j != i && self.is_ejected(j, now))
+            .count();
+        // Envoy ejects at least one endpoint whatever the percentage.
+        let max = (self.endpoints.len() * cfg.max_ejection_percent as usize / 100).max(1);
+        if ejected >= max {
+            return;
+        }
+        let mut st = self.endpoints[i]
+            .state
+            .outlier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        st.ejections += 1;
+        st.ejected_until = Some(now + cfg.base_ejection * st.ejections);
+        st.consecutive_5xx = 0;
+        st.consecutive_gateway = 0;
+        tracing::info!(cluster = %self.name, endpoint = %self.endpoints[i].addr, for_ = ?cfg.base_ejection * st.ejections, "outlier detection ejected an endpoint");
+    }
+
+    /// Whether endpoint `i` is ejected now (for `/clusters`).
+    pub fn ejected(&self, i: usize) -> bool {
+        self.is_ejected(i, Instant::now())
+    }
+}
+
+/// FNV-1a: a stable hash for the ring (the same on every agent and run).
+pub fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(port: u16) -> Endpoint {
+        Endpoint {
+            addr: SocketAddr::from(([10, 0, 0, 1], port)),
+            target_port: 80,
+            identity: None,
+            labels: BTreeMap::new(),
+            workload: Arc::default(),
+            weight: 1,
+            state: Arc::default(),
+        }
+    }
+
+    fn cluster(n: u16, lb: LbPolicy, outlier: Option<OutlierConfig>) -> Cluster {
+        Cluster::new(
+            "svc",
+            80,
+            "",
+            (0..n).map(|i| ep(1000 + i)).collect(),
+            lb,
+            Limits::default(),
+            outlier,
+        )
+    }
+
+    #[test]
+    fn round_robin_visits_each_endpoint_in_turn() {
+        let c = cluster(3, LbPolicy::RoundRobin, None);
+        let now = Instant::now();
+        let picks: Vec<_> = (0..6).map(|_| c.pick(now, None, None).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        assert_ne!(
+            c.pick(now, None, Some(0)),
+            Some(0),
+            "a retry avoids the endpoint that failed"
+        );
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_endpoint() {
+        let c = cluster(2, LbPolicy::LeastRequest, None);
+        c.endpoints[0].state.active.store(10, Ordering::Relaxed);
+        let now = Instant::now();
+        let ones = (0..200)
+            .filter(|_| c.pick(now, None, None) == Some(1))
+            .count();
+        // Two random choices: endpoint 1 loses only when both choices are 0.
+        assert!(ones > 120, "{ones}");
+    }
+
+    #[test]
+    fn ring_hash_is_sticky_and_spreads() {
+        let c = cluster(4, LbPolicy::RingHash(HashOn::SourceIp), None);
+        let now = Instant::now();
+        let h = fnv1a(b"user-42");
+        let first = c.pick(now, Some(h), None);
+        assert!((0..20).all(|_| c.pick(now, Some(h), None) == first));
+        let mut seen = std::collections::HashSet::new();
+        for k in 0..200u32 {
+            seen.insert(c.pick(now, Some(fnv1a(&k.to_le_bytes())), None));
+        }
+        assert_eq!(seen.len(), 4, "every endpoint gets some keys");
+    }
+
+    #[test]
+    fn consecutive_errors_eject_within_the_percentage_and_then_return() {
+        let cfg = OutlierConfig {
+            consecutive_5xx: Some(3),
+            consecutive_gateway: None,
+            interval: Duration::from_secs(1),
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 50,
+        };
+        let c = cluster(2, LbPolicy::RoundRobin, Some(cfg));
+        let now = Instant::now();
+        c.record(0, 500, now);
+        c.record(0, 200, now);
+        c.record(0, 500, now);
+        c.record(0, 503, now);
+        assert!(!c.is_ejected(0, now), "a success resets the count");
+        c.record(0, 0, now);
+        assert!(c.is_ejected(0, now));
+        assert_eq!(c.pick(now, None, None), Some(1));
+        for _ in 0..3 {
+            c.record(1, 500, now);
+        }
+        assert!(
+            !c.is_ejected(1, now),
+            "50% of 2 endpoints: only one may be out"
+        );
+        assert!(
+            !c.is_ejected(0, now + Duration::from_secs(31)),
+            "ejection ends"
+        );
+        assert_eq!(c.pick(now, None, None), Some(1));
+    }
+
+    #[test]
+    fn all_ejected_is_no_healthy_upstream() {
+        let c = cluster(
+            1,
+            LbPolicy::Random,
+            Some(OutlierConfig {
+                consecutive_5xx: None,
+                consecutive_gateway: Some(1),
+                interval: Duration::from_secs(1),
+                base_ejection: Duration::from_secs(30),
+                max_ejection_percent: 10,
+            }),
+        );
+        let now = Instant::now();
+        c.record(0, 502, now);
+        assert_eq!(c.pick(now, None, None), None);
+    }
+}

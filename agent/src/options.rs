@@ -1,0 +1,220 @@
+//! The agent's settings: flags, each with a `TRELLIS_` environment
+//! variable, one default and one line of doc.
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use trellis_identity::SpiffeId;
+
+use crate::identity::Source;
+use crate::mesh::Settings;
+use crate::telemetry::labels::{namespace_of, Workload};
+
+/// How traffic reaches the outbound listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CaptureMode {
+    /// No capture: HTTP proxy mode and `--upstream` listeners only.
+    None,
+    /// iptables REDIRECT of the host's TCP (needs root).
+    Iptables,
+}
+
+/// An explicit upstream listener: a local port standing for one service port.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub listen: SocketAddr,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = || {
+            format!("`{s}`: expected LISTEN_ADDR=HOST:PORT, e.g. 127.0.0.1:9080=reviews.default.svc.cluster.local:9080")
+        };
+        let (listen, target) = s.split_once('=').ok_or_else(usage)?;
+        let (host, port) = target.rsplit_once(':').ok_or_else(usage)?;
+        Ok(Upstream {
+            listen: listen.parse().map_err(|_| usage())?,
+            host: host.to_string(),
+            port: port.parse().map_err(|_| usage())?,
+        })
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<trellis_api::config::Duration>()
+        .map(|d| d.as_std())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}`: expected KEY=VALUE"))
+}
+
+/// `trellis-agent`: the mTLS proxy beside a workload.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "trellis-agent", version)]
+pub struct Options {
+    /// VM join token (from `trellis token create --kind vm --identity NS/SA`): get a certificate from the control plane.
+    #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where key, certificate chain and trust bundle are kept (token mode).
+    #[arg(
+        long,
+        env = "TRELLIS_DATA_DIR",
+        default_value = "/var/lib/trellis-agent"
+    )]
+    pub data_dir: PathBuf,
+    /// Certificate chain (PEM, leaf first) instead of a token.
+    #[arg(long, env = "TRELLIS_CERT_CHAIN", requires_all = ["key", "roots"], conflicts_with = "token")]
+    pub cert_chain: Option<PathBuf>,
+    /// Private key (PEM) of --cert-chain.
+    #[arg(long, env = "TRELLIS_KEY")]
+    pub key: Option<PathBuf>,
+    /// Trust bundle (PEM roots) of the mesh, with --cert-chain.
+    #[arg(long, env = "TRELLIS_ROOTS")]
+    pub roots: Option<PathBuf>,
+    /// Istio resources (multi-document YAML: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication); reloaded when it changes.
+    #[arg(long, env = "TRELLIS_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+    /// This workload's name in metrics (default: its `app` label, else its service account).
+    #[arg(long, env = "TRELLIS_WORKLOAD")]
+    pub workload: Option<String>,
+    /// This workload's labels, KEY=VALUE (repeatable): `app`, `version`, selectors.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// This workload's addresses: endpoints in the config at one of them are this workload (repeatable; default: the inbound listener's address).
+    #[arg(long = "address")]
+    pub addresses: Vec<IpAddr>,
+    /// Inbound listener (mTLS from other agents).
+    #[arg(long, env = "TRELLIS_INBOUND", default_value = "0.0.0.0:15006")]
+    pub inbound: SocketAddr,
+    /// Outbound listener (captured connections and HTTP proxy mode).
+    #[arg(long, env = "TRELLIS_OUTBOUND", default_value = "127.0.0.1:15001")]
+    pub outbound: SocketAddr,
+    /// Explicit upstream listener LISTEN_ADDR=HOST:PORT (repeatable).
+    #[arg(long = "upstream")]
+    pub upstreams: Vec<Upstream>,
+    /// Admin endpoints (/config_dump, /clusters, /certs, /stats, /ready, /logging).
+    #[arg(long, env = "TRELLIS_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Metrics and health (/stats/prometheus, /healthz/ready).
+    #[arg(long, env = "TRELLIS_METRICS", default_value = "0.0.0.0:15020")]
+    pub metrics: SocketAddr,
+    /// The port other agents' inbound listeners are on.
+    #[arg(long, env = "TRELLIS_PEER_INBOUND_PORT", default_value_t = 15006)]
+    pub peer_inbound_port: u16,
+    /// Where the application listens (inbound traffic goes to APP_HOST:PORT).
+    #[arg(long, env = "TRELLIS_APP_HOST", default_value = "127.0.0.1")]
+    pub app_host: IpAddr,
+    /// How the application's traffic reaches the agent.
+    #[arg(long, env = "TRELLIS_CAPTURE", value_enum, default_value_t = CaptureMode::None)]
+    pub capture: CaptureMode,
+    /// Inbound ports iptables capture leaves alone, besides the agent's own (comma-separated).
+    #[arg(
+        long,
+        env = "TRELLIS_CAPTURE_EXCLUDE_PORTS",
+        value_delimiter = ',',
+        default_value = "22"
+    )]
+    pub capture_exclude: Vec<u16>,
+    /// Kubernetes cluster domain, for short service names.
+    #[arg(long, env = "TRELLIS_DOMAIN", default_value = "cluster.local")]
+    pub domain: String,
+    /// TCP connect and TLS handshake timeout to upstreams.
+    #[arg(long, env = "TRELLIS_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Write one JSON access-log line per request or connection to stdout.
+    #[arg(long, env = "TRELLIS_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
+    /// Proxy worker threads.
+    #[arg(long, env = "TRELLIS_CONCURRENCY", default_value_t = 2)]
+    pub concurrency: usize,
+}
+
+impl Options {
+    /// Where the certificate comes from.
+    pub fn identity_source(&self) -> anyhow::Result<Source> {
+        match (&self.cert_chain, &self.key, &self.roots) {
+            (Some(chain), Some(key), Some(roots)) => Ok(Source::Files {
+                chain: chain.clone(),
+                key: key.clone(),
+                roots: roots.clone(),
+            }),
+            _ => Ok(Source::Token {
+                token: self.token.clone(),
+                data_dir: self.data_dir.clone(),
+            }),
+        }
+    }
+
+    /// What the mesh view depends on, once the identity is known.
+    pub fn mesh_settings(&self, id: &SpiffeId) -> anyhow::Result<Settings> {
+        let Some(namespace) = namespace_of(id) else {
+            bail!("the agent's certificate names `{id}`, not a workload identity spiffe://TD/ns/NS/sa/SA");
+        };
+        let mut addresses = self.addresses.clone();
+        if addresses.is_empty() && !self.inbound.ip().is_unspecified() {
+            addresses.push(self.inbound.ip());
+        }
+        Ok(Settings {
+            trust_domain: id.trust_domain().to_string(),
+            domain: self.domain.clone(),
+            namespace: namespace.to_string(),
+            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+            addresses,
+            peer_inbound_port: self.peer_inbound_port,
+        })
+    }
+
+    /// This workload as metric labels name it.
+    pub fn workload(&self, id: &SpiffeId, s: &Settings) -> Workload {
+        let sa = id.path().rsplit('/').next().unwrap_or_default();
+        let app = s.labels.get("app").cloned().unwrap_or_default();
+        Workload {
+            workload: self.workload.clone().unwrap_or_else(|| {
+                if app.is_empty() {
+                    sa.to_string()
+                } else {
+                    app.clone()
+                }
+            }),
+            namespace: s.namespace.clone(),
+            principal: id.to_string(),
+            app,
+            version: s.labels.get("version").cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Inbound ports capture leaves alone: the agent's own and the configured ones.
+    pub fn capture_exclude_ports(&self) -> Vec<u16> {
+        let mut v = vec![
+            self.inbound.port(),
+            self.outbound.port(),
+            self.admin.port(),
+            self.metrics.port(),
+        ];
+        v.extend(&self.capture_exclude);
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// Checks flags that clap cannot: a source of identity must be given.
+pub fn check(o: &Options) -> anyhow::Result<()> {
+    if o.token.is_none() && o.cert_chain.is_none() && !o.data_dir.join("cert-chain.pem").exists() {
+        bail!("no identity: pass --token (a VM join token), or --cert-chain, --key and --roots");
+    }
+    if o.concurrency == 0 {
+        return Err(anyhow::anyhow!("--concurrency must be at least 1")).context("flags");
+    }
+    Ok(())
+}

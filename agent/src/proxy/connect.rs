@@ -1,0 +1,103 @@
+//! Opening connections: plain TCP (marked so that capture rules let the
+//! agent's own traffic through) and mTLS to another agent, expecting the
+//! destination's identity.
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+use trellis_identity::SpiffeId;
+
+use crate::tls::MeshTls;
+
+/// The mark the agent puts on its own outgoing connections when it captures
+/// traffic, so that its iptables rules do not send them back to itself
+/// (Istio uses the same value, 1337).
+pub const CAPTURE_MARK: u32 = 1337;
+
+/// How the agent opens connections.
+#[derive(Clone, Debug)]
+pub struct ConnectOpts {
+    /// Give up on a TCP connect or TLS handshake after this long.
+    pub timeout: Duration,
+    /// `SO_MARK` for outgoing sockets (needs CAP_NET_ADMIN; set when capturing).
+    pub mark: Option<u32>,
+}
+
+/// Why a connection could not be opened: what the access log reports as `UF`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} failed: {source}")]
+    Tcp { addr: SocketAddr, source: io::Error },
+    #[error("connect to {addr} timed out after {after:?}")]
+    Timeout { addr: SocketAddr, after: Duration },
+    #[error("mTLS handshake with {addr} (expecting {expect}) failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        expect: SpiffeId,
+        source: io::Error,
+    },
+    #[error("no TLS configuration for {expect}: {reason}")]
+    Config { expect: SpiffeId, reason: String },
+}
+
+/// A TCP connection to `addr`, `TCP_NODELAY`, with the capture mark if set.
+pub async fn tcp(addr: SocketAddr, opts: &ConnectOpts) -> Result<TcpStream, ConnectError> {
+    let attempt = async {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }?;
+        if let Some(mark) = opts.mark {
+            socket2::SockRef::from(&socket).set_mark(mark)?;
+        }
+        socket.set_nodelay(true)?;
+        socket.connect(addr).await
+    };
+    match tokio::time::timeout(opts.timeout, attempt).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(ConnectError::Tcp { addr, source }),
+        Err(_) => Err(ConnectError::Timeout {
+            addr,
+            after: opts.timeout,
+        }),
+    }
+}
+
+/// An mTLS connection to the agent at `addr`, which must present `expect`.
+/// `sni` tells the peer which service and port the connection is for.
+pub async fn mtls(
+    tls: &MeshTls,
+    addr: SocketAddr,
+    sni: &str,
+    expect: &SpiffeId,
+    alpn: &'static [u8],
+    opts: &ConnectOpts,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
+    let config = tls.client(expect, alpn).map_err(|e| ConnectError::Config {
+        expect: expect.clone(),
+        reason: e.to_string(),
+    })?;
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| ConnectError::Config {
+        expect: expect.clone(),
+        reason: format!("SNI `{sni}`: {e}"),
+    })?;
+    let tcp = tcp(addr, opts).await?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
+    match tokio::time::timeout(opts.timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(ConnectError::Tls {
+            addr,
+            expect: expect.clone(),
+            source,
+        }),
+        Err(_) => Err(ConnectError::Timeout {
+            addr,
+            after: opts.timeout,
+        }),
+    }
+}

@@ -1,0 +1,299 @@
+//! The inbound listener (15006): connections from other agents, over mTLS,
+//! and in PERMISSIVE mode plaintext from clients outside the mesh, forwarded
+//! to the application on 127.0.0.1.
+//!
+//! accept → detect (TLS or not) → handshake (verify the client's mesh
+//! certificate) → the target port (from the SNI, else the original
+//! destination) → by ALPN: HTTP/2 requests, HTTP/1.1 (upgrades), or opaque
+//! TCP → the application → observe.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::body::{self, Body};
+use super::detect::{detect, original_dst};
+use super::flags::Flag;
+use super::headers::{authority, strip_hop_by_hop};
+use super::sni::Sni;
+use super::sniff::Sniffed;
+use super::{splice, Proxy};
+use crate::mesh::{AppProtocol, MtlsMode};
+use crate::telemetry::labels::{ConnLabels, Reporter, Workload};
+use crate::telemetry::{Observed, RequestLog, TcpLog};
+use crate::tls::{ALPN_H2, ALPN_HTTP1, ALPN_TCP};
+
+/// Header in which the calling agent describes its workload (not its
+/// identity, which comes from its certificate); removed before the request
+/// reaches the application.
+pub const PEER_METADATA: &str = "x-trellis-peer-metadata";
+
+/// What is known of one inbound connection.
+struct Conn {
+    port: u16,
+    downstream: SocketAddr,
+    /// The client's workload as its certificate and metadata say.
+    source: Arc<Workload>,
+    mtls: bool,
+}
+
+/// Accepts connections on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, px: Arc<Proxy>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, remote)) => {
+                let px = px.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(px, tcp, remote).await {
+                        tracing::debug!(%remote, error = %e, "inbound connection failed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn handle(px: Arc<Proxy>, tcp: TcpStream, remote: SocketAddr) -> anyhow::Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let orig = original_dst(&tcp);
+    let sniffed = detect(&tcp).await?;
+    if sniffed == Sniffed::Tls {
+        return handle_tls(px, tcp, remote, orig).await;
+    }
+    let Some(port) = orig.map(|o| o.port()) else {
+        anyhow::bail!(
+            "plaintext connection straight to the inbound port: no mTLS and no original \
+             destination, so no application port to forward to"
+        );
+    };
+    let mesh = px.mesh.load();
+    if mesh.inbound_mode(port) == MtlsMode::Strict {
+        anyhow::bail!("plaintext connection refused: mTLS is STRICT for port {port}");
+    }
+    let conn = Arc::new(Conn {
+        port,
+        downstream: remote,
+        source: Arc::new(Workload::default()),
+        mtls: false,
+    });
+    match sniffed {
+        Sniffed::Http1 | Sniffed::Http2 => serve_http(px, conn, tcp, None).await,
+        _ => serve_tcp(px, conn, tcp).await,
+    }
+}
+
+async fn handle_tls(
+    px: Arc<Proxy>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    orig: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(px.tls.server());
+    let tls = tokio::time::timeout(px.opts.timeout, acceptor.accept(tcp)).await??;
+    let (_, session) = tls.get_ref();
+    let port = session
+        .server_name()
+        .and_then(|s| Sni::parse(s).map(|s| s.port))
+        .or(orig.map(|o| o.port()))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "mTLS connection names no port (SNI {:?})",
+                session.server_name()
+            )
+        })?;
+    let principal = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| trellis_identity::pem::spiffe_id(leaf).ok());
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let source = Workload {
+        namespace: principal
+            .as_ref()
+            .and_then(|p| crate::telemetry::labels::namespace_of(p).map(str::to_string))
+            .unwrap_or_default(),
+        principal: principal.map(|p| p.to_string()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let conn = Arc::new(Conn {
+        port,
+        downstream: remote,
+        source: Arc::new(source),
+        mtls: true,
+    });
+    match alpn.as_deref() {
+        Some(ALPN_H2) | Some(ALPN_HTTP1) => {
+            let h1 = alpn.as_deref() == Some(ALPN_HTTP1);
+            serve_http(px, conn, tls, Some(h1)).await
+        }
+        Some(ALPN_TCP) | None => serve_tcp(px, conn, tls).await,
+        Some(other) => anyhow::bail!("unknown ALPN {:?}", String::from_utf8_lossy(other)),
+    }
+}
+
+/// Serves HTTP on `io`: `h1` says which version when TLS negotiated it;
+/// `None` detects it.
+async fn serve_http<I>(
+    px: Arc<Proxy>,
+    conn: Arc<Conn>,
+    io: I,
+    h1: Option<bool>,
+) -> anyhow::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let px = px.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(to_app(px, conn, req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    match h1 {
+        Some(true) => builder = builder.http1_only(),
+        Some(false) => builder = builder.http2_only(),
+        None => {}
+    }
+    builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
+    let mesh = px.mesh.load();
+    let h2 = match mesh.app_protocol(conn.port) {
+        AppProtocol::Http2 => true,
+        AppProtocol::Http1 => false,
+        AppProtocol::Tcp | AppProtocol::Unknown => super::is_grpc(req.headers()),
+    };
+    let source = peer_metadata(&conn, req.headers_mut());
+    let request_id = super::ensure_request_id(req.headers_mut());
+    let authority = authority(&req).unwrap_or_default().to_string();
+    if let Some(a) = req.uri().authority().map(|a| a.to_string()) {
+        if let Ok(v) = HeaderValue::from_str(&a) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
+    if conn.mtls {
+        let xfcc = format!("By={};URI={}", px.tls.identity(), conn.source.principal);
+        if let Ok(v) = HeaderValue::from_str(&xfcc) {
+            req.headers_mut().insert("x-forwarded-client-cert", v);
+        }
+    }
+    let conn_labels = ConnLabels {
+        reporter: Reporter::Destination,
+        source,
+        destination: px.me.clone(),
+        destination_service: mesh.inbound_service(conn.port),
+        mtls: conn.mtls,
+    };
+    let mut log = RequestLog::start(conn_labels, &req, authority, request_id, conn.downstream);
+    log.upstream = Some(px.app.addr(conn.port));
+    log.upstream_cluster = format!("inbound|{}||", conn.port);
+    let upgrade = super::upgrade::wants_upgrade(&req);
+    let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    strip_hop_by_hop(req.headers_mut());
+    let (mut parts, b) = req.into_parts();
+    if let Some(u) = &upgrade {
+        super::upgrade::restore_request_headers(&mut parts.headers, u);
+    }
+    let counted = Observed::counting(b, log.request_bytes.clone());
+    let req = Request::from_parts(
+        parts,
+        http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+            counted,
+            body::BoxError::from,
+        )),
+    );
+    let result = if let (Some(u), Some(down)) = (upgrade, on_upgrade) {
+        match super::connect::tcp(px.app.addr(conn.port), &px.opts).await {
+            Ok(io) => super::upgrade::send_on(io, req, u, down).await,
+            Err(_) => Err(Flag::UpstreamConnectFailure),
+        }
+    } else {
+        px.app
+            .send(px.app.addr(conn.port), h2, req)
+            .await
+            .map(|r| r.map(body::incoming))
+    };
+    let resp = match result {
+        Ok(mut resp) => {
+            strip_hop_by_hop_response(&mut resp);
+            resp
+        }
+        Err(flag) => {
+            log.flag = Some(flag);
+            flag.local_reply()
+        }
+    };
+    log.response_code = resp.status().as_u16();
+    log.grpc_status = crate::telemetry::grpc_status(resp.headers());
+    let telemetry = px.telemetry.clone();
+    resp.map(|b| http_body_util::BodyExt::boxed(Observed::reporting(b, telemetry, log)))
+}
+
+fn strip_hop_by_hop_response(resp: &mut Response<Body>) {
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        strip_hop_by_hop(resp.headers_mut());
+    }
+}
+
+/// The caller's workload: its identity from the certificate, the rest from
+/// the metadata header its agent sent (removed here either way).
+fn peer_metadata(conn: &Conn, headers: &mut http::HeaderMap) -> Arc<Workload> {
+    let Some(v) = headers.remove(PEER_METADATA) else {
+        return conn.source.clone();
+    };
+    if !conn.mtls {
+        return conn.source.clone();
+    }
+    match serde_json::from_slice::<Workload>(v.as_bytes()) {
+        Ok(mut w) => {
+            // What the certificate proves wins over what the header claims.
+            w.principal.clone_from(&conn.source.principal);
+            w.namespace.clone_from(&conn.source.namespace);
+            Arc::new(w)
+        }
+        Err(_) => conn.source.clone(),
+    }
+}
+
+async fn serve_tcp<I>(px: Arc<Proxy>, conn: Arc<Conn>, io: I) -> anyhow::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mesh = px.mesh.load();
+    let addr = px.app.addr(conn.port);
+    let conn_labels = ConnLabels {
+        reporter: Reporter::Destination,
+        source: conn.source.clone(),
+        destination: px.me.clone(),
+        destination_service: mesh.inbound_service(conn.port),
+        mtls: conn.mtls,
+    };
+    let mut log = TcpLog::start(
+        conn_labels,
+        conn.downstream,
+        format!("inbound|{}||", conn.port),
+    );
+    log.upstream = Some(addr);
+    let upstream = match super::connect::tcp(addr, &px.opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            log.flag = Some(Flag::UpstreamConnectFailure);
+            px.telemetry.tcp_opened(&log);
+            px.telemetry.tcp_closed(&log, 0, 0);
+            return Err(e.into());
+        }
+    };
+    splice::run(&px.telemetry, log, io, upstream).await;
+    Ok(())
+}

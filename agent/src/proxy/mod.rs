@@ -1,0 +1,65 @@
+//! The proxy: [`inbound`] (15006) takes connections from other agents and
+//! hands them to the application; [`outbound`] (15001, and one port per
+//! explicit upstream) takes the application's connections and carries them
+//! to the right endpoint over mTLS.
+pub mod app;
+pub mod body;
+pub mod connect;
+pub mod detect;
+pub mod flags;
+pub mod headers;
+pub mod inbound;
+pub mod outbound;
+pub mod pool;
+pub mod sni;
+pub mod sniff;
+pub mod splice;
+pub mod trace;
+pub mod upgrade;
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue};
+
+use crate::mesh::Mesh;
+use crate::state::Shared;
+use crate::telemetry::labels::Workload;
+use crate::telemetry::Telemetry;
+use crate::tls::MeshTls;
+
+/// Everything the listeners share.
+pub struct Proxy {
+    pub tls: Arc<MeshTls>,
+    pub telemetry: Arc<Telemetry>,
+    pub mesh: Shared<Mesh>,
+    /// This agent's workload, as metric labels name it.
+    pub me: Arc<Workload>,
+    pub pool: pool::Pool,
+    pub app: app::AppClient,
+    pub opts: connect::ConnectOpts,
+    /// The port other agents' inbound listeners are on.
+    pub peer_inbound_port: u16,
+    /// This workload's labels (route `sourceLabels`).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// [`Proxy::me`] as the peer-metadata header sends it.
+    pub peer_metadata: HeaderValue,
+}
+
+/// Whether a request is gRPC (by its content type).
+pub fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The request's `x-request-id`, added when missing (a random UUID, as Envoy does).
+pub fn ensure_request_id(h: &mut HeaderMap) -> String {
+    if let Some(id) = h.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        return id.to_string();
+    }
+    let id = trace::uuid_v4();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert("x-request-id", v);
+    }
+    id
+}

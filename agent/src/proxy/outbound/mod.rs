@@ -1,0 +1,113 @@
+//! The outbound side: connections from the application to services.
+//!
+//! accept → find the destination (the explicit upstream a port stands for;
+//! else the original destination of a captured connection; else, in HTTP
+//! proxy mode, each request's authority) → the port's protocol (declared, or
+//! sniffed) → HTTP ([`http`]: route, balance, forward over pooled mTLS
+//! HTTP/2) or opaque TCP ([`tcp`]: one mTLS connection per connection).
+pub mod http;
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::detect::{detect, original_dst};
+use super::sniff::Sniffed;
+use super::Proxy;
+use crate::mesh::AppProtocol;
+
+/// What an outbound listener stands for.
+#[derive(Clone, Debug)]
+pub enum Listener {
+    /// 15001: captured connections (by their original destination) and
+    /// HTTP proxy mode (by each request's authority).
+    Capture,
+    /// A local port standing for one service port (`--upstream`).
+    Upstream { host: Arc<str>, port: u16 },
+}
+
+/// Where the connection's requests go when that does not depend on each
+/// request.
+#[derive(Clone, Debug)]
+pub struct ConnTarget {
+    pub downstream: SocketAddr,
+    /// The service host and port, or `None` in HTTP proxy mode.
+    pub fixed: Option<(Arc<str>, u16)>,
+}
+
+/// Accepts connections on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, kind: Listener, px: Arc<Proxy>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, remote)) => {
+                let px = px.clone();
+                let kind = kind.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(px, tcp, remote, kind).await {
+                        tracing::debug!(%remote, error = %e, "outbound connection failed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "outbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    px: Arc<Proxy>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    kind: Listener,
+) -> anyhow::Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let mesh = px.mesh.load();
+    let (fixed, declared) = match kind {
+        Listener::Upstream { host, port } => {
+            let proto = mesh
+                .service(&host)
+                .map_or(AppProtocol::Unknown, |s| s.protocol(port));
+            (Some((host, port)), proto)
+        }
+        Listener::Capture => match original_dst(&tcp) {
+            Some(orig) => match mesh.service_by_addr(orig) {
+                Some((svc, port)) => (
+                    Some((Arc::from(svc.host.as_str()), port)),
+                    svc.protocol(port),
+                ),
+                None => return tcp::passthrough(&px, tcp, remote, orig).await,
+            },
+            // Not redirected: the client points at 15001 itself, an HTTP proxy.
+            None => (None, AppProtocol::Http1),
+        },
+    };
+    let target = ConnTarget {
+        downstream: remote,
+        fixed,
+    };
+    let http = match declared {
+        AppProtocol::Http1 | AppProtocol::Http2 => true,
+        AppProtocol::Tcp => false,
+        AppProtocol::Unknown => matches!(detect(&tcp).await?, Sniffed::Http1 | Sniffed::Http2),
+    };
+    if !http {
+        let (host, port) = target.fixed.clone().expect("proxy mode is always HTTP");
+        return tcp::forward(&px, tcp, remote, &host, port).await;
+    }
+    let target = Arc::new(target);
+    let svc = service_fn(move |req| {
+        let px = px.clone();
+        let target = target.clone();
+        async move { Ok::<_, std::convert::Infallible>(http::handle(px, target, req).await) }
+    });
+    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}

@@ -1,0 +1,82 @@
+//! HTTP/1.1 upgrades (WebSocket and others) through the proxy: the request
+//! goes on a connection of its own, and after `101 Switching Protocols` the
+//! two upgraded connections are spliced.
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::client::conn::http1;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::body::{self, Body};
+use super::flags::Flag;
+
+/// The protocol an HTTP/1.1 request asks to upgrade to, if it does.
+pub fn wants_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let conn_upgrade = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    conn_upgrade.then(|| req.headers().get(header::UPGRADE).cloned())?
+}
+
+/// Puts back the two headers an upgrade needs after hop-by-hop stripping.
+pub fn restore_request_headers(h: &mut HeaderMap, upgrade: &HeaderValue) {
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, upgrade.clone());
+}
+
+/// Sends the upgrade request `req` on `io` (a fresh connection to the next
+/// hop); on `101`, splices `downstream`'s upgraded connection with this one.
+pub async fn send_on<I>(
+    io: I,
+    req: Request<Body>,
+    upgrade: HeaderValue,
+    downstream: OnUpgrade,
+) -> Result<Response<Body>, Flag>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|_| Flag::UpstreamConnectFailure)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upgrade connection failed");
+        }
+    });
+    let (mut parts, b) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    parts.uri = path.parse().map_err(|_| Flag::DownstreamProtocolError)?;
+    parts.version = http::Version::HTTP_11;
+    restore_request_headers(&mut parts.headers, &upgrade);
+    let mut resp = sender
+        .send_request(Request::from_parts(parts, b))
+        .await
+        .map_err(|_| Flag::UpstreamConnectionTermination)?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(resp.map(body::incoming));
+    }
+    let upstream = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        match tokio::try_join!(downstream, upstream) {
+            Ok((down, up)) => {
+                let mut down = TokioIo::new(down);
+                let mut up = TokioIo::new(up);
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    Ok(resp.map(body::incoming))
+}

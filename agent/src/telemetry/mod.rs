@@ -1,0 +1,312 @@
+//! What the agent tells about the traffic it carries: Istio's metrics
+//! ([`metrics`]), one JSON access-log line per request or TCP connection,
+//! and the body wrapper that counts bytes and reports a request when its
+//! response has been sent in full ([`Observed`]).
+pub mod labels;
+pub mod metrics;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+
+use self::labels::ConnLabels;
+use self::metrics::{Metrics, RequestKey};
+use crate::proxy::flags::Flag;
+
+/// Metrics and access log, shared by every listener.
+pub struct Telemetry {
+    pub metrics: Metrics,
+    access_log: bool,
+}
+
+/// One request on its way through the agent.
+pub struct RequestLog {
+    pub start: SystemTime,
+    pub started: Instant,
+    pub conn: ConnLabels,
+    pub grpc: bool,
+    pub method: String,
+    pub path: String,
+    pub authority: String,
+    pub request_id: String,
+    pub upstream: Option<SocketAddr>,
+    pub upstream_cluster: String,
+    pub downstream: SocketAddr,
+    pub response_code: u16,
+    pub grpc_status: Option<u16>,
+    pub flag: Option<Flag>,
+    /// Request body bytes read so far; the request body's wrapper adds to it.
+    pub request_bytes: Arc<AtomicU64>,
+}
+
+/// One TCP connection, reported when it closes.
+pub struct TcpLog {
+    pub start: SystemTime,
+    pub started: Instant,
+    pub conn: ConnLabels,
+    pub upstream: Option<SocketAddr>,
+    pub upstream_cluster: String,
+    pub downstream: SocketAddr,
+    pub flag: Option<Flag>,
+}
+
+impl RequestLog {
+    /// A request starting now; the response fields are filled in later.
+    pub fn start<B>(
+        conn: ConnLabels,
+        req: &http::Request<B>,
+        authority: String,
+        request_id: String,
+        downstream: SocketAddr,
+    ) -> Self {
+        Self {
+            start: SystemTime::now(),
+            started: Instant::now(),
+            conn,
+            grpc: crate::proxy::is_grpc(req.headers()),
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            authority,
+            request_id,
+            upstream: None,
+            upstream_cluster: String::new(),
+            downstream,
+            response_code: 0,
+            grpc_status: None,
+            flag: None,
+            request_bytes: Default::default(),
+        }
+    }
+}
+
+impl TcpLog {
+    /// A connection starting now, towards `upstream_cluster`.
+    pub fn start(conn: ConnLabels, downstream: SocketAddr, upstream_cluster: String) -> Self {
+        Self {
+            start: SystemTime::now(),
+            started: Instant::now(),
+            conn,
+            upstream: None,
+            upstream_cluster,
+            downstream,
+            flag: None,
+        }
+    }
+}
+
+impl Telemetry {
+    pub fn new(access_log: bool) -> Self {
+        Self {
+            metrics: Metrics::default(),
+            access_log,
+        }
+    }
+
+    /// Records a finished request: metrics, then the access-log line.
+    pub fn request_done(&self, log: &RequestLog, response_bytes: u64) {
+        let duration = log.started.elapsed();
+        let request_bytes = log.request_bytes.load(Ordering::Relaxed);
+        self.metrics.request(
+            RequestKey {
+                conn: log.conn.clone(),
+                protocol: if log.grpc { "grpc" } else { "http" },
+                response_code: log.response_code,
+                grpc_status: log.grpc_status,
+                flag: log.flag,
+            },
+            duration,
+            request_bytes,
+            response_bytes,
+        );
+        if self.access_log {
+            let line = serde_json::json!({
+                "start_time": trellis_identity::rfc3339::format_rfc3339(unix(log.start)),
+                "reporter": log.conn.reporter.as_str(),
+                "method": log.method,
+                "path": log.path,
+                "authority": log.authority,
+                "protocol": if log.grpc { "grpc" } else { "http" },
+                "response_code": log.response_code,
+                "grpc_status": log.grpc_status,
+                "response_flags": log.flag.map_or("-", Flag::code),
+                "bytes_received": request_bytes,
+                "bytes_sent": response_bytes,
+                "duration": millis(duration),
+                "upstream_host": log.upstream.map(|a| a.to_string()),
+                "upstream_cluster": log.upstream_cluster,
+                "downstream_remote_address": log.downstream.to_string(),
+                "downstream_peer_principal": log.conn.source.principal,
+                "upstream_peer_principal": log.conn.destination.principal,
+                "request_id": log.request_id,
+            });
+            write_line(&line);
+        }
+    }
+
+    /// Records a TCP connection that opened.
+    pub fn tcp_opened(&self, log: &TcpLog) {
+        self.metrics.tcp_opened(&log.conn);
+    }
+
+    /// Records a TCP connection that closed after `sent` bytes to the
+    /// downstream and `received` from it.
+    pub fn tcp_closed(&self, log: &TcpLog, sent: u64, received: u64) {
+        self.metrics.tcp_closed(&log.conn, sent, received);
+        if self.access_log {
+            let line = serde_json::json!({
+                "start_time": trellis_identity::rfc3339::format_rfc3339(unix(log.start)),
+                "reporter": log.conn.reporter.as_str(),
+                "protocol": "tcp",
+                "response_flags": log.flag.map_or("-", Flag::code),
+                "bytes_received": received,
+                "bytes_sent": sent,
+                "duration": millis(log.started.elapsed()),
+                "upstream_host": log.upstream.map(|a| a.to_string()),
+                "upstream_cluster": log.upstream_cluster,
+                "downstream_remote_address": log.downstream.to_string(),
+                "downstream_peer_principal": log.conn.source.principal,
+                "upstream_peer_principal": log.conn.destination.principal,
+            });
+            write_line(&line);
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+fn write_line(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, v);
+    let _ = out.write_all(b"\n");
+}
+
+/// A body that counts the bytes through it. As a response body it reports
+/// its request to [`Telemetry`] once it is done or dropped (the client went
+/// away: `DC` if it had not finished); as a request body it adds to a shared
+/// counter.
+pub struct Observed<B> {
+    inner: B,
+    bytes: u64,
+    /// The body reached its end (hyper does not poll a body that starts
+    /// at its end, so this is also set up front for those).
+    ended: bool,
+    sink: Sink,
+}
+
+enum Sink {
+    Counter(Arc<AtomicU64>),
+    Report(Option<(Arc<Telemetry>, Box<RequestLog>)>),
+}
+
+impl<B: HttpBody> Observed<B> {
+    /// A request body adding its bytes to `counter`.
+    pub fn counting(inner: B, counter: Arc<AtomicU64>) -> Self {
+        Self {
+            ended: inner.is_end_stream(),
+            inner,
+            bytes: 0,
+            sink: Sink::Counter(counter),
+        }
+    }
+
+    /// A response body reporting `log` when it ends.
+    pub fn reporting(inner: B, telemetry: Arc<Telemetry>, log: RequestLog) -> Self {
+        Self {
+            ended: inner.is_end_stream(),
+            inner,
+            bytes: 0,
+            sink: Sink::Report(Some((telemetry, Box::new(log)))),
+        }
+    }
+}
+
+impl<B> Observed<B> {
+    fn finish(&mut self, complete: bool) {
+        self.ended |= complete;
+        if let Sink::Report(slot) = &mut self.sink {
+            if let Some((t, mut log)) = slot.take() {
+                if !complete && log.flag.is_none() {
+                    log.flag = Some(Flag::DownstreamConnectionTermination);
+                }
+                t.request_done(&log, self.bytes);
+            }
+        }
+    }
+}
+
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for Observed<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let n = d.len() as u64;
+                    self.bytes += n;
+                    if let Sink::Counter(c) = &self.sink {
+                        c.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+                if frame.is_trailers() {
+                    if let (Sink::Report(Some((_, log))), Some(t)) =
+                        (&mut self.sink, frame.trailers_ref())
+                    {
+                        if let Some(s) = grpc_status(t) {
+                            log.grpc_status = Some(s);
+                        }
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    self.finish(true);
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Observed<B> {
+    fn drop(&mut self) {
+        self.finish(self.ended);
+    }
+}
+
+/// The `grpc-status` in headers or trailers.
+pub fn grpc_status(h: &http::HeaderMap) -> Option<u16> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}

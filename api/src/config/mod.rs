@@ -1,0 +1,73 @@
+//! Istio-compatible configuration: Rust types for the `networking.istio.io`
+//! and `security.istio.io` kinds Trellis serves, strict YAML parsing, and
+//! validation whose errors name the field.
+//!
+//! [`parse_documents`] turns a multi-document YAML stream into
+//! [`Resource`]s (`apiVersion`, `kind`, [`Metadata`], typed [`Spec`]),
+//! refusing unknown fields, kinds and apiVersions, then runs
+//! [`Resource::validate`]; a [`ConfigError`] lists every problem as
+//! `document N (Kind namespace/name): field.path: reason`. The spec types
+//! ([`VirtualService`], [`DestinationRule`], [`ServiceEntry`],
+//! [`WorkloadEntry`], [`PeerAuthentication`]) follow Istio's field names
+//! and serialize back to the same YAML for config dumps. Helpers the proxy
+//! needs are here too, pure: [`StringMatch::matches`], [`Protocol::from_port`],
+//! Go-style [`Duration`]s.
+
+mod client_tls;
+mod destination_rule;
+mod duration;
+mod error;
+mod http_policy;
+mod http_response;
+mod http_route;
+mod parse;
+mod peer_authentication;
+mod percent;
+mod protocol;
+mod regex;
+mod resource;
+mod service_entry;
+mod string_match;
+mod traffic_policy;
+mod validate;
+mod virtual_service;
+mod workload_entry;
+mod workload_selector;
+
+pub use client_tls::{ClientTlsSettings, TlsMode};
+pub use destination_rule::{DestinationRule, Subset};
+pub use duration::{Duration, DurationError};
+pub use error::{ConfigError, DocumentErrors, FieldError};
+pub use http_policy::{
+    Abort, CorsPolicy, Delay, HttpFaultInjection, HttpRetry, UnmatchedPreflights,
+    GRPC_STATUS_NAMES, RETRY_ON_CONDITIONS,
+};
+pub use http_response::{HttpBody, HttpDirectResponse, HttpRedirect, RedirectPortSelection};
+pub use http_route::{
+    HeaderOperations, Headers, HttpMatchRequest, HttpMirrorPolicy, HttpRewrite, HttpRoute,
+    HttpRouteDestination, RegexRewrite,
+};
+pub use parse::parse_documents;
+pub use peer_authentication::{MtlsMode, MutualTls, PeerAuthentication};
+pub use percent::Percent;
+pub use protocol::Protocol;
+pub use regex::Regex;
+pub use resource::{ApiVersion, Group, KindSpec, Metadata, Resource, Spec};
+pub use service_entry::{Location, Resolution, ServiceEntry, ServicePort};
+pub use string_match::{HeaderMatch, StringMatch};
+pub use traffic_policy::{
+    ConnectionPoolSettings, ConsistentHashLb, H2UpgradePolicy, HttpCookie, HttpSettings,
+    LoadBalancerSettings, LocalityDistribute, LocalityFailover, LocalityLbSetting, Maglev,
+    OutlierDetection, PortTrafficPolicy, RingHash, SimpleLb, TcpKeepalive, TcpSettings,
+    TrafficPolicy, Warmup,
+};
+pub use validate::{is_dns1123_label, is_dns1123_subdomain, Validate};
+pub use virtual_service::{
+    Destination, L4MatchAttributes, PortSelector, RouteDestination, TcpRoute, TlsMatchAttributes,
+    TlsRoute, VirtualService,
+};
+pub use workload_entry::{WorkloadEntry, UNIX_ADDRESS_PREFIX};
+pub use workload_selector::{WorkloadLabelSelector, WorkloadSelector};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+//! `ServiceEntry`: a service added to the mesh's registry by hand, usually
+//! one outside the mesh.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::resource::{Group, KindSpec};
+use super::validate::{
+    check_export_to, check_hosts, check_ip_or_cidr, check_one_of, check_port, check_port_name,
+    push, Validate,
+};
+use super::{FieldError, Protocol, WorkloadEntry, WorkloadLabelSelector};
+
+/// `networking.istio.io` `ServiceEntry`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServiceEntry {
+    /// Host names of the service; `*.` wildcards allowed.
+    pub hosts: Vec<String>,
+    /// Virtual IPs or CIDR blocks of the service.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// The service's ports.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePort>,
+    /// Inside or outside the mesh; `MESH_EXTERNAL` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// How endpoints are found.
+    pub resolution: Resolution,
+    /// Endpoints; not with `workloadSelector`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<WorkloadEntry>,
+    /// Pods and WorkloadEntries that are the endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<WorkloadLabelSelector>,
+    /// Namespaces that see this resource: `.`, `*` or names.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+    /// Identities the endpoints' certificates may carry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+}
+
+/// A port of a ServiceEntry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServicePort {
+    /// Port number, 1..=65535.
+    pub number: u32,
+    /// Protocol (`HTTP`, `TLS`, `TCP`, ... see [`Protocol`]); taken from the
+    /// name when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Port name, a DNS-1123 label unique in the ServiceEntry.
+    pub name: String,
+    /// Port on the endpoints, when it differs from `number`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u32>,
+}
+
+impl ServicePort {
+    /// The port's protocol by Istio's rules.
+    pub fn protocol(&self) -> Protocol {
+        Protocol::from_port(Some(&self.name), self.protocol.as_deref())
+    }
+}
+
+/// Whether a ServiceEntry's service is part of the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Location {
+    /// Outside the mesh: no mTLS, no mesh identity.
+    MeshExternal,
+    /// Part of the mesh (e.g. VMs added by hand).
+    MeshInternal,
+}
+
+/// How a ServiceEntry's endpoints are found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Resolution {
+    /// Forward to the address the client connected to.
+    #[default]
+    None,
+    /// The endpoints' IP addresses.
+    Static,
+    /// Resolve the hosts or endpoint names in DNS, using all addresses.
+    Dns,
+    /// Resolve in DNS, using the first address only.
+    DnsRoundRobin,
+}
+
+impl KindSpec for ServiceEntry {
+    const KIND: &'static str = "ServiceEntry";
+    const GROUP: Group = Group::Networking;
+}
+
+impl Validate for ServiceEntry {
+    fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
+        let hosts_path = format!("{path}.hosts");
+        check_hosts(errors, &hosts_path, &self.hosts);
+        for (i, host) in self.hosts.iter().enumerate() {
+            if host == "*" {
+                push(
+                    errors,
+                    &format!("{hosts_path}[{i}]"),
+                    "`*` is not allowed as a ServiceEntry host",
+                );
+            }
+        }
+        for (i, address) in self.addresses.iter().enumerate() {
+            check_ip_or_cidr(errors, &format!("{path}.addresses[{i}]"), address);
+        }
+        self.validate_ports(path, errors);
+        self.validate_endpoints(path, errors);
+        self.workload_selector
+            .validate_at(&format!("{path}.workloadSelector"), errors);
+        check_export_to(errors, &format!("{path}.exportTo"), &self.export_to);
+        for (i, san) in self.subject_alt_names.iter().enumerate() {
+            if san.is_empty() {
+                push(
+                    errors,
+                    &format!("{path}.subjectAltNames[{i}]"),
+                    "must not be empty",
+                );
+            }
+        }
+    }
+}
+
+impl ServiceEntry {
+    fn validate_ports(&self, path: &str, errors: &mut Vec<FieldError>) {
+        let mut numbers = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            let at = format!("{path}.ports[{i}]");
+            check_port(errors, &format!("{at}.number"), port.number);
+            if !numbers.insert(port.number) {
+                push(
+                    errors,
+                    &format!("{at}.number"),
+                    format!("port {} is declared more than once", port.number),
+                );
+            }
+            check_port_name(errors, &format!("{at}.name"), &port.name);
+            if !names.insert(port.name.as_str()) {
+                push(
+                    errors,
+                    &format!("{at}.name"),
+                    format!("port name `{}` is declared more than once", port.name),
+                );
+            }
+            if let Some(protocol) = &port.protocol {
+                if Protocol::parse(protocol).is_none() {
+                    push(
+                        errors,
+                        &format!("{at}.protocol"),
+                        format!("unknown protocol `{protocol}`"),
+                    );
+                }
+            }
+            if let Some(target) = port.target_port {
+                check_port(errors, &format!("{at}.targetPort"), target);
+            }
+        }
+    }
+
+    fn validate_endpoints(&self, path: &str, errors: &mut Vec<FieldError>) {
+        check_one_of(
+            errors,
+            path,
+            &[
+                ("endpoints", !self.endpoints.is_empty()),
+                ("workloadSelector", self.workload_selector.is_some()),
+            ],
+            false,
+        );
+        let endpoints_path = format!("{path}.endpoints");
+        self.endpoints.validate_at(&endpoints_path, errors);
+        match self.resolution {
+            Resolution::None if !self.endpoints.is_empty() => push(
+                errors,
+                &endpoints_path,
+                "resolution NONE forwards to the original destination; remove `endpoints` or pick STATIC or DNS",
+            ),
+            Resolution::Dns | Resolution::DnsRoundRobin if self.endpoints.is_empty() => {
+                for (i, host) in self.hosts.iter().enumerate() {
+                    if host.contains('*') {
+                        push(
+                            errors,
+                            &format!("{path}.hosts[{i}]"),
+                            "a wildcard host cannot be resolved in DNS; add `endpoints`",
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+        if self.resolution == Resolution::DnsRoundRobin && self.endpoints.len() > 1 {
+            push(
+                errors,
+                &endpoints_path,
+                "resolution DNS_ROUND_ROBIN allows at most one endpoint",
+            );
+        }
+        let names: BTreeSet<&str> = self.ports.iter().map(|p| p.name.as_str()).collect();
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let at = format!("{endpoints_path}[{i}]");
+            if self.resolution == Resolution::Static && !endpoint.has_static_address() {
+                push(
+                    errors,
+                    &format!("{at}.address"),
+                    format!(
+                        "`{}` is not an IP address or unix:// path, as STATIC resolution needs",
+                        endpoint.address
+                    ),
+                );
+            }
+            for name in endpoint.ports.keys() {
+                if !names.contains(name.as_str()) {
+                    push(
+                        errors,
+                        &format!("{at}.ports.{name}"),
+                        format!("port `{name}` is not declared in `ports`"),
+                    );
+                }
+            }
+        }
+    }
+}

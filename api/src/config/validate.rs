@@ -1,0 +1,302 @@
+//! The [`Validate`] trait and the small checks the kinds share. Every check
+//! is a pure function that appends a [`FieldError`] naming the field.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::{Duration, FieldError};
+
+/// Semantic checks on parsed config. `path` is where `self` sits in the
+/// document (e.g. `spec.http[0]`); problems are appended to `errors` so that
+/// one pass reports all of them.
+pub trait Validate {
+    /// Appends one [`FieldError`] per problem found in `self`.
+    fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>);
+}
+
+impl<T: Validate> Validate for Option<T> {
+    fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
+        if let Some(value) = self {
+            value.validate_at(path, errors);
+        }
+    }
+}
+
+impl<T: Validate> Validate for [T] {
+    fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
+        for (i, value) in self.iter().enumerate() {
+            value.validate_at(&format!("{path}[{i}]"), errors);
+        }
+    }
+}
+
+/// Appends an error at `path`.
+pub(crate) fn push(errors: &mut Vec<FieldError>, path: &str, reason: impl Into<String>) {
+    errors.push(FieldError::new(path, reason));
+}
+
+/// Names the set fields of a protobuf `oneof` when more than one is set, or
+/// none is and `required`. Returns the reason to report.
+pub(crate) fn one_of(fields: &[(&str, bool)], required: bool) -> Option<String> {
+    let set: Vec<String> = fields
+        .iter()
+        .filter(|(_, is_set)| *is_set)
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
+    let all: Vec<String> = fields.iter().map(|(name, _)| format!("`{name}`")).collect();
+    let all = all.join(", ");
+    match set.len() {
+        0 if required => Some(format!("exactly one of {all} must be set")),
+        0 | 1 => None,
+        _ => Some(format!(
+            "only one of {all} may be set, found {}",
+            set.join(" and ")
+        )),
+    }
+}
+
+/// Reports a `oneof` violation (see [`one_of`]) at `path`.
+pub(crate) fn check_one_of(
+    errors: &mut Vec<FieldError>,
+    path: &str,
+    fields: &[(&str, bool)],
+    required: bool,
+) {
+    if let Some(reason) = one_of(fields, required) {
+        push(errors, path, reason);
+    }
+}
+
+/// A DNS-1123 label: 1 to 63 lowercase letters, digits and `-`, starting
+/// and ending with a letter or digit (Kubernetes namespaces, subset names,
+/// port names).
+pub fn is_dns1123_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// A DNS-1123 subdomain: at most 253 characters of dot-separated labels
+/// (Kubernetes object names).
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+pub(crate) fn check_port(errors: &mut Vec<FieldError>, path: &str, port: u32) {
+    if !(1..=65535).contains(&port) {
+        push(
+            errors,
+            path,
+            format!("port {port} is out of range 1..=65535"),
+        );
+    }
+}
+
+/// Named ports (ServiceEntry ports, WorkloadEntry ports): DNS-1123 labels.
+pub(crate) fn check_port_name(errors: &mut Vec<FieldError>, path: &str, name: &str) {
+    if !is_dns1123_label(name) {
+        push(
+            errors,
+            path,
+            format!("port name `{name}` must be a DNS-1123 label such as `http-web`"),
+        );
+    }
+}
+
+pub(crate) fn check_percent(errors: &mut Vec<FieldError>, path: &str, value: f64) {
+    if !(0.0..=100.0).contains(&value) {
+        push(errors, path, format!("{value} is out of range 0..=100"));
+    }
+}
+
+/// A service host as Istio accepts it: a name such as `reviews`,
+/// `reviews.prod.svc.cluster.local` or an IP, optionally with a leading
+/// `*.` wildcard, or `*` alone.
+pub(crate) fn check_host(errors: &mut Vec<FieldError>, path: &str, host: &str) {
+    let reason = if host.is_empty() {
+        Some("host must not be empty".to_string())
+    } else if host.chars().any(|c| c.is_whitespace() || c == '/') {
+        Some(format!("host `{host}` must not contain whitespace or `/`"))
+    } else if host != "*" && host.strip_prefix("*.").unwrap_or(host).contains('*') {
+        Some(format!(
+            "host `{host}`: a wildcard is only allowed as `*` or a leading `*.`"
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        push(errors, path, reason);
+    }
+}
+
+pub(crate) fn check_hosts(errors: &mut Vec<FieldError>, path: &str, hosts: &[String]) {
+    if hosts.is_empty() {
+        push(errors, path, "at least one host is required");
+    }
+    for (i, host) in hosts.iter().enumerate() {
+        check_host(errors, &format!("{path}[{i}]"), host);
+    }
+}
+
+/// `exportTo`: `.` (this namespace), `*` (all), `~` (none) or namespace names.
+pub(crate) fn check_export_to(errors: &mut Vec<FieldError>, path: &str, export_to: &[String]) {
+    for (i, ns) in export_to.iter().enumerate() {
+        if !matches!(ns.as_str(), "." | "*" | "~") && !is_dns1123_label(ns) {
+            push(
+                errors,
+                &format!("{path}[{i}]"),
+                format!("`{ns}` is not `.`, `*`, `~` or a namespace name"),
+            );
+        }
+    }
+    if export_to.len() > 1 && export_to.iter().any(|ns| ns == "~") {
+        push(
+            errors,
+            path,
+            "`~` (export nowhere) cannot be combined with other values",
+        );
+    }
+}
+
+/// Label keys and values of a workload selector or subset.
+pub(crate) fn check_labels(
+    errors: &mut Vec<FieldError>,
+    path: &str,
+    labels: &BTreeMap<String, String>,
+) {
+    for (key, value) in labels {
+        if key.is_empty() {
+            push(errors, path, "label keys must not be empty");
+        } else if key.contains('*') || value.contains('*') {
+            push(
+                errors,
+                &format!("{path}.{key}"),
+                "wildcards are not supported in labels",
+            );
+        }
+    }
+}
+
+/// An IP address or a CIDR block such as `10.0.0.0/8` or `2001:db8::/32`.
+pub(crate) fn check_ip_or_cidr(errors: &mut Vec<FieldError>, path: &str, value: &str) {
+    let (ip, prefix) = match value.split_once('/') {
+        Some((ip, prefix)) => (ip, Some(prefix)),
+        None => (value, None),
+    };
+    let valid = match (ip.parse::<IpAddr>(), prefix) {
+        (Ok(_), None) => true,
+        (Ok(ip), Some(prefix)) => {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            prefix.parse::<u8>().is_ok_and(|p| p <= max)
+        }
+        (Err(_), _) => false,
+    };
+    if !valid {
+        push(
+            errors,
+            path,
+            format!("`{value}` is not an IP address or CIDR block"),
+        );
+    }
+}
+
+/// Header names in matches and header operations: an HTTP token, with a
+/// leading `:` allowed for HTTP/2 pseudo-headers.
+pub(crate) fn check_header_name(errors: &mut Vec<FieldError>, path: &str, name: &str) {
+    let token = name.strip_prefix(':').unwrap_or(name);
+    let valid = !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        push(errors, path, format!("`{name}` is not a valid header name"));
+    }
+}
+
+/// Timeouts and intervals that Envoy rejects or misbehaves with below 1ms.
+pub(crate) fn check_min_duration(errors: &mut Vec<FieldError>, path: &str, value: Duration) {
+    if value.as_std() < std::time::Duration::from_millis(1) {
+        push(errors, path, format!("{value} is shorter than 1ms"));
+    }
+}
+
+pub(crate) fn check_non_negative(errors: &mut Vec<FieldError>, path: &str, value: Option<i32>) {
+    if let Some(value) = value.filter(|v| *v < 0) {
+        push(errors, path, format!("{value} must not be negative"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        for (s, ok) in [
+            ("v1", true),
+            ("a-b", true),
+            ("", false),
+            ("-a", false),
+            ("a-", false),
+            ("V1", false),
+            ("a.b", false),
+            (&"a".repeat(64), false),
+        ] {
+            assert_eq!(is_dns1123_label(s), ok, "{s:?}");
+        }
+        assert!(is_dns1123_subdomain("reviews.prod"));
+        assert!(!is_dns1123_subdomain("reviews..prod"));
+    }
+
+    #[test]
+    fn ip_or_cidr() {
+        for (s, ok) in [
+            ("10.0.0.1", true),
+            ("10.0.0.0/8", true),
+            ("2001:db8::/32", true),
+            ("10.0.0.0/33", false),
+            ("10.0.0/8", false),
+            ("example.com", false),
+        ] {
+            let mut errors = Vec::new();
+            check_ip_or_cidr(&mut errors, "p", s);
+            assert_eq!(errors.is_empty(), ok, "{s:?}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        for (s, ok) in [
+            ("reviews", true),
+            ("*.example.com", true),
+            ("*", true),
+            ("", false),
+            ("a*.example.com", false),
+            ("*.*.example.com", false),
+            ("a b", false),
+        ] {
+            let mut errors = Vec::new();
+            check_host(&mut errors, "p", s);
+            assert_eq!(errors.is_empty(), ok, "{s:?}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn one_of_reasons() {
+        assert_eq!(one_of(&[("a", true), ("b", false)], true), None);
+        assert_eq!(
+            one_of(&[("a", false), ("b", false)], true).as_deref(),
+            Some("exactly one of `a`, `b` must be set")
+        );
+        assert_eq!(one_of(&[("a", false), ("b", false)], false), None);
+        assert_eq!(
+            one_of(&[("a", true), ("b", true)], false).as_deref(),
+            Some("only one of `a`, `b` may be set, found `a` and `b`")
+        );
+    }
+}

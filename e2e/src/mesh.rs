@@ -1,0 +1,142 @@
+//! A mesh on network namespaces: a control plane in the root namespace on
+//! the bridge address, and hosts that each run a workload ([`trellis-echo`])
+//! behind a `trellis-agent` with iptables capture, all started from VM join
+//! tokens the way an operator would. Used by the data-plane e2e tests.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::netns::{Host, Net};
+use crate::process::Proc;
+use crate::{bins, wait_for, Cluster};
+
+/// A control plane, a network, and the processes started on its hosts.
+pub struct MeshEnv {
+    // Field order is drop order: processes, then namespaces, then the
+    // control plane they talk to.
+    procs: Vec<(String, Proc)>,
+    pub net: Net,
+    pub cp: Cluster,
+}
+
+impl MeshEnv {
+    /// A one-node control plane listening on a new network's bridge address.
+    pub async fn new(label: &str) -> anyhow::Result<Self> {
+        let net = Net::new(label)?;
+        let mut cp = Cluster::new(&[])?;
+        cp.host = net.gateway().to_string();
+        cp.spawn_init()?;
+        cp.wait_ready(1).await?;
+        cp.wait_writable(1).await?;
+        Ok(Self {
+            procs: Vec::new(),
+            net,
+            cp,
+        })
+    }
+
+    /// A new host on the network.
+    pub fn host(&mut self, name: &str) -> anyhow::Result<Host> {
+        self.net.host(name)
+    }
+
+    /// Writes `yaml` to a file in the test directory.
+    pub fn write(&self, name: &str, yaml: &str) -> anyhow::Result<PathBuf> {
+        let p = self.cp.root.path().join(name);
+        std::fs::write(&p, yaml)?;
+        Ok(p)
+    }
+
+    /// Starts `program args` inside `host`, stopped when the env drops.
+    pub fn spawn(
+        &mut self,
+        host: &Host,
+        name: &str,
+        program: &str,
+        args: &[&str],
+    ) -> anyhow::Result<()> {
+        let log = self
+            .cp
+            .root
+            .path()
+            .join(format!("{}-{name}.log", host.name));
+        let mut cmd = host.command(bins::bin(program));
+        cmd.args(args);
+        let key = format!("{}/{name}", host.name);
+        self.procs.push((key, Proc::spawn(name, &mut cmd, &log)?));
+        Ok(())
+    }
+
+    /// Kills (SIGKILL) the process `name` started in `host`.
+    pub fn kill(&mut self, host: &Host, name: &str) {
+        let key = format!("{}/{name}", host.name);
+        for (k, p) in &mut self.procs {
+            if *k == key {
+                p.kill();
+            }
+        }
+    }
+
+    /// The log of a process started with [`MeshEnv::spawn`].
+    pub fn log(&self, host: &Host, name: &str) -> String {
+        std::fs::read_to_string(
+            self.cp
+                .root
+                .path()
+                .join(format!("{}-{name}.log", host.name)),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Starts `trellis-echo` in `host` with `args`.
+    pub fn echo(&mut self, host: &Host, args: &[&str]) -> anyhow::Result<()> {
+        self.spawn(host, "echo", "trellis-echo", args)
+    }
+
+    /// Starts an agent in `host` with a VM token for `identity` (`NS/SA`),
+    /// iptables capture and the resources in `config`, plus `args`; waits
+    /// until it is ready.
+    pub async fn agent(
+        &mut self,
+        host: &Host,
+        identity: &str,
+        config: &std::path::Path,
+        args: &[&str],
+    ) -> anyhow::Result<()> {
+        let token = self.cp.token(&["--kind", "vm", "--identity", identity])?;
+        let data = self
+            .cp
+            .root
+            .path()
+            .join(format!("{}-agent-data", host.name));
+        let addr = host.addr.to_string();
+        let mut all: Vec<&str> = vec![
+            "--token",
+            &token,
+            "--capture",
+            "iptables",
+            "--address",
+            &addr,
+            "--config-file",
+        ];
+        let config = config.display().to_string();
+        let data = data.display().to_string();
+        all.extend([config.as_str(), "--data-dir", &data]);
+        all.extend(args);
+        self.spawn(host, "agent", "trellis-agent", &all)?;
+        let h = host.clone();
+        let what = format!("agent in {} ready", host.name);
+        let r = wait_for(Duration::from_secs(20), &what, || {
+            let h = h.clone();
+            async move {
+                tokio::task::spawn_blocking(move || h.sh("curl -sf 127.0.0.1:15000/ready").ok())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        })
+        .await;
+        r.with_context(|| self.log(host, "agent")).map(|_| ())
+    }
+}

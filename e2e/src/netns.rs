@@ -1,0 +1,280 @@
+//! Hosts for multi-host tests: each [`Host`] is a real Linux network
+//! namespace with its own address on a [`Net`], a bridge in the root
+//! namespace that the hosts' `eth0` veths plug into. Processes run inside a
+//! host through [`Host::command`]; the bridge address
+//! ([`Net::gateway`]) reaches the root namespace, where tests may run
+//! servers too.
+//!
+//! Needs root and iproute2: a test calls [`unavailable`] first and skips
+//! when it says why not. Dropping a [`Net`] removes everything it made
+//! (processes left inside its hosts, namespaces, veths, bridge, firewall
+//! rule), on panics too. Each `Net` takes its own random /24 in
+//! 10.128.0.0/9 and names its devices after it, so tests in parallel, and
+//! in parallel processes, do not clash.
+use std::ffi::OsStr;
+use std::hash::{BuildHasher, RandomState};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context};
+
+/// Why this process cannot make network namespaces (not root, no `ip`,
+/// a sandbox that forbids it), or `None` when it can. Probed once.
+pub fn unavailable() -> Option<&'static str> {
+    static WHY: OnceLock<Option<String>> = OnceLock::new();
+    WHY.get_or_init(probe).as_deref()
+}
+
+fn probe() -> Option<String> {
+    if !is_root() {
+        return Some("network namespaces need root".into());
+    }
+    let ns = format!("trellis-probe-{}", std::process::id());
+    match ip(&["netns", "add", &ns]) {
+        Ok(_) => {
+            let _ = ip(&["netns", "del", &ns]);
+            None
+        }
+        Err(e) => Some(format!("cannot make a network namespace: {e:#}")),
+    }
+}
+
+/// Effective uid 0, from `/proc/self/status` (no `unsafe` geteuid).
+fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0")
+}
+
+/// How many random subnets [`Net::new`] tries before giving up.
+const ATTEMPTS: usize = 32;
+
+/// A bridge with a /24 of its own, and the hosts plugged into it.
+pub struct Net {
+    label: String,
+    /// Random; picks the subnet and names the devices.
+    id: u16,
+    bridge: String,
+    gateway: Ipv4Addr,
+    /// Made so far, to remove on drop.
+    namespaces: Vec<String>,
+    veths: Vec<String>,
+    forward_rule: bool,
+}
+
+impl Net {
+    /// A new bridge, up, with address `.1` of a free subnet. `label`
+    /// (letters, digits, `-`) goes into the namespace names, to tell whose
+    /// they are.
+    pub fn new(label: &str) -> anyhow::Result<Net> {
+        check_name("label", label)?;
+        for _ in 0..ATTEMPTS {
+            let id = RandomState::new().hash_one(std::process::id()) as u16 & 0x7fff;
+            let gateway = address(id, 1);
+            let bridge = format!("tr-{id:04x}");
+            // Another Net (here or in another process) holds this id, or
+            // the machine uses the subnet.
+            if Path::new("/sys/class/net").join(&bridge).exists() || subnet_in_use(gateway)? {
+                continue;
+            }
+            ip(&["link", "add", &bridge, "type", "bridge"])?;
+            let mut net = Net {
+                label: label.to_string(),
+                id,
+                bridge,
+                gateway,
+                namespaces: Vec::new(),
+                veths: Vec::new(),
+                forward_rule: false,
+            };
+            // From here on, dropping `net` undoes what is done.
+            ip(&["addr", "add", &format!("{gateway}/24"), "dev", &net.bridge])?;
+            ip(&["link", "set", &net.bridge, "up"])?;
+            net.forward_rule = allow_forwarding(&net.bridge)?;
+            return Ok(net);
+        }
+        bail!(
+            "no free subnet in 10.128.0.0/9 after {ATTEMPTS} tries; \
+             leftovers of killed tests? see `ip -br link | grep tr-`"
+        )
+    }
+
+    /// A new host: namespace `trellis-LABEL-ID-NAME` with `lo` and `eth0`
+    /// up, `eth0` on the bridge with the next free address, and a default
+    /// route through the bridge.
+    pub fn host(&mut self, name: &str) -> anyhow::Result<Host> {
+        check_name("host name", name)?;
+        let n = self.namespaces.len() + 2;
+        let last = u8::try_from(n)
+            .ok()
+            .filter(|&n| n < 255)
+            .context("a Net has room for 253 hosts")?;
+        let addr = address(self.id, last);
+        let netns = format!("trellis-{}-{:04x}-{name}", self.label, self.id);
+        ip(&["netns", "add", &netns])?;
+        self.namespaces.push(netns.clone());
+        // At most 11 characters: interface names have 15.
+        let veth = format!("trv{:04x}-{n}", self.id);
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ])?;
+        self.veths.push(veth.clone());
+        ip(&["link", "set", &veth, "master", &self.bridge, "up"])?;
+        let inside = |args: &[&str]| ip(&[&["-n", netns.as_str()], args].concat());
+        inside(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        inside(&["link", "set", "eth0", "up"])?;
+        inside(&["route", "add", "default", "via", &self.gateway.to_string()])?;
+        Ok(Host {
+            name: name.to_string(),
+            netns,
+            addr,
+        })
+    }
+
+    /// Name of the bridge in the root namespace.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// The bridge's address: the hosts' default route, and how they reach
+    /// servers in the root namespace.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Best effort throughout: a leftover is better than a panic in drop.
+        for ns in &self.namespaces {
+            // A namespace lives on while a process is inside.
+            let pids = ip(&["netns", "pids", ns]).unwrap_or_default();
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).output();
+            }
+            let _ = ip(&["netns", "del", ns]);
+        }
+        // Usually gone with their namespace already.
+        for veth in &self.veths {
+            let _ = ip(&["link", "del", veth]);
+        }
+        if self.forward_rule {
+            let _ = run(Command::new("iptables").args(forward_rule("-D", &self.bridge)));
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// A network namespace on a [`Net`]. Plain data: the [`Net`] owns it.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub name: String,
+    pub netns: String,
+    /// Address of its `eth0`.
+    pub addr: Ipv4Addr,
+}
+
+impl Host {
+    /// `program` to run inside this host (`ip netns exec NETNS program`,
+    /// which execs it: the child's pid is the program's).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns]).arg(program);
+        cmd
+    }
+
+    /// [`Host::command`] for async code.
+    pub fn tokio_command(&self, program: impl AsRef<OsStr>) -> tokio::process::Command {
+        self.command(program).into()
+    }
+
+    /// Runs `script` with `sh -c` inside this host and returns its stdout;
+    /// fails with its stderr. Blocks until the script ends.
+    pub fn sh(&self, script: &str) -> anyhow::Result<String> {
+        run(self.command("sh").args(["-c", script]))
+    }
+}
+
+/// Address `last` of the subnet of `id`: 10.(128 + high 7 bits).(low 8
+/// bits).last.
+fn address(id: u16, last: u8) -> Ipv4Addr {
+    let [hi, lo] = id.to_be_bytes();
+    Ipv4Addr::new(10, 128 | hi, lo, last)
+}
+
+/// Whether any route of the machine falls inside the /24 of `gateway`.
+fn subnet_in_use(gateway: Ipv4Addr) -> anyhow::Result<bool> {
+    let [a, b, c, _] = gateway.octets();
+    let routes = ip(&["-4", "route", "show", "root", &format!("{a}.{b}.{c}.0/24")])?;
+    Ok(!routes.trim().is_empty())
+}
+
+/// Lets traffic between the bridge's ports through iptables' FORWARD
+/// chain, which sees bridged packets when `br_netfilter` is loaded and
+/// may drop them by default (Docker sets that policy). Without an
+/// `iptables` command no such rule can have been set: nothing to do.
+fn allow_forwarding(bridge: &str) -> anyhow::Result<bool> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if !std::env::split_paths(&path).any(|dir| dir.join("iptables").is_file()) {
+        return Ok(false);
+    }
+    run(Command::new("iptables").args(forward_rule("-I", bridge)))?;
+    Ok(true)
+}
+
+/// Arguments to add (`-I`) or delete (`-D`) the FORWARD rule of `bridge`.
+fn forward_rule<'a>(op: &'a str, bridge: &'a str) -> [&'a str; 8] {
+    [op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+}
+
+/// Letters, digits and `-`, so names stay valid file and device names.
+fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || c == '-';
+    if name.is_empty() || !name.chars().all(ok) {
+        bail!("{what} {name:?}: use letters, digits and '-'");
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+/// Runs `cmd` to its end; its stdout, or an error with its stderr.
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_stay_in_the_upper_half_of_10_8() {
+        assert_eq!(address(0, 1), Ipv4Addr::new(10, 128, 0, 1));
+        assert_eq!(address(0x7fff, 254), Ipv4Addr::new(10, 255, 255, 254));
+        assert_eq!(address(0x1234, 2), Ipv4Addr::new(10, 128 + 0x12, 0x34, 2));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("label", "two-hosts").is_ok());
+        for bad in ["", "a b", "a/b", "a.b"] {
+            assert!(check_name("label", bad).is_err(), "{bad:?}");
+        }
+    }
+}

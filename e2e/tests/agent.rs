@@ -1,0 +1,285 @@
+//! The agent on loopback, without root: HTTP proxy mode and explicit
+//! upstreams, config refused whole at start, live config updates (a bad one
+//! leaves the previous in force), timeouts and delay faults, HTTP upgrades
+//! through the mesh, certificate renewal, and serving on while the control
+//! plane is down, also across an agent restart.
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use trellis_e2e::{bin, wait_for, Cluster, Proc};
+
+const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  endpoints: [{address: 127.0.0.12, labels: {app: echo, version: v1}, serviceAccount: echo}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo]
+  http:
+  - match: [{headers: {x-slow: {exact: "1"}}}]
+    timeout: 300ms
+    route: [{destination: {host: echo}}]
+  - match: [{headers: {x-delay: {exact: "1"}}}]
+    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}
+    route: [{destination: {host: echo}}]
+  - route: [{destination: {host: echo}}]
+"#;
+
+const CLIENT: &str = "127.0.0.11";
+const SERVER: &str = "127.0.0.12";
+
+fn agent_args(ip: &str, data: &Path, config: &Path) -> Vec<String> {
+    [
+        "--data-dir",
+        &data.display().to_string(),
+        "--config-file",
+        &config.display().to_string(),
+        "--inbound",
+        &format!("{ip}:15006"),
+        "--outbound",
+        &format!("{ip}:15001"),
+        "--admin",
+        &format!("{ip}:15000"),
+        "--metrics",
+        &format!("{ip}:15020"),
+        "--app-host",
+        ip,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .arg("-s")
+        .args(args)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status(args: &[&str]) -> u16 {
+    let mut a = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    a.extend(args);
+    curl(&a).trim().parse().unwrap_or(0)
+}
+
+async fn ready(admin: &str) -> anyhow::Result<()> {
+    let url = format!("http://{admin}/ready");
+    wait_for(Duration::from_secs(20), &url, || async {
+        (status(&[&url]) == 200).then_some(())
+    })
+    .await
+}
+
+fn cert_sha(admin: &str) -> String {
+    let certs: serde_json::Value =
+        serde_json::from_str(&curl(&[&format!("http://{admin}/certs")])).unwrap_or_default();
+    certs["cert_chain"][0]["sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_features_on_loopback() -> anyhow::Result<()> {
+    let mut cp = Cluster::init(&["--cert-ttl-secs", "16"]).await?;
+    let dir = cp.root.path().to_path_buf();
+    let config = dir.join("mesh.yaml");
+    std::fs::write(&config, MESH)?;
+
+    // A bad config file is refused at start, with the field path.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        MESH.replace(
+            "timeout: 300ms",
+            "timeout: 300ms\n    retries: {attempts: 2, retryOn: sometimes}",
+        ),
+    )?;
+    let out = Command::new(bin("trellis-agent"))
+        .args([
+            "--cert-chain",
+            "/nonexistent",
+            "--key",
+            "/nonexistent",
+            "--roots",
+            "/nonexistent",
+        ])
+        .args(agent_args("127.0.0.13", &dir.join("bad-data"), &bad))
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("spec.http[0].retries.retryOn"), "{err}");
+
+    let echo = Proc::spawn(
+        "echo",
+        Command::new(bin("trellis-echo")).args([
+            "--http",
+            &format!("{SERVER}:9080"),
+            "--name",
+            "echo",
+        ]),
+        &dir.join("echo.log"),
+    )?;
+    let token = cp.token(&["--kind", "vm", "--identity", "default/echo"])?;
+    let mut server_cmd = Command::new(bin("trellis-agent"));
+    server_cmd
+        .args(["--token", &token, "--access-log", "false"])
+        .args(agent_args(SERVER, &dir.join("server"), &config));
+    let _server = Proc::spawn(
+        "server-agent",
+        &mut server_cmd,
+        &dir.join("server-agent.log"),
+    )?;
+    let token = cp.token(&[
+        "--kind",
+        "vm",
+        "--identity",
+        "default/client",
+        "--uses",
+        "1",
+    ])?;
+    let client_args = {
+        let mut a = agent_args(CLIENT, &dir.join("client"), &config);
+        a.extend([
+            "--upstream".into(),
+            format!("{CLIENT}:19080=echo.default.svc.cluster.local:9080"),
+        ]);
+        a
+    };
+    let mut client_cmd = Command::new(bin("trellis-agent"));
+    client_cmd.args(["--token", &token]).args(&client_args);
+    let mut client = Proc::spawn(
+        "client-agent",
+        &mut client_cmd,
+        &dir.join("client-agent.log"),
+    )?;
+    ready(&format!("{SERVER}:15000")).await?;
+    ready(&format!("{CLIENT}:15000")).await?;
+    let upstream = format!("http://{CLIENT}:19080/");
+    let proxy = format!("http://{CLIENT}:15001");
+
+    // HTTP proxy mode, by full and short name; explicit upstream.
+    for url in [
+        "http://echo.default.svc.cluster.local:9080/a",
+        "http://echo:9080/b",
+    ] {
+        let r = curl(&["-x", &proxy, url]);
+        assert!(r.contains(r#""service":"echo""#), "{url}: {r}");
+    }
+    assert!(curl(&[&upstream]).contains(r#""service":"echo""#));
+    assert_eq!(
+        status(&["-x", &proxy, "http://unknown.example:80/"]),
+        404,
+        "no route: NR"
+    );
+
+    // Route timeout (504) and delay fault.
+    assert_eq!(
+        status(&["-H", "x-slow: 1", "-H", "x-echo-delay-ms: 2000", &upstream]),
+        504
+    );
+    let t = Instant::now();
+    assert_eq!(status(&["-H", "x-delay: 1", &upstream]), 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "delayed {:?}",
+        t.elapsed()
+    );
+
+    // An HTTP/1.1 upgrade through both agents: 101, then bytes both ways.
+    let mut s = TcpStream::connect(format!("{CLIENT}:19080"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\nUpgrade: trellis-test\r\n\r\n",
+    )?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"ping through the mesh")?;
+    let mut buf = [0u8; 21];
+    s.read_exact(&mut buf)?;
+    assert_eq!(&buf, b"ping through the mesh");
+
+    // A live update applies; a bad one is refused and the previous stays.
+    let abort = MESH.replace(
+        "  - route: [{destination: {host: echo}}]",
+        "  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route: [{destination: {host: echo}}]",
+    );
+    std::fs::write(&config, &abort)?;
+    wait_for(Duration::from_secs(3), "update applied", || async {
+        (status(&[&upstream]) == 418).then_some(())
+    })
+    .await?;
+    std::fs::write(
+        &config,
+        abort.replace("httpStatus: 418", "httpStatus: 418\n      bogus: 1"),
+    )?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        status(&[&upstream]),
+        418,
+        "the bad update left the previous config in force"
+    );
+    assert!(
+        client.output().contains("config update refused"),
+        "{}",
+        client.output()
+    );
+    std::fs::write(&config, MESH)?;
+    wait_for(Duration::from_secs(3), "good config back", || async {
+        (status(&[&upstream]) == 200).then_some(())
+    })
+    .await?;
+
+    // Certificates (16 s here) are renewed before they expire, without a restart.
+    let first = cert_sha(&format!("{CLIENT}:15000"));
+    wait_for(Duration::from_secs(20), "renewed certificate", || async {
+        (cert_sha(&format!("{CLIENT}:15000")) != first).then_some(())
+    })
+    .await?;
+    assert_eq!(status(&[&upstream]), 200);
+
+    // With the control plane gone, the agents serve on; a restarted agent
+    // resumes from its data directory (its token was single-use).
+    cp.kill(1);
+    assert_eq!(status(&[&upstream]), 200);
+    client.kill();
+    drop(client);
+    let mut client_cmd = Command::new(bin("trellis-agent"));
+    client_cmd.args(&client_args);
+    let _client = Proc::spawn(
+        "client-agent-2",
+        &mut client_cmd,
+        &dir.join("client-agent-2.log"),
+    )?;
+    ready(&format!("{CLIENT}:15000")).await?;
+    assert_eq!(
+        status(&[&upstream]),
+        200,
+        "serves on its stored (still valid) certificate"
+    );
+    drop(echo);
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! The data plane end to end: workloads in network namespaces, each behind
+//! a `trellis-agent` that captures its traffic with iptables and got its
+//! certificate from a real control plane with a VM token. Every check goes
+//! through real sockets, real mTLS and the real binaries.
+use std::time::Duration;
+
+use trellis_e2e::mesh::MeshEnv;
+use trellis_e2e::netns::{self, Host};
+use trellis_e2e::wait_for;
+
+const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: [240.240.0.1]
+  resolution: STATIC
+  ports:
+  - {number: 9080, name: http}
+  - {number: 9000, name: tcp-echo}
+  - {number: 9090, name: grpc}
+  endpoints:
+  - {address: R1, labels: {app: reviews, version: v1}, serviceAccount: reviews}
+  - {address: R2, labels: {app: reviews, version: v2}, serviceAccount: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  addresses: [240.240.0.4]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  endpoints:
+  - {address: R1, labels: {app: reviews, version: v1}, serviceAccount: reviews}
+  - {address: R2, labels: {app: reviews, version: v2}, serviceAccount: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shadow, namespace: default}
+spec:
+  hosts: [shadow.default.svc.cluster.local]
+  addresses: [240.240.0.2]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  endpoints: [{address: R3, labels: {app: shadow}, serviceAccount: shadow}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: impostor, namespace: default}
+spec:
+  hosts: [impostor.default.svc.cluster.local]
+  addresses: [240.240.0.3]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  endpoints: [{address: R1, serviceAccount: someone-else}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutiveGatewayErrors: 2, interval: 1s, baseEjectionTime: 1m, maxEjectionPercent: 50}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {x-fault: {exact: abort}}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{headers: {x-retry: {exact: "yes"}}}]
+    retries: {attempts: 10, retryOn: 5xx}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{headers: {x-retry: {exact: "no"}}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {prefix: /mirror}}]
+    mirror: {host: shadow}
+    mirrorPercentage: {value: 100}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 80}
+    - {destination: {host: reviews, subset: v2}, weight: 20}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: shadow, namespace: default}
+spec:
+  selector: {matchLabels: {app: shadow}}
+  mtls: {mode: PERMISSIVE}
+"#;
+
+/// `curl` in `host`; the output, whatever the exit status.
+async fn curl(host: &Host, args: &str) -> String {
+    let h = host.clone();
+    let script = format!("curl -s {args} || true");
+    tokio::task::spawn_blocking(move || h.sh(&script).unwrap_or_default())
+        .await
+        .unwrap()
+}
+
+async fn sh(host: &Host, script: &str) -> anyhow::Result<String> {
+    let h = host.clone();
+    let script = script.to_string();
+    tokio::task::spawn_blocking(move || h.sh(&script)).await?
+}
+
+/// `n` requests on one keep-alive connection, with `headers`; the status codes.
+async fn statuses(host: &Host, url: &str, headers: &str, n: usize) -> Vec<u16> {
+    let urls = vec![format!("-o /dev/null {url}"); n].join(" ");
+    let out = curl(host, &format!("{headers} -w '%{{http_code}}\\n' {urls}")).await;
+    out.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
+    if let Some(why) = netns::unavailable() {
+        eprintln!("skipping: {why}");
+        return Ok(());
+    }
+    let mut env = MeshEnv::new("dp").await?;
+    let client = env.host("client")?;
+    let r1 = env.host("r1")?;
+    let r2 = env.host("r2")?;
+    let r3 = env.host("r3")?;
+    let outsider = env.host("out")?;
+    let mesh = MESH
+        .replace("R1", &r1.addr.to_string())
+        .replace("R2", &r2.addr.to_string())
+        .replace("R3", &r3.addr.to_string());
+    let config = env.write("mesh.yaml", &mesh)?;
+
+    for (h, v) in [(&r1, "v1"), (&r2, "v2")] {
+        env.echo(
+            h,
+            &[
+                "--http",
+                "0.0.0.0:9080",
+                "--tcp",
+                "0.0.0.0:9000",
+                "--grpc",
+                "0.0.0.0:9090",
+                "--name",
+                "reviews",
+                "--version",
+                v,
+            ],
+        )?;
+        env.agent(
+            h,
+            "default/reviews",
+            &config,
+            &["--label", "app=reviews", "--label", &format!("version={v}")],
+        )
+        .await?;
+    }
+    env.echo(&r3, &["--http", "0.0.0.0:9080", "--name", "shadow"])?;
+    env.agent(&r3, "default/shadow", &config, &["--label", "app=shadow"])
+        .await?;
+    env.agent(
+        &client,
+        "default/productpage",
+        &config,
+        &[
+            "--label",
+            "app=productpage",
+            "--upstream",
+            "0.0.0.0:19090=reviews.default.svc.cluster.local:9090",
+            "--capture-exclude",
+            "22,19090",
+        ],
+    )
+    .await?;
+
+    // An 80/20 split over 1,000 requests from an unmodified client.
+    let urls = vec!["http://240.240.0.1:9080/"; 1000].join(" ");
+    let out = curl(&client, &urls).await;
+    let v1 = out.matches(r#""version":"v1""#).count();
+    let v2 = out.matches(r#""version":"v2""#).count();
+    assert_eq!(
+        v1 + v2,
+        1000,
+        "every request answered: {}",
+        &out[..out.len().min(500)]
+    );
+    assert!((740..=860).contains(&v1), "80/20 split: v1={v1} v2={v2}");
+
+    // The workload sees the caller's verified identity.
+    let one: serde_json::Value =
+        serde_json::from_str(&curl(&client, "http://240.240.0.1:9080/").await)?;
+    let xfcc = one["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        xfcc.contains("URI=spiffe://e2e.trellis.test/ns/default/sa/productpage"),
+        "{one}"
+    );
+    assert!(
+        one["headers"]["traceparent"].is_string() && one["headers"]["x-request-id"].is_string(),
+        "{one}"
+    );
+
+    // Abort fault.
+    assert_eq!(
+        statuses(
+            &client,
+            "http://240.240.0.1:9080/",
+            "-H 'x-fault: abort'",
+            3
+        )
+        .await,
+        [418; 3]
+    );
+
+    // Retries hide a flaky upstream; without them its failures show.
+    let flaky = "-H 'x-echo-fail-rate: 0.3'";
+    let with = statuses(
+        &client,
+        "http://240.240.0.1:9080/",
+        &format!("{flaky} -H 'x-retry: yes'"),
+        40,
+    )
+    .await;
+    assert_eq!(with, [200; 40], "retries hide a 30% failure rate");
+    let without = statuses(
+        &client,
+        "http://240.240.0.1:9080/",
+        &format!("{flaky} -H 'x-retry: no'"),
+        40,
+    )
+    .await;
+    assert!(
+        without.contains(&503),
+        "without retries some fail: {without:?}"
+    );
+
+    // Mirroring: the shadow service gets copies; the caller sees only v1's answers.
+    let mirrored: serde_json::Value =
+        serde_json::from_str(&curl(&client, "http://240.240.0.1:9080/mirror").await)?;
+    assert_eq!(mirrored["service"], "reviews");
+    for _ in 0..4 {
+        curl(&client, "http://240.240.0.1:9080/mirror").await;
+    }
+    wait_for(Duration::from_secs(5), "mirrored copies", || async {
+        let s = curl(&outsider, &format!("http://{}:9080/echo/stats", r3.addr)).await;
+        let n = serde_json::from_str::<serde_json::Value>(&s).ok()?["requests"].as_u64()?;
+        (n >= 5).then_some(())
+    })
+    .await?;
+
+    // STRICT refuses plaintext; the PERMISSIVE workload takes it.
+    let strict = sh(
+        &outsider,
+        &format!("curl -s -m 3 http://{}:9080/ ; echo exit=$?", r1.addr),
+    )
+    .await?;
+    assert!(
+        !strict.contains("reviews") && !strict.contains("exit=0"),
+        "{strict}"
+    );
+    let permissive = curl(&outsider, &format!("http://{}:9080/", r3.addr)).await;
+    assert!(permissive.contains(r#""service":"shadow""#), "{permissive}");
+
+    // A peer with the wrong identity is refused: 503 UF.
+    let wrong = statuses(&client, "http://240.240.0.3:9080/", "", 1).await;
+    assert_eq!(wrong, [503]);
+
+    // Opaque TCP through captured mTLS.
+    let tcp = sh(
+        &client,
+        r#"bash -c 'exec 3<>/dev/tcp/240.240.0.1/9000; printf "hello mesh\n" >&3; read -t 5 l <&3; echo "$l"'"#,
+    )
+    .await?;
+    assert_eq!(tcp.trim(), "hello mesh");
+
+    // gRPC, unary and bidirectional streaming, via an explicit upstream port.
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}:19090", client.addr))?
+        .connect()
+        .await?;
+    let mut grpc = trellis_echo::v1::echo_client::EchoClient::new(ch);
+    let r = grpc
+        .echo(trellis_echo::v1::EchoRequest {
+            message: "hi".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!((r.message.as_str(), r.service.as_str()), ("hi", "reviews"));
+    let reqs = tokio_stream::iter((0..3).map(|i| trellis_echo::v1::EchoRequest {
+        message: format!("m{i}"),
+    }));
+    let mut stream = grpc.stream(reqs).await?.into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = stream.message().await? {
+        got.push(m.message);
+    }
+    assert_eq!(got, ["m0", "m1", "m2"]);
+
+    // Outlier detection ejects the endpoint whose application died.
+    env.kill(&r2, "echo");
+    statuses(&client, "http://240.240.0.4:9080/", "", 10).await;
+    let clusters = curl(&client, "127.0.0.1:15000/clusters").await;
+    let r2_line = format!("outbound|9080||ratings.default.svc.cluster.local::{}:15006::health_flags::/failed_outlier_check", r2.addr);
+    assert!(clusters.contains(&r2_line), "{clusters}");
+    assert_eq!(
+        statuses(&client, "http://240.240.0.4:9080/", "", 10).await,
+        [200; 10]
+    );
+
+    // Istio's metrics, from the caller's agent.
+    let metrics = reqwest_metrics(&client).await?;
+    for want in [
+        r#"reporter="source""#,
+        r#"destination_service="reviews.default.svc.cluster.local""#,
+        r#"response_code="418""#,
+        r#"response_flags="FI""#,
+        r#"response_flags="UF""#,
+        r#"connection_security_policy="mutual_tls""#,
+    ] {
+        assert!(metrics.contains(want), "{want} missing from metrics");
+    }
+    assert!(metrics.contains("istio_tcp_connections_opened_total{"));
+    Ok(())
+}
+
+async fn reqwest_metrics(client: &Host) -> anyhow::Result<String> {
+    sh(client, "curl -sf 127.0.0.1:15020/stats/prometheus").await
+}

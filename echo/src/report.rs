@@ -1,0 +1,159 @@
+//! What the echo server says back: the [`Report`] of an HTTP request, the
+//! [`Stats`] of `/echo/stats`, and the [`Workload`] that every answer
+//! names. Plain data, built from a request's head without I/O.
+use std::collections::BTreeMap;
+
+use hyper::header::HOST;
+use hyper::http::request::Parts;
+use hyper::{HeaderMap, Version};
+use serde::{Deserialize, Serialize};
+
+/// Who answers: reported in every HTTP and gRPC response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// Service name (`--name`).
+    pub service: String,
+    /// Version (`--version`), to tell the subsets of a traffic split apart.
+    pub version: String,
+    /// Free text (`--identity`), e.g. the workload's SPIFFE id.
+    pub identity: String,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Self {
+            service: "echo".into(),
+            version: "v1".into(),
+            identity: String::new(),
+        }
+    }
+}
+
+/// The JSON body of an HTTP echo response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub workload: Workload,
+    /// The authority the server saw: `:authority` in HTTP/2, the
+    /// absolute-form URI's or the `Host` header in HTTP/1.
+    pub host: String,
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// `HTTP/1.1`, `HTTP/2`, ...
+    pub proto: String,
+    /// Request headers by lowercase name; repeated ones joined with ", ".
+    pub headers: BTreeMap<String, String>,
+    /// Length of the request body, which the server reads to its end.
+    pub body_bytes: u64,
+}
+
+impl Report {
+    pub(crate) fn new(workload: &Workload, head: &Parts, body_bytes: u64) -> Self {
+        let host = match head.uri.authority() {
+            Some(a) => a.as_str().to_string(),
+            None => head
+                .headers
+                .get(HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                .unwrap_or_default(),
+        };
+        Self {
+            workload: workload.clone(),
+            host,
+            method: head.method.as_str().to_string(),
+            path: head
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            proto: proto_name(head.version).to_string(),
+            headers: header_map(&head.headers),
+            body_bytes,
+        }
+    }
+}
+
+/// The body of `GET /echo/stats`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// HTTP requests and gRPC calls received since start, but for
+    /// `/echo/stats` itself.
+    pub requests: u64,
+}
+
+/// Headers (or gRPC metadata) by lowercase name, repeated names joined
+/// with ", " as HTTP allows; values that are not UTF-8 are shown lossily.
+pub(crate) fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        map.entry(name.as_str().to_string())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    map
+}
+
+fn proto_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::Request;
+
+    use super::*;
+
+    #[test]
+    fn reports_the_head_of_an_http1_request() {
+        let (head, ()) = Request::post("/a/b?x=1")
+            .header("Host", "echo.default:8080")
+            .header("X-Multi", "one")
+            .header("x-multi", "two")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let r = Report::new(&Workload::default(), &head, 42);
+        assert_eq!(r.workload.service, "echo");
+        assert_eq!(r.host, "echo.default:8080");
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/a/b?x=1");
+        assert_eq!(r.proto, "HTTP/1.1");
+        assert_eq!(r.headers["x-multi"], "one, two");
+        assert_eq!(r.body_bytes, 42);
+    }
+
+    #[test]
+    fn prefers_the_uri_authority_over_the_host_header() {
+        let (head, ()) = Request::get("http://svc.example:80/")
+            .version(Version::HTTP_2)
+            .header("host", "other")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let r = Report::new(&Workload::default(), &head, 0);
+        assert_eq!(r.host, "svc.example:80");
+        assert_eq!(r.proto, "HTTP/2");
+    }
+
+    #[test]
+    fn json_is_flat() {
+        let (head, ()) = Request::get("/").body(()).unwrap().into_parts();
+        let json = serde_json::to_value(Report::new(&Workload::default(), &head, 0)).unwrap();
+        assert_eq!(json["service"], "echo");
+        assert_eq!(json["version"], "v1");
+        assert_eq!(json["identity"], "");
+        assert_eq!(json["body_bytes"], 0);
+    }
+}
