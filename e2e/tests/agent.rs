@@ -34,6 +34,14 @@ spec:
     fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}
     route: [{destination: {host: echo}}]
   - route: [{destination: {host: echo}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: default}
+spec:
+  host: echo
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
 "#;
 
 const CLIENT: &str = "127.0.0.11";
@@ -198,6 +206,86 @@ async fn agent_features_on_loopback() -> anyhow::Result<()> {
         t.elapsed() >= Duration::from_millis(400),
         "delayed {:?}",
         t.elapsed()
+    );
+
+    // Chunked and 100-continue request bodies stream through.
+    let body = "x".repeat(100_000);
+    let r = curl(&[
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &body,
+        &upstream,
+    ]);
+    assert!(r.contains(r#""body_bytes":100000"#), "{r}");
+    let r = curl(&[
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &body[..2000],
+        &upstream,
+    ]);
+    assert!(r.contains(r#""body_bytes":2000"#), "{r}");
+
+    // Malformed requests get 400, oversized headers 431, and the connection closes.
+    let raw = |req: &[u8]| -> String {
+        let mut s = TcpStream::connect(format!("{CLIENT}:19080")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(req);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(raw(b"GET / HTTP/1.1\r\nbroken header\r\n\r\n").starts_with("HTTP/1.1 400"));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: echo\r\nx-big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    assert!(raw(big.as_bytes()).starts_with("HTTP/1.1 431"));
+
+    // Circuit breaking: at most maxConnections + http1MaxPendingRequests (2)
+    // requests in flight; the rest get 503 at once.
+    let parallel: Vec<_> = (0..6)
+        .map(|_| {
+            let u = upstream.clone();
+            std::thread::spawn(move || status(&["-H", "x-echo-delay-ms: 700", &u]))
+        })
+        .collect();
+    let codes: Vec<u16> = parallel.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(
+        codes.iter().filter(|c| **c == 200).count() >= 2,
+        "{codes:?}"
+    );
+    assert!(codes.contains(&503), "overflow is refused: {codes:?}");
+    let metrics = curl(&[&format!("http://{CLIENT}:15020/stats/prometheus")]);
+    assert!(metrics.contains(r#"response_flags="UO""#));
+
+    // Admin endpoints.
+    let dump = curl(&[&format!("http://{CLIENT}:15000/config_dump")]);
+    assert!(
+        dump.contains("echo.default.svc.cluster.local") && dump.contains("spiffe://"),
+        "{dump}"
+    );
+    assert_eq!(
+        status(&[
+            "-X",
+            "POST",
+            &format!("http://{CLIENT}:15000/logging?level=debug")
+        ]),
+        200
+    );
+    assert_eq!(
+        status(&[
+            "-g",
+            "-X",
+            "POST",
+            &format!("http://{CLIENT}:15000/logging?level=[[bad")
+        ]),
+        400
+    );
+    assert_eq!(
+        status(&[&format!("http://{CLIENT}:15020/healthz/ready")]),
+        200
     );
 
     // An HTTP/1.1 upgrade through both agents: 101, then bytes both ways.
