@@ -162,7 +162,7 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
     mesh.mtls = peer_authentication(&resources, s);
     let mut hosts: Vec<&String> = mesh.services.keys().collect();
     hosts.sort();
-    let mut clusters = HashMap::new();
+    let mut clusters: HashMap<String, Vec<Arc<Cluster>>> = HashMap::new();
     for host in hosts {
         let svc = &mesh.services[host];
         let eps = endpoints.get(host).map(Vec::as_slice).unwrap_or_default();
@@ -194,12 +194,10 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
                     limits(&policy),
                     outlier(&policy),
                 );
-                if let Some(old) =
-                    prev.and_then(|m| m.clusters.get(&(host.clone(), p.number, name.to_string())))
-                {
-                    c.adopt(old);
+                if let Some(old) = prev.and_then(|m| m.cluster(host, p.number, name)) {
+                    c.adopt(&old);
                 }
-                clusters.insert((host.clone(), p.number, name.to_string()), Arc::new(c));
+                clusters.entry(host.clone()).or_default().push(Arc::new(c));
             }
         }
     }

@@ -93,7 +93,8 @@ pub struct Mesh {
     by_addr: HashMap<SocketAddr, (Arc<Service>, u16)>,
     http: HashMap<String, Vec<HttpRoute>>,
     tcp: HashMap<String, Vec<TcpRoute>>,
-    clusters: HashMap<(String, u16, String), Arc<Cluster>>,
+    /// By host; a host has a few (ports × subsets), found by a short scan.
+    clusters: HashMap<String, Vec<Arc<Cluster>>>,
     inbound: HashMap<u16, (AppProtocol, Arc<str>)>,
     mtls: MtlsSettings,
     namespace: String,
@@ -122,7 +123,7 @@ impl Mesh {
 
     /// Every cluster (for `/clusters`).
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
-        self.clusters.values()
+        self.clusters.values().flatten()
     }
 
     /// The service port a virtual IP and port stand for.
@@ -194,7 +195,9 @@ impl Mesh {
     /// The cluster of `host:port` (or one of its subsets).
     pub fn cluster(&self, host: &str, port: u16, subset: &str) -> Option<Arc<Cluster>> {
         self.clusters
-            .get(&(host.to_string(), port, subset.to_string()))
+            .get(host)?
+            .iter()
+            .find(|c| c.port == port && c.subset == subset)
             .cloned()
     }
 

@@ -37,9 +37,13 @@ pub const PEER_METADATA: &str = "x-trellis-peer-metadata";
 struct Conn {
     port: u16,
     downstream: SocketAddr,
-    /// The client's workload as its certificate and metadata say.
+    /// The client's workload as its certificate says.
     source: Arc<Workload>,
     mtls: bool,
+    /// The last peer-metadata header seen and what it parsed to: every
+    /// request on one connection comes from the same agent, so this is
+    /// parsed once per connection, not once per request.
+    metadata: std::sync::Mutex<Option<(HeaderValue, Arc<Workload>)>>,
 }
 
 /// Accepts connections on `listener` until the task is dropped.
@@ -84,6 +88,7 @@ async fn handle(px: Arc<Proxy>, tcp: TcpStream, remote: SocketAddr) -> anyhow::R
         downstream: remote,
         source: Arc::new(Workload::default()),
         mtls: false,
+        metadata: Default::default(),
     });
     match sniffed {
         Sniffed::Http1 | Sniffed::Http2 => serve_http(px, conn, tcp, None).await,
@@ -128,6 +133,7 @@ async fn handle_tls(
         downstream: remote,
         source: Arc::new(source),
         mtls: true,
+        metadata: Default::default(),
     });
     match alpn.as_deref() {
         Some(ALPN_H2) | Some(ALPN_HTTP1) => {
@@ -255,7 +261,13 @@ fn peer_metadata(conn: &Conn, headers: &mut http::HeaderMap) -> Arc<Workload> {
     if !conn.mtls {
         return conn.source.clone();
     }
-    match serde_json::from_slice::<Workload>(v.as_bytes()) {
+    let mut cache = conn.metadata.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((seen, w)) = cache.as_ref() {
+        if *seen == v {
+            return w.clone();
+        }
+    }
+    let w = match serde_json::from_slice::<Workload>(v.as_bytes()) {
         Ok(mut w) => {
             // What the certificate proves wins over what the header claims.
             w.principal.clone_from(&conn.source.principal);
@@ -263,7 +275,9 @@ fn peer_metadata(conn: &Conn, headers: &mut http::HeaderMap) -> Arc<Workload> {
             Arc::new(w)
         }
         Err(_) => conn.source.clone(),
-    }
+    };
+    *cache = Some((v, w.clone()));
+    w
 }
 
 async fn serve_tcp<I>(px: Arc<Proxy>, conn: Arc<Conn>, io: I) -> anyhow::Result<()>
