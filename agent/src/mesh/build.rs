@@ -417,7 +417,6 @@ fn outlier(p: &TrafficPolicy) -> Option<OutlierConfig> {
         consecutive_gateway: od
             .consecutive_gateway_errors
             .or(od.consecutive_errors.and_then(|n| u32::try_from(n).ok())),
-        interval: secs(od.interval, 10),
         base_ejection: secs(od.base_ejection_time, 30),
         max_ejection_percent: od
             .max_ejection_percent

@@ -56,7 +56,10 @@ pub struct OutlierConfig {
     pub consecutive_5xx: Option<u32>,
     /// Consecutive 502/503/504 responses and connect failures that eject.
     pub consecutive_gateway: Option<u32>,
-    pub interval: Duration,
+    /// An endpoint is out for this long times the number of its ejections.
+    /// (Istio's `interval` is not used: the agent decides on each response
+    /// instead of in periodic sweeps, and an ejection ends when its time is
+    /// up.)
     pub base_ejection: Duration,
     pub max_ejection_percent: u32,
 }
@@ -359,7 +362,6 @@ mod tests {
         let cfg = OutlierConfig {
             consecutive_5xx: Some(3),
             consecutive_gateway: None,
-            interval: Duration::from_secs(1),
             base_ejection: Duration::from_secs(30),
             max_ejection_percent: 50,
         };
@@ -395,7 +397,6 @@ mod tests {
             Some(OutlierConfig {
                 consecutive_5xx: None,
                 consecutive_gateway: Some(1),
-                interval: Duration::from_secs(1),
                 base_ejection: Duration::from_secs(30),
                 max_ejection_percent: 10,
             }),
