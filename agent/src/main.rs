@@ -19,8 +19,16 @@ fn main() -> anyhow::Result<()> {
         let f = EnvFilter::try_new(level).map_err(|e| format!("bad level `{level}`: {e}"))?;
         handle.reload(f).map_err(|e| e.to_string())
     });
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.concurrency)
+    // One worker: a current-thread runtime, which skips the cross-thread
+    // wake-ups and work stealing a one-worker multi-thread runtime still pays.
+    let mut runtime = if opts.concurrency == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(opts.concurrency);
+        b
+    };
+    runtime
         .enable_all()
         .build()?
         .block_on(trellis_agent::run(opts, set_level))

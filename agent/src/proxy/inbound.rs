@@ -44,7 +44,12 @@ struct Conn {
     /// request on one connection comes from the same agent, so this is
     /// parsed once per connection, not once per request.
     metadata: std::sync::Mutex<Option<(HeaderValue, Arc<Workload>)>>,
+    /// `x-forwarded-client-cert` for the application, on mTLS connections.
+    xfcc: Option<HeaderValue>,
 }
+
+/// Tells the application who called (Envoy's header, `By=...;URI=...`).
+const XFCC: &str = "x-forwarded-client-cert";
 
 /// Accepts connections on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, px: Arc<Proxy>) {
@@ -89,6 +94,7 @@ async fn handle(px: Arc<Proxy>, tcp: TcpStream, remote: SocketAddr) -> anyhow::R
         source: Arc::new(Workload::default()),
         mtls: false,
         metadata: Default::default(),
+        xfcc: None,
     });
     match sniffed {
         Sniffed::Http1 | Sniffed::Http2 => serve_http(px, conn, tcp, None).await,
@@ -131,6 +137,12 @@ async fn handle_tls(
     let conn = Arc::new(Conn {
         port,
         downstream: remote,
+        xfcc: HeaderValue::from_str(&format!(
+            "By={};URI={}",
+            px.tls.identity(),
+            source.principal
+        ))
+        .ok(),
         source: Arc::new(source),
         mtls: true,
         metadata: Default::default(),
@@ -188,10 +200,13 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
             req.headers_mut().insert(http::header::HOST, v);
         }
     }
-    if conn.mtls {
-        let xfcc = format!("By={};URI={}", px.tls.identity(), conn.source.principal);
-        if let Ok(v) = HeaderValue::from_str(&xfcc) {
-            req.headers_mut().insert("x-forwarded-client-cert", v);
+    match &conn.xfcc {
+        Some(v) => {
+            req.headers_mut().insert(XFCC, v.clone());
+        }
+        // Plaintext: nobody vouches for a client certificate header.
+        None => {
+            req.headers_mut().remove(XFCC);
         }
     }
     let conn_labels = ConnLabels {
