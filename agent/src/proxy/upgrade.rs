@@ -13,17 +13,21 @@ use super::flags::Flag;
 
 /// The protocol an HTTP/1.1 request asks to upgrade to, if it does.
 pub fn wants_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != http::Version::HTTP_11 {
+    upgrade_of(req.version(), req.headers())
+}
+
+/// [`wants_upgrade`] on a request's version and headers.
+pub fn upgrade_of(version: http::Version, headers: &HeaderMap) -> Option<HeaderValue> {
+    if version != http::Version::HTTP_11 {
         return None;
     }
-    let conn_upgrade = req
-        .headers()
+    let conn_upgrade = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    conn_upgrade.then(|| req.headers().get(header::UPGRADE).cloned())?
+    conn_upgrade.then(|| headers.get(header::UPGRADE).cloned())?
 }
 
 /// Puts back the two headers an upgrade needs after hop-by-hop stripping.

@@ -54,7 +54,7 @@ impl RetryPolicy {
     /// The policy of a route: its `retries`, or Istio's default.
     pub fn from_config(r: Option<&HttpRetry>) -> Self {
         let Some(r) = r else {
-            return Self::parse(DEFAULT_ATTEMPTS, None, None, DEFAULT_RETRY_ON);
+            return Self::istio_default().clone();
         };
         Self::parse(
             r.attempts.map_or(DEFAULT_ATTEMPTS, |a| a.max(0) as u32),
@@ -62,6 +62,12 @@ impl RetryPolicy {
             r.backoff.map(|d| d.as_std()),
             r.retry_on.as_deref().unwrap_or(DEFAULT_RETRY_ON),
         )
+    }
+
+    /// Istio's default, parsed once (most routes set no `retries`).
+    pub fn istio_default() -> &'static RetryPolicy {
+        static DEFAULT: std::sync::OnceLock<RetryPolicy> = std::sync::OnceLock::new();
+        DEFAULT.get_or_init(|| Self::parse(DEFAULT_ATTEMPTS, None, None, DEFAULT_RETRY_ON))
     }
 
     fn parse(

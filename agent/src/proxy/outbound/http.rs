@@ -204,7 +204,7 @@ async fn route_request(
     let _active = Gauge::inc(&cluster.state.active);
 
     let hash = request_hash(&cluster.lb, &parts.headers, query, target.downstream);
-    if let Some(u) = upgrade::wants_upgrade(&Request::from_parts(parts.clone(), ())) {
+    if let Some(u) = upgrade::upgrade_of(parts.version, &parts.headers) {
         let mut req = Request::from_parts(parts, incoming);
         let on_upgrade = hyper::upgrade::on(&mut req);
         let (parts, incoming) = req.into_parts();
@@ -229,7 +229,14 @@ async fn route_request(
         mirror(px, mesh, r, &parts, &body, &upstream_authority);
     }
 
-    let policy = RetryPolicy::from_config(route.and_then(|r| r.retries.as_ref()));
+    let configured;
+    let policy = match route.and_then(|r| r.retries.as_ref()) {
+        Some(r) => {
+            configured = RetryPolicy::from_config(Some(r));
+            &configured
+        }
+        None => RetryPolicy::istio_default(),
+    };
     let timeout = route
         .and_then(|r| r.timeout)
         .map(|t| t.as_std())
@@ -237,7 +244,7 @@ async fn route_request(
     let tries = tries(
         px,
         &cluster,
-        &policy,
+        policy,
         &parts,
         &mut body,
         &upstream_authority,
