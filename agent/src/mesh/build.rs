@@ -299,6 +299,7 @@ fn endpoint(
         ),
         target_port: target,
         identity,
+        peer: None,
         labels: we.labels.clone(),
         workload: Arc::new(workload),
         weight: we.weight.unwrap_or(1),

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use trellis_identity::SpiffeId;
 
+use crate::proxy::pool::PeerKey;
+use crate::proxy::sni::Sni;
 use crate::telemetry::labels::Workload;
 
 /// How a cluster picks an endpoint.
@@ -83,6 +85,10 @@ pub struct Endpoint {
     pub target_port: u16,
     /// The identity the peer must present; `None`: plaintext, no agent.
     pub identity: Option<SpiffeId>,
+    /// Where the pooled mTLS connection to the peer goes (address, SNI,
+    /// identity), made once with the cluster rather than per request;
+    /// `None` with `identity`.
+    pub peer: Option<PeerKey>,
     pub labels: BTreeMap<String, String>,
     pub workload: Arc<Workload>,
     pub weight: u32,
@@ -135,6 +141,14 @@ impl Cluster {
         limits: Limits,
         outlier: Option<OutlierConfig>,
     ) -> Self {
+        let mut endpoints = endpoints;
+        for e in &mut endpoints {
+            e.peer = e.identity.clone().map(|identity| PeerKey {
+                addr: e.addr,
+                sni: Sni::encode(e.target_port, subset, host),
+                identity,
+            });
+        }
         let mut ring = Vec::new();
         if matches!(lb, LbPolicy::RingHash(_)) {
             for (i, e) in endpoints.iter().enumerate() {
@@ -299,6 +313,7 @@ mod tests {
             addr: SocketAddr::from(([10, 0, 0, 1], port)),
             target_port: 80,
             identity: None,
+            peer: None,
             labels: BTreeMap::new(),
             workload: Arc::default(),
             weight: 1,

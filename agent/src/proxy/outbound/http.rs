@@ -21,8 +21,7 @@ use super::super::body::{self, Body};
 use super::super::flags::Flag;
 use super::super::headers::{authority, retarget, strip_hop_by_hop};
 use super::super::inbound::PEER_METADATA;
-use super::super::pool::{PeerKey, PoolError};
-use super::super::sni::Sni;
+use super::super::pool::PoolError;
 use super::super::{connect, ensure_request_id, trace, upgrade, Proxy};
 use super::ConnTarget;
 use crate::mesh::cluster::{Cluster, HashOn, LbPolicy};
@@ -543,17 +542,12 @@ async fn send_one(
     authority: &str,
 ) -> Result<Response<Incoming>, Outcome> {
     let ep = &cluster.endpoints[i];
-    match &ep.identity {
-        Some(id) => {
+    match &ep.peer {
+        Some(key) => {
             retarget(&mut req, Version::HTTP_2, authority);
             req.headers_mut()
                 .insert(PEER_METADATA, px.peer_metadata.clone());
-            let key = PeerKey {
-                addr: ep.addr,
-                sni: Sni::encode(ep.target_port, &cluster.subset, &cluster.host),
-                identity: id.clone(),
-            };
-            px.pool.send(&key, req).await.map_err(|e| {
+            px.pool.send(key, req).await.map_err(|e| {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "request to peer failed");
                 match e {
                     PoolError::Connect(_) | PoolError::Handshake { .. } => Outcome::ConnectFailure,
@@ -600,14 +594,20 @@ async fn upgrade_request(
     log.conn.mtls = ep.identity.is_some();
     let mut req = req;
     retarget(&mut req, Version::HTTP_11, authority);
-    match &ep.identity {
-        Some(id) => {
+    match &ep.peer {
+        Some(peer) => {
             req.headers_mut()
                 .insert(PEER_METADATA, px.peer_metadata.clone());
-            let sni = Sni::encode(ep.target_port, &cluster.subset, &cluster.host);
-            let io = connect::mtls(&px.tls, ep.addr, &sni, id, ALPN_HTTP1, &px.opts)
-                .await
-                .map_err(|_| Flag::UpstreamConnectFailure)?;
+            let io = connect::mtls(
+                &px.tls,
+                peer.addr,
+                &peer.sni,
+                &peer.identity,
+                ALPN_HTTP1,
+                &px.opts,
+            )
+            .await
+            .map_err(|_| Flag::UpstreamConnectFailure)?;
             upgrade::send_on(io, req, u, on_upgrade).await
         }
         None => {

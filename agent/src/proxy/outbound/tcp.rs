@@ -9,7 +9,6 @@ use tokio::net::TcpStream;
 
 use super::super::connect::{self, ConnectError};
 use super::super::flags::Flag;
-use super::super::sni::Sni;
 use super::super::{splice, Proxy};
 use crate::mesh::cluster::Cluster;
 use crate::telemetry::TcpLog;
@@ -74,13 +73,17 @@ enum Upstream {
 
 async fn open(px: &Proxy, cluster: &Cluster, i: usize) -> Result<Upstream, ConnectError> {
     let ep = &cluster.endpoints[i];
-    match &ep.identity {
-        Some(id) => {
-            let sni = Sni::encode(ep.target_port, &cluster.subset, &cluster.host);
-            connect::mtls(&px.tls, ep.addr, &sni, id, ALPN_TCP, &px.opts)
-                .await
-                .map(|s| Upstream::Tls(Box::new(s)))
-        }
+    match &ep.peer {
+        Some(peer) => connect::mtls(
+            &px.tls,
+            peer.addr,
+            &peer.sni,
+            &peer.identity,
+            ALPN_TCP,
+            &px.opts,
+        )
+        .await
+        .map(|s| Upstream::Tls(Box::new(s))),
         None => connect::tcp(ep.addr, &px.opts).await.map(Upstream::Plain),
     }
 }
