@@ -4,6 +4,8 @@ use std::time::Duration as StdDuration;
 
 use super::*;
 
+mod metadata;
+
 const REVIEWS_CANARY: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -128,6 +130,47 @@ fn one(yaml: &str) -> Resource {
 fn document(api_version: &str, kind: &str, spec: &str) -> String {
     let spec: String = spec.lines().map(|line| format!("  {line}\n")).collect();
     format!("apiVersion: {api_version}\nkind: {kind}\nmetadata:\n  name: test\nspec:\n{spec}")
+}
+
+/// The field errors of a one-document input that must be refused.
+fn field_errors(yaml: &str) -> Vec<FieldError> {
+    match parse_documents(yaml) {
+        Ok(resources) => panic!("accepted: {resources:?}"),
+        Err(mut e) => {
+            assert_eq!(e.documents.len(), 1, "{e}");
+            e.documents.remove(0).errors
+        }
+    }
+}
+
+/// Asserts that `yaml` is refused with an error at exactly `path` whose
+/// reason contains `reason`.
+#[track_caller]
+fn assert_refused(yaml: &str, path: &str, reason: &str) {
+    let errors = field_errors(yaml);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == path && e.reason.contains(reason)),
+        "expected `{path}: ...{reason}...` in\n{}",
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Serializes `resource` and parses it again, expecting the same value.
+#[track_caller]
+fn assert_round_trips(resource: &Resource) -> String {
+    let dumped = serde_yaml::to_string(resource).unwrap();
+    assert_eq!(one(&dumped), *resource, "{dumped}");
+    assert!(
+        !dumped.contains("null") && !dumped.contains("[]") && !dumped.contains("{}"),
+        "empty fields are left out: {dumped}"
+    );
+    dumped
 }
 
 /// The error lines of an input that must be refused.
@@ -346,12 +389,12 @@ fn unknown_field_names_document_and_path() {
 fn unknown_fields_are_refused_everywhere() {
     for (yaml, expected) in [
         (
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a, uid: x}\nspec: {hosts: [a]}",
-            "metadata.uid: unknown field `uid`",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a, uuid: x}\nspec: {hosts: [a]}",
+            "metadata.uuid: unknown field `uuid`",
         ),
         (
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nstatus: {}\nspec: {hosts: [a]}",
-            ": status: unknown field `status`",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nstate: {}\nspec: {hosts: [a]}",
+            ": state: unknown field `state`",
         ),
         (
             &document("networking.istio.io/v1", "DestinationRule", "host: a\ntrafficPolicy:\n  loadBalancer: {simple: FASTEST}"),
