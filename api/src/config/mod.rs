@@ -17,6 +17,7 @@ mod client_tls;
 mod destination_rule;
 mod duration;
 mod error;
+mod gateway;
 mod http_policy;
 mod http_response;
 mod http_route;
@@ -26,6 +27,7 @@ mod percent;
 mod protocol;
 mod regex;
 mod resource;
+mod server_tls;
 mod service_entry;
 mod string_match;
 mod traffic_policy;
@@ -38,6 +40,7 @@ pub use client_tls::{ClientTlsSettings, TlsMode};
 pub use destination_rule::{DestinationRule, Subset};
 pub use duration::{Duration, DurationError};
 pub use error::{ConfigError, DocumentErrors, FieldError};
+pub use gateway::{Gateway, GatewayPort, Server};
 pub use http_policy::{
     Abort, CorsPolicy, Delay, HttpFaultInjection, HttpRetry, UnmatchedPreflights,
     GRPC_STATUS_NAMES, RETRY_ON_CONDITIONS,
@@ -53,6 +56,7 @@ pub use percent::Percent;
 pub use protocol::Protocol;
 pub use regex::Regex;
 pub use resource::{ApiVersion, Group, KindSpec, Metadata, Resource, Spec};
+pub use server_tls::{ServerTlsMode, ServerTlsSettings, TlsProtocol};
 pub use service_entry::{Location, Resolution, ServiceEntry, ServicePort};
 pub use string_match::{HeaderMatch, StringMatch};
 pub use traffic_policy::{

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::validate::{is_dns1123_label, is_dns1123_subdomain, push, Validate};
 use super::{
-    DestinationRule, FieldError, PeerAuthentication, ServiceEntry, VirtualService, WorkloadEntry,
+    DestinationRule, FieldError, Gateway, PeerAuthentication, ServiceEntry, VirtualService,
+    WorkloadEntry,
 };
 
 /// The Istio API groups Trellis serves.
@@ -204,6 +205,7 @@ kinds!(
     ServiceEntry,
     WorkloadEntry,
     PeerAuthentication,
+    Gateway,
 );
 
 /// The Kubernetes `metadata` Trellis uses. Parsing also accepts, and

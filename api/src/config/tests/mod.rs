@@ -4,6 +4,7 @@ use std::time::Duration as StdDuration;
 
 use super::*;
 
+mod gateway;
 mod metadata;
 
 const REVIEWS_CANARY: &str = r#"
@@ -447,7 +448,7 @@ fn api_versions_and_kinds() {
             "apiVersion: kind `PeerAuthentication` is served by security.istio.io",
         ),
         ("networking.istio.io/v2", "VirtualService", "apiVersion: unknown apiVersion `networking.istio.io/v2`; supported: networking.istio.io/v1,"),
-        ("networking.istio.io/v1", "Gateway", "kind: unknown kind `Gateway`; supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication"),
+        ("networking.istio.io/v1", "EnvoyFilter", "kind: unknown kind `EnvoyFilter`; supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication, Gateway"),
     ] {
         let lines = errors(&document(api_version, kind, "{}"));
         assert_eq!(lines.len(), 1, "{lines:?}");
