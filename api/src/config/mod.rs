@@ -29,6 +29,7 @@ mod regex;
 mod resource;
 mod server_tls;
 mod service_entry;
+mod sidecar;
 mod string_match;
 mod traffic_policy;
 mod validate;
@@ -58,6 +59,10 @@ pub use regex::Regex;
 pub use resource::{ApiVersion, Group, KindSpec, Metadata, Resource, Spec};
 pub use server_tls::{ServerTlsMode, ServerTlsSettings, TlsProtocol};
 pub use service_entry::{Location, Resolution, ServiceEntry, ServicePort};
+pub use sidecar::{
+    CaptureMode, IstioEgressListener, IstioIngressListener, OutboundTrafficMode,
+    OutboundTrafficPolicy, Sidecar, SidecarPort,
+};
 pub use string_match::{HeaderMatch, StringMatch};
 pub use traffic_policy::{
     ConnectionPoolSettings, ConsistentHashLb, H2UpgradePolicy, HttpCookie, HttpSettings,

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::validate::{is_dns1123_label, is_dns1123_subdomain, push, Validate};
 use super::{
-    DestinationRule, FieldError, Gateway, PeerAuthentication, ServiceEntry, VirtualService,
-    WorkloadEntry,
+    DestinationRule, FieldError, Gateway, PeerAuthentication, ServiceEntry, Sidecar,
+    VirtualService, WorkloadEntry,
 };
 
 /// The Istio API groups Trellis serves.
@@ -206,6 +206,7 @@ kinds!(
     WorkloadEntry,
     PeerAuthentication,
     Gateway,
+    Sidecar,
 );
 
 /// The Kubernetes `metadata` Trellis uses. Parsing also accepts, and

@@ -197,6 +197,9 @@ pub(crate) enum HostNamespaces {
     /// Gateway servers: `*` (any) and `.` (the gateway's own); the
     /// `namespace/` part may be left out, meaning `*/`.
     Gateway,
+    /// Sidecar egress: `*`, `.` and `~` (none); the `namespace/` part is
+    /// required.
+    Sidecar,
 }
 
 /// A host written `namespace/dnsName` (Gateway servers, Sidecar egress).
@@ -209,11 +212,17 @@ pub(crate) fn check_namespaced_host(
     let Some((namespace, dns_name)) = host.split_once('/') else {
         match kind {
             HostNamespaces::Gateway => check_wildcard_dns_name(errors, path, host),
+            HostNamespaces::Sidecar => push(
+                errors,
+                path,
+                format!("host `{host}` must be written `namespace/dnsName`, e.g. `./*` or `istio-system/*`"),
+            ),
         }
         return;
     };
     let special: &[&str] = match kind {
         HostNamespaces::Gateway => &["*", "."],
+        HostNamespaces::Sidecar => &["*", ".", "~"],
     };
     if !special.contains(&namespace) && !is_dns1123_label(namespace) {
         let allowed = special
@@ -381,8 +390,19 @@ mod tests {
 
     #[test]
     fn namespaced_hosts() {
-        use HostNamespaces::Gateway;
+        use HostNamespaces::{Gateway, Sidecar};
         for (host, kind, ok) in [
+            ("*/*", Sidecar, true),
+            ("./*", Sidecar, true),
+            ("~/*", Sidecar, true),
+            ("istio-system/*", Sidecar, true),
+            ("prod/*.example.com", Sidecar, true),
+            ("*/mysql.foo.com", Sidecar, true),
+            ("foo.com", Sidecar, false),
+            ("Prod/*", Sidecar, false),
+            ("prod/a*.example.com", Sidecar, false),
+            ("prod/", Sidecar, false),
+            ("/a.com", Sidecar, false),
             ("uk.bookinfo.com", Gateway, true),
             ("*", Gateway, true),
             ("ns1/*", Gateway, true),

@@ -6,6 +6,7 @@ use super::*;
 
 mod gateway;
 mod metadata;
+mod sidecar;
 
 const REVIEWS_CANARY: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -448,7 +449,7 @@ fn api_versions_and_kinds() {
             "apiVersion: kind `PeerAuthentication` is served by security.istio.io",
         ),
         ("networking.istio.io/v2", "VirtualService", "apiVersion: unknown apiVersion `networking.istio.io/v2`; supported: networking.istio.io/v1,"),
-        ("networking.istio.io/v1", "EnvoyFilter", "kind: unknown kind `EnvoyFilter`; supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication, Gateway"),
+        ("networking.istio.io/v1", "EnvoyFilter", "kind: unknown kind `EnvoyFilter`; supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication, Gateway, Sidecar"),
     ] {
         let lines = errors(&document(api_version, kind, "{}"));
         assert_eq!(lines.len(), 1, "{lines:?}");
@@ -588,7 +589,7 @@ fn every_bad_document_is_reported_and_nothing_accepted() {
         "VirtualService",
         "hosts: []\nhttp:\n- route: [{destination: {host: a}, weight: 50}, {destination: {host: b}, weight: 10}]",
     );
-    let bad_kind = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s, namespace: ns}\nspec: {}\n";
+    let bad_kind = "apiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {name: s, namespace: ns}\nspec: {}\n";
     let yaml = format!("{REVIEWS_CANARY}---\n{bad_weights}---\n{bad_kind}---\nkind: [\n");
     let err = parse_documents(&yaml).unwrap_err();
     let indexes: Vec<_> = err.documents.iter().map(|d| d.index).collect();
@@ -602,7 +603,7 @@ fn every_bad_document_is_reported_and_nothing_accepted() {
     );
     assert_eq!(lines[1], "document 2 (VirtualService default/test): spec.http[0].route: destination weights sum to 60, they must sum to 100");
     assert!(
-        lines[2].starts_with("document 3 (Sidecar ns/s): kind: unknown kind `Sidecar`"),
+        lines[2].starts_with("document 3 (EnvoyFilter ns/s): kind: unknown kind `EnvoyFilter`"),
         "{text}"
     );
     assert!(lines[3].starts_with("document 4: invalid YAML: "), "{text}");
