@@ -35,6 +35,7 @@ mod traffic_policy;
 mod validate;
 mod virtual_service;
 mod workload_entry;
+mod workload_group;
 mod workload_selector;
 
 pub use client_tls::{ClientTlsSettings, TlsMode};
@@ -76,6 +77,10 @@ pub use virtual_service::{
     TlsRoute, VirtualService,
 };
 pub use workload_entry::{WorkloadEntry, UNIX_ADDRESS_PREFIX};
+pub use workload_group::{
+    ExecHealthCheckConfig, GrpcHealthCheckConfig, HttpHeader, HttpHealthCheckConfig,
+    ReadinessProbe, TcpHealthCheckConfig, WorkloadGroup, WorkloadGroupMetadata,
+};
 pub use workload_selector::{WorkloadLabelSelector, WorkloadSelector};
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::validate::{is_dns1123_label, is_dns1123_subdomain, push, Validate};
 use super::{
     DestinationRule, FieldError, Gateway, PeerAuthentication, ServiceEntry, Sidecar,
-    VirtualService, WorkloadEntry,
+    VirtualService, WorkloadEntry, WorkloadGroup,
 };
 
 /// The Istio API groups Trellis serves.
@@ -207,6 +207,7 @@ kinds!(
     PeerAuthentication,
     Gateway,
     Sidecar,
+    WorkloadGroup,
 );
 
 /// The Kubernetes `metadata` Trellis uses. Parsing also accepts, and

@@ -265,6 +265,16 @@ pub(crate) fn check_ip(errors: &mut Vec<FieldError>, path: &str, value: &str) {
     }
 }
 
+/// Strings in a list that must not be empty (AuthorizationPolicy values,
+/// JWT audiences, ...).
+pub(crate) fn check_no_empty(errors: &mut Vec<FieldError>, path: &str, values: &[String]) {
+    for (i, value) in values.iter().enumerate() {
+        if value.is_empty() {
+            push(errors, &format!("{path}[{i}]"), "must not be empty");
+        }
+    }
+}
+
 /// Label keys and values of a workload selector or subset.
 pub(crate) fn check_labels(
     errors: &mut Vec<FieldError>,
