@@ -13,6 +13,7 @@
 //! needs are here too, pure: [`StringMatch::matches`], [`Protocol::from_port`],
 //! Go-style [`Duration`]s.
 
+mod authorization_policy;
 mod client_tls;
 mod destination_rule;
 mod duration;
@@ -31,6 +32,7 @@ mod server_tls;
 mod service_entry;
 mod sidecar;
 mod string_match;
+mod target_ref;
 mod traffic_policy;
 mod validate;
 mod virtual_service;
@@ -38,6 +40,10 @@ mod workload_entry;
 mod workload_group;
 mod workload_selector;
 
+pub use authorization_policy::{
+    AuthorizationAction, AuthorizationPolicy, AuthorizationRule, Condition, ExtensionProvider,
+    Operation, RuleFrom, RuleTo, Source, CONDITION_KEYS,
+};
 pub use client_tls::{ClientTlsSettings, TlsMode};
 pub use destination_rule::{DestinationRule, Subset};
 pub use duration::{Duration, DurationError};
@@ -65,6 +71,7 @@ pub use sidecar::{
     OutboundTrafficPolicy, Sidecar, SidecarPort,
 };
 pub use string_match::{HeaderMatch, StringMatch};
+pub use target_ref::PolicyTargetReference;
 pub use traffic_policy::{
     ConnectionPoolSettings, ConsistentHashLb, H2UpgradePolicy, HttpCookie, HttpSettings,
     LoadBalancerSettings, LocalityDistribute, LocalityFailover, LocalityLbSetting, Maglev,

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::validate::{is_dns1123_label, is_dns1123_subdomain, push, Validate};
 use super::{
-    DestinationRule, FieldError, Gateway, PeerAuthentication, ServiceEntry, Sidecar,
-    VirtualService, WorkloadEntry, WorkloadGroup,
+    AuthorizationPolicy, DestinationRule, FieldError, Gateway, PeerAuthentication, ServiceEntry,
+    Sidecar, VirtualService, WorkloadEntry, WorkloadGroup,
 };
 
 /// The Istio API groups Trellis serves.
@@ -208,6 +208,7 @@ kinds!(
     Gateway,
     Sidecar,
     WorkloadGroup,
+    AuthorizationPolicy,
 );
 
 /// The Kubernetes `metadata` Trellis uses. Parsing also accepts, and
