@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::validate::{is_dns1123_label, is_dns1123_subdomain, push, Validate};
 use super::{
-    AuthorizationPolicy, DestinationRule, FieldError, Gateway, PeerAuthentication, ServiceEntry,
-    Sidecar, VirtualService, WorkloadEntry, WorkloadGroup,
+    AuthorizationPolicy, DestinationRule, FieldError, Gateway, PeerAuthentication,
+    RequestAuthentication, ServiceEntry, Sidecar, VirtualService, WorkloadEntry, WorkloadGroup,
 };
 
 /// The Istio API groups Trellis serves.
@@ -209,6 +209,7 @@ kinds!(
     Sidecar,
     WorkloadGroup,
     AuthorizationPolicy,
+    RequestAuthentication,
 );
 
 /// The Kubernetes `metadata` Trellis uses. Parsing also accepts, and

@@ -7,6 +7,7 @@ use super::*;
 mod authorization_policy;
 mod gateway;
 mod metadata;
+mod request_authentication;
 mod sidecar;
 mod workload_group;
 
@@ -456,7 +457,7 @@ fn api_versions_and_kinds() {
             "apiVersion: kind `PeerAuthentication` is served by security.istio.io",
         ),
         ("networking.istio.io/v2", "VirtualService", "apiVersion: unknown apiVersion `networking.istio.io/v2`; supported: networking.istio.io/v1,"),
-        ("networking.istio.io/v1", "EnvoyFilter", "kind: unknown kind `EnvoyFilter`; supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication, Gateway, Sidecar, WorkloadGroup, AuthorizationPolicy"),
+        ("networking.istio.io/v1", "EnvoyFilter", "kind: unknown kind `EnvoyFilter`; supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication, Gateway, Sidecar, WorkloadGroup, AuthorizationPolicy, RequestAuthentication"),
     ] {
         let lines = errors(&document(api_version, kind, "{}"));
         assert_eq!(lines.len(), 1, "{lines:?}");
