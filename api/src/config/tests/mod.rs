@@ -467,6 +467,35 @@ fn api_versions_and_kinds() {
 }
 
 #[test]
+fn every_kind_is_served_by_its_group_only() {
+    for (kind, group) in [
+        ("VirtualService", Group::Networking),
+        ("DestinationRule", Group::Networking),
+        ("ServiceEntry", Group::Networking),
+        ("WorkloadEntry", Group::Networking),
+        ("Gateway", Group::Networking),
+        ("Sidecar", Group::Networking),
+        ("WorkloadGroup", Group::Networking),
+        ("PeerAuthentication", Group::Security),
+        ("AuthorizationPolicy", Group::Security),
+        ("RequestAuthentication", Group::Security),
+    ] {
+        assert_eq!(Spec::group_of(kind), Some(group), "{kind}");
+        for version in ApiVersion::ALL {
+            let Err(e) = Resource::from_value(
+                serde_yaml::from_str(&document(version.as_str(), kind, "{}")).unwrap(),
+            ) else {
+                assert_eq!(version.group(), group, "{kind} under {version}");
+                continue;
+            };
+            assert_ne!(version.group(), group, "{kind} under {version}: {e}");
+            assert_eq!(e.path, "apiVersion", "{e}");
+        }
+    }
+    assert_eq!(Spec::KINDS.len(), 10);
+}
+
+#[test]
 fn bad_values_caught_while_parsing() {
     for (spec, expected) in [
         (
