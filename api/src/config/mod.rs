@@ -6,12 +6,19 @@
 //! [`Resource`]s (`apiVersion`, `kind`, [`Metadata`], typed [`Spec`]),
 //! refusing unknown fields, kinds and apiVersions, then runs
 //! [`Resource::validate`]; a [`ConfigError`] lists every problem as
-//! `document N (Kind namespace/name): field.path: reason`. The spec types
-//! ([`VirtualService`], [`DestinationRule`], [`ServiceEntry`],
-//! [`WorkloadEntry`], [`PeerAuthentication`]) follow Istio's field names
-//! and serialize back to the same YAML for config dumps. Helpers the proxy
-//! needs are here too, pure: [`StringMatch::matches`], [`Protocol::from_port`],
-//! Go-style [`Duration`]s.
+//! `document N (Kind namespace/name): field.path: reason`. The metadata
+//! the API server fills in (`uid`, `managedFields`, ...) and a top-level
+//! `status` are accepted and dropped, so `kubectl get -o yaml` output
+//! parses. The spec types follow Istio's field names and serialize back to
+//! the same YAML for config dumps: [`VirtualService`], [`DestinationRule`],
+//! [`ServiceEntry`], [`WorkloadEntry`], [`Gateway`], [`Sidecar`],
+//! [`WorkloadGroup`] (networking), [`PeerAuthentication`],
+//! [`AuthorizationPolicy`], [`RequestAuthentication`] (security), one file
+//! each, with the types they share ([`ServerTlsSettings`],
+//! [`ConnectionPoolSettings`], [`PolicyTargetReference`], the workload
+//! selectors) in files of their own. Helpers the proxy needs are here too,
+//! pure: [`StringMatch::matches`], [`Protocol::from_port`], Go-style
+//! [`Duration`]s.
 
 mod authorization_policy;
 mod client_tls;

@@ -108,8 +108,8 @@ impl fmt::Display for ApiVersion {
 }
 
 /// Implemented by the spec type of each kind. To add a kind: a file with
-/// its spec type implementing this trait and [`Validate`], and its name in
-/// the `kinds!` list in `resource.rs`.
+/// its spec type implementing this trait and [`Validate`], its name in the
+/// `kinds!` list in `resource.rs`, and its table tests in `config/tests/`.
 pub trait KindSpec: DeserializeOwned + Serialize + Validate + Into<Spec> {
     /// The `kind` string, e.g. `VirtualService`.
     const KIND: &'static str;
