@@ -18,7 +18,7 @@ mod http;
 mod report;
 mod tcp;
 
-pub use report::{Report, Stats, Workload};
+pub use report::{Call, Report, Stats, Workload};
 
 use std::future::Future;
 use std::net::SocketAddr;
