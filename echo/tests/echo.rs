@@ -24,6 +24,7 @@ async fn start() -> Server {
             version: "v2".into(),
             identity: "spiffe://example.org/ns/default/sa/reviews".into(),
         },
+        ..Config::default()
     })
     .await
     .unwrap()
