@@ -13,6 +13,7 @@
 //! strict YAML parsing that still takes `kubectl get -o yaml` output, and
 //! validation that names the offending field.
 
+pub mod annotations;
 pub mod config;
 
 /// `trellis.v1`: the control-plane API.

@@ -26,6 +26,7 @@ mod destination_rule;
 mod duration;
 mod error;
 mod gateway;
+mod host;
 mod http_policy;
 mod http_response;
 mod http_route;
@@ -57,6 +58,7 @@ pub use destination_rule::{DestinationRule, Subset};
 pub use duration::{Duration, DurationError};
 pub use error::{ConfigError, DocumentErrors, FieldError};
 pub use gateway::{Gateway, GatewayPort, Server};
+pub use host::{canonical_host, host_matches};
 pub use http_policy::{
     Abort, CorsPolicy, Delay, HttpFaultInjection, HttpRetry, UnmatchedPreflights,
     GRPC_STATUS_NAMES, RETRY_ON_CONDITIONS,
