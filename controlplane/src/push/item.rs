@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use trellis_api::annotations;
-use trellis_api::config::{canonical_host, Resource, Spec};
+use trellis_api::config::canonical_host;
 
-use crate::raft::state::registry::{Health, WorkloadRecord};
+use crate::raft::state::registry::{Health, StoredConfig, WorkloadRecord};
 use crate::raft::Store;
 
 /// The key of the one `bundle` item.
@@ -120,47 +120,75 @@ pub struct Bundle {
 /// plane (agents expand with their own `--domain`, which should agree).
 pub const DOMAIN: &str = "cluster.local";
 
+/// What an item needs of a stored resource besides its JSON, read without
+/// typing the whole resource (it was checked when it was applied).
+#[derive(Deserialize)]
+struct Head {
+    kind: String,
+    metadata: HeadMetadata,
+    #[serde(default)]
+    spec: HeadSpec,
+}
+
+#[derive(Deserialize)]
+struct HeadMetadata {
+    namespace: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HeadSpec {
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    export_to: Vec<String>,
+}
+
 /// The item for a `config/` resource; `None` if the kind is not pushed.
-pub fn config_item(key: &str, r: &Resource, store: &Store) -> Option<Item> {
-    let ty = Type::of_kind(r.kind())?;
-    let ns = r.metadata.namespace.as_str();
-    let canonical = |h: &String| canonical_host(h, ns, DOMAIN, |_| false);
-    let visibility = match &r.spec {
-        Spec::ServiceEntry(se) => Visibility::Hosts {
-            // ServiceEntry hosts are taken as written, as in Istio.
-            hosts: se.hosts.clone(),
-            export_to: se.export_to.clone(),
-        },
-        Spec::VirtualService(vs) => Visibility::Hosts {
-            hosts: vs.hosts.iter().map(canonical).collect(),
-            export_to: vs.export_to.clone(),
-        },
-        Spec::DestinationRule(dr) => Visibility::Hosts {
-            hosts: vec![canonical(&dr.host)],
-            export_to: dr.export_to.clone(),
-        },
-        Spec::WorkloadEntry(_) => Visibility::Namespace,
-        _ if ty == Type::Policies => Visibility::OwnOrRoot,
-        _ => Visibility::Own,
-    };
-    let body = match &r.spec {
-        Spec::ServiceEntry(se) if se.addresses.is_empty() => {
-            let vips: Vec<String> = se
-                .hosts
-                .iter()
-                .filter_map(|h| Some(format!("{h}={}", store.vip(h)?)))
-                .collect();
-            if vips.is_empty() {
-                json(r)
-            } else {
-                let mut r = r.clone();
-                r.metadata
-                    .annotations
-                    .insert(annotations::ADDRESSES.into(), vips.join(","));
-                json(&r)
-            }
+/// Its body is the stored JSON, with the virtual IPs allocated to its
+/// hosts added for a ServiceEntry without addresses.
+pub fn config_item(key: &str, stored: StoredConfig, store: &Store) -> Option<Item> {
+    let head: Head = match serde_json::from_slice(&stored.json) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(key, error = %e, "cannot read a stored resource; not pushed");
+            return None;
         }
-        _ => json(r),
+    };
+    let ty = Type::of_kind(&head.kind)?;
+    let ns = head.metadata.namespace.as_str();
+    let canonical = |h: &String| canonical_host(h, ns, DOMAIN, |_| false);
+    let HeadSpec {
+        hosts,
+        host,
+        export_to,
+    } = head.spec;
+    let visibility = match ty {
+        // ServiceEntry hosts are taken as written, as in Istio.
+        Type::Services => Visibility::Hosts { hosts, export_to },
+        Type::Routes => Visibility::Hosts {
+            hosts: hosts.iter().map(canonical).collect(),
+            export_to,
+        },
+        Type::Clusters => Visibility::Hosts {
+            hosts: vec![canonical(&host)],
+            export_to,
+        },
+        Type::Endpoints => Visibility::Namespace,
+        Type::Policies => Visibility::OwnOrRoot,
+        Type::Workload | Type::Bundle => Visibility::Own,
+    };
+    let vips: Vec<String> = stored
+        .vip_hosts
+        .iter()
+        .filter_map(|h| Some(format!("{h}={}", store.vip(h)?)))
+        .collect();
+    let body = if vips.is_empty() {
+        Bytes::from(stored.json)
+    } else {
+        annotated(&stored.json, &[(annotations::ADDRESSES, vips.join(","))])?
     };
     Some(Item {
         key: key.into(),
@@ -174,7 +202,7 @@ pub fn config_item(key: &str, r: &Resource, store: &Store) -> Option<Item> {
 /// The item for a registered workload: its WorkloadEntry, annotated with
 /// its health and group.
 pub fn workload_item(key: &str, w: &WorkloadRecord) -> Option<Item> {
-    let mut r = crate::config::from_json(&w.entry_json).ok()?;
+    let head: Head = serde_json::from_slice(&w.entry_json).ok()?;
     // A workload whose agent went away keeps its traffic for the grace
     // period: the agent may be failing over to another node.
     let health = match &w.health {
@@ -182,19 +210,35 @@ pub fn workload_item(key: &str, w: &WorkloadRecord) -> Option<Item> {
         Health::Pending => "not probed yet".to_string(),
         Health::Unhealthy(why) => format!("unhealthy: {why}"),
     };
-    r.metadata
-        .annotations
-        .insert(annotations::HEALTH.into(), health);
-    r.metadata
-        .annotations
-        .insert(annotations::WORKLOAD_GROUP.into(), w.group.clone());
+    let body = annotated(
+        &w.entry_json,
+        &[
+            (annotations::HEALTH, health),
+            (annotations::WORKLOAD_GROUP, w.group.clone()),
+        ],
+    )?;
     Some(Item {
         key: key.into(),
         ty: Type::Endpoints,
-        namespace: r.metadata.namespace.as_str().into(),
-        body: json(&r),
+        namespace: head.metadata.namespace.as_str().into(),
+        body,
         visibility: Visibility::Namespace,
     })
+}
+
+/// `json` (a resource) with `metadata.annotations` added.
+fn annotated(json: &[u8], add: &[(&str, String)]) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let annotations = v
+        .get_mut("metadata")?
+        .as_object_mut()?
+        .entry("annotations")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()))
+        .as_object_mut()?;
+    for (k, val) in add {
+        annotations.insert(k.to_string(), val.clone().into());
+    }
+    Some(Bytes::from(serde_json::to_vec(&v).ok()?))
 }
 
 /// The `bundle` item.
@@ -206,8 +250,4 @@ pub fn bundle_item(bundle: &Bundle) -> Item {
         body: Bytes::from(serde_json::to_vec(bundle).expect("a bundle serializes")),
         visibility: Visibility::All,
     }
-}
-
-fn json(r: &Resource) -> Bytes {
-    Bytes::from(serde_json::to_vec(r).expect("a resource always serializes to JSON"))
 }

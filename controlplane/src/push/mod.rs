@@ -44,15 +44,21 @@ pub struct Push {
 impl Push {
     /// Starts keeping snapshots of `state`.
     pub fn start(state: SharedState) -> Push {
-        let (changes, builder) = {
+        let started = Instant::now();
+        let (changes, mut builder) = {
             let mut st = state.write().unwrap_or_else(|p| p.into_inner());
             let rx = st.watch();
             (rx, Builder::new(&st))
         };
-        let mut builder = builder;
         let first = builder
             .publish(None)
             .expect("a first snapshot is always made");
+        tracing::info!(
+            version = first.version,
+            items = first.items(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "push snapshot built"
+        );
         let (tx, rx) = watch::channel(first);
         tokio::spawn(keep_snapshots(state, changes, builder, tx));
         Push {
@@ -64,11 +70,6 @@ impl Push {
     /// The latest snapshot, and a receiver told of the next ones.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshots.clone()
-    }
-
-    /// The latest snapshot.
-    pub fn current(&self) -> Arc<Snapshot> {
-        self.snapshots.borrow().clone()
     }
 }
 

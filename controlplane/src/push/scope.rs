@@ -83,6 +83,22 @@ impl Scope {
         }
     }
 
+    /// The only namespaces whose items the agent can see; `None`: any.
+    pub fn namespaces(&self) -> Option<Vec<&str>> {
+        let egress = self.egress.as_ref()?;
+        let mut v = vec![self.namespace.as_str(), ROOT_NAMESPACE];
+        for (ns, _) in egress {
+            match ns.as_str() {
+                "*" => return None,
+                "." | "~" => {}
+                name => v.push(name),
+            }
+        }
+        v.sort_unstable();
+        v.dedup();
+        Some(v)
+    }
+
     fn egress_covers(&self, f: impl Fn(&str, &str) -> bool) -> bool {
         match &self.egress {
             None => true,
@@ -231,7 +247,19 @@ mod tests {
             (item("dev", Visibility::Own), false, false, false),
             (item("", Visibility::All), true, true, true),
         ];
+        assert_eq!(open.namespaces(), None);
+        assert_eq!(rooted.namespaces(), Some(vec!["istio-system", "prod"]));
+        assert_eq!(scoped.namespaces(), None, "`*/...` names any namespace");
         for (i, (it, o, r, s)) in cases.iter().enumerate() {
+            // What a scope sees is always in the namespaces it names.
+            for sc in [&open, &rooted, &scoped] {
+                if sc.sees(it) && !it.namespace.is_empty() {
+                    assert!(
+                        sc.namespaces().is_none_or(|n| n.contains(&&*it.namespace)),
+                        "case {i}"
+                    );
+                }
+            }
             assert_eq!(
                 (open.sees(it), rooted.sees(it), scoped.sees(it)),
                 (*o, *r, *s),

@@ -66,8 +66,15 @@ impl Snapshot {
         {
             return v.clone();
         }
+        let groups: Vec<&Arc<NsItems>> = match scope.namespaces() {
+            None => self.namespaces.values().collect(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| self.namespaces.get(*n))
+                .collect(),
+        };
         let mut items: Vec<Arc<Item>> = std::iter::once(&self.bundle)
-            .chain(self.namespaces.values().flat_map(|m| m.values()))
+            .chain(groups.into_iter().flat_map(|m| m.values()))
             .filter(|i| scope.sees(i))
             .cloned()
             .collect();
@@ -177,22 +184,22 @@ impl Builder {
     /// recording what differs.
     pub fn reload(&mut self, st: &Applied) {
         let mut seen: HashMap<Arc<str>, ()> = HashMap::new();
-        for prefix in [CONFIG_PREFIX, WORKLOAD_PREFIX] {
-            for (key, _) in st.store.prefixed(prefix) {
-                if key.starts_with(&format!("{CONFIG_PREFIX}Sidecar/")) {
-                    continue;
-                }
-                let item = build(key, st).map(Arc::new);
-                let k: Arc<str> = key.into();
-                seen.insert(k.clone(), ());
-                let same = match (self.get(&k), &item) {
-                    (Some(old), Some(new)) => old.body == new.body,
-                    (None, None) => true,
-                    _ => false,
-                };
-                if !same {
-                    self.set(key, item);
-                }
+        let sidecars = format!("{CONFIG_PREFIX}Sidecar/");
+        let keys: Vec<&str> = [CONFIG_PREFIX, WORKLOAD_PREFIX]
+            .into_iter()
+            .flat_map(|prefix| st.store.prefixed(prefix).map(|(key, _)| key))
+            .filter(|key| !key.starts_with(&sidecars))
+            .collect();
+        for (key, item) in keys.iter().zip(build_all(&keys, st)) {
+            let k: Arc<str> = (*key).into();
+            seen.insert(k.clone(), ());
+            let same = match (self.get(&k), &item) {
+                (Some(old), Some(new)) => old.body == new.body,
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                self.set(key, item);
             }
         }
         let gone: Vec<Arc<str>> = self
@@ -284,19 +291,35 @@ impl Builder {
     }
 }
 
+/// [`build`] of each key, on every core: the whole store is read again
+/// when a node starts (or installs a snapshot), before it serves agents.
+fn build_all(keys: &[&str], st: &Applied) -> Vec<Option<Arc<Item>>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = keys.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = keys
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|k| build(k, st).map(Arc::new))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("building an item does not panic"))
+            .collect()
+    })
+}
+
 /// The item of a store key, if it is pushed.
 fn build(key: &str, st: &Applied) -> Option<Item> {
     if key.starts_with(WORKLOAD_PREFIX) {
         return workload_item(key, &st.store.workload(key)?);
     }
-    let stored = st.store.config(key)?;
-    match crate::config::from_json(&stored.json) {
-        Ok(r) => config_item(key, &r, &st.store),
-        Err(e) => {
-            tracing::error!(key, error = %e, "cannot read a stored resource; not pushed");
-            None
-        }
-    }
+    config_item(key, st.store.config(key)?, &st.store)
 }
 
 /// Every Sidecar in the store, as scoping needs them, in key order.

@@ -211,7 +211,7 @@ fn rss<C: BenchCluster>(c: &C, field: &str) -> anyhow::Result<Vec<u64>> {
 /// Makes the Trellis clusters start the `trellis-controlplane` beside this
 /// executable (`target/PROFILE/`), built first with the same profile unless
 /// told not to.
-fn controlplane_binary(build: bool) -> anyhow::Result<()> {
+pub(crate) fn controlplane_binary(build: bool) -> anyhow::Result<()> {
     let dir = trellis_e2e::profile_dir()?;
     let profile = dir
         .file_name()
@@ -221,7 +221,8 @@ fn controlplane_binary(build: bool) -> anyhow::Result<()> {
         eprintln!("warning: this is a `{profile}` build; run with --release for figures that mean something");
     }
     let packages: &[&str] = if build {
-        &["trellis-controlplane"]
+        // The CLI too: the harness makes tokens with it.
+        &["trellis-controlplane", "trellis"]
     } else {
         &[]
     };

@@ -14,6 +14,11 @@
 //! request and peak memory per proxy, over HTTP/1.1 and gRPC. See
 //! `docs/benchmarks.md`.
 //!
+//! `trellis-bench push` measures config push from a 3-node control plane to
+//! simulated agents ([`push_sim`]): apply-to-ACK propagation, and RSS and
+//! full recompute at 10,000 services, 100,000 endpoints and 1,000 agents
+//! ([`push`]).
+//!
 //! The modules follow one run: [`trellis`] and [`etcd`] (the two clusters
 //! behind [`cluster::BenchCluster`]; Trellis's is the e2e harness's
 //! `trellis_e2e::Cluster`, and every process runs under a
@@ -38,6 +43,8 @@ mod process;
 mod proxy;
 mod proxy_load;
 mod proxy_report;
+mod push;
+mod push_sim;
 mod report;
 mod trellis;
 
@@ -63,6 +70,10 @@ enum Cmd {
     /// an Envoy pair vs direct, over HTTP/1.1 and gRPC: latency at fixed
     /// rates, maximum throughput, CPU per request and peak RSS per proxy.
     Proxy(proxy::Args),
+    /// Config push to simulated agents: apply-to-ACK propagation at 100 and
+    /// 1,000 agents; control-plane RSS and full recompute with 10,000
+    /// services, 100,000 endpoints and 1,000 agents.
+    Push(push::Args),
 }
 
 #[tokio::main]
@@ -72,6 +83,7 @@ async fn main() {
         match cli.command {
             Cmd::Controlplane(args) => controlplane::run(args).await,
             Cmd::Proxy(args) => proxy::run(args).await,
+            Cmd::Push(args) => push::run(args).await,
         }
     };
     // On Ctrl-C or SIGTERM (`timeout`, a CI job cancelled) the run is
