@@ -8,6 +8,7 @@
 //! ([`admin`]). [`run`] wires them together from [`Options`].
 pub mod admin;
 pub mod capture;
+pub mod dns;
 pub mod identity;
 pub mod mesh;
 pub mod options;
