@@ -161,6 +161,7 @@ fn spawn(
         .args(["--outbound", &format!("{ip}:15001")])
         .args(["--admin", &format!("{ip}:15000")])
         .args(["--metrics", &format!("{ip}:15020")])
+        .args(["--dns", "off"])
         .args(["--app-host", "127.0.0.1"])
         .args(["--concurrency", "1", "--access-log", "false"]);
     for u in upstreams {
