@@ -11,7 +11,12 @@
 //! (mTLS between the two of each pair) in turn between a client and an
 //! echo server, and prints, with the client calling the server directly as
 //! the baseline, latency at fixed rates, maximum throughput, CPU per
-//! request and peak memory per proxy, over HTTP/1.1 and gRPC. See
+//! request and peak memory per proxy, over HTTP/1.1 and gRPC.
+//!
+//! `trellis-bench dns` sends DNS queries (dnsperf) to the agent's DNS proxy
+//! and to dnsmasq in turn and prints, side by side, latency at fixed rates,
+//! maximum queries per second, CPU per query and memory, for mesh names
+//! answered locally and for names forwarded to a local upstream. See
 //! `docs/benchmarks.md`.
 //!
 //! The modules follow one run: [`trellis`] and [`etcd`] (the two clusters
@@ -23,12 +28,17 @@
 //! successful write), [`controlplane`] (the phases) and [`report`] (the
 //! table). The proxy benchmark: [`agents`] and [`envoy`] (the two pairs),
 //! [`proxy_load`] (fixed-rate and maximum load over HTTP/1.1 and gRPC),
-//! [`proxy`] (the test bed and the phases) and [`proxy_report`].
+//! [`proxy`] (the test bed and the phases) and [`proxy_report`]. The DNS
+//! benchmark: [`dns`] (the test bed and the phases), [`dnsperf`] (the load)
+//! and [`dns_report`]. [`table`] lays out every report's tables.
 #![forbid(unsafe_code)]
 
 mod agents;
 mod cluster;
 mod controlplane;
+mod dns;
+mod dns_report;
+mod dnsperf;
 mod envoy;
 mod etcd;
 mod load;
@@ -39,6 +49,7 @@ mod proxy;
 mod proxy_load;
 mod proxy_report;
 mod report;
+mod table;
 mod trellis;
 
 use clap::{Parser, Subcommand};
@@ -47,7 +58,7 @@ use tokio::signal::unix::{signal, SignalKind};
 #[derive(Parser)]
 #[command(
     name = "trellis-bench",
-    about = "Benchmarks Trellis against etcd and Envoy on this machine (build with --release)"
+    about = "Benchmarks Trellis against etcd, Envoy and dnsmasq on this machine (build with --release)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -63,6 +74,10 @@ enum Cmd {
     /// an Envoy pair vs direct, over HTTP/1.1 and gRPC: latency at fixed
     /// rates, maximum throughput, CPU per request and peak RSS per proxy.
     Proxy(proxy::Args),
+    /// DNS queries to the agent's DNS proxy vs dnsmasq, for mesh names
+    /// answered locally and names forwarded to a local upstream: latency
+    /// at fixed rates, max queries per second, CPU per query, RSS.
+    Dns(dns::Args),
 }
 
 #[tokio::main]
@@ -72,6 +87,7 @@ async fn main() {
         match cli.command {
             Cmd::Controlplane(args) => controlplane::run(args).await,
             Cmd::Proxy(args) => proxy::run(args).await,
+            Cmd::Dns(args) => dns::run(args).await,
         }
     };
     // On Ctrl-C or SIGTERM (`timeout`, a CI job cancelled) the run is
