@@ -2,13 +2,15 @@
 //!
 //! One process per workload or host: the mTLS proxy ([`proxy`]: inbound on
 //! 15006, outbound on 15001 and per-upstream ports), its view of the mesh
-//! ([`mesh`], compiled from Istio resources), route selection ([`route`]),
+//! ([`mesh`], compiled from Istio resources pushed by the control plane,
+//! [`discovery`], or read from a file), route selection ([`route`]),
 //! the DNS proxy ([`dns`], 15053), the certificate client ([`identity`]),
 //! iptables capture ([`capture`]), telemetry ([`telemetry`]) and the admin
 //! and metrics endpoints ([`admin`]). [`run`] wires them together from
 //! [`Options`].
 pub mod admin;
 pub mod capture;
+pub mod discovery;
 pub mod dns;
 pub mod identity;
 pub mod mesh;
@@ -66,6 +68,12 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
 
     let settings = opts.mesh_settings(&loaded.id)?;
     let mesh = mesh::build(resources, &settings, None);
+    let control_plane = if opts.control_plane.is_empty() {
+        loaded.control_plane.clone()
+    } else {
+        opts.control_plane.clone()
+    };
+    let group = opts.workload_group.clone().or(loaded.group.clone());
     let me = Arc::new(opts.workload(&loaded.id, &settings));
     let connect = proxy::connect::ConnectOpts {
         timeout: opts.connect_timeout,
@@ -153,12 +161,59 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
     if let Some(l) = dns_l {
         tasks.spawn(dns::serve(l, dns_server(&opts, &px)));
     }
-    if let Some(path) = opts.config_file.clone() {
-        tasks.spawn(watch_config(path, settings, px.clone()));
+    match opts.config_file.clone() {
+        Some(path) => {
+            tasks.spawn(watch_config(path, settings, px.clone()));
+            admin
+                .ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        None => {
+            if control_plane.is_empty() {
+                anyhow::bail!(
+                    "no config source: give --config-file, or --control-plane ADDR (a token gives the addresses by itself)"
+                );
+            }
+            let node = opts.proxy_node(&settings, &px.me, group.as_deref());
+            let cache = opts.data_dir.join(discovery::CACHE_FILE);
+            let cached = discovery::load_cache(&cache);
+            let (applied, mut first) = tokio::sync::watch::channel(0u64);
+            let client = discovery::Client {
+                px: px.clone(),
+                settings: settings.clone(),
+                node,
+                addresses: control_plane,
+                cache,
+                held: Arc::new(state::Shared::new(cached.clone().unwrap_or_default())),
+                applied,
+            };
+            // Serve from the cache at once; the control plane may be away.
+            if let Some(c) = &cached {
+                client.install(c);
+                tracing::info!(version = c.version, "serving the cached config");
+            }
+            let (health_tx, health_rx) = tokio::sync::watch::channel(None);
+            if let Some(g) = group {
+                tasks.spawn(discovery::probe::run(
+                    client.held.clone(),
+                    settings.namespace.clone(),
+                    g,
+                    opts.app_host,
+                    health_tx,
+                ));
+            }
+            tasks.spawn(client.run(health_rx));
+            let admin = admin.clone();
+            tasks.spawn(async move {
+                if cached.is_none() {
+                    let _ = first.changed().await;
+                }
+                admin
+                    .ready
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
     }
-    admin
-        .ready
-        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         inbound = %opts.inbound, outbound = %opts.outbound, admin = %opts.admin, metrics = %opts.metrics,
         "trellis-agent ready"

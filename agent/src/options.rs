@@ -102,9 +102,22 @@ pub struct Options {
     /// Trust bundle (PEM roots) of the mesh, with --cert-chain.
     #[arg(long, env = "TRELLIS_ROOTS")]
     pub roots: Option<PathBuf>,
-    /// Istio resources (multi-document YAML: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication); reloaded when it changes.
+    /// Istio resources (multi-document YAML: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication), reloaded when it changes, instead of config pushed by the control plane.
     #[arg(long, env = "TRELLIS_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
+    /// Control-plane address to stream config from (repeatable; default: the addresses the join token gave).
+    #[arg(
+        long = "control-plane",
+        env = "TRELLIS_CONTROL_PLANE",
+        value_delimiter = ','
+    )]
+    pub control_plane: Vec<String>,
+    /// This agent's name in its namespace, as `trellis proxy-status` shows it (default: WORKLOAD-ADDRESS).
+    #[arg(long, env = "TRELLIS_NAME")]
+    pub name: Option<String>,
+    /// The WorkloadGroup (in this workload's namespace) to register in (default: the one the join token named).
+    #[arg(long, env = "TRELLIS_WORKLOAD_GROUP")]
+    pub workload_group: Option<String>,
     /// This workload's name in metrics (default: its `app` label, else its service account).
     #[arg(long, env = "TRELLIS_WORKLOAD")]
     pub workload: Option<String>,
@@ -222,6 +235,32 @@ impl Options {
             principal: id.to_string(),
             app,
             version: s.labels.get("version").cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Who this agent is, for the control plane: name, namespace, labels,
+    /// addresses and the WorkloadGroup it registers in.
+    pub fn proxy_node(
+        &self,
+        s: &Settings,
+        me: &Workload,
+        group: Option<&str>,
+    ) -> trellis_api::v1::ProxyNode {
+        let name = self.name.clone().unwrap_or_else(|| {
+            let base = group.unwrap_or(&me.workload);
+            match s.addresses.first() {
+                Some(a) => format!("{base}-{}", a.to_string().replace(['.', ':'], "-")),
+                None => base.to_string(),
+            }
+        });
+        trellis_api::v1::ProxyNode {
+            name,
+            namespace: s.namespace.clone(),
+            labels: s.labels.clone().into_iter().collect(),
+            addresses: s.addresses.iter().map(ToString::to_string).collect(),
+            workload_group: group.unwrap_or_default().to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
         }
     }
 

@@ -6,10 +6,14 @@
 //! (first contact with a join token), [`v1::ca_server`] (certificates) and
 //! [`v1::admin_server`] (the CLI), each with its client.
 //!
-//! [`config`] holds the Istio-compatible configuration kinds (VirtualService,
-//! DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication) with
-//! strict YAML parsing and validation that names the offending field.
+//! [`config`] holds the Istio-compatible configuration kinds
+//! (`networking.istio.io`: VirtualService, DestinationRule, ServiceEntry,
+//! WorkloadEntry, Gateway, Sidecar, WorkloadGroup; `security.istio.io`:
+//! PeerAuthentication, AuthorizationPolicy, RequestAuthentication) with
+//! strict YAML parsing that still takes `kubectl get -o yaml` output, and
+//! validation that names the offending field.
 
+pub mod annotations;
 pub mod config;
 
 /// `trellis.v1`: the control-plane API.

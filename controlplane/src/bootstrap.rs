@@ -317,6 +317,7 @@ pub async fn run(
         tokio::spawn(request_membership(node.clone(), local.clone(), dir.clone()));
     }
     tokio::spawn(renew_serving_cert(node.clone(), cert, me, local.clone()));
+    tokio::spawn(crate::discovery::sweep_forever(node.clone()));
     println!(
         "ready: node {} of {} serving on {}",
         local.node_id, local.trust_domain, local.address

@@ -89,6 +89,10 @@ struct NodeFlags {
     /// Longest lifetime a workload certificate may ask for, seconds.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     max_cert_ttl_secs: u64,
+    /// How long a registered workload stays after its agent disconnected,
+    /// seconds (it may be failing over to another node).
+    #[arg(long, env = "TRELLIS_WORKLOAD_GRACE_SECS", default_value_t = 10)]
+    workload_grace_secs: u64,
 }
 
 impl NodeFlags {
@@ -108,6 +112,7 @@ impl NodeFlags {
             },
             leaf_ttl: Duration::from_secs(self.cert_ttl_secs),
             max_leaf_ttl: Duration::from_secs(self.max_cert_ttl_secs),
+            workload_grace: Duration::from_secs(self.workload_grace_secs),
         }
     }
 

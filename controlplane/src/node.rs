@@ -29,6 +29,8 @@ pub struct Settings {
     pub leaf_ttl: Duration,
     /// Longest lifetime a caller may ask for.
     pub max_leaf_ttl: Duration,
+    /// How long a registered workload stays after its agent went away.
+    pub workload_grace: Duration,
 }
 
 /// An operation that must run on the leader.
@@ -95,6 +97,8 @@ pub struct Node {
     pub state: SharedState,
     pub settings: Settings,
     pub intermediate: IntermediateCa,
+    /// Config push to the agents streaming from this node.
+    pub push: crate::push::Push,
     seal: SealKey,
     peer_tls: Arc<rustls::ClientConfig>,
     peers: Mutex<HashMap<String, PeerClient<Channel>>>,
@@ -132,6 +136,7 @@ impl Node {
             trust_domain,
             address,
             raft,
+            push: crate::push::Push::start(state.clone()),
             state,
             settings,
             intermediate,
@@ -206,7 +211,9 @@ impl Node {
         }
         let ch = trellis_identity::grpc::channel(addr, self.peer_tls.clone())
             .map_err(|e| NodeError::Internal(e.to_string()))?;
-        let c = PeerClient::new(ch);
+        let c = PeerClient::new(ch)
+            .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::api::MAX_MESSAGE_BYTES);
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }

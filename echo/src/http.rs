@@ -2,7 +2,7 @@
 //! the [`Stats`](crate::Stats), `/plain` a fixed `ok` (the cheapest answer, for latency
 //! benchmarks), a request with an `Upgrade` header a 101 and byte echo,
 //! and any other request the [`Report`] JSON, shaped by its
-//! [controls](crate::controls).
+//! [controls](crate::controls), after the [calls](crate::calls) to make.
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,17 +67,20 @@ async fn handle(
         }
     };
     let status = controls.status(fastrand::f64());
-    Ok(match controls.body_bytes {
-        Some(n) => {
-            let body = Either::Right(Filler { left: n });
-            respond(&state, status, Some("application/octet-stream"), body)
-        }
-        None => json(
+    if let Some(n) = controls.body_bytes {
+        let body = Either::Right(Filler { left: n });
+        return Ok(respond(
             &state,
             status,
-            &Report::new(&state.workload, &head, body_bytes),
-        ),
-    })
+            Some("application/octet-stream"),
+            body,
+        ));
+    }
+    let mut report = Report::new(&state.workload, &head, body_bytes);
+    if let Some(caller) = &state.caller {
+        report.calls = caller.call_all(&head.headers).await;
+    }
+    Ok(json(&state, status, &report))
 }
 
 /// Answers 101 with the protocol asked for, then echoes the bytes of the

@@ -10,15 +10,32 @@
 //! headers); gRPC (the [`v1::echo_server`] service, whose client
 //! [`v1::echo_client`] tests use); and opaque TCP echo. [`Stats`] counts
 //! the requests received. The binary only parses flags and calls [`serve`].
+//!
+//! To play one service of an application whose services call each other
+//! (Istio's bookinfo: productpage calls details and reviews, reviews v2
+//! and v3 call ratings), a server can be given [`Callees`] (`--call URL`):
+//! before answering an HTTP request with its report, it GETs each URL in
+//! order over pooled HTTP/1.1 connections, passing on the request's
+//! tracing and routing headers (`x-request-id`, `traceparent`,
+//! `tracestate`, `x-b3-*`, `b3`, `end-user`, `user-agent`, `cookie`), and
+//! adds each answer to the report as a [`Call`]. The callees' reports nest
+//! in it, so one response shows the whole chain. A failed call is recorded
+//! in its [`Call`] and leaves the response status alone. Which versions
+//! call is a matter of flags: reviews v1 is started without `--call`. The
+//! `x-echo-*` controls are not passed on, but a URL's query can steer its
+//! callee (`--call http://127.0.0.1:19083/ratings?fail-rate=0.5`). A
+//! request 10 calls deep (`x-echo-hops`) makes no calls, so URLs that
+//! form a loop cannot flood the host.
 #![forbid(unsafe_code)]
 
+mod calls;
 mod controls;
 mod grpc;
 mod http;
 mod report;
 mod tcp;
 
-pub use report::{Report, Stats, Workload};
+pub use report::{Call, Report, Stats, Workload};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::HeaderValue;
+use hyper::Uri;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -47,6 +65,33 @@ pub struct Config {
     pub tcp: Vec<SocketAddr>,
     /// Reported in every response.
     pub workload: Workload,
+    /// Called before answering an HTTP request with its report.
+    pub callees: Callees,
+}
+
+/// How long a call may take by default (`--call-timeout-ms`).
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 2000;
+
+/// The services to call before answering an HTTP request with its
+/// [`Report`] (`--call`); see [`Call`]. Requests to `/plain`,
+/// `/echo/stats`, Upgrades, filler answers (`x-echo-body-bytes`) and gRPC
+/// calls make no calls.
+#[derive(Clone, Debug)]
+pub struct Callees {
+    /// `http://` URLs, called with GET in this order.
+    pub urls: Vec<Uri>,
+    /// How long each call may take, from connecting to the end of the
+    /// answer.
+    pub timeout: Duration,
+}
+
+impl Default for Callees {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            timeout: Duration::from_millis(DEFAULT_CALL_TIMEOUT_MS),
+        }
+    }
 }
 
 /// Why the server could not start.
@@ -67,6 +112,9 @@ pub enum Error {
     /// `x-echo-version`.
     #[error("--{flag} {value:?} cannot be sent as a response header: use visible ASCII")]
     NotAHeaderValue { flag: &'static str, value: String },
+    /// A `--call` URL the client cannot call.
+    #[error("--call {url}: {reason}")]
+    CallUrl { url: String, reason: &'static str },
 }
 
 /// A running server: its bound addresses (the real ports when the config
@@ -96,7 +144,7 @@ pub async fn serve(config: Config) -> Result<Server, Error> {
     if config.http.is_empty() && config.grpc.is_empty() && config.tcp.is_empty() {
         return Err(Error::NothingToServe);
     }
-    let state = Arc::new(State::new(config.workload)?);
+    let state = Arc::new(State::new(config.workload, config.callees)?);
     let http = bind_all("http", &config.http).await?;
     let grpc = bind_all("grpc", &config.grpc).await?;
     let tcp = bind_all("tcp", &config.tcp).await?;
@@ -137,10 +185,12 @@ struct State {
     version_header: HeaderValue,
     /// HTTP requests and gRPC calls received, but for `/echo/stats`.
     requests: AtomicU64,
+    /// None without `--call`.
+    caller: Option<calls::Caller>,
 }
 
 impl State {
-    fn new(workload: Workload) -> Result<Self, Error> {
+    fn new(workload: Workload, callees: Callees) -> Result<Self, Error> {
         let header = |flag, value: &str| {
             HeaderValue::from_str(value).map_err(|_| Error::NotAHeaderValue {
                 flag,
@@ -152,6 +202,7 @@ impl State {
             version_header: header("version", &workload.version)?,
             workload,
             requests: AtomicU64::new(0),
+            caller: calls::Caller::new(callees)?,
         })
     }
 

@@ -1,11 +1,13 @@
 //! `trellis-echo`: parses flags, serves until SIGINT or SIGTERM.
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use hyper::Uri;
 use tokio::signal::unix::{signal, SignalKind};
-use trellis_echo::{Config, Workload};
+use trellis_echo::{Callees, Config, Workload, DEFAULT_CALL_TIMEOUT_MS};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +36,17 @@ struct Cli {
     /// Identity reported in every response, e.g. the workload's SPIFFE id.
     #[arg(long, default_value = "")]
     identity: String,
+    /// Before answering an HTTP request with its report, GET URL over
+    /// HTTP/1.1, passing on the request's tracing and routing headers, and
+    /// add the answer to the report's `calls`; repeatable, called in
+    /// order. E.g. http://127.0.0.1:19081/details.
+    #[arg(long, value_name = "URL")]
+    call: Vec<Uri>,
+    /// How long each --call may take, from connecting to the end of the
+    /// answer, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_CALL_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    call_timeout_ms: u64,
     /// Worker threads of the runtime.
     #[arg(long, default_value = "1")]
     threads: NonZeroUsize,
@@ -49,6 +62,10 @@ fn main() -> anyhow::Result<()> {
             service: cli.name,
             version: cli.version,
             identity: cli.identity,
+        },
+        callees: Callees {
+            urls: cli.call,
+            timeout: Duration::from_millis(cli.call_timeout_ms),
         },
     };
     tokio::runtime::Builder::new_multi_thread()

@@ -1,6 +1,7 @@
-//! What the echo server says back: the [`Report`] of an HTTP request, the
-//! [`Stats`] of `/echo/stats`, and the [`Workload`] that every answer
-//! names. Plain data, built from a request's head without I/O.
+//! What the echo server says back: the [`Report`] of an HTTP request (with
+//! the [`Call`]s it made first, if any), the [`Stats`] of `/echo/stats`,
+//! and the [`Workload`] that every answer names. Plain data, built from a
+//! request's head without I/O.
 use std::collections::BTreeMap;
 
 use hyper::header::HOST;
@@ -46,6 +47,29 @@ pub struct Report {
     pub headers: BTreeMap<String, String>,
     /// Length of the request body, which the server reads to its end.
     pub body_bytes: u64,
+    /// The calls made before answering (`--call`), in order. Absent from
+    /// the JSON when there were none, so the report of a server without
+    /// `--call` keeps its shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<Call>,
+}
+
+/// One call a server made before answering (`--call`). A callee that is
+/// itself an echo server answers with its [`Report`], so the reports of a
+/// chain nest. Fields without a value are absent from the JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    /// The URL called.
+    pub url: String,
+    /// The callee's response status; none if no response came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The callee's answer, if it was a report (JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Report>,
+    /// Why the call failed: no connection, no answer in time, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Report {
@@ -70,6 +94,7 @@ impl Report {
             proto: proto_name(head.version).to_string(),
             headers: header_map(&head.headers),
             body_bytes,
+            calls: Vec::new(),
         }
     }
 }
@@ -155,5 +180,33 @@ mod tests {
         assert_eq!(json["version"], "v1");
         assert_eq!(json["identity"], "");
         assert_eq!(json["body_bytes"], 0);
+        assert!(json.get("calls").is_none(), "{json}");
+    }
+
+    #[test]
+    fn calls_nest_and_leave_out_what_they_lack() {
+        let (head, ()) = Request::get("/").body(()).unwrap().into_parts();
+        let mut r = Report::new(&Workload::default(), &head, 0);
+        r.calls = vec![
+            Call {
+                url: "http://127.0.0.1:1/ratings".into(),
+                status: None,
+                report: None,
+                error: Some("refused".into()),
+            },
+            Call {
+                url: "http://127.0.0.1:2/reviews".into(),
+                status: Some(200),
+                report: Some(r.clone()),
+                error: None,
+            },
+        ];
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["calls"][0],
+            serde_json::json!({"url": "http://127.0.0.1:1/ratings", "error": "refused"})
+        );
+        assert_eq!(json["calls"][1]["report"]["service"], "echo");
+        assert_eq!(serde_json::from_value::<Report>(json).unwrap(), r);
     }
 }

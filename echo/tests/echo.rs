@@ -1,17 +1,22 @@
 //! The echo server in-process on loopback, spoken to by real clients:
-//! hyper for HTTP/1.1, h2c and Upgrade, tonic for gRPC, a socket for TCP.
+//! hyper for HTTP/1.1, h2c and Upgrade, tonic for gRPC, a socket for TCP;
+//! and chains of echo servers that call each other (`--call`).
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use trellis_echo::v1::echo_client::EchoClient;
 use trellis_echo::v1::EchoRequest;
-use trellis_echo::{serve, Config, Error, Report, Server, Stats, Workload};
+use trellis_echo::{serve, Call, Callees, Config, Error, Report, Server, Stats, Workload};
 
 async fn start() -> Server {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -24,10 +29,37 @@ async fn start() -> Server {
             version: "v2".into(),
             identity: "spiffe://example.org/ns/default/sa/reviews".into(),
         },
+        ..Config::default()
     })
     .await
     .unwrap()
 }
+
+/// An HTTP echo server `service` `version` that calls `urls` with
+/// `timeout`.
+async fn start_calling(service: &str, version: &str, urls: &[String], timeout: Duration) -> Server {
+    serve(Config {
+        http: vec!["127.0.0.1:0".parse().unwrap()],
+        workload: Workload {
+            service: service.into(),
+            version: version.into(),
+            identity: String::new(),
+        },
+        callees: Callees {
+            urls: urls.iter().map(|u| u.parse().unwrap()).collect(),
+            timeout,
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One request over a new HTTP/1.1 connection.
 async fn http1(addr: SocketAddr, req: Request<Full<Bytes>>) -> (Response<()>, Bytes) {
@@ -257,4 +289,219 @@ async fn dropping_the_server_stops_accepting() {
         assert!(Instant::now() < deadline, "still accepting on {addr}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Who answered a call, as (service, version), and the report.
+fn answered(call: &Call) -> (&str, &str, &Report) {
+    assert_eq!(call.status, Some(200), "{call:?}");
+    assert_eq!(call.error, None, "{call:?}");
+    let r = call.report.as_ref().expect("the callee's report");
+    (&r.workload.service, &r.workload.version, r)
+}
+
+#[tokio::test]
+async fn calls_go_down_the_chain_and_the_reports_nest() {
+    // productpage -> reviews v2 -> ratings, then productpage -> details.
+    let ratings = start_calling("ratings", "v1", &[], TIMEOUT).await;
+    let to_ratings = url(ratings.http[0], "/ratings/0");
+    let reviews = start_calling("reviews", "v2", std::slice::from_ref(&to_ratings), TIMEOUT).await;
+    let details = start_calling("details", "v1", &[], TIMEOUT).await;
+    let to_reviews = url(reviews.http[0], "/reviews/0");
+    let to_details = url(details.http[0], "/details/0");
+    let productpage = start_calling(
+        "productpage",
+        "v1",
+        &[to_reviews.clone(), to_details.clone()],
+        TIMEOUT,
+    )
+    .await;
+
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let req = Request::get("/productpage")
+        .header("x-request-id", "req-1")
+        .header("traceparent", traceparent)
+        .header("x-b3-traceid", "4bf92f3577b34da6")
+        .header("end-user", "jason")
+        .header("cookie", "session=1")
+        .header("x-private", "stays here")
+        // Steers productpage only: its callees answer 200.
+        .header("x-echo-status", "201")
+        .body(Full::default())
+        .unwrap();
+    let (resp, body) = http1(productpage.http[0], req).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let r = report(&body);
+    assert_eq!(r.workload.service, "productpage");
+    assert_eq!(r.headers["x-request-id"], "req-1");
+    let [reviews_call, details_call] = &r.calls[..] else {
+        panic!("two calls, in order: {:?}", r.calls);
+    };
+
+    assert_eq!(reviews_call.url, to_reviews);
+    let (service, version, rv) = answered(reviews_call);
+    assert_eq!((service, version), ("reviews", "v2"));
+    assert_eq!(rv.path, "/reviews/0");
+    assert_eq!(rv.proto, "HTTP/1.1");
+    assert_eq!(rv.host, reviews.http[0].to_string());
+    for (name, value) in [
+        ("x-request-id", "req-1"),
+        ("traceparent", traceparent),
+        ("x-b3-traceid", "4bf92f3577b34da6"),
+        ("end-user", "jason"),
+        ("cookie", "session=1"),
+        ("x-echo-hops", "1"),
+    ] {
+        assert_eq!(
+            rv.headers.get(name).map(String::as_str),
+            Some(value),
+            "{name}"
+        );
+    }
+    assert!(!rv.headers.contains_key("x-private"), "{:?}", rv.headers);
+    assert!(
+        !rv.headers.contains_key("x-echo-status"),
+        "{:?}",
+        rv.headers
+    );
+
+    let [ratings_call] = &rv.calls[..] else {
+        panic!("reviews v2 calls ratings: {:?}", rv.calls);
+    };
+    assert_eq!(ratings_call.url, to_ratings);
+    let (service, version, ra) = answered(ratings_call);
+    assert_eq!((service, version), ("ratings", "v1"));
+    assert_eq!(ra.headers["x-request-id"], "req-1");
+    assert_eq!(ra.headers["traceparent"], traceparent);
+    assert_eq!(ra.headers["x-echo-hops"], "2");
+    assert!(ra.calls.is_empty());
+
+    assert_eq!(details_call.url, to_details);
+    let (service, version, de) = answered(details_call);
+    assert_eq!((service, version), ("details", "v1"));
+    assert_eq!(de.headers["x-request-id"], "req-1");
+    assert!(de.calls.is_empty());
+
+    // A server without --call answers with the report as before: no
+    // `calls` field at all.
+    let (_, body) = http1(details.http[0], get("/details/0")).await;
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(json.get("calls").is_none(), "{json}");
+}
+
+#[tokio::test]
+async fn failed_calls_are_recorded_and_the_caller_still_answers() {
+    // Nothing listens here any more: the connection is refused.
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // Connections complete in the backlog, but nobody ever answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let details = start_calling("details", "v1", &[], TIMEOUT).await;
+    let timeout = Duration::from_millis(300);
+    let productpage = start_calling(
+        "productpage",
+        "v1",
+        &[
+            url(refused, "/reviews"),
+            url(silent.local_addr().unwrap(), "/ratings"),
+            url(details.http[0], "/details"),
+            // The query, unlike x-echo-* headers, steers the callee.
+            url(details.http[0], "/details?status=500"),
+        ],
+        timeout,
+    )
+    .await;
+
+    let (resp, body) = http1(productpage.http[0], get("/")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let r = report(&body);
+    assert_eq!(r.workload.service, "productpage");
+    let [to_refused, to_silent, to_details, to_failing] = &r.calls[..] else {
+        panic!("four calls: {:?}", r.calls);
+    };
+    assert_eq!(to_refused.url, url(refused, "/reviews"));
+    assert_eq!((to_refused.status, &to_refused.report), (None, &None));
+    let e = to_refused.error.as_deref().unwrap();
+    assert!(e.contains("connect"), "{e}");
+    assert_eq!((to_silent.status, &to_silent.report), (None, &None));
+    let e = to_silent.error.as_deref().unwrap();
+    assert!(e.contains("within 300ms"), "{e}");
+    // The failures do not stop the calls after them.
+    assert_eq!(answered(to_details).0, "details");
+    assert_eq!(to_failing.status, Some(500));
+    assert_eq!(to_failing.error, None);
+    let failing = to_failing.report.as_ref().unwrap();
+    assert_eq!(failing.workload.service, "details");
+}
+
+#[tokio::test]
+async fn calls_reuse_a_pooled_connection_and_take_any_answer() {
+    // A callee that is not an echo server, counting its connections.
+    let callee = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = callee.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = callee.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let svc = service_fn(|_| async {
+                let mut resp = Response::new(Full::<Bytes>::from("no healthy upstream"));
+                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Ok::<_, Infallible>(resp)
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::spawn(conn);
+        }
+    });
+    let productpage = start_calling("productpage", "v1", &[url(addr, "/")], TIMEOUT).await;
+    for _ in 0..3 {
+        let (resp, body) = http1(productpage.http[0], get("/")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let r = report(&body);
+        let [call] = &r.calls[..] else {
+            panic!("one call: {:?}", r.calls);
+        };
+        assert_eq!(call.status, Some(503));
+        assert_eq!((&call.report, &call.error), (&None, &None));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_request_too_many_calls_deep_makes_no_calls() {
+    let details = start_calling("details", "v1", &[], TIMEOUT).await;
+    let to_details = url(details.http[0], "/details");
+    let productpage = start_calling("productpage", "v1", &[to_details], TIMEOUT).await;
+    let req = Request::get("/").header("x-echo-hops", "10");
+    let (resp, body) = http1(productpage.http[0], req.body(Full::default()).unwrap()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let r = report(&body);
+    let e = r.calls[0].error.as_deref().unwrap();
+    assert!(e.contains("loop"), "{e}");
+    let stats = http1(details.http[0], get("/echo/stats")).await.1;
+    assert_eq!(serde_json::from_slice::<Stats>(&stats).unwrap().requests, 0);
+}
+
+#[tokio::test]
+async fn call_urls_must_be_plain_http() {
+    let e = serve(Config {
+        http: vec!["127.0.0.1:0".parse().unwrap()],
+        callees: Callees {
+            urls: vec!["https://reviews:9443/".parse().unwrap()],
+            ..Callees::default()
+        },
+        ..Config::default()
+    })
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(e, Error::CallUrl { .. }), "{e}");
+    assert!(
+        e.to_string().contains("--call https://reviews:9443/"),
+        "{e}"
+    );
 }

@@ -71,6 +71,9 @@ pub struct JoinToken {
     /// SPIFFE ID to ask for ([`JoinToken::workload_id`]); the control plane
     /// does not rely on it, but on the identity in its own record of the token.
     pub workload: Option<String>,
+    /// The WorkloadGroup (its name, in the workload's namespace) an agent
+    /// joining with this token registers in; optional, on VM tokens only.
+    pub group: Option<String>,
 }
 
 /// Wire form, borrowed for encoding.
@@ -84,6 +87,8 @@ struct WireRef<'a> {
     t: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     w: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    g: Option<&'a str>,
 }
 
 /// Wire form, owned for decoding. A missing `a` decodes as empty so that it
@@ -97,6 +102,7 @@ struct Wire {
     p: String,
     t: Option<String>,
     w: Option<String>,
+    g: Option<String>,
 }
 
 impl JoinToken {
@@ -120,6 +126,7 @@ impl JoinToken {
             root_pin,
             trust_domain: None,
             workload: None,
+            group: None,
         }
     }
 
@@ -130,6 +137,15 @@ impl JoinToken {
         JoinToken {
             trust_domain: Some(trust_domain.to_owned()),
             workload: Some(workload.to_owned()),
+            ..self
+        }
+    }
+
+    /// The token also naming the WorkloadGroup `group` (in the workload's
+    /// namespace) the agent registers in.
+    pub fn with_group(self, group: &str) -> JoinToken {
+        JoinToken {
+            group: Some(group.to_owned()),
             ..self
         }
     }
@@ -153,6 +169,7 @@ impl JoinToken {
             p: hex::encode(self.root_pin),
             t: self.trust_domain.as_deref(),
             w: self.workload.as_deref(),
+            g: self.group.as_deref(),
         };
         let json =
             serde_json::to_vec(&wire).expect("a struct of strings always serialises to JSON");
@@ -194,6 +211,7 @@ impl JoinToken {
         validate_addrs(&wire.a)?;
         let root_pin = parse_pin(&wire.p)?;
         validate_workload(wire.t.as_deref(), wire.w.as_deref())?;
+        validate_group(wire.w.as_deref(), wire.g.as_deref())?;
         Ok(JoinToken {
             id: wire.i,
             secret: wire.s,
@@ -201,6 +219,7 @@ impl JoinToken {
             root_pin,
             trust_domain: wire.t,
             workload: wire.w,
+            group: wire.g,
         })
     }
 
@@ -210,7 +229,8 @@ impl JoinToken {
         validate_id(&self.id)?;
         validate_secret(&self.secret)?;
         validate_addrs(&self.addrs)?;
-        validate_workload(self.trust_domain.as_deref(), self.workload.as_deref())
+        validate_workload(self.trust_domain.as_deref(), self.workload.as_deref())?;
+        validate_group(self.workload.as_deref(), self.group.as_deref())
     }
 }
 
@@ -223,6 +243,7 @@ impl fmt::Debug for JoinToken {
             .field("root_pin", &hex::encode(self.root_pin))
             .field("trust_domain", &self.trust_domain)
             .field("workload", &self.workload)
+            .field("group", &self.group)
             .finish()
     }
 }
@@ -318,6 +339,12 @@ pub enum TokenParseError {
         workload: String,
         reason: &'static str,
     },
+
+    #[error(
+        "join token workload group `{group}` is invalid: {reason}; copy the whole token \
+         again or create a new one with `trellis token create`"
+    )]
+    BadGroup { group: String, reason: &'static str },
 
     #[error(
         "VM identity `{identity}` is invalid: {reason}; write it as `namespace/serviceaccount`, \
@@ -462,6 +489,30 @@ fn validate_workload(
         split_vm_identity(w).map_err(|reason| TokenParseError::BadWorkload {
             workload: sanitize(w, 64),
             reason,
+        })?;
+    }
+    Ok(())
+}
+
+/// A group is a WorkloadGroup name (a DNS-1123 subdomain) and only comes
+/// with a workload identity.
+fn validate_group(workload: Option<&str>, group: Option<&str>) -> Result<(), TokenParseError> {
+    let Some(g) = group else {
+        return Ok(());
+    };
+    let bad = |reason| TokenParseError::BadGroup {
+        group: sanitize(g, 64),
+        reason,
+    };
+    if workload.is_none() {
+        return Err(bad("only a token with a workload identity names a group"));
+    }
+    if g.len() > 253 {
+        return Err(bad("longer than 253 characters"));
+    }
+    for label in g.split('.') {
+        check_label(label).map_err(|_| {
+            bad("expected lowercase letters, digits, `-` and `.` (a DNS-1123 subdomain)")
         })?;
     }
     Ok(())

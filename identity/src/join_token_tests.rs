@@ -15,6 +15,7 @@ fn sample() -> JoinToken {
         root_pin: PIN,
         trust_domain: None,
         workload: None,
+        group: None,
     }
 }
 
@@ -652,4 +653,22 @@ fn damage(good: &str) {
     // Some JSON mutations (e.g. inside an address) are still valid tokens;
     // seeing none would mean the mutator never got past the outer layers.
     assert!(accepted > 0);
+}
+
+#[test]
+fn a_workload_group_round_trips_and_needs_a_workload() {
+    let t = vm_sample().with_group("reviews-v1");
+    t.validate().unwrap();
+    let back = JoinToken::parse(&t.encode()).unwrap();
+    assert_eq!(back.group.as_deref(), Some("reviews-v1"));
+    assert_eq!(back, t);
+
+    let orphan = sample().with_group("reviews-v1");
+    let err = JoinToken::parse(&orphan.encode()).unwrap_err();
+    assert!(matches!(err, TokenParseError::BadGroup { .. }), "{err:?}");
+    assert!(err.to_string().contains("workload identity"), "{err}");
+
+    let bad = vm_sample().with_group("Reviews_V1");
+    let err = JoinToken::parse(&bad.encode()).unwrap_err();
+    assert!(err.to_string().contains("DNS-1123"), "{err}");
 }

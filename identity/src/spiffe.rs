@@ -79,6 +79,14 @@ impl SpiffeId {
         }
     }
 
+    /// (namespace, service account) if this is a workload identity
+    /// `spiffe://TD/ns/NS/sa/SA`.
+    pub fn workload_parts(&self) -> Option<(&str, &str)> {
+        let rest = self.path.strip_prefix("/ns/")?;
+        let (ns, sa) = rest.split_once("/sa/")?;
+        (!ns.is_empty() && !sa.is_empty() && !sa.contains('/')).then_some((ns, sa))
+    }
+
     /// The node name if this is a control-plane node's identity.
     pub fn controlplane_node(&self) -> Option<&str> {
         self.path.strip_prefix("/trellis/controlplane/")

@@ -18,7 +18,10 @@ pub async fn admin(config_flag: Option<&Path>) -> anyhow::Result<AdminClient<Cha
     let mut cfg = AdminConfig::load(&path)?;
     let tls = cfg.tls().with_context(|| format!("{}", path.display()))?;
     let (channel, used) = trellis_identity::grpc::connect_any(&cfg.controlplanes, tls).await?;
-    let mut client = AdminClient::new(channel);
+    // Config applies and listings of big meshes are large.
+    let mut client = AdminClient::new(channel)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20);
     // Refresh only while the list is short (as `init` writes it) or after a
     // failover: `Members` asks every node for its status.
     let refresh = cfg.controlplanes.len() < 3 || cfg.controlplanes.first() != Some(&used);

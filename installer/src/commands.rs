@@ -34,6 +34,7 @@ pub async fn token_create(
     config: Option<&Path>,
     kind: &str,
     identity: Option<String>,
+    workload_group: Option<String>,
     ttl: Duration,
     uses: Option<u32>,
 ) -> anyhow::Result<()> {
@@ -44,6 +45,7 @@ pub async fn token_create(
             identity: identity.unwrap_or_default(),
             ttl_seconds: ttl.as_secs(),
             max_uses: uses.unwrap_or(0),
+            workload_group: workload_group.unwrap_or_default(),
         })
         .await
         .map_err(status)?

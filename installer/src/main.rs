@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use trellis::commands::{self, Output};
+use trellis::config::{self as cfgcmd, GetOutput};
 use trellis::duration::parse_duration;
 
 #[derive(Parser)]
@@ -27,6 +28,49 @@ enum Cmd {
     /// Raw key-value access to the replicated store (debugging, benchmarks).
     #[command(subcommand)]
     Kv(KvCmd),
+    /// Validate Istio resources and store all of them in one write, or none.
+    Apply {
+        /// File, directory (its .yaml/.yml/.json files) or - for stdin; repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Validate only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show stored resources: `get KIND [NAME]`, KIND as kubectl spells it (vs, virtualservices, ...) or `all`.
+    Get {
+        kind: String,
+        name: Option<String>,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: GetOutput,
+    },
+    /// Delete resources: `delete KIND NAME...` or `delete -f FILE`, in one write.
+    Delete {
+        kind: Option<String>,
+        names: Vec<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+    },
+    /// Cross-resource checks of the stored config, with FILEs in place of their stored versions.
+    Analyze {
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Every agent: the control-plane node it streams from, versions sent and ACKed, last NACK.
+    ProxyStatus {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -39,6 +83,9 @@ enum TokenCmd {
         /// For vm tokens: the identity NAMESPACE/SERVICEACCOUNT.
         #[arg(long)]
         identity: Option<String>,
+        /// For vm tokens: the WorkloadGroup NAMESPACE/NAME the agent registers in; the identity is then its service account.
+        #[arg(long)]
+        workload_group: Option<String>,
         /// Lifetime, e.g. 30m, 1h, 7d.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
@@ -91,9 +138,10 @@ async fn main() {
         Cmd::Token(TokenCmd::Create {
             kind,
             identity,
+            workload_group,
             ttl,
             uses,
-        }) => commands::token_create(cfg, &kind, identity, ttl, uses).await,
+        }) => commands::token_create(cfg, &kind, identity, workload_group, ttl, uses).await,
         Cmd::Token(TokenCmd::List { output }) => commands::token_list(cfg, output).await,
         Cmd::Token(TokenCmd::Revoke { id }) => commands::token_revoke(cfg, id).await,
         Cmd::Controlplane(ControlplaneCmd::Members { output }) => {
@@ -104,6 +152,25 @@ async fn main() {
         }
         Cmd::Kv(KvCmd::Put { key, value }) => commands::kv_put(cfg, key, value).await,
         Cmd::Kv(KvCmd::Get { key, linearizable }) => commands::kv_get(cfg, key, linearizable).await,
+        Cmd::Apply { files, dry_run } => cfgcmd::apply(cfg, &files, dry_run).await,
+        Cmd::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+        } => {
+            let ns = (!all_namespaces).then_some(namespace.as_str());
+            cfgcmd::get(cfg, &kind, name, ns, output).await
+        }
+        Cmd::Delete {
+            kind,
+            names,
+            namespace,
+            files,
+        } => cfgcmd::delete(cfg, kind, names, &namespace, &files).await,
+        Cmd::Analyze { files, output } => cfgcmd::analyze(cfg, &files, output).await,
+        Cmd::ProxyStatus { output } => cfgcmd::proxy_status(cfg, output).await,
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -80,12 +80,15 @@ pub struct Loaded {
     pub not_after: i64,
     /// Control-plane addresses to renew with (token mode only).
     pub control_plane: Vec<String>,
+    /// The WorkloadGroup the token named, to register in (token mode only).
+    pub group: Option<String>,
 }
 
 const KEY: &str = "key.pem";
 const CHAIN: &str = "cert-chain.pem";
 const ROOTS: &str = "root-cert.pem";
 const ADDRS: &str = "control-plane.json";
+const GROUP: &str = "workload-group";
 
 /// Loads or obtains the certificate.
 pub async fn load(source: &Source) -> Result<Loaded, IdentityError> {
@@ -126,6 +129,7 @@ fn from_pem(
         roots,
         not_after,
         control_plane,
+        group: None,
     })
 }
 
@@ -137,12 +141,16 @@ fn resume(data_dir: &Path) -> Result<Option<Loaded>, IdentityError> {
     }
     let addrs: Vec<String> =
         serde_json::from_str(&read(&data_dir.join(ADDRS))?).unwrap_or_default();
-    let loaded = from_pem(
+    let mut loaded = from_pem(
         &read(&chain)?,
         &read(&data_dir.join(KEY))?,
         &read(&data_dir.join(ROOTS))?,
         addrs,
     )?;
+    loaded.group = std::fs::read_to_string(data_dir.join(GROUP))
+        .ok()
+        .map(|g| g.trim().to_string())
+        .filter(|g| !g.is_empty());
     if loaded.not_after <= unix_now() {
         tracing::warn!(
             not_after = %trellis_identity::rfc3339::format_rfc3339(loaded.not_after as u64),
@@ -159,7 +167,14 @@ async fn obtain(token_str: &str, data_dir: &Path) -> Result<Loaded, IdentityErro
     let tls = client_config(None, Arc::new(PinnedRootVerifier::new(token.root_pin)))?;
     let (channel, addr) = grpc::connect_any(&token.addrs, Arc::new(tls)).await?;
     tracing::info!(%addr, %id, "requesting the workload certificate with the join token");
-    issue(channel, &id, Some(token_str), data_dir, token.addrs.clone()).await
+    let mut loaded = issue(channel, &id, Some(token_str), data_dir, token.addrs.clone()).await?;
+    if let Some(g) = &token.group {
+        let path = data_dir.join(GROUP);
+        write_private(&path, g.as_bytes())
+            .map_err(|source| IdentityError::Write { path, source })?;
+        loaded.group = Some(g.clone());
+    }
+    Ok(loaded)
 }
 
 async fn issue(

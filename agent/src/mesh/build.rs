@@ -6,9 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use trellis_api::annotations;
 use trellis_api::config::{
-    self, DestinationRule, Location, OutlierDetection, Resource, ServiceEntry, SimpleLb, Spec,
-    TrafficPolicy, WorkloadEntry,
+    self, canonical_host as canonical, DestinationRule, Location, OutlierDetection, Resource,
+    ServiceEntry, SimpleLb, Spec, TrafficPolicy, WorkloadEntry,
 };
 use trellis_identity::SpiffeId;
 
@@ -39,24 +40,6 @@ const ROOT_NAMESPACE: &str = "istio-system";
 /// Label that says a workload has no agent and speaks plaintext.
 const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 
-/// `name` as Kubernetes DNS would expand it from `namespace`, unless
-/// `known` already knows it.
-pub fn canonical(
-    name: &str,
-    namespace: &str,
-    domain: &str,
-    known: impl Fn(&str) -> bool,
-) -> String {
-    if known(name) {
-        return name.to_string();
-    }
-    match name.matches('.').count() {
-        0 => format!("{name}.{namespace}.svc.{domain}"),
-        1 => format!("{name}.svc.{domain}"),
-        _ => name.to_string(),
-    }
-}
-
 /// Compiles `resources`; counters of clusters in `prev` carry over.
 pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mesh {
     let mut resources = resources;
@@ -72,10 +55,19 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
         domain: s.domain.clone(),
         ..Default::default()
     };
-    let workload_entries: Vec<(&str, &WorkloadEntry)> = resources
+    // (namespace, entry, whether it takes traffic: a registered workload
+    // failing its probe does not, but still tells its own agent its ports)
+    let workload_entries: Vec<(&str, &WorkloadEntry, bool)> = resources
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::WorkloadEntry(we) => Some((r.metadata.namespace.as_str(), we.as_ref())),
+            Spec::WorkloadEntry(we) => Some((
+                r.metadata.namespace.as_str(),
+                we.as_ref(),
+                r.metadata
+                    .annotations
+                    .get(annotations::HEALTH)
+                    .is_none_or(|h| h == annotations::READY),
+            )),
             _ => None,
         })
         .collect();
@@ -85,32 +77,32 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
             continue;
         };
         let ns = r.metadata.namespace.as_str();
-        let mut eps: Vec<WorkloadEntry> = se.endpoints.clone();
+        let mut eps: Vec<(WorkloadEntry, bool)> =
+            se.endpoints.iter().map(|we| (we.clone(), true)).collect();
         if let Some(sel) = &se.workload_selector {
             eps.extend(
                 workload_entries
                     .iter()
-                    .filter(|(wns, we)| {
+                    .filter(|(wns, we, _)| {
                         *wns == ns && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))
                     })
-                    .map(|(_, we)| (*we).clone()),
+                    .map(|(_, we, ready)| ((*we).clone(), *ready)),
             );
         }
+        let vips = allocated_addresses(r);
         for host in &se.hosts {
-            let svc = service(host, ns, se);
+            let svc = service(host, ns, se, &vips);
             for ip in &svc.addresses {
                 for p in &svc.ports {
                     mesh.by_addr
                         .insert(SocketAddr::new(*ip, p.number), (svc.clone(), p.number));
                 }
             }
-            for we in &eps {
+            for (we, _) in &eps {
                 mark_inbound(&mut mesh, s, &svc, se, we);
             }
-            endpoints
-                .entry(host.clone())
-                .or_default()
-                .extend(eps.iter().map(|we| {
+            endpoints.entry(host.clone()).or_default().extend(
+                eps.iter().filter(|(_, ready)| *ready).map(|(we, _)| {
                     (
                         ServiceEntryRef {
                             namespace: ns.to_string(),
@@ -119,7 +111,8 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
                         },
                         we.clone(),
                     )
-                }));
+                }),
+            );
             mesh.services.entry(host.clone()).or_insert(svc);
         }
     }
@@ -218,7 +211,24 @@ struct ServiceEntryRef {
     ports: Vec<config::ServicePort>,
 }
 
-fn service(host: &str, ns: &str, se: &ServiceEntry) -> Arc<Service> {
+/// The virtual IPs the control plane allocated to a ServiceEntry's hosts
+/// (it had no `addresses`), by host.
+fn allocated_addresses(r: &Resource) -> HashMap<&str, IpAddr> {
+    r.metadata
+        .annotations
+        .get(annotations::ADDRESSES)
+        .map(|a| {
+            a.split(',')
+                .filter_map(|pair| {
+                    let (h, ip) = pair.split_once('=')?;
+                    Some((h, ip.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn service(host: &str, ns: &str, se: &ServiceEntry, vips: &HashMap<&str, IpAddr>) -> Arc<Service> {
     Arc::new(Service {
         host: host.to_string(),
         namespace: ns.to_string(),
@@ -231,7 +241,12 @@ fn service(host: &str, ns: &str, se: &ServiceEntry) -> Arc<Service> {
                 protocol: p.protocol().into(),
             })
             .collect(),
-        addresses: se.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+        addresses: se
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .chain(vips.get(host).copied())
+            .collect(),
     })
 }
 

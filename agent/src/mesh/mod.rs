@@ -143,7 +143,7 @@ impl Mesh {
     /// namespace: `reviews` and `reviews.default` become
     /// `reviews.default.svc.cluster.local`; known names stay as they are.
     pub fn canonical_host(&self, name: &str) -> String {
-        build::canonical(name, &self.namespace, &self.domain, |h| {
+        trellis_api::config::canonical_host(name, &self.namespace, &self.domain, |h| {
             self.services.contains_key(h)
         })
     }

@@ -114,7 +114,5 @@ pub fn push_label(out: &mut String, name: &str, value: &str) {
 
 /// The namespace in a workload SPIFFE ID (`spiffe://TD/ns/NS/sa/SA`).
 pub fn namespace_of(id: &trellis_identity::SpiffeId) -> Option<&str> {
-    let rest = id.path().strip_prefix("/ns/")?;
-    let (ns, sa) = rest.split_once("/sa/")?;
-    (!ns.is_empty() && !sa.is_empty()).then_some(ns)
+    id.workload_parts().map(|(ns, _)| ns)
 }

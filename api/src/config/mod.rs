@@ -6,17 +6,27 @@
 //! [`Resource`]s (`apiVersion`, `kind`, [`Metadata`], typed [`Spec`]),
 //! refusing unknown fields, kinds and apiVersions, then runs
 //! [`Resource::validate`]; a [`ConfigError`] lists every problem as
-//! `document N (Kind namespace/name): field.path: reason`. The spec types
-//! ([`VirtualService`], [`DestinationRule`], [`ServiceEntry`],
-//! [`WorkloadEntry`], [`PeerAuthentication`]) follow Istio's field names
-//! and serialize back to the same YAML for config dumps. Helpers the proxy
-//! needs are here too, pure: [`StringMatch::matches`], [`Protocol::from_port`],
-//! Go-style [`Duration`]s.
+//! `document N (Kind namespace/name): field.path: reason`. The metadata
+//! the API server fills in (`uid`, `managedFields`, ...) and a top-level
+//! `status` are accepted and dropped, so `kubectl get -o yaml` output
+//! parses. The spec types follow Istio's field names and serialize back to
+//! the same YAML for config dumps: [`VirtualService`], [`DestinationRule`],
+//! [`ServiceEntry`], [`WorkloadEntry`], [`Gateway`], [`Sidecar`],
+//! [`WorkloadGroup`] (networking), [`PeerAuthentication`],
+//! [`AuthorizationPolicy`], [`RequestAuthentication`] (security), one file
+//! each, with the types they share ([`ServerTlsSettings`],
+//! [`ConnectionPoolSettings`], [`PolicyTargetReference`], the workload
+//! selectors) in files of their own. Helpers the proxy needs are here too,
+//! pure: [`StringMatch::matches`], [`Protocol::from_port`], Go-style
+//! [`Duration`]s.
 
+mod authorization_policy;
 mod client_tls;
 mod destination_rule;
 mod duration;
 mod error;
+mod gateway;
+mod host;
 mod http_policy;
 mod http_response;
 mod http_route;
@@ -25,19 +35,30 @@ mod peer_authentication;
 mod percent;
 mod protocol;
 mod regex;
+mod request_authentication;
 mod resource;
+mod server_tls;
 mod service_entry;
+mod sidecar;
 mod string_match;
+mod target_ref;
 mod traffic_policy;
 mod validate;
 mod virtual_service;
 mod workload_entry;
+mod workload_group;
 mod workload_selector;
 
+pub use authorization_policy::{
+    AuthorizationAction, AuthorizationPolicy, AuthorizationRule, Condition, ExtensionProvider,
+    Operation, RuleFrom, RuleTo, Source, CONDITION_KEYS,
+};
 pub use client_tls::{ClientTlsSettings, TlsMode};
 pub use destination_rule::{DestinationRule, Subset};
 pub use duration::{Duration, DurationError};
 pub use error::{ConfigError, DocumentErrors, FieldError};
+pub use gateway::{Gateway, GatewayPort, Server};
+pub use host::{canonical_host, host_matches};
 pub use http_policy::{
     Abort, CorsPolicy, Delay, HttpFaultInjection, HttpRetry, UnmatchedPreflights,
     GRPC_STATUS_NAMES, RETRY_ON_CONDITIONS,
@@ -52,9 +73,16 @@ pub use peer_authentication::{MtlsMode, MutualTls, PeerAuthentication};
 pub use percent::Percent;
 pub use protocol::Protocol;
 pub use regex::Regex;
+pub use request_authentication::{ClaimToHeader, JwtHeader, JwtRule, RequestAuthentication};
 pub use resource::{ApiVersion, Group, KindSpec, Metadata, Resource, Spec};
+pub use server_tls::{ServerTlsMode, ServerTlsSettings, TlsProtocol};
 pub use service_entry::{Location, Resolution, ServiceEntry, ServicePort};
+pub use sidecar::{
+    CaptureMode, IstioEgressListener, IstioIngressListener, OutboundTrafficMode,
+    OutboundTrafficPolicy, Sidecar, SidecarPort,
+};
 pub use string_match::{HeaderMatch, StringMatch};
+pub use target_ref::PolicyTargetReference;
 pub use traffic_policy::{
     ConnectionPoolSettings, ConsistentHashLb, H2UpgradePolicy, HttpCookie, HttpSettings,
     LoadBalancerSettings, LocalityDistribute, LocalityFailover, LocalityLbSetting, Maglev,
@@ -67,6 +95,10 @@ pub use virtual_service::{
     TlsRoute, VirtualService,
 };
 pub use workload_entry::{WorkloadEntry, UNIX_ADDRESS_PREFIX};
+pub use workload_group::{
+    ExecHealthCheckConfig, GrpcHealthCheckConfig, HttpHeader, HttpHealthCheckConfig,
+    ReadinessProbe, TcpHealthCheckConfig, WorkloadGroup, WorkloadGroupMetadata,
+};
 pub use workload_selector::{WorkloadLabelSelector, WorkloadSelector};
 
 #[cfg(test)]

@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 use super::validate::{is_dns1123_label, is_dns1123_subdomain, push, Validate};
 use super::{
-    DestinationRule, FieldError, PeerAuthentication, ServiceEntry, VirtualService, WorkloadEntry,
+    AuthorizationPolicy, DestinationRule, FieldError, Gateway, PeerAuthentication,
+    RequestAuthentication, ServiceEntry, Sidecar, VirtualService, WorkloadEntry, WorkloadGroup,
 };
 
 /// The Istio API groups Trellis serves.
@@ -107,8 +108,8 @@ impl fmt::Display for ApiVersion {
 }
 
 /// Implemented by the spec type of each kind. To add a kind: a file with
-/// its spec type implementing this trait and [`Validate`], and its name in
-/// the `kinds!` list in `resource.rs`.
+/// its spec type implementing this trait and [`Validate`], its name in the
+/// `kinds!` list in `resource.rs`, and its table tests in `config/tests/`.
 pub trait KindSpec: DeserializeOwned + Serialize + Validate + Into<Spec> {
     /// The `kind` string, e.g. `VirtualService`.
     const KIND: &'static str;
@@ -204,11 +205,19 @@ kinds!(
     ServiceEntry,
     WorkloadEntry,
     PeerAuthentication,
+    Gateway,
+    Sidecar,
+    WorkloadGroup,
+    AuthorizationPolicy,
+    RequestAuthentication,
 );
 
-/// The Kubernetes `metadata` Trellis uses.
+/// The Kubernetes `metadata` Trellis uses. Parsing also accepts, and
+/// drops, the fields the API server fills in (`uid`, `resourceVersion`,
+/// `managedFields`, ...), so that `kubectl get -o yaml` output can be fed
+/// back; they are not serialized.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "RawMetadata")]
 pub struct Metadata {
     /// Object name, a DNS-1123 subdomain.
     pub name: String,
@@ -225,6 +234,56 @@ pub struct Metadata {
 
 fn default_namespace() -> String {
     "default".to_string()
+}
+
+/// [`Metadata`] as written: the fields Trellis uses, strictly, plus the
+/// server-populated `ObjectMeta` fields, read whatever their shape and
+/// thrown away. Any other field is still an error.
+#[derive(Deserialize)]
+// The server-populated fields are only read to be dropped.
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawMetadata {
+    name: String,
+    #[serde(default = "default_namespace")]
+    namespace: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    uid: IgnoredAny,
+    #[serde(default)]
+    resource_version: IgnoredAny,
+    #[serde(default)]
+    generation: IgnoredAny,
+    #[serde(default)]
+    creation_timestamp: IgnoredAny,
+    #[serde(default)]
+    managed_fields: IgnoredAny,
+    #[serde(default)]
+    self_link: IgnoredAny,
+    #[serde(default)]
+    finalizers: IgnoredAny,
+    #[serde(default)]
+    owner_references: IgnoredAny,
+    #[serde(default)]
+    deletion_timestamp: IgnoredAny,
+    #[serde(default)]
+    deletion_grace_period_seconds: IgnoredAny,
+    #[serde(default)]
+    generate_name: IgnoredAny,
+}
+
+impl From<RawMetadata> for Metadata {
+    fn from(raw: RawMetadata) -> Metadata {
+        Metadata {
+            name: raw.name,
+            namespace: raw.namespace,
+            labels: raw.labels,
+            annotations: raw.annotations,
+        }
+    }
 }
 
 impl Validate for Metadata {
@@ -272,6 +331,11 @@ struct RawResource {
     metadata: Metadata,
     #[serde(default)]
     spec: serde_yaml::Value,
+    /// Written by controllers (`kubectl get -o yaml` shows it); accepted in
+    /// any shape and dropped, since it is not configuration.
+    #[serde(default)]
+    #[allow(dead_code)] // only read to be dropped
+    status: IgnoredAny,
 }
 
 /// The document as written back, for config dumps.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::{Duration, FieldError};
+use super::{Duration, FieldError, UNIX_ADDRESS_PREFIX};
 
 /// Semantic checks on parsed config. `path` is where `self` sits in the
 /// document (e.g. `spec.http[0]`); problems are appended to `errors` so that
@@ -163,6 +163,118 @@ pub(crate) fn check_export_to(errors: &mut Vec<FieldError>, path: &str, export_t
     }
 }
 
+/// A DNS name with an optional wildcard as the whole leftmost label:
+/// `reviews.prod.svc.cluster.local`, `*.example.com` or `*` alone (the
+/// `dnsName` of Gateway and Sidecar hosts).
+pub(crate) fn check_wildcard_dns_name(errors: &mut Vec<FieldError>, path: &str, name: &str) {
+    let labels = name.strip_prefix("*.").unwrap_or(name);
+    let valid = name == "*"
+        || (name.len() <= 255
+            && labels.split('.').all(|label| {
+                let bytes = label.as_bytes();
+                !bytes.is_empty()
+                    && bytes.len() <= 63
+                    && bytes
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+                    && bytes[0] != b'-'
+                    && bytes[bytes.len() - 1] != b'-'
+            }));
+    if !valid {
+        push(
+            errors,
+            path,
+            format!(
+                "`{name}` is not a DNS name; write it like `reviews.prod.svc.cluster.local`, `*.example.com` or `*`"
+            ),
+        );
+    }
+}
+
+/// Which namespaces a `namespace/dnsName` host may name besides real ones.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostNamespaces {
+    /// Gateway servers: `*` (any) and `.` (the gateway's own); the
+    /// `namespace/` part may be left out, meaning `*/`.
+    Gateway,
+    /// Sidecar egress: `*`, `.` and `~` (none); the `namespace/` part is
+    /// required.
+    Sidecar,
+}
+
+/// A host written `namespace/dnsName` (Gateway servers, Sidecar egress).
+pub(crate) fn check_namespaced_host(
+    errors: &mut Vec<FieldError>,
+    path: &str,
+    host: &str,
+    kind: HostNamespaces,
+) {
+    let Some((namespace, dns_name)) = host.split_once('/') else {
+        match kind {
+            HostNamespaces::Gateway => check_wildcard_dns_name(errors, path, host),
+            HostNamespaces::Sidecar => push(
+                errors,
+                path,
+                format!("host `{host}` must be written `namespace/dnsName`, e.g. `./*` or `istio-system/*`"),
+            ),
+        }
+        return;
+    };
+    let special: &[&str] = match kind {
+        HostNamespaces::Gateway => &["*", "."],
+        HostNamespaces::Sidecar => &["*", ".", "~"],
+    };
+    if !special.contains(&namespace) && !is_dns1123_label(namespace) {
+        let allowed = special
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        push(
+            errors,
+            path,
+            format!(
+                "namespace `{namespace}` in host `{host}` is not {allowed} or a namespace name"
+            ),
+        );
+    }
+    check_wildcard_dns_name(errors, path, dns_name);
+}
+
+/// The path after `unix://` in a bind or endpoint address: absolute and
+/// naming a file, or `@name` for a Linux abstract socket.
+pub(crate) fn check_unix_path(errors: &mut Vec<FieldError>, path: &str, address: &str) {
+    let socket = address.strip_prefix(UNIX_ADDRESS_PREFIX).unwrap_or(address);
+    let valid = (socket.starts_with('@') && socket.len() > 1)
+        || (socket.starts_with('/') && !socket.ends_with('/'));
+    if !valid {
+        push(
+            errors,
+            path,
+            format!(
+                "`{address}` is not a unix socket address; write it like `unix:///var/run/app.sock` or `unix://@name`"
+            ),
+        );
+    }
+}
+
+/// An IP address (no port, no prefix length).
+pub(crate) fn check_ip(errors: &mut Vec<FieldError>, path: &str, value: &str) {
+    if value.parse::<IpAddr>().is_err() {
+        push(errors, path, format!("`{value}` is not an IP address"));
+    }
+}
+
+/// Strings in a list that must not be empty (AuthorizationPolicy values,
+/// JWT audiences, ...).
+pub(crate) fn check_no_empty(errors: &mut Vec<FieldError>, path: &str, values: &[String]) {
+    for (i, value) in values.iter().enumerate() {
+        if value.is_empty() {
+            push(errors, &format!("{path}[{i}]"), "must not be empty");
+        }
+    }
+}
+
 /// Label keys and values of a workload selector or subset.
 pub(crate) fn check_labels(
     errors: &mut Vec<FieldError>,
@@ -282,6 +394,51 @@ mod tests {
         ] {
             let mut errors = Vec::new();
             check_host(&mut errors, "p", s);
+            assert_eq!(errors.is_empty(), ok, "{s:?}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn namespaced_hosts() {
+        use HostNamespaces::{Gateway, Sidecar};
+        for (host, kind, ok) in [
+            ("*/*", Sidecar, true),
+            ("./*", Sidecar, true),
+            ("~/*", Sidecar, true),
+            ("istio-system/*", Sidecar, true),
+            ("prod/*.example.com", Sidecar, true),
+            ("*/mysql.foo.com", Sidecar, true),
+            ("foo.com", Sidecar, false),
+            ("Prod/*", Sidecar, false),
+            ("prod/a*.example.com", Sidecar, false),
+            ("prod/", Sidecar, false),
+            ("/a.com", Sidecar, false),
+            ("uk.bookinfo.com", Gateway, true),
+            ("*", Gateway, true),
+            ("ns1/*", Gateway, true),
+            ("bookinfo-namespace/*.bookinfo.com", Gateway, true),
+            ("~/*", Gateway, false),
+            ("a b.com", Gateway, false),
+            ("*.*.com", Gateway, false),
+        ] {
+            let mut errors = Vec::new();
+            check_namespaced_host(&mut errors, "p", host, kind);
+            assert_eq!(errors.is_empty(), ok, "{host:?}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn unix_paths() {
+        for (s, ok) in [
+            ("unix:///var/run/a.sock", true),
+            ("unix://@abstract", true),
+            ("unix://", false),
+            ("unix://@", false),
+            ("unix://relative.sock", false),
+            ("unix:///var/run/", false),
+        ] {
+            let mut errors = Vec::new();
+            check_unix_path(&mut errors, "p", s);
             assert_eq!(errors.is_empty(), ok, "{s:?}: {errors:?}");
         }
     }

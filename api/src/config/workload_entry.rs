@@ -57,9 +57,22 @@ impl KindSpec for WorkloadEntry {
 
 impl Validate for WorkloadEntry {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
+        self.validate_entry(path, errors, true);
+    }
+}
+
+impl WorkloadEntry {
+    /// Validates a `WorkloadGroup.template`: as an entry, except that the
+    /// address may be left out (each workload's own is filled in when it
+    /// registers).
+    pub(crate) fn validate_template(&self, path: &str, errors: &mut Vec<FieldError>) {
+        self.validate_entry(path, errors, false);
+    }
+
+    fn validate_entry(&self, path: &str, errors: &mut Vec<FieldError>, address_required: bool) {
         let address_path = format!("{path}.address");
         if self.address.is_empty() {
-            if self.network.is_none() {
+            if address_required && self.network.is_none() {
                 push(
                     errors,
                     &address_path,

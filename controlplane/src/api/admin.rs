@@ -5,11 +5,13 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use trellis_api::v1::admin_server::Admin;
 use trellis_api::v1::{
-    CreateTokenRequest, CreateTokenResponse, Empty, GetRequest, GetResponse, ListTokensResponse,
-    MembersResponse, PutRequest, PutResponse, RemoveNodeRequest, RevokeTokenRequest, TokenInfo,
+    AnalyzeRequest, AnalyzeResponse, ApplyConfigRequest, ApplyConfigResponse, CreateTokenRequest,
+    CreateTokenResponse, DeleteConfigRequest, Empty, GetConfigRequest, GetConfigResponse,
+    GetRequest, GetResponse, ListTokensResponse, MembersResponse, ProxyStatusResponse, PutRequest,
+    PutResponse, RemoveNodeRequest, RevokeTokenRequest, TokenInfo,
 };
 
-use super::require_admin;
+use super::{admin_config, require_admin};
 use crate::error::NodeError;
 use crate::node::{now, LeaderOp, LeaderReply, Node};
 use crate::raft::Command;
@@ -20,6 +22,55 @@ const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
 
 pub struct AdminService(pub Arc<Node>);
 
+impl AdminService {
+    /// For a token of a WorkloadGroup (`NS/NAME`): the group's name, with
+    /// `r.identity` set to (or checked against) its service account.
+    fn group_identity(&self, r: &mut CreateTokenRequest) -> Result<Option<String>, Status> {
+        if r.workload_group.is_empty() {
+            return Ok(None);
+        }
+        if r.kind != "vm" {
+            return Err(Status::invalid_argument(
+                "workload_group: only vm tokens register in a WorkloadGroup",
+            ));
+        }
+        let Some((ns, name)) = r.workload_group.split_once('/') else {
+            return Err(Status::invalid_argument(format!(
+                "workload_group: `{}` should be NAMESPACE/NAME",
+                r.workload_group
+            )));
+        };
+        let key = crate::raft::state::registry::config_key("WorkloadGroup", ns, name);
+        let group = self
+            .0
+            .read_state(|s| s.store.config(&key))
+            .and_then(|c| crate::config::from_json(&c.json).ok())
+            .and_then(|r| match r.spec {
+                trellis_api::config::Spec::WorkloadGroup(g) => Some(*g),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "workload_group: WorkloadGroup {ns}/{name} does not exist; `trellis apply` it first"
+                ))
+            })?;
+        let sa = group
+            .template
+            .as_ref()
+            .and_then(|t| t.service_account.as_deref())
+            .unwrap_or("default");
+        let identity = format!("{ns}/{sa}");
+        if !r.identity.is_empty() && r.identity != identity {
+            return Err(Status::invalid_argument(format!(
+                "identity: WorkloadGroup {ns}/{name} runs as {identity}, not {}",
+                r.identity
+            )));
+        }
+        r.identity = identity;
+        Ok(Some(name.to_string()))
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_token(
@@ -27,7 +78,8 @@ impl Admin for AdminService {
         req: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
         require_admin(&self.0, &req)?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
+        let group = self.group_identity(&mut r)?;
         let kind = match (r.kind.as_str(), r.identity.as_str()) {
             ("controlplane", "") => TokenKind::ControlPlane,
             ("controlplane", _) => {
@@ -66,6 +118,10 @@ impl Admin for AdminService {
         let token = match &kind {
             TokenKind::Vm { identity } => token.with_workload(&self.0.trust_domain, identity),
             TokenKind::ControlPlane => token,
+        };
+        let token = match &group {
+            Some(g) => token.with_group(g),
+            None => token,
         };
         let ttl = if r.ttl_seconds == 0 {
             DEFAULT_TOKEN_TTL_SECS
@@ -175,5 +231,52 @@ impl Admin for AdminService {
             found: value.is_some(),
             value: value.unwrap_or_default(),
         }))
+    }
+
+    async fn apply_config(
+        &self,
+        req: Request<ApplyConfigRequest>,
+    ) -> Result<Response<ApplyConfigResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        Ok(Response::new(
+            admin_config::apply(&self.0, req.into_inner()).await?,
+        ))
+    }
+
+    async fn get_config(
+        &self,
+        req: Request<GetConfigRequest>,
+    ) -> Result<Response<GetConfigResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        Ok(Response::new(admin_config::get(&self.0, req.into_inner())?))
+    }
+
+    async fn delete_config(
+        &self,
+        req: Request<DeleteConfigRequest>,
+    ) -> Result<Response<ApplyConfigResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        Ok(Response::new(
+            admin_config::delete(&self.0, req.into_inner()).await?,
+        ))
+    }
+
+    async fn analyze(
+        &self,
+        req: Request<AnalyzeRequest>,
+    ) -> Result<Response<AnalyzeResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        Ok(Response::new(admin_config::analyze_config(
+            &self.0,
+            req.into_inner(),
+        )?))
+    }
+
+    async fn proxy_status(
+        &self,
+        req: Request<Empty>,
+    ) -> Result<Response<ProxyStatusResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        Ok(Response::new(admin_config::proxy_status(&self.0).await))
     }
 }

@@ -7,8 +7,11 @@
 //! - `Ca.IssueCertificate`: a join token scoped to an identity, or a
 //!   current certificate of this mesh (renewal of that same identity);
 //! - `Ca.GetTrustBundle`: any caller with a certificate of this mesh;
-//! - `Admin`: the admin identity `spiffe://TD/trellis/admin`.
+//! - `Admin`: the admin identity `spiffe://TD/trellis/admin`;
+//! - `Discovery`: workload identities (`spiffe://TD/ns/NS/sa/SA`), each
+//!   only for its own namespace.
 mod admin;
+mod admin_config;
 mod ca;
 mod join;
 mod peer;
@@ -17,7 +20,9 @@ mod raft;
 use std::sync::Arc;
 
 use tonic::{Request, Status};
-use trellis_api::v1::{admin_server, ca_server, join_server, peer_server, raft_server};
+use trellis_api::v1::{
+    admin_server, ca_server, discovery_server, join_server, peer_server, raft_server,
+};
 use trellis_identity::SpiffeId;
 
 use crate::node::Node;
@@ -32,7 +37,7 @@ fn caller<T>(req: &Request<T>) -> Result<SpiffeId, Status> {
 }
 
 /// The caller's identity, which must belong to this trust domain.
-fn mesh_caller<T>(node: &Node, req: &Request<T>) -> Result<SpiffeId, Status> {
+pub(crate) fn mesh_caller<T>(node: &Node, req: &Request<T>) -> Result<SpiffeId, Status> {
     let id = caller(req)?;
     if id.trust_domain() != node.trust_domain {
         return Err(Status::permission_denied(format!(
@@ -71,18 +76,34 @@ fn peer_ip<T>(req: &Request<T>) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Largest message a node takes or sends: config applies and full pushes
+/// of big meshes run to tens of megabytes.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
 /// All services of a node, ready to serve.
 pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {
     tonic::transport::Server::builder()
-        .add_service(raft_server::RaftServer::new(raft::RaftService(
-            node.clone(),
-        )))
-        .add_service(peer_server::PeerServer::new(peer::PeerService(
-            node.clone(),
-        )))
+        .add_service(
+            raft_server::RaftServer::new(raft::RaftService(node.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            peer_server::PeerServer::new(peer::PeerService(node.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .add_service(join_server::JoinServer::new(join::JoinService(
             node.clone(),
         )))
         .add_service(ca_server::CaServer::new(ca::CaService(node.clone())))
-        .add_service(admin_server::AdminServer::new(admin::AdminService(node)))
+        .add_service(
+            admin_server::AdminServer::new(admin::AdminService(node.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            discovery_server::DiscoveryServer::new(crate::push::server::DiscoveryService(node))
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
 }

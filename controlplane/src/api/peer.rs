@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use trellis_api::v1::peer_server::Peer;
-use trellis_api::v1::{AddNodeRequest, Empty, MembersResponse, NodeStatusResponse, RaftPayload};
+use trellis_api::v1::{
+    AddNodeRequest, Empty, MembersResponse, NodeStatusResponse, ProxyStatusResponse, RaftPayload,
+};
 use trellis_identity::SpiffeId;
 
 use super::require_controlplane;
@@ -62,6 +64,17 @@ impl Peer for PeerService {
             .await?;
         Ok(Response::new(MembersResponse {
             members: self.0.members().await,
+        }))
+    }
+
+    async fn proxy_status(
+        &self,
+        req: Request<Empty>,
+    ) -> Result<Response<ProxyStatusResponse>, Status> {
+        require_controlplane(&self.0, &req)?;
+        Ok(Response::new(ProxyStatusResponse {
+            proxies: self.0.push.streams.list(self.0.id),
+            unreachable_nodes: Vec::new(),
         }))
     }
 }

@@ -36,7 +36,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConnection {
             target,
             client: trellis_identity::grpc::channel(&node.addr, self.tls.clone())
-                .map(RaftClient::new)
+                .map(|ch| {
+                    RaftClient::new(ch)
+                        .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(crate::api::MAX_MESSAGE_BYTES)
+                })
                 .map_err(|e| e.to_string()),
         }
     }

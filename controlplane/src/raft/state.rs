@@ -7,12 +7,17 @@
 //! - `mesh` — [`MeshInfo`]: trust domain, root certificate, sealed root key;
 //! - `next-node-id` — the next control-plane node id to hand out;
 //! - `token/ID` — a [`TokenRecord`] (hashed secret, kind, expiry, uses);
-//! - `kv/KEY` — user data written through the admin API.
+//! - `kv/KEY` — user data written through the admin API;
+//! - `config/…`, `vip/…`, `workload/…` — the mesh's configuration and
+//!   registry ([`registry`]).
+pub mod registry;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::tokens::{KindRequired, TokenRecord};
+pub use registry::{ApplyAction, RegistryCommand};
 
 const MESH: &str = "mesh";
 const NEXT_NODE_ID: &str = "next-node-id";
@@ -57,6 +62,8 @@ pub enum Command {
         required: KindRequired,
         now: u64,
     },
+    /// Configuration and workload registry changes.
+    Registry(RegistryCommand),
 }
 
 /// The outcome of a command, returned to the proposer.
@@ -71,6 +78,8 @@ pub enum Response {
     /// The command was valid Raft input but refused by the state, with the
     /// operator-facing reason. Nothing changed.
     Refused(String),
+    /// A config apply: what happened to each resource, in order.
+    Applied(Vec<ApplyAction>),
 }
 
 /// The replicated key space.
@@ -79,11 +88,11 @@ pub struct Store {
     map: BTreeMap<String, Vec<u8>>,
 }
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     bincode::serialize(v).expect("in-memory bincode encoding cannot fail")
 }
 
-fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Option<T> {
+pub(crate) fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Option<T> {
     bincode::deserialize(b).ok()
 }
 
@@ -201,6 +210,7 @@ impl Store {
                 };
                 Response::TokenUsed { record, node_id }
             }
+            Command::Registry(cmd) => self.apply_registry(cmd, changed),
         }
     }
 }
@@ -262,6 +272,33 @@ mod tests {
                 now: NOW,
             },
             use_cmd(&t, KindRequired::Vm, NOW),
+            Command::Registry(RegistryCommand::ApplyConfig {
+                upserts: vec![(
+                    "config/ServiceEntry/default/a".into(),
+                    registry::StoredConfig {
+                        json: b"{}".to_vec(),
+                        vip_hosts: vec!["a.example".into()],
+                    },
+                )],
+                deletes: vec!["config/VirtualService/default/b".into()],
+            }),
+            Command::Registry(RegistryCommand::RegisterWorkload {
+                key: "workload/default/w".into(),
+                record: registry::WorkloadRecord {
+                    entry_json: b"{}".to_vec(),
+                    group: "g".into(),
+                    conn: registry::Conn { node: 1, stream: 2 },
+                    registered_at: NOW,
+                    disconnected_at: Some(NOW),
+                    health: registry::Health::Unhealthy("probe failed".into()),
+                },
+            }),
+            Command::Registry(RegistryCommand::RemoveWorkloads {
+                workloads: vec![(
+                    "workload/default/w".into(),
+                    registry::Conn { node: 1, stream: 2 },
+                )],
+            }),
         ];
         for cmd in cmds {
             let b = bincode::serialize(&cmd).unwrap();
@@ -271,6 +308,9 @@ mod tests {
             record,
             node_id: Some(3),
         };
+        let b = bincode::serialize(&resp).unwrap();
+        assert_eq!(bincode::deserialize::<Response>(&b).unwrap(), resp);
+        let resp = Response::Applied(vec![ApplyAction::Created, ApplyAction::Deleted]);
         let b = bincode::serialize(&resp).unwrap();
         assert_eq!(bincode::deserialize::<Response>(&b).unwrap(), resp);
     }

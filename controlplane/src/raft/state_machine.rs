@@ -30,6 +30,36 @@ pub struct Applied {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
     pub store: Store,
+    /// Told which keys each applied batch changed ([`Applied::watch`]).
+    watchers: Vec<tokio::sync::mpsc::UnboundedSender<Changed>>,
+}
+
+/// What changed in the store, sent to watchers after each applied batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// These keys were written or removed; the state is now at `index`.
+    Keys { index: u64, keys: Vec<String> },
+    /// The whole state was replaced (a snapshot was installed).
+    All { index: u64 },
+}
+
+impl Applied {
+    /// The log index the state is at (0 before anything was applied).
+    pub fn index(&self) -> u64 {
+        self.last_applied.map_or(0, |l| l.index)
+    }
+
+    /// Registers a watcher of changes from now on. Call it under the same
+    /// lock as the read of the starting state, so nothing falls between.
+    pub fn watch(&mut self) -> tokio::sync::mpsc::UnboundedReceiver<Changed> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.watchers.push(tx);
+        rx
+    }
+
+    fn notify(&mut self, change: Changed) {
+        self.watchers.retain(|w| w.send(change.clone()).is_ok());
+    }
 }
 
 /// The state as readers see it.
@@ -84,6 +114,7 @@ impl StateMachine {
                 last_applied,
                 membership,
                 store: Store::from_pairs(pairs),
+                watchers: Vec::new(),
             })),
             tree,
             snapshot_path,
@@ -150,6 +181,8 @@ impl StateMachine {
         st.last_applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
         st.store = store;
+        let index = st.index();
+        st.notify(Changed::All { index });
         Ok(())
     }
 }
@@ -218,12 +251,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        for key in changed {
+        for key in &changed {
             let k = format!("{DATA_PREFIX}{key}");
-            match st.store.raw(&key) {
+            match st.store.raw(key) {
                 Some(v) => batch.insert(k.as_bytes(), v.as_slice()),
                 None => batch.remove(k.as_bytes()),
             }
+        }
+        if !st.watchers.is_empty() {
+            let index = st.index();
+            let mut keys = changed;
+            if membership_changed {
+                keys.push(crate::push::snapshot::MEMBERSHIP_KEY.to_string());
+            }
+            st.notify(Changed::Keys { index, keys });
         }
         let la = bincode::serialize(&st.last_applied).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         batch.insert(LAST_APPLIED, la);

@@ -14,6 +14,7 @@ fn token() -> JoinToken {
         root_pin: [1; 32],
         trust_domain: None,
         workload: None,
+        group: None,
     }
 }
 

@@ -4,6 +4,13 @@ use std::time::Duration as StdDuration;
 
 use super::*;
 
+mod authorization_policy;
+mod gateway;
+mod metadata;
+mod request_authentication;
+mod sidecar;
+mod workload_group;
+
 const REVIEWS_CANARY: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -128,6 +135,52 @@ fn one(yaml: &str) -> Resource {
 fn document(api_version: &str, kind: &str, spec: &str) -> String {
     let spec: String = spec.lines().map(|line| format!("  {line}\n")).collect();
     format!("apiVersion: {api_version}\nkind: {kind}\nmetadata:\n  name: test\nspec:\n{spec}")
+}
+
+/// The field errors of a one-document input that must be refused.
+fn field_errors(yaml: &str) -> Vec<FieldError> {
+    match parse_documents(yaml) {
+        Ok(resources) => panic!("accepted: {resources:?}"),
+        Err(mut e) => {
+            assert_eq!(e.documents.len(), 1, "{e}");
+            e.documents.remove(0).errors
+        }
+    }
+}
+
+/// Asserts that `yaml` is refused with an error at exactly `path` whose
+/// reason contains `reason`.
+#[track_caller]
+fn assert_refused(yaml: &str, path: &str, reason: &str) {
+    let errors = field_errors(yaml);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == path && e.reason.contains(reason)),
+        "expected `{path}: ...{reason}...` in\n{}",
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Serializes `resource` and parses it again, expecting the same value.
+#[track_caller]
+fn assert_round_trips(resource: &Resource) -> String {
+    let dumped = serde_yaml::to_string(resource).unwrap();
+    assert_eq!(one(&dumped), *resource, "{dumped}");
+    // An empty spec (`spec: {}`) or rule (`- {}`) is a value, not a field
+    // left empty.
+    let empty_field = dumped
+        .lines()
+        .any(|line| line != "spec: {}" && (line.ends_with(": {}") || line.ends_with(": []")));
+    assert!(
+        !dumped.contains("null") && !empty_field,
+        "empty fields are left out: {dumped}"
+    );
+    dumped
 }
 
 /// The error lines of an input that must be refused.
@@ -346,12 +399,12 @@ fn unknown_field_names_document_and_path() {
 fn unknown_fields_are_refused_everywhere() {
     for (yaml, expected) in [
         (
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a, uid: x}\nspec: {hosts: [a]}",
-            "metadata.uid: unknown field `uid`",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a, uuid: x}\nspec: {hosts: [a]}",
+            "metadata.uuid: unknown field `uuid`",
         ),
         (
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nstatus: {}\nspec: {hosts: [a]}",
-            ": status: unknown field `status`",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nstate: {}\nspec: {hosts: [a]}",
+            ": state: unknown field `state`",
         ),
         (
             &document("networking.istio.io/v1", "DestinationRule", "host: a\ntrafficPolicy:\n  loadBalancer: {simple: FASTEST}"),
@@ -404,13 +457,42 @@ fn api_versions_and_kinds() {
             "apiVersion: kind `PeerAuthentication` is served by security.istio.io",
         ),
         ("networking.istio.io/v2", "VirtualService", "apiVersion: unknown apiVersion `networking.istio.io/v2`; supported: networking.istio.io/v1,"),
-        ("networking.istio.io/v1", "Gateway", "kind: unknown kind `Gateway`; supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication"),
+        ("networking.istio.io/v1", "EnvoyFilter", "kind: unknown kind `EnvoyFilter`; supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication, Gateway, Sidecar, WorkloadGroup, AuthorizationPolicy, RequestAuthentication"),
     ] {
         let lines = errors(&document(api_version, kind, "{}"));
         assert_eq!(lines.len(), 1, "{lines:?}");
         let prefix = format!("document 1 ({kind} default/test): {expected}");
         assert!(lines[0].starts_with(&prefix), "{prefix}\n{lines:?}");
     }
+}
+
+#[test]
+fn every_kind_is_served_by_its_group_only() {
+    for (kind, group) in [
+        ("VirtualService", Group::Networking),
+        ("DestinationRule", Group::Networking),
+        ("ServiceEntry", Group::Networking),
+        ("WorkloadEntry", Group::Networking),
+        ("Gateway", Group::Networking),
+        ("Sidecar", Group::Networking),
+        ("WorkloadGroup", Group::Networking),
+        ("PeerAuthentication", Group::Security),
+        ("AuthorizationPolicy", Group::Security),
+        ("RequestAuthentication", Group::Security),
+    ] {
+        assert_eq!(Spec::group_of(kind), Some(group), "{kind}");
+        for version in ApiVersion::ALL {
+            let Err(e) = Resource::from_value(
+                serde_yaml::from_str(&document(version.as_str(), kind, "{}")).unwrap(),
+            ) else {
+                assert_eq!(version.group(), group, "{kind} under {version}");
+                continue;
+            };
+            assert_ne!(version.group(), group, "{kind} under {version}: {e}");
+            assert_eq!(e.path, "apiVersion", "{e}");
+        }
+    }
+    assert_eq!(Spec::KINDS.len(), 10);
 }
 
 #[test]
@@ -544,7 +626,7 @@ fn every_bad_document_is_reported_and_nothing_accepted() {
         "VirtualService",
         "hosts: []\nhttp:\n- route: [{destination: {host: a}, weight: 50}, {destination: {host: b}, weight: 10}]",
     );
-    let bad_kind = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s, namespace: ns}\nspec: {}\n";
+    let bad_kind = "apiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {name: s, namespace: ns}\nspec: {}\n";
     let yaml = format!("{REVIEWS_CANARY}---\n{bad_weights}---\n{bad_kind}---\nkind: [\n");
     let err = parse_documents(&yaml).unwrap_err();
     let indexes: Vec<_> = err.documents.iter().map(|d| d.index).collect();
@@ -558,7 +640,7 @@ fn every_bad_document_is_reported_and_nothing_accepted() {
     );
     assert_eq!(lines[1], "document 2 (VirtualService default/test): spec.http[0].route: destination weights sum to 60, they must sum to 100");
     assert!(
-        lines[2].starts_with("document 3 (Sidecar ns/s): kind: unknown kind `Sidecar`"),
+        lines[2].starts_with("document 3 (EnvoyFilter ns/s): kind: unknown kind `EnvoyFilter`"),
         "{text}"
     );
     assert!(lines[3].starts_with("document 4: invalid YAML: "), "{text}");

@@ -1,0 +1,201 @@
+//! Config from the control plane: the agent's side of `trellis.v1.Discovery`.
+//!
+//! The agent streams from one control-plane node at a time (any of them
+//! serves the same state), applies each response whole or refuses it
+//! ([`resources`]), rebuilds its mesh view from what it holds, and answers
+//! with an ACK or a NACK. What it holds is cached on disk after every
+//! applied response, so a restarted agent serves from the cache even while
+//! the whole control plane is down. When its node goes away it fails over
+//! to the next address it knows (from its token, then from the pushed
+//! bundle). Its WorkloadGroup's readiness probe runs here too ([`probe`]),
+//! its result reported on the stream.
+pub mod probe;
+pub mod resources;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use trellis_api::v1::discovery_client::DiscoveryClient;
+use trellis_api::v1::{DiscoveryRequest, DiscoveryResponse, HealthReport, ProxyNode};
+use trellis_identity::admin_config::write_private;
+use trellis_identity::verify::{client_config, Expect, SpiffeServerVerifier};
+
+use crate::mesh;
+use crate::proxy::Proxy;
+use crate::state::Shared;
+pub use resources::{Bundle, Me, Resources};
+
+/// The cache file in the data directory.
+pub const CACHE_FILE: &str = "config-cache.json";
+
+/// Largest response the agent takes (full pushes of big meshes).
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// What the client needs.
+pub struct Client {
+    pub px: Arc<Proxy>,
+    pub settings: mesh::Settings,
+    pub node: ProxyNode,
+    /// Control-plane addresses known at start (from the token).
+    pub addresses: Vec<String>,
+    pub cache: PathBuf,
+    /// What the agent holds now; starts from the cache.
+    pub held: Arc<Shared<Resources>>,
+    /// Told when a response was applied (the agent is ready then).
+    pub applied: watch::Sender<u64>,
+}
+
+/// Loads the cached config, if there is one that reads.
+pub fn load_cache(path: &std::path::Path) -> Option<Resources> {
+    let bytes = std::fs::read(path).ok()?;
+    match Resources::from_cache(&bytes) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable config cache");
+            None
+        }
+    }
+}
+
+impl Client {
+    /// Me, for the checks before a response is taken.
+    fn me(&self) -> Me {
+        Me {
+            namespace: self.settings.namespace.clone(),
+            labels: self.settings.labels.clone(),
+        }
+    }
+
+    /// Puts `r` in force: the mesh view, the trust roots.
+    pub fn install(&self, r: &Resources) {
+        let prev = self.px.mesh.load();
+        self.px
+            .mesh
+            .store(mesh::build(r.resources(), &self.settings, Some(&prev)));
+        if let Some(b) = r.bundle() {
+            match trellis_identity::pem::certs(&b.roots.concat(), "trust bundle") {
+                Ok(roots) if roots != self.px.tls.roots() => {
+                    if let Err(e) = self.px.tls.set_roots(roots) {
+                        tracing::warn!(error = %e, "cannot use the pushed trust bundle");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "the pushed trust bundle does not read"),
+            }
+        }
+    }
+
+    /// Streams for as long as the agent runs, failing over between nodes.
+    pub async fn run(self, health: watch::Receiver<Option<HealthReport>>) {
+        let mut next = 0usize;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let addrs = self.known_addresses();
+            let addr = addrs[next % addrs.len()].clone();
+            match self.stream_from(&addr, health.clone()).await {
+                Ok(()) => {
+                    tracing::warn!(%addr, "the control plane ended the config stream; reconnecting");
+                    backoff = Duration::from_millis(200);
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, retry_in = ?backoff, "config stream failed; trying the next control-plane node");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            next += 1;
+        }
+    }
+
+    /// The token's addresses, then those the bundle told of.
+    fn known_addresses(&self) -> Vec<String> {
+        let mut v = self.addresses.clone();
+        if let Some(b) = self.held.load().bundle() {
+            for a in &b.control_plane {
+                if !v.contains(a) {
+                    v.push(a.clone());
+                }
+            }
+        }
+        v
+    }
+
+    async fn stream_from(
+        &self,
+        addr: &str,
+        mut health: watch::Receiver<Option<HealthReport>>,
+    ) -> anyhow::Result<()> {
+        let tls = &self.px.tls;
+        let verifier = SpiffeServerVerifier::new(
+            &tls.roots(),
+            Expect::AnyControlPlane {
+                trust_domain: tls.identity().trust_domain().to_string(),
+            },
+        )?;
+        let config = Arc::new(client_config(Some(tls.cert().clone()), Arc::new(verifier))?);
+        let channel = trellis_identity::grpc::channel(addr, config)?;
+        let mut client = DiscoveryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let (tx, rx) = mpsc::channel(16);
+        let report = health.borrow_and_update().clone();
+        tx.send(DiscoveryRequest {
+            node: Some(self.node.clone()),
+            health: report,
+            ..Default::default()
+        })
+        .await?;
+        let mut responses = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+        tracing::info!(%addr, "streaming config from the control plane");
+        // No prober (no WorkloadGroup probe): nothing to report.
+        let mut probing = true;
+        loop {
+            tokio::select! {
+                msg = responses.message() => match msg? {
+                    Some(resp) => {
+                        let answer = self.take(&resp);
+                        tx.send(answer).await?;
+                    }
+                    None => return Ok(()),
+                },
+                changed = health.changed(), if probing => {
+                    if changed.is_err() {
+                        probing = false;
+                        continue;
+                    }
+                    let report = health.borrow_and_update().clone();
+                    tx.send(DiscoveryRequest { health: report, ..Default::default() }).await?;
+                }
+            }
+        }
+    }
+
+    /// Applies `resp` and says how it went (ACK or NACK).
+    fn take(&self, resp: &DiscoveryResponse) -> DiscoveryRequest {
+        let held = self.held.load();
+        let error = match held.apply(resp, &self.me()) {
+            Ok(next) => {
+                self.install(&next);
+                if let Err(e) = write_private(&self.cache, &next.to_cache()) {
+                    tracing::warn!(file = %self.cache.display(), error = %e, "cannot write the config cache");
+                }
+                let counts: BTreeMap<String, usize> = next.counts();
+                tracing::info!(version = resp.version, ?counts, "config applied");
+                self.held.store(next);
+                let _ = self.applied.send(resp.version);
+                String::new()
+            }
+            Err(e) => {
+                tracing::error!(version = resp.version, error = %e, "config refused (NACK); the previous config stays in force");
+                e
+            }
+        };
+        DiscoveryRequest {
+            response_nonce: resp.nonce.clone(),
+            error,
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Annotations the control plane adds to the resources it pushes, which
+//! agents read: the one place both sides take their names from.
+
+/// On a ServiceEntry without `addresses`: `HOST=IP,...`, the virtual IPs
+/// the control plane allocated to its hosts (from 240.240.0.0/16).
+pub const ADDRESSES: &str = "trellis.io/addresses";
+
+/// On a registered WorkloadEntry: `ready`, or why the workload takes no
+/// traffic (`not probed yet`, `unhealthy: ...`).
+pub const HEALTH: &str = "trellis.io/health";
+
+/// The value of [`HEALTH`] of a workload that takes traffic.
+pub const READY: &str = "ready";
+
+/// On a registered WorkloadEntry: the WorkloadGroup it registered in.
+pub const WORKLOAD_GROUP: &str = "trellis.io/workload-group";

@@ -1,0 +1,268 @@
+//! The config part of the `Admin` service: apply, get, delete, analyze and
+//! proxy status. Thin: parsing and checks are in [`crate::config`], the
+//! writes are one replicated command each.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Status;
+use trellis_api::config::{Resource, Spec};
+use trellis_api::v1::{
+    AnalysisMessage, AnalyzeRequest, AnalyzeResponse, ApplyConfigRequest, ApplyConfigResponse,
+    ApplyResult, DeleteConfigRequest, Empty, GetConfigRequest, GetConfigResponse,
+    ProxyStatusResponse, ResourceRef,
+};
+
+use crate::config::analyze::{analyze, Workload};
+use crate::config::{from_json, key_of, parse_sources, reference, stored};
+use crate::node::Node;
+use crate::push::item::DOMAIN;
+use crate::raft::state::registry::{
+    config_key, parse_config_key, ApplyAction, CONFIG_PREFIX, WORKLOAD_PREFIX,
+};
+use crate::raft::state::{Command, RegistryCommand, Response};
+use crate::raft::Store;
+
+pub async fn apply(node: &Arc<Node>, r: ApplyConfigRequest) -> Result<ApplyConfigResponse, Status> {
+    let resources = parse_sources(&r.sources).map_err(Status::invalid_argument)?;
+    if resources.is_empty() {
+        return Err(Status::invalid_argument(
+            "sources: no resources to apply (every document was empty)",
+        ));
+    }
+    let upserts: Vec<(String, _)> = resources.iter().map(|r| (key_of(r), stored(r))).collect();
+    let refs: Vec<ResourceRef> = resources.iter().map(reference).collect();
+    if r.dry_run {
+        let actions = node.read_state(|s| {
+            upserts
+                .iter()
+                .map(|(k, v)| match s.store.config(k) {
+                    Some(old) if old == *v => ApplyAction::Unchanged,
+                    Some(_) => ApplyAction::Configured,
+                    None => ApplyAction::Created,
+                })
+                .collect::<Vec<_>>()
+        });
+        return Ok(results(refs, &actions, 0));
+    }
+    let cmd = Command::Registry(RegistryCommand::ApplyConfig {
+        upserts,
+        deletes: Vec::new(),
+    });
+    let (index, actions) = applied(node.write(cmd).await?)?;
+    Ok(results(refs, &actions, index))
+}
+
+pub async fn delete(
+    node: &Arc<Node>,
+    r: DeleteConfigRequest,
+) -> Result<ApplyConfigResponse, Status> {
+    if r.resources.is_empty() {
+        return Err(Status::invalid_argument("resources: nothing to delete"));
+    }
+    let mut deletes = Vec::new();
+    for (i, x) in r.resources.iter().enumerate() {
+        if Spec::group_of(&x.kind).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "resources[{i}].kind: unknown kind `{}`; supported: {}",
+                x.kind,
+                Spec::KINDS.join(", ")
+            )));
+        }
+        deletes.push(config_key(&x.kind, &x.namespace, &x.name));
+    }
+    let cmd = Command::Registry(RegistryCommand::ApplyConfig {
+        upserts: Vec::new(),
+        deletes,
+    });
+    let (index, actions) = applied(node.write(cmd).await?)?;
+    Ok(results(r.resources, &actions, index))
+}
+
+fn applied((index, resp): (u64, Response)) -> Result<(u64, Vec<ApplyAction>), Status> {
+    match resp {
+        Response::Applied(a) => Ok((index, a)),
+        other => Err(Status::internal(format!("unexpected response {other:?}"))),
+    }
+}
+
+fn results(refs: Vec<ResourceRef>, actions: &[ApplyAction], index: u64) -> ApplyConfigResponse {
+    ApplyConfigResponse {
+        results: refs
+            .into_iter()
+            .zip(actions)
+            .map(|(resource, a)| ApplyResult {
+                resource: Some(resource),
+                action: a.as_str().to_string(),
+            })
+            .collect(),
+        index,
+    }
+}
+
+/// Stored resources matching `r`, from this node's replica. Workloads that
+/// registered themselves are WorkloadEntries too, annotated with their
+/// group and health.
+pub fn get(node: &Node, r: GetConfigRequest) -> Result<GetConfigResponse, Status> {
+    if !r.kind.is_empty() && Spec::group_of(&r.kind).is_none() {
+        return Err(Status::invalid_argument(format!(
+            "kind: unknown kind `{}`; supported: {}",
+            r.kind,
+            Spec::KINDS.join(", ")
+        )));
+    }
+    let wanted = |kind: &str, ns: &str, name: &str| {
+        (r.kind.is_empty() || r.kind == kind)
+            && (r.namespace.is_empty() || r.namespace == ns)
+            && (r.name.is_empty() || r.name == name)
+    };
+    let resources = node.read_state(|s| {
+        let mut out = Vec::new();
+        for (key, _) in s.store.prefixed(CONFIG_PREFIX) {
+            let Some((kind, ns, name)) = parse_config_key(key) else {
+                continue;
+            };
+            if wanted(kind, ns, name) {
+                if let Some(c) = s.store.config(key) {
+                    out.push(String::from_utf8_lossy(&c.json).into_owned());
+                }
+            }
+        }
+        if r.kind.is_empty() || r.kind == "WorkloadEntry" {
+            for (key, _) in s.store.prefixed(WORKLOAD_PREFIX) {
+                let Some(item) = s
+                    .store
+                    .workload(key)
+                    .and_then(|w| crate::push::item::workload_item(key, &w))
+                else {
+                    continue;
+                };
+                let mut it = key[WORKLOAD_PREFIX.len()..].splitn(2, '/');
+                let (ns, name) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+                if wanted("WorkloadEntry", ns, name) {
+                    out.push(String::from_utf8_lossy(&item.body).into_owned());
+                }
+            }
+        }
+        out
+    });
+    if resources.is_empty() && !r.name.is_empty() {
+        return Err(Status::not_found(format!(
+            "{} {}/{} not found",
+            if r.kind.is_empty() {
+                "resource"
+            } else {
+                &r.kind
+            },
+            if r.namespace.is_empty() {
+                "*"
+            } else {
+                &r.namespace
+            },
+            r.name
+        )));
+    }
+    Ok(GetConfigResponse { resources })
+}
+
+/// The stored config with the given sources in place of their stored
+/// versions, analyzed.
+pub fn analyze_config(node: &Node, r: AnalyzeRequest) -> Result<AnalyzeResponse, Status> {
+    let given = parse_sources(&r.sources).map_err(Status::invalid_argument)?;
+    let (mut resources, registered) = node.read_state(|s| stored_resources(&s.store));
+    let given_keys: std::collections::BTreeSet<String> = given.iter().map(key_of).collect();
+    resources.retain(|r| !given_keys.contains(&key_of(r)));
+    resources.extend(given);
+    let mut labels: Vec<Labelled> = registered;
+    for r in &resources {
+        let ns = &r.metadata.namespace;
+        match &r.spec {
+            Spec::WorkloadEntry(we) => labels.push((ns.clone(), we.labels.clone())),
+            Spec::ServiceEntry(se) => {
+                labels.extend(se.endpoints.iter().map(|e| (ns.clone(), e.labels.clone())))
+            }
+            _ => {}
+        }
+    }
+    let workloads: Vec<Workload> = labels
+        .iter()
+        .map(|(ns, l)| Workload {
+            namespace: ns,
+            labels: l,
+        })
+        .collect();
+    let messages = analyze(&resources, &workloads, DOMAIN)
+        .into_iter()
+        .map(|m| AnalysisMessage {
+            level: m.level.as_str().to_string(),
+            code: m.code.to_string(),
+            resource: Some(ResourceRef {
+                kind: m.kind.to_string(),
+                namespace: m.namespace,
+                name: m.name,
+            }),
+            field: m.field,
+            message: m.text,
+        })
+        .collect();
+    Ok(AnalyzeResponse { messages })
+}
+
+/// A workload's namespace and labels.
+type Labelled = (String, BTreeMap<String, String>);
+
+/// Every stored resource, and the namespace and labels of every registered
+/// workload.
+fn stored_resources(store: &Store) -> (Vec<Resource>, Vec<Labelled>) {
+    let resources = store
+        .prefixed(CONFIG_PREFIX)
+        .filter_map(|(key, _)| from_json(&store.config(key)?.json).ok())
+        .collect();
+    let registered = store
+        .prefixed(WORKLOAD_PREFIX)
+        .filter_map(|(key, _)| {
+            let r = from_json(&store.workload(key)?.entry_json).ok()?;
+            match r.spec {
+                Spec::WorkloadEntry(we) => Some((r.metadata.namespace, we.labels)),
+                _ => None,
+            }
+        })
+        .collect();
+    (resources, registered)
+}
+
+/// Every agent streaming from any node: this node's own, and each other
+/// member's (asked for a second).
+pub async fn proxy_status(node: &Arc<Node>) -> ProxyStatusResponse {
+    let m = node.raft.metrics().borrow().membership_config.clone();
+    let others: Vec<(u64, String)> = m
+        .membership()
+        .nodes()
+        .filter(|(id, _)| **id != node.id)
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect();
+    let asks = others.into_iter().map(|(id, addr)| async move {
+        let res = match node.peer_client(&addr) {
+            Ok(mut c) => tokio::time::timeout(Duration::from_secs(1), c.proxy_status(Empty {}))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .map(|r| r.into_inner().proxies),
+            Err(_) => None,
+        };
+        (id, res)
+    });
+    let mut out = ProxyStatusResponse {
+        proxies: node.push.streams.list(node.id),
+        unreachable_nodes: Vec::new(),
+    };
+    for (id, res) in futures::future::join_all(asks).await {
+        match res {
+            Some(p) => out.proxies.extend(p),
+            None => out.unreachable_nodes.push(id),
+        }
+    }
+    out.proxies
+        .sort_by(|a, b| (&a.proxy, a.node_id).cmp(&(&b.proxy, b.node_id)));
+    out
+}

@@ -1,0 +1,153 @@
+//! The mesh's configuration as the control plane stores it: Istio resources
+//! parsed and validated from the sources an operator applies
+//! ([`parse_sources`]), each kept under its store key as JSON
+//! ([`stored`], [`from_json`]), and the cross-resource checks of
+//! `trellis analyze` ([`analyze`]).
+pub mod analyze;
+
+use std::collections::BTreeSet;
+
+use trellis_api::config::{parse_documents, Resource, Spec};
+use trellis_api::v1::{ConfigSource, ResourceRef};
+
+use crate::raft::state::registry::{config_key, StoredConfig};
+
+/// Most bytes of YAML one apply may carry (all sources together).
+pub const MAX_APPLY_BYTES: usize = 64 << 20;
+
+/// The store key of a resource, `config/KIND/NS/NAME`.
+pub fn key_of(r: &Resource) -> String {
+    config_key(r.kind(), &r.metadata.namespace, &r.metadata.name)
+}
+
+/// The reference to a resource, for API answers.
+pub fn reference(r: &Resource) -> ResourceRef {
+    ResourceRef {
+        kind: r.kind().to_string(),
+        namespace: r.metadata.namespace.clone(),
+        name: r.metadata.name.clone(),
+    }
+}
+
+/// Parses and validates every document of every source. All or nothing:
+/// the error lists every problem, each line starting with the source's
+/// name, then the document, the field path and the reason. A resource
+/// given twice is an error too.
+pub fn parse_sources(sources: &[ConfigSource]) -> Result<Vec<Resource>, String> {
+    let total: usize = sources.iter().map(|s| s.yaml.len()).sum();
+    if total > MAX_APPLY_BYTES {
+        return Err(format!(
+            "{total} bytes of config in one apply, more than the {MAX_APPLY_BYTES} allowed; apply it in parts"
+        ));
+    }
+    let mut errors = Vec::new();
+    let mut all = Vec::new();
+    for s in sources {
+        match parse_documents(&s.yaml) {
+            Ok(rs) => all.extend(rs.into_iter().map(|r| (s.name.as_str(), r))),
+            Err(e) => errors.extend(e.to_string().lines().map(|l| format!("{}: {l}", s.name))),
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (source, r) in &all {
+        if !seen.insert(key_of(r)) {
+            errors.push(format!(
+                "{source}: {} {}/{} is given more than once in this apply",
+                r.kind(),
+                r.metadata.namespace,
+                r.metadata.name
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(all.into_iter().map(|(_, r)| r).collect())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+/// The stored form: JSON, and the hosts that get a virtual IP (those of a
+/// ServiceEntry without addresses, wildcards excepted, as in Istio).
+pub fn stored(r: &Resource) -> StoredConfig {
+    let vip_hosts = match &r.spec {
+        Spec::ServiceEntry(se) if se.addresses.is_empty() => se
+            .hosts
+            .iter()
+            .filter(|h| !h.starts_with('*'))
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    StoredConfig {
+        json: serde_json::to_vec(r).expect("a resource always serializes to JSON"),
+        vip_hosts,
+    }
+}
+
+/// A stored resource read back. Stored resources were validated when
+/// applied, so a failure here means the store holds something this build
+/// cannot read (a newer version wrote it).
+pub fn from_json(json: &[u8]) -> Result<Resource, String> {
+    let value: serde_yaml::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    Resource::from_value(value).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(name: &str, yaml: &str) -> ConfigSource {
+        ConfigSource {
+            name: name.into(),
+            yaml: yaml.into(),
+        }
+    }
+
+    const SE: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local, '*.wild.example']
+  ports: [{number: 9080, name: http}]
+  resolution: STATIC
+";
+
+    #[test]
+    fn errors_name_the_source_document_and_field() {
+        let bad = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: a}
+      weight: 50
+    - destination: {host: reviews, subset: b}
+      weight: 40
+";
+        let err = parse_sources(&[source("good.yaml", SE), source("bad.yaml", bad)]).unwrap_err();
+        assert!(
+            err.starts_with("bad.yaml: document 1 (VirtualService default/r): spec.http[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_resource_given_twice_is_refused() {
+        let err = parse_sources(&[source("a.yaml", SE), source("b.yaml", SE)]).unwrap_err();
+        assert!(
+            err.contains("b.yaml: ServiceEntry default/reviews is given more than once"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stored_round_trips_and_names_vip_hosts() {
+        let r = parse_sources(&[source("a.yaml", SE)]).unwrap().remove(0);
+        let s = stored(&r);
+        assert_eq!(s.vip_hosts, vec!["reviews.default.svc.cluster.local"]);
+        assert_eq!(from_json(&s.json).unwrap(), r);
+        assert_eq!(key_of(&r), "config/ServiceEntry/default/reviews");
+    }
+}

@@ -1,0 +1,364 @@
+//! The registry of workloads that register themselves (Istio's WorkloadGroup
+//! auto-registration): an agent started with a token of a WorkloadGroup
+//! registers its WorkloadEntry when its config stream opens ([`register`]),
+//! reports its health by the group's probe ([`report_health`]), and is
+//! marked disconnected when the stream ends ([`disconnected`]); the leader
+//! removes entries whose agent stayed away longer than the grace period,
+//! and marks disconnected those whose node no longer holds their stream
+//! ([`sweep_forever`]).
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Status;
+use trellis_api::config::{ApiVersion, Metadata, Resource, Spec, WorkloadEntry, WorkloadGroup};
+use trellis_api::v1::{Empty, ProxyNode};
+use trellis_identity::SpiffeId;
+
+use crate::node::{now, Node};
+use crate::raft::state::registry::{
+    config_key, workload_key, Conn, Health, WorkloadRecord, WORKLOAD_PREFIX,
+};
+use crate::raft::state::{Command, RegistryCommand};
+
+/// A registered workload, as its stream knows it.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub key: String,
+    pub conn: Conn,
+    pub address: String,
+    /// The entry's labels (the group's and the agent's own).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The WorkloadEntry an agent joining `group` stands for (pure): the
+/// group's template, with the agent's address, the group's labels and
+/// the agent's own on top, named `GROUP-ADDRESS` as Istio names them.
+pub fn entry_for(
+    group_name: &str,
+    namespace: &str,
+    group: &WorkloadGroup,
+    proxy: &ProxyNode,
+    address: &str,
+    service_account: &str,
+) -> Resource {
+    let mut we: WorkloadEntry = group.template.clone().unwrap_or_default();
+    we.address = address.to_string();
+    if let Some(m) = &group.metadata {
+        we.labels.extend(m.labels.clone());
+    }
+    we.labels.extend(proxy.labels.clone());
+    we.ports.extend(proxy.ports.clone());
+    we.service_account = Some(service_account.to_string());
+    if !proxy.network.is_empty() {
+        we.network = Some(proxy.network.clone());
+    }
+    if !proxy.locality.is_empty() {
+        we.locality = Some(proxy.locality.clone());
+    }
+    let name = format!("{group_name}-{}", address.replace(['.', ':'], "-"));
+    Resource {
+        api_version: ApiVersion::NetworkingV1,
+        metadata: Metadata {
+            name,
+            namespace: namespace.to_string(),
+            labels: we.labels.clone(),
+            annotations: group
+                .metadata
+                .as_ref()
+                .map(|m| m.annotations.clone())
+                .unwrap_or_default(),
+        },
+        spec: we.into(),
+    }
+}
+
+/// Registers the agent of a stream in its WorkloadGroup, if it names one.
+/// The group must exist in the agent's namespace and run as the agent's
+/// service account.
+pub async fn register(
+    node: &Arc<Node>,
+    id: &SpiffeId,
+    proxy: &ProxyNode,
+    remote: IpAddr,
+    conn: Conn,
+) -> Result<Option<Registration>, Status> {
+    if proxy.workload_group.is_empty() {
+        return Ok(None);
+    }
+    let (ns, sa) = id
+        .workload_parts()
+        .ok_or_else(|| Status::permission_denied(format!("{id} is not a workload identity")))?;
+    let key = config_key("WorkloadGroup", ns, &proxy.workload_group);
+    let group = node
+        .read_state(|s| s.store.config(&key))
+        .and_then(|c| crate::config::from_json(&c.json).ok())
+        .and_then(|r| match r.spec {
+            Spec::WorkloadGroup(g) => Some(*g),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "node.workload_group: WorkloadGroup {ns}/{} does not exist; apply it, then restart the agent",
+                proxy.workload_group
+            ))
+        })?;
+    let group_sa = group
+        .template
+        .as_ref()
+        .and_then(|t| t.service_account.as_deref())
+        .unwrap_or("default");
+    if group_sa != sa {
+        return Err(Status::permission_denied(format!(
+            "node.workload_group: WorkloadGroup {ns}/{} runs as service account `{group_sa}`, and this agent is {id}",
+            proxy.workload_group
+        )));
+    }
+    let address = proxy
+        .addresses
+        .first()
+        .cloned()
+        .unwrap_or_else(|| remote.to_string());
+    let entry = entry_for(&proxy.workload_group, ns, &group, proxy, &address, sa);
+    let Spec::WorkloadEntry(we) = &entry.spec else {
+        unreachable!("entry_for makes a WorkloadEntry");
+    };
+    let labels = we.labels.clone();
+    let record = WorkloadRecord {
+        entry_json: serde_json::to_vec(&entry).map_err(|e| Status::internal(e.to_string()))?,
+        group: proxy.workload_group.clone(),
+        conn,
+        registered_at: now(),
+        disconnected_at: None,
+        health: if group.probe.is_some() {
+            Health::Pending
+        } else {
+            Health::NoProbe
+        },
+    };
+    let key = workload_key(ns, &entry.metadata.name);
+    node.write(Command::Registry(RegistryCommand::RegisterWorkload {
+        key: key.clone(),
+        record,
+    }))
+    .await?;
+    tracing::info!(%key, %address, "workload registered");
+    Ok(Some(Registration {
+        key,
+        conn,
+        address,
+        labels,
+    }))
+}
+
+/// Records a health report of a registered workload (in the background:
+/// the stream goes on meanwhile).
+pub fn report_health(node: &Arc<Node>, r: &Registration, healthy: bool, reason: String) {
+    let health = if healthy {
+        Health::Healthy
+    } else {
+        Health::Unhealthy(if reason.is_empty() {
+            "probe failed".into()
+        } else {
+            reason
+        })
+    };
+    let cmd = Command::Registry(RegistryCommand::WorkloadHealth {
+        key: r.key.clone(),
+        conn: r.conn,
+        health,
+    });
+    let node = node.clone();
+    tokio::spawn(async move {
+        if let Err(e) = node.write(cmd).await {
+            tracing::warn!(error = %e, "recording a workload's health");
+        }
+    });
+}
+
+/// Records that a registered workload's stream ended.
+pub async fn disconnected(node: &Arc<Node>, r: Registration) {
+    let cmd = Command::Registry(RegistryCommand::WorkloadDisconnected {
+        key: r.key.clone(),
+        conn: r.conn,
+        now: now(),
+    });
+    if let Err(e) = node.write(cmd).await {
+        // The sweep finds it anyway: its stream is gone.
+        tracing::warn!(key = %r.key, error = %e, "recording a workload's disconnection");
+    }
+}
+
+/// How often the leader looks for departed workloads.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Sweeps in a row a node must fail to answer before its workloads are
+/// taken as disconnected.
+const UNREACHABLE_SWEEPS: u32 = 3;
+
+/// On the leader, every second: workloads disconnected longer than the
+/// grace period are removed; workloads whose stream is no longer open on
+/// their node (it restarted, or stayed unreachable) are marked
+/// disconnected.
+pub async fn sweep_forever(node: Arc<Node>) {
+    let mut unreachable: HashMap<u64, u32> = HashMap::new();
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        if node.leader().map(|(id, _)| id) != Some(node.id) {
+            unreachable.clear();
+            continue;
+        }
+        if let Err(e) = sweep(&node, &mut unreachable).await {
+            tracing::warn!(error = %e, "workload registry sweep");
+        }
+    }
+}
+
+async fn sweep(
+    node: &Arc<Node>,
+    unreachable: &mut HashMap<u64, u32>,
+) -> Result<(), crate::error::NodeError> {
+    let records: Vec<(String, WorkloadRecord)> = node.read_state(|s| {
+        s.store
+            .prefixed(WORKLOAD_PREFIX)
+            .filter_map(|(k, _)| Some((k.to_string(), s.store.workload(k)?)))
+            .collect()
+    });
+    let now = now();
+    let grace = node.settings.workload_grace.as_secs();
+    let expired: Vec<(String, Conn)> = records
+        .iter()
+        .filter(|(_, r)| {
+            r.disconnected_at
+                .is_some_and(|t| now.saturating_sub(t) >= grace)
+        })
+        .map(|(k, r)| (k.clone(), r.conn))
+        .collect();
+    if !expired.is_empty() {
+        tracing::info!(count = expired.len(), "removing departed workloads");
+        node.write(Command::Registry(RegistryCommand::RemoveWorkloads {
+            workloads: expired,
+        }))
+        .await?;
+    }
+    // Streams each node holds, asked once per sweep.
+    let mut open: HashMap<u64, Option<HashSet<u64>>> = HashMap::new();
+    let addrs: HashMap<u64, String> = node
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect();
+    for (key, r) in records.iter().filter(|(_, r)| r.disconnected_at.is_none()) {
+        let held = match open.get(&r.conn.node) {
+            Some(h) => h.clone(),
+            None => {
+                let h = streams_of(node, r.conn.node, addrs.get(&r.conn.node)).await;
+                open.insert(r.conn.node, h.clone());
+                h
+            }
+        };
+        let gone = match held {
+            Some(streams) => {
+                unreachable.remove(&r.conn.node);
+                !streams.contains(&r.conn.stream)
+            }
+            None => {
+                let n = unreachable.entry(r.conn.node).or_default();
+                *n += 1;
+                *n >= UNREACHABLE_SWEEPS
+            }
+        };
+        if gone {
+            node.write(Command::Registry(RegistryCommand::WorkloadDisconnected {
+                key: key.clone(),
+                conn: r.conn,
+                now,
+            }))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The streams open on node `id`; `None` when it cannot be asked.
+async fn streams_of(node: &Arc<Node>, id: u64, addr: Option<&String>) -> Option<HashSet<u64>> {
+    if id == node.id {
+        return Some(
+            node.push
+                .streams
+                .list(id)
+                .iter()
+                .map(|s| s.stream_id)
+                .collect(),
+        );
+    }
+    let mut c = node.peer_client(addr?).ok()?;
+    let r = tokio::time::timeout(Duration::from_secs(1), c.proxy_status(Empty {}))
+        .await
+        .ok()?
+        .ok()?;
+    Some(r.into_inner().proxies.iter().map(|p| p.stream_id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_api::config::parse_documents;
+
+    #[test]
+    fn the_entry_is_the_template_with_the_agents_address_and_labels() {
+        let rs = parse_documents(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: reviews-v1, namespace: prod}
+spec:
+  metadata: {labels: {app: reviews, version: v1}, annotations: {team: books}}
+  template: {serviceAccount: reviews, ports: {http: 9080}, network: vm-net}
+",
+        )
+        .unwrap();
+        let Spec::WorkloadGroup(g) = &rs[0].spec else {
+            panic!()
+        };
+        let proxy = ProxyNode {
+            labels: [
+                ("zone".to_string(), "a".to_string()),
+                ("version".to_string(), "v1b".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let r = entry_for("reviews-v1", "prod", g, &proxy, "10.0.0.7", "reviews");
+        assert_eq!(r.metadata.name, "reviews-v1-10-0-0-7");
+        assert_eq!(r.metadata.namespace, "prod");
+        assert_eq!(
+            r.metadata.annotations.get("team").map(String::as_str),
+            Some("books")
+        );
+        let Spec::WorkloadEntry(we) = &r.spec else {
+            panic!()
+        };
+        assert_eq!(we.address, "10.0.0.7");
+        assert_eq!(we.ports.get("http"), Some(&9080));
+        assert_eq!(we.network.as_deref(), Some("vm-net"));
+        assert_eq!(we.service_account.as_deref(), Some("reviews"));
+        let labels: Vec<(&str, &str)> = we
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [("app", "reviews"), ("version", "v1b"), ("zone", "a")]
+        );
+        // What is stored reads back and validates.
+        let json = serde_json::to_vec(&r).unwrap();
+        let back = crate::config::from_json(&json).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back, r);
+    }
+}

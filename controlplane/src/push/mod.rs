@@ -1,0 +1,136 @@
+//! Config push: every node streams to each connected agent what concerns it
+//! (xDS semantics with Trellis's own messages, `trellis.v1.Discovery`).
+//!
+//! The flow: the state machine tells [`Push`] which keys each applied batch
+//! changed; changes are debounced ([`DEBOUNCE_QUIET`], at most
+//! [`DEBOUNCE_MAX`]) into a new [`Snapshot`] (items by namespace, with the
+//! change sets of recent versions), published on a watch channel; each
+//! stream ([`server`]) computes from it what its agent sees ([`Scope`]: its
+//! namespace and Sidecar) and sends the delta since the version it last
+//! sent, or everything on connect, after a NACK or when it fell too far
+//! behind. Agents ACK or NACK each response; [`Streams`] keeps that for
+//! `trellis proxy-status`.
+pub mod item;
+pub mod scope;
+pub mod server;
+pub mod snapshot;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+pub use item::{Item, Type};
+pub use scope::Scope;
+pub use snapshot::Snapshot;
+pub use status::Streams;
+
+use crate::raft::state_machine::Changed;
+use crate::raft::SharedState;
+use snapshot::Builder;
+
+/// A push waits for the store to be quiet this long...
+pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(30);
+/// ...but no longer than this after the first change.
+pub const DEBOUNCE_MAX: Duration = Duration::from_millis(300);
+
+/// The pushable state of a node and its streams.
+pub struct Push {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub streams: Streams,
+}
+
+impl Push {
+    /// Starts keeping snapshots of `state`.
+    pub fn start(state: SharedState) -> Push {
+        let (changes, builder) = {
+            let mut st = state.write().unwrap_or_else(|p| p.into_inner());
+            let rx = st.watch();
+            (rx, Builder::new(&st))
+        };
+        let mut builder = builder;
+        let first = builder
+            .publish(None)
+            .expect("a first snapshot is always made");
+        let (tx, rx) = watch::channel(first);
+        tokio::spawn(keep_snapshots(state, changes, builder, tx));
+        Push {
+            snapshots: rx,
+            streams: Streams::default(),
+        }
+    }
+
+    /// The latest snapshot, and a receiver told of the next ones.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
+
+    /// The latest snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+}
+
+/// Whether a changed key can matter to agents.
+fn relevant(key: &str) -> bool {
+    use crate::raft::state::registry::{CONFIG_PREFIX, WORKLOAD_PREFIX};
+    key.starts_with(CONFIG_PREFIX)
+        || key.starts_with(WORKLOAD_PREFIX)
+        || key == snapshot::MEMBERSHIP_KEY
+        || key == "mesh"
+}
+
+async fn keep_snapshots(
+    state: SharedState,
+    mut changes: mpsc::UnboundedReceiver<Changed>,
+    mut builder: Builder,
+    tx: watch::Sender<Arc<Snapshot>>,
+) {
+    loop {
+        let mut keys = Vec::new();
+        let mut reload = false;
+        let Some(first) = changes.recv().await else {
+            return;
+        };
+        let take = |c: Changed, keys: &mut Vec<String>, reload: &mut bool| match c {
+            Changed::Keys { keys: k, .. } => keys.extend(k.into_iter().filter(|k| relevant(k))),
+            Changed::All { .. } => *reload = true,
+        };
+        take(first, &mut keys, &mut reload);
+        if keys.is_empty() && !reload {
+            continue;
+        }
+        let deadline = Instant::now() + DEBOUNCE_MAX;
+        loop {
+            let wait = DEBOUNCE_QUIET.min(deadline.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(wait, changes.recv()).await {
+                Ok(Some(c)) => take(c, &mut keys, &mut reload),
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let started = Instant::now();
+        {
+            let st = state.read().unwrap_or_else(|p| p.into_inner());
+            if reload {
+                builder.reload(&st);
+            } else {
+                builder.apply(&st, &keys);
+            }
+        }
+        let last = tx.borrow().clone();
+        if let Some(snap) = builder.publish(Some(&last)) {
+            tracing::debug!(
+                version = snap.version,
+                keys = keys.len(),
+                items = snap.items(),
+                took = ?started.elapsed(),
+                "new push snapshot"
+            );
+            let _ = tx.send(snap);
+        }
+    }
+}

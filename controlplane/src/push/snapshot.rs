@@ -1,0 +1,351 @@
+//! [`Snapshot`]: the pushable state of the mesh at one log index, shared by
+//! every stream of a node, and the [`Builder`] that keeps it up to date
+//! from the store's change notifications.
+//!
+//! Items are grouped by namespace so that a change copies one namespace's
+//! map, not the mesh's, and a Sidecar-scoped view reads only the namespaces
+//! it names. Each snapshot remembers the last [`HISTORY`] change sets, so
+//! a stream that is a few versions behind is sent what changed, not
+//! everything.
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use trellis_api::config::Spec;
+
+use super::item::{bundle_item, config_item, workload_item, Bundle, Item, BUNDLE_KEY};
+use super::scope::{Scope, SidecarRule};
+use crate::raft::state::registry::{parse_config_key, CONFIG_PREFIX, VIP_PREFIX, WORKLOAD_PREFIX};
+use crate::raft::state_machine::Applied;
+
+/// Change sets a snapshot remembers.
+pub const HISTORY: usize = 64;
+
+/// The pseudo key the state machine reports for a membership change.
+pub const MEMBERSHIP_KEY: &str = "membership";
+
+type NsItems = HashMap<Arc<str>, Arc<Item>>;
+
+/// One key's change between two versions.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub key: Arc<str>,
+    pub old: Option<Arc<Item>>,
+    pub new: Option<Arc<Item>>,
+}
+
+/// What changed from version `from` to version `to`.
+#[derive(Debug)]
+pub struct ChangeSet {
+    pub from: u64,
+    pub to: u64,
+    pub changes: Vec<Change>,
+    /// The Sidecars changed: scopes must be recomputed.
+    pub sidecars_changed: bool,
+}
+
+/// The pushable state at one version.
+pub struct Snapshot {
+    /// The log index this state is at.
+    pub version: u64,
+    namespaces: HashMap<Arc<str>, Arc<NsItems>>,
+    pub sidecars: Arc<Vec<SidecarRule>>,
+    bundle: Arc<Item>,
+    history: VecDeque<Arc<ChangeSet>>,
+    /// Full views computed so far, shared by the streams of one scope.
+    views: Mutex<HashMap<Scope, Arc<Vec<Arc<Item>>>>>,
+}
+
+impl Snapshot {
+    /// Every item `scope` sees, in key order within each namespace.
+    pub fn full_view(&self, scope: &Scope) -> Arc<Vec<Arc<Item>>> {
+        if let Some(v) = self
+            .views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(scope)
+        {
+            return v.clone();
+        }
+        let mut items: Vec<Arc<Item>> = std::iter::once(&self.bundle)
+            .chain(self.namespaces.values().flat_map(|m| m.values()))
+            .filter(|i| scope.sees(i))
+            .cloned()
+            .collect();
+        items.sort_by(|a, b| a.key.cmp(&b.key));
+        let v = Arc::new(items);
+        self.views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(scope.clone(), v.clone());
+        v
+    }
+
+    /// What changed since `version`, merged per key (the oldest `old`, the
+    /// newest `new`), and whether the Sidecars changed; `None` when
+    /// `version` is older than this snapshot remembers.
+    pub fn changes_since(&self, version: u64) -> Option<(Vec<Change>, bool)> {
+        if version == self.version {
+            return Some((Vec::new(), false));
+        }
+        let start = self.history.iter().position(|c| c.from == version)?;
+        let mut merged: HashMap<Arc<str>, Change> = HashMap::new();
+        let mut order = Vec::new();
+        let mut sidecars = false;
+        for set in self.history.iter().skip(start) {
+            sidecars |= set.sidecars_changed;
+            for c in &set.changes {
+                match merged.get_mut(&c.key) {
+                    Some(m) => m.new = c.new.clone(),
+                    None => {
+                        order.push(c.key.clone());
+                        merged.insert(c.key.clone(), c.clone());
+                    }
+                }
+            }
+        }
+        let changes = order
+            .into_iter()
+            .filter_map(|k| merged.remove(&k))
+            .collect();
+        Some((changes, sidecars))
+    }
+
+    /// Items in the snapshot, the bundle included (for logs and the
+    /// scale benchmark).
+    pub fn items(&self) -> usize {
+        self.namespaces.values().map(|m| m.len()).sum::<usize>() + 1
+    }
+}
+
+/// Keeps the pushable state from the store.
+pub struct Builder {
+    version: u64,
+    namespaces: HashMap<Arc<str>, Arc<NsItems>>,
+    /// Namespace of each key, to find an item again when it is removed.
+    key_ns: HashMap<Arc<str>, Arc<str>>,
+    sidecars: Arc<Vec<SidecarRule>>,
+    bundle: Arc<Item>,
+    history: VecDeque<Arc<ChangeSet>>,
+    pending: Vec<Change>,
+    sidecars_changed: bool,
+}
+
+impl Builder {
+    /// Everything in `st`, at its index.
+    pub fn new(st: &Applied) -> Builder {
+        let mut b = Builder {
+            version: st.index(),
+            namespaces: HashMap::new(),
+            key_ns: HashMap::new(),
+            sidecars: Arc::new(Vec::new()),
+            bundle: Arc::new(bundle_item(&bundle(st))),
+            history: VecDeque::new(),
+            pending: Vec::new(),
+            sidecars_changed: false,
+        };
+        b.reload(st);
+        b.pending.clear();
+        b.sidecars_changed = false;
+        b
+    }
+
+    /// Reads `keys` again from `st`.
+    pub fn apply(&mut self, st: &Applied, keys: &[String]) {
+        let mut sidecars = false;
+        for key in keys {
+            if key.starts_with(VIP_PREFIX) || key == MEMBERSHIP_KEY || key == "mesh" {
+                continue; // vips change with their ServiceEntry; the bundle below
+            }
+            if key.starts_with(&format!("{CONFIG_PREFIX}Sidecar/")) {
+                sidecars = true;
+                continue;
+            }
+            if key.starts_with(CONFIG_PREFIX) || key.starts_with(WORKLOAD_PREFIX) {
+                let item = build(key, st).map(Arc::new);
+                self.set(key, item);
+            }
+        }
+        if sidecars {
+            self.sidecars = Arc::new(sidecar_rules(st));
+            self.sidecars_changed = true;
+        }
+        self.refresh_bundle(st);
+        self.version = st.index();
+    }
+
+    /// Reads the whole store again (after a snapshot was installed),
+    /// recording what differs.
+    pub fn reload(&mut self, st: &Applied) {
+        let mut seen: HashMap<Arc<str>, ()> = HashMap::new();
+        for prefix in [CONFIG_PREFIX, WORKLOAD_PREFIX] {
+            for (key, _) in st.store.prefixed(prefix) {
+                if key.starts_with(&format!("{CONFIG_PREFIX}Sidecar/")) {
+                    continue;
+                }
+                let item = build(key, st).map(Arc::new);
+                let k: Arc<str> = key.into();
+                seen.insert(k.clone(), ());
+                let same = match (self.get(&k), &item) {
+                    (Some(old), Some(new)) => old.body == new.body,
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    self.set(key, item);
+                }
+            }
+        }
+        let gone: Vec<Arc<str>> = self
+            .key_ns
+            .keys()
+            .filter(|k| !seen.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.set(&k, None);
+        }
+        let rules = sidecar_rules(st);
+        if *self.sidecars != rules {
+            self.sidecars = Arc::new(rules);
+            self.sidecars_changed = true;
+        }
+        self.refresh_bundle(st);
+        self.version = st.index();
+    }
+
+    fn refresh_bundle(&mut self, st: &Applied) {
+        let new = Arc::new(bundle_item(&bundle(st)));
+        if new.body != self.bundle.body {
+            self.pending.push(Change {
+                key: BUNDLE_KEY.into(),
+                old: Some(self.bundle.clone()),
+                new: Some(new.clone()),
+            });
+            self.bundle = new;
+        }
+    }
+
+    fn get(&self, key: &Arc<str>) -> Option<&Arc<Item>> {
+        let ns = self.key_ns.get(key)?;
+        self.namespaces.get(ns)?.get(key)
+    }
+
+    fn set(&mut self, key: &str, item: Option<Arc<Item>>) {
+        let key: Arc<str> = key.into();
+        let old = self.key_ns.get(&key).cloned().and_then(|ns| {
+            let map = Arc::make_mut(self.namespaces.get_mut(&ns)?);
+            let old = map.remove(&key);
+            if map.is_empty() {
+                self.namespaces.remove(&ns);
+            }
+            old
+        });
+        self.key_ns.remove(&key);
+        if let Some(item) = &item {
+            let map = self.namespaces.entry(item.namespace.clone()).or_default();
+            Arc::make_mut(map).insert(key.clone(), item.clone());
+            self.key_ns.insert(key.clone(), item.namespace.clone());
+        }
+        if old.is_some() || item.is_some() {
+            self.pending.push(Change {
+                key,
+                old,
+                new: item,
+            });
+        }
+    }
+
+    /// The snapshot of the state now; `None` if nothing changed since the
+    /// last one (then `last` stays current).
+    pub fn publish(&mut self, last: Option<&Snapshot>) -> Option<Arc<Snapshot>> {
+        if let Some(last) = last {
+            if self.pending.is_empty() && !self.sidecars_changed {
+                return None;
+            }
+            let set = ChangeSet {
+                from: last.version,
+                to: self.version,
+                changes: std::mem::take(&mut self.pending),
+                sidecars_changed: std::mem::take(&mut self.sidecars_changed),
+            };
+            self.history.push_back(Arc::new(set));
+            while self.history.len() > HISTORY {
+                self.history.pop_front();
+            }
+        }
+        Some(Arc::new(Snapshot {
+            version: self.version,
+            namespaces: self.namespaces.clone(),
+            sidecars: self.sidecars.clone(),
+            bundle: self.bundle.clone(),
+            history: self.history.clone(),
+            views: Mutex::new(HashMap::new()),
+        }))
+    }
+}
+
+/// The item of a store key, if it is pushed.
+fn build(key: &str, st: &Applied) -> Option<Item> {
+    if key.starts_with(WORKLOAD_PREFIX) {
+        return workload_item(key, &st.store.workload(key)?);
+    }
+    let stored = st.store.config(key)?;
+    match crate::config::from_json(&stored.json) {
+        Ok(r) => config_item(key, &r, &st.store),
+        Err(e) => {
+            tracing::error!(key, error = %e, "cannot read a stored resource; not pushed");
+            None
+        }
+    }
+}
+
+/// Every Sidecar in the store, as scoping needs them, in key order.
+fn sidecar_rules(st: &Applied) -> Vec<SidecarRule> {
+    let prefix = format!("{CONFIG_PREFIX}Sidecar/");
+    st.store
+        .prefixed(&prefix)
+        .filter_map(|(key, _)| {
+            let (_, ns, _) = parse_config_key(key)?;
+            let r = crate::config::from_json(&st.store.config(key)?.json).ok()?;
+            sidecar_rule(key, ns, &r.spec)
+        })
+        .collect()
+}
+
+fn sidecar_rule(key: &str, ns: &str, spec: &Spec) -> Option<SidecarRule> {
+    let Spec::Sidecar(sc) = spec else {
+        return None;
+    };
+    Some(SidecarRule {
+        key: key.to_string(),
+        namespace: ns.to_string(),
+        selector: sc.workload_selector.as_ref().map(|s| s.labels.clone()),
+        egress: sc
+            .egress
+            .iter()
+            .flat_map(|e| &e.hosts)
+            .filter_map(|h| {
+                let (n, h) = h.split_once('/')?;
+                Some((n.to_string(), h.to_string()))
+            })
+            .collect(),
+    })
+}
+
+/// The trust bundle and the control-plane addresses.
+fn bundle(st: &Applied) -> Bundle {
+    let mesh = st.store.mesh();
+    Bundle {
+        trust_domain: mesh
+            .as_ref()
+            .map(|m| m.trust_domain.clone())
+            .unwrap_or_default(),
+        roots: mesh.map(|m| vec![m.root_cert_pem]).unwrap_or_default(),
+        control_plane: st
+            .membership
+            .membership()
+            .nodes()
+            .map(|(_, n)| n.addr.clone())
+            .collect(),
+    }
+}
