@@ -115,6 +115,7 @@ fn config_dump(admin: &Admin) -> serde_json::Value {
         "identity": admin.px.tls.identity().to_string(),
         "workload": admin.px.me.as_ref(),
         "services": services,
+        "dns": mesh.dns(),
         "resources": mesh.resources,
     })
 }

@@ -1,8 +1,10 @@
 //! Traffic capture with iptables (`--capture iptables`), as Istio's init
 //! container sets it up: the application's outgoing TCP is redirected to
 //! the outbound listener and incoming TCP to the inbound listener. The
-//! agent's own connections carry [`CAPTURE_MARK`] and are let through, as
-//! is loopback traffic. Installing is idempotent (chains are flushed and
+//! host's outgoing DNS (UDP and TCP to port 53, whatever the server, a
+//! local one included) is redirected to the DNS proxy. The agent's own
+//! connections carry [`CAPTURE_MARK`] and are let through, as is other
+//! loopback traffic. Installing is idempotent (chains are flushed and
 //! refilled); [`Capture::remove`] undoes it on clean shutdown.
 use std::process::Command;
 
@@ -10,12 +12,22 @@ use crate::proxy::connect::CAPTURE_MARK;
 
 const INBOUND_CHAIN: &str = "TRELLIS_INBOUND";
 const OUTPUT_CHAIN: &str = "TRELLIS_OUTPUT";
+/// Where the chains are entered from: built-in chain, protocol, chain.
+/// UDP enters the output chain for DNS only; without DNS capture nothing
+/// there matches it.
+const JUMPS: [(&str, &str, &str); 3] = [
+    ("PREROUTING", "tcp", INBOUND_CHAIN),
+    ("OUTPUT", "tcp", OUTPUT_CHAIN),
+    ("OUTPUT", "udp", OUTPUT_CHAIN),
+];
 
 /// What to capture.
 #[derive(Clone, Debug)]
 pub struct Capture {
     pub inbound_port: u16,
     pub outbound_port: u16,
+    /// The DNS proxy's port, if outgoing DNS is to be captured.
+    pub dns_port: Option<u16>,
     /// Inbound ports left alone (the agent's own, ssh...).
     pub exclude_inbound: Vec<u16>,
 }
@@ -44,6 +56,13 @@ impl Capture {
         r.push(format!(
             "-A {OUTPUT_CHAIN} -m mark --mark {CAPTURE_MARK} -j RETURN"
         ));
+        if let Some(port) = self.dns_port {
+            for proto in ["udp", "tcp"] {
+                r.push(format!(
+                    "-A {OUTPUT_CHAIN} -p {proto} --dport 53 -j REDIRECT --to-ports {port}"
+                ));
+            }
+        }
         r.push(format!("-A {OUTPUT_CHAIN} -o lo -j RETURN"));
         r.push(format!("-A {OUTPUT_CHAIN} -d 127.0.0.0/8 -j RETURN"));
         r.push(format!(
@@ -55,12 +74,14 @@ impl Capture {
 
     /// Installs the rules (again, if they were there).
     pub fn install(&self) -> Result<(), CaptureError> {
-        for (chain, hook) in [(INBOUND_CHAIN, "PREROUTING"), (OUTPUT_CHAIN, "OUTPUT")] {
+        for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
             if run(&["-t", "nat", "-N", chain]).is_err() {
                 run(&["-t", "nat", "-F", chain])?;
             }
-            if run(&["-t", "nat", "-C", hook, "-p", "tcp", "-j", chain]).is_err() {
-                run(&["-t", "nat", "-A", hook, "-p", "tcp", "-j", chain])?;
+        }
+        for (hook, proto, chain) in JUMPS {
+            if run(&["-t", "nat", "-C", hook, "-p", proto, "-j", chain]).is_err() {
+                run(&["-t", "nat", "-A", hook, "-p", proto, "-j", chain])?;
             }
         }
         for rule in self.rules() {
@@ -75,8 +96,10 @@ impl Capture {
 
     /// Removes the rules and chains (best effort: what is already gone is fine).
     pub fn remove(&self) {
-        for (chain, hook) in [(INBOUND_CHAIN, "PREROUTING"), (OUTPUT_CHAIN, "OUTPUT")] {
-            while run(&["-t", "nat", "-D", hook, "-p", "tcp", "-j", chain]).is_ok() {}
+        for (hook, proto, chain) in JUMPS {
+            while run(&["-t", "nat", "-D", hook, "-p", proto, "-j", chain]).is_ok() {}
+        }
+        for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
             let _ = run(&["-t", "nat", "-F", chain]);
             let _ = run(&["-t", "nat", "-X", chain]);
         }
@@ -109,6 +132,7 @@ mod tests {
         let c = Capture {
             inbound_port: 15006,
             outbound_port: 15001,
+            dns_port: None,
             exclude_inbound: vec![15006, 22],
         };
         assert_eq!(
@@ -123,5 +147,33 @@ mod tests {
                 "-A TRELLIS_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
             ]
         );
+    }
+
+    #[test]
+    fn dns_from_anyone_but_the_agent_goes_to_the_dns_proxy() {
+        let c = Capture {
+            inbound_port: 15006,
+            outbound_port: 15001,
+            dns_port: Some(15053),
+            exclude_inbound: vec![15053],
+        };
+        let rules = c.rules();
+        let at = |r: &str| {
+            rules
+                .iter()
+                .position(|x| x == r)
+                .unwrap_or_else(|| panic!("{r} in {rules:?}"))
+        };
+        let mark = at("-A TRELLIS_OUTPUT -m mark --mark 1337 -j RETURN");
+        let udp = at("-A TRELLIS_OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053");
+        let tcp = at("-A TRELLIS_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053");
+        // The agent's own queries pass first; queries to a local resolver
+        // (127.0.0.53) are captured too, before loopback is let through.
+        let lo = at("-A TRELLIS_OUTPUT -o lo -j RETURN");
+        assert!(
+            mark < udp && mark < tcp && udp < lo && tcp < lo,
+            "{rules:?}"
+        );
+        assert!(rules.contains(&"-A TRELLIS_INBOUND -p tcp --dport 15053 -j RETURN".to_string()));
     }
 }

@@ -4,12 +4,14 @@
 //! 15006, outbound on 15001 and per-upstream ports), its view of the mesh
 //! ([`mesh`], compiled from Istio resources pushed by the control plane,
 //! [`discovery`], or read from a file), route selection ([`route`]),
-//! the certificate client ([`identity`]), iptables capture ([`capture`]),
-//! telemetry ([`telemetry`]) and the admin and metrics endpoints
-//! ([`admin`]). [`run`] wires them together from [`Options`].
+//! the DNS proxy ([`dns`], 15053), the certificate client ([`identity`]),
+//! iptables capture ([`capture`]), telemetry ([`telemetry`]) and the admin
+//! and metrics endpoints ([`admin`]). [`run`] wires them together from
+//! [`Options`].
 pub mod admin;
 pub mod capture;
 pub mod discovery;
+pub mod dns;
 pub mod identity;
 pub mod mesh;
 pub mod options;
@@ -104,10 +106,19 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
     }
     let admin_l = bind(opts.admin).await?;
     let metrics_l = bind(opts.metrics).await?;
+    let dns_l = match opts.dns {
+        Some(a) => Some(
+            dns::Listeners::bind(a)
+                .await
+                .with_context(|| format!("binding {a} (DNS, UDP and TCP)"))?,
+        ),
+        None => None,
+    };
 
     let capture = (opts.capture == options::CaptureMode::Iptables).then(|| capture::Capture {
         inbound_port: opts.inbound.port(),
         outbound_port: opts.outbound.port(),
+        dns_port: opts.dns.map(|a| a.port()),
         exclude_inbound: opts.capture_exclude_ports(),
     });
     if let Some(c) = &capture {
@@ -147,6 +158,9 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
         admin.clone(),
         admin::Endpoints::Metrics,
     ));
+    if let Some(l) = dns_l {
+        tasks.spawn(dns::serve(l, dns_server(&opts, &px)));
+    }
     match opts.config_file.clone() {
         Some(path) => {
             tasks.spawn(watch_config(path, settings, px.clone()));
@@ -212,6 +226,18 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
     }
     tasks.abort_all();
     Ok(())
+}
+
+/// The DNS proxy: names from the mesh view in force, the rest to the
+/// upstreams, from sockets marked as the proxy's are.
+fn dns_server(opts: &Options, px: &Arc<proxy::Proxy>) -> Arc<dns::Server> {
+    let forwarder = opts.dns_forwarder(px.opts.mark);
+    tracing::info!(listen = ?opts.dns, upstreams = ?forwarder.upstreams(), "DNS proxy");
+    let px = px.clone();
+    Arc::new(dns::Server::new(
+        Arc::new(move || px.mesh.load()),
+        forwarder,
+    ))
 }
 
 /// Reloads the config file when it changes; a file that does not parse or

@@ -9,8 +9,10 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use trellis_identity::SpiffeId;
 
+use crate::dns;
 use crate::identity::Source;
 use crate::mesh::Settings;
+use crate::proxy::connect::ConnectOpts;
 use crate::telemetry::labels::{namespace_of, Workload};
 
 /// How traffic reaches the outbound listener.
@@ -50,6 +52,25 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<trellis_api::config::Duration>()
         .map(|d| d.as_std())
         .map_err(|e| e.to_string())
+}
+
+/// A listen address, or `off`.
+fn parse_listen_or_off(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("`{s}`: expected IP:PORT or `off`"))
+}
+
+/// IP:PORT, or an IP for port 53.
+fn parse_dns_upstream(s: &str) -> Result<SocketAddr, String> {
+    s.parse().or_else(|_| {
+        s.parse::<IpAddr>()
+            .map(|ip| SocketAddr::new(ip, dns::forward::DNS_PORT))
+            .map_err(|_| format!("`{s}`: expected IP or IP:PORT"))
+    })
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -121,6 +142,17 @@ pub struct Options {
     /// Metrics and health (/stats/prometheus, /healthz/ready).
     #[arg(long, env = "TRELLIS_METRICS", default_value = "0.0.0.0:15020")]
     pub metrics: SocketAddr,
+    /// DNS proxy, UDP and TCP: mesh names answered, the rest forwarded; `off` turns it off.
+    // Spelled out so that clap does not make it an optional flag: `off`
+    // is the value that means none.
+    #[arg(long, env = "TRELLIS_DNS", default_value = "127.0.0.1:15053", value_parser = parse_listen_or_off)]
+    pub dns: ::std::option::Option<SocketAddr>,
+    /// Resolver for names the mesh does not answer, IP or IP:PORT (repeatable; default: the `nameserver`s of /etc/resolv.conf).
+    #[arg(long = "dns-upstream", env = "TRELLIS_DNS_UPSTREAM", value_delimiter = ',', value_parser = parse_dns_upstream)]
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// How long one DNS upstream has to answer before the next is tried.
+    #[arg(long, env = "TRELLIS_DNS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub dns_timeout: Duration,
     /// The port other agents' inbound listeners are on.
     #[arg(long, env = "TRELLIS_PEER_INBOUND_PORT", default_value_t = 15006)]
     pub peer_inbound_port: u16,
@@ -240,20 +272,107 @@ impl Options {
             self.admin.port(),
             self.metrics.port(),
         ];
+        v.extend(self.dns.map(|a| a.port()));
         v.extend(&self.capture_exclude);
         v.sort_unstable();
         v.dedup();
         v
     }
+
+    /// Where the names the mesh does not answer go: `--dns-upstream`, else
+    /// the `nameserver`s of /etc/resolv.conf; never the agent's own DNS
+    /// listener. `mark` is the capture mark of the agent's sockets.
+    pub fn dns_forwarder(&self, mark: Option<u32>) -> dns::Forwarder {
+        let mut upstreams = self.dns_upstreams.clone();
+        if upstreams.is_empty() {
+            match std::fs::read_to_string(RESOLV_CONF) {
+                Ok(text) => upstreams = dns::nameservers(&text),
+                Err(e) => tracing::warn!(error = %e, "cannot read {RESOLV_CONF}"),
+            }
+        }
+        upstreams.retain(|u| Some(*u) != self.dns);
+        if upstreams.is_empty() {
+            tracing::warn!(
+                "no DNS upstream (see --dns-upstream): names outside the mesh get SERVFAIL"
+            );
+        }
+        dns::Forwarder::new(
+            upstreams,
+            ConnectOpts {
+                timeout: self.dns_timeout,
+                mark,
+            },
+        )
+    }
 }
+
+/// Where the host's resolvers are listed.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Checks flags that clap cannot: a source of identity must be given.
 pub fn check(o: &Options) -> anyhow::Result<()> {
     if o.token.is_none() && o.cert_chain.is_none() && !o.data_dir.join("cert-chain.pem").exists() {
         bail!("no identity: pass --token (a VM join token), or --cert-chain, --key and --roots");
     }
+    if let (CaptureMode::Iptables, Some(dns)) = (o.capture, o.dns) {
+        // REDIRECT sends locally made packets to 127.0.0.1.
+        if dns.ip() != IpAddr::from([127, 0, 0, 1]) && !dns.ip().is_unspecified() {
+            bail!("--dns {dns}: with --capture iptables the DNS proxy must listen on 127.0.0.1 or 0.0.0.0, where captured queries arrive");
+        }
+    }
     if o.concurrency == 0 {
         return Err(anyhow::anyhow!("--concurrency must be at least 1")).context("flags");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Options {
+        let argv = ["trellis-agent", "--token", "t"].iter().chain(args);
+        Options::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn dns_listens_on_15053_unless_turned_off() {
+        assert_eq!(parse(&[]).dns, Some("127.0.0.1:15053".parse().unwrap()));
+        assert_eq!(parse(&["--dns", "off"]).dns, None);
+        assert_eq!(
+            parse(&["--dns", "0.0.0.0:53"]).dns,
+            Some("0.0.0.0:53".parse().unwrap())
+        );
+        assert!(Options::try_parse_from(["trellis-agent", "--dns", "nope"]).is_err());
+    }
+
+    #[test]
+    fn dns_upstreams_default_to_port_53_and_skip_the_agent_itself() {
+        let o = parse(&[
+            "--dns-upstream",
+            "10.0.0.2",
+            "--dns-upstream",
+            "[fd00::1]:5353,127.0.0.1:15053",
+        ]);
+        assert_eq!(
+            o.dns_upstreams,
+            [
+                "10.0.0.2:53".parse::<SocketAddr>().unwrap(),
+                "[fd00::1]:5353".parse().unwrap(),
+                "127.0.0.1:15053".parse().unwrap(),
+            ]
+        );
+        let f = o.dns_forwarder(None);
+        assert_eq!(f.upstreams(), &o.dns_upstreams[..2]);
+    }
+
+    #[test]
+    fn captured_dns_must_arrive_where_the_proxy_listens() {
+        let o = parse(&["--capture", "iptables", "--dns", "10.1.2.3:15053"]);
+        let e = check(&o).unwrap_err().to_string();
+        assert!(e.contains("127.0.0.1 or 0.0.0.0"), "{e}");
+        check(&parse(&["--capture", "iptables"])).unwrap();
+        check(&parse(&["--capture", "iptables", "--dns", "off"])).unwrap();
+        check(&parse(&["--dns", "10.1.2.3:15053"])).unwrap();
+    }
 }

@@ -7,8 +7,8 @@
 //!
 //! Needs root and iproute2: a test calls [`unavailable`] first and skips
 //! when it says why not. Dropping a [`Net`] removes everything it made
-//! (processes left inside its hosts, namespaces, veths, bridge, firewall
-//! rule), on panics too. Each `Net` takes its own random /24 in
+//! (processes left inside its hosts, namespaces, their `/etc/netns` files,
+//! veths, bridge, firewall rule), on panics too. Each `Net` takes its own random /24 in
 //! 10.128.0.0/9 and names its devices after it, so tests in parallel, and
 //! in parallel processes, do not clash.
 use std::ffi::OsStr;
@@ -159,6 +159,7 @@ impl Drop for Net {
                 let _ = Command::new("kill").args(["-KILL", pid]).output();
             }
             let _ = ip(&["netns", "del", ns]);
+            let _ = std::fs::remove_dir_all(etc_netns(ns));
         }
         // Usually gone with their namespace already.
         for veth in &self.veths {
@@ -194,11 +195,25 @@ impl Host {
         self.command(program).into()
     }
 
+    /// Makes `/etc/resolv.conf` read `text` for what runs inside this host
+    /// from now on (`ip netns exec` mounts `/etc/netns/NETNS/resolv.conf`
+    /// over it).
+    pub fn set_resolv_conf(&self, text: &str) -> anyhow::Result<()> {
+        let dir = etc_netns(&self.netns);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("resolv.conf"), text).context("writing resolv.conf")
+    }
+
     /// Runs `script` with `sh -c` inside this host and returns its stdout;
     /// fails with its stderr. Blocks until the script ends.
     pub fn sh(&self, script: &str) -> anyhow::Result<String> {
         run(self.command("sh").args(["-c", script]))
     }
+}
+
+/// Files `ip netns exec` mounts over `/etc` in namespace `netns`.
+fn etc_netns(netns: &str) -> std::path::PathBuf {
+    Path::new("/etc/netns").join(netns)
 }
 
 /// Address `last` of the subnet of `id`: 10.(128 + high 7 bits).(low 8

@@ -61,6 +61,8 @@ fn agent_args(ip: &str, data: &Path, config: &Path) -> Vec<String> {
         &format!("{ip}:15000"),
         "--metrics",
         &format!("{ip}:15020"),
+        "--dns",
+        &format!("{ip}:15053"),
         "--app-host",
         ip,
     ]

@@ -5,12 +5,17 @@
 //! a NACK shown in `trellis proxy-status`, failover of an agent's stream
 //! when its control-plane node is killed, the grace period of a departed
 //! workload, and an agent restarted while the whole control plane is down
-//! serving from its cache.
+//! serving from its cache; the agents' DNS proxies answering with the
+//! virtual IP the control plane allocated.
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use hickory_proto::rr::RecordType;
+use trellis_agent::dns::testing::{addresses, query};
+use trellis_agent::dns::Transport;
 use trellis_e2e::{bin, wait_for, Cluster, Proc};
 
 const BASE: &str = r#"
@@ -83,6 +88,8 @@ fn agent_args(ip: &str, data: &Path) -> Vec<String> {
         &format!("{ip}:15000"),
         "--metrics",
         &format!("{ip}:15020"),
+        "--dns",
+        &format!("{ip}:15053"),
         "--app-host",
         ip,
         "--access-log",
@@ -296,6 +303,20 @@ async fn config_push_registration_and_failover() -> anyhow::Result<()> {
             .any(|k| k.starts_with("reviews-v1-127-0-0-31.default")),
         "{ps:?}"
     );
+
+    // The agents' DNS proxies answer the service's name with the virtual
+    // IP the control plane allocated to it (its ServiceEntry has none).
+    let mut vips = Vec::new();
+    for ip in [CLIENT, V1] {
+        let server = format!("{ip}:15053").parse()?;
+        let m = query(server, "reviews.default", RecordType::A, Transport::Udp).await?;
+        vips.push(addresses(&m));
+    }
+    assert!(
+        matches!(&vips[0][..], [IpAddr::V4(a)] if a.octets()[..2] == [240, 240]),
+        "{vips:?}"
+    );
+    assert_eq!(vips[0], vips[1], "one allocation, seen by every agent");
 
     // A policy the agent cannot enforce is refused (NACK), shown with its
     // reason; once it is gone the agent is in sync again.

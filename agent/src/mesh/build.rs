@@ -15,6 +15,7 @@ use trellis_identity::SpiffeId;
 
 use super::cluster::{Cluster, Endpoint, HashOn, LbPolicy, Limits, OutlierConfig};
 use super::{Mesh, MtlsMode, MtlsSettings, Service, ServicePort};
+use crate::dns::NameTable;
 use crate::telemetry::labels::Workload;
 
 /// What the view depends on besides the resources.
@@ -115,6 +116,11 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
             mesh.services.entry(host.clone()).or_insert(svc);
         }
     }
+    mesh.dns = NameTable::new(
+        mesh.services.values().map(AsRef::as_ref),
+        &s.namespace,
+        &s.domain,
+    );
     let known = |h: &str| mesh.services.contains_key(h);
     let mut rules: HashMap<String, &DestinationRule> = HashMap::new();
     for r in &resources {

@@ -2,7 +2,8 @@
 //! (today from `--config-file`; later pushed by the control plane) into the
 //! lookups the proxy makes on every connection and request: services by
 //! host and by virtual IP, HTTP routes by host, clusters by host, port and
-//! subset, and this workload's inbound settings.
+//! subset, this workload's inbound settings, and the names the DNS proxy
+//! answers.
 //!
 //! Building is pure ([`build`]); a new view replaces the old one whole and
 //! takes over its clusters' counters, so outlier ejections and load survive
@@ -18,6 +19,7 @@ use trellis_api::config::{HttpRoute, TcpRoute};
 
 pub use self::build::{build, Settings};
 use self::cluster::Cluster;
+use crate::dns::NameTable;
 
 /// How a port's traffic is carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -99,6 +101,7 @@ pub struct Mesh {
     mtls: MtlsSettings,
     namespace: String,
     domain: String,
+    dns: NameTable,
     /// The resources this view was built from (for `/config_dump`).
     pub resources: Vec<trellis_api::config::Resource>,
 }
@@ -124,6 +127,11 @@ impl Mesh {
     /// Every cluster (for `/clusters`).
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         self.clusters.values().flatten()
+    }
+
+    /// The names the DNS proxy answers, with their addresses.
+    pub fn dns(&self) -> &NameTable {
+        &self.dns
     }
 
     /// The service port a virtual IP and port stand for.

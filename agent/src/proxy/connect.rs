@@ -1,13 +1,13 @@
-//! Opening connections: plain TCP (marked so that capture rules let the
-//! agent's own traffic through) and mTLS to another agent, expecting the
-//! destination's identity.
+//! Opening connections: plain TCP and UDP (marked so that capture rules
+//! let the agent's own traffic through) and mTLS to another agent,
+//! expecting the destination's identity.
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio_rustls::client::TlsStream;
 use trellis_identity::SpiffeId;
 
@@ -66,6 +66,22 @@ pub async fn tcp(addr: SocketAddr, opts: &ConnectOpts) -> Result<TcpStream, Conn
             after: opts.timeout,
         }),
     }
+}
+
+/// A UDP socket on an ephemeral port, connected to `addr` (so the kernel
+/// drops datagrams from anyone else), with the capture mark if set.
+pub fn udp(addr: SocketAddr, opts: &ConnectOpts) -> io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if let Some(mark) = opts.mark {
+        socket.set_mark(mark)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.connect(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// An mTLS connection to the agent at `addr`, which must present `expect`.

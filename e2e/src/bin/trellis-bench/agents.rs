@@ -83,12 +83,13 @@ impl AgentPair {
         check_free(&ours)?;
         let config = dir.join("mesh.yaml");
         std::fs::write(&config, mesh_yaml(echo))?;
-        let server = spawn(cp, dir, &config, log, "server", SERVER_IP, &[])?;
-        let upstreams = [
-            format!("{HTTP_LISTEN}={SERVICE}:{}", echo.http),
-            format!("{GRPC_LISTEN}={SERVICE}:{}", echo.grpc),
-        ];
-        let client = spawn(cp, dir, &config, log, "client", CLIENT_IP, &upstreams)?;
+        let no_dns = ["--dns", "off"].map(String::from);
+        let server = spawn(cp, dir, &config, log, "server", SERVER_IP, &no_dns)?;
+        let mut client_args = no_dns.to_vec();
+        for (listen, port) in [(HTTP_LISTEN, echo.http), (GRPC_LISTEN, echo.grpc)] {
+            client_args.extend(["--upstream".into(), format!("{listen}={SERVICE}:{port}")]);
+        }
+        let client = spawn(cp, dir, &config, log, "client", CLIENT_IP, &client_args)?;
         let mut pair = Self {
             client,
             server,
@@ -140,15 +141,15 @@ fn data_dir(dir: &Path, side: &str) -> PathBuf {
 }
 
 /// `trellis-agent` with identity `default/SIDE` on `ip`, its data and log
-/// in `dir`.
-fn spawn(
+/// in `dir`, one worker, no access log, and `args`.
+pub fn spawn(
     cp: &Cluster,
     dir: &Path,
     config: &Path,
     log: &str,
     side: &str,
     ip: &str,
-    upstreams: &[String],
+    args: &[String],
 ) -> anyhow::Result<Proc> {
     let identity = format!("default/{side}");
     let token = cp.token(&["--kind", "vm", "--identity", &identity])?;
@@ -162,10 +163,8 @@ fn spawn(
         .args(["--admin", &format!("{ip}:15000")])
         .args(["--metrics", &format!("{ip}:15020")])
         .args(["--app-host", "127.0.0.1"])
-        .args(["--concurrency", "1", "--access-log", "false"]);
-    for u in upstreams {
-        cmd.args(["--upstream", u]);
-    }
+        .args(["--concurrency", "1", "--access-log", "false"])
+        .args(args);
     remove_env_prefixed(&mut cmd, "TRELLIS_");
     cmd.env("TRELLIS_LOG", log);
     let name = format!("{side} agent");

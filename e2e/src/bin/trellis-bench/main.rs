@@ -11,7 +11,12 @@
 //! (mTLS between the two of each pair) in turn between a client and an
 //! echo server, and prints, with the client calling the server directly as
 //! the baseline, latency at fixed rates, maximum throughput, CPU per
-//! request and peak memory per proxy, over HTTP/1.1 and gRPC. See
+//! request and peak memory per proxy, over HTTP/1.1 and gRPC.
+//!
+//! `trellis-bench dns` sends DNS queries (dnsperf) to the agent's DNS proxy
+//! and to dnsmasq in turn and prints, side by side, latency at fixed rates,
+//! maximum queries per second, CPU per query and memory, for mesh names
+//! answered locally and for names forwarded to a local upstream. See
 //! `docs/benchmarks.md`.
 //!
 //! `trellis-bench push` measures config push from a 3-node control plane to
@@ -28,12 +33,17 @@
 //! successful write), [`controlplane`] (the phases) and [`report`] (the
 //! table). The proxy benchmark: [`agents`] and [`envoy`] (the two pairs),
 //! [`proxy_load`] (fixed-rate and maximum load over HTTP/1.1 and gRPC),
-//! [`proxy`] (the test bed and the phases) and [`proxy_report`].
+//! [`proxy`] (the test bed and the phases) and [`proxy_report`]. The DNS
+//! benchmark: [`dns`] (the test bed and the phases), [`dnsperf`] (the load)
+//! and [`dns_report`]. [`table`] lays out every report's tables.
 #![forbid(unsafe_code)]
 
 mod agents;
 mod cluster;
 mod controlplane;
+mod dns;
+mod dns_report;
+mod dnsperf;
 mod envoy;
 mod etcd;
 mod load;
@@ -46,6 +56,7 @@ mod proxy_report;
 mod push;
 mod push_sim;
 mod report;
+mod table;
 mod trellis;
 
 use clap::{Parser, Subcommand};
@@ -54,7 +65,7 @@ use tokio::signal::unix::{signal, SignalKind};
 #[derive(Parser)]
 #[command(
     name = "trellis-bench",
-    about = "Benchmarks Trellis against etcd and Envoy on this machine (build with --release)"
+    about = "Benchmarks Trellis against etcd, Envoy and dnsmasq on this machine (build with --release)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -74,6 +85,10 @@ enum Cmd {
     /// 1,000 agents; control-plane RSS and full recompute with 10,000
     /// services, 100,000 endpoints and 1,000 agents.
     Push(push::Args),
+    /// DNS queries to the agent's DNS proxy vs dnsmasq, for mesh names
+    /// answered locally and names forwarded to a local upstream: latency
+    /// at fixed rates, max queries per second, CPU per query, RSS.
+    Dns(dns::Args),
 }
 
 #[tokio::main]
@@ -84,6 +99,7 @@ async fn main() {
             Cmd::Controlplane(args) => controlplane::run(args).await,
             Cmd::Proxy(args) => proxy::run(args).await,
             Cmd::Push(args) => push::run(args).await,
+            Cmd::Dns(args) => dns::run(args).await,
         }
     };
     // On Ctrl-C or SIGTERM (`timeout`, a CI job cancelled) the run is

@@ -328,7 +328,7 @@ pub async fn wait_http_ok(addr: SocketAddr, path: &str, p: &mut Proc) -> anyhow:
 pub fn check_free(addrs: &[SocketAddr]) -> anyhow::Result<()> {
     for a in addrs {
         std::net::TcpListener::bind(a).with_context(|| {
-            format!("cannot listen on {a}: is another `trellis-bench proxy` running?")
+            format!("cannot listen on {a}: is another `trellis-bench` running?")
         })?;
     }
     Ok(())
@@ -342,7 +342,15 @@ pub fn tail(text: &str, n: usize) -> String {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    binaries(!args.no_build)?;
+    binaries(
+        !args.no_build,
+        &[
+            "trellis-controlplane",
+            "trellis",
+            "trellis-agent",
+            "trellis-echo",
+        ],
+    )?;
     let envoy_version = envoy::version(&args.envoy)?;
     let agent_version = agents::version()?;
 
@@ -420,10 +428,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes the test bed start the Trellis binaries beside this executable
-/// (`target/PROFILE/`), built first with the same profile unless told not
-/// to.
-fn binaries(build: bool) -> anyhow::Result<()> {
+/// Makes the test bed start the Trellis binaries (`packages`, one binary
+/// each) beside this executable (`target/PROFILE/`), built first with the
+/// same profile unless told not to.
+pub fn binaries(build: bool, packages: &[&str]) -> anyhow::Result<()> {
     let dir = trellis_e2e::profile_dir()?;
     let profile = dir
         .file_name()
@@ -432,23 +440,8 @@ fn binaries(build: bool) -> anyhow::Result<()> {
     if profile != "release" {
         eprintln!("warning: this is a `{profile}` build; run with --release for figures that mean something");
     }
-    let packages: &[&str] = if build {
-        &[
-            "trellis-controlplane",
-            "trellis",
-            "trellis-agent",
-            "trellis-echo",
-        ]
-    } else {
-        &[]
-    };
-    let dir = trellis_e2e::use_bins(packages)?;
-    for b in [
-        "trellis-controlplane",
-        "trellis",
-        "trellis-agent",
-        "trellis-echo",
-    ] {
+    let dir = trellis_e2e::use_bins(if build { packages } else { &[] })?;
+    for &b in packages {
         if !dir.join(b).is_file() {
             bail!(
                 "{} not found; build it with `cargo build --release -p {b}`",

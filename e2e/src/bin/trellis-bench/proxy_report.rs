@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::load::percentile;
 use crate::proxy_load::{Pace, PhaseResult, Protocol};
 use crate::report::STEAL_WARN_PERCENT;
+use crate::table::thousands;
 
 /// Trellis may add at most this share of Envoy's added latency and CPU per
 /// request, at every point.
@@ -374,47 +375,9 @@ fn count_goals(rows: &[Row], counts: &mut (usize, usize)) {
     }
 }
 
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Columns padded to their widest cell; the metric and the goal
-/// left-aligned, figures right-aligned.
 fn table(rows: &[Row]) -> String {
-    let mut width = [0usize; 6];
-    for r in rows {
-        for (w, c) in width.iter_mut().zip(&r.cells) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in rows {
-        let c = &r.cells;
-        let line = format!(
-            "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {:>w4$}  {}",
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            c[4],
-            c[5],
-            w0 = width[0],
-            w1 = width[1],
-            w2 = width[2],
-            w3 = width[3],
-            w4 = width[4],
-        );
-        let _ = writeln!(out, "{}", line.trim_end());
-    }
-    out
+    let cells: Vec<[String; 6]> = rows.iter().map(|r| r.cells.clone()).collect();
+    crate::table::render(&cells)
 }
 
 #[cfg(test)]
@@ -536,9 +499,6 @@ mod tests {
 
     #[test]
     fn formats_for_reading() {
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(pace_name(Pace::Rate(5000)), "5,000 rps");
     }
 }

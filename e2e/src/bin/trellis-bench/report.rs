@@ -251,42 +251,20 @@ pub fn render(setup: &Setup, t: &SystemResult, e: &SystemResult) -> String {
     out
 }
 
-/// Columns padded to their widest cell; the metric left-aligned, figures
-/// right-aligned.
 fn table(rows: &[Row]) -> String {
-    let cells = |r: &Row| {
-        [
-            r.metric.clone(),
-            r.trellis.clone(),
-            r.etcd.clone(),
-            r.ratio.clone(),
-            r.goal.clone(),
-        ]
-    };
-    let mut width = [0usize; 5];
-    for r in rows {
-        for (w, c) in width.iter_mut().zip(cells(r)) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in rows {
-        let c = cells(r);
-        let line = format!(
-            "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {}",
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            c[4],
-            w0 = width[0],
-            w1 = width[1],
-            w2 = width[2],
-            w3 = width[3],
-        );
-        let _ = writeln!(out, "{}", line.trim_end());
-    }
-    out
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.metric.clone(),
+                r.trellis.clone(),
+                r.etcd.clone(),
+                r.ratio.clone(),
+                r.goal.clone(),
+            ]
+        })
+        .collect();
+    crate::table::render(&cells)
 }
 
 fn median(sorted: &[Duration]) -> Option<Duration> {

@@ -1,0 +1,28 @@
+//! The agent's DNS proxy, on 127.0.0.1:15053 over UDP and TCP, as Istio's:
+//! the mesh's hostnames are answered from the view of the mesh, everything
+//! else is forwarded to the host's resolvers. With iptables capture the
+//! host's DNS traffic is redirected to it, so unmodified clients resolve
+//! mesh names (and the ServiceEntry addresses the proxy then captures).
+//!
+//! Along the way of a query: [`server`] (the listeners, bounded
+//! concurrency) → [`answer`] (pure: parse, look the name up in the
+//! [`NameTable`] of the mesh view in force, build the reply or decide to
+//! forward) → [`forward`] (the upstreams from `/etc/resolv.conf` or
+//! `--dns-upstream`; SERVFAIL when none answers). The table is built with
+//! each view ([`crate::mesh::build`]), so it changes with every config
+//! update.
+pub mod answer;
+pub mod forward;
+mod frame;
+pub mod server;
+pub mod table;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+pub use answer::{answer, servfail, Action, Transport};
+pub use forward::{nameservers, ForwardError, Forwarder};
+pub use server::{serve, Listeners, Names, Server};
+pub use table::{Addresses, NameTable};
+
+#[cfg(test)]
+mod tests;
