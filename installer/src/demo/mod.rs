@@ -231,7 +231,7 @@ async fn demo(
     );
 
     let t = Instant::now();
-    processes::start_workloads(kids, bins, layout, &admin, topology).await?;
+    processes::start_workloads(kids, bins, layout, &admin, topology, &addrs).await?;
     let http = Http::new(Duration::from_secs(5));
     let proxies = processes::wait_ready(kids, &http, &admin, topology).await?;
     let placed = topology.placed();
@@ -241,10 +241,12 @@ async fn demo(
         placed.len(),
         b = topology.block
     );
+    let nodes: std::collections::BTreeSet<u64> = proxies.iter().map(|p| p.node_id).collect();
     println!(
-        "ready          {} workloads registered and healthy; proxy-status: {} agents, all SYNCED ({:.1} s)",
+        "ready          {} workloads registered and healthy; proxy-status: {} agents on {} nodes, all SYNCED ({:.1} s)",
         placed.len(),
         proxies.len(),
+        nodes.len(),
         t.elapsed().as_secs_f64()
     );
     println!();

@@ -491,15 +491,25 @@ pub async fn apply(
 }
 
 /// Starts each workload's echo server and its agent (registering through
-/// its WorkloadGroup), and the client agent.
+/// its WorkloadGroup), and the client agent. The agents stream from the
+/// `nodes` in turn, so every node pushes config (each still fails over to
+/// the others, learned from the pushed bundle).
 pub async fn start_workloads(
     kids: &mut Children,
     bins: &Bins,
     layout: &Layout,
     admin: &AdminClient<Channel>,
     topology: &Topology,
+    nodes: &[String],
 ) -> anyhow::Result<()> {
     let logs = layout.logs();
+    let mut node = nodes.iter().cycle();
+    let mut with_node = |mut args: Vec<String>| {
+        if let Some(n) = node.next() {
+            args.extend(["--control-plane".to_string(), n.clone()]);
+        }
+        args
+    };
     for p in topology.placed() {
         let group = p.workload.group();
         kids.spawn(
@@ -526,7 +536,7 @@ pub async fn start_workloads(
             &format!("agent-{group}"),
             Tier::Workload,
             &bins.agent,
-            &p.agent_args(&layout.agent(&group)),
+            &with_node(p.agent_args(&layout.agent(&group))),
             &[("TRELLIS_TOKEN", &t)],
             logs.join(p.log_name("agent")),
         )?;
@@ -547,7 +557,7 @@ pub async fn start_workloads(
         "agent-client",
         Tier::Workload,
         &bins.agent,
-        &topology.client_agent_args(&layout.agent("client")),
+        &with_node(topology.client_agent_args(&layout.agent("client"))),
         &[("TRELLIS_TOKEN", &t)],
         logs.join("agent-client.log"),
     )?;
