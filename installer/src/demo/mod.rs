@@ -103,6 +103,8 @@ struct ReportFile<'a> {
     /// `trellis proxy-status` once the mesh was ready: proxy → status.
     proxies: BTreeMap<String, &'static str>,
     tally: &'a Tally,
+    /// reviews version → the least and most answers its weight allows.
+    expected: BTreeMap<&'static str, (usize, usize)>,
     problems: Vec<String>,
 }
 
@@ -271,6 +273,13 @@ async fn demo(
             .map(|p| (p.proxy.clone(), crate::config::sync_status(p)))
             .collect(),
         tally: &result,
+        expected: bookinfo::REVIEWS_VERSIONS
+            .iter()
+            .map(|v| {
+                let range = report::expected_range(result.reviews_total(), args.split.weight(v));
+                (*v, range)
+            })
+            .collect(),
         problems: problems.clone(),
     };
     std::fs::write(layout.report(), serde_json::to_string_pretty(&file)?)

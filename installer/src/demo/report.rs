@@ -10,6 +10,43 @@ use trellis_echo::{Call, Report};
 
 use super::bookinfo::{Split, REVIEWS_VERSIONS};
 
+/// The chance, each side, that a correct mesh answers outside
+/// [`expected_range`]: with three versions, a `--once` run fails by bad
+/// luck in fewer than one in 100 000.
+const TAIL: f64 = 1e-6;
+
+/// How many of `n` answers reviews of weight `weight` (percent) may give
+/// before the run counts as misrouted: all of the binomial distribution
+/// but its tails of [`TAIL`]. Weights 0 and 100 allow exactly 0 and `n`;
+/// a small weight allows 0 when 0 is likely enough.
+pub fn expected_range(n: usize, weight: u32) -> (usize, usize) {
+    match weight {
+        0 => return (0, 0),
+        100.. => return (n, n),
+        _ => {}
+    }
+    let p = f64::from(weight) / 100.0;
+    let (ln_p, ln_q) = (p.ln(), (1.0 - p).ln());
+    // ln P(X = k), from P(X = 0) = q^n by P(k)/P(k-1) = (n-k+1)/k · p/q,
+    // in logs so that a large n does not underflow.
+    let mut ln_pmf = n as f64 * ln_q;
+    let mut cdf = 0.0;
+    let mut lo = None;
+    for k in 0..=n {
+        if k > 0 {
+            ln_pmf += ((n - k + 1) as f64 / k as f64).ln() + ln_p - ln_q;
+        }
+        cdf += ln_pmf.exp();
+        if lo.is_none() && cdf > TAIL {
+            lo = Some(k);
+        }
+        if 1.0 - cdf <= TAIL {
+            return (lo.unwrap_or(k), k);
+        }
+    }
+    (lo.unwrap_or(0), n)
+}
+
 /// What came back for one request to productpage.
 #[derive(Clone, Debug)]
 pub enum Answer {
@@ -136,22 +173,30 @@ impl Tally {
         self.reviews.get(version).copied().unwrap_or(0)
     }
 
+    /// How many requests reviews answered, all versions together.
+    pub fn reviews_total(&self) -> usize {
+        self.reviews.values().sum()
+    }
+
     /// Problems that make a `--once` run fail: anything that went wrong,
-    /// a version with weight that answered nothing (or one without that
-    /// answered), ratings called from the wrong versions.
+    /// a version that answered outside its [`expected_range`] (any answer
+    /// at all with weight 0), ratings called from the wrong versions.
     pub fn problems(&self, split: Split, ratings_callers: &[&str]) -> Vec<String> {
         let mut p = Vec::new();
         let failed: usize = self.failures.values().sum();
         if failed > 0 {
             p.push(format!("{failed} failed calls"));
         }
+        let total = self.reviews_total();
         for v in REVIEWS_VERSIONS {
             let (w, n) = (split.weight(v), self.reviews_of(v));
-            if w > 0 && n == 0 {
-                p.push(format!("reviews {v} has weight {w} but answered nothing"));
-            }
+            let (lo, hi) = expected_range(total, w);
             if w == 0 && n > 0 {
                 p.push(format!("reviews {v} has weight 0 but answered {n}"));
+            } else if n < lo || n > hi {
+                p.push(format!(
+                    "reviews {v} answered {n} of {total}; weight {w} expects {lo}-{hi}"
+                ));
             }
         }
         if !self.ratings_only_from(ratings_callers) {
@@ -174,17 +219,17 @@ impl Tally {
             self.answered,
             self.sent,
             self.details,
-            self.reviews.values().sum::<usize>()
+            self.reviews_total()
         );
-        let total = self.reviews.values().sum::<usize>().max(1);
+        let total = self.reviews_total();
         for v in REVIEWS_VERSIONS {
-            let n = self.reviews_of(v);
-            let pct = n * 100 / total;
+            let (n, w) = (self.reviews_of(v), split.weight(v));
+            let pct = n * 100 / total.max(1);
+            let (lo, hi) = expected_range(total, w);
             let _ = writeln!(
                 s,
-                "    reviews {v}  {n:>4}  {pct:>3}%  {:<25} weight {}",
+                "    reviews {v}  {n:>4}  {pct:>3}%  {:<25} weight {w:>3}, expected {lo}-{hi}",
                 "#".repeat(pct / 4),
-                split.weight(v)
             );
         }
         let calls: Vec<String> = REVIEWS_VERSIONS
@@ -395,6 +440,49 @@ mod tests {
         }
     }
 
+    /// P(X = k) for X ~ Binomial(n, p), by Pascal's triangle: another
+    /// way than the one under test.
+    fn pmf(n: usize, p: f64) -> Vec<f64> {
+        let mut row = vec![1.0];
+        for _ in 0..n {
+            let mut next = vec![0.0; row.len() + 1];
+            for (k, x) in row.iter().enumerate() {
+                next[k] += x * (1.0 - p);
+                next[k + 1] += x * p;
+            }
+            row = next;
+        }
+        row
+    }
+
+    #[test]
+    fn expected_ranges_leave_out_only_the_unlikely_tails() {
+        assert_eq!(expected_range(100, 0), (0, 0));
+        assert_eq!(expected_range(100, 100), (100, 100));
+        assert_eq!(expected_range(0, 30), (0, 0));
+        for n in [1, 7, 60, 200] {
+            for w in [1, 5, 20, 30, 50, 70, 99] {
+                let (lo, hi) = expected_range(n, w);
+                let pmf = pmf(n, f64::from(w) / 100.0);
+                let below: f64 = pmf[..lo].iter().sum();
+                let above: f64 = pmf[hi + 1..].iter().sum();
+                assert!(below <= TAIL && above <= TAIL, "n {n} w {w}: {lo}..={hi}");
+                // The range is the smallest such: one step in is too far.
+                assert!(lo == 0 || below + pmf[lo] > TAIL, "n {n} w {w}: lo {lo}");
+                assert!(above + pmf[hi] > TAIL, "n {n} w {w}: hi {hi}");
+            }
+        }
+        // Symmetric weights, symmetric ranges.
+        let (lo, hi) = expected_range(100, 50);
+        assert_eq!(lo + hi, 100);
+        // A small weight may answer nothing; 20 of 100 may not.
+        assert_eq!(expected_range(100, 1).0, 0);
+        assert!(expected_range(100, 20).0 > 0);
+        // Large runs do not underflow.
+        let (lo, hi) = expected_range(1_000_000, 50);
+        assert!((497_000..500_000).contains(&lo) && (500_000..503_000).contains(&hi));
+    }
+
     #[test]
     fn problems_and_text() {
         let t = tally(&[
@@ -407,8 +495,17 @@ mod tests {
         assert_eq!(
             t.problems(Split([100, 0, 0]), &callers),
             [
+                "reviews v1 answered 1 of 3; weight 100 expects 3-3",
                 "reviews v2 has weight 0 but answered 1",
                 "reviews v3 has weight 0 but answered 1"
+            ]
+        );
+        let skewed = tally(&vec![page(v1()); 100]);
+        assert_eq!(
+            skewed.problems(Split([80, 20, 0]), &callers),
+            [
+                "reviews v1 answered 100 of 100; weight 80 expects 59-96",
+                "reviews v2 answered 0 of 100; weight 20 expects 4-41"
             ]
         );
         let text = t.render(Split([50, 30, 20]), &callers);
