@@ -361,28 +361,70 @@ async fn light_traffic(
 /// How to look at the running mesh.
 fn watch_text(layout: &Layout, topology: &Topology) -> String {
     let trellis = trellis_command();
-    let cfg = layout.admin_config();
     let vs = layout.mesh().join(bookinfo::SPLIT_FILE);
     let pp = topology
         .find("productpage", "v1")
         .expect("productpage is placed");
-    format!(
-        "Watch it, from another terminal:\n\
-         \x20 export TRELLIS_CONFIG={cfg}\n\
-         \x20 {trellis} proxy-status                      # every agent, its node, SYNCED\n\
-         \x20 {trellis} get vs reviews -o yaml            # the split in force\n\
-         \x20 {trellis} get we                            # the workloads that registered\n\
-         \x20 $EDITOR {vs}\n\
-         \x20 {trellis} apply -f {vs}   # a new split, seen here within a second\n\
-         \x20 curl -s {url}              # through the mesh: productpage's report\n\
-         \x20 curl -s http://{metrics}/stats/prometheus | grep istio_requests_total   # productpage's agent\n\
-         \x20 curl -s http://{admin}/clusters        # what productpage's agent routes to\n",
-        cfg = cfg.display(),
-        vs = vs.display(),
-        url = topology.entry_url(),
-        metrics = pp.metrics(),
-        admin = pp.admin(),
-    )
+    let rows = [
+        (
+            format!("export TRELLIS_CONFIG={}", layout.admin_config().display()),
+            "",
+        ),
+        (
+            format!("{trellis} proxy-status"),
+            "every agent, the node it streams from, SYNCED",
+        ),
+        (
+            format!("{trellis} get vs reviews -o yaml"),
+            "the split in force",
+        ),
+        (format!("{trellis} get we"), "the workloads that registered"),
+        (format!("$EDITOR {}", vs.display()), "change the weights"),
+        (
+            format!("{trellis} apply -f {}", vs.display()),
+            "pushed within a second; see the next line here",
+        ),
+        (
+            format!("curl -s {}", topology.entry_url()),
+            "through the mesh: productpage's report",
+        ),
+        (
+            format!(
+                "curl -s http://{}/stats/prometheus | grep istio_requests_total",
+                pp.metrics()
+            ),
+            "productpage's agent's metrics",
+        ),
+        (
+            format!("curl -s http://{}/clusters", pp.admin()),
+            "what productpage's agent routes to",
+        ),
+    ];
+    let mut out = String::from("Watch it, from another terminal:\n");
+    out.push_str(&aligned(&rows));
+    out
+}
+
+/// `  COMMAND   # COMMENT` lines, the comments in one column after the
+/// commands up to [`ALIGN_MAX`] long (longer ones push theirs right).
+fn aligned(rows: &[(String, &str)]) -> String {
+    const ALIGN_MAX: usize = 64;
+    let width = rows
+        .iter()
+        .filter(|(_, comment)| !comment.is_empty())
+        .map(|(cmd, _)| cmd.len())
+        .filter(|n| *n <= ALIGN_MAX)
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (cmd, comment) in rows {
+        if comment.is_empty() {
+            out.push_str(&format!("  {cmd}\n"));
+        } else {
+            out.push_str(&format!("  {cmd:<width$}  # {comment}\n"));
+        }
+    }
+    out
 }
 
 /// How to run this `trellis` from a shell: `trellis` if its directory is
@@ -418,6 +460,22 @@ mod tests {
         assert!(err.contains("`trellis-echo` is not in"), "{err}");
         std::fs::write(d.path().join("trellis-echo"), "").unwrap();
         assert!(Bins::find_in(d.path()).is_ok());
+    }
+
+    #[test]
+    fn comments_line_up_after_the_commands() {
+        let rows = [
+            ("export X=1".to_string(), ""),
+            ("trellis get we".to_string(), "registered"),
+            ("trellis proxy-status".to_string(), "agents"),
+            ("x".repeat(70), "long"),
+        ];
+        let text = aligned(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "  export X=1");
+        assert_eq!(lines[1], "  trellis get we        # registered");
+        assert_eq!(lines[2], "  trellis proxy-status  # agents");
+        assert_eq!(lines[3], format!("  {}  # long", "x".repeat(70)));
     }
 
     #[test]
