@@ -13,7 +13,12 @@ fn main() -> anyhow::Result<()> {
     let (filter, handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colours only on a terminal: not in journald or a log file.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
     let set_level: trellis_agent::admin::SetLogLevel = Arc::new(move |level: &str| {
         let f = EnvFilter::try_new(level).map_err(|e| format!("bad level `{level}`: {e}"))?;

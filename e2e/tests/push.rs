@@ -5,8 +5,9 @@
 //! a NACK shown in `trellis proxy-status`, failover of an agent's stream
 //! when its control-plane node is killed, the grace period of a departed
 //! workload, and an agent restarted while the whole control plane is down
-//! serving from its cache; the agents' DNS proxies answering with the
-//! virtual IP the control plane allocated.
+//! serving from its cache; a workload with a probe that fails over to
+//! another node keeping its health, and so its traffic; and the agents'
+//! DNS proxies answering with the virtual IP the control plane allocated.
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -359,13 +360,16 @@ async fn config_push_registration_and_failover() -> anyhow::Result<()> {
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The split is a random roll per request: v1 answers its share, v2's
+    // share is 503 (no healthy upstream), in whatever proportion 20 rolls
+    // give (neither is empty but once in a million runs).
     let t = tally(&url, 20);
-    assert_eq!(
-        t.get("v1"),
-        Some(&10),
+    let v1 = t.get("v1").copied().unwrap_or(0);
+    let unavailable = t.get("status 503").copied().unwrap_or(0);
+    assert!(
+        v1 > 0 && unavailable > 0 && v1 + unavailable == 20,
         "v2's half has no healthy endpoint: {t:?}"
     );
-    assert_eq!(t.get("status 503"), Some(&10), "{t:?}");
     cp.cli(&["apply", "-f", &base.display().to_string()])?;
     wait_for(Duration::from_secs(10), "v2 ready again", || async {
         let t = tally(&url, 10);
@@ -432,5 +436,76 @@ async fn config_push_registration_and_failover() -> anyhow::Result<()> {
     let t = tally(&url, 20);
     assert!(t.get("v1").copied().unwrap_or(0) > 0, "{t:?}");
     assert!(_client.output().contains("serving the cached config"));
+    Ok(())
+}
+
+/// A workload with a readiness probe whose node is killed registers on the
+/// node it fails over to with the health it had. Its agent reports health
+/// only when the probe's result changes, so an entry that started over as
+/// "not probed yet" would stay out of the mesh for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probed_workload_fails_over_with_its_health() -> anyhow::Result<()> {
+    const CLIENT: &str = "127.0.0.40";
+    const V2: &str = "127.0.0.42";
+    let mut cp = Cluster::start(3, &[]).await?;
+    let dir = cp.root.path().to_path_buf();
+    let base = write(&dir, "base.yaml", BASE);
+    cp.cli(&["apply", "-f", &base.display().to_string()])?;
+    let vs = write(&dir, "vs.yaml", &split(0, 100));
+    cp.cli(&["apply", "-f", &vs.display().to_string()])?;
+    let _e2 = echo(&dir, V2, "v2")?;
+    let t2 = cp.token(&["--kind", "vm", "--workload-group", "default/reviews-v2"])?;
+    let tc = cp.token(&["--kind", "vm", "--identity", "default/client"])?;
+    let _a2 = agent(
+        &dir,
+        "agent-v2",
+        Some(&t2),
+        &agent_args(V2, &dir.join("a2")),
+    )?;
+    let mut client_args = agent_args(CLIENT, &dir.join("client"));
+    client_args.extend([
+        "--upstream".to_string(),
+        format!("{CLIENT}:19080=reviews.default.svc.cluster.local:9080"),
+    ]);
+    let _client = agent(&dir, "agent-client", Some(&tc), &client_args)?;
+    for ip in [V2, CLIENT] {
+        ready(&format!("{ip}:15000")).await?;
+    }
+    let url = format!("http://{CLIENT}:19080/");
+    let entry = "reviews-v2-127-0-0-42";
+    let proxy = format!("{entry}.default");
+    wait_for(
+        Duration::from_secs(10),
+        "v2 ready and answering",
+        || async {
+            (registered(&cp).get(entry).map(String::as_str) == Some("ready") && hit(&url) == "v2")
+                .then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", registered(&cp)))?;
+
+    let node = proxy_status(&cp)[&proxy]["node"].as_u64().unwrap();
+    cp.kill(node);
+    let moved = wait_for(
+        Duration::from_secs(15),
+        "v2's agent on another node",
+        || async {
+            let n = proxy_status(&cp).get(&proxy)?["node"].as_u64()?;
+            (n != node).then_some(n)
+        },
+    )
+    .await?;
+    eprintln!("reviews-v2's agent moved from node {node} to node {moved}");
+    wait_for(
+        Duration::from_secs(5),
+        "v2 ready on its new stream",
+        || async {
+            (registered(&cp).get(entry).map(String::as_str) == Some("ready")).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", registered(&cp)))?;
+    assert_eq!(tally(&url, 20), BTreeMap::from([("v2".into(), 20)]));
     Ok(())
 }

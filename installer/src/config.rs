@@ -10,7 +10,7 @@ use serde::Serialize;
 use trellis_api::config::{parse_documents, Spec};
 use trellis_api::v1::{
     AnalyzeRequest, ApplyConfigRequest, ApplyConfigResponse, ConfigSource, DeleteConfigRequest,
-    Empty, GetConfigRequest, ResourceRef,
+    Empty, GetConfigRequest, ProxyStatus, ResourceRef,
 };
 
 use crate::client::{admin, status};
@@ -341,6 +341,18 @@ pub async fn analyze(
     Ok(())
 }
 
+/// `SYNCED`, `STALE` (an answer is pending) or `NACKED` (the last answer
+/// was a refusal).
+pub fn sync_status(p: &ProxyStatus) -> &'static str {
+    if p.nack_version != 0 && p.nack_version >= p.acked_version {
+        "NACKED"
+    } else if p.acked_version == p.sent_version {
+        "SYNCED"
+    } else {
+        "STALE"
+    }
+}
+
 /// `trellis proxy-status`.
 pub async fn proxy_status(config: Option<&Path>, output: Output) -> anyhow::Result<()> {
     let mut c = admin(config).await?;
@@ -360,13 +372,7 @@ pub async fn proxy_status(config: Option<&Path>, output: Output) -> anyhow::Resu
         .proxies
         .into_iter()
         .map(|p| Row {
-            status: if p.nack_version != 0 && p.nack_version >= p.acked_version {
-                "NACKED"
-            } else if p.acked_version == p.sent_version {
-                "SYNCED"
-            } else {
-                "STALE"
-            },
+            status: sync_status(&p),
             last_nack: (p.nack_version != 0)
                 .then(|| format!("v{}: {}", p.nack_version, p.nack_error)),
             proxy: p.proxy,

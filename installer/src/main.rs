@@ -71,6 +71,8 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Run a whole mesh on loopback (3 control-plane nodes, bookinfo behind 7 agents), send traffic and show where it went.
+    Demo(trellis::demo::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -171,6 +173,7 @@ async fn main() {
         } => cfgcmd::delete(cfg, kind, names, &namespace, &files).await,
         Cmd::Analyze { files, output } => cfgcmd::analyze(cfg, &files, output).await,
         Cmd::ProxyStatus { output } => cfgcmd::proxy_status(cfg, output).await,
+        Cmd::Demo(args) => trellis::demo::run(args).await,
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

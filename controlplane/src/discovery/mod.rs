@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tonic::Status;
 use trellis_api::config::{ApiVersion, Metadata, Resource, Spec, WorkloadEntry, WorkloadGroup};
-use trellis_api::v1::{Empty, ProxyNode};
+use trellis_api::v1::{Empty, HealthReport, ProxyNode};
 use trellis_identity::SpiffeId;
 
 use crate::node::{now, Node};
@@ -76,11 +76,15 @@ pub fn entry_for(
 
 /// Registers the agent of a stream in its WorkloadGroup, if it names one.
 /// The group must exist in the agent's namespace and run as the agent's
-/// service account.
+/// service account. `health` is the probe's result the agent already has
+/// (sent on the first request of a stream that fails over or reconnects):
+/// the entry starts with it rather than as not probed yet, since the agent
+/// reports its health again only when it changes.
 pub async fn register(
     node: &Arc<Node>,
     id: &SpiffeId,
     proxy: &ProxyNode,
+    health: Option<&HealthReport>,
     remote: IpAddr,
     conn: Conn,
 ) -> Result<Option<Registration>, Status> {
@@ -131,10 +135,10 @@ pub async fn register(
         conn,
         registered_at: now(),
         disconnected_at: None,
-        health: if group.probe.is_some() {
-            Health::Pending
-        } else {
-            Health::NoProbe
+        health: match (&group.probe, health) {
+            (None, _) => Health::NoProbe,
+            (Some(_), None) => Health::Pending,
+            (Some(_), Some(h)) => health_of(h.healthy, h.reason.clone()),
         },
     };
     let key = workload_key(ns, &entry.metadata.name);
@@ -152,10 +156,9 @@ pub async fn register(
     }))
 }
 
-/// Records a health report of a registered workload (in the background:
-/// the stream goes on meanwhile).
-pub fn report_health(node: &Arc<Node>, r: &Registration, healthy: bool, reason: String) {
-    let health = if healthy {
+/// What an agent's probe report means for its entry.
+fn health_of(healthy: bool, reason: String) -> Health {
+    if healthy {
         Health::Healthy
     } else {
         Health::Unhealthy(if reason.is_empty() {
@@ -163,7 +166,13 @@ pub fn report_health(node: &Arc<Node>, r: &Registration, healthy: bool, reason: 
         } else {
             reason
         })
-    };
+    }
+}
+
+/// Records a health report of a registered workload (in the background:
+/// the stream goes on meanwhile).
+pub fn report_health(node: &Arc<Node>, r: &Registration, healthy: bool, reason: String) {
+    let health = health_of(healthy, reason);
     let cmd = Command::Registry(RegistryCommand::WorkloadHealth {
         key: r.key.clone(),
         conn: r.conn,

@@ -66,7 +66,8 @@ impl Discovery for DiscoveryService {
             node: node.id,
             stream: stream_id,
         };
-        let registration = discovery::register(&node, &id, &proxy, remote, conn).await?;
+        let registration =
+            discovery::register(&node, &id, &proxy, first.health.as_ref(), remote, conn).await?;
         let labels = registration
             .as_ref()
             .map(|r| r.labels.clone())

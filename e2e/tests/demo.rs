@@ -1,0 +1,370 @@
+//! `trellis demo` as a user runs it: the real binaries of this build (a
+//! 3-node control plane, bookinfo's echo servers behind agents, a client
+//! agent) on loopback, without root. `--once` runs must route reviews as
+//! `--split` says, exit 0 and leave no process behind; a run without
+//! `--once` serves `curl` at its entry point, takes a new split applied
+//! with `trellis apply`, and stops everything on Ctrl-C (SIGINT).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use trellis_e2e::{bin, remove_env_prefixed};
+
+/// A demo takes the first free loopback block and port 19080 if free; two
+/// starting at once could pick the same, so the tests take turns.
+static ONE_DEMO_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Longest a demo may take to start (a debug build on 2 cores takes a few seconds).
+const START: Duration = Duration::from_secs(120);
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_DEMO_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A `trellis demo` process with its output in files.
+struct Demo {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    child: Option<Child>,
+}
+
+impl Demo {
+    fn start(args: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("demo");
+        let (stdout, stderr) = (tmp.path().join("stdout"), tmp.path().join("stderr"));
+        let mut cmd = Command::new(bin("trellis"));
+        cmd.arg("demo")
+            .arg("--dir")
+            .arg(&dir)
+            .args(args)
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        remove_env_prefixed(&mut cmd, "TRELLIS_");
+        let child = cmd.spawn().expect("starting trellis demo");
+        Self {
+            _tmp: tmp,
+            dir,
+            stdout,
+            stderr,
+            child: Some(child),
+        }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn output(&self) -> String {
+        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        format!("stdout:\n{}\nstderr:\n{err}", self.stdout())
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for the demo to exit; past `timeout` it is sent SIGTERM
+    /// (it then stops its children) and the test fails.
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return st;
+            }
+            if Instant::now() > deadline {
+                self.signal("-TERM");
+                panic!(
+                    "trellis demo did not exit within {timeout:?}:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until stdout has `text`, failing if the demo exits first.
+    fn wait_for_output(&mut self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stdout().contains(text) {
+            let child = self.child.as_mut().expect("running");
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                panic!(
+                    "trellis demo exited ({st}) before `{text}`:\n{}",
+                    self.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{text}` within {timeout:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.dir.join("report.json"))
+            .unwrap_or_else(|e| panic!("report.json: {e}\n{}", self.output()));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The processes the demo started (`DIR/pids`: `PID NAME` lines).
+    fn pids(&self) -> Vec<(u32, String)> {
+        let text = std::fs::read_to_string(self.dir.join("pids")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (pid, name) = l.split_once(' ')?;
+                Some((pid.parse().ok()?, name.to_string()))
+            })
+            .collect()
+    }
+
+    /// Fails if a process the demo started still runs.
+    fn assert_all_stopped(&self) {
+        let pids = self.pids();
+        assert_eq!(
+            pids.len(),
+            16,
+            "3 nodes, 6 echo servers, 7 agents: {pids:?}"
+        );
+        let alive: Vec<&(u32, String)> = pids
+            .iter()
+            .filter(|(pid, _)| Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        assert!(alive.is_empty(), "still running after the demo: {alive:?}");
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // A failed assertion while it runs: let it stop its children.
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn counts(v: &serde_json::Value) -> BTreeMap<String, u64> {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn map(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+}
+
+#[test]
+fn once_routes_reviews_by_the_split_and_stops_everything() {
+    let _turn = one_at_a_time();
+    let mut demo = Demo::start(&["--once", "--split", "70,30,0", "--requests", "60"]);
+    let st = demo.wait(START);
+    let out = demo.stdout();
+    assert!(st.success(), "{st}:\n{}", demo.output());
+    assert!(out.contains("3 nodes on 127.0.0.1:"), "{out}");
+    assert!(
+        out.contains("proxy-status: 7 agents on 3 nodes, all SYNCED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("productpage answered 60 of 60; it called details (60 answered) and reviews (60 answered)"),
+        "{out}"
+    );
+    assert!(out.contains("reviews v3     0    0%"), "{out}");
+    assert!(out.contains("stopped 16 processes"), "{out}");
+
+    let r = demo.report();
+    assert_eq!(r["split"], serde_json::json!([70, 30, 0]));
+    assert_eq!(r["problems"], serde_json::json!([]));
+    let t = &r["tally"];
+    assert_eq!(
+        (t["sent"].as_u64(), t["answered"].as_u64()),
+        (Some(60), Some(60))
+    );
+    assert_eq!(t["details"].as_u64(), Some(60));
+    assert_eq!(t["failures"], serde_json::json!({}));
+    let reviews = counts(&t["reviews"]);
+    let (v1, v2) = (reviews.get("v1").copied(), reviews.get("v2").copied());
+    assert_eq!(reviews.len(), 2, "only v1 and v2 have weight: {reviews:?}");
+    // Binomial(60, 0.3) gives no v2 once in 2 billion runs.
+    assert!(v1 > Some(0) && v2 > Some(0), "{reviews:?}");
+    // reviews v2 calls ratings, v1 does not.
+    assert_eq!(counts(&t["ratings"]), map(&[("v2", v2.unwrap())]));
+    assert_eq!(r["expected"]["v3"], serde_json::json!([0, 0]));
+
+    let proxies = r["proxies"].as_object().unwrap();
+    assert_eq!(proxies.len(), 7, "{proxies:?}");
+    assert!(proxies.values().all(|s| s == "SYNCED"), "{proxies:?}");
+    for w in [
+        "productpage-v1",
+        "details-v1",
+        "reviews-v1",
+        "reviews-v2",
+        "reviews-v3",
+        "ratings-v1",
+        "demo-client",
+    ] {
+        assert!(
+            proxies
+                .keys()
+                .any(|p| p.starts_with(&format!("{w}-127-0-"))),
+            "{w} not in {proxies:?}"
+        );
+    }
+    demo.assert_all_stopped();
+}
+
+#[test]
+fn once_with_all_weight_on_v3_is_answered_by_v3_alone() {
+    let _turn = one_at_a_time();
+    let mut demo = Demo::start(&["--once", "--split", "0,0,100", "--requests", "40"]);
+    let st = demo.wait(START);
+    assert!(st.success(), "{st}:\n{}", demo.output());
+    let r = demo.report();
+    let t = &r["tally"];
+    assert_eq!(counts(&t["reviews"]), map(&[("v3", 40)]));
+    assert_eq!(counts(&t["ratings"]), map(&[("v3", 40)]));
+    assert_eq!(r["problems"], serde_json::json!([]));
+    let out = demo.stdout();
+    assert!(out.contains("reviews v3    40  100%"), "{out}");
+    demo.assert_all_stopped();
+}
+
+/// GETs `url` with curl: the reviews version in productpage's report, or
+/// what went wrong.
+fn reviews_version(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    if code.trim() != "200" {
+        return format!("status {}", code.trim());
+    }
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let reviews = v["calls"].as_array().and_then(|calls| {
+        calls
+            .iter()
+            .find(|c| c["url"].as_str().is_some_and(|u| u.contains("/reviews/")))
+    });
+    match reviews {
+        Some(c) => c["report"]["version"]
+            .as_str()
+            .unwrap_or("no report")
+            .to_string(),
+        None => "no call to reviews".into(),
+    }
+}
+
+#[test]
+fn runs_until_interrupted_serving_curl_and_a_new_split() {
+    let _turn = one_at_a_time();
+    let mut demo = Demo::start(&["--split", "100,0,0", "--requests", "10", "--rate", "5"]);
+    demo.wait_for_output("Ctrl-C to stop", START);
+    let out = demo.stdout();
+    let entry = demo.report()["entry"].as_str().unwrap().to_string();
+    assert!(out.contains(&format!("curl -s {entry}")), "{out}");
+    for _ in 0..5 {
+        assert_eq!(reviews_version(&entry), "v1");
+    }
+
+    // As the demo tells its user: edit the split's file and apply it.
+    let vs = demo.dir.join("mesh/4-reviews-virtualservice.yaml");
+    let yaml = std::fs::read_to_string(&vs).unwrap();
+    let weights: Vec<&str> = yaml.lines().filter(|l| l.contains("weight:")).collect();
+    assert_eq!(
+        weights,
+        ["      weight: 100", "      weight: 0", "      weight: 0"]
+    );
+    let yaml = yaml
+        .replace("weight: 100", "weight: X")
+        .replacen("weight: 0", "weight: 100", 1)
+        .replace("weight: X", "weight: 0");
+    std::fs::write(&vs, yaml).unwrap();
+    let mut apply = Command::new(bin("trellis"));
+    remove_env_prefixed(&mut apply, "TRELLIS_");
+    let applied = apply
+        .arg("apply")
+        .arg("-f")
+        .arg(&vs)
+        .env("TRELLIS_CONFIG", demo.dir.join("admin.yaml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&applied.stdout);
+    assert!(
+        said.contains("virtualservice.networking.istio.io/reviews configured"),
+        "{said}"
+    );
+    // Pushed to productpage's agent within seconds: then only v2.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while seen.len() < 5 || seen[seen.len() - 5..].iter().any(|v| v != "v2") {
+        assert!(Instant::now() < deadline, "still not only v2: {seen:?}");
+        seen.push(reviews_version(&entry));
+    }
+    assert!(seen.iter().all(|v| v == "v1" || v == "v2"), "{seen:?}");
+
+    // The light traffic's lines every 10 s, then Ctrl-C.
+    demo.wait_for_output("requests, ", Duration::from_secs(20));
+    demo.signal("-INT");
+    let st = demo.wait(Duration::from_secs(30));
+    let out = demo.stdout();
+    assert!(st.success(), "{st}:\n{}", demo.output());
+    let line = out.lines().find(|l| l.starts_with("[  ")).unwrap();
+    assert!(line.contains("answered; reviews v1 "), "{line}");
+    assert!(!line.contains("failed"), "{line}");
+    assert!(out.contains("stopped 16 processes"), "{out}");
+    demo.assert_all_stopped();
+}
+
+#[test]
+fn bad_flags_are_refused_before_anything_starts() {
+    for (args, says) in [
+        (&["--split", "50,50"][..], "summing to 100"),
+        (&["--split", "50,30,30"][..], "summing to 100"),
+        (&["--requests", "0"][..], "--requests"),
+    ] {
+        let mut demo = Demo::start(args);
+        let st = demo.wait(Duration::from_secs(10));
+        assert!(!st.success(), "{args:?}");
+        assert!(demo.output().contains(says), "{args:?}: {}", demo.output());
+        assert!(demo.pids().is_empty(), "{args:?} started {:?}", demo.pids());
+    }
+    // A directory with something in it is not the demo's to fill.
+    let full = tempfile::tempdir().unwrap();
+    std::fs::write(full.path().join("notes"), "mine").unwrap();
+    let out = Command::new(bin("trellis"))
+        .args(["demo", "--once", "--dir"])
+        .arg(full.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not empty"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(full.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}

@@ -1,0 +1,532 @@
+//! What the demo's traffic showed: from productpage's answers (echo
+//! reports with the calls it made nested under `calls`, and theirs under
+//! theirs) to a [`Tally`] of who answered, and the text printed about it.
+//! Plain functions over plain data.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use trellis_echo::{Call, Report};
+
+use super::bookinfo::{Split, REVIEWS_VERSIONS};
+
+/// The chance, each side, that a correct mesh answers outside
+/// [`expected_range`]: with three versions, a `--once` run fails by bad
+/// luck in fewer than one in 100 000.
+const TAIL: f64 = 1e-6;
+
+/// How many of `n` answers reviews of weight `weight` (percent) may give
+/// before the run counts as misrouted: all of the binomial distribution
+/// but its tails of [`TAIL`]. Weights 0 and 100 allow exactly 0 and `n`;
+/// a small weight allows 0 when 0 is likely enough.
+pub fn expected_range(n: usize, weight: u32) -> (usize, usize) {
+    match weight {
+        0 => return (0, 0),
+        100.. => return (n, n),
+        _ => {}
+    }
+    let p = f64::from(weight) / 100.0;
+    let (ln_p, ln_q) = (p.ln(), (1.0 - p).ln());
+    // ln P(X = k), from P(X = 0) = q^n by P(k)/P(k-1) = (n-k+1)/k · p/q,
+    // in logs so that a large n does not underflow.
+    let mut ln_pmf = n as f64 * ln_q;
+    let mut cdf = 0.0;
+    let mut lo = None;
+    for k in 0..=n {
+        if k > 0 {
+            ln_pmf += ((n - k + 1) as f64 / k as f64).ln() + ln_p - ln_q;
+        }
+        cdf += ln_pmf.exp();
+        if lo.is_none() && cdf > TAIL {
+            lo = Some(k);
+        }
+        if 1.0 - cdf <= TAIL {
+            return (lo.unwrap_or(k), k);
+        }
+    }
+    (lo.unwrap_or(0), n)
+}
+
+/// What came back for one request to productpage.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// Status 200 with productpage's report.
+    Report(Box<Report>),
+    /// Any other status, or a body that is not a report.
+    Status(u16),
+    /// No answer: the reason.
+    Error(String),
+}
+
+/// Who answered how many requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    /// Requests sent to productpage.
+    pub sent: usize,
+    /// Answered by productpage with its report.
+    pub answered: usize,
+    /// productpage's calls to details that details answered.
+    pub details: usize,
+    /// productpage's calls to reviews answered, by the version that answered.
+    pub reviews: BTreeMap<String, usize>,
+    /// reviews' calls to ratings that ratings answered, by the version of
+    /// reviews that made them.
+    pub ratings: BTreeMap<String, usize>,
+    /// What went wrong, with how often: `productpage: status 503`,
+    /// `productpage → reviews: status 503`, `reviews v2 → ratings: ...`.
+    pub failures: BTreeMap<String, usize>,
+}
+
+/// Which service a call went to: the callee's report says, else the
+/// first segment of the URL's path (bookinfo's `/reviews/0`).
+fn callee(call: &Call) -> String {
+    if let Some(r) = &call.report {
+        return r.workload.service.clone();
+    }
+    let path = call
+        .url
+        .split_once("://")
+        .map_or(call.url.as_str(), |(_, rest)| rest);
+    path.split('/').nth(1).unwrap_or("?").to_string()
+}
+
+/// A call that did not come back with a report, as a failure line.
+fn failure(call: &Call) -> Option<String> {
+    if call.status == Some(200) && call.report.is_some() {
+        return None;
+    }
+    Some(match (&call.status, &call.error) {
+        (_, Some(e)) => e.clone(),
+        (Some(s), None) => format!("status {s}"),
+        (None, None) => "no answer".into(),
+    })
+}
+
+/// Counts the answers.
+pub fn tally(answers: &[Answer]) -> Tally {
+    let mut t = Tally {
+        sent: answers.len(),
+        ..Tally::default()
+    };
+    let mut fail = |what: String| *t.failures.entry(what).or_default() += 1;
+    let mut details = 0;
+    let mut reviews: BTreeMap<String, usize> = BTreeMap::new();
+    let mut ratings: BTreeMap<String, usize> = BTreeMap::new();
+    let mut answered = 0;
+    for a in answers {
+        let page = match a {
+            Answer::Report(r) => r,
+            Answer::Status(s) => {
+                fail(format!("productpage: status {s}"));
+                continue;
+            }
+            Answer::Error(e) => {
+                fail(format!("productpage: {e}"));
+                continue;
+            }
+        };
+        answered += 1;
+        for call in &page.calls {
+            let to = callee(call);
+            if let Some(f) = failure(call) {
+                fail(format!("productpage → {to}: {f}"));
+                continue;
+            }
+            let Some(r) = &call.report else { continue };
+            match to.as_str() {
+                "details" => details += 1,
+                "reviews" => {
+                    let v = r.workload.version.clone();
+                    *reviews.entry(v.clone()).or_default() += 1;
+                    for c in &r.calls {
+                        let to = callee(c);
+                        match failure(c) {
+                            Some(f) => fail(format!("reviews {v} → {to}: {f}")),
+                            None if to == "ratings" => *ratings.entry(v.clone()).or_default() += 1,
+                            None => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    t.answered = answered;
+    t.details = details;
+    t.reviews = reviews;
+    t.ratings = ratings;
+    t
+}
+
+impl Tally {
+    /// Whether ratings was called by exactly the reviews versions in
+    /// `callers`, on every request they answered.
+    pub fn ratings_only_from(&self, callers: &[&str]) -> bool {
+        self.ratings.keys().all(|v| callers.contains(&v.as_str()))
+            && callers
+                .iter()
+                .all(|v| self.ratings.get(*v).copied().unwrap_or(0) == self.reviews_of(v))
+    }
+
+    /// How many requests reviews `version` answered.
+    pub fn reviews_of(&self, version: &str) -> usize {
+        self.reviews.get(version).copied().unwrap_or(0)
+    }
+
+    /// How many requests reviews answered, all versions together.
+    pub fn reviews_total(&self) -> usize {
+        self.reviews.values().sum()
+    }
+
+    /// Problems that make a `--once` run fail: anything that went wrong,
+    /// a version that answered outside its [`expected_range`] (any answer
+    /// at all with weight 0), ratings called from the wrong versions.
+    pub fn problems(&self, split: Split, ratings_callers: &[&str]) -> Vec<String> {
+        let mut p = Vec::new();
+        let failed: usize = self.failures.values().sum();
+        if failed > 0 {
+            p.push(format!("{failed} failed calls"));
+        }
+        let total = self.reviews_total();
+        for v in REVIEWS_VERSIONS {
+            let (w, n) = (split.weight(v), self.reviews_of(v));
+            let (lo, hi) = expected_range(total, w);
+            if w == 0 && n > 0 {
+                p.push(format!("reviews {v} has weight 0 but answered {n}"));
+            } else if n < lo || n > hi {
+                p.push(format!(
+                    "reviews {v} answered {n} of {total}; weight {w} expects {lo}-{hi}"
+                ));
+            }
+        }
+        if !self.ratings_only_from(ratings_callers) {
+            p.push(format!(
+                "ratings was called by {:?}, expected exactly reviews {}",
+                self.ratings,
+                ratings_callers.join(" and ")
+            ));
+        }
+        p
+    }
+
+    /// The report, for people: the split of reviews against its weights,
+    /// and who called ratings.
+    pub fn render(&self, split: Split, ratings_callers: &[&str]) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "  productpage answered {} of {}; it called details ({} answered) and reviews ({} answered):",
+            self.answered,
+            self.sent,
+            self.details,
+            self.reviews_total()
+        );
+        let total = self.reviews_total();
+        for v in REVIEWS_VERSIONS {
+            let (n, w) = (self.reviews_of(v), split.weight(v));
+            let pct = n * 100 / total.max(1);
+            let (lo, hi) = expected_range(total, w);
+            let _ = writeln!(
+                s,
+                "    reviews {v}  {n:>4}  {pct:>3}%  {:<25} weight {w:>3}, expected {lo}-{hi}",
+                "#".repeat(pct / 4),
+            );
+        }
+        let calls: Vec<String> = REVIEWS_VERSIONS
+            .iter()
+            .map(|v| format!("{v} {}", self.ratings.get(*v).copied().unwrap_or(0)))
+            .collect();
+        let verdict = if self.ratings_only_from(ratings_callers) {
+            format!(
+                "only reviews {} called ratings, on every request they answered",
+                ratings_callers.join(" and ")
+            )
+        } else {
+            format!(
+                "NOT as configured: only reviews {} should call ratings",
+                ratings_callers.join(" and ")
+            )
+        };
+        let _ = writeln!(
+            s,
+            "  ratings calls by reviews version: {}: {verdict}",
+            calls.join(", ")
+        );
+        if !self.failures.is_empty() {
+            let _ = writeln!(s, "  failures:");
+            for (what, n) in &self.failures {
+                let _ = writeln!(s, "    {n:>4} × {what}");
+            }
+        }
+        s
+    }
+
+    /// One line for a window of light traffic.
+    pub fn line(&self) -> String {
+        let versions: Vec<String> = REVIEWS_VERSIONS
+            .iter()
+            .map(|v| format!("{v} {}", self.reviews_of(v)))
+            .collect();
+        let failed: usize = self.failures.values().sum();
+        let mut l = format!(
+            "{} requests, {} answered; reviews {}",
+            self.sent,
+            self.answered,
+            versions.join(", ")
+        );
+        if failed > 0 {
+            let first = self.failures.keys().next().map_or("", String::as_str);
+            let _ = write!(l, "; {failed} failed calls (e.g. {first})");
+        }
+        l
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use trellis_echo::Workload;
+
+    use super::*;
+
+    fn report(service: &str, version: &str, calls: Vec<Call>) -> Report {
+        Report {
+            workload: Workload {
+                service: service.into(),
+                version: version.into(),
+                identity: String::new(),
+            },
+            host: String::new(),
+            method: "GET".into(),
+            path: "/".into(),
+            proto: "HTTP/1.1".into(),
+            headers: BTreeMap::new(),
+            body_bytes: 0,
+            calls,
+        }
+    }
+
+    fn ok(service: &str, version: &str, calls: Vec<Call>) -> Call {
+        Call {
+            url: format!("http://127.0.10.1:1/{service}/0"),
+            status: Some(200),
+            report: Some(report(service, version, calls)),
+            error: None,
+        }
+    }
+
+    fn failed(service: &str, status: Option<u16>, error: Option<&str>) -> Call {
+        Call {
+            url: format!("http://127.0.10.1:1/{service}/0"),
+            status,
+            report: None,
+            error: error.map(str::to_string),
+        }
+    }
+
+    fn page(reviews: Call) -> Answer {
+        Answer::Report(Box::new(report(
+            "productpage",
+            "v1",
+            vec![ok("details", "v1", vec![]), reviews],
+        )))
+    }
+
+    fn v1() -> Call {
+        ok("reviews", "v1", vec![])
+    }
+
+    fn with_ratings(v: &str) -> Call {
+        ok("reviews", v, vec![ok("ratings", "v1", vec![])])
+    }
+
+    fn map(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+        pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn tallies() {
+        struct Case {
+            name: &'static str,
+            answers: Vec<Answer>,
+            answered: usize,
+            details: usize,
+            reviews: &'static [(&'static str, usize)],
+            ratings: &'static [(&'static str, usize)],
+            failures: &'static [(&'static str, usize)],
+            ratings_ok: bool,
+        }
+        let cases = [
+            Case {
+                name: "nothing sent",
+                answers: vec![],
+                answered: 0,
+                details: 0,
+                reviews: &[],
+                ratings: &[],
+                failures: &[],
+                ratings_ok: true,
+            },
+            Case {
+                name: "every version, ratings from v2 and v3",
+                answers: vec![
+                    page(v1()),
+                    page(with_ratings("v2")),
+                    page(v1()),
+                    page(with_ratings("v3")),
+                ],
+                answered: 4,
+                details: 4,
+                reviews: &[("v1", 2), ("v2", 1), ("v3", 1)],
+                ratings: &[("v2", 1), ("v3", 1)],
+                failures: &[],
+                ratings_ok: true,
+            },
+            Case {
+                name: "v1 calling ratings is not as configured",
+                answers: vec![page(with_ratings("v1")), page(with_ratings("v2"))],
+                answered: 2,
+                details: 2,
+                reviews: &[("v1", 1), ("v2", 1)],
+                ratings: &[("v1", 1), ("v2", 1)],
+                failures: &[],
+                ratings_ok: false,
+            },
+            Case {
+                name: "failures at every depth",
+                answers: vec![
+                    Answer::Status(503),
+                    Answer::Error("connection refused".into()),
+                    page(failed("reviews", Some(503), None)),
+                    page(ok(
+                        "reviews",
+                        "v3",
+                        vec![failed("ratings", None, Some("no complete answer"))],
+                    )),
+                    Answer::Report(Box::new(report(
+                        "productpage",
+                        "v1",
+                        vec![failed("details", None, Some("refused")), with_ratings("v2")],
+                    ))),
+                ],
+                answered: 3,
+                details: 2,
+                reviews: &[("v2", 1), ("v3", 1)],
+                ratings: &[("v2", 1)],
+                failures: &[
+                    ("productpage: status 503", 1),
+                    ("productpage: connection refused", 1),
+                    ("productpage → reviews: status 503", 1),
+                    ("productpage → details: refused", 1),
+                    ("reviews v3 → ratings: no complete answer", 1),
+                ],
+                // v3 answered a request without ratings' answer.
+                ratings_ok: false,
+            },
+        ];
+        for c in cases {
+            let t = tally(&c.answers);
+            assert_eq!(t.sent, c.answers.len(), "{}", c.name);
+            assert_eq!(t.answered, c.answered, "{}", c.name);
+            assert_eq!(t.details, c.details, "{}", c.name);
+            assert_eq!(t.reviews, map(c.reviews), "{}", c.name);
+            assert_eq!(t.ratings, map(c.ratings), "{}", c.name);
+            assert_eq!(t.failures, map(c.failures), "{}", c.name);
+            assert_eq!(
+                t.ratings_only_from(&["v2", "v3"]),
+                c.ratings_ok,
+                "{}",
+                c.name
+            );
+        }
+    }
+
+    /// P(X = k) for X ~ Binomial(n, p), by Pascal's triangle: another
+    /// way than the one under test.
+    fn pmf(n: usize, p: f64) -> Vec<f64> {
+        let mut row = vec![1.0];
+        for _ in 0..n {
+            let mut next = vec![0.0; row.len() + 1];
+            for (k, x) in row.iter().enumerate() {
+                next[k] += x * (1.0 - p);
+                next[k + 1] += x * p;
+            }
+            row = next;
+        }
+        row
+    }
+
+    #[test]
+    fn expected_ranges_leave_out_only_the_unlikely_tails() {
+        assert_eq!(expected_range(100, 0), (0, 0));
+        assert_eq!(expected_range(100, 100), (100, 100));
+        assert_eq!(expected_range(0, 30), (0, 0));
+        for n in [1, 7, 60, 200] {
+            for w in [1, 5, 20, 30, 50, 70, 99] {
+                let (lo, hi) = expected_range(n, w);
+                let pmf = pmf(n, f64::from(w) / 100.0);
+                let below: f64 = pmf[..lo].iter().sum();
+                let above: f64 = pmf[hi + 1..].iter().sum();
+                assert!(below <= TAIL && above <= TAIL, "n {n} w {w}: {lo}..={hi}");
+                // The range is the smallest such: one step in is too far.
+                assert!(lo == 0 || below + pmf[lo] > TAIL, "n {n} w {w}: lo {lo}");
+                assert!(above + pmf[hi] > TAIL, "n {n} w {w}: hi {hi}");
+            }
+        }
+        // Symmetric weights, symmetric ranges.
+        let (lo, hi) = expected_range(100, 50);
+        assert_eq!(lo + hi, 100);
+        // A small weight may answer nothing; 20 of 100 may not.
+        assert_eq!(expected_range(100, 1).0, 0);
+        assert!(expected_range(100, 20).0 > 0);
+        // Large runs do not underflow.
+        let (lo, hi) = expected_range(1_000_000, 50);
+        assert!((497_000..500_000).contains(&lo) && (500_000..503_000).contains(&hi));
+    }
+
+    #[test]
+    fn problems_and_text() {
+        let t = tally(&[
+            page(v1()),
+            page(with_ratings("v2")),
+            page(with_ratings("v3")),
+        ]);
+        let callers = ["v2", "v3"];
+        assert!(t.problems(Split([50, 30, 20]), &callers).is_empty());
+        assert_eq!(
+            t.problems(Split([100, 0, 0]), &callers),
+            [
+                "reviews v1 answered 1 of 3; weight 100 expects 3-3",
+                "reviews v2 has weight 0 but answered 1",
+                "reviews v3 has weight 0 but answered 1"
+            ]
+        );
+        let skewed = tally(&vec![page(v1()); 100]);
+        assert_eq!(
+            skewed.problems(Split([80, 20, 0]), &callers),
+            [
+                "reviews v1 answered 100 of 100; weight 80 expects 59-96",
+                "reviews v2 answered 0 of 100; weight 20 expects 4-41"
+            ]
+        );
+        let text = t.render(Split([50, 30, 20]), &callers);
+        assert!(text.contains("productpage answered 3 of 3"), "{text}");
+        assert!(text.contains("reviews v1     1   33%  ########"), "{text}");
+        assert!(
+            text.contains("v1 0, v2 1, v3 1: only reviews v2 and v3 called ratings"),
+            "{text}"
+        );
+        assert_eq!(t.line(), "3 requests, 3 answered; reviews v1 1, v2 1, v3 1");
+
+        let bad = tally(&[Answer::Status(503), page(v1())]);
+        assert_eq!(
+            bad.problems(Split([100, 0, 0]), &callers),
+            ["1 failed calls"]
+        );
+        assert!(bad
+            .render(Split([100, 0, 0]), &callers)
+            .contains("1 × productpage: status 503"));
+        assert!(bad
+            .line()
+            .ends_with("1 failed calls (e.g. productpage: status 503)"));
+    }
+}
