@@ -652,8 +652,8 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), l.len());
-        // 6 workloads × (app + 4 agent ports), 4 upstreams, the client agent.
-        assert_eq!(l.len(), 6 * 5 + 4 + 4);
+        // 6 workloads × (app + 5 agent ports), 4 upstreams, the client agent.
+        assert_eq!(l.len(), 6 * 6 + 4 + 5);
     }
 
     #[test]
