@@ -401,6 +401,10 @@ fn watch_text(layout: &Layout, topology: &Topology) -> String {
             format!("curl -s http://{}/clusters", pp.admin()),
             "what productpage's agent routes to",
         ),
+        (
+            format!("dig +short @{} -p {} reviews", pp.ip, bookinfo::DNS_PORT),
+            "its DNS proxy: reviews' virtual IP",
+        ),
     ];
     let mut out = String::from("Watch it, from another terminal:\n");
     out.push_str(&aligned(&rows));
