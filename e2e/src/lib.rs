@@ -15,6 +15,7 @@ mod cluster;
 pub mod mesh;
 pub mod netns;
 mod process;
+pub mod upgrade;
 
 pub use bins::{bin, bin_dir, profile_dir, use_bins};
 pub use cluster::{admin_client, Cluster, NodeProc};

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use trellis_e2e::{bin, wait_for, Cluster, Proc};
+use trellis_e2e::{bin, upgrade, wait_for, Cluster, Proc};
 
 const MESH: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -291,26 +291,8 @@ async fn agent_features_on_loopback() -> anyhow::Result<()> {
     );
 
     // An HTTP/1.1 upgrade through both agents: 101, then bytes both ways.
-    let mut s = TcpStream::connect(format!("{CLIENT}:19080"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\nUpgrade: trellis-test\r\n\r\n",
-    )?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte)?;
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s.write_all(b"ping through the mesh")?;
-    let mut buf = [0u8; 21];
-    s.read_exact(&mut buf)?;
-    assert_eq!(&buf, b"ping through the mesh");
+    let mut s = upgrade::open(&format!("{CLIENT}:19080"), "echo")?;
+    upgrade::ping(&mut s, b"ping through the mesh")?;
 
     // A live update applies; a bad one is refused and the previous stays.
     let abort = MESH.replace(
@@ -322,6 +304,8 @@ async fn agent_features_on_loopback() -> anyhow::Result<()> {
         (status(&[&upstream]) == 418).then_some(())
     })
     .await?;
+    // The connection opened before the update is still served.
+    upgrade::ping(&mut s, b"still here after the update")?;
     std::fs::write(
         &config,
         abort.replace("httpStatus: 418", "httpStatus: 418\n      bogus: 1"),

@@ -1,7 +1,8 @@
 //! Config push through a real 3-node control plane to real agents on
 //! loopback (no root): `trellis apply` of Istio resources, workloads that
 //! register themselves through a WorkloadGroup (with a readiness probe),
-//! weight changes observed within a second, invalid config refused whole,
+//! weight changes observed within a second (an established connection
+//! still served after them), invalid config refused whole,
 //! a NACK shown in `trellis proxy-status`, failover of an agent's stream
 //! when its control-plane node is killed, the grace period of a departed
 //! workload, and an agent restarted while the whole control plane is down
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::RecordType;
 use trellis_agent::dns::testing::{addresses, query};
 use trellis_agent::dns::Transport;
-use trellis_e2e::{bin, wait_for, Cluster, Proc};
+use trellis_e2e::{bin, upgrade, wait_for, Cluster, Proc};
 
 const BASE: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -250,6 +251,9 @@ async fn config_push_registration_and_failover() -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("{e}: {:?}", registered(&cp)))?;
     assert_eq!(tally(&url, 20), BTreeMap::from([("v1".into(), 20)]));
+    // A connection to v1 opened now outlives the pushes that follow.
+    let mut held = upgrade::open(&format!("{CLIENT}:19080"), "reviews")?;
+    upgrade::ping(&mut held, b"before the push")?;
 
     // A weight change is observed within a second of the apply.
     let vs2 = write(&dir, "vs2.yaml", &split(0, 100));
@@ -266,6 +270,7 @@ async fn config_push_registration_and_failover() -> anyhow::Result<()> {
         "after {took:?}"
     );
     eprintln!("weight change observed {took:?} after apply");
+    upgrade::ping(&mut held, b"the established connection is still served")?;
 
     // Invalid config is refused whole, with the field path; nothing changes.
     let bad = write(
