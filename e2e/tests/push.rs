@@ -309,6 +309,10 @@ async fn config_push_registration_and_failover() -> anyhow::Result<()> {
             .any(|k| k.starts_with("reviews-v1-127-0-0-31.default")),
         "{ps:?}"
     );
+    // Each at its own address, not the loopback one it connects from.
+    let mut at: Vec<&str> = ps.values().filter_map(|p| p["address"].as_str()).collect();
+    at.sort_unstable();
+    assert_eq!(at, [CLIENT, V1, V2], "{ps:?}");
 
     // The agents' DNS proxies answer the service's name with the virtual
     // IP the control plane allocated to it (its ServiceEntry has none).

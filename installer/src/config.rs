@@ -386,13 +386,16 @@ pub async fn proxy_status(config: Option<&Path>, output: Output) -> anyhow::Resu
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Table => {
+            // Columns as wide as their longest value: names run long.
+            let name = rows.iter().map(|r| r.proxy.len()).fold(4, usize::max);
+            let addr = rows.iter().map(|r| r.address.len()).fold(7, usize::max);
             println!(
-                "{:<32} {:<5} {:<16} {:<8} {:<8} {:<7} LAST NACK",
+                "{:<name$} {:<5} {:<addr$} {:<8} {:<8} {:<7} LAST NACK",
                 "NAME", "NODE", "ADDRESS", "SENT", "ACKED", "STATUS"
             );
             for r in &rows {
                 println!(
-                    "{:<32} {:<5} {:<16} {:<8} {:<8} {:<7} {}",
+                    "{:<name$} {:<5} {:<addr$} {:<8} {:<8} {:<7} {}",
                     r.proxy,
                     r.node,
                     r.address,

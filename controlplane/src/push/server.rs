@@ -77,9 +77,12 @@ impl Discovery for DiscoveryService {
             StreamStatus {
                 proxy: format!("{}.{}", proxy.name, proxy.namespace),
                 identity: id.to_string(),
+                // Where it registered, else the address it says it has (it
+                // may connect from another: loopback, a NAT), else the peer.
                 address: registration
                     .as_ref()
                     .map(|r| r.address.clone())
+                    .or_else(|| proxy.addresses.first().cloned())
                     .unwrap_or_else(|| remote.to_string()),
                 workload_group: proxy.workload_group.clone(),
                 connected_at: now() as i64,
