@@ -1,27 +1,34 @@
 //! Plaintext HTTP clients: to the agent's own application on 127.0.0.1, and
 //! to endpoints outside the mesh (no agent in front of them). Pooled
-//! HTTP/1.1 for plain HTTP ports, HTTP/2 (h2c) for gRPC and `http2` ports,
-//! with the agent's connect timeout or a cluster's own.
+//! HTTP/1.1 for plain HTTP ports, HTTP/2 (h2c) for gRPC and `http2` ports.
+//! Connections are opened as the agent's others are ([`connect::tcp`]):
+//! with the capture mark, so that iptables does not send them back to the
+//! agent, and the agent's connect timeout or a cluster's own.
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 
 use super::body::Body;
+use super::connect::{self, ConnectOpts};
 use super::flags::Flag;
 
 /// Clients for the local application and plaintext endpoints.
 pub struct AppClient {
     host: IpAddr,
-    /// The agent-wide `--connect-timeout`, and its clients.
-    default_timeout: Duration,
+    /// The agent's connect options (`--connect-timeout`, the mark), and
+    /// their clients.
+    opts: ConnectOpts,
     default: Clients,
     /// Clients by other connect timeouts: a connector's is fixed when it
     /// is built, so each DestinationRule `connectTimeout` in use has its
@@ -35,16 +42,13 @@ const MAX_TIMEOUTS: usize = 32;
 
 #[derive(Clone)]
 struct Clients {
-    http1: Client<HttpConnector, Body>,
-    http2: Client<HttpConnector, Body>,
+    http1: Client<Connector, Body>,
+    http2: Client<Connector, Body>,
 }
 
 impl Clients {
-    fn new(connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        connector.set_connect_timeout(Some(connect_timeout));
+    fn new(opts: ConnectOpts) -> Self {
+        let connector = Connector { opts };
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector.clone());
@@ -55,28 +59,61 @@ impl Clients {
     }
 }
 
+/// hyper's connector over [`connect::tcp`]. The URIs it is given name an
+/// IP address and port (see [`AppClient::send_with_timeout`]).
+#[derive(Clone, Debug)]
+struct Connector {
+    opts: ConnectOpts,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let opts = self.opts.clone();
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| format!("not an IP address and port: {uri}"))?;
+            Ok(TokioIo::new(connect::tcp(addr, &opts).await?))
+        })
+    }
+}
+
 impl AppClient {
-    /// The application listens on `host` (usually 127.0.0.1); connects
-    /// give up after `connect_timeout` unless a cluster says otherwise.
-    pub fn new(host: IpAddr, connect_timeout: Duration) -> Self {
+    /// The application listens on `host` (usually 127.0.0.1); connections
+    /// are opened with `opts` unless a cluster has its own timeout.
+    pub fn new(host: IpAddr, opts: ConnectOpts) -> Self {
         Self {
             host,
-            default_timeout: connect_timeout,
-            default: Clients::new(connect_timeout),
+            default: Clients::new(opts.clone()),
+            opts,
             by_timeout: Mutex::new(HashMap::new()),
         }
     }
 
     fn clients(&self, connect_timeout: Option<Duration>) -> Cow<'_, Clients> {
         let t = match connect_timeout {
-            Some(t) if t != self.default_timeout => t,
+            Some(t) if t != self.opts.timeout => t,
             _ => return Cow::Borrowed(&self.default),
         };
         let mut m = self.by_timeout.lock().unwrap_or_else(|p| p.into_inner());
         if !m.contains_key(&t) && m.len() >= MAX_TIMEOUTS {
             m.clear();
         }
-        Cow::Owned(m.entry(t).or_insert_with(|| Clients::new(t)).clone())
+        let clients = m
+            .entry(t)
+            .or_insert_with(|| Clients::new(self.opts.with_timeout(Some(t))));
+        Cow::Owned(clients.clone())
     }
 
     /// The application's address for `port`.
@@ -141,7 +178,11 @@ mod tests {
     #[tokio::test]
     async fn a_plaintext_connect_gives_up_after_the_clusters_timeout() {
         let (_listener, _queued, addr) = super::super::connect::unanswered();
-        let app = AppClient::new(IpAddr::from([127, 0, 0, 1]), Duration::from_secs(30));
+        let agent = ConnectOpts {
+            timeout: Duration::from_secs(30),
+            mark: None,
+        };
+        let app = AppClient::new(IpAddr::from([127, 0, 0, 1]), agent);
         let req = Request::get("/").body(super::super::body::empty()).unwrap();
         let t = Instant::now();
         let r = app
