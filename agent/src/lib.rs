@@ -81,8 +81,8 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
             .then_some(proxy::connect::CAPTURE_MARK),
     };
     let px = Arc::new(proxy::Proxy {
-        pool: proxy::pool::Pool::new(tls.clone(), connect.clone()),
-        app: proxy::app::AppClient::new(opts.app_host),
+        pool: proxy::pool::Pool::new(tls.clone()),
+        app: proxy::app::AppClient::new(opts.app_host, connect.clone()),
         peer_metadata: http::HeaderValue::from_str(&serde_json::to_string(me.as_ref())?)?,
         labels: settings.labels.clone(),
         tls,

@@ -1,8 +1,10 @@
 //! The agent on loopback, without root: HTTP proxy mode and explicit
 //! upstreams, config refused whole at start, live config updates (a bad one
-//! leaves the previous in force), timeouts and delay faults, HTTP upgrades
+//! leaves the previous in force), timeouts and delay faults, DestinationRule
+//! `maxRequestsPerConnection` and `connectTimeout`, HTTP upgrades
 //! through the mesh, certificate renewal, and serving on while the control
 //! plane is down, also across an agent restart.
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -41,11 +43,32 @@ metadata: {name: echo, namespace: default}
 spec:
   host: echo
   trafficPolicy:
-    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 3}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: blackhole, namespace: default}
+spec:
+  hosts: [blackhole.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  endpoints: [{address: 127.0.0.14, serviceAccount: blackhole}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: blackhole, namespace: default}
+spec:
+  host: blackhole
+  trafficPolicy:
+    connectionPool: {tcp: {connectTimeout: 250ms}}
 "#;
 
 const CLIENT: &str = "127.0.0.11";
 const SERVER: &str = "127.0.0.12";
+/// Takes TCP connections on the inbound port and never answers.
+const BLACKHOLE: &str = "127.0.0.14";
 
 fn agent_args(ip: &str, data: &Path, config: &Path) -> Vec<String> {
     [
@@ -92,6 +115,27 @@ async fn ready(admin: &str) -> anyhow::Result<()> {
         (status(&[&url]) == 200).then_some(())
     })
     .await
+}
+
+/// The requests in an agent's inbound access log (`log`), by the
+/// connection they came over (its downstream address): their paths.
+fn inbound_requests_by_connection(log: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut by_conn: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reporter"] != "destination" || v["protocol"] == "tcp" {
+            continue;
+        }
+        let conn = v["downstream_remote_address"].as_str().unwrap_or_default();
+        let path = v["path"].as_str().unwrap_or_default();
+        by_conn
+            .entry(conn.to_string())
+            .or_default()
+            .push(path.to_string());
+    }
+    by_conn
 }
 
 fn cert_sha(admin: &str) -> String {
@@ -146,8 +190,9 @@ async fn agent_features_on_loopback() -> anyhow::Result<()> {
     )?;
     let token = cp.token(&["--kind", "vm", "--identity", "default/echo"])?;
     let mut server_cmd = Command::new(bin("trellis-agent"));
+    // Its access log shows which connection each request came over.
     server_cmd
-        .args(["--token", &token, "--access-log", "false"])
+        .args(["--token", &token])
         .args(agent_args(SERVER, &dir.join("server"), &config));
     let _server = Proc::spawn(
         "server-agent",
@@ -195,6 +240,49 @@ async fn agent_features_on_loopback() -> anyhow::Result<()> {
         status(&["-x", &proxy, "http://unknown.example:80/"]),
         404,
         "no route: NR"
+    );
+
+    // maxRequestsPerConnection (3): the client agent retires its pooled
+    // connection to the server's after 3 requests, so the server's agent
+    // sees no connection carry more, and 9 requests in a row arrive over
+    // at least 3 connections.
+    for i in 0..9 {
+        assert_eq!(status(&[&format!("{upstream}per-connection/{i}")]), 200);
+    }
+    let server_log = dir.join("server-agent.log");
+    let by_conn = wait_for(Duration::from_secs(5), "9 requests logged", || async {
+        let by_conn = inbound_requests_by_connection(&server_log);
+        let logged = by_conn
+            .values()
+            .flatten()
+            .filter(|p| p.starts_with("/per-connection/"))
+            .count();
+        (logged == 9).then_some(by_conn)
+    })
+    .await?;
+    assert!(
+        by_conn.values().all(|paths| paths.len() <= 3),
+        "{by_conn:?}"
+    );
+    let conns = by_conn
+        .values()
+        .filter(|paths| paths.iter().any(|p| p.starts_with("/per-connection/")))
+        .count();
+    assert!(conns >= 3, "{by_conn:?}");
+
+    // connectTimeout (250ms) instead of the agent's --connect-timeout
+    // (10s): a peer that takes the TCP connection but never answers the
+    // mTLS handshake fails the request in well under a second (503 UF
+    // after Istio's default two retries), not in 3 × 10s.
+    let _blackhole = std::net::TcpListener::bind(format!("{BLACKHOLE}:15006"))?;
+    let t = Instant::now();
+    let code = status(&["--max-time", "8", "-x", &proxy, "http://blackhole:9080/"]);
+    let took = t.elapsed();
+    eprintln!("connectTimeout 250ms to an unanswered peer: {code} after {took:?}");
+    assert_eq!(code, 503, "connect timeout: UF (took {took:?})");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(4),
+        "tries of 250ms each: {took:?}"
     );
 
     // Route timeout (504) and delay fault.

@@ -1,7 +1,8 @@
 //! The data plane end to end: workloads in network namespaces, each behind
 //! a `trellis-agent` that captures its traffic with iptables and got its
 //! certificate from a real control plane with a VM token. Every check goes
-//! through real sockets, real mTLS and the real binaries.
+//! through real sockets, real mTLS and the real binaries. A workload
+//! without an agent (the outsider) is reached in plaintext.
 use std::time::Duration;
 
 use trellis_e2e::mesh::MeshEnv;
@@ -55,6 +56,24 @@ spec:
   resolution: STATIC
   ports: [{number: 9080, name: http}]
   endpoints: [{address: R1, serviceAccount: someone-else}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: default}
+spec:
+  hosts: [legacy.default.svc.cluster.local]
+  addresses: [240.240.0.5]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}, {number: 9999, name: http-dropped}]
+  endpoints: [{address: OUTSIDER, labels: {security.istio.io/tlsMode: disabled}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: legacy, namespace: default}
+spec:
+  host: legacy
+  trafficPolicy:
+    connectionPool: {tcp: {connectTimeout: 300ms}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -147,7 +166,8 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
     let mesh = MESH
         .replace("R1", &r1.addr.to_string())
         .replace("R2", &r2.addr.to_string())
-        .replace("R3", &r3.addr.to_string());
+        .replace("R3", &r3.addr.to_string())
+        .replace("OUTSIDER", &outsider.addr.to_string());
     let config = env.write("mesh.yaml", &mesh)?;
 
     for (h, v) in [(&r1, "v1"), (&r2, "v2")] {
@@ -324,6 +344,46 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
     assert_eq!(
         statuses(&client, "http://240.240.0.4:9080/", "", 10).await,
         [200; 10]
+    );
+
+    // A plaintext endpoint without an agent (the outsider): the client's
+    // agent reaches it on a marked connection, which capture lets out
+    // rather than passing it through the agent a second time; and a port
+    // whose SYNs are dropped fails after the DestinationRule's
+    // connectTimeout (300ms a try), not --connect-timeout (10s).
+    env.echo(&outsider, &["--http", "0.0.0.0:9080", "--name", "legacy"])?;
+    sh(&outsider, "iptables -A INPUT -p tcp --dport 9999 -j DROP").await?;
+    wait_for(
+        Duration::from_secs(10),
+        "the outsider through the mesh",
+        || async {
+            curl(&client, "http://240.240.0.5:9080/")
+                .await
+                .contains(r#""service":"legacy""#)
+                .then_some(())
+        },
+    )
+    .await?;
+    // Captured again, it would be passed through as a TCP connection to
+    // the outsider's address (its access-log line comes only at close).
+    let metrics = reqwest_metrics(&client).await?;
+    let passthrough = format!(r#"destination_service="{}""#, outsider.addr);
+    assert!(
+        metrics.contains(r#"destination_service="legacy.default.svc.cluster.local""#)
+            && !metrics.contains(&passthrough),
+        "the agent's own connection was captured again: {:?}",
+        metrics
+            .lines()
+            .filter(|l| l.contains(&passthrough))
+            .collect::<Vec<_>>()
+    );
+    let t = std::time::Instant::now();
+    let codes = statuses(&client, "http://240.240.0.5:9999/", "--max-time 8", 1).await;
+    let took = t.elapsed();
+    assert_eq!(codes, [503], "connect timeout: UF (took {took:?})");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(4),
+        "tries of 300ms each: {took:?}"
     );
 
     // Istio's metrics, from the caller's agent.

@@ -377,6 +377,43 @@ spec:
     }
 
     #[test]
+    fn connection_pool_settings_the_agent_applies_are_taken() {
+        let dr = item(
+            "config/DestinationRule/default/echo",
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo
+  trafficPolicy:
+    connectionPool:
+      tcp: {connectTimeout: 250ms}
+      http: {maxRequestsPerConnection: 3}
+    portLevelSettings:
+    - port: {number: 9080}
+      connectionPool: {http: {maxRequestsPerConnection: 0}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {connectionPool: {tcp: {connectTimeout: 1s}}}
+",
+        );
+        let r = Resources::default().apply(
+            &resp(
+                4,
+                vec![TypeDelta {
+                    r#type: "clusters".into(),
+                    full: true,
+                    items: vec![dr],
+                    removed: vec![],
+                }],
+            ),
+            &me(),
+        );
+        assert_eq!(r.map(|r| names(&r)), Ok(vec!["echo".to_string()]));
+    }
+
+    #[test]
     fn an_authorization_policy_that_applies_is_refused() {
         let policy = |ns: &str, selector: &str| {
             item(

@@ -3,6 +3,7 @@
 //! such as a WorkloadEntry with a DNS name, is skipped with a log line).
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -399,17 +400,29 @@ fn lb_policy(p: &TrafficPolicy) -> LbPolicy {
     }
 }
 
-/// Connection-pool limits. Between agents every endpoint has one
-/// multiplexed HTTP/2 connection, so Envoy's limits become one cap on
-/// requests in flight: `http2MaxRequests`, and, when `maxConnections` is
-/// set, HTTP/1.1's view of it (`maxConnections` busy plus
-/// `http1MaxPendingRequests` waiting).
+/// Connection-pool settings. Between agents every endpoint has one
+/// multiplexed HTTP/2 connection at a time, so Envoy's limits become one
+/// cap on requests in flight: `http2MaxRequests`, and, when
+/// `maxConnections` is set, HTTP/1.1's view of it (`maxConnections` busy
+/// plus `http1MaxPendingRequests` waiting). `connectTimeout` and
+/// `maxRequestsPerConnection` are taken as they are (0 requests: unlimited,
+/// as in Envoy).
 fn limits(p: &TrafficPolicy) -> Limits {
     let mut l = Limits::default();
     let Some(pool) = &p.connection_pool else {
         return l;
     };
     let http = pool.http.as_ref();
+    // Validation has refused timeouts under 1ms.
+    l.connect_timeout = pool
+        .tcp
+        .as_ref()
+        .and_then(|t| t.connect_timeout)
+        .map(|d| d.as_std());
+    l.max_requests_per_connection = http
+        .and_then(|h| h.max_requests_per_connection)
+        .and_then(|n| u32::try_from(n).ok())
+        .and_then(NonZeroU32::new);
     if let Some(n) = http.and_then(|h| h.http2_max_requests).filter(|n| *n > 0) {
         l.max_active = n as u32;
     }

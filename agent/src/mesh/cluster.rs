@@ -6,6 +6,7 @@
 //! the proxy as requests start and end.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,17 +36,28 @@ pub enum HashOn {
     QueryParameter(String),
 }
 
-/// Circuit-breaking limits (DestinationRule `connectionPool`).
+/// Connection-pool settings (DestinationRule `connectionPool`): circuit
+/// breaking and how connections to the endpoints are opened and reused.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
     /// Most requests in flight to the cluster at once; more get `503 UO`.
     pub max_active: u32,
+    /// `tcp.connectTimeout`: how long a TCP connect (and the mTLS handshake
+    /// after it) to an endpoint may take; `None`: the agent-wide
+    /// `--connect-timeout`.
+    pub connect_timeout: Option<Duration>,
+    /// `http.maxRequestsPerConnection`: requests (HTTP/2 streams) a pooled
+    /// connection to a peer agent carries before it is retired; `None`
+    /// (unset or 0): unlimited.
+    pub max_requests_per_connection: Option<NonZeroU32>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_active: u32::MAX,
+            connect_timeout: None,
+            max_requests_per_connection: None,
         }
     }
 }

@@ -27,6 +27,17 @@ pub struct ConnectOpts {
     pub mark: Option<u32>,
 }
 
+impl ConnectOpts {
+    /// These options with a cluster's own connect timeout
+    /// (DestinationRule `connectionPool.tcp.connectTimeout`), if it has one.
+    pub fn with_timeout(&self, timeout: Option<Duration>) -> ConnectOpts {
+        ConnectOpts {
+            timeout: timeout.unwrap_or(self.timeout),
+            mark: self.mark,
+        }
+    }
+}
+
 /// Why a connection could not be opened: what the access log reports as `UF`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -115,5 +126,51 @@ pub async fn mtls(
             addr,
             after: opts.timeout,
         }),
+    }
+}
+
+/// A loopback address whose connects hang, as a blackholed one's do: a
+/// listener with a backlog of 0 and one connection already queued, which
+/// Linux answers by dropping further SYNs. Keep what it returns alive.
+#[cfg(test)]
+pub(crate) fn unanswered() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => queued.push(s),
+            // The accept queue is full: from now on connects hang.
+            Err(_) => return (l, queued, addr),
+        }
+    }
+    panic!("connects to a listener that never accepts keep succeeding (not Linux?)");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_clusters_connect_timeout_replaces_the_agents() {
+        let (_listener, _queued, addr) = unanswered();
+        let agent = ConnectOpts {
+            timeout: Duration::from_secs(30),
+            mark: None,
+        };
+        assert_eq!(agent.with_timeout(None).timeout, Duration::from_secs(30));
+        let cluster = agent.with_timeout(Some(Duration::from_millis(100)));
+        let t = Instant::now();
+        let err = tcp(addr, &cluster).await.unwrap_err();
+        assert!(
+            matches!(err, ConnectError::Timeout { after, .. } if after == Duration::from_millis(100)),
+            "{err}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
 }

@@ -206,3 +206,105 @@ fn a_new_view_keeps_the_old_counters() {
     );
     assert!(Arc::ptr_eq(&c.endpoints[0].state, &c2.endpoints[0].state));
 }
+
+/// `connectTimeout` and `maxRequestsPerConnection`: the rule's, overridden
+/// by its port-level settings, by a subset's, and by the subset's own
+/// port-level settings, a `connectionPool` replacing the one below it whole
+/// (as Istio merges); 0 requests is unlimited.
+#[test]
+fn connect_timeout_and_requests_per_connection_per_port_and_subset() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}, {number: 9090, name: tcp-db}, {number: 9091, name: http-admin}]
+  endpoints:
+  - {address: 10.0.0.2, labels: {version: v1}}
+  - {address: 10.0.0.3, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings
+  trafficPolicy:
+    connectionPool:
+      tcp: {connectTimeout: 250ms, maxConnections: 4}
+      http: {maxRequestsPerConnection: 3}
+    portLevelSettings:
+    - port: {number: 9090}
+      connectionPool: {tcp: {connectTimeout: 2s}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      connectionPool: {http: {maxRequestsPerConnection: 1}}
+      portLevelSettings:
+      - port: {number: 9091}
+        connectionPool: {tcp: {connectTimeout: 50ms}, http: {maxRequestsPerConnection: 0}}
+"#;
+    let m = build(
+        parse_documents(yaml).unwrap(),
+        &settings("10.0.0.9", &[]),
+        None,
+    );
+    let host = "ratings.default.svc.cluster.local";
+    let got = |port, subset| {
+        let c = m.cluster(host, port, subset).unwrap();
+        (
+            c.limits.connect_timeout,
+            c.limits.max_requests_per_connection.map(|n| n.get()),
+        )
+    };
+    let ms = |n| Some(Duration::from_millis(n));
+    let cases = [
+        (9080, "", (ms(250), Some(3)), "the rule's"),
+        (9091, "", (ms(250), Some(3)), "no port-level settings there"),
+        (
+            9090,
+            "",
+            (ms(2000), None),
+            "port-level pool replaces it whole",
+        ),
+        (9080, "v1", (ms(250), Some(3)), "a subset without a policy"),
+        (9090, "v1", (ms(2000), None), "... takes the port's"),
+        (9080, "v2", (None, Some(1)), "the subset's pool"),
+        (
+            9090,
+            "v2",
+            (None, Some(1)),
+            "the subset's pool over the port's",
+        ),
+        (
+            9091,
+            "v2",
+            (ms(50), None),
+            "the subset's port-level; 0 is unlimited",
+        ),
+    ];
+    for (port, subset, want, why) in cases {
+        assert_eq!(got(port, subset), want, "{port} {subset:?}: {why}");
+    }
+    let none = build(
+        parse_documents(&yaml.replace(
+            "    connectionPool:\n      tcp: {connectTimeout: 250ms, maxConnections: 4}\n      http: {maxRequestsPerConnection: 3}\n",
+            "",
+        ))
+        .unwrap(),
+        &settings("10.0.0.9", &[]),
+        None,
+    );
+    let c = none.cluster(host, 9080, "").unwrap();
+    assert_eq!(
+        (
+            c.limits.connect_timeout,
+            c.limits.max_requests_per_connection
+        ),
+        (None, None),
+        "unset: the agent-wide timeout, unlimited requests"
+    );
+}

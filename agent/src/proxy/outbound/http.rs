@@ -542,12 +542,18 @@ async fn send_one(
     authority: &str,
 ) -> Result<Response<Incoming>, Outcome> {
     let ep = &cluster.endpoints[i];
+    let limits = &cluster.limits;
     match &ep.peer {
         Some(key) => {
             retarget(&mut req, Version::HTTP_2, authority);
             req.headers_mut()
                 .insert(PEER_METADATA, px.peer_metadata.clone());
-            px.pool.send(key, req).await.map_err(|e| {
+            let opts = px.opts.with_timeout(limits.connect_timeout);
+            let sent = px
+                .pool
+                .send(key, &opts, limits.max_requests_per_connection, req)
+                .await;
+            sent.map_err(|e| {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "request to peer failed");
                 match e {
                     PoolError::Connect(_) | PoolError::Handshake { .. } => Outcome::ConnectFailure,
@@ -566,7 +572,11 @@ async fn send_one(
                 },
                 authority,
             );
-            px.app.send(ep.addr, h2, req).await.map_err(|f| match f {
+            let sent = px
+                .app
+                .send_with_timeout(ep.addr, h2, limits.connect_timeout, req)
+                .await;
+            sent.map_err(|f| match f {
                 Flag::UpstreamConnectFailure => Outcome::ConnectFailure,
                 _ => Outcome::Reset,
             })
@@ -594,6 +604,7 @@ async fn upgrade_request(
     log.conn.mtls = ep.identity.is_some();
     let mut req = req;
     retarget(&mut req, Version::HTTP_11, authority);
+    let opts = px.opts.with_timeout(cluster.limits.connect_timeout);
     match &ep.peer {
         Some(peer) => {
             req.headers_mut()
@@ -604,14 +615,14 @@ async fn upgrade_request(
                 &peer.sni,
                 &peer.identity,
                 ALPN_HTTP1,
-                &px.opts,
+                &opts,
             )
             .await
             .map_err(|_| Flag::UpstreamConnectFailure)?;
             upgrade::send_on(io, req, u, on_upgrade).await
         }
         None => {
-            let io = connect::tcp(ep.addr, &px.opts)
+            let io = connect::tcp(ep.addr, &opts)
                 .await
                 .map_err(|_| Flag::UpstreamConnectFailure)?;
             upgrade::send_on(io, req, u, on_upgrade).await

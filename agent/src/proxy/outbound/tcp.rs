@@ -73,6 +73,7 @@ enum Upstream {
 
 async fn open(px: &Proxy, cluster: &Cluster, i: usize) -> Result<Upstream, ConnectError> {
     let ep = &cluster.endpoints[i];
+    let opts = px.opts.with_timeout(cluster.limits.connect_timeout);
     match &ep.peer {
         Some(peer) => connect::mtls(
             &px.tls,
@@ -80,11 +81,11 @@ async fn open(px: &Proxy, cluster: &Cluster, i: usize) -> Result<Upstream, Conne
             &peer.sni,
             &peer.identity,
             ALPN_TCP,
-            &px.opts,
+            &opts,
         )
         .await
         .map(|s| Upstream::Tls(Box::new(s))),
-        None => connect::tcp(ep.addr, &px.opts).await.map(Upstream::Plain),
+        None => connect::tcp(ep.addr, &opts).await.map(Upstream::Plain),
     }
 }
 
