@@ -188,7 +188,9 @@ pub fn config_item(key: &str, stored: StoredConfig, store: &Store) -> Option<Ite
     let body = if vips.is_empty() {
         Bytes::from(stored.json)
     } else {
-        annotated(&stored.json, &[(annotations::ADDRESSES, vips.join(","))])?
+        let mut r: serde_json::Value = serde_json::from_slice(&stored.json).ok()?;
+        annotate(&mut r, &[(annotations::ADDRESSES, vips.join(","))])?;
+        Bytes::from(serde_json::to_vec(&r).ok()?)
     };
     Some(Item {
         key: key.into(),
@@ -202,7 +204,8 @@ pub fn config_item(key: &str, stored: StoredConfig, store: &Store) -> Option<Ite
 /// The item for a registered workload: its WorkloadEntry, annotated with
 /// its health and group.
 pub fn workload_item(key: &str, w: &WorkloadRecord) -> Option<Item> {
-    let head: Head = serde_json::from_slice(&w.entry_json).ok()?;
+    let mut entry: serde_json::Value = serde_json::from_slice(&w.entry_json).ok()?;
+    let namespace: Arc<str> = entry["metadata"]["namespace"].as_str()?.into();
     // A workload whose agent went away keeps its traffic for the grace
     // period: the agent may be failing over to another node.
     let health = match &w.health {
@@ -210,8 +213,8 @@ pub fn workload_item(key: &str, w: &WorkloadRecord) -> Option<Item> {
         Health::Pending => "not probed yet".to_string(),
         Health::Unhealthy(why) => format!("unhealthy: {why}"),
     };
-    let body = annotated(
-        &w.entry_json,
+    annotate(
+        &mut entry,
         &[
             (annotations::HEALTH, health),
             (annotations::WORKLOAD_GROUP, w.group.clone()),
@@ -220,16 +223,15 @@ pub fn workload_item(key: &str, w: &WorkloadRecord) -> Option<Item> {
     Some(Item {
         key: key.into(),
         ty: Type::Endpoints,
-        namespace: head.metadata.namespace.as_str().into(),
-        body,
+        namespace,
+        body: Bytes::from(serde_json::to_vec(&entry).ok()?),
         visibility: Visibility::Namespace,
     })
 }
 
-/// `json` (a resource) with `metadata.annotations` added.
-fn annotated(json: &[u8], add: &[(&str, String)]) -> Option<Bytes> {
-    let mut v: serde_json::Value = serde_json::from_slice(json).ok()?;
-    let annotations = v
+/// Adds `add` to the `metadata.annotations` of `resource` (JSON).
+fn annotate(resource: &mut serde_json::Value, add: &[(&str, String)]) -> Option<()> {
+    let annotations = resource
         .get_mut("metadata")?
         .as_object_mut()?
         .entry("annotations")
@@ -238,7 +240,7 @@ fn annotated(json: &[u8], add: &[(&str, String)]) -> Option<Bytes> {
     for (k, val) in add {
         annotations.insert(k.to_string(), val.clone().into());
     }
-    Some(Bytes::from(serde_json::to_vec(&v).ok()?))
+    Some(())
 }
 
 /// The `bundle` item.

@@ -7,7 +7,7 @@
 //! it names. Each snapshot remembers the last [`HISTORY`] change sets, so
 //! a stream that is a few versions behind is sent what changed, not
 //! everything.
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use trellis_api::config::Spec;
@@ -183,7 +183,7 @@ impl Builder {
     /// Reads the whole store again (after a snapshot was installed),
     /// recording what differs.
     pub fn reload(&mut self, st: &Applied) {
-        let mut seen: HashMap<Arc<str>, ()> = HashMap::new();
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
         let sidecars = format!("{CONFIG_PREFIX}Sidecar/");
         let keys: Vec<&str> = [CONFIG_PREFIX, WORKLOAD_PREFIX]
             .into_iter()
@@ -192,7 +192,7 @@ impl Builder {
             .collect();
         for (key, item) in keys.iter().zip(build_all(&keys, st)) {
             let k: Arc<str> = (*key).into();
-            seen.insert(k.clone(), ());
+            seen.insert(k.clone());
             let same = match (self.get(&k), &item) {
                 (Some(old), Some(new)) => old.body == new.body,
                 (None, None) => true,
@@ -205,7 +205,7 @@ impl Builder {
         let gone: Vec<Arc<str>> = self
             .key_ns
             .keys()
-            .filter(|k| !seen.contains_key(*k))
+            .filter(|k| !seen.contains(*k))
             .cloned()
             .collect();
         for k in gone {

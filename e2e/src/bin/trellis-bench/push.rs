@@ -212,7 +212,7 @@ async fn propagation(n: usize, rounds: usize) -> anyhow::Result<Vec<Duration>> {
     )
     .await?;
     let token = c.token(&["--kind", "vm", "--identity", "default/bench"])?;
-    let tls = workload_tls(&token).await?;
+    let tls = workload_tls(&token, &c.root.path().join("sim-default")).await?;
     let addrs: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
     let chans = channels(
         &addrs,
@@ -282,7 +282,7 @@ spec:
     let mut agents = Vec::new();
     for ns in &nss {
         let token = c.token(&["--kind", "vm", "--identity", &format!("{ns}/bench")])?;
-        let tls = workload_tls(&token).await?;
+        let tls = workload_tls(&token, &c.root.path().join(format!("sim-{ns}"))).await?;
         let ch = trellis_identity::grpc::channel(&node1, tls)?;
         for a in 0..args.agents_per_namespace {
             agents.push(Agent {

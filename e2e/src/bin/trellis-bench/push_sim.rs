@@ -9,17 +9,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use trellis_api::v1::ca_client::CaClient;
+use trellis_agent::identity::{self, Source};
 use trellis_api::v1::discovery_client::DiscoveryClient;
-use trellis_api::v1::{DiscoveryRequest, IssueCertificateRequest, ProxyNode};
-use trellis_identity::join_token::JoinToken;
-use trellis_identity::verify::{
-    client_config, CertCell, Expect, Identity, PinnedRootVerifier, SpiffeServerVerifier,
-};
+use trellis_api::v1::{DiscoveryRequest, ProxyNode};
+use trellis_identity::verify::{client_config, CertCell, Expect, SpiffeServerVerifier};
 
 /// Streams per TLS connection (HTTP/2 allows a few hundred).
 pub const STREAMS_PER_CONNECTION: usize = 100;
@@ -46,31 +42,26 @@ pub struct Fleet {
     _tasks: tokio::task::JoinSet<()>,
 }
 
-/// A TLS client config for workload `ns/sa` of the mesh, from a VM token.
-pub async fn workload_tls(token: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let t = JoinToken::parse(token)?;
-    let id = t.workload_id().context("not a VM token")?;
-    let tls = client_config(None, Arc::new(PinnedRootVerifier::new(t.root_pin)))?;
-    let (ch, _) = trellis_identity::grpc::connect_any(&t.addrs, Arc::new(tls)).await?;
-    let kc = trellis_identity::csr::generate_csr(&id.to_string())?;
-    let resp = CaClient::new(ch)
-        .issue_certificate(IssueCertificateRequest {
-            csr_pem: kc.csr_pem,
-            token: token.to_string(),
-            ttl_seconds: 0,
-        })
-        .await?
-        .into_inner();
-    let identity = Identity::from_pem(&resp.chain_pem.concat(), &kc.key_pem)?;
-    let roots = trellis_identity::pem::certs(&resp.trust_bundle_pem.concat(), "trust bundle")?;
+/// A TLS client config for workload `ns/sa` of the mesh, from a VM token:
+/// the certificate obtained as `trellis-agent` obtains it (key and chain
+/// kept in `data_dir`).
+pub async fn workload_tls(
+    token: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let loaded = identity::load(&Source::Token {
+        token: Some(token.to_string()),
+        data_dir: data_dir.to_path_buf(),
+    })
+    .await?;
     let verifier = SpiffeServerVerifier::new(
-        &roots,
+        &loaded.roots,
         Expect::AnyControlPlane {
-            trust_domain: id.trust_domain().to_string(),
+            trust_domain: loaded.id.trust_domain().to_string(),
         },
     )?;
     Ok(Arc::new(client_config(
-        Some(CertCell::new(&identity)?),
+        Some(CertCell::new(&loaded.identity)?),
         Arc::new(verifier),
     )?))
 }
