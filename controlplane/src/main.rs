@@ -79,6 +79,10 @@ struct NodeFlags {
     /// Take a snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 5000)]
     snapshot_every: u64,
+    /// Entries kept in the log below a snapshot, so that a follower a little
+    /// behind catches up from the log instead of a whole snapshot.
+    #[arg(long, default_value_t = 1000)]
+    keep_logs: u64,
     /// Size in bytes at which a Raft log segment file is closed; compaction
     /// deletes whole segments.
     #[arg(long, default_value_t = 16 << 20)]
@@ -107,8 +111,8 @@ impl NodeFlags {
                     Duration::from_millis(self.election_timeout_ms * 2),
                 ),
                 snapshot_every: self.snapshot_every,
+                keep_logs: self.keep_logs,
                 wal_segment_bytes: self.wal_segment_bytes,
-                ..RaftSettings::default()
             },
             leaf_ttl: Duration::from_secs(self.cert_ttl_secs),
             max_leaf_ttl: Duration::from_secs(self.max_cert_ttl_secs),

@@ -216,3 +216,114 @@ async fn members_lists_roles_and_remove_works_online() -> anyhow::Result<()> {
     assert_eq!(a.members(Empty {}).await?.into_inner().members.len(), 3);
     Ok(())
 }
+
+/// The whole cluster is killed with SIGKILL and restarted: every node gets
+/// its state back from its latest snapshot plus the log after it (the state
+/// is kept in memory, not written anywhere else), so each serves every
+/// acknowledged write from its own replica again, those before the last
+/// snapshot and those after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_killed_restarts_from_snapshot_and_log() -> anyhow::Result<()> {
+    // Small segments and few entries kept, so the log below the snapshots
+    // is really purged and only the snapshot holds the first writes.
+    let mut c = Cluster::start(
+        3,
+        &[
+            "--snapshot-every",
+            "200",
+            "--keep-logs",
+            "20",
+            "--wal-segment-bytes",
+            "4096",
+        ],
+    )
+    .await?;
+    let ids: Vec<u64> = c.nodes.iter().map(|n| n.id).collect();
+    // 450 writes: at least two snapshots on every node, and a tail after
+    // the last one that only the log holds.
+    let mut a = c.admin(ids[0]).await?;
+    let mut last = 0;
+    for i in 0..450 {
+        last = a
+            .put(PutRequest {
+                key: format!("r/{i:04}"),
+                value: format!("v{i}").into_bytes(),
+            })
+            .await?
+            .into_inner()
+            .index;
+    }
+    wait_for(
+        Duration::from_secs(10),
+        "every node applied the last write",
+        || async {
+            let m = c.members().await.ok()?;
+            m.iter()
+                .all(|m| m.last_applied_index >= Some(last))
+                .then_some(())
+        },
+    )
+    .await?;
+    for &id in &ids {
+        let dir = &c.node(id).dir;
+        let snap = dir.join("snapshot.bin");
+        assert!(
+            snap.exists(),
+            "node {id} took no snapshot ({})",
+            snap.display()
+        );
+        // Segments are named by their first index.
+        let first = std::fs::read_dir(dir.join("wal"))?
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".wal")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .min();
+        assert!(
+            first.is_some_and(|f| f > 100),
+            "node {id}: the log still starts at {first:?}, it was not purged"
+        );
+    }
+    for &id in &ids {
+        c.kill(id);
+    }
+    for &id in &ids {
+        c.restart(id).await?;
+    }
+    for &id in &ids {
+        c.wait_writable(id).await?;
+    }
+    for &id in &ids {
+        for i in [0, 199, 200, 401, 449] {
+            let key = format!("r/{i:04}");
+            let want = format!("v{i}").into_bytes();
+            wait_for(
+                Duration::from_secs(10),
+                &format!("{key} on node {id} after the restart"),
+                || async {
+                    (get_local(&c, id, &key).await.as_deref() == Some(&want[..])).then_some(())
+                },
+            )
+            .await?;
+        }
+    }
+    // And nothing in between is missing, read from the restarted replicas.
+    for &id in &ids {
+        let mut a = c.admin(id).await?;
+        for i in 0..450 {
+            let r = a
+                .get(GetRequest {
+                    key: format!("r/{i:04}"),
+                    linearizable: false,
+                })
+                .await?
+                .into_inner();
+            assert!(r.found, "r/{i:04} missing on node {id} after the restart");
+        }
+    }
+    Ok(())
+}

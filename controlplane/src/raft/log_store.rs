@@ -254,8 +254,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 pub fn open_db(path: &std::path::Path) -> Result<sled::Db, sled::Error> {
     sled::Config::new()
         .path(path)
-        // sled's default 1 GiB page cache would dominate a node's memory; the
-        // working set is the state machine, which is kept in memory anyway.
+        // sled's default 1 GiB page cache would dominate a node's memory; it
+        // holds only the vote, the commit index and the purge point.
         .cache_capacity(16 * 1024 * 1024)
         .open()
 }

@@ -1,6 +1,7 @@
 //! The replicated store: openraft with its log in a write-ahead log
-//! ([`wal`], [`log_store`]) and its state machine in sled
-//! ([`state_machine`]), peers talking over tonic with mTLS ([`network`]).
+//! ([`wal`], [`log_store`]; the vote and commit index in sled) and its state
+//! machine in memory with snapshots on disk ([`state_machine`]), peers
+//! talking over tonic with mTLS ([`network`]).
 //! The replicated data and its commands are in [`state`].
 // openraft's `StorageError` is large and its trait methods return it by
 // value; boxing it in our helpers would only add conversions.
@@ -62,7 +63,7 @@ pub async fn start(
 ) -> anyhow::Result<(Raft, SharedState)> {
     let db = log_store::open_db(&data_dir.join("db"))?;
     let log = log_store::LogStore::open(&db, &data_dir.join("wal"), settings.wal_segment_bytes)?;
-    let sm = state_machine::StateMachine::open(&db, data_dir.join("snapshot.bin"))?;
+    let sm = state_machine::StateMachine::open(data_dir.join("snapshot.bin"))?;
     let state = sm.state();
     let config = openraft::Config {
         cluster_name: "trellis".into(),

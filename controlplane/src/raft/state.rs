@@ -2,8 +2,8 @@
 //! from (state, command) to (state, response). No I/O and no clock: the
 //! proposer puts the time into the command, so every replica decides alike.
 //!
-//! The state is one ordered key space of bytes, so that persistence
-//! (sled), snapshots and reads all see the same thing:
+//! The state is one ordered key space of bytes, so that snapshots and
+//! reads see the same thing:
 //! - `mesh` — [`MeshInfo`]: trust domain, root certificate, sealed root key;
 //! - `next-node-id` — the next control-plane node id to hand out;
 //! - `token/ID` — a [`TokenRecord`] (hashed secret, kind, expiry, uses);
@@ -97,23 +97,6 @@ pub(crate) fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Option<T> {
 }
 
 impl Store {
-    /// Builds a store from persisted pairs.
-    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
-        Self {
-            map: pairs.into_iter().collect(),
-        }
-    }
-
-    /// All pairs, for snapshots and persistence.
-    pub fn pairs(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
-        self.map.iter()
-    }
-
-    /// The value at a raw key (persistence uses this for changed keys).
-    pub fn raw(&self, key: &str) -> Option<&Vec<u8>> {
-        self.map.get(key)
-    }
-
     pub fn mesh(&self) -> Option<MeshInfo> {
         self.map.get(MESH).and_then(|b| dec(b))
     }
@@ -343,9 +326,6 @@ mod tests {
         s.apply(&Command::Delete { key: "x".into() }, &mut changed);
         assert_eq!(s.kv("x"), None);
         assert_eq!(changed, vec!["kv/x".to_string(), "kv/x".to_string()]);
-        // The pairs persisted for a restart rebuild the same store.
-        let copy = Store::from_pairs(s.pairs().map(|(k, v)| (k.clone(), v.clone())));
-        assert_eq!(copy, s);
     }
 
     #[test]
