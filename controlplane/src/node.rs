@@ -1,7 +1,7 @@
 //! A running control-plane node: its Raft instance, its replica, its CA and
 //! the operations the APIs call. Writes and linearizable reads run on the
 //! leader; a follower forwards them ([`Node::leader_op`]).
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,7 +11,7 @@ use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use trellis_api::v1::peer_client::PeerClient;
-use trellis_api::v1::{Empty, Member, RaftPayload};
+use trellis_api::v1::{Empty, Member};
 
 use crate::ca::{IntermediateCa, RootCa, SealKey};
 use crate::error::NodeError;
@@ -103,19 +103,7 @@ pub struct Node {
     peer_tls: Arc<rustls::ClientConfig>,
     peers: Mutex<HashMap<String, PeerClient<Channel>>>,
     throttle: Mutex<Throttle>,
-    forward_queue: Mutex<Vec<Pending>>,
-    forward_permits: Arc<tokio::sync::Semaphore>,
-}
-
-/// Forwarded calls in flight at once from one node to the leader.
-const FORWARD_IN_FLIGHT: usize = 2;
-
-/// An operation waiting to be forwarded.
-struct Pending {
-    leader: NodeId,
-    addr: String,
-    op: LeaderOp,
-    reply: tokio::sync::oneshot::Sender<Result<LeaderReply, NodeError>>,
+    forwarder: crate::forward::Forwarder,
 }
 
 impl Node {
@@ -143,8 +131,7 @@ impl Node {
             seal,
             peer_tls,
             peers: Mutex::new(HashMap::new()),
-            forward_queue: Mutex::new(Vec::new()),
-            forward_permits: Arc::new(tokio::sync::Semaphore::new(FORWARD_IN_FLIGHT)),
+            forwarder: crate::forward::Forwarder::default(),
             throttle: Mutex::new(Throttle::new(
                 THROTTLE_MAX_FAILURES,
                 THROTTLE_WINDOW_SECS,
@@ -227,7 +214,9 @@ impl Node {
             let res = if leader == self.id {
                 self.run_local(&op).await.map_err(NodeError::from)
             } else {
-                self.forward_batched(leader, &addr, op.clone()).await
+                self.forwarder
+                    .call(leader, &addr, || self.peer_client(&addr), op.clone())
+                    .await
             };
             match res {
                 Err(NodeError::NoLeader | NodeError::LeaderUnreachable { .. })
@@ -240,138 +229,12 @@ impl Node {
         }
     }
 
-    /// Carries a batch of operations to the leader in one call; one result
-    /// per operation, in order.
-    async fn forward(
-        &self,
-        leader: NodeId,
-        addr: &str,
-        ops: &[LeaderOp],
-    ) -> Result<Vec<Result<LeaderReply, NodeError>>, NodeError> {
-        let mut client = self.peer_client(addr)?;
-        let data = bincode::serialize(ops).map_err(|e| NodeError::Internal(e.to_string()))?;
-        let reply = client
-            .forward(RaftPayload { data })
-            .await
-            .map_err(|s| match s.code() {
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
-                    NodeError::LeaderUnreachable {
-                        leader,
-                        addr: addr.to_string(),
-                        reason: s.message().to_string(),
-                    }
-                }
-                _ => NodeError::from(s),
-            })?
-            .into_inner();
-        let res: Vec<ForwardResult> =
-            bincode::deserialize(&reply.data).map_err(|e| NodeError::Internal(e.to_string()))?;
-        if res.len() != ops.len() {
-            return Err(NodeError::Internal(format!(
-                "the leader answered {} of {} forwarded operations",
-                res.len(),
-                ops.len()
-            )));
-        }
-        Ok(res
-            .into_iter()
-            .map(|r| {
-                r.map_err(|(code, msg)| {
-                    NodeError::from(tonic::Status::new(tonic::Code::from(code), msg))
-                })
-            })
-            .collect())
-    }
-
-    /// Forwards one operation, batched with the others waiting to go to the
-    /// same leader: concurrent writes through a follower share one call
-    /// (at most [`FORWARD_IN_FLIGHT`] calls are in flight; operations that
-    /// arrive meanwhile go in the next batch).
-    async fn forward_batched(
-        self: &Arc<Self>,
-        leader: NodeId,
-        addr: &str,
-        op: LeaderOp,
-    ) -> Result<LeaderReply, NodeError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.forward_queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Pending {
-                leader,
-                addr: addr.to_string(),
-                op,
-                reply: tx,
-            });
-        // A sender task runs while permits last and sends what is queued
-        // until the queue is empty; an operation queued while every permit
-        // is taken goes out with a running sender's next batch. The sender
-        // checks the queue again after giving its permit back, which closes
-        // the race with an operation queued in between.
-        if let Ok(permit) = self.forward_permits.clone().try_acquire_owned() {
-            let node = self.clone();
-            tokio::spawn(async move {
-                let mut permit = Some(permit);
-                loop {
-                    let batch = std::mem::take(
-                        &mut *node.forward_queue.lock().unwrap_or_else(|p| p.into_inner()),
-                    );
-                    if !batch.is_empty() {
-                        node.send_batch(batch).await;
-                        continue;
-                    }
-                    drop(permit.take());
-                    let queued = !node
-                        .forward_queue
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .is_empty();
-                    match node.forward_permits.clone().try_acquire_owned() {
-                        Ok(p) if queued => permit = Some(p),
-                        _ => break,
-                    }
-                }
-            });
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(NodeError::Internal("forwarding was dropped".into())))
-    }
-
-    async fn send_batch(&self, batch: Vec<Pending>) {
-        let mut by_leader: BTreeMap<(NodeId, String), Vec<Pending>> = BTreeMap::new();
-        for p in batch {
-            by_leader
-                .entry((p.leader, p.addr.clone()))
-                .or_default()
-                .push(p);
-        }
-        for ((leader, addr), pending) in by_leader {
-            let ops: Vec<LeaderOp> = pending.iter().map(|p| p.op.clone()).collect();
-            match self.forward(leader, &addr, &ops).await {
-                Ok(results) => {
-                    for (p, r) in pending.into_iter().zip(results) {
-                        let _ = p.reply.send(r);
-                    }
-                }
-                Err(e) => {
-                    for p in pending {
-                        let _ = p.reply.send(Err(e.clone()));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Serves operations forwarded by a peer, concurrently (so a batch of
-    /// writes is appended together): only if this node leads.
-    pub async fn serve_forwarded(&self, ops: Vec<LeaderOp>) -> Vec<ForwardResult> {
-        let runs = ops.iter().map(|op| async move {
-            self.run_local(op).await.map_err(|l| {
-                let s = tonic::Status::from(NodeError::from(l));
-                (s.code() as i32, s.message().to_string())
-            })
-        });
-        futures::future::join_all(runs).await
+    /// Runs an operation a follower forwarded: only if this node leads.
+    pub async fn serve_forwarded(&self, op: &LeaderOp) -> ForwardResult {
+        self.run_local(op).await.map_err(|l| {
+            let s = tonic::Status::from(NodeError::from(l));
+            (s.code() as i32, s.message().to_string())
+        })
     }
 
     async fn run_local(&self, op: &LeaderOp) -> Result<LeaderReply, Local> {

@@ -1,8 +1,11 @@
 //! The `Peer` service: operations carried to the leader, node status, and
 //! adding a node that joined with a token.
+use std::pin::Pin;
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 use trellis_api::v1::peer_server::Peer;
 use trellis_api::v1::{
     AddNodeRequest, Empty, MembersResponse, NodeStatusResponse, ProxyStatusResponse, RaftPayload,
@@ -10,19 +13,50 @@ use trellis_api::v1::{
 use trellis_identity::SpiffeId;
 
 use super::require_controlplane;
+use crate::forward;
 use crate::node::{LeaderOp, Node};
 
 pub struct PeerService(pub Arc<Node>);
 
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Peer for PeerService {
-    async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    type ForwardStreamStream = ReplyStream;
+
+    /// Runs each forwarded operation as it arrives, concurrently, and sends
+    /// its result back as soon as it is done.
+    async fn forward_stream(
+        &self,
+        req: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<ReplyStream>, Status> {
         require_controlplane(&self.0, &req)?;
-        let ops: Vec<LeaderOp> = bincode::deserialize(&req.get_ref().data)
-            .map_err(|e| Status::invalid_argument(format!("bad forwarded operations: {e}")))?;
-        let res = self.0.serve_forwarded(ops).await;
-        let data = bincode::serialize(&res).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(RaftPayload { data }))
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let node = self.0.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.next().await {
+                let Ok(msg) = msg else { break };
+                let forward::Request { id, op } = match bincode::deserialize(&msg.data) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::invalid_argument(format!(
+                            "bad forwarded operation: {e}"
+                        ))));
+                        break;
+                    }
+                };
+                let (node, tx) = (node.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let result = node.serve_forwarded(&op).await;
+                    let reply = bincode::serialize(&forward::Reply { id, result })
+                        .map(|data| RaftPayload { data })
+                        .map_err(|e| Status::internal(e.to_string()));
+                    let _ = tx.send(reply);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 
     async fn node_status(
