@@ -10,7 +10,7 @@
 //! and cost a third of a write's time on the leader (see
 //! docs/architecture.md).
 use std::io::Cursor;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::RaftStateMachine;
@@ -80,6 +80,24 @@ fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageErro
     io_error(ErrorSubject::Snapshot(None), verb, e)
 }
 
+/// Writes `bytes` as the snapshot file at `path`, durably: a temporary file,
+/// fsynced, renamed into place, the directory fsynced.
+fn write_snapshot_file(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| snap_err(ErrorVerb::Write, e))
+}
+
 impl StateMachine {
     /// Loads the state from the snapshot file, if there is one; openraft
     /// re-applies the committed log after it.
@@ -110,22 +128,6 @@ impl StateMachine {
         }
     }
 
-    fn write_snapshot_file(&self, bytes: &[u8]) -> Result<(), StorageError> {
-        let tmp = self.snapshot_path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.snapshot_path)?;
-            if let Some(dir) = self.snapshot_path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| snap_err(ErrorVerb::Write, e))
-    }
-
     /// Replaces the whole state (a snapshot loaded or installed).
     fn restore(&self, meta: &SnapshotMeta, store: Store) {
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
@@ -139,27 +141,33 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (meta, bytes) = {
+        // Applying waits while the lock is held: copy the state and let go,
+        // then encode and write it off the async runtime.
+        let file = {
             let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-            let meta = SnapshotMeta {
-                last_log_id: st.last_applied,
-                last_membership: st.membership.clone(),
-                snapshot_id: format!(
-                    "{}-{}",
-                    st.last_applied.map(|l| l.leader_id.term).unwrap_or(0),
-                    st.last_applied.map(|l| l.index).unwrap_or(0)
-                ),
-            };
-            let file = SnapshotFile {
-                meta: meta.clone(),
+            SnapshotFile {
+                meta: SnapshotMeta {
+                    last_log_id: st.last_applied,
+                    last_membership: st.membership.clone(),
+                    snapshot_id: format!(
+                        "{}-{}",
+                        st.last_applied.map(|l| l.leader_id.term).unwrap_or(0),
+                        st.last_applied.map(|l| l.index).unwrap_or(0)
+                    ),
+                },
                 store: st.store.clone(),
-            };
-            let bytes = bincode::serialize(&file).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            (meta, bytes)
+            }
         };
-        // The log below this snapshot may be purged once openraft has it:
-        // it is on disk first.
-        self.write_snapshot_file(&bytes)?;
+        let path = self.snapshot_path.clone();
+        let (meta, bytes) = tokio::task::spawn_blocking(move || {
+            let bytes = bincode::serialize(&file).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            // The log below this snapshot may be purged once openraft has
+            // it: it is on disk first.
+            write_snapshot_file(&path, &bytes)?;
+            Ok::<_, StorageError>((file.meta, bytes))
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))??;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -223,7 +231,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = snapshot.into_inner();
         let file: SnapshotFile =
             bincode::deserialize(&bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        self.write_snapshot_file(&bytes)?;
+        write_snapshot_file(&self.snapshot_path, &bytes)?;
         self.restore(meta, file.store);
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = bytes.len(), "installed snapshot from the leader");
         Ok(())
