@@ -270,7 +270,7 @@ pub async fn run(
         )?),
     )?);
 
-    let (raft, state) =
+    let (raft, state, batcher) =
         crate::raft::start(local.node_id, &dir, &settings.raft, peer_tls.clone()).await?;
     // Refuse to run with a CA key that cannot open the mesh's root key.
     let mesh = state.read().unwrap_or_else(|p| p.into_inner()).store.mesh();
@@ -290,6 +290,7 @@ pub async fn run(
         local.trust_domain.clone(),
         local.address.clone(),
         raft.clone(),
+        batcher,
         state,
         settings,
         inter,

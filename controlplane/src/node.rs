@@ -15,6 +15,7 @@ use trellis_api::v1::{Empty, Member};
 
 use crate::ca::{IntermediateCa, RootCa, SealKey};
 use crate::error::NodeError;
+use crate::raft::batch::WriteError;
 use crate::raft::{Command, MeshInfo, NodeId, Raft, RaftSettings, Response, SharedState};
 use crate::tokens::{JoinToken, KindRequired, Throttle, TokenRecord};
 
@@ -94,6 +95,8 @@ pub struct Node {
     pub trust_domain: String,
     pub address: String,
     pub raft: Raft,
+    /// Proposes writes to `raft`, gathering concurrent ones.
+    writer: crate::raft::batch::Batcher,
     pub state: SharedState,
     pub settings: Settings,
     pub intermediate: IntermediateCa,
@@ -113,6 +116,7 @@ impl Node {
         trust_domain: String,
         address: String,
         raft: Raft,
+        writer: crate::raft::batch::Batcher,
         state: SharedState,
         settings: Settings,
         intermediate: IntermediateCa,
@@ -124,6 +128,7 @@ impl Node {
             trust_domain,
             address,
             raft,
+            writer,
             push: crate::push::Push::start(state.clone()),
             state,
             settings,
@@ -249,15 +254,12 @@ impl Node {
         }
         match op {
             LeaderOp::Write(cmd) => {
-                let r = self
-                    .raft
-                    .client_write(cmd.clone())
-                    .await
-                    .map_err(write_err)?;
-                Ok(LeaderReply::Written {
-                    index: r.log_id.index,
-                    response: r.data,
-                })
+                let (index, response) =
+                    self.writer.write(cmd.clone()).await.map_err(|e| match e {
+                        WriteError::Raft(e) => write_err(e),
+                        WriteError::Internal(e) => Local::Failed(NodeError::Internal(e)),
+                    })?;
+                Ok(LeaderReply::Written { index, response })
             }
             LeaderOp::Read { key } => {
                 self.raft.ensure_linearizable().await.map_err(|e| match e {

@@ -7,12 +7,21 @@ use trellis_e2e::{wait_for, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fourth_node_joins_after_10000_writes_and_catches_up_by_snapshot() -> anyhow::Result<()> {
-    // Snapshot every 1,000 entries, so the log the 4th node would need has
-    // long been compacted away when it joins; small log segments, so that
-    // compaction shows on disk.
+    // Snapshot every 60 entries keeping 60 below it, so the log the 4th
+    // node would need has long been compacted away when it joins (the
+    // leader gathers concurrent writes into one entry, up to one per client
+    // here: at least 625 entries); small log segments, so that compaction
+    // shows on disk.
     let mut c = Cluster::start(
         3,
-        &["--snapshot-every", "1000", "--wal-segment-bytes", "65536"],
+        &[
+            "--snapshot-every",
+            "60",
+            "--keep-logs",
+            "60",
+            "--wal-segment-bytes",
+            "65536",
+        ],
     )
     .await?;
     let leader = c.leader().await.expect("leader");
@@ -38,7 +47,7 @@ async fn fourth_node_joins_after_10000_writes_and_catches_up_by_snapshot() -> an
     }
 
     // The log on disk stays bounded: about two snapshot intervals of
-    // entries, not all 10,000 (which would take some 50 segments).
+    // entries, not all 10,000 writes (which would take some 50 segments).
     let wal = c.node(leader).dir.join("wal");
     let segments: Vec<u64> = std::fs::read_dir(&wal)?
         .filter_map(|e| e.ok()?.metadata().ok().map(|m| m.len()))

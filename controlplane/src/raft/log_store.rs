@@ -38,6 +38,8 @@ pub struct LogStore {
     meta: sled::Tree,
     inner: Arc<Mutex<Inner>>,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Counts appends handed to the log (see [`LogStore::appends`]).
+    appends: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn logs_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -95,7 +97,14 @@ impl LogStore {
             meta,
             inner: Arc::new(Mutex::new(Inner { wal, entries })),
             flusher: tx,
+            appends: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
+    }
+
+    /// The number of appends so far, changing as each is written (before it
+    /// is synced): openraft's core is then waiting for that sync.
+    pub fn appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appends.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -223,7 +232,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 ErrorVerb::Write,
                 std::io::Error::other("the log sync thread has stopped"),
             )
-        })
+        })?;
+        self.appends.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

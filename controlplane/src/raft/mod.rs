@@ -6,6 +6,7 @@
 // openraft's `StorageError` is large and its trait methods return it by
 // value; boxing it in our helpers would only add conversions.
 #![allow(clippy::result_large_err)]
+pub mod batch;
 pub mod log_store;
 pub mod network;
 pub mod state;
@@ -54,17 +55,19 @@ impl Default for RaftSettings {
     }
 }
 
-/// Opens the node's store in `data_dir` and starts its Raft instance.
+/// Opens the node's store in `data_dir` and starts its Raft instance; also
+/// returns the writer that proposes commands to it ([`batch::Batcher`]).
 pub async fn start(
     node_id: NodeId,
     data_dir: &Path,
     settings: &RaftSettings,
     peer_tls: Arc<rustls::ClientConfig>,
-) -> anyhow::Result<(Raft, SharedState)> {
+) -> anyhow::Result<(Raft, SharedState, batch::Batcher)> {
     let db = log_store::open_db(&data_dir.join("db"))?;
     let log = log_store::LogStore::open(&db, &data_dir.join("wal"), settings.wal_segment_bytes)?;
     let sm = state_machine::StateMachine::open(data_dir.join("snapshot.bin"))?;
     let state = sm.state();
+    let appends = log.appends();
     let config = openraft::Config {
         cluster_name: "trellis".into(),
         heartbeat_interval: settings.heartbeat.as_millis() as u64,
@@ -78,5 +81,6 @@ pub async fn start(
     let config = Arc::new(config.validate()?);
     let raft =
         openraft::Raft::new(node_id, config, network::Network::new(peer_tls), log, sm).await?;
-    Ok((raft, state))
+    let batcher = batch::Batcher::start(raft.clone(), appends);
+    Ok((raft, state, batcher))
 }

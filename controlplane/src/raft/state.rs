@@ -64,6 +64,9 @@ pub enum Command {
     },
     /// Configuration and workload registry changes.
     Registry(RegistryCommand),
+    /// Commands proposed together (concurrent writes the leader gathered
+    /// into one log entry), applied in order; each has its own response.
+    Batch(Vec<Command>),
 }
 
 /// The outcome of a command, returned to the proposer.
@@ -80,6 +83,8 @@ pub enum Response {
     Refused(String),
     /// A config apply: what happened to each resource, in order.
     Applied(Vec<ApplyAction>),
+    /// The responses of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }
 
 /// The replicated key space.
@@ -127,6 +132,9 @@ impl Store {
     /// Applies one command. Keys it wrote or removed are pushed on `changed`.
     pub fn apply(&mut self, cmd: &Command, changed: &mut Vec<String>) -> Response {
         match cmd {
+            Command::Batch(cmds) => {
+                Response::Batch(cmds.iter().map(|c| self.apply(c, changed)).collect())
+            }
             Command::InitMesh { mesh, next_node_id } => {
                 if self.mesh().is_some() {
                     return Response::Refused("the mesh is already initialized".into());
@@ -309,6 +317,43 @@ mod tests {
         assert_eq!(s.apply(&cmd, &mut changed), Response::Ok);
         assert_eq!(s.mesh(), Some(mesh()));
         assert!(matches!(s.apply(&cmd, &mut changed), Response::Refused(_)));
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_with_a_response_each() {
+        let mut s = Store::default();
+        let mut changed = Vec::new();
+        let init = Command::InitMesh {
+            mesh: mesh(),
+            next_node_id: 2,
+        };
+        let batch = Command::Batch(vec![
+            Command::Put {
+                key: "x".into(),
+                value: b"1".to_vec(),
+            },
+            init.clone(),
+            // Refused: the one before it just did it. Refusing it leaves
+            // the others in the batch applied.
+            init,
+            Command::Delete { key: "x".into() },
+        ]);
+        let Response::Batch(r) = s.apply(&batch, &mut changed) else {
+            panic!("not a batch response");
+        };
+        assert_eq!(r.len(), 4);
+        assert_eq!(
+            (&r[0], &r[1], &r[3]),
+            (&Response::Ok, &Response::Ok, &Response::Ok)
+        );
+        assert!(matches!(r[2], Response::Refused(_)), "{:?}", r[2]);
+        assert_eq!(s.mesh(), Some(mesh()));
+        assert_eq!(s.kv("x"), None);
+        assert_eq!(changed.first().map(String::as_str), Some("kv/x"));
+        assert_eq!(changed.last().map(String::as_str), Some("kv/x"));
+        // It travels through the log as any command does.
+        let b = bincode::serialize(&batch).unwrap();
+        assert_eq!(bincode::deserialize::<Command>(&b).unwrap(), batch);
     }
 
     #[test]
