@@ -453,6 +453,8 @@ fn outlier(p: &TrafficPolicy) -> Option<OutlierConfig> {
             .consecutive_gateway_errors
             .or(od.consecutive_errors.and_then(|n| u32::try_from(n).ok())),
         base_ejection: secs(od.base_ejection_time, 30),
+        // Istio's default sweep interval.
+        interval: secs(od.interval, 10),
         max_ejection_percent: od
             .max_ejection_percent
             .map_or(10, |n| n.clamp(0, 100) as u32),

@@ -138,6 +138,26 @@ fn services_clusters_and_policies() {
         v2.outlier.as_ref().unwrap().base_ejection,
         Duration::from_secs(60)
     );
+    assert_eq!(
+        v2.outlier.as_ref().unwrap().interval,
+        Duration::from_secs(10),
+        "Istio's default interval"
+    );
+    let swept = build(
+        parse_documents(
+            &MESH.replace("baseEjectionTime: 1m", "baseEjectionTime: 1m, interval: 2s"),
+        )
+        .unwrap(),
+        &settings("10.0.0.9", &[]),
+        None,
+    );
+    let od = swept
+        .cluster(HOST, 9080, "v2")
+        .unwrap()
+        .outlier
+        .clone()
+        .unwrap();
+    assert_eq!(od.interval, Duration::from_secs(2));
     assert!(
         matches!(m.cluster(HOST, 9090, "").unwrap().lb, LbPolicy::RingHash(HashOn::Header(ref h)) if h == "x-user")
     );
