@@ -6,14 +6,13 @@
 //! the proxy as requests start and end.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use trellis_identity::SpiffeId;
 
-use crate::proxy::pool::PeerKey;
+use crate::proxy::pool::{PeerKey, Reuse};
 use crate::proxy::sni::Sni;
 use crate::telemetry::labels::Workload;
 
@@ -46,10 +45,9 @@ pub struct Limits {
     /// after it) to an endpoint may take; `None`: the agent-wide
     /// `--connect-timeout`.
     pub connect_timeout: Option<Duration>,
-    /// `http.maxRequestsPerConnection`: requests (HTTP/2 streams) a pooled
-    /// connection to a peer agent carries before it is retired; `None`
-    /// (unset or 0): unlimited.
-    pub max_requests_per_connection: Option<NonZeroU32>,
+    /// How long a pooled connection to an endpoint (to its agent, or
+    /// plaintext) is reused: `maxRequestsPerConnection`, `idleTimeout`.
+    pub reuse: Reuse,
 }
 
 impl Default for Limits {
@@ -57,7 +55,7 @@ impl Default for Limits {
         Self {
             max_active: u32::MAX,
             connect_timeout: None,
-            max_requests_per_connection: None,
+            reuse: Reuse::default(),
         }
     }
 }
