@@ -5,6 +5,7 @@
 //! without an agent (the outsider) is reached in plaintext.
 use std::time::Duration;
 
+use anyhow::Context as _;
 use trellis_e2e::mesh::MeshEnv;
 use trellis_e2e::netns::{self, Host};
 use trellis_e2e::wait_for;
@@ -64,7 +65,7 @@ spec:
   hosts: [legacy.default.svc.cluster.local]
   addresses: [240.240.0.5]
   resolution: STATIC
-  ports: [{number: 9080, name: http}, {number: 9999, name: http-dropped}]
+  ports: [{number: 9080, name: http}, {number: 9081, name: http-idle}, {number: 9999, name: http-dropped}]
   endpoints: [{address: OUTSIDER, labels: {security.istio.io/tlsMode: disabled}}]
 ---
 apiVersion: networking.istio.io/v1
@@ -73,7 +74,10 @@ metadata: {name: legacy, namespace: default}
 spec:
   host: legacy
   trafficPolicy:
-    connectionPool: {tcp: {connectTimeout: 300ms}}
+    connectionPool: {tcp: {connectTimeout: 300ms}, http: {maxRequestsPerConnection: 2}}
+    portLevelSettings:
+    - port: {number: 9081}
+      connectionPool: {http: {idleTimeout: 3s}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -136,6 +140,13 @@ async fn curl(host: &Host, args: &str) -> String {
     tokio::task::spawn_blocking(move || h.sh(&script).unwrap_or_default())
         .await
         .unwrap()
+}
+
+/// The stats of the echo server on `port` of `host`, asked from `host`
+/// itself (the query's own connection is one of those counted).
+async fn echo_stats(host: &Host, port: u16) -> anyhow::Result<trellis_echo::Stats> {
+    let body = curl(host, &format!("http://127.0.0.1:{port}/echo/stats")).await;
+    serde_json::from_str(&body).with_context(|| format!("echo stats: {body:?}"))
 }
 
 async fn sh(host: &Host, script: &str) -> anyhow::Result<String> {
@@ -352,6 +363,12 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
     // whose SYNs are dropped fails after the DestinationRule's
     // connectTimeout (300ms a try), not --connect-timeout (10s).
     env.echo(&outsider, &["--http", "0.0.0.0:9080", "--name", "legacy"])?;
+    env.spawn(
+        &outsider,
+        "echo-idle",
+        "trellis-echo",
+        &["--http", "0.0.0.0:9081", "--name", "legacy-idle"],
+    )?;
     sh(&outsider, "iptables -A INPUT -p tcp --dport 9999 -j DROP").await?;
     wait_for(
         Duration::from_secs(10),
@@ -377,6 +394,43 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
             .filter(|l| l.contains(&passthrough))
             .collect::<Vec<_>>()
     );
+
+    // maxRequestsPerConnection (2) on plaintext HTTP/1.1: 6 requests in a
+    // row open at least 3 connections to the outsider (a connection opened
+    // before them has carried a request already, so takes at most one).
+    let before = echo_stats(&outsider, 9080).await?.http_connections;
+    assert_eq!(
+        statuses(&client, "http://240.240.0.5:9080/", "", 6).await,
+        [200; 6]
+    );
+    // Less the second query's own connection.
+    let opened = echo_stats(&outsider, 9080).await?.http_connections - before - 1;
+    assert!(
+        opened >= 3,
+        "6 requests, 2 a connection: {opened} connections"
+    );
+
+    // idleTimeout (3s on 9081): the agent's pooled connection is closed
+    // once idle that long (Istio's default, 1h, would keep it open).
+    assert_eq!(
+        statuses(&client, "http://240.240.0.5:9081/", "", 1).await,
+        [200]
+    );
+    let open = echo_stats(&outsider, 9081).await?.open_http_connections;
+    assert_eq!(open, 2, "the agent's pooled connection, and the query's");
+    wait_for(
+        Duration::from_secs(20),
+        "the idle connection to the outsider closed",
+        || async {
+            let open = echo_stats(&outsider, 9081)
+                .await
+                .ok()?
+                .open_http_connections;
+            (open == 1).then_some(())
+        },
+    )
+    .await?;
+
     let t = std::time::Instant::now();
     let codes = statuses(&client, "http://240.240.0.5:9999/", "--max-time 8", 1).await;
     let took = t.elapsed();

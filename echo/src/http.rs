@@ -5,6 +5,7 @@
 //! [controls](crate::controls), after the [calls](crate::calls) to make.
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -30,11 +31,23 @@ type EchoBody = Either<Full<Bytes>, Filler>;
 /// Serves one connection, HTTP/1.1 or HTTP/2 as the client's first bytes
 /// tell, until the client closes it.
 pub(crate) async fn serve_connection(stream: TcpStream, state: Arc<State>) {
+    state.http_connections.fetch_add(1, Ordering::Relaxed);
+    state.open_http_connections.fetch_add(1, Ordering::Relaxed);
+    let _open = Open(state.clone());
     let svc = service_fn(move |req| handle(state.clone(), req));
     // A client that goes away mid-request is no news to a test server.
     let _ = auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
         .await;
+}
+
+/// Counts an HTTP connection as open for as long as it lives.
+struct Open(Arc<State>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open_http_connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn handle(

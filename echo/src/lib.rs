@@ -9,7 +9,8 @@
 //! Upgrade echo (the [`Report`] JSON, steered by the `x-echo-*` request
 //! headers); gRPC (the [`v1::echo_server`] service, whose client
 //! [`v1::echo_client`] tests use); and opaque TCP echo. [`Stats`] counts
-//! the requests received. The binary only parses flags and calls [`serve`].
+//! the requests received and the HTTP connections accepted and open. The
+//! binary only parses flags and calls [`serve`].
 //!
 //! To play one service of an application whose services call each other
 //! (Istio's bookinfo: productpage calls details and reviews, reviews v2
@@ -185,6 +186,9 @@ struct State {
     version_header: HeaderValue,
     /// HTTP requests and gRPC calls received, but for `/echo/stats`.
     requests: AtomicU64,
+    /// HTTP connections accepted, and those still open.
+    http_connections: AtomicU64,
+    open_http_connections: AtomicU64,
     /// None without `--call`.
     caller: Option<calls::Caller>,
 }
@@ -202,6 +206,8 @@ impl State {
             version_header: header("version", &workload.version)?,
             workload,
             requests: AtomicU64::new(0),
+            http_connections: AtomicU64::new(0),
+            open_http_connections: AtomicU64::new(0),
             caller: calls::Caller::new(callees)?,
         })
     }
@@ -213,6 +219,8 @@ impl State {
     fn stats(&self) -> Stats {
         Stats {
             requests: self.requests.load(Ordering::Relaxed),
+            http_connections: self.http_connections.load(Ordering::Relaxed),
+            open_http_connections: self.open_http_connections.load(Ordering::Relaxed),
         }
     }
 }

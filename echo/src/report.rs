@@ -105,6 +105,14 @@ pub struct Stats {
     /// HTTP requests and gRPC calls received since start, but for
     /// `/echo/stats` itself.
     pub requests: u64,
+    /// Connections accepted on the HTTP ports since start, the one asking
+    /// for these stats included (tells a test how a client or proxy
+    /// reuses connections).
+    #[serde(default)]
+    pub http_connections: u64,
+    /// Of those, the ones still open (the one asking included).
+    #[serde(default)]
+    pub open_http_connections: u64,
 }
 
 /// Headers (or gRPC metadata) by lowercase name, repeated names joined

@@ -164,6 +164,40 @@ async fn controls_from_headers_and_query() {
 }
 
 #[tokio::test]
+async fn stats_count_http_connections_accepted_and_open() {
+    let s = start().await;
+    let addr = s.http[0];
+    let stats = || async {
+        serde_json::from_slice::<Stats>(&http1(addr, get("/echo/stats")).await.1).unwrap()
+    };
+    let first = stats().await;
+    assert_eq!(
+        (first.http_connections, first.open_http_connections),
+        (1, 1)
+    );
+    let held = TcpStream::connect(addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Each stats request comes on a connection of its own, closed after.
+    loop {
+        let now = stats().await;
+        if now.open_http_connections == 2 {
+            assert!(now.http_connections >= 3, "{now:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(held);
+    loop {
+        if stats().await.open_http_connections == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the held connection closed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
 async fn plain_and_stats_count_requests_but_not_themselves() {
     let s = start().await;
     let addr = s.http[0];

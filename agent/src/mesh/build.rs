@@ -404,9 +404,9 @@ fn lb_policy(p: &TrafficPolicy) -> LbPolicy {
 /// multiplexed HTTP/2 connection at a time, so Envoy's limits become one
 /// cap on requests in flight: `http2MaxRequests`, and, when
 /// `maxConnections` is set, HTTP/1.1's view of it (`maxConnections` busy
-/// plus `http1MaxPendingRequests` waiting). `connectTimeout` and
-/// `maxRequestsPerConnection` are taken as they are (0 requests: unlimited,
-/// as in Envoy).
+/// plus `http1MaxPendingRequests` waiting). `connectTimeout`,
+/// `maxRequestsPerConnection` and `idleTimeout` are taken as they are (0
+/// requests: unlimited, 0s: no idle timeout, as in Envoy).
 fn limits(p: &TrafficPolicy) -> Limits {
     let mut l = Limits::default();
     let Some(pool) = &p.connection_pool else {
@@ -419,10 +419,14 @@ fn limits(p: &TrafficPolicy) -> Limits {
         .as_ref()
         .and_then(|t| t.connect_timeout)
         .map(|d| d.as_std());
-    l.max_requests_per_connection = http
+    l.reuse.max_requests = http
         .and_then(|h| h.max_requests_per_connection)
         .and_then(|n| u32::try_from(n).ok())
         .and_then(NonZeroU32::new);
+    // Unset: Istio's 1h (the default's); 0: never, as in Envoy.
+    if let Some(t) = http.and_then(|h| h.idle_timeout) {
+        l.reuse.idle_timeout = Some(t.as_std()).filter(|t| !t.is_zero());
+    }
     if let Some(n) = http.and_then(|h| h.http2_max_requests).filter(|n| *n > 0) {
         l.max_active = n as u32;
     }
@@ -453,6 +457,8 @@ fn outlier(p: &TrafficPolicy) -> Option<OutlierConfig> {
             .consecutive_gateway_errors
             .or(od.consecutive_errors.and_then(|n| u32::try_from(n).ok())),
         base_ejection: secs(od.base_ejection_time, 30),
+        // Istio's default sweep interval.
+        interval: secs(od.interval, 10),
         max_ejection_percent: od
             .max_ejection_percent
             .map_or(10, |n| n.clamp(0, 100) as u32),

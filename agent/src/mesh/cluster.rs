@@ -6,14 +6,13 @@
 //! the proxy as requests start and end.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use trellis_identity::SpiffeId;
 
-use crate::proxy::pool::PeerKey;
+use crate::proxy::pool::{PeerKey, Reuse};
 use crate::proxy::sni::Sni;
 use crate::telemetry::labels::Workload;
 
@@ -46,10 +45,9 @@ pub struct Limits {
     /// after it) to an endpoint may take; `None`: the agent-wide
     /// `--connect-timeout`.
     pub connect_timeout: Option<Duration>,
-    /// `http.maxRequestsPerConnection`: requests (HTTP/2 streams) a pooled
-    /// connection to a peer agent carries before it is retired; `None`
-    /// (unset or 0): unlimited.
-    pub max_requests_per_connection: Option<NonZeroU32>,
+    /// How long a pooled connection to an endpoint (to its agent, or
+    /// plaintext) is reused: `maxRequestsPerConnection`, `idleTimeout`.
+    pub reuse: Reuse,
 }
 
 impl Default for Limits {
@@ -57,7 +55,7 @@ impl Default for Limits {
         Self {
             max_active: u32::MAX,
             connect_timeout: None,
-            max_requests_per_connection: None,
+            reuse: Reuse::default(),
         }
     }
 }
@@ -70,11 +68,13 @@ pub struct OutlierConfig {
     pub consecutive_5xx: Option<u32>,
     /// Consecutive 502/503/504 responses and connect failures that eject.
     pub consecutive_gateway: Option<u32>,
-    /// An endpoint is out for this long times the number of its ejections.
-    /// (Istio's `interval` is not used: the agent decides on each response
-    /// instead of in periodic sweeps, and an ejection ends when its time is
-    /// up.)
+    /// An endpoint is out for this long times its ejection multiplier.
     pub base_ejection: Duration,
+    /// Time between Envoy's sweeps (`interval`): an endpoint is ejected as
+    /// soon as it trips a check, but returns only at the first sweep after
+    /// its ejection time is up, and each sweep that finds it in service
+    /// takes one off its multiplier.
+    pub interval: Duration,
     pub max_ejection_percent: u32,
 }
 
@@ -83,8 +83,60 @@ pub struct OutlierConfig {
 pub struct OutlierState {
     consecutive_5xx: u32,
     consecutive_gateway: u32,
+    /// Envoy's ejection-time multiplier: one more at each ejection, one
+    /// less at each sweep that finds the endpoint in service.
     ejections: u32,
+    /// Set while ejected: when the ejection time is up (the endpoint
+    /// returns at the first sweep from then on).
     ejected_until: Option<Instant>,
+    /// How many of the cluster's sweeps have been applied to this state.
+    swept: u64,
+}
+
+impl OutlierState {
+    /// Applies the sweeps up to the `n`th, those at `epoch + k × interval`
+    /// for `k` in `swept + 1..=n`. Sweeps are applied lazily, when the
+    /// state is next looked at: between two looks nothing else changes it,
+    /// so the outcome is the same as a timer's.
+    fn sweep(&mut self, epoch: Instant, interval: Duration, n: u64) {
+        if n <= self.swept {
+            return;
+        }
+        let mut first = self.swept + 1;
+        if let Some(until) = self.ejected_until {
+            // The first sweep at or after `until`.
+            let due = until
+                .saturating_duration_since(epoch)
+                .as_nanos()
+                .div_ceil(interval_nanos(interval));
+            let back = u64::try_from(due).unwrap_or(u64::MAX).max(first);
+            if back > n {
+                self.swept = n;
+                return;
+            }
+            self.ejected_until = None;
+            // As Envoy does, so that a few new errors do not eject it
+            // again at once.
+            self.consecutive_5xx = 0;
+            self.consecutive_gateway = 0;
+            first = back + 1;
+        }
+        let in_service = (n + 1).saturating_sub(first);
+        self.ejections = self
+            .ejections
+            .saturating_sub(u32::try_from(in_service).unwrap_or(u32::MAX));
+        self.swept = n;
+    }
+}
+
+fn interval_nanos(interval: Duration) -> u128 {
+    interval.as_nanos().max(1)
+}
+
+/// How many sweeps of `interval` from `epoch` have happened by `now`.
+fn sweeps_by(epoch: Instant, interval: Duration, now: Instant) -> u64 {
+    let n = now.saturating_duration_since(epoch).as_nanos() / interval_nanos(interval);
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 /// One endpoint of a cluster.
@@ -137,6 +189,9 @@ pub struct ClusterState {
     pub active: AtomicU32,
     pub active_retries: AtomicU32,
     rr: AtomicUsize,
+    /// When outlier detection's sweeps start: the first outcome recorded
+    /// (before it no endpoint has anything for a sweep to undo).
+    sweep_epoch: OnceLock<Instant>,
 }
 
 /// Virtual nodes per endpoint on the hash ring (Envoy's minimum ring size is
@@ -238,27 +293,34 @@ impl Cluster {
         Some(pick)
     }
 
-    fn is_ejected(&self, i: usize, now: Instant) -> bool {
-        let st = self.endpoints[i]
+    /// Endpoint `i`'s outlier state, with the sweeps due by `now` applied.
+    fn outlier_state(&self, i: usize, now: Instant) -> MutexGuard<'_, OutlierState> {
+        let mut st = self.endpoints[i]
             .state
             .outlier
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        st.ejected_until.is_some_and(|t| t > now)
+        if let (Some(cfg), Some(&epoch)) = (&self.outlier, self.state.sweep_epoch.get()) {
+            st.sweep(epoch, cfg.interval, sweeps_by(epoch, cfg.interval, now));
+        }
+        st
+    }
+
+    fn is_ejected(&self, i: usize, now: Instant) -> bool {
+        // A config update that turns detection off returns every endpoint,
+        // as Envoy's rebuilt cluster would.
+        self.outlier.is_some() && self.outlier_state(i, now).ejected_until.is_some()
     }
 
     /// Records the outcome of a request to endpoint `i` (`status` 0: the
     /// connection failed) for outlier detection; may eject it.
     pub fn record(&self, i: usize, status: u16, now: Instant) {
         let Some(cfg) = &self.outlier else { return };
+        self.state.sweep_epoch.get_or_init(|| now);
         let gateway = matches!(status, 0 | 502..=504);
         let five = status == 0 || status >= 500;
         let eject = {
-            let mut st = self.endpoints[i]
-                .state
-                .outlier
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut st = self.outlier_state(i, now);
             if five {
                 st.consecutive_5xx += 1;
             } else {
@@ -275,7 +337,7 @@ impl Cluster {
                 || cfg
                     .consecutive_gateway
                     .is_some_and(|n| n > 0 && st.consecutive_gateway >= n);
-            tripped && st.ejected_until.is_none_or(|t| t <= now)
+            tripped && st.ejected_until.is_none()
         };
         if !eject {
             return;
@@ -288,11 +350,11 @@ impl Cluster {
         if ejected >= max {
             return;
         }
-        let mut st = self.endpoints[i]
-            .state
-            .outlier
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut st = self.outlier_state(i, now);
+        if st.ejected_until.is_some() {
+            // Another request's outcome ejected it meanwhile.
+            return;
+        }
         st.ejections += 1;
         st.ejected_until = Some(now + cfg.base_ejection * st.ejections);
         st.consecutive_5xx = 0;
@@ -390,6 +452,7 @@ mod tests {
             consecutive_5xx: Some(3),
             consecutive_gateway: None,
             base_ejection: Duration::from_secs(30),
+            interval: Duration::from_secs(10),
             max_ejection_percent: 50,
         };
         let c = cluster(2, LbPolicy::RoundRobin, Some(cfg));
@@ -425,11 +488,102 @@ mod tests {
                 consecutive_5xx: None,
                 consecutive_gateway: Some(1),
                 base_ejection: Duration::from_secs(30),
+                interval: Duration::from_secs(10),
                 max_ejection_percent: 10,
             }),
         );
         let now = Instant::now();
         c.record(0, 502, now);
         assert_eq!(c.pick(now, None, None), None);
+    }
+
+    /// One endpoint, ejected by one gateway error, 30s × its multiplier,
+    /// with sweeps every 10s.
+    fn swept_cluster() -> Cluster {
+        cluster(
+            2,
+            LbPolicy::RoundRobin,
+            Some(OutlierConfig {
+                consecutive_5xx: None,
+                consecutive_gateway: Some(1),
+                base_ejection: Duration::from_secs(30),
+                interval: Duration::from_secs(10),
+                max_ejection_percent: 100,
+            }),
+        )
+    }
+
+    #[test]
+    fn an_ejection_ends_at_the_first_sweep_after_its_time_is_up() {
+        let c = swept_cluster();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // The first outcome starts the sweeps: at t0+10s, +20s, ...
+        c.record(0, 200, t0);
+        c.record(0, 503, at(5));
+        assert!(c.is_ejected(0, at(5)), "ejected at once, not at a sweep");
+        assert!(c.is_ejected(0, at(35)), "its 30s are up, no sweep yet");
+        assert!(c.is_ejected(0, at(39)));
+        assert!(!c.is_ejected(0, at(40)), "back at the sweep after");
+        assert_eq!(c.pick(at(40), None, Some(1)), Some(0));
+    }
+
+    #[test]
+    fn the_multiplier_decays_by_one_per_sweep_in_service() {
+        let c = swept_cluster();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        c.record(0, 200, t0);
+        c.record(0, 503, at(5));
+        assert!(!c.is_ejected(0, at(40)));
+        // Ejected again before a sweep found it in service: 2 × 30s,
+        // up at 105s, back at the sweep at 110s.
+        c.record(0, 503, at(45));
+        assert!(c.is_ejected(0, at(109)));
+        assert!(!c.is_ejected(0, at(110)));
+        // The sweeps at 120s and 130s find it in service: 2 → 0, so the
+        // next ejection is 1 × 30s again (up at 165s, back at 170s).
+        c.record(0, 503, at(135));
+        assert!(c.is_ejected(0, at(169)));
+        assert!(!c.is_ejected(0, at(170)));
+        // Only the sweep at 180s before this one: 1 → 0 → 1 → back after
+        // 30s, at the sweep at 220s.
+        c.record(0, 503, at(185));
+        assert!(c.is_ejected(0, at(215)));
+        assert!(!c.is_ejected(0, at(220)));
+        // No sweep in between (230s is the next): 1 → 2, 60s, back at 290s.
+        c.record(0, 503, at(225));
+        assert!(c.is_ejected(0, at(285)));
+        assert!(!c.is_ejected(0, at(290)));
+    }
+
+    #[test]
+    fn the_other_endpoint_is_counted_as_ejected_until_its_sweep() {
+        // With 50%, one of two may be out: the first stays counted until
+        // the sweep returns it, even though its time is up.
+        let mut c = swept_cluster();
+        if let Some(o) = &mut c.outlier {
+            o.max_ejection_percent = 50;
+        }
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        c.record(0, 200, t0);
+        c.record(0, 503, at(5));
+        c.record(1, 503, at(35));
+        assert!(!c.is_ejected(1, at(35)), "0 is still out: 1 is not ejected");
+        assert!(!c.is_ejected(0, at(40)));
+        c.record(1, 503, at(41));
+        assert!(c.is_ejected(1, at(41)));
+    }
+
+    #[test]
+    fn turning_detection_off_returns_ejected_endpoints() {
+        let c = swept_cluster();
+        let now = Instant::now();
+        c.record(0, 503, now);
+        assert!(c.is_ejected(0, now));
+        let mut off = cluster(2, LbPolicy::RoundRobin, None);
+        off.adopt(&c);
+        assert!(!off.is_ejected(0, now));
     }
 }

@@ -1,13 +1,14 @@
 //! Pooled HTTP/2 connections to other agents: one mTLS connection per
 //! (peer address, SNI, expected identity), shared by every request to that
-//! peer, reopened when it breaks and, with `maxRequestsPerConnection`,
-//! retired after that many requests (streams).
+//! peer, reopened when it breaks, retired after `maxRequestsPerConnection`
+//! requests (streams), and closed when idle for `idleTimeout`.
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -25,6 +26,31 @@ pub struct PeerKey {
     pub addr: SocketAddr,
     pub sni: String,
     pub identity: SpiffeId,
+}
+
+/// How long a pooled connection may be reused (DestinationRule
+/// `connectionPool`), for the peer pool here and the plaintext clients
+/// ([`super::app`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reuse {
+    /// `http.maxRequestsPerConnection`: requests a connection carries
+    /// before it is retired; `None` (unset or 0): unlimited.
+    pub max_requests: Option<NonZeroU32>,
+    /// `http.idleTimeout`: a pooled connection on which no request has
+    /// started for this long is closed; `None` (0): never.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Istio's default `idleTimeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Self {
+            max_requests: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+        }
+    }
 }
 
 /// Why a request to a peer failed.
@@ -47,12 +73,14 @@ pub enum PoolError {
 }
 
 /// One pooled connection: its handle, an id telling it from the one that
-/// may replace it, and the streams opened on it so far.
+/// may replace it, the streams opened on it so far and when the last one
+/// was.
 #[derive(Debug)]
 struct Pooled<S> {
     conn: S,
     id: u64,
     streams: u32,
+    last_used: Instant,
 }
 
 /// The pooled connections by key, and the bookkeeping of their use; pure,
@@ -69,26 +97,37 @@ impl<K: Eq + Hash, S: Clone> Conns<K, S> {
         }
     }
 
-    /// The pooled connection to `key` for one more stream, and its id.
-    /// The stream that reaches `max` retires the connection: it leaves the
-    /// pool (it still carries the streams opened on it) and the next
-    /// stream gets a new one.
-    fn checkout(&mut self, key: &K, max: Option<NonZeroU32>) -> Option<(S, u64)> {
+    /// The pooled connection to `key` for one more stream at `now`, and
+    /// its id. The stream that reaches `max_requests` retires the
+    /// connection: it leaves the pool (it still carries the streams opened
+    /// on it) and the next stream gets a new one. A connection idle past
+    /// `idle_timeout` is dropped instead (its watcher may not have run
+    /// yet).
+    fn checkout(&mut self, key: &K, reuse: &Reuse, now: Instant) -> Option<(S, u64)> {
         let p = self.by_key.get_mut(key)?;
+        if reuse
+            .idle_timeout
+            .is_some_and(|t| now.saturating_duration_since(p.last_used) >= t)
+        {
+            self.by_key.remove(key);
+            return None;
+        }
         p.streams += 1;
+        p.last_used = now;
         let got = (p.conn.clone(), p.id);
-        if max.is_some_and(|m| p.streams >= m.get()) {
+        if reuse.max_requests.is_some_and(|m| p.streams >= m.get()) {
             self.by_key.remove(key);
         }
         Some(got)
     }
 
-    /// Pools `conn`, just opened for one stream, unless that one stream is
-    /// all it may carry. Replaces whatever another request pooled for `key`
-    /// meanwhile (that one is retired as above).
-    fn insert(&mut self, key: K, conn: S, id: u64, max: Option<NonZeroU32>) {
-        if max.is_some_and(|m| m.get() <= 1) {
-            return;
+    /// Pools `conn`, just opened at `now` for one stream, unless that one
+    /// stream is all it may carry; whether it was pooled. Replaces whatever
+    /// another request pooled for `key` meanwhile (that one is retired as
+    /// above).
+    fn insert(&mut self, key: K, conn: S, id: u64, reuse: &Reuse, now: Instant) -> bool {
+        if reuse.max_requests.is_some_and(|m| m.get() <= 1) {
+            return false;
         }
         self.by_key.insert(
             key,
@@ -96,8 +135,23 @@ impl<K: Eq + Hash, S: Clone> Conns<K, S> {
                 conn,
                 id,
                 streams: 1,
+                last_used: now,
             },
         );
+        true
+    }
+
+    /// Drops connection `id` for `key` if no stream has started on it for
+    /// `idle` by `now`. `Some(t)`: look again at `t`; `None`: it is gone
+    /// (dropped now, or earlier: retired, broken or replaced).
+    fn expire_idle(&mut self, key: &K, id: u64, idle: Duration, now: Instant) -> Option<Instant> {
+        let p = self.by_key.get(key).filter(|p| p.id == id)?;
+        let at = p.last_used + idle;
+        if now < at {
+            return Some(at);
+        }
+        self.by_key.remove(key);
+        None
     }
 
     /// Drops connection `id` for `key` (it broke), not its replacement.
@@ -112,10 +166,12 @@ impl<K: Eq + Hash, S: Clone> Conns<K, S> {
     }
 }
 
+type Shared = Arc<Mutex<Conns<PeerKey, http2::SendRequest<Body>>>>;
+
 /// HTTP/2 connections to peers.
 pub struct Pool {
     tls: Arc<MeshTls>,
-    conns: Mutex<Conns<PeerKey, http2::SendRequest<Body>>>,
+    conns: Shared,
     next_id: AtomicU64,
 }
 
@@ -123,21 +179,21 @@ impl Pool {
     pub fn new(tls: Arc<MeshTls>) -> Self {
         Self {
             tls,
-            conns: Mutex::new(Conns::new()),
+            conns: Arc::new(Mutex::new(Conns::new())),
             next_id: AtomicU64::new(0),
         }
     }
 
     /// Sends `req` to the peer, on a pooled connection or a new one opened
-    /// with `opts`; a connection carries at most `max_requests` streams.
+    /// with `opts`, reused as `reuse` allows.
     pub async fn send(
         &self,
         key: &PeerKey,
         opts: &ConnectOpts,
-        max_requests: Option<NonZeroU32>,
+        reuse: &Reuse,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, PoolError> {
-        let mut sender = self.sender(key, opts, max_requests).await?;
+        let mut sender = self.sender(key, opts, reuse).await?;
         sender
             .send_request(req)
             .await
@@ -161,9 +217,9 @@ impl Pool {
         &self,
         key: &PeerKey,
         opts: &ConnectOpts,
-        max_requests: Option<NonZeroU32>,
+        reuse: &Reuse,
     ) -> Result<http2::SendRequest<Body>, PoolError> {
-        let existing = self.lock().checkout(key, max_requests);
+        let existing = self.lock().checkout(key, reuse, Instant::now());
         if let Some((mut s, id)) = existing {
             if s.ready().await.is_ok() {
                 return Ok(s);
@@ -190,36 +246,66 @@ impl Pool {
             }
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock()
-            .insert(key.clone(), sender.clone(), id, max_requests);
+        let pooled = self
+            .lock()
+            .insert(key.clone(), sender.clone(), id, reuse, Instant::now());
+        if let (true, Some(idle)) = (pooled, reuse.idle_timeout) {
+            tokio::spawn(close_when_idle(self.conns.clone(), key.clone(), id, idle));
+        }
         Ok(sender)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Conns<PeerKey, http2::SendRequest<Body>>> {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.conns)
     }
+}
+
+fn lock(conns: &Shared) -> std::sync::MutexGuard<'_, Conns<PeerKey, http2::SendRequest<Body>>> {
+    conns.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes connection `id` out of the pool once no stream has started on it
+/// for `idle`; hyper then closes it when the streams it still carries end.
+/// Ends early if the connection leaves the pool another way.
+async fn close_when_idle(conns: Shared, key: PeerKey, id: u64, idle: Duration) {
+    loop {
+        let next = lock(&conns).expire_idle(&key, id, idle, Instant::now());
+        match next {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => break,
+        }
+    }
+    tracing::debug!(addr = %key.addr, "pooled connection to peer agent idle, closed");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn max(n: u32) -> Option<NonZeroU32> {
-        NonZeroU32::new(n)
+    fn max(n: u32) -> Reuse {
+        Reuse {
+            max_requests: NonZeroU32::new(n),
+            idle_timeout: None,
+        }
+    }
+
+    fn unlimited() -> Reuse {
+        max(0)
     }
 
     /// Which connection each of `requests` sequential requests gets, with
     /// a new connection (numbered in order) whenever the pool has none.
-    fn run(requests: usize, limit: Option<NonZeroU32>) -> Vec<u64> {
+    fn run(requests: usize, limit: Reuse) -> Vec<u64> {
         let mut pool: Conns<&str, u64> = Conns::new();
         let mut next = 0;
+        let now = Instant::now();
         (0..requests)
-            .map(|_| match pool.checkout(&"peer", limit) {
+            .map(|_| match pool.checkout(&"peer", &limit, now) {
                 Some((conn, _)) => conn,
                 None => {
                     let conn = next;
                     next += 1;
-                    pool.insert("peer", conn, conn, limit);
+                    pool.insert("peer", conn, conn, &limit, now);
                     conn
                 }
             })
@@ -231,31 +317,66 @@ mod tests {
         assert_eq!(run(7, max(3)), [0, 0, 0, 1, 1, 1, 2]);
         assert_eq!(run(3, max(2)), [0, 0, 1]);
         assert_eq!(run(3, max(1)), [0, 1, 2], "1: a connection per request");
-        assert_eq!(run(5, None), [0; 5], "unset or 0: unlimited");
+        assert_eq!(run(5, unlimited()), [0; 5], "unset or 0: unlimited");
     }
 
     #[test]
     fn the_stream_that_reaches_the_limit_retires_the_connection() {
         let mut pool: Conns<&str, u64> = Conns::new();
-        pool.insert("peer", 7, 7, max(2));
+        let now = Instant::now();
+        assert!(pool.insert("peer", 7, 7, &max(2), now));
         assert_eq!(pool.len(), 1);
-        assert_eq!(pool.checkout(&"peer", max(2)), Some((7, 7)));
+        assert_eq!(pool.checkout(&"peer", &max(2), now), Some((7, 7)));
         assert_eq!(pool.len(), 0, "retired at once, not at the next request");
-        assert_eq!(pool.checkout(&"peer", max(2)), None);
-        pool.insert("peer", 8, 8, max(1));
+        assert_eq!(pool.checkout(&"peer", &max(2), now), None);
+        assert!(!pool.insert("peer", 8, 8, &max(1), now));
         assert_eq!(pool.len(), 0, "a one-request connection is never pooled");
     }
 
     #[test]
     fn a_broken_connection_is_removed_but_not_its_replacement() {
         let mut pool: Conns<&str, u64> = Conns::new();
-        pool.insert("peer", 1, 1, None);
-        pool.insert("other", 2, 2, None);
-        pool.insert("peer", 3, 3, None);
+        let (u, now) = (unlimited(), Instant::now());
+        pool.insert("peer", 1, 1, &u, now);
+        pool.insert("other", 2, 2, &u, now);
+        pool.insert("peer", 3, 3, &u, now);
         pool.remove(&"peer", 1);
-        assert_eq!(pool.checkout(&"peer", None), Some((3, 3)));
+        assert_eq!(pool.checkout(&"peer", &u, now), Some((3, 3)));
         pool.remove(&"peer", 3);
-        assert_eq!(pool.checkout(&"peer", None), None);
-        assert_eq!(pool.checkout(&"other", None), Some((2, 2)));
+        assert_eq!(pool.checkout(&"peer", &u, now), None);
+        assert_eq!(pool.checkout(&"other", &u, now), Some((2, 2)));
+    }
+
+    #[test]
+    fn a_connection_idle_for_the_idle_timeout_is_closed() {
+        let mut pool: Conns<&str, u64> = Conns::new();
+        let reuse = Reuse {
+            max_requests: None,
+            idle_timeout: Some(Duration::from_secs(60)),
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        pool.insert("peer", 1, 1, &reuse, t0);
+        let idle = Duration::from_secs(60);
+        assert_eq!(pool.expire_idle(&"peer", 1, idle, at(30)), Some(at(60)));
+        // A stream at 50s: idle again from then.
+        assert_eq!(pool.checkout(&"peer", &reuse, at(50)), Some((1, 1)));
+        assert_eq!(pool.expire_idle(&"peer", 1, idle, at(60)), Some(at(110)));
+        assert_eq!(pool.expire_idle(&"peer", 1, idle, at(110)), None);
+        assert_eq!(pool.len(), 0, "closed when idle");
+        assert_eq!(pool.checkout(&"peer", &reuse, at(111)), None);
+
+        // Looked up after the timeout, before the watcher ran: not reused.
+        pool.insert("peer", 2, 2, &reuse, at(200));
+        assert_eq!(pool.checkout(&"peer", &reuse, at(260)), None);
+        assert_eq!(pool.len(), 0);
+
+        // The watcher of a connection that left the pool another way
+        // ends, and leaves its replacement alone.
+        pool.insert("peer", 3, 3, &reuse, at(300));
+        assert_eq!(pool.expire_idle(&"peer", 2, idle, at(400)), None);
+        assert_eq!(pool.len(), 1);
+        let never = unlimited();
+        assert_eq!(pool.checkout(&"peer", &never, at(9000)), Some((3, 3)));
     }
 }

@@ -138,6 +138,26 @@ fn services_clusters_and_policies() {
         v2.outlier.as_ref().unwrap().base_ejection,
         Duration::from_secs(60)
     );
+    assert_eq!(
+        v2.outlier.as_ref().unwrap().interval,
+        Duration::from_secs(10),
+        "Istio's default interval"
+    );
+    let swept = build(
+        parse_documents(
+            &MESH.replace("baseEjectionTime: 1m", "baseEjectionTime: 1m, interval: 2s"),
+        )
+        .unwrap(),
+        &settings("10.0.0.9", &[]),
+        None,
+    );
+    let od = swept
+        .cluster(HOST, 9080, "v2")
+        .unwrap()
+        .outlier
+        .clone()
+        .unwrap();
+    assert_eq!(od.interval, Duration::from_secs(2));
     assert!(
         matches!(m.cluster(HOST, 9090, "").unwrap().lb, LbPolicy::RingHash(HashOn::Header(ref h)) if h == "x-user")
     );
@@ -257,7 +277,7 @@ spec:
         let c = m.cluster(host, port, subset).unwrap();
         (
             c.limits.connect_timeout,
-            c.limits.max_requests_per_connection.map(|n| n.get()),
+            c.limits.reuse.max_requests.map(|n| n.get()),
         )
     };
     let ms = |n| Some(Duration::from_millis(n));
@@ -300,11 +320,63 @@ spec:
     );
     let c = none.cluster(host, 9080, "").unwrap();
     assert_eq!(
-        (
-            c.limits.connect_timeout,
-            c.limits.max_requests_per_connection
-        ),
+        (c.limits.connect_timeout, c.limits.reuse.max_requests),
         (None, None),
         "unset: the agent-wide timeout, unlimited requests"
     );
+}
+
+#[test]
+fn idle_timeout_defaults_to_istios_hour_and_zero_turns_it_off() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}, {number: 9090, name: http-a}, {number: 9091, name: http-b}]
+  endpoints: [{address: 10.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings
+  trafficPolicy:
+    connectionPool: {http: {idleTimeout: 30s}}
+    portLevelSettings:
+    - port: {number: 9090}
+      connectionPool: {http: {idleTimeout: 0s}}
+    - port: {number: 9091}
+      connectionPool: {tcp: {connectTimeout: 1s}}
+"#;
+    let m = build(
+        parse_documents(yaml).unwrap(),
+        &settings("10.0.0.9", &[]),
+        None,
+    );
+    let idle = |port| {
+        m.cluster("ratings.default.svc.cluster.local", port, "")
+            .unwrap()
+            .limits
+            .reuse
+            .idle_timeout
+    };
+    assert_eq!(idle(9080), Some(Duration::from_secs(30)));
+    assert_eq!(idle(9090), None, "0s: connections are never closed idle");
+    assert_eq!(
+        idle(9091),
+        Some(Duration::from_secs(3600)),
+        "a pool without idleTimeout: Istio's 1h"
+    );
+    let plain = build(
+        parse_documents(&yaml.replace("idleTimeout: 30s", "maxRequestsPerConnection: 5")).unwrap(),
+        &settings("10.0.0.9", &[]),
+        None,
+    );
+    let c = plain
+        .cluster("ratings.default.svc.cluster.local", 9080, "")
+        .unwrap();
+    assert_eq!(c.limits.reuse.idle_timeout, Some(Duration::from_secs(3600)));
 }

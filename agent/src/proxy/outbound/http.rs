@@ -549,10 +549,7 @@ async fn send_one(
             req.headers_mut()
                 .insert(PEER_METADATA, px.peer_metadata.clone());
             let opts = px.opts.with_timeout(limits.connect_timeout);
-            let sent = px
-                .pool
-                .send(key, &opts, limits.max_requests_per_connection, req)
-                .await;
+            let sent = px.pool.send(key, &opts, &limits.reuse, req).await;
             sent.map_err(|e| {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "request to peer failed");
                 match e {
@@ -574,7 +571,7 @@ async fn send_one(
             );
             let sent = px
                 .app
-                .send_with_timeout(ep.addr, h2, limits.connect_timeout, req)
+                .send_to_endpoint(ep.addr, h2, limits.connect_timeout, &limits.reuse, req)
                 .await;
             sent.map_err(|f| match f {
                 Flag::UpstreamConnectFailure => Outcome::ConnectFailure,
