@@ -79,6 +79,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
         timeout: opts.connect_timeout,
         mark: (opts.capture == options::CaptureMode::Iptables)
             .then_some(proxy::connect::CAPTURE_MARK),
+        keepalive: None,
     };
     let px = Arc::new(proxy::Proxy {
         pool: proxy::pool::Pool::new(tls.clone()),

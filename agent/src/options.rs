@@ -301,6 +301,7 @@ impl Options {
             ConnectOpts {
                 timeout: self.dns_timeout,
                 mark,
+                keepalive: None,
             },
         )
     }

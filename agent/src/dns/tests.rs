@@ -56,6 +56,7 @@ async fn proxy(upstreams: Vec<SocketAddr>, timeout: Duration) -> Proxy {
         ConnectOpts {
             timeout,
             mark: None,
+            keepalive: None,
         },
     );
     let listeners = Listeners::bind(SocketAddr::new(LOCALHOST, 0))

@@ -419,6 +419,16 @@ fn limits(p: &TrafficPolicy) -> Limits {
         .as_ref()
         .and_then(|t| t.connect_timeout)
         .map(|d| d.as_std());
+    // Validation has refused keepalive times under 1s.
+    l.keepalive = pool
+        .tcp
+        .as_ref()
+        .and_then(|t| t.tcp_keepalive.as_ref())
+        .map(|k| crate::proxy::connect::Keepalive {
+            time: k.time.map(|d| d.as_std()),
+            interval: k.interval.map(|d| d.as_std()),
+            probes: k.probes,
+        });
     l.reuse.max_requests = http
         .and_then(|h| h.max_requests_per_connection)
         .and_then(|n| u32::try_from(n).ok())

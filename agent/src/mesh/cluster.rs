@@ -48,6 +48,8 @@ pub struct Limits {
     /// How long a pooled connection to an endpoint (to its agent, or
     /// plaintext) is reused: `maxRequestsPerConnection`, `idleTimeout`.
     pub reuse: Reuse,
+    /// `tcp.tcpKeepalive` on connections to the cluster's endpoints.
+    pub keepalive: Option<crate::proxy::connect::Keepalive>,
 }
 
 impl Default for Limits {
@@ -56,6 +58,7 @@ impl Default for Limits {
             max_active: u32::MAX,
             connect_timeout: None,
             reuse: Reuse::default(),
+            keepalive: None,
         }
     }
 }

@@ -25,9 +25,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::body::Body;
-use super::connect::{self, ConnectOpts};
+use super::connect::{self, ConnectOpts, Keepalive};
 use super::flags::Flag;
 use super::pool::Reuse;
+use crate::mesh::cluster::Limits;
 
 /// Clients for the local application and plaintext endpoints.
 pub struct AppClient {
@@ -36,10 +37,11 @@ pub struct AppClient {
     /// the clients to the local application.
     opts: ConnectOpts,
     default: Clients,
-    /// Clients to endpoints by connect and idle timeout: both are fixed
-    /// when a client is built, so each DestinationRule `connectTimeout`
-    /// and `idleTimeout` in use has its own (and its own connection pool).
-    by_timeouts: Mutex<HashMap<(Duration, Option<Duration>), Clients>>,
+    /// Clients to endpoints by connect timeout, keepalive and idle timeout:
+    /// all are fixed when a client is built, so each DestinationRule
+    /// `connectTimeout`, `tcpKeepalive` and `idleTimeout` in use has its
+    /// own (and its own connection pool).
+    by_timeouts: Mutex<HashMap<ClientsKey, Clients>>,
 }
 
 /// Most timeout pairs kept at once; past it the map starts over (the
@@ -142,8 +144,12 @@ impl Write for Upstream {
     }
 }
 
+/// What the clients to endpoints differ by: connect timeout, keepalive,
+/// idle timeout.
+type ClientsKey = (Duration, Option<Keepalive>, Option<Duration>);
+
 /// hyper's connector over [`connect::tcp`]. The URIs it is given name an
-/// IP address and port (see [`AppClient::send_with_timeout`]).
+/// IP address and port (see [`AppClient::send_to_endpoint`]).
 #[derive(Clone, Debug)]
 struct Connector {
     opts: ConnectOpts,
@@ -187,16 +193,19 @@ impl AppClient {
         }
     }
 
-    /// The clients to an endpoint with these timeouts (`None`: the
-    /// agent-wide connect timeout; no idle timeout).
-    fn clients(&self, connect_timeout: Option<Duration>, idle: Option<Duration>) -> Clients {
-        let key = (connect_timeout.unwrap_or(self.opts.timeout), idle);
+    /// The clients to the endpoints of a cluster with these limits (its
+    /// connect timeout, `None`: the agent-wide one; its keepalive; its idle
+    /// timeout, `None`: none).
+    fn clients(&self, limits: &Limits) -> Clients {
+        let opts = self.opts.for_cluster(limits);
+        let idle = limits.reuse.idle_timeout;
+        let key = (opts.timeout, opts.keepalive, idle);
         let mut m = self.by_timeouts.lock().unwrap_or_else(|p| p.into_inner());
         if !m.contains_key(&key) && m.len() >= MAX_TIMEOUTS {
             m.clear();
         }
         m.entry(key)
-            .or_insert_with(|| Clients::new(self.opts.with_timeout(Some(key.0)), idle))
+            .or_insert_with(|| Clients::new(opts, idle))
             .clone()
     }
 
@@ -221,19 +230,19 @@ impl AppClient {
         self.request(&self.default, addr, h2, &unlimited, req).await
     }
 
-    /// [`AppClient::send`] to an endpoint without an agent: a new
-    /// connection gives up after `connect_timeout` (`None`: the agent-wide
-    /// timeout), and connections are reused as `reuse` allows.
+    /// [`AppClient::send`] to an endpoint without an agent, of a cluster
+    /// with these limits: a new connection gives up after its connect
+    /// timeout (`None`: the agent-wide one) and has its keepalive, and
+    /// connections are reused as its `reuse` allows.
     pub async fn send_to_endpoint(
         &self,
         addr: SocketAddr,
         h2: bool,
-        connect_timeout: Option<Duration>,
-        reuse: &Reuse,
+        limits: &Limits,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, Flag> {
-        let clients = self.clients(connect_timeout, reuse.idle_timeout);
-        self.request(&clients, addr, h2, reuse, req).await
+        let clients = self.clients(limits);
+        self.request(&clients, addr, h2, &limits.reuse, req).await
     }
 
     async fn request(
@@ -321,6 +330,7 @@ mod tests {
         let agent = ConnectOpts {
             timeout: Duration::from_secs(30),
             mark: None,
+            keepalive: None,
         };
         let app = AppClient::new(IpAddr::from([127, 0, 0, 1]), agent);
         let req = Request::get("/").body(super::super::body::empty()).unwrap();
@@ -329,8 +339,10 @@ mod tests {
             .send_to_endpoint(
                 addr,
                 false,
-                Some(Duration::from_millis(100)),
-                &Reuse::default(),
+                &Limits {
+                    connect_timeout: Some(Duration::from_millis(100)),
+                    ..Limits::default()
+                },
                 req,
             )
             .await;
@@ -385,16 +397,21 @@ mod tests {
         let opts = ConnectOpts {
             timeout: Duration::from_secs(5),
             mark: None,
+            keepalive: None,
         };
         AppClient::new(IpAddr::from([127, 0, 0, 1]), opts)
     }
 
     /// `n` requests one after the other, each read to its end.
     async fn requests(app: &AppClient, addr: SocketAddr, reuse: &Reuse, n: usize) {
+        let limits = Limits {
+            reuse: reuse.clone(),
+            ..Limits::default()
+        };
         for _ in 0..n {
             let req = Request::get("/").body(super::super::body::empty()).unwrap();
             let resp = app
-                .send_to_endpoint(addr, false, None, reuse, req)
+                .send_to_endpoint(addr, false, &limits, req)
                 .await
                 .unwrap();
             assert_eq!(resp.status(), 200);

@@ -11,6 +11,7 @@ use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio_rustls::client::TlsStream;
 use trellis_identity::SpiffeId;
 
+use crate::mesh::cluster::Limits;
 use crate::tls::MeshTls;
 
 /// The mark the agent puts on its own outgoing connections when it captures
@@ -25,15 +26,32 @@ pub struct ConnectOpts {
     pub timeout: Duration,
     /// `SO_MARK` for outgoing sockets (needs CAP_NET_ADMIN; set when capturing).
     pub mark: Option<u32>,
+    /// TCP keepalive on outgoing connections; `None`: off (the default).
+    pub keepalive: Option<Keepalive>,
+}
+
+/// TCP keepalive probes on a connection (DestinationRule
+/// `connectionPool.tcp.tcpKeepalive`); a field left unset keeps the
+/// system's value (`net.ipv4.tcp_keepalive_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Keepalive {
+    /// Idle time before the first probe (`time`).
+    pub time: Option<Duration>,
+    /// Time between probes (`interval`).
+    pub interval: Option<Duration>,
+    /// Unanswered probes before the connection is dropped (`probes`).
+    pub probes: Option<u32>,
 }
 
 impl ConnectOpts {
-    /// These options with a cluster's own connect timeout
-    /// (DestinationRule `connectionPool.tcp.connectTimeout`), if it has one.
-    pub fn with_timeout(&self, timeout: Option<Duration>) -> ConnectOpts {
+    /// These options with a cluster's own settings (DestinationRule
+    /// `connectionPool.tcp`): its `connectTimeout` if it has one, its
+    /// `tcpKeepalive`.
+    pub fn for_cluster(&self, limits: &Limits) -> ConnectOpts {
         ConnectOpts {
-            timeout: timeout.unwrap_or(self.timeout),
+            timeout: limits.connect_timeout.unwrap_or(self.timeout),
             mark: self.mark,
+            keepalive: limits.keepalive,
         }
     }
 }
@@ -55,7 +73,8 @@ pub enum ConnectError {
     Config { expect: SpiffeId, reason: String },
 }
 
-/// A TCP connection to `addr`, `TCP_NODELAY`, with the capture mark if set.
+/// A TCP connection to `addr`, `TCP_NODELAY`, with the capture mark and
+/// keepalive if set.
 pub async fn tcp(addr: SocketAddr, opts: &ConnectOpts) -> Result<TcpStream, ConnectError> {
     let attempt = async {
         let socket = if addr.is_ipv4() {
@@ -67,6 +86,19 @@ pub async fn tcp(addr: SocketAddr, opts: &ConnectOpts) -> Result<TcpStream, Conn
             socket2::SockRef::from(&socket).set_mark(mark)?;
         }
         socket.set_nodelay(true)?;
+        if let Some(k) = &opts.keepalive {
+            let mut ka = socket2::TcpKeepalive::new();
+            if let Some(t) = k.time {
+                ka = ka.with_time(t);
+            }
+            if let Some(i) = k.interval {
+                ka = ka.with_interval(i);
+            }
+            if let Some(n) = k.probes {
+                ka = ka.with_retries(n);
+            }
+            socket2::SockRef::from(&socket).set_tcp_keepalive(&ka)?;
+        }
         socket.connect(addr).await
     };
     match tokio::time::timeout(opts.timeout, attempt).await {
@@ -162,9 +194,14 @@ mod tests {
         let agent = ConnectOpts {
             timeout: Duration::from_secs(30),
             mark: None,
+            keepalive: None,
         };
-        assert_eq!(agent.with_timeout(None).timeout, Duration::from_secs(30));
-        let cluster = agent.with_timeout(Some(Duration::from_millis(100)));
+        let limits = Limits::default();
+        assert_eq!(agent.for_cluster(&limits).timeout, Duration::from_secs(30));
+        let cluster = agent.for_cluster(&Limits {
+            connect_timeout: Some(Duration::from_millis(100)),
+            ..Limits::default()
+        });
         let t = Instant::now();
         let err = tcp(addr, &cluster).await.unwrap_err();
         assert!(
@@ -172,5 +209,49 @@ mod tests {
             "{err}"
         );
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_clusters_keepalive_is_set_on_its_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let agent = ConnectOpts {
+            timeout: Duration::from_secs(5),
+            mark: None,
+            keepalive: None,
+        };
+        let plain = tcp(addr, &agent).await.unwrap();
+        assert!(!socket2::SockRef::from(&plain).keepalive().unwrap());
+
+        let limits = Limits {
+            keepalive: Some(Keepalive {
+                time: Some(Duration::from_secs(42)),
+                interval: Some(Duration::from_secs(7)),
+                probes: Some(3),
+            }),
+            ..Limits::default()
+        };
+        let s = tcp(addr, &agent.for_cluster(&limits)).await.unwrap();
+        let s = socket2::SockRef::from(&s);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(7));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 3);
+
+        // Only the time given: the others stay the system's.
+        let sys = socket2::SockRef::from(&plain)
+            .tcp_keepalive_interval()
+            .unwrap();
+        let limits = Limits {
+            keepalive: Some(Keepalive {
+                time: Some(Duration::from_secs(11)),
+                ..Keepalive::default()
+            }),
+            ..Limits::default()
+        };
+        let s = tcp(addr, &agent.for_cluster(&limits)).await.unwrap();
+        let s = socket2::SockRef::from(&s);
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(11));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), sys);
     }
 }

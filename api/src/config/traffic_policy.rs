@@ -433,6 +433,18 @@ impl Validate for TcpSettings {
         if let Some(timeout) = self.connect_timeout {
             check_min_duration(errors, &format!("{path}.connectTimeout"), timeout);
         }
+        if let Some(k) = &self.tcp_keepalive {
+            // The kernel counts keepalive time in whole seconds.
+            for (field, d) in [("time", k.time), ("interval", k.interval)] {
+                if let Some(d) = d.filter(|d| d.as_std() < std::time::Duration::from_secs(1)) {
+                    push(
+                        errors,
+                        &format!("{path}.tcpKeepalive.{field}"),
+                        format!("{d} is shorter than 1s (keepalive is counted in whole seconds)"),
+                    );
+                }
+            }
+        }
     }
 }
 

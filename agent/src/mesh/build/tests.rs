@@ -380,3 +380,64 @@ spec:
         .unwrap();
     assert_eq!(c.limits.reuse.idle_timeout, Some(Duration::from_secs(3600)));
 }
+
+#[test]
+fn tcp_keepalive_is_taken_from_the_pool_with_unset_fields_left_to_the_system() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp-pg}, {number: 5433, name: tcp-replica}]
+  endpoints: [{address: 10.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db
+  trafficPolicy:
+    connectionPool:
+      tcp: {tcpKeepalive: {time: 60s, interval: 10s, probes: 4}}
+    portLevelSettings:
+    - port: {number: 5433}
+      connectionPool: {tcp: {tcpKeepalive: {time: 2m}}}
+"#;
+    let m = build(
+        parse_documents(yaml).unwrap(),
+        &settings("10.0.0.9", &[]),
+        None,
+    );
+    let host = "db.default.svc.cluster.local";
+    let ka = |port| m.cluster(host, port, "").unwrap().limits.keepalive;
+    let secs = |n| Some(Duration::from_secs(n));
+    assert_eq!(
+        ka(5432),
+        Some(crate::proxy::connect::Keepalive {
+            time: secs(60),
+            interval: secs(10),
+            probes: Some(4),
+        })
+    );
+    assert_eq!(
+        ka(5433),
+        Some(crate::proxy::connect::Keepalive {
+            time: secs(120),
+            interval: None,
+            probes: None,
+        }),
+        "the port's pool replaces the rule's whole"
+    );
+    let none = build(
+        parse_documents(&yaml.replace(
+            "      tcp: {tcpKeepalive: {time: 60s, interval: 10s, probes: 4}}\n",
+            "      tcp: {connectTimeout: 1s}\n",
+        ))
+        .unwrap(),
+        &settings("10.0.0.9", &[]),
+        None,
+    );
+    assert_eq!(none.cluster(host, 5432, "").unwrap().limits.keepalive, None);
+}

@@ -548,7 +548,7 @@ async fn send_one(
             retarget(&mut req, Version::HTTP_2, authority);
             req.headers_mut()
                 .insert(PEER_METADATA, px.peer_metadata.clone());
-            let opts = px.opts.with_timeout(limits.connect_timeout);
+            let opts = px.opts.for_cluster(limits);
             let sent = px.pool.send(key, &opts, &limits.reuse, req).await;
             sent.map_err(|e| {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "request to peer failed");
@@ -569,10 +569,7 @@ async fn send_one(
                 },
                 authority,
             );
-            let sent = px
-                .app
-                .send_to_endpoint(ep.addr, h2, limits.connect_timeout, &limits.reuse, req)
-                .await;
+            let sent = px.app.send_to_endpoint(ep.addr, h2, limits, req).await;
             sent.map_err(|f| match f {
                 Flag::UpstreamConnectFailure => Outcome::ConnectFailure,
                 _ => Outcome::Reset,
@@ -601,7 +598,7 @@ async fn upgrade_request(
     log.conn.mtls = ep.identity.is_some();
     let mut req = req;
     retarget(&mut req, Version::HTTP_11, authority);
-    let opts = px.opts.with_timeout(cluster.limits.connect_timeout);
+    let opts = px.opts.for_cluster(&cluster.limits);
     match &ep.peer {
         Some(peer) => {
             req.headers_mut()

@@ -73,7 +73,7 @@ enum Upstream {
 
 async fn open(px: &Proxy, cluster: &Cluster, i: usize) -> Result<Upstream, ConnectError> {
     let ep = &cluster.endpoints[i];
-    let opts = px.opts.with_timeout(cluster.limits.connect_timeout);
+    let opts = px.opts.for_cluster(&cluster.limits);
     match &ep.peer {
         Some(peer) => connect::mtls(
             &px.tls,
