@@ -81,10 +81,10 @@ impl Forwarder {
         client: impl FnOnce() -> Result<PeerClient<Channel>, NodeError>,
         op: LeaderOp,
     ) -> Result<LeaderReply, NodeError> {
-        let unreachable = |reason: String| NodeError::LeaderUnreachable {
+        let closed = || NodeError::LeaderUnreachable {
             leader,
             addr: addr.to_string(),
-            reason,
+            reason: "the forwarding stream closed".into(),
         };
         let rx = {
             let mut slot = self.stream.lock().await;
@@ -102,16 +102,15 @@ impl Forwarder {
             let (tx, rx) = oneshot::channel();
             match lock(&s.waiters).as_mut() {
                 Some(w) => w.insert(id, tx),
-                None => return Err(unreachable("the forwarding stream closed".into())),
+                None => return Err(closed()),
             };
             if s.tx.send(RaftPayload { data }).is_err() {
                 lock(&s.waiters).as_mut().map(|w| w.remove(&id));
-                return Err(unreachable("the forwarding stream closed".into()));
+                return Err(closed());
             }
             rx
         };
-        rx.await
-            .unwrap_or_else(|_| Err(unreachable("the forwarding stream closed".into())))
+        rx.await.unwrap_or_else(|_| Err(closed()))
     }
 }
 

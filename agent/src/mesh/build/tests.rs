@@ -63,6 +63,15 @@ spec:
   portLevelMtls: {8080: {mode: STRICT}}
 "#;
 
+/// The mesh that `yaml` builds for the workload at 10.0.0.9.
+fn mesh_of(yaml: &str) -> Mesh {
+    build(
+        parse_documents(yaml).unwrap(),
+        &settings("10.0.0.9", &[]),
+        None,
+    )
+}
+
 fn settings(addr: &str, labels: &[(&str, &str)]) -> Settings {
     Settings {
         trust_domain: "example.org".into(),
@@ -81,11 +90,7 @@ const HOST: &str = "reviews.default.svc.cluster.local";
 
 #[test]
 fn services_clusters_and_policies() {
-    let m = build(
-        parse_documents(MESH).unwrap(),
-        &settings("10.0.0.9", &[]),
-        None,
-    );
+    let m = mesh_of(MESH);
     assert_eq!(m.canonical_host("reviews"), HOST);
     assert_eq!(m.canonical_host("reviews.default"), HOST);
     assert_eq!(
@@ -143,14 +148,8 @@ fn services_clusters_and_policies() {
         Duration::from_secs(10),
         "Istio's default interval"
     );
-    let swept = build(
-        parse_documents(
-            &MESH.replace("baseEjectionTime: 1m", "baseEjectionTime: 1m, interval: 2s"),
-        )
-        .unwrap(),
-        &settings("10.0.0.9", &[]),
-        None,
-    );
+    let swept =
+        mesh_of(&MESH.replace("baseEjectionTime: 1m", "baseEjectionTime: 1m, interval: 2s"));
     let od = swept
         .cluster(HOST, 9080, "v2")
         .unwrap()
@@ -166,11 +165,7 @@ fn services_clusters_and_policies() {
 
 #[test]
 fn peer_authentication_workload_over_namespace_over_mesh() {
-    let m = build(
-        parse_documents(MESH).unwrap(),
-        &settings("10.0.0.9", &[]),
-        None,
-    );
+    let m = mesh_of(MESH);
     assert_eq!(m.inbound_mode(9080), MtlsMode::Strict, "mesh-wide STRICT");
     let r = build(
         parse_documents(MESH).unwrap(),
@@ -267,11 +262,7 @@ spec:
       - port: {number: 9091}
         connectionPool: {tcp: {connectTimeout: 50ms}, http: {maxRequestsPerConnection: 0}}
 "#;
-    let m = build(
-        parse_documents(yaml).unwrap(),
-        &settings("10.0.0.9", &[]),
-        None,
-    );
+    let m = mesh_of(yaml);
     let host = "ratings.default.svc.cluster.local";
     let got = |port, subset| {
         let c = m.cluster(host, port, subset).unwrap();
@@ -309,15 +300,10 @@ spec:
     for (port, subset, want, why) in cases {
         assert_eq!(got(port, subset), want, "{port} {subset:?}: {why}");
     }
-    let none = build(
-        parse_documents(&yaml.replace(
+    let none = mesh_of(&yaml.replace(
             "    connectionPool:\n      tcp: {connectTimeout: 250ms, maxConnections: 4}\n      http: {maxRequestsPerConnection: 3}\n",
             "",
-        ))
-        .unwrap(),
-        &settings("10.0.0.9", &[]),
-        None,
-    );
+        ));
     let c = none.cluster(host, 9080, "").unwrap();
     assert_eq!(
         (c.limits.connect_timeout, c.limits.reuse.max_requests),
@@ -351,11 +337,7 @@ spec:
     - port: {number: 9091}
       connectionPool: {tcp: {connectTimeout: 1s}}
 "#;
-    let m = build(
-        parse_documents(yaml).unwrap(),
-        &settings("10.0.0.9", &[]),
-        None,
-    );
+    let m = mesh_of(yaml);
     let idle = |port| {
         m.cluster("ratings.default.svc.cluster.local", port, "")
             .unwrap()
@@ -370,11 +352,7 @@ spec:
         Some(Duration::from_secs(3600)),
         "a pool without idleTimeout: Istio's 1h"
     );
-    let plain = build(
-        parse_documents(&yaml.replace("idleTimeout: 30s", "maxRequestsPerConnection: 5")).unwrap(),
-        &settings("10.0.0.9", &[]),
-        None,
-    );
+    let plain = mesh_of(&yaml.replace("idleTimeout: 30s", "maxRequestsPerConnection: 5"));
     let c = plain
         .cluster("ratings.default.svc.cluster.local", 9080, "")
         .unwrap();
@@ -405,11 +383,7 @@ spec:
     - port: {number: 5433}
       connectionPool: {tcp: {tcpKeepalive: {time: 2m}}}
 "#;
-    let m = build(
-        parse_documents(yaml).unwrap(),
-        &settings("10.0.0.9", &[]),
-        None,
-    );
+    let m = mesh_of(yaml);
     let host = "db.default.svc.cluster.local";
     let ka = |port| m.cluster(host, port, "").unwrap().limits.keepalive;
     let secs = |n| Some(Duration::from_secs(n));
@@ -430,14 +404,9 @@ spec:
         }),
         "the port's pool replaces the rule's whole"
     );
-    let none = build(
-        parse_documents(&yaml.replace(
-            "      tcp: {tcpKeepalive: {time: 60s, interval: 10s, probes: 4}}\n",
-            "      tcp: {connectTimeout: 1s}\n",
-        ))
-        .unwrap(),
-        &settings("10.0.0.9", &[]),
-        None,
-    );
+    let none = mesh_of(&yaml.replace(
+        "      tcp: {tcpKeepalive: {time: 60s, interval: 10s, probes: 4}}\n",
+        "      tcp: {connectTimeout: 1s}\n",
+    ));
     assert_eq!(none.cluster(host, 5432, "").unwrap().limits.keepalive, None);
 }
