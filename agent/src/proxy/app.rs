@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 
 use super::body::Body;
 use super::connect::{self, ConnectOpts, Keepalive};
+use super::cork::Corked;
 use super::flags::Flag;
 use super::pool::Reuse;
 use crate::mesh::cluster::Limits;
@@ -62,7 +63,6 @@ impl Clients {
     /// never). The timer is what closes them; without it hyper would only
     /// skip them when it next looks for a connection.
     fn new(opts: ConnectOpts, idle: Option<Duration>) -> Self {
-        let connector = Connector { opts };
         let mut http1 = Client::builder(TokioExecutor::new());
         http1.pool_timer(TokioTimer::new()).pool_idle_timeout(idle);
         let mut http2 = Client::builder(TokioExecutor::new());
@@ -71,8 +71,11 @@ impl Clients {
             .pool_idle_timeout(idle)
             .http2_only(true);
         Self {
-            http1: http1.build(connector.clone()),
-            http2: http2.build(connector),
+            http1: http1.build(Connector {
+                opts: opts.clone(),
+                h2: false,
+            }),
+            http2: http2.build(Connector { opts, h2: true }),
         }
     }
 }
@@ -94,13 +97,17 @@ impl Requests {
 
 /// A connection to an application or endpoint, with its [`Requests`].
 struct Upstream {
-    io: TokioIo<TcpStream>,
+    io: TokioIo<Corked<TcpStream>>,
     requests: Requests,
 }
 
 impl Connection for Upstream {
     fn connected(&self) -> Connected {
-        self.io.connected().extra(self.requests.clone())
+        self.io
+            .inner()
+            .get_ref()
+            .connected()
+            .extra(self.requests.clone())
     }
 }
 
@@ -153,6 +160,8 @@ type ClientsKey = (Duration, Option<Keepalive>, Option<Duration>);
 #[derive(Clone, Debug)]
 struct Connector {
     opts: ConnectOpts,
+    /// Its connections carry HTTP/2 (see [`Corked`]).
+    h2: bool,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -167,14 +176,14 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let opts = self.opts.clone();
+        let (opts, h2) = (self.opts.clone(), self.h2);
         Box::pin(async move {
             let addr: SocketAddr = uri
                 .authority()
                 .and_then(|a| a.as_str().parse().ok())
                 .ok_or_else(|| format!("not an IP address and port: {uri}"))?;
             Ok(Upstream {
-                io: TokioIo::new(connect::tcp(addr, &opts).await?),
+                io: TokioIo::new(Corked::client(connect::tcp(addr, &opts).await?, h2)),
                 requests: Requests::default(),
             })
         })

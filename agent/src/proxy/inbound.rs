@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::body::{self, Body};
+use super::cork::Corked;
 use super::detect::{detect, original_dst};
 use super::flags::Flag;
 use super::headers::{authority, strip_hop_by_hop};
@@ -180,7 +181,7 @@ where
         None => {}
     }
     builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .serve_connection_with_upgrades(TokioIo::new(Corked::server(io)), svc)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }

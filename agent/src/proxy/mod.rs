@@ -5,6 +5,7 @@
 pub mod app;
 pub mod body;
 pub mod connect;
+pub mod cork;
 pub mod detect;
 pub mod flags;
 pub mod headers;

@@ -18,6 +18,7 @@ use trellis_identity::SpiffeId;
 
 use super::body::Body;
 use super::connect::{self, ConnectError, ConnectOpts};
+use super::cork::Corked;
 use crate::tls::{MeshTls, ALPN_H2};
 
 /// Where a pooled connection goes.
@@ -231,7 +232,7 @@ impl Pool {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(std::time::Duration::from_secs(30))
-            .handshake(TokioIo::new(tls))
+            .handshake(TokioIo::new(Corked::client(tls, true)))
             .await
             .map_err(|source| PoolError::Handshake {
                 addr: key.addr,

@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::cork::Corked;
 use super::detect::{detect, original_dst};
 use super::sniff::Sniffed;
 use super::Proxy;
@@ -107,7 +108,7 @@ async fn handle(
         async move { Ok::<_, std::convert::Infallible>(http::handle(px, target, req).await) }
     });
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+        .serve_connection_with_upgrades(TokioIo::new(Corked::server(tcp)), svc)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
