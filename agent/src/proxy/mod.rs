@@ -53,14 +53,17 @@ pub fn is_grpc(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+const X_REQUEST_ID: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-request-id");
+
 /// The request's `x-request-id`, added when missing (a random UUID, as Envoy does).
 pub fn ensure_request_id(h: &mut HeaderMap) -> String {
-    if let Some(id) = h.get("x-request-id").and_then(|v| v.to_str().ok()) {
+    if let Some(id) = h.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
         return id.to_string();
     }
     let id = trace::uuid_v4();
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        h.insert("x-request-id", v);
+    if let Some(v) = trace::fresh(&id) {
+        h.insert(X_REQUEST_ID, v);
     }
     id
 }

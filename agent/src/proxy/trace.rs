@@ -2,7 +2,14 @@
 //! request that arrives without any gets a new trace, so the services behind
 //! the mesh can join their spans to it. Each agent hop is a span of its own:
 //! the trace id is kept and a new span id names this hop.
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 
 /// A random version-4 UUID, for `x-request-id`.
 pub fn uuid_v4() -> String {
@@ -10,14 +17,27 @@ pub fn uuid_v4() -> String {
     let b =
         (a & !(0xf000u128 << 64) | (0x4000u128 << 64)) & !(0xc000u128 << 48) | (0x8000u128 << 48);
     let h = format!("{b:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    let mut u = String::with_capacity(36);
+    for (i, part) in [&h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            u.push('-');
+        }
+        u.push_str(part);
+    }
+    u
+}
+
+/// A header value that is new on every request (an id), marked for HPACK's
+/// "never indexed": indexing it would only push the headers that do repeat
+/// (the peer metadata, the application's) out of the HTTP/2 header table of
+/// the connection between the agents.
+pub fn fresh(v: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(v).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 /// Starts this hop's span: keeps the incoming trace (W3C or B3) or starts
@@ -27,32 +47,37 @@ pub fn propagate(h: &mut HeaderMap) {
         incoming(h).unwrap_or_else(|| (format!("{:032x}", fastrand::u128(1..)), true));
     let span_id = format!("{:016x}", fastrand::u64(1..));
     let flags = if sampled { "01" } else { "00" };
-    let parent = h
-        .get("x-b3-spanid")
-        .cloned()
-        .or_else(|| traceparent_span(h).and_then(|s| HeaderValue::from_str(&s).ok()));
-    let set = |h: &mut HeaderMap, k: &'static str, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
+    let parent = match h.get(&B3_SPAN_ID).and_then(|v| v.to_str().ok()) {
+        Some(s) => fresh(s),
+        None => traceparent_span(h).and_then(|s| fresh(&s)),
+    };
+    let set = |h: &mut HeaderMap, k: HeaderName, v: Option<HeaderValue>| {
+        if let Some(v) = v {
             h.insert(k, v);
         }
     };
-    set(h, "traceparent", format!("00-{trace_id}-{span_id}-{flags}"));
-    set(h, "x-b3-traceid", trace_id);
-    set(h, "x-b3-spanid", span_id);
-    set(h, "x-b3-sampled", if sampled { "1" } else { "0" }.into());
+    set(
+        h,
+        TRACEPARENT,
+        fresh(&format!("00-{trace_id}-{span_id}-{flags}")),
+    );
+    set(h, B3_TRACE_ID, fresh(&trace_id));
+    set(h, B3_SPAN_ID, fresh(&span_id));
+    let sampled = HeaderValue::from_static(if sampled { "1" } else { "0" });
+    h.insert(B3_SAMPLED, sampled);
     match parent {
         Some(p) => {
-            h.insert("x-b3-parentspanid", p);
+            h.insert(B3_PARENT_SPAN_ID, p);
         }
         None => {
-            h.remove("x-b3-parentspanid");
+            h.remove(B3_PARENT_SPAN_ID);
         }
     }
 }
 
 /// The trace id and sampling decision of the incoming request.
 fn incoming(h: &HeaderMap) -> Option<(String, bool)> {
-    if let Some(tp) = h.get("traceparent").and_then(|v| v.to_str().ok()) {
+    if let Some(tp) = h.get(&TRACEPARENT).and_then(|v| v.to_str().ok()) {
         let parts: Vec<&str> = tp.split('-').collect();
         if parts.len() == 4
             && is_hex(parts[1], 32)
@@ -63,16 +88,16 @@ fn incoming(h: &HeaderMap) -> Option<(String, bool)> {
             return Some((parts[1].to_string(), sampled));
         }
     }
-    let tid = h.get("x-b3-traceid")?.to_str().ok()?;
+    let tid = h.get(&B3_TRACE_ID)?.to_str().ok()?;
     if !(is_hex(tid, 32) || is_hex(tid, 16)) {
         return None;
     }
-    let sampled = h.get("x-b3-sampled").and_then(|v| v.to_str().ok()) != Some("0");
+    let sampled = h.get(&B3_SAMPLED).and_then(|v| v.to_str().ok()) != Some("0");
     Some((format!("{tid:0>32}"), sampled))
 }
 
 fn traceparent_span(h: &HeaderMap) -> Option<String> {
-    let tp = h.get("traceparent")?.to_str().ok()?;
+    let tp = h.get(&TRACEPARENT)?.to_str().ok()?;
     let span = tp.split('-').nth(2)?;
     is_hex(span, 16).then(|| span.to_string())
 }
@@ -91,6 +116,24 @@ mod tests {
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
         assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");
+    }
+
+    #[test]
+    fn ids_made_per_request_are_never_indexed_by_hpack() {
+        let mut h = HeaderMap::new();
+        propagate(&mut h);
+        propagate(&mut h);
+        for name in [
+            "traceparent",
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-parentspanid",
+        ] {
+            assert!(h[name].is_sensitive(), "{name}");
+        }
+        assert!(!h["x-b3-sampled"].is_sensitive(), "a flag that repeats");
+        crate::proxy::ensure_request_id(&mut h);
+        assert!(h["x-request-id"].is_sensitive());
     }
 
     #[test]
