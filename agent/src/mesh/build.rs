@@ -472,6 +472,7 @@ fn outlier(p: &TrafficPolicy) -> Option<OutlierConfig> {
         max_ejection_percent: od
             .max_ejection_percent
             .map_or(10, |n| n.clamp(0, 100) as u32),
+        min_health_percent: od.min_health_percent.map_or(0, |n| n.clamp(0, 100) as u32),
     })
 }
 

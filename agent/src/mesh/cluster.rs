@@ -79,6 +79,10 @@ pub struct OutlierConfig {
     /// takes one off its multiplier.
     pub interval: Duration,
     pub max_ejection_percent: u32,
+    /// `minHealthPercent`, Envoy's panic threshold: while fewer than this
+    /// percent of the endpoints are in service, ejections are ignored and
+    /// every endpoint takes requests. 0 (Istio's default): never.
+    pub min_health_percent: u32,
 }
 
 /// Health bookkeeping of one endpoint.
@@ -257,9 +261,14 @@ impl Cluster {
     /// for ring hashing; `exclude` an endpoint to avoid if another is healthy
     /// (the one a retry failed on). `None`: no healthy endpoint (`UH`).
     pub fn pick(&self, now: Instant, hash: Option<u64>, exclude: Option<usize>) -> Option<usize> {
-        let healthy: Vec<usize> = (0..self.endpoints.len())
+        let mut healthy: Vec<usize> = (0..self.endpoints.len())
             .filter(|&i| !self.is_ejected(i, now))
             .collect();
+        let min = self.outlier.as_ref().map_or(0, |o| o.min_health_percent);
+        if healthy.len() * 100 < self.endpoints.len() * min as usize {
+            // Envoy's panic mode: too few left to carry the load.
+            healthy = (0..self.endpoints.len()).collect();
+        }
         let candidates: Vec<usize> = match exclude {
             Some(x) if healthy.len() > 1 => healthy.into_iter().filter(|&i| i != x).collect(),
             _ => healthy,
@@ -457,6 +466,7 @@ mod tests {
             base_ejection: Duration::from_secs(30),
             interval: Duration::from_secs(10),
             max_ejection_percent: 50,
+            min_health_percent: 0,
         };
         let c = cluster(2, LbPolicy::RoundRobin, Some(cfg));
         let now = Instant::now();
@@ -482,22 +492,52 @@ mod tests {
         assert_eq!(c.pick(now, None, None), Some(1));
     }
 
+    /// Ejected by one gateway error, 30s × the multiplier, sweeps every 10s.
+    fn ejected_on_a_gateway_error(
+        max_ejection_percent: u32,
+        min_health_percent: u32,
+    ) -> OutlierConfig {
+        OutlierConfig {
+            consecutive_5xx: None,
+            consecutive_gateway: Some(1),
+            base_ejection: Duration::from_secs(30),
+            interval: Duration::from_secs(10),
+            max_ejection_percent,
+            min_health_percent,
+        }
+    }
+
     #[test]
     fn all_ejected_is_no_healthy_upstream() {
-        let c = cluster(
-            1,
-            LbPolicy::Random,
-            Some(OutlierConfig {
-                consecutive_5xx: None,
-                consecutive_gateway: Some(1),
-                base_ejection: Duration::from_secs(30),
-                interval: Duration::from_secs(10),
-                max_ejection_percent: 10,
-            }),
-        );
+        let c = cluster(1, LbPolicy::Random, Some(ejected_on_a_gateway_error(10, 0)));
         let now = Instant::now();
         c.record(0, 502, now);
         assert_eq!(c.pick(now, None, None), None);
+    }
+
+    #[test]
+    fn below_min_health_percent_every_endpoint_takes_requests() {
+        for (min, panics) in [(0, false), (50, false), (60, true)] {
+            let c = cluster(
+                2,
+                LbPolicy::RoundRobin,
+                Some(ejected_on_a_gateway_error(100, min)),
+            );
+            let now = Instant::now();
+            c.record(0, 502, now);
+            assert!(c.is_ejected(0, now));
+            let picks: std::collections::HashSet<_> =
+                (0..10).map(|_| c.pick(now, None, None)).collect();
+            let want = if panics {
+                [Some(0), Some(1)].into()
+            } else {
+                [Some(1)].into()
+            };
+            assert_eq!(picks, want, "minHealthPercent {min}: 1 of 2 in service");
+            // With every endpoint out, panic mode still answers.
+            c.record(1, 502, now);
+            assert_eq!(c.pick(now, None, None).is_some(), min > 0, "{min}");
+        }
     }
 
     /// One endpoint, ejected by one gateway error, 30s × its multiplier,
@@ -506,13 +546,7 @@ mod tests {
         cluster(
             2,
             LbPolicy::RoundRobin,
-            Some(OutlierConfig {
-                consecutive_5xx: None,
-                consecutive_gateway: Some(1),
-                base_ejection: Duration::from_secs(30),
-                interval: Duration::from_secs(10),
-                max_ejection_percent: 100,
-            }),
+            Some(ejected_on_a_gateway_error(100, 0)),
         )
     }
 

@@ -148,8 +148,15 @@ fn services_clusters_and_policies() {
         Duration::from_secs(10),
         "Istio's default interval"
     );
-    let swept =
-        mesh_of(&MESH.replace("baseEjectionTime: 1m", "baseEjectionTime: 1m, interval: 2s"));
+    assert_eq!(
+        v2.outlier.as_ref().unwrap().min_health_percent,
+        0,
+        "Istio's default: no panic mode"
+    );
+    let swept = mesh_of(&MESH.replace(
+        "baseEjectionTime: 1m",
+        "baseEjectionTime: 1m, interval: 2s, minHealthPercent: 40",
+    ));
     let od = swept
         .cluster(HOST, 9080, "v2")
         .unwrap()
@@ -157,6 +164,7 @@ fn services_clusters_and_policies() {
         .clone()
         .unwrap();
     assert_eq!(od.interval, Duration::from_secs(2));
+    assert_eq!(od.min_health_percent, 40);
     assert!(
         matches!(m.cluster(HOST, 9090, "").unwrap().lb, LbPolicy::RingHash(HashOn::Header(ref h)) if h == "x-user")
     );
