@@ -429,6 +429,17 @@ fn limits(p: &TrafficPolicy) -> Limits {
             interval: k.interval.map(|d| d.as_std()),
             probes: k.probes,
         });
+    if let Some(tcp) = &pool.tcp {
+        // idleTimeout unset: Istio's hour; 0s: never. maxConnectionDuration
+        // unset or 0s: no limit.
+        if let Some(t) = tcp.idle_timeout {
+            l.tcp.idle = Some(t.as_std()).filter(|t| !t.is_zero());
+        }
+        l.tcp.max_duration = tcp
+            .max_connection_duration
+            .map(|d| d.as_std())
+            .filter(|d| !d.is_zero());
+    }
     l.reuse.max_requests = http
         .and_then(|h| h.max_requests_per_connection)
         .and_then(|n| u32::try_from(n).ok())

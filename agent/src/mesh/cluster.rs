@@ -50,6 +50,9 @@ pub struct Limits {
     pub reuse: Reuse,
     /// `tcp.tcpKeepalive` on connections to the cluster's endpoints.
     pub keepalive: Option<crate::proxy::connect::Keepalive>,
+    /// `tcp.idleTimeout` and `tcp.maxConnectionDuration` of opaque TCP
+    /// connections to the cluster.
+    pub tcp: crate::proxy::splice::Timeouts,
 }
 
 impl Default for Limits {
@@ -59,6 +62,7 @@ impl Default for Limits {
             connect_timeout: None,
             reuse: Reuse::default(),
             keepalive: None,
+            tcp: Default::default(),
         }
     }
 }

@@ -324,6 +324,15 @@ where
             return Err(e.into());
         }
     };
-    splice::run(&px.telemetry, log, io, upstream).await;
+    // DestinationRules apply on the client side; the inbound side keeps
+    // Istio's default timeouts, as its Envoy does.
+    splice::run(
+        &px.telemetry,
+        log,
+        io,
+        upstream,
+        splice::Timeouts::default(),
+    )
+    .await;
     Ok(())
 }

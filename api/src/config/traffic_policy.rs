@@ -430,8 +430,18 @@ impl Validate for TcpSettings {
             &format!("{path}.maxConnections"),
             self.max_connections,
         );
-        if let Some(timeout) = self.connect_timeout {
-            check_min_duration(errors, &format!("{path}.connectTimeout"), timeout);
+        for (field, value) in [
+            ("connectTimeout", self.connect_timeout),
+            // 0s is "none"; a positive duration under 1ms is a mistake.
+            (
+                "maxConnectionDuration",
+                self.max_connection_duration
+                    .filter(|d| !d.as_std().is_zero()),
+            ),
+        ] {
+            if let Some(value) = value {
+                check_min_duration(errors, &format!("{path}.{field}"), value);
+            }
         }
         if let Some(k) = &self.tcp_keepalive {
             // The kernel counts keepalive time in whole seconds.

@@ -368,6 +368,49 @@ spec:
 }
 
 #[test]
+fn tcp_idle_timeout_and_max_connection_duration_with_istios_defaults() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp}, {number: 5433, name: tcp-b}, {number: 5434, name: tcp-c}]
+  endpoints: [{address: 10.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db
+  trafficPolicy:
+    connectionPool: {tcp: {idleTimeout: 5m, maxConnectionDuration: 2h}}
+    portLevelSettings:
+    - port: {number: 5433}
+      connectionPool: {tcp: {idleTimeout: 0s, maxConnectionDuration: 0s}}
+    - port: {number: 5434}
+      connectionPool: {tcp: {connectTimeout: 1s}}
+"#;
+    let m = mesh_of(yaml);
+    let tcp = |port| {
+        m.cluster("db.default.svc.cluster.local", port, "")
+            .unwrap()
+            .limits
+            .tcp
+    };
+    assert_eq!(tcp(5432).idle, Some(Duration::from_secs(300)));
+    assert_eq!(tcp(5432).max_duration, Some(Duration::from_secs(7200)));
+    assert_eq!(tcp(5433).idle, None, "0s: never closed idle");
+    assert_eq!(tcp(5433).max_duration, None, "0s: no limit");
+    assert_eq!(
+        tcp(5434),
+        crate::proxy::splice::Timeouts::default(),
+        "unset: Istio's hour idle, no limit"
+    );
+}
+
+#[test]
 fn tcp_keepalive_is_taken_from_the_pool_with_unset_fields_left_to_the_system() {
     let yaml = r#"
 apiVersion: networking.istio.io/v1

@@ -48,12 +48,12 @@ pub async fn forward(
         match open(px, &cluster, i).await {
             Ok(Upstream::Tls(up)) => {
                 cluster.record(i, 200, Instant::now());
-                splice::run(&px.telemetry, log, tcp, up).await;
+                splice::run(&px.telemetry, log, tcp, up, cluster.limits.tcp).await;
                 return Ok(());
             }
             Ok(Upstream::Plain(up)) => {
                 cluster.record(i, 200, Instant::now());
-                splice::run(&px.telemetry, log, tcp, up).await;
+                splice::run(&px.telemetry, log, tcp, up, cluster.limits.tcp).await;
                 return Ok(());
             }
             Err(e) => {
@@ -111,7 +111,8 @@ pub async fn passthrough(
     log.upstream = Some(orig);
     match connect::tcp(orig, &px.opts).await {
         Ok(up) => {
-            splice::run(&px.telemetry, log, tcp, up).await;
+            // Envoy's PassthroughCluster: Istio's default timeouts.
+            splice::run(&px.telemetry, log, tcp, up, splice::Timeouts::default()).await;
             Ok(())
         }
         Err(_) => refuse(px, log, Flag::UpstreamConnectFailure),

@@ -584,6 +584,7 @@ fn validation_errors_name_the_field() {
         (dr("host: a\ntrafficPolicy:\n  loadBalancer: {consistentHash: {minimumRingSize: 1024}}"), "spec.trafficPolicy.loadBalancer.consistentHash: exactly one of `httpHeaderName`, `httpCookie`, `useSourceIp`, `httpQueryParameterName` must be set"),
         (dr("host: a\ntrafficPolicy:\n  outlierDetection: {maxEjectionPercent: 120}"), "spec.trafficPolicy.outlierDetection.maxEjectionPercent: 120 is out of range 0..=100"),
         (dr("host: a\ntrafficPolicy:\n  connectionPool: {tcp: {connectTimeout: 0s}}"), "spec.trafficPolicy.connectionPool.tcp.connectTimeout: 0s is shorter than 1ms"),
+        (dr("host: a\ntrafficPolicy:\n  connectionPool: {tcp: {maxConnectionDuration: 500us}}"), "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration: 500us is shorter than 1ms"),
         (dr("host: a\ntrafficPolicy:\n  connectionPool: {tcp: {tcpKeepalive: {time: 500ms}}}"), "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time: 500ms is shorter than 1s (keepalive is counted in whole seconds)"),
         (dr("host: a\ntrafficPolicy:\n  connectionPool: {tcp: {tcpKeepalive: {interval: 0s}}}"), "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.interval: 0s is shorter than 1s (keepalive is counted in whole seconds)"),
         (dr("host: a\ntrafficPolicy:\n  connectionPool: {http: {maxRetries: -3}}"), "spec.trafficPolicy.connectionPool.http.maxRetries: -3 must not be negative"),
