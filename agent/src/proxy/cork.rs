@@ -195,6 +195,12 @@ mod tests {
         writes: usize,
     }
 
+    impl<T> Counting<T> {
+        fn new(inner: T) -> Self {
+            Self { inner, writes: 0 }
+        }
+    }
+
     impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {
         fn poll_read(
             mut self: Pin<&mut Self>,
@@ -231,13 +237,7 @@ mod tests {
     #[tokio::test]
     async fn writes_before_a_flush_leave_in_one_write_after_a_yield() {
         let (c, mut s) = pair().await;
-        let mut w = Corked::client(
-            Counting {
-                inner: c,
-                writes: 0,
-            },
-            true,
-        );
+        let mut w = Corked::client(Counting::new(c), true);
         w.write_all(b"HEADERS ").await.unwrap();
         w.write_all(b"DATA ").await.unwrap();
         assert_eq!(w.inner.writes, 0, "held until the flush");
@@ -264,13 +264,7 @@ mod tests {
     #[tokio::test]
     async fn a_flush_with_nothing_held_does_not_yield_and_big_writes_go_through() {
         let (c, mut s) = pair().await;
-        let mut w = Corked::client(
-            Counting {
-                inner: c,
-                writes: 0,
-            },
-            true,
-        );
+        let mut w = Corked::client(Counting::new(c), true);
         let flushed = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut w).poll_flush(cx)));
         assert!(flushed.await.is_ready());
         let big = vec![7u8; HOLD_MAX + 1];
@@ -292,10 +286,7 @@ mod tests {
             (b"GET / HTTP/1.1\r\n\r\n", false),
         ] {
             let (mut c, s) = pair().await;
-            let mut w = Corked::server(Counting {
-                inner: s,
-                writes: 0,
-            });
+            let mut w = Corked::server(Counting::new(s));
             c.write_all(first).await.unwrap();
             let mut buf = vec![0u8; first.len()];
             w.read_exact(&mut buf).await.unwrap();

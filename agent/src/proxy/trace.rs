@@ -16,16 +16,9 @@ pub fn uuid_v4() -> String {
     let a = fastrand::u128(..);
     let b =
         (a & !(0xf000u128 << 64) | (0x4000u128 << 64)) & !(0xc000u128 << 48) | (0x8000u128 << 48);
-    let h = format!("{b:032x}");
-    let mut u = String::with_capacity(36);
-    for (i, part) in [&h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]]
-        .into_iter()
-        .enumerate()
-    {
-        if i > 0 {
-            u.push('-');
-        }
-        u.push_str(part);
+    let mut u = format!("{b:032x}");
+    for i in [20, 16, 12, 8] {
+        u.insert(i, '-');
     }
     u
 }
