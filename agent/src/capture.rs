@@ -1,29 +1,135 @@
-//! Traffic capture with iptables (`--capture iptables`), as Istio's init
-//! container sets it up: the application's outgoing TCP is redirected to
-//! the outbound listener and incoming TCP to the inbound listener. The
-//! host's outgoing DNS (UDP and TCP to port 53, whatever the server, a
-//! local one included) is redirected to the DNS proxy. The agent's own
-//! connections carry [`CAPTURE_MARK`] and are let through, as is other
-//! loopback traffic. Installing is idempotent (chains are flushed and
-//! refilled); [`Capture::remove`] undoes it on clean shutdown.
-use std::process::Command;
+//! Traffic capture (`--capture iptables` or `--capture nftables`), as
+//! Istio's init container sets it up: the application's outgoing TCP is
+//! redirected to the outbound listener and incoming TCP to the inbound
+//! listener. The host's outgoing DNS (UDP and TCP to port 53, whatever the
+//! server, a local one included) is redirected to the DNS proxy. The
+//! agent's own connections carry [`CAPTURE_MARK`] and are let through, as
+//! is other loopback traffic.
+//!
+//! The rules are written once ([`Capture::rules`]) and rendered for either
+//! backend. With iptables they live in two chains of the `nat` table,
+//! flushed and refilled on install; with nftables in a table of their own,
+//! `ip trellis`, replaced whole in one transaction. Installing is
+//! idempotent either way; [`Capture::remove`] undoes it on clean shutdown.
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 use crate::proxy::connect::CAPTURE_MARK;
 
-const INBOUND_CHAIN: &str = "TRELLIS_INBOUND";
-const OUTPUT_CHAIN: &str = "TRELLIS_OUTPUT";
-/// Where the chains are entered from: built-in chain, protocol, chain.
-/// UDP enters the output chain for DNS only; without DNS capture nothing
-/// there matches it.
-const JUMPS: [(&str, &str, &str); 3] = [
-    ("PREROUTING", "tcp", INBOUND_CHAIN),
-    ("OUTPUT", "tcp", OUTPUT_CHAIN),
-    ("OUTPUT", "udp", OUTPUT_CHAIN),
+/// Which netfilter front end installs the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Iptables,
+    Nftables,
+}
+
+/// The chain a rule belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chain {
+    /// Entered from PREROUTING for TCP.
+    Inbound,
+    /// Entered from OUTPUT for TCP and UDP. UDP matters for DNS only;
+    /// without DNS capture nothing there matches it.
+    Outbound,
+}
+
+impl Chain {
+    fn iptables(self) -> &'static str {
+        match self {
+            Chain::Inbound => "TRELLIS_INBOUND",
+            Chain::Outbound => "TRELLIS_OUTPUT",
+        }
+    }
+
+    fn nft(self) -> &'static str {
+        match self {
+            Chain::Inbound => "inbound",
+            Chain::Outbound => "outbound",
+        }
+    }
+}
+
+/// What a rule matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Match {
+    /// Every packet of a protocol (`tcp`, `udp`).
+    Proto(&'static str),
+    /// A protocol and destination port.
+    Port(&'static str, u16),
+    /// Packets of sockets carrying [`CAPTURE_MARK`]: the agent's own.
+    AgentMark,
+    /// Packets leaving on the loopback interface.
+    OutLoopback,
+    /// Packets to 127.0.0.0/8.
+    ToLoopback,
+}
+
+/// What a matching packet gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Left alone.
+    Return,
+    /// Redirected to a local port.
+    Redirect(u16),
+}
+
+/// One NAT rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub chain: Chain,
+    pub when: Match,
+    pub then: Action,
+}
+
+impl Rule {
+    /// As arguments of `iptables -t nat`.
+    fn iptables(&self) -> String {
+        let when = match self.when {
+            Match::Proto(p) => format!("-p {p}"),
+            Match::Port(p, port) => format!("-p {p} --dport {port}"),
+            Match::AgentMark => format!("-m mark --mark {CAPTURE_MARK}"),
+            Match::OutLoopback => "-o lo".to_string(),
+            Match::ToLoopback => "-d 127.0.0.0/8".to_string(),
+        };
+        let then = match self.then {
+            Action::Return => "-j RETURN".to_string(),
+            Action::Redirect(port) => format!("-j REDIRECT --to-ports {port}"),
+        };
+        format!("-A {} {when} {then}", self.chain.iptables())
+    }
+
+    /// As an nft rule statement, inside its chain.
+    fn nft(&self) -> String {
+        let when = match self.when {
+            Match::Proto(p) => format!("meta l4proto {p}"),
+            Match::Port(p, port) => format!("{p} dport {port}"),
+            Match::AgentMark => format!("meta mark {CAPTURE_MARK}"),
+            Match::OutLoopback => r#"oifname "lo""#.to_string(),
+            Match::ToLoopback => "ip daddr 127.0.0.0/8".to_string(),
+        };
+        let then = match self.then {
+            Action::Return => "return".to_string(),
+            Action::Redirect(port) => format!("redirect to :{port}"),
+        };
+        format!("{when} {then}")
+    }
+}
+
+/// The nftables table the rules live in.
+const NFT_TABLE: &str = "ip trellis";
+
+/// Where the iptables chains are entered from: built-in chain, protocol,
+/// chain.
+const JUMPS: [(&str, &str, Chain); 3] = [
+    ("PREROUTING", "tcp", Chain::Inbound),
+    ("OUTPUT", "tcp", Chain::Outbound),
+    ("OUTPUT", "udp", Chain::Outbound),
 ];
 
 /// What to capture.
 #[derive(Clone, Debug)]
 pub struct Capture {
+    pub backend: Backend,
     pub inbound_port: u16,
     pub outbound_port: u16,
     /// The DNS proxy's port, if outgoing DNS is to be captured.
@@ -32,90 +138,172 @@ pub struct Capture {
     pub exclude_inbound: Vec<u16>,
 }
 
-/// A failed iptables command.
+/// A failed iptables or nft command.
 #[derive(Debug, thiserror::Error)]
-#[error("iptables {args}: {reason}; capture needs root (CAP_NET_ADMIN) and the iptables command")]
+#[error("{command} {args}: {reason}; capture needs root (CAP_NET_ADMIN) and the {command} command")]
 pub struct CaptureError {
+    command: &'static str,
     args: String,
     reason: String,
 }
 
 impl Capture {
-    /// The rules, as arguments of `iptables -t nat` (pure, for tests and
-    /// dry runs).
-    pub fn rules(&self) -> Vec<String> {
-        let mut r: Vec<String> = self
+    /// The rules, in order, for either backend (pure, for tests).
+    pub fn rules(&self) -> Vec<Rule> {
+        let rule = |chain, when, then| Rule { chain, when, then };
+        let mut r: Vec<Rule> = self
             .exclude_inbound
             .iter()
-            .map(|p| format!("-A {INBOUND_CHAIN} -p tcp --dport {p} -j RETURN"))
+            .map(|&p| rule(Chain::Inbound, Match::Port("tcp", p), Action::Return))
             .collect();
-        r.push(format!(
-            "-A {INBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {}",
-            self.inbound_port
+        r.push(rule(
+            Chain::Inbound,
+            Match::Proto("tcp"),
+            Action::Redirect(self.inbound_port),
         ));
-        r.push(format!(
-            "-A {OUTPUT_CHAIN} -m mark --mark {CAPTURE_MARK} -j RETURN"
-        ));
+        r.push(rule(Chain::Outbound, Match::AgentMark, Action::Return));
         if let Some(port) = self.dns_port {
             for proto in ["udp", "tcp"] {
-                r.push(format!(
-                    "-A {OUTPUT_CHAIN} -p {proto} --dport 53 -j REDIRECT --to-ports {port}"
+                r.push(rule(
+                    Chain::Outbound,
+                    Match::Port(proto, 53),
+                    Action::Redirect(port),
                 ));
             }
         }
-        r.push(format!("-A {OUTPUT_CHAIN} -o lo -j RETURN"));
-        r.push(format!("-A {OUTPUT_CHAIN} -d 127.0.0.0/8 -j RETURN"));
-        r.push(format!(
-            "-A {OUTPUT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
-            self.outbound_port
+        r.push(rule(Chain::Outbound, Match::OutLoopback, Action::Return));
+        r.push(rule(Chain::Outbound, Match::ToLoopback, Action::Return));
+        r.push(rule(
+            Chain::Outbound,
+            Match::Proto("tcp"),
+            Action::Redirect(self.outbound_port),
         ));
         r
     }
 
+    /// The rules as arguments of `iptables -t nat`.
+    pub fn iptables_rules(&self) -> Vec<String> {
+        self.rules().iter().map(Rule::iptables).collect()
+    }
+
+    /// The script `nft -f -` runs to install the rules: it creates the
+    /// table if missing, deletes it, and defines it anew, all in one
+    /// transaction, so the rules in force are never half replaced. The
+    /// base chains sit at priority -100, where DNAT runs (nft names it
+    /// `dstnat` on prerouting only).
+    pub fn nft_script(&self) -> String {
+        let rules = self.rules();
+        let chain = |c: Chain| {
+            let body: String = rules
+                .iter()
+                .filter(|r| r.chain == c)
+                .map(|r| format!("\t\t{}\n", r.nft()))
+                .collect();
+            format!("\tchain {} {{\n{body}\t}}\n", c.nft())
+        };
+        let inbound = Chain::Inbound.nft();
+        let outbound = Chain::Outbound.nft();
+        format!(
+            "add table {NFT_TABLE}\n\
+             delete table {NFT_TABLE}\n\
+             table {NFT_TABLE} {{\n\
+             {}{}\
+             \tchain prerouting {{\n\
+             \t\ttype nat hook prerouting priority -100; policy accept;\n\
+             \t\tmeta l4proto tcp jump {inbound}\n\
+             \t}}\n\
+             \tchain output {{\n\
+             \t\ttype nat hook output priority -100; policy accept;\n\
+             \t\tmeta l4proto {{ tcp, udp }} jump {outbound}\n\
+             \t}}\n\
+             }}\n",
+            chain(Chain::Inbound),
+            chain(Chain::Outbound),
+        )
+    }
+
     /// Installs the rules (again, if they were there).
     pub fn install(&self) -> Result<(), CaptureError> {
-        for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
-            if run(&["-t", "nat", "-N", chain]).is_err() {
-                run(&["-t", "nat", "-F", chain])?;
+        match self.backend {
+            Backend::Iptables => self.install_iptables(),
+            Backend::Nftables => nft(&["-f", "-"], Some(&self.nft_script())),
+        }
+    }
+
+    fn install_iptables(&self) -> Result<(), CaptureError> {
+        for chain in [Chain::Inbound, Chain::Outbound].map(Chain::iptables) {
+            if iptables(&["-t", "nat", "-N", chain]).is_err() {
+                iptables(&["-t", "nat", "-F", chain])?;
             }
         }
         for (hook, proto, chain) in JUMPS {
-            if run(&["-t", "nat", "-C", hook, "-p", proto, "-j", chain]).is_err() {
-                run(&["-t", "nat", "-A", hook, "-p", proto, "-j", chain])?;
+            let jump = |op| ["-t", "nat", op, hook, "-p", proto, "-j", chain.iptables()];
+            if iptables(&jump("-C")).is_err() {
+                iptables(&jump("-A"))?;
             }
         }
-        for rule in self.rules() {
+        for rule in self.iptables_rules() {
             let args: Vec<&str> = ["-t", "nat"]
                 .into_iter()
                 .chain(rule.split_whitespace())
                 .collect();
-            run(&args)?;
+            iptables(&args)?;
         }
         Ok(())
     }
 
     /// Removes the rules and chains (best effort: what is already gone is fine).
     pub fn remove(&self) {
-        for (hook, proto, chain) in JUMPS {
-            while run(&["-t", "nat", "-D", hook, "-p", proto, "-j", chain]).is_ok() {}
-        }
-        for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
-            let _ = run(&["-t", "nat", "-F", chain]);
-            let _ = run(&["-t", "nat", "-X", chain]);
+        match self.backend {
+            Backend::Iptables => {
+                for (hook, proto, chain) in JUMPS {
+                    let jump = ["-t", "nat", "-D", hook, "-p", proto, "-j", chain.iptables()];
+                    while iptables(&jump).is_ok() {}
+                }
+                for chain in [Chain::Inbound, Chain::Outbound].map(Chain::iptables) {
+                    let _ = iptables(&["-t", "nat", "-F", chain]);
+                    let _ = iptables(&["-t", "nat", "-X", chain]);
+                }
+            }
+            Backend::Nftables => {
+                let table: Vec<&str> = NFT_TABLE.split(' ').collect();
+                let _ = nft(&[&["delete", "table"], &table[..]].concat(), None);
+            }
         }
     }
 }
 
-fn run(args: &[&str]) -> Result<(), CaptureError> {
+fn iptables(args: &[&str]) -> Result<(), CaptureError> {
+    run("iptables", &[&["-w", "5"], args].concat(), None)
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), CaptureError> {
+    run("nft", args, stdin)
+}
+
+/// Runs `command args`, feeding it `stdin` if given.
+fn run(command: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), CaptureError> {
     let err = |reason: String| CaptureError {
+        command,
         args: args.join(" "),
         reason,
     };
-    let out = Command::new("iptables")
-        .args(["-w", "5"])
+    let mut child = Command::new(command)
         .args(args)
-        .output()
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| err(e.to_string()))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| err(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -127,16 +315,21 @@ fn run(args: &[&str]) -> Result<(), CaptureError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn rules_skip_excluded_ports_marked_and_loopback_traffic() {
-        let c = Capture {
+    fn capture(dns_port: Option<u16>, exclude_inbound: Vec<u16>) -> Capture {
+        Capture {
+            backend: Backend::Iptables,
             inbound_port: 15006,
             outbound_port: 15001,
-            dns_port: None,
-            exclude_inbound: vec![15006, 22],
-        };
+            dns_port,
+            exclude_inbound,
+        }
+    }
+
+    #[test]
+    fn rules_skip_excluded_ports_marked_and_loopback_traffic() {
+        let c = capture(None, vec![15006, 22]);
         assert_eq!(
-            c.rules(),
+            c.iptables_rules(),
             [
                 "-A TRELLIS_INBOUND -p tcp --dport 15006 -j RETURN",
                 "-A TRELLIS_INBOUND -p tcp --dport 22 -j RETURN",
@@ -151,13 +344,8 @@ mod tests {
 
     #[test]
     fn dns_from_anyone_but_the_agent_goes_to_the_dns_proxy() {
-        let c = Capture {
-            inbound_port: 15006,
-            outbound_port: 15001,
-            dns_port: Some(15053),
-            exclude_inbound: vec![15053],
-        };
-        let rules = c.rules();
+        let c = capture(Some(15053), vec![15053]);
+        let rules = c.iptables_rules();
         let at = |r: &str| {
             rules
                 .iter()
@@ -175,5 +363,38 @@ mod tests {
             "{rules:?}"
         );
         assert!(rules.contains(&"-A TRELLIS_INBOUND -p tcp --dport 15053 -j RETURN".to_string()));
+    }
+
+    #[test]
+    fn nftables_gets_the_same_rules_in_one_table_replaced_whole() {
+        let script = capture(Some(15053), vec![22]).nft_script();
+        assert_eq!(
+            script,
+            "add table ip trellis
+delete table ip trellis
+table ip trellis {
+\tchain inbound {
+\t\ttcp dport 22 return
+\t\tmeta l4proto tcp redirect to :15006
+\t}
+\tchain outbound {
+\t\tmeta mark 1337 return
+\t\tudp dport 53 redirect to :15053
+\t\ttcp dport 53 redirect to :15053
+\t\toifname \"lo\" return
+\t\tip daddr 127.0.0.0/8 return
+\t\tmeta l4proto tcp redirect to :15001
+\t}
+\tchain prerouting {
+\t\ttype nat hook prerouting priority -100; policy accept;
+\t\tmeta l4proto tcp jump inbound
+\t}
+\tchain output {
+\t\ttype nat hook output priority -100; policy accept;
+\t\tmeta l4proto { tcp, udp } jump outbound
+\t}
+}
+"
+        );
     }
 }

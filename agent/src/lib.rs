@@ -5,7 +5,7 @@
 //! ([`mesh`], compiled from Istio resources pushed by the control plane,
 //! [`discovery`], or read from a file), route selection ([`route`]),
 //! the DNS proxy ([`dns`], 15053), the certificate client ([`identity`]),
-//! iptables capture ([`capture`]), telemetry ([`telemetry`]) and the admin
+//! iptables or nftables capture ([`capture`]), telemetry ([`telemetry`]) and the admin
 //! and metrics endpoints ([`admin`]). [`run`] wires them together from
 //! [`Options`].
 pub mod admin;
@@ -77,8 +77,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
     let me = Arc::new(opts.workload(&loaded.id, &settings));
     let connect = proxy::connect::ConnectOpts {
         timeout: opts.connect_timeout,
-        mark: (opts.capture == options::CaptureMode::Iptables)
-            .then_some(proxy::connect::CAPTURE_MARK),
+        mark: opts.capture.backend().map(|_| proxy::connect::CAPTURE_MARK),
         keepalive: None,
     };
     let px = Arc::new(proxy::Proxy {
@@ -116,7 +115,8 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
         None => None,
     };
 
-    let capture = (opts.capture == options::CaptureMode::Iptables).then(|| capture::Capture {
+    let capture = opts.capture.backend().map(|backend| capture::Capture {
+        backend,
         inbound_port: opts.inbound.port(),
         outbound_port: opts.outbound.port(),
         dns_port: opts.dns.map(|a| a.port()),
@@ -124,7 +124,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
     });
     if let Some(c) = &capture {
         c.install()?;
-        tracing::info!("iptables capture installed");
+        tracing::info!(backend = ?c.backend, "capture installed");
     }
 
     let admin = Arc::new(admin::Admin {

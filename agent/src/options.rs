@@ -22,6 +22,19 @@ pub enum CaptureMode {
     None,
     /// iptables REDIRECT of the host's TCP (needs root).
     Iptables,
+    /// The same rules in an nftables table of their own, `ip trellis` (needs root).
+    Nftables,
+}
+
+impl CaptureMode {
+    /// The netfilter front end that installs the rules, if any.
+    pub fn backend(self) -> Option<crate::capture::Backend> {
+        match self {
+            CaptureMode::None => None,
+            CaptureMode::Iptables => Some(crate::capture::Backend::Iptables),
+            CaptureMode::Nftables => Some(crate::capture::Backend::Nftables),
+        }
+    }
 }
 
 /// An explicit upstream listener: a local port standing for one service port.
@@ -162,7 +175,7 @@ pub struct Options {
     /// How the application's traffic reaches the agent.
     #[arg(long, env = "TRELLIS_CAPTURE", value_enum, default_value_t = CaptureMode::None)]
     pub capture: CaptureMode,
-    /// Inbound ports iptables capture leaves alone, besides the agent's own (comma-separated).
+    /// Inbound ports capture leaves alone, besides the agent's own (comma-separated).
     #[arg(
         long,
         env = "TRELLIS_CAPTURE_EXCLUDE_PORTS",
@@ -315,10 +328,11 @@ pub fn check(o: &Options) -> anyhow::Result<()> {
     if o.token.is_none() && o.cert_chain.is_none() && !o.data_dir.join("cert-chain.pem").exists() {
         bail!("no identity: pass --token (a VM join token), or --cert-chain, --key and --roots");
     }
-    if let (CaptureMode::Iptables, Some(dns)) = (o.capture, o.dns) {
+    if let (Some(_), Some(dns)) = (o.capture.backend(), o.dns) {
         // REDIRECT sends locally made packets to 127.0.0.1.
         if dns.ip() != IpAddr::from([127, 0, 0, 1]) && !dns.ip().is_unspecified() {
-            bail!("--dns {dns}: with --capture iptables the DNS proxy must listen on 127.0.0.1 or 0.0.0.0, where captured queries arrive");
+            let mode = o.capture.to_possible_value().expect("no skipped variants");
+            bail!("--dns {dns}: with --capture {} the DNS proxy must listen on 127.0.0.1 or 0.0.0.0, where captured queries arrive", mode.get_name());
         }
     }
     if o.concurrency == 0 {
@@ -372,7 +386,11 @@ mod tests {
         let o = parse(&["--capture", "iptables", "--dns", "10.1.2.3:15053"]);
         let e = check(&o).unwrap_err().to_string();
         assert!(e.contains("127.0.0.1 or 0.0.0.0"), "{e}");
+        let o = parse(&["--capture", "nftables", "--dns", "10.1.2.3:15053"]);
+        let e = check(&o).unwrap_err().to_string();
+        assert!(e.contains("with --capture nftables the DNS proxy"), "{e}");
         check(&parse(&["--capture", "iptables"])).unwrap();
+        check(&parse(&["--capture", "nftables"])).unwrap();
         check(&parse(&["--capture", "iptables", "--dns", "off"])).unwrap();
         check(&parse(&["--dns", "10.1.2.3:15053"])).unwrap();
     }

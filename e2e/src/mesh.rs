@@ -1,8 +1,9 @@
 //! A mesh on network namespaces: a control plane in the root namespace on
 //! the bridge address, and hosts that each run a workload ([`trellis-echo`])
-//! behind a `trellis-agent` with iptables capture, all started from VM join
+//! behind a `trellis-agent` with iptables (or nftables) capture, all started from VM join
 //! tokens the way an operator would. Used by the data-plane e2e tests.
 use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -68,6 +69,18 @@ impl MeshEnv {
         Ok(())
     }
 
+    /// Stops (SIGTERM) the process `name` started in `host` and waits for
+    /// its exit.
+    pub fn terminate(&mut self, host: &Host, name: &str) -> anyhow::Result<ExitStatus> {
+        let key = format!("{}/{name}", host.name);
+        let (_, p) = self
+            .procs
+            .iter_mut()
+            .find(|(k, _)| *k == key)
+            .with_context(|| format!("no {key} started"))?;
+        p.terminate()
+    }
+
     /// Kills (SIGKILL) the process `name` started in `host`.
     pub fn kill(&mut self, host: &Host, name: &str) {
         let key = format!("{}/{name}", host.name);
@@ -95,8 +108,8 @@ impl MeshEnv {
     }
 
     /// Starts an agent in `host` with a VM token for `identity` (`NS/SA`),
-    /// iptables capture and the resources in `config`, plus `args`; waits
-    /// until it is ready.
+    /// iptables capture (unless `args` pass another `--capture`) and the
+    /// resources in `config`, plus `args`; waits until it is ready.
     pub async fn agent(
         &mut self,
         host: &Host,
@@ -111,15 +124,11 @@ impl MeshEnv {
             .path()
             .join(format!("{}-agent-data", host.name));
         let addr = host.addr.to_string();
-        let mut all: Vec<&str> = vec![
-            "--token",
-            &token,
-            "--capture",
-            "iptables",
-            "--address",
-            &addr,
-            "--config-file",
-        ];
+        let mut all: Vec<&str> = vec!["--token", &token];
+        if !args.contains(&"--capture") {
+            all.extend(["--capture", "iptables"]);
+        }
+        all.extend(["--address", &addr, "--config-file"]);
         let config = config.display().to_string();
         let data = data.display().to_string();
         all.extend([config.as_str(), "--data-dir", &data]);

@@ -127,5 +127,11 @@ async fn captured_dns_answers_mesh_names_and_forwards_the_rest() -> anyhow::Resu
         outside.to_string()
     );
     assert!(upstream.queries() > before);
+
+    // A clean shutdown removes the chains and the jumps to them.
+    let status = env.terminate(&client, "agent")?;
+    assert!(status.success(), "{status}: {}", env.log(&client, "agent"));
+    let nat = sh(&client, "iptables -t nat -S").await?;
+    assert!(!nat.contains("TRELLIS"), "left behind: {nat}");
     Ok(())
 }

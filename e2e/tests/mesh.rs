@@ -181,7 +181,9 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
         .replace("OUTSIDER", &outsider.addr.to_string());
     let config = env.write("mesh.yaml", &mesh)?;
 
-    for (h, v) in [(&r1, "v1"), (&r2, "v2")] {
+    // A mixed fleet: r1 captures with iptables, r2 and the client with
+    // nftables.
+    for (h, v, capture) in [(&r1, "v1", "iptables"), (&r2, "v2", "nftables")] {
         env.echo(
             h,
             &[
@@ -201,7 +203,14 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
             h,
             "default/reviews",
             &config,
-            &["--label", "app=reviews", "--label", &format!("version={v}")],
+            &[
+                "--label",
+                "app=reviews",
+                "--label",
+                &format!("version={v}"),
+                "--capture",
+                capture,
+            ],
         )
         .await?;
     }
@@ -219,9 +228,13 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
             "0.0.0.0:19090=reviews.default.svc.cluster.local:9090",
             "--capture-exclude",
             "22,19090",
+            "--capture",
+            "nftables",
         ],
     )
     .await?;
+    let table = sh(&client, "nft list table ip trellis").await?;
+    assert!(table.contains("redirect to :15001"), "{table}");
 
     // An 80/20 split over 1,000 requests from an unmodified client.
     let urls = vec!["http://240.240.0.1:9080/"; 1000].join(" ");
@@ -453,6 +466,12 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
         assert!(metrics.contains(want), "{want} missing from metrics");
     }
     assert!(metrics.contains("istio_tcp_connections_opened_total{"));
+
+    // A clean shutdown removes the agent's nftables table.
+    let status = env.terminate(&client, "agent")?;
+    assert!(status.success(), "{status}: {}", env.log(&client, "agent"));
+    let gone = sh(&client, "nft list table ip trellis").await;
+    assert!(gone.is_err(), "the table outlived the agent: {gone:?}");
     Ok(())
 }
 

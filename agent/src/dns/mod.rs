@@ -1,8 +1,9 @@
 //! The agent's DNS proxy, on 127.0.0.1:15053 over UDP and TCP, as Istio's:
 //! the mesh's hostnames are answered from the view of the mesh, everything
-//! else is forwarded to the host's resolvers. With iptables capture the
-//! host's DNS traffic is redirected to it, so unmodified clients resolve
-//! mesh names (and the ServiceEntry addresses the proxy then captures).
+//! else is forwarded to the host's resolvers. With capture (iptables or
+//! nftables) the host's DNS traffic is redirected to it, so unmodified
+//! clients resolve mesh names (and the ServiceEntry addresses the proxy
+//! then captures).
 //!
 //! Along the way of a query: [`server`] (the listeners, bounded
 //! concurrency) → [`answer`] (pure: parse, look the name up in the
