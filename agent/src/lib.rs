@@ -49,7 +49,10 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
         None => Vec::new(),
     };
     let source = opts.identity_source()?;
-    let loaded = identity::load(&source).await?;
+    // With capture, the agent's own sockets are marked, those to the
+    // control plane included, so the rules let them out.
+    let mark = opts.capture.backend().map(|_| proxy::connect::CAPTURE_MARK);
+    let loaded = identity::load(&source, mark).await?;
     tracing::info!(identity = %loaded.id, "workload certificate loaded");
     let cert = trellis_identity::verify::CertCell::new(&loaded.identity)?;
     let tls = Arc::new(tls::MeshTls::new(
@@ -63,6 +66,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
             loaded.not_after,
             loaded.control_plane.clone(),
             data_dir.clone(),
+            mark,
         ));
     }
 
@@ -77,7 +81,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
     let me = Arc::new(opts.workload(&loaded.id, &settings));
     let connect = proxy::connect::ConnectOpts {
         timeout: opts.connect_timeout,
-        mark: opts.capture.backend().map(|_| proxy::connect::CAPTURE_MARK),
+        mark,
         keepalive: None,
     };
     let px = Arc::new(proxy::Proxy {

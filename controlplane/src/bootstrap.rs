@@ -184,7 +184,7 @@ pub async fn join(
         None,
         Arc::new(PinnedRootVerifier::new(token.root_pin)),
     )?);
-    let (channel, addr) = grpc::connect_any(&token.addrs, tls).await?;
+    let (channel, addr) = grpc::connect_any(&token.addrs, tls, None).await?;
     let resp = JoinClient::new(channel)
         .join_control_plane(JoinControlPlaneRequest {
             token: token_str.to_string(),

@@ -201,7 +201,7 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let ch = trellis_identity::grpc::channel(addr, self.peer_tls.clone())
+        let ch = trellis_identity::grpc::channel(addr, self.peer_tls.clone(), None)
             .map_err(|e| NodeError::Internal(e.to_string()))?;
         let c = PeerClient::new(ch)
             .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES)

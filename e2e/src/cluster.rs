@@ -419,7 +419,7 @@ pub async fn admin_client(
     addr: &str,
     tls: Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<AdminClient<Channel>> {
-    let (ch, _) = trellis_identity::grpc::connect_any(&[addr.to_string()], tls).await?;
+    let (ch, _) = trellis_identity::grpc::connect_any(&[addr.to_string()], tls, None).await?;
     Ok(AdminClient::new(ch))
 }
 

@@ -109,12 +109,13 @@ impl MeshEnv {
 
     /// Starts an agent in `host` with a VM token for `identity` (`NS/SA`),
     /// iptables capture (unless `args` pass another `--capture`) and the
-    /// resources in `config`, plus `args`; waits until it is ready.
+    /// resources in the file `config` (or, with `None`, its config from the
+    /// control plane), plus `args`; waits until it is ready.
     pub async fn agent(
         &mut self,
         host: &Host,
         identity: &str,
-        config: &std::path::Path,
+        config: Option<&std::path::Path>,
         args: &[&str],
     ) -> anyhow::Result<()> {
         let token = self.cp.token(&["--kind", "vm", "--identity", identity])?;
@@ -128,10 +129,12 @@ impl MeshEnv {
         if !args.contains(&"--capture") {
             all.extend(["--capture", "iptables"]);
         }
-        all.extend(["--address", &addr, "--config-file"]);
-        let config = config.display().to_string();
+        let config = config.map(|c| c.display().to_string());
+        if let Some(c) = &config {
+            all.extend(["--config-file", c]);
+        }
         let data = data.display().to_string();
-        all.extend([config.as_str(), "--data-dir", &data]);
+        all.extend(["--address", &addr, "--data-dir", &data]);
         all.extend(args);
         self.spawn(host, "agent", "trellis-agent", &all)?;
         let h = host.clone();

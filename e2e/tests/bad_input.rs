@@ -20,7 +20,7 @@ async fn ca_client(
 ) -> anyhow::Result<CaClient<tonic::transport::Channel>> {
     let cert = identity.map(CertCell::new).transpose()?;
     let tls = AdminConfig::load(&c.admin_config())?.tls_as(cert)?;
-    let (ch, _) = grpc::connect_any(&[c.node(1).addr.clone()], tls).await?;
+    let (ch, _) = grpc::connect_any(&[c.node(1).addr.clone()], tls, None).await?;
     Ok(CaClient::new(ch))
 }
 
@@ -243,7 +243,7 @@ async fn the_ca_signs_only_the_identity_the_caller_proved() -> anyhow::Result<()
 
     // A workload identity may not use the admin API.
     let tls = AdminConfig::load(&c.admin_config())?.tls_as(Some(CertCell::new(&identity)?))?;
-    let (ch, _) = grpc::connect_any(&[c.node(1).addr.clone()], tls).await?;
+    let (ch, _) = grpc::connect_any(&[c.node(1).addr.clone()], tls, None).await?;
     let s = AdminClient::new(ch)
         .members(Empty {})
         .await

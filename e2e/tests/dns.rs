@@ -3,7 +3,8 @@
 //! The namespace's resolv.conf names a server that does not exist, so every
 //! answer the client gets came through the capture: mesh names from the
 //! agent, other names from a test resolver in the root namespace that the
-//! agent forwards to.
+//! agent forwards to. The agent takes its config from the control plane,
+//! on a marked connection capture lets out.
 use std::net::{IpAddr, Ipv4Addr};
 
 use trellis_agent::dns::testing::Upstream;
@@ -69,14 +70,30 @@ async fn captured_dns_answers_mesh_names_and_forwards_the_rest() -> anyhow::Resu
         &[("outside.example.org", outside)],
     )
     .await?;
+    // The mesh comes from the control plane, over a connection that
+    // capture must let out rather than redirect to the agent itself.
     let config = env.write("mesh.yaml", MESH)?;
+    env.cp
+        .cli(&["apply", "-f", &config.display().to_string()])?;
     env.agent(
         &client,
         "default/client",
-        &config,
+        None,
         &["--dns-upstream", &upstream.addr().to_string()],
     )
     .await?;
+    let cp_port = env.cp.node(1).addr.rsplit_once(':').unwrap().1.to_string();
+    let to_cp = sh(
+        &client,
+        &format!("ss -tnHe state established '( dport = :{cp_port} )'"),
+    )
+    .await?;
+    assert!(
+        !to_cp.is_empty() && to_cp.lines().all(|l| l.contains("fwmark:0x539")),
+        "the config stream's socket carries the capture mark: {to_cp}"
+    );
+    let captured = sh(&client, "ss -tnH state established '( sport = :15001 )'").await?;
+    assert!(captured.is_empty(), "captured by the agent: {captured}");
 
     let rules = sh(&client, "iptables -t nat -S TRELLIS_OUTPUT").await?;
     assert!(

@@ -202,7 +202,7 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
         env.agent(
             h,
             "default/reviews",
-            &config,
+            Some(&config),
             &[
                 "--label",
                 "app=reviews",
@@ -215,12 +215,17 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
         .await?;
     }
     env.echo(&r3, &["--http", "0.0.0.0:9080", "--name", "shadow"])?;
-    env.agent(&r3, "default/shadow", &config, &["--label", "app=shadow"])
-        .await?;
+    env.agent(
+        &r3,
+        "default/shadow",
+        Some(&config),
+        &["--label", "app=shadow"],
+    )
+    .await?;
     env.agent(
         &client,
         "default/productpage",
-        &config,
+        Some(&config),
         &[
             "--label",
             "app=productpage",

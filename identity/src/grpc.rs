@@ -13,7 +13,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -23,9 +23,11 @@ use crate::{pem, IdentityError, SpiffeId};
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The connector of our channels: TCP, then TLS with `config`.
+/// The connector of our channels: TCP (its socket marked with `mark`, if
+/// given, before it connects), then TLS with `config`.
 fn connector(
     config: Arc<rustls::ClientConfig>,
+    mark: Option<u32>,
 ) -> impl tower::Service<
     Uri,
     Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
@@ -43,7 +45,10 @@ fn connector(
                 .trim_matches(['[', ']'])
                 .to_string();
             let port = uri.port_u16().unwrap_or(15012);
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            let tcp = match mark {
+                None => TcpStream::connect((host.as_str(), port)).await?,
+                Some(mark) => connect_marked(&host, port, mark).await?,
+            };
             tcp.set_nodelay(true)?;
             // Verifiers check SPIFFE IDs, not this name; it only fills SNI.
             let name = ServerName::try_from(host)
@@ -54,6 +59,27 @@ fn connector(
             Ok::<_, io::Error>(TokioIo::new(tls))
         }
     })
+}
+
+/// A TCP connection to the first address of `host:port` that accepts,
+/// from a socket carrying `mark` (so that the agent's capture rules let it
+/// through rather than redirecting it to the agent itself).
+async fn connect_marked(host: &str, port: u16, mark: u32) -> io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }?;
+        socket2::SockRef::from(&socket).set_mark(mark)?;
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"))))
 }
 
 fn endpoint(addr: &str) -> Result<Endpoint, IdentityError> {
@@ -68,21 +94,26 @@ fn endpoint(addr: &str) -> Result<Endpoint, IdentityError> {
 }
 
 /// A lazily connecting channel to `addr` (`host:port`) over mTLS; it
-/// reconnects by itself after failures.
-pub fn channel(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel, IdentityError> {
-    Ok(endpoint(addr)?.connect_with_connector_lazy(connector(config)))
+/// reconnects by itself after failures. Its sockets carry `mark`, if given.
+pub fn channel(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+    mark: Option<u32>,
+) -> Result<Channel, IdentityError> {
+    Ok(endpoint(addr)?.connect_with_connector_lazy(connector(config, mark)))
 }
 
-/// Connects to the first of `addrs` that completes a handshake; the error
-/// lists why each one failed.
+/// Connects to the first of `addrs` that completes a handshake, from
+/// sockets carrying `mark` if given; the error lists why each one failed.
 pub async fn connect_any(
     addrs: &[String],
     config: Arc<rustls::ClientConfig>,
+    mark: Option<u32>,
 ) -> Result<(Channel, String), IdentityError> {
     let mut reasons = Vec::new();
     for addr in addrs {
         match endpoint(addr)?
-            .connect_with_connector(connector(config.clone()))
+            .connect_with_connector(connector(config.clone(), mark))
             .await
         {
             Ok(ch) => return Ok((ch, addr.clone())),

@@ -17,7 +17,8 @@ pub async fn admin(config_flag: Option<&Path>) -> anyhow::Result<AdminClient<Cha
     let path = AdminConfig::default_path(config_flag);
     let mut cfg = AdminConfig::load(&path)?;
     let tls = cfg.tls().with_context(|| format!("{}", path.display()))?;
-    let (channel, used) = trellis_identity::grpc::connect_any(&cfg.controlplanes, tls).await?;
+    let (channel, used) =
+        trellis_identity::grpc::connect_any(&cfg.controlplanes, tls, None).await?;
     // Config applies and listings of big meshes are large.
     let mut client = AdminClient::new(channel)
         .max_decoding_message_size(256 << 20)

@@ -137,7 +137,7 @@ impl Client {
             },
         )?;
         let config = Arc::new(client_config(Some(tls.cert().clone()), Arc::new(verifier))?);
-        let channel = trellis_identity::grpc::channel(addr, config)?;
+        let channel = trellis_identity::grpc::channel(addr, config, self.px.opts.mark)?;
         let mut client = DiscoveryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(16);
         let report = health.borrow_and_update().clone();

@@ -90,8 +90,9 @@ const ROOTS: &str = "root-cert.pem";
 const ADDRS: &str = "control-plane.json";
 const GROUP: &str = "workload-group";
 
-/// Loads or obtains the certificate.
-pub async fn load(source: &Source) -> Result<Loaded, IdentityError> {
+/// Loads or obtains the certificate; connections to the control plane
+/// carry `mark` if given (the capture mark).
+pub async fn load(source: &Source, mark: Option<u32>) -> Result<Loaded, IdentityError> {
     match source {
         Source::Files { chain, key, roots } => {
             from_pem(&read(chain)?, &read(key)?, &read(roots)?, Vec::new())
@@ -101,7 +102,7 @@ pub async fn load(source: &Source) -> Result<Loaded, IdentityError> {
                 return Ok(loaded);
             }
             let token = token.as_deref().ok_or(IdentityError::NoSource)?;
-            obtain(token, data_dir).await
+            obtain(token, data_dir, mark).await
         }
     }
 }
@@ -161,11 +162,15 @@ fn resume(data_dir: &Path) -> Result<Option<Loaded>, IdentityError> {
     Ok(Some(loaded))
 }
 
-async fn obtain(token_str: &str, data_dir: &Path) -> Result<Loaded, IdentityError> {
+async fn obtain(
+    token_str: &str,
+    data_dir: &Path,
+    mark: Option<u32>,
+) -> Result<Loaded, IdentityError> {
     let token = JoinToken::parse(token_str)?;
     let id = token.workload_id().ok_or(IdentityError::NotAVmToken)?;
     let tls = client_config(None, Arc::new(PinnedRootVerifier::new(token.root_pin)))?;
-    let (channel, addr) = grpc::connect_any(&token.addrs, Arc::new(tls)).await?;
+    let (channel, addr) = grpc::connect_any(&token.addrs, Arc::new(tls), mark).await?;
     tracing::info!(%addr, %id, "requesting the workload certificate with the join token");
     let mut loaded = issue(channel, &id, Some(token_str), data_dir, token.addrs.clone()).await?;
     if let Some(g) = &token.group {
@@ -224,13 +229,14 @@ pub async fn renew_forever(
     mut not_after: i64,
     control_plane: Vec<String>,
     data_dir: PathBuf,
+    mark: Option<u32>,
 ) {
     let mut retry = Duration::from_secs(1);
     loop {
         let wait = ((not_after - unix_now()) / 2).max(1) as u64;
         tokio::time::sleep(Duration::from_secs(wait)).await;
         loop {
-            match renew_once(&tls, &control_plane, &data_dir).await {
+            match renew_once(&tls, &control_plane, &data_dir, mark).await {
                 Ok(l) => {
                     tracing::info!(
                         not_after = %trellis_identity::rfc3339::format_rfc3339(l.not_after as u64),
@@ -254,6 +260,7 @@ async fn renew_once(
     tls: &MeshTls,
     control_plane: &[String],
     data_dir: &Path,
+    mark: Option<u32>,
 ) -> Result<Loaded, IdentityError> {
     let verifier = SpiffeServerVerifier::new(
         &tls.roots(),
@@ -262,7 +269,7 @@ async fn renew_once(
         },
     )?;
     let config = client_config(Some(tls.cert().clone()), Arc::new(verifier))?;
-    let (channel, _) = grpc::connect_any(control_plane, Arc::new(config)).await?;
+    let (channel, _) = grpc::connect_any(control_plane, Arc::new(config), mark).await?;
     let loaded = issue(
         channel,
         tls.identity(),

@@ -35,7 +35,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
         PeerConnection {
             target,
-            client: trellis_identity::grpc::channel(&node.addr, self.tls.clone())
+            client: trellis_identity::grpc::channel(&node.addr, self.tls.clone(), None)
                 .map(|ch| {
                     RaftClient::new(ch)
                         .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES)

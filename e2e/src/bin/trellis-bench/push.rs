@@ -197,6 +197,7 @@ fn channels(
             Ok(trellis_identity::grpc::channel(
                 &addrs[i % addrs.len()],
                 tls.clone(),
+                None,
             )?)
         })
         .collect()
@@ -283,7 +284,7 @@ spec:
     for ns in &nss {
         let token = c.token(&["--kind", "vm", "--identity", &format!("{ns}/bench")])?;
         let tls = workload_tls(&token, &c.root.path().join(format!("sim-{ns}"))).await?;
-        let ch = trellis_identity::grpc::channel(&node1, tls)?;
+        let ch = trellis_identity::grpc::channel(&node1, tls, None)?;
         for a in 0..args.agents_per_namespace {
             agents.push(Agent {
                 name: format!("sim-{a}"),

@@ -49,10 +49,13 @@ pub async fn workload_tls(
     token: &str,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let loaded = identity::load(&Source::Token {
-        token: Some(token.to_string()),
-        data_dir: data_dir.to_path_buf(),
-    })
+    let loaded = identity::load(
+        &Source::Token {
+            token: Some(token.to_string()),
+            data_dir: data_dir.to_path_buf(),
+        },
+        None,
+    )
     .await?;
     let verifier = SpiffeServerVerifier::new(
         &loaded.roots,
