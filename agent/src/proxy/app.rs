@@ -42,7 +42,8 @@ pub struct AppClient {
     /// all are fixed when a client is built, so each DestinationRule
     /// `connectTimeout`, `tcpKeepalive` and `idleTimeout` in use has its
     /// own (and its own connection pool).
-    by_timeouts: Mutex<HashMap<ClientsKey, Clients>>,
+    /// Shared, so a request holds 8 bytes of them, not both clients.
+    by_timeouts: Mutex<HashMap<ClientsKey, Arc<Clients>>>,
 }
 
 /// Most timeout pairs kept at once; past it the map starts over (the
@@ -205,7 +206,7 @@ impl AppClient {
     /// The clients to the endpoints of a cluster with these limits (its
     /// connect timeout, `None`: the agent-wide one; its keepalive; its idle
     /// timeout, `None`: none).
-    fn clients(&self, limits: &Limits) -> Clients {
+    fn clients(&self, limits: &Limits) -> Arc<Clients> {
         let opts = self.opts.for_cluster(limits);
         let idle = limits.reuse.idle_timeout;
         let key = (opts.timeout, opts.keepalive, idle);
@@ -214,7 +215,7 @@ impl AppClient {
             m.clear();
         }
         m.entry(key)
-            .or_insert_with(|| Clients::new(opts, idle))
+            .or_insert_with(|| Arc::new(Clients::new(opts, idle)))
             .clone()
     }
 

@@ -227,6 +227,18 @@ impl Pool {
             }
             self.lock().remove(key, id);
         }
+        // Boxed: the TLS and HTTP/2 handshakes are the rare path, and left
+        // inline their state would make every request's future larger.
+        Box::pin(self.open(key, opts, reuse)).await
+    }
+
+    /// A new connection to `key`, pooled when `reuse` allows.
+    async fn open(
+        &self,
+        key: &PeerKey,
+        opts: &ConnectOpts,
+        reuse: &Reuse,
+    ) -> Result<http2::SendRequest<Body>, PoolError> {
         let tls =
             connect::mtls(&self.tls, key.addr, &key.sni, &key.identity, ALPN_H2, opts).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())

@@ -18,6 +18,7 @@ use hyper::body::{Body as _, Incoming};
 use trellis_api::config::{Destination, HeaderOperations, HttpRoute};
 
 use super::super::body::{self, Body};
+use super::super::deadline::within;
 use super::super::flags::Flag;
 use super::super::headers::{authority, retarget, strip_hop_by_hop};
 use super::super::inbound::PEER_METADATA;
@@ -208,7 +209,9 @@ async fn route_request(
         let on_upgrade = hyper::upgrade::on(&mut req);
         let (parts, incoming) = req.into_parts();
         let req = Request::from_parts(parts, body::incoming(incoming));
-        return upgrade_request(
+        // Boxed, as the rare path: inline, its connect and handshake
+        // state would enlarge every request's future.
+        return Box::pin(upgrade_request(
             px,
             &cluster,
             hash,
@@ -217,7 +220,7 @@ async fn route_request(
             u,
             on_upgrade,
             log,
-        )
+        ))
         .await;
     }
 
@@ -240,23 +243,23 @@ async fn route_request(
         .and_then(|r| r.timeout)
         .map(|t| t.as_std())
         .filter(|t| !t.is_zero());
-    let tries = tries(
-        px,
-        &cluster,
-        policy,
-        &parts,
-        &mut body,
-        &upstream_authority,
-        hash,
-        log,
-    );
-    let result = match timeout {
-        Some(t) => tokio::time::timeout(t, tries)
-            .await
-            .unwrap_or(Err(Flag::UpstreamTimeout)),
-        None => tries.await,
-    };
-    let mut resp = result?;
+    // Awaited in place: a local future moved into `within`, or awaited,
+    // would keep a slot of its own in this one.
+    let mut resp = within(
+        timeout,
+        tries(
+            px,
+            &cluster,
+            policy,
+            &parts,
+            &mut body,
+            &upstream_authority,
+            hash,
+            log,
+        ),
+    )
+    .await
+    .unwrap_or(Err(Flag::UpstreamTimeout))?;
     strip_hop_by_hop(resp.headers_mut());
     apply_ops(
         resp.headers_mut(),
@@ -490,13 +493,12 @@ async fn tries(
         let req = Request::from_parts(parts.clone(), body.take());
         let sent = {
             let _active = Gauge::inc(&ep.state.active);
-            let send = send_one(px, cluster, i, req, authority);
-            match policy.per_try_timeout {
-                Some(t) => tokio::time::timeout(t, send)
-                    .await
-                    .unwrap_or(Err(Outcome::Timeout)),
-                None => send.await,
-            }
+            within(
+                policy.per_try_timeout,
+                send_one(px, cluster, i, req, authority),
+            )
+            .await
+            .unwrap_or(Err(Outcome::Timeout))
         };
         let outcome = match &sent {
             Ok(r) => Outcome::Status(
