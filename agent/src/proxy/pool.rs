@@ -1,7 +1,8 @@
 //! Pooled HTTP/2 connections to other agents: one mTLS connection per
 //! (peer address, SNI, expected identity), shared by every request to that
 //! peer, reopened when it breaks, retired after `maxRequestsPerConnection`
-//! requests (streams), and closed when idle for `idleTimeout`.
+//! requests (streams), and closed when idle (no stream open) for
+//! `idleTimeout`.
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::SocketAddr;
@@ -11,12 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use trellis_identity::SpiffeId;
 
-use super::body::Body;
+use super::body::{self, Body};
 use super::connect::{self, ConnectError, ConnectOpts};
 use super::cork::Corked;
 use crate::tls::{MeshTls, ALPN_H2};
@@ -37,8 +37,8 @@ pub struct Reuse {
     /// `http.maxRequestsPerConnection`: requests a connection carries
     /// before it is retired; `None` (unset or 0): unlimited.
     pub max_requests: Option<NonZeroU32>,
-    /// `http.idleTimeout`: a pooled connection on which no request has
-    /// started for this long is closed; `None` (0): never.
+    /// `http.idleTimeout`: a pooled connection with no request on it for
+    /// this long is closed; `None` (0): never.
     pub idle_timeout: Option<Duration>,
 }
 
@@ -74,14 +74,71 @@ pub enum PoolError {
 }
 
 /// One pooled connection: its handle, an id telling it from the one that
-/// may replace it, the streams opened on it so far and when the last one
-/// was.
+/// may replace it, the streams opened on it so far, and those open now.
 #[derive(Debug)]
 struct Pooled<S> {
     conn: S,
     id: u64,
-    streams: u32,
-    last_used: Instant,
+    started: u32,
+    open: Arc<OpenStreams>,
+}
+
+/// The streams open on a pooled connection, and when the last one ended
+/// (or the connection opened): shared with the [`Stream`] each request on
+/// it holds until its response ends, so that a connection is idle only
+/// with nothing on it, as in Envoy.
+#[derive(Debug)]
+pub struct OpenStreams(Mutex<(u32, Instant)>);
+
+impl OpenStreams {
+    /// One stream, open at `now`.
+    fn first(now: Instant) -> Arc<Self> {
+        Arc::new(Self(Mutex::new((1, now))))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, (u32, Instant)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start(self: &Arc<Self>) -> Stream {
+        self.state().0 += 1;
+        Stream(Some(self.clone()))
+    }
+
+    fn end(&self, now: Instant) {
+        let mut s = self.state();
+        s.0 = s.0.saturating_sub(1);
+        s.1 = s.1.max(now);
+    }
+
+    /// Since when the connection has had no stream open (`None`: it has one).
+    fn idle_since(&self) -> Option<Instant> {
+        let s = self.state();
+        (s.0 == 0).then_some(s.1)
+    }
+}
+
+/// A request's hold on its pooled connection, let go when it drops (with
+/// the response body, once the response has ended).
+#[derive(Debug)]
+pub struct Stream(Option<Arc<OpenStreams>>);
+
+impl Stream {
+    /// Ends the stream at `now` rather than when dropped.
+    #[cfg(test)]
+    fn end_at(mut self, now: Instant) {
+        if let Some(open) = self.0.take() {
+            open.end(now);
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Some(open) = self.0.take() {
+            open.end(Instant::now());
+        }
+    }
 }
 
 /// The pooled connections by key, and the bookkeeping of their use; pure,
@@ -98,56 +155,59 @@ impl<K: Eq + Hash, S: Clone> Conns<K, S> {
         }
     }
 
-    /// The pooled connection to `key` for one more stream at `now`, and
-    /// its id. The stream that reaches `max_requests` retires the
-    /// connection: it leaves the pool (it still carries the streams opened
-    /// on it) and the next stream gets a new one. A connection idle past
-    /// `idle_timeout` is dropped instead (its watcher may not have run
-    /// yet).
-    fn checkout(&mut self, key: &K, reuse: &Reuse, now: Instant) -> Option<(S, u64)> {
+    /// The pooled connection to `key` for one more stream at `now`, its
+    /// id, and the stream's hold on it. The stream that reaches
+    /// `max_requests` retires the connection: it leaves the pool (it still
+    /// carries the streams opened on it) and the next stream gets a new
+    /// one. A connection idle past `idle_timeout` is dropped instead (its
+    /// watcher may not have run yet).
+    fn checkout(&mut self, key: &K, reuse: &Reuse, now: Instant) -> Option<(S, u64, Stream)> {
         let p = self.by_key.get_mut(key)?;
-        if reuse
-            .idle_timeout
-            .is_some_and(|t| now.saturating_duration_since(p.last_used) >= t)
-        {
-            self.by_key.remove(key);
-            return None;
+        let idle = p.open.idle_since();
+        if let (Some(t), Some(since)) = (reuse.idle_timeout, idle) {
+            if now.saturating_duration_since(since) >= t {
+                self.by_key.remove(key);
+                return None;
+            }
         }
-        p.streams += 1;
-        p.last_used = now;
-        let got = (p.conn.clone(), p.id);
-        if reuse.max_requests.is_some_and(|m| p.streams >= m.get()) {
+        p.started += 1;
+        let got = (p.conn.clone(), p.id, p.open.start());
+        if reuse.max_requests.is_some_and(|m| p.started >= m.get()) {
             self.by_key.remove(key);
         }
         Some(got)
     }
 
     /// Pools `conn`, just opened at `now` for one stream, unless that one
-    /// stream is all it may carry; whether it was pooled. Replaces whatever
-    /// another request pooled for `key` meanwhile (that one is retired as
-    /// above).
-    fn insert(&mut self, key: K, conn: S, id: u64, reuse: &Reuse, now: Instant) -> bool {
+    /// stream is all it may carry; the stream's hold on it if pooled.
+    /// Replaces whatever another request pooled for `key` meanwhile (that
+    /// one is retired as above).
+    fn insert(&mut self, key: K, conn: S, id: u64, reuse: &Reuse, now: Instant) -> Option<Stream> {
         if reuse.max_requests.is_some_and(|m| m.get() <= 1) {
-            return false;
+            return None;
         }
+        let open = OpenStreams::first(now);
+        let stream = Stream(Some(open.clone()));
         self.by_key.insert(
             key,
             Pooled {
                 conn,
                 id,
-                streams: 1,
-                last_used: now,
+                started: 1,
+                open,
             },
         );
-        true
+        Some(stream)
     }
 
-    /// Drops connection `id` for `key` if no stream has started on it for
-    /// `idle` by `now`. `Some(t)`: look again at `t`; `None`: it is gone
-    /// (dropped now, or earlier: retired, broken or replaced).
+    /// Drops connection `id` for `key` if it has had no stream open for
+    /// `idle` by `now`. `Some(t)`: look again at `t` (while a stream is
+    /// open, `idle` from now: it cannot be idle for `idle` before then);
+    /// `None`: it is gone (dropped now, or earlier: retired, broken or
+    /// replaced).
     fn expire_idle(&mut self, key: &K, id: u64, idle: Duration, now: Instant) -> Option<Instant> {
         let p = self.by_key.get(key).filter(|p| p.id == id)?;
-        let at = p.last_used + idle;
+        let at = p.open.idle_since().unwrap_or(now) + idle;
         if now < at {
             return Some(at);
         }
@@ -193,15 +253,17 @@ impl Pool {
         opts: &ConnectOpts,
         reuse: &Reuse,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, PoolError> {
-        let mut sender = self.sender(key, opts, reuse).await?;
-        sender
+    ) -> Result<Response<Body>, PoolError> {
+        let (mut sender, stream) = self.sender(key, opts, reuse).await?;
+        let resp = sender
             .send_request(req)
             .await
             .map_err(|source| PoolError::Request {
                 addr: key.addr,
                 source,
-            })
+            })?;
+        // The connection counts the stream open until the response ends.
+        Ok(resp.map(|b| body::incoming_holding(b, stream)))
     }
 
     /// Number of pooled connections (for `/clusters` and tests).
@@ -219,11 +281,11 @@ impl Pool {
         key: &PeerKey,
         opts: &ConnectOpts,
         reuse: &Reuse,
-    ) -> Result<http2::SendRequest<Body>, PoolError> {
+    ) -> Result<(http2::SendRequest<Body>, Option<Stream>), PoolError> {
         let existing = self.lock().checkout(key, reuse, Instant::now());
-        if let Some((mut s, id)) = existing {
+        if let Some((mut s, id, stream)) = existing {
             if s.ready().await.is_ok() {
-                return Ok(s);
+                return Ok((s, Some(stream)));
             }
             self.lock().remove(key, id);
         }
@@ -232,13 +294,14 @@ impl Pool {
         Box::pin(self.open(key, opts, reuse)).await
     }
 
-    /// A new connection to `key`, pooled when `reuse` allows.
+    /// A new connection to `key`, pooled (with the first stream's hold on
+    /// it) when `reuse` allows.
     async fn open(
         &self,
         key: &PeerKey,
         opts: &ConnectOpts,
         reuse: &Reuse,
-    ) -> Result<http2::SendRequest<Body>, PoolError> {
+    ) -> Result<(http2::SendRequest<Body>, Option<Stream>), PoolError> {
         let tls =
             connect::mtls(&self.tls, key.addr, &key.sni, &key.identity, ALPN_H2, opts).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -259,13 +322,13 @@ impl Pool {
             }
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let pooled = self
+        let stream = self
             .lock()
             .insert(key.clone(), sender.clone(), id, reuse, Instant::now());
-        if let (true, Some(idle)) = (pooled, reuse.idle_timeout) {
+        if let (Some(_), Some(idle)) = (&stream, reuse.idle_timeout) {
             tokio::spawn(close_when_idle(self.conns.clone(), key.clone(), id, idle));
         }
-        Ok(sender)
+        Ok((sender, stream))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Conns<PeerKey, http2::SendRequest<Body>>> {
@@ -277,8 +340,8 @@ fn lock(conns: &Shared) -> std::sync::MutexGuard<'_, Conns<PeerKey, http2::SendR
     conns.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Takes connection `id` out of the pool once no stream has started on it
-/// for `idle`; hyper then closes it when the streams it still carries end.
+/// Takes connection `id` out of the pool once it has had no stream open
+/// for `idle`; hyper then closes it.
 /// Ends early if the connection leaves the pool another way.
 async fn close_when_idle(conns: Shared, key: PeerKey, id: u64, idle: Duration) {
     loop {
@@ -314,7 +377,7 @@ mod tests {
         let now = Instant::now();
         (0..requests)
             .map(|_| match pool.checkout(&"peer", &limit, now) {
-                Some((conn, _)) => conn,
+                Some((conn, _, _)) => conn,
                 None => {
                     let conn = next;
                     next += 1;
@@ -333,16 +396,21 @@ mod tests {
         assert_eq!(run(5, unlimited()), [0; 5], "unset or 0: unlimited");
     }
 
+    /// The connection and id a checkout got, its stream ended at once.
+    fn got(c: Option<(u64, u64, Stream)>) -> Option<(u64, u64)> {
+        c.map(|(conn, id, _)| (conn, id))
+    }
+
     #[test]
     fn the_stream_that_reaches_the_limit_retires_the_connection() {
         let mut pool: Conns<&str, u64> = Conns::new();
         let now = Instant::now();
-        assert!(pool.insert("peer", 7, 7, &max(2), now));
+        assert!(pool.insert("peer", 7, 7, &max(2), now).is_some());
         assert_eq!(pool.len(), 1);
-        assert_eq!(pool.checkout(&"peer", &max(2), now), Some((7, 7)));
+        assert_eq!(got(pool.checkout(&"peer", &max(2), now)), Some((7, 7)));
         assert_eq!(pool.len(), 0, "retired at once, not at the next request");
-        assert_eq!(pool.checkout(&"peer", &max(2), now), None);
-        assert!(!pool.insert("peer", 8, 8, &max(1), now));
+        assert_eq!(got(pool.checkout(&"peer", &max(2), now)), None);
+        assert!(pool.insert("peer", 8, 8, &max(1), now).is_none());
         assert_eq!(pool.len(), 0, "a one-request connection is never pooled");
     }
 
@@ -354,42 +422,53 @@ mod tests {
         pool.insert("other", 2, 2, &u, now);
         pool.insert("peer", 3, 3, &u, now);
         pool.remove(&"peer", 1);
-        assert_eq!(pool.checkout(&"peer", &u, now), Some((3, 3)));
+        assert_eq!(got(pool.checkout(&"peer", &u, now)), Some((3, 3)));
         pool.remove(&"peer", 3);
-        assert_eq!(pool.checkout(&"peer", &u, now), None);
-        assert_eq!(pool.checkout(&"other", &u, now), Some((2, 2)));
+        assert_eq!(got(pool.checkout(&"peer", &u, now)), None);
+        assert_eq!(got(pool.checkout(&"other", &u, now)), Some((2, 2)));
     }
 
     #[test]
-    fn a_connection_idle_for_the_idle_timeout_is_closed() {
+    fn a_connection_with_no_stream_open_for_the_idle_timeout_is_closed() {
         let mut pool: Conns<&str, u64> = Conns::new();
+        let idle = Duration::from_secs(60);
         let reuse = Reuse {
             max_requests: None,
-            idle_timeout: Some(Duration::from_secs(60)),
+            idle_timeout: Some(idle),
         };
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        pool.insert("peer", 1, 1, &reuse, t0);
-        let idle = Duration::from_secs(60);
-        assert_eq!(pool.expire_idle(&"peer", 1, idle, at(30)), Some(at(60)));
-        // A stream at 50s: idle again from then.
-        assert_eq!(pool.checkout(&"peer", &reuse, at(50)), Some((1, 1)));
-        assert_eq!(pool.expire_idle(&"peer", 1, idle, at(60)), Some(at(110)));
-        assert_eq!(pool.expire_idle(&"peer", 1, idle, at(110)), None);
+        let first = pool.insert("peer", 1, 1, &reuse, t0).unwrap();
+        // Open: not idle; looked at again a timeout later.
+        assert_eq!(pool.expire_idle(&"peer", 1, idle, at(30)), Some(at(90)));
+        first.end_at(at(40));
+        assert_eq!(pool.expire_idle(&"peer", 1, idle, at(50)), Some(at(100)));
+        // A stream from 60s to 150s: idle again from its end.
+        let (_, _, s) = pool.checkout(&"peer", &reuse, at(60)).unwrap();
+        assert_eq!(pool.expire_idle(&"peer", 1, idle, at(100)), Some(at(160)));
+        s.end_at(at(150));
+        assert_eq!(pool.expire_idle(&"peer", 1, idle, at(160)), Some(at(210)));
+        assert_eq!(pool.expire_idle(&"peer", 1, idle, at(210)), None);
         assert_eq!(pool.len(), 0, "closed when idle");
-        assert_eq!(pool.checkout(&"peer", &reuse, at(111)), None);
+        assert_eq!(got(pool.checkout(&"peer", &reuse, at(211))), None);
+
+        // A stream longer than the timeout keeps its connection in the
+        // pool, and shared: new requests take it.
+        let long = pool.insert("peer", 2, 2, &reuse, at(300)).unwrap();
+        assert_eq!(got(pool.checkout(&"peer", &reuse, at(500))), Some((2, 2)));
+        assert_eq!(pool.expire_idle(&"peer", 2, idle, at(500)), Some(at(560)));
+        long.end_at(at(600));
 
         // Looked up after the timeout, before the watcher ran: not reused.
-        pool.insert("peer", 2, 2, &reuse, at(200));
-        assert_eq!(pool.checkout(&"peer", &reuse, at(260)), None);
+        assert_eq!(got(pool.checkout(&"peer", &reuse, at(660))), None);
         assert_eq!(pool.len(), 0);
 
         // The watcher of a connection that left the pool another way
         // ends, and leaves its replacement alone.
-        pool.insert("peer", 3, 3, &reuse, at(300));
-        assert_eq!(pool.expire_idle(&"peer", 2, idle, at(400)), None);
+        pool.insert("peer", 3, 3, &reuse, at(700));
+        assert_eq!(pool.expire_idle(&"peer", 2, idle, at(800)), None);
         assert_eq!(pool.len(), 1);
         let never = unlimited();
-        assert_eq!(pool.checkout(&"peer", &never, at(9000)), Some((3, 3)));
+        assert_eq!(got(pool.checkout(&"peer", &never, at(9000))), Some((3, 3)));
     }
 }

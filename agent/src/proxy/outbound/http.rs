@@ -465,7 +465,7 @@ async fn tries(
     log: &mut RequestLog,
 ) -> Result<Response<Body>, Flag> {
     let mut exclude = None;
-    let mut last: Option<Result<Response<Incoming>, Outcome>> = None;
+    let mut last: Option<Result<Response<Body>, Outcome>> = None;
     for n in 0..=policy.attempts {
         let _retry = if n > 0 {
             let state = &cluster.state;
@@ -525,7 +525,7 @@ async fn tries(
     }
     let retried = policy.attempts > 0;
     match last {
-        Some(Ok(resp)) => Ok(resp.map(body::incoming)),
+        Some(Ok(resp)) => Ok(resp),
         Some(Err(Outcome::ConnectFailure)) => Err(Flag::UpstreamConnectFailure),
         Some(Err(Outcome::Timeout)) => Err(Flag::UpstreamTimeout),
         Some(Err(Outcome::Reset)) if retried => Err(Flag::UpstreamRetryLimitExceeded),
@@ -542,7 +542,7 @@ async fn send_one(
     i: usize,
     mut req: Request<Body>,
     authority: &str,
-) -> Result<Response<Incoming>, Outcome> {
+) -> Result<Response<Body>, Outcome> {
     let ep = &cluster.endpoints[i];
     let limits = &cluster.limits;
     match &ep.peer {
@@ -572,7 +572,7 @@ async fn send_one(
                 authority,
             );
             let sent = px.app.send_to_endpoint(ep.addr, h2, limits, req).await;
-            sent.map_err(|f| match f {
+            sent.map(|r| r.map(body::incoming)).map_err(|f| match f {
                 Flag::UpstreamConnectFailure => Outcome::ConnectFailure,
                 _ => Outcome::Reset,
             })
