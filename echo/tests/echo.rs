@@ -424,12 +424,12 @@ async fn calls_go_down_the_chain_and_the_reports_nest() {
 
 #[tokio::test]
 async fn failed_calls_are_recorded_and_the_caller_still_answers() {
-    // Nothing listens here any more: the connection is refused.
-    let refused = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Bound but not listening: the connection is refused, and the port
+    // stays ours (a listener dropped at once could hand its port to the
+    // next bind, `silent`'s below, say, and the call would time out).
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let refused = reserved.local_addr().unwrap();
     // Connections complete in the backlog, but nobody ever answers.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let details = start_calling("details", "v1", &[], TIMEOUT).await;
