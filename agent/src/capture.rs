@@ -222,8 +222,19 @@ impl Capture {
         )
     }
 
-    /// Installs the rules (again, if they were there).
+    /// Installs the rules (again, if they were there), after removing any
+    /// the other front end left: an unclean stop, then a switch of
+    /// `--capture`, would leave both capturing.
     pub fn install(&self) -> Result<(), CaptureError> {
+        let other = match self.backend {
+            Backend::Iptables => Backend::Nftables,
+            Backend::Nftables => Backend::Iptables,
+        };
+        Capture {
+            backend: other,
+            ..self.clone()
+        }
+        .remove();
         match self.backend {
             Backend::Iptables => self.install_iptables(),
             Backend::Nftables => nft(&["-f", "-"], Some(&self.nft_script())),
@@ -299,16 +310,17 @@ fn run(command: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), 
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| err(e.to_string()))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| err(e.to_string()))?;
-    }
+    // Written, then the pipe closed; waited for even if the write failed,
+    // whose cause is then in what the command printed.
+    let written = match (stdin, child.stdin.take()) {
+        (Some(input), Some(mut pipe)) => pipe.write_all(input.as_bytes()),
+        _ => Ok(()),
+    };
     let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    if !out.status.success() {
+        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }
+    written.map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]

@@ -119,6 +119,12 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
         None => None,
     };
 
+    // Refused before capture is installed, which an early exit would leave.
+    if opts.config_file.is_none() && control_plane.is_empty() {
+        anyhow::bail!(
+            "no config source: give --config-file, or --control-plane ADDR (a token gives the addresses by itself)"
+        );
+    }
     let capture = opts.capture.backend().map(|backend| capture::Capture {
         backend,
         inbound_port: opts.inbound.port(),
@@ -174,11 +180,6 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         None => {
-            if control_plane.is_empty() {
-                anyhow::bail!(
-                    "no config source: give --config-file, or --control-plane ADDR (a token gives the addresses by itself)"
-                );
-            }
             let node = opts.proxy_node(&settings, &px.me, group.as_deref());
             let cache = opts.data_dir.join(discovery::CACHE_FILE);
             let cached = discovery::load_cache(&cache);

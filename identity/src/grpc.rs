@@ -72,7 +72,9 @@ async fn connect_marked(host: &str, port: u16, mark: u32) -> io::Result<TcpStrea
         } else {
             TcpSocket::new_v6()
         }?;
-        socket2::SockRef::from(&socket).set_mark(mark)?;
+        socket2::SockRef::from(&socket)
+            .set_mark(mark)
+            .map_err(|e| io::Error::new(e.kind(), format!("SO_MARK {mark}: {e}")))?;
         match socket.connect(addr).await {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),

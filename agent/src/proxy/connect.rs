@@ -15,7 +15,7 @@ use crate::mesh::cluster::Limits;
 use crate::tls::MeshTls;
 
 /// The mark the agent puts on its own outgoing connections when it captures
-/// traffic, so that its iptables rules do not send them back to itself
+/// traffic, so that its capture rules do not send them back to itself
 /// (Istio uses the same value, 1337).
 pub const CAPTURE_MARK: u32 = 1337;
 

@@ -6,7 +6,6 @@ pub mod app;
 pub mod body;
 pub mod connect;
 pub mod cork;
-pub mod deadline;
 pub mod detect;
 pub mod flags;
 pub mod headers;

@@ -85,8 +85,10 @@ struct Pooled<S> {
 
 /// The streams open on a pooled connection, and when the last one ended
 /// (or the connection opened): shared with the [`Stream`] each request on
-/// it holds until its response ends, so that a connection is idle only
-/// with nothing on it, as in Envoy.
+/// it holds until its response body is dropped (it has ended, or was
+/// abandoned), so that a connection is idle only with nothing on it, as
+/// in Envoy. A request body still uploading after its response is done
+/// does not count.
 #[derive(Debug)]
 pub struct OpenStreams(Mutex<(u32, Instant)>);
 
@@ -119,7 +121,7 @@ impl OpenStreams {
 }
 
 /// A request's hold on its pooled connection, let go when it drops (with
-/// the response body, once the response has ended).
+/// the response body).
 #[derive(Debug)]
 pub struct Stream(Option<Arc<OpenStreams>>);
 

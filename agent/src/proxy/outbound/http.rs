@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -18,7 +18,6 @@ use hyper::body::{Body as _, Incoming};
 use trellis_api::config::{Destination, HeaderOperations, HttpRoute};
 
 use super::super::body::{self, Body};
-use super::super::deadline::within;
 use super::super::flags::Flag;
 use super::super::headers::{authority, retarget, strip_hop_by_hop};
 use super::super::inbound::PEER_METADATA;
@@ -243,10 +242,12 @@ async fn route_request(
         .and_then(|r| r.timeout)
         .map(|t| t.as_std())
         .filter(|t| !t.is_zero());
-    // Awaited in place: a local future moved into `within`, or awaited,
-    // would keep a slot of its own in this one.
-    let mut resp = within(
-        timeout,
+    // One `timeout` (no limit: Duration::MAX, which tokio leaves without a
+    // timer), awaited in place: a `match` awaiting the future in one arm
+    // and its `timeout` in the other, or a local future moved into either,
+    // keeps a slot for each in this future (it was 16.5 KB so).
+    let mut resp = tokio::time::timeout(
+        timeout.unwrap_or(Duration::MAX),
         tries(
             px,
             &cluster,
@@ -493,8 +494,9 @@ async fn tries(
         let req = Request::from_parts(parts.clone(), body.take());
         let sent = {
             let _active = Gauge::inc(&ep.state.active);
-            within(
-                policy.per_try_timeout,
+            // As the route timeout above: one `timeout`, awaited in place.
+            tokio::time::timeout(
+                policy.per_try_timeout.unwrap_or(Duration::MAX),
                 send_one(px, cluster, i, req, authority),
             )
             .await
