@@ -277,8 +277,7 @@ impl Capture {
                 }
             }
             Backend::Nftables => {
-                let table: Vec<&str> = NFT_TABLE.split(' ').collect();
-                let _ = nft(&[&["delete", "table"], &table[..]].concat(), None);
+                let _ = nft(&["-f", "-"], Some(&format!("delete table {NFT_TABLE}\n")));
             }
         }
     }

@@ -95,17 +95,6 @@ impl<T: AsyncWrite + Unpin> Corked<T> {
     }
 }
 
-/// Reads from `inner` into `buf`; the bytes this read added.
-pub fn poll_read_new<'b, T: AsyncRead + Unpin>(
-    inner: &mut T,
-    cx: &mut Context<'_>,
-    buf: &'b mut ReadBuf<'_>,
-) -> Poll<io::Result<&'b [u8]>> {
-    let before = buf.filled().len();
-    std::task::ready!(Pin::new(inner).poll_read(cx, buf))?;
-    Poll::Ready(Ok(&buf.filled()[before..]))
-}
-
 impl<T: AsyncRead + Unpin> AsyncRead for Corked<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -113,7 +102,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Corked<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        let read = std::task::ready!(poll_read_new(&mut me.inner, cx, buf))?;
+        let read = std::task::ready!(super::poll_read_new(&mut me.inner, cx, buf))?;
         if me.mode == Mode::Sniff && !read.is_empty() {
             let n = read.len().min(H2_PREFACE.len());
             me.mode = if read[..n] == H2_PREFACE[..n] {

@@ -19,8 +19,10 @@ pub mod trace;
 pub mod upgrade;
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderValue};
+use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::mesh::Mesh;
 use crate::state::Shared;
@@ -44,6 +46,17 @@ pub struct Proxy {
     pub labels: std::collections::BTreeMap<String, String>,
     /// [`Proxy::me`] as the peer-metadata header sends it.
     pub peer_metadata: HeaderValue,
+}
+
+/// Reads from `inner` into `buf`; the bytes this read added.
+pub(crate) fn poll_read_new<'b, T: AsyncRead + Unpin>(
+    inner: &mut T,
+    cx: &mut Context<'_>,
+    buf: &'b mut ReadBuf<'_>,
+) -> Poll<std::io::Result<&'b [u8]>> {
+    let before = buf.filled().len();
+    std::task::ready!(std::pin::Pin::new(inner).poll_read(cx, buf))?;
+    Poll::Ready(Ok(&buf.filled()[before..]))
 }
 
 /// Whether a request is gRPC (by its content type).

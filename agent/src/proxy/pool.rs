@@ -42,7 +42,7 @@ pub struct Reuse {
     pub idle_timeout: Option<Duration>,
 }
 
-/// Istio's default `idleTimeout`.
+/// Istio's default `idleTimeout`, of HTTP and of opaque TCP connections.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Default for Reuse {
@@ -90,7 +90,7 @@ struct Pooled<S> {
 /// in Envoy. A request body still uploading after its response is done
 /// does not count.
 #[derive(Debug)]
-pub struct OpenStreams(Mutex<(u32, Instant)>);
+struct OpenStreams(Mutex<(u32, Instant)>);
 
 impl OpenStreams {
     /// One stream, open at `now`.
@@ -123,23 +123,26 @@ impl OpenStreams {
 /// A request's hold on its pooled connection, let go when it drops (with
 /// the response body).
 #[derive(Debug)]
-pub struct Stream(Option<Arc<OpenStreams>>);
+struct Stream(Option<Arc<OpenStreams>>);
 
 impl Stream {
-    /// Ends the stream at `now` rather than when dropped.
-    #[cfg(test)]
-    fn end_at(mut self, now: Instant) {
+    /// Ends the stream at `now` (once: the first call counts).
+    fn end(&mut self, now: Instant) {
         if let Some(open) = self.0.take() {
             open.end(now);
         }
+    }
+
+    /// Ends the stream at `now` rather than when dropped.
+    #[cfg(test)]
+    fn end_at(mut self, now: Instant) {
+        self.end(now);
     }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        if let Some(open) = self.0.take() {
-            open.end(Instant::now());
-        }
+        self.end(Instant::now());
     }
 }
 

@@ -28,7 +28,7 @@ impl Default for Timeouts {
     /// Istio's: an hour idle, no limit on duration.
     fn default() -> Self {
         Self {
-            idle: Some(Duration::from_secs(3600)),
+            idle: Some(super::pool::DEFAULT_IDLE_TIMEOUT),
             max_duration: None,
         }
     }
@@ -56,11 +56,14 @@ pub async fn run<D, U>(
         let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
         tokio::pin!(copy);
         let deadline = timeouts.max_duration.map(|d| start + d);
-        loop {
-            let idle_at = timeouts
+        // When the connection is idle too long, counting from the last byte.
+        let idle_at = || {
+            timeouts
                 .idle
-                .map(|i| start + Duration::from_millis(last.load(Ordering::Relaxed)) + i);
-            let wake = match (idle_at, deadline) {
+                .map(|i| start + Duration::from_millis(last.load(Ordering::Relaxed)) + i)
+        };
+        loop {
+            let wake = match (idle_at(), deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -77,8 +80,7 @@ pub async fn run<D, U>(
                     if deadline.is_some_and(|d| now >= d) {
                         break Some("maxConnectionDuration reached".to_string());
                     }
-                    let idle_since = start + Duration::from_millis(last.load(Ordering::Relaxed));
-                    if timeouts.idle.is_some_and(|i| now >= idle_since + i) {
+                    if idle_at().is_some_and(|at| now >= at) {
                         break Some("idleTimeout reached".to_string());
                     }
                     // Bytes moved meanwhile: wait again from the last one.
@@ -133,7 +135,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        let n = std::task::ready!(super::cork::poll_read_new(&mut me.inner, cx, buf))?.len();
+        let n = std::task::ready!(super::poll_read_new(&mut me.inner, cx, buf))?.len();
         if n > 0 {
             me.read += n as u64;
             me.moved();
