@@ -6,11 +6,15 @@
 //! agent's own connections carry [`CAPTURE_MARK`] and are let through, as
 //! is other loopback traffic.
 //!
+//! IPv4 and IPv6 alike: an IPv6 connection the rules left alone would
+//! bypass the mesh (and, inbound, reach a STRICT workload in plaintext).
+//!
 //! The rules are written once ([`Capture::rules`]) and rendered for either
-//! backend. With iptables they live in two chains of the `nat` table,
-//! flushed and refilled on install; with nftables in a table of their own,
-//! `ip trellis`, replaced whole in one transaction. Installing is
-//! idempotent either way; [`Capture::remove`] undoes it on clean shutdown.
+//! backend. With iptables they live in two chains of the `nat` table of
+//! `iptables` and of `ip6tables`, flushed and refilled on install; with
+//! nftables in a table of their own, `inet trellis` (both families),
+//! replaced whole in one transaction. Installing is idempotent either way;
+//! [`Capture::remove`] undoes it on clean shutdown.
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -21,6 +25,23 @@ use crate::proxy::connect::CAPTURE_MARK;
 pub enum Backend {
     Iptables,
     Nftables,
+}
+
+/// An IP version: each has its own loopback network, and its own
+/// iptables command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
 }
 
 /// The chain a rule belongs to.
@@ -60,8 +81,8 @@ pub enum Match {
     AgentMark,
     /// Packets leaving on the loopback interface.
     OutLoopback,
-    /// Packets to 127.0.0.0/8.
-    ToLoopback,
+    /// Packets to the loopback network of a family: 127.0.0.0/8, ::1.
+    ToLoopback(Family),
 }
 
 /// What a matching packet gets.
@@ -82,14 +103,23 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// As arguments of `iptables -t nat`.
+    /// Whether the rule applies to packets of `family`.
+    fn applies_to(&self, family: Family) -> bool {
+        match self.when {
+            Match::ToLoopback(f) => f == family,
+            _ => true,
+        }
+    }
+
+    /// As arguments of `iptables -t nat` (or `ip6tables`).
     fn iptables(&self) -> String {
         let when = match self.when {
             Match::Proto(p) => format!("-p {p}"),
             Match::Port(p, port) => format!("-p {p} --dport {port}"),
             Match::AgentMark => format!("-m mark --mark {CAPTURE_MARK}"),
             Match::OutLoopback => "-o lo".to_string(),
-            Match::ToLoopback => "-d 127.0.0.0/8".to_string(),
+            Match::ToLoopback(Family::V4) => "-d 127.0.0.0/8".to_string(),
+            Match::ToLoopback(Family::V6) => "-d ::1/128".to_string(),
         };
         let then = match self.then {
             Action::Return => "-j RETURN".to_string(),
@@ -105,7 +135,8 @@ impl Rule {
             Match::Port(p, port) => format!("{p} dport {port}"),
             Match::AgentMark => format!("meta mark {CAPTURE_MARK}"),
             Match::OutLoopback => r#"oifname "lo""#.to_string(),
-            Match::ToLoopback => "ip daddr 127.0.0.0/8".to_string(),
+            Match::ToLoopback(Family::V4) => "ip daddr 127.0.0.0/8".to_string(),
+            Match::ToLoopback(Family::V6) => "ip6 daddr ::1".to_string(),
         };
         let then = match self.then {
             Action::Return => "return".to_string(),
@@ -115,8 +146,8 @@ impl Rule {
     }
 }
 
-/// The nftables table the rules live in.
-const NFT_TABLE: &str = "ip trellis";
+/// The nftables table the rules live in: `inet`, for both families.
+const NFT_TABLE: &str = "inet trellis";
 
 /// Where the iptables chains are entered from: built-in chain, protocol,
 /// chain.
@@ -136,6 +167,11 @@ pub struct Capture {
     pub dns_port: Option<u16>,
     /// Inbound ports left alone (the agent's own, ssh...).
     pub exclude_inbound: Vec<u16>,
+    /// The host has IPv6, and the agent listens for what IPv6 capture
+    /// redirects. Without it, iptables leaves `ip6tables` alone (nftables
+    /// installs both families regardless: rules for packets that cannot
+    /// exist do nothing).
+    pub ipv6: bool,
 }
 
 /// A failed iptables or nft command.
@@ -172,7 +208,13 @@ impl Capture {
             }
         }
         r.push(rule(Chain::Outbound, Match::OutLoopback, Action::Return));
-        r.push(rule(Chain::Outbound, Match::ToLoopback, Action::Return));
+        for family in [Family::V4, Family::V6] {
+            r.push(rule(
+                Chain::Outbound,
+                Match::ToLoopback(family),
+                Action::Return,
+            ));
+        }
         r.push(rule(
             Chain::Outbound,
             Match::Proto("tcp"),
@@ -181,9 +223,24 @@ impl Capture {
         r
     }
 
-    /// The rules as arguments of `iptables -t nat`.
-    pub fn iptables_rules(&self) -> Vec<String> {
-        self.rules().iter().map(Rule::iptables).collect()
+    /// The rules of `family` as arguments of `iptables -t nat` (or
+    /// `ip6tables`).
+    pub fn iptables_rules(&self, family: Family) -> Vec<String> {
+        self.rules()
+            .iter()
+            .filter(|r| r.applies_to(family))
+            .map(Rule::iptables)
+            .collect()
+    }
+
+    /// The families iptables installs rules for: IPv6 only where the
+    /// host has it (`ip6tables` fails on a kernel without it).
+    fn families(&self) -> &'static [Family] {
+        if self.ipv6 {
+            &[Family::V4, Family::V6]
+        } else {
+            &[Family::V4]
+        }
     }
 
     /// The script `nft -f -` runs to install the rules: it creates the
@@ -242,23 +299,26 @@ impl Capture {
     }
 
     fn install_iptables(&self) -> Result<(), CaptureError> {
-        for chain in [Chain::Inbound, Chain::Outbound].map(Chain::iptables) {
-            if iptables(&["-t", "nat", "-N", chain]).is_err() {
-                iptables(&["-t", "nat", "-F", chain])?;
+        for &family in self.families() {
+            let iptables = |args: &[&str]| iptables(family, args);
+            for chain in [Chain::Inbound, Chain::Outbound].map(Chain::iptables) {
+                if iptables(&["-t", "nat", "-N", chain]).is_err() {
+                    iptables(&["-t", "nat", "-F", chain])?;
+                }
             }
-        }
-        for (hook, proto, chain) in JUMPS {
-            let jump = |op| ["-t", "nat", op, hook, "-p", proto, "-j", chain.iptables()];
-            if iptables(&jump("-C")).is_err() {
-                iptables(&jump("-A"))?;
+            for (hook, proto, chain) in JUMPS {
+                let jump = |op| ["-t", "nat", op, hook, "-p", proto, "-j", chain.iptables()];
+                if iptables(&jump("-C")).is_err() {
+                    iptables(&jump("-A"))?;
+                }
             }
-        }
-        for rule in self.iptables_rules() {
-            let args: Vec<&str> = ["-t", "nat"]
-                .into_iter()
-                .chain(rule.split_whitespace())
-                .collect();
-            iptables(&args)?;
+            for rule in self.iptables_rules(family) {
+                let args: Vec<&str> = ["-t", "nat"]
+                    .into_iter()
+                    .chain(rule.split_whitespace())
+                    .collect();
+                iptables(&args)?;
+            }
         }
         Ok(())
     }
@@ -267,13 +327,16 @@ impl Capture {
     pub fn remove(&self) {
         match self.backend {
             Backend::Iptables => {
-                for (hook, proto, chain) in JUMPS {
-                    let jump = ["-t", "nat", "-D", hook, "-p", proto, "-j", chain.iptables()];
-                    while iptables(&jump).is_ok() {}
-                }
-                for chain in [Chain::Inbound, Chain::Outbound].map(Chain::iptables) {
-                    let _ = iptables(&["-t", "nat", "-F", chain]);
-                    let _ = iptables(&["-t", "nat", "-X", chain]);
+                for &family in self.families() {
+                    let iptables = |args: &[&str]| iptables(family, args);
+                    for (hook, proto, chain) in JUMPS {
+                        let jump = ["-t", "nat", "-D", hook, "-p", proto, "-j", chain.iptables()];
+                        while iptables(&jump).is_ok() {}
+                    }
+                    for chain in [Chain::Inbound, Chain::Outbound].map(Chain::iptables) {
+                        let _ = iptables(&["-t", "nat", "-F", chain]);
+                        let _ = iptables(&["-t", "nat", "-X", chain]);
+                    }
                 }
             }
             Backend::Nftables => {
@@ -283,8 +346,8 @@ impl Capture {
     }
 }
 
-fn iptables(args: &[&str]) -> Result<(), CaptureError> {
-    run("iptables", &[&["-w", "5"], args].concat(), None)
+fn iptables(family: Family, args: &[&str]) -> Result<(), CaptureError> {
+    run(family.iptables(), &[&["-w", "5"], args].concat(), None)
 }
 
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), CaptureError> {
@@ -333,6 +396,7 @@ mod tests {
             outbound_port: 15001,
             dns_port,
             exclude_inbound,
+            ipv6: true,
         }
     }
 
@@ -340,7 +404,7 @@ mod tests {
     fn rules_skip_excluded_ports_marked_and_loopback_traffic() {
         let c = capture(None, vec![15006, 22]);
         assert_eq!(
-            c.iptables_rules(),
+            c.iptables_rules(Family::V4),
             [
                 "-A TRELLIS_INBOUND -p tcp --dport 15006 -j RETURN",
                 "-A TRELLIS_INBOUND -p tcp --dport 22 -j RETURN",
@@ -354,9 +418,35 @@ mod tests {
     }
 
     #[test]
+    fn ip6tables_gets_the_same_rules_with_its_own_loopback() {
+        let c = capture(Some(15053), vec![22]);
+        let (v4, v6) = (c.iptables_rules(Family::V4), c.iptables_rules(Family::V6));
+        let loopback = |f| Rule {
+            chain: Chain::Outbound,
+            when: Match::ToLoopback(f),
+            then: Action::Return,
+        };
+        let swapped: Vec<String> = v4
+            .iter()
+            .map(|r| {
+                if *r == loopback(Family::V4).iptables() {
+                    loopback(Family::V6).iptables()
+                } else {
+                    r.clone()
+                }
+            })
+            .collect();
+        assert_eq!(v6, swapped);
+        assert!(v6.contains(&"-A TRELLIS_OUTPUT -d ::1/128 -j RETURN".to_string()));
+        assert_eq!(c.families(), [Family::V4, Family::V6]);
+        let v4_only = Capture { ipv6: false, ..c };
+        assert_eq!(v4_only.families(), [Family::V4]);
+    }
+
+    #[test]
     fn dns_from_anyone_but_the_agent_goes_to_the_dns_proxy() {
         let c = capture(Some(15053), vec![15053]);
-        let rules = c.iptables_rules();
+        let rules = c.iptables_rules(Family::V4);
         let at = |r: &str| {
             rules
                 .iter()
@@ -381,9 +471,9 @@ mod tests {
         let script = capture(Some(15053), vec![22]).nft_script();
         assert_eq!(
             script,
-            "add table ip trellis
-delete table ip trellis
-table ip trellis {
+            "add table inet trellis
+delete table inet trellis
+table inet trellis {
 \tchain inbound {
 \t\ttcp dport 22 return
 \t\tmeta l4proto tcp redirect to :15006
@@ -394,6 +484,7 @@ table ip trellis {
 \t\ttcp dport 53 redirect to :15053
 \t\toifname \"lo\" return
 \t\tip daddr 127.0.0.0/8 return
+\t\tip6 daddr ::1 return
 \t\tmeta l4proto tcp redirect to :15001
 \t}
 \tchain prerouting {

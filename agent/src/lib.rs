@@ -21,7 +21,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -102,22 +102,41 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
             .await
             .with_context(|| format!("binding {addr}"))
     };
-    let inbound = bind(opts.inbound).await?;
-    let outbound = bind(opts.outbound).await?;
+    // With capture on a host with IPv6, each listener capture redirects to
+    // gets an IPv6 twin, where the IPv6 rules send what they catch.
+    let ipv6 = opts.capture.backend().is_some() && host_has_ipv6();
+    if opts.capture.backend().is_some() && !ipv6 {
+        tracing::info!("the host has no IPv6: capturing IPv4 only");
+    }
+    let twin = |addr: SocketAddr, local: bool| ipv6.then(|| ipv6_twin(addr, local)).flatten();
+    let mut inbound = vec![bind(opts.inbound).await?];
+    let mut outbound = vec![bind(opts.outbound).await?];
+    for (listeners, twin) in [
+        (&mut inbound, twin(opts.inbound, false)),
+        (&mut outbound, twin(opts.outbound, true)),
+    ] {
+        if let Some(a) = twin {
+            listeners.push(bind_ipv6_only(a).with_context(|| format!("binding {a}"))?);
+        }
+    }
     let mut upstreams = Vec::new();
     for u in &opts.upstreams {
         upstreams.push((bind(u.listen).await?, u.clone()));
     }
     let admin_l = bind(opts.admin).await?;
     let metrics_l = bind(opts.metrics).await?;
-    let dns_l = match opts.dns {
-        Some(a) => Some(
+    let mut dns_l = Vec::new();
+    for a in opts
+        .dns
+        .into_iter()
+        .chain(opts.dns.and_then(|a| twin(a, true)))
+    {
+        dns_l.push(
             dns::Listeners::bind(a)
                 .await
                 .with_context(|| format!("binding {a} (DNS, UDP and TCP)"))?,
-        ),
-        None => None,
-    };
+        );
+    }
 
     // Refused before capture is installed, which an early exit would leave.
     if opts.config_file.is_none() && control_plane.is_empty() {
@@ -131,6 +150,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
         outbound_port: opts.outbound.port(),
         dns_port: opts.dns.map(|a| a.port()),
         exclude_inbound: opts.capture_exclude_ports(),
+        ipv6,
     });
     if let Some(c) = &capture {
         c.install()?;
@@ -143,12 +163,12 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
         set_log_level,
     });
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(proxy::inbound::serve(inbound, px.clone()));
-    tasks.spawn(proxy::outbound::serve(
-        outbound,
-        Listener::Capture,
-        px.clone(),
-    ));
+    for l in inbound {
+        tasks.spawn(proxy::inbound::serve(l, px.clone()));
+    }
+    for l in outbound {
+        tasks.spawn(proxy::outbound::serve(l, Listener::Capture, px.clone()));
+    }
     for (l, u) in upstreams {
         tasks.spawn(proxy::outbound::serve(
             l,
@@ -169,8 +189,11 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
         admin.clone(),
         admin::Endpoints::Metrics,
     ));
-    if let Some(l) = dns_l {
-        tasks.spawn(dns::serve(l, dns_server(&opts, &px)));
+    if !dns_l.is_empty() {
+        let server = dns_server(&opts, &px);
+        for l in dns_l {
+            tasks.spawn(dns::serve(l, server.clone()));
+        }
     }
     match opts.config_file.clone() {
         Some(path) => {
@@ -232,6 +255,38 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
     }
     tasks.abort_all();
     Ok(())
+}
+
+/// Whether the host has IPv6: its loopback address can be bound.
+fn host_has_ipv6() -> bool {
+    std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
+/// Where IPv6 capture sends what would have gone to IPv4 listener `addr`:
+/// REDIRECT takes locally made packets (outbound, DNS: `local`) to `::1`
+/// and incoming ones to the address they arrived at, so the inbound twin
+/// listens on all (`::`). `None` for a listener on IPv6 already.
+fn ipv6_twin(addr: SocketAddr, local: bool) -> Option<SocketAddr> {
+    let ip = if local {
+        Ipv6Addr::LOCALHOST
+    } else {
+        Ipv6Addr::UNSPECIFIED
+    };
+    addr.is_ipv4()
+        .then(|| SocketAddr::new(ip.into(), addr.port()))
+}
+
+/// A TCP listener on an IPv6 address that takes IPv6 only: on `::` a
+/// dual-stack socket would clash with the IPv4 listener on the same port.
+fn bind_ipv6_only(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+    s.set_only_v6(true)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
 }
 
 /// The DNS proxy: names from the mesh view in force, the rest to the

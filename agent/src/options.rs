@@ -20,9 +20,9 @@ use crate::telemetry::labels::{namespace_of, Workload};
 pub enum CaptureMode {
     /// No capture: HTTP proxy mode and `--upstream` listeners only.
     None,
-    /// iptables REDIRECT of the host's TCP (needs root).
+    /// iptables and ip6tables REDIRECT of the host's TCP (needs root).
     Iptables,
-    /// The same rules in an nftables table of their own, `ip trellis` (needs root).
+    /// The same rules in an nftables table of their own, `inet trellis` (needs root).
     Nftables,
 }
 

@@ -8,12 +8,13 @@
 //! Needs root and iproute2: a test calls [`unavailable`] first and skips
 //! when it says why not. Dropping a [`Net`] removes everything it made
 //! (processes left inside its hosts, namespaces, their `/etc/netns` files,
-//! veths, bridge, firewall rule), on panics too. Each `Net` takes its own random /24 in
-//! 10.128.0.0/9 and names its devices after it, so tests in parallel, and
-//! in parallel processes, do not clash.
+//! veths, bridge, firewall rules), on panics too. Each `Net` takes its own random /24 in
+//! 10.128.0.0/9, and the /64 `fd00:7472:ID::/64` of the same id for IPv6
+//! (every host has both), and names its devices after it, so tests in
+//! parallel, and in parallel processes, do not clash.
 use std::ffi::OsStr;
 use std::hash::{BuildHasher, RandomState};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -64,7 +65,8 @@ pub struct Net {
     /// Made so far, to remove on drop.
     namespaces: Vec<String>,
     veths: Vec<String>,
-    forward_rule: bool,
+    /// The commands (`iptables`, `ip6tables`) a FORWARD rule was added with.
+    forward_rules: Vec<&'static str>,
 }
 
 impl Net {
@@ -90,12 +92,22 @@ impl Net {
                 gateway,
                 namespaces: Vec::new(),
                 veths: Vec::new(),
-                forward_rule: false,
+                forward_rules: Vec::new(),
             };
             // From here on, dropping `net` undoes what is done.
             ip(&["addr", "add", &format!("{gateway}/24"), "dev", &net.bridge])?;
+            // `nodad`: usable at once, not after duplicate detection.
+            let gateway6 = address6(id, 1);
+            ip(&[
+                "addr",
+                "add",
+                &format!("{gateway6}/64"),
+                "dev",
+                &net.bridge,
+                "nodad",
+            ])?;
             ip(&["link", "set", &net.bridge, "up"])?;
-            net.forward_rule = allow_forwarding(&net.bridge)?;
+            allow_forwarding(&net.bridge, &mut net.forward_rules)?;
             return Ok(net);
         }
         bail!(
@@ -105,8 +117,8 @@ impl Net {
     }
 
     /// A new host: namespace `trellis-LABEL-ID-NAME` with `lo` and `eth0`
-    /// up, `eth0` on the bridge with the next free address, and a default
-    /// route through the bridge.
+    /// up, `eth0` on the bridge with the next free address (IPv4 and
+    /// IPv6), and default routes through the bridge.
     pub fn host(&mut self, name: &str) -> anyhow::Result<Host> {
         check_name("host name", name)?;
         let n = self.namespaces.len() + 2;
@@ -126,14 +138,26 @@ impl Net {
         self.veths.push(veth.clone());
         ip(&["link", "set", &veth, "master", &self.bridge, "up"])?;
         let inside = |args: &[&str]| ip(&[&["-n", netns.as_str()], args].concat());
+        let addr6 = address6(self.id, last);
         inside(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        inside(&[
+            "addr",
+            "add",
+            &format!("{addr6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
         inside(&["link", "set", "lo", "up"])?;
         inside(&["link", "set", "eth0", "up"])?;
         inside(&["route", "add", "default", "via", &self.gateway.to_string()])?;
+        let gateway6 = address6(self.id, 1).to_string();
+        inside(&["-6", "route", "add", "default", "via", &gateway6])?;
         Ok(Host {
             name: name.to_string(),
             netns,
             addr,
+            addr6,
         })
     }
 
@@ -165,8 +189,8 @@ impl Drop for Net {
         for veth in &self.veths {
             let _ = ip(&["link", "del", veth]);
         }
-        if self.forward_rule {
-            let _ = run(Command::new("iptables").args(forward_rule("-D", &self.bridge)));
+        for command in &self.forward_rules {
+            let _ = run(Command::new(command).args(forward_rule("-D", &self.bridge)));
         }
         let _ = ip(&["link", "del", &self.bridge]);
     }
@@ -179,6 +203,8 @@ pub struct Host {
     pub netns: String,
     /// Address of its `eth0`.
     pub addr: Ipv4Addr,
+    /// IPv6 address of its `eth0`.
+    pub addr6: Ipv6Addr,
 }
 
 impl Host {
@@ -223,6 +249,12 @@ fn address(id: u16, last: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 128 | hi, lo, last)
 }
 
+/// IPv6 address `last` of the /64 of `id`: `fd00:7472:ID::last` (`tr`
+/// in ASCII).
+fn address6(id: u16, last: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x7472, id, 0, 0, 0, 0, last.into())
+}
+
 /// Whether any route of the machine falls inside the /24 of `gateway`.
 fn subnet_in_use(gateway: Ipv4Addr) -> anyhow::Result<bool> {
     let [a, b, c, _] = gateway.octets();
@@ -230,17 +262,20 @@ fn subnet_in_use(gateway: Ipv4Addr) -> anyhow::Result<bool> {
     Ok(!routes.trim().is_empty())
 }
 
-/// Lets traffic between the bridge's ports through iptables' FORWARD
-/// chain, which sees bridged packets when `br_netfilter` is loaded and
-/// may drop them by default (Docker sets that policy). Without an
-/// `iptables` command no such rule can have been set: nothing to do.
-fn allow_forwarding(bridge: &str) -> anyhow::Result<bool> {
+/// Lets traffic between the bridge's ports through the FORWARD chains of
+/// iptables and ip6tables, which see bridged packets when `br_netfilter`
+/// is loaded and may drop them by default (Docker sets that policy).
+/// Without the command no such rule can have been set: nothing to do.
+/// What was added goes into `added`, for [`Net`]'s drop.
+fn allow_forwarding(bridge: &str, added: &mut Vec<&'static str>) -> anyhow::Result<()> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    if !std::env::split_paths(&path).any(|dir| dir.join("iptables").is_file()) {
-        return Ok(false);
+    for command in ["iptables", "ip6tables"] {
+        if std::env::split_paths(&path).any(|dir| dir.join(command).is_file()) {
+            run(Command::new(command).args(forward_rule("-I", bridge)))?;
+            added.push(command);
+        }
     }
-    run(Command::new("iptables").args(forward_rule("-I", bridge)))?;
-    Ok(true)
+    Ok(())
 }
 
 /// Arguments to add (`-I`) or delete (`-D`) the FORWARD rule of `bridge`.
@@ -283,6 +318,7 @@ mod tests {
         assert_eq!(address(0, 1), Ipv4Addr::new(10, 128, 0, 1));
         assert_eq!(address(0x7fff, 254), Ipv4Addr::new(10, 255, 255, 254));
         assert_eq!(address(0x1234, 2), Ipv4Addr::new(10, 128 + 0x12, 0x34, 2));
+        assert_eq!(address6(0x1234, 2).to_string(), "fd00:7472:1234::2");
     }
 
     #[test]

@@ -79,7 +79,7 @@ async fn captured_dns_answers_mesh_names_and_forwards_the_rest() -> anyhow::Resu
     // iptables agent removes it, so that only its own rules capture.
     sh(
         &client,
-        "nft add table ip trellis && nft add chain ip trellis stale",
+        "nft add table inet trellis && nft add chain inet trellis stale",
     )
     .await?;
     env.agent(
@@ -102,7 +102,7 @@ async fn captured_dns_answers_mesh_names_and_forwards_the_rest() -> anyhow::Resu
     let captured = sh(&client, "ss -tnH state established '( sport = :15001 )'").await?;
     assert!(captured.is_empty(), "captured by the agent: {captured}");
 
-    let stale = sh(&client, "nft list table ip trellis").await;
+    let stale = sh(&client, "nft list table inet trellis").await;
     assert!(stale.is_err(), "the nftables table was left: {stale:?}");
     let rules = sh(&client, "iptables -t nat -S TRELLIS_OUTPUT").await?;
     assert!(
@@ -154,10 +154,17 @@ async fn captured_dns_answers_mesh_names_and_forwards_the_rest() -> anyhow::Resu
     );
     assert!(upstream.queries() > before);
 
+    // To an IPv6 server, over UDP: captured by ip6tables into the DNS
+    // proxy's IPv6 twin (nothing answers at that address).
+    client.set_resolv_conf("nameserver fd00:53::1\noptions timeout:2 attempts:1\n")?;
+    assert_eq!(resolve(&client, "reviews").await, "240.240.0.1");
+
     // A clean shutdown removes the chains and the jumps to them.
     let status = env.terminate(&client, "agent")?;
     assert!(status.success(), "{status}: {}", env.log(&client, "agent"));
-    let nat = sh(&client, "iptables -t nat -S").await?;
-    assert!(!nat.contains("TRELLIS"), "left behind: {nat}");
+    for iptables in ["iptables", "ip6tables"] {
+        let nat = sh(&client, &format!("{iptables} -t nat -S")).await?;
+        assert!(!nat.contains("TRELLIS"), "{iptables}: left behind: {nat}");
+    }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! a `trellis-agent` that captures its traffic with iptables and got its
 //! certificate from a real control plane with a VM token. Every check goes
 //! through real sockets, real mTLS and the real binaries. A workload
-//! without an agent (the outsider) is reached in plaintext.
+//! without an agent (the outsider) is reached in plaintext. Capture covers
+//! IPv6 as well: the hosts have both families.
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,7 +17,7 @@ kind: ServiceEntry
 metadata: {name: reviews, namespace: default}
 spec:
   hosts: [reviews.default.svc.cluster.local]
-  addresses: [240.240.0.1]
+  addresses: [240.240.0.1, "fd00:f0::1"]
   resolution: STATIC
   ports:
   - {number: 9080, name: http}
@@ -182,13 +183,14 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
     let config = env.write("mesh.yaml", &mesh)?;
 
     // A mixed fleet: r1 captures with iptables, r2 and the client with
-    // nftables.
+    // nftables. The HTTP port listens on IPv6 too (dual stack), so that
+    // only capture keeps IPv6 callers from reaching it in plaintext.
     for (h, v, capture) in [(&r1, "v1", "iptables"), (&r2, "v2", "nftables")] {
         env.echo(
             h,
             &[
                 "--http",
-                "0.0.0.0:9080",
+                "[::]:9080",
                 "--tcp",
                 "0.0.0.0:9000",
                 "--grpc",
@@ -238,7 +240,7 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
         ],
     )
     .await?;
-    let table = sh(&client, "nft list table ip trellis").await?;
+    let table = sh(&client, "nft list table inet trellis").await?;
     assert!(table.contains("redirect to :15001"), "{table}");
 
     // An 80/20 split over 1,000 requests from an unmodified client.
@@ -317,18 +319,34 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
     })
     .await?;
 
-    // STRICT refuses plaintext; the PERMISSIVE workload takes it.
-    let strict = sh(
-        &outsider,
-        &format!("curl -s -m 3 http://{}:9080/ ; echo exit=$?", r1.addr),
-    )
-    .await?;
-    assert!(
-        !strict.contains("reviews") && !strict.contains("exit=0"),
-        "{strict}"
-    );
+    // STRICT refuses plaintext, over IPv6 too, whichever front end
+    // captures (r1 iptables and ip6tables, r2 nftables); the PERMISSIVE
+    // workload takes it.
+    for url in [
+        format!("http://{}:9080/", r1.addr),
+        format!("http://[{}]:9080/", r1.addr6),
+        format!("http://[{}]:9080/", r2.addr6),
+    ] {
+        let strict = sh(&outsider, &format!("curl -sg -m 3 '{url}' ; echo exit=$?")).await?;
+        assert!(
+            !strict.contains("reviews") && !strict.contains("exit=0"),
+            "{url}: {strict}"
+        );
+    }
     let permissive = curl(&outsider, &format!("http://{}:9080/", r3.addr)).await;
     assert!(permissive.contains(r#""service":"shadow""#), "{permissive}");
+
+    // An IPv6 service address: captured, routed and sent over mTLS as
+    // the IPv4 one (nothing listens at it, or routes it, but capture).
+    let six: serde_json::Value =
+        serde_json::from_str(&curl(&client, "-g 'http://[fd00:f0::1]:9080/'").await)?;
+    assert_eq!(six["service"], "reviews", "{six}");
+    assert!(
+        six["headers"]["x-forwarded-client-cert"]
+            .as_str()
+            .is_some_and(|x| x.contains("/sa/productpage")),
+        "{six}"
+    );
 
     // A peer with the wrong identity is refused: 503 UF.
     let wrong = statuses(&client, "http://240.240.0.3:9080/", "", 1).await;
@@ -475,7 +493,7 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
     // A clean shutdown removes the agent's nftables table.
     let status = env.terminate(&client, "agent")?;
     assert!(status.success(), "{status}: {}", env.log(&client, "agent"));
-    let gone = sh(&client, "nft list table ip trellis").await;
+    let gone = sh(&client, "nft list table inet trellis").await;
     assert!(gone.is_err(), "the table outlived the agent: {gone:?}");
     Ok(())
 }
