@@ -146,8 +146,14 @@ impl Rule {
     }
 }
 
-/// The nftables table the rules live in: `inet`, for both families.
+/// The nftables table the rules live in: `inet`, for both families
+/// (Linux 5.2 and nft 0.9.1 or later for NAT there).
 const NFT_TABLE: &str = "inet trellis";
+
+/// Where agents before IPv6 capture kept the rules; removed with the
+/// current table, so that one left by an unclean stop does not capture
+/// beside it.
+const NFT_OLD_TABLE: &str = "ip trellis";
 
 /// Where the iptables chains are entered from: built-in chain, protocol,
 /// chain.
@@ -168,9 +174,7 @@ pub struct Capture {
     /// Inbound ports left alone (the agent's own, ssh...).
     pub exclude_inbound: Vec<u16>,
     /// The host has IPv6, and the agent listens for what IPv6 capture
-    /// redirects. Without it, iptables leaves `ip6tables` alone (nftables
-    /// installs both families regardless: rules for packets that cannot
-    /// exist do nothing).
+    /// redirects. Without it, IPv6 is left alone.
     pub ipv6: bool,
 }
 
@@ -233,8 +237,8 @@ impl Capture {
             .collect()
     }
 
-    /// The families iptables installs rules for: IPv6 only where the
-    /// host has it (`ip6tables` fails on a kernel without it).
+    /// The families capture covers: IPv6 only where the host has it
+    /// (`ip6tables` fails on a kernel without it).
     fn families(&self) -> &'static [Family] {
         if self.ipv6 {
             &[Family::V4, Family::V6]
@@ -243,11 +247,12 @@ impl Capture {
         }
     }
 
-    /// The script `nft -f -` runs to install the rules: it creates the
-    /// table if missing, deletes it, and defines it anew, all in one
-    /// transaction, so the rules in force are never half replaced. The
-    /// base chains sit at priority -100, where DNAT runs (nft names it
-    /// `dstnat` on prerouting only).
+    /// The script `nft -f -` runs to install the rules: it removes the
+    /// tables (creating each first, so that deleting cannot fail) and
+    /// defines the table anew, all in one transaction, so the rules in
+    /// force are never half replaced. The base chains sit at priority
+    /// -100, where DNAT runs (nft names it `dstnat` on prerouting only).
+    /// Without IPv6 only IPv4 enters them.
     pub fn nft_script(&self) -> String {
         let rules = self.rules();
         let chain = |c: Chain| {
@@ -260,20 +265,21 @@ impl Capture {
         };
         let inbound = Chain::Inbound.nft();
         let outbound = Chain::Outbound.nft();
+        let only = if self.ipv6 { "" } else { "meta nfproto ipv4 " };
         format!(
-            "add table {NFT_TABLE}\n\
-             delete table {NFT_TABLE}\n\
+            "{}\
              table {NFT_TABLE} {{\n\
              {}{}\
              \tchain prerouting {{\n\
              \t\ttype nat hook prerouting priority -100; policy accept;\n\
-             \t\tmeta l4proto tcp jump {inbound}\n\
+             \t\t{only}meta l4proto tcp jump {inbound}\n\
              \t}}\n\
              \tchain output {{\n\
              \t\ttype nat hook output priority -100; policy accept;\n\
-             \t\tmeta l4proto {{ tcp, udp }} jump {outbound}\n\
+             \t\t{only}meta l4proto {{ tcp, udp }} jump {outbound}\n\
              \t}}\n\
              }}\n",
+            nft_delete_tables(),
             chain(Chain::Inbound),
             chain(Chain::Outbound),
         )
@@ -281,7 +287,9 @@ impl Capture {
 
     /// Installs the rules (again, if they were there), after removing any
     /// the other front end left: an unclean stop, then a switch of
-    /// `--capture`, would leave both capturing.
+    /// `--capture`, would leave both capturing. What fails is undone
+    /// whole: half the rules (IPv4 without IPv6, say) would redirect
+    /// traffic to an agent that is not going to run.
     pub fn install(&self) -> Result<(), CaptureError> {
         let other = match self.backend {
             Backend::Iptables => Backend::Nftables,
@@ -292,10 +300,14 @@ impl Capture {
             ..self.clone()
         }
         .remove();
-        match self.backend {
+        let installed = match self.backend {
             Backend::Iptables => self.install_iptables(),
             Backend::Nftables => nft(&["-f", "-"], Some(&self.nft_script())),
+        };
+        if installed.is_err() {
+            self.remove();
         }
+        installed
     }
 
     fn install_iptables(&self) -> Result<(), CaptureError> {
@@ -327,7 +339,9 @@ impl Capture {
     pub fn remove(&self) {
         match self.backend {
             Backend::Iptables => {
-                for &family in self.families() {
+                // Both, whatever `ipv6` says now: an earlier run may have
+                // had it.
+                for family in [Family::V4, Family::V6] {
                     let iptables = |args: &[&str]| iptables(family, args);
                     for (hook, proto, chain) in JUMPS {
                         let jump = ["-t", "nat", "-D", hook, "-p", proto, "-j", chain.iptables()];
@@ -340,10 +354,18 @@ impl Capture {
                 }
             }
             Backend::Nftables => {
-                let _ = nft(&["-f", "-"], Some(&format!("delete table {NFT_TABLE}\n")));
+                let _ = nft(&["-f", "-"], Some(&nft_delete_tables()));
             }
         }
     }
+}
+
+/// nft statements that delete the current and the old table, whether
+/// they are there or not.
+fn nft_delete_tables() -> String {
+    [NFT_OLD_TABLE, NFT_TABLE]
+        .map(|t| format!("add table {t}\ndelete table {t}\n"))
+        .concat()
 }
 
 fn iptables(family: Family, args: &[&str]) -> Result<(), CaptureError> {
@@ -471,7 +493,9 @@ mod tests {
         let script = capture(Some(15053), vec![22]).nft_script();
         assert_eq!(
             script,
-            "add table inet trellis
+            "add table ip trellis
+delete table ip trellis
+add table inet trellis
 delete table inet trellis
 table inet trellis {
 \tchain inbound {
@@ -497,6 +521,21 @@ table inet trellis {
 \t}
 }
 "
+        );
+    }
+
+    #[test]
+    fn without_ipv6_nftables_leaves_it_alone() {
+        let script = Capture {
+            ipv6: false,
+            ..capture(None, vec![22])
+        }
+        .nft_script();
+        assert!(
+            script.contains("\t\tmeta nfproto ipv4 meta l4proto tcp jump inbound\n")
+                && script
+                    .contains("\t\tmeta nfproto ipv4 meta l4proto { tcp, udp } jump outbound\n"),
+            "{script}"
         );
     }
 }

@@ -106,9 +106,9 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
     // gets an IPv6 twin, where the IPv6 rules send what they catch.
     let ipv6 = opts.capture.backend().is_some() && host_has_ipv6();
     if opts.capture.backend().is_some() && !ipv6 {
-        tracing::info!("the host has no IPv6: capturing IPv4 only");
+        tracing::warn!("the host has no IPv6 (::1 cannot be bound): capturing IPv4 only");
     }
-    let twin = |addr: SocketAddr, local: bool| ipv6.then(|| ipv6_twin(addr, local)).flatten();
+    let twin = |addr: SocketAddr, local: bool| ipv6_twin(addr, local).filter(|_| ipv6);
     let mut inbound = vec![bind(opts.inbound).await?];
     let mut outbound = vec![bind(opts.outbound).await?];
     for (listeners, twin) in [
@@ -264,8 +264,9 @@ fn host_has_ipv6() -> bool {
 
 /// Where IPv6 capture sends what would have gone to IPv4 listener `addr`:
 /// REDIRECT takes locally made packets (outbound, DNS: `local`) to `::1`
-/// and incoming ones to the address they arrived at, so the inbound twin
-/// listens on all (`::`). `None` for a listener on IPv6 already.
+/// and incoming ones to the first address of the interface they arrived
+/// on, so the inbound twin listens on all (`::`). `None` for a listener on
+/// IPv6 (which capture refuses, [`options::check`]).
 fn ipv6_twin(addr: SocketAddr, local: bool) -> Option<SocketAddr> {
     let ip = if local {
         Ipv6Addr::LOCALHOST
@@ -332,5 +333,24 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_twins_are_where_redirect_delivers() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            ipv6_twin(at("127.0.0.1:15001"), true),
+            Some(at("[::1]:15001"))
+        );
+        assert_eq!(
+            ipv6_twin(at("0.0.0.0:15006"), false),
+            Some(at("[::]:15006"))
+        );
+        assert_eq!(ipv6_twin(at("[::1]:15001"), true), None);
     }
 }

@@ -1,7 +1,7 @@
 //! The agent's settings: flags, each with a `TRELLIS_` environment
 //! variable, one default and one line of doc.
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -328,11 +328,22 @@ pub fn check(o: &Options) -> anyhow::Result<()> {
     if o.token.is_none() && o.cert_chain.is_none() && !o.data_dir.join("cert-chain.pem").exists() {
         bail!("no identity: pass --token (a VM join token), or --cert-chain, --key and --roots");
     }
-    if let (Some(_), Some(dns)) = (o.capture.backend(), o.dns) {
-        // REDIRECT sends locally made packets to 127.0.0.1.
-        if dns.ip() != IpAddr::from([127, 0, 0, 1]) && !dns.ip().is_unspecified() {
-            let mode = o.capture.to_possible_value().expect("no skipped variants");
-            bail!("--dns {dns}: with --capture {} the DNS proxy must listen on 127.0.0.1 or 0.0.0.0, where captured queries arrive", mode.get_name());
+    if o.capture.backend().is_some() {
+        let mode = o.capture.to_possible_value().expect("no skipped variants");
+        let mode = mode.get_name();
+        // REDIRECT sends locally made IPv4 packets to 127.0.0.1; the agent
+        // makes the IPv6 twins (on ::1, and :: inbound) itself.
+        let local = [Ipv4Addr::LOCALHOST, Ipv4Addr::UNSPECIFIED].map(IpAddr::from);
+        for (flag, what, addr) in [
+            ("--outbound", "the outbound listener", Some(o.outbound)),
+            ("--dns", "the DNS proxy", o.dns),
+        ] {
+            if let Some(a) = addr.filter(|a| !local.contains(&a.ip())) {
+                bail!("{flag} {a}: with --capture {mode} {what} must listen on 127.0.0.1 or 0.0.0.0, where captured connections arrive (the agent listens on [::1] for IPv6 itself)");
+            }
+        }
+        if !o.inbound.is_ipv4() {
+            bail!("--inbound {}: with --capture {mode} give an IPv4 address (the agent listens on [::] for IPv6 itself)", o.inbound);
         }
     }
     if o.concurrency == 0 {
@@ -382,13 +393,23 @@ mod tests {
     }
 
     #[test]
-    fn captured_dns_must_arrive_where_the_proxy_listens() {
-        let o = parse(&["--capture", "iptables", "--dns", "10.1.2.3:15053"]);
-        let e = check(&o).unwrap_err().to_string();
+    fn captured_traffic_must_arrive_where_the_agent_listens() {
+        let refused = |args: &[&str]| check(&parse(args)).unwrap_err().to_string();
+        let e = refused(&["--capture", "iptables", "--dns", "10.1.2.3:15053"]);
         assert!(e.contains("127.0.0.1 or 0.0.0.0"), "{e}");
-        let o = parse(&["--capture", "nftables", "--dns", "10.1.2.3:15053"]);
-        let e = check(&o).unwrap_err().to_string();
+        let e = refused(&["--capture", "nftables", "--dns", "10.1.2.3:15053"]);
         assert!(e.contains("with --capture nftables the DNS proxy"), "{e}");
+        let e = refused(&["--capture", "iptables", "--outbound", "[::1]:15001"]);
+        assert!(e.starts_with("--outbound [::1]:15001: "), "{e}");
+        let e = refused(&["--capture", "nftables", "--inbound", "[::]:15006"]);
+        assert!(e.starts_with("--inbound [::]:15006: "), "{e}");
+        check(&parse(&[
+            "--inbound",
+            "[::]:15006",
+            "--outbound",
+            "[::1]:15001",
+        ]))
+        .unwrap();
         check(&parse(&["--capture", "iptables"])).unwrap();
         check(&parse(&["--capture", "nftables"])).unwrap();
         check(&parse(&["--capture", "iptables", "--dns", "off"])).unwrap();

@@ -32,6 +32,10 @@ fn probe() -> Option<String> {
     if !is_root() {
         return Some("network namespaces need root".into());
     }
+    // Every host gets an IPv6 address too.
+    if std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_err() {
+        return Some("the hosts need IPv6, which this machine has turned off".into());
+    }
     let ns = format!("trellis-probe-{}", std::process::id());
     match ip(&["netns", "add", &ns]) {
         Ok(_) => {
@@ -265,14 +269,19 @@ fn subnet_in_use(gateway: Ipv4Addr) -> anyhow::Result<bool> {
 /// Lets traffic between the bridge's ports through the FORWARD chains of
 /// iptables and ip6tables, which see bridged packets when `br_netfilter`
 /// is loaded and may drop them by default (Docker sets that policy).
-/// Without the command no such rule can have been set: nothing to do.
+/// Without the command no such rule can have been set: nothing to do;
+/// nor when ip6tables fails (a kernel without its tables filters nothing).
 /// What was added goes into `added`, for [`Net`]'s drop.
 fn allow_forwarding(bridge: &str, added: &mut Vec<&'static str>) -> anyhow::Result<()> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for command in ["iptables", "ip6tables"] {
         if std::env::split_paths(&path).any(|dir| dir.join(command).is_file()) {
-            run(Command::new(command).args(forward_rule("-I", bridge)))?;
-            added.push(command);
+            let added_rule = run(Command::new(command).args(forward_rule("-I", bridge)));
+            match (command, added_rule) {
+                (_, Ok(_)) => added.push(command),
+                ("ip6tables", Err(_)) => {}
+                (_, Err(e)) => return Err(e),
+            }
         }
     }
     Ok(())

@@ -75,13 +75,16 @@ async fn captured_dns_answers_mesh_names_and_forwards_the_rest() -> anyhow::Resu
     let config = env.write("mesh.yaml", MESH)?;
     env.cp
         .cli(&["apply", "-f", &config.display().to_string()])?;
-    // Left by an earlier nftables agent that did not stop cleanly: an
-    // iptables agent removes it, so that only its own rules capture.
-    sh(
-        &client,
-        "nft add table inet trellis && nft add chain inet trellis stale",
-    )
-    .await?;
+    // Left by earlier nftables agents (this version's table, and that of
+    // versions before IPv6 capture) that did not stop cleanly: an iptables
+    // agent removes them, so that only its own rules capture.
+    for table in ["inet trellis", "ip trellis"] {
+        sh(
+            &client,
+            &format!("nft add table {table} && nft add chain {table} stale"),
+        )
+        .await?;
+    }
     env.agent(
         &client,
         "default/client",
@@ -102,8 +105,10 @@ async fn captured_dns_answers_mesh_names_and_forwards_the_rest() -> anyhow::Resu
     let captured = sh(&client, "ss -tnH state established '( sport = :15001 )'").await?;
     assert!(captured.is_empty(), "captured by the agent: {captured}");
 
-    let stale = sh(&client, "nft list table inet trellis").await;
-    assert!(stale.is_err(), "the nftables table was left: {stale:?}");
+    for table in ["inet trellis", "ip trellis"] {
+        let stale = sh(&client, &format!("nft list table {table}")).await;
+        assert!(stale.is_err(), "{table} was left: {stale:?}");
+    }
     let rules = sh(&client, "iptables -t nat -S TRELLIS_OUTPUT").await?;
     assert!(
         rules.contains("-p udp -m udp --dport 53 -j REDIRECT --to-ports 15053"),
