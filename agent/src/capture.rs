@@ -36,6 +36,8 @@ pub enum Family {
 }
 
 impl Family {
+    const ALL: [Family; 2] = [Family::V4, Family::V6];
+
     fn iptables(self) -> &'static str {
         match self {
             Family::V4 => "iptables",
@@ -212,7 +214,7 @@ impl Capture {
             }
         }
         r.push(rule(Chain::Outbound, Match::OutLoopback, Action::Return));
-        for family in [Family::V4, Family::V6] {
+        for family in Family::ALL {
             r.push(rule(
                 Chain::Outbound,
                 Match::ToLoopback(family),
@@ -241,7 +243,7 @@ impl Capture {
     /// (`ip6tables` fails on a kernel without it).
     fn families(&self) -> &'static [Family] {
         if self.ipv6 {
-            &[Family::V4, Family::V6]
+            &Family::ALL
         } else {
             &[Family::V4]
         }
@@ -341,7 +343,7 @@ impl Capture {
             Backend::Iptables => {
                 // Both, whatever `ipv6` says now: an earlier run may have
                 // had it.
-                for family in [Family::V4, Family::V6] {
+                for family in Family::ALL {
                     let iptables = |args: &[&str]| iptables(family, args);
                     for (hook, proto, chain) in JUMPS {
                         let jump = ["-t", "nat", "-D", hook, "-p", proto, "-j", chain.iptables()];

@@ -57,22 +57,18 @@ impl MeshEnv {
         program: &str,
         args: &[&str],
     ) -> anyhow::Result<()> {
-        let log = self
-            .cp
-            .root
-            .path()
-            .join(format!("{}-{name}.log", host.name));
+        let log = self.log_path(host, name);
         let mut cmd = host.command(bins::bin(program));
         cmd.args(args);
-        let key = format!("{}/{name}", host.name);
-        self.procs.push((key, Proc::spawn(name, &mut cmd, &log)?));
+        self.procs
+            .push((proc_key(host, name), Proc::spawn(name, &mut cmd, &log)?));
         Ok(())
     }
 
     /// Stops (SIGTERM) the process `name` started in `host` and waits for
     /// its exit.
     pub fn terminate(&mut self, host: &Host, name: &str) -> anyhow::Result<ExitStatus> {
-        let key = format!("{}/{name}", host.name);
+        let key = proc_key(host, name);
         let (_, p) = self
             .procs
             .iter_mut()
@@ -83,7 +79,7 @@ impl MeshEnv {
 
     /// Kills (SIGKILL) the process `name` started in `host`.
     pub fn kill(&mut self, host: &Host, name: &str) {
-        let key = format!("{}/{name}", host.name);
+        let key = proc_key(host, name);
         for (k, p) in &mut self.procs {
             if *k == key {
                 p.kill();
@@ -93,13 +89,15 @@ impl MeshEnv {
 
     /// The log of a process started with [`MeshEnv::spawn`].
     pub fn log(&self, host: &Host, name: &str) -> String {
-        std::fs::read_to_string(
-            self.cp
-                .root
-                .path()
-                .join(format!("{}-{name}.log", host.name)),
-        )
-        .unwrap_or_default()
+        std::fs::read_to_string(self.log_path(host, name)).unwrap_or_default()
+    }
+
+    /// Where process `name` of `host` logs.
+    fn log_path(&self, host: &Host, name: &str) -> PathBuf {
+        self.cp
+            .root
+            .path()
+            .join(format!("{}-{name}.log", host.name))
     }
 
     /// Starts `trellis-echo` in `host` with `args`.
@@ -151,4 +149,9 @@ impl MeshEnv {
         .await;
         r.with_context(|| self.log(host, "agent")).map(|_| ())
     }
+}
+
+/// How [`MeshEnv`] knows process `name` of `host`.
+fn proc_key(host: &Host, name: &str) -> String {
+    format!("{}/{name}", host.name)
 }
