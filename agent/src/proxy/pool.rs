@@ -11,14 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use h2::client::SendRequest;
 use http::{Request, Response};
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use trellis_identity::SpiffeId;
 
-use super::body::{self, Body};
+use super::body::Body;
 use super::connect::{self, ConnectError, ConnectOpts};
 use super::cork::Corked;
+use super::h2_stream;
 use crate::tls::{MeshTls, ALPN_H2};
 
 /// Where a pooled connection goes.
@@ -60,17 +61,11 @@ pub enum PoolError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("HTTP/2 handshake with {addr} failed: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
+    Handshake { addr: SocketAddr, source: h2::Error },
     /// The request was sent (or may have been) and the peer reset it or the
     /// connection broke: Envoy's `reset`.
     #[error("request to {addr} failed: {source}")]
-    Request {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
+    Request { addr: SocketAddr, source: h2::Error },
 }
 
 /// One pooled connection: its handle, an id telling it from the one that
@@ -232,7 +227,7 @@ impl<K: Eq + Hash, S: Clone> Conns<K, S> {
     }
 }
 
-type Shared = Arc<Mutex<Conns<PeerKey, http2::SendRequest<Body>>>>;
+type Shared = Arc<Mutex<Conns<PeerKey, SendRequest<Bytes>>>>;
 
 /// HTTP/2 connections to peers.
 pub struct Pool {
@@ -260,15 +255,13 @@ impl Pool {
         req: Request<Body>,
     ) -> Result<Response<Body>, PoolError> {
         let (mut sender, stream) = self.sender(key, opts, reuse).await?;
-        let resp = sender
-            .send_request(req)
+        // The connection counts the stream open until the response ends.
+        h2_stream::send(&mut sender, req, stream)
             .await
             .map_err(|source| PoolError::Request {
                 addr: key.addr,
                 source,
-            })?;
-        // The connection counts the stream open until the response ends.
-        Ok(resp.map(|b| body::incoming_holding(b, stream)))
+            })
     }
 
     /// Number of pooled connections (for `/clusters` and tests).
@@ -286,10 +279,10 @@ impl Pool {
         key: &PeerKey,
         opts: &ConnectOpts,
         reuse: &Reuse,
-    ) -> Result<(http2::SendRequest<Body>, Option<Stream>), PoolError> {
+    ) -> Result<(SendRequest<Bytes>, Option<Stream>), PoolError> {
         let existing = self.lock().checkout(key, reuse, Instant::now());
-        if let Some((mut s, id, stream)) = existing {
-            if s.ready().await.is_ok() {
+        if let Some((s, id, stream)) = existing {
+            if let Ok(s) = s.ready().await {
                 return Ok((s, Some(stream)));
             }
             self.lock().remove(key, id);
@@ -306,23 +299,24 @@ impl Pool {
         key: &PeerKey,
         opts: &ConnectOpts,
         reuse: &Reuse,
-    ) -> Result<(http2::SendRequest<Body>, Option<Stream>), PoolError> {
+    ) -> Result<(SendRequest<Bytes>, Option<Stream>), PoolError> {
         let tls =
             connect::mtls(&self.tls, key.addr, &key.sni, &key.identity, ALPN_H2, opts).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(std::time::Duration::from_secs(30))
-            .handshake(TokioIo::new(Corked::client(tls, true)))
-            .await
-            .map_err(|source| PoolError::Handshake {
-                addr: key.addr,
-                source,
-            })?;
+        let handshake = h2_builder().handshake(Corked::client(tls, true)).await;
+        let (sender, mut conn) = handshake.map_err(|source| PoolError::Handshake {
+            addr: key.addr,
+            source,
+        })?;
+        let pings = conn.ping_pong();
         // Once every handle is dropped (the connection left the pool and
-        // its last request ended), hyper closes it.
+        // its last request ended), h2 closes it.
         let addr = key.addr;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let closed = tokio::select! {
+                r = conn => r.map_err(|e| e.to_string()),
+                e = keep_alive(pings) => Err(e),
+            };
+            if let Err(e) = closed {
                 tracing::debug!(%addr, error = %e, "connection to peer agent closed");
             }
         });
@@ -336,17 +330,56 @@ impl Pool {
         Ok((sender, stream))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Conns<PeerKey, http2::SendRequest<Body>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns<PeerKey, SendRequest<Bytes>>> {
         lock(&self.conns)
     }
 }
 
-fn lock(conns: &Shared) -> std::sync::MutexGuard<'_, Conns<PeerKey, http2::SendRequest<Body>>> {
+fn lock(conns: &Shared) -> std::sync::MutexGuard<'_, Conns<PeerKey, SendRequest<Bytes>>> {
     conns.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A PING this often on each pooled connection tells a peer that vanished
+/// (a host gone without a reset) from a quiet one.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A PING not answered in this long closes the connection.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The client settings of a peer connection: hyper's defaults, which these
+/// connections had while hyper's client drove them (windows larger than
+/// the protocol's 64 KB, so one stream can fill a fast link).
+fn h2_builder() -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(5 * 1024 * 1024)
+        .initial_max_send_streams(100)
+        .max_frame_size(16 * 1024)
+        .max_header_list_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .max_local_error_reset_streams(Some(1024))
+        .enable_push(false);
+    b
+}
+
+/// Pings the peer every [`KEEP_ALIVE_INTERVAL`]; returns why the
+/// connection is dead (a PING unanswered in [`KEEP_ALIVE_TIMEOUT`]), or
+/// never if there are no pings to send.
+async fn keep_alive(pings: Option<h2::PingPong>) -> String {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
+        match tokio::time::timeout(KEEP_ALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return e.to_string(),
+            Err(_) => return format!("no answer to a PING in {KEEP_ALIVE_TIMEOUT:?}"),
+        }
+    }
+}
+
 /// Takes connection `id` out of the pool once it has had no stream open
-/// for `idle`; hyper then closes it.
+/// for `idle`; h2 then closes it.
 /// Ends early if the connection leaves the pool another way.
 async fn close_when_idle(conns: Shared, key: PeerKey, id: u64, idle: Duration) {
     loop {
