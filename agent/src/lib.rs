@@ -85,7 +85,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> anyhow::Re
         keepalive: None,
     };
     let px = Arc::new(proxy::Proxy {
-        pool: proxy::pool::Pool::new(tls.clone()),
+        pool: proxy::pool::Pool::new(proxy::pool::Peers(tls.clone())),
         app: proxy::app::AppClient::new(opts.app_host, connect.clone()),
         peer_metadata: http::HeaderValue::from_str(&serde_json::to_string(me.as_ref())?)?,
         labels: settings.labels.clone(),

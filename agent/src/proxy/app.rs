@@ -1,6 +1,7 @@
 //! Plaintext HTTP clients: to the agent's own application on 127.0.0.1, and
 //! to endpoints outside the mesh (no agent in front of them). Pooled
-//! HTTP/1.1 for plain HTTP ports, HTTP/2 (h2c) for gRPC and `http2` ports.
+//! HTTP/1.1 for plain HTTP ports (hyper's client), HTTP/2 (h2c) for gRPC
+//! and `http2` ports (the [`Pool`] the connections to peer agents use).
 //! Connections are opened as the agent's others are ([`connect::tcp`]):
 //! with the capture mark, so that iptables does not send them back to the
 //! agent, and the agent's connect timeout or a cluster's own. To endpoints,
@@ -16,19 +17,17 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Extensions, Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use http::{header, Extensions, Request, Response, Uri, Version};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{capture_connection, Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::body::Body;
+use super::body::{self, Body};
 use super::connect::{self, ConnectOpts, Keepalive};
-use super::cork::Corked;
 use super::flags::Flag;
-use super::pool::Reuse;
+use super::pool::{Plain, Pool, PoolError, Reuse};
 use crate::mesh::cluster::Limits;
 
 /// Clients for the local application and plaintext endpoints.
@@ -37,13 +36,16 @@ pub struct AppClient {
     /// The agent's connect options (`--connect-timeout`, the mark), and
     /// the clients to the local application.
     opts: ConnectOpts,
-    default: Clients,
-    /// Clients to endpoints by connect timeout, keepalive and idle timeout:
-    /// all are fixed when a client is built, so each DestinationRule
-    /// `connectTimeout`, `tcpKeepalive` and `idleTimeout` in use has its
-    /// own (and its own connection pool).
-    /// Shared, so a request holds 8 bytes of them, not both clients.
-    by_timeouts: Mutex<HashMap<ClientsKey, Arc<Clients>>>,
+    default: Client<Connector, Body>,
+    /// HTTP/1.1 clients to endpoints by connect timeout, keepalive and
+    /// idle timeout: all are fixed when a client is built, so each
+    /// DestinationRule `connectTimeout`, `tcpKeepalive` and `idleTimeout`
+    /// in use has its own (and its own connection pool).
+    by_timeouts: Mutex<HashMap<ClientsKey, Client<Connector, Body>>>,
+    /// h2c connections, to the application and to endpoints, by address;
+    /// as to a peer agent, a connection has the connect options of the
+    /// request that opened it.
+    h2c: Pool<Plain>,
 }
 
 /// Most timeout pairs kept at once; past it the map starts over (the
@@ -53,32 +55,13 @@ const MAX_TIMEOUTS: usize = 32;
 /// How long a connection to the local application may stay idle in the pool.
 const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Clone)]
-struct Clients {
-    http1: Client<Connector, Body>,
-    http2: Client<Connector, Body>,
-}
-
-impl Clients {
-    /// Clients whose idle connections are closed after `idle` (`None`:
-    /// never). The timer is what closes them; without it hyper would only
-    /// skip them when it next looks for a connection.
-    fn new(opts: ConnectOpts, idle: Option<Duration>) -> Self {
-        let mut http1 = Client::builder(TokioExecutor::new());
-        http1.pool_timer(TokioTimer::new()).pool_idle_timeout(idle);
-        let mut http2 = Client::builder(TokioExecutor::new());
-        http2
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(idle)
-            .http2_only(true);
-        Self {
-            http1: http1.build(Connector {
-                opts: opts.clone(),
-                h2: false,
-            }),
-            http2: http2.build(Connector { opts, h2: true }),
-        }
-    }
+/// An HTTP/1.1 client whose idle connections are closed after `idle`
+/// (`None`: never). The timer is what closes them; without it hyper would
+/// only skip them when it next looks for a connection.
+fn http1_client(opts: ConnectOpts, idle: Option<Duration>) -> Client<Connector, Body> {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_timer(TokioTimer::new()).pool_idle_timeout(idle);
+    b.build(Connector { opts })
 }
 
 /// The requests a connection has carried, kept with it (hyper's
@@ -98,17 +81,13 @@ impl Requests {
 
 /// A connection to an application or endpoint, with its [`Requests`].
 struct Upstream {
-    io: TokioIo<Corked<TcpStream>>,
+    io: TokioIo<TcpStream>,
     requests: Requests,
 }
 
 impl Connection for Upstream {
     fn connected(&self) -> Connected {
-        self.io
-            .inner()
-            .get_ref()
-            .connected()
-            .extra(self.requests.clone())
+        self.io.inner().connected().extra(self.requests.clone())
     }
 }
 
@@ -161,8 +140,6 @@ type ClientsKey = (Duration, Option<Keepalive>, Option<Duration>);
 #[derive(Clone, Debug)]
 struct Connector {
     opts: ConnectOpts,
-    /// Its connections carry HTTP/2 (see [`Corked`]).
-    h2: bool,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -177,14 +154,14 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let (opts, h2) = (self.opts.clone(), self.h2);
+        let opts = self.opts.clone();
         Box::pin(async move {
             let addr: SocketAddr = uri
                 .authority()
                 .and_then(|a| a.as_str().parse().ok())
                 .ok_or_else(|| format!("not an IP address and port: {uri}"))?;
             Ok(Upstream {
-                io: TokioIo::new(Corked::client(connect::tcp(addr, &opts).await?, h2)),
+                io: TokioIo::new(connect::tcp(addr, &opts).await?),
                 requests: Requests::default(),
             })
         })
@@ -197,16 +174,17 @@ impl AppClient {
     pub fn new(host: IpAddr, opts: ConnectOpts) -> Self {
         Self {
             host,
-            default: Clients::new(opts.clone(), Some(APP_IDLE_TIMEOUT)),
+            default: http1_client(opts.clone(), Some(APP_IDLE_TIMEOUT)),
             opts,
             by_timeouts: Mutex::new(HashMap::new()),
+            h2c: Pool::new(Plain),
         }
     }
 
-    /// The clients to the endpoints of a cluster with these limits (its
-    /// connect timeout, `None`: the agent-wide one; its keepalive; its idle
-    /// timeout, `None`: none).
-    fn clients(&self, limits: &Limits) -> Arc<Clients> {
+    /// The HTTP/1.1 client to the endpoints of a cluster with these
+    /// limits (its connect timeout, `None`: the agent-wide one; its
+    /// keepalive; its idle timeout, `None`: none). A clone shares the pool.
+    fn http1(&self, limits: &Limits) -> Client<Connector, Body> {
         let opts = self.opts.for_cluster(limits);
         let idle = limits.reuse.idle_timeout;
         let key = (opts.timeout, opts.keepalive, idle);
@@ -215,7 +193,7 @@ impl AppClient {
             m.clear();
         }
         m.entry(key)
-            .or_insert_with(|| Arc::new(Clients::new(opts, idle)))
+            .or_insert_with(|| http1_client(opts, idle))
             .clone()
     }
 
@@ -225,19 +203,22 @@ impl AppClient {
     }
 
     /// Sends `req` to the local application at `addr`, over HTTP/2 if
-    /// `h2`. The request keeps its `Host` (HTTP/1.1); the URI is pointed
-    /// at `addr`.
+    /// `h2`. The request keeps its `Host` (HTTP/1.1) or authority
+    /// (HTTP/2); the connection goes to `addr`.
     pub async fn send(
         &self,
         addr: SocketAddr,
         h2: bool,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, Flag> {
+    ) -> Result<Response<Body>, Flag> {
         let unlimited = Reuse {
             max_requests: None,
             idle_timeout: Some(APP_IDLE_TIMEOUT),
         };
-        self.request(&self.default, addr, h2, &unlimited, req).await
+        if h2 {
+            return self.h2c(addr, &self.opts, &unlimited, req).await;
+        }
+        http1(&self.default, addr, &unlimited, req).await
     }
 
     /// [`AppClient::send`] to an endpoint without an agent, of a cluster
@@ -250,71 +231,99 @@ impl AppClient {
         h2: bool,
         limits: &Limits,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, Flag> {
-        let clients = self.clients(limits);
-        self.request(&clients, addr, h2, &limits.reuse, req).await
+    ) -> Result<Response<Body>, Flag> {
+        if h2 {
+            let opts = self.opts.for_cluster(limits);
+            return self.h2c(addr, &opts, &limits.reuse, req).await;
+        }
+        http1(&self.http1(limits), addr, &limits.reuse, req).await
     }
 
-    async fn request(
+    async fn h2c(
         &self,
-        clients: &Clients,
         addr: SocketAddr,
-        h2: bool,
+        opts: &ConnectOpts,
         reuse: &Reuse,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, Flag> {
-        let path = req
+    ) -> Result<Response<Body>, Flag> {
+        // The authority the request is for (HTTP/2 has no `Host`); only
+        // the connection goes to `addr`.
+        let authority = req
             .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri: Uri = format!("http://{addr}{path}")
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                let host = req.headers_mut().remove(header::HOST)?;
+                host.to_str().ok().map(str::to_string)
+            })
+            .unwrap_or_else(|| addr.to_string());
+        req.headers_mut().remove(header::HOST);
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        *req.uri_mut() = format!("http://{authority}{path}")
             .parse()
             .map_err(|_| Flag::DownstreamProtocolError)?;
-        *req.uri_mut() = uri;
-        let client = if h2 {
-            *req.version_mut() = Version::HTTP_2;
-            &clients.http2
-        } else {
-            *req.version_mut() = Version::HTTP_11;
-            &clients.http1
-        };
-        // Counted as soon as hyper has picked the connection, before the
-        // request is written: an HTTP/1.1 connection goes back to the pool
-        // only at the response's end, and an HTTP/2 one is marked before
-        // more streams are likely to take it.
-        let mut conn = capture_connection(&mut req);
-        let send = client.request(req);
-        tokio::pin!(send);
-        let picked = tokio::select! {
-            biased;
-            c = conn.wait_for_connection_metadata() => {
-                if let Some(c) = c.as_ref() {
-                    count_request(c, reuse);
-                }
-                None
-            }
-            sent = &mut send => Some(sent),
-        };
-        let sent = match picked {
-            Some(sent) => {
-                // Done before the pick was seen (or no connection).
-                if let Some(c) = conn.connection_metadata().as_ref() {
-                    count_request(c, reuse);
-                }
-                sent
-            }
-            None => send.await,
-        };
-        sent.map_err(|e| {
-            tracing::debug!(%addr, error = %trellis_identity::grpc::error_chain(&e), "request to the application failed");
-            if e.is_connect() {
-                Flag::UpstreamConnectFailure
-            } else {
-                Flag::UpstreamConnectionTermination
+        *req.version_mut() = Version::HTTP_2;
+        self.h2c.send(&addr, opts, reuse, req).await.map_err(|e| {
+            tracing::debug!(%addr, error = %e, "request to the application failed");
+            match e {
+                PoolError::Connect(_) | PoolError::Handshake { .. } => Flag::UpstreamConnectFailure,
+                PoolError::Request { .. } => Flag::UpstreamConnectionTermination,
             }
         })
     }
+}
+
+/// Sends `req` over HTTP/1.1 with `client`, to `addr`.
+async fn http1(
+    client: &Client<Connector, Body>,
+    addr: SocketAddr,
+    reuse: &Reuse,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, Flag> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri: Uri = format!("http://{addr}{path}")
+        .parse()
+        .map_err(|_| Flag::DownstreamProtocolError)?;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    // Counted as soon as hyper has picked the connection, before the
+    // request is written: the connection goes back to the pool only at the
+    // response's end.
+    let mut conn = capture_connection(&mut req);
+    let send = client.request(req);
+    tokio::pin!(send);
+    let picked = tokio::select! {
+        biased;
+        c = conn.wait_for_connection_metadata() => {
+            if let Some(c) = c.as_ref() {
+                count_request(c, reuse);
+            }
+            None
+        }
+        sent = &mut send => Some(sent),
+    };
+    let sent = match picked {
+        Some(sent) => {
+            // Done before the pick was seen (or no connection).
+            if let Some(c) = conn.connection_metadata().as_ref() {
+                count_request(c, reuse);
+            }
+            sent
+        }
+        None => send.await,
+    };
+    sent.map(|r| r.map(body::incoming)).map_err(|e| {
+        tracing::debug!(%addr, error = %trellis_identity::grpc::error_chain(&e), "request to the application failed");
+        if e.is_connect() {
+            Flag::UpstreamConnectFailure
+        } else {
+            Flag::UpstreamConnectionTermination
+        }
+    })
 }
 
 /// Counts a request on connection `c`; the one that reaches
@@ -360,47 +369,21 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
 
-    use std::sync::atomic::AtomicUsize;
-
     use http_body_util::BodyExt;
 
-    /// An HTTP/1.1 server on loopback, and the connections it accepted and
-    /// still has open.
-    struct Counting {
-        addr: SocketAddr,
-        accepted: Arc<AtomicUsize>,
-        open: Arc<AtomicUsize>,
-    }
+    use super::super::connect::{counting_server, eventually, Counting};
 
-    async fn counting_server() -> Counting {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let open = Arc::new(AtomicUsize::new(0));
-        let (a, o) = (accepted.clone(), open.clone());
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                a.fetch_add(1, Ordering::SeqCst);
-                o.fetch_add(1, Ordering::SeqCst);
-                let o = o.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_| async {
-                        Ok::<_, std::convert::Infallible>(
-                            Response::new(super::super::body::empty()),
-                        )
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                    o.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        Counting {
-            addr,
-            accepted,
-            open,
-        }
+    /// An HTTP/1.1 server on loopback answering `200` with no body.
+    async fn http1_server() -> Counting {
+        counting_server(|s| async move {
+            let svc = hyper::service::service_fn(|_| async {
+                Ok::<_, std::convert::Infallible>(Response::new(super::super::body::empty()))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        })
+        .await
     }
 
     fn app() -> AppClient {
@@ -429,17 +412,9 @@ mod tests {
         }
     }
 
-    async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !ok() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
     #[tokio::test]
     async fn a_plaintext_connection_carries_at_most_max_requests() {
-        let (limited, unlimited) = (counting_server().await, counting_server().await);
+        let (limited, unlimited) = (http1_server().await, http1_server().await);
         let app = app();
         let two = Reuse {
             max_requests: std::num::NonZeroU32::new(2),
@@ -462,7 +437,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_plaintext_connection_is_closed_after_the_idle_timeout() {
-        let (idle, kept) = (counting_server().await, counting_server().await);
+        let (idle, kept) = (http1_server().await, http1_server().await);
         let app = app();
         let short = Reuse {
             max_requests: None,
@@ -490,5 +465,50 @@ mod tests {
         );
         requests(&app, idle.addr, &short, 1).await;
         assert_eq!(idle.accepted.load(Ordering::SeqCst), 2, "a new connection");
+    }
+
+    /// An h2c server on loopback that answers every request with the
+    /// `:authority` and `Host` it got.
+    async fn h2c_server() -> Counting {
+        counting_server(|s| async move {
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                let host = req.headers().get(header::HOST);
+                let seen = format!(
+                    "{} {}",
+                    req.uri().authority().map_or("-", |a| a.as_str()),
+                    host.map_or("-", |h| h.to_str().unwrap())
+                );
+                let mut tx = respond.send_response(Response::new(()), false).unwrap();
+                tx.send_data(bytes::Bytes::from(seen), true).unwrap();
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn h2c_keeps_the_authority_and_shares_one_connection() {
+        let server = h2c_server().await;
+        let addr = server.addr;
+        let app = app();
+        let inbound = Request::get("http://reviews:9080/r")
+            .header(header::HOST, "reviews:9080")
+            .body(super::super::body::empty())
+            .unwrap();
+        let resp = app.send(addr, true, inbound).await.unwrap();
+        let seen = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(seen, "reviews:9080 -", "the authority, no Host beside it");
+        // An HTTP/1.1-style request (origin form and Host), to an endpoint.
+        let outbound = Request::get("/r")
+            .header(header::HOST, "ratings:9080")
+            .body(super::super::body::empty())
+            .unwrap();
+        let resp = app
+            .send_to_endpoint(addr, true, &Limits::default(), outbound)
+            .await
+            .unwrap();
+        let seen = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(seen, "ratings:9080 -", "Host becomes the authority");
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1, "one connection");
     }
 }

@@ -1,10 +1,12 @@
 //! Writes held back until the end of the runtime's turn, so that what
 //! several tasks write to one connection in a turn leaves in one system call.
 //!
-//! hyper sends an HTTP/2 request's HEADERS from the connection task and its
-//! DATA from a task of its own, and a response's trailers after its DATA:
-//! flushed as they come, a unary gRPC call costs two `writev` each way on
-//! every hop (and two wake-ups of the reader). [`Corked`] keeps what is
+//! An HTTP/2 connection's frames come from several tasks (the connection's
+//! own, and each stream's: hyper's server sends a response from the
+//! request's task, [`super::h2_stream`] a request from its caller's), and a
+//! response's trailers often come after its DATA, in a later poll: flushed
+//! as they come, a unary gRPC call cost two `writev` each way on every hop
+//! (and two wake-ups of the reader). [`Corked`] keeps what is
 //! written; the first flush that finds data yields the task instead (it
 //! wakes itself, so the runtime runs the tasks already queued, which add
 //! their frames), and the next flush writes everything at once. Envoy

@@ -70,7 +70,9 @@ pub async fn send<H: Send + Sync + Unpin + 'static>(
     if let Some(mut c) = cancel {
         c.0.take();
     }
-    let length = content_length(response.headers());
+    // As hyper: a response that ended with its head has no body.
+    let length =
+        content_length(response.headers()).or_else(|| response.body().is_end_stream().then_some(0));
     Ok(response.map(|recv| {
         RecvBody {
             recv,
@@ -146,7 +148,7 @@ impl Pipe {
                     }
                 },
                 Some(Err(e)) => {
-                    self.tx.send_reset(Reason::INTERNAL_ERROR);
+                    self.tx.send_reset(reset_reason(&*e));
                     return Poll::Ready(Err(e));
                 }
                 None => {
@@ -156,6 +158,20 @@ impl Pipe {
             }
         }
     }
+}
+
+/// The code to reset a stream with for a body that failed with `e`: the
+/// one its own stream was reset with (a gRPC client's CANCEL reaches the
+/// server as CANCEL), else INTERNAL_ERROR.
+fn reset_reason(e: &(dyn std::error::Error + 'static)) -> Reason {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(r) = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return r;
+        }
+        next = e.source();
+    }
+    Reason::INTERNAL_ERROR
 }
 
 impl Future for Pipe {
@@ -207,6 +223,16 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// The end of a response body reset with `e`: RST_STREAM(NO_ERROR) is the
+/// server saying it needs no more of the request (RFC 9113, 8.1), which
+/// ends the response as hyper ends it; any other code is an error.
+fn ended_or(e: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
+    if e.reason() == Some(Reason::NO_ERROR) {
+        return None;
+    }
+    Some(Err(e.into()))
+}
+
 /// A response body from a peer agent: its DATA (each chunk's window given
 /// back to the peer as it is read), then its trailers.
 struct RecvBody<H> {
@@ -236,14 +262,14 @@ impl<H: Unpin> hyper::body::Body for RecvBody<H> {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                Some(Err(e)) => return Poll::Ready(ended_or(e)),
                 None => me.data_done = true,
             }
         }
         match ready!(me.recv.poll_trailers(cx)) {
             Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
             Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
+            Err(e) => Poll::Ready(ended_or(e)),
         }
     }
 
@@ -394,5 +420,31 @@ mod tests {
                 .is_err(),
             "the body is no longer read"
         );
+    }
+
+    #[test]
+    fn a_failed_body_resets_with_the_code_it_was_reset_with() {
+        #[derive(Debug)]
+        struct Wrapped(h2::Error);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "body failed")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let cancelled: BoxError = Box::new(Wrapped(Reason::CANCEL.into()));
+        assert_eq!(reset_reason(&*cancelled), Reason::CANCEL);
+        let other: BoxError = "the client went away".into();
+        assert_eq!(reset_reason(&*other), Reason::INTERNAL_ERROR);
+    }
+
+    #[test]
+    fn a_response_reset_with_no_error_ends_and_any_other_code_fails() {
+        assert!(ended_or(Reason::NO_ERROR.into()).is_none());
+        assert!(matches!(ended_or(Reason::CANCEL.into()), Some(Err(_))));
     }
 }

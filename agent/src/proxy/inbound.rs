@@ -241,10 +241,7 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
             Err(_) => Err(Flag::UpstreamConnectFailure),
         }
     } else {
-        px.app
-            .send(px.app.addr(conn.port), h2, req)
-            .await
-            .map(|r| r.map(body::incoming))
+        px.app.send(px.app.addr(conn.port), h2, req).await
     };
     let resp = match result {
         Ok(mut resp) => {

@@ -38,7 +38,7 @@ pub struct Proxy {
     pub mesh: Shared<Mesh>,
     /// This agent's workload, as metric labels name it.
     pub me: Arc<Workload>,
-    pub pool: pool::Pool,
+    pub pool: pool::Pool<pool::Peers>,
     pub app: app::AppClient,
     pub opts: connect::ConnectOpts,
     /// The port other agents' inbound listeners are on.

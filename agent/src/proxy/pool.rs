@@ -1,9 +1,11 @@
-//! Pooled HTTP/2 connections to other agents: one mTLS connection per
-//! (peer address, SNI, expected identity), shared by every request to that
-//! peer, reopened when it breaks, retired after `maxRequestsPerConnection`
-//! requests (streams), and closed when idle (no stream open) for
-//! `idleTimeout`.
+//! Pooled HTTP/2 connections: to other agents, one mTLS connection per
+//! (peer address, SNI, expected identity) ([`Peers`]); to h2c endpoints and
+//! the local application, one plaintext connection per address
+//! ([`Plain`]). Each is shared by every request to that key, reopened when
+//! it breaks, retired after `maxRequestsPerConnection` requests (streams),
+//! and closed when idle (no stream open) for `idleTimeout`.
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -14,6 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use trellis_identity::SpiffeId;
 
 use super::body::Body;
@@ -227,29 +232,76 @@ impl<K: Eq + Hash, S: Clone> Conns<K, S> {
     }
 }
 
-type Shared = Arc<Mutex<Conns<PeerKey, SendRequest<Bytes>>>>;
+/// How a [`Pool`] opens its connections, and what it keys them by.
+pub trait Dial: Send + Sync {
+    type Key: Clone + Eq + Hash + Send + Sync + 'static;
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
-/// HTTP/2 connections to peers.
-pub struct Pool {
-    tls: Arc<MeshTls>,
-    conns: Shared,
+    fn addr(key: &Self::Key) -> SocketAddr;
+
+    /// A new connection to `key`, ready for HTTP/2.
+    fn dial(
+        &self,
+        key: &Self::Key,
+        opts: &ConnectOpts,
+    ) -> impl Future<Output = Result<Self::Io, ConnectError>> + Send;
+}
+
+/// mTLS to other agents, ALPN `h2`, the peer's SPIFFE identity verified.
+pub struct Peers(pub Arc<MeshTls>);
+
+impl Dial for Peers {
+    type Key = PeerKey;
+    type Io = TlsStream<TcpStream>;
+
+    fn addr(key: &PeerKey) -> SocketAddr {
+        key.addr
+    }
+
+    async fn dial(&self, key: &PeerKey, opts: &ConnectOpts) -> Result<Self::Io, ConnectError> {
+        connect::mtls(&self.0, key.addr, &key.sni, &key.identity, ALPN_H2, opts).await
+    }
+}
+
+/// Plaintext HTTP/2 with prior knowledge (h2c), to an address.
+pub struct Plain;
+
+impl Dial for Plain {
+    type Key = SocketAddr;
+    type Io = TcpStream;
+
+    fn addr(key: &SocketAddr) -> SocketAddr {
+        *key
+    }
+
+    async fn dial(&self, key: &SocketAddr, opts: &ConnectOpts) -> Result<TcpStream, ConnectError> {
+        connect::tcp(*key, opts).await
+    }
+}
+
+type Shared<K> = Arc<Mutex<Conns<K, SendRequest<Bytes>>>>;
+
+/// HTTP/2 connections, opened by `D`.
+pub struct Pool<D: Dial> {
+    dial: D,
+    conns: Shared<D::Key>,
     next_id: AtomicU64,
 }
 
-impl Pool {
-    pub fn new(tls: Arc<MeshTls>) -> Self {
+impl<D: Dial> Pool<D> {
+    pub fn new(dial: D) -> Self {
         Self {
-            tls,
+            dial,
             conns: Arc::new(Mutex::new(Conns::new())),
             next_id: AtomicU64::new(0),
         }
     }
 
-    /// Sends `req` to the peer, on a pooled connection or a new one opened
+    /// Sends `req` to `key`, on a pooled connection or a new one opened
     /// with `opts`, reused as `reuse` allows.
     pub async fn send(
         &self,
-        key: &PeerKey,
+        key: &D::Key,
         opts: &ConnectOpts,
         reuse: &Reuse,
         req: Request<Body>,
@@ -259,7 +311,7 @@ impl Pool {
         h2_stream::send(&mut sender, req, stream)
             .await
             .map_err(|source| PoolError::Request {
-                addr: key.addr,
+                addr: D::addr(key),
                 source,
             })
     }
@@ -276,7 +328,7 @@ impl Pool {
 
     async fn sender(
         &self,
-        key: &PeerKey,
+        key: &D::Key,
         opts: &ConnectOpts,
         reuse: &Reuse,
     ) -> Result<(SendRequest<Bytes>, Option<Stream>), PoolError> {
@@ -296,30 +348,17 @@ impl Pool {
     /// it) when `reuse` allows.
     async fn open(
         &self,
-        key: &PeerKey,
+        key: &D::Key,
         opts: &ConnectOpts,
         reuse: &Reuse,
     ) -> Result<(SendRequest<Bytes>, Option<Stream>), PoolError> {
-        let tls =
-            connect::mtls(&self.tls, key.addr, &key.sni, &key.identity, ALPN_H2, opts).await?;
-        let handshake = h2_builder().handshake(Corked::client(tls, true)).await;
-        let (sender, mut conn) = handshake.map_err(|source| PoolError::Handshake {
-            addr: key.addr,
-            source,
-        })?;
-        let pings = conn.ping_pong();
+        let io = self.dial.dial(key, opts).await?;
+        let addr = D::addr(key);
+        let handshake = h2_builder().handshake(Corked::client(io, true)).await;
+        let (sender, conn) = handshake.map_err(|source| PoolError::Handshake { addr, source })?;
         // Once every handle is dropped (the connection left the pool and
         // its last request ended), h2 closes it.
-        let addr = key.addr;
-        tokio::spawn(async move {
-            let closed = tokio::select! {
-                r = conn => r.map_err(|e| e.to_string()),
-                e = keep_alive(pings) => Err(e),
-            };
-            if let Err(e) = closed {
-                tracing::debug!(%addr, error = %e, "connection to peer agent closed");
-            }
-        });
+        tokio::spawn(drive(conn, addr));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let stream = self
             .lock()
@@ -330,12 +369,12 @@ impl Pool {
         Ok((sender, stream))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Conns<PeerKey, SendRequest<Bytes>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns<D::Key, SendRequest<Bytes>>> {
         lock(&self.conns)
     }
 }
 
-fn lock(conns: &Shared) -> std::sync::MutexGuard<'_, Conns<PeerKey, SendRequest<Bytes>>> {
+fn lock<K>(conns: &Shared<K>) -> std::sync::MutexGuard<'_, Conns<K, SendRequest<Bytes>>> {
     conns.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -361,6 +400,22 @@ fn h2_builder() -> h2::client::Builder {
     b
 }
 
+/// Runs connection `conn` (to `addr`) until it closes: when every handle to
+/// it is dropped (h2 then closes it), it breaks, or a PING goes unanswered.
+async fn drive<T>(mut conn: h2::client::Connection<T, Bytes>, addr: SocketAddr)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let pings = conn.ping_pong();
+    let closed = tokio::select! {
+        r = &mut conn => r.map_err(|e| e.to_string()),
+        e = keep_alive(pings) => Err(e),
+    };
+    if let Err(e) = closed {
+        tracing::debug!(%addr, error = %e, "pooled HTTP/2 connection closed");
+    }
+}
+
 /// Pings the peer every [`KEEP_ALIVE_INTERVAL`]; returns why the
 /// connection is dead (a PING unanswered in [`KEEP_ALIVE_TIMEOUT`]), or
 /// never if there are no pings to send.
@@ -381,7 +436,7 @@ async fn keep_alive(pings: Option<h2::PingPong>) -> String {
 /// Takes connection `id` out of the pool once it has had no stream open
 /// for `idle`; h2 then closes it.
 /// Ends early if the connection leaves the pool another way.
-async fn close_when_idle(conns: Shared, key: PeerKey, id: u64, idle: Duration) {
+async fn close_when_idle<K: Eq + Hash>(conns: Shared<K>, key: K, id: u64, idle: Duration) {
     loop {
         let next = lock(&conns).expire_idle(&key, id, idle, Instant::now());
         match next {
@@ -389,7 +444,7 @@ async fn close_when_idle(conns: Shared, key: PeerKey, id: u64, idle: Duration) {
             None => break,
         }
     }
-    tracing::debug!(addr = %key.addr, "pooled connection to peer agent idle, closed");
+    tracing::debug!("pooled HTTP/2 connection idle, closed");
 }
 
 #[cfg(test)]
@@ -508,5 +563,105 @@ mod tests {
         assert_eq!(pool.len(), 1);
         let never = unlimited();
         assert_eq!(got(pool.checkout(&"peer", &never, at(9000))), Some((3, 3)));
+    }
+
+    use http_body_util::BodyExt;
+
+    use crate::proxy::body;
+    use crate::proxy::connect::{counting_server, eventually, Counting};
+
+    /// An h2c server on loopback with the protocol's default 64 KB windows,
+    /// answering each request with its body.
+    async fn echo_server() -> Counting {
+        counting_server(|s| async move {
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                tokio::spawn(async move {
+                    let mut recv = req.into_body();
+                    let mut got = Vec::new();
+                    while let Some(Ok(d)) = recv.data().await {
+                        let _ = recv.flow_control().release_capacity(d.len());
+                        got.extend_from_slice(&d);
+                    }
+                    let mut tx = respond.send_response(Response::new(()), false).unwrap();
+                    tx.send_data(Bytes::from(got), true).unwrap();
+                });
+            }
+        })
+        .await
+    }
+
+    fn opts() -> ConnectOpts {
+        ConnectOpts {
+            timeout: Duration::from_secs(5),
+            mark: None,
+            keepalive: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_larger_than_the_windows_go_both_ways_and_a_spent_connection_closes() {
+        let server = echo_server().await;
+        let pool = Pool::new(Plain);
+        let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let req = Request::post("http://echo/e")
+            .body(body::full(big.clone()))
+            .unwrap();
+        let exchange = async {
+            let resp = pool
+                .send(&server.addr, &opts(), &max(1), req)
+                .await
+                .unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes()
+        };
+        let echoed = tokio::time::timeout(Duration::from_secs(20), exchange)
+            .await
+            .expect("stalled: a window not given back");
+        assert!(
+            echoed == big,
+            "{} bytes back of {}",
+            echoed.len(),
+            big.len()
+        );
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+        // Its one request done and not pooled, the connection is closed.
+        assert!(pool.is_empty());
+        eventually("the connection closed", || {
+            server.open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+    }
+
+    /// A client connection over an in-memory pipe to a server that answers
+    /// PINGs (`answers`) or stops reading after the handshake; the task
+    /// driving it.
+    async fn driven(answers: bool) -> (SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
+        let (c, s) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            if answers {
+                while conn.accept().await.is_some() {}
+            } else {
+                std::future::pending::<()>().await;
+            }
+            drop(conn);
+        });
+        let (sender, conn) = h2_builder().handshake(c).await.unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        (sender, tokio::spawn(drive(conn, addr)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_ping_closes_the_connection_and_an_answered_one_does_not() {
+        let (healthy, healthy_conn) = driven(true).await;
+        let (silent, silent_conn) = driven(false).await;
+        tokio::time::sleep(KEEP_ALIVE_INTERVAL + KEEP_ALIVE_TIMEOUT - Duration::from_secs(1)).await;
+        assert!(!silent_conn.is_finished(), "not before the PING's timeout");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(silent_conn.is_finished(), "closed after the PING's timeout");
+        assert!(silent.ready().await.is_err(), "and unusable");
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert!(!healthy_conn.is_finished(), "pings answered: kept");
+        assert!(healthy.ready().await.is_ok());
     }
 }

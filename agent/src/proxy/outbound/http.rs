@@ -574,7 +574,7 @@ async fn send_one(
                 authority,
             );
             let sent = px.app.send_to_endpoint(ep.addr, h2, limits, req).await;
-            sent.map(|r| r.map(body::incoming)).map_err(|f| match f {
+            sent.map_err(|f| match f {
                 Flag::UpstreamConnectFailure => Outcome::ConnectFailure,
                 _ => Outcome::Reset,
             })
