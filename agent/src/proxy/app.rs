@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use super::body::{self, Body};
 use super::connect::{self, ConnectOpts, Keepalive};
 use super::flags::Flag;
-use super::pool::{Plain, Pool, PoolError, Reuse};
+use super::pool::{Plain, PlainKey, Pool, PoolError, Reuse};
 use crate::mesh::cluster::Limits;
 
 /// Clients for the local application and plaintext endpoints.
@@ -41,10 +41,10 @@ pub struct AppClient {
     /// idle timeout: all are fixed when a client is built, so each
     /// DestinationRule `connectTimeout`, `tcpKeepalive` and `idleTimeout`
     /// in use has its own (and its own connection pool).
-    by_timeouts: Mutex<HashMap<ClientsKey, Client<Connector, Body>>>,
-    /// h2c connections, to the application and to endpoints, by address;
-    /// as to a peer agent, a connection has the connect options of the
-    /// request that opened it.
+    /// Shared, so a request holds 8 bytes of one across its await.
+    by_timeouts: Mutex<HashMap<ClientsKey, Arc<Client<Connector, Body>>>>,
+    /// h2c connections, to the application and to endpoints, by address
+    /// and the same three settings.
     h2c: Pool<Plain>,
 }
 
@@ -183,8 +183,8 @@ impl AppClient {
 
     /// The HTTP/1.1 client to the endpoints of a cluster with these
     /// limits (its connect timeout, `None`: the agent-wide one; its
-    /// keepalive; its idle timeout, `None`: none). A clone shares the pool.
-    fn http1(&self, limits: &Limits) -> Client<Connector, Body> {
+    /// keepalive; its idle timeout, `None`: none).
+    fn http1(&self, limits: &Limits) -> Arc<Client<Connector, Body>> {
         let opts = self.opts.for_cluster(limits);
         let idle = limits.reuse.idle_timeout;
         let key = (opts.timeout, opts.keepalive, idle);
@@ -193,7 +193,7 @@ impl AppClient {
             m.clear();
         }
         m.entry(key)
-            .or_insert_with(|| http1_client(opts, idle))
+            .or_insert_with(|| Arc::new(http1_client(opts, idle)))
             .clone()
     }
 
@@ -246,24 +246,28 @@ impl AppClient {
         reuse: &Reuse,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, Flag> {
-        // The authority the request is for (HTTP/2 has no `Host`); only
-        // the connection goes to `addr`.
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| {
-                let host = req.headers_mut().remove(header::HOST)?;
-                host.to_str().ok().map(str::to_string)
-            })
-            .unwrap_or_else(|| addr.to_string());
-        req.headers_mut().remove(header::HOST);
+        // The authority the request is for (HTTP/2 has no `Host`), else
+        // the address; only the connection goes to `addr`.
+        let host = req.headers_mut().remove(header::HOST);
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        *req.uri_mut() = format!("http://{authority}{path}")
-            .parse()
-            .map_err(|_| Flag::DownstreamProtocolError)?;
+        let uri = |authority: &str| format!("http://{authority}{path}").parse::<Uri>().ok();
+        let uri = match req.uri().authority() {
+            Some(a) => uri(a.as_str()),
+            None => host.as_ref().and_then(|h| uri(h.to_str().ok()?)),
+        };
+        let uri = match uri {
+            Some(u) => u,
+            None => uri_for(addr, &req)?,
+        };
+        *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_2;
-        self.h2c.send(&addr, opts, reuse, req).await.map_err(|e| {
+        let key = PlainKey {
+            addr,
+            timeout: opts.timeout,
+            keepalive: opts.keepalive,
+            idle: reuse.idle_timeout,
+        };
+        self.h2c.send(&key, opts, reuse, req).await.map_err(|e| {
             tracing::debug!(%addr, error = %e, "request to the application failed");
             match e {
                 PoolError::Connect(_) | PoolError::Handshake { .. } => Flag::UpstreamConnectFailure,
@@ -273,6 +277,14 @@ impl AppClient {
     }
 }
 
+/// `req`'s path at `addr`.
+fn uri_for<B>(addr: SocketAddr, req: &Request<B>) -> Result<Uri, Flag> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{addr}{path}")
+        .parse()
+        .map_err(|_| Flag::DownstreamProtocolError)
+}
+
 /// Sends `req` over HTTP/1.1 with `client`, to `addr`.
 async fn http1(
     client: &Client<Connector, Body>,
@@ -280,15 +292,7 @@ async fn http1(
     reuse: &Reuse,
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Flag> {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let uri: Uri = format!("http://{addr}{path}")
-        .parse()
-        .map_err(|_| Flag::DownstreamProtocolError)?;
-    *req.uri_mut() = uri;
+    *req.uri_mut() = uri_for(addr, &req)?;
     *req.version_mut() = Version::HTTP_11;
     // Counted as soon as hyper has picked the connection, before the
     // request is written: the connection goes back to the pool only at the
@@ -487,7 +491,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn h2c_keeps_the_authority_and_shares_one_connection() {
+    async fn h2c_keeps_the_authority_and_a_clusters_requests_share_a_connection() {
         let server = h2c_server().await;
         let addr = server.addr;
         let app = app();
@@ -509,6 +513,31 @@ mod tests {
             .unwrap();
         let seen = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(seen, "ratings:9080 -", "Host becomes the authority");
-        assert_eq!(server.accepted.load(Ordering::SeqCst), 1, "one connection");
+        // A Host that is no authority: the address instead.
+        let odd = Request::get("/r")
+            .header(header::HOST, "not an authority")
+            .body(super::super::body::empty())
+            .unwrap();
+        let resp = app
+            .send_to_endpoint(addr, true, &Limits::default(), odd)
+            .await
+            .unwrap();
+        let seen = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(seen, format!("{addr} -"));
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            2,
+            "one for the application, one for the cluster"
+        );
+        // A cluster with its own connect timeout: its own connection.
+        let own = Limits {
+            connect_timeout: Some(Duration::from_secs(3)),
+            ..Limits::default()
+        };
+        let req = Request::get("/r")
+            .body(super::super::body::empty())
+            .unwrap();
+        app.send_to_endpoint(addr, true, &own, req).await.unwrap();
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 3);
     }
 }

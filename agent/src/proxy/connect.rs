@@ -161,9 +161,6 @@ pub async fn mtls(
     }
 }
 
-/// A loopback address whose connects hang, as a blackholed one's do: a
-/// listener with a backlog of 0 and one connection already queued, which
-/// Linux answers by dropping further SYNs. Keep what it returns alive.
 /// Waits until `ok`, failing the test (naming `what`) after 5 s.
 #[cfg(test)]
 pub(crate) async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
@@ -215,6 +212,9 @@ where
     server
 }
 
+/// A loopback address whose connects hang, as a blackholed one's do: a
+/// listener with a backlog of 0 and one connection already queued, which
+/// Linux answers by dropping further SYNs. Keep what it returns alive.
 #[cfg(test)]
 pub(crate) fn unanswered() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
     let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

@@ -58,18 +58,14 @@ impl<T> Corked<T> {
         }
     }
 
-    /// Corked if `h2`, otherwise writes go straight through.
-    pub fn client(inner: T, h2: bool) -> Self {
-        Self::with(inner, if h2 { Mode::Cork } else { Mode::Through })
+    /// A client's HTTP/2 connection: corked.
+    pub fn client(inner: T) -> Self {
+        Self::with(inner, Mode::Cork)
     }
 
     /// Corked if the client's first bytes are HTTP/2's preface.
     pub fn server(inner: T) -> Self {
         Self::with(inner, Mode::Sniff)
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 }
 
@@ -228,7 +224,7 @@ mod tests {
     #[tokio::test]
     async fn writes_before_a_flush_leave_in_one_write_after_a_yield() {
         let (c, mut s) = pair().await;
-        let mut w = Corked::client(Counting::new(c), true);
+        let mut w = Corked::client(Counting::new(c));
         w.write_all(b"HEADERS ").await.unwrap();
         w.write_all(b"DATA ").await.unwrap();
         assert_eq!(w.inner.writes, 0, "held until the flush");
@@ -255,7 +251,7 @@ mod tests {
     #[tokio::test]
     async fn a_flush_with_nothing_held_does_not_yield_and_big_writes_go_through() {
         let (c, mut s) = pair().await;
-        let mut w = Corked::client(Counting::new(c), true);
+        let mut w = Corked::client(Counting::new(c));
         let flushed = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut w).poll_flush(cx)));
         assert!(flushed.await.is_ready());
         let big = vec![7u8; HOLD_MAX + 1];

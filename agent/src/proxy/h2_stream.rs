@@ -1,5 +1,5 @@
-//! One request on a pooled HTTP/2 connection to a peer agent, driven with
-//! `h2` itself rather than through hyper's client.
+//! One request on a pooled HTTP/2 connection ([`super::pool`]), driven
+//! with `h2` itself rather than through hyper's client.
 //!
 //! hyper's client passes each request through a channel to a dispatch task,
 //! which opens the stream and spawns one more task per request to await the
@@ -161,13 +161,23 @@ impl Pipe {
 }
 
 /// The code to reset a stream with for a body that failed with `e`: the
-/// one its own stream was reset with (a gRPC client's CANCEL reaches the
-/// server as CANCEL), else INTERNAL_ERROR.
+/// one the body's own stream was reset with (a gRPC client's CANCEL
+/// reaches the server as CANCEL; NO_ERROR, which would make a cut-off
+/// upload look whole, as CANCEL), else INTERNAL_ERROR. A connection's
+/// GOAWAY code is not the stream's.
 fn reset_reason(e: &(dyn std::error::Error + 'static)) -> Reason {
     let mut next = Some(e);
     while let Some(e) = next {
-        if let Some(r) = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
-            return r;
+        if let Some(r) = e
+            .downcast_ref::<h2::Error>()
+            .filter(|e| !e.is_go_away())
+            .and_then(h2::Error::reason)
+        {
+            return if r == Reason::NO_ERROR {
+                Reason::CANCEL
+            } else {
+                r
+            };
         }
         next = e.source();
     }
@@ -180,7 +190,7 @@ impl Future for Pipe {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         self.get_mut().step(cx).map(|r| {
             if let Err(e) = r {
-                tracing::debug!(error = %e, "request body to peer agent not sent whole");
+                tracing::debug!(error = %e, "request body not sent whole");
             }
         })
     }
@@ -233,7 +243,7 @@ fn ended_or(e: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
     Some(Err(e.into()))
 }
 
-/// A response body from a peer agent: its DATA (each chunk's window given
+/// A response body: its DATA (each chunk's window given
 /// back to the peer as it is read), then its trailers.
 struct RecvBody<H> {
     recv: RecvStream,
@@ -438,6 +448,8 @@ mod tests {
         }
         let cancelled: BoxError = Box::new(Wrapped(Reason::CANCEL.into()));
         assert_eq!(reset_reason(&*cancelled), Reason::CANCEL);
+        let done: BoxError = Box::new(Wrapped(Reason::NO_ERROR.into()));
+        assert_eq!(reset_reason(&*done), Reason::CANCEL, "never NO_ERROR");
         let other: BoxError = "the client went away".into();
         assert_eq!(reset_reason(&*other), Reason::INTERNAL_ERROR);
     }

@@ -1,7 +1,8 @@
 //! Pooled HTTP/2 connections: to other agents, one mTLS connection per
 //! (peer address, SNI, expected identity) ([`Peers`]); to h2c endpoints and
 //! the local application, one plaintext connection per address
-//! ([`Plain`]). Each is shared by every request to that key, reopened when
+//! and connection settings ([`Plain`]). Each is shared by every request to
+//! that key, reopened when
 //! it breaks, retired after `maxRequestsPerConnection` requests (streams),
 //! and closed when idle (no stream open) for `idleTimeout`.
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use tokio_rustls::client::TlsStream;
 use trellis_identity::SpiffeId;
 
 use super::body::Body;
-use super::connect::{self, ConnectError, ConnectOpts};
+use super::connect::{self, ConnectError, ConnectOpts, Keepalive};
 use super::cork::Corked;
 use super::h2_stream;
 use crate::tls::{MeshTls, ALPN_H2};
@@ -237,6 +238,9 @@ pub trait Dial: Send + Sync {
     type Key: Clone + Eq + Hash + Send + Sync + 'static;
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
+    /// Whether its connections are PINGed (see [`KEEP_ALIVE_INTERVAL`]).
+    const PINGS: bool;
+
     fn addr(key: &Self::Key) -> SocketAddr;
 
     /// A new connection to `key`, ready for HTTP/2.
@@ -253,6 +257,7 @@ pub struct Peers(pub Arc<MeshTls>);
 impl Dial for Peers {
     type Key = PeerKey;
     type Io = TlsStream<TcpStream>;
+    const PINGS: bool = true;
 
     fn addr(key: &PeerKey) -> SocketAddr {
         key.addr
@@ -263,19 +268,34 @@ impl Dial for Peers {
     }
 }
 
-/// Plaintext HTTP/2 with prior knowledge (h2c), to an address.
+/// Plaintext HTTP/2 with prior knowledge (h2c), to an address. Not
+/// PINGed: gRPC servers take a client's PINGs while no data flows as
+/// abuse (grpc-go allows one per 5 minutes, then closes the connection
+/// with `too_many_pings`), and hyper's client, used before, sent none.
 pub struct Plain;
 
-impl Dial for Plain {
-    type Key = SocketAddr;
-    type Io = TcpStream;
+/// Where an h2c connection goes, and the settings it was opened with:
+/// each cluster's connect timeout, keepalive and idle timeout get
+/// connections of their own, as with HTTP/1.1.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PlainKey {
+    pub addr: SocketAddr,
+    pub timeout: Duration,
+    pub keepalive: Option<Keepalive>,
+    pub idle: Option<Duration>,
+}
 
-    fn addr(key: &SocketAddr) -> SocketAddr {
-        *key
+impl Dial for Plain {
+    type Key = PlainKey;
+    type Io = TcpStream;
+    const PINGS: bool = false;
+
+    fn addr(key: &PlainKey) -> SocketAddr {
+        key.addr
     }
 
-    async fn dial(&self, key: &SocketAddr, opts: &ConnectOpts) -> Result<TcpStream, ConnectError> {
-        connect::tcp(*key, opts).await
+    async fn dial(&self, key: &PlainKey, opts: &ConnectOpts) -> Result<TcpStream, ConnectError> {
+        connect::tcp(key.addr, opts).await
     }
 }
 
@@ -354,17 +374,18 @@ impl<D: Dial> Pool<D> {
     ) -> Result<(SendRequest<Bytes>, Option<Stream>), PoolError> {
         let io = self.dial.dial(key, opts).await?;
         let addr = D::addr(key);
-        let handshake = h2_builder().handshake(Corked::client(io, true)).await;
+        let handshake = h2_builder().handshake(Corked::client(io)).await;
         let (sender, conn) = handshake.map_err(|source| PoolError::Handshake { addr, source })?;
         // Once every handle is dropped (the connection left the pool and
         // its last request ended), h2 closes it.
-        tokio::spawn(drive(conn, addr));
+        tokio::spawn(drive(conn, addr, D::PINGS));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let stream = self
             .lock()
             .insert(key.clone(), sender.clone(), id, reuse, Instant::now());
         if let (Some(_), Some(idle)) = (&stream, reuse.idle_timeout) {
-            tokio::spawn(close_when_idle(self.conns.clone(), key.clone(), id, idle));
+            let conns = self.conns.clone();
+            tokio::spawn(close_when_idle(conns, key.clone(), addr, id, idle));
         }
         Ok((sender, stream))
     }
@@ -401,12 +422,13 @@ fn h2_builder() -> h2::client::Builder {
 }
 
 /// Runs connection `conn` (to `addr`) until it closes: when every handle to
-/// it is dropped (h2 then closes it), it breaks, or a PING goes unanswered.
-async fn drive<T>(mut conn: h2::client::Connection<T, Bytes>, addr: SocketAddr)
+/// it is dropped (h2 then closes it), it breaks, or (if `ping`) a PING goes
+/// unanswered.
+async fn drive<T>(mut conn: h2::client::Connection<T, Bytes>, addr: SocketAddr, ping: bool)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let pings = conn.ping_pong();
+    let pings = if ping { conn.ping_pong() } else { None };
     let closed = tokio::select! {
         r = &mut conn => r.map_err(|e| e.to_string()),
         e = keep_alive(pings) => Err(e),
@@ -436,7 +458,13 @@ async fn keep_alive(pings: Option<h2::PingPong>) -> String {
 /// Takes connection `id` out of the pool once it has had no stream open
 /// for `idle`; h2 then closes it.
 /// Ends early if the connection leaves the pool another way.
-async fn close_when_idle<K: Eq + Hash>(conns: Shared<K>, key: K, id: u64, idle: Duration) {
+async fn close_when_idle<K: Eq + Hash>(
+    conns: Shared<K>,
+    key: K,
+    addr: SocketAddr,
+    id: u64,
+    idle: Duration,
+) {
     loop {
         let next = lock(&conns).expire_idle(&key, id, idle, Instant::now());
         match next {
@@ -444,7 +472,7 @@ async fn close_when_idle<K: Eq + Hash>(conns: Shared<K>, key: K, id: u64, idle: 
             None => break,
         }
     }
-    tracing::debug!("pooled HTTP/2 connection idle, closed");
+    tracing::debug!(%addr, "pooled HTTP/2 connection idle, closed");
 }
 
 #[cfg(test)]
@@ -570,6 +598,15 @@ mod tests {
     use crate::proxy::body;
     use crate::proxy::connect::{counting_server, eventually, Counting};
 
+    fn plain(addr: SocketAddr) -> PlainKey {
+        PlainKey {
+            addr,
+            timeout: Duration::from_secs(5),
+            keepalive: None,
+            idle: None,
+        }
+    }
+
     /// An h2c server on loopback with the protocol's default 64 KB windows,
     /// answering each request with its body.
     async fn echo_server() -> Counting {
@@ -609,7 +646,7 @@ mod tests {
             .unwrap();
         let exchange = async {
             let resp = pool
-                .send(&server.addr, &opts(), &max(1), req)
+                .send(&plain(server.addr), &opts(), &max(1), req)
                 .await
                 .unwrap();
             resp.into_body().collect().await.unwrap().to_bytes()
@@ -634,8 +671,11 @@ mod tests {
 
     /// A client connection over an in-memory pipe to a server that answers
     /// PINGs (`answers`) or stops reading after the handshake; the task
-    /// driving it.
-    async fn driven(answers: bool) -> (SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
+    /// driving it, PINGing if `ping`.
+    async fn driven(
+        answers: bool,
+        ping: bool,
+    ) -> (SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
         let (c, s) = tokio::io::duplex(1 << 16);
         tokio::spawn(async move {
             let mut conn = h2::server::handshake(s).await.unwrap();
@@ -648,13 +688,15 @@ mod tests {
         });
         let (sender, conn) = h2_builder().handshake(c).await.unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
-        (sender, tokio::spawn(drive(conn, addr)))
+        (sender, tokio::spawn(drive(conn, addr, ping)))
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_ping_closes_the_connection_and_an_answered_one_does_not() {
-        let (healthy, healthy_conn) = driven(true).await;
-        let (silent, silent_conn) = driven(false).await;
+        let (healthy, healthy_conn) = driven(true, Peers::PINGS).await;
+        let (silent, silent_conn) = driven(false, Peers::PINGS).await;
+        // An h2c application is not PINGed: gRPC servers punish that.
+        let (app, app_conn) = driven(false, Plain::PINGS).await;
         tokio::time::sleep(KEEP_ALIVE_INTERVAL + KEEP_ALIVE_TIMEOUT - Duration::from_secs(1)).await;
         assert!(!silent_conn.is_finished(), "not before the PING's timeout");
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -663,5 +705,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(120)).await;
         assert!(!healthy_conn.is_finished(), "pings answered: kept");
         assert!(healthy.ready().await.is_ok());
+        assert!(!app_conn.is_finished(), "no PING, so no timeout");
+        assert!(app.ready().await.is_ok());
     }
 }
