@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::uri::Authority;
 use http::{header, Extensions, Request, Response, Uri, Version};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{capture_connection, Connected, Connection};
@@ -249,17 +250,25 @@ impl AppClient {
         // The authority the request is for (HTTP/2 has no `Host`), else
         // the address; only the connection goes to `addr`.
         let host = req.headers_mut().remove(header::HOST);
+        // Parsed as an authority alone: a `Host` such as `a/b` must not
+        // reach the path.
+        let authority = req.uri().authority().cloned().or_else(|| {
+            host.as_ref()
+                .and_then(|h| h.to_str().ok()?.parse::<Authority>().ok())
+        });
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri = |authority: &str| format!("http://{authority}{path}").parse::<Uri>().ok();
-        let uri = match req.uri().authority() {
-            Some(a) => uri(a.as_str()),
-            None => host.as_ref().and_then(|h| uri(h.to_str().ok()?)),
-        };
-        let uri = match uri {
+        let uri = authority.and_then(|a| {
+            Uri::builder()
+                .scheme("http")
+                .authority(a)
+                .path_and_query(path)
+                .build()
+                .ok()
+        });
+        *req.uri_mut() = match uri {
             Some(u) => u,
             None => uri_for(addr, &req)?,
         };
-        *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_2;
         let key = PlainKey {
             addr,
@@ -472,16 +481,17 @@ mod tests {
     }
 
     /// An h2c server on loopback that answers every request with the
-    /// `:authority` and `Host` it got.
+    /// `:authority`, `Host` and path it got.
     async fn h2c_server() -> Counting {
         counting_server(|s| async move {
             let mut conn = h2::server::handshake(s).await.unwrap();
             while let Some(Ok((req, mut respond))) = conn.accept().await {
                 let host = req.headers().get(header::HOST);
                 let seen = format!(
-                    "{} {}",
+                    "{} {} {}",
                     req.uri().authority().map_or("-", |a| a.as_str()),
-                    host.map_or("-", |h| h.to_str().unwrap())
+                    host.map_or("-", |h| h.to_str().unwrap()),
+                    req.uri().path()
                 );
                 let mut tx = respond.send_response(Response::new(()), false).unwrap();
                 tx.send_data(bytes::Bytes::from(seen), true).unwrap();
@@ -501,7 +511,10 @@ mod tests {
             .unwrap();
         let resp = app.send(addr, true, inbound).await.unwrap();
         let seen = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(seen, "reviews:9080 -", "the authority, no Host beside it");
+        assert_eq!(
+            seen, "reviews:9080 - /r",
+            "the authority, no Host beside it"
+        );
         // An HTTP/1.1-style request (origin form and Host), to an endpoint.
         let outbound = Request::get("/r")
             .header(header::HOST, "ratings:9080")
@@ -512,18 +525,21 @@ mod tests {
             .await
             .unwrap();
         let seen = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(seen, "ratings:9080 -", "Host becomes the authority");
-        // A Host that is no authority: the address instead.
-        let odd = Request::get("/r")
-            .header(header::HOST, "not an authority")
-            .body(super::super::body::empty())
-            .unwrap();
-        let resp = app
-            .send_to_endpoint(addr, true, &Limits::default(), odd)
-            .await
-            .unwrap();
-        let seen = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(seen, format!("{addr} -"));
+        assert_eq!(seen, "ratings:9080 - /r", "Host becomes the authority");
+        // A Host that is no authority: the address instead, and the path
+        // as it was.
+        for odd in ["not an authority", "evil/x"] {
+            let req = Request::get("/r")
+                .header(header::HOST, odd)
+                .body(super::super::body::empty())
+                .unwrap();
+            let resp = app
+                .send_to_endpoint(addr, true, &Limits::default(), req)
+                .await
+                .unwrap();
+            let seen = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(seen, format!("{addr} - /r"), "Host {odd:?}");
+        }
         assert_eq!(
             server.accepted.load(Ordering::SeqCst),
             2,
