@@ -334,6 +334,13 @@ mod tests {
         (got, r.trailers().await.unwrap())
     }
 
+    /// The code the stream `recv` reads from is reset with (within 5 s).
+    async fn reset_code(recv: &mut RecvStream) -> Option<Reason> {
+        let next = tokio::time::timeout(Duration::from_secs(5), recv.data());
+        let err = next.await.expect("reset, not left open").unwrap();
+        err.unwrap_err().reason()
+    }
+
     /// A body fed through a channel, as a body streaming from a client.
     fn channel_body() -> (mpsc::UnboundedSender<Frame<Bytes>>, Body) {
         let (tx, rx) = mpsc::unbounded_channel::<Frame<Bytes>>();
@@ -418,18 +425,47 @@ mod tests {
         assert!(gave_up.is_err(), "no response yet");
         let (req, _respond) = requests.recv().await.unwrap();
         let mut recv = req.into_body();
-        let err = tokio::time::timeout(Duration::from_secs(5), recv.data())
-            .await
-            .expect("reset, not left open")
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(err.reason(), Some(Reason::CANCEL), "{err}");
+        assert_eq!(reset_code(&mut recv).await, Some(Reason::CANCEL));
         assert!(
             chunks
                 .send(Frame::data(Bytes::from_static(b"late")))
                 .is_err(),
             "the body is no longer read"
         );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_cancels_its_upload_cancels_the_upstream_stream() {
+        // Downstream: a client whose request body is relayed upstream, as
+        // the agent relays one body into the next hop's stream.
+        let (mut client, mut downstream) = pair().await;
+        let (mut sender, mut upstream) = pair().await;
+        let (resp, mut upload) = client
+            .send_request(Request::post("http://echo/e").body(()).unwrap(), false)
+            .unwrap();
+        upload
+            .send_data(Bytes::from_static(b"part"), false)
+            .unwrap();
+        let (req, _respond) = downstream.recv().await.unwrap();
+        let (head, recv) = req.into_parts();
+        let relayed = RecvBody {
+            recv,
+            data_done: false,
+            length: None,
+            _hold: (),
+        }
+        .boxed();
+        let relay =
+            tokio::spawn(
+                async move { send(&mut sender, Request::from_parts(head, relayed), ()).await },
+            );
+        let (req, _respond_up) = upstream.recv().await.unwrap();
+        let mut recv = req.into_body();
+        assert_eq!(recv.data().await.unwrap().unwrap(), "part");
+        upload.send_reset(Reason::CANCEL);
+        assert_eq!(reset_code(&mut recv).await, Some(Reason::CANCEL));
+        relay.abort();
+        drop(resp);
     }
 
     #[test]
