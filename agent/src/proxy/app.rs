@@ -26,9 +26,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::body::{self, Body};
-use super::connect::{self, ConnectOpts, Keepalive};
+use super::connect::{self, ConnectOpts};
 use super::flags::Flag;
-use super::pool::{Plain, PlainKey, Pool, PoolError, Reuse};
+use super::pool::{Plain, PlainKey, Pool, PoolError, Reuse, Settings};
 use crate::mesh::cluster::Limits;
 
 /// Clients for the local application and plaintext endpoints.
@@ -43,7 +43,7 @@ pub struct AppClient {
     /// DestinationRule `connectTimeout`, `tcpKeepalive` and `idleTimeout`
     /// in use has its own (and its own connection pool).
     /// Shared, so a request holds 8 bytes of one across its await.
-    by_timeouts: Mutex<HashMap<ClientsKey, Arc<Client<Connector, Body>>>>,
+    by_timeouts: Mutex<HashMap<Settings, Arc<Client<Connector, Body>>>>,
     /// h2c connections, to the application and to endpoints, by address
     /// and the same three settings.
     h2c: Pool<Plain>,
@@ -132,10 +132,6 @@ impl Write for Upstream {
     }
 }
 
-/// What the clients to endpoints differ by: connect timeout, keepalive,
-/// idle timeout.
-type ClientsKey = (Duration, Option<Keepalive>, Option<Duration>);
-
 /// hyper's connector over [`connect::tcp`]. The URIs it is given name an
 /// IP address and port (see [`AppClient::send_to_endpoint`]).
 #[derive(Clone, Debug)]
@@ -188,7 +184,7 @@ impl AppClient {
     fn http1(&self, limits: &Limits) -> Arc<Client<Connector, Body>> {
         let opts = self.opts.for_cluster(limits);
         let idle = limits.reuse.idle_timeout;
-        let key = (opts.timeout, opts.keepalive, idle);
+        let key = Settings::new(&opts, idle);
         let mut m = self.by_timeouts.lock().unwrap_or_else(|p| p.into_inner());
         if !m.contains_key(&key) && m.len() >= MAX_TIMEOUTS {
             m.clear();
@@ -272,9 +268,7 @@ impl AppClient {
         *req.version_mut() = Version::HTTP_2;
         let key = PlainKey {
             addr,
-            timeout: opts.timeout,
-            keepalive: opts.keepalive,
-            idle: reuse.idle_timeout,
+            settings: Settings::new(opts, reuse.idle_timeout),
         };
         self.h2c.send(&key, opts, reuse, req).await.map_err(|e| {
             tracing::debug!(%addr, error = %e, "request to the application failed");
@@ -515,29 +509,27 @@ mod tests {
             seen, "reviews:9080 - /r",
             "the authority, no Host beside it"
         );
-        // An HTTP/1.1-style request (origin form and Host), to an endpoint.
-        let outbound = Request::get("/r")
-            .header(header::HOST, "ratings:9080")
-            .body(super::super::body::empty())
-            .unwrap();
-        let resp = app
-            .send_to_endpoint(addr, true, &Limits::default(), outbound)
-            .await
-            .unwrap();
-        let seen = resp.into_body().collect().await.unwrap().to_bytes();
+        // An HTTP/1.1-style request (origin form and Host), to an endpoint:
+        // what the server saw.
+        let with_host = |host: &'static str| {
+            let req = Request::get("/r")
+                .header(header::HOST, host)
+                .body(super::super::body::empty())
+                .unwrap();
+            let app = &app;
+            async move {
+                let limits = Limits::default();
+                let resp = app.send_to_endpoint(addr, true, &limits, req).await;
+                let resp = resp.unwrap();
+                resp.into_body().collect().await.unwrap().to_bytes()
+            }
+        };
+        let seen = with_host("ratings:9080").await;
         assert_eq!(seen, "ratings:9080 - /r", "Host becomes the authority");
         // A Host that is no authority: the address instead, and the path
         // as it was.
         for odd in ["not an authority", "evil/x"] {
-            let req = Request::get("/r")
-                .header(header::HOST, odd)
-                .body(super::super::body::empty())
-                .unwrap();
-            let resp = app
-                .send_to_endpoint(addr, true, &Limits::default(), req)
-                .await
-                .unwrap();
-            let seen = resp.into_body().collect().await.unwrap().to_bytes();
+            let seen = with_host(odd).await;
             assert_eq!(seen, format!("{addr} - /r"), "Host {odd:?}");
         }
         assert_eq!(

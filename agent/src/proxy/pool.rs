@@ -1,10 +1,10 @@
 //! Pooled HTTP/2 connections: to other agents, one mTLS connection per
 //! (peer address, SNI, expected identity) ([`Peers`]); to h2c endpoints and
-//! the local application, one plaintext connection per address
-//! and connection settings ([`Plain`]). Each is shared by every request to
-//! that key, reopened when
-//! it breaks, retired after `maxRequestsPerConnection` requests (streams),
-//! and closed when idle (no stream open) for `idleTimeout`.
+//! the local application, one plaintext connection per address and
+//! [`Settings`] ([`Plain`]). Each is shared by every request to its key,
+//! reopened when it breaks, retired after `maxRequestsPerConnection`
+//! requests (streams), and closed when idle (no stream open) for
+//! `idleTimeout`.
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
@@ -238,7 +238,7 @@ pub trait Dial: Send + Sync {
     type Key: Clone + Eq + Hash + Send + Sync + 'static;
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
-    /// Whether its connections are PINGed (see [`KEEP_ALIVE_INTERVAL`]).
+    /// Whether its connections are PINGed (every 30 s, see `keep_alive`).
     const PINGS: bool;
 
     fn addr(key: &Self::Key) -> SocketAddr;
@@ -274,15 +274,32 @@ impl Dial for Peers {
 /// with `too_many_pings`), and hyper's client, used before, sent none.
 pub struct Plain;
 
-/// Where an h2c connection goes, and the settings it was opened with:
-/// each cluster's connect timeout, keepalive and idle timeout get
-/// connections of their own, as with HTTP/1.1.
+/// What a cluster's plaintext connections differ by, beyond their
+/// address: connect timeout, keepalive, idle timeout. Each combination in
+/// use gets connections of its own, over HTTP/1.1 ([`super::app`]) and h2c.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Settings {
+    timeout: Duration,
+    keepalive: Option<Keepalive>,
+    idle: Option<Duration>,
+}
+
+impl Settings {
+    /// Connections opened with `opts` and closed after `idle` idle.
+    pub fn new(opts: &ConnectOpts, idle: Option<Duration>) -> Self {
+        Self {
+            timeout: opts.timeout,
+            keepalive: opts.keepalive,
+            idle,
+        }
+    }
+}
+
+/// Where an h2c connection goes, and the settings it was opened with.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PlainKey {
     pub addr: SocketAddr,
-    pub timeout: Duration,
-    pub keepalive: Option<Keepalive>,
-    pub idle: Option<Duration>,
+    pub settings: Settings,
 }
 
 impl Dial for Plain {
@@ -601,9 +618,7 @@ mod tests {
     fn plain(addr: SocketAddr) -> PlainKey {
         PlainKey {
             addr,
-            timeout: Duration::from_secs(5),
-            keepalive: None,
-            idle: None,
+            settings: Settings::new(&opts(), None),
         }
     }
 
