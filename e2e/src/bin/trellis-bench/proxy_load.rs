@@ -78,6 +78,12 @@ pub struct PhaseResult {
     /// Requests answered with success: scheduled in the window (open
     /// loop) or completed in it (closed loop).
     pub ok: u64,
+    /// Requests answered with success within the window, whenever they
+    /// were scheduled: the work the CPU time of the window paid for. Equal
+    /// to `ok` but for the requests in flight at the window's edges, unless
+    /// the target falls behind the rate: then its queue grows, and fewer
+    /// are answered in the window than were scheduled in it.
+    pub served: u64,
     /// Failed or timed-out requests, counted like `ok`.
     pub errors: u64,
     pub first_error: Option<String>,
@@ -95,11 +101,49 @@ impl PhaseResult {
         self.ok as f64 / self.window.as_secs_f64()
     }
 
-    /// CPU time of watched process `i` per successful request.
+    /// CPU time of watched process `i` over the window per request
+    /// served in it.
     pub fn cpu_per_request(&self, i: usize) -> Option<Duration> {
         let cpu = self.cpu.get(i)?;
-        (self.ok > 0).then(|| cpu.div_f64(self.ok as f64))
+        (self.served > 0).then(|| cpu.div_f64(self.served as f64))
     }
+
+    /// Counts one request, sent (or scheduled, in open loop) at `sent` and
+    /// answered at `done`, against the measured window [`from`, `until`).
+    fn record(&mut self, window: Window, sent: Instant, done: Instant, r: Result<(), String>) {
+        let in_window = done >= window.from && done < window.until;
+        if in_window && r.is_ok() {
+            self.served += 1;
+        }
+        let counted = if window.open_loop {
+            sent >= window.from
+        } else {
+            in_window
+        };
+        if !counted {
+            return;
+        }
+        match r {
+            Ok(()) => {
+                self.ok += 1;
+                self.latencies.push(done - sent);
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// The measured window of a phase.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    from: Instant,
+    until: Instant,
+    /// Requests are sent on a schedule: a request counts by when it was
+    /// scheduled, not when it was answered.
+    open_loop: bool,
 }
 
 /// A client of one worker: its own HTTP/1.1 connection, or a handle on a
@@ -199,9 +243,14 @@ pub async fn run(addr: SocketAddr, phase: &Phase, pids: &[u32]) -> anyhow::Resul
         Pace::Rate(rate) => Some(Arc::new(Mutex::new(pace(rate, start, until)))),
         Pace::Max => None,
     };
+    let window = Window {
+        from,
+        until,
+        open_loop: queue.is_some(),
+    };
     let mut workers = JoinSet::new();
     for client in clients {
-        workers.spawn(work(client, queue.clone(), from, until));
+        workers.spawn(work(client, queue.clone(), window));
     }
     drop(queue);
     let watch = tokio::spawn(watch(pids.to_vec(), from, until));
@@ -214,6 +263,7 @@ pub async fn run(addr: SocketAddr, phase: &Phase, pids: &[u32]) -> anyhow::Resul
         while let Some(seen) = workers.join_next().await {
             let seen = seen.context("a load worker panicked")?;
             total.ok += seen.ok;
+            total.served += seen.served;
             total.errors += seen.errors;
             total.first_error = total.first_error.take().or(seen.first_error);
             total.latencies.extend(seen.latencies);
@@ -275,49 +325,34 @@ fn pace(rate: u32, start: Instant, until: Instant) -> mpsc::UnboundedReceiver<In
 }
 
 /// One worker: takes scheduled instants from `queue` (open loop) or sends
-/// back to back until `until` (closed loop).
+/// back to back until the window ends (closed loop).
 async fn work(
     mut client: Client,
     queue: Option<Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>>,
-    from: Instant,
-    until: Instant,
+    window: Window,
 ) -> PhaseResult {
     let mut seen = PhaseResult::default();
     loop {
-        let scheduled = match &queue {
+        let sent = match &queue {
             Some(q) => match q.lock().await.recv().await {
                 Some(at) => at,
                 None => break,
             },
-            None if Instant::now() >= until => break,
+            None if Instant::now() >= window.until => break,
             None => Instant::now(),
         };
-        let r = tokio::time::timeout(REQUEST_TIMEOUT, client.call()).await;
-        let done = Instant::now();
-        let counted = match queue {
-            Some(_) => scheduled >= from,
-            None => done >= from && done <= until,
+        let r = match tokio::time::timeout(REQUEST_TIMEOUT, client.call()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
         };
-        if !counted {
-            continue;
-        }
-        match r {
-            Ok(Ok(())) => {
-                seen.ok += 1;
-                seen.latencies.push(done - scheduled);
-            }
-            Ok(Err(e)) => failed(&mut seen, e).await,
-            Err(_) => failed(&mut seen, format!("no answer within {REQUEST_TIMEOUT:?}")).await,
+        let failed = r.is_err();
+        seen.record(window, sent, Instant::now(), r);
+        if failed {
+            // A failing target answers at once: do not spin on it.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     seen
-}
-
-async fn failed(seen: &mut PhaseResult, error: String) {
-    seen.errors += 1;
-    seen.first_error.get_or_insert(error);
-    // A failing target answers at once: do not spin on it.
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
 /// CPU time of `pids` and of the machine between `from` and `until`.
@@ -364,16 +399,56 @@ mod tests {
     #[test]
     fn cpu_per_request() {
         let r = PhaseResult {
-            ok: 10_000,
+            ok: 9_000,
+            served: 10_000,
             window: Duration::from_secs(10),
             cpu: vec![Duration::from_secs(1), Duration::from_millis(500)],
             ..Default::default()
         };
-        assert_eq!(r.per_second(), 1000.0);
+        assert_eq!(r.per_second(), 900.0);
         assert_eq!(r.cpu_per_request(0), Some(Duration::from_micros(100)));
         assert_eq!(r.cpu_per_request(1), Some(Duration::from_micros(50)));
         assert_eq!(r.cpu_per_request(2), None);
         let none = PhaseResult::default();
         assert_eq!(none.cpu_per_request(0), None);
+    }
+
+    #[test]
+    fn a_request_counts_by_its_schedule_and_its_cpu_by_when_it_was_served() {
+        let from = Instant::now();
+        let until = from + Duration::from_secs(10);
+        let ms = |n| from + Duration::from_millis(n);
+        let before = from - Duration::from_millis(500);
+        let open = Window {
+            from,
+            until,
+            open_loop: true,
+        };
+        let mut r = PhaseResult::default();
+        // Scheduled before the window, answered in it: served, not counted.
+        r.record(open, before, ms(100), Ok(()));
+        // Scheduled in it, answered after it (a queue that grew): counted,
+        // not served.
+        r.record(open, ms(9_000), ms(12_000), Ok(()));
+        // Both in it.
+        r.record(open, ms(1_000), ms(1_002), Ok(()));
+        // A failure is counted, never served.
+        r.record(open, ms(2_000), ms(2_001), Err("refused".into()));
+        assert_eq!((r.ok, r.served, r.errors), (2, 2, 1));
+        assert_eq!(
+            r.latencies,
+            [Duration::from_millis(3_000), Duration::from_millis(2)]
+        );
+        assert_eq!(r.first_error.as_deref(), Some("refused"));
+
+        let closed = Window {
+            open_loop: false,
+            ..open
+        };
+        let mut r = PhaseResult::default();
+        r.record(closed, before, ms(100), Ok(()));
+        r.record(closed, ms(9_000), ms(12_000), Ok(()));
+        assert_eq!((r.ok, r.served), (1, 1));
+        assert_eq!(r.latencies, [Duration::from_millis(600)]);
     }
 }

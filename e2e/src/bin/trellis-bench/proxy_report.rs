@@ -388,6 +388,7 @@ mod tests {
     fn phase(lat_us: u64, ok: u64, cpu_ms: [u64; 2]) -> PhaseResult {
         PhaseResult {
             ok,
+            served: ok,
             window: Duration::from_secs(10),
             latencies: vec![Duration::from_micros(lat_us); 100],
             cpu: cpu_ms.iter().map(|&m| Duration::from_millis(m)).collect(),
