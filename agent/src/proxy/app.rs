@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use super::body::{self, Body};
 use super::connect::{self, ConnectOpts};
 use super::flags::Flag;
-use super::pool::{Plain, PlainKey, Pool, PoolError, Reuse, Settings};
+use super::pool::{Plain, PlainKey, Pool, Reuse, Settings};
 use crate::mesh::cluster::Limits;
 
 /// Clients for the local application and plaintext endpoints.
@@ -272,9 +272,10 @@ impl AppClient {
         };
         self.h2c.send(&key, opts, reuse, req).await.map_err(|e| {
             tracing::debug!(%addr, error = %e, "request to the application failed");
-            match e {
-                PoolError::Connect(_) | PoolError::Handshake { .. } => Flag::UpstreamConnectFailure,
-                PoolError::Request { .. } => Flag::UpstreamConnectionTermination,
+            if e.before_sent() {
+                Flag::UpstreamConnectFailure
+            } else {
+                Flag::UpstreamConnectionTermination
             }
         })
     }

@@ -19,6 +19,7 @@ use h2::client::SendRequest;
 use http::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
 use trellis_identity::SpiffeId;
 
@@ -72,6 +73,21 @@ pub enum PoolError {
     /// connection broke: Envoy's `reset`.
     #[error("request to {addr} failed: {source}")]
     Request { addr: SocketAddr, source: h2::Error },
+    /// The connection this request waited for, being opened for a
+    /// concurrent request to the same key, failed to open (why: `0`).
+    #[error("{0} (a connection concurrent requests waited for)")]
+    Shared(Arc<str>),
+}
+
+impl PoolError {
+    /// Whether the request failed before it was sent: no connection could
+    /// be opened for it (Envoy's `connect-failure`), rather than a reset.
+    pub fn before_sent(&self) -> bool {
+        match self {
+            PoolError::Connect(_) | PoolError::Handshake { .. } | PoolError::Shared(_) => true,
+            PoolError::Request { .. } => false,
+        }
+    }
 }
 
 /// One pooled connection: its handle, an id telling it from the one that
@@ -318,11 +334,41 @@ impl Dial for Plain {
 
 type Shared<K> = Arc<Mutex<Conns<K, SendRequest<Bytes>>>>;
 
+/// How a connection being opened ended, for the requests waiting for it:
+/// `None` while it is being opened; `Some(Ok)` opened and pooled;
+/// `Some(Err)` failed, and why.
+type Opened = Option<Result<(), Arc<str>>>;
+
 /// HTTP/2 connections, opened by `D`.
 pub struct Pool<D: Dial> {
     dial: D,
     conns: Shared<D::Key>,
+    /// The connections being opened, by key: a request that finds none
+    /// pooled waits for the one being opened rather than opening its own,
+    /// so a burst of requests to a new endpoint opens one connection.
+    opening: Mutex<HashMap<D::Key, watch::Receiver<Opened>>>,
     next_id: AtomicU64,
+}
+
+/// The request opening a connection for its key: when it is done, or
+/// dropped on the way (its request given up), the key is free to open
+/// again and the waiting requests are told.
+struct Opener<'a, K: Eq + Hash> {
+    opening: &'a Mutex<HashMap<K, watch::Receiver<Opened>>>,
+    key: &'a K,
+    tx: watch::Sender<Opened>,
+}
+
+impl<K: Eq + Hash> Drop for Opener<'_, K> {
+    fn drop(&mut self) {
+        let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        if opening
+            .get(self.key)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
+            opening.remove(self.key);
+        }
+    }
 }
 
 impl<D: Dial> Pool<D> {
@@ -330,6 +376,7 @@ impl<D: Dial> Pool<D> {
         Self {
             dial,
             conns: Arc::new(Mutex::new(Conns::new())),
+            opening: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         }
     }
@@ -369,16 +416,84 @@ impl<D: Dial> Pool<D> {
         opts: &ConnectOpts,
         reuse: &Reuse,
     ) -> Result<(SendRequest<Bytes>, Option<Stream>), PoolError> {
-        let existing = self.lock().checkout(key, reuse, Instant::now());
-        if let Some((s, id, stream)) = existing {
-            if let Ok(s) = s.ready().await {
-                return Ok((s, Some(stream)));
-            }
-            self.lock().remove(key, id);
+        if let Some(got) = self.pooled(key, reuse).await {
+            return Ok(got);
         }
         // Boxed: the TLS and HTTP/2 handshakes are the rare path, and left
         // inline their state would make every request's future larger.
-        Box::pin(self.open(key, opts, reuse)).await
+        Box::pin(self.opened(key, opts, reuse)).await
+    }
+
+    /// The pooled connection to `key`, ready for one more stream, if there
+    /// is one that works.
+    async fn pooled(
+        &self,
+        key: &D::Key,
+        reuse: &Reuse,
+    ) -> Option<(SendRequest<Bytes>, Option<Stream>)> {
+        let (s, id, stream) = self.lock().checkout(key, reuse, Instant::now())?;
+        match s.ready().await {
+            Ok(s) => Some((s, Some(stream))),
+            Err(_) => {
+                self.lock().remove(key, id);
+                None
+            }
+        }
+    }
+
+    /// A connection to `key` for a request that found none pooled: the one
+    /// another request is opening, once it is open, or else a new one.
+    async fn opened(
+        &self,
+        key: &D::Key,
+        opts: &ConnectOpts,
+        reuse: &Reuse,
+    ) -> Result<(SendRequest<Bytes>, Option<Stream>), PoolError> {
+        // A connection for one request only is not shared.
+        if reuse.max_requests.is_some_and(|m| m.get() <= 1) {
+            return self.open(key, opts, reuse).await;
+        }
+        loop {
+            let mut rx = match self.wait_or_open(key) {
+                Ok(rx) => rx,
+                Err(tx) => {
+                    let opener = Opener {
+                        opening: &self.opening,
+                        key,
+                        tx,
+                    };
+                    let opened = self.open(key, opts, reuse).await;
+                    let outcome = opened.as_ref().map(drop).map_err(|e| e.to_string().into());
+                    opener.tx.send_replace(Some(outcome));
+                    return opened;
+                }
+            };
+            match rx.wait_for(Option::is_some).await.map(|o| o.clone()) {
+                Ok(Some(Err(why))) => return Err(PoolError::Shared(why)),
+                // Opened: take it from the pool, unless the requests before
+                // this one took all it may carry (then open or wait again).
+                Ok(_) => {
+                    if let Some(got) = self.pooled(key, reuse).await {
+                        return Ok(got);
+                    }
+                }
+                // The request opening it was given up: try again.
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The connection to `key` being opened, to wait for; or, if none is,
+    /// the sender by which this request, now opening one, tells the
+    /// requests that come to wait for it how that went.
+    fn wait_or_open(&self, key: &D::Key) -> Result<watch::Receiver<Opened>, watch::Sender<Opened>> {
+        let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = opening.get(key) {
+            return Ok(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        opening.insert(key.clone(), rx);
+        Err(tx)
     }
 
     /// A new connection to `key`, pooled (with the first stream's hold on
@@ -722,5 +837,143 @@ mod tests {
         assert!(healthy.ready().await.is_ok());
         assert!(!app_conn.is_finished(), "no PING, so no timeout");
         assert!(app.ready().await.is_ok());
+    }
+
+    /// Dials in-memory pipes to an h2 server answering 200, after `delay`
+    /// (or fails after it, if `fails`), counting its dials: a stand-in for
+    /// the network, so that requests are sure to overlap a dial in flight.
+    struct SlowDial {
+        delay: Duration,
+        fails: bool,
+        dials: AtomicU64,
+    }
+
+    impl SlowDial {
+        fn new(delay: Duration, fails: bool) -> Arc<Pool<SlowDial>> {
+            let dials = AtomicU64::new(0);
+            Arc::new(Pool::new(SlowDial {
+                delay,
+                fails,
+                dials,
+            }))
+        }
+    }
+
+    impl Dial for SlowDial {
+        type Key = SocketAddr;
+        type Io = tokio::io::DuplexStream;
+        const PINGS: bool = false;
+
+        fn addr(key: &SocketAddr) -> SocketAddr {
+            *key
+        }
+
+        async fn dial(&self, key: &SocketAddr, _: &ConnectOpts) -> Result<Self::Io, ConnectError> {
+            self.dials.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            if self.fails {
+                return Err(ConnectError::Timeout {
+                    addr: *key,
+                    after: self.delay,
+                });
+            }
+            let (c, s) = tokio::io::duplex(1 << 16);
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(s).await.unwrap();
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    let _ = respond.send_response(Response::new(()), true);
+                }
+            });
+            Ok(c)
+        }
+    }
+
+    /// `n` requests at once through `pool` to one key, each given up after
+    /// `within`.
+    async fn burst(
+        pool: &Arc<Pool<SlowDial>>,
+        n: usize,
+        reuse: Reuse,
+        within: Duration,
+    ) -> Vec<Option<Result<http::StatusCode, PoolError>>> {
+        let key = SocketAddr::from(([127, 0, 0, 1], 9));
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (pool, reuse) = (pool.clone(), reuse.clone());
+                tokio::spawn(async move {
+                    let req = Request::get("http://echo/").body(body::empty()).unwrap();
+                    let opts = opts();
+                    let sent = pool.send(&key, &opts, &reuse, req);
+                    let r = tokio::time::timeout(within, sent).await.ok()?;
+                    Some(r.map(|resp| resp.status()))
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn requests_that_find_no_connection_share_the_one_being_opened() {
+        let long = Duration::from_secs(10);
+        let pool = SlowDial::new(Duration::from_millis(50), false);
+        let got = burst(&pool, 20, unlimited(), long).await;
+        assert!(
+            got.iter()
+                .all(|r| matches!(r, Some(Ok(s)) if s.is_success())),
+            "{got:?}"
+        );
+        assert_eq!(pool.dial.dials.load(Ordering::SeqCst), 1, "one connection");
+        assert_eq!(pool.len(), 1);
+
+        // Connections for one request each are not shared.
+        let single = SlowDial::new(Duration::from_millis(50), false);
+        let got = burst(&single, 5, max(1), long).await;
+        assert!(got.iter().all(|r| matches!(r, Some(Ok(_)))), "{got:?}");
+        assert_eq!(single.dial.dials.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_for_a_connection_that_fails_fail_as_connect_failures() {
+        let pool = SlowDial::new(Duration::from_millis(50), true);
+        let got = burst(&pool, 10, unlimited(), Duration::from_secs(10)).await;
+        assert_eq!(pool.dial.dials.load(Ordering::SeqCst), 1, "one attempt");
+        let errors: Vec<_> = got
+            .into_iter()
+            .map(|r| r.expect("answered").expect_err("failed"))
+            .collect();
+        assert!(errors.iter().all(PoolError::before_sent), "{errors:?}");
+        let shared = errors
+            .iter()
+            .filter(|e| matches!(e, PoolError::Shared(why) if why.contains("timed out")))
+            .count();
+        assert_eq!(shared, 9, "{errors:?}");
+        // The failure is not remembered: the next request tries again.
+        burst(&pool, 1, unlimited(), Duration::from_secs(10)).await;
+        assert_eq!(pool.dial.dials.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_on_one_given_up_while_opening_opens_its_own() {
+        let pool = SlowDial::new(Duration::from_millis(200), false);
+        let key = SocketAddr::from(([127, 0, 0, 1], 9));
+        // The first request opens the connection and is given up at 50 ms,
+        // before the dial ends; the second, waiting for it, opens another.
+        let first = burst(&pool, 1, unlimited(), Duration::from_millis(50));
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let req = Request::get("http://echo/").body(body::empty()).unwrap();
+            pool.send(&key, &opts(), &unlimited(), req)
+                .await
+                .map(|r| r.status())
+        };
+        let (first, second) = tokio::join!(first, second);
+        assert!(matches!(first[..], [None]), "given up: {first:?}");
+        assert!(matches!(second, Ok(s) if s.is_success()), "{second:?}");
+        assert_eq!(pool.dial.dials.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.len(), 1);
     }
 }

@@ -21,7 +21,6 @@ use super::super::body::{self, Body};
 use super::super::flags::Flag;
 use super::super::headers::{authority, retarget, strip_hop_by_hop};
 use super::super::inbound::PEER_METADATA;
-use super::super::pool::PoolError;
 use super::super::{connect, ensure_request_id, trace, upgrade, Proxy};
 use super::ConnTarget;
 use crate::mesh::cluster::{Cluster, HashOn, LbPolicy};
@@ -556,9 +555,10 @@ async fn send_one(
             let sent = px.pool.send(key, &opts, &limits.reuse, req).await;
             sent.map_err(|e| {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "request to peer failed");
-                match e {
-                    PoolError::Connect(_) | PoolError::Handshake { .. } => Outcome::ConnectFailure,
-                    PoolError::Request { .. } => Outcome::Reset,
+                if e.before_sent() {
+                    Outcome::ConnectFailure
+                } else {
+                    Outcome::Reset
                 }
             })
         }
