@@ -350,6 +350,14 @@ pub struct Pool<D: Dial> {
     next_id: AtomicU64,
 }
 
+/// What a request that found no pooled connection does.
+enum Turn {
+    /// Waits for the connection being opened.
+    Wait(watch::Receiver<Opened>),
+    /// Opens one, and tells those who wait for it how that went.
+    Open(watch::Sender<Opened>),
+}
+
 /// The request opening a connection for its key: when it is done, or
 /// dropped on the way (its request given up), the key is free to open
 /// again and the waiting requests are told.
@@ -359,8 +367,11 @@ struct Opener<'a, K: Eq + Hash> {
     tx: watch::Sender<Opened>,
 }
 
-impl<K: Eq + Hash> Drop for Opener<'_, K> {
-    fn drop(&mut self) {
+impl<K: Eq + Hash> Opener<'_, K> {
+    /// Takes the connection off the list of those being opened (`outcome`
+    /// `None`: given up) and tells the requests waiting for it, under one
+    /// lock, so that no request finds it listed once it is done.
+    fn finish(&self, outcome: Opened) {
         let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
         if opening
             .get(self.key)
@@ -368,6 +379,17 @@ impl<K: Eq + Hash> Drop for Opener<'_, K> {
         {
             opening.remove(self.key);
         }
+        if outcome.is_some() {
+            self.tx.send_replace(outcome);
+        }
+    }
+}
+
+impl<K: Eq + Hash> Drop for Opener<'_, K> {
+    fn drop(&mut self) {
+        // Given up (or done: then a second look that finds nothing). The
+        // waiters see the channel close and try again.
+        self.finish(None);
     }
 }
 
@@ -449,14 +471,16 @@ impl<D: Dial> Pool<D> {
         opts: &ConnectOpts,
         reuse: &Reuse,
     ) -> Result<(SendRequest<Bytes>, Option<Stream>), PoolError> {
-        // A connection for one request only is not shared.
-        if reuse.max_requests.is_some_and(|m| m.get() <= 1) {
+        // With a limit on the requests a connection carries, the requests
+        // that wait could outnumber what the one being opened may carry:
+        // each opens its own, side by side.
+        if reuse.max_requests.is_some() {
             return self.open(key, opts, reuse).await;
         }
         loop {
-            let mut rx = match self.wait_or_open(key) {
-                Ok(rx) => rx,
-                Err(tx) => {
+            let mut rx = match self.turn(key) {
+                Turn::Wait(rx) => rx,
+                Turn::Open(tx) => {
                     let opener = Opener {
                         opening: &self.opening,
                         key,
@@ -464,14 +488,14 @@ impl<D: Dial> Pool<D> {
                     };
                     let opened = self.open(key, opts, reuse).await;
                     let outcome = opened.as_ref().map(drop).map_err(|e| e.to_string().into());
-                    opener.tx.send_replace(Some(outcome));
+                    opener.finish(Some(outcome));
                     return opened;
                 }
             };
             match rx.wait_for(Option::is_some).await.map(|o| o.clone()) {
                 Ok(Some(Err(why))) => return Err(PoolError::Shared(why)),
-                // Opened: take it from the pool, unless the requests before
-                // this one took all it may carry (then open or wait again).
+                // Opened: take it from the pool (unless it broke at once:
+                // then open or wait again).
                 Ok(_) => {
                     if let Some(got) = self.pooled(key, reuse).await {
                         return Ok(got);
@@ -483,17 +507,16 @@ impl<D: Dial> Pool<D> {
         }
     }
 
-    /// The connection to `key` being opened, to wait for; or, if none is,
-    /// the sender by which this request, now opening one, tells the
-    /// requests that come to wait for it how that went.
-    fn wait_or_open(&self, key: &D::Key) -> Result<watch::Receiver<Opened>, watch::Sender<Opened>> {
+    /// What a request to `key` that found no pooled connection does: waits
+    /// for the one being opened, or opens one for others to wait for.
+    fn turn(&self, key: &D::Key) -> Turn {
         let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = opening.get(key) {
-            return Ok(rx.clone());
+            return Turn::Wait(rx.clone());
         }
         let (tx, rx) = watch::channel(None);
         opening.insert(key.clone(), rx);
-        Err(tx)
+        Turn::Open(tx)
     }
 
     /// A new connection to `key`, pooled (with the first stream's hold on
@@ -846,15 +869,19 @@ mod tests {
         delay: Duration,
         fails: bool,
         dials: AtomicU64,
+        /// Dials in flight now, and at most.
+        in_flight: AtomicU64,
+        peak: AtomicU64,
     }
 
     impl SlowDial {
         fn new(delay: Duration, fails: bool) -> Arc<Pool<SlowDial>> {
-            let dials = AtomicU64::new(0);
             Arc::new(Pool::new(SlowDial {
                 delay,
                 fails,
-                dials,
+                dials: AtomicU64::new(0),
+                in_flight: AtomicU64::new(0),
+                peak: AtomicU64::new(0),
             }))
         }
     }
@@ -870,7 +897,10 @@ mod tests {
 
         async fn dial(&self, key: &SocketAddr, _: &ConnectOpts) -> Result<Self::Io, ConnectError> {
             self.dials.fetch_add(1, Ordering::SeqCst);
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             if self.fails {
                 return Err(ConnectError::Timeout {
                     addr: *key,
@@ -916,7 +946,7 @@ mod tests {
         out
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn requests_that_find_no_connection_share_the_one_being_opened() {
         let long = Duration::from_secs(10);
         let pool = SlowDial::new(Duration::from_millis(50), false);
@@ -929,14 +959,17 @@ mod tests {
         assert_eq!(pool.dial.dials.load(Ordering::SeqCst), 1, "one connection");
         assert_eq!(pool.len(), 1);
 
-        // Connections for one request each are not shared.
-        let single = SlowDial::new(Duration::from_millis(50), false);
-        let got = burst(&single, 5, max(1), long).await;
-        assert!(got.iter().all(|r| matches!(r, Some(Ok(_)))), "{got:?}");
-        assert_eq!(single.dial.dials.load(Ordering::SeqCst), 5);
+        // With a limit on requests per connection, each request opens its
+        // own, side by side (not one after another, waiting in turn).
+        for limit in [1, 3] {
+            let limited = SlowDial::new(Duration::from_millis(50), false);
+            let got = burst(&limited, 7, max(limit), long).await;
+            assert!(got.iter().all(|r| matches!(r, Some(Ok(_)))), "{got:?}");
+            assert_eq!(limited.dial.peak.load(Ordering::SeqCst), 7, "{limit}");
+        }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn requests_waiting_for_a_connection_that_fails_fail_as_connect_failures() {
         let pool = SlowDial::new(Duration::from_millis(50), true);
         let got = burst(&pool, 10, unlimited(), Duration::from_secs(10)).await;
@@ -956,7 +989,7 @@ mod tests {
         assert_eq!(pool.dial.dials.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_request_waiting_on_one_given_up_while_opening_opens_its_own() {
         let pool = SlowDial::new(Duration::from_millis(200), false);
         let key = SocketAddr::from(([127, 0, 0, 1], 9));
@@ -966,9 +999,10 @@ mod tests {
         let second = async {
             tokio::time::sleep(Duration::from_millis(10)).await;
             let req = Request::get("http://echo/").body(body::empty()).unwrap();
-            pool.send(&key, &opts(), &unlimited(), req)
-                .await
-                .map(|r| r.status())
+            let (opts, reuse) = (opts(), unlimited());
+            let sent = pool.send(&key, &opts, &reuse, req);
+            let r = tokio::time::timeout(Duration::from_secs(10), sent).await;
+            r.expect("still waiting").map(|r| r.status())
         };
         let (first, second) = tokio::join!(first, second);
         assert!(matches!(first[..], [None]), "given up: {first:?}");
