@@ -252,17 +252,8 @@ impl AppClient {
             host.as_ref()
                 .and_then(|h| h.to_str().ok()?.parse::<Authority>().ok())
         });
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri = authority.and_then(|a| {
-            Uri::builder()
-                .scheme("http")
-                .authority(a)
-                .path_and_query(path)
-                .build()
-                .ok()
-        });
-        *req.uri_mut() = match uri {
-            Some(u) => u,
+        *req.uri_mut() = match authority {
+            Some(a) => uri_for(a, &req)?,
             None => uri_for(addr, &req)?,
         };
         *req.version_mut() = Version::HTTP_2;
@@ -281,10 +272,11 @@ impl AppClient {
     }
 }
 
-/// `req`'s path at `addr`.
-fn uri_for<B>(addr: SocketAddr, req: &Request<B>) -> Result<Uri, Flag> {
+/// `req`'s path at `authority` (an address, or one parsed as an authority
+/// alone, so that it cannot change the path).
+fn uri_for<B>(authority: impl std::fmt::Display, req: &Request<B>) -> Result<Uri, Flag> {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    format!("http://{addr}{path}")
+    format!("http://{authority}{path}")
         .parse()
         .map_err(|_| Flag::DownstreamProtocolError)
 }

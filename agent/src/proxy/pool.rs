@@ -387,8 +387,8 @@ impl<K: Eq + Hash> Opener<'_, K> {
 
 impl<K: Eq + Hash> Drop for Opener<'_, K> {
     fn drop(&mut self) {
-        // Given up (or done: then a second look that finds nothing). The
-        // waiters see the channel close and try again.
+        // Given up: the waiters see the channel close and try again. (Or
+        // done: the entry is gone, or another opener's, which stays.)
         self.finish(None);
     }
 }
