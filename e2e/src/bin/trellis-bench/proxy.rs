@@ -6,9 +6,13 @@
 //! the agents' certificates, which the Envoys reuse), the echo server on
 //! 127.0.0.1, the agents ([`crate::agents`]) and the Envoys
 //! ([`crate::envoy`]). Then, for HTTP/1.1 and for gRPC, for each fixed rate
-//! and for maximum throughput, the three systems are loaded one after the
-//! other ([`crate::proxy_load`]), so each has the machine to itself while
-//! the others idle; [`crate::proxy_report`] prints the tables.
+//! and for maximum throughput, the three systems are loaded one at a time
+//! ([`crate::proxy_load`]), so each has the machine to itself while the
+//! others idle. A phase's measured time is split into rounds and the
+//! systems take turns round by round, so that a change in what the rest of
+//! the VM host takes from the machine (it comes and goes over minutes)
+//! falls on all three alike rather than on whichever was loaded then.
+//! [`crate::proxy_report`] prints the tables.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,7 +26,9 @@ use trellis_echo::Report;
 use crate::agents::{self, AgentPair};
 use crate::envoy::{self, EnvoyPair};
 use crate::process::status_kib;
-use crate::proxy_load::{self, grpc_connect, http1_connect, http1_get, Pace, Phase, Protocol};
+use crate::proxy_load::{
+    self, grpc_connect, http1_connect, http1_get, Pace, Phase, PhaseResult, Protocol,
+};
 use crate::proxy_report::{self, Measured, Setup};
 
 /// How long a process may take to answer after it starts.
@@ -33,11 +39,15 @@ const BETWEEN_LOADS: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Measured seconds of each load phase (after the warm-up).
+    /// Measured seconds of each load phase, over all its rounds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Seconds of load before measuring, in each phase.
-    #[arg(long, default_value_t = 2)]
+    /// Rounds a phase's measured seconds are split into; the systems take
+    /// turns round by round.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Seconds of load before measuring, in each round.
+    #[arg(long, default_value_t = 1)]
     warmup_seconds: u64,
     /// Fixed rates to measure latency at, requests per second.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
@@ -72,6 +82,9 @@ impl Args {
         if self.seconds == 0 {
             bail!("--seconds: must be at least 1");
         }
+        if self.rounds == 0 || u64::from(self.rounds) > self.seconds {
+            bail!("--rounds: must be at least 1 and at most --seconds (a round measures at least 1 s)");
+        }
         if self.rates.contains(&0) {
             bail!("--rates: each must be at least 1 request per second");
         }
@@ -100,9 +113,14 @@ impl Args {
             connections,
             streams: self.grpc_streams,
             warmup: Duration::from_secs(self.warmup_seconds),
-            measure: Duration::from_secs(self.seconds),
+            measure: Duration::from_secs(self.seconds) / self.rounds,
         }
     }
+}
+
+/// The order of a phase's loads: round by round, each system in turn.
+fn turns(rounds: u32) -> impl Iterator<Item = (u32, usize)> {
+    (0..rounds).flat_map(|r| (0..SYSTEMS.len()).map(move |i| (r, i)))
 }
 
 /// The echo server's two ports, on 127.0.0.1.
@@ -381,15 +399,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for protocol in [Protocol::Http1, Protocol::Grpc] {
         for &pace in &paces {
             let phase = args.phase(protocol, pace);
-            for (i, &system) in SYSTEMS.iter().enumerate() {
+            let mut rounds: [PhaseResult; SYSTEMS.len()] = Default::default();
+            for (round, i) in turns(args.rounds) {
+                let system = SYSTEMS[i];
                 let (addr, pids) = bed.target(system, protocol)?;
                 eprintln!(
-                    "{} {}, {}: {} s + {} s ...",
+                    "{} {}, {}, round {} of {}: {} s + {:.1} s ...",
                     proxy_report::protocol_name(protocol),
                     proxy_report::pace_name(pace),
                     name(system),
+                    round + 1,
+                    args.rounds,
                     args.warmup_seconds,
-                    args.seconds
+                    phase.measure.as_secs_f64()
                 );
                 let r = proxy_load::run(addr, &phase, &pids).await?;
                 bed.check_running()?;
@@ -405,8 +427,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         r.first_error.as_deref().unwrap_or_default(),
                     );
                 }
-                measured[i].runs_mut(protocol).push(r);
+                rounds[i].merge(r);
                 tokio::time::sleep(BETWEEN_LOADS).await;
+            }
+            for (m, r) in measured.iter_mut().zip(rounds) {
+                m.runs_mut(protocol).push(r);
             }
         }
     }
@@ -422,6 +447,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         grpc_streams: args.grpc_streams,
         warmup: Duration::from_secs(args.warmup_seconds),
         measure: Duration::from_secs(args.seconds),
+        rounds: args.rounds,
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
     };
     println!("{}", proxy_report::render(&setup, &measured));
@@ -450,4 +476,26 @@ pub fn binaries(build: bool, packages: &[&str]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_systems_take_turns_round_by_round() {
+        let order: Vec<(u32, System)> = turns(2).map(|(r, i)| (r, SYSTEMS[i])).collect();
+        use System::*;
+        assert_eq!(
+            order,
+            [
+                (0, Direct),
+                (0, Trellis),
+                (0, Envoy),
+                (1, Direct),
+                (1, Trellis),
+                (1, Envoy)
+            ]
+        );
+    }
 }

@@ -108,6 +108,33 @@ impl PhaseResult {
         (self.served > 0).then(|| cpu.div_f64(self.served as f64))
     }
 
+    /// Adds a later round of the same phase: counts and CPU time add up,
+    /// latencies join, and the machine's shares are averaged by window.
+    pub fn merge(&mut self, round: PhaseResult) {
+        let (a, b) = (self.window.as_secs_f64(), round.window.as_secs_f64());
+        if a + b > 0.0 {
+            let mean = |x: f64, y: f64| (x * a + y * b) / (a + b);
+            self.machine = CpuShare {
+                busy: mean(self.machine.busy, round.machine.busy),
+                steal: mean(self.machine.steal, round.machine.steal),
+            };
+        }
+        self.ok += round.ok;
+        self.served += round.served;
+        self.errors += round.errors;
+        self.first_error = self.first_error.take().or(round.first_error);
+        self.window += round.window;
+        self.latencies.extend(round.latencies);
+        self.latencies.sort_unstable();
+        if self.cpu.is_empty() {
+            self.cpu = round.cpu;
+        } else {
+            for (c, r) in self.cpu.iter_mut().zip(round.cpu) {
+                *c += r;
+            }
+        }
+    }
+
     /// Counts one request, sent (or scheduled, in open loop) at `sent` and
     /// answered at `done`, against the measured window [`from`, `until`).
     fn record(&mut self, window: Window, sent: Instant, done: Instant, r: Result<(), String>) {
@@ -255,25 +282,17 @@ pub async fn run(addr: SocketAddr, phase: &Phase, pids: &[u32]) -> anyhow::Resul
     drop(queue);
     let watch = tokio::spawn(watch(pids.to_vec(), from, until));
 
-    let mut total = PhaseResult {
-        window: phase.measure,
-        ..Default::default()
-    };
+    let mut total = PhaseResult::default();
     let joined = tokio::time::timeout(until - start + REQUEST_TIMEOUT * 2, async {
         while let Some(seen) = workers.join_next().await {
-            let seen = seen.context("a load worker panicked")?;
-            total.ok += seen.ok;
-            total.served += seen.served;
-            total.errors += seen.errors;
-            total.first_error = total.first_error.take().or(seen.first_error);
-            total.latencies.extend(seen.latencies);
+            total.merge(seen.context("a load worker panicked")?);
         }
         anyhow::Ok(())
     })
     .await;
     joined.context("the load workers did not stop in time")??;
+    total.window = phase.measure;
     (total.cpu, total.machine) = watch.await.context("the CPU watcher panicked")??;
-    total.latencies.sort_unstable();
     Ok(total)
 }
 
@@ -411,6 +430,35 @@ mod tests {
         assert_eq!(r.cpu_per_request(2), None);
         let none = PhaseResult::default();
         assert_eq!(none.cpu_per_request(0), None);
+    }
+
+    #[test]
+    fn rounds_of_a_phase_add_up() {
+        let ms = Duration::from_millis;
+        let round = |ok, lat: Vec<u64>, cpu: Vec<u64>, steal, err: Option<&str>| PhaseResult {
+            ok,
+            served: ok + 1,
+            errors: u64::from(err.is_some()),
+            first_error: err.map(String::from),
+            window: Duration::from_secs(2),
+            latencies: lat.into_iter().map(ms).collect(),
+            cpu: cpu.into_iter().map(ms).collect(),
+            machine: CpuShare { busy: 50.0, steal },
+        };
+        let mut total = PhaseResult::default();
+        total.merge(round(3, vec![1, 5, 9], vec![100, 40], 10.0, None));
+        total.merge(round(2, vec![2, 7], vec![60, 20], 30.0, Some("refused")));
+        total.merge(round(1, vec![3], vec![40, 40], 20.0, Some("reset")));
+        assert_eq!((total.ok, total.served, total.errors), (6, 9, 2));
+        assert_eq!(total.window, Duration::from_secs(6));
+        assert_eq!(total.latencies, [1, 2, 3, 5, 7, 9].map(ms));
+        assert_eq!(total.cpu, [ms(200), ms(100)]);
+        assert_eq!(total.first_error.as_deref(), Some("refused"));
+        // Averaged over equal windows, not the worst round's.
+        assert!((total.machine.steal - 20.0).abs() < 1e-9);
+        assert!((total.machine.busy - 50.0).abs() < 1e-9);
+        assert_eq!(total.per_second(), 1.0);
+        assert_eq!(total.cpu_per_request(0), Some(ms(200).div_f64(9.0)));
     }
 
     #[test]

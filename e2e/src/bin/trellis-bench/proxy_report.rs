@@ -56,8 +56,11 @@ pub struct Setup {
     pub max_connections: usize,
     pub grpc_connections: usize,
     pub grpc_streams: usize,
+    /// Of each round.
     pub warmup: Duration,
+    /// Of each phase, over all its rounds.
     pub measure: Duration,
+    pub rounds: u32,
     pub cores: usize,
 }
 
@@ -88,8 +91,9 @@ pub fn render(setup: &Setup, m: &[Measured]) -> String {
     );
     let _ = writeln!(
         out,
-        "each phase: {} s measured after {} s warm-up; fixed rates are open loop, latency counted from each request's scheduled send time",
+        "each phase: {} s measured in {} round(s), the systems taking turns, each round after {} s warm-up; fixed rates are open loop, latency counted from each request's scheduled send time",
         setup.measure.as_secs_f64(),
+        setup.rounds,
         setup.warmup.as_secs_f64()
     );
     let mut met = (0, 0);
@@ -118,7 +122,7 @@ pub fn render(setup: &Setup, m: &[Measured]) -> String {
             if steal > STEAL_WARN_PERCENT {
                 let _ = writeln!(
                     out,
-                    "WARNING: the hypervisor took up to {steal:.0}% of the CPU during the {} {} loads: this run does not compare the systems; run again",
+                    "WARNING: the hypervisor took up to {steal:.0}% of the CPU during the {} {} loads: this run is noisier than usual; run again to compare",
                     s.name,
                     protocol_name(p)
                 );
@@ -439,6 +443,7 @@ mod tests {
             grpc_streams: 64,
             warmup: Duration::from_secs(2),
             measure: Duration::from_secs(10),
+            rounds: 3,
             cores: 2,
         };
         let r = render(
