@@ -266,10 +266,30 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
         xfcc.contains("URI=spiffe://e2e.trellis.test/ns/default/sa/productpage"),
         "{one}"
     );
-    assert!(
-        one["headers"]["traceparent"].is_string() && one["headers"]["x-request-id"].is_string(),
-        "{one}"
-    );
+    assert!(one["headers"]["x-request-id"].is_string(), "{one}");
+    // Trace context passes through both agents unchanged (they report no
+    // spans, so they make none), and the agents start no trace of their own.
+    assert!(one["headers"].get("traceparent").is_none(), "{one}");
+    let trace = [
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("tracestate", "vendor=opaque"),
+        ("x-b3-traceid", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("x-b3-spanid", "00f067aa0ba902b7"),
+        ("x-b3-sampled", "1"),
+        ("x-request-id", "e2e-request-1"),
+    ];
+    let sent: String = trace
+        .iter()
+        .map(|(k, v)| format!("-H '{k}: {v}' "))
+        .collect();
+    let traced: serde_json::Value =
+        serde_json::from_str(&curl(&client, &format!("{sent}http://240.240.0.1:9080/")).await)?;
+    for (k, v) in trace {
+        assert_eq!(traced["headers"][k], v, "{k}: {traced}");
+    }
 
     // Abort fault.
     assert_eq!(

@@ -1,15 +1,11 @@
-//! Trace context: W3C `traceparent` and B3 headers are propagated, and a
-//! request that arrives without any gets a new trace, so the services behind
-//! the mesh can join their spans to it. Each agent hop is a span of its own:
-//! the trace id is kept and a new span id names this hop.
-use http::header::HeaderName;
-use http::{HeaderMap, HeaderValue};
-
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
-const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
-const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
-const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+//! Trace context. The agent reports no spans (it has no tracer to send
+//! them to), so it makes none: W3C `traceparent`/`tracestate` and B3
+//! headers pass through it unchanged, end to end, and the spans the
+//! applications report join up (the callee's parent is the caller's span).
+//! An agent that rewrote the span id for its hop would leave every callee's
+//! span pointing at a parent no collector ever hears of. What the agent
+//! adds is `x-request-id`, when missing ([`super::ensure_request_id`]).
+use http::HeaderValue;
 
 /// A random version-4 UUID, for `x-request-id`.
 pub fn uuid_v4() -> String {
@@ -33,72 +29,6 @@ pub fn fresh(v: &str) -> Option<HeaderValue> {
     Some(v)
 }
 
-/// Starts this hop's span: keeps the incoming trace (W3C or B3) or starts
-/// one, and writes both header styles with a new span id.
-pub fn propagate(h: &mut HeaderMap) {
-    let (trace_id, sampled) =
-        incoming(h).unwrap_or_else(|| (format!("{:032x}", fastrand::u128(1..)), true));
-    let span_id = format!("{:016x}", fastrand::u64(1..));
-    let flags = if sampled { "01" } else { "00" };
-    let parent = match h.get(&B3_SPAN_ID).and_then(|v| v.to_str().ok()) {
-        Some(s) => fresh(s),
-        None => traceparent_span(h).and_then(|s| fresh(&s)),
-    };
-    let set = |h: &mut HeaderMap, k: HeaderName, v: Option<HeaderValue>| {
-        if let Some(v) = v {
-            h.insert(k, v);
-        }
-    };
-    set(
-        h,
-        TRACEPARENT,
-        fresh(&format!("00-{trace_id}-{span_id}-{flags}")),
-    );
-    set(h, B3_TRACE_ID, fresh(&trace_id));
-    set(h, B3_SPAN_ID, fresh(&span_id));
-    let sampled = HeaderValue::from_static(if sampled { "1" } else { "0" });
-    h.insert(B3_SAMPLED, sampled);
-    match parent {
-        Some(p) => {
-            h.insert(B3_PARENT_SPAN_ID, p);
-        }
-        None => {
-            h.remove(B3_PARENT_SPAN_ID);
-        }
-    }
-}
-
-/// The trace id and sampling decision of the incoming request.
-fn incoming(h: &HeaderMap) -> Option<(String, bool)> {
-    if let Some(tp) = h.get(&TRACEPARENT).and_then(|v| v.to_str().ok()) {
-        let parts: Vec<&str> = tp.split('-').collect();
-        if parts.len() == 4
-            && is_hex(parts[1], 32)
-            && is_hex(parts[2], 16)
-            && parts[1] != "0".repeat(32)
-        {
-            let sampled = u8::from_str_radix(parts[3], 16).is_ok_and(|f| f & 1 == 1);
-            return Some((parts[1].to_string(), sampled));
-        }
-    }
-    let tid = h.get(&B3_TRACE_ID)?.to_str().ok()?;
-    if !(is_hex(tid, 32) || is_hex(tid, 16)) {
-        return None;
-    }
-    let sampled = h.get(&B3_SAMPLED).and_then(|v| v.to_str().ok()) != Some("0");
-    Some((format!("{tid:0>32}"), sampled))
-}
-
-fn traceparent_span(h: &HeaderMap) -> Option<String> {
-    let tp = h.get(&TRACEPARENT)?.to_str().ok()?;
-    let span = tp.split('-').nth(2)?;
-    is_hex(span, 16).then(|| span.to_string())
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,48 +42,12 @@ mod tests {
     }
 
     #[test]
-    fn ids_made_per_request_are_never_indexed_by_hpack() {
-        let mut h = HeaderMap::new();
-        propagate(&mut h);
-        propagate(&mut h);
-        for name in [
-            "traceparent",
-            "x-b3-traceid",
-            "x-b3-spanid",
-            "x-b3-parentspanid",
-        ] {
-            assert!(h[name].is_sensitive(), "{name}");
-        }
-        assert!(!h["x-b3-sampled"].is_sensitive(), "a flag that repeats");
-        crate::proxy::ensure_request_id(&mut h);
+    fn a_request_id_made_here_is_never_indexed_by_hpack() {
+        let mut h = http::HeaderMap::new();
+        let id = crate::proxy::ensure_request_id(&mut h);
+        assert_eq!(h["x-request-id"], id.as_str());
         assert!(h["x-request-id"].is_sensitive());
-    }
-
-    #[test]
-    fn starts_a_trace_or_continues_one() {
-        let mut h = HeaderMap::new();
-        propagate(&mut h);
-        let tp = h.get("traceparent").unwrap().to_str().unwrap().to_string();
-        let tid = h.get("x-b3-traceid").unwrap().to_str().unwrap().to_string();
-        assert!(tp.starts_with(&format!("00-{tid}-")), "{tp}");
-        let first_span = h.get("x-b3-spanid").unwrap().clone();
-        propagate(&mut h);
-        assert_eq!(
-            h.get("x-b3-traceid").unwrap().to_str().unwrap(),
-            tid,
-            "same trace"
-        );
-        assert_ne!(h.get("x-b3-spanid").unwrap(), &first_span, "new span");
-        assert_eq!(h.get("x-b3-parentspanid").unwrap(), &first_span);
-
-        let mut b3 = HeaderMap::new();
-        b3.insert("x-b3-traceid", HeaderValue::from_static("463ac35c9f6413ad"));
-        b3.insert("x-b3-sampled", HeaderValue::from_static("0"));
-        propagate(&mut b3);
-        let tp = b3.get("traceparent").unwrap().to_str().unwrap();
-        assert!(
-            tp.starts_with("00-0000000000000000463ac35c9f6413ad-") && tp.ends_with("-00"),
-            "{tp}"
-        );
+        // One that came with the request is kept.
+        assert_eq!(crate::proxy::ensure_request_id(&mut h), id);
     }
 }
