@@ -195,6 +195,7 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     };
     let source = peer_metadata(&conn, req.headers_mut());
     let request_id = super::ensure_request_id(req.headers_mut());
+    super::trace::never_index_ids(req.headers_mut());
     let authority = authority(&req).unwrap_or_default().to_string();
     if let Some(a) = req.uri().authority().map(|a| a.to_string()) {
         if let Ok(v) = HeaderValue::from_str(&a) {

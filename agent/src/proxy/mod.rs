@@ -76,7 +76,7 @@ pub fn ensure_request_id(h: &mut HeaderMap) -> String {
         return id.to_string();
     }
     let id = trace::uuid_v4();
-    if let Some(v) = trace::fresh(&id) {
+    if let Ok(v) = http::HeaderValue::from_str(&id) {
         h.insert(X_REQUEST_ID, v);
     }
     id

@@ -5,7 +5,18 @@
 //! An agent that rewrote the span id for its hop would leave every callee's
 //! span pointing at a parent no collector ever hears of. What the agent
 //! adds is `x-request-id`, when missing ([`super::ensure_request_id`]).
-use http::HeaderValue;
+use http::header::{HeaderMap, HeaderName};
+
+/// Headers whose values are new on every request: its id and its trace's
+/// ids.
+const PER_REQUEST: [HeaderName; 6] = [
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("x-b3-traceid"),
+    HeaderName::from_static("x-b3-spanid"),
+    HeaderName::from_static("x-b3-parentspanid"),
+    HeaderName::from_static("b3"),
+];
 
 /// A random version-4 UUID, for `x-request-id`.
 pub fn uuid_v4() -> String {
@@ -19,14 +30,19 @@ pub fn uuid_v4() -> String {
     u
 }
 
-/// A header value that is new on every request (an id), marked for HPACK's
-/// "never indexed": indexing it would only push the headers that do repeat
-/// (the peer metadata, the application's) out of the HTTP/2 header table of
-/// the connection between the agents.
-pub fn fresh(v: &str) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_str(v).ok()?;
-    v.set_sensitive(true);
-    Some(v)
+/// Marks the values that are new on every request for HPACK's "never
+/// indexed", before the request goes on over HTTP/2: indexed, each would
+/// take a new entry in the connection's header table and push out the
+/// headers that do repeat (the peer metadata, the client certificate
+/// details, the application's), which then go out in full again and again.
+/// An HTTP/2 decoder does not tell which values its peer marked, so every
+/// hop marks them anew.
+pub fn never_index_ids(h: &mut HeaderMap) {
+    for name in &PER_REQUEST {
+        if let Some(v) = h.get_mut(name) {
+            v.set_sensitive(true);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -42,12 +58,29 @@ mod tests {
     }
 
     #[test]
-    fn a_request_id_made_here_is_never_indexed_by_hpack() {
-        let mut h = http::HeaderMap::new();
+    fn ids_are_never_indexed_by_hpack_and_the_rest_is() {
+        let mut h = HeaderMap::new();
         let id = crate::proxy::ensure_request_id(&mut h);
         assert_eq!(h["x-request-id"], id.as_str());
-        assert!(h["x-request-id"].is_sensitive());
         // One that came with the request is kept.
         assert_eq!(crate::proxy::ensure_request_id(&mut h), id);
+        for (k, v) in [
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+            ("x-b3-sampled", "1"),
+            ("content-type", "application/grpc"),
+        ] {
+            h.insert(k, v.parse().unwrap());
+        }
+        never_index_ids(&mut h);
+        for k in ["x-request-id", "traceparent", "x-b3-spanid"] {
+            assert!(h[k].is_sensitive(), "{k}");
+        }
+        for k in ["x-b3-sampled", "content-type"] {
+            assert!(!h[k].is_sensitive(), "{k} repeats");
+        }
     }
 }

@@ -21,7 +21,7 @@ use super::super::body::{self, Body};
 use super::super::flags::Flag;
 use super::super::headers::{authority, retarget, strip_hop_by_hop};
 use super::super::inbound::PEER_METADATA;
-use super::super::{connect, ensure_request_id, upgrade, Proxy};
+use super::super::{connect, ensure_request_id, trace, upgrade, Proxy};
 use super::ConnTarget;
 use crate::mesh::cluster::{Cluster, HashOn, LbPolicy};
 use crate::mesh::Mesh;
@@ -44,6 +44,7 @@ pub async fn handle(
     let mesh = px.mesh.load();
     let authority = authority(&req).unwrap_or_default().to_string();
     let request_id = ensure_request_id(req.headers_mut());
+    trace::never_index_ids(req.headers_mut());
     let resolved = match &target.fixed {
         Some((h, p)) => Some((h.clone(), *p)),
         None => mesh.resolve(&authority),
