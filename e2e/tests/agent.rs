@@ -1,7 +1,7 @@
 //! The agent on loopback, without root: HTTP proxy mode and explicit
 //! upstreams, config refused whole at start, live config updates (a bad one
 //! leaves the previous in force), timeouts and delay faults, DestinationRule
-//! `maxRequestsPerConnection` and `connectTimeout`, HTTP upgrades
+//! `maxRequestsPerConnection`, `maxRetries` and `connectTimeout`, HTTP upgrades
 //! through the mesh, certificate renewal, and serving on while the control
 //! plane is down, also across an agent restart.
 use std::collections::BTreeMap;
@@ -46,6 +46,29 @@ spec:
     connectionPool:
       tcp: {maxConnections: 1}
       http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 3}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: flaky, namespace: default}
+spec:
+  hosts: [flaky.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  endpoints: [{address: 127.0.0.12, serviceAccount: echo}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: flaky, namespace: default}
+spec:
+  hosts: [flaky]
+  http: [{retries: {attempts: 2, retryOn: 5xx}, route: [{destination: {host: flaky}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: flaky, namespace: default}
+spec:
+  host: flaky
+  trafficPolicy: {connectionPool: {http: {maxRetries: 1}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -269,6 +292,44 @@ async fn agent_features_on_loopback() -> anyhow::Result<()> {
         .filter(|paths| paths.iter().any(|p| p.starts_with("/per-connection/")))
         .count();
     assert!(conns >= 3, "{by_conn:?}");
+
+    // maxRetries (1): three requests fail at once (after 300ms, each
+    // route allowing two retries); one of them gets the cluster's one
+    // outstanding retry, the others give up at once with their 503. So the
+    // server sees 3 + 2 tries, where the retry budget alone (3 retries
+    // outstanding at least) would let all 9 through.
+    let tries: Vec<_> = (0..3)
+        .map(|i| {
+            let proxy = proxy.clone();
+            std::thread::spawn(move || {
+                status(&[
+                    "-x",
+                    &proxy,
+                    "-H",
+                    "x-echo-fail-rate: 1",
+                    "-H",
+                    "x-echo-delay-ms: 300",
+                    &format!("http://flaky:9080/max-retries/{i}"),
+                ])
+            })
+        })
+        .collect();
+    for t in tries {
+        assert_eq!(t.join().unwrap(), 503);
+    }
+    let tried = || {
+        inbound_requests_by_connection(&server_log)
+            .values()
+            .flatten()
+            .filter(|p| p.starts_with("/max-retries/"))
+            .count()
+    };
+    wait_for(Duration::from_secs(5), "5 tries logged", || async {
+        (tried() >= 5).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(tried(), 5, "maxRetries 1 lets one retry out at a time");
 
     // connectTimeout (250ms) instead of the agent's --connect-timeout
     // (10s): a peer that takes the TCP connection but never answers the

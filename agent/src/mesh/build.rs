@@ -451,6 +451,10 @@ fn limits(p: &TrafficPolicy) -> Limits {
     if let Some(n) = http.and_then(|h| h.http2_max_requests).filter(|n| *n > 0) {
         l.max_active = n as u32;
     }
+    // 0 is unset in Istio: no limit beyond the retry budget.
+    if let Some(n) = http.and_then(|h| h.max_retries).filter(|n| *n > 0) {
+        l.max_retries = n as u32;
+    }
     if let Some(c) = pool
         .tcp
         .as_ref()

@@ -41,6 +41,9 @@ pub enum HashOn {
 pub struct Limits {
     /// Most requests in flight to the cluster at once; more get `503 UO`.
     pub max_active: u32,
+    /// `http.maxRetries`: most retries outstanding to the cluster at once
+    /// (besides the retry budget, see [`crate::route::retry::retry_limit`]).
+    pub max_retries: u32,
     /// `tcp.connectTimeout`: how long a TCP connect (and the mTLS handshake
     /// after it) to an endpoint may take; `None`: the agent-wide
     /// `--connect-timeout`.
@@ -59,6 +62,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_active: u32::MAX,
+            max_retries: u32::MAX,
             connect_timeout: None,
             reuse: Reuse::default(),
             keepalive: None,

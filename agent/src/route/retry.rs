@@ -132,10 +132,13 @@ impl RetryPolicy {
     }
 }
 
-/// Whether a cluster may start one more retry: Envoy's retry budget, at
-/// most 20% of the requests in flight (and at least 3) may be retries.
-pub fn budget_allows(active_requests: u32, active_retries: u32) -> bool {
-    active_retries < (active_requests / 5).max(3)
+/// How many retries a cluster may have outstanding at once, with
+/// `active_requests` in flight: Envoy's retry budget, at most 20% of the
+/// requests in flight (and at least 3), and at most `max_retries`
+/// (`connectionPool.http.maxRetries`, Envoy's `max_retries` circuit
+/// breaker; `u32::MAX` when unset).
+pub fn retry_limit(active_requests: u32, max_retries: u32) -> u32 {
+    (active_requests / 5).max(3).min(max_retries)
 }
 
 #[cfg(test)]
@@ -188,10 +191,11 @@ mod tests {
     }
 
     #[test]
-    fn budget_is_a_fifth_of_active_with_a_floor_of_three() {
-        assert!(budget_allows(1, 2));
-        assert!(!budget_allows(1, 3));
-        assert!(budget_allows(100, 19));
-        assert!(!budget_allows(100, 20));
+    fn budget_is_a_fifth_of_active_with_a_floor_of_three_capped_by_max_retries() {
+        assert_eq!(retry_limit(1, u32::MAX), 3);
+        assert_eq!(retry_limit(100, u32::MAX), 20);
+        assert_eq!(retry_limit(100, 7), 7, "maxRetries below the budget");
+        assert_eq!(retry_limit(1, 1), 1);
+        assert_eq!(retry_limit(1, 5), 3, "the budget below maxRetries");
     }
 }

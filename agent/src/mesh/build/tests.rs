@@ -29,7 +29,7 @@ spec:
   host: reviews
   trafficPolicy:
     loadBalancer: {simple: ROUND_ROBIN}
-    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1, maxRetries: 4}}
     portLevelSettings:
     - port: {number: 9090}
       loadBalancer: {consistentHash: {httpHeaderName: X-User}}
@@ -117,6 +117,7 @@ fn services_clusters_and_policies() {
         all.limits.max_active, 2,
         "maxConnections + http1MaxPendingRequests"
     );
+    assert_eq!(all.limits.max_retries, 4, "maxRetries");
     let e = &all.endpoints;
     assert_eq!(
         e[0].addr,

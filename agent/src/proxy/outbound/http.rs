@@ -25,7 +25,7 @@ use super::super::{connect, ensure_request_id, trace, upgrade, Proxy};
 use super::ConnTarget;
 use crate::mesh::cluster::{Cluster, HashOn, LbPolicy};
 use crate::mesh::Mesh;
-use crate::route::retry::{budget_allows, Outcome, RetryPolicy};
+use crate::route::retry::{retry_limit, Outcome, RetryPolicy};
 use crate::route::{self, RequestView};
 use crate::telemetry::labels::{ConnLabels, Reporter, Workload};
 use crate::telemetry::{Observed, RequestLog};
@@ -445,6 +445,16 @@ impl<'a> Gauge<'a> {
         g.fetch_add(1, Ordering::Relaxed);
         Gauge(g)
     }
+
+    /// Counts one more if that keeps the count below `limit` (checked and
+    /// counted at once, so that concurrent callers cannot both pass).
+    fn inc_below(g: &'a std::sync::atomic::AtomicU32, limit: u32) -> Option<Self> {
+        g.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Gauge(g))
+    }
 }
 
 impl Drop for Gauge<'_> {
@@ -467,16 +477,20 @@ async fn tries(
     let mut exclude = None;
     let mut last: Option<Result<Response<Body>, Outcome>> = None;
     for n in 0..=policy.attempts {
+        // A retry is outstanding from its backoff to its answer; past the
+        // cluster's limit the last answer stands (Envoy's retry overflow).
         let _retry = if n > 0 {
             let state = &cluster.state;
-            if !budget_allows(
+            let limit = retry_limit(
                 state.active.load(Ordering::Relaxed),
-                state.active_retries.load(Ordering::Relaxed),
-            ) {
+                cluster.limits.max_retries,
+            );
+            let Some(retry) = Gauge::inc_below(&state.active_retries, limit) else {
+                tracing::debug!(cluster = %log.upstream_cluster, limit, "retry overflow");
                 break;
-            }
+            };
             tokio::time::sleep(policy.backoff(n, fastrand::f64())).await;
-            Some(Gauge::inc(&state.active_retries))
+            Some(retry)
         } else {
             None
         };
