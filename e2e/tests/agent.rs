@@ -1,7 +1,8 @@
 //! The agent on loopback, without root: HTTP proxy mode and explicit
 //! upstreams, config refused whole at start, live config updates (a bad one
 //! leaves the previous in force), timeouts and delay faults, DestinationRule
-//! `maxRequestsPerConnection`, `maxRetries` and `connectTimeout`, HTTP upgrades
+//! `maxRequestsPerConnection`, `maxRetries` and `connectTimeout`, more
+//! concurrent streams between agents than hyper allows by default, HTTP upgrades
 //! through the mesh, certificate renewal, and serving on while the control
 //! plane is down, also across an agent restart.
 use std::collections::BTreeMap;
@@ -330,6 +331,43 @@ async fn agent_features_on_loopback() -> anyhow::Result<()> {
     .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(tried(), 5, "maxRetries 1 lets one retry out at a time");
+
+    // More concurrent requests than hyper's default HTTP/2 stream limit
+    // (200) all reach the server at once over the one pooled connection
+    // between the agents: none waits for another to end.
+    let echo_requests = || {
+        let body = curl(&[&format!("http://{SERVER}:9080/echo/stats")]);
+        serde_json::from_str::<serde_json::Value>(&body)
+            .map_or(0, |v| v["requests"].as_u64().unwrap_or(0))
+    };
+    let before = echo_requests();
+    const CONCURRENT: u64 = 250;
+    let held: Vec<_> = (0..CONCURRENT)
+        .map(|i| {
+            let proxy = format!("{CLIENT}:15001");
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(proxy).await?;
+                let req = format!(
+                    "GET http://flaky:9080/concurrent/{i} HTTP/1.1\r\nHost: flaky:9080\r\n\
+                     x-echo-delay-ms: 6000\r\nConnection: close\r\n\r\n"
+                );
+                s.write_all(req.as_bytes()).await?;
+                let mut resp = Vec::new();
+                s.read_to_end(&mut resp).await?;
+                anyhow::Ok(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 200"))
+            })
+        })
+        .collect();
+    wait_for(
+        Duration::from_secs(5),
+        "all concurrent requests at the server",
+        || async { (echo_requests() >= before + CONCURRENT).then_some(()) },
+    )
+    .await?;
+    for h in held {
+        assert!(h.await??, "a held request failed");
+    }
 
     // connectTimeout (250ms) instead of the agent's --connect-timeout
     // (10s): a peer that takes the TCP connection but never answers the

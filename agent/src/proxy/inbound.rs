@@ -12,7 +12,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -174,7 +174,7 @@ where
         let conn = conn.clone();
         async move { Ok::<_, std::convert::Infallible>(to_app(px, conn, req).await) }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = super::http_server();
     match h1 {
         Some(true) => builder = builder.http1_only(),
         Some(false) => builder = builder.http2_only(),

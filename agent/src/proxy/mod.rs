@@ -60,6 +60,22 @@ pub(crate) fn poll_read_new<'b, T: AsyncRead + Unpin>(
     Poll::Ready(Ok(&buf.filled()[before..]))
 }
 
+/// Streams an HTTP/2 client may have open at once on one connection to the
+/// agent: Envoy's default (2^31 - 1), rather than hyper's 200. Past its
+/// peer's limit an HTTP/2 client queues new streams rather than open
+/// another connection (h2's and the agent's own pool do), so with 200 the
+/// 201st concurrent request from an application, or between two agents,
+/// would wait for one of the first to end: forever, behind long-lived gRPC
+/// streams.
+const MAX_CONCURRENT_STREAMS: u32 = i32::MAX as u32;
+
+/// The HTTP/1.1-or-HTTP/2 server of the agent's listeners.
+pub fn http_server() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http2().max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    b
+}
+
 /// Whether a request is gRPC (by its content type).
 pub fn is_grpc(h: &HeaderMap) -> bool {
     h.get(http::header::CONTENT_TYPE)

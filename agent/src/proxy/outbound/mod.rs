@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::cork::Corked;
@@ -107,7 +107,7 @@ async fn handle(
         let target = target.clone();
         async move { Ok::<_, std::convert::Infallible>(http::handle(px, target, req).await) }
     });
-    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+    super::http_server()
         .serve_connection_with_upgrades(TokioIo::new(Corked::server(tcp)), svc)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
