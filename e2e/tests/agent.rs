@@ -1,8 +1,9 @@
 //! The agent on loopback, without root: HTTP proxy mode and explicit
 //! upstreams, config refused whole at start, live config updates (a bad one
 //! leaves the previous in force), timeouts and delay faults, DestinationRule
-//! `maxRequestsPerConnection`, `maxRetries` and `connectTimeout`, more
-//! concurrent streams between agents than hyper allows by default, HTTP upgrades
+//! `maxRequestsPerConnection`, `maxRetries`, `maxConcurrentStreams` and
+//! `connectTimeout`, more concurrent streams between agents than hyper
+//! allows by default, HTTP upgrades
 //! through the mesh, certificate renewal, and serving on while the control
 //! plane is down, also across an agent restart.
 use std::collections::BTreeMap;
@@ -73,6 +74,22 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: {name: narrow, namespace: default}
+spec:
+  hosts: [narrow.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  endpoints: [{address: 127.0.0.12, serviceAccount: echo}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: narrow, namespace: default}
+spec:
+  host: narrow
+  trafficPolicy: {connectionPool: {http: {maxConcurrentStreams: 100}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: {name: blackhole, namespace: default}
 spec:
   hosts: [blackhole.default.svc.cluster.local]
@@ -139,6 +156,36 @@ async fn ready(admin: &str) -> anyhow::Result<()> {
         (status(&[&url]) == 200).then_some(())
     })
     .await
+}
+
+/// `n` requests at once through the client agent's proxy port, each to
+/// `url/I` and held `delay_ms` by the echo server; whether each got a 200.
+fn concurrent(
+    url: &str,
+    delay_ms: u32,
+    n: u64,
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<bool>>> {
+    let host = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    (0..n)
+        .map(|i| {
+            let req = format!(
+                "GET {url}/{i} HTTP/1.1\r\nHost: {host}\r\n\
+                 x-echo-delay-ms: {delay_ms}\r\nConnection: close\r\n\r\n"
+            );
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(format!("{CLIENT}:15001")).await?;
+                s.write_all(req.as_bytes()).await?;
+                let mut resp = Vec::new();
+                s.read_to_end(&mut resp).await?;
+                anyhow::Ok(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 200"))
+            })
+        })
+        .collect()
 }
 
 /// The requests in an agent's inbound access log (`log`), by the
@@ -342,23 +389,7 @@ async fn agent_features_on_loopback() -> anyhow::Result<()> {
     };
     let before = echo_requests();
     const CONCURRENT: u64 = 250;
-    let held: Vec<_> = (0..CONCURRENT)
-        .map(|i| {
-            let proxy = format!("{CLIENT}:15001");
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut s = tokio::net::TcpStream::connect(proxy).await?;
-                let req = format!(
-                    "GET http://flaky:9080/concurrent/{i} HTTP/1.1\r\nHost: flaky:9080\r\n\
-                     x-echo-delay-ms: 6000\r\nConnection: close\r\n\r\n"
-                );
-                s.write_all(req.as_bytes()).await?;
-                let mut resp = Vec::new();
-                s.read_to_end(&mut resp).await?;
-                anyhow::Ok(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 200"))
-            })
-        })
-        .collect();
+    let held = concurrent("http://flaky:9080/concurrent", 6000, CONCURRENT);
     wait_for(
         Duration::from_secs(5),
         "all concurrent requests at the server",
@@ -368,6 +399,25 @@ async fn agent_features_on_loopback() -> anyhow::Result<()> {
     for h in held {
         assert!(h.await??, "a held request failed");
     }
+
+    // maxConcurrentStreams (100): the same burst goes over 3 connections
+    // between the agents, none carrying more than 100 of it.
+    for h in concurrent("http://narrow:9080/narrow", 2000, CONCURRENT) {
+        assert!(h.await??, "a request failed");
+    }
+    let by_conn = wait_for(Duration::from_secs(5), "the burst logged", || async {
+        let by_conn: Vec<usize> = inbound_requests_by_connection(&server_log)
+            .values()
+            .map(|paths| paths.iter().filter(|p| p.starts_with("/narrow/")).count())
+            .filter(|&n| n > 0)
+            .collect();
+        (by_conn.iter().sum::<usize>() == CONCURRENT as usize).then_some(by_conn)
+    })
+    .await?;
+    assert!(
+        by_conn.len() >= 3 && by_conn.iter().all(|&n| n <= 100),
+        "requests per connection: {by_conn:?}"
+    );
 
     // connectTimeout (250ms) instead of the agent's --connect-timeout
     // (10s): a peer that takes the TCP connection but never answers the

@@ -444,6 +444,10 @@ fn limits(p: &TrafficPolicy) -> Limits {
         .and_then(|h| h.max_requests_per_connection)
         .and_then(|n| u32::try_from(n).ok())
         .and_then(NonZeroU32::new);
+    l.reuse.max_streams = http
+        .and_then(|h| h.max_concurrent_streams)
+        .and_then(|n| u32::try_from(n).ok())
+        .and_then(NonZeroU32::new);
     // Unset: Istio's 1h (the default's); 0: never, as in Envoy.
     if let Some(t) = http.and_then(|h| h.idle_timeout) {
         l.reuse.idle_timeout = Some(t.as_std()).filter(|t| !t.is_zero());

@@ -211,6 +211,7 @@ impl AppClient {
         let unlimited = Reuse {
             max_requests: None,
             idle_timeout: Some(APP_IDLE_TIMEOUT),
+            max_streams: None,
         };
         if h2 {
             return self.h2c(addr, &self.opts, &unlimited, req).await;
@@ -419,6 +420,7 @@ mod tests {
         let two = Reuse {
             max_requests: std::num::NonZeroU32::new(2),
             idle_timeout: None,
+            max_streams: None,
         };
         requests(&app, limited.addr, &two, 5).await;
         assert_eq!(limited.accepted.load(Ordering::SeqCst), 3, "2 + 2 + 1");
@@ -442,10 +444,12 @@ mod tests {
         let short = Reuse {
             max_requests: None,
             idle_timeout: Some(Duration::from_millis(200)),
+            max_streams: None,
         };
         let never = Reuse {
             max_requests: None,
             idle_timeout: None,
+            max_streams: None,
         };
         requests(&app, idle.addr, &short, 1).await;
         requests(&app, kept.addr, &never, 1).await;

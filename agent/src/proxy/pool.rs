@@ -1,10 +1,11 @@
-//! Pooled HTTP/2 connections: to other agents, one mTLS connection per
-//! (peer address, SNI, expected identity) ([`Peers`]); to h2c endpoints and
-//! the local application, one plaintext connection per address and
-//! [`Settings`] ([`Plain`]). Each is shared by every request to its key,
-//! reopened when it breaks, retired after `maxRequestsPerConnection`
-//! requests (streams), and closed when idle (no stream open) for
-//! `idleTimeout`.
+//! Pooled HTTP/2 connections: to other agents, by (peer address, SNI,
+//! expected identity) ([`Peers`]); to h2c endpoints and the local
+//! application, by address and [`Settings`] ([`Plain`]). A key's requests
+//! share one connection while it has room for another stream (fewer open
+//! than `maxConcurrentStreams` and than the server allows); past that
+//! another is opened beside it. Each is reopened when it breaks, retired
+//! after `maxRequestsPerConnection` requests (streams), and closed when
+//! idle (no stream open) for `idleTimeout`.
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
@@ -48,6 +49,10 @@ pub struct Reuse {
     /// `http.idleTimeout`: a pooled connection with no request on it for
     /// this long is closed; `None` (0): never.
     pub idle_timeout: Option<Duration>,
+    /// `http.maxConcurrentStreams`: streams open at once on one HTTP/2
+    /// connection, past which another is opened; `None` (unset or 0): as
+    /// many as the server allows. (HTTP/1.1 carries one at a time anyway.)
+    pub max_streams: Option<NonZeroU32>,
 }
 
 /// Istio's default `idleTimeout`, of HTTP and of opaque TCP connections.
@@ -58,6 +63,7 @@ impl Default for Reuse {
         Self {
             max_requests: None,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            max_streams: None,
         }
     }
 }
@@ -119,6 +125,10 @@ impl OpenStreams {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn open(&self) -> u32 {
+        self.state().0
+    }
+
     fn start(self: &Arc<Self>) -> Stream {
         self.state().0 += 1;
         Stream(Some(self.clone()))
@@ -163,63 +173,95 @@ impl Drop for Stream {
     }
 }
 
+/// How many streams a connection's server lets it have open at once (its
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+trait Capacity {
+    fn streams(&self) -> usize;
+}
+
+impl Capacity for SendRequest<Bytes> {
+    fn streams(&self) -> usize {
+        self.current_max_send_streams()
+    }
+}
+
 /// The pooled connections by key, and the bookkeeping of their use; pure,
 /// so that retirement is tested without sockets.
 #[derive(Debug)]
 struct Conns<K, S> {
-    by_key: HashMap<K, Pooled<S>>,
+    by_key: HashMap<K, Vec<Pooled<S>>>,
 }
 
-impl<K: Eq + Hash, S: Clone> Conns<K, S> {
+impl<K: Eq + Hash, S: Clone + Capacity> Conns<K, S> {
     fn new() -> Self {
         Self {
             by_key: HashMap::new(),
         }
     }
 
-    /// The pooled connection to `key` for one more stream at `now`, its
-    /// id, and the stream's hold on it. The stream that reaches
-    /// `max_requests` retires the connection: it leaves the pool (it still
-    /// carries the streams opened on it) and the next stream gets a new
-    /// one. A connection idle past `idle_timeout` is dropped instead (its
-    /// watcher may not have run yet).
+    /// A pooled connection to `key` with room for one more stream at
+    /// `now` (the first, in the order they were opened), its id, and the
+    /// stream's hold on it; `None`: every one is full, or there is none.
+    /// The stream that reaches `max_requests` retires its connection: it
+    /// leaves the pool (it still carries the streams opened on it) and
+    /// later streams go to the others or a new one. Connections idle past
+    /// `idle_timeout` are dropped instead (their watchers may not have run
+    /// yet).
     fn checkout(&mut self, key: &K, reuse: &Reuse, now: Instant) -> Option<(S, u64, Stream)> {
-        let p = self.by_key.get_mut(key)?;
-        let idle = p.open.idle_since();
-        if let (Some(t), Some(since)) = (reuse.idle_timeout, idle) {
-            if now.saturating_duration_since(since) >= t {
-                self.by_key.remove(key);
-                return None;
-            }
+        let conns = self.by_key.get_mut(key)?;
+        if let Some(t) = reuse.idle_timeout {
+            conns.retain(|p| {
+                p.open
+                    .idle_since()
+                    .is_none_or(|since| now.saturating_duration_since(since) < t)
+            });
         }
-        p.started += 1;
-        let got = (p.conn.clone(), p.id, p.open.start());
-        if reuse.max_requests.is_some_and(|m| p.started >= m.get()) {
+        let most = reuse.max_streams.map_or(usize::MAX, |m| m.get() as usize);
+        let found = conns
+            .iter()
+            .position(|p| (p.open.open() as usize) < most.min(p.conn.streams()));
+        let got = found.map(|i| {
+            let p = &mut conns[i];
+            p.started += 1;
+            let got = (p.conn.clone(), p.id, p.open.start());
+            if reuse.max_requests.is_some_and(|m| p.started >= m.get()) {
+                conns.remove(i);
+            }
+            got
+        });
+        if conns.is_empty() {
             self.by_key.remove(key);
         }
-        Some(got)
+        got
     }
 
     /// Pools `conn`, just opened at `now` for one stream, unless that one
-    /// stream is all it may carry; the stream's hold on it if pooled.
-    /// Replaces whatever another request pooled for `key` meanwhile (that
-    /// one is retired as above).
+    /// stream is all it may carry; the stream's hold on it if pooled. It
+    /// goes beside the connections already pooled for `key`.
     fn insert(&mut self, key: K, conn: S, id: u64, reuse: &Reuse, now: Instant) -> Option<Stream> {
         if reuse.max_requests.is_some_and(|m| m.get() <= 1) {
             return None;
         }
         let open = OpenStreams::first(now);
         let stream = Stream(Some(open.clone()));
-        self.by_key.insert(
-            key,
-            Pooled {
-                conn,
-                id,
-                started: 1,
-                open,
-            },
-        );
+        self.by_key.entry(key).or_default().push(Pooled {
+            conn,
+            id,
+            started: 1,
+            open,
+        });
         Some(stream)
+    }
+
+    /// Drops connection `id` for `key` (it broke, or is idle), not the
+    /// others.
+    fn remove(&mut self, key: &K, id: u64) {
+        if let Some(conns) = self.by_key.get_mut(key) {
+            conns.retain(|p| p.id != id);
+            if conns.is_empty() {
+                self.by_key.remove(key);
+            }
+        }
     }
 
     /// Drops connection `id` for `key` if it has had no stream open for
@@ -228,24 +270,17 @@ impl<K: Eq + Hash, S: Clone> Conns<K, S> {
     /// `None`: it is gone (dropped now, or earlier: retired, broken or
     /// replaced).
     fn expire_idle(&mut self, key: &K, id: u64, idle: Duration, now: Instant) -> Option<Instant> {
-        let p = self.by_key.get(key).filter(|p| p.id == id)?;
+        let p = self.by_key.get(key)?.iter().find(|p| p.id == id)?;
         let at = p.open.idle_since().unwrap_or(now) + idle;
         if now < at {
             return Some(at);
         }
-        self.by_key.remove(key);
+        self.remove(key, id);
         None
     }
 
-    /// Drops connection `id` for `key` (it broke), not its replacement.
-    fn remove(&mut self, key: &K, id: u64) {
-        if self.by_key.get(key).is_some_and(|p| p.id == id) {
-            self.by_key.remove(key);
-        }
-    }
-
     fn len(&self) -> usize {
-        self.by_key.len()
+        self.by_key.values().map(Vec::len).sum()
     }
 }
 
@@ -638,7 +673,56 @@ mod tests {
         Reuse {
             max_requests: NonZeroU32::new(n),
             idle_timeout: None,
+            max_streams: None,
         }
+    }
+
+    /// A test connection: its number, and as many streams as it pleases.
+    impl Capacity for u64 {
+        fn streams(&self) -> usize {
+            usize::MAX
+        }
+    }
+
+    /// A test connection whose server allows `.1` streams.
+    #[derive(Clone, Debug, PartialEq)]
+    struct Limited(u64, usize);
+
+    impl Capacity for Limited {
+        fn streams(&self) -> usize {
+            self.1
+        }
+    }
+
+    #[test]
+    fn a_full_connection_gets_another_beside_it_and_is_used_again_when_a_stream_ends() {
+        let mut pool: Conns<&str, Limited> = Conns::new();
+        let now = Instant::now();
+        let two = Reuse {
+            max_streams: NonZeroU32::new(2),
+            ..max(0)
+        };
+        let id = |c: Option<(Limited, u64, Stream)>| c.map(|(conn, _, s)| (conn.0, s));
+        let _a = pool.insert("peer", Limited(1, 100), 1, &two, now).unwrap();
+        let (n, b) = id(pool.checkout(&"peer", &two, now)).unwrap();
+        assert_eq!(n, 1);
+        assert!(
+            pool.checkout(&"peer", &two, now).is_none(),
+            "maxConcurrentStreams 2: full"
+        );
+        let _c = pool.insert("peer", Limited(2, 1), 2, &two, now).unwrap();
+        assert_eq!(pool.len(), 2, "side by side");
+        assert!(
+            pool.checkout(&"peer", &two, now).is_none(),
+            "the second's server allows one stream"
+        );
+        drop(b);
+        let (n, _d) = id(pool.checkout(&"peer", &two, now)).unwrap();
+        assert_eq!(n, 1, "room again on the first");
+        // Without maxConcurrentStreams, the server's limit alone.
+        let (n, _e) = id(pool.checkout(&"peer", &max(0), now)).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(pool.len(), 2);
     }
 
     fn unlimited() -> Reuse {
@@ -709,8 +793,8 @@ mod tests {
         let mut pool: Conns<&str, u64> = Conns::new();
         let idle = Duration::from_secs(60);
         let reuse = Reuse {
-            max_requests: None,
             idle_timeout: Some(idle),
+            ..max(0)
         };
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);

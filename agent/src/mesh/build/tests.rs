@@ -29,7 +29,7 @@ spec:
   host: reviews
   trafficPolicy:
     loadBalancer: {simple: ROUND_ROBIN}
-    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1, maxRetries: 4}}
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1, maxRetries: 4, maxConcurrentStreams: 50}}
     portLevelSettings:
     - port: {number: 9090}
       loadBalancer: {consistentHash: {httpHeaderName: X-User}}
@@ -118,6 +118,11 @@ fn services_clusters_and_policies() {
         "maxConnections + http1MaxPendingRequests"
     );
     assert_eq!(all.limits.max_retries, 4, "maxRetries");
+    assert_eq!(
+        all.limits.reuse.max_streams.map(|n| n.get()),
+        Some(50),
+        "maxConcurrentStreams"
+    );
     let e = &all.endpoints;
     assert_eq!(
         e[0].addr,
