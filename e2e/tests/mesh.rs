@@ -66,7 +66,7 @@ spec:
   hosts: [legacy.default.svc.cluster.local]
   addresses: [240.240.0.5]
   resolution: STATIC
-  ports: [{number: 9080, name: http}, {number: 9081, name: http-idle}, {number: 9999, name: http-dropped}]
+  ports: [{number: 9080, name: http}, {number: 9081, name: http-idle}, {number: 9082, name: http-upgraded}, {number: 9999, name: http-dropped}]
   endpoints: [{address: OUTSIDER, labels: {security.istio.io/tlsMode: disabled}}]
 ---
 apiVersion: networking.istio.io/v1
@@ -79,6 +79,8 @@ spec:
     portLevelSettings:
     - port: {number: 9081}
       connectionPool: {http: {idleTimeout: 3s}}
+    - port: {number: 9082}
+      connectionPool: {http: {h2UpgradePolicy: UPGRADE}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -438,6 +440,12 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
         "trellis-echo",
         &["--http", "0.0.0.0:9081", "--name", "legacy-idle"],
     )?;
+    env.spawn(
+        &outsider,
+        "echo-upgraded",
+        "trellis-echo",
+        &["--http", "0.0.0.0:9082", "--name", "legacy-upgraded"],
+    )?;
     sh(&outsider, "iptables -A INPUT -p tcp --dport 9999 -j DROP").await?;
     wait_for(
         Duration::from_secs(10),
@@ -450,6 +458,24 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
         },
     )
     .await?;
+    // The HTTP version to a plaintext endpoint is Istio's choice, not the
+    // client's: an `http` port gets HTTP/1.1 even from an HTTP/2 client,
+    // one with h2UpgradePolicy UPGRADE HTTP/2 even from an HTTP/1.1 one.
+    let proto = |args: &'static str| {
+        let client = client.clone();
+        async move {
+            let body = curl(&client, args).await;
+            let v: serde_json::Value =
+                serde_json::from_str(&body).with_context(|| format!("{args}: {body:?}"))?;
+            anyhow::Ok(v["proto"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    assert_eq!(
+        proto("--http2-prior-knowledge http://240.240.0.5:9080/").await?,
+        "HTTP/1.1"
+    );
+    assert_eq!(proto("http://240.240.0.5:9082/").await?, "HTTP/2");
+
     // Captured again, it would be passed through as a TCP connection to
     // the outsider's address (its access-log line comes only at close).
     let metrics = reqwest_metrics(&client).await?;

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use trellis_api::annotations;
 use trellis_api::config::{
-    self, canonical_host as canonical, DestinationRule, Location, OutlierDetection, Resource,
-    ServiceEntry, SimpleLb, Spec, TrafficPolicy, WorkloadEntry,
+    self, canonical_host as canonical, DestinationRule, H2UpgradePolicy, HttpSettings, Location,
+    OutlierDetection, Resource, ServiceEntry, SimpleLb, Spec, TrafficPolicy, WorkloadEntry,
 };
 use trellis_identity::SpiffeId;
 
-use super::cluster::{Cluster, Endpoint, HashOn, LbPolicy, Limits, OutlierConfig};
-use super::{Mesh, MtlsMode, MtlsSettings, Service, ServicePort};
+use super::cluster::{Cluster, Endpoint, HashOn, LbPolicy, Limits, OutlierConfig, PlainHttp};
+use super::{AppProtocol, Mesh, MtlsMode, MtlsSettings, Service, ServicePort};
 use crate::dns::NameTable;
 use crate::telemetry::labels::Workload;
 
@@ -191,7 +191,7 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
                     name,
                     members,
                     lb_policy(&policy),
-                    limits(&policy),
+                    limits(&policy, p.protocol),
                     outlier(&policy),
                 );
                 if let Some(old) = prev.and_then(|m| m.cluster(host, p.number, name)) {
@@ -407,12 +407,34 @@ fn lb_policy(p: &TrafficPolicy) -> LbPolicy {
 /// plus `http1MaxPendingRequests` waiting). `connectTimeout`,
 /// `maxRequestsPerConnection` and `idleTimeout` are taken as they are (0
 /// requests: unlimited, 0s: no idle timeout, as in Envoy).
-fn limits(p: &TrafficPolicy) -> Limits {
-    let mut l = Limits::default();
+/// How HTTP goes to endpoints without an agent, as in Istio: a declared
+/// `http` port gets HTTP/1.1 unless `h2UpgradePolicy` is `UPGRADE` (the
+/// mesh default, `DEFAULT`, is Istio's `DO_NOT_UPGRADE`), `http2` and
+/// `grpc` ports get HTTP/2, a sniffed port the client's version, and
+/// `useClientProtocol` the client's version whatever the port.
+fn plain_http(http: Option<&HttpSettings>, protocol: AppProtocol) -> PlainHttp {
+    if http.is_some_and(|h| h.use_client_protocol) {
+        return PlainHttp::Client;
+    }
+    match protocol {
+        AppProtocol::Http2 => PlainHttp::Http2,
+        AppProtocol::Http1 => match http.and_then(|h| h.h2_upgrade_policy) {
+            Some(H2UpgradePolicy::Upgrade) => PlainHttp::Http2,
+            _ => PlainHttp::Http1,
+        },
+        AppProtocol::Tcp | AppProtocol::Unknown => PlainHttp::Client,
+    }
+}
+
+fn limits(p: &TrafficPolicy, protocol: AppProtocol) -> Limits {
+    let http = p.connection_pool.as_ref().and_then(|c| c.http.as_ref());
+    let mut l = Limits {
+        plain_http: plain_http(http, protocol),
+        ..Limits::default()
+    };
     let Some(pool) = &p.connection_pool else {
         return l;
     };
-    let http = pool.http.as_ref();
     // Validation has refused timeouts under 1ms.
     l.connect_timeout = pool
         .tcp

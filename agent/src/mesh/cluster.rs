@@ -35,6 +35,21 @@ pub enum HashOn {
     QueryParameter(String),
 }
 
+/// The HTTP version the agent speaks to a cluster's endpoints that have no
+/// agent (plaintext), as Istio picks it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PlainHttp {
+    /// HTTP/1.1: an `http` port.
+    Http1,
+    /// HTTP/2 with prior knowledge: an `http2` or `grpc` port, or an
+    /// `http` one with `h2UpgradePolicy: UPGRADE`.
+    Http2,
+    /// The client's: `useClientProtocol`, or a port whose protocol is
+    /// sniffed.
+    #[default]
+    Client,
+}
+
 /// Connection-pool settings (DestinationRule `connectionPool`): circuit
 /// breaking and how connections to the endpoints are opened and reused.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,6 +71,9 @@ pub struct Limits {
     /// `tcp.idleTimeout` and `tcp.maxConnectionDuration` of opaque TCP
     /// connections to the cluster.
     pub tcp: crate::proxy::splice::Timeouts,
+    /// HTTP to endpoints without an agent: from the port's protocol,
+    /// `http.h2UpgradePolicy` and `http.useClientProtocol`.
+    pub plain_http: PlainHttp,
 }
 
 impl Default for Limits {
@@ -67,6 +85,7 @@ impl Default for Limits {
             reuse: Reuse::default(),
             keepalive: None,
             tcp: Default::default(),
+            plain_http: PlainHttp::default(),
         }
     }
 }

@@ -467,3 +467,39 @@ spec:
     ));
     assert_eq!(none.cluster(host, 5432, "").unwrap().limits.keepalive, None);
 }
+
+#[test]
+fn plaintext_endpoints_get_the_http_version_istio_picks() {
+    use AppProtocol::{Http1, Http2, Tcp, Unknown};
+    let upgrade = HttpSettings {
+        h2_upgrade_policy: Some(H2UpgradePolicy::Upgrade),
+        ..Default::default()
+    };
+    let keep = HttpSettings {
+        h2_upgrade_policy: Some(H2UpgradePolicy::DoNotUpgrade),
+        ..Default::default()
+    };
+    let default = HttpSettings {
+        h2_upgrade_policy: Some(H2UpgradePolicy::Default),
+        ..Default::default()
+    };
+    let client = HttpSettings {
+        use_client_protocol: true,
+        ..upgrade.clone()
+    };
+    let cases = [
+        (None, Http1, PlainHttp::Http1),
+        (None, Http2, PlainHttp::Http2),
+        (None, Unknown, PlainHttp::Client),
+        (None, Tcp, PlainHttp::Client),
+        (Some(&upgrade), Http1, PlainHttp::Http2),
+        (Some(&keep), Http1, PlainHttp::Http1),
+        (Some(&default), Http1, PlainHttp::Http1),
+        (Some(&keep), Http2, PlainHttp::Http2),
+        (Some(&client), Http1, PlainHttp::Client),
+        (Some(&client), Http2, PlainHttp::Client),
+    ];
+    for (http, protocol, want) in cases {
+        assert_eq!(plain_http(http, protocol), want, "{http:?} {protocol:?}");
+    }
+}

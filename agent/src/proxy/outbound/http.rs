@@ -23,7 +23,7 @@ use super::super::headers::{authority, retarget, strip_hop_by_hop};
 use super::super::inbound::PEER_METADATA;
 use super::super::{connect, ensure_request_id, trace, upgrade, Proxy};
 use super::ConnTarget;
-use crate::mesh::cluster::{Cluster, HashOn, LbPolicy};
+use crate::mesh::cluster::{Cluster, HashOn, LbPolicy, PlainHttp};
 use crate::mesh::Mesh;
 use crate::route::retry::{retry_limit, Outcome, RetryPolicy};
 use crate::route::{self, RequestView};
@@ -577,7 +577,11 @@ async fn send_one(
             })
         }
         None => {
-            let h2 = req.version() == Version::HTTP_2;
+            let h2 = match limits.plain_http {
+                PlainHttp::Http1 => false,
+                PlainHttp::Http2 => true,
+                PlainHttp::Client => req.version() == Version::HTTP_2,
+            };
             retarget(
                 &mut req,
                 if h2 {
