@@ -215,6 +215,9 @@ pub struct Cluster {
     pub outlier: Option<OutlierConfig>,
     pub state: Arc<ClusterState>,
     ring: Vec<(u64, usize)>,
+    /// `0..endpoints.len()`: the candidates of a pick when none can be
+    /// ejected or excluded, without building the list per request.
+    every: Vec<usize>,
 }
 
 /// Counters of one cluster, kept across config updates.
@@ -259,6 +262,7 @@ impl Cluster {
             }
             ring.sort_unstable();
         }
+        let every = (0..endpoints.len()).collect();
         Self {
             name: format!("outbound|{port}|{subset}|{host}"),
             host: host.into(),
@@ -270,6 +274,7 @@ impl Cluster {
             outlier,
             state: Arc::default(),
             ring,
+            every,
         }
     }
 
@@ -288,17 +293,12 @@ impl Cluster {
     /// for ring hashing; `exclude` an endpoint to avoid if another is healthy
     /// (the one a retry failed on). `None`: no healthy endpoint (`UH`).
     pub fn pick(&self, now: Instant, hash: Option<u64>, exclude: Option<usize>) -> Option<usize> {
-        let mut healthy: Vec<usize> = (0..self.endpoints.len())
-            .filter(|&i| !self.is_ejected(i, now))
-            .collect();
-        let min = self.outlier.as_ref().map_or(0, |o| o.min_health_percent);
-        if healthy.len() * 100 < self.endpoints.len() * min as usize {
-            // Envoy's panic mode: too few left to carry the load.
-            healthy = (0..self.endpoints.len()).collect();
-        }
-        let candidates: Vec<usize> = match exclude {
-            Some(x) if healthy.len() > 1 => healthy.into_iter().filter(|&i| i != x).collect(),
-            _ => healthy,
+        let listed;
+        let candidates: &[usize] = if self.outlier.is_none() && exclude.is_none() {
+            &self.every
+        } else {
+            listed = self.candidates(now, exclude);
+            &listed
         };
         if candidates.is_empty() {
             return None;
@@ -343,6 +343,24 @@ impl Cluster {
             st.sweep(epoch, cfg.interval, sweeps_by(epoch, cfg.interval, now));
         }
         st
+    }
+
+    /// The endpoints a pick chooses from: those not ejected (all of them in
+    /// Envoy's panic mode), less `exclude` (the one a retry avoids) unless
+    /// it is the only one.
+    fn candidates(&self, now: Instant, exclude: Option<usize>) -> Vec<usize> {
+        let mut healthy: Vec<usize> = (0..self.endpoints.len())
+            .filter(|&i| !self.is_ejected(i, now))
+            .collect();
+        let min = self.outlier.as_ref().map_or(0, |o| o.min_health_percent);
+        if healthy.len() * 100 < self.endpoints.len() * min as usize {
+            // Envoy's panic mode: too few left to carry the load.
+            healthy.clone_from(&self.every);
+        }
+        match exclude {
+            Some(x) if healthy.len() > 1 => healthy.into_iter().filter(|&i| i != x).collect(),
+            _ => healthy,
+        }
     }
 
     fn is_ejected(&self, i: usize, now: Instant) -> bool {
