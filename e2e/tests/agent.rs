@@ -188,6 +188,17 @@ fn concurrent(
         .collect()
 }
 
+/// Of the requests in an agent's inbound access log (`log`) whose path
+/// starts with `prefix`, how many came over each connection that carried
+/// any.
+fn logged_by_connection(log: &Path, prefix: &str) -> Vec<usize> {
+    inbound_requests_by_connection(log)
+        .values()
+        .map(|paths| paths.iter().filter(|p| p.starts_with(prefix)).count())
+        .filter(|&n| n > 0)
+        .collect()
+}
+
 /// The requests in an agent's inbound access log (`log`), by the
 /// connection they came over (its downstream address): their paths.
 fn inbound_requests_by_connection(log: &Path) -> BTreeMap<String, Vec<String>> {
@@ -365,12 +376,10 @@ async fn agent_features_on_loopback() -> anyhow::Result<()> {
     for t in tries {
         assert_eq!(t.join().unwrap(), 503);
     }
-    let tried = || {
-        inbound_requests_by_connection(&server_log)
-            .values()
-            .flatten()
-            .filter(|p| p.starts_with("/max-retries/"))
-            .count()
+    let tried = || -> usize {
+        logged_by_connection(&server_log, "/max-retries/")
+            .iter()
+            .sum()
     };
     wait_for(Duration::from_secs(5), "5 tries logged", || async {
         (tried() >= 5).then_some(())
@@ -384,8 +393,7 @@ async fn agent_features_on_loopback() -> anyhow::Result<()> {
     // between the agents: none waits for another to end.
     let echo_requests = || {
         let body = curl(&[&format!("http://{SERVER}:9080/echo/stats")]);
-        serde_json::from_str::<serde_json::Value>(&body)
-            .map_or(0, |v| v["requests"].as_u64().unwrap_or(0))
+        serde_json::from_str::<trellis_echo::Stats>(&body).map_or(0, |s| s.requests)
     };
     let before = echo_requests();
     const CONCURRENT: u64 = 250;
@@ -406,11 +414,7 @@ async fn agent_features_on_loopback() -> anyhow::Result<()> {
         assert!(h.await??, "a request failed");
     }
     let by_conn = wait_for(Duration::from_secs(5), "the burst logged", || async {
-        let by_conn: Vec<usize> = inbound_requests_by_connection(&server_log)
-            .values()
-            .map(|paths| paths.iter().filter(|p| p.starts_with("/narrow/")).count())
-            .filter(|&n| n > 0)
-            .collect();
+        let by_conn = logged_by_connection(&server_log, "/narrow/");
         (by_conn.iter().sum::<usize>() == CONCURRENT as usize).then_some(by_conn)
     })
     .await?;

@@ -465,9 +465,9 @@ async fn traffic_management_through_captured_mtls() -> anyhow::Result<()> {
         let client = client.clone();
         async move {
             let body = curl(&client, args).await;
-            let v: serde_json::Value =
+            let r: trellis_echo::Report =
                 serde_json::from_str(&body).with_context(|| format!("{args}: {body:?}"))?;
-            anyhow::Ok(v["proto"].as_str().unwrap_or_default().to_string())
+            anyhow::Ok(r.proto)
         }
     };
     assert_eq!(

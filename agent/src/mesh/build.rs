@@ -400,13 +400,6 @@ fn lb_policy(p: &TrafficPolicy) -> LbPolicy {
     }
 }
 
-/// Connection-pool settings. Between agents every endpoint has one
-/// multiplexed HTTP/2 connection at a time, so Envoy's limits become one
-/// cap on requests in flight: `http2MaxRequests`, and, when
-/// `maxConnections` is set, HTTP/1.1's view of it (`maxConnections` busy
-/// plus `http1MaxPendingRequests` waiting). `connectTimeout`,
-/// `maxRequestsPerConnection` and `idleTimeout` are taken as they are (0
-/// requests: unlimited, 0s: no idle timeout, as in Envoy).
 /// How HTTP goes to endpoints without an agent, as in Istio: a declared
 /// `http` port gets HTTP/1.1 unless `h2UpgradePolicy` is `UPGRADE` (the
 /// mesh default, `DEFAULT`, is Istio's `DO_NOT_UPGRADE`), `http2` and
@@ -426,6 +419,14 @@ fn plain_http(http: Option<&HttpSettings>, protocol: AppProtocol) -> PlainHttp {
     }
 }
 
+/// Connection-pool settings. Between agents requests to an endpoint share
+/// multiplexed HTTP/2 connections, so Envoy's limits become one cap on
+/// requests in flight: `http2MaxRequests`, and, when `maxConnections` is
+/// set, HTTP/1.1's view of it (`maxConnections` busy plus
+/// `http1MaxPendingRequests` waiting). `connectTimeout`,
+/// `maxRequestsPerConnection`, `maxConcurrentStreams`, `maxRetries` and
+/// `idleTimeout` are taken as they are (0 requests, streams or retries:
+/// unlimited, 0s: no idle timeout, as in Envoy).
 fn limits(p: &TrafficPolicy, protocol: AppProtocol) -> Limits {
     let http = p.connection_pool.as_ref().and_then(|c| c.http.as_ref());
     let mut l = Limits {
