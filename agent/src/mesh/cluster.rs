@@ -204,9 +204,10 @@ pub struct EndpointState {
 /// Endpoints of a service port or subset, and how to use them.
 #[derive(Debug)]
 pub struct Cluster {
-    /// Envoy-style name: `outbound|PORT|SUBSET|HOST`.
-    pub name: String,
-    pub host: String,
+    /// Envoy-style name: `outbound|PORT|SUBSET|HOST` (shared with the
+    /// access log of each request, as is the host with its metric labels).
+    pub name: Arc<str>,
+    pub host: Arc<str>,
     pub port: u16,
     pub subset: String,
     pub endpoints: Vec<Endpoint>,
@@ -264,7 +265,7 @@ impl Cluster {
         }
         let every = (0..endpoints.len()).collect();
         Self {
-            name: format!("outbound|{port}|{subset}|{host}"),
+            name: format!("outbound|{port}|{subset}|{host}").into(),
             host: host.into(),
             port,
             subset: subset.into(),

@@ -291,6 +291,10 @@ async fn http1(
 ) -> Result<Response<Body>, Flag> {
     *req.uri_mut() = uri_for(addr, &req)?;
     *req.version_mut() = Version::HTTP_11;
+    if reuse.max_requests.is_none() {
+        // Nothing to count: no watch on the connection hyper picks.
+        return answered(client.request(req).await, addr);
+    }
     // Counted as soon as hyper has picked the connection, before the
     // request is written: the connection goes back to the pool only at the
     // response's end.
@@ -317,6 +321,14 @@ async fn http1(
         }
         None => send.await,
     };
+    answered(sent, addr)
+}
+
+/// What hyper's client answered for a request to `addr`, as the agent's.
+fn answered(
+    sent: Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    addr: SocketAddr,
+) -> Result<Response<Body>, Flag> {
     sent.map(|r| r.map(body::incoming)).map_err(|e| {
         tracing::debug!(%addr, error = %trellis_identity::grpc::error_chain(&e), "request to the application failed");
         if e.is_connect() {

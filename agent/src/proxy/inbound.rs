@@ -92,7 +92,7 @@ async fn handle(px: Arc<Proxy>, tcp: TcpStream, remote: SocketAddr) -> anyhow::R
     let conn = Arc::new(Conn {
         port,
         downstream: remote,
-        source: Arc::new(Workload::default()),
+        source: Workload::none(),
         mtls: false,
         metadata: Default::default(),
         xfcc: None,
@@ -197,10 +197,12 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     let request_id = super::ensure_request_id(req.headers_mut());
     super::trace::never_index_ids(req.headers_mut());
     let authority = authority(&req).unwrap_or_default().to_string();
-    if let Some(a) = req.uri().authority().map(|a| a.to_string()) {
-        if let Ok(v) = HeaderValue::from_str(&a) {
-            req.headers_mut().insert(http::header::HOST, v);
-        }
+    if let Some(v) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(http::header::HOST, v);
     }
     match &conn.xfcc {
         Some(v) => {
@@ -220,7 +222,7 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     };
     let mut log = RequestLog::start(conn_labels, &req, authority, request_id, conn.downstream);
     log.upstream = Some(px.app.addr(conn.port));
-    log.upstream_cluster = format!("inbound|{}||", conn.port);
+    log.upstream_cluster = format!("inbound|{}||", conn.port).into();
     let upgrade = super::upgrade::wants_upgrade(&req);
     let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut());

@@ -1,6 +1,6 @@
 //! Who is on each side of a request, as Istio's standard metric labels name
 //! them.
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 /// One side of a request or connection: a workload and its identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -17,6 +17,12 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// A side not known (yet): one shared value, not one made per request.
+    pub fn none() -> Arc<Workload> {
+        static NONE: LazyLock<Arc<Workload>> = LazyLock::new(Arc::default);
+        NONE.clone()
+    }
+
     /// "unknown" for what is not known, as Istio reports it.
     pub fn or_unknown(s: &str) -> &str {
         if s.is_empty() {

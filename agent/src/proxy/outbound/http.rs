@@ -51,7 +51,7 @@ pub async fn handle(
     };
     let destination_service = resolved
         .as_ref()
-        .map_or_else(|| Arc::from(authority.as_str()), |(h, _)| Arc::from(&**h));
+        .map_or_else(|| Arc::from(authority.as_str()), |(h, _)| h.clone());
     let mut log = RequestLog::start(
         source_labels(&px, destination_service),
         &req,
@@ -79,7 +79,7 @@ pub fn source_labels(px: &Proxy, destination_service: Arc<str>) -> ConnLabels {
     ConnLabels {
         reporter: Reporter::Source,
         source: px.me.clone(),
-        destination: Arc::new(Workload::default()),
+        destination: Workload::none(),
         destination_service,
         mtls: false,
     }
@@ -190,12 +190,13 @@ async fn route_request(
             .and_then(|h| h.request.as_ref()),
     );
 
-    let cluster = mesh.cluster(&dhost, dport, &subset);
-    log.upstream_cluster = format!("outbound|{dport}|{subset}|{dhost}");
-    log.conn.destination_service = Arc::from(dhost.as_str());
-    let Some(cluster) = cluster else {
+    let Some(cluster) = mesh.cluster(&dhost, dport, &subset) else {
+        log.upstream_cluster = format!("outbound|{dport}|{subset}|{dhost}").into();
+        log.conn.destination_service = Arc::from(dhost.as_str());
         return Err(Flag::NoHealthyUpstream);
     };
+    log.upstream_cluster = cluster.name.clone();
+    log.conn.destination_service = cluster.host.clone();
     if cluster.state.active.load(Ordering::Relaxed) >= cluster.limits.max_active {
         return Err(Flag::UpstreamOverflow);
     }
