@@ -37,6 +37,9 @@ pub const PEER_METADATA: &str = "x-trellis-peer-metadata";
 /// What is known of one inbound connection.
 struct Conn {
     port: u16,
+    /// [`inbound_cluster`] of `port`: made once per connection for the
+    /// logs of its requests.
+    cluster: Arc<str>,
     downstream: SocketAddr,
     /// The client's workload as its certificate says.
     source: Arc<Workload>,
@@ -47,6 +50,11 @@ struct Conn {
     metadata: std::sync::Mutex<Option<(HeaderValue, Arc<Workload>)>>,
     /// `x-forwarded-client-cert` for the application, on mTLS connections.
     xfcc: Option<HeaderValue>,
+}
+
+/// Envoy's name for the cluster to application port `port`.
+fn inbound_cluster(port: u16) -> Arc<str> {
+    format!("inbound|{port}||").into()
 }
 
 /// Tells the application who called (Envoy's header, `By=...;URI=...`).
@@ -91,6 +99,7 @@ async fn handle(px: Arc<Proxy>, tcp: TcpStream, remote: SocketAddr) -> anyhow::R
     }
     let conn = Arc::new(Conn {
         port,
+        cluster: inbound_cluster(port),
         downstream: remote,
         source: Workload::none(),
         mtls: false,
@@ -137,6 +146,7 @@ async fn handle_tls(
     };
     let conn = Arc::new(Conn {
         port,
+        cluster: inbound_cluster(port),
         downstream: remote,
         xfcc: HeaderValue::from_str(&format!(
             "By={};URI={}",
@@ -222,7 +232,7 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     };
     let mut log = RequestLog::start(conn_labels, &req, authority, request_id, conn.downstream);
     log.upstream = Some(px.app.addr(conn.port));
-    log.upstream_cluster = format!("inbound|{}||", conn.port).into();
+    log.upstream_cluster = conn.cluster.clone();
     let upgrade = super::upgrade::wants_upgrade(&req);
     let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut());
@@ -309,11 +319,7 @@ where
         destination_service: mesh.inbound_service(conn.port),
         mtls: conn.mtls,
     };
-    let mut log = TcpLog::start(
-        conn_labels,
-        conn.downstream,
-        format!("inbound|{}||", conn.port),
-    );
+    let mut log = TcpLog::start(conn_labels, conn.downstream, conn.cluster.to_string());
     log.upstream = Some(addr);
     let upstream = match super::connect::tcp(addr, &px.opts).await {
         Ok(s) => s,

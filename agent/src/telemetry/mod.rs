@@ -80,7 +80,8 @@ impl RequestLog {
             authority,
             request_id,
             upstream: None,
-            upstream_cluster: Arc::from(""),
+            // Set once the cluster is known; empty, it allocates nothing.
+            upstream_cluster: Arc::default(),
             downstream,
             response_code: 0,
             grpc_status: None,
