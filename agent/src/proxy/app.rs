@@ -1,169 +1,42 @@
 //! Plaintext HTTP clients: to the agent's own application on 127.0.0.1, and
 //! to endpoints outside the mesh (no agent in front of them). Pooled
-//! HTTP/1.1 for plain HTTP ports (hyper's client), HTTP/2 (h2c) for gRPC
+//! HTTP/1.1 for plain HTTP ports ([`Http1Pool`]), HTTP/2 (h2c) for gRPC
 //! and `http2` ports (the [`Pool`] the connections to peer agents use).
-//! Connections are opened as the agent's others are ([`connect::tcp`]):
+//! Connections are opened as the agent's others are
+//! ([`super::connect::tcp`]):
 //! with the capture mark, so that iptables does not send them back to the
 //! agent, and the agent's connect timeout or a cluster's own. To endpoints,
 //! a connection is reused as the cluster's [`Reuse`] allows: retired after
 //! `maxRequestsPerConnection` requests, closed idle after `idleTimeout`.
-use std::collections::HashMap;
-use std::future::Future;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::Authority;
-use http::{header, Extensions, Request, Response, Uri, Version};
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{capture_connection, Connected, Connection};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use http::{header, Request, Response, Uri, Version};
 
-use super::body::{self, Body};
-use super::connect::{self, ConnectOpts};
+use super::body::Body;
+use super::connect::ConnectOpts;
 use super::flags::Flag;
+use super::h1_pool::Http1Pool;
 use super::pool::{Plain, PlainKey, Pool, Reuse, Settings};
 use crate::mesh::cluster::Limits;
 
 /// Clients for the local application and plaintext endpoints.
 pub struct AppClient {
     host: IpAddr,
-    /// The agent's connect options (`--connect-timeout`, the mark), and
-    /// the clients to the local application.
+    /// The agent's connect options (`--connect-timeout`, the mark), for
+    /// the local application and clusters without their own.
     opts: ConnectOpts,
-    default: Client<Connector, Body>,
-    /// HTTP/1.1 clients to endpoints by connect timeout, keepalive and
-    /// idle timeout: all are fixed when a client is built, so each
-    /// DestinationRule `connectTimeout`, `tcpKeepalive` and `idleTimeout`
-    /// in use has its own (and its own connection pool).
-    /// Shared, so a request holds 8 bytes of one across its await.
-    by_timeouts: Mutex<HashMap<Settings, Arc<Client<Connector, Body>>>>,
-    /// h2c connections, to the application and to endpoints, by address
-    /// and the same three settings.
+    /// HTTP/1.1 connections, to the application and to endpoints, by
+    /// address and the cluster's connect timeout, keepalive and idle
+    /// timeout (each combination in use has connections of its own).
+    http1: Http1Pool,
+    /// h2c connections, keyed the same way.
     h2c: Pool<Plain>,
 }
 
-/// Most timeout pairs kept at once; past it the map starts over (the
-/// clients dropped only lose their idle connections).
-const MAX_TIMEOUTS: usize = 32;
-
 /// How long a connection to the local application may stay idle in the pool.
 const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// An HTTP/1.1 client whose idle connections are closed after `idle`
-/// (`None`: never). The timer is what closes them; without it hyper would
-/// only skip them when it next looks for a connection.
-fn http1_client(opts: ConnectOpts, idle: Option<Duration>) -> Client<Connector, Body> {
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_timer(TokioTimer::new()).pool_idle_timeout(idle);
-    b.build(Connector { opts })
-}
-
-/// The requests a connection has carried, kept with it (hyper's
-/// connection "extra"), so that the one that reaches
-/// `maxRequestsPerConnection` retires it.
-#[derive(Clone, Debug, Default)]
-struct Requests(Arc<AtomicU32>);
-
-impl Requests {
-    /// Counts one more request; whether the connection has now carried
-    /// all it may.
-    fn one_more(&self, reuse: &Reuse) -> bool {
-        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
-        reuse.max_requests.is_some_and(|m| n >= m.get())
-    }
-}
-
-/// A connection to an application or endpoint, with its [`Requests`].
-struct Upstream {
-    io: TokioIo<TcpStream>,
-    requests: Requests,
-}
-
-impl Connection for Upstream {
-    fn connected(&self) -> Connected {
-        self.io.inner().connected().extra(self.requests.clone())
-    }
-}
-
-impl Read for Upstream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl Write for Upstream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-}
-
-/// hyper's connector over [`connect::tcp`]. The URIs it is given name an
-/// IP address and port (see [`AppClient::send_to_endpoint`]).
-#[derive(Clone, Debug)]
-struct Connector {
-    opts: ConnectOpts,
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl tower::Service<Uri> for Connector {
-    type Response = Upstream;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let opts = self.opts.clone();
-        Box::pin(async move {
-            let addr: SocketAddr = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| format!("not an IP address and port: {uri}"))?;
-            Ok(Upstream {
-                io: TokioIo::new(connect::tcp(addr, &opts).await?),
-                requests: Requests::default(),
-            })
-        })
-    }
-}
 
 impl AppClient {
     /// The application listens on `host` (usually 127.0.0.1); connections
@@ -171,27 +44,10 @@ impl AppClient {
     pub fn new(host: IpAddr, opts: ConnectOpts) -> Self {
         Self {
             host,
-            default: http1_client(opts.clone(), Some(APP_IDLE_TIMEOUT)),
             opts,
-            by_timeouts: Mutex::new(HashMap::new()),
+            http1: Http1Pool::default(),
             h2c: Pool::new(Plain),
         }
-    }
-
-    /// The HTTP/1.1 client to the endpoints of a cluster with these
-    /// limits (its connect timeout, `None`: the agent-wide one; its
-    /// keepalive; its idle timeout, `None`: none).
-    fn http1(&self, limits: &Limits) -> Arc<Client<Connector, Body>> {
-        let opts = self.opts.for_cluster(limits);
-        let idle = limits.reuse.idle_timeout;
-        let key = Settings::new(&opts, idle);
-        let mut m = self.by_timeouts.lock().unwrap_or_else(|p| p.into_inner());
-        if !m.contains_key(&key) && m.len() >= MAX_TIMEOUTS {
-            m.clear();
-        }
-        m.entry(key)
-            .or_insert_with(|| Arc::new(http1_client(opts, idle)))
-            .clone()
     }
 
     /// The application's address for `port`.
@@ -213,10 +69,7 @@ impl AppClient {
             idle_timeout: Some(APP_IDLE_TIMEOUT),
             max_streams: None,
         };
-        if h2 {
-            return self.h2c(addr, &self.opts, &unlimited, req).await;
-        }
-        http1(&self.default, addr, &unlimited, req).await
+        self.plain(addr, h2, &self.opts, &unlimited, req).await
     }
 
     /// [`AppClient::send`] to an endpoint without an agent, of a cluster
@@ -230,20 +83,39 @@ impl AppClient {
         limits: &Limits,
         req: Request<Body>,
     ) -> Result<Response<Body>, Flag> {
+        let opts = self.opts.for_cluster(limits);
+        self.plain(addr, h2, &opts, &limits.reuse, req).await
+    }
+
+    /// Sends `req` to `addr` over HTTP/2 (h2c) if `h2`, else HTTP/1.1, on
+    /// a connection opened with `opts` and reused as `reuse` allows.
+    async fn plain(
+        &self,
+        addr: SocketAddr,
+        h2: bool,
+        opts: &ConnectOpts,
+        reuse: &Reuse,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Flag> {
+        let key = PlainKey {
+            addr,
+            settings: Settings::new(opts, reuse.idle_timeout),
+        };
         if h2 {
-            let opts = self.opts.for_cluster(limits);
-            return self.h2c(addr, &opts, &limits.reuse, req).await;
+            self.h2c(&key, opts, reuse, req).await
+        } else {
+            self.http1.send(&key, opts, reuse, req).await
         }
-        http1(&self.http1(limits), addr, &limits.reuse, req).await
     }
 
     async fn h2c(
         &self,
-        addr: SocketAddr,
+        key: &PlainKey,
         opts: &ConnectOpts,
         reuse: &Reuse,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, Flag> {
+        let addr = key.addr;
         // The authority the request is for (HTTP/2 has no `Host`), else
         // the address; only the connection goes to `addr`.
         let host = req.headers_mut().remove(header::HOST);
@@ -258,11 +130,7 @@ impl AppClient {
             None => uri_for(addr, &req)?,
         };
         *req.version_mut() = Version::HTTP_2;
-        let key = PlainKey {
-            addr,
-            settings: Settings::new(opts, reuse.idle_timeout),
-        };
-        self.h2c.send(&key, opts, reuse, req).await.map_err(|e| {
+        self.h2c.send(key, opts, reuse, req).await.map_err(|e| {
             tracing::debug!(%addr, error = %e, "request to the application failed");
             if e.before_sent() {
                 Flag::UpstreamConnectFailure
@@ -282,77 +150,12 @@ fn uri_for<B>(authority: impl std::fmt::Display, req: &Request<B>) -> Result<Uri
         .map_err(|_| Flag::DownstreamProtocolError)
 }
 
-/// Sends `req` over HTTP/1.1 with `client`, to `addr`.
-async fn http1(
-    client: &Client<Connector, Body>,
-    addr: SocketAddr,
-    reuse: &Reuse,
-    mut req: Request<Body>,
-) -> Result<Response<Body>, Flag> {
-    *req.uri_mut() = uri_for(addr, &req)?;
-    *req.version_mut() = Version::HTTP_11;
-    if reuse.max_requests.is_none() {
-        // Nothing to count: no watch on the connection hyper picks.
-        return answered(client.request(req).await, addr);
-    }
-    // Counted as soon as hyper has picked the connection, before the
-    // request is written: the connection goes back to the pool only at the
-    // response's end.
-    let mut conn = capture_connection(&mut req);
-    let send = client.request(req);
-    tokio::pin!(send);
-    let picked = tokio::select! {
-        biased;
-        c = conn.wait_for_connection_metadata() => {
-            if let Some(c) = c.as_ref() {
-                count_request(c, reuse);
-            }
-            None
-        }
-        sent = &mut send => Some(sent),
-    };
-    let sent = match picked {
-        Some(sent) => {
-            // Done before the pick was seen (or no connection).
-            if let Some(c) = conn.connection_metadata().as_ref() {
-                count_request(c, reuse);
-            }
-            sent
-        }
-        None => send.await,
-    };
-    answered(sent, addr)
-}
-
-/// What hyper's client answered for a request to `addr`, as the agent's.
-fn answered(
-    sent: Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
-    addr: SocketAddr,
-) -> Result<Response<Body>, Flag> {
-    sent.map(|r| r.map(body::incoming)).map_err(|e| {
-        tracing::debug!(%addr, error = %trellis_identity::grpc::error_chain(&e), "request to the application failed");
-        if e.is_connect() {
-            Flag::UpstreamConnectFailure
-        } else {
-            Flag::UpstreamConnectionTermination
-        }
-    })
-}
-
-/// Counts a request on connection `c`; the one that reaches
-/// `maxRequestsPerConnection` retires it (hyper's pool no longer hands it
-/// out and drops it once its requests are done).
-fn count_request(c: &Connected, reuse: &Reuse) {
-    let mut ext = Extensions::new();
-    c.get_extras(&mut ext);
-    if ext.get::<Requests>().is_some_and(|r| r.one_more(reuse)) {
-        c.poison();
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::time::Instant;
+
+    use hyper_util::rt::TokioIo;
 
     use super::*;
 

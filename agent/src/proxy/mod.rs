@@ -8,6 +8,7 @@ pub mod connect;
 pub mod cork;
 pub mod detect;
 pub mod flags;
+pub mod h1_pool;
 pub mod h2_stream;
 pub mod headers;
 pub mod inbound;

@@ -150,11 +150,11 @@ impl OpenStreams {
 /// A request's hold on its pooled connection, let go when it drops (with
 /// the response body).
 #[derive(Debug)]
-struct Stream(Option<Arc<OpenStreams>>);
+pub(super) struct Stream(Option<Arc<OpenStreams>>);
 
 impl Stream {
     /// Ends the stream at `now` (once: the first call counts).
-    fn end(&mut self, now: Instant) {
+    pub(super) fn end(&mut self, now: Instant) {
         if let Some(open) = self.0.take() {
             open.end(now);
         }
@@ -175,7 +175,7 @@ impl Drop for Stream {
 
 /// How many streams a connection's server lets it have open at once (its
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
-trait Capacity {
+pub(super) trait Capacity {
     fn streams(&self) -> usize;
 }
 
@@ -188,12 +188,12 @@ impl Capacity for SendRequest<Bytes> {
 /// The pooled connections by key, and the bookkeeping of their use; pure,
 /// so that retirement is tested without sockets.
 #[derive(Debug)]
-struct Conns<K, S> {
+pub(super) struct Conns<K, S> {
     by_key: HashMap<K, Vec<Pooled<S>>>,
 }
 
 impl<K: Eq + Hash, S: Clone + Capacity> Conns<K, S> {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             by_key: HashMap::new(),
         }
@@ -207,7 +207,12 @@ impl<K: Eq + Hash, S: Clone + Capacity> Conns<K, S> {
     /// later streams go to the others or a new one. Connections idle past
     /// `idle_timeout` are dropped instead (their watchers may not have run
     /// yet).
-    fn checkout(&mut self, key: &K, reuse: &Reuse, now: Instant) -> Option<(S, u64, Stream)> {
+    pub(super) fn checkout(
+        &mut self,
+        key: &K,
+        reuse: &Reuse,
+        now: Instant,
+    ) -> Option<(S, u64, Stream)> {
         let conns = self.by_key.get_mut(key)?;
         if let Some(t) = reuse.idle_timeout {
             conns.retain(|p| {
@@ -238,7 +243,14 @@ impl<K: Eq + Hash, S: Clone + Capacity> Conns<K, S> {
     /// Pools `conn`, just opened at `now` for one stream, unless that one
     /// stream is all it may carry; the stream's hold on it if pooled. It
     /// goes beside the connections already pooled for `key`.
-    fn insert(&mut self, key: K, conn: S, id: u64, reuse: &Reuse, now: Instant) -> Option<Stream> {
+    pub(super) fn insert(
+        &mut self,
+        key: K,
+        conn: S,
+        id: u64,
+        reuse: &Reuse,
+        now: Instant,
+    ) -> Option<Stream> {
         if reuse.max_requests.is_some_and(|m| m.get() <= 1) {
             return None;
         }
@@ -255,7 +267,7 @@ impl<K: Eq + Hash, S: Clone + Capacity> Conns<K, S> {
 
     /// Drops connection `id` for `key` (it broke, or is idle), not the
     /// others.
-    fn remove(&mut self, key: &K, id: u64) {
+    pub(super) fn remove(&mut self, key: &K, id: u64) {
         if let Some(conns) = self.by_key.get_mut(key) {
             conns.retain(|p| p.id != id);
             if conns.is_empty() {
@@ -279,7 +291,7 @@ impl<K: Eq + Hash, S: Clone + Capacity> Conns<K, S> {
         None
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.by_key.values().map(Vec::len).sum()
     }
 }
@@ -367,7 +379,8 @@ impl Dial for Plain {
     }
 }
 
-type Shared<K> = Arc<Mutex<Conns<K, SendRequest<Bytes>>>>;
+/// A pool's connections, shared with the tasks that watch them.
+pub(super) type Shared<K, S> = Arc<Mutex<Conns<K, S>>>;
 
 /// How a connection being opened ended, for the requests waiting for it:
 /// `None` while it is being opened; `Some(Ok)` opened and pooled;
@@ -377,7 +390,7 @@ type Opened = Option<Result<(), Arc<str>>>;
 /// HTTP/2 connections, opened by `D`.
 pub struct Pool<D: Dial> {
     dial: D,
-    conns: Shared<D::Key>,
+    conns: Shared<D::Key, SendRequest<Bytes>>,
     /// The connections being opened, by key: a request that finds none
     /// pooled waits for the one being opened rather than opening its own,
     /// so a burst of requests to a new endpoint opens one connection.
@@ -585,7 +598,7 @@ impl<D: Dial> Pool<D> {
     }
 }
 
-fn lock<K>(conns: &Shared<K>) -> std::sync::MutexGuard<'_, Conns<K, SendRequest<Bytes>>> {
+pub(super) fn lock<K, S>(conns: &Shared<K, S>) -> std::sync::MutexGuard<'_, Conns<K, S>> {
     conns.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -646,10 +659,10 @@ async fn keep_alive(pings: Option<h2::PingPong>) -> String {
 }
 
 /// Takes connection `id` out of the pool once it has had no stream open
-/// for `idle`; h2 then closes it.
+/// for `idle`; dropping its last handle closes it.
 /// Ends early if the connection leaves the pool another way.
-async fn close_when_idle<K: Eq + Hash>(
-    conns: Shared<K>,
+pub(super) async fn close_when_idle<K: Eq + Hash, S: Clone + Capacity>(
+    conns: Shared<K, S>,
     key: K,
     addr: SocketAddr,
     id: u64,
@@ -662,7 +675,7 @@ async fn close_when_idle<K: Eq + Hash>(
             None => break,
         }
     }
-    tracing::debug!(%addr, "pooled HTTP/2 connection idle, closed");
+    tracing::debug!(%addr, "pooled connection idle, closed");
 }
 
 #[cfg(test)]
