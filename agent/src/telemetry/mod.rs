@@ -33,7 +33,8 @@ pub struct RequestLog {
     pub conn: ConnLabels,
     pub grpc: bool,
     pub method: http::Method,
-    pub path: String,
+    /// The request's path and query (a handle on its bytes, not a copy).
+    pub path: Option<http::uri::PathAndQuery>,
     pub authority: String,
     pub request_id: String,
     pub upstream: Option<SocketAddr>,
@@ -72,11 +73,7 @@ impl RequestLog {
             conn,
             grpc: crate::proxy::is_grpc(req.headers()),
             method: req.method().clone(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
+            path: req.uri().path_and_query().cloned(),
             authority,
             request_id,
             upstream: None,
@@ -135,7 +132,7 @@ impl Telemetry {
                 "start_time": trellis_identity::rfc3339::format_rfc3339(unix(log.start)),
                 "reporter": log.conn.reporter.as_str(),
                 "method": log.method.as_str(),
-                "path": log.path,
+                "path": log.path.as_ref().map_or("", |p| p.as_str()),
                 "authority": log.authority,
                 "protocol": if log.grpc { "grpc" } else { "http" },
                 "response_code": log.response_code,

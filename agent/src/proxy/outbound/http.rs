@@ -5,6 +5,7 @@
 //! mirror → circuit breaker → tries (balance, forward over pooled mTLS
 //! HTTP/2, retry by policy and budget, per-try and route timeouts) →
 //! response header changes → observe.
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -95,14 +96,13 @@ async fn route_request(
     log: &mut RequestLog,
 ) -> Result<Response<Body>, Flag> {
     let (mut parts, incoming) = req.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    // A handle on the request's own bytes (no copy), kept while the head
+    // is rewritten.
+    let path_and_query = parts.uri.path_and_query().cloned();
+    let path_and_query = path_and_query.as_ref().map_or("/", |p| p.as_str());
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
-        None => (path_and_query.as_str(), None),
+        None => (path_and_query, None),
     };
     let chosen = match mesh.http_routes(host) {
         Some(routes) => {
@@ -149,7 +149,7 @@ async fn route_request(
         if let Some(redirect) = &r.redirect {
             let scheme = parts.uri.scheme_str().unwrap_or("http");
             let location =
-                route::redirect_location(redirect, scheme, &log.authority, &path_and_query);
+                route::redirect_location(redirect, scheme, &log.authority, path_and_query);
             let code = redirect.redirect_code.unwrap_or(301);
             return Ok(local_response(code as u16, Some(location), Bytes::new()));
         }
@@ -167,7 +167,7 @@ async fn route_request(
     let dest = route.and_then(|r| route::pick_weighted(&r.route, fastrand::u32(..100)));
     let (dhost, dport, subset) = match dest {
         Some(d) => destination(mesh, &d.destination, host, port),
-        None => (host.to_string(), port, String::new()),
+        None => (host.into(), port, ""),
     };
     let mut upstream_authority = log.authority.clone();
     if let Some(rw) = route.and_then(|r| r.rewrite.as_ref()) {
@@ -190,9 +190,9 @@ async fn route_request(
             .and_then(|h| h.request.as_ref()),
     );
 
-    let Some(cluster) = mesh.cluster(&dhost, dport, &subset) else {
+    let Some(cluster) = mesh.cluster(&dhost, dport, subset) else {
         log.upstream_cluster = format!("outbound|{dport}|{subset}|{dhost}").into();
-        log.conn.destination_service = Arc::from(dhost.as_str());
+        log.conn.destination_service = Arc::from(&*dhost);
         return Err(Flag::NoHealthyUpstream);
     };
     log.upstream_cluster = cluster.name.clone();
@@ -252,7 +252,7 @@ async fn route_request(
             px,
             &cluster,
             policy,
-            &parts,
+            parts,
             &mut body,
             &upstream_authority,
             hash,
@@ -315,7 +315,12 @@ fn local_response(status: u16, location: Option<String>, body: Bytes) -> Respons
 
 /// The cluster a route destination names: its host, its port (given, or
 /// the request's for the same host, or the host's only port) and subset.
-fn destination(mesh: &Mesh, d: &Destination, host: &str, port: u16) -> (String, u16, String) {
+fn destination<'a>(
+    mesh: &Mesh,
+    d: &'a Destination,
+    host: &str,
+    port: u16,
+) -> (Cow<'a, str>, u16, &'a str) {
     let dhost = mesh.canonical_host(&d.host);
     let dport = match d.port {
         Some(p) => p.number as u16,
@@ -325,7 +330,7 @@ fn destination(mesh: &Mesh, d: &Destination, host: &str, port: u16) -> (String, 
             .and_then(|s| s.only_port())
             .unwrap_or(port),
     };
-    (dhost, dport, d.subset.clone().unwrap_or_default())
+    (dhost.into(), dport, d.subset.as_deref().unwrap_or(""))
 }
 
 fn set_path(parts: &mut http::request::Parts, path_and_query: &str) {
@@ -469,7 +474,7 @@ async fn tries(
     px: &Proxy,
     cluster: &Arc<Cluster>,
     policy: &RetryPolicy,
-    parts: &http::request::Parts,
+    parts: http::request::Parts,
     body: &mut ReqBody,
     authority: &str,
     hash: Option<u64>,
@@ -477,6 +482,9 @@ async fn tries(
 ) -> Result<Response<Body>, Flag> {
     let mut exclude = None;
     let mut last: Option<Result<Response<Body>, Outcome>> = None;
+    // The request head, copied for each try that may be followed by
+    // another, moved into the one that cannot be.
+    let mut parts = Some(parts);
     for n in 0..=policy.attempts {
         // A retry is outstanding from its backoff to its answer; past the
         // cluster's limit the last answer stands (Envoy's retry overflow).
@@ -505,7 +513,13 @@ async fn tries(
         log.upstream = Some(ep.addr);
         log.conn.destination = ep.workload.clone();
         log.conn.mtls = ep.identity.is_some();
-        let req = Request::from_parts(parts.clone(), body.take());
+        let head = if n == policy.attempts || !body.replayable() {
+            parts.take()
+        } else {
+            parts.clone()
+        };
+        let Some(head) = head else { break };
+        let req = Request::from_parts(head, body.take());
         let sent = {
             let _active = Gauge::inc(&ep.state.active);
             // As the route timeout above: one `timeout`, awaited in place.
