@@ -126,12 +126,15 @@ impl Http1Pool {
         let (mut sender, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| failed(addr, &e))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (conns, k) = (self.conns.clone(), key.clone());
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "HTTP/1.1 connection closed");
             }
+            // Closed (by either side): out of the pool, if still there.
+            pool::lock(&conns).remove(&k, id);
         });
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Slot(Arc::new(Mutex::new(None)));
         let stream = self
             .lock()
@@ -218,11 +221,25 @@ struct Held {
 }
 
 impl Held {
-    /// The response has ended: its connection is free for the next request.
+    /// The response has ended: its connection is free for the next request
+    /// once hyper is done with this one (usually at once; a request body
+    /// still uploading after an early answer keeps it busy until it ends,
+    /// and meanwhile the connection counts as in use, so that the next
+    /// request does not wait for it).
     fn release(&mut self) {
-        if let Some((sender, Some((slot, mut stream)))) = self.conn.take() {
+        let Some((mut sender, Some((slot, mut stream)))) = self.conn.take() else {
+            return;
+        };
+        if sender.is_ready() {
             *slot.state() = Some(sender);
             stream.end(Instant::now());
+        } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    *slot.state() = Some(sender);
+                }
+                stream.end(Instant::now());
+            });
         }
     }
 }
@@ -433,6 +450,41 @@ mod tests {
         let resp = pool.send(&key, &opts(), &Reuse::default(), get("/")).await;
         assert_eq!(resp.unwrap().status(), 200);
         assert_eq!(long.accepted.load(SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_uploading_after_an_early_answer_is_not_handed_out() {
+        // The server answers 413 after the head, keeps the connection and
+        // reads nothing more; the first request's body never ends.
+        let server = raw_server(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
+            None,
+        )
+        .await;
+        let pool = Http1Pool::default();
+        let key = key(server.addr);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"part"))))
+            .await
+            .unwrap();
+        let uploading =
+            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let req = Request::post("/").body(uploading.boxed()).unwrap();
+        let first = pool
+            .send(&key, &opts(), &Reuse::default(), req)
+            .await
+            .unwrap();
+        assert_eq!(first.status(), 413);
+        drop(first);
+        let second = tokio::time::timeout(
+            Duration::from_secs(5),
+            pool.send(&key, &opts(), &Reuse::default(), get("/")),
+        )
+        .await
+        .expect("the second request waited for the first one's upload");
+        assert_eq!(second.unwrap().status(), 413);
+        assert_eq!(server.accepted.load(SeqCst), 2, "a connection of its own");
+        drop(tx);
     }
 
     #[tokio::test]
