@@ -580,9 +580,14 @@ impl<D: Dial> Pool<D> {
         let handshake = h2_builder().handshake(Corked::client(io)).await;
         let (sender, conn) = handshake.map_err(|source| PoolError::Handshake { addr, source })?;
         // Once every handle is dropped (the connection left the pool and
-        // its last request ended), h2 closes it.
-        tokio::spawn(drive(conn, addr, D::PINGS));
+        // its last request ended), h2 closes it. Closed (by either side,
+        // or broken), it leaves the pool if it is still there.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (conns, k) = (self.conns.clone(), key.clone());
+        tokio::spawn(async move {
+            drive(conn, addr, D::PINGS).await;
+            lock(&conns).remove(&k, id);
+        });
         let stream = self
             .lock()
             .insert(key.clone(), sender.clone(), id, reuse, Instant::now());
@@ -884,6 +889,30 @@ mod tests {
             mark: None,
             keepalive: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closes_leaves_the_pool() {
+        // Answers one request, then closes the connection.
+        let server = counting_server(|s| async move {
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            if let Some(Ok((_, mut respond))) = conn.accept().await {
+                respond.send_response(Response::new(()), true).unwrap();
+                conn.graceful_shutdown();
+                let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
+            }
+        })
+        .await;
+        let pool = Pool::new(Plain);
+        let req = Request::get("http://echo/").body(body::empty()).unwrap();
+        let (key, reuse) = (plain(server.addr), unlimited());
+        let resp = pool.send(&key, &opts(), &reuse, req).await;
+        assert_eq!(resp.unwrap().status(), 200);
+        eventually("the server closed it", || {
+            server.open.load(std::sync::atomic::Ordering::SeqCst) == 0
+        })
+        .await;
+        eventually("out of the pool", || pool.is_empty()).await;
     }
 
     #[tokio::test]
