@@ -127,22 +127,13 @@ impl Http1Pool {
             .await
             .map_err(|e| failed(addr, &e))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (conns, k) = (self.conns.clone(), key.clone());
-        tokio::spawn(async move {
+        let run = async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "HTTP/1.1 connection closed");
             }
-            // Closed (by either side): out of the pool, if still there.
-            pool::lock(&conns).remove(&k, id);
-        });
+        };
         let slot = Slot(Arc::new(Mutex::new(None)));
-        let stream = self
-            .lock()
-            .insert(key.clone(), slot.clone(), id, reuse, Instant::now());
-        if let (Some(_), Some(idle)) = (&stream, reuse.idle_timeout) {
-            let conns = self.conns.clone();
-            tokio::spawn(pool::close_when_idle(conns, key.clone(), addr, id, idle));
-        }
+        let stream = pool::pool_and_watch(&self.conns, key, slot.clone(), id, reuse, addr, run);
         match sender.send_request(req).await {
             Ok(resp) => Ok(held(resp, sender, stream.map(|s| (slot, s)))),
             Err(e) => {

@@ -243,14 +243,7 @@ impl<K: Eq + Hash, S: Clone + Capacity> Conns<K, S> {
     /// Pools `conn`, just opened at `now` for one stream, unless that one
     /// stream is all it may carry; the stream's hold on it if pooled. It
     /// goes beside the connections already pooled for `key`.
-    pub(super) fn insert(
-        &mut self,
-        key: K,
-        conn: S,
-        id: u64,
-        reuse: &Reuse,
-        now: Instant,
-    ) -> Option<Stream> {
+    fn insert(&mut self, key: K, conn: S, id: u64, reuse: &Reuse, now: Instant) -> Option<Stream> {
         if reuse.max_requests.is_some_and(|m| m.get() <= 1) {
             return None;
         }
@@ -580,21 +573,10 @@ impl<D: Dial> Pool<D> {
         let handshake = h2_builder().handshake(Corked::client(io)).await;
         let (sender, conn) = handshake.map_err(|source| PoolError::Handshake { addr, source })?;
         // Once every handle is dropped (the connection left the pool and
-        // its last request ended), h2 closes it. Closed (by either side,
-        // or broken), it leaves the pool if it is still there.
+        // its last request ended), h2 closes it.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (conns, k) = (self.conns.clone(), key.clone());
-        tokio::spawn(async move {
-            drive(conn, addr, D::PINGS).await;
-            lock(&conns).remove(&k, id);
-        });
-        let stream = self
-            .lock()
-            .insert(key.clone(), sender.clone(), id, reuse, Instant::now());
-        if let (Some(_), Some(idle)) = (&stream, reuse.idle_timeout) {
-            let conns = self.conns.clone();
-            tokio::spawn(close_when_idle(conns, key.clone(), addr, id, idle));
-        }
+        let run = drive(conn, addr, D::PINGS);
+        let stream = pool_and_watch(&self.conns, key, sender.clone(), id, reuse, addr, run);
         Ok((sender, stream))
     }
 
@@ -605,6 +587,37 @@ impl<D: Dial> Pool<D> {
 
 pub(super) fn lock<K, S>(conns: &Shared<K, S>) -> std::sync::MutexGuard<'_, Conns<K, S>> {
     conns.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Pools connection `id` to `key` (`conn`, to `addr`, just opened for one
+/// stream) as `reuse` allows, and watches it: `run`, which drives the
+/// connection, goes in a task of its own, and when it ends (the connection
+/// closed by either side, or broke) the connection leaves the pool; pooled
+/// with an idle timeout, another task closes it once idle that long. The
+/// first stream's hold on it, if pooled (see [`Conns::insert`]).
+pub(super) fn pool_and_watch<K, S>(
+    conns: &Shared<K, S>,
+    key: &K,
+    conn: S,
+    id: u64,
+    reuse: &Reuse,
+    addr: SocketAddr,
+    run: impl Future<Output = ()> + Send + 'static,
+) -> Option<Stream>
+where
+    K: Clone + Eq + Hash + Send + 'static,
+    S: Clone + Capacity + Send + 'static,
+{
+    let stream = lock(conns).insert(key.clone(), conn, id, reuse, Instant::now());
+    if let (Some(_), Some(idle)) = (&stream, reuse.idle_timeout) {
+        tokio::spawn(close_when_idle(conns.clone(), key.clone(), addr, id, idle));
+    }
+    let (conns, key) = (conns.clone(), key.clone());
+    tokio::spawn(async move {
+        run.await;
+        lock(&conns).remove(&key, id);
+    });
+    stream
 }
 
 /// A PING this often on each pooled connection tells a peer that vanished
@@ -666,7 +679,7 @@ async fn keep_alive(pings: Option<h2::PingPong>) -> String {
 /// Takes connection `id` out of the pool once it has had no stream open
 /// for `idle`; dropping its last handle closes it.
 /// Ends early if the connection leaves the pool another way.
-pub(super) async fn close_when_idle<K: Eq + Hash, S: Clone + Capacity>(
+async fn close_when_idle<K: Eq + Hash, S: Clone + Capacity>(
     conns: Shared<K, S>,
     key: K,
     addr: SocketAddr,
