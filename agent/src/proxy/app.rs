@@ -12,12 +12,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::uri::Authority;
-use http::{header, Request, Response, Uri, Version};
+use http::{header, Request, Response, Version};
 
 use super::body::Body;
 use super::connect::ConnectOpts;
 use super::flags::Flag;
 use super::h1_pool::Http1Pool;
+use super::headers::http_uri;
 use super::pool::{Plain, PlainKey, Pool, Reuse, Settings};
 use crate::mesh::cluster::Limits;
 
@@ -125,10 +126,13 @@ impl AppClient {
             host.as_ref()
                 .and_then(|h| h.to_str().ok()?.parse::<Authority>().ok())
         });
-        *req.uri_mut() = match authority {
-            Some(a) => uri_for(a, &req)?,
-            None => uri_for(addr, &req)?,
+        let authority = match authority {
+            Some(a) => a,
+            None => {
+                Authority::try_from(addr.to_string()).map_err(|_| Flag::DownstreamProtocolError)?
+            }
         };
+        *req.uri_mut() = http_uri(authority, req.uri()).ok_or(Flag::DownstreamProtocolError)?;
         *req.version_mut() = Version::HTTP_2;
         self.h2c.send(key, opts, reuse, req).await.map_err(|e| {
             tracing::debug!(%addr, error = %e, "request to the application failed");
@@ -139,15 +143,6 @@ impl AppClient {
             }
         })
     }
-}
-
-/// `req`'s path at `authority` (an address, or one parsed as an authority
-/// alone, so that it cannot change the path).
-fn uri_for<B>(authority: impl std::fmt::Display, req: &Request<B>) -> Result<Uri, Flag> {
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    format!("http://{authority}{path}")
-        .parse()
-        .map_err(|_| Flag::DownstreamProtocolError)
 }
 
 #[cfg(test)]

@@ -156,7 +156,7 @@ impl Http1Pool {
 
 /// `req` as an HTTP/1.1 request on a connection of its own to `addr`:
 /// origin form, and a `Host`.
-fn prepare(req: &mut Request<Body>, addr: SocketAddr) {
+pub(super) fn prepare(req: &mut Request<Body>, addr: SocketAddr) {
     if !req.headers().contains_key(header::HOST) {
         let host = match req.uri().authority() {
             Some(a) => HeaderValue::from_str(a.as_str()),

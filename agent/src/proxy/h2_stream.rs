@@ -4,10 +4,11 @@
 //! hyper's client passes each request through a channel to a dispatch task,
 //! which opens the stream and spawns one more task per request to await the
 //! response and hand it back through a oneshot. Here the request's own task
-//! opens the stream, sends the body when it is ready (a buffered body, or a
-//! unary gRPC message that came with its headers, is sent before the first
-//! await), and is woken by the connection's task with the response. Only a
-//! body still streaming gets a task of its own.
+//! opens the stream, sends the body as it comes (a buffered body, or a
+//! unary gRPC message that came with its headers, before the first await)
+//! while it waits for the response, and is woken with the response by the
+//! connection's task. Only a body still streaming once the response has
+//! come (gRPC client or bidirectional streaming) gets a task of its own.
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -18,7 +19,6 @@ use h2::{Reason, RecvStream, SendStream};
 use http::{header, HeaderMap, Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
-use tokio::sync::oneshot;
 
 use super::body::{Body, BoxError};
 
@@ -43,32 +43,28 @@ pub async fn send<H: Send + Sync + Unpin + 'static>(
         }
     }
     let eos = body.is_end_stream();
-    let (response, tx) = sender.send_request(Request::from_parts(head, ()), eos)?;
-    let cancel = if eos {
-        None
-    } else {
-        let mut pipe = Pipe {
-            body,
-            tx,
-            held: None,
-        };
-        // What the body has now goes out in this turn, with the headers.
-        let done = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut pipe).poll(cx).is_ready()));
-        if done.await {
-            None
-        } else {
-            let (cancel, cancelled) = oneshot::channel();
-            tokio::spawn(Cancellable {
-                pipe,
-                cancelled: Some(cancelled),
-            });
-            Some(CancelOnDrop(Some(cancel)))
+    let (mut response, tx) = sender.send_request(Request::from_parts(head, ()), eos)?;
+    let mut upload = Upload((!eos).then_some(Pipe {
+        body,
+        tx,
+        held: None,
+    }));
+    // The body goes out from this task while the response is awaited:
+    // what it has now in this turn, with the headers, the rest as it comes
+    // (a unary gRPC message often comes in a read after its headers).
+    let response = std::future::poll_fn(|cx| {
+        if let Some(pipe) = &mut upload.0 {
+            if Pin::new(pipe).poll(cx).is_ready() {
+                upload.0 = None;
+            }
         }
-    };
-    let response = response.await?;
-    // The response came: a body still uploading goes on (gRPC streaming).
-    if let Some(mut c) = cancel {
-        c.0.take();
+        Pin::new(&mut response).poll(cx)
+    })
+    .await?;
+    // The response came: a body still uploading goes on, on a task of its
+    // own (gRPC streaming).
+    if let Some(pipe) = upload.0.take() {
+        tokio::spawn(pipe);
     }
     // As hyper: a response that ended with its head has no body.
     let length =
@@ -196,39 +192,15 @@ impl Future for Pipe {
     }
 }
 
-/// A [`Pipe`] on a task of its own, ended (its stream reset) if the request
-/// is given up before its response came, say by a timeout.
-struct Cancellable {
-    pipe: Pipe,
-    /// `None` once the response came (the sender dropped unsent).
-    cancelled: Option<oneshot::Receiver<()>>,
-}
+/// A request body being sent while its response is awaited; dropped before
+/// the response came (the request was given up, say by a timeout), it
+/// resets the stream.
+struct Upload(Option<Pipe>);
 
-impl Future for Cancellable {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let me = &mut *self;
-        if let Some(c) = &mut me.cancelled {
-            if let Poll::Ready(r) = Pin::new(c).poll(cx) {
-                if r.is_ok() {
-                    me.pipe.tx.send_reset(Reason::CANCEL);
-                    return Poll::Ready(());
-                }
-                me.cancelled = None;
-            }
-        }
-        Pin::new(&mut me.pipe).poll(cx)
-    }
-}
-
-/// Cancels its [`Cancellable`] when dropped, unless emptied first.
-struct CancelOnDrop(Option<oneshot::Sender<()>>);
-
-impl Drop for CancelOnDrop {
+impl Drop for Upload {
     fn drop(&mut self) {
-        if let Some(c) = self.0.take() {
-            let _ = c.send(());
+        if let Some(p) = &mut self.0 {
+            p.tx.send_reset(Reason::CANCEL);
         }
     }
 }
@@ -413,6 +385,34 @@ mod tests {
         let echoed = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(echoed, "one two");
         assert_eq!(server.await.unwrap().unwrap()["grpc-status"], "7");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_comes_after_its_headers_is_sent_while_the_response_is_awaited() {
+        let (mut sender, mut requests) = pair().await;
+        let (chunks, req_body) = channel_body();
+        let req = Request::post("http://echo:50051/e").body(req_body).unwrap();
+        // The server answers only once it has the whole body.
+        let server = tokio::spawn(async move {
+            let (req, mut respond) = requests.recv().await.unwrap();
+            let (got, _) = read_all(req.into_body()).await;
+            let mut tx = respond.send_response(Response::new(()), false).unwrap();
+            tx.send_data(Bytes::from(got), true).unwrap();
+        });
+        let feed = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            chunks
+                .send(Frame::data(Bytes::from_static(b"late")))
+                .unwrap();
+        });
+        let resp = tokio::time::timeout(Duration::from_secs(5), send(&mut sender, req, ()))
+            .await
+            .expect("the body went out while the response was awaited")
+            .unwrap();
+        let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(echoed, "late");
+        feed.await.unwrap();
+        server.await.unwrap();
     }
 
     #[tokio::test]

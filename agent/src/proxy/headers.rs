@@ -2,6 +2,7 @@
 //! connection's business and never forwarded; `Host` and `:authority` are
 //! the same thing in two versions.
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Request, Uri, Version};
 
 /// Connection-specific headers (RFC 9110 §7.6.1), never forwarded.
@@ -17,6 +18,16 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers and those named in `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none (a gRPC request only `te: trailers`, which
+    // stays): one pass over the names instead of a lookup for each.
+    if !h.keys().any(|n| n != header::TE && HOP_BY_HOP.contains(n)) {
+        let mut te = h.get_all(header::TE).iter();
+        match (te.next(), te.next()) {
+            (None, _) => return,
+            (Some(v), None) if v == "trailers" => return,
+            _ => {}
+        }
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -51,17 +62,12 @@ pub fn authority<B>(req: &Request<B>) -> Option<&str> {
 /// `http://AUTHORITY/PATH`; for HTTP/1.1 the authority goes in `Host`, for
 /// HTTP/2 in `:authority` only.
 pub fn retarget<B>(req: &mut Request<B>, version: Version, authority: &str) {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    if let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-    {
+    // The request's own authority when it is the one (no copy), else parsed.
+    let parsed = match req.uri().authority() {
+        Some(a) if a.as_str() == authority => Some(a.clone()),
+        _ => Authority::try_from(authority).ok(),
+    };
+    if let Some(uri) = parsed.and_then(|a| http_uri(a, req.uri())) {
         *req.uri_mut() = uri;
     }
     strip_hop_by_hop(req.headers_mut());
@@ -71,6 +77,20 @@ pub fn retarget<B>(req: &mut Request<B>, version: Version, authority: &str) {
         req.headers_mut().insert(header::HOST, v);
     }
     *req.version_mut() = version;
+}
+
+/// `http://AUTHORITY` and `uri`'s path and query (or `/`), which is shared,
+/// not parsed or copied again.
+pub fn http_uri(authority: Authority, uri: &Uri) -> Option<Uri> {
+    let mut parts = uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).ok()
 }
 
 #[cfg(test)]
@@ -96,6 +116,43 @@ mod tests {
         assert!(h.get(header::TRANSFER_ENCODING).is_none());
         assert_eq!(h.get("x-bar").unwrap(), "2");
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_found_without_connection_naming_them() {
+        // `te: trailers` alone (every gRPC request) stays as it is.
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        // A hop-by-hop header that `Connection` does not name still goes.
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-connection", HeaderValue::from_static("close"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("keep-alive").is_none() && h.get("proxy-connection").is_none());
+        // Two `te` lines become the one `trailers`.
+        h.append(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        let te: Vec<_> = h.get_all(header::TE).iter().collect();
+        assert_eq!(te, ["trailers"]);
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get(header::TE).is_none());
+        assert_eq!(h["x-a"], "1");
+    }
+
+    #[test]
+    fn retarget_replaces_the_authority_and_keeps_the_path() {
+        let mut r = Request::get("http://a:1/p?q=1").body(()).unwrap();
+        retarget(&mut r, Version::HTTP_2, "b:2");
+        assert_eq!(r.uri().to_string(), "http://b:2/p?q=1");
+        let mut r = Request::get("http://a:1").body(()).unwrap();
+        retarget(&mut r, Version::HTTP_2, "a:1");
+        assert_eq!(r.uri().to_string(), "http://a:1/");
+        // Not an authority: the URI stays.
+        retarget(&mut r, Version::HTTP_2, "a b");
+        assert_eq!(r.uri().to_string(), "http://a:1/");
     }
 
     #[test]

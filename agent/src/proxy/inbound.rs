@@ -182,7 +182,8 @@ where
     let svc = service_fn(move |req| {
         let px = px.clone();
         let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(to_app(px, conn, req).await) }
+        // Boxed, as the outbound side's (see there).
+        Box::pin(async move { Ok::<_, std::convert::Infallible>(to_app(px, conn, req).await) })
     });
     let mut builder = super::http_server();
     match h1 {
@@ -206,13 +207,11 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     let source = peer_metadata(&conn, req.headers_mut());
     let request_id = super::ensure_request_id(req.headers_mut());
     super::trace::never_index_ids(req.headers_mut());
-    let authority = authority(&req).unwrap_or_default().to_string();
-    if let Some(v) = req
-        .uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        req.headers_mut().insert(http::header::HOST, v);
+    let authority = Arc::from(authority(&req).unwrap_or_default());
+    // The URI's authority is the request's: a `Host` beside it goes (the
+    // HTTP/1.1 hop to the application writes `Host` from the authority).
+    if req.uri().authority().is_some() {
+        req.headers_mut().remove(http::header::HOST);
     }
     match &conn.xfcc {
         Some(v) => {
@@ -249,8 +248,9 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
         )),
     );
     let result = if let (Some(u), Some(down)) = (upgrade, on_upgrade) {
-        match super::connect::tcp(px.app.addr(conn.port), &px.opts).await {
-            Ok(io) => super::upgrade::send_on(io, req, u, down).await,
+        let addr = px.app.addr(conn.port);
+        match super::connect::tcp(addr, &px.opts).await {
+            Ok(io) => super::upgrade::send_on(io, addr, req, u, down).await,
             Err(_) => Err(Flag::UpstreamConnectFailure),
         }
     } else {

@@ -88,13 +88,13 @@ const X_REQUEST_ID: http::header::HeaderName =
     http::header::HeaderName::from_static("x-request-id");
 
 /// The request's `x-request-id`, added when missing (a random UUID, as Envoy does).
-pub fn ensure_request_id(h: &mut HeaderMap) -> String {
-    if let Some(id) = h.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        return id.to_string();
+/// The value is shared with the header map (a clone of the value is a
+/// reference to the same bytes, not a copy).
+pub fn ensure_request_id(h: &mut HeaderMap) -> http::HeaderValue {
+    if let Some(id) = h.get(&X_REQUEST_ID).filter(|v| v.to_str().is_ok()) {
+        return id.clone();
     }
     let id = trace::uuid_v4();
-    if let Ok(v) = http::HeaderValue::from_str(&id) {
-        h.insert(X_REQUEST_ID, v);
-    }
+    h.insert(X_REQUEST_ID, id.clone());
     id
 }

@@ -5,7 +5,7 @@
 //! An agent that rewrote the span id for its hop would leave every callee's
 //! span pointing at a parent no collector ever hears of. What the agent
 //! adds is `x-request-id`, when missing ([`super::ensure_request_id`]).
-use http::header::{HeaderMap, HeaderName};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// Headers whose values are new on every request: its id and its trace's
 /// ids.
@@ -18,16 +18,19 @@ const PER_REQUEST: [HeaderName; 6] = [
     HeaderName::from_static("b3"),
 ];
 
-/// A random version-4 UUID, for `x-request-id`.
-pub fn uuid_v4() -> String {
+/// A random version-4 UUID, for `x-request-id`, written straight into the
+/// header value (one allocation, the value's own).
+pub fn uuid_v4() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let a = fastrand::u128(..);
     let b =
         (a & !(0xf000u128 << 64) | (0x4000u128 << 64)) & !(0xc000u128 << 48) | (0x8000u128 << 48);
-    let mut u = format!("{b:032x}");
-    for i in [20, 16, 12, 8] {
-        u.insert(i, '-');
+    let mut u = [b'-'; 36];
+    let digits = (0..36).filter(|i| ![8, 13, 18, 23].contains(i));
+    for (n, i) in digits.enumerate() {
+        u[i] = HEX[((b >> (124 - 4 * n)) & 0xf) as usize];
     }
-    u
+    HeaderValue::from_bytes(&u).expect("hex digits and dashes are a valid header value")
 }
 
 /// Marks the values that are new on every request for HPACK's "never
@@ -52,7 +55,12 @@ mod tests {
     #[test]
     fn uuid_is_version_4() {
         let u = uuid_v4();
+        let u = u.to_str().unwrap();
         assert_eq!(u.len(), 36);
+        assert_eq!(u.matches('-').count(), 4);
+        assert_eq!([&u[8..9], &u[13..14], &u[18..19], &u[23..24]], ["-"; 4]);
+        assert!(u.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()), "{u}");
+        assert_ne!(u, uuid_v4().to_str().unwrap(), "random");
         assert_eq!(&u[14..15], "4");
         assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");
     }
@@ -61,7 +69,7 @@ mod tests {
     fn ids_are_never_indexed_by_hpack_and_the_rest_is() {
         let mut h = HeaderMap::new();
         let id = crate::proxy::ensure_request_id(&mut h);
-        assert_eq!(h["x-request-id"], id.as_str());
+        assert_eq!(h["x-request-id"], id);
         // One that came with the request is kept.
         assert_eq!(crate::proxy::ensure_request_id(&mut h), id);
         for (k, v) in [

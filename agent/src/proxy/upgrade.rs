@@ -40,6 +40,7 @@ pub fn restore_request_headers(h: &mut HeaderMap, upgrade: &HeaderValue) {
 /// hop); on `101`, splices `downstream`'s upgraded connection with this one.
 pub async fn send_on<I>(
     io: I,
+    addr: std::net::SocketAddr,
     req: Request<Body>,
     upgrade: HeaderValue,
     downstream: OnUpgrade,
@@ -55,17 +56,11 @@ where
             tracing::debug!(error = %e, "upgrade connection failed");
         }
     });
-    let (mut parts, b) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    parts.uri = path.parse().map_err(|_| Flag::DownstreamProtocolError)?;
-    parts.version = http::Version::HTTP_11;
-    restore_request_headers(&mut parts.headers, &upgrade);
+    let mut req = req;
+    super::h1_pool::prepare(&mut req, addr);
+    restore_request_headers(req.headers_mut(), &upgrade);
     let mut resp = sender
-        .send_request(Request::from_parts(parts, b))
+        .send_request(req)
         .await
         .map_err(|_| Flag::UpstreamConnectionTermination)?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {

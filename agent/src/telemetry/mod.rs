@@ -35,8 +35,9 @@ pub struct RequestLog {
     pub method: http::Method,
     /// The request's path and query (a handle on its bytes, not a copy).
     pub path: Option<http::uri::PathAndQuery>,
-    pub authority: String,
-    pub request_id: String,
+    pub authority: Arc<str>,
+    /// `x-request-id`, sharing the bytes of the request's header.
+    pub request_id: http::HeaderValue,
     pub upstream: Option<SocketAddr>,
     pub upstream_cluster: Arc<str>,
     pub downstream: SocketAddr,
@@ -63,8 +64,8 @@ impl RequestLog {
     pub fn start<B>(
         conn: ConnLabels,
         req: &http::Request<B>,
-        authority: String,
-        request_id: String,
+        authority: Arc<str>,
+        request_id: http::HeaderValue,
         downstream: SocketAddr,
     ) -> Self {
         Self {
@@ -133,7 +134,7 @@ impl Telemetry {
                 "reporter": log.conn.reporter.as_str(),
                 "method": log.method.as_str(),
                 "path": log.path.as_ref().map_or("", |p| p.as_str()),
-                "authority": log.authority,
+                "authority": &*log.authority,
                 "protocol": if log.grpc { "grpc" } else { "http" },
                 "response_code": log.response_code,
                 "grpc_status": log.grpc_status,
@@ -146,7 +147,7 @@ impl Telemetry {
                 "downstream_remote_address": log.downstream.to_string(),
                 "downstream_peer_principal": log.conn.source.principal,
                 "upstream_peer_principal": log.conn.destination.principal,
-                "request_id": log.request_id,
+                "request_id": log.request_id.to_str().unwrap_or_default(),
             });
             write_line(&line);
         }

@@ -43,7 +43,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let mesh = px.mesh.load();
-    let authority = authority(&req).unwrap_or_default().to_string();
+    let authority: Arc<str> = Arc::from(authority(&req).unwrap_or_default());
     let request_id = ensure_request_id(req.headers_mut());
     trace::never_index_ids(req.headers_mut());
     let resolved = match &target.fixed {
@@ -52,11 +52,11 @@ pub async fn handle(
     };
     let destination_service = resolved
         .as_ref()
-        .map_or_else(|| Arc::from(authority.as_str()), |(h, _)| h.clone());
+        .map_or_else(|| authority.clone(), |(h, _)| h.clone());
     let mut log = RequestLog::start(
         source_labels(&px, destination_service),
         &req,
-        authority.clone(),
+        authority,
         request_id,
         target.downstream,
     );
@@ -175,7 +175,7 @@ async fn route_request(
             set_path(&mut parts, &p);
         }
         if let Some(a) = &rw.authority {
-            upstream_authority = a.clone();
+            upstream_authority = Arc::from(a.as_str());
         }
     }
     apply_ops(
@@ -650,13 +650,13 @@ async fn upgrade_request(
             )
             .await
             .map_err(|_| Flag::UpstreamConnectFailure)?;
-            upgrade::send_on(io, req, u, on_upgrade).await
+            upgrade::send_on(io, peer.addr, req, u, on_upgrade).await
         }
         None => {
             let io = connect::tcp(ep.addr, &opts)
                 .await
                 .map_err(|_| Flag::UpstreamConnectFailure)?;
-            upgrade::send_on(io, req, u, on_upgrade).await
+            upgrade::send_on(io, ep.addr, req, u, on_upgrade).await
         }
     }
 }

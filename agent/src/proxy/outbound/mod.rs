@@ -105,7 +105,12 @@ async fn handle(
     let svc = service_fn(move |req| {
         let px = px.clone();
         let target = target.clone();
-        async move { Ok::<_, std::convert::Infallible>(http::handle(px, target, req).await) }
+        // Boxed: hyper moves a stream's future a few times on the way into
+        // the task it spawns per HTTP/2 stream; a pointer moves cheaper
+        // than the request's state (about 5 KB).
+        Box::pin(
+            async move { Ok::<_, std::convert::Infallible>(http::handle(px, target, req).await) },
+        )
     });
     super::http_server()
         .serve_connection_with_upgrades(TokioIo::new(Corked::server(tcp)), svc)
