@@ -18,6 +18,7 @@ use super::cluster::{Cluster, Endpoint, HashOn, LbPolicy, Limits, OutlierConfig,
 use super::{AppProtocol, Mesh, MtlsMode, MtlsSettings, Service, ServicePort};
 use crate::dns::NameTable;
 use crate::telemetry::labels::Workload;
+use crate::FastMap;
 
 /// What the view depends on besides the resources.
 #[derive(Clone, Debug)]
@@ -162,7 +163,7 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
     mesh.mtls = peer_authentication(&resources, s);
     let mut hosts: Vec<&String> = mesh.services.keys().collect();
     hosts.sort();
-    let mut clusters: HashMap<String, Vec<Arc<Cluster>>> = HashMap::new();
+    let mut clusters: FastMap<String, Vec<Arc<Cluster>>> = FastMap::default();
     for host in hosts {
         let svc = &mesh.services[host];
         let eps = endpoints.get(host).map(Vec::as_slice).unwrap_or_default();

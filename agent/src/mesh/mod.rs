@@ -11,7 +11,6 @@
 pub mod build;
 pub mod cluster;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -20,6 +19,7 @@ use trellis_api::config::{HttpRoute, TcpRoute};
 pub use self::build::{build, Settings};
 use self::cluster::Cluster;
 use crate::dns::NameTable;
+use crate::FastMap;
 
 /// How a port's traffic is carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -91,13 +91,13 @@ impl Service {
 /// The compiled view.
 #[derive(Default)]
 pub struct Mesh {
-    services: HashMap<String, Arc<Service>>,
-    by_addr: HashMap<SocketAddr, (Arc<Service>, u16)>,
-    http: HashMap<String, Vec<HttpRoute>>,
-    tcp: HashMap<String, Vec<TcpRoute>>,
+    services: FastMap<String, Arc<Service>>,
+    by_addr: FastMap<SocketAddr, (Arc<Service>, u16)>,
+    http: FastMap<String, Vec<HttpRoute>>,
+    tcp: FastMap<String, Vec<TcpRoute>>,
     /// By host; a host has a few (ports × subsets), found by a short scan.
-    clusters: HashMap<String, Vec<Arc<Cluster>>>,
-    inbound: HashMap<u16, (AppProtocol, Arc<str>)>,
+    clusters: FastMap<String, Vec<Arc<Cluster>>>,
+    inbound: FastMap<u16, (AppProtocol, Arc<str>)>,
     mtls: MtlsSettings,
     namespace: String,
     domain: String,
@@ -110,7 +110,7 @@ pub struct Mesh {
 #[derive(Clone, Debug, Default)]
 struct MtlsSettings {
     default: Option<MtlsMode>,
-    ports: HashMap<u16, MtlsMode>,
+    ports: FastMap<u16, MtlsMode>,
 }
 
 impl Mesh {

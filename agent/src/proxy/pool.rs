@@ -6,7 +6,6 @@
 //! another is opened beside it. Each is reopened when it breaks, retired
 //! after `maxRequestsPerConnection` requests (streams), and closed when
 //! idle (no stream open) for `idleTimeout`.
-use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::net::SocketAddr;
@@ -29,6 +28,7 @@ use super::connect::{self, ConnectError, ConnectOpts, Keepalive};
 use super::cork::Corked;
 use super::h2_stream;
 use crate::tls::{MeshTls, ALPN_H2};
+use crate::FastMap;
 
 /// Where a pooled connection goes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -189,13 +189,13 @@ impl Capacity for SendRequest<Bytes> {
 /// so that retirement is tested without sockets.
 #[derive(Debug)]
 pub(super) struct Conns<K, S> {
-    by_key: HashMap<K, Vec<Pooled<S>>>,
+    by_key: FastMap<K, Vec<Pooled<S>>>,
 }
 
 impl<K: Eq + Hash, S: Clone + Capacity> Conns<K, S> {
     pub(super) fn new() -> Self {
         Self {
-            by_key: HashMap::new(),
+            by_key: FastMap::default(),
         }
     }
 
@@ -387,7 +387,7 @@ pub struct Pool<D: Dial> {
     /// The connections being opened, by key: a request that finds none
     /// pooled waits for the one being opened rather than opening its own,
     /// so a burst of requests to a new endpoint opens one connection.
-    opening: Mutex<HashMap<D::Key, watch::Receiver<Opened>>>,
+    opening: Mutex<FastMap<D::Key, watch::Receiver<Opened>>>,
     next_id: AtomicU64,
 }
 
@@ -403,7 +403,7 @@ enum Turn {
 /// dropped on the way (its request given up), the key is free to open
 /// again and the waiting requests are told.
 struct Opener<'a, K: Eq + Hash> {
-    opening: &'a Mutex<HashMap<K, watch::Receiver<Opened>>>,
+    opening: &'a Mutex<FastMap<K, watch::Receiver<Opened>>>,
     key: &'a K,
     tx: watch::Sender<Opened>,
 }
@@ -439,7 +439,7 @@ impl<D: Dial> Pool<D> {
         Self {
             dial,
             conns: Arc::new(Mutex::new(Conns::new())),
-            opening: Mutex::new(HashMap::new()),
+            opening: Mutex::new(FastMap::default()),
             next_id: AtomicU64::new(0),
         }
     }

@@ -26,9 +26,14 @@ pub fn uuid_v4() -> HeaderValue {
     let b =
         (a & !(0xf000u128 << 64) | (0x4000u128 << 64)) & !(0xc000u128 << 48) | (0x8000u128 << 48);
     let mut u = [b'-'; 36];
-    let digits = (0..36).filter(|i| ![8, 13, 18, 23].contains(i));
-    for (n, i) in digits.enumerate() {
-        u[i] = HEX[((b >> (124 - 4 * n)) & 0xf) as usize];
+    let mut i = 0;
+    for (n, byte) in b.to_be_bytes().into_iter().enumerate() {
+        if matches!(n, 4 | 6 | 8 | 10) {
+            i += 1; // the dash before this group
+        }
+        u[i] = HEX[usize::from(byte >> 4)];
+        u[i + 1] = HEX[usize::from(byte & 0xf)];
+        i += 2;
     }
     HeaderValue::from_bytes(&u).expect("hex digits and dashes are a valid header value")
 }

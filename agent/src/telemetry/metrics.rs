@@ -1,6 +1,5 @@
 //! The agent's Prometheus metrics, under Istio's names, kept as plain
 //! counters and histograms keyed by label set and rendered on scrape.
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -81,9 +80,8 @@ struct TcpSeries {
 }
 
 /// Series by label set. Every request looks its series up, hashing all its
-/// labels: foldhash does that several times faster than the default SipHash,
-/// and is seeded per process as SipHash is.
-type Series<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// labels.
+type Series<K, V> = crate::FastMap<K, V>;
 
 /// All series of this agent.
 #[derive(Default)]

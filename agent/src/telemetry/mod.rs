@@ -307,5 +307,8 @@ impl<B> Drop for Observed<B> {
 
 /// The `grpc-status` in headers or trailers.
 pub fn grpc_status(h: &http::HeaderMap) -> Option<u16> {
-    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+    // A name made once, not parsed from a string at each of the several
+    // looks a request gets.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    h.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
