@@ -21,19 +21,15 @@ const PER_REQUEST: [HeaderName; 6] = [
 /// A random version-4 UUID, for `x-request-id`, written straight into the
 /// header value (one allocation, the value's own).
 pub fn uuid_v4() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let a = fastrand::u128(..);
     let b =
         (a & !(0xf000u128 << 64) | (0x4000u128 << 64)) & !(0xc000u128 << 48) | (0x8000u128 << 48);
+    let b = b.to_be_bytes();
     let mut u = [b'-'; 36];
-    let mut i = 0;
-    for (n, byte) in b.to_be_bytes().into_iter().enumerate() {
-        if matches!(n, 4 | 6 | 8 | 10) {
-            i += 1; // the dash before this group
-        }
-        u[i] = HEX[usize::from(byte >> 4)];
-        u[i + 1] = HEX[usize::from(byte & 0xf)];
-        i += 2;
+    // 8-4-4-4-12 hex digits: bytes 0..4, 4..6, 6..8, 8..10, 10..16.
+    for (bytes, at) in [(0..4, 0), (4..6, 9), (6..8, 14), (8..10, 19), (10..16, 24)] {
+        let end = at + 2 * bytes.len();
+        hex::encode_to_slice(&b[bytes], &mut u[at..end]).expect("twice as many digits as bytes");
     }
     HeaderValue::from_bytes(&u).expect("hex digits and dashes are a valid header value")
 }
