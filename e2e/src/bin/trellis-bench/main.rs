@@ -11,7 +11,9 @@
 //! (mTLS between the two of each pair) in turn between a client and an
 //! echo server, and prints, with the client calling the server directly as
 //! the baseline, latency at fixed rates, maximum throughput, CPU per
-//! request and peak memory per proxy, over HTTP/1.1 and gRPC.
+//! request and peak memory per proxy, over HTTP/1.1 and gRPC; and, as the
+//! floor, the same loads through two null TCP relays (`trellis-bench
+//! relay`, which it starts itself).
 //!
 //! `trellis-bench dns` sends DNS queries (dnsperf) to the agent's DNS proxy
 //! and to dnsmasq in turn and prints, side by side, latency at fixed rates,
@@ -33,8 +35,9 @@
 //! successful write), [`controlplane`] (the phases) and [`report`] (the
 //! table). The proxy benchmark: [`agents`] and [`envoy`] (the two pairs),
 //! [`proxy_load`] (fixed-rate and maximum load over HTTP/1.1 and gRPC),
-//! [`proxy`] (the test bed and the phases) and [`proxy_report`]. The DNS
-//! benchmark: [`dns`] (the test bed and the phases), [`dnsperf`] (the load)
+//! [`relay`] (the floor), [`proxy`] (the test bed and the phases) and
+//! [`proxy_report`]. The DNS benchmark: [`dns`] (the test bed and the
+//! phases), [`dnsperf`] (the load)
 //! and [`dns_report`]. [`table`] lays out every report's tables.
 #![forbid(unsafe_code)]
 
@@ -55,6 +58,7 @@ mod proxy_load;
 mod proxy_report;
 mod push;
 mod push_sim;
+mod relay;
 mod report;
 mod table;
 mod trellis;
@@ -89,17 +93,38 @@ enum Cmd {
     /// answered locally and names forwarded to a local upstream: latency
     /// at fixed rates, max queries per second, CPU per query, RSS.
     Dns(dns::Args),
+    /// A null TCP relay, the floor of `proxy` (which starts two): copies
+    /// bytes between each accepted connection and one to its target.
+    Relay(relay::Args),
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
+    // A relay runs on one thread, as the proxies it stands in for do.
+    let runtime = match cli.command {
+        Cmd::Relay(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(run(cli.command));
+}
+
+async fn run(command: Cmd) {
     let run = async {
-        match cli.command {
+        match command {
             Cmd::Controlplane(args) => controlplane::run(args).await,
             Cmd::Proxy(args) => proxy::run(args).await,
             Cmd::Push(args) => push::run(args).await,
             Cmd::Dns(args) => dns::run(args).await,
+            Cmd::Relay(args) => relay::serve(args).await,
         }
     };
     // On Ctrl-C or SIGTERM (`timeout`, a CI job cancelled) the run is

@@ -30,6 +30,7 @@ use crate::proxy_load::{
     self, grpc_connect, http1_connect, http1_get, Pace, Phase, PhaseResult, Protocol,
 };
 use crate::proxy_report::{self, Measured, Setup};
+use crate::relay::RelayPair;
 
 /// How long a process may take to answer after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -145,13 +146,21 @@ enum System {
     Direct,
     Trellis,
     Envoy,
+    /// Two null TCP relays: the floor (see [`crate::relay`]).
+    Relay,
 }
 
-const SYSTEMS: [System; 3] = [System::Direct, System::Trellis, System::Envoy];
+const SYSTEMS: [System; 4] = [
+    System::Direct,
+    System::Trellis,
+    System::Envoy,
+    System::Relay,
+];
 
 /// Every process of the run. Field order is drop order: the proxies, the
 /// echo server, then the control plane whose directory holds the logs.
 struct Bed {
+    relays: RelayPair,
     envoy: EnvoyPair,
     agents: AgentPair,
     echo: Proc,
@@ -185,7 +194,10 @@ impl Bed {
             trust_domain: &cp.trust_domain,
         };
         let envoy = EnvoyPair::start(&args.envoy, &dir, &setup).await?;
+        eprintln!("relays: starting the pair ...");
+        let relays = RelayPair::start(&dir, echo_ports).await?;
         Ok(Self {
+            relays,
             envoy,
             agents,
             echo,
@@ -199,6 +211,17 @@ impl Bed {
             System::Direct => None,
             System::Trellis => Some(&self.agents),
             System::Envoy => Some(&self.envoy),
+            System::Relay => Some(&self.relays),
+        }
+    }
+
+    /// The end of the logs of `system`'s processes.
+    fn logs(&self, system: System, lines: usize) -> String {
+        match system {
+            System::Direct => String::new(),
+            System::Trellis => self.agents.logs(lines),
+            System::Envoy => self.envoy.logs(lines),
+            System::Relay => self.relays.logs(lines),
         }
     }
 
@@ -228,7 +251,8 @@ impl Bed {
     async fn check_paths(&mut self) -> anyhow::Result<()> {
         let client_id = format!("spiffe://{}/ns/default/sa/client", self.cp.trust_domain);
         for system in SYSTEMS {
-            let proxied = system != System::Direct;
+            // Only proxies add the caller's identity.
+            let proxied = matches!(system, System::Trellis | System::Envoy);
             let (http, _) = self.target(system, Protocol::Http1)?;
             let (grpc, _) = self.target(system, Protocol::Grpc)?;
             let what = format!("a request through {}", name(system));
@@ -240,11 +264,7 @@ impl Bed {
             if checked.is_err() {
                 // One more try for its error, which says more than the timeout.
                 if let Err(e) = check_path(http, grpc, proxied, &client_id).await {
-                    let logs = match system {
-                        System::Direct => String::new(),
-                        System::Trellis => self.agents.logs(30),
-                        System::Envoy => self.envoy.logs(30),
-                    };
+                    let logs = self.logs(system, 30);
                     let what = format!(
                         "no answer through {} within {START_TIMEOUT:?}",
                         name(system)
@@ -260,7 +280,8 @@ impl Bed {
     fn check_running(&mut self) -> anyhow::Result<()> {
         self.echo.check_running()?;
         self.agents.check_running()?;
-        self.envoy.check_running()
+        self.envoy.check_running()?;
+        self.relays.check_running()
     }
 }
 
@@ -318,6 +339,7 @@ fn name(system: System) -> &'static str {
         System::Direct => "direct",
         System::Trellis => "Trellis",
         System::Envoy => "Envoy",
+        System::Relay => "null relay",
     }
 }
 
@@ -383,6 +405,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     System::Direct => String::new(),
                     System::Trellis => agent_version.clone(),
                     System::Envoy => envoy_version.clone(),
+                    System::Relay => String::new(),
                 },
                 idle_rss_kib: bed.rss(s, "VmRSS")?,
                 ..Default::default()
@@ -416,10 +439,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let r = proxy_load::run(addr, &phase, &pids).await?;
                 bed.check_running()?;
                 if r.errors > 0 && system != System::Direct {
-                    let logs = match system {
-                        System::Trellis => bed.agents.logs(50),
-                        _ => bed.envoy.logs(50),
-                    };
+                    let logs = bed.logs(system, 50);
                     eprintln!(
                         "{} failed requests through {}, first: {}\n{logs}",
                         r.errors,
@@ -492,9 +512,11 @@ mod tests {
                 (0, Direct),
                 (0, Trellis),
                 (0, Envoy),
+                (0, Relay),
                 (1, Direct),
                 (1, Trellis),
-                (1, Envoy)
+                (1, Envoy),
+                (1, Relay)
             ]
         );
     }

@@ -78,10 +78,11 @@ pub fn pace_name(p: Pace) -> String {
     }
 }
 
-/// The report. `m` is direct, Trellis, Envoy, in that order.
+/// The report. `m` is direct, Trellis, Envoy and the null relays, in
+/// that order.
 pub fn render(setup: &Setup, m: &[Measured]) -> String {
-    let [d, t, e] = m else {
-        panic!("render takes direct, Trellis and Envoy");
+    let [d, t, e, r] = m else {
+        panic!("render takes direct, Trellis, Envoy and the null relays");
     };
     let mut out = String::new();
     let _ = writeln!(
@@ -103,6 +104,12 @@ pub fn render(setup: &Setup, m: &[Measured]) -> String {
         let rows = protocol_rows(setup, p, d, t, e);
         count_goals(&rows, &mut met);
         out.push_str(&table(&rows));
+        let _ = writeln!(
+            out,
+            "floor, {}: the same loads through two TCP relays that only copy bytes (no TLS, no HTTP), one thread each",
+            r.name
+        );
+        out.push_str(&crate::table::render(&floor_rows(setup, p, d, r)));
     }
     let _ = writeln!(out);
     let rows = memory_rows(t, e);
@@ -115,7 +122,7 @@ pub fn render(setup: &Setup, m: &[Measured]) -> String {
         "goals met: {} of {}; added = over direct; CPU per request in us is also ms per 1,000 requests",
         met.0, met.1
     );
-    for s in [d, t, e] {
+    for s in [d, t, e, r] {
         for p in [Protocol::Http1, Protocol::Grpc] {
             let runs = s.runs(p);
             let steal = runs.iter().map(|r| r.machine.steal).fold(0.0, f64::max);
@@ -228,6 +235,44 @@ fn protocol_rows(setup: &Setup, p: Protocol, d: &Measured, t: &Measured, e: &Mea
             busy(tr),
             busy(er),
         ));
+    }
+    rows
+}
+
+/// What the same loads cost through two null TCP relays (bytes copied,
+/// nothing else; see `relay.rs`): the part of a proxy pair's CPU per
+/// request and added latency that is the machine's, not the proxy's.
+fn floor_rows(setup: &Setup, p: Protocol, d: &Measured, r: &Measured) -> Vec<[String; 2]> {
+    let mut rows = Vec::new();
+    let (dr, rr) = (d.runs(p), r.runs(p));
+    for (i, &pace) in setup.paces.iter().enumerate() {
+        let cpu = |side| rr.get(i).and_then(|r| r.cpu_per_request(side));
+        rows.push([
+            format!(
+                "CPU/request, client / server relay, {} (us)",
+                pace_name(pace)
+            ),
+            format!("{} / {}", fmt_us(cpu(0)), fmt_us(cpu(1))),
+        ]);
+        let figure = match pace {
+            Pace::Rate(_) => {
+                let p50 = |r: &[PhaseResult]| r.get(i).and_then(|r| percentile(&r.latencies, 50.0));
+                match (p50(dr), p50(rr)) {
+                    (Some(d), Some(r)) => format!("{:+.3}", ms(r) - ms(d)),
+                    _ => "-".into(),
+                }
+            }
+            Pace::Max => rr
+                .get(i)
+                .map_or("-".into(), |r| format!("{:.0}", r.per_second())),
+        };
+        rows.push([
+            match pace {
+                Pace::Rate(_) => format!("added p50 at {} (ms)", pace_name(pace)),
+                Pace::Max => "max throughput (req/s)".into(),
+            },
+            figure,
+        ]);
     }
     rows
 }
@@ -452,6 +497,7 @@ mod tests {
                 system("direct", 100, 50_000, [0, 0], 0),
                 system("Trellis", 300, 30_000, [500, 400], 15),
                 system("Envoy", 500, 19_000, [1750, 1750], 66),
+                system("null relay", 150, 60_000, [400, 450], 3),
             ],
         );
         // Added 0.2 ms against 0.4 ms: exactly half.
@@ -478,6 +524,16 @@ mod tests {
             rss.contains("15.4") && rss.ends_with("< 20 MB: met"),
             "{rss}"
         );
+        // The floor is reported, not judged.
+        let floor = line(&r, "CPU/request, client / server relay, 1,000 rps");
+        assert!(floor.ends_with(" 40 / 45"), "{floor}");
+        let floor = line(&r, "added p50 at 1,000 rps");
+        assert!(floor.ends_with(" +0.050"), "{floor}");
+        let floor = r
+            .lines()
+            .filter(|l| l.starts_with("max throughput (req/s)  "))
+            .nth(1);
+        assert!(floor.is_some_and(|l| l.ends_with(" 60000")), "{r}");
         assert!(r.contains("goals met: 18 of 18"), "{r}");
         assert!(!r.contains("WARNING"));
     }
