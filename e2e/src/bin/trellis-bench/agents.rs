@@ -10,7 +10,7 @@ use std::process::Command;
 use anyhow::Context;
 use trellis_e2e::{bin, remove_env_prefixed, Cluster, Proc};
 
-use crate::proxy::{check_free, tail, wait_http_ok, EchoPorts, Pair};
+use crate::proxy::{check_free, wait_http_ok, EchoPorts, Pair, Sides};
 
 const CLIENT_IP: &str = "127.0.0.2";
 const SERVER_IP: &str = "127.0.0.3";
@@ -41,8 +41,7 @@ impl CertFiles {
 
 /// The two running agents.
 pub struct AgentPair {
-    client: Proc,
-    server: Proc,
+    pub sides: Sides,
     pub client_certs: CertFiles,
     pub server_certs: CertFiles,
 }
@@ -91,31 +90,19 @@ impl AgentPair {
         }
         let client = spawn(cp, dir, &config, log, "client", CLIENT_IP, &client_args)?;
         let mut pair = Self {
-            client,
-            server,
+            sides: Sides::new("agent", client, server),
             client_certs: CertFiles::in_dir(&data_dir(dir, "client")),
             server_certs: CertFiles::in_dir(&data_dir(dir, "server")),
         };
-        for (ip, p) in [(SERVER_IP, &mut pair.server), (CLIENT_IP, &mut pair.client)] {
+        let sides = &mut pair.sides;
+        for (ip, p) in [
+            (SERVER_IP, &mut sides.server),
+            (CLIENT_IP, &mut sides.client),
+        ] {
             let admin: SocketAddr = format!("{ip}:15000").parse()?;
             wait_http_ok(admin, "/ready", p).await?;
         }
         Ok(pair)
-    }
-
-    /// The last `lines` lines of the logs of both, for an error report.
-    pub fn logs(&self, lines: usize) -> String {
-        format!(
-            "--- client agent ---\n{}\n--- server agent ---\n{}",
-            tail(&self.client.output(), lines),
-            tail(&self.server.output(), lines)
-        )
-    }
-
-    /// Fails if either has exited.
-    pub fn check_running(&mut self) -> anyhow::Result<()> {
-        self.client.check_running()?;
-        self.server.check_running()
     }
 }
 
@@ -128,11 +115,8 @@ impl Pair for AgentPair {
         GRPC_LISTEN.parse().expect("a socket address")
     }
 
-    fn pids(&self) -> anyhow::Result<[u32; 2]> {
-        Ok([
-            self.client.pid().context("the client agent was killed")?,
-            self.server.pid().context("the server agent was killed")?,
-        ])
+    fn sides(&self) -> &Sides {
+        &self.sides
     }
 }
 

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use trellis_e2e::Proc;
 
 use crate::agents::CertFiles;
-use crate::proxy::{check_free, tail, wait_http_ok, EchoPorts, Pair};
+use crate::proxy::{check_free, wait_http_ok, EchoPorts, Pair, Sides};
 use crate::proxy_load::{http1_connect, http1_get};
 
 const CLIENT_IP: &str = "127.0.0.4";
@@ -37,8 +37,7 @@ const SERVICE: &str = "echo.default.svc.cluster.local";
 
 /// The two running Envoys.
 pub struct EnvoyPair {
-    client: Proc,
-    server: Proc,
+    pub sides: Sides,
 }
 
 /// What the bootstraps are made of.
@@ -69,8 +68,14 @@ impl EnvoyPair {
         ])?;
         let server = spawn(envoy, dir, "server", &server_bootstrap(setup))?;
         let client = spawn(envoy, dir, "client", &client_bootstrap(setup))?;
-        let mut pair = Self { client, server };
-        for (ip, p) in [(SERVER_IP, &mut pair.server), (CLIENT_IP, &mut pair.client)] {
+        let mut pair = Self {
+            sides: Sides::new("Envoy", client, server),
+        };
+        let sides = &mut pair.sides;
+        for (ip, p) in [
+            (SERVER_IP, &mut sides.server),
+            (CLIENT_IP, &mut sides.client),
+        ] {
             wait_http_ok(admin(ip), "/ready", p).await?;
         }
         Ok(pair)
@@ -93,21 +98,6 @@ impl EnvoyPair {
         }
         Ok(())
     }
-
-    /// The last `lines` lines of the logs of both, for an error report.
-    pub fn logs(&self, lines: usize) -> String {
-        format!(
-            "--- client Envoy ---\n{}\n--- server Envoy ---\n{}",
-            tail(&self.client.output(), lines),
-            tail(&self.server.output(), lines)
-        )
-    }
-
-    /// Fails if either has exited.
-    pub fn check_running(&mut self) -> anyhow::Result<()> {
-        self.client.check_running()?;
-        self.server.check_running()
-    }
 }
 
 impl Pair for EnvoyPair {
@@ -119,11 +109,8 @@ impl Pair for EnvoyPair {
         SocketAddr::new(CLIENT_IP.parse().expect("an IP"), GRPC_LISTEN_PORT)
     }
 
-    fn pids(&self) -> anyhow::Result<[u32; 2]> {
-        Ok([
-            self.client.pid().context("the client Envoy was killed")?,
-            self.server.pid().context("the server Envoy was killed")?,
-        ])
+    fn sides(&self) -> &Sides {
+        &self.sides
     }
 }
 

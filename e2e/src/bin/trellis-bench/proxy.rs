@@ -1,17 +1,18 @@
 //! `trellis-bench proxy`: client → proxy → mTLS → proxy → server, the
 //! Trellis agent pair against an Envoy pair in the same topology and
-//! against the client calling the server directly.
+//! against the client calling the server directly, with two null TCP
+//! relays in the proxies' place as the floor.
 //!
 //! One test bed serves the whole run: a one-node control plane (it issues
 //! the agents' certificates, which the Envoys reuse), the echo server on
-//! 127.0.0.1, the agents ([`crate::agents`]) and the Envoys
-//! ([`crate::envoy`]). Then, for HTTP/1.1 and for gRPC, for each fixed rate
-//! and for maximum throughput, the three systems are loaded one at a time
-//! ([`crate::proxy_load`]), so each has the machine to itself while the
-//! others idle. A phase's measured time is split into rounds and the
+//! 127.0.0.1, the agents ([`crate::agents`]), the Envoys ([`crate::envoy`])
+//! and the relays ([`crate::relay`]). Then, for HTTP/1.1 and for gRPC, for
+//! each fixed rate and for maximum throughput, the systems are loaded one
+//! at a time ([`crate::proxy_load`]), so each has the machine to itself
+//! while the others idle. A phase's measured time is split into rounds and the
 //! systems take turns round by round, so that a change in what the rest of
 //! the VM host takes from the machine (it comes and goes over minutes)
-//! falls on all three alike rather than on whichever was loaded then.
+//! falls on all of them alike rather than on whichever was loaded then.
 //! [`crate::proxy_report`] prints the tables.
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -136,8 +137,55 @@ pub trait Pair {
     /// Where the client sends HTTP/1.1 (and gRPC) for the echo server.
     fn http_addr(&self) -> SocketAddr;
     fn grpc_addr(&self) -> SocketAddr;
+    /// The two processes.
+    fn sides(&self) -> &Sides;
+}
+
+/// The processes of a [`Pair`].
+pub struct Sides {
+    pub client: Proc,
+    pub server: Proc,
+    /// What each is, in messages: "agent", "Envoy", "relay".
+    what: &'static str,
+}
+
+impl Sides {
+    pub fn new(what: &'static str, client: Proc, server: Proc) -> Self {
+        Self {
+            client,
+            server,
+            what,
+        }
+    }
+
     /// Process ids: the client side's, then the server side's.
-    fn pids(&self) -> anyhow::Result<[u32; 2]>;
+    pub fn pids(&self) -> anyhow::Result<[u32; 2]> {
+        let what = self.what;
+        Ok([
+            self.client
+                .pid()
+                .with_context(|| format!("the client {what} was killed"))?,
+            self.server
+                .pid()
+                .with_context(|| format!("the server {what} was killed"))?,
+        ])
+    }
+
+    /// The last `lines` lines of the logs of both, for an error report.
+    pub fn logs(&self, lines: usize) -> String {
+        let what = self.what;
+        format!(
+            "--- client {what} ---\n{}\n--- server {what} ---\n{}",
+            tail(&self.client.output(), lines),
+            tail(&self.server.output(), lines)
+        )
+    }
+
+    /// Fails if either has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.client.check_running()?;
+        self.server.check_running()
+    }
 }
 
 /// What is compared, in the report's column order.
@@ -217,12 +265,8 @@ impl Bed {
 
     /// The end of the logs of `system`'s processes.
     fn logs(&self, system: System, lines: usize) -> String {
-        match system {
-            System::Direct => String::new(),
-            System::Trellis => self.agents.logs(lines),
-            System::Envoy => self.envoy.logs(lines),
-            System::Relay => self.relays.logs(lines),
-        }
+        self.pair(system)
+            .map_or_else(String::new, |p| p.sides().logs(lines))
     }
 
     /// Where a system takes `protocol`, and the proxies' process ids.
@@ -230,17 +274,18 @@ impl Bed {
         Ok(match (self.pair(system), protocol) {
             (None, Protocol::Http1) => (direct(self.echo_ports.http), vec![]),
             (None, Protocol::Grpc) => (direct(self.echo_ports.grpc), vec![]),
-            (Some(p), Protocol::Http1) => (p.http_addr(), p.pids()?.to_vec()),
-            (Some(p), Protocol::Grpc) => (p.grpc_addr(), p.pids()?.to_vec()),
+            (Some(p), Protocol::Http1) => (p.http_addr(), p.sides().pids()?.to_vec()),
+            (Some(p), Protocol::Grpc) => (p.grpc_addr(), p.sides().pids()?.to_vec()),
         })
     }
 
     /// A `kB` field of `/proc/PID/status` of both proxies of `system`.
     fn rss(&self, system: System, field: &str) -> anyhow::Result<Option<[u64; 2]>> {
-        let Some(pair) = self.pair(system) else {
+        // The relays' memory is not the question the report answers.
+        let Some(pair) = self.pair(system).filter(|_| system != System::Relay) else {
             return Ok(None);
         };
-        let [c, s] = pair.pids()?;
+        let [c, s] = pair.sides().pids()?;
         Ok(Some([status_kib(c, field)?, status_kib(s, field)?]))
     }
 
@@ -279,9 +324,9 @@ impl Bed {
     /// Fails if a process has exited.
     fn check_running(&mut self) -> anyhow::Result<()> {
         self.echo.check_running()?;
-        self.agents.check_running()?;
-        self.envoy.check_running()?;
-        self.relays.check_running()
+        self.agents.sides.check_running()?;
+        self.envoy.sides.check_running()?;
+        self.relays.sides.check_running()
     }
 }
 

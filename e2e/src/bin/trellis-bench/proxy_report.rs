@@ -1,6 +1,7 @@
 //! The tables of `trellis-bench proxy`: per protocol, direct, Trellis and
 //! Envoy side by side, latency added over direct, Trellis's figure against
-//! Envoy's and the goal it is held to; then the proxies' memory.
+//! Envoy's and the goal it is held to, and under it the floor (the null
+//! relays); then the proxies' memory.
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ pub const THROUGHPUT_GOAL: f64 = 1.5;
 /// Peak RSS every agent must stay under, MB (10^6 bytes).
 pub const RSS_GOAL_MB: f64 = 20.0;
 
-/// Everything measured on one system: direct, Trellis or Envoy.
+/// Everything measured on one system: direct, Trellis, Envoy or the relays.
 #[derive(Clone, Debug, Default)]
 pub struct Measured {
     pub name: &'static str,
@@ -456,16 +457,20 @@ mod tests {
         cpu_ms: [u64; 2],
         rss_mb: u64,
     ) -> Measured {
-        let runs = vec![
-            phase(lat_us, 10_000, cpu_ms),
-            phase(lat_us * 2, max * 10, cpu_ms.map(|c| c * 3)),
-        ];
+        // gRPC costs twice the CPU, so that the rows show which protocol
+        // they were read from.
+        let runs = |cpu_ms: [u64; 2]| {
+            vec![
+                phase(lat_us, 10_000, cpu_ms),
+                phase(lat_us * 2, max * 10, cpu_ms.map(|c| c * 3)),
+            ]
+        };
         let proxied = rss_mb > 0;
         Measured {
             name,
             version: "1.0".into(),
-            http1: runs.clone(),
-            grpc: runs,
+            http1: runs(cpu_ms),
+            grpc: runs(cpu_ms.map(|c| c * 2)),
             idle_rss_kib: proxied.then_some([rss_mb * 500, rss_mb * 500]),
             peak_rss_kib: proxied.then_some([rss_mb * 1000, rss_mb * 1000]),
         }
@@ -525,8 +530,14 @@ mod tests {
             "{rss}"
         );
         // The floor is reported, not judged.
-        let floor = line(&r, "CPU/request, client / server relay, 1,000 rps");
-        assert!(floor.ends_with(" 40 / 45"), "{floor}");
+        let floors: Vec<&str> = r
+            .lines()
+            .filter(|l| l.starts_with("CPU/request, client / server relay, 1,000 rps"))
+            .collect();
+        assert!(
+            floors.len() == 2 && floors[0].ends_with(" 40 / 45") && floors[1].ends_with(" 80 / 90"),
+            "{floors:?}"
+        );
         let floor = line(&r, "added p50 at 1,000 rps");
         assert!(floor.ends_with(" +0.050"), "{floor}");
         let floor = r

@@ -10,9 +10,9 @@ use std::process::Command;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
-use trellis_e2e::{free_port, Proc};
+use trellis_e2e::Proc;
 
-use crate::proxy::{tail, wait_http_ok, EchoPorts, Pair};
+use crate::proxy::{check_free, wait_http_ok, EchoPorts, Pair, Sides};
 
 /// `trellis-bench relay`: the relay process.
 #[derive(clap::Args)]
@@ -40,40 +40,58 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {listen}"))?;
         accepting.spawn(async move {
             loop {
-                let (client, _) = l.accept().await?;
-                tokio::spawn(relay(client, target));
+                match l.accept().await {
+                    Ok((client, _)) => {
+                        tokio::spawn(relay(client, target));
+                    }
+                    // Out of descriptors, say: the next accept may work.
+                    Err(e) => {
+                        eprintln!("accepting on {listen}: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
             }
         });
     }
-    match accepting.join_next().await {
-        Some(r) => r?,
-        None => Ok(()),
-    }
+    accepting.join_next().await;
+    Ok(())
 }
 
 async fn relay(mut client: TcpStream, target: SocketAddr) {
-    let Ok(mut upstream) = TcpStream::connect(target).await else {
-        return;
+    let mut upstream = match TcpStream::connect(target).await {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("connecting to {target}: {e}");
+            return;
+        }
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        if e.kind() != std::io::ErrorKind::ConnectionReset {
+            eprintln!("relaying to {target}: {e}");
+        }
+    }
 }
 
-/// A client-side and a server-side relay, each forwarding an HTTP/1.1 and
-/// a gRPC port; on free ports of 127.0.0.1.
+const CLIENT_IP: [u8; 4] = [127, 0, 0, 6];
+const SERVER_IP: [u8; 4] = [127, 0, 0, 7];
+const HTTP_PORT: u16 = 18080;
+const GRPC_PORT: u16 = 18090;
+
+/// A client-side relay on 127.0.0.6 and a server-side one on 127.0.0.7,
+/// each forwarding an HTTP/1.1 and a gRPC port.
 pub struct RelayPair {
-    client: Proc,
-    server: Proc,
-    http: SocketAddr,
-    grpc: SocketAddr,
+    pub sides: Sides,
 }
 
 impl RelayPair {
     pub async fn start(dir: &Path, echo: EchoPorts) -> anyhow::Result<Self> {
-        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (server_http, server_grpc) = (local(free_port()), local(free_port()));
-        let (http, grpc) = (local(free_port()), local(free_port()));
+        let at = |ip: [u8; 4], port| SocketAddr::from((ip, port));
+        let (server_http, server_grpc) = (at(SERVER_IP, HTTP_PORT), at(SERVER_IP, GRPC_PORT));
+        let (http, grpc) = (at(CLIENT_IP, HTTP_PORT), at(CLIENT_IP, GRPC_PORT));
+        check_free(&[server_http, server_grpc, http, grpc])?;
+        let localhost = |port| at([127, 0, 0, 1], port);
         let spawn = |side: &str, forwards: [(SocketAddr, SocketAddr); 2]| {
             let mut cmd = Command::new(std::env::current_exe()?);
             cmd.arg("relay");
@@ -86,51 +104,33 @@ impl RelayPair {
                 &dir.join(format!("{side}-relay.log")),
             )
         };
-        let server = spawn(
+        let mut server = spawn(
             "server",
             [
-                (server_http, local(echo.http)),
-                (server_grpc, local(echo.grpc)),
+                (server_http, localhost(echo.http)),
+                (server_grpc, localhost(echo.grpc)),
             ],
         )?;
+        wait_http_ok(server_http, "/plain", &mut server).await?;
         let mut client = spawn("client", [(http, server_http), (grpc, server_grpc)])?;
         wait_http_ok(http, "/plain", &mut client).await?;
         Ok(Self {
-            client,
-            server,
-            http,
-            grpc,
+            sides: Sides::new("relay", client, server),
         })
-    }
-
-    pub fn check_running(&mut self) -> anyhow::Result<()> {
-        self.client.check_running()?;
-        self.server.check_running()
-    }
-
-    pub fn logs(&self, lines: usize) -> String {
-        format!(
-            "--- client relay ---\n{}\n--- server relay ---\n{}",
-            tail(&self.client.output(), lines),
-            tail(&self.server.output(), lines)
-        )
     }
 }
 
 impl Pair for RelayPair {
     fn http_addr(&self) -> SocketAddr {
-        self.http
+        SocketAddr::from((CLIENT_IP, HTTP_PORT))
     }
 
     fn grpc_addr(&self) -> SocketAddr {
-        self.grpc
+        SocketAddr::from((CLIENT_IP, GRPC_PORT))
     }
 
-    fn pids(&self) -> anyhow::Result<[u32; 2]> {
-        Ok([
-            self.client.pid().context("the client relay was killed")?,
-            self.server.pid().context("the server relay was killed")?,
-        ])
+    fn sides(&self) -> &Sides {
+        &self.sides
     }
 }
 
@@ -138,6 +138,7 @@ impl Pair for RelayPair {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use trellis_e2e::free_port;
 
     #[tokio::test]
     async fn bytes_go_through_a_relay_both_ways() {
