@@ -37,8 +37,8 @@
 //! [`proxy_load`] (fixed-rate and maximum load over HTTP/1.1 and gRPC),
 //! [`relay`] (the floor), [`proxy`] (the test bed and the phases) and
 //! [`proxy_report`]. The DNS benchmark: [`dns`] (the test bed and the
-//! phases), [`dnsperf`] (the load)
-//! and [`dns_report`]. [`table`] lays out every report's tables.
+//! phases), [`dnsperf`] (the load) and [`dns_report`]. [`table`] lays out
+//! every report's tables.
 #![forbid(unsafe_code)]
 
 mod agents;

@@ -9,9 +9,9 @@
 //! and the relays ([`crate::relay`]). Then, for HTTP/1.1 and for gRPC, for
 //! each fixed rate and for maximum throughput, the systems are loaded one
 //! at a time ([`crate::proxy_load`]), so each has the machine to itself
-//! while the others idle. A phase's measured time is split into rounds and the
-//! systems take turns round by round, so that a change in what the rest of
-//! the VM host takes from the machine (it comes and goes over minutes)
+//! while the others idle. A phase's measured time is split into rounds and
+//! the systems take turns round by round, so that a change in what the rest
+//! of the VM host takes from the machine (it comes and goes over minutes)
 //! falls on all of them alike rather than on whichever was loaded then.
 //! [`crate::proxy_report`] prints the tables.
 use std::net::SocketAddr;
@@ -375,7 +375,8 @@ fn check_caller(
     }
 }
 
-fn direct(port: u16) -> SocketAddr {
+/// The echo server's `port`.
+pub fn direct(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 

@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 use trellis_e2e::Proc;
 
-use crate::proxy::{check_free, wait_http_ok, EchoPorts, Pair, Sides};
+use crate::proxy::{check_free, direct, wait_http_ok, EchoPorts, Pair, Sides};
 
 /// `trellis-bench relay`: the relay process.
 #[derive(clap::Args)]
@@ -53,8 +53,11 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
             }
         });
     }
-    accepting.join_next().await;
-    Ok(())
+    // The accept loops never end; one that panicked ends the relay.
+    match accepting.join_next().await {
+        Some(Err(e)) => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 async fn relay(mut client: TcpStream, target: SocketAddr) {
@@ -91,7 +94,6 @@ impl RelayPair {
         let (server_http, server_grpc) = (at(SERVER_IP, HTTP_PORT), at(SERVER_IP, GRPC_PORT));
         let (http, grpc) = (at(CLIENT_IP, HTTP_PORT), at(CLIENT_IP, GRPC_PORT));
         check_free(&[server_http, server_grpc, http, grpc])?;
-        let localhost = |port| at([127, 0, 0, 1], port);
         let spawn = |side: &str, forwards: [(SocketAddr, SocketAddr); 2]| {
             let mut cmd = Command::new(std::env::current_exe()?);
             cmd.arg("relay");
@@ -107,8 +109,8 @@ impl RelayPair {
         let mut server = spawn(
             "server",
             [
-                (server_http, localhost(echo.http)),
-                (server_grpc, localhost(echo.grpc)),
+                (server_http, direct(echo.http)),
+                (server_grpc, direct(echo.grpc)),
             ],
         )?;
         wait_http_ok(server_http, "/plain", &mut server).await?;
