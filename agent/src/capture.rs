@@ -18,7 +18,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::proxy::connect::CAPTURE_MARK;
+use trellis_transport::connect::CAPTURE_MARK;
 
 /// Which netfilter front end installs the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

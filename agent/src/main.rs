@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .init();
-    let set_level: trellis_agent::admin::SetLogLevel = Arc::new(move |level: &str| {
+    let set_level: trellis_dataplane::admin::SetLogLevel = Arc::new(move |level: &str| {
         let f = EnvFilter::try_new(level).map_err(|e| format!("bad level `{level}`: {e}"))?;
         handle.reload(f).map_err(|e| e.to_string())
     });
@@ -36,5 +36,6 @@ fn main() -> anyhow::Result<()> {
     runtime
         .enable_all()
         .build()?
-        .block_on(trellis_agent::run(opts, set_level))
+        .block_on(trellis_agent::run(opts, set_level))?;
+    Ok(())
 }

@@ -5,15 +5,39 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use trellis_dataplane::identity::Source;
+use trellis_dataplane::mesh::Settings;
+use trellis_dataplane::telemetry::labels::{namespace_of, Workload};
 use trellis_identity::SpiffeId;
+use trellis_transport::connect::ConnectOpts;
 
 use crate::dns;
-use crate::identity::Source;
-use crate::mesh::Settings;
-use crate::proxy::connect::ConnectOpts;
-use crate::telemetry::labels::{namespace_of, Workload};
+
+/// Flags that cannot work together, or an identity the agent cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error("no identity: pass --token (a VM join token), or --cert-chain, --key and --roots")]
+    NoIdentity,
+    #[error("{flag} {addr}: with --capture {mode} {what} must listen on 127.0.0.1 or 0.0.0.0, where captured connections arrive (the agent listens on [::1] for IPv6 itself)")]
+    CaptureListener {
+        flag: &'static str,
+        addr: SocketAddr,
+        mode: &'static str,
+        what: &'static str,
+    },
+    #[error("--inbound {addr}: with --capture {mode} give an IPv4 address (the agent listens on [::] for IPv6 itself)")]
+    CaptureInbound {
+        addr: SocketAddr,
+        mode: &'static str,
+    },
+    #[error("--concurrency must be at least 1")]
+    Concurrency,
+    #[error(
+        "the agent's certificate names `{0}`, not a workload identity spiffe://TD/ns/NS/sa/SA"
+    )]
+    NotAWorkload(SpiffeId),
+}
 
 /// How traffic reaches the outbound listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -27,6 +51,15 @@ pub enum CaptureMode {
 }
 
 impl CaptureMode {
+    /// The flag's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            CaptureMode::None => "none",
+            CaptureMode::Iptables => "iptables",
+            CaptureMode::Nftables => "nftables",
+        }
+    }
+
     /// The netfilter front end that installs the rules, if any.
     pub fn backend(self) -> Option<crate::capture::Backend> {
         match self {
@@ -195,28 +228,31 @@ pub struct Options {
     /// Proxy worker threads.
     #[arg(long, env = "TRELLIS_CONCURRENCY", default_value_t = 2)]
     pub concurrency: usize,
+    /// On SIGTERM, how long in-flight requests and connections may take to finish after the listeners stop accepting.
+    #[arg(long, env = "TRELLIS_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 impl Options {
     /// Where the certificate comes from.
-    pub fn identity_source(&self) -> anyhow::Result<Source> {
+    pub fn identity_source(&self) -> Source {
         match (&self.cert_chain, &self.key, &self.roots) {
-            (Some(chain), Some(key), Some(roots)) => Ok(Source::Files {
+            (Some(chain), Some(key), Some(roots)) => Source::Files {
                 chain: chain.clone(),
                 key: key.clone(),
                 roots: roots.clone(),
-            }),
-            _ => Ok(Source::Token {
+            },
+            _ => Source::Token {
                 token: self.token.clone(),
                 data_dir: self.data_dir.clone(),
-            }),
+            },
         }
     }
 
     /// What the mesh view depends on, once the identity is known.
-    pub fn mesh_settings(&self, id: &SpiffeId) -> anyhow::Result<Settings> {
+    pub fn mesh_settings(&self, id: &SpiffeId) -> Result<Settings, OptionsError> {
         let Some(namespace) = namespace_of(id) else {
-            bail!("the agent's certificate names `{id}`, not a workload identity spiffe://TD/ns/NS/sa/SA");
+            return Err(OptionsError::NotAWorkload(id.clone()));
         };
         let mut addresses = self.addresses.clone();
         if addresses.is_empty() && !self.inbound.ip().is_unspecified() {
@@ -324,13 +360,12 @@ impl Options {
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Checks flags that clap cannot: a source of identity must be given.
-pub fn check(o: &Options) -> anyhow::Result<()> {
+pub fn check(o: &Options) -> Result<(), OptionsError> {
     if o.token.is_none() && o.cert_chain.is_none() && !o.data_dir.join("cert-chain.pem").exists() {
-        bail!("no identity: pass --token (a VM join token), or --cert-chain, --key and --roots");
+        return Err(OptionsError::NoIdentity);
     }
     if o.capture.backend().is_some() {
-        let mode = o.capture.to_possible_value().expect("no skipped variants");
-        let mode = mode.get_name();
+        let mode = o.capture.name();
         // REDIRECT sends locally made IPv4 packets to 127.0.0.1; the agent
         // makes the IPv6 twins (on ::1, and :: inbound) itself.
         let local = [Ipv4Addr::LOCALHOST, Ipv4Addr::UNSPECIFIED].map(IpAddr::from);
@@ -338,16 +373,24 @@ pub fn check(o: &Options) -> anyhow::Result<()> {
             ("--outbound", "the outbound listener", Some(o.outbound)),
             ("--dns", "the DNS proxy", o.dns),
         ] {
-            if let Some(a) = addr.filter(|a| !local.contains(&a.ip())) {
-                bail!("{flag} {a}: with --capture {mode} {what} must listen on 127.0.0.1 or 0.0.0.0, where captured connections arrive (the agent listens on [::1] for IPv6 itself)");
+            if let Some(addr) = addr.filter(|a| !local.contains(&a.ip())) {
+                return Err(OptionsError::CaptureListener {
+                    flag,
+                    addr,
+                    mode,
+                    what,
+                });
             }
         }
         if !o.inbound.is_ipv4() {
-            bail!("--inbound {}: with --capture {mode} give an IPv4 address (the agent listens on [::] for IPv6 itself)", o.inbound);
+            return Err(OptionsError::CaptureInbound {
+                addr: o.inbound,
+                mode,
+            });
         }
     }
     if o.concurrency == 0 {
-        return Err(anyhow::anyhow!("--concurrency must be at least 1")).context("flags");
+        return Err(OptionsError::Concurrency);
     }
     Ok(())
 }
@@ -390,6 +433,14 @@ mod tests {
         );
         let f = o.dns_forwarder(None);
         assert_eq!(f.upstreams(), &o.dns_upstreams[..2]);
+    }
+
+    #[test]
+    fn capture_modes_are_named_as_their_flag_values() {
+        for mode in CaptureMode::value_variants() {
+            let flag = mode.to_possible_value().unwrap();
+            assert_eq!(mode.name(), flag.get_name());
+        }
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::net::IpAddr;
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use trellis_agent::dns::{answer, servfail, Action, NameTable, Transport};
-use trellis_agent::mesh::Service;
+use trellis_agent::dns::{answer, servfail, Action, Transport};
+use trellis_dataplane::mesh::names::NameTable;
+use trellis_dataplane::mesh::Service;
 
 static TABLE: LazyLock<NameTable> = LazyLock::new(|| {
     let svc = |host: &str, addresses: Vec<IpAddr>| Service {

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use trellis_agent::proxy::sniff::{sniff, Sniffed};
+use trellis_transport::sniff::{sniff, Sniffed};
 
 fuzz_target!(|data: &[u8]| {
     let full = sniff(data);

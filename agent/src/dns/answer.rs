@@ -16,7 +16,7 @@ use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCo
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
-use super::table::NameTable;
+use trellis_dataplane::mesh::names::NameTable;
 
 /// Seconds a client may keep a mesh answer (Istio's DNS proxy gives 30 too):
 /// short, since a config update may change it.
@@ -178,7 +178,7 @@ mod tests {
     use hickory_proto::op::Query;
 
     use super::*;
-    use crate::mesh::Service;
+    use trellis_dataplane::mesh::Service;
 
     fn table() -> NameTable {
         let svc = |host: &str, addresses: Vec<IpAddr>| Service {

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::proxy::connect::{self, ConnectOpts};
+use trellis_transport::connect::{self, ConnectOpts};
 
 use super::frame;
 

@@ -7,23 +7,21 @@
 //!
 //! Along the way of a query: [`server`] (the listeners, bounded
 //! concurrency) → [`answer`] (pure: parse, look the name up in the
-//! [`NameTable`] of the mesh view in force, build the reply or decide to
+//! [`NameTable`](trellis_dataplane::mesh::names::NameTable) of the mesh view in force, build the reply or decide to
 //! forward) → [`forward`] (the upstreams from `/etc/resolv.conf` or
 //! `--dns-upstream`; SERVFAIL when none answers). The table is built with
-//! each view ([`crate::mesh::build`]), so it changes with every config
-//! update.
+//! each view ([`trellis_dataplane::mesh::build`]), so it changes with every
+//! config update.
 pub mod answer;
 pub mod forward;
 mod frame;
 pub mod server;
-pub mod table;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
 pub use answer::{answer, servfail, Action, Transport};
 pub use forward::{nameservers, ForwardError, Forwarder};
 pub use server::{serve, Listeners, Names, Server};
-pub use table::{Addresses, NameTable};
 
 #[cfg(test)]
 mod tests;

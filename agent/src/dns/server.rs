@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use super::answer::{self, Action, Transport};
 use super::forward::Forwarder;
 use super::frame;
-use crate::mesh::Mesh;
+use trellis_dataplane::mesh::names::NameTable;
 
 /// UDP queries forwarded and not yet answered, at most.
 pub const MAX_FORWARDS: usize = 1024;
@@ -31,8 +31,8 @@ pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// The largest datagram: a DNS message over UDP fits in it.
 const MAX_DATAGRAM: usize = 65_535;
 
-/// The mesh view in force (its name table answers).
-pub type Names = Arc<dyn Fn() -> Arc<Mesh> + Send + Sync>;
+/// The name table of the mesh view in force.
+pub type Names = Arc<dyn Fn() -> Arc<NameTable> + Send + Sync>;
 
 /// What the listeners share.
 pub struct Server {
@@ -53,7 +53,7 @@ impl Server {
     }
 
     fn decide(&self, query: &[u8], transport: Transport) -> Action {
-        answer::answer((self.names)().dns(), query, transport)
+        answer::answer(&(self.names)(), query, transport)
     }
 
     /// An upstream's answer to `query`, else SERVFAIL.

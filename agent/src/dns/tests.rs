@@ -10,9 +10,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::testing::{addresses, query, Upstream};
 use super::*;
-use crate::mesh::{self, Mesh, Settings};
-use crate::proxy::connect::ConnectOpts;
-use crate::state::Shared;
+use trellis_dataplane::mesh::{self, Mesh, Settings};
+use trellis_dataplane::Shared;
+use trellis_transport::connect::ConnectOpts;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -50,7 +50,7 @@ async fn proxy(upstreams: Vec<SocketAddr>, timeout: Duration) -> Proxy {
         "240.0.0.1",
     ))));
     let v = view.clone();
-    let names: Names = Arc::new(move || v.load());
+    let names: Names = Arc::new(move || v.load().dns().clone());
     let forwarder = Forwarder::new(
         upstreams,
         ConnectOpts {

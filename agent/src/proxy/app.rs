@@ -3,7 +3,7 @@
 //! HTTP/1.1 for plain HTTP ports ([`Http1Pool`]), HTTP/2 (h2c) for gRPC
 //! and `http2` ports (the [`Pool`] the connections to peer agents use).
 //! Connections are opened as the agent's others are
-//! ([`super::connect::tcp`]):
+//! ([`trellis_transport::connect::tcp`]):
 //! with the capture mark, so that iptables does not send them back to the
 //! agent, and the agent's connect timeout or a cluster's own. To endpoints,
 //! a connection is reused as the cluster's [`Reuse`] allows: retired after
@@ -15,12 +15,13 @@ use http::uri::Authority;
 use http::{header, Request, Response, Version};
 
 use super::body::Body;
-use super::connect::ConnectOpts;
-use super::flags::Flag;
 use super::h1_pool::Http1Pool;
 use super::headers::http_uri;
-use super::pool::{Plain, PlainKey, Pool, Reuse, Settings};
-use crate::mesh::cluster::Limits;
+use super::pool::{Plain, PlainKey, Pool, Settings};
+use trellis_dataplane::mesh::cluster::Limits;
+use trellis_dataplane::mesh::cluster::Reuse;
+use trellis_dataplane::telemetry::Flag;
+use trellis_transport::connect::ConnectOpts;
 
 /// Clients for the local application and plaintext endpoints.
 pub struct AppClient {
@@ -84,7 +85,7 @@ impl AppClient {
         limits: &Limits,
         req: Request<Body>,
     ) -> Result<Response<Body>, Flag> {
-        let opts = self.opts.for_cluster(limits);
+        let opts = limits.connect_opts(&self.opts);
         self.plain(addr, h2, &opts, &limits.reuse, req).await
     }
 
@@ -156,14 +157,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_plaintext_connect_gives_up_after_the_clusters_timeout() {
-        let (_listener, _queued, addr) = super::super::connect::unanswered();
+        let (_listener, _queued, addr) = trellis_transport::testing::unanswered();
         let agent = ConnectOpts {
             timeout: Duration::from_secs(30),
             mark: None,
             keepalive: None,
         };
         let app = AppClient::new(IpAddr::from([127, 0, 0, 1]), agent);
-        let req = Request::get("/").body(super::super::body::empty()).unwrap();
+        let req = Request::get("/").body(crate::proxy::body::empty()).unwrap();
         let t = Instant::now();
         let r = app
             .send_to_endpoint(
@@ -182,13 +183,13 @@ mod tests {
 
     use http_body_util::BodyExt;
 
-    use super::super::connect::{counting_server, eventually, Counting};
+    use trellis_transport::testing::{counting_server, eventually, Counting};
 
     /// An HTTP/1.1 server on loopback answering `200` with no body.
     async fn http1_server() -> Counting {
         counting_server(|s| async move {
             let svc = hyper::service::service_fn(|_| async {
-                Ok::<_, std::convert::Infallible>(Response::new(super::super::body::empty()))
+                Ok::<_, std::convert::Infallible>(Response::new(crate::proxy::body::empty()))
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(s), svc)
@@ -213,7 +214,7 @@ mod tests {
             ..Limits::default()
         };
         for _ in 0..n {
-            let req = Request::get("/").body(super::super::body::empty()).unwrap();
+            let req = Request::get("/").body(crate::proxy::body::empty()).unwrap();
             let resp = app
                 .send_to_endpoint(addr, false, &limits, req)
                 .await
@@ -308,7 +309,7 @@ mod tests {
         let app = app();
         let inbound = Request::get("http://reviews:9080/r")
             .header(header::HOST, "reviews:9080")
-            .body(super::super::body::empty())
+            .body(crate::proxy::body::empty())
             .unwrap();
         let resp = app.send(addr, true, inbound).await.unwrap();
         let seen = resp.into_body().collect().await.unwrap().to_bytes();
@@ -321,7 +322,7 @@ mod tests {
         let with_host = |host: &'static str| {
             let req = Request::get("/r")
                 .header(header::HOST, host)
-                .body(super::super::body::empty())
+                .body(crate::proxy::body::empty())
                 .unwrap();
             let app = &app;
             async move {
@@ -350,7 +351,7 @@ mod tests {
             ..Limits::default()
         };
         let req = Request::get("/r")
-            .body(super::super::body::empty())
+            .body(crate::proxy::body::empty())
             .unwrap();
         app.send_to_endpoint(addr, true, &own, req).await.unwrap();
         assert_eq!(server.accepted.load(Ordering::SeqCst), 3);

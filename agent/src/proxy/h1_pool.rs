@@ -26,9 +26,10 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use super::body::{Body, BoxError};
-use super::connect::{self, ConnectOpts};
-use super::flags::Flag;
-use super::pool::{self, Capacity, Conns, PlainKey, Reuse, Shared, Stream};
+use super::pool::{self, Capacity, Conns, PlainKey, Shared, Stream};
+use trellis_dataplane::mesh::cluster::Reuse;
+use trellis_dataplane::telemetry::Flag;
+use trellis_transport::connect::{self, ConnectOpts};
 
 /// A pooled connection's sender: there while the connection is idle, taken
 /// by the one request it carries and put back at that response's end. An
@@ -281,9 +282,9 @@ mod tests {
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use super::super::body;
-    use super::super::connect::{counting_server, eventually};
     use super::*;
+    use crate::proxy::body;
+    use trellis_transport::testing::{counting_server, eventually};
 
     fn opts() -> ConnectOpts {
         ConnectOpts {
@@ -310,7 +311,7 @@ mod tests {
     async fn raw_server(
         answer: &'static [u8],
         close_after: Option<Duration>,
-    ) -> super::super::connect::Counting {
+    ) -> trellis_transport::testing::Counting {
         counting_server(move |mut s| async move {
             let mut buf = vec![0; 4096];
             loop {

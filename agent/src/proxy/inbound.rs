@@ -12,22 +12,23 @@ use std::sync::Arc;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use trellis_dataplane::mesh::{AppProtocol, MtlsMode};
+use trellis_dataplane::telemetry::labels::{ConnLabels, Reporter, Workload};
+use trellis_dataplane::telemetry::{self, Flag, Observed, RequestLog, TcpLog};
+use trellis_dataplane::tls::{ALPN_H2, ALPN_HTTP1, ALPN_TCP};
+use trellis_transport::detect::detect;
+use trellis_transport::orig_dst::original_dst;
+use trellis_transport::sni::Sni;
+use trellis_transport::sniff::Sniffed;
+use trellis_transport::splice::Timeouts;
+use trellis_transport::{drain, listen};
 
 use super::body::{self, Body};
-use super::cork::Corked;
-use super::detect::{detect, original_dst};
-use super::flags::Flag;
+use super::flags::local_reply;
 use super::headers::{authority, strip_hop_by_hop};
-use super::sni::Sni;
-use super::sniff::Sniffed;
-use super::{splice, Proxy};
-use crate::mesh::{AppProtocol, MtlsMode};
-use crate::telemetry::labels::{ConnLabels, Reporter, Workload};
-use crate::telemetry::{Observed, RequestLog, TcpLog};
-use crate::tls::{ALPN_H2, ALPN_HTTP1, ALPN_TCP};
+use super::{refuse, ConnError, Proxy, Versions};
 
 /// Header in which the calling agent describes its workload (not its
 /// identity, which comes from its certificate); removed before the request
@@ -60,42 +61,32 @@ fn inbound_cluster(port: u16) -> Arc<str> {
 /// Tells the application who called (Envoy's header, `By=...;URI=...`).
 const XFCC: &str = "x-forwarded-client-cert";
 
-/// Accepts connections on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, px: Arc<Proxy>) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, remote)) => {
-                let px = px.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle(px, tcp, remote).await {
-                        tracing::debug!(%remote, error = %e, "inbound connection failed");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "inbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    }
+/// Accepts connections on `listener` until a drain starts.
+pub async fn serve(listener: TcpListener, px: Arc<Proxy>, drain: drain::Watch) {
+    listen::serve(listener, "inbound", drain, move |tcp, remote, drain| {
+        handle(px.clone(), tcp, remote, drain)
+    })
+    .await
 }
 
-async fn handle(px: Arc<Proxy>, tcp: TcpStream, remote: SocketAddr) -> anyhow::Result<()> {
+async fn handle(
+    px: Arc<Proxy>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    drain: drain::Watch,
+) -> Result<(), ConnError> {
     let _ = tcp.set_nodelay(true);
     let orig = original_dst(&tcp);
-    let sniffed = detect(&tcp).await?;
+    let sniffed = detect(&tcp).await.map_err(ConnError::Detect)?;
     if sniffed == Sniffed::Tls {
-        return handle_tls(px, tcp, remote, orig).await;
+        return handle_tls(px, tcp, remote, orig, drain).await;
     }
     let Some(port) = orig.map(|o| o.port()) else {
-        anyhow::bail!(
-            "plaintext connection straight to the inbound port: no mTLS and no original \
-             destination, so no application port to forward to"
-        );
+        return Err(ConnError::NoPort);
     };
     let mesh = px.mesh.load();
     if mesh.inbound_mode(port) == MtlsMode::Strict {
-        anyhow::bail!("plaintext connection refused: mTLS is STRICT for port {port}");
+        return Err(ConnError::Strict(port));
     }
     let conn = Arc::new(Conn {
         port,
@@ -107,7 +98,7 @@ async fn handle(px: Arc<Proxy>, tcp: TcpStream, remote: SocketAddr) -> anyhow::R
         xfcc: None,
     });
     match sniffed {
-        Sniffed::Http1 | Sniffed::Http2 => serve_http(px, conn, tcp, None).await,
+        Sniffed::Http1 | Sniffed::Http2 => serve_http(px, conn, tcp, Versions::Any, drain).await,
         _ => serve_tcp(px, conn, tcp).await,
     }
 }
@@ -117,20 +108,19 @@ async fn handle_tls(
     tcp: TcpStream,
     remote: SocketAddr,
     orig: Option<SocketAddr>,
-) -> anyhow::Result<()> {
+    drain: drain::Watch,
+) -> Result<(), ConnError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(px.tls.server());
-    let tls = tokio::time::timeout(px.opts.timeout, acceptor.accept(tcp)).await??;
+    let tls = tokio::time::timeout(px.opts.timeout, acceptor.accept(tcp))
+        .await
+        .map_err(|_| ConnError::HandshakeTimeout(px.opts.timeout))?
+        .map_err(ConnError::Handshake)?;
     let (_, session) = tls.get_ref();
     let port = session
         .server_name()
         .and_then(|s| Sni::parse(s).map(|s| s.port))
         .or(orig.map(|o| o.port()))
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "mTLS connection names no port (SNI {:?})",
-                session.server_name()
-            )
-        })?;
+        .ok_or_else(|| ConnError::NoSniPort(session.server_name().map(str::to_string)))?;
     let principal = session
         .peer_certificates()
         .and_then(|c| c.first())
@@ -139,7 +129,7 @@ async fn handle_tls(
     let source = Workload {
         namespace: principal
             .as_ref()
-            .and_then(|p| crate::telemetry::labels::namespace_of(p).map(str::to_string))
+            .and_then(|p| trellis_dataplane::telemetry::labels::namespace_of(p).map(str::to_string))
             .unwrap_or_default(),
         principal: principal.map(|p| p.to_string()).unwrap_or_default(),
         ..Default::default()
@@ -159,23 +149,21 @@ async fn handle_tls(
         metadata: Default::default(),
     });
     match alpn.as_deref() {
-        Some(ALPN_H2) | Some(ALPN_HTTP1) => {
-            let h1 = alpn.as_deref() == Some(ALPN_HTTP1);
-            serve_http(px, conn, tls, Some(h1)).await
-        }
+        Some(ALPN_H2) => serve_http(px, conn, tls, Versions::Http2, drain).await,
+        Some(ALPN_HTTP1) => serve_http(px, conn, tls, Versions::Http1, drain).await,
         Some(ALPN_TCP) | None => serve_tcp(px, conn, tls).await,
-        Some(other) => anyhow::bail!("unknown ALPN {:?}", String::from_utf8_lossy(other)),
+        Some(other) => Err(ConnError::Alpn(String::from_utf8_lossy(other).into_owned())),
     }
 }
 
-/// Serves HTTP on `io`: `h1` says which version when TLS negotiated it;
-/// `None` detects it.
+/// Serves HTTP on `io`, in `versions` (as TLS negotiated it, or detected).
 async fn serve_http<I>(
     px: Arc<Proxy>,
     conn: Arc<Conn>,
     io: I,
-    h1: Option<bool>,
-) -> anyhow::Result<()>
+    versions: Versions,
+    drain: drain::Watch,
+) -> Result<(), ConnError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -185,16 +173,7 @@ where
         // Boxed, as the outbound side's (see there).
         Box::pin(async move { Ok::<_, std::convert::Infallible>(to_app(px, conn, req).await) })
     });
-    let mut builder = super::http_server();
-    match h1 {
-        Some(true) => builder = builder.http1_only(),
-        Some(false) => builder = builder.http2_only(),
-        None => {}
-    }
-    builder
-        .serve_connection_with_upgrades(TokioIo::new(Corked::server(io)), svc)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    super::serve_http(io, versions, svc, drain).await
 }
 
 async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
@@ -202,7 +181,9 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     let h2 = match mesh.app_protocol(conn.port) {
         AppProtocol::Http2 => true,
         AppProtocol::Http1 => false,
-        AppProtocol::Tcp | AppProtocol::Unknown => super::is_grpc(req.headers()),
+        AppProtocol::Tcp | AppProtocol::Unknown => {
+            trellis_dataplane::telemetry::is_grpc(req.headers())
+        }
     };
     let source = peer_metadata(&conn, req.headers_mut());
     let request_id = super::ensure_request_id(req.headers_mut());
@@ -249,7 +230,7 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     );
     let result = if let (Some(u), Some(down)) = (upgrade, on_upgrade) {
         let addr = px.app.addr(conn.port);
-        match super::connect::tcp(addr, &px.opts).await {
+        match trellis_transport::connect::tcp(addr, &px.opts).await {
             Ok(io) => super::upgrade::send_on(io, addr, req, u, down).await,
             Err(_) => Err(Flag::UpstreamConnectFailure),
         }
@@ -263,11 +244,11 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
         }
         Err(flag) => {
             log.flag = Some(flag);
-            flag.local_reply()
+            local_reply(flag)
         }
     };
     log.response_code = resp.status().as_u16();
-    log.grpc_status = crate::telemetry::grpc_status(resp.headers());
+    log.grpc_status = trellis_dataplane::telemetry::grpc_status(resp.headers());
     let telemetry = px.telemetry.clone();
     resp.map(|b| http_body_util::BodyExt::boxed(Observed::reporting(b, telemetry, log)))
 }
@@ -306,7 +287,7 @@ fn peer_metadata(conn: &Conn, headers: &mut http::HeaderMap) -> Arc<Workload> {
     w
 }
 
-async fn serve_tcp<I>(px: Arc<Proxy>, conn: Arc<Conn>, io: I) -> anyhow::Result<()>
+async fn serve_tcp<I>(px: Arc<Proxy>, conn: Arc<Conn>, io: I) -> Result<(), ConnError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -321,24 +302,11 @@ where
     };
     let mut log = TcpLog::start(conn_labels, conn.downstream, conn.cluster.to_string());
     log.upstream = Some(addr);
-    let upstream = match super::connect::tcp(addr, &px.opts).await {
-        Ok(s) => s,
-        Err(e) => {
-            log.flag = Some(Flag::UpstreamConnectFailure);
-            px.telemetry.tcp_opened(&log);
-            px.telemetry.tcp_closed(&log, 0, 0);
-            return Err(e.into());
-        }
+    let Ok(upstream) = trellis_transport::connect::tcp(addr, &px.opts).await else {
+        return Err(refuse(&px.telemetry, log, Flag::UpstreamConnectFailure));
     };
     // DestinationRules apply on the client side; the inbound side keeps
     // Istio's default timeouts, as its Envoy does.
-    splice::run(
-        &px.telemetry,
-        log,
-        io,
-        upstream,
-        splice::Timeouts::default(),
-    )
-    .await;
+    telemetry::splice(&px.telemetry, log, io, upstream, Timeouts::default()).await;
     Ok(())
 }

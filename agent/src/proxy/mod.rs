@@ -4,9 +4,6 @@
 //! to the right endpoint over mTLS.
 pub mod app;
 pub mod body;
-pub mod connect;
-pub mod cork;
-pub mod detect;
 pub mod flags;
 pub mod h1_pool;
 pub mod h2_stream;
@@ -14,29 +11,29 @@ pub mod headers;
 pub mod inbound;
 pub mod outbound;
 pub mod pool;
-pub mod sni;
-pub mod sniff;
-pub mod splice;
 pub mod trace;
 pub mod upgrade;
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{HeaderMap, HeaderValue};
-use tokio::io::{AsyncRead, ReadBuf};
-
-use crate::mesh::Mesh;
-use crate::state::Shared;
-use crate::telemetry::labels::Workload;
-use crate::telemetry::Telemetry;
-use crate::tls::MeshTls;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use trellis_dataplane::mesh::Mesh;
+use trellis_dataplane::telemetry::labels::Workload;
+use trellis_dataplane::telemetry::Telemetry;
+use trellis_dataplane::tls::MeshTls;
+use trellis_dataplane::Shared;
+use trellis_transport::{connect, cork::Corked, drain};
 
 /// Everything the listeners share.
 pub struct Proxy {
     pub tls: Arc<MeshTls>,
     pub telemetry: Arc<Telemetry>,
-    pub mesh: Shared<Mesh>,
+    pub mesh: Arc<Shared<Mesh>>,
     /// This agent's workload, as metric labels name it.
     pub me: Arc<Workload>,
     pub pool: pool::Pool<pool::Peers>,
@@ -50,17 +47,6 @@ pub struct Proxy {
     pub peer_metadata: HeaderValue,
 }
 
-/// Reads from `inner` into `buf`; the bytes this read added.
-pub(crate) fn poll_read_new<'b, T: AsyncRead + Unpin>(
-    inner: &mut T,
-    cx: &mut Context<'_>,
-    buf: &'b mut ReadBuf<'_>,
-) -> Poll<std::io::Result<&'b [u8]>> {
-    let before = buf.filled().len();
-    std::task::ready!(std::pin::Pin::new(inner).poll_read(cx, buf))?;
-    Poll::Ready(Ok(&buf.filled()[before..]))
-}
-
 /// Streams an HTTP/2 client may have open at once on one connection to the
 /// agent: Envoy's default (2^31 - 1), rather than hyper's 200. Past its
 /// peer's limit an HTTP/2 client queues new streams rather than open
@@ -70,18 +56,114 @@ pub(crate) fn poll_read_new<'b, T: AsyncRead + Unpin>(
 /// streams.
 const MAX_CONCURRENT_STREAMS: u32 = i32::MAX as u32;
 
-/// The HTTP/1.1-or-HTTP/2 server of the agent's listeners.
-pub fn http_server() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
-    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    b.http2().max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-    b
+/// Why a downstream connection ended badly (logged at debug level by the
+/// accept loop; requests on it have been answered and logged already).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("reading the first bytes: {0}")]
+    Detect(std::io::Error),
+    #[error(
+        "plaintext connection straight to the inbound port: no mTLS and no original \
+         destination, so no application port to forward to"
+    )]
+    NoPort,
+    #[error("plaintext connection refused: mTLS is STRICT for port {0}")]
+    Strict(u16),
+    #[error("mTLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("mTLS handshake timed out after {0:?}")]
+    HandshakeTimeout(std::time::Duration),
+    #[error("mTLS connection names no port (SNI {0:?})")]
+    NoSniPort(Option<String>),
+    #[error("unknown ALPN {0:?}")]
+    Alpn(String),
+    #[error("{flag}: no connection to {cluster}")]
+    Refused {
+        flag: trellis_dataplane::telemetry::Flag,
+        cluster: String,
+    },
+    #[error("HTTP: {0}")]
+    Http(ServeError),
 }
 
-/// Whether a request is gRPC (by its content type).
-pub fn is_grpc(h: &HeaderMap) -> bool {
-    h.get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
+/// Reports a TCP connection that could not be carried, ended by `flag`;
+/// the error to end it with.
+pub fn refuse(
+    telemetry: &Telemetry,
+    mut log: trellis_dataplane::telemetry::TcpLog,
+    flag: trellis_dataplane::telemetry::Flag,
+) -> ConnError {
+    log.flag = Some(flag);
+    telemetry.tcp_opened(&log);
+    telemetry.tcp_closed(&log, 0, 0);
+    ConnError::Refused {
+        flag,
+        cluster: log.upstream_cluster,
+    }
+}
+
+/// Which HTTP versions a listener's connection may speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Versions {
+    /// Detected from the client's first bytes.
+    Any,
+    Http1,
+    Http2,
+}
+
+/// Why serving a downstream connection ended in an error.
+pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves HTTP on a downstream connection (HTTP/2 writes corked,
+/// upgrades allowed) until it ends; once a drain starts, the requests in
+/// flight finish and the connection closes (HTTP/2: GOAWAY).
+pub async fn serve_http<I, S>(
+    io: I,
+    versions: Versions,
+    svc: S,
+    drain: drain::Watch,
+) -> Result<(), ConnError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<ServeError>,
+{
+    serve_connection(io, versions, svc, drain)
+        .await
+        .map_err(ConnError::Http)
+}
+
+async fn serve_connection<I, S>(
+    io: I,
+    versions: Versions,
+    svc: S,
+    mut drain: drain::Watch,
+) -> Result<(), ServeError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<ServeError>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    let builder = match versions {
+        Versions::Any => builder,
+        Versions::Http1 => builder.http1_only(),
+        Versions::Http2 => builder.http2_only(),
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(Corked::server(io)), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => served,
+        () = drain.signalled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
 }
 
 const X_REQUEST_ID: http::header::HeaderName =

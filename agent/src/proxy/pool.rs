@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::hash::Hash;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,52 +20,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
-use trellis_identity::SpiffeId;
+
+use trellis_dataplane::mesh::cluster::{PeerKey, Reuse};
+use trellis_dataplane::tls::{MeshTls, ALPN_H2};
+use trellis_dataplane::FastMap;
+use trellis_transport::connect::{self, ConnectError, ConnectOpts, Keepalive};
+use trellis_transport::cork::Corked;
 
 use super::body::Body;
-use super::connect::{self, ConnectError, ConnectOpts, Keepalive};
-use super::cork::Corked;
 use super::h2_stream;
-use crate::tls::{MeshTls, ALPN_H2};
-use crate::FastMap;
-
-/// Where a pooled connection goes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PeerKey {
-    pub addr: SocketAddr,
-    pub sni: String,
-    pub identity: SpiffeId,
-}
-
-/// How long a pooled connection may be reused (DestinationRule
-/// `connectionPool`), for the peer pool here and the plaintext clients
-/// ([`super::app`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reuse {
-    /// `http.maxRequestsPerConnection`: requests a connection carries
-    /// before it is retired; `None` (unset or 0): unlimited.
-    pub max_requests: Option<NonZeroU32>,
-    /// `http.idleTimeout`: a pooled connection with no request on it for
-    /// this long is closed; `None` (0): never.
-    pub idle_timeout: Option<Duration>,
-    /// `http.maxConcurrentStreams`: streams open at once on one HTTP/2
-    /// connection, past which another is opened; `None` (unset or 0): as
-    /// many as the server allows. (HTTP/1.1 carries one at a time anyway.)
-    pub max_streams: Option<NonZeroU32>,
-}
-
-/// Istio's default `idleTimeout`, of HTTP and of opaque TCP connections.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-
-impl Default for Reuse {
-    fn default() -> Self {
-        Self {
-            max_requests: None,
-            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
-            max_streams: None,
-        }
-    }
-}
 
 /// Why a request to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -320,7 +282,9 @@ impl Dial for Peers {
     }
 
     async fn dial(&self, key: &PeerKey, opts: &ConnectOpts) -> Result<Self::Io, ConnectError> {
-        connect::mtls(&self.0, key.addr, &key.sni, &key.identity, ALPN_H2, opts).await
+        self.0
+            .connect(key.addr, &key.sni, &key.identity, ALPN_H2, opts)
+            .await
     }
 }
 
@@ -698,6 +662,8 @@ async fn close_when_idle<K: Eq + Hash, S: Clone + Capacity>(
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+
     use super::*;
 
     fn max(n: u32) -> Reuse {
@@ -866,7 +832,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     use crate::proxy::body;
-    use crate::proxy::connect::{counting_server, eventually, Counting};
+    use trellis_transport::testing::{counting_server, eventually, Counting};
 
     fn plain(addr: SocketAddr) -> PlainKey {
         PlainKey {

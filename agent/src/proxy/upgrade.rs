@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::{self, Body};
-use super::flags::Flag;
+use trellis_dataplane::telemetry::Flag;
 
 /// The protocol an HTTP/1.1 request asks to upgrade to, if it does.
 pub fn wants_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {

@@ -18,19 +18,20 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use trellis_api::config::{Destination, HeaderOperations, HttpRoute};
 
-use super::super::body::{self, Body};
-use super::super::flags::Flag;
-use super::super::headers::{authority, retarget, strip_hop_by_hop};
-use super::super::inbound::PEER_METADATA;
-use super::super::{connect, ensure_request_id, trace, upgrade, Proxy};
+use trellis_dataplane::mesh::cluster::{Cluster, HashOn, LbPolicy, PlainHttp};
+use trellis_dataplane::mesh::Mesh;
+use trellis_dataplane::telemetry::labels::{ConnLabels, Reporter, Workload};
+use trellis_dataplane::telemetry::{Flag, Observed, RequestLog};
+use trellis_dataplane::tls::ALPN_HTTP1;
+
 use super::ConnTarget;
-use crate::mesh::cluster::{Cluster, HashOn, LbPolicy, PlainHttp};
-use crate::mesh::Mesh;
+use crate::proxy::body::{self, Body};
+use crate::proxy::flags::local_reply;
+use crate::proxy::headers::{authority, retarget, strip_hop_by_hop};
+use crate::proxy::inbound::PEER_METADATA;
+use crate::proxy::{connect, ensure_request_id, trace, upgrade, Proxy};
 use crate::route::retry::{retry_limit, Outcome, RetryPolicy};
 use crate::route::{self, RequestView};
-use crate::telemetry::labels::{ConnLabels, Reporter, Workload};
-use crate::telemetry::{Observed, RequestLog};
-use crate::tls::ALPN_HTTP1;
 
 /// Largest request body kept in memory so that the request can be retried
 /// or mirrored; larger or unsized bodies are streamed and tried once.
@@ -66,10 +67,10 @@ pub async fn handle(
     };
     let resp = resp.unwrap_or_else(|flag| {
         log.flag.get_or_insert(flag);
-        flag.local_reply()
+        local_reply(flag)
     });
     log.response_code = resp.status().as_u16();
-    log.grpc_status = crate::telemetry::grpc_status(resp.headers());
+    log.grpc_status = trellis_dataplane::telemetry::grpc_status(resp.headers());
     let telemetry = px.telemetry.clone();
     resp.map(|b| Observed::reporting(b, telemetry, log).boxed())
 }
@@ -401,7 +402,7 @@ fn request_hash(
                 .map(|(_, v)| v.to_string())
         }),
     };
-    key.map(|k| crate::mesh::cluster::fnv1a(k.as_bytes()))
+    key.map(|k| trellis_dataplane::mesh::cluster::fnv1a(k.as_bytes()))
 }
 
 /// A request body that can be sent again (for retries and mirrors) when it
@@ -533,7 +534,7 @@ async fn tries(
         let outcome = match &sent {
             Ok(r) => Outcome::Status(
                 r.status().as_u16(),
-                crate::telemetry::grpc_status(r.headers()),
+                trellis_dataplane::telemetry::grpc_status(r.headers()),
             ),
             Err(o) => *o,
         };
@@ -580,7 +581,7 @@ async fn send_one(
             retarget(&mut req, Version::HTTP_2, authority);
             req.headers_mut()
                 .insert(PEER_METADATA, px.peer_metadata.clone());
-            let opts = px.opts.for_cluster(limits);
+            let opts = limits.connect_opts(&px.opts);
             let sent = px.pool.send(key, &opts, &limits.reuse, req).await;
             sent.map_err(|e| {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "request to peer failed");
@@ -635,21 +636,16 @@ async fn upgrade_request(
     log.conn.mtls = ep.identity.is_some();
     let mut req = req;
     retarget(&mut req, Version::HTTP_11, authority);
-    let opts = px.opts.for_cluster(&cluster.limits);
+    let opts = cluster.limits.connect_opts(&px.opts);
     match &ep.peer {
         Some(peer) => {
             req.headers_mut()
                 .insert(PEER_METADATA, px.peer_metadata.clone());
-            let io = connect::mtls(
-                &px.tls,
-                peer.addr,
-                &peer.sni,
-                &peer.identity,
-                ALPN_HTTP1,
-                &opts,
-            )
-            .await
-            .map_err(|_| Flag::UpstreamConnectFailure)?;
+            let io = px
+                .tls
+                .connect(peer.addr, &peer.sni, &peer.identity, ALPN_HTTP1, &opts)
+                .await
+                .map_err(|_| Flag::UpstreamConnectFailure)?;
             upgrade::send_on(io, peer.addr, req, u, on_upgrade).await
         }
         None => {

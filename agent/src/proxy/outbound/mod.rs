@@ -12,14 +12,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use trellis_dataplane::mesh::AppProtocol;
+use trellis_transport::detect::detect;
+use trellis_transport::orig_dst::original_dst;
+use trellis_transport::sniff::Sniffed;
+use trellis_transport::{drain, listen};
 
-use super::cork::Corked;
-use super::detect::{detect, original_dst};
-use super::sniff::Sniffed;
-use super::Proxy;
-use crate::mesh::AppProtocol;
+use super::{ConnError, Proxy, Versions};
 
 /// What an outbound listener stands for.
 #[derive(Clone, Debug)]
@@ -40,25 +40,16 @@ pub struct ConnTarget {
     pub fixed: Option<(Arc<str>, u16)>,
 }
 
-/// Accepts connections on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, kind: Listener, px: Arc<Proxy>) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, remote)) => {
-                let px = px.clone();
-                let kind = kind.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle(px, tcp, remote, kind).await {
-                        tracing::debug!(%remote, error = %e, "outbound connection failed");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "outbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    }
+/// Accepts connections on `listener` until a drain starts.
+pub async fn serve(listener: TcpListener, kind: Listener, px: Arc<Proxy>, drain: drain::Watch) {
+    let name = match kind {
+        Listener::Capture => "outbound",
+        Listener::Upstream { .. } => "upstream",
+    };
+    listen::serve(listener, name, drain, move |tcp, remote, drain| {
+        handle(px.clone(), tcp, remote, kind.clone(), drain)
+    })
+    .await
 }
 
 async fn handle(
@@ -66,7 +57,8 @@ async fn handle(
     tcp: TcpStream,
     remote: SocketAddr,
     kind: Listener,
-) -> anyhow::Result<()> {
+    drain: drain::Watch,
+) -> Result<(), ConnError> {
     let _ = tcp.set_nodelay(true);
     let mesh = px.mesh.load();
     let (fixed, declared) = match kind {
@@ -95,7 +87,10 @@ async fn handle(
     let http = match declared {
         AppProtocol::Http1 | AppProtocol::Http2 => true,
         AppProtocol::Tcp => false,
-        AppProtocol::Unknown => matches!(detect(&tcp).await?, Sniffed::Http1 | Sniffed::Http2),
+        AppProtocol::Unknown => matches!(
+            detect(&tcp).await.map_err(ConnError::Detect)?,
+            Sniffed::Http1 | Sniffed::Http2
+        ),
     };
     if !http {
         let (host, port) = target.fixed.clone().expect("proxy mode is always HTTP");
@@ -112,8 +107,5 @@ async fn handle(
             async move { Ok::<_, std::convert::Infallible>(http::handle(px, target, req).await) },
         )
     });
-    super::http_server()
-        .serve_connection_with_upgrades(TokioIo::new(Corked::server(tcp)), svc)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    super::serve_http(tcp, Versions::Any, svc, drain).await
 }

@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use tokio::net::TcpStream;
 
-use super::super::connect::{self, ConnectError};
-use super::super::flags::Flag;
-use super::super::{splice, Proxy};
-use crate::mesh::cluster::Cluster;
-use crate::telemetry::TcpLog;
-use crate::tls::ALPN_TCP;
+use trellis_dataplane::mesh::cluster::Cluster;
+use trellis_dataplane::telemetry::{self, Flag, TcpLog};
+use trellis_dataplane::tls::ALPN_TCP;
+use trellis_transport::connect::{self, ConnectError};
+use trellis_transport::splice::Timeouts;
+
+use crate::proxy::{refuse, ConnError, Proxy};
 
 /// Tries at most this many endpoints before giving up on a connection.
 const CONNECT_TRIES: usize = 2;
@@ -24,7 +25,7 @@ pub async fn forward(
     remote: SocketAddr,
     host: &str,
     port: u16,
-) -> anyhow::Result<()> {
+) -> Result<(), ConnError> {
     let mesh = px.mesh.load();
     let subset = mesh.tcp_subset(host, port, fastrand::u32(..100));
     let cluster = mesh.cluster(host, port, &subset);
@@ -34,12 +35,12 @@ pub async fn forward(
         format!("outbound|{port}|{subset}|{host}"),
     );
     let Some(cluster) = cluster else {
-        return refuse(px, log, Flag::NoHealthyUpstream);
+        return Err(refuse(&px.telemetry, log, Flag::NoHealthyUpstream));
     };
     let mut exclude = None;
     for _ in 0..CONNECT_TRIES {
         let Some(i) = cluster.pick(Instant::now(), None, exclude) else {
-            return refuse(px, log, Flag::NoHealthyUpstream);
+            return Err(refuse(&px.telemetry, log, Flag::NoHealthyUpstream));
         };
         let ep = &cluster.endpoints[i];
         log.upstream = Some(ep.addr);
@@ -48,12 +49,12 @@ pub async fn forward(
         match open(px, &cluster, i).await {
             Ok(Upstream::Tls(up)) => {
                 cluster.record(i, 200, Instant::now());
-                splice::run(&px.telemetry, log, tcp, up, cluster.limits.tcp).await;
+                telemetry::splice(&px.telemetry, log, tcp, up, cluster.limits.tcp).await;
                 return Ok(());
             }
             Ok(Upstream::Plain(up)) => {
                 cluster.record(i, 200, Instant::now());
-                splice::run(&px.telemetry, log, tcp, up, cluster.limits.tcp).await;
+                telemetry::splice(&px.telemetry, log, tcp, up, cluster.limits.tcp).await;
                 return Ok(());
             }
             Err(e) => {
@@ -63,7 +64,7 @@ pub async fn forward(
             }
         }
     }
-    refuse(px, log, Flag::UpstreamConnectFailure)
+    Err(refuse(&px.telemetry, log, Flag::UpstreamConnectFailure))
 }
 
 enum Upstream {
@@ -73,27 +74,15 @@ enum Upstream {
 
 async fn open(px: &Proxy, cluster: &Cluster, i: usize) -> Result<Upstream, ConnectError> {
     let ep = &cluster.endpoints[i];
-    let opts = px.opts.for_cluster(&cluster.limits);
+    let opts = cluster.limits.connect_opts(&px.opts);
     match &ep.peer {
-        Some(peer) => connect::mtls(
-            &px.tls,
-            peer.addr,
-            &peer.sni,
-            &peer.identity,
-            ALPN_TCP,
-            &opts,
-        )
-        .await
-        .map(|s| Upstream::Tls(Box::new(s))),
+        Some(peer) => px
+            .tls
+            .connect(peer.addr, &peer.sni, &peer.identity, ALPN_TCP, &opts)
+            .await
+            .map(|s| Upstream::Tls(Box::new(s))),
         None => connect::tcp(ep.addr, &opts).await.map(Upstream::Plain),
     }
-}
-
-fn refuse(px: &Proxy, mut log: TcpLog, flag: Flag) -> anyhow::Result<()> {
-    log.flag = Some(flag);
-    px.telemetry.tcp_opened(&log);
-    px.telemetry.tcp_closed(&log, 0, 0);
-    anyhow::bail!("{}: no connection to {}", flag, log.upstream_cluster)
 }
 
 /// A captured connection to an address outside the mesh: straight through.
@@ -102,7 +91,7 @@ pub async fn passthrough(
     tcp: TcpStream,
     remote: SocketAddr,
     orig: SocketAddr,
-) -> anyhow::Result<()> {
+) -> Result<(), ConnError> {
     let mut log = TcpLog::start(
         super::http::source_labels(px, Arc::from(orig.ip().to_string())),
         remote,
@@ -112,9 +101,9 @@ pub async fn passthrough(
     match connect::tcp(orig, &px.opts).await {
         Ok(up) => {
             // Envoy's PassthroughCluster: Istio's default timeouts.
-            splice::run(&px.telemetry, log, tcp, up, splice::Timeouts::default()).await;
+            telemetry::splice(&px.telemetry, log, tcp, up, Timeouts::default()).await;
             Ok(())
         }
-        Err(_) => refuse(px, log, Flag::UpstreamConnectFailure),
+        Err(_) => Err(refuse(&px.telemetry, log, Flag::UpstreamConnectFailure)),
     }
 }

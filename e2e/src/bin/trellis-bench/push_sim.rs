@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use trellis_agent::identity::{self, Source};
 use trellis_api::v1::discovery_client::DiscoveryClient;
 use trellis_api::v1::{DiscoveryRequest, ProxyNode};
+use trellis_dataplane::identity::{self, Source};
 use trellis_identity::verify::{client_config, CertCell, Expect, SpiffeServerVerifier};
 
 /// Streams per TLS connection (HTTP/2 allows a few hundred).

@@ -10,6 +10,7 @@
 //! config updates.
 pub mod build;
 pub mod cluster;
+pub mod names;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use trellis_api::config::{HttpRoute, TcpRoute};
 
 pub use self::build::{build, Settings};
 use self::cluster::Cluster;
-use crate::dns::NameTable;
+use self::names::NameTable;
 use crate::FastMap;
 
 /// How a port's traffic is carried.
@@ -101,7 +102,7 @@ pub struct Mesh {
     mtls: MtlsSettings,
     namespace: String,
     domain: String,
-    dns: NameTable,
+    dns: Arc<NameTable>,
     /// The resources this view was built from (for `/config_dump`).
     pub resources: Vec<trellis_api::config::Resource>,
 }
@@ -130,7 +131,7 @@ impl Mesh {
     }
 
     /// The names the DNS proxy answers, with their addresses.
-    pub fn dns(&self) -> &NameTable {
+    pub fn dns(&self) -> &Arc<NameTable> {
         &self.dns
     }
 

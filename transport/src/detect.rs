@@ -1,10 +1,10 @@
 //! Waiting for a connection's first bytes and classifying them
-//! ([`super::sniff`]), without consuming them.
+//! ([`crate::sniff`]), without consuming them.
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::sniff::{sniff, Sniffed};
+use crate::sniff::{sniff, Sniffed};
 
 /// How long to wait for a client to speak before treating the connection as
 /// a server-first protocol (opaque TCP), as Istio's protocol detection does.
@@ -39,19 +39,4 @@ pub async fn detect(stream: &TcpStream) -> std::io::Result<Sniffed> {
         }
         seen = n;
     }
-}
-
-/// The address a captured connection was sent to before iptables redirected
-/// it (`SO_ORIGINAL_DST`), or `None` when it was not redirected.
-pub fn original_dst(stream: &TcpStream) -> Option<std::net::SocketAddr> {
-    let sock = socket2::SockRef::from(stream);
-    let local = stream.local_addr().ok()?;
-    let orig = if local.is_ipv4() {
-        sock.original_dst_v4()
-    } else {
-        sock.original_dst_v6()
-    }
-    .ok()?
-    .as_socket()?;
-    (orig != local).then_some(orig)
 }

@@ -411,7 +411,7 @@ spec:
     assert_eq!(tcp(5433).max_duration, None, "0s: no limit");
     assert_eq!(
         tcp(5434),
-        crate::proxy::splice::Timeouts::default(),
+        trellis_transport::splice::Timeouts::default(),
         "unset: Istio's hour idle, no limit"
     );
 }
@@ -446,7 +446,7 @@ spec:
     let secs = |n| Some(Duration::from_secs(n));
     assert_eq!(
         ka(5432),
-        Some(crate::proxy::connect::Keepalive {
+        Some(trellis_transport::connect::Keepalive {
             time: secs(60),
             interval: secs(10),
             probes: Some(4),
@@ -454,7 +454,7 @@ spec:
     );
     assert_eq!(
         ka(5433),
-        Some(crate::proxy::connect::Keepalive {
+        Some(trellis_transport::connect::Keepalive {
             time: secs(120),
             interval: None,
             probes: None,

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use crate::mesh::Service;
+use super::Service;
 
 /// What a mesh name answers with, by record type (A, AAAA).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]

@@ -1,17 +1,17 @@
-//! Opaque TCP: bytes both ways until either side closes, the connection
-//! has been idle too long or has lived too long, then the connection is
-//! reported.
+//! Opaque TCP: bytes both ways until either side closes, or the connection
+//! has been idle too long or has lived too long; [`run`] says how many
+//! bytes went each way, for the caller to report.
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::telemetry::{TcpLog, Telemetry};
+/// Istio's default `idleTimeout`, of HTTP and of opaque TCP connections.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// How long an opaque TCP connection may last (DestinationRule
 /// `connectionPool.tcp`).
@@ -28,25 +28,28 @@ impl Default for Timeouts {
     /// Istio's: an hour idle, no limit on duration.
     fn default() -> Self {
         Self {
-            idle: Some(super::pool::DEFAULT_IDLE_TIMEOUT),
+            idle: Some(DEFAULT_IDLE_TIMEOUT),
             max_duration: None,
         }
     }
 }
 
+/// What a spliced connection carried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spliced {
+    /// Bytes sent to the downstream (read from the upstream).
+    pub sent: u64,
+    /// Bytes received from the downstream (sent to the upstream).
+    pub received: u64,
+}
+
 /// Copies between `downstream` and `upstream` until both directions end
 /// or one of `timeouts` is up.
-pub async fn run<D, U>(
-    telemetry: &Arc<crate::telemetry::Telemetry>,
-    log: TcpLog,
-    downstream: D,
-    upstream: U,
-    timeouts: Timeouts,
-) where
+pub async fn run<D, U>(downstream: D, upstream: U, timeouts: Timeouts) -> Spliced
+where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    telemetry.tcp_opened(&log);
     let start = Instant::now();
     // Milliseconds after `start` of the last byte either way.
     let last = AtomicU64::new(0);
@@ -92,11 +95,10 @@ pub async fn run<D, U>(
         tracing::debug!(reason = %why, "TCP connection closed");
     }
     // Bytes read from the downstream went up, and the other way round.
-    report(telemetry, &log, up.bytes_read(), down.bytes_read());
-}
-
-fn report(telemetry: &Telemetry, log: &TcpLog, sent: u64, received: u64) {
-    telemetry.tcp_closed(log, sent, received);
+    Spliced {
+        sent: up.bytes_read(),
+        received: down.bytes_read(),
+    }
 }
 
 /// A stream that notes when a byte last moved on the connection and how
@@ -135,7 +137,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        let n = std::task::ready!(super::poll_read_new(&mut me.inner, cx, buf))?.len();
+        let n = std::task::ready!(crate::poll_read_new(&mut me.inner, cx, buf))?.len();
         if n > 0 {
             me.read += n as u64;
             me.moved();
@@ -176,19 +178,12 @@ mod tests {
 
     /// A client and a server with the splice between them; the splice's
     /// task ends when it closes both.
-    async fn spliced(timeouts: Timeouts) -> (TcpStream, TcpStream, tokio::task::JoinHandle<()>) {
+    async fn spliced(
+        timeouts: Timeouts,
+    ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Spliced>) {
         let (client, down) = pair().await;
         let (up, server) = pair().await;
-        let telemetry = Arc::new(Telemetry::new(false));
-        let labels = crate::telemetry::labels::ConnLabels {
-            reporter: crate::telemetry::labels::Reporter::Source,
-            source: Default::default(),
-            destination: Default::default(),
-            destination_service: Arc::from("db"),
-            mtls: false,
-        };
-        let log = TcpLog::start(labels, "127.0.0.1:1".parse().unwrap(), String::new());
-        let task = tokio::spawn(async move { run(&telemetry, log, down, up, timeouts).await });
+        let task = tokio::spawn(run(down, up, timeouts));
         (client, server, task)
     }
 
@@ -224,10 +219,17 @@ mod tests {
             took >= Duration::from_millis(290) && took < Duration::from_millis(400),
             "closed after {took:?} idle"
         );
-        tokio::time::timeout(Duration::from_secs(60), task)
+        let carried = tokio::time::timeout(Duration::from_secs(60), task)
             .await
             .expect("the splice did not end")
             .unwrap();
+        assert_eq!(
+            carried,
+            Spliced {
+                sent: 0,
+                received: 5
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,9 +14,11 @@ use trellis_api::config::{
 };
 use trellis_identity::SpiffeId;
 
+use trellis_transport::connect::Keepalive;
+
 use super::cluster::{Cluster, Endpoint, HashOn, LbPolicy, Limits, OutlierConfig, PlainHttp};
+use super::names::NameTable;
 use super::{AppProtocol, Mesh, MtlsMode, MtlsSettings, Service, ServicePort};
-use crate::dns::NameTable;
 use crate::telemetry::labels::Workload;
 use crate::FastMap;
 
@@ -118,11 +120,11 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
             mesh.services.entry(host.clone()).or_insert(svc);
         }
     }
-    mesh.dns = NameTable::new(
+    mesh.dns = Arc::new(NameTable::new(
         mesh.services.values().map(AsRef::as_ref),
         &s.namespace,
         &s.domain,
-    );
+    ));
     let known = |h: &str| mesh.services.contains_key(h);
     let mut rules: HashMap<String, &DestinationRule> = HashMap::new();
     for r in &resources {
@@ -448,7 +450,7 @@ fn limits(p: &TrafficPolicy, protocol: AppProtocol) -> Limits {
         .tcp
         .as_ref()
         .and_then(|t| t.tcp_keepalive.as_ref())
-        .map(|k| crate::proxy::connect::Keepalive {
+        .map(|k| Keepalive {
             time: k.time.map(|d| d.as_std()),
             interval: k.interval.map(|d| d.as_std()),
             probes: k.probes,

@@ -16,7 +16,7 @@ use trellis_api::config::ReadinessProbe;
 use trellis_api::v1::HealthReport;
 
 use super::Resources;
-use crate::state::Shared;
+use crate::Shared;
 
 /// Probes for as long as the agent runs, for the group `group` of
 /// `namespace` as the control plane pushes it.

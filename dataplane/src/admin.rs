@@ -1,4 +1,4 @@
-//! The agent's HTTP endpoints: admin on 127.0.0.1:15000 (`/config_dump`,
+//! A proxy's HTTP endpoints: admin on 127.0.0.1:15000 (`/config_dump`,
 //! `/clusters`, `/certs`, `/stats`, `/ready`, `/logging`) and metrics and
 //! health on 15020 (`/stats/prometheus`, `/healthz/ready`), named as in
 //! Envoy and Istio so the usual scripts and scrapers work.
@@ -6,21 +6,33 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use trellis_transport::{drain, listen};
 
-use crate::proxy::body::{self, Body};
-use crate::proxy::Proxy;
+use crate::mesh::Mesh;
+use crate::telemetry::labels::Workload;
+use crate::telemetry::Telemetry;
+use crate::tls::MeshTls;
+use crate::Shared;
+
+type Body = Full<Bytes>;
 
 /// Changes the log filter at run time (`/logging?level=debug`).
 pub type SetLogLevel = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// What the endpoints read.
 pub struct Admin {
-    pub px: Arc<Proxy>,
+    pub telemetry: Arc<Telemetry>,
+    pub mesh: Arc<Shared<Mesh>>,
+    pub tls: Arc<MeshTls>,
+    /// This proxy's workload, as its metrics name it.
+    pub me: Arc<Workload>,
     pub ready: AtomicBool,
     pub set_log_level: SetLogLevel,
 }
@@ -32,30 +44,39 @@ pub enum Endpoints {
     Metrics,
 }
 
-/// Serves `which` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, which: Endpoints) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
+/// Serves `which` on `listener` until a drain starts. (Scrapes are short:
+/// a drain does not wait for them.)
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    which: Endpoints,
+    drain: drain::Watch,
+) {
+    let name = match which {
+        Endpoints::Admin => "admin",
+        Endpoints::Metrics => "metrics",
+    };
+    listen::serve(listener, name, drain, move |tcp, _, held| {
+        drop(held);
         let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&admin, which, req)) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+        let svc = service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(&admin, which, req)) }
         });
-    }
+        async move {
+            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await
+        }
+    })
+    .await
 }
 
 fn handle(admin: &Admin, which: Endpoints, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     match (which, path) {
-        (_, "/stats/prometheus") => text(StatusCode::OK, admin.px.telemetry.metrics.render()),
+        (_, "/stats/prometheus") => text(StatusCode::OK, admin.telemetry.metrics.render()),
         (Endpoints::Metrics, "/healthz/ready") | (Endpoints::Admin, "/ready") => {
             if admin.ready.load(Ordering::Relaxed) {
                 text(StatusCode::OK, "LIVE\n".into())
@@ -63,7 +84,7 @@ fn handle(admin: &Admin, which: Endpoints, req: Request<Incoming>) -> Response<B
                 text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n".into())
             }
         }
-        (Endpoints::Admin, "/stats") => text(StatusCode::OK, admin.px.telemetry.metrics.render()),
+        (Endpoints::Admin, "/stats") => text(StatusCode::OK, admin.telemetry.metrics.render()),
         (Endpoints::Admin, "/config_dump") => json(config_dump(admin)),
         (Endpoints::Admin, "/clusters") => text(StatusCode::OK, clusters(admin)),
         (Endpoints::Admin, "/certs") => json(certs(admin)),
@@ -87,7 +108,7 @@ fn handle(admin: &Admin, which: Endpoints, req: Request<Incoming>) -> Response<B
 }
 
 fn text(status: StatusCode, s: String) -> Response<Body> {
-    let mut r = Response::new(body::full(s));
+    let mut r = Response::new(Full::from(s));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -97,7 +118,7 @@ fn text(status: StatusCode, s: String) -> Response<Body> {
 }
 
 fn json(v: serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(body::full(
+    let mut r = Response::new(Full::from(
         serde_json::to_vec_pretty(&v).unwrap_or_default(),
     ));
     r.headers_mut().insert(
@@ -108,21 +129,21 @@ fn json(v: serde_json::Value) -> Response<Body> {
 }
 
 fn config_dump(admin: &Admin) -> serde_json::Value {
-    let mesh = admin.px.mesh.load();
+    let mesh = admin.mesh.load();
     let mut services: Vec<_> = mesh.services().map(|s| s.as_ref().clone()).collect();
     services.sort_by(|a, b| a.host.cmp(&b.host));
     serde_json::json!({
-        "identity": admin.px.tls.identity().to_string(),
-        "workload": admin.px.me.as_ref(),
+        "identity": admin.tls.identity().to_string(),
+        "workload": admin.me.as_ref(),
         "services": services,
-        "dns": mesh.dns(),
+        "dns": mesh.dns().as_ref(),
         "resources": mesh.resources,
     })
 }
 
 /// Envoy's `/clusters` text: one line per cluster, endpoint and fact.
 fn clusters(admin: &Admin) -> String {
-    let mesh = admin.px.mesh.load();
+    let mesh = admin.mesh.load();
     let mut cs: Vec<_> = mesh.clusters().collect();
     cs.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = String::new();
@@ -149,7 +170,7 @@ fn clusters(admin: &Admin) -> String {
 }
 
 fn certs(admin: &Admin) -> serde_json::Value {
-    let ck = admin.px.tls.cert().current();
+    let ck = admin.tls.cert().current();
     let chain: Vec<serde_json::Value> = ck
         .cert
         .iter()
@@ -164,11 +185,10 @@ fn certs(admin: &Admin) -> serde_json::Value {
         })
         .collect();
     let roots: Vec<String> = admin
-        .px
         .tls
         .roots()
         .iter()
         .map(|r| trellis_identity::pem::fingerprint_hex(r))
         .collect();
-    serde_json::json!({ "identity": admin.px.tls.identity().to_string(), "cert_chain": chain, "roots_sha256": roots })
+    serde_json::json!({ "identity": admin.tls.identity().to_string(), "cert_chain": chain, "roots_sha256": roots })
 }

@@ -1,6 +1,6 @@
 //! Opening connections: plain TCP and UDP (marked so that capture rules
-//! let the agent's own traffic through) and mTLS to another agent,
-//! expecting the destination's identity.
+//! let the proxy's own traffic through) and mTLS to another proxy with a
+//! client configuration that expects the destination's identity.
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +10,6 @@ use rustls::pki_types::ServerName;
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio_rustls::client::TlsStream;
 use trellis_identity::SpiffeId;
-
-use crate::mesh::cluster::Limits;
-use crate::tls::MeshTls;
 
 /// The mark the agent puts on its own outgoing connections when it captures
 /// traffic, so that its capture rules do not send them back to itself
@@ -41,19 +38,6 @@ pub struct Keepalive {
     pub interval: Option<Duration>,
     /// Unanswered probes before the connection is dropped (`probes`).
     pub probes: Option<u32>,
-}
-
-impl ConnectOpts {
-    /// These options with a cluster's own settings (DestinationRule
-    /// `connectionPool.tcp`): its `connectTimeout` if it has one, its
-    /// `tcpKeepalive`.
-    pub fn for_cluster(&self, limits: &Limits) -> ConnectOpts {
-        ConnectOpts {
-            timeout: limits.connect_timeout.unwrap_or(self.timeout),
-            mark: self.mark,
-            keepalive: limits.keepalive,
-        }
-    }
 }
 
 /// Why a connection could not be opened: what the access log reports as `UF`.
@@ -127,26 +111,22 @@ pub fn udp(addr: SocketAddr, opts: &ConnectOpts) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// An mTLS connection to the agent at `addr`, which must present `expect`.
-/// `sni` tells the peer which service and port the connection is for.
+/// An mTLS connection to the proxy at `addr` with `config` (whose
+/// verifier accepts only a server presenting `expect`). `sni` tells the
+/// peer which service and port the connection is for.
 pub async fn mtls(
-    tls: &MeshTls,
+    config: Arc<rustls::ClientConfig>,
     addr: SocketAddr,
     sni: &str,
     expect: &SpiffeId,
-    alpn: &'static [u8],
     opts: &ConnectOpts,
 ) -> Result<TlsStream<TcpStream>, ConnectError> {
-    let config = tls.client(expect, alpn).map_err(|e| ConnectError::Config {
-        expect: expect.clone(),
-        reason: e.to_string(),
-    })?;
     let name = ServerName::try_from(sni.to_string()).map_err(|e| ConnectError::Config {
         expect: expect.clone(),
         reason: format!("SNI `{sni}`: {e}"),
     })?;
     let tcp = tcp(addr, opts).await?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
+    let connector = tokio_rustls::TlsConnector::from(config);
     match tokio::time::timeout(opts.timeout, connector.connect(name, tcp)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(source)) => Err(ConnectError::Tls {
@@ -161,100 +141,28 @@ pub async fn mtls(
     }
 }
 
-/// Waits until `ok`, failing the test (naming `what`) after 5 s.
-#[cfg(test)]
-pub(crate) async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A server on loopback running `serve` on each connection it accepts,
-/// and how many connections it has accepted and has open (`serve` not
-/// returned yet).
-#[cfg(test)]
-pub(crate) struct Counting {
-    pub addr: SocketAddr,
-    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    pub open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-#[cfg(test)]
-pub(crate) async fn counting_server<F, Fut>(serve: F) -> Counting
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    use std::sync::atomic::Ordering::SeqCst;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Counting {
-        addr: l.local_addr().unwrap(),
-        accepted: Default::default(),
-        open: Default::default(),
-    };
-    let (a, o) = (server.accepted.clone(), server.open.clone());
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            a.fetch_add(1, SeqCst);
-            o.fetch_add(1, SeqCst);
-            let (o, served) = (o.clone(), serve(s));
-            tokio::spawn(async move {
-                served.await;
-                o.fetch_sub(1, SeqCst);
-            });
-        }
-    });
-    server
-}
-
-/// A loopback address whose connects hang, as a blackholed one's do: a
-/// listener with a backlog of 0 and one connection already queued, which
-/// Linux answers by dropping further SYNs. Keep what it returns alive.
-#[cfg(test)]
-pub(crate) fn unanswered() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
-    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .unwrap();
-    l.listen(0).unwrap();
-    let addr = l.local_addr().unwrap().as_socket().unwrap();
-    let mut queued = Vec::new();
-    for _ in 0..8 {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            Ok(s) => queued.push(s),
-            // The accept queue is full: from now on connects hang.
-            Err(_) => return (l, queued, addr),
-        }
-    }
-    panic!("connects to a listener that never accepts keep succeeding (not Linux?)");
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
 
     use super::*;
+    use crate::testing::unanswered;
+
+    fn opts(timeout: Duration, keepalive: Option<Keepalive>) -> ConnectOpts {
+        ConnectOpts {
+            timeout,
+            mark: None,
+            keepalive,
+        }
+    }
 
     #[tokio::test]
-    async fn a_clusters_connect_timeout_replaces_the_agents() {
+    async fn a_connect_that_hangs_times_out() {
         let (_listener, _queued, addr) = unanswered();
-        let agent = ConnectOpts {
-            timeout: Duration::from_secs(30),
-            mark: None,
-            keepalive: None,
-        };
-        let limits = Limits::default();
-        assert_eq!(agent.for_cluster(&limits).timeout, Duration::from_secs(30));
-        let cluster = agent.for_cluster(&Limits {
-            connect_timeout: Some(Duration::from_millis(100)),
-            ..Limits::default()
-        });
         let t = Instant::now();
-        let err = tcp(addr, &cluster).await.unwrap_err();
+        let err = tcp(addr, &opts(Duration::from_millis(100), None))
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, ConnectError::Timeout { after, .. } if after == Duration::from_millis(100)),
             "{err}"
@@ -263,26 +171,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_clusters_keepalive_is_set_on_its_connections() {
+    async fn keepalive_is_set_on_the_connection_as_asked() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let agent = ConnectOpts {
-            timeout: Duration::from_secs(5),
-            mark: None,
-            keepalive: None,
-        };
-        let plain = tcp(addr, &agent).await.unwrap();
+        let five = Duration::from_secs(5);
+        let plain = tcp(addr, &opts(five, None)).await.unwrap();
         assert!(!socket2::SockRef::from(&plain).keepalive().unwrap());
 
-        let limits = Limits {
-            keepalive: Some(Keepalive {
-                time: Some(Duration::from_secs(42)),
-                interval: Some(Duration::from_secs(7)),
-                probes: Some(3),
-            }),
-            ..Limits::default()
+        let all = Keepalive {
+            time: Some(Duration::from_secs(42)),
+            interval: Some(Duration::from_secs(7)),
+            probes: Some(3),
         };
-        let s = tcp(addr, &agent.for_cluster(&limits)).await.unwrap();
+        let s = tcp(addr, &opts(five, Some(all))).await.unwrap();
         let s = socket2::SockRef::from(&s);
         assert!(s.keepalive().unwrap());
         assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
@@ -293,14 +194,11 @@ mod tests {
         let sys = socket2::SockRef::from(&plain)
             .tcp_keepalive_interval()
             .unwrap();
-        let limits = Limits {
-            keepalive: Some(Keepalive {
-                time: Some(Duration::from_secs(11)),
-                ..Keepalive::default()
-            }),
-            ..Limits::default()
+        let time_only = Keepalive {
+            time: Some(Duration::from_secs(11)),
+            ..Keepalive::default()
         };
-        let s = tcp(addr, &agent.for_cluster(&limits)).await.unwrap();
+        let s = tcp(addr, &opts(five, Some(time_only))).await.unwrap();
         let s = socket2::SockRef::from(&s);
         assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(11));
         assert_eq!(s.tcp_keepalive_interval().unwrap(), sys);

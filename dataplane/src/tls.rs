@@ -1,4 +1,4 @@
-//! The agent's mTLS configurations: one server configuration for inbound
+//! A workload's mTLS configurations: one server configuration for inbound
 //! connections from other agents, and client configurations that expect one
 //! exact SPIFFE identity of the server (the destination's service account).
 //!
@@ -10,10 +10,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::pki_types::CertificateDer;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use trellis_identity::verify::{
     client_config, server_config_with, CertCell, ClientAuth, Expect, SpiffeServerVerifier,
 };
 use trellis_identity::{IdentityError, SpiffeId};
+use trellis_transport::connect::{self, ConnectError, ConnectOpts};
 
 /// ALPN of an HTTP connection between agents: HTTP/2, many requests.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -107,6 +110,26 @@ impl MeshTls {
         let config = Arc::new(config);
         self.lock_clients().insert(key, config.clone());
         Ok(config)
+    }
+
+    /// An mTLS connection to the proxy at `addr`, which must present
+    /// `expect`, offering `alpn`; `sni` tells the peer which service and
+    /// port the connection is for.
+    pub async fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+        sni: &str,
+        expect: &SpiffeId,
+        alpn: &'static [u8],
+        opts: &ConnectOpts,
+    ) -> Result<TlsStream<TcpStream>, ConnectError> {
+        let config = self
+            .client(expect, alpn)
+            .map_err(|e| ConnectError::Config {
+                expect: expect.clone(),
+                reason: e.to_string(),
+            })?;
+        connect::mtls(config, addr, sni, expect, opts).await
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Roots> {

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::labels::{push_label, ConnLabels};
-use crate::proxy::flags::Flag;
+use super::Flag;
 
 /// Istio's bucket bounds for `istio_request_duration_milliseconds`.
 const DURATION_BUCKETS_MS: [f64; 19] = [

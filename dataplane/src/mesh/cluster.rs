@@ -6,14 +6,16 @@
 //! the proxy as requests start and end.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use trellis_identity::SpiffeId;
+use trellis_transport::connect::{ConnectOpts, Keepalive};
+use trellis_transport::sni::Sni;
+use trellis_transport::splice::{self, DEFAULT_IDLE_TIMEOUT};
 
-use crate::proxy::pool::{PeerKey, Reuse};
-use crate::proxy::sni::Sni;
 use crate::telemetry::labels::Workload;
 
 /// How a cluster picks an endpoint.
@@ -57,7 +59,7 @@ pub struct Limits {
     /// Most requests in flight to the cluster at once; more get `503 UO`.
     pub max_active: u32,
     /// `http.maxRetries`: most retries outstanding to the cluster at once
-    /// (besides the retry budget, see [`crate::route::retry::retry_limit`]).
+    /// (besides the retry budget, which the agent's retry policy keeps).
     pub max_retries: u32,
     /// `tcp.connectTimeout`: how long a TCP connect (and the mTLS handshake
     /// after it) to an endpoint may take; `None`: the agent-wide
@@ -67,10 +69,10 @@ pub struct Limits {
     /// plaintext) is reused: `maxRequestsPerConnection`, `idleTimeout`.
     pub reuse: Reuse,
     /// `tcp.tcpKeepalive` on connections to the cluster's endpoints.
-    pub keepalive: Option<crate::proxy::connect::Keepalive>,
+    pub keepalive: Option<Keepalive>,
     /// `tcp.idleTimeout` and `tcp.maxConnectionDuration` of opaque TCP
     /// connections to the cluster.
-    pub tcp: crate::proxy::splice::Timeouts,
+    pub tcp: splice::Timeouts,
     /// HTTP to endpoints without an agent: from the port's protocol,
     /// `http.h2UpgradePolicy` and `http.useClientProtocol`.
     pub plain_http: PlainHttp,
@@ -86,6 +88,55 @@ impl Default for Limits {
             keepalive: None,
             tcp: Default::default(),
             plain_http: PlainHttp::default(),
+        }
+    }
+}
+
+impl Limits {
+    /// How to open connections to the cluster's endpoints: `base` (the
+    /// proxy's own settings) with the cluster's `connectTimeout`, if it
+    /// has one, and its `tcpKeepalive`.
+    pub fn connect_opts(&self, base: &ConnectOpts) -> ConnectOpts {
+        ConnectOpts {
+            timeout: self.connect_timeout.unwrap_or(base.timeout),
+            mark: base.mark,
+            keepalive: self.keepalive,
+        }
+    }
+}
+
+/// The agent in front of an endpoint: where to connect, the SNI that names
+/// the service port, and the identity the agent must present. It keys the
+/// pooled connections to it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub addr: SocketAddr,
+    pub sni: String,
+    pub identity: SpiffeId,
+}
+
+/// How long a pooled connection may be reused (DestinationRule
+/// `connectionPool`), to an endpoint's agent or to a plaintext endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reuse {
+    /// `http.maxRequestsPerConnection`: requests a connection carries
+    /// before it is retired; `None` (unset or 0): unlimited.
+    pub max_requests: Option<NonZeroU32>,
+    /// `http.idleTimeout`: a pooled connection with no request on it for
+    /// this long is closed; `None` (0): never.
+    pub idle_timeout: Option<Duration>,
+    /// `http.maxConcurrentStreams`: streams open at once on one HTTP/2
+    /// connection, past which another is opened; `None` (unset or 0): as
+    /// many as the server allows. (HTTP/1.1 carries one at a time anyway.)
+    pub max_streams: Option<NonZeroU32>,
+}
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Self {
+            max_requests: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            max_streams: None,
         }
     }
 }
@@ -439,6 +490,34 @@ pub fn fnv1a(data: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clusters_connect_timeout_and_keepalive_replace_the_agents() {
+        let agent = ConnectOpts {
+            timeout: Duration::from_secs(30),
+            mark: Some(1337),
+            keepalive: None,
+        };
+        let same = Limits::default().connect_opts(&agent);
+        assert_eq!(
+            (same.timeout, same.mark, same.keepalive),
+            (agent.timeout, agent.mark, None)
+        );
+        let keepalive = Keepalive {
+            time: Some(Duration::from_secs(42)),
+            ..Keepalive::default()
+        };
+        let own = Limits {
+            connect_timeout: Some(Duration::from_millis(100)),
+            keepalive: Some(keepalive),
+            ..Limits::default()
+        }
+        .connect_opts(&agent);
+        assert_eq!(
+            (own.timeout, own.mark, own.keepalive),
+            (Duration::from_millis(100), Some(1337), Some(keepalive))
+        );
+    }
 
     fn ep(port: u16) -> Endpoint {
         Endpoint {

@@ -24,9 +24,9 @@ use trellis_api::v1::{DiscoveryRequest, DiscoveryResponse, HealthReport, ProxyNo
 use trellis_identity::admin_config::write_private;
 use trellis_identity::verify::{client_config, Expect, SpiffeServerVerifier};
 
-use crate::mesh;
-use crate::proxy::Proxy;
-use crate::state::Shared;
+use crate::mesh::{self, Mesh};
+use crate::tls::MeshTls;
+use crate::Shared;
 pub use resources::{Bundle, Me, Resources};
 
 /// The cache file in the data directory.
@@ -35,9 +35,32 @@ pub const CACHE_FILE: &str = "config-cache.json";
 /// Largest response the agent takes (full pushes of big meshes).
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+/// Why a config stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("no TLS client configuration for the control plane: {0}")]
+    Tls(#[from] trellis_identity::IdentityError),
+    #[error("the control plane refused or broke the stream: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("the stream's request side closed")]
+    Closed,
+}
+
+impl<T> From<mpsc::error::SendError<T>> for StreamError {
+    fn from(_: mpsc::error::SendError<T>) -> Self {
+        StreamError::Closed
+    }
+}
+
 /// What the client needs.
 pub struct Client {
-    pub px: Arc<Proxy>,
+    /// The view of the mesh in force, replaced at each applied response.
+    pub mesh: Arc<Shared<Mesh>>,
+    /// The workload's TLS: its certificate, and the trust roots that a
+    /// pushed bundle replaces.
+    pub tls: Arc<MeshTls>,
+    /// The socket mark of the proxy's own connections (with capture).
+    pub mark: Option<u32>,
     pub settings: mesh::Settings,
     pub node: ProxyNode,
     /// Control-plane addresses known at start (from the token).
@@ -72,14 +95,13 @@ impl Client {
 
     /// Puts `r` in force: the mesh view, the trust roots.
     pub fn install(&self, r: &Resources) {
-        let prev = self.px.mesh.load();
-        self.px
-            .mesh
+        let prev = self.mesh.load();
+        self.mesh
             .store(mesh::build(r.resources(), &self.settings, Some(&prev)));
         if let Some(b) = r.bundle() {
             match trellis_identity::pem::certs(&b.roots.concat(), "trust bundle") {
-                Ok(roots) if roots != self.px.tls.roots() => {
-                    if let Err(e) = self.px.tls.set_roots(roots) {
+                Ok(roots) if roots != self.tls.roots() => {
+                    if let Err(e) = self.tls.set_roots(roots) {
                         tracing::warn!(error = %e, "cannot use the pushed trust bundle");
                     }
                 }
@@ -128,8 +150,8 @@ impl Client {
         &self,
         addr: &str,
         mut health: watch::Receiver<Option<HealthReport>>,
-    ) -> anyhow::Result<()> {
-        let tls = &self.px.tls;
+    ) -> Result<(), StreamError> {
+        let tls = &self.tls;
         let verifier = SpiffeServerVerifier::new(
             &tls.roots(),
             Expect::AnyControlPlane {
@@ -137,7 +159,7 @@ impl Client {
             },
         )?;
         let config = Arc::new(client_config(Some(tls.cert().clone()), Arc::new(verifier))?);
-        let channel = trellis_identity::grpc::channel(addr, config, self.px.opts.mark)?;
+        let channel = trellis_identity::grpc::channel(addr, config, self.mark)?;
         let mut client = DiscoveryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(16);
         let report = health.borrow_and_update().clone();

@@ -3,7 +3,7 @@
 //!
 //! An HTTP/2 connection's frames come from several tasks (the connection's
 //! own, and each stream's: hyper's server sends a response from the
-//! request's task, [`super::h2_stream`] a request from its caller's), and a
+//! request's task, the client side a request from its caller's), and a
 //! response's trailers often come after its DATA, in a later poll: flushed
 //! as they come, a unary gRPC call cost two `writev` each way on every hop
 //! (and two wake-ups of the reader). [`Corked`] keeps what is
@@ -100,7 +100,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Corked<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        let read = std::task::ready!(super::poll_read_new(&mut me.inner, cx, buf))?;
+        let read = std::task::ready!(crate::poll_read_new(&mut me.inner, cx, buf))?;
         if me.mode == Mode::Sniff && !read.is_empty() {
             let n = read.len().min(H2_PREFACE.len());
             me.mode = if read[..n] == H2_PREFACE[..n] {

@@ -1,9 +1,14 @@
-//! What the agent tells about the traffic it carries: Istio's metrics
-//! ([`metrics`]), one JSON access-log line per request or TCP connection,
-//! and the body wrapper that counts bytes and reports a request when its
-//! response has been sent in full ([`Observed`]).
+//! What a proxy tells about the traffic it carries: Istio's metrics
+//! ([`metrics`]) with their labels ([`labels`]), one JSON access-log line
+//! per request or TCP connection, Envoy's response flags ([`Flag`]), the
+//! body wrapper that counts bytes and reports a request when its response
+//! has been sent in full ([`Observed`]), and a splice that reports its
+//! connection ([`splice`]).
+mod flag;
 pub mod labels;
 pub mod metrics;
+
+pub use flag::Flag;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -16,9 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
+use tokio::io::{AsyncRead, AsyncWrite};
+use trellis_transport::splice::{self as transport_splice, Spliced, Timeouts};
+
 use self::labels::ConnLabels;
 use self::metrics::{Metrics, RequestKey};
-use crate::proxy::flags::Flag;
 
 /// Metrics and access log, shared by every listener.
 pub struct Telemetry {
@@ -72,7 +79,7 @@ impl RequestLog {
             start: SystemTime::now(),
             started: Instant::now(),
             conn,
-            grpc: crate::proxy::is_grpc(req.headers()),
+            grpc: is_grpc(req.headers()),
             method: req.method().clone(),
             path: req.uri().path_and_query().cloned(),
             authority,
@@ -311,4 +318,28 @@ pub fn grpc_status(h: &http::HeaderMap) -> Option<u16> {
     // looks a request gets.
     const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     h.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
+}
+
+/// Whether a request is gRPC (by its content type).
+pub fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Splices `downstream` and `upstream` ([`trellis_transport::splice`]),
+/// reporting the connection as `log` when it opens and when it closes.
+pub async fn splice<D, U>(
+    telemetry: &Telemetry,
+    log: TcpLog,
+    downstream: D,
+    upstream: U,
+    timeouts: Timeouts,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    telemetry.tcp_opened(&log);
+    let Spliced { sent, received } = transport_splice::run(downstream, upstream, timeouts).await;
+    telemetry.tcp_closed(&log, sent, received);
 }

@@ -1,0 +1,431 @@
+//! Starting the agent in named steps, and stopping it.
+//!
+//! [`run`]: the config file (refused before anything else happens) →
+//! the workload certificate ([`certificate`]) → the proxy's shared state
+//! ([`proxy_state`]) → every socket bound ([`Sockets::bind`]) → capture
+//! installed → the listeners served ([`serve`]) → the config source
+//! ([`config_source`]: the file, watched, or the control plane's stream)
+//! → SIGINT or SIGTERM → a drain: listeners stop accepting, in-flight
+//! requests and connections get up to `--drain-timeout` to finish →
+//! capture removed.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use trellis_api::config::{parse_documents, ConfigError, Resource};
+use trellis_dataplane::identity::{self, Loaded, Source};
+use trellis_dataplane::mesh::{self, Settings};
+use trellis_dataplane::telemetry::Telemetry;
+use trellis_dataplane::tls::MeshTls;
+use trellis_dataplane::{admin, discovery, Shared};
+use trellis_identity::verify::CertCell;
+use trellis_transport::connect::{ConnectOpts, CAPTURE_MARK};
+use trellis_transport::{drain, listen};
+
+use crate::options::{Options, OptionsError};
+use crate::proxy::outbound::Listener;
+use crate::proxy::{self, app::AppClient, pool, Proxy};
+use crate::{capture, dns};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("reading {path}: {source}")]
+    ReadConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    BadConfig { path: PathBuf, source: ConfigError },
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    #[error("no workload certificate: {0}")]
+    Identity(#[from] identity::IdentityError),
+    #[error("the workload certificate cannot be used for TLS: {0}")]
+    Tls(#[from] trellis_identity::IdentityError),
+    #[error("this workload's metadata does not fit in a header: {0}")]
+    PeerMetadata(#[from] http::header::InvalidHeaderValue),
+    #[error("binding {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "no config source: give --config-file, or --control-plane ADDR (a token gives the addresses by itself)"
+    )]
+    NoConfigSource,
+    #[error("installing capture: {0}")]
+    Capture(#[from] capture::CaptureError),
+}
+
+/// Reads and validates a config file: all of it or nothing.
+pub fn load_config(path: &Path) -> Result<Vec<Resource>, StartError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::ReadConfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_documents(&text).map_err(|source| StartError::BadConfig {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Runs the agent until SIGINT or SIGTERM, then drains it.
+pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(), StartError> {
+    let resources = match &opts.config_file {
+        Some(p) => load_config(p)?,
+        None => Vec::new(),
+    };
+    // With capture, the agent's own sockets are marked, those to the
+    // control plane included, so the rules let them out.
+    let mark = opts.capture.backend().map(|_| CAPTURE_MARK);
+    let source = opts.identity_source();
+    let (loaded, tls) = certificate(&source, mark).await?;
+    let settings = opts.mesh_settings(&loaded.id)?;
+    let px = proxy_state(&opts, &loaded, tls, &settings, resources, mark)?;
+
+    // With capture on a host with IPv6, each listener capture redirects to
+    // gets an IPv6 twin, where the IPv6 rules send what they catch.
+    let ipv6 = opts.capture.backend().is_some() && listen::host_has_ipv6();
+    if opts.capture.backend().is_some() && !ipv6 {
+        tracing::warn!("the host has no IPv6 (::1 cannot be bound): capturing IPv4 only");
+    }
+    let sockets = Sockets::bind(&opts, ipv6).await?;
+    let control_plane = if opts.control_plane.is_empty() {
+        loaded.control_plane.clone()
+    } else {
+        opts.control_plane.clone()
+    };
+    // Refused before capture is installed, which an early exit would leave.
+    if opts.config_file.is_none() && control_plane.is_empty() {
+        return Err(StartError::NoConfigSource);
+    }
+    let capture = install_capture(&opts, ipv6)?;
+
+    let admin = Arc::new(admin::Admin {
+        telemetry: px.telemetry.clone(),
+        mesh: px.mesh.clone(),
+        tls: px.tls.clone(),
+        me: px.me.clone(),
+        ready: AtomicBool::new(false),
+        set_log_level,
+    });
+    let (signal, watch) = drain::channel();
+    let mut tasks = serve(&opts, sockets, &px, &admin, watch);
+    let group = opts.workload_group.clone().or(loaded.group.clone());
+    config_source(
+        &opts,
+        &px,
+        settings,
+        control_plane,
+        group,
+        &admin,
+        &mut tasks,
+    );
+    tracing::info!(
+        inbound = %opts.inbound, outbound = %opts.outbound, admin = %opts.admin, metrics = %opts.metrics,
+        "trellis-agent ready"
+    );
+
+    shutdown_signal().await;
+    tracing::info!(deadline = ?opts.drain_timeout, "draining: no new connections; in-flight requests may finish");
+    admin.ready.store(false, Ordering::Relaxed);
+    if signal.drain(opts.drain_timeout).await {
+        tracing::info!("drained");
+    } else {
+        tracing::warn!(deadline = ?opts.drain_timeout, "connections still open after the drain deadline are closed");
+    }
+    if let Some(c) = &capture {
+        c.remove();
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+/// The workload certificate (from files, or from the control plane with
+/// the token), renewed in the background in token mode.
+async fn certificate(
+    source: &Source,
+    mark: Option<u32>,
+) -> Result<(Loaded, Arc<MeshTls>), StartError> {
+    let loaded = identity::load(source, mark).await?;
+    tracing::info!(identity = %loaded.id, "workload certificate loaded");
+    let cert = CertCell::new(&loaded.identity)?;
+    let tls = Arc::new(MeshTls::new(cert, loaded.id.clone(), loaded.roots.clone())?);
+    if let Source::Token { data_dir, .. } = source {
+        tokio::spawn(identity::renew_forever(
+            tls.clone(),
+            loaded.not_after,
+            loaded.control_plane.clone(),
+            data_dir.clone(),
+            mark,
+        ));
+    }
+    Ok((loaded, tls))
+}
+
+/// What the proxy's listeners share: the view of the mesh built from the
+/// config file's resources (empty until the control plane pushes), this
+/// workload, the connection pools and telemetry.
+fn proxy_state(
+    opts: &Options,
+    loaded: &Loaded,
+    tls: Arc<MeshTls>,
+    settings: &Settings,
+    resources: Vec<Resource>,
+    mark: Option<u32>,
+) -> Result<Arc<Proxy>, StartError> {
+    let me = Arc::new(opts.workload(&loaded.id, settings));
+    let connect = ConnectOpts {
+        timeout: opts.connect_timeout,
+        mark,
+        keepalive: None,
+    };
+    let metadata = serde_json::to_string(me.as_ref()).unwrap_or_default();
+    Ok(Arc::new(Proxy {
+        pool: pool::Pool::new(pool::Peers(tls.clone())),
+        app: AppClient::new(opts.app_host, connect.clone()),
+        peer_metadata: http::HeaderValue::from_str(&metadata)?,
+        labels: settings.labels.clone(),
+        tls,
+        telemetry: Arc::new(Telemetry::new(opts.access_log)),
+        mesh: Arc::new(Shared::new(mesh::build(resources, settings, None))),
+        me,
+        opts: connect,
+        peer_inbound_port: opts.peer_inbound_port,
+    }))
+}
+
+/// Every socket the agent listens on, bound before anything is served so
+/// that a port in use is refused at start.
+struct Sockets {
+    inbound: Vec<TcpListener>,
+    outbound: Vec<TcpListener>,
+    upstreams: Vec<(TcpListener, Listener)>,
+    admin: TcpListener,
+    metrics: TcpListener,
+    dns: Vec<dns::Listeners>,
+}
+
+impl Sockets {
+    async fn bind(opts: &Options, ipv6: bool) -> Result<Self, StartError> {
+        let twin = |addr: SocketAddr, local: bool| listen::ipv6_twin(addr, local).filter(|_| ipv6);
+        let mut inbound = vec![bind(opts.inbound, "inbound").await?];
+        let mut outbound = vec![bind(opts.outbound, "outbound").await?];
+        for (listeners, twin, what) in [
+            (&mut inbound, twin(opts.inbound, false), "inbound, IPv6"),
+            (&mut outbound, twin(opts.outbound, true), "outbound, IPv6"),
+        ] {
+            if let Some(addr) = twin {
+                let l = listen::bind_ipv6_only(addr).map_err(|source| StartError::Bind {
+                    addr,
+                    what,
+                    source,
+                })?;
+                listeners.push(l);
+            }
+        }
+        let mut upstreams = Vec::new();
+        for u in &opts.upstreams {
+            let kind = Listener::Upstream {
+                host: Arc::from(u.host.as_str()),
+                port: u.port,
+            };
+            upstreams.push((bind(u.listen, "upstream").await?, kind));
+        }
+        let mut dns = Vec::new();
+        for addr in opts
+            .dns
+            .into_iter()
+            .chain(opts.dns.and_then(|a| twin(a, true)))
+        {
+            let l = dns::Listeners::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr,
+                    what: "DNS, UDP and TCP",
+                    source,
+                })?;
+            dns.push(l);
+        }
+        Ok(Self {
+            inbound,
+            outbound,
+            upstreams,
+            admin: bind(opts.admin, "admin").await?,
+            metrics: bind(opts.metrics, "metrics").await?,
+            dns,
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+    listen::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, what, source })
+}
+
+/// The capture rules, if the agent captures.
+fn install_capture(opts: &Options, ipv6: bool) -> Result<Option<capture::Capture>, StartError> {
+    let Some(backend) = opts.capture.backend() else {
+        return Ok(None);
+    };
+    let c = capture::Capture {
+        backend,
+        inbound_port: opts.inbound.port(),
+        outbound_port: opts.outbound.port(),
+        dns_port: opts.dns.map(|a| a.port()),
+        exclude_inbound: opts.capture_exclude_ports(),
+        ipv6,
+    };
+    c.install()?;
+    tracing::info!(backend = ?c.backend, "capture installed");
+    Ok(Some(c))
+}
+
+/// Serves every listener, each a task of `tasks`. The proxy's and the
+/// admin listeners stop accepting when `drain` fires; the DNS proxy
+/// answers until the agent exits, since the application may still
+/// resolve names while it finishes.
+fn serve(
+    opts: &Options,
+    sockets: Sockets,
+    px: &Arc<Proxy>,
+    admin: &Arc<admin::Admin>,
+    drain: drain::Watch,
+) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    for l in sockets.inbound {
+        tasks.spawn(proxy::inbound::serve(l, px.clone(), drain.clone()));
+    }
+    for l in sockets.outbound {
+        tasks.spawn(proxy::outbound::serve(
+            l,
+            Listener::Capture,
+            px.clone(),
+            drain.clone(),
+        ));
+    }
+    for (l, kind) in sockets.upstreams {
+        tasks.spawn(proxy::outbound::serve(l, kind, px.clone(), drain.clone()));
+    }
+    tasks.spawn(admin::serve(
+        sockets.admin,
+        admin.clone(),
+        admin::Endpoints::Admin,
+        drain.clone(),
+    ));
+    tasks.spawn(admin::serve(
+        sockets.metrics,
+        admin.clone(),
+        admin::Endpoints::Metrics,
+        drain,
+    ));
+    if !sockets.dns.is_empty() {
+        let forwarder = opts.dns_forwarder(px.opts.mark);
+        tracing::info!(listen = ?opts.dns, upstreams = ?forwarder.upstreams(), "DNS proxy");
+        let mesh = px.mesh.clone();
+        let names: dns::Names = Arc::new(move || mesh.load().dns().clone());
+        let server = Arc::new(dns::Server::new(names, forwarder));
+        for l in sockets.dns {
+            tasks.spawn(dns::serve(l, server.clone()));
+        }
+    }
+    tasks
+}
+
+/// Where the config comes from: the file, watched for changes (ready at
+/// once), or the control plane's stream (ready once the first response
+/// is applied, or at once from the cache it left), with the
+/// WorkloadGroup's readiness probe.
+fn config_source(
+    opts: &Options,
+    px: &Arc<Proxy>,
+    settings: Settings,
+    control_plane: Vec<String>,
+    group: Option<String>,
+    admin: &Arc<admin::Admin>,
+    tasks: &mut JoinSet<()>,
+) {
+    if let Some(path) = opts.config_file.clone() {
+        tasks.spawn(watch_config(path, settings, px.mesh.clone()));
+        admin.ready.store(true, Ordering::Relaxed);
+        return;
+    }
+    let node = opts.proxy_node(&settings, &px.me, group.as_deref());
+    let cache = opts.data_dir.join(discovery::CACHE_FILE);
+    let cached = discovery::load_cache(&cache);
+    let (applied, mut first) = tokio::sync::watch::channel(0u64);
+    let client = discovery::Client {
+        mesh: px.mesh.clone(),
+        tls: px.tls.clone(),
+        mark: px.opts.mark,
+        settings: settings.clone(),
+        node,
+        addresses: control_plane,
+        cache,
+        held: Arc::new(Shared::new(cached.clone().unwrap_or_default())),
+        applied,
+    };
+    // Serve from the cache at once; the control plane may be away.
+    if let Some(c) = &cached {
+        client.install(c);
+        tracing::info!(version = c.version, "serving the cached config");
+    }
+    let (health_tx, health_rx) = tokio::sync::watch::channel(None);
+    if let Some(g) = group {
+        tasks.spawn(discovery::probe::run(
+            client.held.clone(),
+            settings.namespace.clone(),
+            g,
+            opts.app_host,
+            health_tx,
+        ));
+    }
+    tasks.spawn(client.run(health_rx));
+    let admin = admin.clone();
+    tasks.spawn(async move {
+        if cached.is_none() {
+            let _ = first.changed().await;
+        }
+        admin.ready.store(true, Ordering::Relaxed);
+    });
+}
+
+/// Reloads the config file when it changes; a file that does not parse or
+/// validate is refused with its errors and the previous config stays.
+async fn watch_config(path: PathBuf, settings: Settings, view: Arc<Shared<mesh::Mesh>>) {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last: Option<SystemTime> = modified(&path);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = modified(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match load_config(&path) {
+            Ok(resources) => {
+                let prev = view.load();
+                view.store(mesh::build(resources, &settings, Some(&prev)));
+                tracing::info!(file = %path.display(), "config reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config update refused; the previous config stays in force")
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

@@ -1,0 +1,76 @@
+//! Test doubles for code that opens connections: a loopback server that
+//! counts its connections, an address whose connects hang, and a wait on
+//! a condition. For tests of this crate and of the crates above it (the
+//! `test-util` feature).
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+/// Waits until `ok`, failing the test (naming `what`) after 5 s.
+pub async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A server on loopback running `serve` on each connection it accepts,
+/// and how many connections it has accepted and has open (`serve` not
+/// returned yet).
+pub struct Counting {
+    pub addr: SocketAddr,
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+pub async fn counting_server<F, Fut>(serve: F) -> Counting
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use std::sync::atomic::Ordering::SeqCst;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = Counting {
+        addr: l.local_addr().unwrap(),
+        accepted: Default::default(),
+        open: Default::default(),
+    };
+    let (a, o) = (server.accepted.clone(), server.open.clone());
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            a.fetch_add(1, SeqCst);
+            o.fetch_add(1, SeqCst);
+            let (o, served) = (o.clone(), serve(s));
+            tokio::spawn(async move {
+                served.await;
+                o.fetch_sub(1, SeqCst);
+            });
+        }
+    });
+    server
+}
+
+/// A loopback address whose connects hang, as a blackholed one's do: a
+/// listener with a backlog of 0 and one connection already queued, which
+/// Linux answers by dropping further SYNs. Keep what it returns alive.
+pub fn unanswered() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => queued.push(s),
+            // The accept queue is full: from now on connects hang.
+            Err(_) => return (l, queued, addr),
+        }
+    }
+    panic!("connects to a listener that never accepts keep succeeding (not Linux?)");
+}
