@@ -18,6 +18,8 @@ pub mod join_token;
 pub mod pem;
 pub mod rfc3339;
 pub mod spiffe;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod verify;
 
 pub use spiffe::SpiffeId;

@@ -378,7 +378,7 @@ pub fn server_config_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    use crate::testing::TestCa;
 
     struct Pki {
         root: CertificateDer<'static>,
@@ -386,21 +386,10 @@ mod tests {
     }
 
     fn pki(uri: &str) -> Pki {
-        let root_key = KeyPair::generate().unwrap();
-        let mut rp = CertificateParams::default();
-        rp.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let root = rp.self_signed(&root_key).unwrap();
-        let issuer = Issuer::new(rp, root_key);
-        let leaf_key = KeyPair::generate().unwrap();
-        let mut lp = CertificateParams::default();
-        lp.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-        let leaf = lp.signed_by(&leaf_key, &issuer).unwrap();
+        let ca = TestCa::new();
         Pki {
-            root: root.der().clone(),
-            leaf: Identity {
-                chain: vec![leaf.der().clone(), root.der().clone()],
-                key: PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
-            },
+            leaf: ca.issue(uri),
+            root: ca.root,
         }
     }
 

@@ -11,6 +11,8 @@ pub mod headers;
 pub mod inbound;
 pub mod outbound;
 pub mod pool;
+#[cfg(test)]
+mod tests;
 pub mod trace;
 pub mod upgrade;
 

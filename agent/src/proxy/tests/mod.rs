@@ -1,0 +1,289 @@
+//! The proxy's paths on real sockets on loopback, in one process: an
+//! application server, and agents whose listeners run as in `start`
+//! (certificates from a throwaway CA, config from Istio YAML). The
+//! outbound HTTP pipeline step by step ([`outbound_http`]), opaque TCP
+//! ([`tcp`]), the inbound side ([`inbound_mtls`]) and draining
+//! ([`draining`]).
+mod draining;
+mod inbound_mtls;
+mod outbound_http;
+mod tcp;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use trellis_api::config::parse_documents;
+use trellis_dataplane::mesh::{self, Settings};
+use trellis_dataplane::telemetry::labels::Workload;
+use trellis_dataplane::telemetry::Telemetry;
+use trellis_dataplane::tls::MeshTls;
+use trellis_dataplane::Shared;
+use trellis_identity::testing::TestCa;
+use trellis_identity::verify::CertCell;
+use trellis_identity::SpiffeId;
+use trellis_transport::connect::ConnectOpts;
+use trellis_transport::drain;
+
+use super::app::AppClient;
+use super::outbound::Listener;
+use super::{inbound, outbound, pool, Proxy};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// An agent: its shared state and where its listeners are.
+struct Agent {
+    px: Arc<Proxy>,
+    inbound: SocketAddr,
+    /// Ends the listeners' accept loops when dropped (its drain is never
+    /// started, so they run until the test's runtime ends).
+    signal: Option<drain::Signal>,
+    watch: drain::Watch,
+}
+
+/// Config for the agents, with `{APP}` (the application's port) filled in.
+fn yaml(template: &str, app: u16) -> String {
+    template.replace("{APP}", &app.to_string())
+}
+
+impl Agent {
+    /// An agent for `default/SA` with the resources in `config`, its
+    /// inbound listener started; peers' inbound listeners are on
+    /// `peer_inbound_port`.
+    async fn start(ca: &TestCa, sa: &str, config: &str, peer_inbound_port: u16) -> Agent {
+        let id = SpiffeId::parse(&format!("spiffe://td/ns/default/sa/{sa}")).unwrap();
+        let cert = CertCell::new(&ca.issue(&id.to_string())).unwrap();
+        let tls = Arc::new(MeshTls::new(cert, id.clone(), vec![ca.root.clone()]).unwrap());
+        let settings = Settings {
+            trust_domain: "td".into(),
+            domain: "cluster.local".into(),
+            namespace: "default".into(),
+            labels: BTreeMap::from([("app".into(), sa.into())]),
+            addresses: vec![LOCALHOST],
+            peer_inbound_port,
+        };
+        let resources = parse_documents(config).unwrap();
+        let opts = ConnectOpts {
+            timeout: Duration::from_secs(5),
+            mark: None,
+            keepalive: None,
+        };
+        let me = Arc::new(Workload {
+            workload: sa.into(),
+            namespace: "default".into(),
+            principal: id.to_string(),
+            app: sa.into(),
+            version: "v1".into(),
+        });
+        let px = Arc::new(Proxy {
+            pool: pool::Pool::new(pool::Peers(tls.clone())),
+            app: AppClient::new(LOCALHOST, opts.clone()),
+            peer_metadata: http::HeaderValue::from_str(&serde_json::to_string(&*me).unwrap())
+                .unwrap(),
+            labels: settings.labels.clone(),
+            tls,
+            telemetry: Arc::new(Telemetry::new(false)),
+            mesh: Arc::new(Shared::new(mesh::build(resources, &settings, None))),
+            me,
+            opts,
+            peer_inbound_port,
+        });
+        let (signal, watch) = drain::channel();
+        let l = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+        let inbound = l.local_addr().unwrap();
+        tokio::spawn(inbound::serve(l, px.clone(), watch.clone()));
+        Agent {
+            px,
+            inbound,
+            signal: Some(signal),
+            watch,
+        }
+    }
+
+    /// A local port standing for `host:port` (`--upstream`).
+    async fn upstream(&self, host: &str, port: u16) -> SocketAddr {
+        let l = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let kind = Listener::Upstream {
+            host: Arc::from(host),
+            port,
+        };
+        tokio::spawn(outbound::serve(
+            l,
+            kind,
+            self.px.clone(),
+            self.watch.clone(),
+        ));
+        addr
+    }
+
+    /// The agent's metrics, in Prometheus text.
+    fn metrics(&self) -> String {
+        self.px.telemetry.metrics.render()
+    }
+}
+
+/// A client agent `client` and a server agent `reviews` in front of an
+/// application, both with `config` (`{APP}` the application's port); the
+/// client's upstream port for `reviews.default.svc.cluster.local:9080`.
+struct Pair {
+    client: Agent,
+    server: Agent,
+    /// The client agent's `--upstream` for reviews:9080.
+    upstream: SocketAddr,
+}
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+async fn pair(app: &App, config: &str) -> Pair {
+    let ca = TestCa::new();
+    let config = yaml(config, app.addr.port());
+    // The server first: the client dials its inbound port.
+    let server = Agent::start(&ca, "reviews", &config, 0).await;
+    let client = Agent::start(&ca, "client", &config, server.inbound.port()).await;
+    let upstream = client.upstream(REVIEWS, 9080).await;
+    Pair {
+        client,
+        server,
+        upstream,
+    }
+}
+
+/// The reviews service: port 9080 (HTTP) served by one workload with an
+/// agent, whose application listens on `{APP}`.
+const REVIEWS_SERVICE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.0.1, labels: {app: reviews, version: v1}, serviceAccount: reviews, ports: {http: {APP}}}
+"#;
+
+/// What the application was asked.
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    headers: http::HeaderMap,
+}
+
+type Respond = dyn Fn(u64, &http::request::Parts) -> (u16, Duration) + Send + Sync;
+
+/// An HTTP/1.1 and HTTP/2 application on loopback that records each
+/// request and answers what `respond` says for the nth (from 0): a
+/// status, after a delay. The body echoes the path.
+struct App {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    count: Arc<AtomicU64>,
+}
+
+impl App {
+    async fn start(
+        respond: impl Fn(u64, &http::request::Parts) -> (u16, Duration) + Send + Sync + 'static,
+    ) -> App {
+        let l = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let count = Arc::new(AtomicU64::new(0));
+        let respond: Arc<Respond> = Arc::new(respond);
+        let (s, c) = (seen.clone(), count.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let (s, c, respond) = (s.clone(), c.clone(), respond.clone());
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (s, c, respond) = (s.clone(), c.clone(), respond.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let _ = body.collect().await;
+                        let n = c.fetch_add(1, Ordering::SeqCst);
+                        s.lock().unwrap().push(Seen {
+                            path: parts.uri.path().to_string(),
+                            headers: parts.headers.clone(),
+                        });
+                        let (status, delay) = respond(n, &parts);
+                        tokio::time::sleep(delay).await;
+                        let mut resp =
+                            Response::new(Full::new(Bytes::from(parts.uri.path().to_string())));
+                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                tokio::spawn(
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .into_owned(),
+                );
+            }
+        });
+        App { addr, seen, count }
+    }
+
+    /// An application that answers 200 at once.
+    async fn ok() -> App {
+        App::start(|_, _| (200, Duration::ZERO)).await
+    }
+
+    fn requests(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// What a client got.
+struct Got {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+/// Sends `req` over a new HTTP/1.1 connection to `addr`.
+async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Got {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Got {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A GET of `path` with `Host: reviews:9080`.
+fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header(http::header::HOST, "reviews:9080")
+        .body(Full::default())
+        .unwrap()
+}
+
+/// The value of the series of `metric` whose labels include all of
+/// `labels` (`name="value"` each), summed; 0 when there is none.
+fn series(metrics: &str, metric: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
