@@ -9,9 +9,9 @@
 # HTTP/1.1 and gRPC 100 rps phases, and prints per agent and protocol the
 # instructions, malloc calls and requests (one per Telemetry::request_done).
 #
-# usage: e2e/callgrind-agents.sh [OUT_DIR]
+# usage: bench/callgrind-agents.sh [OUT_DIR]
 # needs: valgrind, envoy on PATH, and release binaries already built:
-#   cargo build --release -p trellis-agent -p trellis-e2e \
+#   cargo build --release -p trellis-agent -p trellis-bench \
 #     -p trellis-controlplane -p trellis-echo -p trellis --bins
 set -euo pipefail
 cd "$(dirname "$0")/.."
