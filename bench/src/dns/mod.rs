@@ -11,8 +11,11 @@
 //! from its configuration. Then two sets of phases, each system loaded in
 //! turn while the other idles: (a) mesh names, answered locally, and (b)
 //! names under `fwd.bench`, forwarded; each at the fixed `--rates` and at
-//! maximum throughput, driven by [`crate::dnsperf`]. [`crate::dns_report`]
-//! prints the tables.
+//! maximum throughput, driven by [`dnsperf`]. [`report`] prints the
+//! tables.
+mod dnsperf;
+mod report;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,13 +27,13 @@ use trellis_agent::dns::testing::{addresses, query};
 use trellis_agent::dns::Transport;
 use trellis_e2e::{wait_for, Cluster, Proc};
 
-use crate::dns_report::{self, Measured, PhaseResult, Setup};
-use crate::dnsperf::{self, Load};
+use self::dnsperf::Load;
+use self::report::{Measured, PhaseResult, Setup};
 use crate::machine::CpuTimes;
-use crate::process::{status_kib, Usage};
-use crate::proxy::{check_free, tail, wait_http_ok};
-use crate::proxy_load::Pace;
-use crate::{agents, proxy};
+use crate::net::{check_free, wait_http_ok};
+use crate::pace::Pace;
+use crate::process::{status_kib, tail, Usage};
+use crate::{agent, bins};
 
 const AGENT_IP: &str = "127.0.0.6";
 const DNSMASQ_IP: &str = "127.0.0.7";
@@ -45,6 +48,8 @@ const FORWARDED_ANSWER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Quiet time between two loads.
 const BETWEEN_LOADS: Duration = Duration::from_secs(1);
+/// The binaries of the test bed.
+const PACKAGES: [&str; 3] = ["trellis-controlplane", "trellis", "trellis-agent"];
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -232,7 +237,7 @@ impl Bed {
             "--dns-upstream".into(),
             addr(UPSTREAM_IP).to_string(),
         ];
-        let mut agent = agents::spawn(
+        let mut agent = agent::spawn(
             &cp,
             &dir,
             &config,
@@ -399,11 +404,8 @@ async fn phase(args: &Args, load: &Load, pid: u32) -> anyhow::Result<PhaseResult
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    proxy::binaries(
-        !args.no_build,
-        &["trellis-controlplane", "trellis", "trellis-agent"],
-    )?;
-    let versions = [agents::version()?, dnsmasq_version(&args.dnsmasq)?];
+    bins::prepare(!args.no_build, &PACKAGES)?;
+    let versions = [agent::version()?, dnsmasq_version(&args.dnsmasq)?];
     let dnsperf_version = dnsperf::version(&args.dnsperf)?;
 
     let mut bed = Bed::start(&args).await?;
@@ -421,12 +423,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
-    let paces: Vec<Pace> = args
-        .rates
-        .iter()
-        .map(|&r| Pace::Rate(r))
-        .chain([Pace::Max])
-        .collect();
+    let paces = Pace::all(&args.rates);
     for (names, queries) in [Names::Mesh, Names::Forwarded]
         .into_iter()
         .zip(bed.queries.clone())
@@ -435,8 +432,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             for (i, &s) in SYSTEMS.iter().enumerate() {
                 eprintln!(
                     "{}, {}, {}: {} s + {} s ...",
-                    dns_report::names_title(names),
-                    dns_report::pace_name(pace),
+                    report::names_title(names),
+                    report::pace_name(pace),
                     name_of(s),
                     args.warmup_seconds,
                     args.seconds
@@ -470,7 +467,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         dnsperf: dnsperf_version,
     };
-    println!("{}", dns_report::render(&setup, &measured));
+    println!("{}", report::render(&setup, &measured));
     Ok(())
 }
 

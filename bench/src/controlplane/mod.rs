@@ -3,19 +3,33 @@
 //! 3-node Trellis control plane (idle RSS, load, then leader kills, each
 //! killed node restarted before the next kill) torn down before the 3-node
 //! etcd cluster goes through the same.
+//!
+//! The modules follow one run: [`trellis`] and [`etcd`] (the two clusters
+//! behind [`cluster::BenchCluster`]; Trellis's is the e2e harness's
+//! `trellis_e2e::Cluster`, and every process runs under a
+//! `trellis_e2e::Proc` that dies with its guard), [`load`] (the write
+//! load), [`probe`] (time to the first successful write), and [`report`]
+//! (the table).
+mod cluster;
+mod etcd;
+mod load;
+mod probe;
+mod report;
+mod trellis;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::cluster::BenchCluster;
-use crate::etcd::{self, EtcdBins, EtcdCluster};
-use crate::load::{self, Load};
+use self::cluster::BenchCluster;
+use self::etcd::{EtcdBins, EtcdCluster};
+use self::load::Load;
+use self::report::{Setup, SystemResult};
+use self::trellis::TrellisCluster;
+use crate::bins;
 use crate::machine::CpuTimes;
-use crate::probe;
 use crate::process::{status_kib, Usage};
-use crate::report::{self, Setup, SystemResult};
-use crate::trellis::{self, TrellisCluster};
 
 /// Nodes per cluster.
 const NODES: usize = 3;
@@ -28,6 +42,9 @@ const IDLE_SETTLE: Duration = Duration::from_secs(3);
 const BEFORE_KILL: Duration = Duration::from_secs(1);
 /// Longest wait for a write after the leader is killed.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
+/// The binaries the clusters run: the CLI too, as the harness makes the
+/// join tokens with it.
+const PACKAGES: [&str; 2] = ["trellis-controlplane", "trellis"];
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -76,7 +93,7 @@ impl Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    controlplane_binary(!args.no_build)?;
+    bins::prepare(!args.no_build, &PACKAGES)?;
     let etcd_bins = EtcdBins {
         etcd: args.etcd.clone(),
         etcdctl: args.etcdctl.clone(),
@@ -206,26 +223,4 @@ async fn kill_leader<C: BenchCluster>(c: &mut C, run: usize) -> anyhow::Result<(
 
 fn rss<C: BenchCluster>(c: &C, field: &str) -> anyhow::Result<Vec<u64>> {
     c.pids().into_iter().map(|p| status_kib(p, field)).collect()
-}
-
-/// Makes the Trellis clusters start the `trellis-controlplane` beside this
-/// executable (`target/PROFILE/`), built first with the same profile unless
-/// told not to.
-pub(crate) fn controlplane_binary(build: bool) -> anyhow::Result<()> {
-    let dir = trellis_e2e::profile_dir()?;
-    let profile = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("this executable's profile directory")?;
-    if profile != "release" {
-        eprintln!("warning: this is a `{profile}` build; run with --release for figures that mean something");
-    }
-    let packages: &[&str] = if build {
-        // The CLI too: the harness makes tokens with it.
-        &["trellis-controlplane", "trellis"]
-    } else {
-        &[]
-    };
-    let dir = trellis_e2e::use_bins(packages)?;
-    trellis::check_binary(&dir.join("trellis-controlplane"))
 }
