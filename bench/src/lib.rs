@@ -25,8 +25,9 @@
 //! A new suite (the east-west gateway's, say) is a folder beside them
 //! with a variant of [`Command`].
 //!
-//! What the suites share is at the top: [`bins`] (the Trellis binaries
-//! beside this one, built first),
+//! What the suites share is at the top: [`flags`] (the flags two or more
+//! suites take), [`bins`] (the Trellis binaries beside this one, built
+//! first),
 //! [`agent`] (one `trellis-agent` of a test bed), [`net`] (loopback
 //! addresses and HTTP/1.1 probes), [`process`] (the memory and CPU time of
 //! the processes, which run under `trellis_e2e::Proc` and die with their
@@ -39,6 +40,7 @@ mod agent;
 mod bins;
 mod controlplane;
 mod dns;
+mod flags;
 mod machine;
 mod net;
 mod pace;
@@ -102,5 +104,17 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         r = run => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_flags_of_every_suite_are_consistent() {
+        Cli::command().debug_assert();
     }
 }

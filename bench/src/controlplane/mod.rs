@@ -27,7 +27,7 @@ use self::etcd::{EtcdBins, EtcdCluster};
 use self::load::Load;
 use self::report::{Setup, SystemResult};
 use self::trellis::TrellisCluster;
-use crate::bins;
+use crate::flags::{Build, Phases};
 use crate::machine::CpuTimes;
 use crate::process::{status_kib, Usage};
 
@@ -48,12 +48,8 @@ const PACKAGES: [&str; 2] = ["trellis-controlplane", "trellis"];
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Measured seconds of write load per system (after the warm-up).
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Seconds of write load before measuring.
-    #[arg(long, default_value_t = 2)]
-    warmup_seconds: u64,
+    #[command(flatten)]
+    phases: Phases,
     /// Concurrent clients, each on its own connection, spread over the nodes.
     #[arg(long, default_value_t = 16)]
     connections: usize,
@@ -70,17 +66,13 @@ pub struct Args {
     /// The etcdctl binary (finds etcd's leader).
     #[arg(long, default_value = "/usr/bin/etcdctl")]
     etcdctl: PathBuf,
-    /// Use the trellis-controlplane binary beside this one as it is,
-    /// instead of building it first.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    build: Build,
 }
 
 impl Args {
     fn validate(&self) -> anyhow::Result<()> {
-        if self.seconds == 0 {
-            bail!("--seconds: must be at least 1");
-        }
+        self.phases.validate()?;
         if self.connections == 0 {
             bail!("--connections: must be at least 1");
         }
@@ -93,7 +85,7 @@ impl Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    bins::prepare(!args.no_build, &PACKAGES)?;
+    args.build.binaries(&PACKAGES)?;
     let etcd_bins = EtcdBins {
         etcd: args.etcd.clone(),
         etcdctl: args.etcdctl.clone(),
@@ -101,8 +93,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let etcd_version = etcd_bins.check()?;
     let load = Load {
         value_size: args.value_size,
-        warmup: Duration::from_secs(args.warmup_seconds),
-        measure: Duration::from_secs(args.seconds),
+        warmup: args.phases.warmup(),
+        measure: args.phases.measure(),
     };
 
     eprintln!("start-up time of one fresh node, {STARTUP_RUNS} runs each ...");

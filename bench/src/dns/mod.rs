@@ -29,11 +29,12 @@ use trellis_e2e::{wait_for, Cluster, Proc};
 
 use self::dnsperf::Load;
 use self::report::{Measured, PhaseResult, Setup};
+use crate::agent;
+use crate::flags::{AgentLog, Build, Phases};
 use crate::machine::CpuTimes;
 use crate::net::{check_free, wait_http_ok};
 use crate::pace::Pace;
 use crate::process::{status_kib, tail, Usage};
-use crate::{agent, bins};
 
 const AGENT_IP: &str = "127.0.0.6";
 const DNSMASQ_IP: &str = "127.0.0.7";
@@ -53,12 +54,8 @@ const PACKAGES: [&str; 3] = ["trellis-controlplane", "trellis", "trellis-agent"]
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Measured seconds of each phase (after the warm-up).
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Seconds of load before measuring, in each phase.
-    #[arg(long, default_value_t = 2)]
-    warmup_seconds: u64,
+    #[command(flatten)]
+    phases: Phases,
     /// Fixed rates to measure latency at, queries per second.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     rates: Vec<u32>,
@@ -75,20 +72,15 @@ pub struct Args {
     /// The dnsperf binary (Debian: apt-get install dnsperf).
     #[arg(long, default_value = "dnsperf")]
     dnsperf: PathBuf,
-    /// `TRELLIS_LOG` of the agent.
-    #[arg(long, default_value = "warn")]
-    agent_log: String,
-    /// Use the Trellis binaries beside this one as they are, instead of
-    /// building them first.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    agent: AgentLog,
+    #[command(flatten)]
+    build: Build,
 }
 
 impl Args {
     fn validate(&self) -> anyhow::Result<()> {
-        if self.seconds == 0 {
-            bail!("--seconds: must be at least 1");
-        }
+        self.phases.validate()?;
         if self.rates.contains(&0) {
             bail!("--rates: each must be at least 1 query per second");
         }
@@ -241,7 +233,7 @@ impl Bed {
             &cp,
             &dir,
             &config,
-            &args.agent_log,
+            &args.agent.agent_log,
             "dns",
             AGENT_IP,
             &dns_args,
@@ -385,9 +377,9 @@ fn dnsmasq_version(bin: &Path) -> anyhow::Result<String> {
 /// One phase: a warm-up run of dnsperf, then the measured one, over which
 /// the server's CPU time and the machine's are read.
 async fn phase(args: &Args, load: &Load, pid: u32) -> anyhow::Result<PhaseResult> {
-    if args.warmup_seconds > 0 {
+    if args.phases.warmup_seconds > 0 {
         let warmup = Load {
-            duration: Duration::from_secs(args.warmup_seconds),
+            duration: args.phases.warmup(),
             ..load.clone()
         };
         dnsperf::run(&args.dnsperf, &warmup).await?;
@@ -404,7 +396,7 @@ async fn phase(args: &Args, load: &Load, pid: u32) -> anyhow::Result<PhaseResult
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    bins::prepare(!args.no_build, &PACKAGES)?;
+    args.build.binaries(&PACKAGES)?;
     let versions = [agent::version()?, dnsmasq_version(&args.dnsmasq)?];
     let dnsperf_version = dnsperf::version(&args.dnsperf)?;
 
@@ -435,13 +427,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     report::names_title(names),
                     report::pace_name(pace),
                     name_of(s),
-                    args.warmup_seconds,
-                    args.seconds
+                    args.phases.warmup_seconds,
+                    args.phases.seconds
                 );
                 let load = Load {
                     server: addr(server_ip(s)),
                     queries: queries.clone(),
-                    duration: Duration::from_secs(args.seconds),
+                    duration: args.phases.measure(),
                     rate: match pace {
                         Pace::Rate(r) => Some(r),
                         Pace::Max => None,
@@ -462,8 +454,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         paces,
         names: args.names,
         outstanding: args.outstanding,
-        warmup: Duration::from_secs(args.warmup_seconds),
-        measure: Duration::from_secs(args.seconds),
+        warmup: args.phases.warmup(),
+        measure: args.phases.measure(),
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         dnsperf: dnsperf_version,
     };

