@@ -1,39 +1,41 @@
 //! `trellis-bench`: benchmarks Trellis against the system it replaces, on
-//! this machine, with real processes on loopback. One folder per suite,
-//! each with its flags (`Args`), its test bed, its load and its report:
+//! this machine, with real processes on loopback. The binary's `main.rs`
+//! parses the flags into a [`Cli`] and hands its [`Command`] to [`run`].
 //!
-//! - [`controlplane`]: a 3-node Trellis control plane and a 3-node etcd
-//!   3.4 cluster one after the other: committed writes per second with
-//!   their p50/p99 latency, idle memory per node, the time a fresh node
-//!   takes to serve its first write and the time to the first write after
-//!   the leader is killed.
-//! - [`proxy`]: a pair of Trellis agents and a pair of Envoys (mTLS between
+//! One folder (a private module) per suite, each with its flags (`Args`),
+//! its test bed, its load and its report:
+//!
+//! - `controlplane/`: a 3-node Trellis control plane and a 3-node etcd 3.4
+//!   cluster one after the other: committed writes per second with their
+//!   p50/p99 latency, idle memory per node, the time a fresh node takes to
+//!   serve its first write and the time to the first write after the
+//!   leader is killed.
+//! - `proxy/`: a pair of Trellis agents and a pair of Envoys (mTLS between
 //!   the two of each pair) in turn between a client and an echo server,
 //!   with the client calling the server directly as the baseline: latency
 //!   at fixed rates, maximum throughput, CPU per request and peak memory
 //!   per proxy, over HTTP/1.1 and gRPC; and, as the floor, the same loads
 //!   through two null TCP relays (`trellis-bench relay`, which it starts
 //!   itself).
-//! - [`dns`]: DNS queries (dnsperf) to the agent's DNS proxy and to
-//!   dnsmasq in turn: latency at fixed rates, maximum queries per second,
-//!   CPU per query and memory, for mesh names answered locally and for
-//!   names forwarded to a local upstream.
-//! - [`push`]: config push from a 3-node control plane to simulated
-//!   agents: apply-to-ACK propagation, and RSS and full recompute at
-//!   10,000 services, 100,000 endpoints and 1,000 agents.
+//! - `dns/`: DNS queries (dnsperf) to the agent's DNS proxy and to dnsmasq
+//!   in turn: latency at fixed rates, maximum queries per second, CPU per
+//!   query and memory, for mesh names answered locally and for names
+//!   forwarded to a local upstream.
+//! - `push/`: config push from a 3-node control plane to simulated agents:
+//!   apply-to-ACK propagation, and RSS and full recompute at 10,000
+//!   services, 100,000 endpoints and 1,000 agents.
 //!
-//! A new suite (the east-west gateway's, say) is a folder beside them
-//! with a variant of [`Command`].
+//! A new suite (the east-west gateway's, say) is a folder beside them with
+//! a variant of [`Command`].
 //!
-//! What the suites share is at the top: [`flags`] (the flags two or more
-//! suites take), [`bins`] (the Trellis binaries beside this one, built
-//! first),
-//! [`agent`] (one `trellis-agent` of a test bed), [`net`] (loopback
-//! addresses and HTTP/1.1 probes), [`process`] (the memory and CPU time of
+//! What the suites share is at the top: `flags` (the flags two or more
+//! suites take), `bins` (the Trellis binaries beside this one, built
+//! first), `agent` (one `trellis-agent` of a test bed), `net` (loopback
+//! addresses and HTTP/1.1 probes), `process` (the memory and CPU time of
 //! the processes, which run under `trellis_e2e::Proc` and die with their
-//! guard), [`machine`] (CPU taken by the hypervisor meanwhile), [`pace`]
-//! (fixed rate or maximum), [`report`] and [`table`] (the reports'
-//! percentiles and tables). See `docs/benchmarks.md`.
+//! guard), `machine` (CPU taken by the hypervisor meanwhile), `pace` (fixed
+//! rate or maximum), `report` and `table` (the reports' percentiles and
+//! tables). See `docs/benchmarks.md`.
 #![forbid(unsafe_code)]
 
 mod agent;
