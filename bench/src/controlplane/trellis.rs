@@ -2,16 +2,15 @@
 //! (node 1 `init`, the others `join` with tokens created through the admin
 //! API, all on 127.0.0.1 with their data in a temporary directory), seen as
 //! a [`BenchCluster`].
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use trellis_api::v1::PutRequest;
 use trellis_e2e::{admin_client, Cluster};
 use trellis_identity::admin_config::AdminConfig;
 
-use crate::cluster::{BenchCluster, Client};
-use crate::probe;
+use super::cluster::{BenchCluster, Client};
+use super::probe;
 
 /// How long a fresh node may take to serve its first write.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -110,15 +109,4 @@ pub async fn time_to_first_write() -> anyhow::Result<Duration> {
     .await;
     c.check_running(1)?;
     took
-}
-
-/// Fails unless `bin` exists, with what to do about it.
-pub fn check_binary(bin: &Path) -> anyhow::Result<()> {
-    if !bin.is_file() {
-        bail!(
-            "{} not found; build it with `cargo build --release -p trellis-controlplane`",
-            bin.display()
-        );
-    }
-    Ok(())
 }

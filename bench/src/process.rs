@@ -1,5 +1,6 @@
 //! The memory, CPU time and disk writes of processes as the kernel reports
-//! them. (The processes themselves run under [`trellis_e2e::Proc`].)
+//! them, and the end of their logs. (The processes themselves run under
+//! [`trellis_e2e::Proc`].)
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -73,6 +74,12 @@ fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     let f: Vec<&str> = after.split_whitespace().collect();
     // `after` starts at field 3 (state); utime is field 14, stime 15.
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The last `n` lines of `text` (a process's log, for an error report).
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// USER_HZ, from `getconf CLK_TCK` (100 on every Linux this runs on).

@@ -5,12 +5,12 @@
 //! ServiceEntry with one endpoint at the server agent's address).
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::Context;
-use trellis_e2e::{bin, remove_env_prefixed, Cluster, Proc};
+use trellis_e2e::Cluster;
 
-use crate::proxy::{check_free, wait_http_ok, EchoPorts, Pair, Sides};
+use super::{EchoPorts, Pair, Sides};
+use crate::agent::{self, data_dir};
+use crate::net::{check_free, wait_http_ok};
 
 const CLIENT_IP: &str = "127.0.0.2";
 const SERVER_IP: &str = "127.0.0.3";
@@ -83,12 +83,12 @@ impl AgentPair {
         let config = dir.join("mesh.yaml");
         std::fs::write(&config, mesh_yaml(echo))?;
         let no_dns = ["--dns", "off"].map(String::from);
-        let server = spawn(cp, dir, &config, log, "server", SERVER_IP, &no_dns)?;
+        let server = agent::spawn(cp, dir, &config, log, "server", SERVER_IP, &no_dns)?;
         let mut client_args = no_dns.to_vec();
         for (listen, port) in [(HTTP_LISTEN, echo.http), (GRPC_LISTEN, echo.grpc)] {
             client_args.extend(["--upstream".into(), format!("{listen}={SERVICE}:{port}")]);
         }
-        let client = spawn(cp, dir, &config, log, "client", CLIENT_IP, &client_args)?;
+        let client = agent::spawn(cp, dir, &config, log, "client", CLIENT_IP, &client_args)?;
         let mut pair = Self {
             sides: Sides::new("agent", client, server),
             client_certs: CertFiles::in_dir(&data_dir(dir, "client")),
@@ -118,55 +118,6 @@ impl Pair for AgentPair {
     fn sides(&self) -> &Sides {
         &self.sides
     }
-}
-
-fn data_dir(dir: &Path, side: &str) -> PathBuf {
-    dir.join(format!("{side}-agent"))
-}
-
-/// `trellis-agent` with identity `default/SIDE` on `ip`, its data and log
-/// in `dir`, one worker, no access log, and `args`.
-pub fn spawn(
-    cp: &Cluster,
-    dir: &Path,
-    config: &Path,
-    log: &str,
-    side: &str,
-    ip: &str,
-    args: &[String],
-) -> anyhow::Result<Proc> {
-    let identity = format!("default/{side}");
-    let token = cp.token(&["--kind", "vm", "--identity", &identity])?;
-    let mut cmd = Command::new(bin("trellis-agent"));
-    cmd.args(["--token", &token, "--data-dir"])
-        .arg(data_dir(dir, side))
-        .arg("--config-file")
-        .arg(config)
-        .args(["--inbound", &format!("{ip}:15006")])
-        .args(["--outbound", &format!("{ip}:15001")])
-        .args(["--admin", &format!("{ip}:15000")])
-        .args(["--metrics", &format!("{ip}:15020")])
-        .args(["--app-host", "127.0.0.1"])
-        .args(["--concurrency", "1", "--access-log", "false"])
-        .args(args);
-    remove_env_prefixed(&mut cmd, "TRELLIS_");
-    cmd.env("TRELLIS_LOG", log);
-    let name = format!("{side} agent");
-    Proc::spawn(&name, &mut cmd, &dir.join(format!("{side}-agent.log")))
-}
-
-/// `trellis-agent --version`, e.g. `0.1.0`.
-pub fn version() -> anyhow::Result<String> {
-    let out = Command::new(bin("trellis-agent"))
-        .arg("--version")
-        .output()
-        .context("running trellis-agent --version")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .split_whitespace()
-        .last()
-        .unwrap_or_default()
-        .to_string())
 }
 
 #[cfg(test)]

@@ -4,12 +4,11 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::dns::Names;
-use crate::dnsperf::Perf;
-use crate::load::percentile;
+use super::dnsperf::Perf;
+use super::Names;
 use crate::machine::CpuShare;
-use crate::proxy_load::Pace;
-use crate::report::STEAL_WARN_PERCENT;
+use crate::pace::Pace;
+use crate::report::{percentile, STEAL_WARN_PERCENT};
 use crate::table::{self, thousands};
 
 /// What one phase measured on one system.

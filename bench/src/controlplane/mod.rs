@@ -3,19 +3,33 @@
 //! 3-node Trellis control plane (idle RSS, load, then leader kills, each
 //! killed node restarted before the next kill) torn down before the 3-node
 //! etcd cluster goes through the same.
+//!
+//! The modules follow one run: [`trellis`] and [`etcd`] (the two clusters
+//! behind [`cluster::BenchCluster`]; Trellis's is the e2e harness's
+//! `trellis_e2e::Cluster`, and every process runs under a
+//! `trellis_e2e::Proc` that dies with its guard), [`load`] (the write
+//! load), [`probe`] (time to the first successful write), and [`report`]
+//! (the table).
+mod cluster;
+mod etcd;
+mod load;
+mod probe;
+mod report;
+mod trellis;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::cluster::BenchCluster;
-use crate::etcd::{self, EtcdBins, EtcdCluster};
-use crate::load::{self, Load};
+use self::cluster::BenchCluster;
+use self::etcd::{EtcdBins, EtcdCluster};
+use self::load::Load;
+use self::report::{Setup, SystemResult};
+use self::trellis::TrellisCluster;
+use crate::flags::{Build, Phases};
 use crate::machine::CpuTimes;
-use crate::probe;
 use crate::process::{status_kib, Usage};
-use crate::report::{self, Setup, SystemResult};
-use crate::trellis::{self, TrellisCluster};
 
 /// Nodes per cluster.
 const NODES: usize = 3;
@@ -28,15 +42,14 @@ const IDLE_SETTLE: Duration = Duration::from_secs(3);
 const BEFORE_KILL: Duration = Duration::from_secs(1);
 /// Longest wait for a write after the leader is killed.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
+/// The binaries the clusters run: the CLI too, as the harness makes the
+/// join tokens with it.
+const PACKAGES: [&str; 2] = ["trellis-controlplane", "trellis"];
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Measured seconds of write load per system (after the warm-up).
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Seconds of write load before measuring.
-    #[arg(long, default_value_t = 2)]
-    warmup_seconds: u64,
+    #[command(flatten)]
+    phases: Phases,
     /// Concurrent clients, each on its own connection, spread over the nodes.
     #[arg(long, default_value_t = 16)]
     connections: usize,
@@ -53,17 +66,13 @@ pub struct Args {
     /// The etcdctl binary (finds etcd's leader).
     #[arg(long, default_value = "/usr/bin/etcdctl")]
     etcdctl: PathBuf,
-    /// Use the trellis-controlplane binary beside this one as it is,
-    /// instead of building it first.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    build: Build,
 }
 
 impl Args {
     fn validate(&self) -> anyhow::Result<()> {
-        if self.seconds == 0 {
-            bail!("--seconds: must be at least 1");
-        }
+        self.phases.validate()?;
         if self.connections == 0 {
             bail!("--connections: must be at least 1");
         }
@@ -76,7 +85,7 @@ impl Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    controlplane_binary(!args.no_build)?;
+    args.build.binaries(&PACKAGES)?;
     let etcd_bins = EtcdBins {
         etcd: args.etcd.clone(),
         etcdctl: args.etcdctl.clone(),
@@ -84,8 +93,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let etcd_version = etcd_bins.check()?;
     let load = Load {
         value_size: args.value_size,
-        warmup: Duration::from_secs(args.warmup_seconds),
-        measure: Duration::from_secs(args.seconds),
+        warmup: args.phases.warmup(),
+        measure: args.phases.measure(),
     };
 
     eprintln!("start-up time of one fresh node, {STARTUP_RUNS} runs each ...");
@@ -206,26 +215,4 @@ async fn kill_leader<C: BenchCluster>(c: &mut C, run: usize) -> anyhow::Result<(
 
 fn rss<C: BenchCluster>(c: &C, field: &str) -> anyhow::Result<Vec<u64>> {
     c.pids().into_iter().map(|p| status_kib(p, field)).collect()
-}
-
-/// Makes the Trellis clusters start the `trellis-controlplane` beside this
-/// executable (`target/PROFILE/`), built first with the same profile unless
-/// told not to.
-pub(crate) fn controlplane_binary(build: bool) -> anyhow::Result<()> {
-    let dir = trellis_e2e::profile_dir()?;
-    let profile = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("this executable's profile directory")?;
-    if profile != "release" {
-        eprintln!("warning: this is a `{profile}` build; run with --release for figures that mean something");
-    }
-    let packages: &[&str] = if build {
-        // The CLI too: the harness makes tokens with it.
-        &["trellis-controlplane", "trellis"]
-    } else {
-        &[]
-    };
-    let dir = trellis_e2e::use_bins(packages)?;
-    trellis::check_binary(&dir.join("trellis-controlplane"))
 }

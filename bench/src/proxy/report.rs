@@ -5,9 +5,9 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::load::percentile;
-use crate::proxy_load::{Pace, PhaseResult, Protocol};
-use crate::report::STEAL_WARN_PERCENT;
+use super::load::{PhaseResult, Protocol};
+use crate::pace::Pace;
+use crate::report::{percentile, STEAL_WARN_PERCENT};
 use crate::table::thousands;
 
 /// Trellis may add at most this share of Envoy's added latency and CPU per

@@ -3,15 +3,13 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::load::{percentile, LoadResult};
+use super::load::LoadResult;
 use crate::machine::CpuShare;
 use crate::process::Usage;
+use crate::report::{percentile, STEAL_WARN_PERCENT};
 
 /// Idle RSS every Trellis node must stay under, MiB.
 pub const RSS_GOAL_MIB: f64 = 50.0;
-/// Share of the CPU the hypervisor may take during a load before the run
-/// is flagged as not comparable, percent.
-pub const STEAL_WARN_PERCENT: f64 = 5.0;
 
 /// Everything measured on one system.
 #[derive(Clone, Debug)]

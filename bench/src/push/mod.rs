@@ -1,5 +1,5 @@
 //! `trellis-bench push`: config push from a real 3-node control plane to
-//! simulated agents ([`crate::push_sim`]).
+//! simulated agents ([`sim`]).
 //!
 //! - **Propagation.** N agents (100, then 1,000) stream from the three
 //!   nodes in turn; a VirtualService change is applied again and again, and
@@ -20,6 +20,8 @@
 //!   again, and the time until the last one has it is reported beside it
 //!   (that is mostly moving 250 MB over TLS on this one machine: views are
 //!   computed once per Sidecar scope and shared).
+mod sim;
+
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -27,15 +29,19 @@ use anyhow::Context;
 use trellis_api::v1::{ApplyConfigRequest, ConfigSource};
 use trellis_e2e::Cluster;
 
-use crate::load::percentile;
+use self::sim::{workload_tls, Agent, Fleet, STREAMS_PER_CONNECTION};
+use crate::flags::Build;
 use crate::process::status_kib;
-use crate::push_sim::{workload_tls, Agent, Fleet, STREAMS_PER_CONNECTION};
+use crate::report::percentile;
 
 /// The propagation goal: p99 of apply-to-ACK at 1,000 agents.
 const PROPAGATION_GOAL: Duration = Duration::from_secs(1);
 /// The scale goals.
 const RSS_GOAL_MB: f64 = 1000.0;
 const RECOMPUTE_GOAL: Duration = Duration::from_secs(1);
+/// The binaries the clusters run: the CLI too, as the harness makes the
+/// tokens with it.
+const PACKAGES: [&str; 2] = ["trellis-controlplane", "trellis"];
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -54,13 +60,12 @@ pub struct Args {
     /// Skip the scale run.
     #[arg(long)]
     no_scale: bool,
-    /// Use the binaries beside this one as they are, instead of building them.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    build: Build,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    crate::controlplane::controlplane_binary(!args.no_build)?;
+    args.build.binaries(&PACKAGES)?;
     let mut out = String::new();
     writeln!(
         out,

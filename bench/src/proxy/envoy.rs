@@ -23,9 +23,9 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use trellis_e2e::Proc;
 
-use crate::agents::CertFiles;
-use crate::proxy::{check_free, wait_http_ok, EchoPorts, Pair, Sides};
-use crate::proxy_load::{http1_connect, http1_get};
+use super::agents::CertFiles;
+use super::{EchoPorts, Pair, Sides};
+use crate::net::{check_free, http1_connect, http1_get, wait_http_ok};
 
 const CLIENT_IP: &str = "127.0.0.4";
 const SERVER_IP: &str = "127.0.0.5";

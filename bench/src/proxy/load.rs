@@ -18,13 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::HOST;
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::StatusCode;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
@@ -32,14 +29,14 @@ use trellis_echo::v1::echo_client::EchoClient;
 use trellis_echo::v1::EchoRequest;
 
 use crate::machine::{CpuShare, CpuTimes};
+use crate::net::{http1_connect, http1_get};
+use crate::pace::Pace;
 use crate::process::Usage;
 
 /// Longest a single request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The HTTP path requested: the echo server's cheapest answer.
 pub const HTTP_PATH: &str = "/plain";
-/// The authority every HTTP/1.1 request names.
-pub const AUTHORITY: &str = "echo.default.svc.cluster.local";
 
 /// What the load speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,15 +45,6 @@ pub enum Protocol {
     Http1,
     /// `trellis.echo.v1.Echo/Echo` calls over HTTP/2 connections.
     Grpc,
-}
-
-/// Open loop at a fixed rate, or closed loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pace {
-    /// Requests per second, sent on schedule.
-    Rate(u32),
-    /// Each worker sends its next request when the previous one is answered.
-    Max,
 }
 
 /// One load phase against one address.
@@ -218,34 +206,6 @@ impl Client {
                 .map_err(|s| format!("gRPC status {:?}: {}", s.code(), s.message())),
         }
     }
-}
-
-/// A new HTTP/1.1 keep-alive connection to `addr`.
-pub async fn http1_connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    tcp.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    // Ends when the sender is dropped or the peer closes.
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-/// `GET path` on an HTTP/1.1 connection; the status and the whole body.
-pub async fn http1_get(
-    sender: &mut SendRequest<Empty<Bytes>>,
-    path: &str,
-) -> anyhow::Result<(StatusCode, Bytes)> {
-    sender.ready().await?;
-    let req = Request::get(path)
-        .header(HOST, AUTHORITY)
-        .body(Empty::new())?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status();
-    // Read to the end, or the connection cannot take the next request.
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, body))
 }
 
 /// A gRPC client on a new HTTP/2 connection to `addr`.

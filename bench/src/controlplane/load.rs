@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::cluster::Client;
+use super::cluster::Client;
+use crate::report::percentile;
 
 /// Longest a single put may take before it counts as failed.
 const PUT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,15 +43,6 @@ impl LoadResult {
     pub fn percentile(&self, p: f64) -> Option<Duration> {
         percentile(&self.latencies, p)
     }
-}
-
-/// Nearest-rank percentile of sorted samples.
-pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 /// Runs one task per client for warm-up plus the measured window and
@@ -128,23 +120,6 @@ async fn failed(seen: &mut LoadResult, in_window: bool, error: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ms(v: &[u64]) -> Vec<Duration> {
-        v.iter().map(|&m| Duration::from_millis(m)).collect()
-    }
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let s = ms(&(1..=100).collect::<Vec<_>>());
-        assert_eq!(percentile(&s, 50.0), Some(Duration::from_millis(50)));
-        assert_eq!(percentile(&s, 99.0), Some(Duration::from_millis(99)));
-        assert_eq!(percentile(&s, 100.0), Some(Duration::from_millis(100)));
-        assert_eq!(percentile(&s, 0.0), Some(Duration::from_millis(1)));
-        let few = ms(&[3, 7, 9]);
-        assert_eq!(percentile(&few, 50.0), Some(Duration::from_millis(7)));
-        assert_eq!(percentile(&few, 99.0), Some(Duration::from_millis(9)));
-        assert_eq!(percentile(&[], 50.0), None);
-    }
 
     #[test]
     fn throughput_is_per_second_of_window() {

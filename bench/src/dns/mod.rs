@@ -11,8 +11,11 @@
 //! from its configuration. Then two sets of phases, each system loaded in
 //! turn while the other idles: (a) mesh names, answered locally, and (b)
 //! names under `fwd.bench`, forwarded; each at the fixed `--rates` and at
-//! maximum throughput, driven by [`crate::dnsperf`]. [`crate::dns_report`]
-//! prints the tables.
+//! maximum throughput, driven by [`dnsperf`]. [`report`] prints the
+//! tables.
+mod dnsperf;
+mod report;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,13 +27,14 @@ use trellis_agent::dns::testing::{addresses, query};
 use trellis_agent::dns::Transport;
 use trellis_e2e::{wait_for, Cluster, Proc};
 
-use crate::dns_report::{self, Measured, PhaseResult, Setup};
-use crate::dnsperf::{self, Load};
+use self::dnsperf::Load;
+use self::report::{Measured, PhaseResult, Setup};
+use crate::agent;
+use crate::flags::{AgentLog, Build, Phases};
 use crate::machine::CpuTimes;
-use crate::process::{status_kib, Usage};
-use crate::proxy::{check_free, tail, wait_http_ok};
-use crate::proxy_load::Pace;
-use crate::{agents, proxy};
+use crate::net::{check_free, wait_http_ok};
+use crate::pace::Pace;
+use crate::process::{status_kib, tail, Usage};
 
 const AGENT_IP: &str = "127.0.0.6";
 const DNSMASQ_IP: &str = "127.0.0.7";
@@ -45,15 +49,13 @@ const FORWARDED_ANSWER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Quiet time between two loads.
 const BETWEEN_LOADS: Duration = Duration::from_secs(1);
+/// The binaries of the test bed.
+const PACKAGES: [&str; 3] = ["trellis-controlplane", "trellis", "trellis-agent"];
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Measured seconds of each phase (after the warm-up).
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Seconds of load before measuring, in each phase.
-    #[arg(long, default_value_t = 2)]
-    warmup_seconds: u64,
+    #[command(flatten)]
+    phases: Phases,
     /// Fixed rates to measure latency at, queries per second.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     rates: Vec<u32>,
@@ -70,20 +72,15 @@ pub struct Args {
     /// The dnsperf binary (Debian: apt-get install dnsperf).
     #[arg(long, default_value = "dnsperf")]
     dnsperf: PathBuf,
-    /// `TRELLIS_LOG` of the agent.
-    #[arg(long, default_value = "warn")]
-    agent_log: String,
-    /// Use the Trellis binaries beside this one as they are, instead of
-    /// building them first.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    agent: AgentLog,
+    #[command(flatten)]
+    build: Build,
 }
 
 impl Args {
     fn validate(&self) -> anyhow::Result<()> {
-        if self.seconds == 0 {
-            bail!("--seconds: must be at least 1");
-        }
+        self.phases.validate()?;
         if self.rates.contains(&0) {
             bail!("--rates: each must be at least 1 query per second");
         }
@@ -232,11 +229,11 @@ impl Bed {
             "--dns-upstream".into(),
             addr(UPSTREAM_IP).to_string(),
         ];
-        let mut agent = agents::spawn(
+        let mut agent = agent::spawn(
             &cp,
             &dir,
             &config,
-            &args.agent_log,
+            &args.agent.agent_log,
             "dns",
             AGENT_IP,
             &dns_args,
@@ -380,9 +377,9 @@ fn dnsmasq_version(bin: &Path) -> anyhow::Result<String> {
 /// One phase: a warm-up run of dnsperf, then the measured one, over which
 /// the server's CPU time and the machine's are read.
 async fn phase(args: &Args, load: &Load, pid: u32) -> anyhow::Result<PhaseResult> {
-    if args.warmup_seconds > 0 {
+    if args.phases.warmup_seconds > 0 {
         let warmup = Load {
-            duration: Duration::from_secs(args.warmup_seconds),
+            duration: args.phases.warmup(),
             ..load.clone()
         };
         dnsperf::run(&args.dnsperf, &warmup).await?;
@@ -399,11 +396,8 @@ async fn phase(args: &Args, load: &Load, pid: u32) -> anyhow::Result<PhaseResult
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    proxy::binaries(
-        !args.no_build,
-        &["trellis-controlplane", "trellis", "trellis-agent"],
-    )?;
-    let versions = [agents::version()?, dnsmasq_version(&args.dnsmasq)?];
+    args.build.binaries(&PACKAGES)?;
+    let versions = [agent::version()?, dnsmasq_version(&args.dnsmasq)?];
     let dnsperf_version = dnsperf::version(&args.dnsperf)?;
 
     let mut bed = Bed::start(&args).await?;
@@ -421,12 +415,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
-    let paces: Vec<Pace> = args
-        .rates
-        .iter()
-        .map(|&r| Pace::Rate(r))
-        .chain([Pace::Max])
-        .collect();
+    let paces = Pace::all(&args.rates);
     for (names, queries) in [Names::Mesh, Names::Forwarded]
         .into_iter()
         .zip(bed.queries.clone())
@@ -435,16 +424,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             for (i, &s) in SYSTEMS.iter().enumerate() {
                 eprintln!(
                     "{}, {}, {}: {} s + {} s ...",
-                    dns_report::names_title(names),
-                    dns_report::pace_name(pace),
+                    report::names_title(names),
+                    report::pace_name(pace),
                     name_of(s),
-                    args.warmup_seconds,
-                    args.seconds
+                    args.phases.warmup_seconds,
+                    args.phases.seconds
                 );
                 let load = Load {
                     server: addr(server_ip(s)),
                     queries: queries.clone(),
-                    duration: Duration::from_secs(args.seconds),
+                    duration: args.phases.measure(),
                     rate: match pace {
                         Pace::Rate(r) => Some(r),
                         Pace::Max => None,
@@ -465,12 +454,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         paces,
         names: args.names,
         outstanding: args.outstanding,
-        warmup: Duration::from_secs(args.warmup_seconds),
-        measure: Duration::from_secs(args.seconds),
+        warmup: args.phases.warmup(),
+        measure: args.phases.measure(),
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         dnsperf: dnsperf_version,
     };
-    println!("{}", dns_report::render(&setup, &measured));
+    println!("{}", report::render(&setup, &measured));
     Ok(())
 }
 

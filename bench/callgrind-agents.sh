@@ -9,9 +9,9 @@
 # HTTP/1.1 and gRPC 100 rps phases, and prints per agent and protocol the
 # instructions, malloc calls and requests (one per Telemetry::request_done).
 #
-# usage: e2e/callgrind-agents.sh [OUT_DIR]
+# usage: bench/callgrind-agents.sh [OUT_DIR]
 # needs: valgrind, envoy on PATH, and release binaries already built:
-#   cargo build --release -p trellis-agent -p trellis-e2e \
+#   cargo build --release -p trellis-agent -p trellis-bench \
 #     -p trellis-controlplane -p trellis-echo -p trellis --bins
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,7 +75,7 @@ for n in 1 2; do
   proto=HTTP/1.1; [ $n = 2 ] && proto=gRPC
   for side in client server; do
     f="$out/$side.out.$n"
-    req="$(calls "$f" 'trellis_agent::telemetry::Telemetry::request_done')"
+    req="$(calls "$f" 'trellis_dataplane::telemetry::Telemetry::request_done')"
     ir="$(awk '/^totals:/ { print $2 }' "$f")"
     mallocs=$(( $(calls "$f" malloc) + $(calls "$f" calloc) + $(calls "$f" realloc) ))
     [ "$req" -gt 0 ] || { echo "no requests counted in $f" >&2; exit 1; }

@@ -10,10 +10,10 @@ use serde::Deserialize;
 use tonic::transport::{Channel, Endpoint};
 use trellis_e2e::{free_port, remove_env_prefixed, Proc};
 
-use crate::cluster::{BenchCluster, Client};
-use crate::probe;
+use super::cluster::{BenchCluster, Client};
+use super::probe;
 
-/// etcd's v3 KV service, generated from `e2e/proto/etcd.proto`.
+/// etcd's v3 KV service, generated from `bench/proto/etcd.proto`.
 pub mod pb {
     #![allow(clippy::all, missing_docs)] // generated code
     tonic::include_proto!("etcdserverpb");

@@ -1,0 +1,122 @@
+//! `trellis-bench`: benchmarks Trellis against the system it replaces, on
+//! this machine, with real processes on loopback. The binary's `main.rs`
+//! parses the flags into a [`Cli`] and hands its [`Command`] to [`run`].
+//!
+//! One folder (a private module) per suite, each with its flags (`Args`),
+//! its test bed, its load and its report:
+//!
+//! - `controlplane/`: a 3-node Trellis control plane and a 3-node etcd 3.4
+//!   cluster one after the other: committed writes per second with their
+//!   p50/p99 latency, idle memory per node, the time a fresh node takes to
+//!   serve its first write and the time to the first write after the
+//!   leader is killed.
+//! - `proxy/`: a pair of Trellis agents and a pair of Envoys (mTLS between
+//!   the two of each pair) in turn between a client and an echo server,
+//!   with the client calling the server directly as the baseline: latency
+//!   at fixed rates, maximum throughput, CPU per request and peak memory
+//!   per proxy, over HTTP/1.1 and gRPC; and, as the floor, the same loads
+//!   through two null TCP relays (`trellis-bench relay`, which it starts
+//!   itself).
+//! - `dns/`: DNS queries (dnsperf) to the agent's DNS proxy and to dnsmasq
+//!   in turn: latency at fixed rates, maximum queries per second, CPU per
+//!   query and memory, for mesh names answered locally and for names
+//!   forwarded to a local upstream.
+//! - `push/`: config push from a 3-node control plane to simulated agents:
+//!   apply-to-ACK propagation, and RSS and full recompute at 10,000
+//!   services, 100,000 endpoints and 1,000 agents.
+//!
+//! A new suite (the east-west gateway's, say) is a folder beside them with
+//! a variant of [`Command`].
+//!
+//! What the suites share is at the top: `flags` (the flags two or more
+//! suites take), `bins` (the Trellis binaries beside this one, built
+//! first), `agent` (one `trellis-agent` of a test bed), `net` (loopback
+//! addresses and HTTP/1.1 probes), `process` (the memory and CPU time of
+//! the processes, which run under `trellis_e2e::Proc` and die with their
+//! guard), `machine` (CPU taken by the hypervisor meanwhile), `pace` (fixed
+//! rate or maximum), `report` and `table` (the reports' percentiles and
+//! tables). See `docs/benchmarks.md`.
+#![forbid(unsafe_code)]
+
+mod agent;
+mod bins;
+mod controlplane;
+mod dns;
+mod flags;
+mod machine;
+mod net;
+mod pace;
+mod process;
+mod proxy;
+mod push;
+mod report;
+mod table;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(
+    name = "trellis-bench",
+    about = "Benchmarks Trellis against etcd, Envoy and dnsmasq on this machine (build with --release)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// A 3-node Trellis control plane vs a 3-node etcd 3.4 cluster: write
+    /// throughput and latency, idle RSS, start-up time and failover time.
+    Controlplane(controlplane::Args),
+    /// client -> proxy -> mTLS -> proxy -> server: a Trellis agent pair vs
+    /// an Envoy pair vs direct, over HTTP/1.1 and gRPC: latency at fixed
+    /// rates, maximum throughput, CPU per request and peak RSS per proxy.
+    Proxy(proxy::Args),
+    /// Config push to simulated agents: apply-to-ACK propagation at 100 and
+    /// 1,000 agents; control-plane RSS and full recompute with 10,000
+    /// services, 100,000 endpoints and 1,000 agents.
+    Push(push::Args),
+    /// DNS queries to the agent's DNS proxy vs dnsmasq, for mesh names
+    /// answered locally and names forwarded to a local upstream: latency
+    /// at fixed rates, max queries per second, CPU per query, RSS.
+    Dns(dns::Args),
+    /// A null TCP relay, the floor of `proxy` (which starts two): copies
+    /// bytes between each accepted connection and one to its target.
+    Relay(proxy::relay::Args),
+}
+
+/// Runs `command` until it ends, or until Ctrl-C or SIGTERM (`timeout`, a
+/// CI job cancelled): then the run is dropped, and with it every process
+/// it started.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    let run = async {
+        match command {
+            Command::Controlplane(args) => controlplane::run(args).await,
+            Command::Proxy(args) => proxy::run(args).await,
+            Command::Push(args) => push::run(args).await,
+            Command::Dns(args) => dns::run(args).await,
+            Command::Relay(args) => proxy::relay::serve(args).await,
+        }
+    };
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    tokio::select! {
+        r = run => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_flags_of_every_suite_are_consistent() {
+        Cli::command().debug_assert();
+    }
+}
