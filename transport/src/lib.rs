@@ -4,12 +4,14 @@
 //! ([`listen`]) with graceful [`drain`]ing, the original destination of a
 //! captured connection ([`orig_dst`]), opening connections with marks,
 //! keepalive and timeouts ([`connect`]), protocol detection ([`sniff`],
-//! pure; [`detect`], peeking at a socket), Istio's agent-to-agent SNI
-//! ([`sni`]), copying bytes both ways ([`splice`]) and write corking for
+//! pure; [`detect`], peeking at a socket), a TLS ClientHello's SNI and
+//! ALPN read without terminating TLS ([`client_hello`]), Istio's
+//! agent-to-agent SNI ([`sni`]), copying bytes both ways ([`splice`]) and write corking for
 //! HTTP/2 connections ([`cork`]).
 //!
 //! It must not depend on any other Trellis crate but `trellis-identity`
 //! (for SPIFFE IDs in connect errors).
+pub mod client_hello;
 pub mod connect;
 pub mod cork;
 pub mod detect;
