@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 use trellis_api::v1::join_client::JoinClient;
 use trellis_api::v1::AddNodeRequest;
 use trellis_api::v1::JoinControlPlaneRequest;
-use trellis_identity::admin_config::{write_private, AdminConfig};
+use trellis_identity::admin_config::AdminConfig;
+use trellis_identity::files::write_private;
 use trellis_identity::verify::{
     client_config, server_config, CertCell, Expect, Identity, PinnedRootVerifier,
     SpiffeServerVerifier,

@@ -54,7 +54,7 @@ impl LocalState {
 
     pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
         let text = serde_json::to_vec_pretty(self)?;
-        trellis_identity::admin_config::write_private(&Self::path(data_dir), &text)?;
+        trellis_identity::files::write_private(&Self::path(data_dir), &text)?;
         Ok(())
     }
 }

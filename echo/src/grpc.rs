@@ -1,5 +1,5 @@
 //! The gRPC side: the `trellis.echo.v1.Echo` service over h2c. Each
-//! response carries the message, the [`Workload`] and the request
+//! response carries the message, the [`Responder`] and the request
 //! metadata.
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::report::{header_map, Workload};
+use crate::report::{header_map, Responder};
 use crate::v1::echo_server::{Echo, EchoServer};
 use crate::v1::{EchoRequest, EchoResponse};
 use crate::State;
@@ -29,7 +29,7 @@ pub(crate) async fn serve_connection(stream: TcpStream, svc: EchoServer<EchoServ
         .await;
 }
 
-/// Answers with the [`Workload`] and counts calls in the shared state.
+/// Answers with the [`Responder`] and counts calls in the shared state.
 pub(crate) struct EchoService {
     state: Arc<State>,
 }
@@ -64,7 +64,7 @@ fn metadata(m: &MetadataMap) -> std::collections::HashMap<String, String> {
 }
 
 fn response(
-    w: &Workload,
+    w: &Responder,
     message: String,
     metadata: std::collections::HashMap<String, String>,
 ) -> EchoResponse {

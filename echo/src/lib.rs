@@ -1,6 +1,6 @@
 //! `trellis-echo`: the workload that end-to-end tests and benchmarks put
 //! behind the mesh. It answers every request with who it is (a
-//! [`Workload`]: service name, version, identity) and what it received, so
+//! [`Responder`]: service name, version, identity) and what it received, so
 //! a test sent through proxies can check where the request landed and what
 //! the proxies changed on the way.
 //!
@@ -36,7 +36,7 @@ mod http;
 mod report;
 mod tcp;
 
-pub use report::{Call, Report, Stats, Workload};
+pub use report::{Call, Report, Responder, Stats};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,7 +65,7 @@ pub struct Config {
     /// Opaque TCP echo.
     pub tcp: Vec<SocketAddr>,
     /// Reported in every response.
-    pub workload: Workload,
+    pub workload: Responder,
     /// Called before answering an HTTP request with its report.
     pub callees: Callees,
 }
@@ -180,7 +180,7 @@ pub async fn serve(config: Config) -> Result<Server, Error> {
 
 /// What every connection handler shares.
 struct State {
-    workload: Workload,
+    workload: Responder,
     /// `x-echo-service` and `x-echo-version`, checked once at start.
     service_header: HeaderValue,
     version_header: HeaderValue,
@@ -194,7 +194,7 @@ struct State {
 }
 
 impl State {
-    fn new(workload: Workload, callees: Callees) -> Result<Self, Error> {
+    fn new(workload: Responder, callees: Callees) -> Result<Self, Error> {
         let header = |flag, value: &str| {
             HeaderValue::from_str(value).map_err(|_| Error::NotAHeaderValue {
                 flag,

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use hyper::Uri;
 use tokio::signal::unix::{signal, SignalKind};
-use trellis_echo::{Callees, Config, Workload, DEFAULT_CALL_TIMEOUT_MS};
+use trellis_echo::{Callees, Config, Responder, DEFAULT_CALL_TIMEOUT_MS};
 
 #[derive(Parser)]
 #[command(
@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         http: cli.http,
         grpc: cli.grpc,
         tcp: cli.tcp,
-        workload: Workload {
+        workload: Responder {
             service: cli.name,
             version: cli.version,
             identity: cli.identity,

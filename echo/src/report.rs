@@ -1,6 +1,6 @@
 //! What the echo server says back: the [`Report`] of an HTTP request (with
 //! the [`Call`]s it made first, if any), the [`Stats`] of `/echo/stats`,
-//! and the [`Workload`] that every answer names. Plain data, built from a
+//! and the [`Responder`] that every answer names. Plain data, built from a
 //! request's head without I/O.
 use std::collections::BTreeMap;
 
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Who answers: reported in every HTTP and gRPC response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Workload {
+pub struct Responder {
     /// Service name (`--name`).
     pub service: String,
     /// Version (`--version`), to tell the subsets of a traffic split apart.
@@ -20,7 +20,7 @@ pub struct Workload {
     pub identity: String,
 }
 
-impl Default for Workload {
+impl Default for Responder {
     fn default() -> Self {
         Self {
             service: "echo".into(),
@@ -34,7 +34,7 @@ impl Default for Workload {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     #[serde(flatten)]
-    pub workload: Workload,
+    pub workload: Responder,
     /// The authority the server saw: `:authority` in HTTP/2, the
     /// absolute-form URI's or the `Host` header in HTTP/1.
     pub host: String,
@@ -73,7 +73,7 @@ pub struct Call {
 }
 
 impl Report {
-    pub(crate) fn new(workload: &Workload, head: &Parts, body_bytes: u64) -> Self {
+    pub(crate) fn new(workload: &Responder, head: &Parts, body_bytes: u64) -> Self {
         let host = match head.uri.authority() {
             Some(a) => a.as_str().to_string(),
             None => head
@@ -157,7 +157,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let r = Report::new(&Workload::default(), &head, 42);
+        let r = Report::new(&Responder::default(), &head, 42);
         assert_eq!(r.workload.service, "echo");
         assert_eq!(r.host, "echo.default:8080");
         assert_eq!(r.method, "POST");
@@ -175,7 +175,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let r = Report::new(&Workload::default(), &head, 0);
+        let r = Report::new(&Responder::default(), &head, 0);
         assert_eq!(r.host, "svc.example:80");
         assert_eq!(r.proto, "HTTP/2");
     }
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn json_is_flat() {
         let (head, ()) = Request::get("/").body(()).unwrap().into_parts();
-        let json = serde_json::to_value(Report::new(&Workload::default(), &head, 0)).unwrap();
+        let json = serde_json::to_value(Report::new(&Responder::default(), &head, 0)).unwrap();
         assert_eq!(json["service"], "echo");
         assert_eq!(json["version"], "v1");
         assert_eq!(json["identity"], "");
@@ -194,7 +194,7 @@ mod tests {
     #[test]
     fn calls_nest_and_leave_out_what_they_lack() {
         let (head, ()) = Request::get("/").body(()).unwrap().into_parts();
-        let mut r = Report::new(&Workload::default(), &head, 0);
+        let mut r = Report::new(&Responder::default(), &head, 0);
         r.calls = vec![
             Call {
                 url: "http://127.0.0.1:1/ratings".into(),

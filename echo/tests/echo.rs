@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use trellis_echo::v1::echo_client::EchoClient;
 use trellis_echo::v1::EchoRequest;
-use trellis_echo::{serve, Call, Callees, Config, Error, Report, Server, Stats, Workload};
+use trellis_echo::{serve, Call, Callees, Config, Error, Report, Responder, Server, Stats};
 
 async fn start() -> Server {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -24,7 +24,7 @@ async fn start() -> Server {
         http: vec![any],
         grpc: vec![any],
         tcp: vec![any],
-        workload: Workload {
+        workload: Responder {
             service: "reviews".into(),
             version: "v2".into(),
             identity: "spiffe://example.org/ns/default/sa/reviews".into(),
@@ -40,7 +40,7 @@ async fn start() -> Server {
 async fn start_calling(service: &str, version: &str, urls: &[String], timeout: Duration) -> Server {
     serve(Config {
         http: vec!["127.0.0.1:0".parse().unwrap()],
-        workload: Workload {
+        workload: Responder {
             service: service.into(),
             version: version.into(),
             identity: String::new(),
@@ -302,9 +302,9 @@ async fn start_up_errors_name_what_to_fix() {
 
     let bad = Config {
         tcp: vec!["127.0.0.1:0".parse().unwrap()],
-        workload: Workload {
+        workload: Responder {
             service: "new\nline".into(),
-            ..Workload::default()
+            ..Responder::default()
         },
         ..Config::default()
     };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::write_private;
 use crate::verify::{client_config, CertCell, Expect, Identity, SpiffeServerVerifier};
 use crate::{pem, IdentityError};
 
@@ -91,24 +92,4 @@ impl AdminConfig {
         )?;
         Ok(Arc::new(client_config(cert, Arc::new(verifier))?))
     }
-}
-
-/// Writes a file with mode 0600 (created so, never briefly world-readable),
-/// creating parent directories, atomically via a temporary file.
-pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

@@ -13,6 +13,7 @@
 
 pub mod admin_config;
 pub mod csr;
+pub mod files;
 pub mod grpc;
 pub mod join_token;
 pub mod pem;

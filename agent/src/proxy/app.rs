@@ -17,7 +17,7 @@ use http::{header, Request, Response, Version};
 use super::body::Body;
 use super::h1_pool::Http1Pool;
 use super::headers::http_uri;
-use super::pool::{Plain, PlainKey, Pool, Settings};
+use super::pool::{ConnSettings, Plain, PlainKey, Pool};
 use trellis_dataplane::mesh::cluster::Limits;
 use trellis_dataplane::mesh::cluster::Reuse;
 use trellis_dataplane::telemetry::Flag;
@@ -101,7 +101,7 @@ impl AppClient {
     ) -> Result<Response<Body>, Flag> {
         let key = PlainKey {
             addr,
-            settings: Settings::new(opts, reuse.idle_timeout),
+            settings: ConnSettings::new(opts, reuse.idle_timeout),
         };
         if h2 {
             self.h2c(&key, opts, reuse, req).await

@@ -1,5 +1,5 @@
 //! Pooled plaintext HTTP/1.1 connections, to the local application and to
-//! endpoints without an agent, by address and [`Settings`] ([`PlainKey`]),
+//! endpoints without an agent, by address and [`ConnSettings`] ([`PlainKey`]),
 //! on the bookkeeping of the HTTP/2 pool ([`super::pool`]): a connection
 //! carries one request at a time, is retired after
 //! `maxRequestsPerConnection` requests and closed when idle for
@@ -297,7 +297,7 @@ mod tests {
     fn key(addr: SocketAddr) -> PlainKey {
         PlainKey {
             addr,
-            settings: pool::Settings::new(&opts(), None),
+            settings: pool::ConnSettings::new(&opts(), None),
         }
     }
 

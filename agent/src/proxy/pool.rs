@@ -1,6 +1,6 @@
 //! Pooled HTTP/2 connections: to other agents, by (peer address, SNI,
 //! expected identity) ([`Peers`]); to h2c endpoints and the local
-//! application, by address and [`Settings`] ([`Plain`]). A key's requests
+//! application, by address and [`ConnSettings`] ([`Plain`]). A key's requests
 //! share one connection while it has room for another stream (fewer open
 //! than `maxConcurrentStreams` and than the server allows); past that
 //! another is opened beside it. Each is reopened when it breaks, retired
@@ -298,13 +298,13 @@ pub struct Plain;
 /// address: connect timeout, keepalive, idle timeout. Each combination in
 /// use gets connections of its own, over HTTP/1.1 ([`super::app`]) and h2c.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Settings {
+pub struct ConnSettings {
     timeout: Duration,
     keepalive: Option<Keepalive>,
     idle: Option<Duration>,
 }
 
-impl Settings {
+impl ConnSettings {
     /// Connections opened with `opts` and closed after `idle` idle.
     pub fn new(opts: &ConnectOpts, idle: Option<Duration>) -> Self {
         Self {
@@ -319,7 +319,7 @@ impl Settings {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PlainKey {
     pub addr: SocketAddr,
-    pub settings: Settings,
+    pub settings: ConnSettings,
 }
 
 impl Dial for Plain {
@@ -837,7 +837,7 @@ mod tests {
     fn plain(addr: SocketAddr) -> PlainKey {
         PlainKey {
             addr,
-            settings: Settings::new(&opts(), None),
+            settings: ConnSettings::new(&opts(), None),
         }
     }
 

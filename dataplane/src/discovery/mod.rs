@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use trellis_api::v1::discovery_client::DiscoveryClient;
 use trellis_api::v1::{DiscoveryRequest, DiscoveryResponse, HealthReport, ProxyNode};
-use trellis_identity::admin_config::write_private;
+use trellis_identity::files::write_private;
 use trellis_identity::verify::{client_config, Expect, SpiffeServerVerifier};
 
 use crate::mesh::{self, Mesh};

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls::pki_types::CertificateDer;
 use trellis_api::v1::ca_client::CaClient;
 use trellis_api::v1::IssueCertificateRequest;
-use trellis_identity::admin_config::write_private;
+use trellis_identity::files::write_private;
 use trellis_identity::join_token::JoinToken;
 use trellis_identity::verify::{
     client_config, Expect, Identity, PinnedRootVerifier, SpiffeServerVerifier,

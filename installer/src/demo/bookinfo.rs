@@ -45,7 +45,7 @@ pub const SERVICES: [(&str, u16); 4] = [
 
 /// One version of one service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Workload {
+pub struct ServiceVersion {
     pub service: &'static str,
     pub version: &'static str,
     /// The services it calls before answering, in order.
@@ -54,33 +54,33 @@ pub struct Workload {
 
 /// Bookinfo's workloads: productpage calls details and reviews, reviews v2
 /// and v3 call ratings, v1 calls nothing. The i-th is at `127.0.B.(i+1)`.
-pub const WORKLOADS: [Workload; 6] = [
-    Workload {
+pub const WORKLOADS: [ServiceVersion; 6] = [
+    ServiceVersion {
         service: "productpage",
         version: "v1",
         calls: &["details", "reviews"],
     },
-    Workload {
+    ServiceVersion {
         service: "details",
         version: "v1",
         calls: &[],
     },
-    Workload {
+    ServiceVersion {
         service: "reviews",
         version: "v1",
         calls: &[],
     },
-    Workload {
+    ServiceVersion {
         service: "reviews",
         version: "v2",
         calls: &["ratings"],
     },
-    Workload {
+    ServiceVersion {
         service: "reviews",
         version: "v3",
         calls: &["ratings"],
     },
-    Workload {
+    ServiceVersion {
         service: "ratings",
         version: "v1",
         calls: &[],
@@ -90,7 +90,7 @@ pub const WORKLOADS: [Workload; 6] = [
 /// The reviews versions the split weighs, in the order of [`Split`].
 pub const REVIEWS_VERSIONS: [&str; 3] = ["v1", "v2", "v3"];
 
-impl Workload {
+impl ServiceVersion {
     /// Its WorkloadGroup, e.g. `reviews-v2`.
     pub fn group(&self) -> String {
         format!("{}-{}", self.service, self.version)
@@ -166,7 +166,7 @@ impl Split {
 /// A workload at its address, with what its agent listens on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placed {
-    pub workload: Workload,
+    pub workload: ServiceVersion,
     pub ip: Ipv4Addr,
 }
 

@@ -284,13 +284,13 @@ impl Tally {
 
 #[cfg(test)]
 mod tests {
-    use trellis_echo::Workload;
+    use trellis_echo::Responder;
 
     use super::*;
 
     fn report(service: &str, version: &str, calls: Vec<Call>) -> Report {
         Report {
-            workload: Workload {
+            workload: Responder {
                 service: service.into(),
                 version: version.into(),
                 identity: String::new(),
