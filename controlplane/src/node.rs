@@ -16,6 +16,7 @@ use trellis_api::v1::{Empty, Member};
 use crate::ca::{IntermediateCa, RootCa, SealKey};
 use crate::error::NodeError;
 use crate::raft::batch::WriteError;
+use crate::raft::network::MAX_MESSAGE_BYTES;
 use crate::raft::{Command, MeshInfo, NodeId, Raft, RaftSettings, Response, SharedState};
 use crate::tokens::{JoinToken, KindRequired, Throttle, TokenRecord};
 
@@ -204,8 +205,8 @@ impl Node {
         let ch = trellis_identity::grpc::channel(addr, self.peer_tls.clone(), None)
             .map_err(|e| NodeError::Internal(e.to_string()))?;
         let c = PeerClient::new(ch)
-            .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }

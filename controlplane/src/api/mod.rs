@@ -26,6 +26,7 @@ use trellis_api::v1::{
 use trellis_identity::SpiffeId;
 
 use crate::node::Node;
+use crate::raft::network::MAX_MESSAGE_BYTES;
 
 /// The caller's verified identity, or `Unauthenticated`.
 fn caller<T>(req: &Request<T>) -> Result<SpiffeId, Status> {
@@ -75,10 +76,6 @@ fn peer_ip<T>(req: &Request<T>) -> String {
         .map(|p| p.remote_addr.ip().to_string())
         .unwrap_or_else(|| "unknown".into())
 }
-
-/// Largest message a node takes or sends: config applies and full pushes
-/// of big meshes run to tens of megabytes.
-pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 /// All services of a node, ready to serve.
 pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {

@@ -17,6 +17,11 @@ use trellis_api::v1::RaftPayload;
 
 use crate::raft::types::{Node, NodeId, TypeConfig};
 
+/// Largest message a node takes or sends, on the Raft service and on every
+/// other gRPC service of the node: snapshots, config applies and full
+/// pushes of big meshes run to tens of megabytes.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
 /// Makes a client per peer; all share one TLS client configuration.
 #[derive(Clone)]
 pub struct Network {
@@ -38,8 +43,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: trellis_identity::grpc::channel(&node.addr, self.tls.clone(), None)
                 .map(|ch| {
                     RaftClient::new(ch)
-                        .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(crate::api::MAX_MESSAGE_BYTES)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES)
                 })
                 .map_err(|e| e.to_string()),
         }
