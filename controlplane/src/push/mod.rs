@@ -76,10 +76,37 @@ impl Push {
 /// Whether a changed key can matter to agents.
 fn relevant(key: &str) -> bool {
     use crate::raft::state::registry::{CONFIG_PREFIX, WORKLOAD_PREFIX};
-    key.starts_with(CONFIG_PREFIX)
-        || key.starts_with(WORKLOAD_PREFIX)
-        || key == snapshot::MEMBERSHIP_KEY
-        || key == "mesh"
+    use crate::raft::state::MESH_KEY;
+    key.starts_with(CONFIG_PREFIX) || key.starts_with(WORKLOAD_PREFIX) || key == MESH_KEY
+}
+
+/// The changes gathered for the next snapshot.
+#[derive(Default)]
+struct Pending {
+    /// Changed keys that can matter to agents.
+    keys: Vec<String>,
+    /// The membership changed: the bundle lists the control-plane nodes.
+    membership: bool,
+    /// The whole state was replaced: read it all again.
+    reload: bool,
+}
+
+impl Pending {
+    fn take(&mut self, change: Changed) {
+        match change {
+            Changed::Keys {
+                keys, membership, ..
+            } => {
+                self.keys.extend(keys.into_iter().filter(|k| relevant(k)));
+                self.membership |= membership;
+            }
+            Changed::All { .. } => self.reload = true,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && !self.membership && !self.reload
+    }
 }
 
 async fn keep_snapshots(
@@ -89,28 +116,26 @@ async fn keep_snapshots(
     tx: watch::Sender<Arc<Snapshot>>,
 ) {
     loop {
-        let mut keys = Vec::new();
-        let mut reload = false;
+        let mut pending = Pending::default();
         let Some(first) = changes.recv().await else {
             return;
         };
-        let take = |c: Changed, keys: &mut Vec<String>, reload: &mut bool| match c {
-            Changed::Keys { keys: k, .. } => keys.extend(k.into_iter().filter(|k| relevant(k))),
-            Changed::All { .. } => *reload = true,
-        };
-        take(first, &mut keys, &mut reload);
-        if keys.is_empty() && !reload {
+        pending.take(first);
+        if pending.is_empty() {
             continue;
         }
         let deadline = Instant::now() + DEBOUNCE_MAX;
         loop {
             let wait = DEBOUNCE_QUIET.min(deadline.saturating_duration_since(Instant::now()));
             match tokio::time::timeout(wait, changes.recv()).await {
-                Ok(Some(c)) => take(c, &mut keys, &mut reload),
+                Ok(Some(c)) => pending.take(c),
                 Ok(None) => return,
                 Err(_) => break,
             }
         }
+        let Pending {
+            mut keys, reload, ..
+        } = pending;
         keys.sort_unstable();
         keys.dedup();
         let started = Instant::now();
