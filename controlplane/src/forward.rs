@@ -11,8 +11,8 @@
 //!
 //! When the stream breaks (the leader died, stepped down or restarted),
 //! every operation still waiting on it fails with
-//! [`NodeError::LeaderUnreachable`], which [`crate::node::Node::leader_op`]
-//! retries, and the next operation opens a new stream.
+//! [`NodeError::LeaderUnreachable`], which the node retries
+//! (`Node::leader_op`), and the next operation opens a new stream.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -25,8 +25,36 @@ use trellis_api::v1::peer_client::PeerClient;
 use trellis_api::v1::RaftPayload;
 
 use crate::error::NodeError;
-use crate::node::{ForwardResult, LeaderOp, LeaderReply};
-use crate::raft::NodeId;
+use crate::raft::{Command, NodeId, Response};
+
+/// An operation that must run on the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LeaderOp {
+    Write(Command),
+    Read {
+        key: String,
+    },
+    AddNode {
+        id: NodeId,
+        addr: String,
+        learner: bool,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+}
+
+/// The leader's answer to a [`LeaderOp`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LeaderReply {
+    Written { index: u64, response: Response },
+    Read(Option<Vec<u8>>),
+    Done,
+}
+
+/// Result of an operation carried to the leader; the error is the text of a
+/// [`NodeError`] with its status code, rebuilt on the receiving side.
+pub type ForwardResult = Result<LeaderReply, (i32, String)>;
 
 /// One operation on the stream, follower to leader.
 #[derive(Serialize, Deserialize)]

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
-use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use trellis_api::v1::peer_client::PeerClient;
 use trellis_api::v1::{Empty, Member};
 
 use crate::ca::{IntermediateCa, RootCa, SealKey};
 use crate::error::NodeError;
+use crate::forward::{ForwardResult, Forwarder, LeaderOp, LeaderReply};
 use crate::raft::batch::WriteError;
 use crate::raft::network::MAX_MESSAGE_BYTES;
 use crate::raft::{Command, MeshInfo, NodeId, Raft, RaftSettings, Response, SharedState};
@@ -34,35 +34,6 @@ pub struct Settings {
     /// How long a registered workload stays after its agent went away.
     pub workload_grace: Duration,
 }
-
-/// An operation that must run on the leader.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum LeaderOp {
-    Write(Command),
-    Read {
-        key: String,
-    },
-    AddNode {
-        id: NodeId,
-        addr: String,
-        learner: bool,
-    },
-    RemoveNode {
-        id: NodeId,
-    },
-}
-
-/// The leader's answer to a [`LeaderOp`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum LeaderReply {
-    Written { index: u64, response: Response },
-    Read(Option<Vec<u8>>),
-    Done,
-}
-
-/// Result of an operation carried to the leader; the error is the text of a
-/// [`NodeError`] with its status code, rebuilt on the receiving side.
-pub type ForwardResult = Result<LeaderReply, (i32, String)>;
 
 enum Local {
     NotLeader,
@@ -107,7 +78,7 @@ pub struct Node {
     peer_tls: Arc<rustls::ClientConfig>,
     peers: Mutex<HashMap<String, PeerClient<Channel>>>,
     throttle: Mutex<Throttle>,
-    forwarder: crate::forward::Forwarder,
+    forwarder: Forwarder,
 }
 
 impl Node {
@@ -137,7 +108,7 @@ impl Node {
             seal,
             peer_tls,
             peers: Mutex::new(HashMap::new()),
-            forwarder: crate::forward::Forwarder::default(),
+            forwarder: Forwarder::default(),
             throttle: Mutex::new(Throttle::new(
                 THROTTLE_MAX_FAILURES,
                 THROTTLE_WINDOW_SECS,

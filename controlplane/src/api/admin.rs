@@ -13,7 +13,8 @@ use trellis_api::v1::{
 
 use super::{admin_config, require_admin};
 use crate::error::NodeError;
-use crate::node::{now, LeaderOp, LeaderReply, Node};
+use crate::forward::{LeaderOp, LeaderReply};
+use crate::node::{now, Node};
 use crate::raft::Command;
 use crate::tokens::{JoinToken, TokenKind, TokenRecord};
 

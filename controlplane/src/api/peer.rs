@@ -13,8 +13,8 @@ use trellis_api::v1::{
 use trellis_identity::SpiffeId;
 
 use super::require_controlplane;
-use crate::forward;
-use crate::node::{LeaderOp, Node};
+use crate::forward::{self, LeaderOp};
+use crate::node::Node;
 
 pub struct PeerService(pub Arc<Node>);
 
