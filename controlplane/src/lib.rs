@@ -16,8 +16,6 @@ pub mod bootstrap;
 pub mod ca;
 pub mod config;
 pub mod discovery;
-pub mod error;
-pub mod forward;
 pub mod local;
 pub mod node;
 pub mod push;

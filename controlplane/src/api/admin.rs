@@ -12,9 +12,8 @@ use trellis_api::v1::{
 };
 
 use super::{admin_config, require_admin};
-use crate::error::NodeError;
-use crate::forward::{LeaderOp, LeaderReply};
-use crate::node::{now, Node};
+use crate::node::forward::{LeaderOp, LeaderReply};
+use crate::node::{now, Node, NodeError};
 use crate::raft::Command;
 use crate::tokens::{JoinToken, TokenKind, TokenRecord};
 

@@ -10,8 +10,7 @@ use trellis_identity::SpiffeId;
 
 use super::{mesh_caller, peer_ip};
 use crate::ca::{check_csr, CsrPolicy};
-use crate::error::NodeError;
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 use crate::tokens::{parse_vm_identity, JoinToken, KindRequired, TokenKind};
 
 pub struct CaService(pub Arc<Node>);

@@ -8,8 +8,7 @@ use trellis_api::v1::{JoinControlPlaneRequest, JoinControlPlaneResponse};
 
 use super::peer_ip;
 use crate::ca::DEFAULT_INTERMEDIATE_LIFETIME;
-use crate::error::NodeError;
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 use crate::tokens::KindRequired;
 
 pub struct JoinService(pub Arc<Node>);

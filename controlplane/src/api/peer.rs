@@ -13,7 +13,7 @@ use trellis_api::v1::{
 use trellis_identity::SpiffeId;
 
 use super::require_controlplane;
-use crate::forward::{self, LeaderOp};
+use crate::node::forward::{self, LeaderOp};
 use crate::node::Node;
 
 pub struct PeerService(pub Arc<Node>);

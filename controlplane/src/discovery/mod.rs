@@ -16,7 +16,7 @@ use trellis_api::config::{ApiVersion, Metadata, Resource, Spec, WorkloadEntry, W
 use trellis_api::v1::{Empty, HealthReport, ProxyNode};
 use trellis_identity::SpiffeId;
 
-use crate::node::{now, Node};
+use crate::node::{now, Node, NodeError};
 use crate::raft::state::registry::{
     config_key, workload_key, Conn, Health, WorkloadRecord, WORKLOAD_PREFIX,
 };
@@ -223,10 +223,7 @@ pub async fn sweep_forever(node: Arc<Node>) {
     }
 }
 
-async fn sweep(
-    node: &Arc<Node>,
-    unreachable: &mut HashMap<u64, u32>,
-) -> Result<(), crate::error::NodeError> {
+async fn sweep(node: &Arc<Node>, unreachable: &mut HashMap<u64, u32>) -> Result<(), NodeError> {
     let records: Vec<(String, WorkloadRecord)> = node.read_state(|s| {
         s.store
             .prefixed(WORKLOAD_PREFIX)

@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 use trellis_api::v1::peer_client::PeerClient;
 use trellis_api::v1::RaftPayload;
 
-use crate::error::NodeError;
+use super::error::NodeError;
 use crate::raft::{Command, NodeId, Response};
 
 /// An operation that must run on the leader.

@@ -1,6 +1,11 @@
 //! A running control-plane node: its Raft instance, its replica, its CA and
 //! the operations the APIs call. Writes and linearizable reads run on the
-//! leader; a follower forwards them ([`Node::leader_op`]).
+//! leader; a follower forwards them ([`Node::leader_op`], over the stream
+//! of [`forward`]). Every operation fails with a [`NodeError`] that says
+//! whether to retry or give up.
+mod error;
+pub mod forward;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -12,9 +17,10 @@ use tonic::transport::Channel;
 use trellis_api::v1::peer_client::PeerClient;
 use trellis_api::v1::{Empty, Member};
 
+pub use error::NodeError;
+use forward::{ForwardResult, Forwarder, LeaderOp, LeaderReply};
+
 use crate::ca::{IntermediateCa, RootCa, SealKey};
-use crate::error::NodeError;
-use crate::forward::{ForwardResult, Forwarder, LeaderOp, LeaderReply};
 use crate::raft::batch::WriteError;
 use crate::raft::network::MAX_MESSAGE_BYTES;
 use crate::raft::{Command, MeshInfo, NodeId, Raft, RaftSettings, Response, SharedState};
