@@ -13,6 +13,7 @@
 mod admin;
 mod admin_config;
 mod ca;
+mod discovery;
 mod join;
 mod peer;
 mod raft;
@@ -38,7 +39,7 @@ fn caller<T>(req: &Request<T>) -> Result<SpiffeId, Status> {
 }
 
 /// The caller's identity, which must belong to this trust domain.
-pub(crate) fn mesh_caller<T>(node: &Node, req: &Request<T>) -> Result<SpiffeId, Status> {
+fn mesh_caller<T>(node: &Node, req: &Request<T>) -> Result<SpiffeId, Status> {
     let id = caller(req)?;
     if id.trust_domain() != node.trust_domain {
         return Err(Status::permission_denied(format!(
@@ -100,7 +101,7 @@ pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            discovery_server::DiscoveryServer::new(crate::push::server::DiscoveryService(node))
+            discovery_server::DiscoveryServer::new(discovery::DiscoveryService(node))
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
 }

@@ -1,18 +1,23 @@
-//! Config push: every node streams to each connected agent what concerns it
+//! Config push: what every node sends to each agent streaming from it
 //! (xDS semantics with Trellis's own messages, `trellis.v1.Discovery`).
 //!
 //! The flow: the state machine tells [`Push`] which keys each applied batch
 //! changed; changes are debounced ([`DEBOUNCE_QUIET`], at most
 //! [`DEBOUNCE_MAX`]) into a new [`Snapshot`] (items by namespace, with the
-//! change sets of recent versions), published on a watch channel; each
-//! stream ([`server`]) computes from it what its agent sees ([`Scope`]: its
-//! namespace and Sidecar) and sends the delta since the version it last
-//! sent, or everything on connect, after a NACK or when it fell too far
-//! behind. Agents ACK or NACK each response; [`Streams`] keeps that for
-//! `trellis proxy-status`.
+//! change sets of recent versions), published on a watch channel. Each
+//! agent's stream (the `Discovery` service, in `api`) computes from it
+//! what its agent sees ([`Scope`]: its namespace and Sidecar) and sends
+//! the delta since the version it last sent, or everything on connect,
+//! after a NACK or when it fell too far behind ([`response`]). Agents ACK
+//! or NACK each response; [`Streams`] keeps that for `trellis
+//! proxy-status`.
+//!
+//! [`item`], [`scope`], [`snapshot`] and [`response`] are pure functions
+//! of the replica's state; [`Push`] is the task that runs them after each
+//! change. Nothing here uses the node or the gRPC services.
 pub mod item;
+pub mod response;
 pub mod scope;
-pub mod server;
 pub mod snapshot;
 pub mod status;
 
