@@ -16,7 +16,6 @@ pub mod bootstrap;
 pub mod ca;
 pub mod config;
 pub mod discovery;
-pub mod local;
 pub mod node;
 pub mod push;
 pub mod raft;

@@ -1,6 +1,8 @@
 //! Starting a node: `init` (a new mesh), `join` (with a token) and `run`
 //! (restart from the data directory). `main.rs` parses flags and calls
-//! these.
+//! these. What a node keeps for itself is its `node.json` ([`local`]).
+pub mod local;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,8 +22,9 @@ use trellis_identity::verify::{
 };
 use trellis_identity::{csr, grpc, pem, SpiffeId};
 
+use local::LocalState;
+
 use crate::ca::{IntermediateCa, RootCa, SealKey, DEFAULT_INTERMEDIATE_LIFETIME};
-use crate::local::LocalState;
 use crate::node::{Node, Settings};
 use crate::raft::state::SEAL_CHECK_TEXT;
 use crate::raft::{Command, MeshInfo};
