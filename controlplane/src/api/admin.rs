@@ -12,8 +12,7 @@ use trellis_api::v1::{
 };
 
 use super::{admin_config, require_admin};
-use crate::node::forward::{LeaderOp, LeaderReply};
-use crate::node::{now, Node, NodeError};
+use crate::node::{now, LeaderOp, LeaderReply, Node, NodeError};
 use crate::raft::Command;
 use crate::tokens::{JoinToken, TokenKind, TokenRecord};
 

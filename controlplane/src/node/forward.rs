@@ -25,32 +25,8 @@ use trellis_api::v1::peer_client::PeerClient;
 use trellis_api::v1::RaftPayload;
 
 use super::error::NodeError;
-use crate::raft::{Command, NodeId, Response};
-
-/// An operation that must run on the leader.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum LeaderOp {
-    Write(Command),
-    Read {
-        key: String,
-    },
-    AddNode {
-        id: NodeId,
-        addr: String,
-        learner: bool,
-    },
-    RemoveNode {
-        id: NodeId,
-    },
-}
-
-/// The leader's answer to a [`LeaderOp`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum LeaderReply {
-    Written { index: u64, response: Response },
-    Read(Option<Vec<u8>>),
-    Done,
-}
+use super::op::{LeaderOp, LeaderReply};
+use crate::raft::NodeId;
 
 /// Result of an operation carried to the leader; the error is the text of a
 /// [`NodeError`] with its status code, rebuilt on the receiving side.

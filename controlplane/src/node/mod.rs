@@ -5,6 +5,7 @@
 //! whether to retry or give up.
 mod error;
 pub mod forward;
+mod op;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -18,7 +19,8 @@ use trellis_api::v1::peer_client::PeerClient;
 use trellis_api::v1::{Empty, Member};
 
 pub use error::NodeError;
-use forward::{ForwardResult, Forwarder, LeaderOp, LeaderReply};
+use forward::{ForwardResult, Forwarder};
+pub use op::{LeaderOp, LeaderReply};
 
 use crate::ca::{IntermediateCa, RootCa, SealKey};
 use crate::raft::batch::WriteError;
