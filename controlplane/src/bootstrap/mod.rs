@@ -388,7 +388,7 @@ async fn finish_init(node: Arc<Node>, mesh: MeshInfo, dir: PathBuf) {
         {
             Ok(_) => break,
             Err(e) => {
-                tracing::warn!(error = %e, "writing the mesh record; retrying");
+                tracing::warn!(error = %e.message(), "writing the mesh record; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }

@@ -181,7 +181,7 @@ pub fn report_health(node: &Arc<Node>, r: &Registration, healthy: bool, reason: 
     let node = node.clone();
     tokio::spawn(async move {
         if let Err(e) = node.write(cmd).await {
-            tracing::warn!(error = %e, "recording a workload's health");
+            tracing::warn!(error = %e.message(), "recording a workload's health");
         }
     });
 }
@@ -195,7 +195,7 @@ pub async fn disconnected(node: &Arc<Node>, r: Registration) {
     });
     if let Err(e) = node.write(cmd).await {
         // The sweep finds it anyway: its stream is gone.
-        tracing::warn!(key = %r.key, error = %e, "recording a workload's disconnection");
+        tracing::warn!(key = %r.key, error = %e.message(), "recording a workload's disconnection");
     }
 }
 
@@ -218,7 +218,7 @@ pub async fn sweep_forever(node: Arc<Node>) {
             continue;
         }
         if let Err(e) = sweep(&node, &mut unreachable).await {
-            tracing::warn!(error = %e, "workload registry sweep");
+            tracing::warn!(error = %e.message(), "workload registry sweep");
         }
     }
 }

@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 use trellis_api::v1::peer_client::PeerClient;
 use trellis_api::v1::{Empty, Member};
 
-pub use error::NodeError;
+pub use error::{Internal, NodeError, Unreachable};
 use forward::{ForwardResult, Forwarder};
 pub use op::{LeaderOp, LeaderReply};
 
@@ -138,15 +138,13 @@ impl Node {
 
     /// The root CA, unsealed for one signing: only ever held in memory.
     pub fn root_ca(&self) -> Result<RootCa, NodeError> {
-        let mesh = self
-            .mesh()
-            .ok_or_else(|| NodeError::Internal("this node has no mesh record yet".into()))?;
+        let mesh = self.mesh().ok_or(Internal::NoMeshRecord)?;
         let key = self
             .seal
             .open(&mesh.sealed_root_key)
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
-        let key = String::from_utf8(key).map_err(|e| NodeError::Internal(e.to_string()))?;
-        RootCa::from_pem(&mesh.root_cert_pem, &key).map_err(|e| NodeError::Internal(e.to_string()))
+            .map_err(Internal::RootKey)?;
+        let key = String::from_utf8(key).map_err(Internal::RootKeyText)?;
+        Ok(RootCa::from_pem(&mesh.root_cert_pem, &key).map_err(Internal::RootCa)?)
     }
 
     /// The current leader and its address, if known.
@@ -181,8 +179,12 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let ch = trellis_identity::grpc::channel(addr, self.peer_tls.clone(), None)
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let ch = trellis_identity::grpc::channel(addr, self.peer_tls.clone(), None).map_err(
+            |source| Internal::PeerClient {
+                addr: addr.to_string(),
+                source,
+            },
+        )?;
         let c = PeerClient::new(ch)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -204,9 +206,7 @@ impl Node {
                     .await
             };
             match res {
-                Err(NodeError::NoLeader | NodeError::LeaderUnreachable { .. })
-                    if Instant::now() < deadline =>
-                {
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 other => return other,
@@ -217,8 +217,8 @@ impl Node {
     /// Runs an operation a follower forwarded: only if this node leads.
     pub async fn serve_forwarded(&self, op: &LeaderOp) -> ForwardResult {
         self.run_local(op).await.map_err(|l| {
-            let s = tonic::Status::from(NodeError::from(l));
-            (s.code() as i32, s.message().to_string())
+            let e = NodeError::from(l);
+            (e.code() as i32, e.message())
         })
     }
 
@@ -227,9 +227,9 @@ impl Node {
             match e {
                 RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Local::NotLeader,
                 RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                    Local::Failed(NodeError::Refused(e.to_string()))
+                    Local::Failed(NodeError::Membership(e))
                 }
-                RaftError::Fatal(e) => Local::Failed(NodeError::Internal(e.to_string())),
+                RaftError::Fatal(e) => Local::Failed(Internal::Raft(e).into()),
             }
         }
         match op {
@@ -237,14 +237,14 @@ impl Node {
                 let (index, response) =
                     self.writer.write(cmd.clone()).await.map_err(|e| match e {
                         WriteError::Raft(e) => write_err(e),
-                        WriteError::Internal(e) => Local::Failed(NodeError::Internal(e)),
+                        e => Local::Failed(Internal::Write(e).into()),
                     })?;
                 Ok(LeaderReply::Written { index, response })
             }
             LeaderOp::Read { key } => {
                 self.raft.ensure_linearizable().await.map_err(|e| match e {
                     RaftError::APIError(_) => Local::NotLeader,
-                    RaftError::Fatal(e) => Local::Failed(NodeError::Internal(e.to_string())),
+                    RaftError::Fatal(e) => Local::Failed(Internal::Raft(e).into()),
                 })?;
                 Ok(LeaderReply::Read(
                     self.read_state(|s| s.store.kv(key).cloned()),
@@ -267,9 +267,7 @@ impl Node {
                 let m = self.raft.metrics().borrow().membership_config.clone();
                 let membership = m.membership();
                 if membership.get_node(id).is_none() {
-                    return Err(Local::Failed(NodeError::NotFound(format!(
-                        "node {id} is not a member; `trellis controlplane members` lists them"
-                    ))));
+                    return Err(Local::Failed(NodeError::NotMember(*id)));
                 }
                 let is_voter = membership.voter_ids().any(|v| v == *id);
                 let change = if is_voter {
@@ -295,7 +293,7 @@ impl Node {
                 ..
             } => Err(NodeError::Refused(why)),
             LeaderReply::Written { index, response } => Ok((index, response)),
-            other => Err(NodeError::Internal(format!("unexpected reply {other:?}"))),
+            other => Err(Internal::UnexpectedReply(Box::new(other)).into()),
         }
     }
 
@@ -312,14 +310,12 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .check(peer, now)
-            .map_err(|e| NodeError::Throttled(e.to_string()))?;
+            .map_err(NodeError::Throttled)?;
         let res = self.try_use_token(token, required, now).await;
         let mut throttle = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
         match &res {
             Ok(_) => throttle.record_success(peer),
-            Err(NodeError::Refused(_) | NodeError::InvalidArgument(_)) => {
-                throttle.record_failure(peer, now)
-            }
+            Err(e) if e.is_refusal() => throttle.record_failure(peer, now),
             Err(_) => {}
         }
         res
@@ -331,28 +327,24 @@ impl Node {
         required: KindRequired,
         now: u64,
     ) -> Result<(TokenRecord, Option<u64>), NodeError> {
-        let token =
-            JoinToken::parse(token).map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let token = JoinToken::parse(token).map_err(NodeError::BadToken)?;
         let mesh = self.mesh().ok_or(NodeError::NoLeader)?;
         let ours = trellis_identity::pem::certs(&mesh.root_cert_pem, "root")
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
+            .map_err(Internal::RootCert)?;
         if trellis_identity::sha256(&ours[0]) != token.root_pin {
-            return Err(NodeError::Refused(format!(
-                "token {} pins another mesh's root certificate; create a token on this mesh with `trellis token create`",
-                token.id
-            )));
+            return Err(NodeError::ForeignToken {
+                id: token.id.clone(),
+            });
         }
         let cmd = Command::UseToken {
-            id: token.id.clone(),
+            id: token.id,
             secret_sha256: crate::tokens::secret_sha256(&token.secret),
             required,
             now,
         };
         match self.write(cmd).await? {
             (_, Response::TokenUsed { record, node_id }) => Ok((record, node_id)),
-            (_, other) => Err(NodeError::Internal(format!(
-                "unexpected response {other:?}"
-            ))),
+            (_, other) => Err(Internal::UnexpectedResponse(Box::new(other)).into()),
         }
     }
 
