@@ -7,10 +7,13 @@ pub mod analyze;
 
 use std::collections::BTreeSet;
 
-use trellis_api::config::{parse_documents, ConfigError, FieldError, Resource, Spec};
+use trellis_api::config::{
+    parse_documents, ConfigError, FieldError, Resource, Spec, WorkloadGroup,
+};
 use trellis_api::v1::{ConfigSource, ResourceRef};
 
 use crate::raft::state::registry::{config_key, StoredConfig};
+use crate::raft::Store;
 
 /// Most bytes of YAML one apply may carry (all sources together).
 pub const MAX_APPLY_BYTES: usize = 64 << 20;
@@ -126,6 +129,25 @@ pub fn stored(r: &Resource) -> StoredConfig {
 pub fn from_json(json: &[u8]) -> Result<Resource, StoredConfigError> {
     let value: serde_yaml::Value = serde_json::from_slice(json)?;
     Ok(Resource::from_value(value)?)
+}
+
+/// The WorkloadGroup `namespace/name` in `store`, if there is one.
+pub fn workload_group(store: &Store, namespace: &str, name: &str) -> Option<WorkloadGroup> {
+    let stored = store.config(&config_key("WorkloadGroup", namespace, name))?;
+    match from_json(&stored.json).ok()?.spec {
+        Spec::WorkloadGroup(g) => Some(*g),
+        _ => None,
+    }
+}
+
+/// The service account a WorkloadGroup's workloads run as (`default`
+/// unless its template names one, as in Istio).
+pub fn service_account(group: &WorkloadGroup) -> &str {
+    group
+        .template
+        .as_ref()
+        .and_then(|t| t.service_account.as_deref())
+        .unwrap_or("default")
 }
 
 /// A stored resource this build cannot read.

@@ -16,10 +16,9 @@ use trellis_api::config::{ApiVersion, Metadata, Resource, Spec, WorkloadEntry, W
 use trellis_api::v1::{Empty, HealthReport, ProxyNode};
 use trellis_identity::SpiffeId;
 
+use crate::config;
 use crate::node::{now, Node, NodeError};
-use crate::raft::state::registry::{
-    config_key, workload_key, Conn, Health, WorkloadRecord, WORKLOAD_PREFIX,
-};
+use crate::raft::state::registry::{workload_key, Conn, Health, WorkloadRecord, WORKLOAD_PREFIX};
 use crate::raft::state::{Command, RegistryCommand};
 
 /// A registered workload, as its stream knows it.
@@ -94,25 +93,15 @@ pub async fn register(
     let (ns, sa) = id
         .workload_parts()
         .ok_or_else(|| Status::permission_denied(format!("{id} is not a workload identity")))?;
-    let key = config_key("WorkloadGroup", ns, &proxy.workload_group);
     let group = node
-        .read_state(|s| s.store.config(&key))
-        .and_then(|c| crate::config::from_json(&c.json).ok())
-        .and_then(|r| match r.spec {
-            Spec::WorkloadGroup(g) => Some(*g),
-            _ => None,
-        })
+        .read_state(|s| config::workload_group(&s.store, ns, &proxy.workload_group))
         .ok_or_else(|| {
             Status::failed_precondition(format!(
                 "node.workload_group: WorkloadGroup {ns}/{} does not exist; apply it, then restart the agent",
                 proxy.workload_group
             ))
         })?;
-    let group_sa = group
-        .template
-        .as_ref()
-        .and_then(|t| t.service_account.as_deref())
-        .unwrap_or("default");
+    let group_sa = config::service_account(&group);
     if group_sa != sa {
         return Err(Status::permission_denied(format!(
             "node.workload_group: WorkloadGroup {ns}/{} runs as service account `{group_sa}`, and this agent is {id}",
