@@ -86,27 +86,27 @@ pub async fn register(
     health: Option<&HealthReport>,
     remote: IpAddr,
     conn: Conn,
-) -> Result<Option<Registration>, Status> {
+) -> Result<Option<Registration>, RegisterError> {
     if proxy.workload_group.is_empty() {
         return Ok(None);
     }
     let (ns, sa) = id
         .workload_parts()
-        .ok_or_else(|| Status::permission_denied(format!("{id} is not a workload identity")))?;
+        .ok_or_else(|| RegisterError::NotWorkload { id: id.clone() })?;
     let group = node
         .read_state(|s| config::workload_group(&s.store, ns, &proxy.workload_group))
-        .ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "node.workload_group: WorkloadGroup {ns}/{} does not exist; apply it, then restart the agent",
-                proxy.workload_group
-            ))
+        .ok_or_else(|| RegisterError::NoGroup {
+            namespace: ns.to_string(),
+            name: proxy.workload_group.clone(),
         })?;
     let group_sa = config::service_account(&group);
     if group_sa != sa {
-        return Err(Status::permission_denied(format!(
-            "node.workload_group: WorkloadGroup {ns}/{} runs as service account `{group_sa}`, and this agent is {id}",
-            proxy.workload_group
-        )));
+        return Err(RegisterError::WrongServiceAccount {
+            namespace: ns.to_string(),
+            name: proxy.workload_group.clone(),
+            service_account: group_sa.to_string(),
+            id: id.clone(),
+        });
     }
     let address = proxy
         .addresses
@@ -119,7 +119,7 @@ pub async fn register(
     };
     let labels = we.labels.clone();
     let record = WorkloadRecord {
-        entry_json: serde_json::to_vec(&entry).map_err(|e| Status::internal(e.to_string()))?,
+        entry_json: serde_json::to_vec(&entry).expect("a resource always serializes to JSON"),
         group: proxy.workload_group.clone(),
         conn,
         registered_at: now(),
@@ -143,6 +143,43 @@ pub async fn register(
         address,
         labels,
     }))
+}
+
+/// Why an agent's workload was not registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("{id} is not a workload identity")]
+    NotWorkload { id: SpiffeId },
+    #[error(
+        "node.workload_group: WorkloadGroup {namespace}/{name} does not exist; apply it, then \
+         restart the agent"
+    )]
+    NoGroup { namespace: String, name: String },
+    #[error(
+        "node.workload_group: WorkloadGroup {namespace}/{name} runs as service account \
+         `{service_account}`, and this agent is {id}"
+    )]
+    WrongServiceAccount {
+        namespace: String,
+        name: String,
+        service_account: String,
+        id: SpiffeId,
+    },
+    /// Writing the registration failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl From<RegisterError> for Status {
+    fn from(e: RegisterError) -> Status {
+        match e {
+            RegisterError::NotWorkload { .. } | RegisterError::WrongServiceAccount { .. } => {
+                Status::permission_denied(e.to_string())
+            }
+            RegisterError::NoGroup { .. } => Status::failed_precondition(e.to_string()),
+            RegisterError::Node(e) => e.into(),
+        }
+    }
 }
 
 /// What an agent's probe report means for its entry.
