@@ -175,7 +175,8 @@ async fn main() {
         Cmd::Run { node } => bootstrap::run(node.settings(), node.key(), None).await,
     };
     if let Err(e) = res {
-        eprintln!("error: {e:#}");
+        // With its causes, one after the other.
+        eprintln!("error: {:#}", anyhow::Error::from(e));
         std::process::exit(1);
     }
 }

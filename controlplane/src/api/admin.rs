@@ -12,8 +12,8 @@ use trellis_api::v1::{
 };
 
 use super::{admin_config, require_admin};
-use crate::error::NodeError;
-use crate::node::{now, LeaderOp, LeaderReply, Node};
+use crate::config;
+use crate::node::{now, LeaderOp, LeaderReply, Node, NodeError};
 use crate::raft::Command;
 use crate::tokens::{JoinToken, TokenKind, TokenRecord};
 
@@ -40,26 +40,15 @@ impl AdminService {
                 r.workload_group
             )));
         };
-        let key = crate::raft::state::registry::config_key("WorkloadGroup", ns, name);
         let group = self
             .0
-            .read_state(|s| s.store.config(&key))
-            .and_then(|c| crate::config::from_json(&c.json).ok())
-            .and_then(|r| match r.spec {
-                trellis_api::config::Spec::WorkloadGroup(g) => Some(*g),
-                _ => None,
-            })
+            .read_state(|s| config::workload_group(&s.store, ns, name))
             .ok_or_else(|| {
                 Status::failed_precondition(format!(
                     "workload_group: WorkloadGroup {ns}/{name} does not exist; `trellis apply` it first"
                 ))
             })?;
-        let sa = group
-            .template
-            .as_ref()
-            .and_then(|t| t.service_account.as_deref())
-            .unwrap_or("default");
-        let identity = format!("{ns}/{sa}");
+        let identity = format!("{ns}/{}", config::service_account(&group));
         if !r.identity.is_empty() && r.identity != identity {
             return Err(Status::invalid_argument(format!(
                 "identity: WorkloadGroup {ns}/{name} runs as {identity}, not {}",

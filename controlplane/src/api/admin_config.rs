@@ -24,7 +24,8 @@ use crate::raft::state::{Command, RegistryCommand, Response};
 use crate::raft::Store;
 
 pub async fn apply(node: &Arc<Node>, r: ApplyConfigRequest) -> Result<ApplyConfigResponse, Status> {
-    let resources = parse_sources(&r.sources).map_err(Status::invalid_argument)?;
+    let resources =
+        parse_sources(&r.sources).map_err(|e| Status::invalid_argument(e.to_string()))?;
     if resources.is_empty() {
         return Err(Status::invalid_argument(
             "sources: no resources to apply (every document was empty)",
@@ -168,7 +169,7 @@ pub fn get(node: &Node, r: GetConfigRequest) -> Result<GetConfigResponse, Status
 /// The stored config with the given sources in place of their stored
 /// versions, analyzed.
 pub fn analyze_config(node: &Node, r: AnalyzeRequest) -> Result<AnalyzeResponse, Status> {
-    let given = parse_sources(&r.sources).map_err(Status::invalid_argument)?;
+    let given = parse_sources(&r.sources).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let (mut resources, registered) = node.read_state(|s| stored_resources(&s.store));
     let given_keys: std::collections::BTreeSet<String> = given.iter().map(key_of).collect();
     resources.retain(|r| !given_keys.contains(&key_of(r)));

@@ -10,7 +10,6 @@ use trellis_identity::SpiffeId;
 
 use super::{mesh_caller, peer_ip};
 use crate::ca::{check_csr, CsrPolicy};
-use crate::error::NodeError;
 use crate::node::Node;
 use crate::tokens::{parse_vm_identity, JoinToken, KindRequired, TokenKind};
 
@@ -35,15 +34,16 @@ impl CaService {
         self.identity_of(&record.kind).ok()
     }
 
-    fn identity_of(&self, kind: &TokenKind) -> Result<SpiffeId, NodeError> {
+    fn identity_of(&self, kind: &TokenKind) -> Result<SpiffeId, Status> {
         match kind {
             TokenKind::Vm { identity } => {
-                let (ns, sa) =
-                    parse_vm_identity(identity).map_err(|e| NodeError::Internal(e.to_string()))?;
+                let (ns, sa) = parse_vm_identity(identity).map_err(|e| {
+                    Status::internal(format!("the token's stored identity {identity}: {e}"))
+                })?;
                 Ok(SpiffeId::workload(&self.0.trust_domain, &ns, &sa))
             }
-            TokenKind::ControlPlane => Err(NodeError::Refused(
-                "a control-plane token cannot be used to get a workload certificate".into(),
+            TokenKind::ControlPlane => Err(Status::failed_precondition(
+                "a control-plane token cannot be used to get a workload certificate",
             )),
         }
     }

@@ -8,7 +8,6 @@ use trellis_api::v1::{JoinControlPlaneRequest, JoinControlPlaneResponse};
 
 use super::peer_ip;
 use crate::ca::DEFAULT_INTERMEDIATE_LIFETIME;
-use crate::error::NodeError;
 use crate::node::Node;
 use crate::tokens::KindRequired;
 
@@ -30,7 +29,9 @@ impl Join for JoinService {
         let (_, node_id) = node
             .use_token(&r.token, KindRequired::ControlPlane, &ip)
             .await?;
-        let node_id = node_id.ok_or_else(|| NodeError::Internal("no node id allocated".into()))?;
+        let node_id = node_id.ok_or_else(|| {
+            Status::internal("the store allocated no node id for a control-plane token")
+        })?;
         let root = node.root_ca()?;
         let seal_check = node.mesh().map(|m| m.seal_check).unwrap_or_default();
         let cert = root

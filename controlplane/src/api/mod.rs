@@ -13,6 +13,7 @@
 mod admin;
 mod admin_config;
 mod ca;
+mod discovery;
 mod join;
 mod peer;
 mod raft;
@@ -26,6 +27,7 @@ use trellis_api::v1::{
 use trellis_identity::SpiffeId;
 
 use crate::node::Node;
+use crate::raft::network::MAX_MESSAGE_BYTES;
 
 /// The caller's verified identity, or `Unauthenticated`.
 fn caller<T>(req: &Request<T>) -> Result<SpiffeId, Status> {
@@ -37,7 +39,7 @@ fn caller<T>(req: &Request<T>) -> Result<SpiffeId, Status> {
 }
 
 /// The caller's identity, which must belong to this trust domain.
-pub(crate) fn mesh_caller<T>(node: &Node, req: &Request<T>) -> Result<SpiffeId, Status> {
+fn mesh_caller<T>(node: &Node, req: &Request<T>) -> Result<SpiffeId, Status> {
     let id = caller(req)?;
     if id.trust_domain() != node.trust_domain {
         return Err(Status::permission_denied(format!(
@@ -76,10 +78,6 @@ fn peer_ip<T>(req: &Request<T>) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Largest message a node takes or sends: config applies and full pushes
-/// of big meshes run to tens of megabytes.
-pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
-
 /// All services of a node, ready to serve.
 pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {
     tonic::transport::Server::builder()
@@ -103,7 +101,7 @@ pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            discovery_server::DiscoveryServer::new(crate::push::server::DiscoveryService(node))
+            discovery_server::DiscoveryServer::new(discovery::DiscoveryService(node))
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
 }

@@ -13,8 +13,7 @@ use trellis_api::v1::{
 use trellis_identity::SpiffeId;
 
 use super::require_controlplane;
-use crate::forward;
-use crate::node::{LeaderOp, Node};
+use crate::node::{forward, LeaderOp, Node};
 
 pub struct PeerService(pub Arc<Node>);
 

@@ -7,10 +7,13 @@ pub mod analyze;
 
 use std::collections::BTreeSet;
 
-use trellis_api::config::{parse_documents, Resource, Spec};
+use trellis_api::config::{
+    parse_documents, ConfigError, FieldError, Resource, Spec, WorkloadGroup,
+};
 use trellis_api::v1::{ConfigSource, ResourceRef};
 
 use crate::raft::state::registry::{config_key, StoredConfig};
+use crate::raft::Store;
 
 /// Most bytes of YAML one apply may carry (all sources together).
 pub const MAX_APPLY_BYTES: usize = 64 << 20;
@@ -29,40 +32,76 @@ pub fn reference(r: &Resource) -> ResourceRef {
     }
 }
 
+/// Why the sources of an apply were refused; nothing was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum SourcesError {
+    #[error(
+        "{total} bytes of config in one apply, more than the {MAX_APPLY_BYTES} allowed; \
+         apply it in parts"
+    )]
+    TooLarge { total: usize },
+    /// Every problem, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<SourceProblem>),
+}
+
+/// A problem of one source of an apply; each line of its message starts
+/// with the source's name.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceProblem {
+    /// Documents that do not parse or validate, by field.
+    #[error(
+        "{}",
+        .errors.to_string().lines().map(|l| format!("{source_name}: {l}")).collect::<Vec<_>>().join("\n")
+    )]
+    Documents {
+        source_name: String,
+        errors: ConfigError,
+    },
+    #[error("{source_name}: {kind} {namespace}/{name} is given more than once in this apply")]
+    Duplicate {
+        source_name: String,
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+}
+
 /// Parses and validates every document of every source. All or nothing:
 /// the error lists every problem, each line starting with the source's
 /// name, then the document, the field path and the reason. A resource
 /// given twice is an error too.
-pub fn parse_sources(sources: &[ConfigSource]) -> Result<Vec<Resource>, String> {
+pub fn parse_sources(sources: &[ConfigSource]) -> Result<Vec<Resource>, SourcesError> {
     let total: usize = sources.iter().map(|s| s.yaml.len()).sum();
     if total > MAX_APPLY_BYTES {
-        return Err(format!(
-            "{total} bytes of config in one apply, more than the {MAX_APPLY_BYTES} allowed; apply it in parts"
-        ));
+        return Err(SourcesError::TooLarge { total });
     }
-    let mut errors = Vec::new();
+    let mut problems = Vec::new();
     let mut all = Vec::new();
     for s in sources {
         match parse_documents(&s.yaml) {
             Ok(rs) => all.extend(rs.into_iter().map(|r| (s.name.as_str(), r))),
-            Err(e) => errors.extend(e.to_string().lines().map(|l| format!("{}: {l}", s.name))),
+            Err(errors) => problems.push(SourceProblem::Documents {
+                source_name: s.name.clone(),
+                errors,
+            }),
         }
     }
     let mut seen = BTreeSet::new();
     for (source, r) in &all {
         if !seen.insert(key_of(r)) {
-            errors.push(format!(
-                "{source}: {} {}/{} is given more than once in this apply",
-                r.kind(),
-                r.metadata.namespace,
-                r.metadata.name
-            ));
+            problems.push(SourceProblem::Duplicate {
+                source_name: source.to_string(),
+                kind: r.kind().to_string(),
+                namespace: r.metadata.namespace.clone(),
+                name: r.metadata.name.clone(),
+            });
         }
     }
-    if errors.is_empty() {
+    if problems.is_empty() {
         Ok(all.into_iter().map(|(_, r)| r).collect())
     } else {
-        Err(errors.join("\n"))
+        Err(SourcesError::Invalid(problems))
     }
 }
 
@@ -87,9 +126,37 @@ pub fn stored(r: &Resource) -> StoredConfig {
 /// A stored resource read back. Stored resources were validated when
 /// applied, so a failure here means the store holds something this build
 /// cannot read (a newer version wrote it).
-pub fn from_json(json: &[u8]) -> Result<Resource, String> {
-    let value: serde_yaml::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    Resource::from_value(value).map_err(|e| e.to_string())
+pub fn from_json(json: &[u8]) -> Result<Resource, StoredConfigError> {
+    let value: serde_yaml::Value = serde_json::from_slice(json)?;
+    Ok(Resource::from_value(value)?)
+}
+
+/// The WorkloadGroup `namespace/name` in `store`, if there is one.
+pub fn workload_group(store: &Store, namespace: &str, name: &str) -> Option<WorkloadGroup> {
+    let stored = store.config(&config_key("WorkloadGroup", namespace, name))?;
+    match from_json(&stored.json).ok()?.spec {
+        Spec::WorkloadGroup(g) => Some(*g),
+        _ => None,
+    }
+}
+
+/// The service account a WorkloadGroup's workloads run as (`default`
+/// unless its template names one, as in Istio).
+pub fn service_account(group: &WorkloadGroup) -> &str {
+    group
+        .template
+        .as_ref()
+        .and_then(|t| t.service_account.as_deref())
+        .unwrap_or("default")
+}
+
+/// A stored resource this build cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredConfigError {
+    #[error("a stored resource is not JSON (is the store damaged?)")]
+    Json(#[from] serde_json::Error),
+    #[error("a stored resource is not one this build reads (did a newer Trellis write it?)")]
+    Resource(#[from] FieldError),
 }
 
 #[cfg(test)]
@@ -126,7 +193,9 @@ spec:
     - destination: {host: reviews, subset: b}
       weight: 40
 ";
-        let err = parse_sources(&[source("good.yaml", SE), source("bad.yaml", bad)]).unwrap_err();
+        let err = parse_sources(&[source("good.yaml", SE), source("bad.yaml", bad)])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("bad.yaml: document 1 (VirtualService default/r): spec.http[0]"),
             "{err}"
@@ -135,7 +204,9 @@ spec:
 
     #[test]
     fn a_resource_given_twice_is_refused() {
-        let err = parse_sources(&[source("a.yaml", SE), source("b.yaml", SE)]).unwrap_err();
+        let err = parse_sources(&[source("a.yaml", SE), source("b.yaml", SE)])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("b.yaml: ServiceEntry default/reviews is given more than once"),
             "{err}"

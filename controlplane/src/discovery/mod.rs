@@ -16,10 +16,9 @@ use trellis_api::config::{ApiVersion, Metadata, Resource, Spec, WorkloadEntry, W
 use trellis_api::v1::{Empty, HealthReport, ProxyNode};
 use trellis_identity::SpiffeId;
 
-use crate::node::{now, Node};
-use crate::raft::state::registry::{
-    config_key, workload_key, Conn, Health, WorkloadRecord, WORKLOAD_PREFIX,
-};
+use crate::config;
+use crate::node::{now, Node, NodeError};
+use crate::raft::state::registry::{workload_key, Conn, Health, WorkloadRecord, WORKLOAD_PREFIX};
 use crate::raft::state::{Command, RegistryCommand};
 
 /// A registered workload, as its stream knows it.
@@ -87,37 +86,27 @@ pub async fn register(
     health: Option<&HealthReport>,
     remote: IpAddr,
     conn: Conn,
-) -> Result<Option<Registration>, Status> {
+) -> Result<Option<Registration>, RegisterError> {
     if proxy.workload_group.is_empty() {
         return Ok(None);
     }
     let (ns, sa) = id
         .workload_parts()
-        .ok_or_else(|| Status::permission_denied(format!("{id} is not a workload identity")))?;
-    let key = config_key("WorkloadGroup", ns, &proxy.workload_group);
+        .ok_or_else(|| RegisterError::NotWorkload { id: id.clone() })?;
     let group = node
-        .read_state(|s| s.store.config(&key))
-        .and_then(|c| crate::config::from_json(&c.json).ok())
-        .and_then(|r| match r.spec {
-            Spec::WorkloadGroup(g) => Some(*g),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "node.workload_group: WorkloadGroup {ns}/{} does not exist; apply it, then restart the agent",
-                proxy.workload_group
-            ))
+        .read_state(|s| config::workload_group(&s.store, ns, &proxy.workload_group))
+        .ok_or_else(|| RegisterError::NoGroup {
+            namespace: ns.to_string(),
+            name: proxy.workload_group.clone(),
         })?;
-    let group_sa = group
-        .template
-        .as_ref()
-        .and_then(|t| t.service_account.as_deref())
-        .unwrap_or("default");
+    let group_sa = config::service_account(&group);
     if group_sa != sa {
-        return Err(Status::permission_denied(format!(
-            "node.workload_group: WorkloadGroup {ns}/{} runs as service account `{group_sa}`, and this agent is {id}",
-            proxy.workload_group
-        )));
+        return Err(RegisterError::WrongServiceAccount {
+            namespace: ns.to_string(),
+            name: proxy.workload_group.clone(),
+            service_account: group_sa.to_string(),
+            id: id.clone(),
+        });
     }
     let address = proxy
         .addresses
@@ -130,7 +119,7 @@ pub async fn register(
     };
     let labels = we.labels.clone();
     let record = WorkloadRecord {
-        entry_json: serde_json::to_vec(&entry).map_err(|e| Status::internal(e.to_string()))?,
+        entry_json: serde_json::to_vec(&entry).expect("a resource always serializes to JSON"),
         group: proxy.workload_group.clone(),
         conn,
         registered_at: now(),
@@ -154,6 +143,43 @@ pub async fn register(
         address,
         labels,
     }))
+}
+
+/// Why an agent's workload was not registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("{id} is not a workload identity")]
+    NotWorkload { id: SpiffeId },
+    #[error(
+        "node.workload_group: WorkloadGroup {namespace}/{name} does not exist; apply it, then \
+         restart the agent"
+    )]
+    NoGroup { namespace: String, name: String },
+    #[error(
+        "node.workload_group: WorkloadGroup {namespace}/{name} runs as service account \
+         `{service_account}`, and this agent is {id}"
+    )]
+    WrongServiceAccount {
+        namespace: String,
+        name: String,
+        service_account: String,
+        id: SpiffeId,
+    },
+    /// Writing the registration failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl From<RegisterError> for Status {
+    fn from(e: RegisterError) -> Status {
+        match e {
+            RegisterError::NotWorkload { .. } | RegisterError::WrongServiceAccount { .. } => {
+                Status::permission_denied(e.to_string())
+            }
+            RegisterError::NoGroup { .. } => Status::failed_precondition(e.to_string()),
+            RegisterError::Node(e) => e.into(),
+        }
+    }
 }
 
 /// What an agent's probe report means for its entry.
@@ -181,7 +207,7 @@ pub fn report_health(node: &Arc<Node>, r: &Registration, healthy: bool, reason: 
     let node = node.clone();
     tokio::spawn(async move {
         if let Err(e) = node.write(cmd).await {
-            tracing::warn!(error = %e, "recording a workload's health");
+            tracing::warn!(error = %e.message(), "recording a workload's health");
         }
     });
 }
@@ -195,7 +221,7 @@ pub async fn disconnected(node: &Arc<Node>, r: Registration) {
     });
     if let Err(e) = node.write(cmd).await {
         // The sweep finds it anyway: its stream is gone.
-        tracing::warn!(key = %r.key, error = %e, "recording a workload's disconnection");
+        tracing::warn!(key = %r.key, error = %e.message(), "recording a workload's disconnection");
     }
 }
 
@@ -218,15 +244,12 @@ pub async fn sweep_forever(node: Arc<Node>) {
             continue;
         }
         if let Err(e) = sweep(&node, &mut unreachable).await {
-            tracing::warn!(error = %e, "workload registry sweep");
+            tracing::warn!(error = %e.message(), "workload registry sweep");
         }
     }
 }
 
-async fn sweep(
-    node: &Arc<Node>,
-    unreachable: &mut HashMap<u64, u32>,
-) -> Result<(), crate::error::NodeError> {
+async fn sweep(node: &Arc<Node>, unreachable: &mut HashMap<u64, u32>) -> Result<(), NodeError> {
     let records: Vec<(String, WorkloadRecord)> = node.read_state(|s| {
         s.store
             .prefixed(WORKLOAD_PREFIX)

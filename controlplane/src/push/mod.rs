@@ -1,18 +1,23 @@
-//! Config push: every node streams to each connected agent what concerns it
+//! Config push: what every node sends to each agent streaming from it
 //! (xDS semantics with Trellis's own messages, `trellis.v1.Discovery`).
 //!
 //! The flow: the state machine tells [`Push`] which keys each applied batch
 //! changed; changes are debounced ([`DEBOUNCE_QUIET`], at most
 //! [`DEBOUNCE_MAX`]) into a new [`Snapshot`] (items by namespace, with the
-//! change sets of recent versions), published on a watch channel; each
-//! stream ([`server`]) computes from it what its agent sees ([`Scope`]: its
-//! namespace and Sidecar) and sends the delta since the version it last
-//! sent, or everything on connect, after a NACK or when it fell too far
-//! behind. Agents ACK or NACK each response; [`Streams`] keeps that for
-//! `trellis proxy-status`.
+//! change sets of recent versions), published on a watch channel. Each
+//! agent's stream (the `Discovery` service, in `api`) computes from it
+//! what its agent sees ([`Scope`]: its namespace and Sidecar) and sends
+//! the delta since the version it last sent, or everything on connect,
+//! after a NACK or when it fell too far behind ([`response`]). Agents ACK
+//! or NACK each response; [`Streams`] keeps that for `trellis
+//! proxy-status`.
+//!
+//! [`item`], [`scope`], [`snapshot`] and [`response`] are pure functions
+//! of the replica's state; [`Push`] is the task that runs them after each
+//! change. Nothing here uses the node or the gRPC services.
 pub mod item;
+pub mod response;
 pub mod scope;
-pub mod server;
 pub mod snapshot;
 pub mod status;
 
@@ -76,10 +81,37 @@ impl Push {
 /// Whether a changed key can matter to agents.
 fn relevant(key: &str) -> bool {
     use crate::raft::state::registry::{CONFIG_PREFIX, WORKLOAD_PREFIX};
-    key.starts_with(CONFIG_PREFIX)
-        || key.starts_with(WORKLOAD_PREFIX)
-        || key == snapshot::MEMBERSHIP_KEY
-        || key == "mesh"
+    use crate::raft::state::MESH_KEY;
+    key.starts_with(CONFIG_PREFIX) || key.starts_with(WORKLOAD_PREFIX) || key == MESH_KEY
+}
+
+/// The changes gathered for the next snapshot.
+#[derive(Default)]
+struct Pending {
+    /// Changed keys that can matter to agents.
+    keys: Vec<String>,
+    /// The membership changed: the bundle lists the control-plane nodes.
+    membership: bool,
+    /// The whole state was replaced: read it all again.
+    reload: bool,
+}
+
+impl Pending {
+    fn take(&mut self, change: Changed) {
+        match change {
+            Changed::Keys {
+                keys, membership, ..
+            } => {
+                self.keys.extend(keys.into_iter().filter(|k| relevant(k)));
+                self.membership |= membership;
+            }
+            Changed::All { .. } => self.reload = true,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && !self.membership && !self.reload
+    }
 }
 
 async fn keep_snapshots(
@@ -89,28 +121,26 @@ async fn keep_snapshots(
     tx: watch::Sender<Arc<Snapshot>>,
 ) {
     loop {
-        let mut keys = Vec::new();
-        let mut reload = false;
+        let mut pending = Pending::default();
         let Some(first) = changes.recv().await else {
             return;
         };
-        let take = |c: Changed, keys: &mut Vec<String>, reload: &mut bool| match c {
-            Changed::Keys { keys: k, .. } => keys.extend(k.into_iter().filter(|k| relevant(k))),
-            Changed::All { .. } => *reload = true,
-        };
-        take(first, &mut keys, &mut reload);
-        if keys.is_empty() && !reload {
+        pending.take(first);
+        if pending.is_empty() {
             continue;
         }
         let deadline = Instant::now() + DEBOUNCE_MAX;
         loop {
             let wait = DEBOUNCE_QUIET.min(deadline.saturating_duration_since(Instant::now()));
             match tokio::time::timeout(wait, changes.recv()).await {
-                Ok(Some(c)) => take(c, &mut keys, &mut reload),
+                Ok(Some(c)) => pending.take(c),
                 Ok(None) => return,
                 Err(_) => break,
             }
         }
+        let Pending {
+            mut keys, reload, ..
+        } = pending;
         keys.sort_unstable();
         keys.dedup();
         let started = Instant::now();

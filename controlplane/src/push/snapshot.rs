@@ -15,13 +15,11 @@ use trellis_api::config::Spec;
 use super::item::{bundle_item, config_item, workload_item, Bundle, Item, BUNDLE_KEY};
 use super::scope::{Scope, SidecarRule};
 use crate::raft::state::registry::{parse_config_key, CONFIG_PREFIX, VIP_PREFIX, WORKLOAD_PREFIX};
+use crate::raft::state::MESH_KEY;
 use crate::raft::state_machine::Applied;
 
 /// Change sets a snapshot remembers.
 pub const HISTORY: usize = 64;
-
-/// The pseudo key the state machine reports for a membership change.
-pub const MEMBERSHIP_KEY: &str = "membership";
 
 type NsItems = HashMap<Arc<str>, Arc<Item>>;
 
@@ -156,11 +154,12 @@ impl Builder {
         b
     }
 
-    /// Reads `keys` again from `st`.
+    /// Reads `keys` again from `st`, and the bundle (the mesh record and
+    /// the membership).
     pub fn apply(&mut self, st: &Applied, keys: &[String]) {
         let mut sidecars = false;
         for key in keys {
-            if key.starts_with(VIP_PREFIX) || key == MEMBERSHIP_KEY || key == "mesh" {
+            if key.starts_with(VIP_PREFIX) || key == MESH_KEY {
                 continue; // vips change with their ServiceEntry; the bundle below
             }
             if key.starts_with(&format!("{CONFIG_PREFIX}Sidecar/")) {

@@ -25,11 +25,17 @@ use crate::raft::{Command, NodeId, Raft, Response};
 const MAX_BATCH_BYTES: u64 = 64 << 10;
 
 /// Why a write failed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum WriteError {
-    Raft(RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>),
+    /// openraft did not take the write (this node is not the leader, say).
+    #[error("Raft did not take the write")]
+    Raft(#[source] RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>),
+    /// The batcher's task is gone: the node is shutting down.
+    #[error("the write batcher has stopped")]
+    Stopped,
     /// The batch's entry did not answer with one response per command.
-    Internal(String),
+    #[error("a batch of {writes} writes was answered with {answer:?}")]
+    Unanswered { writes: usize, answer: Response },
 }
 
 /// The log index a write was committed at and its response.
@@ -54,9 +60,8 @@ impl Batcher {
     /// Proposes `cmd` and waits until it is committed and applied.
     pub async fn write(&self, cmd: Command) -> WriteResult {
         let (tx, rx) = oneshot::channel();
-        let gone = || WriteError::Internal("the write batcher has stopped".into());
-        self.tx.send((cmd, tx)).map_err(|_| gone())?;
-        rx.await.unwrap_or_else(|_| Err(gone()))
+        self.tx.send((cmd, tx)).map_err(|_| WriteError::Stopped)?;
+        rx.await.unwrap_or(Err(WriteError::Stopped))
     }
 }
 
@@ -125,9 +130,10 @@ async fn submit(raft: &Raft, mut batch: Vec<Pending>) {
                 }
             }
             other => {
-                let e = WriteError::Internal(format!(
-                    "a batch of {n} writes was answered with {other:?}"
-                ));
+                let e = WriteError::Unanswered {
+                    writes: n,
+                    answer: other,
+                };
                 for tx in txs {
                     let _ = tx.send(Err(e.clone()));
                 }

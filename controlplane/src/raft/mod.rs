@@ -17,13 +17,13 @@ pub mod wal;
 #[cfg(test)]
 mod store_suite;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use state::{Command, MeshInfo, Response, Store};
 pub use state_machine::SharedState;
-pub use types::{NodeId, Raft, TypeConfig};
+pub use types::{NodeId, Raft, StorageError, TypeConfig};
 
 /// Raft timing and compaction settings.
 #[derive(Clone, Debug)]
@@ -55,6 +55,36 @@ impl Default for RaftSettings {
     }
 }
 
+/// Why a node's store could not be opened or its Raft instance started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "cannot open the vote store {} (is another node running on this data directory?)",
+        .path.display()
+    )]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("cannot open the Raft log in {}", .path.display())]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: StorageError,
+    },
+    #[error("cannot load the snapshot {}", .path.display())]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: StorageError,
+    },
+    #[error("invalid Raft settings; check --heartbeat-ms and --election-timeout-ms")]
+    Settings(#[source] openraft::ConfigError),
+    #[error("Raft did not start")]
+    Raft(#[source] openraft::error::Fatal<NodeId>),
+}
+
 /// Opens the node's store in `data_dir` and starts its Raft instance; also
 /// returns the writer that proposes commands to it ([`batch::Batcher`]).
 pub async fn start(
@@ -62,10 +92,15 @@ pub async fn start(
     data_dir: &Path,
     settings: &RaftSettings,
     peer_tls: Arc<rustls::ClientConfig>,
-) -> anyhow::Result<(Raft, SharedState, batch::Batcher)> {
-    let db = log_store::open_db(&data_dir.join("db"))?;
-    let log = log_store::LogStore::open(&db, &data_dir.join("wal"), settings.wal_segment_bytes)?;
-    let sm = state_machine::StateMachine::open(data_dir.join("snapshot.bin"))?;
+) -> Result<(Raft, SharedState, batch::Batcher), StartError> {
+    let path = data_dir.join("db");
+    let db = log_store::open_db(&path).map_err(|source| StartError::Db { path, source })?;
+    let path = data_dir.join("wal");
+    let log = log_store::LogStore::open(&db, &path, settings.wal_segment_bytes)
+        .map_err(|source| StartError::Log { path, source })?;
+    let path = data_dir.join("snapshot.bin");
+    let sm = state_machine::StateMachine::open(path.clone())
+        .map_err(|source| StartError::Snapshot { path, source })?;
     let state = sm.state();
     let appends = log.appends();
     let config = openraft::Config {
@@ -78,9 +113,10 @@ pub async fn start(
         install_snapshot_timeout: 10_000,
         ..Default::default()
     };
-    let config = Arc::new(config.validate()?);
-    let raft =
-        openraft::Raft::new(node_id, config, network::Network::new(peer_tls), log, sm).await?;
+    let config = Arc::new(config.validate().map_err(StartError::Settings)?);
+    let raft = openraft::Raft::new(node_id, config, network::Network::new(peer_tls), log, sm)
+        .await
+        .map_err(StartError::Raft)?;
     let batcher = batch::Batcher::start(raft.clone(), appends);
     Ok((raft, state, batcher))
 }

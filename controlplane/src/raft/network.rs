@@ -14,8 +14,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use trellis_api::v1::raft_client::RaftClient;
 use trellis_api::v1::RaftPayload;
+use trellis_identity::IdentityError;
 
 use crate::raft::types::{Node, NodeId, TypeConfig};
+
+/// Largest message a node takes or sends, on the Raft service and on every
+/// other gRPC service of the node: snapshots, config applies and full
+/// pushes of big meshes run to tens of megabytes.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 /// Makes a client per peer; all share one TLS client configuration.
 #[derive(Clone)]
@@ -35,13 +41,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
         PeerConnection {
             target,
-            client: trellis_identity::grpc::channel(&node.addr, self.tls.clone(), None)
-                .map(|ch| {
-                    RaftClient::new(ch)
-                        .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(crate::api::MAX_MESSAGE_BYTES)
-                })
-                .map_err(|e| e.to_string()),
+            client: trellis_identity::grpc::channel(&node.addr, self.tls.clone(), None).map(|ch| {
+                RaftClient::new(ch)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            }),
         }
     }
 }
@@ -49,7 +53,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// The connection to one peer.
 pub struct PeerConnection {
     target: NodeId,
-    client: Result<RaftClient<tonic::transport::Channel>, String>,
+    /// The client, or why none could be made (a bad address).
+    client: Result<RaftClient<tonic::transport::Channel>, IdentityError>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
@@ -62,9 +67,10 @@ type Call =
     )
         -> futures::future::BoxFuture<'static, Result<tonic::Response<RaftPayload>, tonic::Status>>;
 
+/// The peer did not answer within the RPC's time limit.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct TransportError(String);
+#[error("no answer within {0:?}")]
+struct TimedOut(std::time::Duration);
 
 impl PeerConnection {
     async fn call<Req, Resp, E>(
@@ -80,18 +86,14 @@ impl PeerConnection {
     {
         let client = match &self.client {
             Ok(c) => c.clone(),
-            Err(e) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
-                    e.clone(),
-                ))))
-            }
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
         };
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let fut = which(client, RaftPayload { data });
         let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
             Err(_) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
-                    "timed out".into(),
+                return Err(RPCError::Unreachable(Unreachable::new(&TimedOut(
+                    option.hard_ttl(),
                 ))))
             }
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::tokens::{KindRequired, TokenRecord};
 pub use registry::{ApplyAction, RegistryCommand};
 
-const MESH: &str = "mesh";
+/// The key of [`MeshInfo`].
+pub const MESH_KEY: &str = "mesh";
 const NEXT_NODE_ID: &str = "next-node-id";
 const TOKEN_PREFIX: &str = "token/";
 const KV_PREFIX: &str = "kv/";
@@ -103,7 +104,7 @@ pub(crate) fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Option<T> {
 
 impl Store {
     pub fn mesh(&self) -> Option<MeshInfo> {
-        self.map.get(MESH).and_then(|b| dec(b))
+        self.map.get(MESH_KEY).and_then(|b| dec(b))
     }
 
     pub fn kv(&self, key: &str) -> Option<&Vec<u8>> {
@@ -139,7 +140,7 @@ impl Store {
                 if self.mesh().is_some() {
                     return Response::Refused("the mesh is already initialized".into());
                 }
-                self.set(MESH.into(), mesh, changed);
+                self.set(MESH_KEY.into(), mesh, changed);
                 self.set(NEXT_NODE_ID.into(), next_node_id, changed);
                 Response::Ok
             }

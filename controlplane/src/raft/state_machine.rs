@@ -35,8 +35,13 @@ pub struct Applied {
 /// What changed in the store, sent to watchers after each applied batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Changed {
-    /// These keys were written or removed; the state is now at `index`.
-    Keys { index: u64, keys: Vec<String> },
+    /// These keys were written or removed, and the membership changed or
+    /// not; the state is now at `index`.
+    Keys {
+        index: u64,
+        keys: Vec<String>,
+        membership: bool,
+    },
     /// The whole state was replaced (a snapshot was installed).
     All { index: u64 },
 }
@@ -206,11 +211,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if !st.watchers.is_empty() {
             let index = st.index();
-            let mut keys = changed;
-            if membership_changed {
-                keys.push(crate::push::snapshot::MEMBERSHIP_KEY.to_string());
-            }
-            st.notify(Changed::Keys { index, keys });
+            st.notify(Changed::Keys {
+                index,
+                keys: changed,
+                membership: membership_changed,
+            });
         }
         Ok(responses)
     }

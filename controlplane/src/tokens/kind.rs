@@ -3,9 +3,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use trellis_identity::join_token::parse_vm_identity;
-
-use super::error::TokenError;
+use trellis_identity::join_token::{parse_vm_identity, TokenParseError};
 
 /// What a token may be used for, fixed when the token is created.
 ///
@@ -24,7 +22,7 @@ pub enum TokenKind {
 
 impl TokenKind {
     /// A VM token kind, with `identity` validated by [`parse_vm_identity`].
-    pub fn vm(identity: &str) -> Result<TokenKind, TokenError> {
+    pub fn vm(identity: &str) -> Result<TokenKind, TokenParseError> {
         let (ns, sa) = parse_vm_identity(identity)?;
         Ok(TokenKind::Vm {
             identity: format!("{ns}/{sa}"),
@@ -60,7 +58,6 @@ impl fmt::Display for KindRequired {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokens::TokenParseError;
 
     #[test]
     fn vm_kind_constructor_validates() {
@@ -72,10 +69,7 @@ mod tests {
         );
         let err = TokenKind::vm("default").unwrap_err();
         assert!(
-            matches!(
-                err,
-                TokenError::Parse(TokenParseError::BadVmIdentity { .. })
-            ),
+            matches!(err, TokenParseError::BadVmIdentity { .. }),
             "{err:?}"
         );
         assert!(err.to_string().contains("exactly one `/`"), "{err}");

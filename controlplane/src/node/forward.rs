@@ -11,8 +11,8 @@
 //!
 //! When the stream breaks (the leader died, stepped down or restarted),
 //! every operation still waiting on it fails with
-//! [`NodeError::LeaderUnreachable`], which [`crate::node::Node::leader_op`]
-//! retries, and the next operation opens a new stream.
+//! [`NodeError::LeaderUnreachable`], which the node retries
+//! (`Node::leader_op`), and the next operation opens a new stream.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -24,9 +24,14 @@ use tonic::transport::Channel;
 use trellis_api::v1::peer_client::PeerClient;
 use trellis_api::v1::RaftPayload;
 
-use crate::error::NodeError;
-use crate::node::{ForwardResult, LeaderOp, LeaderReply};
+use super::error::{Internal, NodeError, Unreachable};
+use super::op::{LeaderOp, LeaderReply};
 use crate::raft::NodeId;
+
+/// Result of an operation carried to the leader; the error is a
+/// [`NodeError`]'s status code and message, which the follower passes on
+/// ([`NodeError::Leader`]).
+pub type ForwardResult = Result<LeaderReply, (i32, String)>;
 
 /// One operation on the stream, follower to leader.
 #[derive(Serialize, Deserialize)]
@@ -84,7 +89,7 @@ impl Forwarder {
         let closed = || NodeError::LeaderUnreachable {
             leader,
             addr: addr.to_string(),
-            reason: "the forwarding stream closed".into(),
+            cause: Arc::new(Unreachable::Closed),
         };
         let rx = {
             let mut slot = self.stream.lock().await;
@@ -97,8 +102,7 @@ impl Forwarder {
             let s = slot.as_mut().expect("a stream");
             let id = s.next_id;
             s.next_id += 1;
-            let data = bincode::serialize(&Request { id, op })
-                .map_err(|e| NodeError::Internal(e.to_string()))?;
+            let data = bincode::serialize(&Request { id, op }).map_err(Internal::Encode)?;
             let (tx, rx) = oneshot::channel();
             match lock(&s.waiters).as_mut() {
                 Some(w) => w.insert(id, tx),
@@ -132,29 +136,30 @@ async fn open(
     let peer = addr.to_string();
     tokio::spawn(async move {
         let mut replies = replies;
-        let reason = loop {
+        let cause = loop {
             match replies.next().await {
                 Some(Ok(msg)) => match bincode::deserialize::<Reply>(&msg.data) {
                     Ok(r) => {
                         let waiter = lock(&w).as_mut().and_then(|m| m.remove(&r.id));
                         if let Some(waiter) = waiter {
                             let _ = waiter.send(r.result.map_err(|(code, msg)| {
-                                NodeError::from(tonic::Status::new(tonic::Code::from(code), msg))
+                                NodeError::Leader(tonic::Status::new(tonic::Code::from(code), msg))
                             }));
                         }
                     }
-                    Err(e) => break format!("bad reply from the leader: {e}"),
+                    Err(e) => break Unreachable::BadReply(e),
                 },
-                Some(Err(s)) => break s.message().to_string(),
-                None => break "the leader ended the forwarding stream".to_string(),
+                Some(Err(s)) => break Unreachable::Stream(s),
+                None => break Unreachable::Ended,
             }
         };
         // Everything still waiting fails; the caller retries on a new stream.
+        let cause = Arc::new(cause);
         for (_, waiter) in lock(&w).take().into_iter().flatten() {
             let _ = waiter.send(Err(NodeError::LeaderUnreachable {
                 leader,
                 addr: peer.clone(),
-                reason: reason.clone(),
+                cause: cause.clone(),
             }));
         }
     });
@@ -173,9 +178,9 @@ fn stream_error(leader: NodeId, addr: &str, s: tonic::Status) -> NodeError {
             NodeError::LeaderUnreachable {
                 leader,
                 addr: addr.to_string(),
-                reason: s.message().to_string(),
+                cause: Arc::new(Unreachable::Stream(s)),
             }
         }
-        _ => NodeError::from(s),
+        _ => NodeError::Leader(s),
     }
 }

@@ -1,4 +1,5 @@
-//! The `Discovery` service: one stream per agent.
+//! The `Discovery` service: one stream per agent, sending what
+//! [`crate::push`] computes for it.
 //!
 //! A stream starts with the agent's node (who and where it is, and the
 //! WorkloadGroup it registers in). The stream then sends the full state of
@@ -15,15 +16,15 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_api::v1::discovery_server::Discovery;
-use trellis_api::v1::{ConfigItem, DiscoveryRequest, DiscoveryResponse, ProxyNode, TypeDelta};
+use trellis_api::v1::{DiscoveryRequest, DiscoveryResponse, ProxyNode};
 use trellis_identity::SpiffeId;
 
-use super::item::{Item, Type};
-use super::scope::Scope;
-use super::snapshot::Snapshot;
-use super::status::StreamStatus;
+use super::mesh_caller;
 use crate::discovery::{self, Registration};
 use crate::node::{now, Node};
+use crate::push::response::{delta, full};
+use crate::push::status::StreamStatus;
+use crate::push::{Scope, Snapshot};
 use crate::raft::state::registry::Conn;
 
 /// Responses queued for one agent before the stream waits for it.
@@ -42,7 +43,7 @@ impl Discovery for DiscoveryService {
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let node = self.0.clone();
-        let id = crate::api::mesh_caller(&node, &req)?;
+        let id = mesh_caller(&node, &req)?;
         let Some((ns, _)) = id.workload_parts() else {
             return Err(Status::permission_denied(format!(
                 "{id} is not a workload identity (spiffe://TD/ns/NS/sa/SA); only agents stream config"
@@ -248,218 +249,5 @@ impl AgentStream {
             });
             self.full_next = true;
         }
-    }
-}
-
-fn config_item(i: &Item) -> ConfigItem {
-    ConfigItem {
-        key: i.key.to_string(),
-        body: i.body.clone(),
-    }
-}
-
-/// Everything `view` holds, every type replaced.
-fn full(view: &[Arc<Item>]) -> Vec<TypeDelta> {
-    let mut by_type: BTreeMap<Type, TypeDelta> = Type::ALL
-        .iter()
-        .map(|t| {
-            (
-                *t,
-                TypeDelta {
-                    r#type: t.as_str().to_string(),
-                    full: true,
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
-    for i in view {
-        if let Some(d) = by_type.get_mut(&i.ty) {
-            d.items.push(config_item(i));
-        }
-    }
-    by_type.into_values().collect()
-}
-
-/// The changes `scope` sees: an item it now sees is sent, one it saw and
-/// no longer sees (gone, or moved out of its scope) is removed.
-fn delta(scope: &Scope, changes: &[super::snapshot::Change]) -> Vec<TypeDelta> {
-    fn of(by_type: &mut BTreeMap<Type, TypeDelta>, ty: Type) -> &mut TypeDelta {
-        by_type.entry(ty).or_insert_with(|| TypeDelta {
-            r#type: ty.as_str().to_string(),
-            ..Default::default()
-        })
-    }
-    let mut by_type = BTreeMap::new();
-    for c in changes {
-        match (&c.new, &c.old) {
-            (Some(new), _) if scope.sees(new) => {
-                of(&mut by_type, new.ty).items.push(config_item(new))
-            }
-            (_, Some(old)) if scope.sees(old) => {
-                of(&mut by_type, old.ty).removed.push(c.key.to_string())
-            }
-            _ => {}
-        }
-    }
-    by_type.into_values().collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use openraft::{CommittedLeaderId, LogId};
-    use trellis_api::v1::ConfigSource;
-
-    use super::*;
-    use crate::push::snapshot::Builder;
-    use crate::raft::state::registry::{config_key, RegistryCommand};
-    use crate::raft::state_machine::Applied;
-    use crate::raft::Command;
-
-    const MESH: &str = "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: reviews}
-spec:
-  hosts: [reviews.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9080, name: http}]
-  workloadSelector: {labels: {app: reviews}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http: [{route: [{destination: {host: reviews}}]}]
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {name: reviews-1}
-spec: {address: 10.0.0.1, labels: {app: reviews}}
-";
-
-    /// Applies `yaml` to `st` at log index `index`, as one ApplyConfig
-    /// does; the keys it changed.
-    fn apply(st: &mut Applied, yaml: &str, index: u64) -> Vec<String> {
-        let resources = crate::config::parse_sources(&[ConfigSource {
-            name: "t".into(),
-            yaml: yaml.into(),
-        }])
-        .expect("the test's config parses");
-        let upserts = resources
-            .iter()
-            .map(|r| {
-                (
-                    config_key(r.kind(), &r.metadata.namespace, &r.metadata.name),
-                    crate::config::stored(r),
-                )
-            })
-            .collect();
-        let mut changed = Vec::new();
-        st.store.apply(
-            &Command::Registry(RegistryCommand::ApplyConfig {
-                upserts,
-                deletes: Vec::new(),
-            }),
-            &mut changed,
-        );
-        st.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), index));
-        changed
-    }
-
-    fn by_type(deltas: &[TypeDelta]) -> BTreeMap<&str, &TypeDelta> {
-        deltas.iter().map(|d| (d.r#type.as_str(), d)).collect()
-    }
-
-    #[test]
-    fn an_endpoint_change_sends_endpoints_only() {
-        let mut st = Applied::default();
-        apply(&mut st, MESH, 1);
-        let mut b = Builder::new(&st);
-        let first = b.publish(None).expect("a first snapshot");
-        let scope = Scope::of("default", &BTreeMap::new(), &[]);
-
-        // The first response replaces every type; the ServiceEntry carries
-        // the virtual IP allocated to its host.
-        let f = full(&first.full_view(&scope));
-        let f = by_type(&f);
-        assert!(f.values().all(|d| d.full && d.removed.is_empty()));
-        let count = |t: &str| f[t].items.len();
-        assert_eq!(
-            (count("services"), count("routes"), count("endpoints")),
-            (1, 1, 1)
-        );
-        let se: serde_json::Value = serde_json::from_slice(&f["services"].items[0].body).unwrap();
-        let vip = se["metadata"]["annotations"][trellis_api::annotations::ADDRESSES]
-            .as_str()
-            .unwrap_or_default();
-        assert!(
-            vip.starts_with("reviews.default.svc.cluster.local=240.240."),
-            "{se}"
-        );
-
-        // One endpoint moves: the next version is a delta of that endpoint.
-        let moved = "apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {name: reviews-1}
-spec: {address: 10.0.0.2, labels: {app: reviews}}
-";
-        let keys = apply(&mut st, moved, 2);
-        b.apply(&st, &keys);
-        let second = b.publish(Some(&first)).expect("a change");
-        let (changes, sidecars) = second.changes_since(first.version).unwrap();
-        assert!(!sidecars);
-        let d = delta(&scope, &changes);
-        assert_eq!(d.len(), 1, "{d:?}");
-        assert_eq!((d[0].r#type.as_str(), d[0].full), ("endpoints", false));
-        assert_eq!(d[0].items.len(), 1);
-        assert!(String::from_utf8_lossy(&d[0].items[0].body).contains("10.0.0.2"));
-
-        // Nothing changed: no new snapshot.
-        b.apply(&st, &[]);
-        assert!(b.publish(Some(&second)).is_none());
-    }
-
-    #[test]
-    fn a_removed_item_is_sent_as_removed_and_only_to_who_saw_it() {
-        let private = "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: private}
-spec:
-  hosts: [ratings]
-  exportTo: [.]
-  http: [{route: [{destination: {host: ratings}}]}]
-";
-        let mut st = Applied::default();
-        apply(&mut st, &format!("{MESH}---\n{private}"), 1);
-        let mut b = Builder::new(&st);
-        let first = b.publish(None).unwrap();
-        let mut changed = Vec::new();
-        st.store.apply(
-            &Command::Registry(RegistryCommand::ApplyConfig {
-                upserts: Vec::new(),
-                deletes: vec![config_key("VirtualService", "default", "private")],
-            }),
-            &mut changed,
-        );
-        st.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), 2));
-        b.apply(&st, &changed);
-        let second = b.publish(Some(&first)).unwrap();
-        let (changes, _) = second.changes_since(first.version).unwrap();
-        let here = delta(&Scope::of("default", &BTreeMap::new(), &[]), &changes);
-        assert_eq!(here.len(), 1);
-        assert_eq!(here[0].r#type, "routes");
-        assert!(here[0].items.is_empty());
-        assert_eq!(
-            here[0].removed,
-            vec!["config/VirtualService/default/private"]
-        );
-        // Exported to its own namespace only: agents elsewhere never had it
-        // and are sent nothing.
-        let there = delta(&Scope::of("prod", &BTreeMap::new(), &[]), &changes);
-        assert!(there.is_empty(), "{there:?}");
     }
 }

@@ -1,12 +1,14 @@
 //! Starting a node: `init` (a new mesh), `join` (with a token) and `run`
 //! (restart from the data directory). `main.rs` parses flags and calls
-//! these.
+//! these. What a node keeps for itself is its `node.json` ([`local`]).
+mod error;
+pub mod local;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
 use base64::Engine;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
@@ -21,8 +23,10 @@ use trellis_identity::verify::{
 };
 use trellis_identity::{csr, grpc, pem, SpiffeId};
 
+pub use error::BootstrapError;
+use local::LocalState;
+
 use crate::ca::{IntermediateCa, RootCa, SealKey, DEFAULT_INTERMEDIATE_LIFETIME};
-use crate::local::LocalState;
 use crate::node::{Node, Settings};
 use crate::raft::state::SEAL_CHECK_TEXT;
 use crate::raft::{Command, MeshInfo};
@@ -51,27 +55,23 @@ impl CaKeySource {
     }
 
     /// The given key, else `DATA_DIR/ca.key` if present.
-    fn load(&self, data_dir: &Path) -> anyhow::Result<Option<SealKey>> {
-        if let Some(v) = &self.value {
-            return Ok(Some(SealKey::from_base64(v)?));
-        }
-        if let Some(f) = &self.file {
-            return Ok(Some(SealKey::load(f)?));
-        }
-        let default = Self::default_file(data_dir);
-        if default.exists() {
-            return Ok(Some(SealKey::load(&default)?));
-        }
-        Ok(None)
+    fn load(&self, data_dir: &Path) -> Result<Option<SealKey>, BootstrapError> {
+        let key = if let Some(v) = &self.value {
+            SealKey::from_base64(v)
+        } else if let Some(f) = &self.file {
+            SealKey::load(f)
+        } else {
+            let default = Self::default_file(data_dir);
+            if !default.exists() {
+                return Ok(None);
+            }
+            SealKey::load(&default)
+        };
+        key.map(Some).map_err(BootstrapError::CaKey)
     }
 
-    fn require(&self, data_dir: &Path) -> anyhow::Result<SealKey> {
-        self.load(data_dir)?.ok_or_else(|| {
-            anyhow!(
-                "no CA key: pass --ca-key-file FILE or set TRELLIS_CA_KEY (the key printed by \
-                 `trellis-controlplane init`, also in its DATA_DIR/ca.key)"
-            )
-        })
+    fn require(&self, data_dir: &Path) -> Result<SealKey, BootstrapError> {
+        self.load(data_dir)?.ok_or(BootstrapError::NoCaKey)
     }
 }
 
@@ -87,7 +87,7 @@ pub async fn init(
     advertise: &str,
     settings: Settings,
     key: CaKeySource,
-) -> anyhow::Result<()> {
+) -> Result<(), BootstrapError> {
     let dir = settings.data_dir.clone();
     if LocalState::exists(&dir) {
         eprintln!(
@@ -97,14 +97,19 @@ pub async fn init(
         return run(settings, key, None).await;
     }
     trellis_identity::spiffe::validate_trust_domain(trust_domain)
-        .map_err(|e| anyhow!("--trust-domain: {e}"))?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        .map_err(|reason| BootstrapError::TrustDomain { reason })?;
+    create_data_dir(&dir)?;
     let seal = match key.load(&dir)? {
         Some(k) => k,
         None => {
             let k = SealKey::generate();
             let path = CaKeySource::default_file(&dir);
-            write_private(&path, format!("{}\n", k.to_base64()).as_bytes())?;
+            write_private(&path, format!("{}\n", k.to_base64()).as_bytes()).map_err(|source| {
+                BootstrapError::WriteCaKey {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             eprintln!(
                 "generated the CA key in {} (mode 0600): every control-plane node needs it \
                  (--ca-key-file); back it up apart from the data directory",
@@ -114,7 +119,7 @@ pub async fn init(
         }
     };
     let root = RootCa::generate(trust_domain)?;
-    let inter_req = csr::generate_ca_csr()?;
+    let inter_req = csr::generate_ca_csr().map_err(BootstrapError::Csr)?;
     let inter_pem =
         root.sign_intermediate(&inter_req.csr_pem, "node-1", DEFAULT_INTERMEDIATE_LIFETIME)?;
     let inter = IntermediateCa::from_pem(&inter_pem, &inter_req.key_pem, root.cert_pem())?;
@@ -170,7 +175,7 @@ pub async fn join(
     learner: bool,
     settings: Settings,
     key: CaKeySource,
-) -> anyhow::Result<()> {
+) -> Result<(), BootstrapError> {
     let dir = settings.data_dir.clone();
     if LocalState::exists(&dir) {
         eprintln!("{} has already joined; starting the node", dir.display());
@@ -179,7 +184,7 @@ pub async fn join(
     let seal = key.require(&dir)?;
     let token_str = token.trim();
     let token = JoinToken::parse(token_str)?;
-    let req = csr::generate_ca_csr()?;
+    let req = csr::generate_ca_csr().map_err(BootstrapError::Csr)?;
     // Trust on first contact only a server whose chain holds the pinned root.
     let tls = Arc::new(client_config(
         None,
@@ -193,25 +198,25 @@ pub async fn join(
             address: advertise.to_string(),
         })
         .await
-        .map_err(|s| anyhow!("{addr} refused the join: {}", s.message()))?
+        .map_err(|status| BootstrapError::JoinRefused {
+            addr: addr.clone(),
+            status,
+        })?
         .into_inner();
     let root = pem::certs(&resp.root_cert_pem, "root certificate")?;
     if trellis_identity::sha256(&root[0]) != token.root_pin {
-        bail!("the root certificate sent by {addr} does not match the token's pin; not joining");
+        return Err(BootstrapError::RootPin { addr });
     }
     match seal.open(&resp.seal_check) {
         Ok(t) if t == SEAL_CHECK_TEXT => {}
-        _ => bail!(
-            "the CA key given to this node is not this mesh's CA key; pass the key of the \
-             first node (its DATA_DIR/ca.key) with --ca-key-file or TRELLIS_CA_KEY"
-        ),
+        _ => return Err(BootstrapError::WrongCaKey),
     }
     IntermediateCa::from_pem(
         &resp.intermediate_cert_pem,
         &req.key_pem,
         &resp.root_cert_pem,
     )?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    create_data_dir(&dir)?;
     let local = LocalState {
         node_id: resp.node_id,
         trust_domain: resp.trust_domain.clone(),
@@ -239,7 +244,7 @@ pub async fn run(
     settings: Settings,
     key: CaKeySource,
     seal: Option<SealKey>,
-) -> anyhow::Result<()> {
+) -> Result<(), BootstrapError> {
     let dir = settings.data_dir.clone();
     let seal = match seal {
         Some(s) => s,
@@ -248,9 +253,11 @@ pub async fn run(
     let local = LocalState::load(&dir)?;
     let sealed = B64
         .decode(&local.sealed_intermediate_key)
-        .context("node.json: sealed_intermediate_key is not base64")?;
-    let inter_key =
-        String::from_utf8(seal.open(&sealed)?).context("intermediate key is not PEM")?;
+        .map_err(BootstrapError::SealedKeyEncoding)?;
+    let inter_key = seal
+        .open(&sealed)
+        .map_err(BootstrapError::IntermediateKey)?;
+    let inter_key = String::from_utf8(inter_key).map_err(BootstrapError::IntermediateKeyText)?;
     let inter = IntermediateCa::from_pem(
         &local.intermediate_cert_pem,
         &inter_key,
@@ -277,7 +284,7 @@ pub async fn run(
     let mesh = state.read().unwrap_or_else(|p| p.into_inner()).store.mesh();
     if let Some(mesh) = mesh {
         seal.open(&mesh.sealed_root_key)
-            .context("the CA key does not open this mesh's root key")?;
+            .map_err(BootstrapError::RootKey)?;
     }
     let listen = settings
         .listen
@@ -285,7 +292,10 @@ pub async fn run(
         .unwrap_or_else(|| local.address.clone());
     let listener = TcpListener::bind(&listen)
         .await
-        .with_context(|| format!("binding {listen}"))?;
+        .map_err(|source| BootstrapError::Bind {
+            addr: listen.clone(),
+            source,
+        })?;
     let node = Arc::new(Node::new(
         local.node_id,
         local.trust_domain.clone(),
@@ -309,9 +319,15 @@ pub async fn run(
     );
 
     if let Some(mesh) = local.pending_mesh.clone() {
-        if !raft.is_initialized().await? {
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| BootstrapError::RaftStopped(Box::new(e)))?
+        {
             let members = BTreeMap::from([(local.node_id, BasicNode::new(local.address.clone()))]);
-            raft.initialize(members).await?;
+            raft.initialize(members)
+                .await
+                .map_err(|e| BootstrapError::Initialize(Box::new(e)))?;
         }
         tokio::spawn(finish_init(node.clone(), mesh, dir.clone()));
     }
@@ -329,9 +345,7 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    raft.shutdown()
-        .await
-        .map_err(|e| anyhow!("raft shutdown: {e}"))?;
+    raft.shutdown().await.map_err(BootstrapError::Shutdown)?;
     Ok(())
 }
 
@@ -341,7 +355,7 @@ fn serving_identity(
     inter: &IntermediateCa,
     me: &SpiffeId,
     local: &LocalState,
-) -> anyhow::Result<Identity> {
+) -> Result<Identity, BootstrapError> {
     let (serving, key) = inter.issue_local(
         &me.to_string(),
         &[host_of(&local.address)],
@@ -349,6 +363,13 @@ fn serving_identity(
     )?;
     let chain = format!("{}{}", serving.chain_pem.concat(), local.root_cert_pem);
     Ok(Identity::from_pem(&chain, &key)?)
+}
+
+fn create_data_dir(dir: &Path) -> Result<(), BootstrapError> {
+    std::fs::create_dir_all(dir).map_err(|source| BootstrapError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// Renews the serving certificate at half its lifetime for as long as the
@@ -363,7 +384,7 @@ async fn renew_serving_cert(node: Arc<Node>, cert: Arc<CertCell>, me: SpiffeId, 
                 wait = SERVING_CERT_TTL / 2;
             }
             Err(e) => {
-                tracing::error!(error = %e, "renewing the serving certificate; retrying in a minute");
+                tracing::error!(error = %grpc::error_chain(&e), "renewing the serving certificate; retrying in a minute");
                 wait = Duration::from_secs(60);
             }
         }
@@ -386,7 +407,7 @@ async fn finish_init(node: Arc<Node>, mesh: MeshInfo, dir: PathBuf) {
         {
             Ok(_) => break,
             Err(e) => {
-                tracing::warn!(error = %e, "writing the mesh record; retrying");
+                tracing::warn!(error = %e.message(), "writing the mesh record; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -395,10 +416,10 @@ async fn finish_init(node: Arc<Node>, mesh: MeshInfo, dir: PathBuf) {
         Ok(mut local) => {
             local.pending_mesh = None;
             if let Err(e) = local.save(&dir) {
-                tracing::warn!(error = %e, "saving node.json");
+                tracing::warn!(error = %grpc::error_chain(&e), "saving node.json");
             }
         }
-        Err(e) => tracing::warn!(error = %e, "reading node.json"),
+        Err(e) => tracing::warn!(error = %grpc::error_chain(&e), "reading node.json"),
     }
 }
 
@@ -421,7 +442,7 @@ async fn request_membership(node: Arc<Node>, mut local: LocalState, dir: PathBuf
                     tracing::info!(node_id = local.node_id, "added to the cluster");
                     local.joined = true;
                     if let Err(e) = local.save(&dir) {
-                        tracing::warn!(error = %e, "saving node.json");
+                        tracing::warn!(error = %grpc::error_chain(&e), "saving node.json");
                     }
                     return;
                 }

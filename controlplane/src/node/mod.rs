@@ -1,6 +1,12 @@
 //! A running control-plane node: its Raft instance, its replica, its CA and
 //! the operations the APIs call. Writes and linearizable reads run on the
-//! leader; a follower forwards them ([`Node::leader_op`]).
+//! leader; a follower forwards them ([`Node::leader_op`], over the stream
+//! of [`forward`]). Every operation fails with a [`NodeError`] that says
+//! whether to retry or give up.
+mod error;
+pub mod forward;
+mod op;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -8,14 +14,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
-use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use trellis_api::v1::peer_client::PeerClient;
 use trellis_api::v1::{Empty, Member};
 
+pub use error::{Internal, NodeError, Unreachable};
+use forward::{ForwardResult, Forwarder};
+pub use op::{LeaderOp, LeaderReply};
+
 use crate::ca::{IntermediateCa, RootCa, SealKey};
-use crate::error::NodeError;
 use crate::raft::batch::WriteError;
+use crate::raft::network::MAX_MESSAGE_BYTES;
 use crate::raft::{Command, MeshInfo, NodeId, Raft, RaftSettings, Response, SharedState};
 use crate::tokens::{JoinToken, KindRequired, Throttle, TokenRecord};
 
@@ -33,35 +42,6 @@ pub struct Settings {
     /// How long a registered workload stays after its agent went away.
     pub workload_grace: Duration,
 }
-
-/// An operation that must run on the leader.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum LeaderOp {
-    Write(Command),
-    Read {
-        key: String,
-    },
-    AddNode {
-        id: NodeId,
-        addr: String,
-        learner: bool,
-    },
-    RemoveNode {
-        id: NodeId,
-    },
-}
-
-/// The leader's answer to a [`LeaderOp`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum LeaderReply {
-    Written { index: u64, response: Response },
-    Read(Option<Vec<u8>>),
-    Done,
-}
-
-/// Result of an operation carried to the leader; the error is the text of a
-/// [`NodeError`] with its status code, rebuilt on the receiving side.
-pub type ForwardResult = Result<LeaderReply, (i32, String)>;
 
 enum Local {
     NotLeader,
@@ -106,7 +86,7 @@ pub struct Node {
     peer_tls: Arc<rustls::ClientConfig>,
     peers: Mutex<HashMap<String, PeerClient<Channel>>>,
     throttle: Mutex<Throttle>,
-    forwarder: crate::forward::Forwarder,
+    forwarder: Forwarder,
 }
 
 impl Node {
@@ -136,7 +116,7 @@ impl Node {
             seal,
             peer_tls,
             peers: Mutex::new(HashMap::new()),
-            forwarder: crate::forward::Forwarder::default(),
+            forwarder: Forwarder::default(),
             throttle: Mutex::new(Throttle::new(
                 THROTTLE_MAX_FAILURES,
                 THROTTLE_WINDOW_SECS,
@@ -158,15 +138,13 @@ impl Node {
 
     /// The root CA, unsealed for one signing: only ever held in memory.
     pub fn root_ca(&self) -> Result<RootCa, NodeError> {
-        let mesh = self
-            .mesh()
-            .ok_or_else(|| NodeError::Internal("this node has no mesh record yet".into()))?;
+        let mesh = self.mesh().ok_or(Internal::NoMeshRecord)?;
         let key = self
             .seal
             .open(&mesh.sealed_root_key)
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
-        let key = String::from_utf8(key).map_err(|e| NodeError::Internal(e.to_string()))?;
-        RootCa::from_pem(&mesh.root_cert_pem, &key).map_err(|e| NodeError::Internal(e.to_string()))
+            .map_err(Internal::RootKey)?;
+        let key = String::from_utf8(key).map_err(Internal::RootKeyText)?;
+        Ok(RootCa::from_pem(&mesh.root_cert_pem, &key).map_err(Internal::RootCa)?)
     }
 
     /// The current leader and its address, if known.
@@ -201,11 +179,15 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let ch = trellis_identity::grpc::channel(addr, self.peer_tls.clone(), None)
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let ch = trellis_identity::grpc::channel(addr, self.peer_tls.clone(), None).map_err(
+            |source| Internal::PeerClient {
+                addr: addr.to_string(),
+                source,
+            },
+        )?;
         let c = PeerClient::new(ch)
-            .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -224,9 +206,7 @@ impl Node {
                     .await
             };
             match res {
-                Err(NodeError::NoLeader | NodeError::LeaderUnreachable { .. })
-                    if Instant::now() < deadline =>
-                {
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 other => return other,
@@ -237,8 +217,8 @@ impl Node {
     /// Runs an operation a follower forwarded: only if this node leads.
     pub async fn serve_forwarded(&self, op: &LeaderOp) -> ForwardResult {
         self.run_local(op).await.map_err(|l| {
-            let s = tonic::Status::from(NodeError::from(l));
-            (s.code() as i32, s.message().to_string())
+            let e = NodeError::from(l);
+            (e.code() as i32, e.message())
         })
     }
 
@@ -247,9 +227,9 @@ impl Node {
             match e {
                 RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Local::NotLeader,
                 RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                    Local::Failed(NodeError::Refused(e.to_string()))
+                    Local::Failed(NodeError::Membership(e))
                 }
-                RaftError::Fatal(e) => Local::Failed(NodeError::Internal(e.to_string())),
+                RaftError::Fatal(e) => Local::Failed(Internal::Raft(e).into()),
             }
         }
         match op {
@@ -257,14 +237,14 @@ impl Node {
                 let (index, response) =
                     self.writer.write(cmd.clone()).await.map_err(|e| match e {
                         WriteError::Raft(e) => write_err(e),
-                        WriteError::Internal(e) => Local::Failed(NodeError::Internal(e)),
+                        e => Local::Failed(Internal::Write(e).into()),
                     })?;
                 Ok(LeaderReply::Written { index, response })
             }
             LeaderOp::Read { key } => {
                 self.raft.ensure_linearizable().await.map_err(|e| match e {
                     RaftError::APIError(_) => Local::NotLeader,
-                    RaftError::Fatal(e) => Local::Failed(NodeError::Internal(e.to_string())),
+                    RaftError::Fatal(e) => Local::Failed(Internal::Raft(e).into()),
                 })?;
                 Ok(LeaderReply::Read(
                     self.read_state(|s| s.store.kv(key).cloned()),
@@ -287,9 +267,7 @@ impl Node {
                 let m = self.raft.metrics().borrow().membership_config.clone();
                 let membership = m.membership();
                 if membership.get_node(id).is_none() {
-                    return Err(Local::Failed(NodeError::NotFound(format!(
-                        "node {id} is not a member; `trellis controlplane members` lists them"
-                    ))));
+                    return Err(Local::Failed(NodeError::NotMember(*id)));
                 }
                 let is_voter = membership.voter_ids().any(|v| v == *id);
                 let change = if is_voter {
@@ -315,7 +293,7 @@ impl Node {
                 ..
             } => Err(NodeError::Refused(why)),
             LeaderReply::Written { index, response } => Ok((index, response)),
-            other => Err(NodeError::Internal(format!("unexpected reply {other:?}"))),
+            other => Err(Internal::UnexpectedReply(Box::new(other)).into()),
         }
     }
 
@@ -332,14 +310,12 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .check(peer, now)
-            .map_err(|e| NodeError::Throttled(e.to_string()))?;
+            .map_err(NodeError::Throttled)?;
         let res = self.try_use_token(token, required, now).await;
         let mut throttle = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
         match &res {
             Ok(_) => throttle.record_success(peer),
-            Err(NodeError::Refused(_) | NodeError::InvalidArgument(_)) => {
-                throttle.record_failure(peer, now)
-            }
+            Err(e) if e.is_refusal() => throttle.record_failure(peer, now),
             Err(_) => {}
         }
         res
@@ -351,28 +327,24 @@ impl Node {
         required: KindRequired,
         now: u64,
     ) -> Result<(TokenRecord, Option<u64>), NodeError> {
-        let token =
-            JoinToken::parse(token).map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let token = JoinToken::parse(token).map_err(NodeError::BadToken)?;
         let mesh = self.mesh().ok_or(NodeError::NoLeader)?;
         let ours = trellis_identity::pem::certs(&mesh.root_cert_pem, "root")
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
+            .map_err(Internal::RootCert)?;
         if trellis_identity::sha256(&ours[0]) != token.root_pin {
-            return Err(NodeError::Refused(format!(
-                "token {} pins another mesh's root certificate; create a token on this mesh with `trellis token create`",
-                token.id
-            )));
+            return Err(NodeError::ForeignToken {
+                id: token.id.clone(),
+            });
         }
         let cmd = Command::UseToken {
-            id: token.id.clone(),
+            id: token.id,
             secret_sha256: crate::tokens::secret_sha256(&token.secret),
             required,
             now,
         };
         match self.write(cmd).await? {
             (_, Response::TokenUsed { record, node_id }) => Ok((record, node_id)),
-            (_, other) => Err(NodeError::Internal(format!(
-                "unexpected response {other:?}"
-            ))),
+            (_, other) => Err(Internal::UnexpectedResponse(Box::new(other)).into()),
         }
     }
 

@@ -44,17 +44,42 @@ impl LocalState {
         Self::path(data_dir).exists()
     }
 
-    pub fn load(data_dir: &Path) -> anyhow::Result<Self> {
-        let p = Self::path(data_dir);
-        let text = std::fs::read_to_string(&p).map_err(|e| {
-            anyhow::anyhow!("{}: {e}; is this a Trellis data directory?", p.display())
-        })?;
-        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    pub fn load(data_dir: &Path) -> Result<Self, LocalStateError> {
+        let path = Self::path(data_dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(source) => return Err(LocalStateError::Read { path, source }),
+        };
+        serde_json::from_str(&text).map_err(|source| LocalStateError::Parse { path, source })
     }
 
-    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
-        let text = serde_json::to_vec_pretty(self)?;
-        trellis_identity::files::write_private(&Self::path(data_dir), &text)?;
-        Ok(())
+    pub fn save(&self, data_dir: &Path) -> Result<(), LocalStateError> {
+        let text = serde_json::to_vec_pretty(self).expect("the local state serializes to JSON");
+        let path = Self::path(data_dir);
+        trellis_identity::files::write_private(&path, &text)
+            .map_err(|source| LocalStateError::Write { path, source })
     }
+}
+
+/// Why `node.json` could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalStateError {
+    #[error("cannot read {} (is this a Trellis data directory?)", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a node's state (written by another Trellis version?)", .path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

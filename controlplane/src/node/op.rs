@@ -1,0 +1,30 @@
+//! [`LeaderOp`]: what a node runs on the leader (here when it leads, else
+//! carried there over the forwarding stream), and the [`LeaderReply`].
+use serde::{Deserialize, Serialize};
+
+use crate::raft::{Command, NodeId, Response};
+
+/// An operation that must run on the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LeaderOp {
+    Write(Command),
+    Read {
+        key: String,
+    },
+    AddNode {
+        id: NodeId,
+        addr: String,
+        learner: bool,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+}
+
+/// The leader's answer to a [`LeaderOp`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LeaderReply {
+    Written { index: u64, response: Response },
+    Read(Option<Vec<u8>>),
+    Done,
+}
