@@ -16,6 +16,7 @@ pub mod loopback;
 pub mod mesh;
 pub mod netns;
 mod process;
+pub mod shared;
 pub mod upgrade;
 
 pub use bins::{bin, bin_dir, profile_dir, use_bins};
