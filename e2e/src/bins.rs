@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 
 use anyhow::{bail, Context};
 
+use crate::process::remove_env_prefixed;
+
 /// What [`bin_dir`] builds when nothing chose otherwise: every binary the
 /// harness starts.
 const HARNESS_PACKAGES: [&str; 4] = [
@@ -65,6 +67,17 @@ fn prepare(packages: &[&str]) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// What Cargo sets for the crate it runs (a test, `cargo run`), besides
+/// `CARGO_PKG_*` and `CARGO_BIN_EXE_*`.
+const RUN_ENV: [&str; 6] = [
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "OUT_DIR",
+];
+
 /// `cargo build` of `packages` into `dir` (`target/PROFILE/`).
 fn build(dir: &Path, packages: &[&str]) -> anyhow::Result<()> {
     let target = dir.parent().context("target directory")?;
@@ -77,6 +90,16 @@ fn build(dir: &Path, packages: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "--quiet", "--profile", profile]);
+    // Left in, they would differ from the environment of the `cargo test`
+    // that built this executable, and build scripts that watch them would
+    // run again (ring's watches CARGO_MANIFEST_DIR, CARGO_PKG_* and
+    // OUT_DIR): ring, rustls and all above them rebuilt here, and once
+    // more by the next `cargo test`.
+    for var in RUN_ENV {
+        cmd.env_remove(var);
+    }
+    remove_env_prefixed(&mut cmd, "CARGO_PKG_");
+    remove_env_prefixed(&mut cmd, "CARGO_BIN_EXE_");
     for p in packages {
         cmd.args(["-p", p]);
     }

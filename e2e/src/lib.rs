@@ -12,19 +12,22 @@
 
 mod bins;
 mod cluster;
+pub mod loopback;
 pub mod mesh;
 pub mod netns;
 mod process;
+pub mod shared;
 pub mod upgrade;
 
 pub use bins::{bin, bin_dir, profile_dir, use_bins};
 pub use cluster::{admin_client, Cluster, NodeProc};
 pub use process::{remove_env_prefixed, Proc};
 
+use std::future::Future;
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::bail;
+pub use trellis_testing::{wait_for_blocking, Timeout};
 
 /// A free TCP port on 127.0.0.1 (released before use: good enough for tests).
 pub fn free_port() -> u16 {
@@ -34,20 +37,13 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Waits for `f` to return `Some` within `timeout`, polling.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> anyhow::Result<T>
+/// [`trellis_testing::wait_for`] with its [`Timeout`] as an
+/// [`anyhow::Error`], as the harness, the tests and `trellis-bench` use it:
+/// waits for `f` to return `Some` within `timeout`, polling.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Ok(trellis_testing::wait_for(timeout, what, f).await?)
 }

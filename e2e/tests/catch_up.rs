@@ -125,6 +125,9 @@ async fn a_learner_is_not_counted_in_the_quorum() -> anyhow::Result<()> {
     for &v in &voters[1..] {
         c.kill(v);
     }
+    // Not synchronisation: a window of several election timeouts in which
+    // a leader would be elected, were the learner counted; the writes
+    // below then have 8 s each to (wrongly) commit.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for id in [keep, learner] {
         let mut a = c.admin(id).await?;

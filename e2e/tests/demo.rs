@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use trellis_e2e::{bin, remove_env_prefixed};
+use trellis_e2e::{bin, remove_env_prefixed, wait_for_blocking};
 
 /// A demo takes the first free loopback block and port 19080 if free; two
 /// starting at once could pick the same, so the tests take turns.
@@ -77,42 +77,45 @@ impl Demo {
     /// Waits for the demo to exit; past `timeout` it is sent SIGTERM
     /// (it then stops its children) and the test fails.
     fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
         let child = self.child.as_mut().expect("running");
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
+        let exited = wait_for_blocking(timeout, "trellis demo to exit", || {
+            child.try_wait().unwrap()
+        });
+        match exited {
+            Ok(st) => {
                 self.child = None;
-                return st;
+                st
             }
-            if Instant::now() > deadline {
+            Err(e) => {
                 self.signal("-TERM");
-                panic!(
-                    "trellis demo did not exit within {timeout:?}:\n{}",
-                    self.output()
-                );
+                panic!("{e}:\n{}", self.output());
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// Waits until stdout has `text`, failing if the demo exits first.
     fn wait_for_output(&mut self, text: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.stdout().contains(text) {
-            let child = self.child.as_mut().expect("running");
-            if let Some(st) = child.try_wait().unwrap() {
+        let child = self.child.as_mut().expect("running");
+        let stdout = &self.stdout;
+        let seen = wait_for_blocking(timeout, &format!("`{text}` on stdout"), || {
+            if std::fs::read_to_string(stdout)
+                .unwrap_or_default()
+                .contains(text)
+            {
+                return Some(Ok(()));
+            }
+            child.try_wait().unwrap().map(Err)
+        });
+        match seen {
+            Ok(Ok(())) => {}
+            Ok(Err(st)) => {
                 self.child = None;
                 panic!(
                     "trellis demo exited ({st}) before `{text}`:\n{}",
                     self.output()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "no `{text}` within {timeout:?}:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+            Err(e) => panic!("{e}:\n{}", self.output()),
         }
     }
 
@@ -318,12 +321,12 @@ fn runs_until_interrupted_serving_curl_and_a_new_split() {
         "{said}"
     );
     // Pushed to productpage's agent within seconds: then only v2.
-    let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
-    while seen.len() < 5 || seen[seen.len() - 5..].iter().any(|v| v != "v2") {
-        assert!(Instant::now() < deadline, "still not only v2: {seen:?}");
+    let only_v2 = wait_for_blocking(Duration::from_secs(10), "five v2 answers in a row", || {
         seen.push(reviews_version(&entry));
-    }
+        (seen.len() >= 5 && seen[seen.len() - 5..].iter().all(|v| v == "v2")).then_some(())
+    });
+    assert!(only_v2.is_ok(), "still not only v2: {seen:?}");
     assert!(seen.iter().all(|v| v == "v1" || v == "v2"), "{seen:?}");
 
     // The light traffic's lines every 10 s, then Ctrl-C.

@@ -139,7 +139,7 @@ mod tests {
             },
         ));
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        crate::testing::eventually("the connection is served", || {
+        trellis_testing::eventually("the connection is served", || {
             served.load(Ordering::SeqCst) == 1
         })
         .await;

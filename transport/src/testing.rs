@@ -1,23 +1,10 @@
 //! Test doubles for code that opens connections: a loopback server that
-//! counts its connections, an address whose connects hang, and a wait on
-//! a condition. For tests of this crate and of the crates above it (the
+//! counts its connections, and an address whose connects hang. For tests of this crate and of the crates above it (the
 //! `test-util` feature).
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-
-/// Waits until `ok`, failing the test (naming `what`) after 5 s.
-pub async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// A server on loopback running `serve` on each connection it accepts,
 /// and how many connections it has accepted and has open (`serve` not

@@ -183,7 +183,8 @@ mod tests {
 
     use http_body_util::BodyExt;
 
-    use trellis_transport::testing::{counting_server, eventually, Counting};
+    use trellis_testing::eventually;
+    use trellis_transport::testing::{counting_server, Counting};
 
     /// An HTTP/1.1 server on loopback answering `200` with no body.
     async fn http1_server() -> Counting {

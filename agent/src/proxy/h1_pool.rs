@@ -284,7 +284,8 @@ mod tests {
 
     use super::*;
     use crate::proxy::body;
-    use trellis_transport::testing::{counting_server, eventually};
+    use trellis_testing::eventually;
+    use trellis_transport::testing::counting_server;
 
     fn opts() -> ConnectOpts {
         ConnectOpts {

@@ -832,7 +832,8 @@ mod tests {
     use http_body_util::BodyExt;
 
     use crate::proxy::body;
-    use trellis_transport::testing::{counting_server, eventually, Counting};
+    use trellis_testing::eventually;
+    use trellis_transport::testing::{counting_server, Counting};
 
     fn plain(addr: SocketAddr) -> PlainKey {
         PlainKey {

@@ -3,7 +3,7 @@
 use tonic::transport::Channel;
 use trellis_api::v1::admin_client::AdminClient;
 
-use super::etcd::pb::kv_client::KvClient;
+use super::etcd_pb::kv_client::KvClient;
 
 /// A running local cluster under benchmark. Nodes are numbered from 0 in
 /// start order.
@@ -44,7 +44,7 @@ impl Client {
                 .await
                 .map(drop),
             Client::Etcd(c) => c
-                .put(super::etcd::pb::PutRequest {
+                .put(super::etcd_pb::PutRequest {
                     key: key.into_bytes(),
                     value,
                     ..Default::default()

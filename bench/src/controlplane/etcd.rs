@@ -14,11 +14,7 @@ use super::cluster::{BenchCluster, Client};
 use super::probe;
 
 /// etcd's v3 KV service, generated from `bench/proto/etcd.proto`.
-pub mod pb {
-    #![allow(clippy::all, missing_docs)] // generated code
-    tonic::include_proto!("etcdserverpb");
-}
-
+use super::etcd_pb as pb;
 use pb::kv_client::KvClient;
 
 /// How long a member may take to start and serve a write.

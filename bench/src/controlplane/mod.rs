@@ -12,6 +12,7 @@
 //! (the table).
 mod cluster;
 mod etcd;
+mod etcd_pb;
 mod load;
 mod probe;
 mod report;

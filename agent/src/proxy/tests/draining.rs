@@ -7,8 +7,7 @@ async fn a_drain_lets_the_request_in_flight_finish_and_refuses_new_ones() {
     let app = App::start(|_, _| (200, Duration::from_millis(500))).await;
     let mut p = pair(&app, REVIEWS_SERVICE).await;
     let in_flight = tokio::spawn(send(p.upstream, get("/long")));
-    trellis_transport::testing::eventually("the request reaches the app", || app.requests() == 1)
-        .await;
+    trellis_testing::eventually("the request reaches the app", || app.requests() == 1).await;
     let signal = p.client.signal.take().unwrap();
     // The client agent's watches: its listeners and its connection.
     drop(p.client.watch);

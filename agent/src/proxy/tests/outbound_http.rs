@@ -158,10 +158,7 @@ spec:
     let app = App::start(|n, _| (200, Duration::from_millis(if n == 0 { 800 } else { 0 }))).await;
     let p = pair(&app, &format!("{REVIEWS_SERVICE}{limit}")).await;
     let first = tokio::spawn(send(p.upstream, get("/api/first")));
-    trellis_transport::testing::eventually("the first request is in flight", || {
-        app.requests() == 1
-    })
-    .await;
+    trellis_testing::eventually("the first request is in flight", || app.requests() == 1).await;
     let second = send(p.upstream, get("/api/second")).await;
     assert_eq!(second.status, 503);
     assert_eq!(first.await.unwrap().status, 200);
@@ -186,8 +183,7 @@ spec:
     let p = pair(&app, &format!("{REVIEWS_SERVICE}{mirror}")).await;
     let got = send(p.upstream, get("/copied")).await;
     assert_eq!(got.status, 200);
-    trellis_transport::testing::eventually("the mirrored copy arrives", || app.requests() == 2)
-        .await;
+    trellis_testing::eventually("the mirrored copy arrives", || app.requests() == 2).await;
     let hosts: Vec<String> = app
         .seen()
         .iter()

@@ -62,16 +62,13 @@ async fn opaque_tcp_is_carried_both_ways_and_reported_on_both_sides() {
         "destination_principal=\"spiffe://td/ns/default/sa/db\"",
         "connection_security_policy=\"mutual_tls\"",
     ];
-    trellis_transport::testing::eventually(
-        "the client agent reports the closed connection",
-        || {
-            series(
-                &client.metrics(),
-                "istio_tcp_connections_closed_total",
-                &sent,
-            ) == 1
-        },
-    )
+    trellis_testing::eventually("the client agent reports the closed connection", || {
+        series(
+            &client.metrics(),
+            "istio_tcp_connections_closed_total",
+            &sent,
+        ) == 1
+    })
     .await;
     assert_eq!(
         series(&client.metrics(), "istio_tcp_sent_bytes_total", &sent),
@@ -85,16 +82,13 @@ async fn opaque_tcp_is_carried_both_ways_and_reported_on_both_sides() {
         "reporter=\"destination\"",
         "source_principal=\"spiffe://td/ns/default/sa/client\"",
     ];
-    trellis_transport::testing::eventually(
-        "the server agent reports the closed connection",
-        || {
-            series(
-                &server.metrics(),
-                "istio_tcp_connections_closed_total",
-                &received,
-            ) == 1
-        },
-    )
+    trellis_testing::eventually("the server agent reports the closed connection", || {
+        series(
+            &server.metrics(),
+            "istio_tcp_connections_closed_total",
+            &received,
+        ) == 1
+    })
     .await;
 }
 

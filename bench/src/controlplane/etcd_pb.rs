@@ -1,0 +1,3 @@
+//! etcd's KV API (`proto/etcd.proto`, a subset), generated.
+#![allow(clippy::all, missing_docs)] // generated code
+tonic::include_proto!("etcdserverpb");
