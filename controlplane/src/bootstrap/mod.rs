@@ -27,7 +27,7 @@ pub use error::BootstrapError;
 use local::LocalState;
 
 use crate::ca::{IntermediateCa, RootCa, SealKey, DEFAULT_INTERMEDIATE_LIFETIME};
-use crate::node::{Node, Settings};
+use crate::node::{CaKeys, Node, NodeIdentity, Settings};
 use crate::raft::state::SEAL_CHECK_TEXT;
 use crate::raft::{Command, MeshInfo};
 use crate::tokens::JoinToken;
@@ -278,10 +278,15 @@ pub async fn run(
         )?),
     )?);
 
-    let (raft, state, batcher) =
-        crate::raft::start(local.node_id, &dir, &settings.raft, peer_tls.clone()).await?;
+    let replica = crate::raft::start(local.node_id, &dir, &settings.raft, peer_tls.clone()).await?;
+    let raft = replica.raft.clone();
     // Refuse to run with a CA key that cannot open the mesh's root key.
-    let mesh = state.read().unwrap_or_else(|p| p.into_inner()).store.mesh();
+    let mesh = replica
+        .state
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .store
+        .mesh();
     if let Some(mesh) = mesh {
         seal.open(&mesh.sealed_root_key)
             .map_err(BootstrapError::RootKey)?;
@@ -296,18 +301,16 @@ pub async fn run(
             addr: listen.clone(),
             source,
         })?;
-    let node = Arc::new(Node::new(
-        local.node_id,
-        local.trust_domain.clone(),
-        local.address.clone(),
-        raft.clone(),
-        batcher,
-        state,
-        settings,
-        inter,
+    let identity = NodeIdentity {
+        id: local.node_id,
+        trust_domain: local.trust_domain.clone(),
+        address: local.address.clone(),
+    };
+    let keys = CaKeys {
+        intermediate: inter,
         seal,
-        peer_tls,
-    ));
+    };
+    let node = Arc::new(Node::new(identity, replica, settings, keys, peer_tls));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         crate::api::router(node.clone()).serve_with_incoming_shutdown(

@@ -25,7 +25,7 @@ pub use op::{LeaderOp, LeaderReply};
 use crate::ca::{IntermediateCa, RootCa, SealKey};
 use crate::raft::batch::WriteError;
 use crate::raft::network::MAX_MESSAGE_BYTES;
-use crate::raft::{Command, MeshInfo, NodeId, Raft, RaftSettings, Response, SharedState};
+use crate::raft::{Command, MeshInfo, NodeId, Raft, RaftSettings, Replica, Response, SharedState};
 use crate::tokens::{JoinToken, KindRequired, Throttle, TokenRecord};
 
 /// Settings of a node, from its command line.
@@ -70,6 +70,21 @@ const THROTTLE_MAX_FAILURES: u32 = 5;
 const THROTTLE_WINDOW_SECS: u64 = 60;
 const THROTTLE_LOCKOUT_SECS: u64 = 60;
 
+/// Who a node is in the mesh.
+pub struct NodeIdentity {
+    pub id: NodeId,
+    pub trust_domain: String,
+    /// The address peers and clients reach it at.
+    pub address: String,
+}
+
+/// A node's CA material: its intermediate, and the key that unseals the
+/// mesh's root key for the one signing that needs it.
+pub struct CaKeys {
+    pub intermediate: IntermediateCa,
+    pub seal: SealKey,
+}
+
 pub struct Node {
     pub id: NodeId,
     pub trust_domain: String,
@@ -90,19 +105,26 @@ pub struct Node {
 }
 
 impl Node {
-    #[allow(clippy::too_many_arguments)] // one constructor, called once by bootstrap
+    /// A node over its running `replica`; `peer_tls` is how it calls
+    /// other nodes.
     pub fn new(
-        id: NodeId,
-        trust_domain: String,
-        address: String,
-        raft: Raft,
-        writer: crate::raft::batch::Batcher,
-        state: SharedState,
+        me: NodeIdentity,
+        replica: Replica,
         settings: Settings,
-        intermediate: IntermediateCa,
-        seal: SealKey,
+        keys: CaKeys,
         peer_tls: Arc<rustls::ClientConfig>,
     ) -> Self {
+        let NodeIdentity {
+            id,
+            trust_domain,
+            address,
+        } = me;
+        let Replica {
+            raft,
+            state,
+            writer,
+        } = replica;
+        let CaKeys { intermediate, seal } = keys;
         Self {
             id,
             trust_domain,

@@ -92,7 +92,7 @@ pub async fn start(
     data_dir: &Path,
     settings: &RaftSettings,
     peer_tls: Arc<rustls::ClientConfig>,
-) -> Result<(Raft, SharedState, batch::Batcher), StartError> {
+) -> Result<Replica, StartError> {
     let path = data_dir.join("db");
     let db = log_store::open_db(&path).map_err(|source| StartError::Db { path, source })?;
     let path = data_dir.join("wal");
@@ -117,6 +117,19 @@ pub async fn start(
     let raft = openraft::Raft::new(node_id, config, network::Network::new(peer_tls), log, sm)
         .await
         .map_err(StartError::Raft)?;
-    let batcher = batch::Batcher::start(raft.clone(), appends);
-    Ok((raft, state, batcher))
+    let writer = batch::Batcher::start(raft.clone(), appends);
+    Ok(Replica {
+        raft,
+        state,
+        writer,
+    })
+}
+
+/// This node's replica of the store, running: the Raft node, the state
+/// it has applied, and the writer that proposes to it.
+pub struct Replica {
+    pub raft: Raft,
+    pub state: SharedState,
+    /// Proposes writes to `raft`, gathering concurrent ones.
+    pub writer: batch::Batcher,
 }
