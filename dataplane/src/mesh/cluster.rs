@@ -149,7 +149,8 @@ pub struct OutlierConfig {
     pub consecutive_5xx: Option<u32>,
     /// Consecutive 502/503/504 responses and connect failures that eject.
     pub consecutive_gateway: Option<u32>,
-    /// An endpoint is out for this long times its ejection multiplier.
+    /// An endpoint is out for this long times its ejection multiplier, at
+    /// most [`MAX_EJECTION_TIME`] (or this long, if longer).
     pub base_ejection: Duration,
     /// Time between Envoy's sweeps (`interval`): an endpoint is ejected as
     /// soon as it trips a check, but returns only at the first sweep after
@@ -162,6 +163,11 @@ pub struct OutlierConfig {
     /// every endpoint takes requests. 0 (Istio's default): never.
     pub min_health_percent: u32,
 }
+
+/// Envoy's default `max_ejection_time`, which Istio leaves as it is: an
+/// ejection lasts at most this long, or `baseEjectionTime` if that is
+/// longer, however often the endpoint was ejected.
+pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 
 /// Health bookkeeping of one endpoint.
 #[derive(Debug, Default)]
@@ -398,15 +404,17 @@ impl Cluster {
     }
 
     /// The endpoints a pick chooses from: those not ejected (all of them in
-    /// Envoy's panic mode), less `exclude` (the one a retry avoids) unless
-    /// it is the only one.
+    /// Envoy's panic mode: below `minHealthPercent` in service, or none at
+    /// all), less `exclude` (the one a retry avoids) unless it is the only
+    /// one.
     fn candidates(&self, now: Instant, exclude: Option<usize>) -> Vec<usize> {
         let mut healthy: Vec<usize> = (0..self.endpoints.len())
             .filter(|&i| !self.is_ejected(i, now))
             .collect();
         let min = self.outlier.as_ref().map_or(0, |o| o.min_health_percent);
-        if healthy.len() * 100 < self.endpoints.len() * min as usize {
-            // Envoy's panic mode: too few left to carry the load.
+        if healthy.is_empty() || healthy.len() * 100 < self.endpoints.len() * min as usize {
+            // Envoy's panic mode: too few left to carry the load. With
+            // every endpoint ejected, trying them beats a certain 503.
             healthy.clone_from(&self.every);
         }
         match exclude {
@@ -465,10 +473,11 @@ impl Cluster {
             return;
         }
         st.ejections += 1;
-        st.ejected_until = Some(now + cfg.base_ejection * st.ejections);
+        let time = (cfg.base_ejection * st.ejections).min(cfg.base_ejection.max(MAX_EJECTION_TIME));
+        st.ejected_until = Some(now + time);
         st.consecutive_5xx = 0;
         st.consecutive_gateway = 0;
-        tracing::info!(cluster = %self.name, endpoint = %self.endpoints[i].addr, for_ = ?cfg.base_ejection * st.ejections, "outlier detection ejected an endpoint");
+        tracing::info!(cluster = %self.name, endpoint = %self.endpoints[i].addr, for_ = ?time, "outlier detection ejected an endpoint");
     }
 
     /// Whether endpoint `i` is ejected now (for `/clusters`).
@@ -633,11 +642,36 @@ mod tests {
     }
 
     #[test]
-    fn all_ejected_is_no_healthy_upstream() {
+    fn with_every_endpoint_ejected_every_endpoint_takes_requests() {
         let c = cluster(1, LbPolicy::Random, Some(ejected_on_a_gateway_error(10, 0)));
         let now = Instant::now();
         c.record(0, 502, now);
-        assert_eq!(c.pick(now, None, None), None);
+        assert!(c.is_ejected(0, now));
+        assert_eq!(c.pick(now, None, None), Some(0));
+    }
+
+    #[test]
+    fn an_ejection_lasts_at_most_300s_or_its_base_time() {
+        for (base, capped) in [(100, 300), (400, 400)] {
+            let mut cfg = ejected_on_a_gateway_error(100, 0);
+            cfg.base_ejection = Duration::from_secs(base);
+            let c = cluster(2, LbPolicy::RoundRobin, Some(cfg));
+            let t0 = Instant::now();
+            let at = |s: u64| t0 + Duration::from_secs(s);
+            c.record(0, 200, t0);
+            // Ejected again each time it returns (at a sweep, every 10s):
+            // 1, 2, 3... times the base, until the cap.
+            let mut back = 5;
+            for n in 1..=4 {
+                c.record(0, 503, at(back));
+                let time = (base * n).min(capped);
+                // Back at the first sweep at or after the time is up.
+                let due = (back + time).div_ceil(10) * 10;
+                assert!(c.is_ejected(0, at(due - 1)), "base {base}s, ejection {n}");
+                assert!(!c.is_ejected(0, at(due)), "base {base}s, ejection {n}");
+                back = due;
+            }
+        }
     }
 
     #[test]
@@ -659,9 +693,9 @@ mod tests {
                 [Some(1)].into()
             };
             assert_eq!(picks, want, "minHealthPercent {min}: 1 of 2 in service");
-            // With every endpoint out, panic mode still answers.
+            // With every endpoint out, every endpoint takes requests.
             c.record(1, 502, now);
-            assert_eq!(c.pick(now, None, None).is_some(), min > 0, "{min}");
+            assert!(c.pick(now, None, None).is_some(), "{min}");
         }
     }
 
