@@ -465,3 +465,57 @@ async fn agents_serve_on_with_the_control_plane_down_also_after_a_restart() -> a
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_request_in_flight_finish_then_the_agent_exits() -> anyhow::Result<()> {
+    let mut lb = Loopback::start().await?;
+    let upstream = lb.upstream();
+    // A request the application holds for 1.5 s, sent before the SIGTERM.
+    let echo_requests = |stats: &str| -> u64 {
+        serde_json::from_str::<trellis_echo::Stats>(&curl(&[stats]))
+            .map(|s| s.requests)
+            .unwrap_or(0)
+    };
+    let stats = format!("http://{}:9080/echo/stats", lb.server_ip());
+    let before = echo_requests(&stats);
+    let in_flight = std::thread::spawn({
+        let upstream = upstream.clone();
+        move || {
+            curl(&[
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "x-echo-delay-ms: 1500",
+                &upstream,
+            ])
+        }
+    });
+    // The echo server counts a request as it arrives (its delay comes
+    // after): then the request is in flight through both agents.
+    wait_for(
+        Duration::from_secs(5),
+        "the request to reach the echo server",
+        || {
+            let stats = stats.clone();
+            async move { (echo_requests(&stats) > before).then_some(()) }
+        },
+    )
+    .await?;
+    let started = Instant::now();
+    let exit = lb.client.terminate()?;
+    let took = started.elapsed();
+    let answered = in_flight.join().expect("curl thread");
+    assert!(answered.ends_with("\n200"), "{answered}");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        took >= Duration::from_millis(800),
+        "the agent exited after {took:?}, before the request was done"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the drain ended at the request, not at --drain-timeout ({took:?})"
+    );
+    // Drained: nothing listens on the upstream port any more.
+    assert_eq!(status(&["--max-time", "2", &upstream]), 0);
+    Ok(())
+}
