@@ -35,7 +35,34 @@ pub(super) fn circuit_breaker(cluster: &Cluster) -> Result<Gauge<'_>, Flag> {
     Gauge::inc_below(&cluster.state.active, cluster.limits.max_active).ok_or(Flag::UpstreamOverflow)
 }
 
-impl Call<'_> {
+/// What the last steps take from a [`Call`]: the head to send, where it
+/// goes, the request's log, and the hash that picks its endpoint.
+struct Leaving<'a> {
+    px: &'a Arc<Proxy>,
+    head: http::request::Parts,
+    upstream_authority: Arc<str>,
+    log: &'a mut trellis_dataplane::telemetry::RequestLog,
+    hash: Option<u64>,
+}
+
+impl<'a> Call<'a> {
+    /// The call, leaving for `cluster`.
+    fn leave(self, cluster: &Cluster) -> Leaving<'a> {
+        let hash = request_hash(
+            &cluster.lb,
+            &self.head.headers,
+            self.path_and_query().1,
+            self.downstream,
+        );
+        Leaving {
+            px: self.px,
+            head: self.head,
+            upstream_authority: self.upstream_authority,
+            log: self.log,
+            hash,
+        }
+    }
+
     /// Retries and timeouts: the tries, within the route's timeout, by the
     /// route's retry policy (Istio's default without one).
     pub(super) async fn retries(
@@ -80,19 +107,13 @@ impl Call<'_> {
         policy: &RetryPolicy,
         mut body: ReqBody,
     ) -> Result<Response<Body>, Flag> {
-        let hash = request_hash(
-            &cluster.lb,
-            &self.head.headers,
-            self.path_and_query().1,
-            self.downstream,
-        );
-        let Call {
+        let Leaving {
             px,
             head,
             upstream_authority,
             log,
-            ..
-        } = self;
+            hash,
+        } = self.leave(cluster);
         let mut exclude = None;
         let mut last: Option<Result<Response<Body>, Outcome>> = None;
         // The request head, copied for each try that may be followed by
@@ -187,19 +208,13 @@ impl Call<'_> {
         body: Incoming,
         u: HeaderValue,
     ) -> Result<Response<Body>, Flag> {
-        let hash = request_hash(
-            &cluster.lb,
-            &self.head.headers,
-            self.path_and_query().1,
-            self.downstream,
-        );
-        let Call {
+        let Leaving {
             px,
             head,
             upstream_authority,
             log,
-            ..
-        } = self;
+            hash,
+        } = self.leave(cluster);
         let mut req = Request::from_parts(head, body);
         let on_upgrade = hyper::upgrade::on(&mut req);
         let mut req = req.map(body::incoming);
