@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::detect::peek_until;
+
 /// Largest ClientHello read (a handshake message may span records; real
 /// ones, post-quantum key shares included, are a few KB).
 pub const MAX_HELLO: usize = 64 * 1024;
@@ -196,32 +198,14 @@ fn alpn(data: &mut Reader) -> Option<Vec<Vec<u8>>> {
 /// are not one), without consuming them; [`Peeked::NeedMore`] when the
 /// client sent no whole ClientHello within `timeout` or closed.
 pub async fn peek(stream: &TcpStream, timeout: Duration) -> std::io::Result<Peeked> {
-    let mut buf = vec![0u8; 2048];
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut seen = 0;
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(r) => r?,
-            Err(_) => return Ok(Peeked::NeedMore),
-        };
-        if n == 0 {
-            return Ok(Peeked::NeedMore);
-        }
-        match parse(&buf[..n]) {
-            Peeked::NeedMore => {}
-            verdict => return Ok(verdict),
-        }
-        if n == buf.len() && buf.len() < MAX_HELLO + 5 * 16 {
-            buf.resize((buf.len() * 2).min(MAX_HELLO + 5 * 16), 0);
-        } else if n == seen {
-            // peek returns at once while nothing new arrived; wait a little.
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(Peeked::NeedMore);
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        seen = n;
-    }
+    // The records' headers come on top of the hello itself.
+    let max = MAX_HELLO + 5 * 16;
+    let verdict = peek_until(stream, timeout, max, |bytes| match parse(bytes) {
+        Peeked::NeedMore => None,
+        verdict => Some(verdict),
+    })
+    .await?;
+    Ok(verdict.unwrap_or(Peeked::NeedMore))
 }
 
 #[cfg(test)]
