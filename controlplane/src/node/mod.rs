@@ -308,8 +308,9 @@ impl Node {
 
     /// Writes a command through the leader; a refusal by the store becomes
     /// [`NodeError::Refused`]. Returns the commit index and the response.
+    /// The write is applied once, however often it is retried here.
     pub async fn write(self: &Arc<Self>, cmd: Command) -> Result<(u64, Response), NodeError> {
-        match self.leader_op(LeaderOp::Write(cmd)).await? {
+        match self.leader_op(LeaderOp::Write(cmd.once(now()))).await? {
             LeaderReply::Written {
                 response: Response::Refused(why),
                 ..
