@@ -15,6 +15,7 @@
 
 pub mod annotations;
 pub mod config;
+pub mod yaml;
 
 /// `trellis.v1`: the control-plane API.
 pub mod v1 {

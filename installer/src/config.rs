@@ -227,7 +227,7 @@ pub async fn get(
                 if i > 0 {
                     println!("---");
                 }
-                print!("{}", serde_yaml::to_string(d)?);
+                print!("{}", trellis_api::yaml::to_string(d)?);
             }
         }
         GetOutput::Table => {

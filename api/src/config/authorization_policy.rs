@@ -11,7 +11,7 @@ use super::{FieldError, PolicyTargetReference, WorkloadSelector};
 
 /// `security.istio.io` `AuthorizationPolicy`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct AuthorizationPolicy {
     /// Workloads it applies to; the whole namespace (or mesh, in the root
     /// namespace) when unset. Not with `targetRef`/`targetRefs`.
@@ -53,7 +53,7 @@ pub enum AuthorizationAction {
 
 /// An external authorizer declared in the mesh config.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ExtensionProvider {
     /// Name of the extension provider in the mesh config. Required.
     pub name: String,
@@ -62,7 +62,7 @@ pub struct ExtensionProvider {
 /// Istio's `Rule`: matches when one `from`, one `to` and all `when` match;
 /// an empty rule matches every request.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct AuthorizationRule {
     /// Sources, any of which matches; any source when empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -77,7 +77,7 @@ pub struct AuthorizationRule {
 
 /// `Rule.From`: `{source: {...}}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct RuleFrom {
     /// The source. Required.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,7 +86,7 @@ pub struct RuleFrom {
 
 /// `Rule.To`: `{operation: {...}}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct RuleTo {
     /// The operation. Required.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,7 +97,7 @@ pub struct RuleTo {
 /// Values match exactly, by prefix (`abc*`), suffix (`*abc`) or presence
 /// (`*`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Source {
     /// Peer identities from the mTLS certificate,
     /// `TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
@@ -143,7 +143,7 @@ pub struct Source {
 /// What a request asks for; the fields are ANDed, the values in a field
 /// ORed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Operation {
     /// HTTP hosts (authority), case-insensitive.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -173,7 +173,7 @@ pub struct Operation {
 
 /// An extra condition on an attribute of the request or connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Condition {
     /// The attribute, one of [`CONDITION_KEYS`]. Required.
     pub key: String,

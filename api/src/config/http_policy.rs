@@ -7,7 +7,7 @@ use super::{Duration, FieldError, Percent, StringMatch};
 
 /// Retry policy of an HTTP rule.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct HttpRetry {
     /// Retries allowed per request; 0 disables retries.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,7 +81,7 @@ impl Validate for HttpRetry {
 
 /// Faults injected into requests, for resilience testing.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct HttpFaultInjection {
     /// Delay requests before forwarding.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,7 +103,7 @@ impl Validate for HttpFaultInjection {
 
 /// A fixed delay on a share of requests.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Delay {
     /// How long to wait before forwarding.
     pub fixed_delay: Duration,
@@ -122,7 +122,7 @@ impl Validate for Delay {
 /// An error returned instead of forwarding, for a share of requests.
 /// Exactly one of `httpStatus` and `grpcStatus`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Abort {
     /// HTTP status to return, 200..=599.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -190,7 +190,7 @@ impl Validate for Abort {
 
 /// Cross-origin resource sharing: which browser origins may call the route.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct CorsPolicy {
     /// Origins allowed; any of them matching allows the request.
     #[serde(skip_serializing_if = "Vec::is_empty")]

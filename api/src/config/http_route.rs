@@ -18,7 +18,7 @@ use super::{
 /// One HTTP rule: when a request fits one of `match`, it is routed,
 /// redirected or answered directly, with the rule's policies applied.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct HttpRoute {
     /// Name for logs and stats.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,7 +127,7 @@ impl Validate for HttpRoute {
 
 /// Request attributes an HTTP rule can match on; all given ones must hold.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct HttpMatchRequest {
     /// Name for logs and stats, joined to the route's name.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -205,7 +205,7 @@ impl Validate for HttpMatchRequest {
 
 /// A weighted destination of an HTTP rule, with its own header changes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpRouteDestination {
     /// Where to send the request.
     pub destination: Destination,
@@ -228,7 +228,7 @@ impl Validate for HttpRouteDestination {
 
 /// Rewrites applied before forwarding.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct HttpRewrite {
     /// Replaces the part of the path matched by the `uri` match (the whole
     /// path for an exact match, the prefix for a prefix match).
@@ -266,7 +266,6 @@ impl Validate for HttpRewrite {
 /// Replaces every match of `match` in the path with `rewrite`, which may
 /// refer to groups as `\1`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RegexRewrite {
     /// The pattern, matched anywhere in the path.
     #[serde(rename = "match")]
@@ -277,7 +276,7 @@ pub struct RegexRewrite {
 
 /// One of several mirrors of an HTTP rule.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpMirrorPolicy {
     /// Where to send the copies.
     pub destination: Destination,
@@ -298,7 +297,7 @@ impl Validate for HttpMirrorPolicy {
 /// Header changes for requests (to the destination) and responses (to the
 /// client).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Headers {
     /// Changes to the request.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -318,7 +317,7 @@ impl Validate for Headers {
 
 /// Header changes, applied in the order remove, set, add.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct HeaderOperations {
     /// Replace these headers' values.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

@@ -37,10 +37,12 @@ mod protocol;
 mod regex;
 mod request_authentication;
 mod resource;
+mod schema;
 mod server_tls;
 mod service_entry;
 mod sidecar;
 mod string_match;
+mod support;
 mod target_ref;
 mod traffic_policy;
 mod validate;
@@ -56,7 +58,7 @@ pub use authorization_policy::{
 pub use client_tls::{ClientTlsSettings, TlsMode};
 pub use destination_rule::{DestinationRule, Subset};
 pub use duration::{Duration, DurationError};
-pub use error::{ConfigError, DocumentErrors, FieldError};
+pub use error::{ConfigError, DocumentErrors, DocumentWarnings, FieldError};
 pub use gateway::{Gateway, GatewayPort, Server};
 pub use host::{canonical_host, host_matches};
 pub use http_policy::{
@@ -68,13 +70,13 @@ pub use http_route::{
     HeaderOperations, Headers, HttpMatchRequest, HttpMirrorPolicy, HttpRewrite, HttpRoute,
     HttpRouteDestination, RegexRewrite,
 };
-pub use parse::parse_documents;
+pub use parse::{check_documents, parse_documents, Checks};
 pub use peer_authentication::{MtlsMode, MutualTls, PeerAuthentication};
 pub use percent::Percent;
 pub use protocol::Protocol;
 pub use regex::Regex;
 pub use request_authentication::{ClaimToHeader, JwtHeader, JwtRule, RequestAuthentication};
-pub use resource::{ApiVersion, Group, KindSpec, Metadata, Resource, Spec};
+pub use resource::{ApiVersion, Checked, Group, KindSpec, Metadata, Resource, Spec};
 pub use server_tls::{ServerTlsMode, ServerTlsSettings, TlsProtocol};
 pub use service_entry::{Location, Resolution, ServiceEntry, ServicePort};
 pub use sidecar::{

@@ -8,7 +8,7 @@ use super::FieldError;
 
 /// TLS on a listening port.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ServerTlsSettings {
     /// Answer plain HTTP requests with a 301 to HTTPS.
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -14,7 +14,7 @@ use super::{FieldError, Protocol, WorkloadEntry, WorkloadLabelSelector};
 
 /// `networking.istio.io` `ServiceEntry`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ServiceEntry {
     /// Host names of the service; `*.` wildcards allowed.
     pub hosts: Vec<String>,
@@ -45,7 +45,7 @@ pub struct ServiceEntry {
 
 /// A port of a ServiceEntry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ServicePort {
     /// Port number, 1..=65535.
     pub number: u32,
@@ -90,6 +90,9 @@ pub enum Resolution {
     Dns,
     /// Resolve in DNS, using the first address only.
     DnsRoundRobin,
+    /// Resolve the host the client asked for, per request (wildcard
+    /// hosts); accepted, not acted on.
+    DynamicDns,
 }
 
 impl KindSpec for ServiceEntry {

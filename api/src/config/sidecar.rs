@@ -17,7 +17,7 @@ use super::{
 
 /// `networking.istio.io` `Sidecar`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Sidecar {
     /// Workloads it applies to; the whole namespace when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,7 +39,7 @@ pub struct Sidecar {
 
 /// An inbound listener of the proxy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct IstioIngressListener {
     /// The port. Required.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,7 +65,7 @@ pub struct IstioIngressListener {
 
 /// An outbound listener of the proxy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct IstioEgressListener {
     /// The port; 0 with a `unix://` bind; left out on the last listener
     /// to catch all other ports.
@@ -85,7 +85,7 @@ pub struct IstioEgressListener {
 
 /// A listener port of a Sidecar (Istio's `SidecarPort`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct SidecarPort {
     /// Port number; 0 only for an egress listener on a unix socket.
     pub number: u32,
@@ -123,7 +123,7 @@ pub enum CaptureMode {
 
 /// Handling of traffic to destinations outside the registry.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct OutboundTrafficPolicy {
     /// `REGISTRY_ONLY` or `ALLOW_ANY`; `REGISTRY_ONLY` when unset.
     #[serde(skip_serializing_if = "Option::is_none")]

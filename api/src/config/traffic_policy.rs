@@ -14,7 +14,7 @@ use super::{ClientTlsSettings, Duration, FieldError, PortSelector};
 /// Policies for traffic to a host or subset; `portLevelSettings` override
 /// them per port.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TrafficPolicy {
     /// How an endpoint is picked.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -35,7 +35,7 @@ pub struct TrafficPolicy {
 
 /// The same policies for one port.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct PortTrafficPolicy {
     /// The port these settings apply to. Required.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,7 +117,7 @@ impl Validate for PortTrafficPolicy {
 /// Load balancing: a `simple` algorithm or a `consistentHash`, plus
 /// locality preferences and warm-up of new endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct LoadBalancerSettings {
     /// A standard algorithm; not with `consistentHash`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,7 +186,7 @@ impl Validate for LoadBalancerSettings {
 /// Consistent hashing on exactly one request attribute, with a ring-hash
 /// or Maglev table.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ConsistentHashLb {
     /// Hash on this header.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -251,7 +251,6 @@ impl Validate for ConsistentHashLb {
 
 /// The cookie consistent hashing reads, or sets when absent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HttpCookie {
     /// Cookie name.
     pub name: String,
@@ -265,7 +264,7 @@ pub struct HttpCookie {
 
 /// Ring-hash table settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct RingHash {
     /// Minimum number of virtual nodes on the ring.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -274,7 +273,7 @@ pub struct RingHash {
 
 /// Maglev table settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Maglev {
     /// Table size; a prime.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -284,7 +283,7 @@ pub struct Maglev {
 /// Locality preferences: explicit weights (`distribute`) or an order to fail
 /// over in (`failover`, `failoverPriority`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct LocalityLbSetting {
     /// Share of traffic from a locality to others; not with `failover`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -303,7 +302,6 @@ pub struct LocalityLbSetting {
 /// Traffic from `from` (`region/zone/subzone`, `*` wildcards) split over
 /// `to` localities by weight.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LocalityDistribute {
     /// Origin locality.
     pub from: String,
@@ -313,7 +311,6 @@ pub struct LocalityDistribute {
 
 /// Fail over from one region to another.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LocalityFailover {
     /// Origin region.
     pub from: String,
@@ -356,7 +353,7 @@ impl Validate for LocalityLbSetting {
 
 /// Slow start of new endpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Warmup {
     /// How long an endpoint is warming up.
     pub duration: Duration,
@@ -385,7 +382,7 @@ impl Validate for Warmup {
 
 /// Connection and request limits per endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ConnectionPoolSettings {
     /// TCP limits (all protocols).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -404,7 +401,7 @@ impl Validate for ConnectionPoolSettings {
 
 /// TCP connection limits.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TcpSettings {
     /// Maximum connections to an endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -460,7 +457,7 @@ impl Validate for TcpSettings {
 
 /// TCP keepalive settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct TcpKeepalive {
     /// Unanswered probes before the connection is dead.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -475,7 +472,7 @@ pub struct TcpKeepalive {
 
 /// HTTP request limits.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct HttpSettings {
     /// Maximum requests queued waiting for a connection.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -531,7 +528,7 @@ impl Validate for HttpSettings {
 
 /// Ejection of endpoints that keep failing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct OutlierDetection {
     /// Deprecated: `consecutive5xxErrors` and `consecutiveGatewayErrors`.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -12,6 +12,10 @@ use super::{Duration, FieldError, UNIX_ADDRESS_PREFIX};
 pub trait Validate {
     /// Appends one [`FieldError`] per problem found in `self`.
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>);
+
+    /// Appends what is accepted but worth a warning, where Istio's
+    /// validation warns instead of refusing. None by default.
+    fn warn_at(&self, _path: &str, _warnings: &mut Vec<FieldError>) {}
 }
 
 impl<T: Validate> Validate for Option<T> {

@@ -15,7 +15,7 @@ use super::{FieldError, HttpRoute};
 
 /// `networking.istio.io` `VirtualService`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct VirtualService {
     /// Hosts the routes apply to: service names, FQDNs, `*.` wildcards.
     pub hosts: Vec<String>,
@@ -71,7 +71,7 @@ impl Validate for VirtualService {
 /// Where traffic goes: a service host, optionally a subset from its
 /// DestinationRule and a port.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Destination {
     /// Service host from the registry (Kubernetes or ServiceEntry).
     pub host: String,
@@ -101,7 +101,6 @@ impl Validate for Destination {
 
 /// A port by number, `{number: 9080}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PortSelector {
     /// Port number, 1..=65535.
     pub number: u32,
@@ -151,7 +150,7 @@ pub(crate) fn check_weights(errors: &mut Vec<FieldError>, path: &str, weights: &
 
 /// A weighted destination of a TCP or TLS route.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteDestination {
     /// Where to send the connection.
     pub destination: Destination,
@@ -183,7 +182,7 @@ fn check_subnets(errors: &mut Vec<FieldError>, path: &str, subnets: &[String]) {
 /// An opaque TCP route: the first rule whose match fits the connection
 /// picks the destinations.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TcpRoute {
     /// Conditions, any of which selects this route; empty matches all.
     #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
@@ -201,7 +200,7 @@ impl Validate for TcpRoute {
 
 /// Connection attributes a TCP route can match on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct L4MatchAttributes {
     /// Destination IPs or CIDR blocks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -236,7 +235,7 @@ impl Validate for L4MatchAttributes {
 
 /// A TLS passthrough route, chosen on SNI without terminating TLS.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TlsRoute {
     /// Conditions, any of which selects this route; at least one.
     #[serde(rename = "match")]
@@ -261,7 +260,7 @@ impl Validate for TlsRoute {
 
 /// Connection attributes a TLS route can match on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TlsMatchAttributes {
     /// SNI values to match; `*.` wildcards allowed. Required.
     pub sni_hosts: Vec<String>,

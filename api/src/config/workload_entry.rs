@@ -13,7 +13,7 @@ use super::FieldError;
 /// `networking.istio.io` `WorkloadEntry`, also the type of
 /// `ServiceEntry.endpoints`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct WorkloadEntry {
     /// IP, hostname or `unix:///path`; may be empty only with `network`
     /// (reached through that network's gateway).

@@ -11,7 +11,7 @@ use super::FieldError;
 /// the workloads (in the resource's namespace) carrying all these labels.
 /// Used by DestinationRule and PeerAuthentication.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct WorkloadSelector {
     /// Labels a workload must carry, all of them.
     pub match_labels: BTreeMap<String, String>,
@@ -26,7 +26,7 @@ impl Validate for WorkloadSelector {
 /// `istio.networking.v1.WorkloadSelector`, written `{labels: {...}}`: the
 /// same idea with a different field name. Used by ServiceEntry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct WorkloadLabelSelector {
     /// Labels a workload must carry, all of them.
     pub labels: BTreeMap<String, String>,

@@ -127,7 +127,7 @@ pub fn stored(r: &Resource) -> StoredConfig {
 /// applied, so a failure here means the store holds something this build
 /// cannot read (a newer version wrote it).
 pub fn from_json(json: &[u8]) -> Result<Resource, StoredConfigError> {
-    let value: serde_yaml::Value = serde_json::from_slice(json)?;
+    let value: serde_json::Value = serde_json::from_slice(json)?;
     Ok(Resource::from_value(value)?)
 }
 
