@@ -101,9 +101,22 @@ impl KindSpec for ServiceEntry {
 }
 
 impl Validate for ServiceEntry {
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.warnings(path, warnings);
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         let hosts_path = format!("{path}.hosts");
-        check_hosts(errors, &hosts_path, &self.hosts);
+        // Istio only warns about a partial wildcard (`*x.com`) here.
+        let mut host_errors = Vec::new();
+        check_hosts(&mut host_errors, &hosts_path, &self.hosts);
+        errors.extend(host_errors.into_iter().filter(|e| {
+            !self
+                .hosts
+                .iter()
+                .enumerate()
+                .any(|(i, h)| is_partial_wildcard(h) && e.path == format!("{hosts_path}[{i}]"))
+        }));
         for (i, host) in self.hosts.iter().enumerate() {
             if host == "*" {
                 push(
@@ -114,7 +127,17 @@ impl Validate for ServiceEntry {
             }
         }
         for (i, address) in self.addresses.iter().enumerate() {
-            check_ip_or_cidr(errors, &format!("{path}.addresses[{i}]"), address);
+            let at = format!("{path}.addresses[{i}]");
+            check_ip_or_cidr(errors, &at, address);
+            if address.contains('/')
+                && matches!(self.resolution, Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns)
+            {
+                push(
+                    errors,
+                    &at,
+                    "CIDR addresses are allowed only with resolution NONE or STATIC",
+                );
+            }
         }
         self.validate_ports(path, errors);
         self.validate_endpoints(path, errors);
@@ -133,7 +156,36 @@ impl Validate for ServiceEntry {
     }
 }
 
+/// `*x.com`: a wildcard that is not a whole leading label.
+fn is_partial_wildcard(host: &str) -> bool {
+    host.starts_with('*')
+        && host != "*"
+        && !host.starts_with("*.")
+        && host.matches('*').count() == 1
+        && !host.contains(['/', ' '])
+}
+
 impl ServiceEntry {
+    /// What Istio accepts with a warning.
+    fn warnings(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        for (i, host) in self.hosts.iter().enumerate() {
+            if is_partial_wildcard(host) {
+                push(
+                    warnings,
+                    &format!("{path}.hosts[{i}]"),
+                    format!("partial wildcard `{host}` is not matched as a wildcard; write `*.{}` to match subdomains", host.trim_start_matches('*').trim_start_matches('.')),
+                );
+            }
+        }
+        if self.resolution == Resolution::None && self.workload_selector.is_some() {
+            push(
+                warnings,
+                &format!("{path}.workloadSelector"),
+                "workloadSelector should not be set when resolution is NONE",
+            );
+        }
+    }
+
     fn validate_ports(&self, path: &str, errors: &mut Vec<FieldError>) {
         let mut numbers = BTreeSet::new();
         let mut names = BTreeSet::new();

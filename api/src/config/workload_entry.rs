@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::resource::{Group, KindSpec};
-use super::validate::{check_labels, check_port, check_port_name, push, Validate};
+use super::validate::{
+    check_labels, check_port, check_port_name, check_unix_path, push, Validate,
+};
 use super::FieldError;
 
 /// `networking.istio.io` `WorkloadEntry`, also the type of
@@ -59,6 +61,18 @@ impl Validate for WorkloadEntry {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         self.validate_entry(path, errors, true);
     }
+
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        if self.address.is_empty() {
+            if let Some(network) = &self.network {
+                push(
+                    warnings,
+                    &format!("{path}.address"),
+                    format!("address is unset with network `{network}`: the workload is reached through that network's gateway"),
+                );
+            }
+        }
+    }
 }
 
 impl WorkloadEntry {
@@ -85,6 +99,16 @@ impl WorkloadEntry {
                 &address_path,
                 "a unix address needs a socket path, e.g. unix:///var/run/app.sock",
             );
+        } else if self.address.starts_with(UNIX_ADDRESS_PREFIX) {
+            // As Istio: an absolute path to a file, or an abstract socket.
+            check_unix_path(errors, &address_path, &self.address);
+            if !self.ports.is_empty() {
+                push(
+                    errors,
+                    &format!("{path}.ports"),
+                    format!("unix endpoint `{}` must not have ports", self.address),
+                );
+            }
         } else if self.address.chars().any(char::is_whitespace) {
             push(
                 errors,

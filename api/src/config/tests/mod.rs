@@ -5,6 +5,7 @@ use std::time::Duration as StdDuration;
 use super::*;
 
 mod authorization_policy;
+mod istio_compat;
 mod gateway;
 mod metadata;
 mod request_authentication;
