@@ -138,6 +138,12 @@ pub struct Source {
     /// Original client addresses that do not match.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_remote_ip_blocks: Vec<String>,
+    /// Trust domains of the peer identity that match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trust_domains: Vec<String>,
+    /// Trust domains of the peer identity that do not match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_trust_domains: Vec<String>,
 }
 
 /// What a request asks for; the fields are ANDed, the values in a field
@@ -189,12 +195,13 @@ pub struct Condition {
 /// name in brackets (`request.headers[x-token]`,
 /// `request.auth.claims[groups]`, nested `request.auth.claims[a][b]`); a
 /// trailing `*` any suffix.
-pub const CONDITION_KEYS: [&str; 14] = [
+pub const CONDITION_KEYS: [&str; 15] = [
     "request.headers[]",
     "source.ip",
     "remote.ip",
     "source.namespace",
     "source.principal",
+    "source.trustDomain",
     "source.serviceAccount",
     "request.auth.principal",
     "request.auth.audiences",
@@ -229,6 +236,7 @@ fn condition_values(key: &str) -> Option<ConditionValues> {
         "destination.port" => Some(ConditionValues::Ports),
         "source.namespace"
         | "source.principal"
+        | "source.trustDomain"
         | "source.serviceAccount"
         | "request.auth.principal"
         | "request.auth.audiences"
@@ -325,6 +333,8 @@ impl AuthorizationRule {
                 ("notNamespaces", &source.not_namespaces),
                 ("serviceAccounts", &source.service_accounts),
                 ("notServiceAccounts", &source.not_service_accounts),
+                ("trustDomains", &source.trust_domains),
+                ("notTrustDomains", &source.not_trust_domains),
             ] {
                 if !values.is_empty() {
                     push(errors, &format!("{path}.from[{j}].source.{field}"), reason);
@@ -335,7 +345,10 @@ impl AuthorizationRule {
             let key = condition.key.as_str();
             if matches!(
                 key,
-                "source.namespace" | "source.principal" | "source.serviceAccount"
+                "source.namespace"
+                    | "source.principal"
+                    | "source.trustDomain"
+                    | "source.serviceAccount"
             ) || key.starts_with("request.auth.")
             {
                 push(
@@ -379,6 +392,8 @@ impl Validate for Source {
             ("notNamespaces", &self.not_namespaces),
             ("serviceAccounts", &self.service_accounts),
             ("notServiceAccounts", &self.not_service_accounts),
+            ("trustDomains", &self.trust_domains),
+            ("notTrustDomains", &self.not_trust_domains),
         ];
         let addresses = [
             ("ipBlocks", &self.ip_blocks),

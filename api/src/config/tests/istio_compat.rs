@@ -23,7 +23,7 @@ fn fields_trellis_does_not_act_on_are_accepted_with_a_warning() {
         (
             "security.istio.io/v1",
             "AuthorizationPolicy",
-            "rules:\n- from:\n  - source: {principals: [a], trustDomains: [td1]}",
+            "rules:\n- from:\n  - source: {trustDomains: [td1]}",
             "spec: accepted, not acted on: the agent does not enforce AuthorizationPolicy",
         ),
         (
