@@ -117,6 +117,15 @@ fn flow_sequences_take_scalars_ending_in_a_colon() {
 }
 
 #[test]
+fn a_block_scalar_ending_in_a_colon_is_an_error_as_in_go() {
+    // go-yaml ends a plain scalar at `:` before a line break, then finds a
+    // second `:`; so does this reader.
+    let e = refused("endpoints:\n- address: 001:db8::\n");
+    assert!(e.message.contains("mapping values are not allowed"), "{e}");
+    assert_eq!(e.line, 2, "{e}");
+}
+
+#[test]
 fn duplicate_keys_are_refused() {
     let e = refused("a: 1\nb: 2\na: 3\n");
     assert_eq!(e.line, 3, "{e}");
