@@ -106,6 +106,8 @@ impl Validate for HttpFaultInjection {
 #[serde(rename_all = "camelCase")]
 pub struct Delay {
     /// How long to wait before forwarding.
+    // Istio takes a delay without one (no delay); 0s here.
+    #[serde(default)]
     pub fixed_delay: Duration,
     /// Share of requests delayed; all when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -302,6 +302,7 @@ pub struct LocalityLbSetting {
 /// Traffic from `from` (`region/zone/subzone`, `*` wildcards) split over
 /// `to` localities by weight.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LocalityDistribute {
     /// Origin locality.
     pub from: String,
@@ -311,6 +312,7 @@ pub struct LocalityDistribute {
 
 /// Fail over from one region to another.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LocalityFailover {
     /// Origin region.
     pub from: String,

@@ -101,6 +101,7 @@ impl Validate for Destination {
 
 /// A port by number, `{number: 9080}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PortSelector {
     /// Port number, 1..=65535.
     pub number: u32,
