@@ -32,6 +32,8 @@ const EXPECTED: &[(&str, &[&str])] = &[
         "security.yaml",
         &[
             "AuthorizationPolicy shop/frontend spec",
+            // Istio's warning: an HTTP-only DENY rule denies TCP traffic.
+            "AuthorizationPolicy shop/deny-admin spec.rules[0]",
             "AuthorizationPolicy shop/deny-admin spec",
             "RequestAuthentication shop/jwt spec",
         ],

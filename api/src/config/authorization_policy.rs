@@ -268,6 +268,43 @@ impl AuthorizationPolicy {
 }
 
 impl Validate for AuthorizationPolicy {
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.selector
+            .warn_at(&format!("{path}.selector"), warnings);
+        if self.action == Some(AuthorizationAction::Deny) {
+            for (i, rule) in self.rules.iter().enumerate() {
+                // Istio: a DENY rule with only HTTP attributes denies every
+                // TCP connection in its scope, where they cannot be read.
+                let tcp_from = rule.from.iter().filter_map(|f| f.source.as_ref()).any(|s| {
+                    !(s.principals.is_empty()
+                        && s.not_principals.is_empty()
+                        && s.ip_blocks.is_empty()
+                        && s.not_ip_blocks.is_empty()
+                        && s.namespaces.is_empty()
+                        && s.not_namespaces.is_empty()
+                        && s.remote_ip_blocks.is_empty()
+                        && s.not_remote_ip_blocks.is_empty()
+                        && s.service_accounts.is_empty()
+                        && s.not_service_accounts.is_empty())
+                });
+                let operations: Vec<&Operation> =
+                    rule.to.iter().filter_map(|t| t.operation.as_ref()).collect();
+                let tcp_to = operations
+                    .iter()
+                    .any(|o| !o.ports.is_empty() || !o.not_ports.is_empty());
+                let has_from = rule.from.iter().any(|f| f.source.is_some());
+                let has_to = !operations.is_empty();
+                if (has_from && !has_to && !tcp_from) || (has_to && !tcp_to) {
+                    push(
+                        warnings,
+                        &format!("{path}.rules[{i}]"),
+                        "this DENY rule uses only HTTP attributes, so it denies all TCP traffic in its scope; name the ports it is for",
+                    );
+                }
+            }
+        }
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         check_policy_target(
             errors,
@@ -423,11 +460,67 @@ impl Validate for Source {
         for (field, values) in named {
             check_no_empty(errors, &format!("{path}.{field}"), values);
         }
+        for (field, values) in [
+            ("serviceAccounts", &self.service_accounts),
+            ("notServiceAccounts", &self.not_service_accounts),
+        ] {
+            check_service_accounts(errors, &format!("{path}.{field}"), values);
+        }
+        for (field, values) in [
+            ("trustDomains", &self.trust_domains),
+            ("notTrustDomains", &self.not_trust_domains),
+        ] {
+            for (k, value) in values.iter().enumerate() {
+                check_trust_domain(errors, &format!("{path}.{field}[{k}]"), value);
+            }
+        }
         for (field, values) in addresses {
             for (k, value) in values.iter().enumerate() {
                 check_ip_or_cidr(errors, &format!("{path}.{field}[{k}]"), value);
             }
         }
+    }
+}
+
+/// `serviceAccounts`: `name` or `namespace/name`, no wildcards, at most
+/// 16 (Istio's limits).
+fn check_service_accounts(errors: &mut Vec<FieldError>, path: &str, values: &[String]) {
+    if values.len() > 16 {
+        push(errors, path, format!("at most 16 service accounts, found {}", values.len()));
+    }
+    for (k, value) in values.iter().enumerate() {
+        let at = format!("{path}[{k}]");
+        let reason = if value.contains('*') {
+            Some("wildcards are not allowed in service accounts".to_string())
+        } else if value.len() > 320 {
+            Some("a service account is at most 320 characters".to_string())
+        } else {
+            match value.split_once('/') {
+                Some((ns, sa)) if ns.is_empty() || sa.is_empty() || sa.contains('/') => Some(format!(
+                    "`{value}` is not `serviceAccount` or `namespace/serviceAccount`"
+                )),
+                _ => None,
+            }
+        };
+        if let Some(reason) = reason {
+            push(errors, &at, reason);
+        }
+    }
+}
+
+/// A trust domain value: at most one `*`, at the start or the end, and
+/// no `/`.
+fn check_trust_domain(errors: &mut Vec<FieldError>, path: &str, value: &str) {
+    let stars = value.matches('*').count();
+    if stars > 1 || (stars == 1 && value != "*" && !value.starts_with('*') && !value.ends_with('*')) {
+        push(
+            errors,
+            path,
+            format!("`{value}`: a wildcard is allowed once, at the start or the end"),
+        );
+    }
+    if value.contains('/') {
+        push(errors, path, format!("trust domain `{value}` must not contain `/`"));
     }
 }
 

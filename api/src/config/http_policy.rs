@@ -109,6 +109,9 @@ pub struct Delay {
     // Istio takes a delay without one (no delay); 0s here.
     #[serde(default)]
     pub fixed_delay: Duration,
+    /// Refused, as Istio refuses it: not supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exponential_delay: Option<Duration>,
     /// Share of requests delayed; all when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
@@ -116,6 +119,13 @@ pub struct Delay {
 
 impl Validate for Delay {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
+        if self.exponential_delay.is_some() {
+            push(
+                errors,
+                &format!("{path}.exponentialDelay"),
+                "exponentialDelay is not supported (Istio refuses it too); use fixedDelay",
+            );
+        }
         self.percentage
             .validate_at(&format!("{path}.percentage"), errors);
     }

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::{check_header_name, check_labels, check_one_of, check_port, push, Validate};
+use super::validate::{
+    check_header_name, check_labels, check_min_duration, check_one_of, check_port,
+    is_dns1123_label, push, Validate,
+};
 use super::virtual_service::check_weights;
 use super::{
     CorsPolicy, Destination, Duration, FieldError, HeaderMatch, HttpDirectResponse,
@@ -78,6 +81,16 @@ impl Validate for HttpRoute {
             ],
             true,
         );
+        if self.fault.is_some() && (self.redirect.is_some() || self.direct_response.is_some()) {
+            push(
+                errors,
+                &format!("{path}.fault"),
+                "`fault` needs `route`: it cannot be used with `redirect` or `directResponse`",
+            );
+        }
+        if let Some(timeout) = self.timeout {
+            check_min_duration(errors, &format!("{path}.timeout"), timeout);
+        }
         if self.rewrite.is_some() && !routed {
             push(
                 errors,
@@ -175,6 +188,15 @@ pub struct HttpMatchRequest {
 
 impl Validate for HttpMatchRequest {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
+        if let Some(ns) = self.source_namespace.as_deref() {
+            if !is_dns1123_label(ns) {
+                push(
+                    errors,
+                    &format!("{path}.sourceNamespace"),
+                    format!("`{ns}` is not a namespace name (a DNS-1123 label)"),
+                );
+            }
+        }
         for (field, headers) in [
             ("headers", &self.headers),
             ("withoutHeaders", &self.without_headers),

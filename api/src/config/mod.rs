@@ -89,7 +89,7 @@ pub use traffic_policy::{
     ConnectionPoolSettings, ConsistentHashLb, H2UpgradePolicy, HttpCookie, HttpSettings,
     LoadBalancerSettings, LocalityDistribute, LocalityFailover, LocalityLbSetting, Maglev,
     OutlierDetection, PortTrafficPolicy, RingHash, SimpleLb, TcpKeepalive, TcpSettings,
-    TrafficPolicy, Warmup,
+    TrafficPolicy, TunnelSettings, Warmup,
 };
 pub use validate::{is_dns1123_label, is_dns1123_subdomain, Validate};
 pub use virtual_service::{

@@ -58,6 +58,11 @@ impl KindSpec for PeerAuthentication {
 }
 
 impl Validate for PeerAuthentication {
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.selector
+            .warn_at(&format!("{path}.selector"), warnings);
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         self.selector
             .validate_at(&format!("{path}.selector"), errors);

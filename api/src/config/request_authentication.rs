@@ -100,6 +100,11 @@ impl KindSpec for RequestAuthentication {
 }
 
 impl Validate for RequestAuthentication {
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.selector
+            .warn_at(&format!("{path}.selector"), warnings);
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         check_policy_target(
             errors,

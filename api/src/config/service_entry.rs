@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::resource::{Group, KindSpec};
 use super::validate::{
     check_export_to, check_hosts, check_ip_or_cidr, check_one_of, check_port, check_port_name,
-    push, Validate,
+    is_fqdn, push, Validate,
 };
 use super::{FieldError, Protocol, WorkloadEntry, WorkloadLabelSelector};
 
@@ -95,6 +95,19 @@ pub enum Resolution {
     DynamicDns,
 }
 
+impl Resolution {
+    /// The spelling in config, e.g. `DNS_ROUND_ROBIN`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::None => "NONE",
+            Resolution::Static => "STATIC",
+            Resolution::Dns => "DNS",
+            Resolution::DnsRoundRobin => "DNS_ROUND_ROBIN",
+            Resolution::DynamicDns => "DYNAMIC_DNS",
+        }
+    }
+}
+
 impl KindSpec for ServiceEntry {
     const KIND: &'static str = "ServiceEntry";
     const GROUP: Group = Group::Networking;
@@ -141,6 +154,7 @@ impl Validate for ServiceEntry {
         }
         self.validate_ports(path, errors);
         self.validate_endpoints(path, errors);
+        self.validate_resolution(path, errors);
         self.workload_selector
             .validate_at(&format!("{path}.workloadSelector"), errors);
         check_export_to(errors, &format!("{path}.exportTo"), &self.export_to);
@@ -165,15 +179,94 @@ fn is_partial_wildcard(host: &str) -> bool {
         && !host.contains(['/', ' '])
 }
 
+/// A port's declared protocol as Istio's rules for ServiceEntries read it:
+/// the `protocol` field alone (the name does not count).
+fn declared(port: &ServicePort) -> Option<Protocol> {
+    port.protocol.as_deref().and_then(Protocol::parse)
+}
+
 impl ServiceEntry {
+    /// Istio's rules that depend on the resolution.
+    fn validate_resolution(&self, path: &str, errors: &mut Vec<FieldError>) {
+        let dns = matches!(self.resolution, Resolution::Dns | Resolution::DnsRoundRobin);
+        if dns {
+            for (i, endpoint) in self.endpoints.iter().enumerate() {
+                let address = &endpoint.address;
+                if !address.is_empty()
+                    && address.parse::<std::net::IpAddr>().is_err()
+                    && !is_fqdn(address)
+                {
+                    push(
+                        errors,
+                        &format!("{path}.endpoints[{i}].address"),
+                        format!("`{address}` is not an IP address or a DNS name, as resolution {} needs", self.resolution.as_str()),
+                    );
+                }
+            }
+        }
+        if self.resolution == Resolution::DynamicDns {
+            for (i, host) in self.hosts.iter().enumerate() {
+                if !host.starts_with('*') {
+                    push(
+                        errors,
+                        &format!("{path}.hosts[{i}]"),
+                        "resolution DYNAMIC_DNS needs wildcard hosts such as `*.example.com`",
+                    );
+                }
+            }
+            if !self.addresses.is_empty() {
+                push(errors, &format!("{path}.addresses"), "addresses cannot be set with resolution DYNAMIC_DNS: the destination is the host the client asked for");
+            }
+            if !self.endpoints.is_empty() {
+                push(errors, &format!("{path}.endpoints"), "endpoints cannot be set with resolution DYNAMIC_DNS: the destination is the host the client asked for");
+            }
+            for (i, port) in self.ports.iter().enumerate() {
+                if !matches!(
+                    declared(port),
+                    Some(Protocol::Http | Protocol::Tls | Protocol::Grpc | Protocol::Http2)
+                ) {
+                    push(
+                        errors,
+                        &format!("{path}.ports[{i}].protocol"),
+                        "resolution DYNAMIC_DNS supports only the protocols HTTP, TLS, GRPC and HTTP2",
+                    );
+                }
+            }
+        }
+        // Plain TCP cannot tell several hosts apart (HTTP has the
+        // authority, TLS the SNI), unless the hosts are not used (NONE).
+        if self.resolution != Resolution::None && self.hosts.len() > 1 {
+            if let Some(i) = self.ports.iter().position(|p| {
+                !matches!(declared(p), Some(p) if p.is_http() || matches!(p, Protocol::Tls | Protocol::Https))
+            }) {
+                push(
+                    errors,
+                    &format!("{path}.ports[{i}].protocol"),
+                    "several hosts with a port that is not HTTP or TLS (declared in `protocol`): only resolution NONE allows it",
+                );
+            }
+        }
+    }
+
     /// What Istio accepts with a warning.
     fn warnings(&self, path: &str, warnings: &mut Vec<FieldError>) {
         for (i, host) in self.hosts.iter().enumerate() {
-            if is_partial_wildcard(host) {
+            if is_partial_wildcard(host) && self.resolution != Resolution::DynamicDns {
                 push(
                     warnings,
                     &format!("{path}.hosts[{i}]"),
                     format!("partial wildcard `{host}` is not matched as a wildcard; write `*.{}` to match subdomains", host.trim_start_matches('*').trim_start_matches('.')),
+                );
+            }
+        }
+        self.workload_selector
+            .warn_at(&format!("{path}.workloadSelector"), warnings);
+        if self.resolution == Resolution::Dns && !self.addresses.is_empty() && self.hosts.len() > 1 {
+            if self.ports.iter().any(|p| !matches!(declared(p), Some(p) if p.is_http())) {
+                push(
+                    warnings,
+                    &format!("{path}.hosts"),
+                    "several hosts with addresses and a TCP port: the addresses cannot tell the hosts apart",
                 );
             }
         }

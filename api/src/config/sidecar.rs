@@ -150,6 +150,32 @@ impl KindSpec for Sidecar {
 }
 
 impl Validate for Sidecar {
+    /// What Istio warns about: a selector without labels, a host given
+    /// twice in a listener, `*/*` beside other hosts (it selects all).
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.workload_selector
+            .warn_at(&format!("{path}.workloadSelector"), warnings);
+        for (i, listener) in self.egress.iter().enumerate() {
+            let at = format!("{path}.egress[{i}].hosts");
+            for (j, host) in listener.hosts.iter().enumerate() {
+                if listener.hosts[..j].contains(host) {
+                    push(
+                        warnings,
+                        &format!("{at}[{j}]"),
+                        format!("host `{host}` is given more than once"),
+                    );
+                }
+            }
+            if listener.hosts.len() > 1 && listener.hosts.iter().any(|h| h == "*/*") {
+                push(
+                    warnings,
+                    &at,
+                    "`*/*` selects every host; the other hosts add nothing",
+                );
+            }
+        }
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         self.workload_selector
             .validate_at(&format!("{path}.workloadSelector"), errors);

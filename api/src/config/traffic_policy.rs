@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::validate::{
-    check_min_duration, check_non_negative, check_one_of, check_percent, push, Validate,
+    check_min_duration, check_non_negative, check_one_of, check_percent, check_port, push,
+    Validate,
 };
 use super::{ClientTlsSettings, Duration, FieldError, PortSelector};
 
@@ -31,6 +32,10 @@ pub struct TrafficPolicy {
     /// Overrides for single ports.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
+    /// Tunnel the connections through a proxy (HTTP CONNECT or POST);
+    /// accepted, not acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelSettings>,
 }
 
 /// The same policies for one port.
@@ -70,8 +75,40 @@ fn validate_policies(
     tls.validate_at(&format!("{path}.tls"), errors);
 }
 
+/// `trafficPolicy.tunnel`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TunnelSettings {
+    /// `CONNECT` (the default) or `POST`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Host the tunnel proxy connects to. Required.
+    pub target_host: String,
+    /// Port the tunnel proxy connects to. Required.
+    pub target_port: u32,
+}
+
+impl Validate for TunnelSettings {
+    fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
+        if let Some(protocol) = self.protocol.as_deref() {
+            if !matches!(protocol, "CONNECT" | "POST") {
+                push(
+                    errors,
+                    &format!("{path}.protocol"),
+                    format!("tunnel protocol `{protocol}` is not CONNECT or POST"),
+                );
+            }
+        }
+        if self.target_host.is_empty() {
+            push(errors, &format!("{path}.targetHost"), "targetHost is required");
+        }
+        check_port(errors, &format!("{path}.targetPort"), self.target_port);
+    }
+}
+
 impl Validate for TrafficPolicy {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
+        self.tunnel.validate_at(&format!("{path}.tunnel"), errors);
         validate_policies(
             path,
             errors,
@@ -431,6 +468,7 @@ impl Validate for TcpSettings {
         );
         for (field, value) in [
             ("connectTimeout", self.connect_timeout),
+            ("idleTimeout", self.idle_timeout),
             // 0s is "none"; a positive duration under 1ms is a mistake.
             (
                 "maxConnectionDuration",
@@ -524,6 +562,9 @@ impl Validate for HttpSettings {
             ("maxConcurrentStreams", self.max_concurrent_streams),
         ] {
             check_non_negative(errors, &format!("{path}.{field}"), value);
+        }
+        if let Some(idle) = self.idle_timeout {
+            check_min_duration(errors, &format!("{path}.idleTimeout"), idle);
         }
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::resource::{Group, KindSpec};
 use super::validate::{
-    check_labels, check_port, check_port_name, check_unix_path, push, Validate,
+    check_labels, check_port, check_port_name, check_unix_path, is_fqdn, push, Validate,
 };
 use super::FieldError;
 
@@ -109,11 +109,14 @@ impl WorkloadEntry {
                     format!("unix endpoint `{}` must not have ports", self.address),
                 );
             }
-        } else if self.address.chars().any(char::is_whitespace) {
+        } else if self.address.parse::<IpAddr>().is_err() && !is_fqdn(&self.address) {
             push(
                 errors,
                 &address_path,
-                format!("`{}` is not an address", self.address),
+                format!(
+                    "`{}` is not an address: write an IP address, a DNS name or unix:///path",
+                    self.address
+                ),
             );
         }
         for (name, port) in &self.ports {

@@ -21,6 +21,17 @@ impl Validate for WorkloadSelector {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         check_labels(errors, &format!("{path}.matchLabels"), &self.match_labels);
     }
+
+    /// Istio warns about a selector without labels: it selects every
+    /// workload of the namespace.
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        if self.match_labels.is_empty() {
+            warnings.push(FieldError::new(
+                path,
+                "a selector without labels selects every workload of the namespace",
+            ));
+        }
+    }
 }
 
 /// `istio.networking.v1.WorkloadSelector`, written `{labels: {...}}`: the
@@ -35,5 +46,15 @@ pub struct WorkloadLabelSelector {
 impl Validate for WorkloadLabelSelector {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         check_labels(errors, &format!("{path}.labels"), &self.labels);
+    }
+
+    /// As for [`WorkloadSelector`].
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        if self.labels.is_empty() {
+            warnings.push(FieldError::new(
+                path,
+                "a selector without labels selects every workload of the namespace",
+            ));
+        }
     }
 }

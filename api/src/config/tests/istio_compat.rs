@@ -83,6 +83,26 @@ fn istio_warnings_are_warnings() {
             "hosts: [a.example.com]\nresolution: NONE\nworkloadSelector: {labels: {app: a}}",
             "spec.workloadSelector: workloadSelector should not be set when resolution is NONE",
         ),
+        (
+            "ServiceEntry",
+            "hosts: [a.example.com]\nresolution: STATIC\nworkloadSelector: {}",
+            "spec.workloadSelector: a selector without labels selects every workload",
+        ),
+        (
+            "ServiceEntry",
+            "hosts: [a.example.com, b.example.com]\naddresses: [10.0.0.1]\nresolution: DNS\nports: [{number: 443, name: https, protocol: TLS}]",
+            "spec.hosts: several hosts with addresses and a TCP port",
+        ),
+        (
+            "Sidecar",
+            "egress: [{hosts: ['*/*', './a.example.com']}]",
+            "spec.egress[0].hosts: `*/*` selects every host",
+        ),
+        (
+            "Sidecar",
+            "egress: [{hosts: ['./a.example.com', './a.example.com']}]",
+            "spec.egress[0].hosts[1]: host `./a.example.com` is given more than once",
+        ),
     ] {
         let found = warnings(&document("networking.istio.io/v1", kind, spec));
         assert!(
@@ -93,11 +113,97 @@ fn istio_warnings_are_warnings() {
 }
 
 #[test]
+fn a_deny_rule_with_only_http_attributes_is_a_warning() {
+    let found = warnings(&document(
+        "security.istio.io/v1",
+        "AuthorizationPolicy",
+        "action: DENY\nrules: [{to: [{operation: {paths: [/admin]}}]}]",
+    ));
+    assert!(
+        found.iter().any(|w| w.contains("spec.rules[0]: this DENY rule uses only HTTP attributes")),
+        "{found:#?}"
+    );
+    let found = warnings(&document(
+        "security.istio.io/v1",
+        "AuthorizationPolicy",
+        "action: DENY\nrules: [{to: [{operation: {paths: [/admin], ports: ['8080']}}]}]",
+    ));
+    assert!(!found.iter().any(|w| w.contains("DENY rule")), "{found:#?}");
+}
+
+#[test]
+fn an_empty_selector_is_a_warning() {
+    let found = warnings(&document(
+        "security.istio.io/v1",
+        "PeerAuthentication",
+        "selector: {matchLabels: {}}\nmtls: {mode: STRICT}",
+    ));
+    assert!(
+        found.iter().any(|w| w.contains("spec.selector: a selector without labels")),
+        "{found:#?}"
+    );
+}
+
+#[test]
 fn istio_refusals_are_refusals() {
     let se = |spec: &str| document("networking.istio.io/v1", "ServiceEntry", spec);
     let we = |spec: &str| document("networking.istio.io/v1", "WorkloadEntry", spec);
     let pa = |spec: &str| document("security.istio.io/v1", "PeerAuthentication", spec);
+    let vs = |spec: &str| document("networking.istio.io/v1", "VirtualService", spec);
+    let dr = |spec: &str| document("networking.istio.io/v1", "DestinationRule", spec);
+    let gw = |spec: &str| document("networking.istio.io/v1", "Gateway", spec);
+    let sc = |spec: &str| document("networking.istio.io/v1", "Sidecar", spec);
+    let route = "route: [{destination: {host: a}}]";
     for (yaml, path, reason) in [
+        // VirtualService (Istio's validateVirtualService, validateHTTPRoute).
+        (vs(&format!("hosts: ['*']\nhttp: [{{{route}}}]")), "spec.hosts[0]", "`*` is not allowed for a VirtualService bound to the mesh"),
+        (vs(&format!("hosts: [a, a]\nhttp: [{{{route}}}]")), "spec.hosts[1]", "host `a` is given more than once"),
+        (vs("hosts: [a]\nhttp: [{redirect: {uri: /x}, fault: {abort: {httpStatus: 500}}}]"), "spec.http[0].fault", "`fault` needs `route`"),
+        (vs("hosts: [a]\nhttp: [{directResponse: {status: 200}, fault: {abort: {httpStatus: 500}}}]"), "spec.http[0].fault", "`fault` needs `route`"),
+        (vs(&format!("hosts: [a]\ngateways: ['Bad Gateway']\nhttp: [{{{route}}}]")), "spec.gateways[0]", "is not `mesh` or a gateway name"),
+        (vs(&format!("hosts: [a]\nhttp: [{{match: [{{sourceNamespace: Bad_NS}}], {route}}}]")), "spec.http[0].match[0].sourceNamespace", "is not a namespace name"),
+        (vs("hosts: [a]\nhttp: [{route: [{destination: {host: '*'}}]}]"), "spec.http[0].route[0].destination.host", "`*` is not a destination"),
+        (vs("hosts: [a]\nhttp: [{route: [{destination: {host: a, subset: Bad_Subset}}]}]"), "spec.http[0].route[0].destination.subset", "must be a DNS-1123 label"),
+        (vs(&format!("hosts: [a]\nhttp: [{{{route}, timeout: 0.1ms}}]")), "spec.http[0].timeout", "shorter than 1ms"),
+        (vs(&format!("hosts: [a]\nhttp: [{{{route}, timeout: 1500us}}]")), "spec.http[0].timeout", "only whole milliseconds"),
+        (vs("hosts: [a.com]\ntls: [{match: [{sniHosts: [b.com]}], route: [{destination: {host: a.com}}]}]"), "spec.tls[0].match[0].sniHosts[0]", "not covered by any of the VirtualService's hosts"),
+        (vs(&format!("hosts: [a]\nhttp: [{{{route}, fault: {{delay: {{exponentialDelay: 1s}}}}}}]")), "spec.http[0].fault.delay.exponentialDelay", "not supported"),
+        // DestinationRule.
+        (dr("host: a\ntrafficPolicy: {connectionPool: {http: {idleTimeout: 0.1ms}}}"), "spec.trafficPolicy.connectionPool.http.idleTimeout", "shorter than 1ms"),
+        (dr("host: a\ntrafficPolicy: {connectionPool: {tcp: {idleTimeout: 0.1ms}}}"), "spec.trafficPolicy.connectionPool.tcp.idleTimeout", "shorter than 1ms"),
+        (dr("host: a\ntrafficPolicy: {tunnel: {protocol: GET, targetHost: h, targetPort: 80}}"), "spec.trafficPolicy.tunnel.protocol", "is not CONNECT or POST"),
+        // Gateway and Sidecar hosts: no short names.
+        (gw("servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [shorthost]}]"), "spec.servers[0].hosts[0]", "short name `shorthost` is not allowed"),
+        (sc("egress: [{hosts: [prod/mysql]}]"), "spec.egress[0].hosts[0]", "short name `mysql` is not allowed"),
+        // ServiceEntry resolutions.
+        (se("hosts: [a.com]\nresolution: DNS\nendpoints: [{address: 'bad host!'}]"), "spec.endpoints[0].address", "is not an IP address or a DNS name"),
+        (se("hosts: [a.com, b.com]\nresolution: DNS\nports: [{number: 3306, name: tcp, protocol: TCP}]"), "spec.ports[0].protocol", "several hosts with a port that is not HTTP or TLS"),
+        (se("hosts: [a.com]\nresolution: DYNAMIC_DNS\nports: [{number: 80, name: http, protocol: HTTP}]"), "spec.hosts[0]", "resolution DYNAMIC_DNS needs wildcard hosts"),
+        (se("hosts: ['*.a.com']\nresolution: DYNAMIC_DNS\naddresses: [1.1.1.1]\nports: [{number: 80, name: http, protocol: HTTP}]"), "spec.addresses", "addresses cannot be set with resolution DYNAMIC_DNS"),
+        (se("hosts: ['*.a.com']\nresolution: DYNAMIC_DNS\nports: [{number: 3306, name: tcp, protocol: TCP}]"), "spec.ports[0].protocol", "DYNAMIC_DNS supports only the protocols"),
+        // AuthorizationPolicy sources.
+        (
+            document("security.istio.io/v1", "AuthorizationPolicy", "rules: [{from: [{source: {serviceAccounts: ['a/b/c']}}]}]"),
+            "spec.rules[0].from[0].source.serviceAccounts[0]",
+            "is not `serviceAccount` or `namespace/serviceAccount`",
+        ),
+        (
+            document("security.istio.io/v1", "AuthorizationPolicy", "rules: [{from: [{source: {serviceAccounts: ['ns/*']}}]}]"),
+            "spec.rules[0].from[0].source.serviceAccounts[0]",
+            "wildcards are not allowed",
+        ),
+        (
+            document("security.istio.io/v1", "AuthorizationPolicy", "rules: [{from: [{source: {trustDomains: ['a*b.org']}}]}]"),
+            "spec.rules[0].from[0].source.trustDomains[0]",
+            "a wildcard is allowed once, at the start or the end",
+        ),
+        (
+            document("security.istio.io/v1", "AuthorizationPolicy", "rules: [{from: [{source: {notTrustDomains: ['td/x']}}]}]"),
+            "spec.rules[0].from[0].source.notTrustDomains[0]",
+            "must not contain `/`",
+        ),
+        // WorkloadEntry addresses.
+        (we("address: 'bad_host!'"), "spec.address", "is not an address"),
         (
             pa("selector: {matchLabels: {app: a}}\nportLevelMtls: {}"),
             "spec.portLevelMtls",
