@@ -16,6 +16,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
         "gateway.yaml",
         &[
             "Gateway istio-ingress/public spec",
+            "VirtualService shop/shop spec.gateways",
             "VirtualService shop/shop spec.http[1].corsPolicy",
         ],
     ),
@@ -38,7 +39,10 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "RequestAuthentication shop/jwt spec",
         ],
     ),
-    ("workloads.yaml", &["Sidecar billing/default spec"]),
+    (
+        "workloads.yaml",
+        &["Sidecar billing/default spec.outboundTrafficPolicy"],
+    ),
 ];
 
 #[test]

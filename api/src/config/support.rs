@@ -12,7 +12,7 @@
 //! operations, direct responses, timeouts), the registry and discovery
 //! (`controlplane/src/discovery/`, `dataplane/src/discovery/`: service
 //! entries, workload entries and groups, probes), the push scope
-//! (`controlplane/src/push/`: `exportTo`, `gateways`) and mTLS
+//! (`controlplane/src/push/`: `exportTo`, Sidecar egress hosts) and mTLS
 //! (PeerAuthentication). Update it with the code: a field added here must
 //! be one that changes what traffic does.
 
@@ -26,8 +26,9 @@ const ACTED_ON: &[(&str, &[&str])] = &[
     (
         "VirtualService",
         &[
+            // Not `gateways`: no Trellis proxy is a gateway yet, and every
+            // agent takes a route whatever its `gateways` say.
             "spec.hosts",
-            "spec.gateways",
             "spec.exportTo",
             "spec.http[].name",
             "spec.http[].match[].uri",
@@ -78,6 +79,7 @@ const ACTED_ON: &[(&str, &[&str])] = &[
             "spec.trafficPolicy.loadBalancer.consistentHash.httpHeaderName",
             "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie",
             "spec.trafficPolicy.loadBalancer.consistentHash.httpQueryParameterName",
+            "spec.trafficPolicy.loadBalancer.consistentHash.useSourceIp",
             "spec.trafficPolicy.connectionPool.tcp.maxConnections",
             "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
             "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
@@ -151,6 +153,10 @@ const ACTED_ON: &[(&str, &[&str])] = &[
         "PeerAuthentication",
         &["spec.selector", "spec.mtls.mode", "spec.portLevelMtls"],
     ),
+    // The control plane scopes what it pushes to an agent by the egress
+    // hosts of the Sidecar that applies to it; listeners come from the
+    // agent's flags.
+    ("Sidecar", &["spec.workloadSelector", "spec.egress[].hosts"]),
 ];
 
 /// Where a whole kind is not acted on: why, for the warning.
@@ -166,10 +172,6 @@ const KIND_NOT_ACTED_ON: &[(&str, &str)] = &[
     (
         "Gateway",
         "Trellis has no ingress or egress gateway yet; the resource is stored and routes may name it, nothing listens for it",
-    ),
-    (
-        "Sidecar",
-        "the agent does not scope its config by Sidecar resources yet; every agent gets the whole mesh's config",
     ),
 ];
 

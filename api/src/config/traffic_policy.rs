@@ -468,7 +468,11 @@ impl Validate for TcpSettings {
         );
         for (field, value) in [
             ("connectTimeout", self.connect_timeout),
-            ("idleTimeout", self.idle_timeout),
+            // `0s` is "off", as in Istio.
+            (
+                "idleTimeout",
+                self.idle_timeout.filter(|d| !d.as_std().is_zero()),
+            ),
             // 0s is "none"; a positive duration under 1ms is a mistake.
             (
                 "maxConnectionDuration",
@@ -563,7 +567,8 @@ impl Validate for HttpSettings {
         ] {
             check_non_negative(errors, &format!("{path}.{field}"), value);
         }
-        if let Some(idle) = self.idle_timeout {
+        // `0s` is "never" (Istio refuses it here; Trellis documents it).
+        if let Some(idle) = self.idle_timeout.filter(|d| !d.as_std().is_zero()) {
             check_min_duration(errors, &format!("{path}.idleTimeout"), idle);
         }
     }
