@@ -175,7 +175,7 @@ kind: ServiceEntry
 metadata: {name: reviews}
 spec:
   hosts: [reviews.default.svc.cluster.local, '*.wild.example']
-  ports: [{number: 9080, name: http}]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
   resolution: STATIC
 ";
 
