@@ -79,6 +79,10 @@ impl KindSpec for Gateway {
 }
 
 impl Validate for Gateway {
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.servers.warn_at(&format!("{path}.servers"), warnings);
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         let servers_path = format!("{path}.servers");
         if self.servers.is_empty() {
@@ -116,6 +120,10 @@ impl Validate for Gateway {
 }
 
 impl Validate for Server {
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.tls.warn_at(&format!("{path}.tls"), warnings);
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         let hosts_path = format!("{path}.hosts");
         if self.hosts.is_empty() {

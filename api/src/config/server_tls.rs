@@ -124,6 +124,32 @@ impl ServerTlsSettings {
 }
 
 impl Validate for ServerTlsSettings {
+    /// Istio's warnings: certificates a passthrough mode ignores, cipher
+    /// suites given twice.
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        if self.is_passthrough() && self.has_certificates() {
+            push(
+                warnings,
+                path,
+                format!(
+                    "{} does not terminate TLS: the certificates are ignored",
+                    self.mode().as_str()
+                ),
+            );
+        }
+        for (i, suite) in self.cipher_suites.iter().enumerate() {
+            if self.cipher_suites[..i].contains(suite) {
+                push(
+                    warnings,
+                    &format!("{path}.cipherSuites[{i}]"),
+                    format!(
+                        "cipher suite `{suite}` is given more than once; the repeat is ignored"
+                    ),
+                );
+            }
+        }
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         let field = |name: &str| format!("{path}.{name}");
         let mode = self.mode();

@@ -120,7 +120,9 @@ fn a_deny_rule_with_only_http_attributes_is_a_warning() {
         "action: DENY\nrules: [{to: [{operation: {paths: [/admin]}}]}]",
     ));
     assert!(
-        found.iter().any(|w| w.contains("spec.rules[0]: this DENY rule uses only HTTP attributes")),
+        found
+            .iter()
+            .any(|w| w.contains("spec.rules[0]: this DENY rule uses only HTTP attributes")),
         "{found:#?}"
     );
     let found = warnings(&document(
@@ -132,6 +134,21 @@ fn a_deny_rule_with_only_http_attributes_is_a_warning() {
 }
 
 #[test]
+fn gateway_tls_warnings() {
+    let found = warnings(&document(
+        "networking.istio.io/v1",
+        "Gateway",
+        "servers:\n- port: {number: 443, name: tls, protocol: TLS}\n  hosts: [a.example.com]\n  tls: {mode: PASSTHROUGH, credentialName: c, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-GCM-SHA256]}",
+    ));
+    for expected in [
+        "spec.servers[0].tls: PASSTHROUGH does not terminate TLS: the certificates are ignored",
+        "spec.servers[0].tls.cipherSuites[1]: cipher suite `ECDHE-RSA-AES128-GCM-SHA256` is given more than once",
+    ] {
+        assert!(found.iter().any(|w| w.contains(expected)), "{expected}\n{found:#?}");
+    }
+}
+
+#[test]
 fn an_empty_selector_is_a_warning() {
     let found = warnings(&document(
         "security.istio.io/v1",
@@ -139,7 +156,9 @@ fn an_empty_selector_is_a_warning() {
         "selector: {matchLabels: {}}\nmtls: {mode: STRICT}",
     ));
     assert!(
-        found.iter().any(|w| w.contains("spec.selector: a selector without labels")),
+        found
+            .iter()
+            .any(|w| w.contains("spec.selector: a selector without labels")),
         "{found:#?}"
     );
 }
@@ -264,14 +283,21 @@ fn yaml_reads_as_istio_reads_it() {
         "expected string, found boolean; YAML reads an unquoted yes/no/on/off",
     );
     // `0777` is octal, as in Go: port 511.
-    let r = one(&se("hosts: [a.example.com]\nresolution: DNS\nports: [{number: 0777, name: tcp}]"));
+    let r = one(&se(
+        "hosts: [a.example.com]\nresolution: DNS\nports: [{number: 0777, name: tcp}]",
+    ));
     let Spec::ServiceEntry(entry) = &r.spec else {
         panic!("{r:?}")
     };
     assert_eq!(entry.ports[0].number, 511);
     // Duplicate keys are refused, with the line.
-    let lines = errors(&se("hosts: [a.example.com]\nresolution: DNS\nresolution: STATIC"));
-    assert!(lines[0].contains("mapping key `resolution` already defined at line 8"), "{lines:?}");
+    let lines = errors(&se(
+        "hosts: [a.example.com]\nresolution: DNS\nresolution: STATIC",
+    ));
+    assert!(
+        lines[0].contains("mapping key `resolution` already defined at line 8"),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -280,13 +306,18 @@ fn unsupported_kinds_say_what_to_use_instead() {
         ("networking.istio.io/v1alpha3", "EnvoyFilter", "not Envoy"),
         ("extensions.istio.io/v1alpha1", "WasmPlugin", "no Wasm"),
         ("telemetry.istio.io/v1", "Telemetry", "set per agent"),
-        ("networking.istio.io/v1beta1", "ProxyConfig", "`trellis-agent` flags"),
+        (
+            "networking.istio.io/v1beta1",
+            "ProxyConfig",
+            "`trellis-agent` flags",
+        ),
     ] {
         let lines = errors(&document(api_version, kind, "{}"));
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(
-            lines[0].contains(&format!("kind: kind `{kind}` is not supported by Trellis: "))
-                && lines[0].contains(instead),
+            lines[0].contains(&format!(
+                "kind: kind `{kind}` is not supported by Trellis: "
+            )) && lines[0].contains(instead),
             "{lines:?}"
         );
     }
