@@ -168,7 +168,11 @@ fn read_document(text: &str, first_line: usize) -> Result<Value, YamlError> {
             Err(Failure::Repair { start, colon }) => {
                 text = std::borrow::Cow::Owned(quote_flow_scalar(&text, start, colon));
             }
-            Err(Failure::Error { line, column, message }) => {
+            Err(Failure::Error {
+                line,
+                column,
+                message,
+            }) => {
                 return Err(YamlError {
                     line: first_line + line - 1,
                     column,
@@ -752,7 +756,8 @@ fn is_safe_plain(s: &str) -> bool {
         && !s.ends_with([' ', ':'])
         && !s.contains(": ")
         && !s.contains(" #")
-        && s.chars().all(|c| c == ' ' || !(c.is_whitespace() || c.is_control()))
+        && s.chars()
+            .all(|c| c == ' ' || !(c.is_whitespace() || c.is_control()))
         && resolve(s) == Value::String(s.to_string())
 }
 

@@ -42,7 +42,11 @@ pub fn check_sources(sources: &[ConfigSource]) -> SourceChecks {
             out.warnings.extend(prefixed(d.to_string()));
         }
         for r in checks.resources {
-            let key = (r.kind(), r.metadata.namespace.clone(), r.metadata.name.clone());
+            let key = (
+                r.kind(),
+                r.metadata.namespace.clone(),
+                r.metadata.name.clone(),
+            );
             if !seen.insert(key) {
                 out.errors.push(format!(
                     "{}: {} {}/{} is given more than once",
@@ -107,7 +111,10 @@ mod tests {
     #[test]
     fn errors_and_warnings_name_the_file_document_and_field() {
         let bad = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: prod}\nspec:\n  hosts: [r]\n  htp: []\n";
-        let checks = check_sources(&[source("a.yaml", SE), source("b.yaml", &format!("---\n{bad}"))]);
+        let checks = check_sources(&[
+            source("a.yaml", SE),
+            source("b.yaml", &format!("---\n{bad}")),
+        ]);
         assert_eq!(
             checks.errors,
             [

@@ -269,8 +269,7 @@ impl AuthorizationPolicy {
 
 impl Validate for AuthorizationPolicy {
     fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
-        self.selector
-            .warn_at(&format!("{path}.selector"), warnings);
+        self.selector.warn_at(&format!("{path}.selector"), warnings);
         if self.action == Some(AuthorizationAction::Deny) {
             for (i, rule) in self.rules.iter().enumerate() {
                 // Istio: a DENY rule with only HTTP attributes denies every
@@ -287,8 +286,11 @@ impl Validate for AuthorizationPolicy {
                         && s.service_accounts.is_empty()
                         && s.not_service_accounts.is_empty())
                 });
-                let operations: Vec<&Operation> =
-                    rule.to.iter().filter_map(|t| t.operation.as_ref()).collect();
+                let operations: Vec<&Operation> = rule
+                    .to
+                    .iter()
+                    .filter_map(|t| t.operation.as_ref())
+                    .collect();
                 let tcp_to = operations
                     .iter()
                     .any(|o| !o.ports.is_empty() || !o.not_ports.is_empty());
@@ -486,7 +488,11 @@ impl Validate for Source {
 /// 16 (Istio's limits).
 fn check_service_accounts(errors: &mut Vec<FieldError>, path: &str, values: &[String]) {
     if values.len() > 16 {
-        push(errors, path, format!("at most 16 service accounts, found {}", values.len()));
+        push(
+            errors,
+            path,
+            format!("at most 16 service accounts, found {}", values.len()),
+        );
     }
     for (k, value) in values.iter().enumerate() {
         let at = format!("{path}[{k}]");
@@ -496,9 +502,9 @@ fn check_service_accounts(errors: &mut Vec<FieldError>, path: &str, values: &[St
             Some("a service account is at most 320 characters".to_string())
         } else {
             match value.split_once('/') {
-                Some((ns, sa)) if ns.is_empty() || sa.is_empty() || sa.contains('/') => Some(format!(
-                    "`{value}` is not `serviceAccount` or `namespace/serviceAccount`"
-                )),
+                Some((ns, sa)) if ns.is_empty() || sa.is_empty() || sa.contains('/') => Some(
+                    format!("`{value}` is not `serviceAccount` or `namespace/serviceAccount`"),
+                ),
                 _ => None,
             }
         };
@@ -512,7 +518,8 @@ fn check_service_accounts(errors: &mut Vec<FieldError>, path: &str, values: &[St
 /// no `/`.
 fn check_trust_domain(errors: &mut Vec<FieldError>, path: &str, value: &str) {
     let stars = value.matches('*').count();
-    if stars > 1 || (stars == 1 && value != "*" && !value.starts_with('*') && !value.ends_with('*')) {
+    if stars > 1 || (stars == 1 && value != "*" && !value.starts_with('*') && !value.ends_with('*'))
+    {
         push(
             errors,
             path,
@@ -520,7 +527,11 @@ fn check_trust_domain(errors: &mut Vec<FieldError>, path: &str, value: &str) {
         );
     }
     if value.contains('/') {
-        push(errors, path, format!("trust domain `{value}` must not contain `/`"));
+        push(
+            errors,
+            path,
+            format!("trust domain `{value}` must not contain `/`"),
+        );
     }
 }
 

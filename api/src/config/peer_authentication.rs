@@ -59,8 +59,7 @@ impl KindSpec for PeerAuthentication {
 
 impl Validate for PeerAuthentication {
     fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
-        self.selector
-            .warn_at(&format!("{path}.selector"), warnings);
+        self.selector.warn_at(&format!("{path}.selector"), warnings);
     }
 
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {

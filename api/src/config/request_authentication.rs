@@ -101,8 +101,7 @@ impl KindSpec for RequestAuthentication {
 
 impl Validate for RequestAuthentication {
     fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
-        self.selector
-            .warn_at(&format!("{path}.selector"), warnings);
+        self.selector.warn_at(&format!("{path}.selector"), warnings);
     }
 
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {

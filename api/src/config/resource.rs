@@ -437,7 +437,10 @@ impl Resource {
         let api_version = match document.get("apiVersion") {
             Some(serde_json::Value::String(v)) => v.clone(),
             _ => {
-                errors.push(FieldError::new("apiVersion", "`apiVersion` is required, e.g. networking.istio.io/v1"));
+                errors.push(FieldError::new(
+                    "apiVersion",
+                    "`apiVersion` is required, e.g. networking.istio.io/v1",
+                ));
                 String::new()
             }
         };
@@ -454,7 +457,10 @@ impl Resource {
             (None, _) => {
                 errors.push(FieldError::new(
                     "kind",
-                    format!("unknown kind `{kind}`; supported: {}", Spec::KINDS.join(", ")),
+                    format!(
+                        "unknown kind `{kind}`; supported: {}",
+                        Spec::KINDS.join(", ")
+                    ),
                 ));
                 return checked;
             }
@@ -527,9 +533,11 @@ impl Resource {
         let mut checked = Resource::check_types(value);
         match checked.resource.take() {
             Some(resource) if checked.errors.is_empty() => Ok(resource),
-            _ => Err(checked.errors.into_iter().next().unwrap_or_else(|| {
-                FieldError::new("", "the document could not be read")
-            })),
+            _ => Err(checked
+                .errors
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| FieldError::new("", "the document could not be read"))),
         }
     }
 
@@ -570,9 +578,15 @@ struct ResourceOut<'a> {
 }
 
 /// Checks and types `metadata`, reporting every unknown field.
-fn check_metadata(value: Option<serde_json::Value>, errors: &mut Vec<FieldError>) -> Option<Metadata> {
+fn check_metadata(
+    value: Option<serde_json::Value>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Metadata> {
     let Some(serde_json::Value::Object(mut metadata)) = value else {
-        errors.push(FieldError::new("metadata", "`metadata` with a `name` is required"));
+        errors.push(FieldError::new(
+            "metadata",
+            "`metadata` with a `name` is required",
+        ));
         return None;
     };
     let unknown: Vec<String> = metadata

@@ -101,7 +101,10 @@ fn parse_table(text: &str) -> BTreeMap<String, Fields> {
                 other => panic!("unknown schema attribute `{other}`"),
             }
         }
-        if let Some((parent, name)) = path.rsplit_once('.').filter(|(_, n)| !n.ends_with(['}', ']'])) {
+        if let Some((parent, name)) = path
+            .rsplit_once('.')
+            .filter(|(_, n)| !n.ends_with(['}', ']']))
+        {
             if let Some(p) = fields.get_mut(parent) {
                 p.children.push(name.to_string());
             }
@@ -132,7 +135,8 @@ impl SchemaCheck {
     pub fn reported(&self, path: &str) -> bool {
         let related = |p: &str| {
             let below = |a: &str, b: &str| {
-                a.strip_prefix(b).is_some_and(|rest| rest.starts_with(['.', '[']))
+                a.strip_prefix(b)
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
             };
             p == path || below(p, path) || below(path, p)
         };
@@ -170,7 +174,13 @@ pub(crate) fn check_spec(fields: &Fields, spec: &mut Value) -> SchemaCheck {
 
 /// Checks `value` at schema path `schema` (document path `path`). Returns
 /// whether the value must be taken out of its parent.
-fn walk(fields: &Fields, schema: &str, path: &str, value: &mut Value, check: &mut SchemaCheck) -> bool {
+fn walk(
+    fields: &Fields,
+    schema: &str,
+    path: &str,
+    value: &mut Value,
+    check: &mut SchemaCheck,
+) -> bool {
     let Some(field) = fields.get(schema) else {
         // Only reached for the root; members are looked up by the parent.
         return false;
@@ -191,7 +201,10 @@ fn walk(fields: &Fields, schema: &str, path: &str, value: &mut Value, check: &mu
                 } else if !fields.contains_key(&member_schema) {
                     check.errors.push(FieldError::new(
                         &member_path,
-                        format!("unknown field `{name}`, expected {}", expected(&field.children)),
+                        format!(
+                            "unknown field `{name}`, expected {}",
+                            expected(&field.children)
+                        ),
                     ));
                     check.removed.push(member_path);
                     bad.push(name.clone());
@@ -228,7 +241,9 @@ fn walk(fields: &Fields, schema: &str, path: &str, value: &mut Value, check: &mu
             }
             let mut error = |reason: String| check.soft_errors.push(FieldError::new(path, reason));
             if let Some(min) = field.min_props.filter(|m| count < *m) {
-                error(format!("at least {min} entries are required, found {count}"));
+                error(format!(
+                    "at least {min} entries are required, found {count}"
+                ));
             }
             if let Some(max) = field.max_props.filter(|m| count > *m) {
                 error(format!("at most {max} entries are allowed, found {count}"));
@@ -271,7 +286,9 @@ fn walk(fields: &Fields, schema: &str, path: &str, value: &mut Value, check: &mu
                 });
             }
             if let Some(max) = field.max_len.filter(|m| chars > *m) {
-                soft(format!("must be at most {max} characters long, found {chars}"));
+                soft(format!(
+                    "must be at most {max} characters long, found {chars}"
+                ));
             }
             if let Some(pattern) = field.pattern.as_ref().filter(|p| !p.is_match(s)) {
                 soft(format!("`{s}` does not match `{}`", pattern.as_str()));
@@ -445,7 +462,12 @@ mod tests {
         value
     }
 
-    fn accepted(kind: &str, path: &str, fields: &Fields, checked: super::super::Checked) -> Vec<String> {
+    fn accepted(
+        kind: &str,
+        path: &str,
+        fields: &Fields,
+        checked: super::super::Checked,
+    ) -> Vec<String> {
         {
             let refused: Vec<String> = checked
                 .errors

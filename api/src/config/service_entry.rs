@@ -143,7 +143,10 @@ impl Validate for ServiceEntry {
             let at = format!("{path}.addresses[{i}]");
             check_ip_or_cidr(errors, &at, address);
             if address.contains('/')
-                && matches!(self.resolution, Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns)
+                && matches!(
+                    self.resolution,
+                    Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns
+                )
             {
                 push(
                     errors,
@@ -261,8 +264,13 @@ impl ServiceEntry {
         }
         self.workload_selector
             .warn_at(&format!("{path}.workloadSelector"), warnings);
-        if self.resolution == Resolution::Dns && !self.addresses.is_empty() && self.hosts.len() > 1 {
-            if self.ports.iter().any(|p| !matches!(declared(p), Some(p) if p.is_http())) {
+        if self.resolution == Resolution::Dns && !self.addresses.is_empty() && self.hosts.len() > 1
+        {
+            if self
+                .ports
+                .iter()
+                .any(|p| !matches!(declared(p), Some(p) if p.is_http()))
+            {
                 push(
                     warnings,
                     &format!("{path}.hosts"),

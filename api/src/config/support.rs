@@ -180,7 +180,10 @@ const KIND_NOT_ACTED_ON: &[(&str, &str)] = &[
 /// (its subfields are not listed again).
 pub(crate) fn not_acted_on(kind: &str, spec: &Value) -> Vec<FieldError> {
     if let Some((_, why)) = KIND_NOT_ACTED_ON.iter().find(|(k, _)| *k == kind) {
-        return vec![FieldError::new("spec", format!("accepted, not acted on: {why}"))];
+        return vec![FieldError::new(
+            "spec",
+            format!("accepted, not acted on: {why}"),
+        )];
     }
     let acted: &[&str] = ACTED_ON
         .iter()
@@ -196,7 +199,10 @@ pub(crate) fn not_acted_on(kind: &str, spec: &Value) -> Vec<FieldError> {
 /// `spec.trafficPolicy`.
 fn canonical(schema: &str) -> String {
     let schema = schema.replace("spec.subsets[].trafficPolicy", "spec.trafficPolicy");
-    schema.replace("spec.trafficPolicy.portLevelSettings[]", "spec.trafficPolicy")
+    schema.replace(
+        "spec.trafficPolicy.portLevelSettings[]",
+        "spec.trafficPolicy",
+    )
 }
 
 fn covered(acted: &[&str], schema: &str) -> bool {
@@ -245,7 +251,13 @@ fn walk(acted: &[&str], schema: &str, path: &str, value: &Value, out: &mut Vec<F
         }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                walk(acted, &format!("{schema}[]"), &format!("{path}[{i}]"), item, out);
+                walk(
+                    acted,
+                    &format!("{schema}[]"),
+                    &format!("{path}[{i}]"),
+                    item,
+                    out,
+                );
             }
         }
         _ => {}

@@ -7,8 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::validate::{
-    check_min_duration, check_non_negative, check_one_of, check_percent, check_port, push,
-    Validate,
+    check_min_duration, check_non_negative, check_one_of, check_percent, check_port, push, Validate,
 };
 use super::{ClientTlsSettings, Duration, FieldError, PortSelector};
 
@@ -100,7 +99,11 @@ impl Validate for TunnelSettings {
             }
         }
         if self.target_host.is_empty() {
-            push(errors, &format!("{path}.targetHost"), "targetHost is required");
+            push(
+                errors,
+                &format!("{path}.targetHost"),
+                "targetHost is required",
+            );
         }
         check_port(errors, &format!("{path}.targetPort"), self.target_port);
     }

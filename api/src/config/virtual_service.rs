@@ -56,7 +56,11 @@ impl Validate for VirtualService {
                 );
             }
             if self.hosts[..i].contains(host) {
-                push(errors, &at, format!("host `{host}` is given more than once"));
+                push(
+                    errors,
+                    &at,
+                    format!("host `{host}` is given more than once"),
+                );
             }
         }
         for (i, gateway) in self.gateways.iter().enumerate() {

@@ -10,7 +10,11 @@ use super::*;
 fn read(text: &str) -> Value {
     let docs = documents(text);
     assert_eq!(docs.len(), 1, "{docs:?}");
-    docs.into_iter().next().unwrap().value.unwrap_or_else(|e| panic!("{text:?}: {e}"))
+    docs.into_iter()
+        .next()
+        .unwrap()
+        .value
+        .unwrap_or_else(|e| panic!("{text:?}: {e}"))
 }
 
 #[track_caller]
@@ -99,7 +103,10 @@ fn flow_sequences_take_scalars_ending_in_a_colon() {
         ),
         ("a: [001:db8::, b]", json!({"a": ["001:db8::", "b"]})),
         ("a: [x:]", json!({"a": ["x:"]})),
-        ("a: [2001:db8::1, '::1']", json!({"a": ["2001:db8::1", "::1"]})),
+        (
+            "a: [2001:db8::1, '::1']",
+            json!({"a": ["2001:db8::1", "::1"]}),
+        ),
         ("a: [x:y]", json!({"a": ["x:y"]})),
         // With a space after the colon it is a key, in Go too.
         ("a: [x: z]", json!({"a": [{"x": "z"}]})),
@@ -158,8 +165,13 @@ fn alias_bombs_are_refused() {
 
 #[test]
 fn keys_become_strings() {
-    assert_eq!(read("1: a\nyes: b\n~: c"), json!({"1": "a", "true": "b", "null": "c"}));
-    assert!(refused("? [a]\n: b").message.contains("key must be a scalar"));
+    assert_eq!(
+        read("1: a\nyes: b\n~: c"),
+        json!({"1": "a", "true": "b", "null": "c"})
+    );
+    assert!(refused("? [a]\n: b")
+        .message
+        .contains("key must be a scalar"));
 }
 
 #[test]
@@ -167,7 +179,13 @@ fn documents_are_cut_at_separator_lines_and_read_alone() {
     let docs = documents("# head\n---\na: 1\n---\n---  # empty\nb: [\n---\nc: 3\n--- x\nd: 4\n");
     let summary: Vec<_> = docs
         .iter()
-        .map(|d| (d.index, d.line, d.value.as_ref().map_err(|e| e.line).cloned()))
+        .map(|d| {
+            (
+                d.index,
+                d.line,
+                d.value.as_ref().map_err(|e| e.line).cloned(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -179,7 +197,12 @@ fn documents_are_cut_at_separator_lines_and_read_alone() {
             (5, 10, Err(9)),
         ]
     );
-    assert!(docs[2].value.as_ref().unwrap_err().to_string().contains("line 7 column"));
+    assert!(docs[2]
+        .value
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("line 7 column"));
     assert_eq!(documents("").len(), 0);
     assert_eq!(documents("a: 1\n---\n").len(), 1);
     assert_eq!(documents("---x: 1\n").len(), 1);
@@ -192,19 +215,67 @@ fn from_str_reads_one_document_into_a_type() {
         a: u32,
         b: String,
     }
-    assert_eq!(from_str::<T>("a: 0777\nb: x").unwrap(), T { a: 511, b: "x".into() });
-    assert!(matches!(from_str::<T>("a: 1\n---\na: 2"), Err(FromStrError::Documents(2))));
+    assert_eq!(
+        from_str::<T>("a: 0777\nb: x").unwrap(),
+        T {
+            a: 511,
+            b: "x".into()
+        }
+    );
+    assert!(matches!(
+        from_str::<T>("a: 1\n---\na: 2"),
+        Err(FromStrError::Documents(2))
+    ));
     assert!(matches!(from_str::<T>("a: [1"), Err(FromStrError::Yaml(_))));
-    assert!(matches!(from_str::<T>("a: x\nb: y"), Err(FromStrError::Shape(_))));
+    assert!(matches!(
+        from_str::<T>("a: x\nb: y"),
+        Err(FromStrError::Shape(_))
+    ));
 }
 
 #[test]
 fn written_yaml_reads_back_the_same() {
     let tricky = [
-        "", "yes", "No", "on", "0777", "1.5", "~", "null", "a: b", "a #b", "-x", "- x", "[x]",
-        "{x}", "x:", "'q'", "\"d\"", "multi\nline", "multi\nline\n", "trailing\n\n", " lead",
-        "tab\there", "2001:db8::1", "*star", "&amp", "!bang", "%pct", "@at", "`tick", "|pipe",
-        ">gt", "ünïcode", "/path/x", "v1", "\u{1}ctl", "a.*", "y", "a b", "a,b", "x: ",
+        "",
+        "yes",
+        "No",
+        "on",
+        "0777",
+        "1.5",
+        "~",
+        "null",
+        "a: b",
+        "a #b",
+        "-x",
+        "- x",
+        "[x]",
+        "{x}",
+        "x:",
+        "'q'",
+        "\"d\"",
+        "multi\nline",
+        "multi\nline\n",
+        "trailing\n\n",
+        " lead",
+        "tab\there",
+        "2001:db8::1",
+        "*star",
+        "&amp",
+        "!bang",
+        "%pct",
+        "@at",
+        "`tick",
+        "|pipe",
+        ">gt",
+        "ünïcode",
+        "/path/x",
+        "v1",
+        "\u{1}ctl",
+        "a.*",
+        "y",
+        "a b",
+        "a,b",
+        "x: ",
     ];
     let value = json!({
         "strings": tricky.to_vec(),
@@ -219,7 +290,13 @@ fn written_yaml_reads_back_the_same() {
     let text = to_string(&value).unwrap();
     assert_eq!(read(&text), value, "{text}");
     assert!(text.contains("pem: |\n"), "{text}");
-    for top in [json!("yes"), json!(1), json!([]), json!({}), json!(["a", ["b"]])] {
+    for top in [
+        json!("yes"),
+        json!(1),
+        json!([]),
+        json!({}),
+        json!(["a", ["b"]]),
+    ] {
         let text = to_string(&top).unwrap();
         assert_eq!(read(&text), top, "{text}");
     }

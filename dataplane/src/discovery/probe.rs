@@ -211,9 +211,11 @@ mod tests {
         assert_eq!(check(&tcp, ip).await, Ok(()));
         let closed: ReadinessProbe = trellis_api::yaml::from_str("{tcpSocket: {port: 1}}").unwrap();
         assert!(check(&closed, ip).await.is_err());
-        let exec: ReadinessProbe = trellis_api::yaml::from_str("{exec: {command: [\"false\"]}}").unwrap();
+        let exec: ReadinessProbe =
+            trellis_api::yaml::from_str("{exec: {command: [\"false\"]}}").unwrap();
         assert!(check(&exec, ip).await.is_err());
-        let exec: ReadinessProbe = trellis_api::yaml::from_str("{exec: {command: [\"true\"]}}").unwrap();
+        let exec: ReadinessProbe =
+            trellis_api::yaml::from_str("{exec: {command: [\"true\"]}}").unwrap();
         assert_eq!(check(&exec, ip).await, Ok(()));
     }
 }

@@ -5,8 +5,8 @@ use std::time::Duration as StdDuration;
 use super::*;
 
 mod authorization_policy;
-mod istio_compat;
 mod gateway;
+mod istio_compat;
 mod metadata;
 mod request_authentication;
 mod sidecar;
@@ -406,7 +406,10 @@ fn an_unknown_field_does_not_hide_other_errors() {
         "spec.http[0].retries.perTryTimeout: invalid duration \"2x\"",
         "spec.http[0].route: destination weights sum to 60, they must sum to 100",
     ] {
-        assert!(lines.iter().any(|l| l.contains(expected)), "{expected}\n{lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.contains(expected)),
+            "{expected}\n{lines:#?}"
+        );
     }
 }
 
@@ -421,7 +424,10 @@ fn a_syntax_error_names_line_and_column_and_the_rest_is_checked() {
         "hosts: [a]\nhttp:\n- route: [{destination: {host: a}, weight: 50}, {destination: {host: b}, weight: 10}]",
     );
     let lines = errors(&format!("{bad}---\n{weights}"));
-    assert!(lines[0].starts_with("document 1: invalid YAML: "), "{lines:?}");
+    assert!(
+        lines[0].starts_with("document 1: invalid YAML: "),
+        "{lines:?}"
+    );
     assert!(lines[0].contains(" at line 7 column "), "{lines:?}");
     assert!(lines[1].contains("document 2 (VirtualService default/test): spec.http[0].route: destination weights sum to 60"), "{lines:?}");
 }
@@ -675,7 +681,9 @@ fn every_bad_document_is_reported_and_nothing_accepted() {
     );
     assert_eq!(lines[1], "document 2 (VirtualService default/test): spec.http[0].route: destination weights sum to 60, they must sum to 100");
     assert!(
-        lines[2].starts_with("document 3 (EnvoyFilter ns/s): kind: kind `EnvoyFilter` is not supported by Trellis"),
+        lines[2].starts_with(
+            "document 3 (EnvoyFilter ns/s): kind: kind `EnvoyFilter` is not supported by Trellis"
+        ),
         "{text}"
     );
     assert!(lines[3].starts_with("document 4: invalid YAML: "), "{text}");
