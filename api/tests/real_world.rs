@@ -79,3 +79,78 @@ fn real_world_istio_yaml_is_accepted() {
         assert_eq!(warnings, *expected, "{file}");
     }
 }
+
+/// A cheap stand-in for a fuzz target (the fuzz crate is not the config
+/// API's): mangled real-world documents never panic the reader or the
+/// checks, and every refusal names a document.
+#[test]
+fn mangled_documents_never_panic() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real-world");
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    const PIECES: &[&str] = &[
+        ":",
+        "::",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        "- ",
+        "#",
+        "&a ",
+        "*a",
+        "!!str ",
+        "|",
+        ">",
+        "'",
+        "\"",
+        "%",
+        "@",
+        "\n",
+        "\n---\n",
+        "  ",
+        "\t",
+        "yes",
+        "0777",
+        "001:db8::",
+        "<<: *a",
+        "é",
+    ];
+    for (file, _) in EXPECTED {
+        let text: Vec<char> = std::fs::read_to_string(dir.join(file))
+            .unwrap()
+            .chars()
+            .collect();
+        for _ in 0..300 {
+            let mut mangled = text.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % (mangled.len() + 1);
+                match next() % 3 {
+                    0 => mangled.truncate(at),
+                    1 => {
+                        let piece = PIECES[(next() as usize) % PIECES.len()];
+                        for (k, c) in piece.chars().enumerate() {
+                            mangled.insert(at + k, c);
+                        }
+                    }
+                    _ => {
+                        if at < mangled.len() {
+                            mangled.remove(at);
+                        }
+                    }
+                }
+            }
+            let input: String = mangled.into_iter().collect();
+            let checks = check_documents(&input);
+            for d in &checks.errors {
+                assert!(d.index >= 1 && !d.errors.is_empty(), "{input}");
+            }
+        }
+    }
+}
