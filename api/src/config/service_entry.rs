@@ -264,19 +264,20 @@ impl ServiceEntry {
         }
         self.workload_selector
             .warn_at(&format!("{path}.workloadSelector"), warnings);
-        if self.resolution == Resolution::Dns && !self.addresses.is_empty() && self.hosts.len() > 1
+        let tcp_port = self
+            .ports
+            .iter()
+            .any(|p| !matches!(declared(p), Some(p) if p.is_http()));
+        if self.resolution == Resolution::Dns
+            && !self.addresses.is_empty()
+            && self.hosts.len() > 1
+            && tcp_port
         {
-            if self
-                .ports
-                .iter()
-                .any(|p| !matches!(declared(p), Some(p) if p.is_http()))
-            {
-                push(
-                    warnings,
-                    &format!("{path}.hosts"),
-                    "several hosts with addresses and a TCP port: the addresses cannot tell the hosts apart",
-                );
-            }
+            push(
+                warnings,
+                &format!("{path}.hosts"),
+                "several hosts with addresses and a TCP port: the addresses cannot tell the hosts apart",
+            );
         }
         if self.resolution == Resolution::None && self.workload_selector.is_some() {
             push(

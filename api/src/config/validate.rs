@@ -385,7 +385,7 @@ pub(crate) fn check_min_duration(errors: &mut Vec<FieldError>, path: &str, value
     let d = value.as_std();
     if d < std::time::Duration::from_millis(1) {
         push(errors, path, format!("{value} is shorter than 1ms"));
-    } else if d.subsec_nanos() % 1_000_000 != 0 {
+    } else if !d.subsec_nanos().is_multiple_of(1_000_000) {
         push(
             errors,
             path,
