@@ -177,7 +177,9 @@ async fn main() {
             namespace,
             files,
         } => cfgcmd::delete(cfg, kind, names, &namespace, &files).await,
-        Cmd::Validate { files } => trellis::validate::validate(&files),
+        Cmd::Validate { files } => {
+            cfgcmd::read_sources(&files).and_then(|s| trellis::validate::validate(&s))
+        }
         Cmd::Analyze { files, output } => cfgcmd::analyze(cfg, &files, output).await,
         Cmd::ProxyStatus { output } => cfgcmd::proxy_status(cfg, output).await,
         Cmd::Demo(args) => trellis::demo::run(args).await,

@@ -4,12 +4,9 @@
 //! refused, and warnings shown, before anything is sent.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use trellis_api::config::{check_documents, Resource};
 use trellis_api::v1::ConfigSource;
-
-use crate::config::read_sources;
 
 /// What checking the sources of an apply found: one line per problem,
 /// `FILE: document N (Kind ns/name): field.path: reason`.
@@ -70,11 +67,10 @@ pub fn print_warnings(checks: &SourceChecks) {
     }
 }
 
-/// `trellis validate -f`: prints every error and warning; fails when there
-/// is an error.
-pub fn validate(files: &[PathBuf]) -> anyhow::Result<()> {
-    let sources = read_sources(files)?;
-    let checks = check_sources(&sources);
+/// `trellis validate -f`: prints every error and warning of the sources
+/// (read by `config::read_sources`); fails when there is an error.
+pub fn validate(sources: &[ConfigSource]) -> anyhow::Result<()> {
+    let checks = check_sources(sources);
     print_warnings(&checks);
     for e in &checks.errors {
         println!("{e}");
