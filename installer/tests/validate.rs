@@ -83,3 +83,16 @@ fn every_error_is_printed_and_the_exit_code_says_so() {
     }
     assert!(text(&out.stderr).contains("2 errors found; nothing would be applied"));
 }
+
+#[test]
+fn apply_refuses_a_bad_file_before_it_looks_for_a_control_plane() {
+    let out = trellis(&["apply", "-f", "-"], Some(BAD));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("<stdin>: document 1 (VirtualService prod/reviews): spec.http[0].timout: unknown field `timout`"),
+        "{stderr}"
+    );
+    // Refused here: the admin config (which does not exist) was not read.
+    assert!(!stderr.contains("trellis-config.yaml"), "{stderr}");
+}
