@@ -389,6 +389,18 @@ pub struct Checked {
     pub warnings: Vec<FieldError>,
 }
 
+/// What the typing phase of [`Resource::check`] found.
+#[derive(Default)]
+struct Reading {
+    resource: Option<Resource>,
+    /// Errors of the top level, the metadata, the schema and the types.
+    errors: Vec<FieldError>,
+    schema_check: schema::SchemaCheck,
+    /// The spec as written, after the schema check took the bad values out.
+    written: serde_json::Value,
+    kind: String,
+}
+
 impl Resource {
     /// The `kind` string.
     pub fn kind(&self) -> &'static str {
@@ -402,14 +414,58 @@ impl Resource {
     /// Warnings name the fields Trellis accepts but does not act on, and
     /// what Istio's validation warns about.
     pub fn check(value: serde_json::Value) -> Checked {
+        let Reading {
+            resource,
+            mut errors,
+            schema_check,
+            written,
+            kind,
+        } = Resource::read(value);
         let mut checked = Checked::default();
-        let errors = &mut checked.errors;
+        let Some(resource) = resource else {
+            errors.extend(schema_check.soft_errors);
+            checked.errors = errors;
+            return checked;
+        };
+        let mut found = Vec::new();
+        resource.metadata.validate_at("metadata", &mut found);
+        resource.spec.validate_at("spec", &mut found);
+        // What the schema already reported, or took out, is not reported
+        // again in other words; where the semantic checks say what a
+        // missing or out-of-bounds field should be, their words are kept.
+        let reported: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+        let found: Vec<FieldError> = found
+            .into_iter()
+            .filter(|e| !reported.contains(&e.path) && !schema_check.covers(&e.path))
+            .collect();
+        errors.extend(
+            schema_check
+                .soft_errors
+                .iter()
+                .filter(|s| !found.iter().any(|e| e.path == s.path))
+                .cloned(),
+        );
+        errors.extend(found);
+        resource.spec.warn_at("spec", &mut checked.warnings);
+        checked
+            .warnings
+            .extend(super::support::not_acted_on(&kind, &written));
+        checked.errors = errors;
+        checked.resource = Some(resource);
+        checked
+    }
+
+    /// The typing phase of [`check`](Resource::check): the top level, the
+    /// metadata, the spec against Istio's schema, then the types.
+    fn read(value: serde_json::Value) -> Reading {
+        let mut reading = Reading::default();
+        let errors = &mut reading.errors;
         let serde_json::Value::Object(mut document) = value else {
             errors.push(FieldError::new(
                 "",
                 "a document must be a mapping with apiVersion, kind, metadata and spec",
             ));
-            return checked;
+            return reading;
         };
         let unknown: Vec<String> = document
             .keys()
@@ -427,11 +483,11 @@ impl Resource {
             Some(serde_json::Value::String(kind)) => kind.clone(),
             Some(_) => {
                 errors.push(FieldError::new("kind", "must be a string"));
-                return checked;
+                return reading;
             }
             None => {
                 errors.push(FieldError::new("kind", "`kind` is required"));
-                return checked;
+                return reading;
             }
         };
         let api_version = match document.get("apiVersion") {
@@ -449,7 +505,7 @@ impl Resource {
                 "kind",
                 format!("kind `{kind}` is not supported by Trellis: {instead}"),
             ));
-            return checked;
+            return reading;
         }
         let group = Spec::group_of(&kind);
         let version = ApiVersion::parse(&api_version);
@@ -462,7 +518,7 @@ impl Resource {
                         Spec::KINDS.join(", ")
                     ),
                 ));
-                return checked;
+                return reading;
             }
             (Some(_), None) if !api_version.is_empty() => errors.push(FieldError::new(
                 "apiVersion",
@@ -487,42 +543,18 @@ impl Resource {
         let fields = schema::fields(&kind).expect("every served kind has a schema");
         let schema_check = schema::check_spec(fields, &mut spec);
         errors.extend(schema_check.errors.iter().cloned());
-        let written = spec.clone();
+        reading.written = spec.clone();
         let spec = parse_spec_reporting(&kind, spec, errors, &schema_check);
-        let (Some(api_version), Some(metadata), Some(spec)) = (version, metadata, spec) else {
-            checked.errors.extend(schema_check.soft_errors);
-            return checked;
-        };
-        let resource = Resource {
-            api_version,
-            metadata,
-            spec,
-        };
-        let mut found = Vec::new();
-        resource.metadata.validate_at("metadata", &mut found);
-        resource.spec.validate_at("spec", &mut found);
-        // What the schema already reported, or took out, is not reported
-        // again in other words; where the semantic checks say what a
-        // missing or out-of-bounds field should be, their words are kept.
-        let reported: Vec<String> = checked.errors.iter().map(|e| e.path.clone()).collect();
-        let found: Vec<FieldError> = found
-            .into_iter()
-            .filter(|e| !reported.contains(&e.path) && !schema_check.covers(&e.path))
-            .collect();
-        checked.errors.extend(
-            schema_check
-                .soft_errors
-                .iter()
-                .filter(|s| !found.iter().any(|e| e.path == s.path))
-                .cloned(),
-        );
-        checked.errors.extend(found);
-        resource.spec.warn_at("spec", &mut checked.warnings);
-        checked
-            .warnings
-            .extend(super::support::not_acted_on(&kind, &written));
-        checked.resource = Some(resource);
-        checked
+        reading.schema_check = schema_check;
+        reading.kind = kind;
+        if let (Some(api_version), Some(metadata), Some(spec)) = (version, metadata, spec) {
+            reading.resource = Some(Resource {
+                api_version,
+                metadata,
+                spec,
+            });
+        }
+        reading
     }
 
     /// Types one document (a stored or pushed resource, or input to be
@@ -530,27 +562,16 @@ impl Resource {
     /// apiVersions, and a kind under another group's apiVersion, are
     /// errors naming the field; the first one is returned.
     pub fn from_value(value: serde_json::Value) -> Result<Resource, FieldError> {
-        let mut checked = Resource::check_types(value);
-        match checked.resource.take() {
-            Some(resource) if checked.errors.is_empty() => Ok(resource),
-            _ => Err(checked
+        let reading = Resource::read(value);
+        match reading.resource {
+            Some(resource) if reading.errors.is_empty() => Ok(resource),
+            _ => Err(reading
                 .errors
                 .into_iter()
+                .chain(reading.schema_check.soft_errors)
                 .next()
                 .unwrap_or_else(|| FieldError::new("", "the document could not be read"))),
         }
-    }
-
-    /// [`check`](Resource::check) without the semantic checks.
-    fn check_types(value: serde_json::Value) -> Checked {
-        let mut checked = Resource::check(value);
-        if let Some(resource) = &checked.resource {
-            let mut semantic = Vec::new();
-            resource.metadata.validate_at("metadata", &mut semantic);
-            resource.spec.validate_at("spec", &mut semantic);
-            checked.errors.retain(|e| !semantic.contains(e));
-        }
-        checked
     }
 
     /// Semantic checks of the metadata and spec; every problem found, each
