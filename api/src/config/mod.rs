@@ -1,11 +1,18 @@
 //! Istio-compatible configuration: Rust types for the `networking.istio.io`
-//! and `security.istio.io` kinds Trellis serves, strict YAML parsing, and
-//! validation whose errors name the field.
+//! and `security.istio.io` kinds Trellis serves, YAML read as Istio reads
+//! it ([`crate::yaml`]), and validation whose errors name the field.
 //!
-//! [`parse_documents`] turns a multi-document YAML stream into
-//! [`Resource`]s (`apiVersion`, `kind`, [`Metadata`], typed [`Spec`]),
-//! refusing unknown fields, kinds and apiVersions, then runs
-//! [`Resource::validate`]; a [`ConfigError`] lists every problem as
+//! [`check_documents`] turns a multi-document YAML stream into
+//! [`Resource`]s (`apiVersion`, `kind`, [`Metadata`], typed [`Spec`]) and
+//! reports every problem of every document: each spec is first checked
+//! against Istio's published schema of its kind (`schema.rs`, a table
+//! generated from Istio's CRDs: every field Istio has is accepted, unknown
+//! fields and wrong types are errors), then typed, then checked by Istio's
+//! semantic rules ([`Validate`], one file per kind). Problems are errors
+//! ([`DocumentErrors`]) or, where Istio only warns and for fields Trellis
+//! accepts but does not act on (the one list is `support.rs`), warnings
+//! ([`DocumentWarnings`]). [`parse_documents`] is the same, all or
+//! nothing, without the warnings; a [`ConfigError`] lists every problem as
 //! `document N (Kind namespace/name): field.path: reason`. The metadata
 //! the API server fills in (`uid`, `managedFields`, ...) and a top-level
 //! `status` are accepted and dropped, so `kubectl get -o yaml` output
