@@ -9,12 +9,14 @@
 //! [`config`] holds the Istio-compatible configuration kinds
 //! (`networking.istio.io`: VirtualService, DestinationRule, ServiceEntry,
 //! WorkloadEntry, Gateway, Sidecar, WorkloadGroup; `security.istio.io`:
-//! PeerAuthentication, AuthorizationPolicy, RequestAuthentication) with
-//! strict YAML parsing that still takes `kubectl get -o yaml` output, and
-//! validation that names the offending field.
+//! PeerAuthentication, AuthorizationPolicy, RequestAuthentication),
+//! checked against Istio's published schemas and validation rules, with
+//! errors and warnings that name the field. [`yaml`] reads YAML as Istio's
+//! Go tools read it, and writes it back; every crate uses it.
 
 pub mod annotations;
 pub mod config;
+pub mod yaml;
 
 /// `trellis.v1`: the control-plane API.
 pub mod v1 {

@@ -51,7 +51,7 @@ impl AdminConfig {
                 "{e}; pass --config FILE or set TRELLIS_CONFIG (trellis-controlplane init writes DATA_DIR/admin.yaml)"
             ))
         })?;
-        let cfg: Self = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let cfg: Self = trellis_api::yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
         if cfg.controlplanes.is_empty() {
             return Err(err("controlplanes: at least one address is required".into()));
         }
@@ -60,7 +60,7 @@ impl AdminConfig {
 
     /// Writes the file readable by its owner only: it holds a private key.
     pub fn save(&self, path: &Path) -> Result<(), IdentityError> {
-        let text = serde_yaml::to_string(self).map_err(|e| IdentityError::Config {
+        let text = trellis_api::yaml::to_string(self).map_err(|e| IdentityError::Config {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;

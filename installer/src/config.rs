@@ -15,6 +15,7 @@ use trellis_api::v1::{
 
 use crate::client::{admin, status};
 use crate::commands::Output;
+use crate::validate::{check_sources, print_warnings};
 
 /// Output of `trellis get`.
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
@@ -129,9 +130,16 @@ fn print_results(r: &ApplyConfigResponse, dry_run: bool) {
     }
 }
 
-/// `trellis apply -f`.
+/// `trellis apply -f`: checked here first (see [`crate::validate`]), so a
+/// bad file is refused with every problem, and warnings are printed,
+/// before the control plane is asked.
 pub async fn apply(config: Option<&Path>, files: &[PathBuf], dry_run: bool) -> anyhow::Result<()> {
     let sources = read_sources(files)?;
+    let checks = check_sources(&sources);
+    print_warnings(&checks);
+    if !checks.errors.is_empty() {
+        bail!("{}", checks.errors.join("\n"));
+    }
     let mut c = admin(config).await?;
     let r = c
         .apply_config(ApplyConfigRequest { sources, dry_run })
@@ -227,7 +235,7 @@ pub async fn get(
                 if i > 0 {
                     println!("---");
                 }
-                print!("{}", serde_yaml::to_string(d)?);
+                print!("{}", trellis_api::yaml::to_string(d)?);
             }
         }
         GetOutput::Table => {

@@ -9,3 +9,4 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod duration;
+pub mod validate;

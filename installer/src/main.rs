@@ -59,6 +59,12 @@ enum Cmd {
         #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
     },
+    /// Check Istio resources offline, as apply would, without a control plane: prints every error and warning.
+    Validate {
+        /// File, directory (its .yaml/.yml/.json files) or - for stdin; repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Cross-resource checks of the stored config, with FILEs in place of their stored versions.
     Analyze {
         #[arg(short = 'f', long = "filename")]
@@ -171,6 +177,9 @@ async fn main() {
             namespace,
             files,
         } => cfgcmd::delete(cfg, kind, names, &namespace, &files).await,
+        Cmd::Validate { files } => {
+            cfgcmd::read_sources(&files).and_then(|s| trellis::validate::validate(&s))
+        }
         Cmd::Analyze { files, output } => cfgcmd::analyze(cfg, &files, output).await,
         Cmd::ProxyStatus { output } => cfgcmd::proxy_status(cfg, output).await,
         Cmd::Demo(args) => trellis::demo::run(args).await,

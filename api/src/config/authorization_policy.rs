@@ -11,7 +11,7 @@ use super::{FieldError, PolicyTargetReference, WorkloadSelector};
 
 /// `security.istio.io` `AuthorizationPolicy`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct AuthorizationPolicy {
     /// Workloads it applies to; the whole namespace (or mesh, in the root
     /// namespace) when unset. Not with `targetRef`/`targetRefs`.
@@ -53,7 +53,7 @@ pub enum AuthorizationAction {
 
 /// An external authorizer declared in the mesh config.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ExtensionProvider {
     /// Name of the extension provider in the mesh config. Required.
     pub name: String,
@@ -62,7 +62,7 @@ pub struct ExtensionProvider {
 /// Istio's `Rule`: matches when one `from`, one `to` and all `when` match;
 /// an empty rule matches every request.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct AuthorizationRule {
     /// Sources, any of which matches; any source when empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -77,7 +77,7 @@ pub struct AuthorizationRule {
 
 /// `Rule.From`: `{source: {...}}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct RuleFrom {
     /// The source. Required.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,7 +86,7 @@ pub struct RuleFrom {
 
 /// `Rule.To`: `{operation: {...}}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct RuleTo {
     /// The operation. Required.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,7 +97,7 @@ pub struct RuleTo {
 /// Values match exactly, by prefix (`abc*`), suffix (`*abc`) or presence
 /// (`*`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Source {
     /// Peer identities from the mTLS certificate,
     /// `TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
@@ -138,12 +138,18 @@ pub struct Source {
     /// Original client addresses that do not match.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_remote_ip_blocks: Vec<String>,
+    /// Trust domains of the peer identity that match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trust_domains: Vec<String>,
+    /// Trust domains of the peer identity that do not match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_trust_domains: Vec<String>,
 }
 
 /// What a request asks for; the fields are ANDed, the values in a field
 /// ORed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Operation {
     /// HTTP hosts (authority), case-insensitive.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -173,7 +179,7 @@ pub struct Operation {
 
 /// An extra condition on an attribute of the request or connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Condition {
     /// The attribute, one of [`CONDITION_KEYS`]. Required.
     pub key: String,
@@ -189,12 +195,13 @@ pub struct Condition {
 /// name in brackets (`request.headers[x-token]`,
 /// `request.auth.claims[groups]`, nested `request.auth.claims[a][b]`); a
 /// trailing `*` any suffix.
-pub const CONDITION_KEYS: [&str; 14] = [
+pub const CONDITION_KEYS: [&str; 15] = [
     "request.headers[]",
     "source.ip",
     "remote.ip",
     "source.namespace",
     "source.principal",
+    "source.trustDomain",
     "source.serviceAccount",
     "request.auth.principal",
     "request.auth.audiences",
@@ -229,6 +236,7 @@ fn condition_values(key: &str) -> Option<ConditionValues> {
         "destination.port" => Some(ConditionValues::Ports),
         "source.namespace"
         | "source.principal"
+        | "source.trustDomain"
         | "source.serviceAccount"
         | "request.auth.principal"
         | "request.auth.audiences"
@@ -260,6 +268,45 @@ impl AuthorizationPolicy {
 }
 
 impl Validate for AuthorizationPolicy {
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.selector.warn_at(&format!("{path}.selector"), warnings);
+        if self.action == Some(AuthorizationAction::Deny) {
+            for (i, rule) in self.rules.iter().enumerate() {
+                // Istio: a DENY rule with only HTTP attributes denies every
+                // TCP connection in its scope, where they cannot be read.
+                let tcp_from = rule.from.iter().filter_map(|f| f.source.as_ref()).any(|s| {
+                    !(s.principals.is_empty()
+                        && s.not_principals.is_empty()
+                        && s.ip_blocks.is_empty()
+                        && s.not_ip_blocks.is_empty()
+                        && s.namespaces.is_empty()
+                        && s.not_namespaces.is_empty()
+                        && s.remote_ip_blocks.is_empty()
+                        && s.not_remote_ip_blocks.is_empty()
+                        && s.service_accounts.is_empty()
+                        && s.not_service_accounts.is_empty())
+                });
+                let operations: Vec<&Operation> = rule
+                    .to
+                    .iter()
+                    .filter_map(|t| t.operation.as_ref())
+                    .collect();
+                let tcp_to = operations
+                    .iter()
+                    .any(|o| !o.ports.is_empty() || !o.not_ports.is_empty());
+                let has_from = rule.from.iter().any(|f| f.source.is_some());
+                let has_to = !operations.is_empty();
+                if (has_from && !has_to && !tcp_from) || (has_to && !tcp_to) {
+                    push(
+                        warnings,
+                        &format!("{path}.rules[{i}]"),
+                        "this DENY rule uses only HTTP attributes, so it denies all TCP traffic in its scope; name the ports it is for",
+                    );
+                }
+            }
+        }
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         check_policy_target(
             errors,
@@ -325,6 +372,8 @@ impl AuthorizationRule {
                 ("notNamespaces", &source.not_namespaces),
                 ("serviceAccounts", &source.service_accounts),
                 ("notServiceAccounts", &source.not_service_accounts),
+                ("trustDomains", &source.trust_domains),
+                ("notTrustDomains", &source.not_trust_domains),
             ] {
                 if !values.is_empty() {
                     push(errors, &format!("{path}.from[{j}].source.{field}"), reason);
@@ -335,7 +384,10 @@ impl AuthorizationRule {
             let key = condition.key.as_str();
             if matches!(
                 key,
-                "source.namespace" | "source.principal" | "source.serviceAccount"
+                "source.namespace"
+                    | "source.principal"
+                    | "source.trustDomain"
+                    | "source.serviceAccount"
             ) || key.starts_with("request.auth.")
             {
                 push(
@@ -379,6 +431,8 @@ impl Validate for Source {
             ("notNamespaces", &self.not_namespaces),
             ("serviceAccounts", &self.service_accounts),
             ("notServiceAccounts", &self.not_service_accounts),
+            ("trustDomains", &self.trust_domains),
+            ("notTrustDomains", &self.not_trust_domains),
         ];
         let addresses = [
             ("ipBlocks", &self.ip_blocks),
@@ -408,11 +462,76 @@ impl Validate for Source {
         for (field, values) in named {
             check_no_empty(errors, &format!("{path}.{field}"), values);
         }
+        for (field, values) in [
+            ("serviceAccounts", &self.service_accounts),
+            ("notServiceAccounts", &self.not_service_accounts),
+        ] {
+            check_service_accounts(errors, &format!("{path}.{field}"), values);
+        }
+        for (field, values) in [
+            ("trustDomains", &self.trust_domains),
+            ("notTrustDomains", &self.not_trust_domains),
+        ] {
+            for (k, value) in values.iter().enumerate() {
+                check_trust_domain(errors, &format!("{path}.{field}[{k}]"), value);
+            }
+        }
         for (field, values) in addresses {
             for (k, value) in values.iter().enumerate() {
                 check_ip_or_cidr(errors, &format!("{path}.{field}[{k}]"), value);
             }
         }
+    }
+}
+
+/// `serviceAccounts`: `name` or `namespace/name`, no wildcards, at most
+/// 16 (Istio's limits).
+fn check_service_accounts(errors: &mut Vec<FieldError>, path: &str, values: &[String]) {
+    if values.len() > 16 {
+        push(
+            errors,
+            path,
+            format!("at most 16 service accounts, found {}", values.len()),
+        );
+    }
+    for (k, value) in values.iter().enumerate() {
+        let at = format!("{path}[{k}]");
+        let reason = if value.contains('*') {
+            Some("wildcards are not allowed in service accounts".to_string())
+        } else if value.len() > 320 {
+            Some("a service account is at most 320 characters".to_string())
+        } else {
+            match value.split_once('/') {
+                Some((ns, sa)) if ns.is_empty() || sa.is_empty() || sa.contains('/') => Some(
+                    format!("`{value}` is not `serviceAccount` or `namespace/serviceAccount`"),
+                ),
+                _ => None,
+            }
+        };
+        if let Some(reason) = reason {
+            push(errors, &at, reason);
+        }
+    }
+}
+
+/// A trust domain value: at most one `*`, at the start or the end, and
+/// no `/`.
+fn check_trust_domain(errors: &mut Vec<FieldError>, path: &str, value: &str) {
+    let stars = value.matches('*').count();
+    if stars > 1 || (stars == 1 && value != "*" && !value.starts_with('*') && !value.ends_with('*'))
+    {
+        push(
+            errors,
+            path,
+            format!("`{value}`: a wildcard is allowed once, at the start or the end"),
+        );
+    }
+    if value.contains('/') {
+        push(
+            errors,
+            path,
+            format!("trust domain `{value}` must not contain `/`"),
+        );
     }
 }
 

@@ -7,7 +7,7 @@ use super::FieldError;
 
 /// TLS from the proxy to the endpoints of a destination.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ClientTlsSettings {
     /// Whether and how to use TLS.
     pub mode: TlsMode,

@@ -13,7 +13,7 @@ use super::{FieldError, TrafficPolicy, WorkloadSelector};
 
 /// `networking.istio.io` `DestinationRule`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct DestinationRule {
     /// The service host the rule applies to.
     pub host: String,
@@ -60,7 +60,7 @@ impl Validate for DestinationRule {
 
 /// Endpoints of the host carrying `labels`, with their own policies.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Subset {
     /// Name routes refer to; a DNS-1123 label such as `v1`.
     pub name: String,

@@ -292,19 +292,19 @@ mod tests {
 
     #[test]
     fn serde_round_trip() {
-        let parsed: Duration = serde_yaml::from_str("1m30s").unwrap();
+        let parsed: Duration = crate::yaml::from_str("1m30s").unwrap();
         assert_eq!(parsed.as_std(), Std::from_secs(90));
-        assert_eq!(serde_yaml::to_string(&parsed).unwrap(), "1m30s\n");
-        let err = serde_yaml::from_str::<Duration>("-3s")
+        assert_eq!(crate::yaml::to_string(&parsed).unwrap(), "1m30s\n");
+        let err = crate::yaml::from_str::<Duration>("-3s")
             .unwrap_err()
             .to_string();
         assert!(err.contains("negative"), "{err}");
-        let err = serde_yaml::from_str::<Duration>("10")
+        let err = crate::yaml::from_str::<Duration>("10")
             .unwrap_err()
             .to_string();
         assert!(err.contains("`10` has no unit"), "{err}");
         assert_eq!(
-            serde_yaml::from_str::<Duration>("0").unwrap(),
+            crate::yaml::from_str::<Duration>("0").unwrap(),
             Duration::default()
         );
     }

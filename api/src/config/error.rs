@@ -78,3 +78,35 @@ pub struct ConfigError {
     /// The bad documents, in input order.
     pub documents: Vec<DocumentErrors>,
 }
+
+/// The warnings of one document: accepted, but worth saying (fields
+/// Trellis does not act on, what Istio warns about).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocumentWarnings {
+    /// Position of the document in the input, as in [`DocumentErrors`].
+    pub index: usize,
+    /// The document's `kind`, when it has one.
+    pub kind: Option<String>,
+    /// `namespace/name` from the document's metadata, when it has a name.
+    pub name: Option<String>,
+    /// At least one warning.
+    pub warnings: Vec<FieldError>,
+}
+
+impl fmt::Display for DocumentWarnings {
+    /// One line per warning, e.g. `document 1 (DestinationRule
+    /// default/reviews): warning: spec.trafficPolicy.tunnel: accepted, ...`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let errors = DocumentErrors {
+            index: self.index,
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            errors: self
+                .warnings
+                .iter()
+                .map(|w| FieldError::new("warning", w.to_string()))
+                .collect(),
+        };
+        errors.fmt(f)
+    }
+}

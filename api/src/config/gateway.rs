@@ -14,7 +14,7 @@ use super::{FieldError, Protocol, ServerTlsSettings, UNIX_ADDRESS_PREFIX};
 
 /// `networking.istio.io` `Gateway`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Gateway {
     /// What the gateway listens on, at least one.
     pub servers: Vec<Server>,
@@ -25,7 +25,7 @@ pub struct Gateway {
 
 /// One listening port of a gateway and the hosts served on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Server {
     /// The port. Required.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -50,7 +50,7 @@ pub struct Server {
 
 /// Istio's `Port` of a gateway server.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct GatewayPort {
     /// Port number, 1..=65535; 0 with a `unix://` bind.
     pub number: u32,
@@ -79,6 +79,10 @@ impl KindSpec for Gateway {
 }
 
 impl Validate for Gateway {
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.servers.warn_at(&format!("{path}.servers"), warnings);
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         let servers_path = format!("{path}.servers");
         if self.servers.is_empty() {
@@ -116,6 +120,10 @@ impl Validate for Gateway {
 }
 
 impl Validate for Server {
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.tls.warn_at(&format!("{path}.tls"), warnings);
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         let hosts_path = format!("{path}.hosts");
         if self.hosts.is_empty() {

@@ -7,7 +7,7 @@ use super::{Duration, FieldError, Percent, StringMatch};
 
 /// Retry policy of an HTTP rule.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct HttpRetry {
     /// Retries allowed per request; 0 disables retries.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,7 +81,7 @@ impl Validate for HttpRetry {
 
 /// Faults injected into requests, for resilience testing.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct HttpFaultInjection {
     /// Delay requests before forwarding.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,10 +103,15 @@ impl Validate for HttpFaultInjection {
 
 /// A fixed delay on a share of requests.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Delay {
     /// How long to wait before forwarding.
+    // Istio takes a delay without one (no delay); 0s here.
+    #[serde(default)]
     pub fixed_delay: Duration,
+    /// Refused, as Istio refuses it: not supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exponential_delay: Option<Duration>,
     /// Share of requests delayed; all when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
@@ -114,6 +119,13 @@ pub struct Delay {
 
 impl Validate for Delay {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
+        if self.exponential_delay.is_some() {
+            push(
+                errors,
+                &format!("{path}.exponentialDelay"),
+                "exponentialDelay is not supported (Istio refuses it too); use fixedDelay",
+            );
+        }
         self.percentage
             .validate_at(&format!("{path}.percentage"), errors);
     }
@@ -122,7 +134,7 @@ impl Validate for Delay {
 /// An error returned instead of forwarding, for a share of requests.
 /// Exactly one of `httpStatus` and `grpcStatus`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Abort {
     /// HTTP status to return, 200..=599.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -190,7 +202,7 @@ impl Validate for Abort {
 
 /// Cross-origin resource sharing: which browser origins may call the route.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct CorsPolicy {
     /// Origins allowed; any of them matching allows the request.
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -10,7 +10,7 @@ use super::FieldError;
 
 /// Answer with a 3xx redirect built from the request and these fields.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct HttpRedirect {
     /// Replaces the path.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,7 +82,6 @@ impl Validate for HttpRedirect {
 
 /// Answer with this status and body.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HttpDirectResponse {
     /// Status code, 200..=599.
     pub status: u32,
@@ -137,7 +136,6 @@ impl Serialize for HttpBody {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawHttpBody {
     string: Option<String>,
     bytes: Option<String>,
@@ -171,17 +169,17 @@ mod tests {
 
     #[test]
     fn body_forms() {
-        let text: HttpBody = serde_yaml::from_str("{string: hello}").unwrap();
+        let text: HttpBody = crate::yaml::from_str("{string: hello}").unwrap();
         assert_eq!(text.as_bytes(), b"hello");
-        let bytes: HttpBody = serde_yaml::from_str("{bytes: aGVsbG8=}").unwrap();
+        let bytes: HttpBody = crate::yaml::from_str("{bytes: aGVsbG8=}").unwrap();
         assert_eq!(bytes, HttpBody::Bytes(b"hello".to_vec()));
-        assert_eq!(serde_yaml::to_string(&bytes).unwrap(), "bytes: aGVsbG8=\n");
+        assert_eq!(crate::yaml::to_string(&bytes).unwrap(), "bytes: aGVsbG8=\n");
         for (yaml, reason) in [
             ("{}", "exactly one of `string`, `bytes`"),
             ("{string: a, bytes: YQ==}", "only one of"),
             ("{bytes: '%%%'}", "not valid base64"),
         ] {
-            let err = serde_yaml::from_str::<HttpBody>(yaml)
+            let err = crate::yaml::from_str::<HttpBody>(yaml)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(reason), "{yaml}: {err}");

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::{check_header_name, check_labels, check_one_of, check_port, push, Validate};
+use super::validate::{
+    check_header_name, check_labels, check_min_duration, check_one_of, check_port,
+    is_dns1123_label, push, Validate,
+};
 use super::virtual_service::check_weights;
 use super::{
     CorsPolicy, Destination, Duration, FieldError, HeaderMatch, HttpDirectResponse,
@@ -18,7 +21,7 @@ use super::{
 /// One HTTP rule: when a request fits one of `match`, it is routed,
 /// redirected or answered directly, with the rule's policies applied.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct HttpRoute {
     /// Name for logs and stats.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,6 +81,16 @@ impl Validate for HttpRoute {
             ],
             true,
         );
+        if self.fault.is_some() && (self.redirect.is_some() || self.direct_response.is_some()) {
+            push(
+                errors,
+                &format!("{path}.fault"),
+                "`fault` needs `route`: it cannot be used with `redirect` or `directResponse`",
+            );
+        }
+        if let Some(timeout) = self.timeout {
+            check_min_duration(errors, &format!("{path}.timeout"), timeout);
+        }
         if self.rewrite.is_some() && !routed {
             push(
                 errors,
@@ -127,7 +140,7 @@ impl Validate for HttpRoute {
 
 /// Request attributes an HTTP rule can match on; all given ones must hold.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct HttpMatchRequest {
     /// Name for logs and stats, joined to the route's name.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,6 +188,15 @@ pub struct HttpMatchRequest {
 
 impl Validate for HttpMatchRequest {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
+        if let Some(ns) = self.source_namespace.as_deref() {
+            if !is_dns1123_label(ns) {
+                push(
+                    errors,
+                    &format!("{path}.sourceNamespace"),
+                    format!("`{ns}` is not a namespace name (a DNS-1123 label)"),
+                );
+            }
+        }
         for (field, headers) in [
             ("headers", &self.headers),
             ("withoutHeaders", &self.without_headers),
@@ -205,7 +227,7 @@ impl Validate for HttpMatchRequest {
 
 /// A weighted destination of an HTTP rule, with its own header changes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpRouteDestination {
     /// Where to send the request.
     pub destination: Destination,
@@ -228,7 +250,7 @@ impl Validate for HttpRouteDestination {
 
 /// Rewrites applied before forwarding.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct HttpRewrite {
     /// Replaces the part of the path matched by the `uri` match (the whole
     /// path for an exact match, the prefix for a prefix match).
@@ -266,7 +288,6 @@ impl Validate for HttpRewrite {
 /// Replaces every match of `match` in the path with `rewrite`, which may
 /// refer to groups as `\1`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RegexRewrite {
     /// The pattern, matched anywhere in the path.
     #[serde(rename = "match")]
@@ -277,7 +298,7 @@ pub struct RegexRewrite {
 
 /// One of several mirrors of an HTTP rule.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpMirrorPolicy {
     /// Where to send the copies.
     pub destination: Destination,
@@ -298,7 +319,7 @@ impl Validate for HttpMirrorPolicy {
 /// Header changes for requests (to the destination) and responses (to the
 /// client).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Headers {
     /// Changes to the request.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -318,7 +339,7 @@ impl Validate for Headers {
 
 /// Header changes, applied in the order remove, set, add.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct HeaderOperations {
     /// Replace these headers' values.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

@@ -1,11 +1,18 @@
 //! Istio-compatible configuration: Rust types for the `networking.istio.io`
-//! and `security.istio.io` kinds Trellis serves, strict YAML parsing, and
-//! validation whose errors name the field.
+//! and `security.istio.io` kinds Trellis serves, YAML read as Istio reads
+//! it ([`crate::yaml`]), and validation whose errors name the field.
 //!
-//! [`parse_documents`] turns a multi-document YAML stream into
-//! [`Resource`]s (`apiVersion`, `kind`, [`Metadata`], typed [`Spec`]),
-//! refusing unknown fields, kinds and apiVersions, then runs
-//! [`Resource::validate`]; a [`ConfigError`] lists every problem as
+//! [`check_documents`] turns a multi-document YAML stream into
+//! [`Resource`]s (`apiVersion`, `kind`, [`Metadata`], typed [`Spec`]) and
+//! reports every problem of every document: each spec is first checked
+//! against Istio's published schema of its kind (`schema.rs`, a table
+//! generated from Istio's CRDs: every field Istio has is accepted, unknown
+//! fields and wrong types are errors), then typed, then checked by Istio's
+//! semantic rules ([`Validate`], one file per kind). Problems are errors
+//! ([`DocumentErrors`]) or, where Istio only warns and for fields Trellis
+//! accepts but does not act on (the one list is `support.rs`), warnings
+//! ([`DocumentWarnings`]). [`parse_documents`] is the same, all or
+//! nothing, without the warnings; a [`ConfigError`] lists every problem as
 //! `document N (Kind namespace/name): field.path: reason`. The metadata
 //! the API server fills in (`uid`, `managedFields`, ...) and a top-level
 //! `status` are accepted and dropped, so `kubectl get -o yaml` output
@@ -37,10 +44,12 @@ mod protocol;
 mod regex;
 mod request_authentication;
 mod resource;
+mod schema;
 mod server_tls;
 mod service_entry;
 mod sidecar;
 mod string_match;
+mod support;
 mod target_ref;
 mod traffic_policy;
 mod validate;
@@ -56,7 +65,7 @@ pub use authorization_policy::{
 pub use client_tls::{ClientTlsSettings, TlsMode};
 pub use destination_rule::{DestinationRule, Subset};
 pub use duration::{Duration, DurationError};
-pub use error::{ConfigError, DocumentErrors, FieldError};
+pub use error::{ConfigError, DocumentErrors, DocumentWarnings, FieldError};
 pub use gateway::{Gateway, GatewayPort, Server};
 pub use host::{canonical_host, host_matches};
 pub use http_policy::{
@@ -68,13 +77,13 @@ pub use http_route::{
     HeaderOperations, Headers, HttpMatchRequest, HttpMirrorPolicy, HttpRewrite, HttpRoute,
     HttpRouteDestination, RegexRewrite,
 };
-pub use parse::parse_documents;
+pub use parse::{check_documents, parse_documents, Checks};
 pub use peer_authentication::{MtlsMode, MutualTls, PeerAuthentication};
 pub use percent::Percent;
 pub use protocol::Protocol;
 pub use regex::Regex;
 pub use request_authentication::{ClaimToHeader, JwtHeader, JwtRule, RequestAuthentication};
-pub use resource::{ApiVersion, Group, KindSpec, Metadata, Resource, Spec};
+pub use resource::{ApiVersion, Checked, Group, KindSpec, Metadata, Resource, Spec};
 pub use server_tls::{ServerTlsMode, ServerTlsSettings, TlsProtocol};
 pub use service_entry::{Location, Resolution, ServiceEntry, ServicePort};
 pub use sidecar::{
@@ -87,7 +96,7 @@ pub use traffic_policy::{
     ConnectionPoolSettings, ConsistentHashLb, H2UpgradePolicy, HttpCookie, HttpSettings,
     LoadBalancerSettings, LocalityDistribute, LocalityFailover, LocalityLbSetting, Maglev,
     OutlierDetection, PortTrafficPolicy, RingHash, SimpleLb, TcpKeepalive, TcpSettings,
-    TrafficPolicy, Warmup,
+    TrafficPolicy, TunnelSettings, Warmup,
 };
 pub use validate::{is_dns1123_label, is_dns1123_subdomain, Validate};
 pub use virtual_service::{

@@ -1,57 +1,86 @@
-//! [`parse_documents`]: multi-document YAML to validated [`Resource`]s.
+//! [`parse_documents`] and [`check_documents`]: multi-document YAML to
+//! validated [`Resource`]s, with every problem of every document.
 
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
-use super::{ConfigError, DocumentErrors, FieldError, Resource};
+use super::{ConfigError, DocumentErrors, DocumentWarnings, FieldError, Resource};
+use crate::yaml;
+
+/// What [`check_documents`] found in a stream.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Checks {
+    /// The documents that passed, in input order.
+    pub resources: Vec<Resource>,
+    /// Every refused document, with all of its errors.
+    pub errors: Vec<DocumentErrors>,
+    /// Every document with warnings (refused or not).
+    pub warnings: Vec<DocumentWarnings>,
+}
+
+impl Checks {
+    /// The resources if no document was refused, else every error.
+    pub fn into_result(self) -> Result<Vec<Resource>, ConfigError> {
+        if self.errors.is_empty() {
+            Ok(self.resources)
+        } else {
+            Err(ConfigError {
+                documents: self.errors,
+            })
+        }
+    }
+}
 
 /// Parses and validates a multi-document YAML stream (documents separated
-/// by `---`; empty ones skipped). Reading stops at the first YAML syntax
-/// error. All or nothing: if any document fails to
-/// parse or validate, returns every bad document's errors and no resources.
-pub fn parse_documents(yaml: &str) -> Result<Vec<Resource>, ConfigError> {
-    let mut resources = Vec::new();
-    let mut bad = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
-        let index = i + 1;
-        let value = match Value::deserialize(document) {
+/// by `---` lines; empty ones skipped). All or nothing: if any document
+/// fails to parse or validate, returns every bad document's errors and no
+/// resources. [`check_documents`] gives the warnings too.
+pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ConfigError> {
+    check_documents(text).into_result()
+}
+
+/// Checks every document of a YAML stream, as Istio would read it, and
+/// reports every problem of each: a document that is not YAML reports its
+/// syntax error with line and column (the others are still checked); one
+/// that is reports its unknown fields, wrongly typed values and semantic
+/// errors together, and its warnings.
+pub fn check_documents(text: &str) -> Checks {
+    let mut checks = Checks::default();
+    for document in yaml::documents(text) {
+        let index = document.index;
+        let value = match document.value {
             Ok(Value::Null) => continue,
             Ok(value) => value,
             Err(e) => {
-                bad.push(DocumentErrors {
+                checks.errors.push(DocumentErrors {
                     index,
                     kind: None,
                     name: None,
                     errors: vec![FieldError::new("", format!("invalid YAML: {e}"))],
                 });
-                // The YAML reader cannot find the next document after a
-                // syntax error; it would report this one forever.
-                break;
+                continue;
             }
         };
         let (kind, name) = label(&value);
-        let errors = match Resource::from_value(value) {
-            Ok(resource) => match resource.validate() {
-                Ok(()) => {
-                    resources.push(resource);
-                    continue;
-                }
-                Err(errors) => errors,
-            },
-            Err(error) => vec![error],
-        };
-        bad.push(DocumentErrors {
-            index,
-            kind,
-            name,
-            errors,
-        });
+        let checked = Resource::check(value);
+        if !checked.warnings.is_empty() {
+            checks.warnings.push(DocumentWarnings {
+                index,
+                kind: kind.clone(),
+                name: name.clone(),
+                warnings: checked.warnings,
+            });
+        }
+        match checked.resource {
+            Some(resource) if checked.errors.is_empty() => checks.resources.push(resource),
+            _ => checks.errors.push(DocumentErrors {
+                index,
+                kind,
+                name,
+                errors: checked.errors,
+            }),
+        }
     }
-    if bad.is_empty() {
-        Ok(resources)
-    } else {
-        Err(ConfigError { documents: bad })
-    }
+    checks
 }
 
 /// The kind and `namespace/name` of a document, as far as it has them, to

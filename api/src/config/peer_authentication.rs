@@ -11,7 +11,7 @@ use super::{FieldError, WorkloadSelector};
 
 /// `security.istio.io` `PeerAuthentication`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct PeerAuthentication {
     /// Workloads it applies to; the whole namespace (or mesh, in the root
     /// namespace) when unset.
@@ -31,7 +31,7 @@ pub struct PeerAuthentication {
 
 /// `{mode: STRICT}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct MutualTls {
     /// The mode.
     pub mode: MtlsMode,
@@ -58,6 +58,10 @@ impl KindSpec for PeerAuthentication {
 }
 
 impl Validate for PeerAuthentication {
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.selector.warn_at(&format!("{path}.selector"), warnings);
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         self.selector
             .validate_at(&format!("{path}.selector"), errors);

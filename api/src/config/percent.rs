@@ -6,8 +6,9 @@ use super::validate::{check_percent, Validate};
 use super::FieldError;
 
 /// A share of traffic, `{value: 12.5}`, from 0 to 100 inclusive.
+/// `{}` is 0, as in Istio.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct Percent {
     /// Percentage in 0..=100; fractions are allowed.
     pub value: f64,

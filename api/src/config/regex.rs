@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn bad_pattern_is_a_deserialize_error() {
-        let err = serde_yaml::from_str::<Regex>("'a('")
+        let err = crate::yaml::from_str::<Regex>("'a('")
             .unwrap_err()
             .to_string();
         assert!(err.contains("invalid regex \"a(\""), "{err}");

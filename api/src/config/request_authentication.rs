@@ -14,7 +14,7 @@ use super::{Duration, FieldError, PolicyTargetReference, WorkloadSelector};
 
 /// `security.istio.io` `RequestAuthentication`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct RequestAuthentication {
     /// Workloads it applies to; the whole namespace (or mesh, in the root
     /// namespace) when unset. Not with `targetRef`/`targetRefs`.
@@ -34,7 +34,7 @@ pub struct RequestAuthentication {
 
 /// Istio's `JWTRule`: one issuer's tokens.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct JwtRule {
     /// The `iss` claim tokens must carry. Required.
     pub issuer: String,
@@ -74,7 +74,7 @@ pub struct JwtRule {
 
 /// A header a token is read from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct JwtHeader {
     /// Header name. Required.
     pub name: String,
@@ -85,7 +85,7 @@ pub struct JwtHeader {
 
 /// A claim copied into a request header.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ClaimToHeader {
     /// Header to set (replacing any); letters, digits, `-` and `_`, unique
     /// in the rule. Required.
@@ -100,6 +100,10 @@ impl KindSpec for RequestAuthentication {
 }
 
 impl Validate for RequestAuthentication {
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.selector.warn_at(&format!("{path}.selector"), warnings);
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         check_policy_target(
             errors,

@@ -8,7 +8,7 @@ use super::FieldError;
 
 /// TLS on a listening port.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ServerTlsSettings {
     /// Answer plain HTTP requests with a 301 to HTTPS.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -124,6 +124,32 @@ impl ServerTlsSettings {
 }
 
 impl Validate for ServerTlsSettings {
+    /// Istio's warnings: certificates a passthrough mode ignores, cipher
+    /// suites given twice.
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        if self.is_passthrough() && self.has_certificates() {
+            push(
+                warnings,
+                path,
+                format!(
+                    "{} does not terminate TLS: the certificates are ignored",
+                    self.mode().as_str()
+                ),
+            );
+        }
+        for (i, suite) in self.cipher_suites.iter().enumerate() {
+            if self.cipher_suites[..i].contains(suite) {
+                push(
+                    warnings,
+                    &format!("{path}.cipherSuites[{i}]"),
+                    format!(
+                        "cipher suite `{suite}` is given more than once; the repeat is ignored"
+                    ),
+                );
+            }
+        }
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         let field = |name: &str| format!("{path}.{name}");
         let mode = self.mode();

@@ -17,7 +17,7 @@ use super::{
 
 /// `networking.istio.io` `Sidecar`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Sidecar {
     /// Workloads it applies to; the whole namespace when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,7 +39,7 @@ pub struct Sidecar {
 
 /// An inbound listener of the proxy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct IstioIngressListener {
     /// The port. Required.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,7 +65,7 @@ pub struct IstioIngressListener {
 
 /// An outbound listener of the proxy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct IstioEgressListener {
     /// The port; 0 with a `unix://` bind; left out on the last listener
     /// to catch all other ports.
@@ -85,7 +85,7 @@ pub struct IstioEgressListener {
 
 /// A listener port of a Sidecar (Istio's `SidecarPort`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct SidecarPort {
     /// Port number; 0 only for an egress listener on a unix socket.
     pub number: u32,
@@ -123,7 +123,7 @@ pub enum CaptureMode {
 
 /// Handling of traffic to destinations outside the registry.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct OutboundTrafficPolicy {
     /// `REGISTRY_ONLY` or `ALLOW_ANY`; `REGISTRY_ONLY` when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,6 +150,32 @@ impl KindSpec for Sidecar {
 }
 
 impl Validate for Sidecar {
+    /// What Istio warns about: a selector without labels, a host given
+    /// twice in a listener, `*/*` beside other hosts (it selects all).
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        self.workload_selector
+            .warn_at(&format!("{path}.workloadSelector"), warnings);
+        for (i, listener) in self.egress.iter().enumerate() {
+            let at = format!("{path}.egress[{i}].hosts");
+            for (j, host) in listener.hosts.iter().enumerate() {
+                if listener.hosts[..j].contains(host) {
+                    push(
+                        warnings,
+                        &format!("{at}[{j}]"),
+                        format!("host `{host}` is given more than once"),
+                    );
+                }
+            }
+            if listener.hosts.len() > 1 && listener.hosts.iter().any(|h| h == "*/*") {
+                push(
+                    warnings,
+                    &at,
+                    "`*/*` selects every host; the other hosts add nothing",
+                );
+            }
+        }
+    }
+
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         self.workload_selector
             .validate_at(&format!("{path}.workloadSelector"), errors);

@@ -9,7 +9,7 @@ use super::{FieldError, WorkloadSelector};
 
 /// `istio.type.v1beta1.PolicyTargetReference`, as in Gateway API GEP-713.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct PolicyTargetReference {
     /// API group of the target; empty for core (`Service`).
     #[serde(skip_serializing_if = "String::is_empty")]

@@ -7,14 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::validate::{
-    check_min_duration, check_non_negative, check_one_of, check_percent, push, Validate,
+    check_min_duration, check_non_negative, check_one_of, check_percent, check_port, push, Validate,
 };
 use super::{ClientTlsSettings, Duration, FieldError, PortSelector};
 
 /// Policies for traffic to a host or subset; `portLevelSettings` override
 /// them per port.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TrafficPolicy {
     /// How an endpoint is picked.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,11 +31,15 @@ pub struct TrafficPolicy {
     /// Overrides for single ports.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
+    /// Tunnel the connections through a proxy (HTTP CONNECT or POST);
+    /// accepted, not acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelSettings>,
 }
 
 /// The same policies for one port.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct PortTrafficPolicy {
     /// The port these settings apply to. Required.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,8 +74,44 @@ fn validate_policies(
     tls.validate_at(&format!("{path}.tls"), errors);
 }
 
+/// `trafficPolicy.tunnel`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TunnelSettings {
+    /// `CONNECT` (the default) or `POST`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Host the tunnel proxy connects to. Required.
+    pub target_host: String,
+    /// Port the tunnel proxy connects to. Required.
+    pub target_port: u32,
+}
+
+impl Validate for TunnelSettings {
+    fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
+        if let Some(protocol) = self.protocol.as_deref() {
+            if !matches!(protocol, "CONNECT" | "POST") {
+                push(
+                    errors,
+                    &format!("{path}.protocol"),
+                    format!("tunnel protocol `{protocol}` is not CONNECT or POST"),
+                );
+            }
+        }
+        if self.target_host.is_empty() {
+            push(
+                errors,
+                &format!("{path}.targetHost"),
+                "targetHost is required",
+            );
+        }
+        check_port(errors, &format!("{path}.targetPort"), self.target_port);
+    }
+}
+
 impl Validate for TrafficPolicy {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
+        self.tunnel.validate_at(&format!("{path}.tunnel"), errors);
         validate_policies(
             path,
             errors,
@@ -117,7 +157,7 @@ impl Validate for PortTrafficPolicy {
 /// Load balancing: a `simple` algorithm or a `consistentHash`, plus
 /// locality preferences and warm-up of new endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct LoadBalancerSettings {
     /// A standard algorithm; not with `consistentHash`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,7 +226,7 @@ impl Validate for LoadBalancerSettings {
 /// Consistent hashing on exactly one request attribute, with a ring-hash
 /// or Maglev table.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ConsistentHashLb {
     /// Hash on this header.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -251,7 +291,6 @@ impl Validate for ConsistentHashLb {
 
 /// The cookie consistent hashing reads, or sets when absent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HttpCookie {
     /// Cookie name.
     pub name: String,
@@ -265,7 +304,7 @@ pub struct HttpCookie {
 
 /// Ring-hash table settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct RingHash {
     /// Minimum number of virtual nodes on the ring.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -274,7 +313,7 @@ pub struct RingHash {
 
 /// Maglev table settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Maglev {
     /// Table size; a prime.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -284,7 +323,7 @@ pub struct Maglev {
 /// Locality preferences: explicit weights (`distribute`) or an order to fail
 /// over in (`failover`, `failoverPriority`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct LocalityLbSetting {
     /// Share of traffic from a locality to others; not with `failover`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -303,7 +342,7 @@ pub struct LocalityLbSetting {
 /// Traffic from `from` (`region/zone/subzone`, `*` wildcards) split over
 /// `to` localities by weight.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct LocalityDistribute {
     /// Origin locality.
     pub from: String,
@@ -313,7 +352,7 @@ pub struct LocalityDistribute {
 
 /// Fail over from one region to another.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct LocalityFailover {
     /// Origin region.
     pub from: String,
@@ -356,7 +395,7 @@ impl Validate for LocalityLbSetting {
 
 /// Slow start of new endpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Warmup {
     /// How long an endpoint is warming up.
     pub duration: Duration,
@@ -385,7 +424,7 @@ impl Validate for Warmup {
 
 /// Connection and request limits per endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ConnectionPoolSettings {
     /// TCP limits (all protocols).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -404,7 +443,7 @@ impl Validate for ConnectionPoolSettings {
 
 /// TCP connection limits.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TcpSettings {
     /// Maximum connections to an endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -432,6 +471,11 @@ impl Validate for TcpSettings {
         );
         for (field, value) in [
             ("connectTimeout", self.connect_timeout),
+            // `0s` is "off", as in Istio.
+            (
+                "idleTimeout",
+                self.idle_timeout.filter(|d| !d.as_std().is_zero()),
+            ),
             // 0s is "none"; a positive duration under 1ms is a mistake.
             (
                 "maxConnectionDuration",
@@ -460,7 +504,7 @@ impl Validate for TcpSettings {
 
 /// TCP keepalive settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct TcpKeepalive {
     /// Unanswered probes before the connection is dead.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -475,7 +519,7 @@ pub struct TcpKeepalive {
 
 /// HTTP request limits.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct HttpSettings {
     /// Maximum requests queued waiting for a connection.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -526,12 +570,16 @@ impl Validate for HttpSettings {
         ] {
             check_non_negative(errors, &format!("{path}.{field}"), value);
         }
+        // `0s` is "never" (Istio refuses it here; Trellis documents it).
+        if let Some(idle) = self.idle_timeout.filter(|d| !d.as_std().is_zero()) {
+            check_min_duration(errors, &format!("{path}.idleTimeout"), idle);
+        }
     }
 }
 
 /// Ejection of endpoints that keep failing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct OutlierDetection {
     /// Deprecated: `consecutive5xxErrors` and `consecutiveGatewayErrors`.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -12,6 +12,10 @@ use super::{Duration, FieldError, UNIX_ADDRESS_PREFIX};
 pub trait Validate {
     /// Appends one [`FieldError`] per problem found in `self`.
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>);
+
+    /// Appends what is accepted but worth a warning, where Istio's
+    /// validation warns instead of refusing. None by default.
+    fn warn_at(&self, _path: &str, _warnings: &mut Vec<FieldError>) {}
 }
 
 impl<T: Validate> Validate for Option<T> {
@@ -20,12 +24,24 @@ impl<T: Validate> Validate for Option<T> {
             value.validate_at(path, errors);
         }
     }
+
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        if let Some(value) = self {
+            value.warn_at(path, warnings);
+        }
+    }
 }
 
 impl<T: Validate> Validate for [T] {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         for (i, value) in self.iter().enumerate() {
             value.validate_at(&format!("{path}[{i}]"), errors);
+        }
+    }
+
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        for (i, value) in self.iter().enumerate() {
+            value.warn_at(&format!("{path}[{i}]"), warnings);
         }
     }
 }
@@ -191,6 +207,19 @@ pub(crate) fn check_wildcard_dns_name(errors: &mut Vec<FieldError>, path: &str, 
     }
 }
 
+/// Istio's rule for the DNS part of Gateway and Sidecar hosts: a short
+/// name (no dot) is refused, since it would mean different services in
+/// different namespaces.
+fn check_not_short_name(errors: &mut Vec<FieldError>, path: &str, dns_name: &str) {
+    if dns_name != "*" && !dns_name.is_empty() && !dns_name.contains('.') {
+        push(
+            errors,
+            path,
+            format!("short name `{dns_name}` is not allowed here; write the full name, e.g. `{dns_name}.NAMESPACE.svc.cluster.local`, or `*`"),
+        );
+    }
+}
+
 /// Which namespaces a `namespace/dnsName` host may name besides real ones.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HostNamespaces {
@@ -211,7 +240,10 @@ pub(crate) fn check_namespaced_host(
 ) {
     let Some((namespace, dns_name)) = host.split_once('/') else {
         match kind {
-            HostNamespaces::Gateway => check_wildcard_dns_name(errors, path, host),
+            HostNamespaces::Gateway => {
+                check_wildcard_dns_name(errors, path, host);
+                check_not_short_name(errors, path, host);
+            }
             HostNamespaces::Sidecar => push(
                 errors,
                 path,
@@ -239,6 +271,7 @@ pub(crate) fn check_namespaced_host(
         );
     }
     check_wildcard_dns_name(errors, path, dns_name);
+    check_not_short_name(errors, path, dns_name);
 }
 
 /// The path after `unix://` in a bind or endpoint address: absolute and
@@ -256,6 +289,21 @@ pub(crate) fn check_unix_path(errors: &mut Vec<FieldError>, path: &str, address:
             ),
         );
     }
+}
+
+/// A DNS name: dot-separated labels of letters, digits and `-`, with an
+/// optional leading `*.`.
+pub(crate) fn is_fqdn(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
 }
 
 /// An IP address (no port, no prefix length).
@@ -330,10 +378,19 @@ pub(crate) fn check_header_name(errors: &mut Vec<FieldError>, path: &str, name: 
     }
 }
 
-/// Timeouts and intervals that Envoy rejects or misbehaves with below 1ms.
+/// Timeouts and intervals, as Istio's `ValidateDuration` takes them: at
+/// least 1ms (Envoy rejects or misbehaves with less), in whole
+/// milliseconds.
 pub(crate) fn check_min_duration(errors: &mut Vec<FieldError>, path: &str, value: Duration) {
-    if value.as_std() < std::time::Duration::from_millis(1) {
+    let d = value.as_std();
+    if d < std::time::Duration::from_millis(1) {
         push(errors, path, format!("{value} is shorter than 1ms"));
+    } else if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        push(
+            errors,
+            path,
+            format!("{value}: only whole milliseconds are supported"),
+        );
     }
 }
 
@@ -419,6 +476,9 @@ mod tests {
             ("bookinfo-namespace/*.bookinfo.com", Gateway, true),
             ("~/*", Gateway, false),
             ("a b.com", Gateway, false),
+            ("shorthost", Gateway, false),
+            ("ns1/shorthost", Gateway, false),
+            ("prod/mysql", Sidecar, false),
             ("*.*.com", Gateway, false),
         ] {
             let mut errors = Vec::new();

@@ -8,14 +8,14 @@ use serde::{Deserialize, Serialize};
 
 use super::resource::{Group, KindSpec};
 use super::validate::{
-    check_export_to, check_host, check_hosts, check_ip_or_cidr, check_labels, check_port, push,
-    Validate,
+    check_export_to, check_host, check_hosts, check_ip_or_cidr, check_labels, check_port,
+    is_dns1123_label, push, Validate,
 };
-use super::{FieldError, HttpRoute};
+use super::{host_matches, FieldError, HttpRoute};
 
 /// `networking.istio.io` `VirtualService`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct VirtualService {
     /// Hosts the routes apply to: service names, FQDNs, `*.` wildcards.
     pub hosts: Vec<String>,
@@ -45,13 +45,38 @@ impl KindSpec for VirtualService {
 impl Validate for VirtualService {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         check_hosts(errors, &format!("{path}.hosts"), &self.hosts);
-        for (i, gateway) in self.gateways.iter().enumerate() {
-            if gateway.is_empty() {
+        let mesh = self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh");
+        for (i, host) in self.hosts.iter().enumerate() {
+            let at = format!("{path}.hosts[{i}]");
+            if mesh && host == "*" {
                 push(
                     errors,
-                    &format!("{path}.gateways[{i}]"),
-                    "gateway must not be empty",
+                    &at,
+                    "`*` is not allowed for a VirtualService bound to the mesh (no `gateways`, or `mesh` among them)",
                 );
+            }
+            if self.hosts[..i].contains(host) {
+                push(
+                    errors,
+                    &at,
+                    format!("host `{host}` is given more than once"),
+                );
+            }
+        }
+        for (i, gateway) in self.gateways.iter().enumerate() {
+            check_gateway_name(errors, &format!("{path}.gateways[{i}]"), gateway);
+        }
+        for (i, route) in self.tls.iter().enumerate() {
+            for (j, m) in route.matches.iter().enumerate() {
+                for (k, sni) in m.sni_hosts.iter().enumerate() {
+                    if !sni.is_empty() && !self.hosts.iter().any(|h| host_matches(h, sni)) {
+                        push(
+                            errors,
+                            &format!("{path}.tls[{i}].match[{j}].sniHosts[{k}]"),
+                            format!("SNI host `{sni}` is not covered by any of the VirtualService's hosts"),
+                        );
+                    }
+                }
             }
         }
         if self.http.is_empty() && self.tls.is_empty() && self.tcp.is_empty() {
@@ -70,8 +95,28 @@ impl Validate for VirtualService {
 
 /// Where traffic goes: a service host, optionally a subset from its
 /// DestinationRule and a port.
+/// A gateway a VirtualService binds to: `mesh`, `namespace/name`, or a
+/// name in the VirtualService's namespace, as Istio accepts them.
+fn check_gateway_name(errors: &mut Vec<FieldError>, path: &str, gateway: &str) {
+    if gateway == "mesh" {
+        return;
+    }
+    let valid = match gateway.split_once('/') {
+        Some((namespace, name)) => is_dns1123_label(namespace) && is_dns1123_label(name),
+        // A bare name, or the legacy `name.namespace...` form.
+        None => !gateway.is_empty() && gateway.split('.').all(is_dns1123_label),
+    };
+    if !valid {
+        push(
+            errors,
+            path,
+            format!("`{gateway}` is not `mesh` or a gateway name such as `istio-system/ingress` or `ingress`"),
+        );
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Destination {
     /// Service host from the registry (Kubernetes or ServiceEntry).
     pub host: String,
@@ -86,12 +131,25 @@ pub struct Destination {
 impl Validate for Destination {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         check_host(errors, &format!("{path}.host"), &self.host);
+        if self.host == "*" {
+            push(
+                errors,
+                &format!("{path}.host"),
+                "`*` is not a destination; name a service host",
+            );
+        }
         if let Some(subset) = &self.subset {
             if subset.is_empty() {
                 push(
                     errors,
                     &format!("{path}.subset"),
                     "subset must not be empty",
+                );
+            } else if !is_dns1123_label(subset) {
+                push(
+                    errors,
+                    &format!("{path}.subset"),
+                    format!("subset name `{subset}` must be a DNS-1123 label (lowercase letters, digits, `-`)"),
                 );
             }
         }
@@ -101,7 +159,7 @@ impl Validate for Destination {
 
 /// A port by number, `{number: 9080}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct PortSelector {
     /// Port number, 1..=65535.
     pub number: u32,
@@ -151,7 +209,7 @@ pub(crate) fn check_weights(errors: &mut Vec<FieldError>, path: &str, weights: &
 
 /// A weighted destination of a TCP or TLS route.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteDestination {
     /// Where to send the connection.
     pub destination: Destination,
@@ -183,7 +241,7 @@ fn check_subnets(errors: &mut Vec<FieldError>, path: &str, subnets: &[String]) {
 /// An opaque TCP route: the first rule whose match fits the connection
 /// picks the destinations.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TcpRoute {
     /// Conditions, any of which selects this route; empty matches all.
     #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
@@ -201,7 +259,7 @@ impl Validate for TcpRoute {
 
 /// Connection attributes a TCP route can match on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct L4MatchAttributes {
     /// Destination IPs or CIDR blocks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -236,7 +294,7 @@ impl Validate for L4MatchAttributes {
 
 /// A TLS passthrough route, chosen on SNI without terminating TLS.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TlsRoute {
     /// Conditions, any of which selects this route; at least one.
     #[serde(rename = "match")]
@@ -261,7 +319,7 @@ impl Validate for TlsRoute {
 
 /// Connection attributes a TLS route can match on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TlsMatchAttributes {
     /// SNI values to match; `*.` wildcards allowed. Required.
     pub sni_hosts: Vec<String>,

@@ -7,13 +7,15 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::resource::{Group, KindSpec};
-use super::validate::{check_labels, check_port, check_port_name, push, Validate};
+use super::validate::{
+    check_labels, check_port, check_port_name, check_unix_path, is_fqdn, push, Validate,
+};
 use super::FieldError;
 
 /// `networking.istio.io` `WorkloadEntry`, also the type of
 /// `ServiceEntry.endpoints`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct WorkloadEntry {
     /// IP, hostname or `unix:///path`; may be empty only with `network`
     /// (reached through that network's gateway).
@@ -59,6 +61,18 @@ impl Validate for WorkloadEntry {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         self.validate_entry(path, errors, true);
     }
+
+    fn warn_at(&self, path: &str, warnings: &mut Vec<FieldError>) {
+        if self.address.is_empty() {
+            if let Some(network) = &self.network {
+                push(
+                    warnings,
+                    &format!("{path}.address"),
+                    format!("address is unset with network `{network}`: the workload is reached through that network's gateway"),
+                );
+            }
+        }
+    }
 }
 
 impl WorkloadEntry {
@@ -85,11 +99,24 @@ impl WorkloadEntry {
                 &address_path,
                 "a unix address needs a socket path, e.g. unix:///var/run/app.sock",
             );
-        } else if self.address.chars().any(char::is_whitespace) {
+        } else if self.address.starts_with(UNIX_ADDRESS_PREFIX) {
+            // As Istio: an absolute path to a file, or an abstract socket.
+            check_unix_path(errors, &address_path, &self.address);
+            if !self.ports.is_empty() {
+                push(
+                    errors,
+                    &format!("{path}.ports"),
+                    format!("unix endpoint `{}` must not have ports", self.address),
+                );
+            }
+        } else if self.address.parse::<IpAddr>().is_err() && !is_fqdn(&self.address) {
             push(
                 errors,
                 &address_path,
-                format!("`{}` is not an address", self.address),
+                format!(
+                    "`{}` is not an address: write an IP address, a DNS name or unix:///path",
+                    self.address
+                ),
             );
         }
         for (name, port) in &self.ports {

@@ -13,7 +13,7 @@ use super::{FieldError, WorkloadEntry};
 
 /// `networking.istio.io` `WorkloadGroup`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct WorkloadGroup {
     /// Labels and annotations every WorkloadEntry of the group gets.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -29,7 +29,7 @@ pub struct WorkloadGroup {
 
 /// Istio's `WorkloadGroup.ObjectMeta`: what is copied onto each entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct WorkloadGroupMetadata {
     /// Labels of each entry.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -42,7 +42,7 @@ pub struct WorkloadGroupMetadata {
 /// A readiness check, as in Kubernetes: timings and exactly one of
 /// `httpGet`, `tcpSocket`, `exec`, `grpc`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ReadinessProbe {
     /// Seconds after start before the first probe; at least 0.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,7 +75,7 @@ pub struct ReadinessProbe {
 
 /// An HTTP GET probe.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct HttpHealthCheckConfig {
     /// Request path.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,7 +95,7 @@ pub struct HttpHealthCheckConfig {
 
 /// A header sent by an HTTP probe.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct HttpHeader {
     /// Header name: letters, digits, `-` and `_`.
     pub name: String,
@@ -106,7 +106,7 @@ pub struct HttpHeader {
 
 /// A TCP connect probe.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct TcpHealthCheckConfig {
     /// Host to connect to; localhost when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,7 +117,7 @@ pub struct TcpHealthCheckConfig {
 
 /// A command probe.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ExecHealthCheckConfig {
     /// Program and arguments, not run through a shell. Required.
     pub command: Vec<String>,
@@ -125,7 +125,7 @@ pub struct ExecHealthCheckConfig {
 
 /// A gRPC health check probe (`grpc.health.v1.Health/Check`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct GrpcHealthCheckConfig {
     /// Port, 1..=65535. Required.
     pub port: u32,

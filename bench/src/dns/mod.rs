@@ -480,8 +480,8 @@ mod tests {
         assert_eq!(hosts_file(2), "240.10.0.1 svc-0.default.svc.cluster.local\n240.10.0.2 svc-1.default.svc.cluster.local\n");
         let docs = trellis_api::config::parse_documents(&mesh_yaml(2)).unwrap();
         assert_eq!(docs.len(), 2);
-        let yaml: serde_yaml::Value =
-            serde_yaml::from_str(mesh_yaml(2).split("---\n").nth(1).unwrap()).unwrap();
+        let yaml: serde_json::Value =
+            trellis_api::yaml::from_str(mesh_yaml(2).split("---\n").nth(1).unwrap()).unwrap();
         assert_eq!(
             yaml["spec"]["hosts"][0].as_str(),
             Some("svc-1.default.svc.cluster.local")

@@ -130,7 +130,7 @@ mod tests {
             http: 30080,
             grpc: 30090,
         });
-        let v: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+        let v: serde_json::Value = trellis_api::yaml::from_str(&y).unwrap();
         let spec = &v["spec"];
         assert_eq!(spec["hosts"][0].as_str(), Some(SERVICE));
         assert_eq!(spec["ports"][0]["number"].as_u64(), Some(30080));

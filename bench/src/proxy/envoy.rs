@@ -129,7 +129,7 @@ fn stat(stats: &str, name: &str) -> Option<u64> {
 /// Writes `bootstrap` as `SIDE-envoy.yaml` in `dir` and starts Envoy on it.
 fn spawn(envoy: &Path, dir: &Path, side: &str, bootstrap: &Value) -> anyhow::Result<Proc> {
     let file = dir.join(format!("{side}-envoy.yaml"));
-    std::fs::write(&file, serde_yaml::to_string(bootstrap)?)?;
+    std::fs::write(&file, trellis_api::yaml::to_string(bootstrap)?)?;
     let mut cmd = Command::new(envoy);
     cmd.arg("-c")
         .arg(&file)
@@ -381,8 +381,8 @@ mod tests {
         let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
         assert_eq!(hcm["codec_type"], "AUTO");
         // Written as YAML that reads back the same.
-        let yaml = serde_yaml::to_string(&b).unwrap();
-        assert_eq!(serde_yaml::from_str::<Value>(&yaml).unwrap(), b);
+        let yaml = trellis_api::yaml::to_string(&b).unwrap();
+        assert_eq!(trellis_api::yaml::from_str::<Value>(&yaml).unwrap(), b);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use trellis_api::v1::{
     ProxyStatusResponse, ResourceRef,
 };
 
-use crate::config::analyze::{analyze, Workload};
+use crate::config::analyze::{analyze, document_warnings, Workload};
 use crate::config::{from_json, key_of, parse_sources, reference, stored};
 use crate::node::Node;
 use crate::push::item::DOMAIN;
@@ -192,8 +192,10 @@ pub fn analyze_config(node: &Node, r: AnalyzeRequest) -> Result<AnalyzeResponse,
             labels: l,
         })
         .collect();
+    let file_warnings = r.sources.iter().flat_map(|s| document_warnings(&s.yaml));
     let messages = analyze(&resources, &workloads, DOMAIN)
         .into_iter()
+        .chain(file_warnings)
         .map(|m| AnalysisMessage {
             level: m.level.as_str().to_string(),
             code: m.code.to_string(),

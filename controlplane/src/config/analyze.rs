@@ -4,7 +4,9 @@
 //! the field.
 use std::collections::{BTreeMap, HashMap};
 
-use trellis_api::config::{canonical_host, host_matches, Destination, Resource, Spec};
+use trellis_api::config::{
+    canonical_host, check_documents, host_matches, Destination, Resource, Spec,
+};
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,6 +48,10 @@ pub struct Workload<'a> {
 const ROOT_NAMESPACE: &str = "istio-system";
 
 const NOT_FOUND: &str = "ReferencedResourceNotFound";
+/// A field Trellis accepts and does not act on (yet).
+const NOT_ACTED_ON: &str = "FieldNotActedOn";
+/// What Istio's validation warns about.
+const VALIDATION_WARNING: &str = "ValidationWarning";
 const CONFLICT: &str = "ConflictingMeshGatewayVirtualServiceHosts";
 
 /// Runs every check over `resources` (the stored config with the files
@@ -176,6 +182,45 @@ pub fn analyze(resources: &[Resource], workloads: &[Workload<'_>], domain: &str)
         (x.kind, &x.namespace, &x.name, &x.field).cmp(&(y.kind, &y.namespace, &y.name, &y.field))
     });
     a.out
+}
+
+/// The warnings of the documents in `yaml` (the files being analyzed):
+/// fields Trellis does not act on, and what Istio's validation warns
+/// about, each naming the resource and the field. The stored config has
+/// none to give: fields not acted on are not stored.
+pub fn document_warnings(yaml: &str) -> Vec<Message> {
+    let mut out = Vec::new();
+    for d in check_documents(yaml).warnings {
+        let Some(kind) = d
+            .kind
+            .as_deref()
+            .and_then(|k| Spec::KINDS.iter().find(|known| **known == k))
+        else {
+            continue;
+        };
+        let (namespace, name) = d
+            .name
+            .as_deref()
+            .and_then(|n| n.split_once('/'))
+            .unwrap_or_default();
+        for w in d.warnings {
+            let code = if w.reason.starts_with("accepted, not acted on") {
+                NOT_ACTED_ON
+            } else {
+                VALIDATION_WARNING
+            };
+            out.push(Message {
+                level: Level::Warning,
+                code,
+                kind,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                field: w.path,
+                text: w.reason,
+            });
+        }
+    }
+    out
 }
 
 struct Analysis<'a> {
@@ -417,5 +462,17 @@ spec:
             vec!["ReferencedResourceNotFound ServiceEntry default/reviews spec.workloadSelector.labels"]
         );
         assert_eq!(run("", &[reviews()]), vec![]);
+    }
+
+    #[test]
+    fn fields_not_acted_on_and_istio_warnings_are_warnings() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: prod}\nspec:\n  host: reviews\n  trafficPolicy: {tunnel: {protocol: CONNECT, targetHost: h, targetPort: 8080}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e}\nspec: {hosts: ['*x.com'], resolution: NONE}\n";
+        assert_eq!(
+            summary(&document_warnings(yaml)),
+            [
+                "FieldNotActedOn DestinationRule prod/r spec.trafficPolicy.tunnel",
+                "ValidationWarning ServiceEntry default/e spec.hosts[0]",
+            ]
+        );
     }
 }

@@ -127,7 +127,7 @@ pub fn stored(r: &Resource) -> StoredConfig {
 /// applied, so a failure here means the store holds something this build
 /// cannot read (a newer version wrote it).
 pub fn from_json(json: &[u8]) -> Result<Resource, StoredConfigError> {
-    let value: serde_yaml::Value = serde_json::from_slice(json)?;
+    let value: serde_json::Value = serde_json::from_slice(json)?;
     Ok(Resource::from_value(value)?)
 }
 
@@ -175,7 +175,7 @@ kind: ServiceEntry
 metadata: {name: reviews}
 spec:
   hosts: [reviews.default.svc.cluster.local, '*.wild.example']
-  ports: [{number: 9080, name: http}]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
   resolution: STATIC
 ";
 

@@ -198,22 +198,24 @@ mod tests {
         });
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let http = |path: &str| {
-            let v: serde_yaml::Value =
-                serde_yaml::from_str(&format!("{{httpGet: {{path: {path}, port: {port}}}}}"))
-                    .unwrap();
-            serde_yaml::from_value::<ReadinessProbe>(v).unwrap()
+            trellis_api::yaml::from_str::<ReadinessProbe>(&format!(
+                "{{httpGet: {{path: {path}, port: {port}}}}}"
+            ))
+            .unwrap()
         };
         assert_eq!(check(&http("/healthz"), ip).await, Ok(()));
         let err = check(&http("/other"), ip).await.unwrap_err();
         assert!(err.ends_with("answered 503"), "{err}");
         let tcp: ReadinessProbe =
-            serde_yaml::from_str(&format!("{{tcpSocket: {{port: {port}}}}}")).unwrap();
+            trellis_api::yaml::from_str(&format!("{{tcpSocket: {{port: {port}}}}}")).unwrap();
         assert_eq!(check(&tcp, ip).await, Ok(()));
-        let closed: ReadinessProbe = serde_yaml::from_str("{tcpSocket: {port: 1}}").unwrap();
+        let closed: ReadinessProbe = trellis_api::yaml::from_str("{tcpSocket: {port: 1}}").unwrap();
         assert!(check(&closed, ip).await.is_err());
-        let exec: ReadinessProbe = serde_yaml::from_str("{exec: {command: [\"false\"]}}").unwrap();
+        let exec: ReadinessProbe =
+            trellis_api::yaml::from_str("{exec: {command: [\"false\"]}}").unwrap();
         assert!(check(&exec, ip).await.is_err());
-        let exec: ReadinessProbe = serde_yaml::from_str("{exec: {command: [\"true\"]}}").unwrap();
+        let exec: ReadinessProbe =
+            trellis_api::yaml::from_str("{exec: {command: [\"true\"]}}").unwrap();
         assert_eq!(check(&exec, ip).await, Ok(()));
     }
 }

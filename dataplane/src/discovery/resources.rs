@@ -193,7 +193,7 @@ fn parse(ty: &str, body: &str) -> Result<Parsed, String> {
             .map(Parsed::Bundle)
             .map_err(|e| format!("bad bundle: {e}"));
     }
-    let value: serde_yaml::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let value: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
     let r = Resource::from_value(value).map_err(|e| e.to_string())?;
     r.validate().map_err(|errs| {
         errs.iter()
@@ -238,7 +238,7 @@ mod tests {
     use trellis_api::v1::{ConfigItem, TypeDelta};
 
     fn item(key: &str, yaml: &str) -> ConfigItem {
-        let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let v: serde_json::Value = trellis_api::yaml::from_str(yaml).unwrap();
         ConfigItem {
             key: key.into(),
             body: serde_json::to_vec(&v).unwrap().into(),

@@ -216,8 +216,8 @@ fn unknown_fields_and_values_are_refused() {
     let server = "- port: {number: 443, name: https, protocol: HTTPS}\n  hosts: ['*']";
     for (spec, path, reason) in [
         (format!("servers:\n{server}\n  tls: {{mode: SIMPLE, credentialName: c, sni: a.com}}"), "spec.servers[0].tls.sni", "unknown field `sni`"),
-        (format!("servers:\n{server}\n  tls: {{mode: STRICT}}"), "spec.servers[0].tls.mode", "unknown variant `STRICT`"),
-        (format!("servers:\n{server}\n  tls: {{mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV1_4}}"), "spec.servers[0].tls.minProtocolVersion", "unknown variant `TLSV1_4`"),
+        (format!("servers:\n{server}\n  tls: {{mode: STRICT}}"), "spec.servers[0].tls.mode", "unknown value `STRICT`"),
+        (format!("servers:\n{server}\n  tls: {{mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV1_4}}"), "spec.servers[0].tls.minProtocolVersion", "unknown value `TLSV1_4`"),
         (format!("servers:\n{server}\n  tls: {{mode: SIMPLE, credentialName: c}}\n  port2: {{}}"), "spec.servers[0].port2", "unknown field `port2`"),
         ("servers: []\nselectors: {}".to_string(), "spec.selectors", "unknown field `selectors`"),
     ] {

@@ -6,6 +6,7 @@ use super::*;
 
 mod authorization_policy;
 mod gateway;
+mod istio_compat;
 mod metadata;
 mod request_authentication;
 mod sidecar;
@@ -169,7 +170,7 @@ fn assert_refused(yaml: &str, path: &str, reason: &str) {
 /// Serializes `resource` and parses it again, expecting the same value.
 #[track_caller]
 fn assert_round_trips(resource: &Resource) -> String {
-    let dumped = serde_yaml::to_string(resource).unwrap();
+    let dumped = crate::yaml::to_string(resource).unwrap();
     assert_eq!(one(&dumped), *resource, "{dumped}");
     // An empty spec (`spec: {}`) or rule (`- {}`) is a value, not a field
     // left empty.
@@ -362,10 +363,10 @@ fn serializes_back_to_the_same_resources() {
     let yaml = [REVIEWS_CANARY, REVIEWS_RULE, MONGO_ENTRY].join("---\n");
     let resources = parse_documents(&yaml).unwrap();
     for resource in &resources {
-        let dumped = serde_yaml::to_string(resource).unwrap();
+        let dumped = crate::yaml::to_string(resource).unwrap();
         assert_eq!(one(&dumped), *resource, "{dumped}");
     }
-    let dumped = serde_yaml::to_string(&resources[0]).unwrap();
+    let dumped = crate::yaml::to_string(&resources[0]).unwrap();
     assert!(
         dumped.starts_with("apiVersion: networking.istio.io/v1\nkind: VirtualService\n"),
         "{dumped}"
@@ -385,14 +386,50 @@ fn unknown_field_names_document_and_path() {
     );
     let yaml = format!("{REVIEWS_RULE}---\n{typo}");
     let lines = errors(&yaml);
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(
-        lines[0].starts_with(
-            "document 2 (VirtualService default/reviews): spec.http[0].route[0].destination.hots: unknown field `hots`, expected one of `host`, `subset`, `port`"
-        ),
-        "{}",
-        lines[0]
+    assert_eq!(
+        lines[0],
+        "document 2 (VirtualService default/reviews): spec.http[0].route[0].destination.hots: unknown field `hots`, expected one of `host`, `port`, `subset`"
     );
+    assert!(
+        lines.iter().all(|l| l.starts_with("document 2 ")),
+        "{lines:?}"
+    );
+}
+
+/// The case: an unknown field used to hide the weights error.
+#[test]
+fn an_unknown_field_does_not_hide_other_errors() {
+    let spec = "hosts: [a]\nhttp:\n- timout: 5s\n  route:\n  - {destination: {host: a}, weight: 50}\n  - {destination: {host: b}, weight: 10}\n  retries: {attempts: 3, perTryTimeout: 2x}";
+    let lines = errors(&document("networking.istio.io/v1", "VirtualService", spec));
+    for expected in [
+        "spec.http[0].timout: unknown field `timout`",
+        "spec.http[0].retries.perTryTimeout: invalid duration \"2x\"",
+        "spec.http[0].route: destination weights sum to 60, they must sum to 100",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(expected)),
+            "{expected}\n{lines:#?}"
+        );
+    }
+}
+
+/// A document that is not YAML still names its line and column, and the
+/// documents after it are still checked.
+#[test]
+fn a_syntax_error_names_line_and_column_and_the_rest_is_checked() {
+    let bad = document("networking.istio.io/v1", "VirtualService", "hosts: [a\n");
+    let weights = document(
+        "networking.istio.io/v1",
+        "VirtualService",
+        "hosts: [a]\nhttp:\n- route: [{destination: {host: a}, weight: 50}, {destination: {host: b}, weight: 10}]",
+    );
+    let lines = errors(&format!("{bad}---\n{weights}"));
+    assert!(
+        lines[0].starts_with("document 1: invalid YAML: "),
+        "{lines:?}"
+    );
+    assert!(lines[0].contains(" at line 7 column "), "{lines:?}");
+    assert!(lines[1].contains("document 2 (VirtualService default/test): spec.http[0].route: destination weights sum to 60"), "{lines:?}");
 }
 
 #[test]
@@ -408,7 +445,7 @@ fn unknown_fields_are_refused_everywhere() {
         ),
         (
             &document("networking.istio.io/v1", "DestinationRule", "host: a\ntrafficPolicy:\n  loadBalancer: {simple: FASTEST}"),
-            "spec.trafficPolicy.loadBalancer.simple: unknown variant `FASTEST`",
+            "spec.trafficPolicy.loadBalancer.simple: unknown value `FASTEST`",
         ),
         (
             &document("security.istio.io/v1", "PeerAuthentication", "mtls: {mode: STRICT, strict: true}"),
@@ -457,10 +494,11 @@ fn api_versions_and_kinds() {
             "apiVersion: kind `PeerAuthentication` is served by security.istio.io",
         ),
         ("networking.istio.io/v2", "VirtualService", "apiVersion: unknown apiVersion `networking.istio.io/v2`; supported: networking.istio.io/v1,"),
-        ("networking.istio.io/v1", "EnvoyFilter", "kind: unknown kind `EnvoyFilter`; supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication, Gateway, Sidecar, WorkloadGroup, AuthorizationPolicy, RequestAuthentication"),
+        ("networking.istio.io/v1", "EnvoyFilter", "kind: kind `EnvoyFilter` is not supported by Trellis: "),
+        ("networking.istio.io/v1", "Mystery", "kind: unknown kind `Mystery`; supported: VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication, Gateway, Sidecar, WorkloadGroup, AuthorizationPolicy, RequestAuthentication"),
     ] {
+        // The spec's own problems (`{}` has no hosts) come after.
         let lines = errors(&document(api_version, kind, "{}"));
-        assert_eq!(lines.len(), 1, "{lines:?}");
         let prefix = format!("document 1 ({kind} default/test): {expected}");
         assert!(lines[0].starts_with(&prefix), "{prefix}\n{lines:?}");
     }
@@ -483,7 +521,7 @@ fn every_kind_is_served_by_its_group_only() {
         assert_eq!(Spec::group_of(kind), Some(group), "{kind}");
         for version in ApiVersion::ALL {
             let Err(e) = Resource::from_value(
-                serde_yaml::from_str(&document(version.as_str(), kind, "{}")).unwrap(),
+                crate::yaml::from_str(&document(version.as_str(), kind, "{}")).unwrap(),
             ) else {
                 assert_eq!(version.group(), group, "{kind} under {version}");
                 continue;
@@ -504,7 +542,7 @@ fn bad_values_caught_while_parsing() {
         ),
         (
             "hosts: [a]\nhttp:\n- route: [{destination: {host: a}}]\n  timeout: 10",
-            "spec.http[0].timeout: invalid duration \"10\": `10` has no unit",
+            "spec.http[0].timeout: expected string, found integer",
         ),
         (
             "hosts: [a]\nhttp:\n- route: [{destination: {host: a}}]\n  retries: {perTryTimeout: -2s}",
@@ -516,7 +554,7 @@ fn bad_values_caught_while_parsing() {
         ),
         (
             "hosts: [a]\nhttp:\n- route: [{destination: {host: a}, weight: 80.5}]",
-            "spec.http[0].route[0].weight: invalid type: floating point `80.5`, expected i32",
+            "spec.http[0].route[0].weight: 80.5 is not a whole number",
         ),
     ] {
         let lines = errors(&document("networking.istio.io/v1", "VirtualService", spec));
@@ -643,7 +681,9 @@ fn every_bad_document_is_reported_and_nothing_accepted() {
     );
     assert_eq!(lines[1], "document 2 (VirtualService default/test): spec.http[0].route: destination weights sum to 60, they must sum to 100");
     assert!(
-        lines[2].starts_with("document 3 (EnvoyFilter ns/s): kind: unknown kind `EnvoyFilter`"),
+        lines[2].starts_with(
+            "document 3 (EnvoyFilter ns/s): kind: kind `EnvoyFilter` is not supported by Trellis"
+        ),
         "{text}"
     );
     assert!(lines[3].starts_with("document 4: invalid YAML: "), "{text}");

@@ -144,7 +144,7 @@ fn istio_examples_parse_and_round_trip() {
     let resource = one(&authn(
         "jwtRules:\n- issuer: a\n  jwks_uri: https://a.example.com/jwks.json",
     ));
-    assert!(serde_yaml::to_string(&resource)
+    assert!(crate::yaml::to_string(&resource)
         .unwrap()
         .contains("jwksUri: https://a.example.com/jwks.json"));
 }
@@ -190,12 +190,12 @@ fn unknown_fields_and_values_are_refused() {
         (
             "jwtRules:\n- issuer: a\n  fromHeaders: [x-jwt]",
             "spec.jwtRules[0].fromHeaders[0]",
-            "invalid type: string \"x-jwt\", expected struct JwtHeader",
+            "expected object, found string",
         ),
         (
             "jwtRules:\n- issuer: a\n  timeout: 5",
             "spec.jwtRules[0].timeout",
-            "invalid duration \"5\"",
+            "expected string, found integer",
         ),
         (
             "jwtRules:\n- issuer: a\n  outputClaimToHeaders: [{header: a, claim: b, value: c}]",

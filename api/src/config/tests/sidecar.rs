@@ -290,12 +290,12 @@ fn unknown_fields_and_values_are_refused() {
         (
             "egress:\n- hosts: ['./*']\n  captureMode: TPROXY",
             "spec.egress[0].captureMode",
-            "unknown variant `TPROXY`",
+            "unknown value `TPROXY`",
         ),
         (
             "outboundTrafficPolicy: {mode: DENY}",
             "spec.outboundTrafficPolicy.mode",
-            "unknown variant `DENY`",
+            "unknown value `DENY`",
         ),
         (
             "workloadSelector: {matchLabels: {app: a}}\negress: [{hosts: ['./*']}]",

@@ -97,7 +97,7 @@ fn each_rule_names_its_field() {
         (format!("{template}\nprobe: {{failureThreshold: -3, tcpSocket: {{port: 80}}}}"), "spec.probe.failureThreshold", "-3 is less than 1"),
         (format!("{template}\nprobe: {{httpGet: {{path: /ready}}}}"), "spec.probe.httpGet.port", "port 0 is out of range"),
         (format!("{template}\nprobe: {{httpGet: {{port: 8080, scheme: https}}}}"), "spec.probe.httpGet.scheme", "scheme `https` must be HTTP or HTTPS"),
-        (format!("{template}\nprobe: {{httpGet: {{port: 8080, httpHeaders: [{{name: 'X Ready', value: y}}]}}}}"), "spec.probe.httpGet.httpHeaders[0].name", "header name `X Ready` must be letters"),
+        (format!("{template}\nprobe: {{httpGet: {{port: 8080, httpHeaders: [{{name: 'X Ready', value: ok}}]}}}}"), "spec.probe.httpGet.httpHeaders[0].name", "header name `X Ready` must be letters"),
         (format!("{template}\nprobe: {{tcpSocket: {{port: 65536}}}}"), "spec.probe.tcpSocket.port", "port 65536 is out of range"),
         (format!("{template}\nprobe: {{exec: {{command: []}}}}"), "spec.probe.exec.command", "a command is required"),
         (format!("{template}\nprobe: {{exec: {{command: [/bin/check, '']}}}}"), "spec.probe.exec.command[1]", "must not be empty"),
@@ -118,7 +118,7 @@ fn unknown_fields_are_refused() {
         (
             "metadata: {name: a}\ntemplate: {}",
             "spec.metadata.name",
-            "unknown field `name`, expected `labels` or `annotations`",
+            "unknown field `name`, expected one of `annotations`, `labels`",
         ),
         (
             "template: {}\nprobe: {httpGet: {port: 80}, livenessProbe: {}}",
@@ -128,7 +128,7 @@ fn unknown_fields_are_refused() {
         (
             "template: {}\nprobe: {grpc: {port: 80, name: a}}",
             "spec.probe.grpc.name",
-            "unknown field `name`, expected `port` or `service`",
+            "unknown field `name`, expected one of `port`, `service`",
         ),
     ] {
         assert_refused(&group(spec), path, reason);
