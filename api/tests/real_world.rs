@@ -16,7 +16,6 @@ const EXPECTED: &[(&str, &[&str])] = &[
         "gateway.yaml",
         &[
             "Gateway istio-ingress/public spec",
-            "VirtualService shop/shop spec.gateways",
             "VirtualService shop/shop spec.http[1].corsPolicy",
         ],
     ),

@@ -100,8 +100,8 @@ pub use traffic_policy::{
 };
 pub use validate::{is_dns1123_label, is_dns1123_subdomain, Validate};
 pub use virtual_service::{
-    Destination, L4MatchAttributes, PortSelector, RouteDestination, TcpRoute, TlsMatchAttributes,
-    TlsRoute, VirtualService,
+    binds_mesh, Destination, L4MatchAttributes, PortSelector, RouteDestination, TcpRoute,
+    TlsMatchAttributes, TlsRoute, VirtualService,
 };
 pub use workload_entry::{WorkloadEntry, UNIX_ADDRESS_PREFIX};
 pub use workload_group::{

@@ -26,8 +26,9 @@ const ACTED_ON: &[(&str, &[&str])] = &[
     (
         "VirtualService",
         &[
-            // Not `gateways`: no Trellis proxy is a gateway yet, and every
-            // agent takes a route whatever its `gateways` say.
+            // `gateways`: a VirtualService or match block bound to other
+            // gateways than `mesh` is left out of the agents' routes.
+            "spec.gateways",
             "spec.hosts",
             "spec.exportTo",
             "spec.http[].name",
@@ -38,6 +39,7 @@ const ACTED_ON: &[(&str, &[&str])] = &[
             "spec.http[].match[].headers",
             "spec.http[].match[].port",
             "spec.http[].match[].sourceLabels",
+            "spec.http[].match[].gateways",
             "spec.http[].match[].queryParams",
             "spec.http[].match[].ignoreUriCase",
             "spec.http[].match[].withoutHeaders",
@@ -61,6 +63,7 @@ const ACTED_ON: &[(&str, &[&str])] = &[
             "spec.http[].headers",
             "spec.tcp[].match[].port",
             "spec.tcp[].match[].sourceLabels",
+            "spec.tcp[].match[].gateways",
             "spec.tcp[].route[].destination",
             "spec.tcp[].route[].weight",
         ],

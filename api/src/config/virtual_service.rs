@@ -37,6 +37,15 @@ pub struct VirtualService {
     pub export_to: Vec<String>,
 }
 
+/// The gateway name that stands for every sidecar (agent) of the mesh.
+pub const MESH_GATEWAY: &str = "mesh";
+
+/// Whether routes bound to `gateways` apply to the mesh's agents: when
+/// none is named, or `mesh` is among them (Istio's semantics).
+pub fn binds_mesh(gateways: &[String]) -> bool {
+    gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY)
+}
+
 impl KindSpec for VirtualService {
     const KIND: &'static str = "VirtualService";
     const GROUP: Group = Group::Networking;
@@ -45,7 +54,7 @@ impl KindSpec for VirtualService {
 impl Validate for VirtualService {
     fn validate_at(&self, path: &str, errors: &mut Vec<FieldError>) {
         check_hosts(errors, &format!("{path}.hosts"), &self.hosts);
-        let mesh = self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh");
+        let mesh = binds_mesh(&self.gateways);
         for (i, host) in self.hosts.iter().enumerate() {
             let at = format!("{path}.hosts[{i}]");
             if mesh && host == "*" {

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use trellis_api::annotations;
 use trellis_api::config::{
-    self, canonical_host as canonical, DestinationRule, H2UpgradePolicy, HttpSettings, Location,
-    OutlierDetection, Resource, ServiceEntry, SimpleLb, Spec, TrafficPolicy, WorkloadEntry,
+    self, binds_mesh, canonical_host as canonical, DestinationRule, H2UpgradePolicy, HttpSettings,
+    Location, OutlierDetection, Resource, ServiceEntry, SimpleLb, Spec, TrafficPolicy,
+    WorkloadEntry,
 };
 use trellis_identity::SpiffeId;
 
@@ -129,9 +130,11 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
     let mut rules: HashMap<String, &DestinationRule> = HashMap::new();
     for r in &resources {
         match &r.spec {
-            Spec::VirtualService(vs) => {
+            // Bound to gateways only: not the agents' routes.
+            Spec::VirtualService(vs) if binds_mesh(&vs.gateways) => {
                 let ns = &r.metadata.namespace;
-                let mut http = vs.http.clone();
+                let mut http = mesh_routes(&vs.http, |r| &mut r.matches, |m| &m.gateways);
+                let tcp = mesh_routes(&vs.tcp, |r| &mut r.matches, |m| &m.gateways);
                 for route in &mut http {
                     for d in &mut route.route {
                         d.destination.host = canonical(&d.destination.host, ns, &s.domain, known);
@@ -150,8 +153,8 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
                             .entry(host.clone())
                             .or_insert_with(|| http.clone());
                     }
-                    if !vs.tcp.is_empty() {
-                        mesh.tcp.entry(host).or_insert_with(|| vs.tcp.clone());
+                    if !tcp.is_empty() {
+                        mesh.tcp.entry(host).or_insert_with(|| tcp.clone());
                     }
                 }
             }
@@ -256,6 +259,27 @@ fn service(host: &str, ns: &str, se: &ServiceEntry, vips: &HashMap<&str, IpAddr>
 
 /// The port `we` serves service port `p` on: its own mapping by port name,
 /// else the port's `targetPort`, else the port itself.
+/// The routes of a VirtualService bound to the mesh that apply to the
+/// agents: a match block naming `gateways` replaces the VirtualService's
+/// own and counts only if `mesh` is among them; a route whose every block
+/// is another gateway's is left out (a route with no blocks takes all).
+fn mesh_routes<R: Clone, M>(
+    routes: &[R],
+    matches: impl Fn(&mut R) -> &mut Vec<M>,
+    gateways: impl Fn(&M) -> &Vec<String>,
+) -> Vec<R> {
+    let mut out = routes.to_vec();
+    out.retain_mut(|r| {
+        let blocks = matches(r);
+        if blocks.is_empty() {
+            return true;
+        }
+        blocks.retain(|m| binds_mesh(gateways(m)));
+        !blocks.is_empty()
+    });
+    out
+}
+
 fn target_port(we: &WorkloadEntry, p: &config::ServicePort) -> u16 {
     we.ports
         .get(&p.name)

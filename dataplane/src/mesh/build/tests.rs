@@ -503,3 +503,47 @@ fn plaintext_endpoints_get_the_http_version_istio_picks() {
         assert_eq!(plain_http(http, protocol), want, "{http:?} {protocol:?}");
     }
 }
+
+#[test]
+fn routes_bound_to_other_gateways_are_not_the_agents() {
+    let m = mesh_of(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge-only, namespace: default}
+spec:
+  hosts: [reviews]
+  gateways: [istio-system/ingress]
+  http: [{route: [{destination: {host: reviews, subset: edge}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: both, namespace: default}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  gateways: [istio-system/ingress, mesh]
+  http:
+  - match: [{uri: {prefix: /edge}, gateways: [istio-system/ingress]}]
+    route: [{destination: {host: ratings, subset: edge}}]
+  - match: [{uri: {prefix: /in}, gateways: [mesh]}, {uri: {prefix: /also}}]
+    route: [{destination: {host: ratings, subset: inside}}]
+  tcp:
+  - match: [{port: 3306, gateways: [istio-system/ingress]}]
+    route: [{destination: {host: ratings, subset: edge}}]
+"#,
+    );
+    assert!(
+        m.http_routes(HOST).is_none(),
+        "a VirtualService bound to the ingress only is not the agents'"
+    );
+    let routes = m
+        .http_routes("ratings.default.svc.cluster.local")
+        .expect("bound to the mesh too");
+    assert_eq!(routes.len(), 1, "the ingress-only route is left out");
+    assert_eq!(routes[0].matches.len(), 2, "both blocks apply to the mesh");
+    assert_eq!(
+        m.tcp_subset("ratings.default.svc.cluster.local", 3306, 0),
+        "",
+        "the ingress-only TCP route is left out"
+    );
+}
