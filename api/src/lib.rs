@@ -11,10 +11,12 @@
 //! WorkloadEntry, Gateway, Sidecar, WorkloadGroup; `security.istio.io`:
 //! PeerAuthentication, AuthorizationPolicy, RequestAuthentication) with
 //! strict YAML parsing that still takes `kubectl get -o yaml` output, and
-//! validation that names the offending field.
+//! validation that names the offending field. [`topology`] names where
+//! things are: clusters, networks and localities, with Istio's labels.
 
 pub mod annotations;
 pub mod config;
+pub mod topology;
 
 /// `trellis.v1`: the control-plane API.
 pub mod v1 {
