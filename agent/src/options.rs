@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use trellis_api::topology::{self, Locality};
+use trellis_dataplane::discovery::Given;
 use trellis_dataplane::identity::Source;
 use trellis_dataplane::mesh::Settings;
 use trellis_dataplane::telemetry::labels::{namespace_of, Workload};
@@ -119,6 +121,25 @@ fn parse_dns_upstream(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+fn parse_domain(s: &str) -> Result<String, String> {
+    topology::validate_domain(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+fn parse_cluster(s: &str) -> Result<String, String> {
+    topology::validate_name("cluster", s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+fn parse_network(s: &str) -> Result<String, String> {
+    topology::validate_name("network", s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+fn parse_locality(s: &str) -> Result<Locality, String> {
+    Locality::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -216,9 +237,18 @@ pub struct Options {
         default_value = "22"
     )]
     pub capture_exclude: Vec<u16>,
-    /// Kubernetes cluster domain, for short service names.
-    #[arg(long, env = "TRELLIS_DOMAIN", default_value = "cluster.local")]
-    pub domain: String,
+    /// DNS domain of service names (NAME.NS.svc.DOMAIN), for short names (default: the mesh's, pushed by the control plane, else cluster.local).
+    #[arg(long, env = "TRELLIS_DOMAIN", value_parser = parse_domain)]
+    pub domain: Option<String>,
+    /// The cluster this workload is in (topology.istio.io/cluster; default: the one of the control-plane node it streams from).
+    #[arg(long, env = "TRELLIS_CLUSTER", value_parser = parse_cluster)]
+    pub cluster: Option<String>,
+    /// The network this workload is on (topology.istio.io/network; default: the one of the control-plane node it streams from).
+    #[arg(long, env = "TRELLIS_NETWORK", value_parser = parse_network)]
+    pub network: Option<String>,
+    /// This workload's locality, REGION[/ZONE[/SUBZONE]] (default: none).
+    #[arg(long, env = "TRELLIS_LOCALITY", value_parser = parse_locality)]
+    pub locality: Option<Locality>,
     /// TCP connect and TLS handshake timeout to upstreams.
     #[arg(long, env = "TRELLIS_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -260,12 +290,28 @@ impl Options {
         }
         Ok(Settings {
             trust_domain: id.trust_domain().to_string(),
-            domain: self.domain.clone(),
+            domain: self
+                .domain
+                .clone()
+                .unwrap_or_else(|| topology::DEFAULT_DOMAIN.to_string()),
             namespace: namespace.to_string(),
             labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
             addresses,
             peer_inbound_port: self.peer_inbound_port,
+            cluster: self.cluster.clone().unwrap_or_default(),
+            network: self.network.clone().unwrap_or_default(),
+            locality: self.locality.clone().unwrap_or_default(),
         })
+    }
+
+    /// What the flags said of the domain, cluster and network: the rest
+    /// comes from the control plane.
+    pub fn given(&self) -> Given {
+        Given {
+            domain: self.domain.clone(),
+            cluster: self.cluster.clone(),
+            network: self.network.clone(),
+        }
     }
 
     /// This workload as metric labels name it.
@@ -309,6 +355,9 @@ impl Options {
             addresses: s.addresses.iter().map(ToString::to_string).collect(),
             workload_group: group.unwrap_or_default().to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            cluster: s.cluster.clone(),
+            network: s.network.clone(),
+            locality: s.locality.to_string(),
             ..Default::default()
         }
     }
@@ -465,5 +514,55 @@ mod tests {
         check(&parse(&["--capture", "nftables"])).unwrap();
         check(&parse(&["--capture", "iptables", "--dns", "off"])).unwrap();
         check(&parse(&["--dns", "10.1.2.3:15053"])).unwrap();
+    }
+
+    #[test]
+    fn where_the_workload_is_goes_to_the_control_plane_and_the_view() {
+        let id = SpiffeId::workload("example.org", "default", "web");
+        let o = parse(&[
+            "--cluster",
+            "west",
+            "--network",
+            "net-west",
+            "--locality",
+            "eu/eu-2",
+        ]);
+        let s = o.mesh_settings(&id).unwrap();
+        assert_eq!(
+            (s.cluster.as_str(), s.network.as_str()),
+            ("west", "net-west")
+        );
+        assert_eq!(s.locality.zone, "eu-2");
+        assert_eq!(
+            s.domain, "cluster.local",
+            "no --domain: the default until pushed"
+        );
+        let node = o.proxy_node(&s, &o.workload(&id, &s), None);
+        assert_eq!(
+            (
+                node.cluster.as_str(),
+                node.network.as_str(),
+                node.locality.as_str()
+            ),
+            ("west", "net-west", "eu/eu-2")
+        );
+        assert_eq!(o.given().domain, None);
+        assert_eq!(o.given().cluster.as_deref(), Some("west"));
+        // Not given: empty, for the control plane to fill in.
+        let none = parse(&[]);
+        let s = none.mesh_settings(&id).unwrap();
+        let node = none.proxy_node(&s, &none.workload(&id, &s), None);
+        assert_eq!((node.cluster.as_str(), node.network.as_str()), ("", ""));
+        assert_eq!(none.given(), Given::default());
+        for (flag, value, words) in [
+            ("--cluster", "a b", "cluster `a b`"),
+            ("--network", "x-", "network `x-`"),
+            ("--locality", "a/b/c/d", "more than three parts"),
+            ("--domain", "Cluster.Local", "domain `Cluster.Local`"),
+        ] {
+            let argv = ["trellis-agent", "--token", "t", flag, value];
+            let e = Options::try_parse_from(argv).unwrap_err().to_string();
+            assert!(e.contains(words), "{flag} {value}: {e}");
+        }
     }
 }

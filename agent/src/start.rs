@@ -366,6 +366,7 @@ fn config_source(
         tls: px.tls.clone(),
         mark: px.opts.mark,
         settings: settings.clone(),
+        given: opts.given(),
         node,
         addresses: control_plane,
         cache,

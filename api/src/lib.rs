@@ -12,10 +12,13 @@
 //! PeerAuthentication, AuthorizationPolicy, RequestAuthentication),
 //! checked against Istio's published schemas and validation rules, with
 //! errors and warnings that name the field. [`yaml`] reads YAML as Istio's
-//! Go tools read it, and writes it back; every crate uses it.
+//! Go tools read it, and writes it back; every crate uses it. [`topology`]
+//! names where things are: clusters, networks and localities, with
+//! Istio's labels.
 
 pub mod annotations;
 pub mod config;
+pub mod topology;
 pub mod yaml;
 
 /// `trellis.v1`: the control-plane API.

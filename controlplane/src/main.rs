@@ -3,7 +3,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use trellis_controlplane::bootstrap::{self, CaKeySource};
+use trellis_api::topology;
+use trellis_controlplane::bootstrap::{self, CaKeySource, NewMesh};
 use trellis_controlplane::node::Settings;
 use trellis_controlplane::raft::RaftSettings;
 
@@ -26,6 +27,18 @@ enum Cmd {
         /// Trust domain of the mesh, e.g. example.org.
         #[arg(long, env = "TRELLIS_TRUST_DOMAIN")]
         trust_domain: String,
+        /// DNS domain of service names (NAME.NS.svc.DOMAIN), the same in every cluster and on every VM.
+        #[arg(long, env = "TRELLIS_DOMAIN", default_value = topology::DEFAULT_DOMAIN)]
+        domain: String,
+        /// Name of the first cluster, the one this node belongs to.
+        #[arg(long, env = "TRELLIS_CLUSTER", default_value = topology::DEFAULT_CLUSTER)]
+        cluster: String,
+        /// Network of the first cluster (topology.istio.io/network).
+        #[arg(long, env = "TRELLIS_NETWORK", default_value = topology::DEFAULT_NETWORK)]
+        network: String,
+        /// This node's locality, REGION[/ZONE[/SUBZONE]].
+        #[arg(long, env = "TRELLIS_LOCALITY", default_value = "")]
+        locality: String,
         #[command(flatten)]
         node: NodeFlags,
     },
@@ -149,14 +162,22 @@ async fn main() {
         .init();
     let cli = Cli::parse();
     let res = match cli.command {
-        Cmd::Init { trust_domain, node } => {
-            bootstrap::init(
-                &trust_domain,
-                &node.advertise(),
-                node.settings(),
-                node.key(),
-            )
-            .await
+        Cmd::Init {
+            trust_domain,
+            domain,
+            cluster,
+            network,
+            locality,
+            node,
+        } => {
+            let new = NewMesh {
+                trust_domain,
+                domain,
+                cluster,
+                network,
+                locality,
+            };
+            bootstrap::init(&new, &node.advertise(), node.settings(), node.key()).await
         }
         Cmd::Join {
             token,

@@ -24,6 +24,9 @@ fn mesh_of(yaml: &str) -> Mesh {
         labels: Default::default(),
         addresses: Vec::new(),
         peer_inbound_port: 15006,
+        cluster: String::new(),
+        network: String::new(),
+        locality: Default::default(),
     };
     let resources = trellis_api::config::parse_documents(yaml).unwrap();
     mesh::build(resources, &settings, None)

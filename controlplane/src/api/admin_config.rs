@@ -16,7 +16,6 @@ use trellis_api::v1::{
 use crate::config::analyze::{analyze, document_warnings, Workload};
 use crate::config::{from_json, key_of, parse_sources, reference, stored};
 use crate::node::Node;
-use crate::push::item::DOMAIN;
 use crate::raft::state::registry::{
     config_key, parse_config_key, ApplyAction, CONFIG_PREFIX, WORKLOAD_PREFIX,
 };
@@ -170,7 +169,8 @@ pub fn get(node: &Node, r: GetConfigRequest) -> Result<GetConfigResponse, Status
 /// versions, analyzed.
 pub fn analyze_config(node: &Node, r: AnalyzeRequest) -> Result<AnalyzeResponse, Status> {
     let given = parse_sources(&r.sources).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let (mut resources, registered) = node.read_state(|s| stored_resources(&s.store));
+    let ((mut resources, registered), domain) =
+        node.read_state(|s| (stored_resources(&s.store), s.store.domain()));
     let given_keys: std::collections::BTreeSet<String> = given.iter().map(key_of).collect();
     resources.retain(|r| !given_keys.contains(&key_of(r)));
     resources.extend(given);
@@ -193,7 +193,7 @@ pub fn analyze_config(node: &Node, r: AnalyzeRequest) -> Result<AnalyzeResponse,
         })
         .collect();
     let file_warnings = r.sources.iter().flat_map(|s| document_warnings(&s.yaml));
-    let messages = analyze(&resources, &workloads, DOMAIN)
+    let messages = analyze(&resources, &workloads, &domain)
         .into_iter()
         .chain(file_warnings)
         .map(|m| AnalysisMessage {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
+use trellis_api::topology;
 use trellis_api::v1::discovery_server::Discovery;
 use trellis_api::v1::{DiscoveryRequest, DiscoveryResponse, ProxyNode};
 use trellis_identity::SpiffeId;
@@ -113,8 +114,18 @@ impl Discovery for DiscoveryService {
     }
 }
 
-/// The node must be in the namespace of the caller's identity.
+/// The node must be in the namespace of the caller's identity, and say
+/// where it is in words the registry can store.
 fn check_node(p: &ProxyNode, ns: &str) -> Result<(), Status> {
+    let bad = |field: &str, e: topology::TopologyError| {
+        Status::invalid_argument(format!("node.{field}: {e}"))
+    };
+    for (field, value) in [("cluster", &p.cluster), ("network", &p.network)] {
+        if !value.is_empty() {
+            topology::validate_name(field, value).map_err(|e| bad(field, e))?;
+        }
+    }
+    topology::Locality::parse(&p.locality).map_err(|e| bad("locality", e))?;
     if p.namespace != ns {
         return Err(Status::permission_denied(format!(
             "node.namespace: `{}` is not the namespace of this agent's identity ({ns})",

@@ -5,6 +5,7 @@ use std::string::FromUtf8Error;
 
 use openraft::error::{Fatal, InitializeError, RaftError};
 use openraft::BasicNode;
+use trellis_api::topology::TopologyError;
 use trellis_identity::csr::CsrGenError;
 use trellis_identity::IdentityError;
 
@@ -41,6 +42,12 @@ pub enum BootstrapError {
     // Creating a node.
     #[error("--trust-domain: {reason}")]
     TrustDomain { reason: String },
+    /// A cluster or network name, the domain or a locality.
+    #[error("{flag}: {reason}")]
+    Topology {
+        flag: &'static str,
+        reason: TopologyError,
+    },
     #[error("cannot create the data directory {}", .path.display())]
     DataDir {
         path: PathBuf,

@@ -1,7 +1,9 @@
 //! What a node keeps for itself in its data directory (`node.json`): its
-//! id, address, trust domain, root certificate and its intermediate CA, the
-//! intermediate's key sealed with the CA key. Everything the mesh shares is
-//! in the replicated store instead.
+//! id, address, trust domain, cluster, network and locality, root
+//! certificate and its intermediate CA, the intermediate's key sealed with
+//! the CA key. Everything the mesh shares is in the replicated store
+//! instead (the node's cluster too, so that every node can list who
+//! belongs where).
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,17 @@ pub struct LocalState {
     /// crash during `init` is finished at the next start).
     #[serde(default)]
     pub pending_mesh: Option<MeshInfo>,
+    /// The DNS domain `init` was given, with `pending_mesh`.
+    #[serde(default)]
+    pub pending_domain: Option<String>,
+    /// The cluster this node belongs to, and that cluster's network.
+    #[serde(default)]
+    pub cluster: String,
+    #[serde(default)]
+    pub network: String,
+    /// `region/zone/subzone`, possibly empty.
+    #[serde(default)]
+    pub locality: String,
     /// Whether the cluster has added this node (false between `join` and
     /// the leader accepting it; the node asks again at start).
     #[serde(default)]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use base64::Engine;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
+use trellis_api::topology;
 use trellis_api::v1::join_client::JoinClient;
 use trellis_api::v1::AddNodeRequest;
 use trellis_api::v1::JoinControlPlaneRequest;
@@ -28,7 +29,7 @@ use local::LocalState;
 
 use crate::ca::{IntermediateCa, RootCa, SealKey, DEFAULT_INTERMEDIATE_LIFETIME};
 use crate::node::{CaKeys, Node, NodeIdentity, Settings};
-use crate::raft::state::SEAL_CHECK_TEXT;
+use crate::raft::state::{Bootstrap, ClusterRecord, NodeRecord, SEAL_CHECK_TEXT};
 use crate::raft::{Command, MeshInfo};
 use crate::tokens::JoinToken;
 
@@ -81,9 +82,34 @@ fn host_of(addr: &str) -> String {
         .unwrap_or_else(|| addr.to_string())
 }
 
+/// What `init` is told about the new mesh and where its first node is.
+#[derive(Clone, Debug)]
+pub struct NewMesh {
+    pub trust_domain: String,
+    /// The DNS domain of service names (`NAME.NS.svc.DOMAIN`).
+    pub domain: String,
+    /// The first cluster, its network, and this node's locality.
+    pub cluster: String,
+    pub network: String,
+    pub locality: String,
+}
+
+impl NewMesh {
+    fn validate(&self) -> Result<(), BootstrapError> {
+        trellis_identity::spiffe::validate_trust_domain(&self.trust_domain)
+            .map_err(|reason| BootstrapError::TrustDomain { reason })?;
+        let flag = |flag: &'static str| move |reason| BootstrapError::Topology { flag, reason };
+        topology::validate_domain(&self.domain).map_err(flag("--domain"))?;
+        topology::validate_name("cluster", &self.cluster).map_err(flag("--cluster"))?;
+        topology::validate_name("network", &self.network).map_err(flag("--network"))?;
+        topology::Locality::parse(&self.locality).map_err(flag("--locality"))?;
+        Ok(())
+    }
+}
+
 /// Starts a new mesh on this node, then runs it.
 pub async fn init(
-    trust_domain: &str,
+    new: &NewMesh,
     advertise: &str,
     settings: Settings,
     key: CaKeySource,
@@ -96,8 +122,8 @@ pub async fn init(
         );
         return run(settings, key, None).await;
     }
-    trellis_identity::spiffe::validate_trust_domain(trust_domain)
-        .map_err(|reason| BootstrapError::TrustDomain { reason })?;
+    new.validate()?;
+    let trust_domain = new.trust_domain.as_str();
     create_data_dir(&dir)?;
     let seal = match key.load(&dir)? {
         Some(k) => k,
@@ -137,6 +163,10 @@ pub async fn init(
         intermediate_cert_pem: inter_pem,
         sealed_intermediate_key: B64.encode(seal.seal(inter_req.key_pem.as_bytes())),
         pending_mesh: Some(mesh),
+        pending_domain: Some(new.domain.clone()),
+        cluster: new.cluster.clone(),
+        network: new.network.clone(),
+        locality: new.locality.clone(),
         joined: true,
         seeds: Vec::new(),
         learner: false,
@@ -157,8 +187,12 @@ pub async fn init(
     admin.save(&admin_path)?;
     local.save(&dir)?;
     println!(
-        "initialized mesh {trust_domain} (root sha256:{})",
-        hex::encode(root.fingerprint_sha256())
+        "initialized mesh {trust_domain} (root sha256:{}): cluster {} on network {}, \
+         service names NAME.NS.svc.{}",
+        hex::encode(root.fingerprint_sha256()),
+        new.cluster,
+        new.network,
+        new.domain
     );
     println!(
         "admin config: {} (use: export TRELLIS_CONFIG={})",
@@ -225,6 +259,10 @@ pub async fn join(
         intermediate_cert_pem: resp.intermediate_cert_pem,
         sealed_intermediate_key: B64.encode(seal.seal(req.key_pem.as_bytes())),
         pending_mesh: None,
+        pending_domain: None,
+        cluster: String::new(),
+        network: String::new(),
+        locality: String::new(),
         joined: false,
         seeds: token.addrs.clone(),
         learner,
@@ -332,7 +370,11 @@ pub async fn run(
                 .await
                 .map_err(|e| BootstrapError::Initialize(Box::new(e)))?;
         }
-        tokio::spawn(finish_init(node.clone(), mesh, dir.clone()));
+        tokio::spawn(finish_init(
+            node.clone(),
+            bootstrap_of(&local, mesh),
+            dir.clone(),
+        ));
     }
     if !local.joined {
         tokio::spawn(request_membership(node.clone(), local.clone(), dir.clone()));
@@ -394,20 +436,37 @@ async fn renew_serving_cert(node: Arc<Node>, cert: Arc<CertCell>, me: SpiffeId, 
     }
 }
 
-/// Writes the mesh record of a new mesh (retrying until this node leads),
-/// then forgets it locally.
-async fn finish_init(node: Arc<Node>, mesh: MeshInfo, dir: PathBuf) {
+/// What the first node writes: the mesh record, its domain, the first
+/// cluster and the node itself.
+fn bootstrap_of(local: &LocalState, mesh: MeshInfo) -> Bootstrap {
+    Bootstrap {
+        mesh,
+        next_node_id: local.node_id + 1,
+        domain: local
+            .pending_domain
+            .clone()
+            .unwrap_or_else(|| topology::DEFAULT_DOMAIN.to_string()),
+        cluster: local.cluster.clone(),
+        record: ClusterRecord {
+            network: local.network.clone(),
+            joined_at: crate::node::now(),
+        },
+        node_id: local.node_id,
+        node: NodeRecord {
+            cluster: local.cluster.clone(),
+            locality: local.locality.clone(),
+        },
+    }
+}
+
+/// Writes the mesh record of a new mesh with its topology (retrying until
+/// this node leads), then forgets it locally.
+async fn finish_init(node: Arc<Node>, init: Bootstrap, dir: PathBuf) {
     loop {
         if node.mesh().is_some() {
             break;
         }
-        match node
-            .write(Command::InitMesh {
-                mesh: mesh.clone(),
-                next_node_id: 2,
-            })
-            .await
-        {
+        match node.write(Command::Bootstrap(Box::new(init.clone()))).await {
             Ok(_) => break,
             Err(e) => {
                 tracing::warn!(error = %e.message(), "writing the mesh record; retrying");
@@ -418,6 +477,7 @@ async fn finish_init(node: Arc<Node>, mesh: MeshInfo, dir: PathBuf) {
     match LocalState::load(&dir) {
         Ok(mut local) => {
             local.pending_mesh = None;
+            local.pending_domain = None;
             if let Err(e) = local.save(&dir) {
                 tracing::warn!(error = %grpc::error_chain(&e), "saving node.json");
             }

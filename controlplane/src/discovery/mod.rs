@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tonic::Status;
 use trellis_api::config::{ApiVersion, Metadata, Resource, Spec, WorkloadEntry, WorkloadGroup};
+use trellis_api::topology::{CLUSTER_LABEL, NETWORK_LABEL};
 use trellis_api::v1::{Empty, HealthReport, ProxyNode};
 use trellis_identity::SpiffeId;
 
@@ -31,9 +32,21 @@ pub struct Registration {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Where the control-plane node taking a registration is: the cluster
+/// and network of an agent that did not say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Home {
+    pub cluster: String,
+    pub network: String,
+}
+
 /// The WorkloadEntry an agent joining `group` stands for (pure): the
 /// group's template, with the agent's address, the group's labels and
 /// the agent's own on top, named `GROUP-ADDRESS` as Istio names them.
+/// Its network and locality are the agent's, else the template's; an
+/// agent that names no network or cluster is on those of its `home`
+/// node. The network and the cluster are also its
+/// `topology.istio.io/network` and `topology.istio.io/cluster` labels.
 pub fn entry_for(
     group_name: &str,
     namespace: &str,
@@ -41,6 +54,7 @@ pub fn entry_for(
     proxy: &ProxyNode,
     address: &str,
     service_account: &str,
+    home: &Home,
 ) -> Resource {
     let mut we: WorkloadEntry = group.template.clone().unwrap_or_default();
     we.address = address.to_string();
@@ -50,11 +64,18 @@ pub fn entry_for(
     we.labels.extend(proxy.labels.clone());
     we.ports.extend(proxy.ports.clone());
     we.service_account = Some(service_account.to_string());
-    if !proxy.network.is_empty() {
-        we.network = Some(proxy.network.clone());
+    let given = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    we.network = given(&proxy.network)
+        .or(we.network.take())
+        .or_else(|| given(&home.network));
+    if let Some(l) = given(&proxy.locality) {
+        we.locality = Some(l);
     }
-    if !proxy.locality.is_empty() {
-        we.locality = Some(proxy.locality.clone());
+    if let Some(n) = &we.network {
+        we.labels.insert(NETWORK_LABEL.into(), n.clone());
+    }
+    if let Some(c) = given(&proxy.cluster).or_else(|| given(&home.cluster)) {
+        we.labels.insert(CLUSTER_LABEL.into(), c);
     }
     let name = format!("{group_name}-{}", address.replace(['.', ':'], "-"));
     Resource {
@@ -113,7 +134,19 @@ pub async fn register(
         .first()
         .cloned()
         .unwrap_or_else(|| remote.to_string());
-    let entry = entry_for(&proxy.workload_group, ns, &group, proxy, &address, sa);
+    let home = node.read_state(|s| {
+        let (cluster, network) = s.store.node_topology(node.id).unwrap_or_default();
+        Home { cluster, network }
+    });
+    let entry = entry_for(
+        &proxy.workload_group,
+        ns,
+        &group,
+        proxy,
+        &address,
+        sa,
+        &home,
+    );
     let Spec::WorkloadEntry(we) = &entry.spec else {
         unreachable!("entry_for makes a WorkloadEntry");
     };
@@ -364,7 +397,19 @@ spec:
             .into(),
             ..Default::default()
         };
-        let r = entry_for("reviews-v1", "prod", g, &proxy, "10.0.0.7", "reviews");
+        let home = Home {
+            cluster: "east".into(),
+            network: "net-east".into(),
+        };
+        let r = entry_for(
+            "reviews-v1",
+            "prod",
+            g,
+            &proxy,
+            "10.0.0.7",
+            "reviews",
+            &home,
+        );
         assert_eq!(r.metadata.name, "reviews-v1-10-0-0-7");
         assert_eq!(r.metadata.namespace, "prod");
         assert_eq!(
@@ -385,12 +430,74 @@ spec:
             .collect();
         assert_eq!(
             labels,
-            [("app", "reviews"), ("version", "v1b"), ("zone", "a")]
+            [
+                ("app", "reviews"),
+                (CLUSTER_LABEL, "east"),
+                (NETWORK_LABEL, "vm-net"),
+                ("version", "v1b"),
+                ("zone", "a")
+            ]
         );
         // What is stored reads back and validates.
         let json = serde_json::to_vec(&r).unwrap();
         let back = crate::config::from_json(&json).unwrap();
         back.validate().unwrap();
         assert_eq!(back, r);
+    }
+
+    /// (agent's network, template's, agent's cluster, agent's locality) →
+    /// (entry's network, cluster label, locality).
+    #[test]
+    fn the_agent_says_where_it_is_else_the_template_else_its_node() {
+        let home = Home {
+            cluster: "east".into(),
+            network: "net-east".into(),
+        };
+        type Row<'a> = (
+            (&'a str, &'a str, &'a str, &'a str),
+            (&'a str, &'a str, &'a str),
+        );
+        let rows: [Row; 4] = [
+            (("", "", "", ""), ("net-east", "east", "")),
+            (("", "vm-net", "", ""), ("vm-net", "east", "")),
+            (
+                ("own", "vm-net", "west", "eu/eu-1"),
+                ("own", "west", "eu/eu-1"),
+            ),
+            (("own", "", "", "eu"), ("own", "east", "eu")),
+        ];
+        for ((network, template_network, cluster, locality), want) in rows {
+            let group = WorkloadGroup {
+                template: Some(WorkloadEntry {
+                    network: (!template_network.is_empty()).then(|| template_network.into()),
+                    locality: Some("us/us-1".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let proxy = ProxyNode {
+                network: network.into(),
+                cluster: cluster.into(),
+                locality: locality.into(),
+                ..Default::default()
+            };
+            let r = entry_for("g", "ns", &group, &proxy, "10.0.0.1", "sa", &home);
+            let Spec::WorkloadEntry(we) = &r.spec else {
+                panic!()
+            };
+            let label = |k: &str| we.labels.get(k).map(String::as_str).unwrap_or_default();
+            let got = (
+                we.network.as_deref().unwrap_or_default(),
+                label(CLUSTER_LABEL),
+                we.locality.as_deref().unwrap_or_default(),
+            );
+            let want_locality = if want.2.is_empty() { "us/us-1" } else { want.2 };
+            assert_eq!(
+                got,
+                (want.0, want.1, want_locality),
+                "{network:?} {cluster:?}"
+            );
+            assert_eq!(label(NETWORK_LABEL), want.0);
+        }
     }
 }

@@ -131,7 +131,7 @@ impl Node {
             address,
             raft,
             writer,
-            push: crate::push::Push::start(state.clone()),
+            push: crate::push::Push::start(state.clone(), id),
             state,
             settings,
             intermediate,

@@ -2,6 +2,7 @@
 //! its push [`Type`], the body sent (JSON, with what the control plane adds:
 //! allocated virtual IPs, a registered workload's health), and what
 //! scoping needs to know of it ([`Visibility`]).
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -114,11 +115,16 @@ pub struct Bundle {
     pub roots: Vec<String>,
     /// Every control-plane node's address, for agents to fail over.
     pub control_plane: Vec<String>,
+    /// The DNS domain of service names (`NAME.NS.svc.DOMAIN`).
+    pub domain: String,
+    /// The cluster and network of the node serving the bundle: an agent's
+    /// own, unless it was given them.
+    pub cluster: String,
+    pub network: String,
+    /// Control-plane addresses by cluster, so that an agent fails over to
+    /// a node of its own cluster first.
+    pub clusters: BTreeMap<String, Vec<String>>,
 }
-
-/// Kubernetes cluster domain short names are expanded with on the control
-/// plane (agents expand with their own `--domain`, which should agree).
-pub const DOMAIN: &str = "cluster.local";
 
 /// What an item needs of a stored resource besides its JSON, read without
 /// typing the whole resource (it was checked when it was applied).
@@ -159,7 +165,8 @@ pub fn config_item(key: &str, stored: StoredConfig, store: &Store) -> Option<Ite
     };
     let ty = Type::of_kind(&head.kind)?;
     let ns = head.metadata.namespace.as_str();
-    let canonical = |h: &String| canonical_host(h, ns, DOMAIN, |_| false);
+    let domain = store.domain();
+    let canonical = |h: &String| canonical_host(h, ns, &domain, |_| false);
     let HeadSpec {
         hosts,
         host,

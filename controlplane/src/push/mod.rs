@@ -47,13 +47,13 @@ pub struct Push {
 }
 
 impl Push {
-    /// Starts keeping snapshots of `state`.
-    pub fn start(state: SharedState) -> Push {
+    /// Starts keeping snapshots of `state`, as node `me` pushes them.
+    pub fn start(state: SharedState, me: u64) -> Push {
         let started = Instant::now();
         let (changes, mut builder) = {
             let mut st = state.write().unwrap_or_else(|p| p.into_inner());
             let rx = st.watch();
-            (rx, Builder::new(&st))
+            (rx, Builder::new(&st, me))
         };
         let first = builder
             .publish(None)
@@ -80,9 +80,14 @@ impl Push {
 
 /// Whether a changed key can matter to agents.
 fn relevant(key: &str) -> bool {
+    use crate::raft::state::cluster::{CLUSTER_PREFIX, DOMAIN_KEY, NODE_PREFIX};
     use crate::raft::state::registry::{CONFIG_PREFIX, WORKLOAD_PREFIX};
     use crate::raft::state::MESH_KEY;
-    key.starts_with(CONFIG_PREFIX) || key.starts_with(WORKLOAD_PREFIX) || key == MESH_KEY
+    [CONFIG_PREFIX, WORKLOAD_PREFIX, CLUSTER_PREFIX, NODE_PREFIX]
+        .iter()
+        .any(|p| key.starts_with(p))
+        || key == MESH_KEY
+        || key == DOMAIN_KEY
 }
 
 /// The changes gathered for the next snapshot.
@@ -102,6 +107,10 @@ impl Pending {
             Changed::Keys {
                 keys, membership, ..
             } => {
+                // Hosts are made canonical with the domain: every item again.
+                self.reload |= keys
+                    .iter()
+                    .any(|k| k == crate::raft::state::cluster::DOMAIN_KEY);
                 self.keys.extend(keys.into_iter().filter(|k| relevant(k)));
                 self.membership |= membership;
             }

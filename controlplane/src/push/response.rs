@@ -138,7 +138,7 @@ spec: {address: 10.0.0.1, labels: {app: reviews}}
     fn an_endpoint_change_sends_endpoints_only() {
         let mut st = Applied::default();
         apply(&mut st, MESH, 1);
-        let mut b = Builder::new(&st);
+        let mut b = Builder::new(&st, 1);
         let first = b.publish(None).expect("a first snapshot");
         let scope = Scope::of("default", &BTreeMap::new(), &[]);
 
@@ -195,7 +195,7 @@ spec:
 ";
         let mut st = Applied::default();
         apply(&mut st, &format!("{MESH}---\n{private}"), 1);
-        let mut b = Builder::new(&st);
+        let mut b = Builder::new(&st, 1);
         let first = b.publish(None).unwrap();
         let mut changed = Vec::new();
         st.store.apply(
@@ -221,5 +221,72 @@ spec:
         // and are sent nothing.
         let there = delta(&Scope::of("prod", &BTreeMap::new(), &[]), &changes);
         assert!(there.is_empty(), "{there:?}");
+    }
+
+    /// The bundle tells agents the cluster and network of the node that
+    /// serves them and the mesh's domain, with which hosts are also made
+    /// canonical for scoping.
+    #[test]
+    fn the_bundle_says_where_the_node_is_and_hosts_use_the_meshs_domain() {
+        use crate::push::item::{config_item, Visibility};
+        use crate::raft::state::{Bootstrap, ClusterRecord, MeshInfo, NodeRecord};
+
+        let mut st = Applied::default();
+        let mut ch = Vec::new();
+        let init = Bootstrap {
+            mesh: MeshInfo {
+                trust_domain: "example.org".into(),
+                root_cert_pem: "ROOT".into(),
+                sealed_root_key: vec![1],
+                seal_check: vec![2],
+            },
+            next_node_id: 2,
+            domain: "corp.example".into(),
+            cluster: "east".into(),
+            record: ClusterRecord {
+                network: "net-east".into(),
+                joined_at: 1,
+            },
+            node_id: 1,
+            node: NodeRecord {
+                cluster: "east".into(),
+                locality: String::new(),
+            },
+        };
+        st.store.apply(&Command::Bootstrap(Box::new(init)), &mut ch);
+        apply(&mut st, MESH, 2);
+        let bundle_of = |me| {
+            let first = Builder::new(&st, me).publish(None).unwrap();
+            let f = full(&first.full_view(&Scope::of("default", &BTreeMap::new(), &[])));
+            let b = by_type(&f)["bundle"].items[0].body.clone();
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+        };
+        let b = bundle_of(1);
+        assert_eq!(
+            (
+                &b["cluster"],
+                &b["network"],
+                &b["domain"],
+                &b["trustDomain"]
+            ),
+            (
+                &"east".into(),
+                &"net-east".into(),
+                &"corp.example".into(),
+                &"example.org".into()
+            ),
+            "{b}"
+        );
+        // A node without a record says nothing of a cluster.
+        assert_eq!(bundle_of(7)["cluster"], "");
+        let key = config_key("VirtualService", "default", "reviews");
+        let item = config_item(&key, st.store.config(&key).unwrap(), &st.store).unwrap();
+        assert_eq!(
+            item.visibility,
+            Visibility::Hosts {
+                hosts: vec!["reviews.default.svc.corp.example".into()],
+                export_to: Vec::new(),
+            }
+        );
     }
 }

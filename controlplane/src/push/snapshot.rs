@@ -7,15 +7,14 @@
 //! it names. Each snapshot remembers the last [`HISTORY`] change sets, so
 //! a stream that is a few versions behind is sent what changed, not
 //! everything.
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use trellis_api::config::Spec;
 
 use super::item::{bundle_item, config_item, workload_item, Bundle, Item, BUNDLE_KEY};
 use super::scope::{Scope, SidecarRule};
-use crate::raft::state::registry::{parse_config_key, CONFIG_PREFIX, VIP_PREFIX, WORKLOAD_PREFIX};
-use crate::raft::state::MESH_KEY;
+use crate::raft::state::registry::{parse_config_key, CONFIG_PREFIX, WORKLOAD_PREFIX};
 use crate::raft::state_machine::Applied;
 
 /// Change sets a snapshot remembers.
@@ -124,6 +123,8 @@ impl Snapshot {
 
 /// Keeps the pushable state from the store.
 pub struct Builder {
+    /// The node this runs on, whose cluster the bundle names.
+    me: u64,
     version: u64,
     namespaces: HashMap<Arc<str>, Arc<NsItems>>,
     /// Namespace of each key, to find an item again when it is removed.
@@ -136,14 +137,15 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// Everything in `st`, at its index.
-    pub fn new(st: &Applied) -> Builder {
+    /// Everything in `st`, at its index, as node `me` pushes it.
+    pub fn new(st: &Applied, me: u64) -> Builder {
         let mut b = Builder {
+            me,
             version: st.index(),
             namespaces: HashMap::new(),
             key_ns: HashMap::new(),
             sidecars: Arc::new(Vec::new()),
-            bundle: Arc::new(bundle_item(&bundle(st))),
+            bundle: Arc::new(bundle_item(&bundle(st, me))),
             history: VecDeque::new(),
             pending: Vec::new(),
             sidecars_changed: false,
@@ -154,14 +156,13 @@ impl Builder {
         b
     }
 
-    /// Reads `keys` again from `st`, and the bundle (the mesh record and
-    /// the membership).
+    /// Reads `keys` again from `st`, and the bundle (the mesh record, the
+    /// topology and the membership).
     pub fn apply(&mut self, st: &Applied, keys: &[String]) {
         let mut sidecars = false;
+        // Virtual IPs change with their ServiceEntry; the mesh record and
+        // the topology are the bundle's, read below.
         for key in keys {
-            if key.starts_with(VIP_PREFIX) || key == MESH_KEY {
-                continue; // vips change with their ServiceEntry; the bundle below
-            }
             if key.starts_with(&format!("{CONFIG_PREFIX}Sidecar/")) {
                 sidecars = true;
                 continue;
@@ -220,7 +221,7 @@ impl Builder {
     }
 
     fn refresh_bundle(&mut self, st: &Applied) {
-        let new = Arc::new(bundle_item(&bundle(st)));
+        let new = Arc::new(bundle_item(&bundle(st, self.me)));
         if new.body != self.bundle.body {
             self.pending.push(Change {
                 key: BUNDLE_KEY.into(),
@@ -354,20 +355,29 @@ fn sidecar_rule(key: &str, ns: &str, spec: &Spec) -> Option<SidecarRule> {
     })
 }
 
-/// The trust bundle and the control-plane addresses.
-fn bundle(st: &Applied) -> Bundle {
+/// The trust bundle, the control-plane addresses (by cluster too), the
+/// domain, and the cluster and network of node `me`, which serves it.
+fn bundle(st: &Applied, me: u64) -> Bundle {
     let mesh = st.store.mesh();
+    let mut clusters: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut control_plane = Vec::new();
+    for (id, n) in st.membership.membership().nodes() {
+        if let Some(r) = st.store.node_record(*id) {
+            clusters.entry(r.cluster).or_default().push(n.addr.clone());
+        }
+        control_plane.push(n.addr.clone());
+    }
+    let (cluster, network) = st.store.node_topology(me).unwrap_or_default();
     Bundle {
         trust_domain: mesh
             .as_ref()
             .map(|m| m.trust_domain.clone())
             .unwrap_or_default(),
         roots: mesh.map(|m| vec![m.root_cert_pem]).unwrap_or_default(),
-        control_plane: st
-            .membership
-            .membership()
-            .nodes()
-            .map(|(_, n)| n.addr.clone())
-            .collect(),
+        control_plane,
+        domain: st.store.domain(),
+        cluster,
+        network,
+        clusters,
     }
 }

@@ -10,9 +10,13 @@
 //! - `kv/KEY` — user data written through the admin API;
 //! - `config/…`, `vip/…`, `workload/…` — the mesh's configuration and
 //!   registry ([`registry`]);
+//! - `domain`, `cluster/NAME`, `node/ID` — the DNS domain of service
+//!   names, the clusters and which cluster each node belongs to
+//!   ([`cluster`]);
 //! - `write/AT/ID` — the response to each write proposed in the last
 //!   [`DEDUP_WINDOW_SECS`] ([`Command::Once`]), so that a write retried
 //!   after its answer was lost is applied once.
+pub mod cluster;
 pub mod registry;
 
 use std::collections::BTreeMap;
@@ -20,6 +24,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::tokens::{KindRequired, TokenRecord};
+pub use cluster::{Bootstrap, ClusterRecord, NodeRecord};
 pub use registry::{ApplyAction, RegistryCommand};
 
 /// The key of [`MeshInfo`].
@@ -55,7 +60,10 @@ pub const SEAL_CHECK_TEXT: &[u8] = b"trellis seal key check v1";
 /// A write to the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Bootstraps the mesh; refused if it is already set.
+    /// Bootstraps the mesh without its topology; refused if it is already
+    /// set. Written by `init` before there were clusters, and still
+    /// applied when such a log is replayed; `init` writes
+    /// [`Command::Bootstrap`].
     InitMesh { mesh: MeshInfo, next_node_id: u64 },
     /// Sets `kv/KEY`.
     Put { key: String, value: Vec<u8> },
@@ -87,6 +95,9 @@ pub enum Command {
         at: u64,
         cmd: Box<Command>,
     },
+    /// Bootstraps the mesh with its domain, first cluster and first node;
+    /// refused if the mesh is already set.
+    Bootstrap(Box<Bootstrap>),
 }
 
 impl Command {
@@ -236,6 +247,7 @@ impl Store {
                 Response::TokenUsed { record, node_id }
             }
             Command::Registry(cmd) => self.apply_registry(cmd, changed),
+            Command::Bootstrap(b) => self.bootstrap(b, changed),
             Command::Once { id, at, cmd } => {
                 let key = format!("{WRITE_PREFIX}{at:020}/{id:032x}");
                 if let Some(first) = self.map.get(&key).and_then(|b| dec(b)) {
@@ -358,6 +370,21 @@ mod tests {
                 )],
             }),
             Command::Delete { key: "b".into() }.once(NOW),
+            Command::Bootstrap(Box::new(Bootstrap {
+                mesh: mesh(),
+                next_node_id: 2,
+                domain: "cluster.local".into(),
+                cluster: "cluster-1".into(),
+                record: ClusterRecord {
+                    network: "network-1".into(),
+                    joined_at: NOW,
+                },
+                node_id: 1,
+                node: NodeRecord {
+                    cluster: "cluster-1".into(),
+                    locality: String::new(),
+                },
+            })),
         ];
         for cmd in cmds {
             let b = bincode::serialize(&cmd).unwrap();

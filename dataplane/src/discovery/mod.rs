@@ -27,7 +27,7 @@ use trellis_identity::verify::{client_config, Expect, SpiffeServerVerifier};
 use crate::mesh::{self, Mesh};
 use crate::tls::MeshTls;
 use crate::Shared;
-pub use resources::{Bundle, Me, Resources};
+pub use resources::{Bundle, Given, Me, Resources};
 
 /// The cache file in the data directory.
 pub const CACHE_FILE: &str = "config-cache.json";
@@ -61,7 +61,10 @@ pub struct Client {
     pub tls: Arc<MeshTls>,
     /// The socket mark of the proxy's own connections (with capture).
     pub mark: Option<u32>,
+    /// The view's settings from the agent's flags; what `given` leaves
+    /// open is taken from the pushed bundle.
     pub settings: mesh::Settings,
+    pub given: Given,
     pub node: ProxyNode,
     /// Control-plane addresses known at start (from the token).
     pub addresses: Vec<String>,
@@ -93,11 +96,21 @@ impl Client {
         }
     }
 
+    /// The view's settings with `r`'s bundle: the domain, cluster and
+    /// network the flags did not give.
+    fn settings_with(&self, r: &Resources) -> mesh::Settings {
+        match r.bundle() {
+            Some(b) => b.fill(&self.settings, &self.given),
+            None => self.settings.clone(),
+        }
+    }
+
     /// Puts `r` in force: the mesh view, the trust roots.
     pub fn install(&self, r: &Resources) {
         let prev = self.mesh.load();
+        let settings = self.settings_with(r);
         self.mesh
-            .store(mesh::build(r.resources(), &self.settings, Some(&prev)));
+            .store(mesh::build(r.resources(), &settings, Some(&prev)));
         if let Some(b) = r.bundle() {
             match trellis_identity::pem::certs(&b.roots.concat(), "trust bundle") {
                 Ok(roots) if roots != self.tls.roots() => {
@@ -133,17 +146,26 @@ impl Client {
         }
     }
 
-    /// The token's addresses, then those the bundle told of.
+    /// The nodes of the agent's cluster, the token's addresses, then the
+    /// other nodes the bundle told of.
     fn known_addresses(&self) -> Vec<String> {
-        let mut v = self.addresses.clone();
-        if let Some(b) = self.held.load().bundle() {
-            for a in &b.control_plane {
-                if !v.contains(a) {
-                    v.push(a.clone());
-                }
-            }
+        let held = self.held.load();
+        match held.bundle() {
+            Some(b) => b.addresses(&self.addresses, &self.settings_with(&held).cluster),
+            None => self.addresses.clone(),
         }
-        v
+    }
+
+    /// The node sent on a stream: once the bundle said which cluster and
+    /// network the agent is on, it says so on every later stream, so that
+    /// a node of another cluster it fails over to registers it alike.
+    fn node(&self) -> ProxyNode {
+        let s = self.settings_with(&self.held.load());
+        ProxyNode {
+            cluster: s.cluster,
+            network: s.network,
+            ..self.node.clone()
+        }
     }
 
     async fn stream_from(
@@ -164,7 +186,7 @@ impl Client {
         let (tx, rx) = mpsc::channel(16);
         let report = health.borrow_and_update().clone();
         tx.send(DiscoveryRequest {
-            node: Some(self.node.clone()),
+            node: Some(self.node()),
             health: report,
             ..Default::default()
         })

@@ -8,13 +8,69 @@ use serde::{Deserialize, Serialize};
 use trellis_api::config::{Resource, Spec, WorkloadGroup};
 use trellis_api::v1::DiscoveryResponse;
 
-/// The `bundle` type's one item.
+use crate::mesh::Settings;
+
+/// The `bundle` type's one item. Fields added after the first version
+/// default to empty, so that an older cache still reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Bundle {
     pub trust_domain: String,
     pub roots: Vec<String>,
     pub control_plane: Vec<String>,
+    /// The mesh's DNS domain of service names.
+    #[serde(default)]
+    pub domain: String,
+    /// The cluster and network of the node that sent it.
+    #[serde(default)]
+    pub cluster: String,
+    #[serde(default)]
+    pub network: String,
+    /// Control-plane addresses by cluster.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, Vec<String>>,
+}
+
+/// What the agent was told at start (its flags) about its domain, cluster
+/// and network; what it was not told, the control plane's bundle says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Given {
+    pub domain: Option<String>,
+    pub cluster: Option<String>,
+    pub network: Option<String>,
+}
+
+impl Bundle {
+    /// `s` with what `given` leaves open taken from the bundle (when it
+    /// says anything): the flags first, then the control plane, then
+    /// `s`'s defaults.
+    pub fn fill(&self, s: &Settings, given: &Given) -> Settings {
+        let pick = |given: &Option<String>, pushed: &str, default: &str| match given {
+            Some(v) => v.clone(),
+            None if !pushed.is_empty() => pushed.to_string(),
+            None => default.to_string(),
+        };
+        Settings {
+            domain: pick(&given.domain, &self.domain, &s.domain),
+            cluster: pick(&given.cluster, &self.cluster, &s.cluster),
+            network: pick(&given.network, &self.network, &s.network),
+            ..s.clone()
+        }
+    }
+
+    /// Control-plane addresses in the order to try them: the nodes of
+    /// `cluster` (the agent's) first, then `known` (its token's), then the
+    /// others, each once.
+    pub fn addresses(&self, known: &[String], cluster: &str) -> Vec<String> {
+        let own = self.clusters.get(cluster).into_iter().flatten();
+        let mut v: Vec<String> = Vec::new();
+        for a in own.chain(known).chain(&self.control_plane) {
+            if !v.contains(a) {
+                v.push(a.clone());
+            }
+        }
+        v
+    }
 }
 
 /// Every pushed type but `bundle` carries Istio resources.
@@ -451,5 +507,91 @@ spec:
         );
         assert!(push(policy("istio-system", "")).is_err());
         assert!(push(policy("default", "selector: {matchLabels: {app: db}}")).is_ok());
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            trust_domain: "example.org".into(),
+            domain: "cluster.local".into(),
+            namespace: "default".into(),
+            labels: BTreeMap::new(),
+            addresses: Vec::new(),
+            peer_inbound_port: 15006,
+            cluster: String::new(),
+            network: String::new(),
+            locality: Default::default(),
+        }
+    }
+
+    /// The agent's flags win, then what the control plane pushed, then
+    /// the defaults.
+    #[test]
+    fn the_bundle_fills_in_what_the_flags_left_open() {
+        let bundle = Bundle {
+            domain: "corp.example".into(),
+            cluster: "east".into(),
+            network: "net-east".into(),
+            ..Default::default()
+        };
+        let pushed = bundle.fill(&settings(), &Given::default());
+        assert_eq!(
+            (
+                pushed.domain.as_str(),
+                pushed.cluster.as_str(),
+                pushed.network.as_str()
+            ),
+            ("corp.example", "east", "net-east")
+        );
+        let given = Given {
+            domain: Some("mesh.internal".into()),
+            cluster: None,
+            network: Some("net-vm".into()),
+        };
+        let flags = bundle.fill(&settings(), &given);
+        assert_eq!(
+            (
+                flags.domain.as_str(),
+                flags.cluster.as_str(),
+                flags.network.as_str()
+            ),
+            ("mesh.internal", "east", "net-vm")
+        );
+        // An old control plane's bundle says nothing: the defaults stay.
+        let old = Bundle::default().fill(&settings(), &Given::default());
+        assert_eq!(
+            (old.domain.as_str(), old.cluster.as_str()),
+            ("cluster.local", "")
+        );
+        // And an old cache still reads.
+        let cached: Bundle =
+            serde_json::from_str(r#"{"trustDomain":"t","roots":[],"controlPlane":["a:1"]}"#)
+                .unwrap();
+        assert_eq!(cached.control_plane, ["a:1"]);
+    }
+
+    #[test]
+    fn an_agent_tries_its_own_clusters_nodes_first() {
+        let bundle = Bundle {
+            control_plane: vec!["a:1".into(), "b:1".into(), "c:1".into()],
+            clusters: [
+                ("east".to_string(), vec!["a:1".to_string()]),
+                (
+                    "west".to_string(),
+                    vec!["b:1".to_string(), "c:1".to_string()],
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let token = ["a:1".to_string(), "x:1".to_string()];
+        assert_eq!(
+            bundle.addresses(&token, "west"),
+            ["b:1", "c:1", "a:1", "x:1"]
+        );
+        assert_eq!(
+            bundle.addresses(&token, "east"),
+            ["a:1", "x:1", "b:1", "c:1"]
+        );
+        assert_eq!(bundle.addresses(&token, ""), ["a:1", "x:1", "b:1", "c:1"]);
     }
 }

@@ -13,6 +13,7 @@ use trellis_api::config::{
     Location, OutlierDetection, Resource, ServiceEntry, SimpleLb, Spec, TrafficPolicy,
     WorkloadEntry,
 };
+use trellis_api::topology::{self, Locality};
 use trellis_identity::SpiffeId;
 
 use trellis_transport::connect::Keepalive;
@@ -38,6 +39,11 @@ pub struct Settings {
     pub addresses: Vec<IpAddr>,
     /// The port every agent's inbound listener is on.
     pub peer_inbound_port: u16,
+    /// Where this workload is: its cluster and network (empty when
+    /// neither its flags nor the control plane said) and its locality.
+    pub cluster: String,
+    pub network: String,
+    pub locality: Locality,
 }
 
 /// Istio's root namespace: a PeerAuthentication there applies mesh-wide.
@@ -352,6 +358,8 @@ fn endpoint(
         labels: we.labels.clone(),
         workload: Arc::new(workload),
         weight: we.weight.unwrap_or(1),
+        network: topology::network_of(we.network.as_deref(), &we.labels).into(),
+        locality: Locality::of_entry(we.locality.as_deref(), &we.labels),
         state: Arc::default(),
     })
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use trellis_api::topology::Locality;
 use trellis_identity::SpiffeId;
 use trellis_transport::connect::{ConnectOpts, Keepalive};
 use trellis_transport::sni::Sni;
@@ -247,6 +248,11 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     pub workload: Arc<Workload>,
     pub weight: u32,
+    /// The network the endpoint is on; empty: not said, which Istio takes
+    /// as every caller's own network.
+    pub network: Arc<str>,
+    /// Its failure domain; empty parts are unknown.
+    pub locality: Locality,
     /// Runtime state that outlives config updates (see [`Cluster::adopt`]).
     pub state: Arc<EndpointState>,
 }
@@ -537,6 +543,8 @@ mod tests {
             labels: BTreeMap::new(),
             workload: Arc::default(),
             weight: 1,
+            network: "".into(),
+            locality: Locality::default(),
             state: Arc::default(),
         }
     }

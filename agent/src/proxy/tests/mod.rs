@@ -70,6 +70,9 @@ impl Agent {
             labels: BTreeMap::from([("app".into(), sa.into())]),
             addresses: vec![LOCALHOST],
             peer_inbound_port,
+            cluster: String::new(),
+            network: String::new(),
+            locality: Default::default(),
         };
         let resources = parse_documents(config).unwrap();
         let opts = ConnectOpts {

@@ -83,6 +83,9 @@ fn settings(addr: &str, labels: &[(&str, &str)]) -> Settings {
             .collect(),
         addresses: vec![addr.parse().unwrap()],
         peer_inbound_port: 15006,
+        cluster: "east".into(),
+        network: "net-east".into(),
+        locality: Locality::default(),
     }
 }
 
@@ -502,6 +505,84 @@ fn plaintext_endpoints_get_the_http_version_istio_picks() {
     for (http, protocol, want) in cases {
         assert_eq!(plain_http(http, protocol), want, "{http:?} {protocol:?}");
     }
+}
+
+/// Every endpoint carries its network and locality: from the entry's
+/// `network` and `locality` fields, else from Istio's topology labels,
+/// for ServiceEntry endpoints and WorkloadEntries alike.
+#[test]
+fn endpoints_carry_their_network_and_locality() {
+    let m = mesh_of(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp}]
+  endpoints:
+  - {address: 10.0.0.2, network: net-a, locality: us/us-1/rack-1}
+  - address: 10.0.0.3
+    labels:
+      topology.istio.io/network: net-b
+      topology.kubernetes.io/region: eu
+      topology.kubernetes.io/zone: eu-2
+      topology.istio.io/subzone: rack-9
+  - {address: 10.0.0.4}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-vm, namespace: default}
+spec:
+  hosts: [db-vm.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp}]
+  workloadSelector: {labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db-vm, namespace: default}
+spec:
+  address: 10.0.0.5
+  network: net-c
+  locality: ap
+  labels: {app: db, topology.istio.io/network: ignored-for-the-field}
+"#,
+    );
+    let clusters = ["db", "db-vm"].map(|h| {
+        m.cluster(&format!("{h}.default.svc.cluster.local"), 5432, "")
+            .unwrap()
+    });
+    let mut got: Vec<(String, String, String)> = clusters
+        .iter()
+        .flat_map(|c| &c.endpoints)
+        .map(|e| {
+            (
+                e.addr.ip().to_string(),
+                e.network.to_string(),
+                e.locality.to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want = [
+        ("10.0.0.2", "net-a", "us/us-1/rack-1"),
+        ("10.0.0.3", "net-b", "eu/eu-2/rack-9"),
+        ("10.0.0.4", "", ""),
+        ("10.0.0.5", "net-c", "ap"),
+    ]
+    .map(|(a, n, l)| (a.to_string(), n.to_string(), l.to_string()));
+    assert_eq!(got, want);
+    let zones: Vec<&str> = clusters[0]
+        .endpoints
+        .iter()
+        .map(|e| e.locality.zone.as_str())
+        .collect();
+    assert!(
+        zones.contains(&"us-1") && zones.contains(&"eu-2"),
+        "{zones:?}"
+    );
 }
 
 #[test]
