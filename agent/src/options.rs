@@ -228,6 +228,9 @@ pub struct Options {
     /// Proxy worker threads.
     #[arg(long, env = "TRELLIS_CONCURRENCY", default_value_t = 2)]
     pub concurrency: usize,
+    /// Largest response head taken from an upstream, in KiB (status line and headers): a larger one is answered 502 (`UPE`).
+    #[arg(long, env = "TRELLIS_MAX_RESPONSE_HEADERS_KB", default_value_t = crate::proxy::DEFAULT_MAX_HEADERS_KB, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub max_response_headers_kb: u32,
     /// On SIGTERM, how long in-flight requests and connections may take to finish after the listeners stop accepting.
     #[arg(long, env = "TRELLIS_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

@@ -187,9 +187,15 @@ fn proxy_state(
         keepalive: None,
     };
     let metadata = serde_json::to_string(me.as_ref()).unwrap_or_default();
+    let max_response_headers = opts.max_response_headers_kb * 1024;
     Ok(Arc::new(Proxy {
-        pool: pool::Pool::new(pool::Peers(tls.clone())),
-        app: AppClient::new(opts.app_host, connect.clone()),
+        // Peer agents enforced the limit on what their applications
+        // answered; allowance for what they add.
+        pool: pool::Pool::new(
+            pool::Peers(tls.clone()),
+            max_response_headers.saturating_add(proxy::PEER_HEADER_ALLOWANCE),
+        ),
+        app: AppClient::new(opts.app_host, connect.clone(), max_response_headers),
         peer_metadata: http::HeaderValue::from_str(&metadata)?,
         labels: settings.labels.clone(),
         tls,

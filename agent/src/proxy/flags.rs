@@ -24,6 +24,10 @@ pub fn local_reply(flag: Flag) -> Response<Body> {
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
         ),
+        Flag::UpstreamProtocolError => (
+            StatusCode::BAD_GATEWAY,
+            "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+        ),
         Flag::NoRouteFound => (StatusCode::NOT_FOUND, ""),
         Flag::DownstreamProtocolError => (StatusCode::BAD_REQUEST, "bad request"),
         // Fault replies carry the configured status; callers build those.

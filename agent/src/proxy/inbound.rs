@@ -26,6 +26,7 @@ use trellis_transport::splice::Timeouts;
 use trellis_transport::{drain, listen};
 
 use super::body::{self, Body};
+use super::failure::{DownstreamBody, Failure};
 use super::flags::local_reply;
 use super::headers::{authority, strip_hop_by_hop};
 use super::{refuse, ConnError, Proxy, Versions};
@@ -223,19 +224,26 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     let counted = Observed::counting(b, log.request_bytes.clone());
     let req = Request::from_parts(
         parts,
-        http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
-            counted,
-            body::BoxError::from,
-        )),
+        http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(counted, |e| {
+            body::BoxError::from(DownstreamBody(e))
+        })),
     );
     let result = if let (Some(u), Some(down)) = (upgrade, on_upgrade) {
         let addr = px.app.addr(conn.port);
         match trellis_transport::connect::tcp(addr, &px.opts).await {
-            Ok(io) => super::upgrade::send_on(io, addr, req, u, down).await,
+            Ok(io) => {
+                let hop = super::upgrade::Hop {
+                    io,
+                    addr,
+                    max_response_headers: px.app.max_response_headers(),
+                };
+                super::upgrade::send_on(hop, req, u, down).await
+            }
             Err(_) => Err(Flag::UpstreamConnectFailure),
         }
     } else {
-        px.app.send(px.app.addr(conn.port), h2, req).await
+        let sent = px.app.send(px.app.addr(conn.port), h2, req).await;
+        sent.map_err(Failure::flag)
     };
     let resp = match result {
         Ok(mut resp) => {

@@ -4,6 +4,7 @@
 //! to the right endpoint over mTLS.
 pub mod app;
 pub mod body;
+pub mod failure;
 pub mod flags;
 pub mod h1_pool;
 pub mod h2_stream;
@@ -48,6 +49,16 @@ pub struct Proxy {
     /// [`Proxy::me`] as the peer-metadata header sends it.
     pub peer_metadata: HeaderValue,
 }
+
+/// Envoy's and Istio's default limit on the headers of a response
+/// (`max_response_headers_kb`), in KiB.
+pub const DEFAULT_MAX_HEADERS_KB: u32 = 60;
+
+/// Room a peer agent's responses get beyond the limit the server's agent
+/// enforced where they entered the mesh: the headers agents add, and
+/// HTTP/2's count of 32 bytes per header where HTTP/1.1 counted the bytes
+/// of each line (100 headers at most).
+pub const PEER_HEADER_ALLOWANCE: u32 = 8 * 1024;
 
 /// Streams an HTTP/2 client may have open at once on one connection to the
 /// agent: Envoy's default (2^31 - 1), rather than hyper's 200. Past its

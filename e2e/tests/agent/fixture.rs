@@ -11,7 +11,8 @@ use trellis_e2e::loopback::Block;
 use trellis_e2e::{bin, wait_for, Cluster, Proc};
 
 /// The mesh, with `SERVER` and `BLACKHOLE` for the addresses of the
-/// test's block.
+/// test's block. `web` (port 9081) is served by third-party servers the
+/// tests start on `SERVER:9081`, behind the server's agent.
 pub const MESH: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -87,6 +88,15 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9081, name: http}]
+  endpoints: [{address: SERVER, serviceAccount: echo}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: {name: blackhole, namespace: default}
 spec:
   hosts: [blackhole.default.svc.cluster.local]
@@ -110,6 +120,9 @@ const SERVER: u8 = 12;
 const BLACKHOLE: u8 = 14;
 /// The agent ports on each host, and the echo server's on the server.
 const AGENT_PORTS: [u16; 5] = [15000, 15001, 15006, 15020, 15053];
+
+/// The port of `web`, where a test's own server listens on the server.
+pub const WEB_PORT: u16 = 9081;
 
 /// Loopback block series of this test binary: `127.11.N.0/24`.
 const SERIES: u8 = 11;
@@ -138,7 +151,7 @@ impl Loopback {
         let listeners: Vec<(u8, u16)> = [CLIENT, SERVER, BLACKHOLE]
             .iter()
             .flat_map(|&h| AGENT_PORTS.map(|p| (h, p)))
-            .chain([(SERVER, 9080), (CLIENT, 19080)])
+            .chain([(SERVER, 9080), (SERVER, WEB_PORT), (CLIENT, 19080)])
             .collect();
         let block = Block::take(SERIES, &listeners)?;
         let cp = Cluster::init(&["--cert-ttl-secs", "16"]).await?;
@@ -213,6 +226,11 @@ impl Loopback {
 
     pub fn server_ip(&self) -> String {
         self.block.ip(SERVER).to_string()
+    }
+
+    /// Where `web`'s server listens: `SERVER:9081`.
+    pub fn web_addr(&self) -> std::net::SocketAddr {
+        (self.block.ip(SERVER), WEB_PORT).into()
     }
 
     pub fn blackhole_ip(&self) -> String {

@@ -6,6 +6,7 @@
 //! ([`draining`]).
 mod draining;
 mod inbound_mtls;
+mod limits;
 mod outbound_http;
 mod tcp;
 
@@ -84,9 +85,13 @@ impl Agent {
             app: sa.into(),
             version: "v1".into(),
         });
+        let limit = super::DEFAULT_MAX_HEADERS_KB * 1024;
         let px = Arc::new(Proxy {
-            pool: pool::Pool::new(pool::Peers(tls.clone())),
-            app: AppClient::new(LOCALHOST, opts.clone()),
+            pool: pool::Pool::new(
+                pool::Peers(tls.clone()),
+                limit + super::PEER_HEADER_ALLOWANCE,
+            ),
+            app: AppClient::new(LOCALHOST, opts.clone(), limit),
             peer_metadata: http::HeaderValue::from_str(&serde_json::to_string(&*me).unwrap())
                 .unwrap(),
             labels: settings.labels.clone(),
@@ -179,11 +184,16 @@ struct Seen {
     headers: http::HeaderMap,
 }
 
+/// A request header that has the [`App`] answer with a header `x-big`
+/// of that many bytes.
+const HEADER_BYTES: &str = "x-app-header-bytes";
+
 type Respond = dyn Fn(u64, &http::request::Parts) -> (u16, Duration) + Send + Sync;
 
 /// An HTTP/1.1 and HTTP/2 application on loopback that records each
 /// request and answers what `respond` says for the nth (from 0): a
-/// status, after a delay. The body echoes the path.
+/// status, after a delay. The body echoes the path; the head has a header
+/// as large as the request's [`HEADER_BYTES`] asks.
 struct App {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -218,6 +228,11 @@ impl App {
                         let mut resp =
                             Response::new(Full::new(Bytes::from(parts.uri.path().to_string())));
                         *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        if let Some(n) = parts.headers.get(HEADER_BYTES) {
+                            let n: usize = n.to_str().unwrap().parse().unwrap();
+                            let big = http::HeaderValue::from_str(&"a".repeat(n)).unwrap();
+                            resp.headers_mut().insert("x-big", big);
+                        }
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });

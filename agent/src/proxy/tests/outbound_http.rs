@@ -195,3 +195,72 @@ spec:
     );
     assert!(hosts.contains(&"reviews:9080".to_string()), "{hosts:?}");
 }
+
+/// `legacy`: port 9090 served by a workload without an agent at `{LEGACY}`.
+const LEGACY_SERVICE: &str = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: default}
+spec:
+  hosts: [legacy.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9090, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.0.1, labels: {security.istio.io/tlsMode: disabled}, ports: {http: {LEGACY}}}
+"#;
+
+/// A server that reads each request's head and body (a `Content-Length`
+/// one) and closes the connection without an answer; how many it read.
+async fn hang_up_server() -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::AsyncReadExt;
+    let l = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn a_post_whose_connection_breaks_after_it_was_sent_is_not_sent_again_by_default() {
+    let app = App::ok().await;
+    let (legacy, tries) = hang_up_server().await;
+    let config = format!(
+        "{REVIEWS_SERVICE}{}",
+        LEGACY_SERVICE.replace("{LEGACY}", &legacy.port().to_string())
+    );
+    let p = pair(&app, &config).await;
+    let upstream = p
+        .client
+        .upstream("legacy.default.svc.cluster.local", 9090)
+        .await;
+    let req = Request::post("/once")
+        .header(http::header::HOST, "legacy:9090")
+        .body(Full::new(Bytes::from_static(b"pay")))
+        .unwrap();
+    let got = send(upstream, req).await;
+    assert_eq!(got.status, 503);
+    assert_eq!(
+        tries.load(Ordering::SeqCst),
+        1,
+        "Istio's default retries refused streams, not requests that may have been processed"
+    );
+    let uc = ["response_code=\"503\"", "response_flags=\"UC\""];
+    assert_eq!(series(&p.client.metrics(), "istio_requests_total", &uc), 1);
+}

@@ -1,0 +1,128 @@
+//! Third-party servers and clients, run as a new user would run them in
+//! front of and behind the agents: nginx, curl, nghttp, and Python's
+//! grpcio and websockets. `.ci/run` installs them; a test that needs one
+//! that is missing says so and skips ([`tool`]).
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::{wait_for_blocking, Proc};
+
+/// Where `program` is installed (`PATH`, then the sbin directories a
+/// user's `PATH` may lack), or `None` after telling why the test skips.
+pub fn tool(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        eprintln!("skipping: `{program}` is not installed (.ci/run installs it)");
+    }
+    found
+}
+
+/// Whether Python 3 can import every module of `modules`; if not, tells
+/// why the test skips.
+pub fn python_has(modules: &[&str]) -> bool {
+    let imports = modules.join(", ");
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {imports}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipping: python3 cannot import {imports} (.ci/run installs them)");
+    }
+    ok
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    Ok(wait_for_blocking(Duration::from_secs(10), what, || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .ok()
+            .map(drop)
+    })?)
+}
+
+/// nginx, as the application, on one address, in a directory of its own.
+pub struct Nginx {
+    _proc: Proc,
+    /// One line per request: `METHOD PATH STATUS`.
+    pub access_log: PathBuf,
+}
+
+impl Nginx {
+    /// Starts `nginx` (the path [`tool`] found) on `listen`, serving
+    /// `locations` (nginx `location` blocks) in a `server` block whose
+    /// client header buffers take heads of up to 512 KiB, from `dir`.
+    pub fn start(
+        nginx: &Path,
+        dir: &Path,
+        listen: SocketAddr,
+        locations: &str,
+    ) -> anyhow::Result<Nginx> {
+        let dir = dir.join(format!("nginx-{}", listen.port()));
+        std::fs::create_dir_all(&dir)?;
+        let access_log = dir.join("access.log");
+        let d = dir.display();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+  log_format short '$request_method $request_uri $status';
+  access_log {log} short;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  large_client_header_buffers 4 512k;
+  server {{
+    listen {listen};
+{locations}
+  }}
+}}
+"#,
+            log = access_log.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let proc = Proc::spawn(
+            "nginx",
+            Command::new(nginx)
+                .arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(&conf_path),
+            &dir.join("nginx.log"),
+        )
+        .context("starting nginx")?;
+        wait_listening(listen, "nginx listening")?;
+        Ok(Nginx {
+            _proc: proc,
+            access_log,
+        })
+    }
+
+    /// The requests nginx logged, `METHOD PATH STATUS` each.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// nginx `add_header` lines that make a response head of about `bytes`
+/// bytes (nginx takes a configuration token of at most 4 KiB).
+pub fn nginx_big_headers(bytes: usize) -> String {
+    let chunk = 4000;
+    (0..bytes.div_ceil(chunk))
+        .map(|i| format!("      add_header x-big-{i} \"{}\";\n", "a".repeat(chunk)))
+        .collect()
+}
