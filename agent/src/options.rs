@@ -228,6 +228,9 @@ pub struct Options {
     /// Proxy worker threads.
     #[arg(long, env = "TRELLIS_CONCURRENCY", default_value_t = 2)]
     pub concurrency: usize,
+    /// Largest request head a client may send, in KiB (request line or pseudo-headers, and headers; Envoy's `max_request_headers_kb`): larger ones get 431.
+    #[arg(long, env = "TRELLIS_MAX_REQUEST_HEADERS_KB", default_value_t = crate::proxy::DEFAULT_MAX_HEADERS_KB, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub max_request_headers_kb: u32,
     /// Largest response head taken from an upstream, in KiB (status line and headers): a larger one is answered 502 (`UPE`).
     #[arg(long, env = "TRELLIS_MAX_RESPONSE_HEADERS_KB", default_value_t = crate::proxy::DEFAULT_MAX_HEADERS_KB, value_parser = clap::value_parser!(u32).range(1..=8192))]
     pub max_response_headers_kb: u32,

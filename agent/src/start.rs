@@ -196,6 +196,9 @@ fn proxy_state(
             max_response_headers.saturating_add(proxy::PEER_HEADER_ALLOWANCE),
         ),
         app: AppClient::new(opts.app_host, connect.clone(), max_response_headers),
+        downstream: proxy::Downstream {
+            max_header_bytes: opts.max_request_headers_kb * 1024,
+        },
         peer_metadata: http::HeaderValue::from_str(&metadata)?,
         labels: settings.labels.clone(),
         tls,

@@ -29,7 +29,7 @@ use super::body::{self, Body};
 use super::failure::{DownstreamBody, Failure};
 use super::flags::local_reply;
 use super::headers::{authority, strip_hop_by_hop};
-use super::{refuse, ConnError, Proxy, Versions};
+use super::{refuse, ConnError, Downstream, Proxy, Versions};
 
 /// Header in which the calling agent describes its workload (not its
 /// identity, which comes from its certificate); removed before the request
@@ -99,7 +99,10 @@ async fn handle(
         xfcc: None,
     });
     match sniffed {
-        Sniffed::Http1 | Sniffed::Http2 => serve_http(px, conn, tcp, Versions::Any, drain).await,
+        Sniffed::Http1 | Sniffed::Http2 => {
+            let limits = px.downstream;
+            serve_http(px, conn, tcp, Versions::Any, limits, drain).await
+        }
         _ => serve_tcp(px, conn, tcp).await,
     }
 }
@@ -149,9 +152,11 @@ async fn handle_tls(
         mtls: true,
         metadata: Default::default(),
     });
+    // The calling agent enforced the limits on its side.
+    let peers = px.downstream.from_peers();
     match alpn.as_deref() {
-        Some(ALPN_H2) => serve_http(px, conn, tls, Versions::Http2, drain).await,
-        Some(ALPN_HTTP1) => serve_http(px, conn, tls, Versions::Http1, drain).await,
+        Some(ALPN_H2) => serve_http(px, conn, tls, Versions::Http2, peers, drain).await,
+        Some(ALPN_HTTP1) => serve_http(px, conn, tls, Versions::Http1, peers, drain).await,
         Some(ALPN_TCP) | None => serve_tcp(px, conn, tls).await,
         Some(other) => Err(ConnError::Alpn(String::from_utf8_lossy(other).into_owned())),
     }
@@ -163,6 +168,7 @@ async fn serve_http<I>(
     conn: Arc<Conn>,
     io: I,
     versions: Versions,
+    limits: Downstream,
     drain: drain::Watch,
 ) -> Result<(), ConnError>
 where
@@ -174,7 +180,7 @@ where
         // Boxed, as the outbound side's (see there).
         Box::pin(async move { Ok::<_, std::convert::Infallible>(to_app(px, conn, req).await) })
     });
-    super::serve_http(io, versions, svc, drain).await
+    super::serve_http(io, versions, limits, svc, drain).await
 }
 
 async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {

@@ -4,6 +4,7 @@
 //! to the right endpoint over mTLS.
 pub mod app;
 pub mod body;
+pub mod downstream;
 pub mod failure;
 pub mod flags;
 pub mod h1_pool;
@@ -17,13 +18,15 @@ mod tests;
 pub mod trace;
 pub mod upgrade;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use trellis_dataplane::mesh::Mesh;
 use trellis_dataplane::telemetry::labels::Workload;
@@ -48,17 +51,43 @@ pub struct Proxy {
     pub labels: std::collections::BTreeMap<String, String>,
     /// [`Proxy::me`] as the peer-metadata header sends it.
     pub peer_metadata: HeaderValue,
+    /// What clients may send (the application's, and those of plaintext
+    /// clients of the inbound listener).
+    pub downstream: Downstream,
 }
 
-/// Envoy's and Istio's default limit on the headers of a response
-/// (`max_response_headers_kb`), in KiB.
+/// Envoy's and Istio's default limit on the headers of a request
+/// (`max_request_headers_kb`) and of a response, in KiB.
 pub const DEFAULT_MAX_HEADERS_KB: u32 = 60;
 
-/// Room a peer agent's responses get beyond the limit the server's agent
-/// enforced where they entered the mesh: the headers agents add, and
-/// HTTP/2's count of 32 bytes per header where HTTP/1.1 counted the bytes
-/// of each line (100 headers at most).
+/// Room a peer agent's requests and responses get beyond the limit the
+/// caller's agent (or the server's) enforced where they entered the mesh:
+/// the headers agents add (peer metadata, request id, route header
+/// changes), and HTTP/2's count of 32 bytes per header where HTTP/1.1
+/// counted the bytes of each line (100 headers at most).
 pub const PEER_HEADER_ALLOWANCE: u32 = 8 * 1024;
+
+/// What a downstream connection may send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Downstream {
+    /// The largest request head, in bytes: HTTP/1.1's request line and
+    /// headers (hyper's `max_header_size`), HTTP/2's header list as it
+    /// counts it (each header's name and value and 32). Past it the request
+    /// gets 431 (HTTP/2: while the header block is up to 4 times the limit;
+    /// past that the connection is closed with GOAWAY `COMPRESSION_ERROR`,
+    /// as h2 does).
+    pub max_header_bytes: u32,
+}
+
+impl Downstream {
+    /// Limits for connections from peer agents, which enforced these
+    /// where the requests came in: the same, with [`PEER_HEADER_ALLOWANCE`].
+    pub fn from_peers(self) -> Self {
+        Self {
+            max_header_bytes: self.max_header_bytes.saturating_add(PEER_HEADER_ALLOWANCE),
+        }
+    }
+}
 
 /// Streams an HTTP/2 client may have open at once on one connection to the
 /// agent: Envoy's default (2^31 - 1), rather than hyper's 200. Past its
@@ -133,6 +162,7 @@ pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
 pub async fn serve_http<I, S>(
     io: I,
     versions: Versions,
+    limits: Downstream,
     svc: S,
     drain: drain::Watch,
 ) -> Result<(), ConnError>
@@ -142,7 +172,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<ServeError>,
 {
-    serve_connection(io, versions, svc, drain)
+    serve_connection(io, versions, limits, svc, drain)
         .await
         .map_err(ConnError::Http)
 }
@@ -150,8 +180,9 @@ where
 async fn serve_connection<I, S>(
     io: I,
     versions: Versions,
+    limits: Downstream,
     svc: S,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
 ) -> Result<(), ServeError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -159,24 +190,48 @@ where
     S::Future: Send + 'static,
     S::Error: Into<ServeError>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-    let builder = match versions {
-        Versions::Any => builder,
-        Versions::Http1 => builder.http1_only(),
-        Versions::Http2 => builder.http2_only(),
+    let (h2, io) = match versions {
+        Versions::Any => downstream::read_version(io).await?,
+        Versions::Http1 => (false, downstream::Rewind::none(io)),
+        Versions::Http2 => (true, downstream::Rewind::none(io)),
     };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(Corked::server(io)), svc);
+    let io = TokioIo::new(Corked::server(io));
+    if h2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(limits.max_header_bytes);
+        let conn = builder.serve_connection(io, svc);
+        until_drained(conn, drain, |c| c.graceful_shutdown()).await
+    } else {
+        let mut builder = http1::Builder::new();
+        // Past it hyper answers 431 and closes the connection.
+        builder.max_header_size(limits.max_header_bytes as usize);
+        let conn = builder.serve_connection(io, svc).with_upgrades();
+        until_drained(conn, drain, |c| c.graceful_shutdown()).await
+    }
+}
+
+/// Runs `conn` to its end; once a drain starts, asks it to finish the
+/// requests in flight and close (`shutdown`).
+async fn until_drained<C, E>(
+    conn: C,
+    mut drain: drain::Watch,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> Result<(), ServeError>
+where
+    C: Future<Output = Result<(), E>>,
+    E: Into<ServeError>,
+{
     tokio::pin!(conn);
-    tokio::select! {
+    let served = tokio::select! {
         served = conn.as_mut() => served,
         () = drain.signalled() => {
-            conn.as_mut().graceful_shutdown();
+            shutdown(conn.as_mut());
             conn.await
         }
-    }
+    };
+    served.map_err(Into::into)
 }
 
 const X_REQUEST_ID: http::header::HeaderName =

@@ -123,6 +123,8 @@ const AGENT_PORTS: [u16; 5] = [15000, 15001, 15006, 15020, 15053];
 
 /// The port of `web`, where a test's own server listens on the server.
 pub const WEB_PORT: u16 = 9081;
+/// The client agent's explicit upstream port for `web`.
+const WEB_UPSTREAM: u16 = 19081;
 
 /// Loopback block series of this test binary: `127.11.N.0/24`.
 const SERIES: u8 = 11;
@@ -151,7 +153,12 @@ impl Loopback {
         let listeners: Vec<(u8, u16)> = [CLIENT, SERVER, BLACKHOLE]
             .iter()
             .flat_map(|&h| AGENT_PORTS.map(|p| (h, p)))
-            .chain([(SERVER, 9080), (SERVER, WEB_PORT), (CLIENT, 19080)])
+            .chain([
+                (SERVER, 9080),
+                (SERVER, WEB_PORT),
+                (CLIENT, 19080),
+                (CLIENT, WEB_UPSTREAM),
+            ])
             .collect();
         let block = Block::take(SERIES, &listeners)?;
         let cp = Cluster::init(&["--cert-ttl-secs", "16"]).await?;
@@ -197,6 +204,8 @@ impl Loopback {
         client_args.extend([
             "--upstream".into(),
             format!("{client}:19080=echo.default.svc.cluster.local:9080"),
+            "--upstream".into(),
+            format!("{client}:{WEB_UPSTREAM}=web.default.svc.cluster.local:{WEB_PORT}"),
         ]);
         let mut client_cmd = Command::new(bin("trellis-agent"));
         client_cmd.args(["--token", &token]).args(&client_args);
@@ -248,6 +257,11 @@ impl Loopback {
     /// The client agent's explicit upstream to echo: `http://CLIENT:19080/`.
     pub fn upstream(&self) -> String {
         format!("http://{}:19080/", self.client_ip())
+    }
+
+    /// The client agent's explicit upstream to web: `http://CLIENT:19081/`.
+    pub fn web_upstream(&self) -> String {
+        format!("http://{}:{WEB_UPSTREAM}/", self.client_ip())
     }
 
     /// The client agent's outbound port, an HTTP proxy.

@@ -49,3 +49,66 @@ async fn large_response_headers_pass_and_too_large_ones_are_a_502_not_a_retry() 
     );
     Ok(())
 }
+
+/// Request headers: 20 KB reach nginx; past 60 KiB they get 431 once
+/// from the calling agent, over HTTP/1.1 (curl) and HTTP/2 (nghttp),
+/// never a refusal a client would retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_request_headers_pass_and_too_large_ones_get_431_once() -> anyhow::Result<()> {
+    let lb = Loopback::start().await?;
+    let Some(web) = nginx(&lb, "    location / { return 200 \"ok\"; }\n")? else {
+        return Ok(());
+    };
+    let proxy = lb.proxy();
+    let big = |n: usize| format!("x-big: {}", "a".repeat(n));
+    // From a file: a command-line argument is at most 128 KiB.
+    let get = |n: usize, path: &str| -> anyhow::Result<u16> {
+        let file = lb.dir.join(format!("header-{n}"));
+        std::fs::write(&file, big(n))?;
+        let header = format!("@{}", file.display());
+        Ok(status(&[
+            "-x",
+            &proxy,
+            "-H",
+            &header,
+            &format!("http://web:9081{path}"),
+        ]))
+    };
+    assert_eq!(get(20_000, "/h1-20k")?, 200);
+    assert_eq!(get(70_000, "/h1-70k")?, 431);
+    assert_eq!(get(300_000, "/h1-300k")?, 431);
+    let seen = web.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let Some(nghttp) = tool("nghttp") else {
+        return Ok(());
+    };
+    // HTTP/2 with prior knowledge, to the client's explicit upstream:
+    // the status or the stream's or connection's error, as nghttp tells.
+    let h2 = |n: usize| -> anyhow::Result<Vec<String>> {
+        let out = std::process::Command::new(&nghttp)
+            .args(["-v", "-H", &big(n), &lb.web_upstream()])
+            .output()?;
+        let out = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        Ok(out
+            .lines()
+            .filter(|l| l.len() < 300)
+            .map(str::to_string)
+            .collect())
+    };
+    let ok = h2(20_000)?;
+    assert!(ok.iter().any(|l| l.ends_with(":status: 200")), "{ok:?}");
+    // nghttp sends no header block past 64 KiB itself.
+    let refused = h2(62_000)?;
+    assert!(
+        refused.iter().any(|l| l.ends_with(":status: 431")),
+        "{refused:?}"
+    );
+    assert!(
+        !refused.iter().any(|l| l.contains("REFUSED_STREAM")),
+        "{refused:?}"
+    );
+    let seen = web.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    Ok(())
+}

@@ -97,6 +97,7 @@ async fn handle(
         return tcp::forward(&px, tcp, remote, &host, port).await;
     }
     let target = Arc::new(target);
+    let limits = px.downstream;
     let svc = service_fn(move |req| {
         let px = px.clone();
         let target = target.clone();
@@ -107,5 +108,5 @@ async fn handle(
             async move { Ok::<_, std::convert::Infallible>(http::handle(px, target, req).await) },
         )
     });
-    super::serve_http(tcp, Versions::Any, svc, drain).await
+    super::serve_http(tcp, Versions::Any, limits, svc, drain).await
 }

@@ -3,6 +3,11 @@
 //! the agent that saw the problem, and is never retried.
 use super::*;
 
+/// A header value of `n` bytes.
+fn bytes(n: usize) -> String {
+    "a".repeat(n)
+}
+
 /// A POST of `body` to `path` with `Host: reviews:9080`.
 fn post(path: &str, body: &'static str) -> Request<Full<Bytes>> {
     Request::post(path)
@@ -45,4 +50,73 @@ async fn a_response_head_past_the_limit_is_a_502_upe_and_the_post_is_not_sent_ag
         series(&p.client.metrics(), "istio_requests_total", &client),
         1
     );
+}
+
+#[tokio::test]
+async fn request_headers_under_60_kb_reach_the_app_and_larger_ones_get_431_from_the_calling_agent()
+{
+    let app = App::ok().await;
+    let p = pair(&app, REVIEWS_SERVICE).await;
+    let mut req = get("/20k");
+    req.headers_mut()
+        .insert("x-big", bytes(20_000).parse().unwrap());
+    assert_eq!(send(p.upstream, req).await.status, 200);
+    // Over the limit: refused at once by the client's agent, so the
+    // server's agent never sees it.
+    let raw = format!(
+        "GET /70k HTTP/1.1\r\nHost: reviews:9080\r\nx-big: {}\r\n\r\n",
+        bytes(70_000)
+    );
+    let got = raw_exchange(p.upstream, raw.as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 431 "), "{got}");
+    assert_eq!(app.requests(), 1);
+    let too_large = ["reporter=\"source\"", "response_code=\"431\""];
+    assert_eq!(
+        series(&p.client.metrics(), "istio_requests_total", &too_large),
+        0,
+        "refused by the client's agent itself, not by the server's"
+    );
+}
+
+#[tokio::test]
+async fn an_http2_client_with_headers_past_the_limit_gets_431_not_a_refused_stream() {
+    let app = App::ok().await;
+    let p = pair(&app, REVIEWS_SERVICE).await;
+    let tcp = TcpStream::connect(p.upstream).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    for (n, want) in [(20_000, 200), (70_000, 431)] {
+        let req = Request::get("http://reviews:9080/h2")
+            .header("x-big", bytes(n))
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap_or_else(|e| panic!("{n} bytes: {e}"));
+        assert_eq!(resp.status(), want, "{n} bytes");
+        client = client.ready().await.unwrap();
+    }
+    // Past 4 times the limit h2 stops decoding and closes the connection:
+    // a connection error, not a stream a client would send again.
+    let req = Request::get("http://reviews:9080/h2")
+        .header("x-big", bytes(300_000))
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let err = resp.await.unwrap_err();
+    assert_ne!(err.reason(), Some(h2::Reason::REFUSED_STREAM), "{err}");
+    assert!(err.is_go_away(), "{err}");
+    assert_eq!(app.requests(), 1);
+}
+
+/// Writes `raw` on a new connection to `addr` and reads what comes back
+/// until the connection closes (or 5 s pass).
+async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The agent may answer and close before it has read all of it.
+    let _ = s.write_all(raw).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
 }

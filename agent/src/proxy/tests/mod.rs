@@ -92,6 +92,9 @@ impl Agent {
                 limit + super::PEER_HEADER_ALLOWANCE,
             ),
             app: AppClient::new(LOCALHOST, opts.clone(), limit),
+            downstream: super::Downstream {
+                max_header_bytes: limit,
+            },
             peer_metadata: http::HeaderValue::from_str(&serde_json::to_string(&*me).unwrap())
                 .unwrap(),
             labels: settings.labels.clone(),
