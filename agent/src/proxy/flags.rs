@@ -29,7 +29,7 @@ pub fn local_reply(flag: Flag) -> Response<Body> {
             "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
         ),
         Flag::NoRouteFound => (StatusCode::NOT_FOUND, ""),
-        Flag::DownstreamProtocolError => (StatusCode::BAD_REQUEST, "bad request"),
+        Flag::DownstreamProtocolError => return bad_request("bad request"),
         // Fault replies carry the configured status; callers build those.
         Flag::FaultInjected | Flag::DelayInjected | Flag::DownstreamConnectionTermination => {
             (StatusCode::SERVICE_UNAVAILABLE, "")
@@ -43,5 +43,23 @@ pub fn local_reply(flag: Flag) -> Response<Body> {
             http::HeaderValue::from_static("text/plain"),
         );
     }
+    resp
+}
+
+/// The reply to a request the agent cannot carry as the client sent it
+/// (`DPE`): `400`, and why; an HTTP/1.1 connection then closes, as after
+/// Envoy's codec errors (hyper drops the header on HTTP/2).
+pub fn bad_request(why: &'static str) -> Response<Body> {
+    let mut resp = Response::new(body::full(why));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
     resp
 }

@@ -27,8 +27,8 @@ use trellis_transport::{drain, listen};
 
 use super::body::{self, Body};
 use super::failure::{DownstreamBody, Failure};
-use super::flags::local_reply;
-use super::headers::{authority, strip_hop_by_hop};
+use super::flags::{bad_request, local_reply};
+use super::headers::{authority, request_authority, strip_hop_by_hop};
 use super::{refuse, ConnError, Downstream, Proxy, Versions};
 
 /// Header in which the calling agent describes its workload (not its
@@ -174,13 +174,23 @@ async fn serve_http<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (proxy, this) = (px.clone(), conn.clone());
     let svc = service_fn(move |req| {
         let px = px.clone();
         let conn = conn.clone();
         // Boxed, as the outbound side's (see there).
         Box::pin(async move { Ok::<_, std::convert::Infallible>(to_app(px, conn, req).await) })
     });
-    super::serve_http(io, versions, limits, svc, drain).await
+    let served = super::serve_http(io, versions, limits, svc, drain).await;
+    let labels = || ConnLabels {
+        reporter: Reporter::Destination,
+        source: this.source.clone(),
+        destination: proxy.me.clone(),
+        destination_service: proxy.mesh.load().inbound_service(this.port),
+        mtls: this.mtls,
+    };
+    super::report_refused(&proxy.telemetry, &served, labels, this.downstream);
+    served
 }
 
 async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
@@ -220,6 +230,11 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     let mut log = RequestLog::start(conn_labels, &req, authority, request_id, conn.downstream);
     log.upstream = Some(px.app.addr(conn.port));
     log.upstream_cluster = conn.cluster.clone();
+    if let Err(why) = request_authority(&req) {
+        // A plaintext client's request without `Host`: its fault.
+        log.flag = Some(Flag::DownstreamProtocolError);
+        return observed(&px, bad_request(why), log);
+    }
     let upgrade = super::upgrade::wants_upgrade(&req);
     let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut());
@@ -261,6 +276,11 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
             local_reply(flag)
         }
     };
+    observed(&px, resp, log)
+}
+
+/// `resp`, reporting the request as `log` once it has been sent.
+fn observed(px: &Proxy, resp: Response<Body>, mut log: RequestLog) -> Response<Body> {
     log.response_code = resp.status().as_u16();
     log.grpc_status = trellis_dataplane::telemetry::grpc_status(resp.headers());
     let telemetry = px.telemetry.clone();

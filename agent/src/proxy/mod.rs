@@ -128,6 +128,34 @@ pub enum ConnError {
     Http(ServeError),
 }
 
+/// Reports the request hyper refused itself if serving a connection
+/// ended in `result` because of one (its head did not parse: `400`, or
+/// was too large: `431`), as a request from `conn` with `DPE`, as Envoy
+/// reports its codec errors.
+pub fn report_refused(
+    telemetry: &Telemetry,
+    result: &Result<(), ConnError>,
+    conn: impl FnOnce() -> trellis_dataplane::telemetry::labels::ConnLabels,
+    downstream: std::net::SocketAddr,
+) {
+    let Err(ConnError::Http(e)) = result else {
+        return;
+    };
+    let Some(e) = e.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    let status = if e.is_parse_too_large() {
+        431
+    } else if e.is_parse() {
+        400
+    } else {
+        return;
+    };
+    let flag = trellis_dataplane::telemetry::Flag::DownstreamProtocolError;
+    let log = trellis_dataplane::telemetry::RequestLog::refused(conn(), downstream, status, flag);
+    telemetry.request_done(&log, 0);
+}
+
 /// Reports a TCP connection that could not be carried, ended by `flag`;
 /// the error to end it with.
 pub fn refuse(

@@ -96,6 +96,31 @@ impl RequestLog {
     }
 }
 
+impl RequestLog {
+    /// A request the HTTP layer refused before it could be read whole (a
+    /// head that does not parse, or too large): answered `status`, with
+    /// `flag`, its method, path and authority unknown (`-`).
+    pub fn refused(conn: ConnLabels, downstream: SocketAddr, status: u16, flag: Flag) -> Self {
+        Self {
+            start: SystemTime::now(),
+            started: Instant::now(),
+            conn,
+            grpc: false,
+            method: http::Method::from_bytes(b"-").unwrap_or_default(),
+            path: None,
+            authority: Arc::from("-"),
+            request_id: http::HeaderValue::from_static(""),
+            upstream: None,
+            upstream_cluster: Arc::default(),
+            downstream,
+            response_code: status,
+            grpc_status: None,
+            flag: Some(flag),
+            request_bytes: Default::default(),
+        }
+    }
+}
+
 impl TcpLog {
     /// A connection starting now, towards `upstream_cluster`.
     pub fn start(conn: ConnLabels, downstream: SocketAddr, upstream_cluster: String) -> Self {

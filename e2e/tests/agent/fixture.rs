@@ -264,6 +264,14 @@ impl Loopback {
         format!("http://{}:{WEB_UPSTREAM}/", self.client_ip())
     }
 
+    /// The client agent's metrics, in Prometheus text.
+    pub fn client_metrics(&self) -> String {
+        curl(&[&format!(
+            "http://{}:15020/stats/prometheus",
+            self.client_ip()
+        )])
+    }
+
     /// The client agent's outbound port, an HTTP proxy.
     pub fn proxy(&self) -> String {
         format!("http://{}:15001", self.client_ip())
@@ -331,6 +339,17 @@ pub fn agent_args(ip: &str, data: &Path, config: &Path) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// The value of the series of `metric` in `metrics` whose labels include
+/// all of `labels` (`name="value"` each), summed.
+pub fn series(metrics: &str, metric: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// `curl -s ARGS`: what it printed.

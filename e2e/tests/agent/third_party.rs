@@ -5,7 +5,7 @@
 
 use trellis_e2e::third_party::{nginx_big_headers, tool, Nginx};
 
-use crate::fixture::{status, Loopback};
+use crate::fixture::{series, status, Loopback};
 
 /// nginx as `web`, with `locations`.
 fn nginx(lb: &Loopback, locations: &str) -> anyhow::Result<Option<Nginx>> {
@@ -110,5 +110,60 @@ async fn large_request_headers_pass_and_too_large_ones_get_431_once() -> anyhow:
     );
     let seen = web.requests();
     assert_eq!(seen.len(), 2, "{seen:?}");
+    Ok(())
+}
+
+/// Malformed requests are the client's fault: curl without `Host`
+/// (HTTP/1.0 and 1.1) and a bad chunk size sent with socat get 400 from
+/// the calling agent, counted and logged with `DPE`, and nothing reaches
+/// nginx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_host_or_with_a_bad_chunk_get_400_dpe() -> anyhow::Result<()> {
+    let lb = Loopback::start().await?;
+    let Some(web) = nginx(&lb, "    location / { return 200 \"ok\"; }\n")? else {
+        return Ok(());
+    };
+    let Some(socat) = tool("socat") else {
+        return Ok(());
+    };
+    let upstream = lb.web_upstream();
+    for version in ["--http1.0", "--http1.1"] {
+        // `-H Host:` sends none.
+        assert_eq!(
+            status(&[version, "-H", "Host:", &upstream]),
+            400,
+            "{version}"
+        );
+    }
+    let chunked = "POST / HTTP/1.1\r\nHost: web:9081\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
+    let addr = upstream.trim_start_matches("http://").trim_end_matches('/');
+    let mut child = std::process::Command::new(socat)
+        .args(["-t", "5", "-", &format!("TCP:{addr}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), chunked.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let dpe = [
+        "reporter=\"source\"",
+        "response_code=\"400\"",
+        "response_flags=\"DPE\"",
+    ];
+    assert_eq!(
+        series(&lb.client_metrics(), "istio_requests_total", &dpe),
+        3
+    );
+    let upstream_failures = ["response_code=\"503\""];
+    assert_eq!(
+        series(
+            &lb.client_metrics(),
+            "istio_requests_total",
+            &upstream_failures
+        ),
+        0
+    );
+    assert!(web.requests().is_empty(), "{:?}", web.requests());
     Ok(())
 }

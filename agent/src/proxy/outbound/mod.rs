@@ -98,6 +98,7 @@ async fn handle(
     }
     let target = Arc::new(target);
     let limits = px.downstream;
+    let (proxy, fixed) = (px.clone(), target.fixed.clone());
     let svc = service_fn(move |req| {
         let px = px.clone();
         let target = target.clone();
@@ -108,5 +109,11 @@ async fn handle(
             async move { Ok::<_, std::convert::Infallible>(http::handle(px, target, req).await) },
         )
     });
-    super::serve_http(tcp, Versions::Any, limits, svc, drain).await
+    let served = super::serve_http(tcp, Versions::Any, limits, svc, drain).await;
+    let labels = || {
+        let host = fixed.map_or_else(|| Arc::from("unknown"), |(h, _)| h);
+        http::source_labels(&proxy, host)
+    };
+    super::report_refused(&proxy.telemetry, &served, labels, remote);
+    served
 }

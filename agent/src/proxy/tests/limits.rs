@@ -70,11 +70,24 @@ async fn request_headers_under_60_kb_reach_the_app_and_larger_ones_get_431_from_
     let got = raw_exchange(p.upstream, raw.as_bytes()).await;
     assert!(got.starts_with("HTTP/1.1 431 "), "{got}");
     assert_eq!(app.requests(), 1);
-    let too_large = ["reporter=\"source\"", "response_code=\"431\""];
+    // Refused by the client's agent itself, and counted there.
+    let too_large = [
+        "reporter=\"source\"",
+        "response_code=\"431\"",
+        "response_flags=\"DPE\"",
+    ];
     assert_eq!(
         series(&p.client.metrics(), "istio_requests_total", &too_large),
-        0,
-        "refused by the client's agent itself, not by the server's"
+        1
+    );
+    trellis_testing::eventually("the first request reported", || {
+        series(&p.server.metrics(), "istio_requests_total", &[]) == 1
+    })
+    .await;
+    let server_431 = ["response_code=\"431\""];
+    assert_eq!(
+        series(&p.server.metrics(), "istio_requests_total", &server_431),
+        0
     );
 }
 
@@ -119,4 +132,52 @@ async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
     String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn requests_without_a_host_get_400_dpe_from_the_calling_agent() {
+    let app = App::ok().await;
+    let p = pair(&app, REVIEWS_SERVICE).await;
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let raw = format!("GET /no-host {version}\r\n\r\n");
+        let got = raw_exchange(p.upstream, raw.as_bytes()).await;
+        assert!(got.contains(" 400 Bad Request\r\n"), "{version}: {got}");
+        assert!(got.ends_with("missing required header: host"), "{got}");
+    }
+    let got = raw_exchange(p.upstream, b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 400 "), "{got}");
+    // A head that does not parse: hyper's 400, counted as the agent's.
+    let got = raw_exchange(p.upstream, b"GET / HTTP/1.1\r\nbroken header\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 400 "), "{got}");
+    assert_eq!(app.requests(), 0);
+    let dpe = ["response_code=\"400\"", "response_flags=\"DPE\""];
+    assert_eq!(series(&p.client.metrics(), "istio_requests_total", &dpe), 4);
+    assert_eq!(series(&p.server.metrics(), "istio_requests_total", &[]), 0);
+}
+
+#[tokio::test]
+async fn an_invalid_chunk_size_is_the_clients_fault_400_dpe_not_an_upstream_failure() {
+    let app = App::ok().await;
+    let p = pair(&app, REVIEWS_SERVICE).await;
+    let raw = b"POST /chunks HTTP/1.1\r\nHost: reviews:9080\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
+    let got = raw_exchange(p.upstream, raw).await;
+    assert!(got.starts_with("HTTP/1.1 400 "), "{got}");
+    let dpe = ["response_code=\"400\"", "response_flags=\"DPE\""];
+    trellis_testing::eventually("the client's agent reports DPE", || {
+        series(&p.client.metrics(), "istio_requests_total", &dpe) == 1
+    })
+    .await;
+    let upstream_failures = ["reporter=\"source\"", "response_code=\"503\""];
+    assert_eq!(
+        series(
+            &p.client.metrics(),
+            "istio_requests_total",
+            &upstream_failures
+        ),
+        0
+    );
+    assert!(
+        series(&p.server.metrics(), "istio_requests_total", &[]) <= 1,
+        "not sent again"
+    );
 }

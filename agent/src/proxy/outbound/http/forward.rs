@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
+use http::uri::Authority;
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
@@ -268,7 +269,7 @@ pub(super) fn mirror(
     px: &Arc<Proxy>,
     cluster: Arc<Cluster>,
     req: Request<Body>,
-    authority: String,
+    authority: Authority,
 ) {
     let px = px.clone();
     tokio::spawn(async move {
@@ -292,7 +293,7 @@ async fn send(
     cluster: &Cluster,
     i: usize,
     mut req: Request<Body>,
-    authority: &str,
+    authority: &Authority,
 ) -> Result<Response<Body>, Tried> {
     let ep = &cluster.endpoints[i];
     let limits = &cluster.limits;

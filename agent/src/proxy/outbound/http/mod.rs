@@ -18,6 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
+use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -32,8 +33,8 @@ use trellis_dataplane::telemetry::{Flag, Observed, RequestLog};
 use self::forward::{circuit_breaker, ReqBody};
 use super::ConnTarget;
 use crate::proxy::body::{self, Body};
-use crate::proxy::flags::local_reply;
-use crate::proxy::headers::{authority, strip_hop_by_hop};
+use crate::proxy::flags::{bad_request, local_reply};
+use crate::proxy::headers::{authority, request_authority, strip_hop_by_hop};
 use crate::proxy::{ensure_request_id, trace, upgrade, Proxy};
 use crate::route::{self, RequestView};
 
@@ -46,12 +47,18 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let mesh = px.mesh.load();
-    let authority: Arc<str> = Arc::from(authority(&req).unwrap_or_default());
+    // Parsed once: it goes upstream as it is (unless a route rewrites it).
+    let parsed = request_authority(&req);
+    let authority: Arc<str> = Arc::from(match &parsed {
+        Ok(a) => a.as_str(),
+        Err(_) => authority(&req).unwrap_or_default(),
+    });
     let request_id = ensure_request_id(req.headers_mut());
     trace::never_index_ids(req.headers_mut());
-    let resolved = match &target.fixed {
-        Some((h, p)) => Some((h.clone(), *p)),
-        None => mesh.resolve(&authority),
+    let resolved = match (&target.fixed, &parsed) {
+        (Some((h, p)), _) => Some((h.clone(), *p)),
+        (None, Ok(_)) => mesh.resolve(&authority),
+        (None, Err(_)) => None,
     };
     let destination_service = resolved
         .as_ref()
@@ -63,13 +70,28 @@ pub async fn handle(
         request_id,
         target.downstream,
     );
-    let resp = match resolved {
-        Some((host, port)) => {
+    let resp = match (parsed, resolved) {
+        // The client's fault, not the upstream's: answered here, once.
+        (Err(why), _) => {
+            log.flag = Some(Flag::DownstreamProtocolError);
+            Ok(bad_request(why))
+        }
+        (Ok(upstream_authority), Some((host, port))) => {
             let (head, body) = req.into_parts();
-            let call = Call::new(&px, &mesh, target.downstream, &host, port, head, &mut log);
+            let call = Call {
+                px: &px,
+                mesh: &mesh,
+                downstream: target.downstream,
+                host: &host,
+                port,
+                arrived: head.uri.path_and_query().cloned(),
+                upstream_authority,
+                head,
+                log: &mut log,
+            };
             pipeline(call, body).await
         }
-        None => Err(Flag::NoRouteFound),
+        (Ok(_), None) => Err(Flag::NoRouteFound),
     };
     let resp = resp.unwrap_or_else(|flag| {
         log.flag.get_or_insert(flag);
@@ -137,7 +159,7 @@ struct Call<'a> {
     /// (no copy), kept while the head is rewritten.
     arrived: Option<http::uri::PathAndQuery>,
     /// The authority sent upstream: the request's, unless rewritten.
-    upstream_authority: Arc<str>,
+    upstream_authority: Authority,
     log: &'a mut RequestLog,
 }
 
@@ -159,28 +181,6 @@ struct Dest<'m> {
 }
 
 impl<'a> Call<'a> {
-    fn new(
-        px: &'a Arc<Proxy>,
-        mesh: &'a Mesh,
-        downstream: SocketAddr,
-        host: &'a str,
-        port: u16,
-        head: Parts,
-        log: &'a mut RequestLog,
-    ) -> Self {
-        Self {
-            px,
-            mesh,
-            downstream,
-            host,
-            port,
-            arrived: head.uri.path_and_query().cloned(),
-            upstream_authority: log.authority.clone(),
-            head,
-            log,
-        }
-    }
-
     /// The path and the query as the request arrived.
     fn path_and_query(&self) -> (&str, Option<&str>) {
         let pq = self.arrived.as_ref().map_or("/", |p| p.as_str());
@@ -280,8 +280,14 @@ impl<'a> Call<'a> {
                 if let Some(p) = route::rewrite_path(path, query, m.by, rw) {
                     set_path(&mut self.head, &p);
                 }
-                if let Some(a) = &rw.authority {
-                    self.upstream_authority = Arc::from(a.as_str());
+                if let Some(a) = rw.authority.as_deref() {
+                    match Authority::try_from(a) {
+                        Ok(a) => self.upstream_authority = a,
+                        Err(_) => tracing::debug!(
+                            authority = a,
+                            "rewrite to an invalid authority skipped"
+                        ),
+                    }
                 }
             }
         }
@@ -336,13 +342,13 @@ impl<'a> Call<'a> {
             }) else {
                 continue;
             };
+            let Ok(shadow) =
+                Authority::try_from(shadow_authority(self.upstream_authority.as_str()))
+            else {
+                continue;
+            };
             let req = Request::from_parts(self.head.clone(), body::full(bytes.clone()));
-            forward::mirror(
-                self.px,
-                cluster,
-                req,
-                shadow_authority(&self.upstream_authority),
-            );
+            forward::mirror(self.px, cluster, req, shadow);
         }
     }
 }
