@@ -126,3 +126,68 @@ pub fn nginx_big_headers(bytes: usize) -> String {
         .map(|i| format!("      add_header x-big-{i} \"{}\";\n", "a".repeat(chunk)))
         .collect()
 }
+
+/// A gRPC server (grpcio) on the address in its first argument: method
+/// `/echo.Echo/Call` answers the request's bytes after the delay in
+/// seconds its `x-delay` metadata asks.
+pub const GRPC_SERVER_PY: &str = r#"
+import sys, time
+from concurrent import futures
+import grpc
+
+def call(request, context):
+    delay = dict(context.invocation_metadata()).get("x-delay", "0")
+    time.sleep(float(delay))
+    return request
+
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+handler = grpc.method_handlers_generic_handler(
+    "echo.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call)})
+server.add_generic_rpc_handlers((handler,))
+server.add_insecure_port(sys.argv[1])
+server.start()
+server.wait_for_termination()
+"#;
+
+/// A gRPC client (grpcio): calls method `argv[2]` of `argv[1]` once with
+/// `x-delay: argv[3]`, and prints `OK` or the status code's name and
+/// details, `CODE|DETAILS`.
+pub const GRPC_CLIENT_PY: &str = r#"
+import sys
+import grpc
+
+target, method, delay = sys.argv[1], sys.argv[2], sys.argv[3]
+with grpc.insecure_channel(target) as channel:
+    call = channel.unary_unary(method)
+    try:
+        call(b"ping", metadata=[("x-delay", delay)], timeout=10)
+        print("OK|")
+    except grpc.RpcError as e:
+        print(f"{e.code().name}|{e.details()}")
+"#;
+
+/// Writes `source` to `dir/name` and runs it with python3 and `args`:
+/// what it printed on stdout, trimmed.
+pub fn python(dir: &Path, name: &str, source: &str, args: &[&str]) -> anyhow::Result<String> {
+    let script = dir.join(name);
+    std::fs::write(&script, source)?;
+    let out = Command::new("python3").arg(&script).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Starts `source` with python3 and `args` in the background, its output
+/// in `dir/NAME.log`.
+pub fn python_server(dir: &Path, name: &str, source: &str, args: &[&str]) -> anyhow::Result<Proc> {
+    let script = dir.join(name);
+    std::fs::write(&script, source)?;
+    Proc::spawn(
+        name,
+        Command::new("python3").arg(&script).args(args),
+        &dir.join(format!("{name}.log")),
+    )
+}

@@ -233,7 +233,8 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     if let Err(why) = request_authority(&req) {
         // A plaintext client's request without `Host`: its fault.
         log.flag = Some(Flag::DownstreamProtocolError);
-        return observed(&px, bad_request(why), log);
+        let grpc = log.grpc;
+        return observed(&px, bad_request(why, grpc), log);
     }
     let upgrade = super::upgrade::wants_upgrade(&req);
     let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -273,7 +274,7 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
         }
         Err(flag) => {
             log.flag = Some(flag);
-            local_reply(flag)
+            local_reply(flag, log.grpc)
         }
     };
     observed(&px, resp, log)

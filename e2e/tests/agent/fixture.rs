@@ -11,8 +11,9 @@ use trellis_e2e::loopback::Block;
 use trellis_e2e::{bin, wait_for, Cluster, Proc};
 
 /// The mesh, with `SERVER` and `BLACKHOLE` for the addresses of the
-/// test's block. `web` (port 9081) is served by third-party servers the
-/// tests start on `SERVER:9081`, behind the server's agent.
+/// test's block. `web` (port 9081) and `grpc` (9082, its one method
+/// routed with a 300 ms timeout) are served by third-party servers the
+/// tests start on the server, behind the server's agent.
 pub const MESH: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -97,6 +98,26 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: {name: grpc, namespace: default}
+spec:
+  hosts: [grpc.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9082, name: grpc}]
+  endpoints: [{address: SERVER, serviceAccount: echo}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: grpc, namespace: default}
+spec:
+  hosts: [grpc]
+  http:
+  - match: [{uri: {exact: /echo.Echo/Call}}]
+    timeout: 300ms
+    retries: {attempts: 0}
+    route: [{destination: {host: grpc}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: {name: blackhole, namespace: default}
 spec:
   hosts: [blackhole.default.svc.cluster.local]
@@ -125,6 +146,9 @@ const AGENT_PORTS: [u16; 5] = [15000, 15001, 15006, 15020, 15053];
 pub const WEB_PORT: u16 = 9081;
 /// The client agent's explicit upstream port for `web`.
 const WEB_UPSTREAM: u16 = 19081;
+/// The port of `grpc`, and the client agent's upstream port for it.
+pub const GRPC_PORT: u16 = 9082;
+const GRPC_UPSTREAM: u16 = 19082;
 
 /// Loopback block series of this test binary: `127.11.N.0/24`.
 const SERIES: u8 = 11;
@@ -158,6 +182,8 @@ impl Loopback {
                 (SERVER, WEB_PORT),
                 (CLIENT, 19080),
                 (CLIENT, WEB_UPSTREAM),
+                (SERVER, GRPC_PORT),
+                (CLIENT, GRPC_UPSTREAM),
             ])
             .collect();
         let block = Block::take(SERIES, &listeners)?;
@@ -206,6 +232,8 @@ impl Loopback {
             format!("{client}:19080=echo.default.svc.cluster.local:9080"),
             "--upstream".into(),
             format!("{client}:{WEB_UPSTREAM}=web.default.svc.cluster.local:{WEB_PORT}"),
+            "--upstream".into(),
+            format!("{client}:{GRPC_UPSTREAM}=grpc.default.svc.cluster.local:{GRPC_PORT}"),
         ]);
         let mut client_cmd = Command::new(bin("trellis-agent"));
         client_cmd.args(["--token", &token]).args(&client_args);
@@ -262,6 +290,16 @@ impl Loopback {
     /// The client agent's explicit upstream to web: `http://CLIENT:19081/`.
     pub fn web_upstream(&self) -> String {
         format!("http://{}:{WEB_UPSTREAM}/", self.client_ip())
+    }
+
+    /// The client agent's explicit upstream to grpc: `CLIENT:19082`.
+    pub fn grpc_upstream(&self) -> String {
+        format!("{}:{GRPC_UPSTREAM}", self.client_ip())
+    }
+
+    /// Where `grpc`'s server listens: `SERVER:9082`.
+    pub fn grpc_addr(&self) -> std::net::SocketAddr {
+        (self.block.ip(SERVER), GRPC_PORT).into()
     }
 
     /// The client agent's metrics, in Prometheus text.

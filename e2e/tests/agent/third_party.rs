@@ -3,7 +3,10 @@
 //! with what a new user sends, hostile input included. Each test skips
 //! when its tools are missing (`.ci/run` installs them).
 
-use trellis_e2e::third_party::{nginx_big_headers, tool, Nginx};
+use trellis_e2e::third_party::{
+    nginx_big_headers, python, python_has, python_server, tool, wait_listening, Nginx,
+    GRPC_CLIENT_PY, GRPC_SERVER_PY,
+};
 
 use crate::fixture::{series, status, Loopback};
 
@@ -165,5 +168,35 @@ async fn requests_without_host_or_with_a_bad_chunk_get_400_dpe() -> anyhow::Resu
         0
     );
     assert!(web.requests().is_empty(), "{:?}", web.requests());
+    Ok(())
+}
+
+/// A grpcio client gets the agent's local replies as gRPC statuses with
+/// Envoy's messages: the route's timeout is UNAVAILABLE "upstream request
+/// timeout", a method no route takes UNIMPLEMENTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_clients_get_local_replies_as_grpc_statuses() -> anyhow::Result<()> {
+    if !python_has(&["grpc"]) {
+        return Ok(());
+    }
+    let lb = Loopback::start().await?;
+    let listen = lb.grpc_addr().to_string();
+    let _server = python_server(&lb.dir, "grpc_server.py", GRPC_SERVER_PY, &[&listen])?;
+    wait_listening(lb.grpc_addr(), "the gRPC server")?;
+    let upstream = lb.grpc_upstream();
+    let call = |method: &str, delay: &str| {
+        python(
+            &lb.dir,
+            "grpc_client.py",
+            GRPC_CLIENT_PY,
+            &[&upstream, method, delay],
+        )
+    };
+    assert_eq!(call("/echo.Echo/Call", "0")?, "OK|");
+    assert_eq!(
+        call("/echo.Echo/Call", "2")?,
+        "UNAVAILABLE|upstream request timeout"
+    );
+    assert_eq!(call("/echo.Echo/Other", "0")?, "UNIMPLEMENTED|");
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! ([`tcp`]), the inbound side ([`inbound_mtls`]) and draining
 //! ([`draining`]).
 mod draining;
+mod grpc;
 mod inbound_mtls;
 mod limits;
 mod outbound_http;

@@ -33,7 +33,7 @@ use trellis_dataplane::telemetry::{Flag, Observed, RequestLog};
 use self::forward::{circuit_breaker, ReqBody};
 use super::ConnTarget;
 use crate::proxy::body::{self, Body};
-use crate::proxy::flags::{bad_request, local_reply};
+use crate::proxy::flags::{bad_request, grpc_reply, local_reply, reply};
 use crate::proxy::headers::{authority, request_authority, strip_hop_by_hop};
 use crate::proxy::{ensure_request_id, trace, upgrade, Proxy};
 use crate::route::{self, RequestView};
@@ -74,7 +74,7 @@ pub async fn handle(
         // The client's fault, not the upstream's: answered here, once.
         (Err(why), _) => {
             log.flag = Some(Flag::DownstreamProtocolError);
-            Ok(bad_request(why))
+            Ok(bad_request(why, log.grpc))
         }
         (Ok(upstream_authority), Some((host, port))) => {
             let (head, body) = req.into_parts();
@@ -95,7 +95,7 @@ pub async fn handle(
     };
     let resp = resp.unwrap_or_else(|flag| {
         log.flag.get_or_insert(flag);
-        local_reply(flag)
+        local_reply(flag, log.grpc)
     });
     log.response_code = resp.status().as_u16();
     log.grpc_status = trellis_dataplane::telemetry::grpc_status(resp.headers());
@@ -385,26 +385,24 @@ fn roll(pct: Option<f64>) -> bool {
     fastrand::f64() * 100.0 < pct.unwrap_or(100.0)
 }
 
+/// A fault's abort: its HTTP status (503 if unset), or for a gRPC request
+/// its gRPC status, else the HTTP one mapped as Envoy maps local replies.
 fn abort_reply(http_status: Option<i32>, grpc_status: Option<&str>, grpc: bool) -> Response<Body> {
+    const TEXT: &str = "fault filter abort";
     if let (true, Some(g)) = (grpc, grpc_status) {
         let code = trellis_api::config::GRPC_STATUS_NAMES
             .iter()
             .position(|n| n.eq_ignore_ascii_case(g))
-            .map_or_else(|| g.to_string(), |i| i.to_string());
-        let mut resp = local_response(200, None, Bytes::new());
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        if let Ok(v) = HeaderValue::from_str(&code) {
-            resp.headers_mut().insert("grpc-status", v);
-        }
-        return resp;
+            .and_then(|i| u16::try_from(i).ok())
+            .or_else(|| g.parse().ok())
+            .unwrap_or(2);
+        return grpc_reply(code, TEXT);
     }
     let status = http_status
         .and_then(|s| u16::try_from(s).ok())
-        .unwrap_or(503);
-    local_response(status, None, Bytes::from_static(b"fault filter abort"))
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    reply(status, TEXT, grpc)
 }
 
 fn local_response(status: u16, location: Option<String>, body: Bytes) -> Response<Body> {
@@ -515,5 +513,10 @@ mod tests {
         assert_eq!(r.headers().get("grpc-status").unwrap(), "14");
         let r = abort_reply(Some(418), None, false);
         assert_eq!(r.status(), 418);
+        // An HTTP status only, for a gRPC request: mapped as Envoy maps it.
+        let r = abort_reply(Some(503), None, true);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["grpc-message"], "fault filter abort");
     }
 }
