@@ -83,6 +83,7 @@ async fn handle(
         return handle_tls(px, tcp, remote, orig, drain).await;
     }
     let Some(port) = orig.map(|o| o.port()) else {
+        warn_no_port_once(remote);
         return Err(ConnError::NoPort);
     };
     let mesh = px.mesh.load();
@@ -105,6 +106,26 @@ async fn handle(
         }
         _ => serve_tcp(px, conn, tcp).await,
     }
+}
+
+/// Tells the operator, once per process at warn level (after that the
+/// accept loop's debug line), that plaintext reaches the inbound port
+/// without capture, which cannot work, and what to do instead.
+fn warn_no_port_once(remote: SocketAddr) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    tracing::warn!(
+        %remote,
+        "a plaintext connection came straight to the inbound port and was closed: without \
+         capture there is no original destination to tell the application port. Clients \
+         outside the mesh: call the application's own port, with --capture iptables or \
+         nftables on this agent (PERMISSIVE mTLS lets them in). Clients in the mesh: call \
+         the service through your agent (its outbound port as an HTTP proxy, or an \
+         --upstream port), which connects here with mTLS. Logged once; later ones at debug \
+         level"
+    );
 }
 
 async fn handle_tls(

@@ -1,12 +1,15 @@
 //! The agents between third-party clients and servers, as issue 22 tried
-//! them: curl and nghttp in front, nginx behind (as `web`, port 9081),
-//! with what a new user sends, hostile input included. Each test skips
-//! when its tools are missing (`.ci/run` installs them).
+//! them: curl, nghttp, socat and grpcio in front, nginx (as `web`, port
+//! 9081) and a grpcio server (`grpc`, 9082) behind, with what a new user
+//! sends, hostile input included. Each test skips when its tools are
+//! missing (`.ci/run` installs them).
+use std::time::Duration;
 
 use trellis_e2e::third_party::{
     nginx_big_headers, python, python_has, python_server, tool, wait_listening, Nginx,
     GRPC_CLIENT_PY, GRPC_SERVER_PY,
 };
+use trellis_e2e::wait_for;
 
 use crate::fixture::{series, status, Loopback};
 
@@ -198,5 +201,33 @@ async fn grpc_clients_get_local_replies_as_grpc_statuses() -> anyhow::Result<()>
         "UNAVAILABLE|upstream request timeout"
     );
     assert_eq!(call("/echo.Echo/Other", "0")?, "UNIMPLEMENTED|");
+    Ok(())
+}
+
+/// Plaintext straight to the inbound port (curl, no capture): the
+/// connection is closed, and the agent says why and what to do, once at
+/// warn level however many come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_to_the_inbound_port_without_capture_is_explained_once() -> anyhow::Result<()> {
+    let lb = Loopback::start().await?;
+    let inbound = format!("http://{}:15006/", lb.server_ip());
+    for _ in 0..3 {
+        assert_eq!(status(&[&inbound]), 0, "closed unanswered");
+    }
+    let log = lb.server_log();
+    let warned = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("straight to the inbound port"))
+            .count()
+    };
+    wait_for(Duration::from_secs(5), "the warning", || async {
+        (warned() > 0).then_some(())
+    })
+    .await?;
+    assert_eq!(warned(), 1);
+    let text = std::fs::read_to_string(&log)?;
+    assert!(text.contains("--capture iptables"), "says what to do");
     Ok(())
 }
