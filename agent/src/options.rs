@@ -271,26 +271,21 @@ impl Options {
             labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
             addresses,
             peer_inbound_port: self.peer_inbound_port,
+            principal: id.to_string(),
+            workload_name: self.workload.clone(),
+            workload_group: None,
         })
     }
 
-    /// This workload as metric labels name it.
-    pub fn workload(&self, id: &SpiffeId, s: &Settings) -> Workload {
-        let sa = id.path().rsplit('/').next().unwrap_or_default();
-        let app = s.labels.get("app").cloned().unwrap_or_default();
-        Workload {
-            workload: self.workload.clone().unwrap_or_else(|| {
-                if app.is_empty() {
-                    sa.to_string()
-                } else {
-                    app.clone()
-                }
-            }),
-            namespace: s.namespace.clone(),
-            principal: id.to_string(),
-            app,
-            version: s.labels.get("version").cloned().unwrap_or_default(),
-        }
+    /// This workload as metric labels name it, from its flags (before its
+    /// WorkloadGroup's labels are known: the mesh view has those).
+    pub fn workload(&self, s: &Settings) -> Workload {
+        Workload::new(
+            &s.principal,
+            &s.namespace,
+            s.workload_name.as_deref(),
+            &s.labels,
+        )
     }
 
     /// Who this agent is, for the control plane: name, namespace, labels,

@@ -16,7 +16,6 @@ use tokio::net::TcpListener;
 use trellis_transport::{drain, listen};
 
 use crate::mesh::Mesh;
-use crate::telemetry::labels::Workload;
 use crate::telemetry::Telemetry;
 use crate::tls::MeshTls;
 use crate::Shared;
@@ -31,8 +30,6 @@ pub struct Admin {
     pub telemetry: Arc<Telemetry>,
     pub mesh: Arc<Shared<Mesh>>,
     pub tls: Arc<MeshTls>,
-    /// This proxy's workload, as its metrics name it.
-    pub me: Arc<Workload>,
     pub ready: AtomicBool,
     pub set_log_level: SetLogLevel,
 }
@@ -134,7 +131,7 @@ fn config_dump(admin: &Admin) -> serde_json::Value {
     services.sort_by(|a, b| a.host.cmp(&b.host));
     serde_json::json!({
         "identity": admin.tls.identity().to_string(),
-        "workload": admin.me.as_ref(),
+        "workload": mesh.me().as_ref(),
         "services": services,
         "dns": mesh.dns().as_ref(),
         "resources": mesh.resources,

@@ -24,6 +24,9 @@ fn mesh_of(yaml: &str) -> Mesh {
         labels: Default::default(),
         addresses: Vec::new(),
         peer_inbound_port: 15006,
+        principal: "spiffe://example.org/ns/default/sa/client".into(),
+        workload_name: None,
+        workload_group: None,
     };
     let resources = trellis_api::config::parse_documents(yaml).unwrap();
     mesh::build(resources, &settings, None)

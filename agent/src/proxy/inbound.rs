@@ -203,12 +203,15 @@ where
         Box::pin(async move { Ok::<_, std::convert::Infallible>(to_app(px, conn, req).await) })
     });
     let served = super::serve_http(io, versions, limits, svc, drain).await;
-    let labels = || ConnLabels {
-        reporter: Reporter::Destination,
-        source: this.source.clone(),
-        destination: proxy.me.clone(),
-        destination_service: proxy.mesh.load().inbound_service(this.port),
-        mtls: this.mtls,
+    let labels = || {
+        let mesh = proxy.mesh.load();
+        ConnLabels {
+            reporter: Reporter::Destination,
+            source: this.source.clone(),
+            destination: mesh.me().clone(),
+            destination_service: mesh.inbound_service(this.port),
+            mtls: this.mtls,
+        }
     };
     super::report_refused(&proxy.telemetry, &served, labels, this.downstream);
     served
@@ -244,7 +247,7 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     let conn_labels = ConnLabels {
         reporter: Reporter::Destination,
         source,
-        destination: px.me.clone(),
+        destination: mesh.me().clone(),
         destination_service: mesh.inbound_service(conn.port),
         mtls: conn.mtls,
     };
@@ -352,7 +355,7 @@ where
     let conn_labels = ConnLabels {
         reporter: Reporter::Destination,
         source: conn.source.clone(),
-        destination: px.me.clone(),
+        destination: mesh.me().clone(),
         destination_service: mesh.inbound_service(conn.port),
         mtls: conn.mtls,
     };

@@ -22,14 +22,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use trellis_dataplane::mesh::Mesh;
-use trellis_dataplane::telemetry::labels::Workload;
 use trellis_dataplane::telemetry::Telemetry;
 use trellis_dataplane::tls::MeshTls;
 use trellis_dataplane::Shared;
@@ -39,18 +38,13 @@ use trellis_transport::{connect, cork::Corked, drain};
 pub struct Proxy {
     pub tls: Arc<MeshTls>,
     pub telemetry: Arc<Telemetry>,
+    /// The view of the mesh, this workload's labels with it.
     pub mesh: Arc<Shared<Mesh>>,
-    /// This agent's workload, as metric labels name it.
-    pub me: Arc<Workload>,
     pub pool: pool::Pool<pool::Peers>,
     pub app: app::AppClient,
     pub opts: connect::ConnectOpts,
     /// The port other agents' inbound listeners are on.
     pub peer_inbound_port: u16,
-    /// This workload's labels (route `sourceLabels`).
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// [`Proxy::me`] as the peer-metadata header sends it.
-    pub peer_metadata: HeaderValue,
     /// What clients may send (the application's, and those of plaintext
     /// clients of the inbound listener).
     pub downstream: Downstream,

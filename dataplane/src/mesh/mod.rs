@@ -102,6 +102,11 @@ pub struct Mesh {
     mtls: MtlsSettings,
     namespace: String,
     domain: String,
+    /// This workload: its labels (its WorkloadGroup's and its own), as its
+    /// metrics name it, and as the peer-metadata header tells it.
+    labels: std::collections::BTreeMap<String, String>,
+    me: Arc<crate::telemetry::labels::Workload>,
+    peer_metadata: Option<http::HeaderValue>,
     dns: Arc<NameTable>,
     /// The resources this view was built from (for `/config_dump`).
     pub resources: Vec<trellis_api::config::Resource>,
@@ -128,6 +133,23 @@ impl Mesh {
     /// Every cluster (for `/clusters`).
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         self.clusters.values().flatten()
+    }
+
+    /// This workload's labels: its WorkloadGroup's, and its own over them
+    /// (route `sourceLabels`, PeerAuthentication selectors).
+    pub fn labels(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.labels
+    }
+
+    /// This workload as its metrics name it.
+    pub fn me(&self) -> &Arc<crate::telemetry::labels::Workload> {
+        &self.me
+    }
+
+    /// [`Mesh::me`] as JSON, for the header in which an agent tells a peer
+    /// who calls (`None` if it cannot be a header value).
+    pub fn peer_metadata(&self) -> Option<&http::HeaderValue> {
+        self.peer_metadata.as_ref()
     }
 
     /// The names the DNS proxy answers, with their addresses.

@@ -231,3 +231,25 @@ async fn plaintext_to_the_inbound_port_without_capture_is_explained_once() -> an
     assert!(text.contains("--capture iptables"), "says what to do");
     Ok(())
 }
+
+/// curl through the proxy port to a host the mesh does not know: 404
+/// (`NR`), and the metrics name the host without its port and no
+/// namespace, as Istio names a destination outside the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_host_in_proxy_mode_is_labelled_without_port_or_namespace() -> anyhow::Result<()>
+{
+    let lb = Loopback::start().await?;
+    let proxy = lb.proxy();
+    assert_eq!(status(&["-x", &proxy, "http://nothere.default:8000/"]), 404);
+    let labels = [
+        "destination_service=\"nothere.default\"",
+        "destination_service_name=\"nothere.default\"",
+        "destination_service_namespace=\"unknown\"",
+        "response_flags=\"NR\"",
+    ];
+    assert_eq!(
+        series(&lb.client_metrics(), "istio_requests_total", &labels),
+        1
+    );
+    Ok(())
+}

@@ -112,7 +112,7 @@ async fn handle(
     let served = super::serve_http(tcp, Versions::Any, limits, svc, drain).await;
     let labels = || {
         let host = fixed.map_or_else(|| Arc::from("unknown"), |(h, _)| h);
-        http::source_labels(&proxy, host)
+        http::source_labels(&proxy.mesh.load(), host)
     };
     super::report_refused(&proxy.telemetry, &served, labels, remote);
     served

@@ -30,7 +30,7 @@ pub async fn forward(
     let subset = mesh.tcp_subset(host, port, fastrand::u32(..100));
     let cluster = mesh.cluster(host, port, &subset);
     let mut log = TcpLog::start(
-        super::http::source_labels(px, Arc::from(host)),
+        super::http::source_labels(&mesh, Arc::from(host)),
         remote,
         format!("outbound|{port}|{subset}|{host}"),
     );
@@ -93,7 +93,7 @@ pub async fn passthrough(
     orig: SocketAddr,
 ) -> Result<(), ConnError> {
     let mut log = TcpLog::start(
-        super::http::source_labels(px, Arc::from(orig.ip().to_string())),
+        super::http::source_labels(&px.mesh.load(), Arc::from(orig.ip().to_string())),
         remote,
         "PassthroughCluster".into(),
     );

@@ -26,7 +26,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use trellis_api::config::parse_documents;
 use trellis_dataplane::mesh::{self, Settings};
-use trellis_dataplane::telemetry::labels::Workload;
 use trellis_dataplane::telemetry::Telemetry;
 use trellis_dataplane::tls::MeshTls;
 use trellis_dataplane::Shared;
@@ -62,6 +61,20 @@ impl Agent {
     /// inbound listener started; peers' inbound listeners are on
     /// `peer_inbound_port`.
     async fn start(ca: &TestCa, sa: &str, config: &str, peer_inbound_port: u16) -> Agent {
+        let labels = BTreeMap::from([("app".into(), sa.into()), ("version".into(), "v1".into())]);
+        Agent::start_with(ca, sa, config, peer_inbound_port, labels, None).await
+    }
+
+    /// [`Agent::start`] with `labels` of its own, registered in WorkloadGroup
+    /// `group` if given.
+    async fn start_with(
+        ca: &TestCa,
+        sa: &str,
+        config: &str,
+        peer_inbound_port: u16,
+        labels: BTreeMap<String, String>,
+        group: Option<&str>,
+    ) -> Agent {
         let id = SpiffeId::parse(&format!("spiffe://td/ns/default/sa/{sa}")).unwrap();
         let cert = CertCell::new(&ca.issue(&id.to_string())).unwrap();
         let tls = Arc::new(MeshTls::new(cert, id.clone(), vec![ca.root.clone()]).unwrap());
@@ -69,9 +82,12 @@ impl Agent {
             trust_domain: "td".into(),
             domain: "cluster.local".into(),
             namespace: "default".into(),
-            labels: BTreeMap::from([("app".into(), sa.into())]),
+            labels,
             addresses: vec![LOCALHOST],
             peer_inbound_port,
+            principal: id.to_string(),
+            workload_name: None,
+            workload_group: group.map(str::to_string),
         };
         let resources = parse_documents(config).unwrap();
         let opts = ConnectOpts {
@@ -79,13 +95,6 @@ impl Agent {
             mark: None,
             keepalive: None,
         };
-        let me = Arc::new(Workload {
-            workload: sa.into(),
-            namespace: "default".into(),
-            principal: id.to_string(),
-            app: sa.into(),
-            version: "v1".into(),
-        });
         let limit = super::DEFAULT_MAX_HEADERS_KB * 1024;
         let px = Arc::new(Proxy {
             pool: pool::Pool::new(
@@ -96,13 +105,9 @@ impl Agent {
             downstream: super::Downstream {
                 max_header_bytes: limit,
             },
-            peer_metadata: http::HeaderValue::from_str(&serde_json::to_string(&*me).unwrap())
-                .unwrap(),
-            labels: settings.labels.clone(),
             tls,
             telemetry: Arc::new(Telemetry::new(false)),
             mesh: Arc::new(Shared::new(mesh::build(resources, &settings, None))),
-            me,
             opts,
             peer_inbound_port,
         });

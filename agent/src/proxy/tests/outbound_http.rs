@@ -264,3 +264,57 @@ async fn a_post_whose_connection_breaks_after_it_was_sent_is_not_sent_again_by_d
     let uc = ["response_code=\"503\"", "response_flags=\"UC\""];
     assert_eq!(series(&p.client.metrics(), "istio_requests_total", &uc), 1);
 }
+
+/// WorkloadGroups of both workloads, without labels of their own.
+const GROUPS: &str = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: reviews-v2, namespace: default}
+spec:
+  metadata: {labels: {app: reviews, version: v2}}
+  template: {serviceAccount: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: frontend, namespace: default}
+spec:
+  metadata: {labels: {app: frontend, version: v7}}
+  template: {serviceAccount: client}
+"#;
+
+#[tokio::test]
+async fn workloads_registered_through_a_group_report_its_labels_on_both_sides() {
+    let app = App::ok().await;
+    let ca = TestCa::new();
+    let config = yaml(&format!("{REVIEWS_SERVICE}{GROUPS}"), app.addr.port());
+    let none = BTreeMap::new();
+    let server =
+        Agent::start_with(&ca, "reviews", &config, 0, none.clone(), Some("reviews-v2")).await;
+    let port = server.inbound.port();
+    let client = Agent::start_with(&ca, "client", &config, port, none, Some("frontend")).await;
+    let upstream = client.upstream(REVIEWS, 9080).await;
+    assert_eq!(send(upstream, get("/grouped")).await.status, 200);
+    let destination = [
+        "reporter=\"destination\"",
+        "source_workload=\"frontend\"",
+        "source_app=\"frontend\"",
+        "source_version=\"v7\"",
+        "destination_workload=\"reviews\"",
+        "destination_app=\"reviews\"",
+        "destination_version=\"v2\"",
+    ];
+    trellis_testing::eventually("the server's agent reports with its group's labels", || {
+        series(&server.metrics(), "istio_requests_total", &destination) == 1
+    })
+    .await;
+    let source = [
+        "reporter=\"source\"",
+        "source_app=\"frontend\"",
+        "source_version=\"v7\"",
+    ];
+    assert_eq!(
+        series(&client.metrics(), "istio_requests_total", &source),
+        1
+    );
+}

@@ -83,6 +83,9 @@ fn settings(addr: &str, labels: &[(&str, &str)]) -> Settings {
             .collect(),
         addresses: vec![addr.parse().unwrap()],
         peer_inbound_port: 15006,
+        principal: "spiffe://example.org/ns/default/sa/reviews".into(),
+        workload_name: None,
+        workload_group: None,
     }
 }
 
@@ -502,4 +505,45 @@ fn plaintext_endpoints_get_the_http_version_istio_picks() {
     for (http, protocol, want) in cases {
         assert_eq!(plain_http(http, protocol), want, "{http:?} {protocol:?}");
     }
+}
+
+#[test]
+fn a_workload_in_a_group_has_the_groups_labels_under_its_own() {
+    let group = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: reviews-v1, namespace: default}
+spec:
+  metadata: {labels: {app: reviews, version: v1, tier: back}}
+  template: {serviceAccount: reviews, labels: {zone: a}}
+"#;
+    let mut s = settings("10.0.0.9", &[("tier", "front")]);
+    s.workload_group = Some("reviews-v1".into());
+    let m = build(parse_documents(group).unwrap(), &s, None);
+    let labels: Vec<(&str, &str)> = m
+        .labels()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            ("app", "reviews"),
+            ("tier", "front"),
+            ("version", "v1"),
+            ("zone", "a")
+        ],
+        "the group's, with the flags' over them"
+    );
+    let me = m.me();
+    assert_eq!(
+        (me.workload.as_str(), me.app.as_str(), me.version.as_str()),
+        ("reviews", "reviews", "v1")
+    );
+    let header = m.peer_metadata().unwrap().to_str().unwrap();
+    assert!(header.contains(r#""version":"v1""#), "{header}");
+    // Before the group is pushed (or without one): the flags' alone.
+    let alone = build(Vec::new(), &s, None);
+    assert_eq!(alone.me().app, "");
+    assert_eq!(alone.me().workload, "reviews", "the service account");
 }

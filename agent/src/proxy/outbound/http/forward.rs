@@ -213,6 +213,7 @@ impl Call<'_> {
         );
         let Call {
             px,
+            mesh,
             head,
             upstream_authority,
             log,
@@ -233,8 +234,9 @@ impl Call<'_> {
         let max_response_headers = px.app.max_response_headers();
         match &ep.peer {
             Some(peer) => {
-                req.headers_mut()
-                    .insert(PEER_METADATA, px.peer_metadata.clone());
+                if let Some(m) = mesh.peer_metadata() {
+                    req.headers_mut().insert(PEER_METADATA, m.clone());
+                }
                 let io = px
                     .tls
                     .connect(peer.addr, &peer.sni, &peer.identity, ALPN_HTTP1, &opts)
@@ -249,6 +251,8 @@ impl Call<'_> {
                 upgrade::send_on(hop, req, u, on_upgrade).await
             }
             None => {
+                // The agents' own header: no agent here to take it off.
+                req.headers_mut().remove(PEER_METADATA);
                 let io = connect::tcp(ep.addr, &opts)
                     .await
                     .map_err(|_| Flag::UpstreamConnectFailure)?;
@@ -300,8 +304,6 @@ async fn send(
     match &ep.peer {
         Some(key) => {
             retarget(&mut req, Version::HTTP_2, authority);
-            req.headers_mut()
-                .insert(PEER_METADATA, px.peer_metadata.clone());
             let opts = limits.connect_opts(&px.opts);
             let sent = px.pool.send(key, &opts, &limits.reuse, req).await;
             sent.map_err(|e| {
@@ -310,6 +312,8 @@ async fn send(
             })
         }
         None => {
+            // The agents' own header: no agent here to take it off.
+            req.headers_mut().remove(PEER_METADATA);
             let h2 = match limits.plain_http {
                 PlainHttp::Http1 => false,
                 PlainHttp::Http2 => true,

@@ -35,6 +35,7 @@ use super::ConnTarget;
 use crate::proxy::body::{self, Body};
 use crate::proxy::flags::{bad_request, grpc_reply, local_reply, reply};
 use crate::proxy::headers::{authority, request_authority, strip_hop_by_hop};
+use crate::proxy::inbound::PEER_METADATA;
 use crate::proxy::{ensure_request_id, trace, upgrade, Proxy};
 use crate::route::{self, RequestView};
 
@@ -60,11 +61,15 @@ pub async fn handle(
         (None, Ok(_)) => mesh.resolve(&authority),
         (None, Err(_)) => None,
     };
-    let destination_service = resolved
-        .as_ref()
-        .map_or_else(|| authority.clone(), |(h, _)| h.clone());
+    // A host the mesh does not know is named without its port, as Istio
+    // names the destination of passthrough traffic.
+    let destination_service = match (&resolved, &parsed) {
+        (Some((h, _)), _) => h.clone(),
+        (None, Ok(a)) => Arc::from(a.host()),
+        (None, Err(_)) => Arc::from("unknown"),
+    };
     let mut log = RequestLog::start(
-        source_labels(&px, destination_service),
+        source_labels(&mesh, destination_service),
         &req,
         authority,
         request_id,
@@ -123,6 +128,11 @@ async fn pipeline(mut call: Call<'_>, body: Incoming) -> Result<Response<Body>, 
         // state would enlarge every request's future.
         return Box::pin(call.upgrade(&cluster, body, u)).await;
     }
+    // Who calls, for the peer's agent (removed before a workload without
+    // one, and by the peer before its application, sees the request).
+    if let Some(m) = call.mesh.peer_metadata() {
+        call.head.headers.insert(PEER_METADATA, m.clone());
+    }
     let counted = Observed::counting(body, call.log.request_bytes.clone());
     let body = ReqBody::new(counted).await?;
     if let Some(m) = route {
@@ -135,10 +145,10 @@ async fn pipeline(mut call: Call<'_>, body: Incoming) -> Result<Response<Body>, 
 
 /// The labels of a connection this agent makes as the source, before an
 /// endpoint (and so the destination workload) is chosen.
-pub fn source_labels(px: &Proxy, destination_service: Arc<str>) -> ConnLabels {
+pub fn source_labels(mesh: &Mesh, destination_service: Arc<str>) -> ConnLabels {
     ConnLabels {
         reporter: Reporter::Source,
-        source: px.me.clone(),
+        source: mesh.me().clone(),
         destination: Workload::none(),
         destination_service,
         mtls: false,
@@ -206,8 +216,8 @@ impl<'a> Call<'a> {
             scheme: self.head.uri.scheme_str().unwrap_or("http"),
             port: self.port,
             headers: &self.head.headers,
-            source_labels: &self.px.labels,
-            source_namespace: &self.px.me.namespace,
+            source_labels: self.mesh.labels(),
+            source_namespace: &self.mesh.me().namespace,
         };
         match route::first_match(routes, &view) {
             Some((_, route, by)) => Ok(Some(Matched { route, by })),
