@@ -234,6 +234,15 @@ pub struct Options {
     /// Largest response head taken from an upstream, in KiB (status line and headers): a larger one is answered 502 (`UPE`).
     #[arg(long, env = "TRELLIS_MAX_RESPONSE_HEADERS_KB", default_value_t = crate::proxy::DEFAULT_MAX_HEADERS_KB, value_parser = clap::value_parser!(u32).range(1..=8192))]
     pub max_response_headers_kb: u32,
+    /// How long a client has to send a whole request head from its first byte (HTTP/1.1; a new connection's first head, or HTTP/2 preface, from its accept) before the connection is closed; `0s` for no limit.
+    #[arg(long, env = "TRELLIS_REQUEST_HEADERS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_headers_timeout: Duration,
+    /// How long a client's HTTP connection may stay open with no request on it (HTTP/2: no stream) before it is closed (HTTP/2: GOAWAY); Envoy's `idle_timeout`; `0s` for no limit.
+    #[arg(long, env = "TRELLIS_DOWNSTREAM_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub downstream_idle_timeout: Duration,
+    /// Connections the inbound, outbound and upstream listeners hold open at once, together; past it new ones are closed as they are accepted.
+    #[arg(long, env = "TRELLIS_MAX_DOWNSTREAM_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_downstream_connections: u32,
     /// On SIGTERM, how long in-flight requests and connections may take to finish after the listeners stop accepting.
     #[arg(long, env = "TRELLIS_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

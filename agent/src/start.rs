@@ -194,7 +194,12 @@ fn proxy_state(
         app: AppClient::new(opts.app_host, connect.clone(), max_response_headers),
         downstream: proxy::Downstream {
             max_header_bytes: opts.max_request_headers_kb * 1024,
+            timeouts: proxy::downstream::Timeouts {
+                request_headers: Some(opts.request_headers_timeout).filter(|d| !d.is_zero()),
+                idle: Some(opts.downstream_idle_timeout).filter(|d| !d.is_zero()),
+            },
         },
+        conn_limit: listen::ConnLimit::new(opts.max_downstream_connections as usize),
         tls,
         telemetry: Arc::new(Telemetry::new(opts.access_log)),
         mesh: Arc::new(Shared::new(mesh::build(resources, settings, None))),

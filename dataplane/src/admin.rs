@@ -41,8 +41,15 @@ pub enum Endpoints {
     Metrics,
 }
 
+/// Connections one admin or metrics listener holds at once.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Serves `which` on `listener` until a drain starts. (Scrapes are short:
 /// a drain does not wait for them.)
+///
+/// At most [`MAX_CONNECTIONS`] connections at once on each: its clients
+/// are operators and scrapers, and the metrics port listens on every
+/// address.
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<Admin>,
@@ -53,7 +60,8 @@ pub async fn serve(
         Endpoints::Admin => "admin",
         Endpoints::Metrics => "metrics",
     };
-    listen::serve(listener, name, drain, move |tcp, _, held| {
+    let limit = listen::ConnLimit::new(MAX_CONNECTIONS);
+    listen::serve(listener, name, limit, drain, move |tcp, _, held, slot| {
         drop(held);
         let admin = admin.clone();
         let svc = service_fn(move |req| {
@@ -61,9 +69,11 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(handle(&admin, which, req)) }
         });
         async move {
-            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tcp), svc)
-                .await
+                .await;
+            drop(slot);
+            served
         }
     })
     .await

@@ -16,9 +16,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use trellis_dataplane::mesh::{AppProtocol, MtlsMode};
 use trellis_dataplane::telemetry::labels::{ConnLabels, Reporter, Workload};
-use trellis_dataplane::telemetry::{self, Flag, Observed, RequestLog, TcpLog};
+use trellis_dataplane::telemetry::{
+    self, DownstreamConn, Flag, InFlight, Observed, RequestLog, TcpLog,
+};
 use trellis_dataplane::tls::{ALPN_H2, ALPN_HTTP1, ALPN_TCP};
 use trellis_transport::detect::detect;
+use trellis_transport::listen::Slot;
 use trellis_transport::orig_dst::original_dst;
 use trellis_transport::sni::Sni;
 use trellis_transport::sniff::Sniffed;
@@ -52,6 +55,8 @@ struct Conn {
     metadata: std::sync::Mutex<Option<(HeaderValue, Arc<Workload>)>>,
     /// `x-forwarded-client-cert` for the application, on mTLS connections.
     xfcc: Option<HeaderValue>,
+    /// The requests open on the connection.
+    open: Arc<DownstreamConn>,
 }
 
 /// Envoy's name for the cluster to application port `port`.
@@ -64,9 +69,14 @@ const XFCC: &str = "x-forwarded-client-cert";
 
 /// Accepts connections on `listener` until a drain starts.
 pub async fn serve(listener: TcpListener, px: Arc<Proxy>, drain: drain::Watch) {
-    listen::serve(listener, "inbound", drain, move |tcp, remote, drain| {
-        handle(px.clone(), tcp, remote, drain)
-    })
+    let limit = px.conn_limit.clone();
+    listen::serve(
+        listener,
+        "inbound",
+        limit,
+        drain,
+        move |tcp, remote, drain, slot| handle(px.clone(), tcp, remote, drain, slot),
+    )
     .await
 }
 
@@ -75,12 +85,15 @@ async fn handle(
     tcp: TcpStream,
     remote: SocketAddr,
     drain: drain::Watch,
+    slot: Slot,
 ) -> Result<(), ConnError> {
     let _ = tcp.set_nodelay(true);
+    // Held by the connection's requests and socket, while they last.
+    let held = Arc::new(DownstreamConn::new(slot));
     let orig = original_dst(&tcp);
     let sniffed = detect(&tcp).await.map_err(ConnError::Detect)?;
     if sniffed == Sniffed::Tls {
-        return handle_tls(px, tcp, remote, orig, drain).await;
+        return handle_tls(px, tcp, remote, orig, drain, held).await;
     }
     let Some(port) = orig.map(|o| o.port()) else {
         warn_no_port_once(remote);
@@ -98,6 +111,7 @@ async fn handle(
         mtls: false,
         metadata: Default::default(),
         xfcc: None,
+        open: held,
     });
     match sniffed {
         Sniffed::Http1 | Sniffed::Http2 => {
@@ -134,6 +148,7 @@ async fn handle_tls(
     remote: SocketAddr,
     orig: Option<SocketAddr>,
     drain: drain::Watch,
+    held: Arc<DownstreamConn>,
 ) -> Result<(), ConnError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(px.tls.server());
     let tls = tokio::time::timeout(px.opts.timeout, acceptor.accept(tcp))
@@ -172,6 +187,7 @@ async fn handle_tls(
         source: Arc::new(source),
         mtls: true,
         metadata: Default::default(),
+        open: held,
     });
     // The calling agent enforced the limits on its side.
     let peers = px.downstream.from_peers();
@@ -199,10 +215,14 @@ where
     let svc = service_fn(move |req| {
         let px = px.clone();
         let conn = conn.clone();
+        let held = conn.open.start();
         // Boxed, as the outbound side's (see there).
-        Box::pin(async move { Ok::<_, std::convert::Infallible>(to_app(px, conn, req).await) })
+        Box::pin(
+            async move { Ok::<_, std::convert::Infallible>(to_app(px, conn, req, held).await) },
+        )
     });
-    let served = super::serve_http(io, versions, limits, svc, drain).await;
+    let open = this.open.clone();
+    let served = super::serve_http(io, versions, limits, open, svc, drain).await;
     let labels = || {
         let mesh = proxy.mesh.load();
         ConnLabels {
@@ -217,7 +237,12 @@ where
     served
 }
 
-async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
+async fn to_app(
+    px: Arc<Proxy>,
+    conn: Arc<Conn>,
+    mut req: Request<Incoming>,
+    held: InFlight,
+) -> Response<Body> {
     let mesh = px.mesh.load();
     let h2 = match mesh.app_protocol(conn.port) {
         AppProtocol::Http2 => true,
@@ -252,6 +277,7 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
         mtls: conn.mtls,
     };
     let mut log = RequestLog::start(conn_labels, &req, authority, request_id, conn.downstream);
+    log.in_flight = Some(held);
     log.upstream = Some(px.app.addr(conn.port));
     log.upstream_cluster = conn.cluster.clone();
     if let Err(why) = request_authority(&req) {
@@ -293,6 +319,10 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     };
     let resp = match result {
         Ok(mut resp) => {
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                // No longer HTTP: no request timeouts on the connection.
+                conn.open.upgrade();
+            }
             strip_hop_by_hop_response(&mut resp);
             resp
         }

@@ -29,7 +29,7 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use trellis_dataplane::mesh::Mesh;
-use trellis_dataplane::telemetry::Telemetry;
+use trellis_dataplane::telemetry::{DownstreamConn, Telemetry};
 use trellis_dataplane::tls::MeshTls;
 use trellis_dataplane::Shared;
 use trellis_transport::{connect, cork::Corked, drain};
@@ -48,6 +48,9 @@ pub struct Proxy {
     /// What clients may send (the application's, and those of plaintext
     /// clients of the inbound listener).
     pub downstream: Downstream,
+    /// Connections the inbound, outbound and upstream listeners may hold
+    /// open at once, together.
+    pub conn_limit: Arc<trellis_transport::listen::ConnLimit>,
 }
 
 /// Envoy's and Istio's default limit on the headers of a request
@@ -71,6 +74,8 @@ pub struct Downstream {
     /// past that the connection is closed with GOAWAY `COMPRESSION_ERROR`,
     /// as h2 does).
     pub max_header_bytes: u32,
+    /// How long a request head may take, and a connection stay idle.
+    pub timeouts: downstream::Timeouts,
 }
 
 impl Downstream {
@@ -79,6 +84,7 @@ impl Downstream {
     pub fn from_peers(self) -> Self {
         Self {
             max_header_bytes: self.max_header_bytes.saturating_add(PEER_HEADER_ALLOWANCE),
+            ..self
         }
     }
 }
@@ -179,12 +185,16 @@ pub enum Versions {
 pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves HTTP on a downstream connection (HTTP/2 writes corked,
-/// upgrades allowed) until it ends; once a drain starts, the requests in
-/// flight finish and the connection closes (HTTP/2: GOAWAY).
+/// upgrades allowed) until it ends, within `limits`; the service counts
+/// its requests in `open`. Once a drain starts, or the connection has been
+/// idle for the idle timeout, the requests in flight finish and the
+/// connection closes (HTTP/2: GOAWAY); one whose request head does not
+/// arrive in time is closed at once.
 pub async fn serve_http<I, S>(
     io: I,
     versions: Versions,
     limits: Downstream,
+    open: Arc<DownstreamConn>,
     svc: S,
     drain: drain::Watch,
 ) -> Result<(), ConnError>
@@ -194,7 +204,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<ServeError>,
 {
-    serve_connection(io, versions, limits, svc, drain)
+    serve_connection(io, versions, limits, open, svc, drain)
         .await
         .map_err(ConnError::Http)
 }
@@ -203,6 +213,7 @@ async fn serve_connection<I, S>(
     io: I,
     versions: Versions,
     limits: Downstream,
+    open: Arc<DownstreamConn>,
     svc: S,
     drain: drain::Watch,
 ) -> Result<(), ServeError>
@@ -212,8 +223,28 @@ where
     S::Future: Send + 'static,
     S::Error: Into<ServeError>,
 {
+    let expiry = Arc::new(downstream::Expiry::default());
+    let io = downstream::Watched::new(
+        io,
+        versions == Versions::Http2,
+        limits.timeouts,
+        open,
+        expiry.clone(),
+    );
     let (h2, io) = match versions {
-        Versions::Any => downstream::read_version(io).await?,
+        Versions::Any => {
+            // Its first bytes too must come within the request-headers
+            // timeout.
+            let read = downstream::read_version(io);
+            let (h2, mut io) = tokio::select! {
+                read = read => read?,
+                e = expiry.wait() => return Err(Box::new(downstream::TimedOut(e))),
+            };
+            if h2 {
+                io.inner_mut().set_http2();
+            }
+            (h2, io)
+        }
         Versions::Http1 => (false, downstream::Rewind::none(io)),
         Versions::Http2 => (true, downstream::Rewind::none(io)),
     };
@@ -224,21 +255,23 @@ where
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .max_header_list_size(limits.max_header_bytes);
         let conn = builder.serve_connection(io, svc);
-        until_drained(conn, drain, |c| c.graceful_shutdown()).await
+        until_done(conn, drain, &expiry, |c| c.graceful_shutdown()).await
     } else {
         let mut builder = http1::Builder::new();
         // Past it hyper answers 431 and closes the connection.
         builder.max_header_size(limits.max_header_bytes as usize);
         let conn = builder.serve_connection(io, svc).with_upgrades();
-        until_drained(conn, drain, |c| c.graceful_shutdown()).await
+        until_done(conn, drain, &expiry, |c| c.graceful_shutdown()).await
     }
 }
 
-/// Runs `conn` to its end; once a drain starts, asks it to finish the
-/// requests in flight and close (`shutdown`).
-async fn until_drained<C, E>(
+/// Runs `conn` to its end; once a drain starts or the connection has been
+/// idle too long, asks it to finish the requests in flight and close
+/// (`shutdown`); one whose request head took too long is dropped (closed).
+async fn until_done<C, E>(
     conn: C,
     mut drain: drain::Watch,
+    expiry: &downstream::Expiry,
     shutdown: impl FnOnce(Pin<&mut C>),
 ) -> Result<(), ServeError>
 where
@@ -252,6 +285,15 @@ where
             shutdown(conn.as_mut());
             conn.await
         }
+        e = expiry.wait() => match e {
+            downstream::Expired::Idle => {
+                shutdown(conn.as_mut());
+                conn.await
+            }
+            downstream::Expired::RequestHeaders => {
+                return Err(Box::new(downstream::TimedOut(e)));
+            }
+        },
     };
     served.map_err(Into::into)
 }

@@ -332,9 +332,14 @@ impl Loopback {
     /// Starts the client agent again, without a token: from what its data
     /// directory holds.
     pub async fn restart_client(&mut self) -> anyhow::Result<()> {
+        self.restart_client_with(&[]).await
+    }
+
+    /// [`Loopback::restart_client`] with `extra` flags.
+    pub async fn restart_client_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         self.client.kill();
         let mut cmd = Command::new(bin("trellis-agent"));
-        cmd.args(&self.client_args);
+        cmd.args(&self.client_args).args(extra);
         self.client = Proc::spawn(
             "client-agent-2",
             &mut cmd,

@@ -253,3 +253,74 @@ async fn an_unknown_host_in_proxy_mode_is_labelled_without_port_or_namespace() -
     );
     Ok(())
 }
+
+/// Hostile clients: connections that send their head a byte at a time,
+/// or nothing, are closed at the request-headers timeout, and past
+/// `--max-downstream-connections` new ones are closed at once, so a
+/// flood of them neither piles up nor keeps the agent's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed_and_capped() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut lb = Loopback::start().await?;
+    lb.restart_client_with(&[
+        "--request-headers-timeout",
+        "1s",
+        "--max-downstream-connections",
+        "50",
+    ])
+    .await?;
+    let rss = || -> u64 {
+        let pid = lb.client.pid().unwrap_or_default();
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = rss();
+    let addr = lb
+        .upstream()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    // 300 idle connections at once: 50 held, the rest closed at once.
+    let conns: Vec<_> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    // Whether `s` was closed by the agent, waiting up to `within`.
+    let closed = |mut s: &std::net::TcpStream, within: Duration| {
+        s.set_read_timeout(Some(within)).unwrap();
+        match s.read(&mut [0u8; 64]) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let tiny = Duration::from_millis(1);
+    let at_once = conns.iter().filter(|s| closed(s, tiny)).count();
+    assert!((240..=250).contains(&at_once), "closed at once: {at_once}");
+    // The held ones, which sent nothing: closed at the timeout.
+    std::thread::sleep(Duration::from_millis(1200));
+    let open = conns.iter().filter(|s| !closed(s, tiny)).count();
+    assert_eq!(open, 0);
+    // A head a byte at a time: cut off too.
+    let mut slow = std::net::TcpStream::connect(&addr)?;
+    let t = std::time::Instant::now();
+    for b in b"GET / HTTP/1.1\r\nHost: echo\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+        if slow.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(closed(&slow, Duration::from_secs(3)));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // And the agent serves on, its memory back where it was (within 8 MB).
+    assert_eq!(status(&[&lb.upstream()]), 200);
+    let after = rss();
+    assert!(after < before + 8 * 1024, "{before} kB, then {after} kB");
+    Ok(())
+}

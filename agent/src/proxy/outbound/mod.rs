@@ -14,7 +14,9 @@ use std::sync::Arc;
 use hyper::service::service_fn;
 use tokio::net::{TcpListener, TcpStream};
 use trellis_dataplane::mesh::AppProtocol;
+use trellis_dataplane::telemetry::DownstreamConn;
 use trellis_transport::detect::detect;
+use trellis_transport::listen::Slot;
 use trellis_transport::orig_dst::original_dst;
 use trellis_transport::sniff::Sniffed;
 use trellis_transport::{drain, listen};
@@ -38,6 +40,8 @@ pub struct ConnTarget {
     pub downstream: SocketAddr,
     /// The service host and port, or `None` in HTTP proxy mode.
     pub fixed: Option<(Arc<str>, u16)>,
+    /// The requests open on the connection.
+    pub open: Arc<DownstreamConn>,
 }
 
 /// Accepts connections on `listener` until a drain starts.
@@ -46,19 +50,43 @@ pub async fn serve(listener: TcpListener, kind: Listener, px: Arc<Proxy>, drain:
         Listener::Capture => "outbound",
         Listener::Upstream { .. } => "upstream",
     };
-    listen::serve(listener, name, drain, move |tcp, remote, drain| {
-        handle(px.clone(), tcp, remote, kind.clone(), drain)
-    })
+    let limit = px.conn_limit.clone();
+    listen::serve(
+        listener,
+        name,
+        limit,
+        drain,
+        move |tcp, remote, drain, slot| {
+            let conn = Conn {
+                remote,
+                drain,
+                slot,
+            };
+            handle(px.clone(), tcp, kind.clone(), conn)
+        },
+    )
     .await
+}
+
+/// What an accepted connection comes with.
+struct Conn {
+    remote: SocketAddr,
+    drain: drain::Watch,
+    /// Its place under the connection limit, held while it lasts.
+    slot: Slot,
 }
 
 async fn handle(
     px: Arc<Proxy>,
     tcp: TcpStream,
-    remote: SocketAddr,
     kind: Listener,
-    drain: drain::Watch,
+    conn: Conn,
 ) -> Result<(), ConnError> {
+    let Conn {
+        remote,
+        drain,
+        slot,
+    } = conn;
     let _ = tcp.set_nodelay(true);
     let mesh = px.mesh.load();
     let (fixed, declared) = match kind {
@@ -83,6 +111,7 @@ async fn handle(
     let target = ConnTarget {
         downstream: remote,
         fixed,
+        open: Arc::new(DownstreamConn::new(slot)),
     };
     let http = match declared {
         AppProtocol::Http1 | AppProtocol::Http2 => true,
@@ -98,18 +127,20 @@ async fn handle(
     }
     let target = Arc::new(target);
     let limits = px.downstream;
-    let (proxy, fixed) = (px.clone(), target.fixed.clone());
+    let (proxy, fixed, open) = (px.clone(), target.fixed.clone(), target.open.clone());
     let svc = service_fn(move |req| {
         let px = px.clone();
         let target = target.clone();
+        // Counted open from the moment the head is in.
+        let held = target.open.start();
         // Boxed: hyper moves a stream's future a few times on the way into
         // the task it spawns per HTTP/2 stream; a pointer moves cheaper
         // than the request's state (about 5 KB).
-        Box::pin(
-            async move { Ok::<_, std::convert::Infallible>(http::handle(px, target, req).await) },
-        )
+        Box::pin(async move {
+            Ok::<_, std::convert::Infallible>(http::handle(px, target, req, held).await)
+        })
     });
-    let served = super::serve_http(tcp, Versions::Any, limits, svc, drain).await;
+    let served = super::serve_http(tcp, Versions::Any, limits, open, svc, drain).await;
     let labels = || {
         let host = fixed.map_or_else(|| Arc::from("unknown"), |(h, _)| h);
         http::source_labels(&proxy.mesh.load(), host)

@@ -10,6 +10,7 @@ mod inbound_mtls;
 mod limits;
 mod outbound_http;
 mod tcp;
+mod timeouts;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -51,6 +52,35 @@ struct Agent {
     watch: drain::Watch,
 }
 
+/// How a test agent differs from the others.
+struct Setup {
+    /// Its own labels (`--label`).
+    labels: BTreeMap<String, String>,
+    /// The WorkloadGroup it registered in.
+    group: Option<String>,
+    /// What its clients may send, and how long they may take.
+    downstream: super::Downstream,
+    max_connections: usize,
+}
+
+impl Default for Setup {
+    /// The agent's defaults: no labels, no group.
+    fn default() -> Self {
+        Setup {
+            labels: BTreeMap::new(),
+            group: None,
+            downstream: super::Downstream {
+                max_header_bytes: super::DEFAULT_MAX_HEADERS_KB * 1024,
+                timeouts: super::downstream::Timeouts {
+                    request_headers: Some(Duration::from_secs(10)),
+                    idle: Some(Duration::from_secs(3600)),
+                },
+            },
+            max_connections: 10_000,
+        }
+    }
+}
+
 /// Config for the agents, with `{APP}` (the application's port) filled in.
 fn yaml(template: &str, app: u16) -> String {
     template.replace("{APP}", &app.to_string())
@@ -62,19 +92,27 @@ impl Agent {
     /// `peer_inbound_port`.
     async fn start(ca: &TestCa, sa: &str, config: &str, peer_inbound_port: u16) -> Agent {
         let labels = BTreeMap::from([("app".into(), sa.into()), ("version".into(), "v1".into())]);
-        Agent::start_with(ca, sa, config, peer_inbound_port, labels, None).await
+        let setup = Setup {
+            labels,
+            ..Setup::default()
+        };
+        Agent::start_with(ca, sa, config, peer_inbound_port, setup).await
     }
 
-    /// [`Agent::start`] with `labels` of its own, registered in WorkloadGroup
-    /// `group` if given.
+    /// [`Agent::start`] as `setup` says.
     async fn start_with(
         ca: &TestCa,
         sa: &str,
         config: &str,
         peer_inbound_port: u16,
-        labels: BTreeMap<String, String>,
-        group: Option<&str>,
+        setup: Setup,
     ) -> Agent {
+        let Setup {
+            labels,
+            group,
+            downstream,
+            max_connections,
+        } = setup;
         let id = SpiffeId::parse(&format!("spiffe://td/ns/default/sa/{sa}")).unwrap();
         let cert = CertCell::new(&ca.issue(&id.to_string())).unwrap();
         let tls = Arc::new(MeshTls::new(cert, id.clone(), vec![ca.root.clone()]).unwrap());
@@ -87,7 +125,7 @@ impl Agent {
             peer_inbound_port,
             principal: id.to_string(),
             workload_name: None,
-            workload_group: group.map(str::to_string),
+            workload_group: group,
         };
         let resources = parse_documents(config).unwrap();
         let opts = ConnectOpts {
@@ -95,16 +133,15 @@ impl Agent {
             mark: None,
             keepalive: None,
         };
-        let limit = super::DEFAULT_MAX_HEADERS_KB * 1024;
+        let limit = downstream.max_header_bytes;
         let px = Arc::new(Proxy {
             pool: pool::Pool::new(
                 pool::Peers(tls.clone()),
                 limit + super::PEER_HEADER_ALLOWANCE,
             ),
             app: AppClient::new(LOCALHOST, opts.clone(), limit),
-            downstream: super::Downstream {
-                max_header_bytes: limit,
-            },
+            downstream,
+            conn_limit: trellis_transport::listen::ConnLimit::new(max_connections),
             tls,
             telemetry: Arc::new(Telemetry::new(false)),
             mesh: Arc::new(Shared::new(mesh::build(resources, &settings, None))),

@@ -288,11 +288,13 @@ async fn workloads_registered_through_a_group_report_its_labels_on_both_sides() 
     let app = App::ok().await;
     let ca = TestCa::new();
     let config = yaml(&format!("{REVIEWS_SERVICE}{GROUPS}"), app.addr.port());
-    let none = BTreeMap::new();
-    let server =
-        Agent::start_with(&ca, "reviews", &config, 0, none.clone(), Some("reviews-v2")).await;
+    let in_group = |g: &str| Setup {
+        group: Some(g.into()),
+        ..Setup::default()
+    };
+    let server = Agent::start_with(&ca, "reviews", &config, 0, in_group("reviews-v2")).await;
     let port = server.inbound.port();
-    let client = Agent::start_with(&ca, "client", &config, port, none, Some("frontend")).await;
+    let client = Agent::start_with(&ca, "client", &config, port, in_group("frontend")).await;
     let upstream = client.upstream(REVIEWS, 9080).await;
     assert_eq!(send(upstream, get("/grouped")).await.status, 200);
     let destination = [

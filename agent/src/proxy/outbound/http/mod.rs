@@ -28,7 +28,7 @@ use trellis_api::config::{
 use trellis_dataplane::mesh::cluster::Cluster;
 use trellis_dataplane::mesh::Mesh;
 use trellis_dataplane::telemetry::labels::{ConnLabels, Reporter, Workload};
-use trellis_dataplane::telemetry::{Flag, Observed, RequestLog};
+use trellis_dataplane::telemetry::{Flag, InFlight, Observed, RequestLog};
 
 use self::forward::{circuit_breaker, ReqBody};
 use super::ConnTarget;
@@ -46,6 +46,7 @@ pub async fn handle(
     px: Arc<Proxy>,
     target: Arc<ConnTarget>,
     mut req: Request<Incoming>,
+    held: InFlight,
 ) -> Response<Body> {
     let mesh = px.mesh.load();
     // Parsed once: it goes upstream as it is (unless a route rewrites it).
@@ -75,6 +76,7 @@ pub async fn handle(
         request_id,
         target.downstream,
     );
+    log.in_flight = Some(held);
     let resp = match (parsed, resolved) {
         // The client's fault, not the upstream's: answered here, once.
         (Err(why), _) => {
@@ -102,6 +104,10 @@ pub async fn handle(
         log.flag.get_or_insert(flag);
         local_reply(flag, log.grpc)
     });
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // No longer HTTP: no request timeouts on the connection.
+        target.open.upgrade();
+    }
     log.response_code = resp.status().as_u16();
     log.grpc_status = trellis_dataplane::telemetry::grpc_status(resp.headers());
     let telemetry = px.telemetry.clone();
