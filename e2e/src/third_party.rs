@@ -56,19 +56,29 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Starts `nginx` (the path [`tool`] found) on `listen`, serving
-    /// `locations` (nginx `location` blocks) in a `server` block whose
-    /// client header buffers take heads of up to 512 KiB, from `dir`.
+    /// Starts `nginx` (the path [`tool`] found) on `listen`, over TLS
+    /// with `tls` (certificate and key) if given, serving `locations`
+    /// (nginx `location` blocks) in a `server` block whose client header
+    /// buffers take heads of up to 512 KiB, from `dir`.
     pub fn start(
         nginx: &Path,
         dir: &Path,
         listen: SocketAddr,
+        tls: Option<(&Path, &Path)>,
         locations: &str,
     ) -> anyhow::Result<Nginx> {
-        let dir = dir.join(format!("nginx-{}", listen.port()));
+        let dir = dir.join(format!("nginx-{}-{}", listen.ip(), listen.port()));
         std::fs::create_dir_all(&dir)?;
         let access_log = dir.join("access.log");
         let d = dir.display();
+        let tls = match tls {
+            Some((cert, key)) => format!(
+                " ssl;\n    ssl_certificate {};\n    ssl_certificate_key {}",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let conf = format!(
             r#"daemon off;
 master_process off;
@@ -82,7 +92,7 @@ http {{
   uwsgi_temp_path {d}; scgi_temp_path {d};
   large_client_header_buffers 4 512k;
   server {{
-    listen {listen};
+    listen {listen}{tls};
 {locations}
   }}
 }}
@@ -116,6 +126,32 @@ http {{
             .map(str::to_string)
             .collect()
     }
+}
+
+/// A self-signed certificate and its key for `localhost`, made with
+/// openssl in `dir`: their paths.
+pub fn self_signed(openssl: &Path, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new(openssl)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((cert, key))
 }
 
 /// nginx `add_header` lines that make a response head of about `bytes`
@@ -169,9 +205,25 @@ with grpc.insecure_channel(target) as channel:
 /// Writes `source` to `dir/name` and runs it with python3 and `args`:
 /// what it printed on stdout, trimmed.
 pub fn python(dir: &Path, name: &str, source: &str, args: &[&str]) -> anyhow::Result<String> {
+    python_with(dir, name, source, args, &[])
+}
+
+/// [`python`] with environment variables `env` set.
+pub fn python_with(
+    dir: &Path,
+    name: &str,
+    source: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<String> {
     let script = dir.join(name);
     std::fs::write(&script, source)?;
-    let out = Command::new("python3").arg(&script).args(args).output()?;
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
     anyhow::ensure!(
         out.status.success(),
         "{name}: {}",
@@ -179,6 +231,38 @@ pub fn python(dir: &Path, name: &str, source: &str, args: &[&str]) -> anyhow::Re
     );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// A WebSocket server (websockets) on `argv[1]` (`HOST:PORT`) that sends
+/// back each message it gets.
+pub const WS_SERVER_PY: &str = r#"
+import asyncio, sys
+from websockets.asyncio.server import serve
+
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+
+async def main():
+    host, port = sys.argv[1].rsplit(":", 1)
+    async with serve(echo, host, int(port)):
+        await asyncio.get_running_loop().create_future()
+
+asyncio.run(main())
+"#;
+
+/// A WebSocket client (websockets): connects to `argv[1]` through the
+/// HTTP proxy `argv[2]`, sends `ping` and prints what comes back.
+pub const WS_CLIENT_PY: &str = r#"
+import asyncio, sys
+from websockets.asyncio.client import connect
+
+async def main():
+    async with connect(sys.argv[1], proxy=sys.argv[2], open_timeout=10) as ws:
+        await ws.send("ping")
+        print(await ws.recv())
+
+asyncio.run(main())
+"#;
 
 /// Starts `source` with python3 and `args` in the background, its output
 /// in `dir/NAME.log`.

@@ -1,6 +1,7 @@
 //! A downstream connection before and while hyper serves it: which HTTP
 //! version it speaks, read from its first bytes (HTTP/2's connection
-//! preface, or not), which are then read again by the server ([`Rewind`]);
+//! preface, or not), which are then read again by the server ([`Rewind`],
+//! from the transport);
 //! and how long it may take and stay ([`Watched`]): a request head must
 //! arrive whole within the request-headers timeout of its first byte (a
 //! new connection's first head, or its HTTP/2 preface, within that of its
@@ -22,9 +23,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use trellis_dataplane::telemetry::DownstreamConn;
+pub use trellis_transport::rewind::Rewind;
 
 /// What an HTTP/2 client sends first (RFC 9113, 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -46,88 +49,7 @@ pub async fn read_version<I: AsyncRead + Unpin>(mut io: I) -> io::Result<(bool, 
         }
     }
     let h2 = filled == H2_PREFACE.len() && buf == *H2_PREFACE;
-    Ok((
-        h2,
-        Rewind {
-            prefix: buf,
-            at: 0,
-            len: filled,
-            io,
-        },
-    ))
-}
-
-/// A connection whose first bytes, already read, are read again.
-#[derive(Debug)]
-pub struct Rewind<I> {
-    prefix: [u8; H2_PREFACE.len()],
-    at: usize,
-    len: usize,
-    io: I,
-}
-
-impl<I> Rewind<I> {
-    /// The connection under the bytes read again.
-    pub fn inner_mut(&mut self) -> &mut I {
-        &mut self.io
-    }
-
-    /// `io` with nothing read yet.
-    pub fn none(io: I) -> Self {
-        Self {
-            prefix: [0; H2_PREFACE.len()],
-            at: 0,
-            len: 0,
-            io,
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        if me.at < me.len {
-            let n = (me.len - me.at).min(buf.remaining());
-            buf.put_slice(&me.prefix[me.at..me.at + n]);
-            me.at += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut me.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
+    Ok((h2, Rewind::new(Bytes::copy_from_slice(&buf[..filled]), io)))
 }
 
 /// How long a downstream connection may take and stay.

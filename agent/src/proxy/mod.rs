@@ -22,6 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -245,8 +246,8 @@ where
             }
             (h2, io)
         }
-        Versions::Http1 => (false, downstream::Rewind::none(io)),
-        Versions::Http2 => (true, downstream::Rewind::none(io)),
+        Versions::Http1 => (false, downstream::Rewind::new(Bytes::new(), io)),
+        Versions::Http2 => (true, downstream::Rewind::new(Bytes::new(), io)),
     };
     let io = TokioIo::new(Corked::server(io));
     if h2 {

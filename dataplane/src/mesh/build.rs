@@ -18,7 +18,7 @@ use trellis_transport::connect::Keepalive;
 
 use super::cluster::{Cluster, Endpoint, HashOn, LbPolicy, Limits, OutlierConfig, PlainHttp};
 use super::names::NameTable;
-use super::{AppProtocol, Mesh, MtlsMode, MtlsSettings, Service, ServicePort};
+use super::{AppProtocol, Mesh, MtlsMode, MtlsSettings, OutboundPolicy, Service, ServicePort};
 use crate::telemetry::labels::Workload;
 use crate::FastMap;
 
@@ -185,6 +185,7 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
         }
     }
     mesh.mtls = peer_authentication(&resources, s, &labels);
+    mesh.outbound = outbound_policy(&resources, s, &labels);
     mesh.labels = labels;
     let mut hosts: Vec<&String> = mesh.services.keys().collect();
     hosts.sort();
@@ -570,6 +571,46 @@ fn own_labels(resources: &[Resource], s: &Settings) -> BTreeMap<String, String> 
     }
     labels.extend(s.labels.clone());
     labels
+}
+
+/// What this workload's traffic to destinations outside the registry does:
+/// the `outboundTrafficPolicy` of the Sidecar that applies to it (one
+/// selecting it by its `labels` over its namespace's over the root
+/// namespace's, as Istio picks it; a policy without a mode is
+/// REGISTRY_ONLY, as in Istio's API), else ALLOW_ANY, Istio's mesh default.
+fn outbound_policy(
+    resources: &[Resource],
+    s: &Settings,
+    labels: &BTreeMap<String, String>,
+) -> OutboundPolicy {
+    let mut best: Option<(u8, &config::Sidecar)> = None;
+    for r in resources {
+        let Spec::Sidecar(sc) = &r.spec else {
+            continue;
+        };
+        let rank = match (&sc.workload_selector, r.metadata.namespace.as_str()) {
+            (Some(sel), ns) if ns == s.namespace => {
+                if sel.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                    3
+                } else {
+                    continue;
+                }
+            }
+            (None, ns) if ns == s.namespace => 2,
+            (None, ROOT_NAMESPACE) => 1,
+            _ => continue,
+        };
+        if best.is_none_or(|(b, _)| rank > b) {
+            best = Some((rank, sc));
+        }
+    }
+    match best.and_then(|(_, sc)| sc.outbound_traffic_policy.as_ref()) {
+        Some(p) if p.mode == Some(config::OutboundTrafficMode::AllowAny) => {
+            OutboundPolicy::AllowAny
+        }
+        Some(_) => OutboundPolicy::RegistryOnly,
+        None => OutboundPolicy::AllowAny,
+    }
 }
 
 /// This workload's mTLS mode: a PeerAuthentication selecting it (by its

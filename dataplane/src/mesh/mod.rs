@@ -54,6 +54,17 @@ pub enum MtlsMode {
     Permissive,
 }
 
+/// What happens to traffic for a destination the mesh does not know
+/// (Istio's `outboundTrafficPolicy.mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum OutboundPolicy {
+    /// Passed through (Istio's mesh-wide default).
+    #[default]
+    AllowAny,
+    /// Refused: only the services of the registry are reachable.
+    RegistryOnly,
+}
+
 /// A service port.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ServicePort {
@@ -100,6 +111,7 @@ pub struct Mesh {
     clusters: FastMap<String, Vec<Arc<Cluster>>>,
     inbound: FastMap<u16, (AppProtocol, Arc<str>)>,
     mtls: MtlsSettings,
+    outbound: OutboundPolicy,
     namespace: String,
     domain: String,
     /// This workload: its labels (its WorkloadGroup's and its own), as its
@@ -230,6 +242,13 @@ impl Mesh {
             .iter()
             .find(|c| c.port == port && c.subset == subset)
             .cloned()
+    }
+
+    /// Whether traffic for destinations the mesh does not know passes
+    /// through: the `outboundTrafficPolicy` of the Sidecar that applies to
+    /// this workload, else Istio's default (`ALLOW_ANY`).
+    pub fn outbound_policy(&self) -> OutboundPolicy {
+        self.outbound
     }
 
     /// Whether inbound `port` requires mTLS (Istio's default: PERMISSIVE).

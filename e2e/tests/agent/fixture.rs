@@ -11,9 +11,10 @@ use trellis_e2e::loopback::Block;
 use trellis_e2e::{bin, wait_for, Cluster, Proc};
 
 /// The mesh, with `SERVER` and `BLACKHOLE` for the addresses of the
-/// test's block. `web` (port 9081) and `grpc` (9082, its one method
-/// routed with a 300 ms timeout) are served by third-party servers the
-/// tests start on the server, behind the server's agent.
+/// test's block. `web` (port 9081), `grpc` (9082, its one method routed
+/// with a 300 ms timeout), `ws` (9083) and `secure` (9443, TLS: opaque to
+/// the mesh) are served by third-party servers the tests start on the
+/// server, behind the server's agent.
 pub const MESH: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -118,6 +119,24 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: {name: secure, namespace: default}
+spec:
+  hosts: [secure.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9443, name: https}]
+  endpoints: [{address: SERVER, serviceAccount: echo}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ws, namespace: default}
+spec:
+  hosts: [ws.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9083, name: http}]
+  endpoints: [{address: SERVER, serviceAccount: echo}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: {name: blackhole, namespace: default}
 spec:
   hosts: [blackhole.default.svc.cluster.local]
@@ -139,6 +158,8 @@ const CLIENT: u8 = 11;
 const SERVER: u8 = 12;
 /// Takes TCP connections on the inbound port and never answers.
 const BLACKHOLE: u8 = 14;
+/// A host outside the mesh, for the tests' own servers.
+const OUTSIDE: u8 = 15;
 /// The agent ports on each host, and the echo server's on the server.
 const AGENT_PORTS: [u16; 5] = [15000, 15001, 15006, 15020, 15053];
 
@@ -184,6 +205,9 @@ impl Loopback {
                 (CLIENT, WEB_UPSTREAM),
                 (SERVER, GRPC_PORT),
                 (CLIENT, GRPC_UPSTREAM),
+                (SERVER, 9083),
+                (SERVER, 9443),
+                (OUTSIDE, 8443),
             ])
             .collect();
         let block = Block::take(SERIES, &listeners)?;
@@ -295,6 +319,16 @@ impl Loopback {
     /// The client agent's explicit upstream to grpc: `CLIENT:19082`.
     pub fn grpc_upstream(&self) -> String {
         format!("{}:{GRPC_UPSTREAM}", self.client_ip())
+    }
+
+    /// `SERVER:PORT`, where a service's server listens.
+    pub fn server_addr(&self, port: u16) -> std::net::SocketAddr {
+        (self.block.ip(SERVER), port).into()
+    }
+
+    /// `OUTSIDE:PORT`: an address outside the mesh.
+    pub fn outside_addr(&self, port: u16) -> std::net::SocketAddr {
+        (self.block.ip(OUTSIDE), port).into()
     }
 
     /// Where `grpc`'s server listens: `SERVER:9082`.

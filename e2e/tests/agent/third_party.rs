@@ -6,19 +6,25 @@
 use std::time::Duration;
 
 use trellis_e2e::third_party::{
-    nginx_big_headers, python, python_has, python_server, tool, wait_listening, Nginx,
-    GRPC_CLIENT_PY, GRPC_SERVER_PY,
+    nginx_big_headers, python, python_has, python_server, python_with, self_signed, tool,
+    wait_listening, Nginx, GRPC_CLIENT_PY, GRPC_SERVER_PY, WS_CLIENT_PY, WS_SERVER_PY,
 };
 use trellis_e2e::wait_for;
 
-use crate::fixture::{series, status, Loopback};
+use crate::fixture::{curl, series, status, Loopback};
 
 /// nginx as `web`, with `locations`.
 fn nginx(lb: &Loopback, locations: &str) -> anyhow::Result<Option<Nginx>> {
     let Some(bin) = tool("nginx") else {
         return Ok(None);
     };
-    Ok(Some(Nginx::start(&bin, &lb.dir, lb.web_addr(), locations)?))
+    Ok(Some(Nginx::start(
+        &bin,
+        &lb.dir,
+        lb.web_addr(),
+        None,
+        locations,
+    )?))
 }
 
 /// A response with 20 KB of headers reaches curl; one with 70 KB, past
@@ -322,5 +328,97 @@ async fn slow_and_idle_connections_are_closed_and_capped() -> anyhow::Result<()>
     assert_eq!(status(&[&lb.upstream()]), 200);
     let after = rss();
     assert!(after < before + 8 * 1024, "{before} kB, then {after} kB");
+    Ok(())
+}
+
+/// HTTP proxy mode tunnels `CONNECT`: curl's `https://` URLs through the
+/// proxy reach a TLS server outside the mesh (passed through) and one
+/// inside it (its bytes carried over mTLS), and `--proxytunnel` carries
+/// plain HTTP through the mesh to nginx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_tunnels_https_and_http_through_the_proxy_port() -> anyhow::Result<()> {
+    let lb = Loopback::start().await?;
+    let (Some(nginx), Some(openssl)) = (tool("nginx"), tool("openssl")) else {
+        return Ok(());
+    };
+    let (cert, key) = self_signed(&openssl, &lb.dir)?;
+    let tls = Some((cert.as_path(), key.as_path()));
+    let page = "    location / { return 200 \"tls ok\"; }\n";
+    let _outside = Nginx::start(&nginx, &lb.dir, lb.outside_addr(8443), tls, page)?;
+    let _secure = Nginx::start(&nginx, &lb.dir, lb.server_addr(9443), tls, page)?;
+    let Some(web) = self::nginx(&lb, "    location / { return 200 \"web ok\"; }\n")? else {
+        return Ok(());
+    };
+    let proxy = lb.proxy();
+    let outside = format!("https://{}/", lb.outside_addr(8443));
+    assert_eq!(curl(&["-k", "-x", &proxy, &outside]), "tls ok");
+    let inside = "https://secure.default.svc.cluster.local:9443/";
+    assert_eq!(curl(&["-k", "-x", &proxy, inside]), "tls ok");
+    assert_eq!(
+        curl(&["-p", "-x", &proxy, "http://web:9081/tunnelled"]),
+        "web ok"
+    );
+    let seen = web.requests();
+    assert_eq!(seen, ["GET /tunnelled 200"], "through the mesh, once");
+    // The server's agent carried the TLS bytes, as opaque TCP over mTLS.
+    let log = std::fs::read_to_string(lb.server_log())?;
+    assert!(
+        log.lines()
+            .any(|l| l.contains(r#""protocol":"tcp""#) && l.contains("inbound|9443||")),
+        "no TCP connection to 9443 in the server's log"
+    );
+    Ok(())
+}
+
+/// A grpcio client with `http_proxy` tunnels to the service through the
+/// mesh, and the calls inside are routed as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_clients_with_http_proxy_reach_the_service() -> anyhow::Result<()> {
+    if !python_has(&["grpc"]) {
+        return Ok(());
+    }
+    let lb = Loopback::start().await?;
+    let listen = lb.grpc_addr().to_string();
+    let _server = python_server(&lb.dir, "grpc_server.py", GRPC_SERVER_PY, &[&listen])?;
+    wait_listening(lb.grpc_addr(), "the gRPC server")?;
+    let proxy = lb.proxy();
+    let env = [("http_proxy", proxy.as_str()), ("no_proxy", "")];
+    let call = |method: &str, delay: &str| {
+        let target = "grpc.default.svc.cluster.local:9082";
+        python_with(
+            &lb.dir,
+            "grpc_client.py",
+            GRPC_CLIENT_PY,
+            &[target, method, delay],
+            &env,
+        )
+    };
+    assert_eq!(call("/echo.Echo/Call", "0")?, "OK|");
+    // The route's timeout applies inside the tunnel too.
+    assert_eq!(
+        call("/echo.Echo/Call", "2")?,
+        "UNAVAILABLE|upstream request timeout"
+    );
+    Ok(())
+}
+
+/// A websockets client that goes through the proxy reaches a websockets
+/// server behind the server's agent: CONNECT, then the upgrade inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_clients_through_the_proxy_reach_the_server() -> anyhow::Result<()> {
+    if !python_has(&["websockets.asyncio.client"]) {
+        return Ok(());
+    }
+    let lb = Loopback::start().await?;
+    let listen = lb.server_addr(9083).to_string();
+    let _server = python_server(&lb.dir, "ws_server.py", WS_SERVER_PY, &[&listen])?;
+    wait_listening(lb.server_addr(9083), "the WebSocket server")?;
+    let got = python(
+        &lb.dir,
+        "ws_client.py",
+        WS_CLIENT_PY,
+        &["ws://ws.default.svc.cluster.local:9083/", &lb.proxy()],
+    )?;
+    assert_eq!(got, "ping");
     Ok(())
 }

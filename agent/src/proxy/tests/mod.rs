@@ -2,8 +2,10 @@
 //! application server, and agents whose listeners run as in `start`
 //! (certificates from a throwaway CA, config from Istio YAML). The
 //! outbound HTTP pipeline step by step ([`outbound_http`]), opaque TCP
-//! ([`tcp`]), the inbound side ([`inbound_mtls`]) and draining
-//! ([`draining`]).
+//! ([`tcp`]), the inbound side ([`inbound_mtls`]), draining
+//! ([`draining`]), what the agent takes and refuses ([`limits`]), how
+//! long clients may take and stay ([`timeouts`]), its local replies to
+//! gRPC clients ([`grpc`]), and `CONNECT` in HTTP proxy mode ([`tunnel`]).
 mod draining;
 mod grpc;
 mod inbound_mtls;
@@ -11,6 +13,7 @@ mod limits;
 mod outbound_http;
 mod tcp;
 mod timeouts;
+mod tunnel;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -171,6 +174,20 @@ impl Agent {
         tokio::spawn(outbound::serve(
             l,
             kind,
+            self.px.clone(),
+            self.watch.clone(),
+        ));
+        addr
+    }
+
+    /// An outbound port taking connections that were not captured: an
+    /// HTTP proxy (the application's `HTTP_PROXY`).
+    async fn proxy(&self) -> SocketAddr {
+        let l = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(outbound::serve(
+            l,
+            Listener::Capture,
             self.px.clone(),
             self.watch.clone(),
         ));

@@ -547,3 +547,43 @@ spec:
     assert_eq!(alone.me().app, "");
     assert_eq!(alone.me().workload, "reviews", "the service account");
 }
+
+#[test]
+fn the_sidecar_that_applies_sets_the_outbound_traffic_policy() {
+    let sidecar = |ns: &str, name: &str, selector: &str, policy: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{{selector}outboundTrafficPolicy: {policy}}}\n"
+        )
+    };
+    let of = |yaml: &str| {
+        build(
+            parse_documents(yaml).unwrap(),
+            &settings("10.0.0.9", &[("app", "reviews")]),
+            None,
+        )
+        .outbound_policy()
+    };
+    assert_eq!(of(""), OutboundPolicy::AllowAny, "Istio's mesh default");
+    let root = sidecar("istio-system", "default", "", "{mode: REGISTRY_ONLY}");
+    assert_eq!(of(&root), OutboundPolicy::RegistryOnly);
+    let own = sidecar("default", "default", "", "{mode: ALLOW_ANY}");
+    assert_eq!(of(&format!("{root}{own}")), OutboundPolicy::AllowAny);
+    let mine = sidecar(
+        "default",
+        "reviews",
+        "workloadSelector: {labels: {app: reviews}}, ",
+        "{}",
+    );
+    assert_eq!(
+        of(&format!("{root}{own}{mine}")),
+        OutboundPolicy::RegistryOnly,
+        "selected by its labels; a policy without a mode is REGISTRY_ONLY"
+    );
+    let other = sidecar(
+        "default",
+        "ratings",
+        "workloadSelector: {labels: {app: ratings}}, ",
+        "{mode: REGISTRY_ONLY}",
+    );
+    assert_eq!(of(&format!("{own}{other}")), OutboundPolicy::AllowAny);
+}

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::Authority;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use trellis_api::config::{
@@ -27,7 +27,6 @@ use trellis_api::config::{
 };
 use trellis_dataplane::mesh::cluster::Cluster;
 use trellis_dataplane::mesh::Mesh;
-use trellis_dataplane::telemetry::labels::{ConnLabels, Reporter, Workload};
 use trellis_dataplane::telemetry::{Flag, InFlight, Observed, RequestLog};
 
 use self::forward::{circuit_breaker, ReqBody};
@@ -70,7 +69,7 @@ pub async fn handle(
         (None, Err(_)) => Arc::from("unknown"),
     };
     let mut log = RequestLog::start(
-        source_labels(&mesh, destination_service),
+        super::source_labels(&mesh, destination_service),
         &req,
         authority,
         request_id,
@@ -82,6 +81,13 @@ pub async fn handle(
         (Err(why), _) => {
             log.flag = Some(Flag::DownstreamProtocolError);
             Ok(bad_request(why, log.grpc))
+        }
+        (Ok(a), resolved) if req.method() == Method::CONNECT && target.fixed.is_none() => {
+            // Boxed, as the rare path.
+            Box::pin(super::tunnel::open(
+                &px, &target, req, a, resolved, &mut log,
+            ))
+            .await
         }
         (Ok(upstream_authority), Some((host, port))) => {
             let (head, body) = req.into_parts();
@@ -104,7 +110,8 @@ pub async fn handle(
         log.flag.get_or_insert(flag);
         local_reply(flag, log.grpc)
     });
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    let tunnel = log.method == Method::CONNECT && resp.status().is_success();
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS || tunnel {
         // No longer HTTP: no request timeouts on the connection.
         target.open.upgrade();
     }
@@ -147,18 +154,6 @@ async fn pipeline(mut call: Call<'_>, body: Incoming) -> Result<Response<Body>, 
     let mut resp = call.retries(route, &cluster, body).await?;
     response_headers(&mut resp, route, dest.via);
     Ok(resp)
-}
-
-/// The labels of a connection this agent makes as the source, before an
-/// endpoint (and so the destination workload) is chosen.
-pub fn source_labels(mesh: &Mesh, destination_service: Arc<str>) -> ConnLabels {
-    ConnLabels {
-        reporter: Reporter::Source,
-        source: mesh.me().clone(),
-        destination: Workload::none(),
-        destination_service,
-        mtls: false,
-    }
 }
 
 /// One request on its way out: what the steps read and change.
