@@ -258,6 +258,21 @@ pub struct Options {
     /// Proxy worker threads.
     #[arg(long, env = "TRELLIS_CONCURRENCY", default_value_t = 2)]
     pub concurrency: usize,
+    /// Largest request head a client may send, in KiB (request line or pseudo-headers, and headers; Envoy's `max_request_headers_kb`): larger ones get 431.
+    #[arg(long, env = "TRELLIS_MAX_REQUEST_HEADERS_KB", default_value_t = crate::proxy::DEFAULT_MAX_HEADERS_KB, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub max_request_headers_kb: u32,
+    /// Largest response head taken from an upstream, in KiB (status line and headers): a larger one is answered 502 (`UPE`).
+    #[arg(long, env = "TRELLIS_MAX_RESPONSE_HEADERS_KB", default_value_t = crate::proxy::DEFAULT_MAX_HEADERS_KB, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub max_response_headers_kb: u32,
+    /// How long a client has to send a whole request head from its first byte (HTTP/1.1; a new connection's first head, or HTTP/2 preface, from its accept) before the connection is closed; `0s` for no limit.
+    #[arg(long, env = "TRELLIS_REQUEST_HEADERS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_headers_timeout: Duration,
+    /// How long a client's HTTP connection may stay open with no request on it (HTTP/2: no stream) before it is closed (HTTP/2: GOAWAY); Envoy's `idle_timeout`; `0s` for no limit.
+    #[arg(long, env = "TRELLIS_DOWNSTREAM_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub downstream_idle_timeout: Duration,
+    /// Connections the inbound, outbound and upstream listeners hold open at once, together; past it new ones are closed as they are accepted.
+    #[arg(long, env = "TRELLIS_MAX_DOWNSTREAM_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_downstream_connections: u32,
     /// On SIGTERM, how long in-flight requests and connections may take to finish after the listeners stop accepting.
     #[arg(long, env = "TRELLIS_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -301,6 +316,9 @@ impl Options {
             cluster: self.cluster.clone().unwrap_or_default(),
             network: self.network.clone().unwrap_or_default(),
             locality: self.locality.clone().unwrap_or_default(),
+            principal: id.to_string(),
+            workload_name: self.workload.clone(),
+            workload_group: None,
         })
     }
 
@@ -314,23 +332,15 @@ impl Options {
         }
     }
 
-    /// This workload as metric labels name it.
-    pub fn workload(&self, id: &SpiffeId, s: &Settings) -> Workload {
-        let sa = id.path().rsplit('/').next().unwrap_or_default();
-        let app = s.labels.get("app").cloned().unwrap_or_default();
-        Workload {
-            workload: self.workload.clone().unwrap_or_else(|| {
-                if app.is_empty() {
-                    sa.to_string()
-                } else {
-                    app.clone()
-                }
-            }),
-            namespace: s.namespace.clone(),
-            principal: id.to_string(),
-            app,
-            version: s.labels.get("version").cloned().unwrap_or_default(),
-        }
+    /// This workload as metric labels name it, from its flags (before its
+    /// WorkloadGroup's labels are known: the mesh view has those).
+    pub fn workload(&self, s: &Settings) -> Workload {
+        Workload::new(
+            &s.principal,
+            &s.namespace,
+            s.workload_name.as_deref(),
+            &s.labels,
+        )
     }
 
     /// Who this agent is, for the control plane: name, namespace, labels,
@@ -537,7 +547,7 @@ mod tests {
             s.domain, "cluster.local",
             "no --domain: the default until pushed"
         );
-        let node = o.proxy_node(&s, &o.workload(&id, &s), None);
+        let node = o.proxy_node(&s, &o.workload(&s), None);
         assert_eq!(
             (
                 node.cluster.as_str(),
@@ -551,7 +561,7 @@ mod tests {
         // Not given: empty, for the control plane to fill in.
         let none = parse(&[]);
         let s = none.mesh_settings(&id).unwrap();
-        let node = none.proxy_node(&s, &none.workload(&id, &s), None);
+        let node = none.proxy_node(&s, &none.workload(&s), None);
         assert_eq!((node.cluster.as_str(), node.network.as_str()), ("", ""));
         assert_eq!(none.given(), Given::default());
         for (flag, value, words) in [

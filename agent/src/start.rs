@@ -47,8 +47,6 @@ pub enum StartError {
     Identity(#[from] identity::IdentityError),
     #[error("the workload certificate cannot be used for TLS: {0}")]
     Tls(#[from] trellis_identity::IdentityError),
-    #[error("this workload's metadata does not fit in a header: {0}")]
-    PeerMetadata(#[from] http::header::InvalidHeaderValue),
     #[error("binding {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -86,8 +84,11 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
     let mark = opts.capture.backend().map(|_| CAPTURE_MARK);
     let source = opts.identity_source();
     let (loaded, tls) = certificate(&source, mark).await?;
-    let settings = opts.mesh_settings(&loaded.id)?;
-    let px = proxy_state(&opts, &loaded, tls, &settings, resources, mark)?;
+    let group = opts.workload_group.clone().or(loaded.group.clone());
+    let mut settings = opts.mesh_settings(&loaded.id)?;
+    // Its labels are this workload's, once the control plane pushes it.
+    settings.workload_group.clone_from(&group);
+    let px = proxy_state(&opts, tls, &settings, resources, mark)?;
 
     // With capture on a host with IPv6, each listener capture redirects to
     // gets an IPv6 twin, where the IPv6 rules send what they catch.
@@ -111,13 +112,11 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
         telemetry: px.telemetry.clone(),
         mesh: px.mesh.clone(),
         tls: px.tls.clone(),
-        me: px.me.clone(),
         ready: AtomicBool::new(false),
         set_log_level,
     });
     let (signal, watch) = drain::channel();
     let mut tasks = serve(&opts, sockets, &px, &admin, watch);
-    let group = opts.workload_group.clone().or(loaded.group.clone());
     config_source(
         &opts,
         &px,
@@ -174,28 +173,36 @@ async fn certificate(
 /// workload, the connection pools and telemetry.
 fn proxy_state(
     opts: &Options,
-    loaded: &Loaded,
     tls: Arc<MeshTls>,
     settings: &Settings,
     resources: Vec<Resource>,
     mark: Option<u32>,
 ) -> Result<Arc<Proxy>, StartError> {
-    let me = Arc::new(opts.workload(&loaded.id, settings));
     let connect = ConnectOpts {
         timeout: opts.connect_timeout,
         mark,
         keepalive: None,
     };
-    let metadata = serde_json::to_string(me.as_ref()).unwrap_or_default();
+    let max_response_headers = opts.max_response_headers_kb * 1024;
     Ok(Arc::new(Proxy {
-        pool: pool::Pool::new(pool::Peers(tls.clone())),
-        app: AppClient::new(opts.app_host, connect.clone()),
-        peer_metadata: http::HeaderValue::from_str(&metadata)?,
-        labels: settings.labels.clone(),
+        // Peer agents enforced the limit on what their applications
+        // answered; allowance for what they add.
+        pool: pool::Pool::new(
+            pool::Peers(tls.clone()),
+            max_response_headers.saturating_add(proxy::PEER_HEADER_ALLOWANCE),
+        ),
+        app: AppClient::new(opts.app_host, connect.clone(), max_response_headers),
+        downstream: proxy::Downstream {
+            max_header_bytes: opts.max_request_headers_kb * 1024,
+            timeouts: proxy::downstream::Timeouts {
+                request_headers: Some(opts.request_headers_timeout).filter(|d| !d.is_zero()),
+                idle: Some(opts.downstream_idle_timeout).filter(|d| !d.is_zero()),
+            },
+        },
+        conn_limit: listen::ConnLimit::new(opts.max_downstream_connections as usize),
         tls,
         telemetry: Arc::new(Telemetry::new(opts.access_log)),
         mesh: Arc::new(Shared::new(mesh::build(resources, settings, None))),
-        me,
         opts: connect,
         peer_inbound_port: opts.peer_inbound_port,
     }))
@@ -357,7 +364,7 @@ fn config_source(
         admin.ready.store(true, Ordering::Relaxed);
         return;
     }
-    let node = opts.proxy_node(&settings, &px.me, group.as_deref());
+    let node = opts.proxy_node(&settings, &opts.workload(&settings), group.as_deref());
     let cache = opts.data_dir.join(discovery::CACHE_FILE);
     let cached = discovery::load_cache(&cache);
     let (applied, mut first) = tokio::sync::watch::channel(0u64);

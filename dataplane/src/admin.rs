@@ -16,7 +16,6 @@ use tokio::net::TcpListener;
 use trellis_transport::{drain, listen};
 
 use crate::mesh::Mesh;
-use crate::telemetry::labels::Workload;
 use crate::telemetry::Telemetry;
 use crate::tls::MeshTls;
 use crate::Shared;
@@ -31,8 +30,6 @@ pub struct Admin {
     pub telemetry: Arc<Telemetry>,
     pub mesh: Arc<Shared<Mesh>>,
     pub tls: Arc<MeshTls>,
-    /// This proxy's workload, as its metrics name it.
-    pub me: Arc<Workload>,
     pub ready: AtomicBool,
     pub set_log_level: SetLogLevel,
 }
@@ -44,8 +41,15 @@ pub enum Endpoints {
     Metrics,
 }
 
+/// Connections one admin or metrics listener holds at once.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Serves `which` on `listener` until a drain starts. (Scrapes are short:
 /// a drain does not wait for them.)
+///
+/// At most [`MAX_CONNECTIONS`] connections at once on each: its clients
+/// are operators and scrapers, and the metrics port listens on every
+/// address.
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<Admin>,
@@ -56,7 +60,8 @@ pub async fn serve(
         Endpoints::Admin => "admin",
         Endpoints::Metrics => "metrics",
     };
-    listen::serve(listener, name, drain, move |tcp, _, held| {
+    let limit = listen::ConnLimit::new(MAX_CONNECTIONS);
+    listen::serve(listener, name, limit, drain, move |tcp, _, held, slot| {
         drop(held);
         let admin = admin.clone();
         let svc = service_fn(move |req| {
@@ -64,9 +69,11 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(handle(&admin, which, req)) }
         });
         async move {
-            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tcp), svc)
-                .await
+                .await;
+            drop(slot);
+            served
         }
     })
     .await
@@ -134,7 +141,7 @@ fn config_dump(admin: &Admin) -> serde_json::Value {
     services.sort_by(|a, b| a.host.cmp(&b.host));
     serde_json::json!({
         "identity": admin.tls.identity().to_string(),
-        "workload": admin.me.as_ref(),
+        "workload": mesh.me().as_ref(),
         "services": services,
         "dns": mesh.dns().as_ref(),
         "resources": mesh.resources,

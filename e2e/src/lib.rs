@@ -17,6 +17,7 @@ pub mod mesh;
 pub mod netns;
 mod process;
 pub mod shared;
+pub mod third_party;
 pub mod upgrade;
 
 pub use bins::{bin, bin_dir, profile_dir, use_bins};

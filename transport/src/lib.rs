@@ -4,7 +4,8 @@
 //! ([`listen`]) with graceful [`drain`]ing, the original destination of a
 //! captured connection ([`orig_dst`]), opening connections with marks,
 //! keepalive and timeouts ([`connect`]), protocol detection ([`sniff`],
-//! pure; [`detect`], peeking at a socket), a TLS ClientHello's SNI and
+//! pure; [`detect`], peeking at a socket or reading what is then read
+//! again, [`rewind`]), a TLS ClientHello's SNI and
 //! ALPN read without terminating TLS ([`client_hello`]), Istio's
 //! agent-to-agent SNI ([`sni`]), copying bytes both ways ([`splice`]) and write corking for
 //! HTTP/2 connections ([`cork`]).
@@ -18,6 +19,7 @@ pub mod detect;
 pub mod drain;
 pub mod listen;
 pub mod orig_dst;
+pub mod rewind;
 pub mod sni;
 pub mod sniff;
 pub mod splice;

@@ -1,11 +1,14 @@
 //! Listening sockets and the accept loop every listener runs: one task
-//! per connection, backoff on accept errors (out of file descriptors),
-//! and an end to accepting when a drain starts ([`crate::drain`]).
+//! per connection, backoff on accept errors (out of file descriptors), a
+//! limit on the connections open at once ([`ConnLimit`]), and an end to
+//! accepting when a drain starts ([`crate::drain`]).
 use std::fmt::Display;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -16,17 +19,109 @@ use crate::drain;
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How often, at most, the accept loop warns that it closes connections
+/// past a [`ConnLimit`].
+const LIMIT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// How many connections the listeners that share it may hold open at once.
+/// Past it a new connection is closed as soon as it is accepted (so its
+/// client learns at once, rather than waiting in the backlog), and the
+/// accept loop warns (at most every 10 s, with the number closed).
+#[derive(Debug)]
+pub struct ConnLimit {
+    max: usize,
+    open: AtomicUsize,
+    refused: AtomicU64,
+    /// When the last warning was logged, and the count refused then.
+    warned: Mutex<(Option<Instant>, u64)>,
+}
+
+impl ConnLimit {
+    /// At most `max` connections open at once.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            warned: Mutex::new((None, 0)),
+        })
+    }
+
+    /// No limit (the admin and metrics listeners).
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(usize::MAX)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at accept so far, the limit reached.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// A slot for one more connection, if the limit allows.
+    pub fn acquire(self: &Arc<Self>) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
+    /// Counts a connection closed at accept, and warns if it has not
+    /// lately.
+    fn refuse(&self, name: &str, remote: SocketAddr) {
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if warned
+            .0
+            .is_some_and(|t| now.duration_since(t) < LIMIT_WARN_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            listener = name,
+            %remote,
+            limit = self.max,
+            closed = refused - warned.1,
+            "connection limit reached: new connections are closed until some end (see --max-downstream-connections)"
+        );
+        *warned = (Some(now), refused);
+    }
+}
+
+/// One connection's place under a [`ConnLimit`], given back when dropped:
+/// kept for as long as the connection lives (by its task, or by its
+/// socket where that outlives the task, as an upgraded HTTP connection's
+/// does).
+#[derive(Debug)]
+pub struct Slot(Arc<ConnLimit>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections on `listener` and runs `handle` on each in a task
-/// of its own (with a watch on the drain, so the drain waits for it),
-/// until a drain starts. `name` names the listener in the logs, where a
-/// connection that ends in an error is reported at debug level.
+/// of its own (with a watch on the drain, so the drain waits for it, and
+/// its [`Slot`] under `limit`), until a drain starts; at most as many at
+/// once as `limit` allows (it may be shared with other listeners). `name`
+/// names the listener in the logs, where a connection that ends in an
+/// error is reported at debug level.
 pub async fn serve<F, Fut, E>(
     listener: TcpListener,
     name: &'static str,
+    limit: Arc<ConnLimit>,
     mut drain: drain::Watch,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, drain::Watch) -> Fut,
+    F: Fn(TcpStream, SocketAddr, drain::Watch, Slot) -> Fut,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Display,
 {
@@ -38,7 +133,12 @@ pub async fn serve<F, Fut, E>(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, remote)) => {
                     backoff = MIN_BACKOFF;
-                    let conn = handle(tcp, remote, drain.clone());
+                    let Some(slot) = limit.acquire() else {
+                        drop(tcp);
+                        limit.refuse(name, remote);
+                        continue;
+                    };
+                    let conn = handle(tcp, remote, drain.clone(), slot);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(listener = name, %remote, error = %e, "connection failed");
@@ -126,8 +226,9 @@ mod tests {
         let loop_task = tokio::spawn(serve(
             listener,
             "test",
+            ConnLimit::unlimited(),
             watch,
-            move |mut tcp, _, mut drain| {
+            move |mut tcp, _, mut drain, _slot| {
                 let count = count.clone();
                 async move {
                     count.fetch_add(1, Ordering::SeqCst);
@@ -152,5 +253,41 @@ mod tests {
         assert_eq!(got, b"bye");
         // No longer accepting: the listener is closed.
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn past_the_limit_a_new_connection_is_closed_until_one_ends() {
+        use tokio::io::AsyncReadExt;
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_signal, watch) = drain::channel();
+        let limit = ConnLimit::new(2);
+        // Each connection is held until its client closes it.
+        tokio::spawn(serve(
+            listener,
+            "test",
+            limit.clone(),
+            watch,
+            |mut tcp, _, _, slot| async move {
+                let mut buf = [0u8; 1];
+                let _ = tcp.read(&mut buf).await;
+                drop(slot);
+                Ok::<_, io::Error>(())
+            },
+        ));
+        let a = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        trellis_testing::eventually("two held", || limit.open() == 2).await;
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        // Closed at once: end of stream, or a reset.
+        let read = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        assert_eq!(limit.refused(), 1);
+        drop(a);
+        trellis_testing::eventually("one ended", || limit.open() == 1).await;
+        let _d = tokio::net::TcpStream::connect(addr).await.unwrap();
+        trellis_testing::eventually("a new one held", || limit.open() == 2).await;
+        assert_eq!(limit.refused(), 1);
     }
 }

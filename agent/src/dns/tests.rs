@@ -27,6 +27,9 @@ fn mesh_of(yaml: &str) -> Mesh {
         cluster: String::new(),
         network: String::new(),
         locality: Default::default(),
+        principal: "spiffe://example.org/ns/default/sa/client".into(),
+        workload_name: None,
+        workload_group: None,
     };
     let resources = trellis_api::config::parse_documents(yaml).unwrap();
     mesh::build(resources, &settings, None)

@@ -15,12 +15,12 @@ use http::uri::Authority;
 use http::{header, Request, Response, Version};
 
 use super::body::Body;
+use super::failure::Failure;
 use super::h1_pool::Http1Pool;
 use super::headers::http_uri;
 use super::pool::{ConnSettings, Plain, PlainKey, Pool};
 use trellis_dataplane::mesh::cluster::Limits;
 use trellis_dataplane::mesh::cluster::Reuse;
-use trellis_dataplane::telemetry::Flag;
 use trellis_transport::connect::ConnectOpts;
 
 /// Clients for the local application and plaintext endpoints.
@@ -35,6 +35,7 @@ pub struct AppClient {
     http1: Http1Pool,
     /// h2c connections, keyed the same way.
     h2c: Pool<Plain>,
+    max_response_headers: u32,
 }
 
 /// How long a connection to the local application may stay idle in the pool.
@@ -42,14 +43,22 @@ const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl AppClient {
     /// The application listens on `host` (usually 127.0.0.1); connections
-    /// are opened with `opts` unless a cluster has its own timeout.
-    pub fn new(host: IpAddr, opts: ConnectOpts) -> Self {
+    /// are opened with `opts` unless a cluster has its own timeout, and
+    /// take response heads of up to `max_response_headers` bytes.
+    pub fn new(host: IpAddr, opts: ConnectOpts, max_response_headers: u32) -> Self {
         Self {
             host,
             opts,
-            http1: Http1Pool::default(),
-            h2c: Pool::new(Plain),
+            http1: Http1Pool::new(max_response_headers),
+            h2c: Pool::new(Plain, max_response_headers),
+            max_response_headers,
         }
+    }
+
+    /// The largest response head taken from the application and from
+    /// endpoints without an agent, in bytes.
+    pub fn max_response_headers(&self) -> u32 {
+        self.max_response_headers
     }
 
     /// The application's address for `port`.
@@ -65,7 +74,7 @@ impl AppClient {
         addr: SocketAddr,
         h2: bool,
         req: Request<Body>,
-    ) -> Result<Response<Body>, Flag> {
+    ) -> Result<Response<Body>, Failure> {
         let unlimited = Reuse {
             max_requests: None,
             idle_timeout: Some(APP_IDLE_TIMEOUT),
@@ -84,7 +93,7 @@ impl AppClient {
         h2: bool,
         limits: &Limits,
         req: Request<Body>,
-    ) -> Result<Response<Body>, Flag> {
+    ) -> Result<Response<Body>, Failure> {
         let opts = limits.connect_opts(&self.opts);
         self.plain(addr, h2, &opts, &limits.reuse, req).await
     }
@@ -98,7 +107,7 @@ impl AppClient {
         opts: &ConnectOpts,
         reuse: &Reuse,
         req: Request<Body>,
-    ) -> Result<Response<Body>, Flag> {
+    ) -> Result<Response<Body>, Failure> {
         let key = PlainKey {
             addr,
             settings: ConnSettings::new(opts, reuse.idle_timeout),
@@ -116,7 +125,7 @@ impl AppClient {
         opts: &ConnectOpts,
         reuse: &Reuse,
         mut req: Request<Body>,
-    ) -> Result<Response<Body>, Flag> {
+    ) -> Result<Response<Body>, Failure> {
         let addr = key.addr;
         // The authority the request is for (HTTP/2 has no `Host`), else
         // the address; only the connection goes to `addr`.
@@ -130,18 +139,14 @@ impl AppClient {
         let authority = match authority {
             Some(a) => a,
             None => {
-                Authority::try_from(addr.to_string()).map_err(|_| Flag::DownstreamProtocolError)?
+                Authority::try_from(addr.to_string()).map_err(|_| Failure::DownstreamProtocol)?
             }
         };
-        *req.uri_mut() = http_uri(authority, req.uri()).ok_or(Flag::DownstreamProtocolError)?;
+        *req.uri_mut() = http_uri(authority, req.uri()).ok_or(Failure::DownstreamProtocol)?;
         *req.version_mut() = Version::HTTP_2;
         self.h2c.send(key, opts, reuse, req).await.map_err(|e| {
             tracing::debug!(%addr, error = %e, "request to the application failed");
-            if e.before_sent() {
-                Flag::UpstreamConnectFailure
-            } else {
-                Flag::UpstreamConnectionTermination
-            }
+            e.failure()
         })
     }
 }
@@ -155,6 +160,8 @@ mod tests {
 
     use super::*;
 
+    const LIMIT: u32 = crate::proxy::DEFAULT_MAX_HEADERS_KB * 1024;
+
     #[tokio::test]
     async fn a_plaintext_connect_gives_up_after_the_clusters_timeout() {
         let (_listener, _queued, addr) = trellis_transport::testing::unanswered();
@@ -163,7 +170,7 @@ mod tests {
             mark: None,
             keepalive: None,
         };
-        let app = AppClient::new(IpAddr::from([127, 0, 0, 1]), agent);
+        let app = AppClient::new(IpAddr::from([127, 0, 0, 1]), agent, LIMIT);
         let req = Request::get("/").body(crate::proxy::body::empty()).unwrap();
         let t = Instant::now();
         let r = app
@@ -177,7 +184,7 @@ mod tests {
                 req,
             )
             .await;
-        assert_eq!(r.err(), Some(Flag::UpstreamConnectFailure));
+        assert_eq!(r.err(), Some(Failure::Connect));
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
 
@@ -205,7 +212,7 @@ mod tests {
             mark: None,
             keepalive: None,
         };
-        AppClient::new(IpAddr::from([127, 0, 0, 1]), opts)
+        AppClient::new(IpAddr::from([127, 0, 0, 1]), opts, LIMIT)
     }
 
     /// `n` requests one after the other, each read to its end.

@@ -26,9 +26,9 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use super::body::{Body, BoxError};
+use super::failure::Failure;
 use super::pool::{self, Capacity, Conns, PlainKey, Shared, Stream};
 use trellis_dataplane::mesh::cluster::Reuse;
-use trellis_dataplane::telemetry::Flag;
 use trellis_transport::connect::{self, ConnectOpts};
 
 /// A pooled connection's sender: there while the connection is idle, taken
@@ -54,18 +54,21 @@ impl Capacity for Slot {
 pub struct Http1Pool {
     conns: Shared<PlainKey, Slot>,
     next_id: AtomicU64,
-}
-
-impl Default for Http1Pool {
-    fn default() -> Self {
-        Self {
-            conns: Arc::new(Mutex::new(Conns::new())),
-            next_id: AtomicU64::new(0),
-        }
-    }
+    /// How its connections read responses ([`client_builder`]).
+    builder: http1::Builder,
 }
 
 impl Http1Pool {
+    /// Connections that take response heads of up to
+    /// `max_response_headers` bytes.
+    pub fn new(max_response_headers: u32) -> Self {
+        Self {
+            conns: Arc::new(Mutex::new(Conns::new())),
+            next_id: AtomicU64::new(0),
+            builder: client_builder(max_response_headers),
+        }
+    }
+
     /// Sends `req` to `key.addr` over HTTP/1.1, on an idle pooled
     /// connection or a new one opened with `opts`, reused as `reuse`
     /// allows. The request keeps its `Host` (one is set from the URI's
@@ -77,7 +80,7 @@ impl Http1Pool {
         opts: &ConnectOpts,
         reuse: &Reuse,
         mut req: Request<Body>,
-    ) -> Result<Response<Body>, Flag> {
+    ) -> Result<Response<Body>, Failure> {
         prepare(&mut req, key.addr);
         // Idle connections first. One the server closed while it was idle
         // gives the request back unsent: it goes on the next, or a new one.
@@ -118,15 +121,20 @@ impl Http1Pool {
         opts: &ConnectOpts,
         reuse: &Reuse,
         req: Request<Body>,
-    ) -> Result<Response<Body>, Flag> {
+    ) -> Result<Response<Body>, Failure> {
         let addr = key.addr;
         let io = connect::tcp(addr, opts).await.map_err(|e| {
             tracing::debug!(%addr, error = %e, "connect to the application failed");
-            Flag::UpstreamConnectFailure
+            Failure::Connect
         })?;
-        let (mut sender, conn) = http1::handshake(TokioIo::new(io))
+        let (mut sender, conn) = self
+            .builder
+            .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| failed(addr, &e))?;
+            .map_err(|e| {
+                tracing::debug!(%addr, error = %e, "HTTP/1.1 handshake failed");
+                Failure::Connect
+            })?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let run = async move {
             if let Err(e) = conn.await {
@@ -153,6 +161,16 @@ impl Http1Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, Conns<PlainKey, Slot>> {
         pool::lock(&self.conns)
     }
+}
+
+/// An HTTP/1.1 client that takes a response head (status line and
+/// headers) of at most `max_response_headers` bytes: a larger one (or more
+/// than 100 headers, hyper's and Envoy's limit) fails to parse, an
+/// upstream protocol error.
+pub fn client_builder(max_response_headers: u32) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.max_header_size(max_response_headers as usize);
+    b
 }
 
 /// `req` as an HTTP/1.1 request on a connection of its own to `addr`:
@@ -182,10 +200,10 @@ pub(super) fn prepare(req: &mut Request<Body>, addr: SocketAddr) {
     *req.version_mut() = Version::HTTP_11;
 }
 
-/// Why a request to `addr` failed, as the agent's flag.
-fn failed(addr: SocketAddr, e: &hyper::Error) -> Flag {
+/// Why a request to `addr` failed.
+fn failed(addr: SocketAddr, e: &hyper::Error) -> Failure {
     tracing::debug!(%addr, error = %trellis_identity::grpc::error_chain(e), "request to the application failed");
-    Flag::UpstreamConnectionTermination
+    Failure::of_hyper(e)
 }
 
 /// The response, holding its connection until its body has ended: then
@@ -285,6 +303,8 @@ mod tests {
     use super::*;
     use crate::proxy::body;
     use trellis_testing::eventually;
+
+    const LIMIT: u32 = crate::proxy::DEFAULT_MAX_HEADERS_KB * 1024;
     use trellis_transport::testing::counting_server;
 
     fn opts() -> ConnectOpts {
@@ -353,7 +373,7 @@ mod tests {
             }
         })
         .await;
-        let pool = Http1Pool::default();
+        let pool = Http1Pool::new(LIMIT);
         let reqs = [
             Request::get("http://reviews:9080/r?x=1")
                 .body(body::empty())
@@ -394,7 +414,7 @@ mod tests {
             Some(Duration::from_millis(50)),
         )
         .await;
-        let pool = Http1Pool::default();
+        let pool = Http1Pool::new(LIMIT);
         let key = key(server.addr);
         for _ in 0..3 {
             let resp = pool
@@ -411,7 +431,7 @@ mod tests {
     async fn a_response_ended_unread_frees_its_connection_and_one_given_up_takes_it_along() {
         // Empty bodies, dropped without being read: one connection.
         let empty = raw_server(b"HTTP/1.1 204 No Content\r\n\r\n", None).await;
-        let pool = Http1Pool::default();
+        let pool = Http1Pool::new(LIMIT);
         for _ in 0..3 {
             let resp = pool
                 .send(&key(empty.addr), &opts(), &Reuse::default(), get("/"))
@@ -454,7 +474,7 @@ mod tests {
             None,
         )
         .await;
-        let pool = Http1Pool::default();
+        let pool = Http1Pool::new(LIMIT);
         let key = key(server.addr);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
         tx.send(Ok(Frame::data(Bytes::from_static(b"part"))))
@@ -485,10 +505,10 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        let pool = Http1Pool::default();
+        let pool = Http1Pool::new(LIMIT);
         let r = pool
             .send(&key(addr), &opts(), &Reuse::default(), get("/"))
             .await;
-        assert_eq!(r.err(), Some(Flag::UpstreamConnectFailure));
+        assert_eq!(r.err(), Some(Failure::Connect));
     }
 }

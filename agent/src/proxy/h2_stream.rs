@@ -21,6 +21,40 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
 
 use super::body::{Body, BoxError};
+use super::failure::{downstream_body, Failure};
+
+/// Why a request on a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The stream could not be opened (the connection is going away): the
+    /// request was not sent.
+    #[error("stream not opened: {0}")]
+    NotSent(#[source] h2::Error),
+    /// The stream failed before its response head came.
+    #[error(transparent)]
+    Stream(h2::Error),
+    /// The request body failed (it is the client's, streamed through), and
+    /// the stream was reset for it.
+    #[error("request body failed: {0}")]
+    Body(#[source] BoxError),
+}
+
+impl SendError {
+    /// What the failure means for the request.
+    pub fn failure(&self) -> Failure {
+        match self {
+            // The connection is going away: safe to send elsewhere.
+            SendError::NotSent(e) if e.is_go_away() || e.is_io() || e.is_reset() => {
+                Failure::Refused
+            }
+            // h2 refused the request itself: it cannot be carried as the
+            // client made it, here or anywhere.
+            SendError::NotSent(_) => Failure::DownstreamProtocol,
+            SendError::Stream(e) => Failure::of_h2(e),
+            SendError::Body(e) => downstream_body(&**e).unwrap_or(Failure::Reset),
+        }
+    }
+}
 
 /// Sends `req` on `sender` (ready for a new stream) and waits for the
 /// response head. The response body keeps `hold` until it is dropped.
@@ -28,7 +62,7 @@ pub async fn send<H: Send + Sync + Unpin + 'static>(
     sender: &mut SendRequest<Bytes>,
     req: Request<Body>,
     hold: H,
-) -> Result<Response<Body>, h2::Error> {
+) -> Result<Response<Body>, SendError> {
     let (mut head, body) = req.into_parts();
     // As hyper's client: a body of known length says so.
     if let Some(n) = body.size_hint().exact() {
@@ -43,7 +77,9 @@ pub async fn send<H: Send + Sync + Unpin + 'static>(
         }
     }
     let eos = body.is_end_stream();
-    let (mut response, tx) = sender.send_request(Request::from_parts(head, ()), eos)?;
+    let (mut response, tx) = sender
+        .send_request(Request::from_parts(head, ()), eos)
+        .map_err(SendError::NotSent)?;
     let mut upload = Upload((!eos).then_some(Pipe {
         body,
         tx,
@@ -52,15 +88,22 @@ pub async fn send<H: Send + Sync + Unpin + 'static>(
     // The body goes out from this task while the response is awaited:
     // what it has now in this turn, with the headers, the rest as it comes
     // (a unary gRPC message often comes in a read after its headers).
+    let mut body_failed = None;
     let response = std::future::poll_fn(|cx| {
         if let Some(pipe) = &mut upload.0 {
-            if Pin::new(pipe).poll(cx).is_ready() {
+            if let Poll::Ready(sent) = pipe.step(cx) {
                 upload.0 = None;
+                body_failed = sent.err();
             }
         }
         Pin::new(&mut response).poll(cx)
     })
-    .await?;
+    .await
+    .map_err(|e| match body_failed.take() {
+        // The stream was reset because the body failed: that is why.
+        Some(b) => SendError::Body(b),
+        None => SendError::Stream(e),
+    })?;
     // The response came: a body still uploading goes on, on a task of its
     // own (gRPC streaming).
     if let Some(pipe) = upload.0.take() {

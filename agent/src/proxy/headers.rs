@@ -58,22 +58,32 @@ pub fn authority<B>(req: &Request<B>) -> Option<&str> {
         .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
 }
 
+/// The authority a request is for, parsed: the URI's (shared, not
+/// copied), else its `Host`. `Err` with why the request cannot be carried
+/// as the client sent it: no authority at all (an HTTP/1.x request without
+/// `Host`, which HTTP/1.1 requires), or one that is not a host and port.
+pub fn request_authority<B>(req: &Request<B>) -> Result<Authority, &'static str> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.clone());
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .ok_or("missing required header: host")?;
+    Authority::try_from(host.as_bytes()).map_err(|_| "invalid host header")
+}
+
 /// Prepares `req` for `version` towards `authority`: the URI becomes
 /// `http://AUTHORITY/PATH`; for HTTP/1.1 the authority goes in `Host`, for
 /// HTTP/2 in `:authority` only.
-pub fn retarget<B>(req: &mut Request<B>, version: Version, authority: &str) {
-    // The request's own authority when it is the one (no copy), else parsed.
-    let parsed = match req.uri().authority() {
-        Some(a) if a.as_str() == authority => Some(a.clone()),
-        _ => Authority::try_from(authority).ok(),
-    };
-    if let Some(uri) = parsed.and_then(|a| http_uri(a, req.uri())) {
+pub fn retarget<B>(req: &mut Request<B>, version: Version, authority: &Authority) {
+    if let Some(uri) = http_uri(authority.clone(), req.uri()) {
         *req.uri_mut() = uri;
     }
     strip_hop_by_hop(req.headers_mut());
     if version == Version::HTTP_2 {
         req.headers_mut().remove(header::HOST);
-    } else if let Ok(v) = HeaderValue::from_str(authority) {
+    } else if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
         req.headers_mut().insert(header::HOST, v);
     }
     *req.version_mut() = version;
@@ -142,16 +152,17 @@ mod tests {
         assert_eq!(h["x-a"], "1");
     }
 
+    fn at(a: &'static str) -> Authority {
+        Authority::from_static(a)
+    }
+
     #[test]
     fn retarget_replaces_the_authority_and_keeps_the_path() {
         let mut r = Request::get("http://a:1/p?q=1").body(()).unwrap();
-        retarget(&mut r, Version::HTTP_2, "b:2");
+        retarget(&mut r, Version::HTTP_2, &at("b:2"));
         assert_eq!(r.uri().to_string(), "http://b:2/p?q=1");
         let mut r = Request::get("http://a:1").body(()).unwrap();
-        retarget(&mut r, Version::HTTP_2, "a:1");
-        assert_eq!(r.uri().to_string(), "http://a:1/");
-        // Not an authority: the URI stays.
-        retarget(&mut r, Version::HTTP_2, "a b");
+        retarget(&mut r, Version::HTTP_2, &at("a:1"));
         assert_eq!(r.uri().to_string(), "http://a:1/");
     }
 
@@ -162,11 +173,32 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(authority(&r), Some("reviews:9080"));
-        retarget(&mut r, Version::HTTP_2, "reviews:9080");
+        retarget(&mut r, Version::HTTP_2, &at("reviews:9080"));
         assert_eq!(r.uri().to_string(), "http://reviews:9080/a?b=1");
         assert!(r.headers().get(header::HOST).is_none());
-        retarget(&mut r, Version::HTTP_11, "reviews:9080");
+        retarget(&mut r, Version::HTTP_11, &at("reviews:9080"));
         assert_eq!(r.headers().get(header::HOST).unwrap(), "reviews:9080");
         assert_eq!(r.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn a_request_without_a_host_and_port_has_no_authority() {
+        let with_host =
+            |h: &'static str| Request::get("/").header(header::HOST, h).body(()).unwrap();
+        assert_eq!(request_authority(&with_host("a:1")), Ok(at("a:1")));
+        let absolute = Request::get("http://b:2/").body(()).unwrap();
+        assert_eq!(request_authority(&absolute), Ok(at("b:2")));
+        let none = Request::get("/").body(()).unwrap();
+        assert_eq!(
+            request_authority(&none),
+            Err("missing required header: host")
+        );
+        for bad in ["a b", "a/b", "[::1", ""] {
+            assert_eq!(
+                request_authority(&with_host(bad)),
+                Err("invalid host header"),
+                "{bad:?}"
+            );
+        }
     }
 }

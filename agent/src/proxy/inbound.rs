@@ -16,9 +16,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use trellis_dataplane::mesh::{AppProtocol, MtlsMode};
 use trellis_dataplane::telemetry::labels::{ConnLabels, Reporter, Workload};
-use trellis_dataplane::telemetry::{self, Flag, Observed, RequestLog, TcpLog};
+use trellis_dataplane::telemetry::{
+    self, DownstreamConn, Flag, InFlight, Observed, RequestLog, TcpLog,
+};
 use trellis_dataplane::tls::{ALPN_H2, ALPN_HTTP1, ALPN_TCP};
 use trellis_transport::detect::detect;
+use trellis_transport::listen::Slot;
 use trellis_transport::orig_dst::original_dst;
 use trellis_transport::sni::Sni;
 use trellis_transport::sniff::Sniffed;
@@ -26,9 +29,10 @@ use trellis_transport::splice::Timeouts;
 use trellis_transport::{drain, listen};
 
 use super::body::{self, Body};
-use super::flags::local_reply;
-use super::headers::{authority, strip_hop_by_hop};
-use super::{refuse, ConnError, Proxy, Versions};
+use super::failure::{DownstreamBody, Failure};
+use super::flags::{bad_request, local_reply};
+use super::headers::{authority, request_authority, strip_hop_by_hop};
+use super::{refuse, ConnError, Downstream, Proxy, Versions};
 
 /// Header in which the calling agent describes its workload (not its
 /// identity, which comes from its certificate); removed before the request
@@ -51,6 +55,8 @@ struct Conn {
     metadata: std::sync::Mutex<Option<(HeaderValue, Arc<Workload>)>>,
     /// `x-forwarded-client-cert` for the application, on mTLS connections.
     xfcc: Option<HeaderValue>,
+    /// The requests open on the connection.
+    open: Arc<DownstreamConn>,
 }
 
 /// Envoy's name for the cluster to application port `port`.
@@ -63,9 +69,14 @@ const XFCC: &str = "x-forwarded-client-cert";
 
 /// Accepts connections on `listener` until a drain starts.
 pub async fn serve(listener: TcpListener, px: Arc<Proxy>, drain: drain::Watch) {
-    listen::serve(listener, "inbound", drain, move |tcp, remote, drain| {
-        handle(px.clone(), tcp, remote, drain)
-    })
+    let limit = px.conn_limit.clone();
+    listen::serve(
+        listener,
+        "inbound",
+        limit,
+        drain,
+        move |tcp, remote, drain, slot| handle(px.clone(), tcp, remote, drain, slot),
+    )
     .await
 }
 
@@ -74,14 +85,18 @@ async fn handle(
     tcp: TcpStream,
     remote: SocketAddr,
     drain: drain::Watch,
+    slot: Slot,
 ) -> Result<(), ConnError> {
     let _ = tcp.set_nodelay(true);
+    // Held by the connection's requests and socket, while they last.
+    let held = Arc::new(DownstreamConn::new(slot));
     let orig = original_dst(&tcp);
     let sniffed = detect(&tcp).await.map_err(ConnError::Detect)?;
     if sniffed == Sniffed::Tls {
-        return handle_tls(px, tcp, remote, orig, drain).await;
+        return handle_tls(px, tcp, remote, orig, drain, held).await;
     }
     let Some(port) = orig.map(|o| o.port()) else {
+        warn_no_port_once(remote);
         return Err(ConnError::NoPort);
     };
     let mesh = px.mesh.load();
@@ -96,11 +111,35 @@ async fn handle(
         mtls: false,
         metadata: Default::default(),
         xfcc: None,
+        open: held,
     });
     match sniffed {
-        Sniffed::Http1 | Sniffed::Http2 => serve_http(px, conn, tcp, Versions::Any, drain).await,
+        Sniffed::Http1 | Sniffed::Http2 => {
+            let limits = px.downstream;
+            serve_http(px, conn, tcp, Versions::Any, limits, drain).await
+        }
         _ => serve_tcp(px, conn, tcp).await,
     }
+}
+
+/// Tells the operator, once per process at warn level (after that the
+/// accept loop's debug line), that plaintext reaches the inbound port
+/// without capture, which cannot work, and what to do instead.
+fn warn_no_port_once(remote: SocketAddr) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    tracing::warn!(
+        %remote,
+        "a plaintext connection came straight to the inbound port and was closed: without \
+         capture there is no original destination to tell the application port. Clients \
+         outside the mesh: call the application's own port, with --capture iptables or \
+         nftables on this agent (PERMISSIVE mTLS lets them in). Clients in the mesh: call \
+         the service through your agent (its outbound port as an HTTP proxy, or an \
+         --upstream port), which connects here with mTLS. Logged once; later ones at debug \
+         level"
+    );
 }
 
 async fn handle_tls(
@@ -109,6 +148,7 @@ async fn handle_tls(
     remote: SocketAddr,
     orig: Option<SocketAddr>,
     drain: drain::Watch,
+    held: Arc<DownstreamConn>,
 ) -> Result<(), ConnError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(px.tls.server());
     let tls = tokio::time::timeout(px.opts.timeout, acceptor.accept(tcp))
@@ -147,10 +187,13 @@ async fn handle_tls(
         source: Arc::new(source),
         mtls: true,
         metadata: Default::default(),
+        open: held,
     });
+    // The calling agent enforced the limits on its side.
+    let peers = px.downstream.from_peers();
     match alpn.as_deref() {
-        Some(ALPN_H2) => serve_http(px, conn, tls, Versions::Http2, drain).await,
-        Some(ALPN_HTTP1) => serve_http(px, conn, tls, Versions::Http1, drain).await,
+        Some(ALPN_H2) => serve_http(px, conn, tls, Versions::Http2, peers, drain).await,
+        Some(ALPN_HTTP1) => serve_http(px, conn, tls, Versions::Http1, peers, drain).await,
         Some(ALPN_TCP) | None => serve_tcp(px, conn, tls).await,
         Some(other) => Err(ConnError::Alpn(String::from_utf8_lossy(other).into_owned())),
     }
@@ -162,21 +205,44 @@ async fn serve_http<I>(
     conn: Arc<Conn>,
     io: I,
     versions: Versions,
+    limits: Downstream,
     drain: drain::Watch,
 ) -> Result<(), ConnError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (proxy, this) = (px.clone(), conn.clone());
     let svc = service_fn(move |req| {
         let px = px.clone();
         let conn = conn.clone();
+        let held = conn.open.start();
         // Boxed, as the outbound side's (see there).
-        Box::pin(async move { Ok::<_, std::convert::Infallible>(to_app(px, conn, req).await) })
+        Box::pin(
+            async move { Ok::<_, std::convert::Infallible>(to_app(px, conn, req, held).await) },
+        )
     });
-    super::serve_http(io, versions, svc, drain).await
+    let open = this.open.clone();
+    let served = super::serve_http(io, versions, limits, open, svc, drain).await;
+    let labels = || {
+        let mesh = proxy.mesh.load();
+        ConnLabels {
+            reporter: Reporter::Destination,
+            source: this.source.clone(),
+            destination: mesh.me().clone(),
+            destination_service: mesh.inbound_service(this.port),
+            mtls: this.mtls,
+        }
+    };
+    super::report_refused(&proxy.telemetry, &served, labels, this.downstream);
+    served
 }
 
-async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
+async fn to_app(
+    px: Arc<Proxy>,
+    conn: Arc<Conn>,
+    mut req: Request<Incoming>,
+    held: InFlight,
+) -> Response<Body> {
     let mesh = px.mesh.load();
     let h2 = match mesh.app_protocol(conn.port) {
         AppProtocol::Http2 => true,
@@ -206,13 +272,20 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     let conn_labels = ConnLabels {
         reporter: Reporter::Destination,
         source,
-        destination: px.me.clone(),
+        destination: mesh.me().clone(),
         destination_service: mesh.inbound_service(conn.port),
         mtls: conn.mtls,
     };
     let mut log = RequestLog::start(conn_labels, &req, authority, request_id, conn.downstream);
+    log.in_flight = Some(held);
     log.upstream = Some(px.app.addr(conn.port));
     log.upstream_cluster = conn.cluster.clone();
+    if let Err(why) = request_authority(&req) {
+        // A plaintext client's request without `Host`: its fault.
+        log.flag = Some(Flag::DownstreamProtocolError);
+        let grpc = log.grpc;
+        return observed(&px, bad_request(why, grpc), log);
+    }
     let upgrade = super::upgrade::wants_upgrade(&req);
     let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut());
@@ -223,30 +296,46 @@ async fn to_app(px: Arc<Proxy>, conn: Arc<Conn>, mut req: Request<Incoming>) -> 
     let counted = Observed::counting(b, log.request_bytes.clone());
     let req = Request::from_parts(
         parts,
-        http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
-            counted,
-            body::BoxError::from,
-        )),
+        http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(counted, |e| {
+            body::BoxError::from(DownstreamBody(e))
+        })),
     );
     let result = if let (Some(u), Some(down)) = (upgrade, on_upgrade) {
         let addr = px.app.addr(conn.port);
         match trellis_transport::connect::tcp(addr, &px.opts).await {
-            Ok(io) => super::upgrade::send_on(io, addr, req, u, down).await,
+            Ok(io) => {
+                let hop = super::upgrade::Hop {
+                    io,
+                    addr,
+                    max_response_headers: px.app.max_response_headers(),
+                };
+                super::upgrade::send_on(hop, req, u, down).await
+            }
             Err(_) => Err(Flag::UpstreamConnectFailure),
         }
     } else {
-        px.app.send(px.app.addr(conn.port), h2, req).await
+        let sent = px.app.send(px.app.addr(conn.port), h2, req).await;
+        sent.map_err(Failure::flag)
     };
     let resp = match result {
         Ok(mut resp) => {
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                // No longer HTTP: no request timeouts on the connection.
+                conn.open.upgrade();
+            }
             strip_hop_by_hop_response(&mut resp);
             resp
         }
         Err(flag) => {
             log.flag = Some(flag);
-            local_reply(flag)
+            local_reply(flag, log.grpc)
         }
     };
+    observed(&px, resp, log)
+}
+
+/// `resp`, reporting the request as `log` once it has been sent.
+fn observed(px: &Proxy, resp: Response<Body>, mut log: RequestLog) -> Response<Body> {
     log.response_code = resp.status().as_u16();
     log.grpc_status = trellis_dataplane::telemetry::grpc_status(resp.headers());
     let telemetry = px.telemetry.clone();
@@ -296,7 +385,7 @@ where
     let conn_labels = ConnLabels {
         reporter: Reporter::Destination,
         source: conn.source.clone(),
-        destination: px.me.clone(),
+        destination: mesh.me().clone(),
         destination_service: mesh.inbound_service(conn.port),
         mtls: conn.mtls,
     };

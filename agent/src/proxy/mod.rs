@@ -4,6 +4,8 @@
 //! to the right endpoint over mTLS.
 pub mod app;
 pub mod body;
+pub mod downstream;
+pub mod failure;
 pub mod flags;
 pub mod h1_pool;
 pub mod h2_stream;
@@ -16,17 +18,19 @@ mod tests;
 pub mod trace;
 pub mod upgrade;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Request, Response};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use trellis_dataplane::mesh::Mesh;
-use trellis_dataplane::telemetry::labels::Workload;
-use trellis_dataplane::telemetry::Telemetry;
+use trellis_dataplane::telemetry::{DownstreamConn, Telemetry};
 use trellis_dataplane::tls::MeshTls;
 use trellis_dataplane::Shared;
 use trellis_transport::{connect, cork::Corked, drain};
@@ -35,18 +39,55 @@ use trellis_transport::{connect, cork::Corked, drain};
 pub struct Proxy {
     pub tls: Arc<MeshTls>,
     pub telemetry: Arc<Telemetry>,
+    /// The view of the mesh, this workload's labels with it.
     pub mesh: Arc<Shared<Mesh>>,
-    /// This agent's workload, as metric labels name it.
-    pub me: Arc<Workload>,
     pub pool: pool::Pool<pool::Peers>,
     pub app: app::AppClient,
     pub opts: connect::ConnectOpts,
     /// The port other agents' inbound listeners are on.
     pub peer_inbound_port: u16,
-    /// This workload's labels (route `sourceLabels`).
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// [`Proxy::me`] as the peer-metadata header sends it.
-    pub peer_metadata: HeaderValue,
+    /// What clients may send (the application's, and those of plaintext
+    /// clients of the inbound listener).
+    pub downstream: Downstream,
+    /// Connections the inbound, outbound and upstream listeners may hold
+    /// open at once, together.
+    pub conn_limit: Arc<trellis_transport::listen::ConnLimit>,
+}
+
+/// Envoy's and Istio's default limit on the headers of a request
+/// (`max_request_headers_kb`) and of a response, in KiB.
+pub const DEFAULT_MAX_HEADERS_KB: u32 = 60;
+
+/// Room a peer agent's requests and responses get beyond the limit the
+/// caller's agent (or the server's) enforced where they entered the mesh:
+/// the headers agents add (peer metadata, request id, route header
+/// changes), and HTTP/2's count of 32 bytes per header where HTTP/1.1
+/// counted the bytes of each line (100 headers at most).
+pub const PEER_HEADER_ALLOWANCE: u32 = 8 * 1024;
+
+/// What a downstream connection may send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Downstream {
+    /// The largest request head, in bytes: HTTP/1.1's request line and
+    /// headers (hyper's `max_header_size`), HTTP/2's header list as it
+    /// counts it (each header's name and value and 32). Past it the request
+    /// gets 431 (HTTP/2: while the header block is up to 4 times the limit;
+    /// past that the connection is closed with GOAWAY `COMPRESSION_ERROR`,
+    /// as h2 does).
+    pub max_header_bytes: u32,
+    /// How long a request head may take, and a connection stay idle.
+    pub timeouts: downstream::Timeouts,
+}
+
+impl Downstream {
+    /// Limits for connections from peer agents, which enforced these
+    /// where the requests came in: the same, with [`PEER_HEADER_ALLOWANCE`].
+    pub fn from_peers(self) -> Self {
+        Self {
+            max_header_bytes: self.max_header_bytes.saturating_add(PEER_HEADER_ALLOWANCE),
+            ..self
+        }
+    }
 }
 
 /// Streams an HTTP/2 client may have open at once on one connection to the
@@ -88,6 +129,34 @@ pub enum ConnError {
     Http(ServeError),
 }
 
+/// Reports the request hyper refused itself if serving a connection
+/// ended in `result` because of one (its head did not parse: `400`, or
+/// was too large: `431`), as a request from `conn` with `DPE`, as Envoy
+/// reports its codec errors.
+pub fn report_refused(
+    telemetry: &Telemetry,
+    result: &Result<(), ConnError>,
+    conn: impl FnOnce() -> trellis_dataplane::telemetry::labels::ConnLabels,
+    downstream: std::net::SocketAddr,
+) {
+    let Err(ConnError::Http(e)) = result else {
+        return;
+    };
+    let Some(e) = e.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    let status = if e.is_parse_too_large() {
+        431
+    } else if e.is_parse() {
+        400
+    } else {
+        return;
+    };
+    let flag = trellis_dataplane::telemetry::Flag::DownstreamProtocolError;
+    let log = trellis_dataplane::telemetry::RequestLog::refused(conn(), downstream, status, flag);
+    telemetry.request_done(&log, 0);
+}
+
 /// Reports a TCP connection that could not be carried, ended by `flag`;
 /// the error to end it with.
 pub fn refuse(
@@ -117,11 +186,16 @@ pub enum Versions {
 pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves HTTP on a downstream connection (HTTP/2 writes corked,
-/// upgrades allowed) until it ends; once a drain starts, the requests in
-/// flight finish and the connection closes (HTTP/2: GOAWAY).
+/// upgrades allowed) until it ends, within `limits`; the service counts
+/// its requests in `open`. Once a drain starts, or the connection has been
+/// idle for the idle timeout, the requests in flight finish and the
+/// connection closes (HTTP/2: GOAWAY); one whose request head does not
+/// arrive in time is closed at once.
 pub async fn serve_http<I, S>(
     io: I,
     versions: Versions,
+    limits: Downstream,
+    open: Arc<DownstreamConn>,
     svc: S,
     drain: drain::Watch,
 ) -> Result<(), ConnError>
@@ -131,7 +205,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<ServeError>,
 {
-    serve_connection(io, versions, svc, drain)
+    serve_connection(io, versions, limits, open, svc, drain)
         .await
         .map_err(ConnError::Http)
 }
@@ -139,8 +213,10 @@ where
 async fn serve_connection<I, S>(
     io: I,
     versions: Versions,
+    limits: Downstream,
+    open: Arc<DownstreamConn>,
     svc: S,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
 ) -> Result<(), ServeError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -148,24 +224,79 @@ where
     S::Future: Send + 'static,
     S::Error: Into<ServeError>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-    let builder = match versions {
-        Versions::Any => builder,
-        Versions::Http1 => builder.http1_only(),
-        Versions::Http2 => builder.http2_only(),
+    let expiry = Arc::new(downstream::Expiry::default());
+    let io = downstream::Watched::new(
+        io,
+        versions == Versions::Http2,
+        limits.timeouts,
+        open,
+        expiry.clone(),
+    );
+    let (h2, io) = match versions {
+        Versions::Any => {
+            // Its first bytes too must come within the request-headers
+            // timeout.
+            let read = downstream::read_version(io);
+            let (h2, mut io) = tokio::select! {
+                read = read => read?,
+                e = expiry.wait() => return Err(Box::new(downstream::TimedOut(e))),
+            };
+            if h2 {
+                io.inner_mut().set_http2();
+            }
+            (h2, io)
+        }
+        Versions::Http1 => (false, downstream::Rewind::new(Bytes::new(), io)),
+        Versions::Http2 => (true, downstream::Rewind::new(Bytes::new(), io)),
     };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(Corked::server(io)), svc);
+    let io = TokioIo::new(Corked::server(io));
+    if h2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(limits.max_header_bytes);
+        let conn = builder.serve_connection(io, svc);
+        until_done(conn, drain, &expiry, |c| c.graceful_shutdown()).await
+    } else {
+        let mut builder = http1::Builder::new();
+        // Past it hyper answers 431 and closes the connection.
+        builder.max_header_size(limits.max_header_bytes as usize);
+        let conn = builder.serve_connection(io, svc).with_upgrades();
+        until_done(conn, drain, &expiry, |c| c.graceful_shutdown()).await
+    }
+}
+
+/// Runs `conn` to its end; once a drain starts or the connection has been
+/// idle too long, asks it to finish the requests in flight and close
+/// (`shutdown`); one whose request head took too long is dropped (closed).
+async fn until_done<C, E>(
+    conn: C,
+    mut drain: drain::Watch,
+    expiry: &downstream::Expiry,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> Result<(), ServeError>
+where
+    C: Future<Output = Result<(), E>>,
+    E: Into<ServeError>,
+{
     tokio::pin!(conn);
-    tokio::select! {
+    let served = tokio::select! {
         served = conn.as_mut() => served,
         () = drain.signalled() => {
-            conn.as_mut().graceful_shutdown();
+            shutdown(conn.as_mut());
             conn.await
         }
-    }
+        e = expiry.wait() => match e {
+            downstream::Expired::Idle => {
+                shutdown(conn.as_mut());
+                conn.await
+            }
+            downstream::Expired::RequestHeaders => {
+                return Err(Box::new(downstream::TimedOut(e)));
+            }
+        },
+    };
+    served.map_err(Into::into)
 }
 
 const X_REQUEST_ID: http::header::HeaderName =

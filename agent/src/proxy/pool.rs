@@ -28,6 +28,7 @@ use trellis_transport::connect::{self, ConnectError, ConnectOpts, Keepalive};
 use trellis_transport::cork::Corked;
 
 use super::body::Body;
+use super::failure::Failure;
 use super::h2_stream;
 
 /// Why a request to a peer failed.
@@ -37,10 +38,13 @@ pub enum PoolError {
     Connect(#[from] ConnectError),
     #[error("HTTP/2 handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: h2::Error },
-    /// The request was sent (or may have been) and the peer reset it or the
-    /// connection broke: Envoy's `reset`.
+    /// The request's stream failed: not opened, reset, or its response
+    /// or its body broken.
     #[error("request to {addr} failed: {source}")]
-    Request { addr: SocketAddr, source: h2::Error },
+    Request {
+        addr: SocketAddr,
+        source: h2_stream::SendError,
+    },
     /// The connection this request waited for, being opened for a
     /// concurrent request to the same key, failed to open (why: `0`).
     #[error("{0} (a connection concurrent requests waited for)")]
@@ -54,6 +58,16 @@ impl PoolError {
         match self {
             PoolError::Connect(_) | PoolError::Handshake { .. } | PoolError::Shared(_) => true,
             PoolError::Request { .. } => false,
+        }
+    }
+
+    /// What the failure means for the request.
+    pub fn failure(&self) -> Failure {
+        match self {
+            PoolError::Connect(_) | PoolError::Handshake { .. } | PoolError::Shared(_) => {
+                Failure::Connect
+            }
+            PoolError::Request { source, .. } => source.failure(),
         }
     }
 }
@@ -347,6 +361,9 @@ type Opened = Option<Result<(), Arc<str>>>;
 /// HTTP/2 connections, opened by `D`.
 pub struct Pool<D: Dial> {
     dial: D,
+    /// The largest response head taken (HTTP/2's count): past it the
+    /// stream is reset and the request fails as an upstream protocol error.
+    max_response_headers: u32,
     conns: Shared<D::Key, SendRequest<Bytes>>,
     /// The connections being opened, by key: a request that finds none
     /// pooled waits for the one being opened rather than opening its own,
@@ -399,9 +416,12 @@ impl<K: Eq + Hash> Drop for Opener<'_, K> {
 }
 
 impl<D: Dial> Pool<D> {
-    pub fn new(dial: D) -> Self {
+    /// Connections opened by `dial`, taking response heads of up to
+    /// `max_response_headers` bytes.
+    pub fn new(dial: D, max_response_headers: u32) -> Self {
         Self {
             dial,
+            max_response_headers,
             conns: Arc::new(Mutex::new(Conns::new())),
             opening: Mutex::new(FastMap::default()),
             next_id: AtomicU64::new(0),
@@ -534,7 +554,9 @@ impl<D: Dial> Pool<D> {
     ) -> Result<(SendRequest<Bytes>, Option<Stream>), PoolError> {
         let io = self.dial.dial(key, opts).await?;
         let addr = D::addr(key);
-        let handshake = h2_builder().handshake(Corked::client(io)).await;
+        let handshake = h2_builder(self.max_response_headers)
+            .handshake(Corked::client(io))
+            .await;
         let (sender, conn) = handshake.map_err(|source| PoolError::Handshake { addr, source })?;
         // Once every handle is dropped (the connection left the pool and
         // its last request ended), h2 closes it.
@@ -592,14 +614,15 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The client settings of a peer connection: hyper's defaults, which these
 /// connections had while hyper's client drove them (windows larger than
-/// the protocol's 64 KB, so one stream can fill a fast link).
-fn h2_builder() -> h2::client::Builder {
+/// the protocol's 64 KB, so one stream can fill a fast link), but the
+/// agent's limit on response heads rather than hyper's 16 KiB.
+fn h2_builder(max_response_headers: u32) -> h2::client::Builder {
     let mut b = h2::client::Builder::new();
     b.initial_window_size(2 * 1024 * 1024)
         .initial_connection_window_size(5 * 1024 * 1024)
         .initial_max_send_streams(100)
         .max_frame_size(16 * 1024)
-        .max_header_list_size(16 * 1024)
+        .max_header_list_size(max_response_headers)
         .max_send_buffer_size(1024 * 1024)
         .max_local_error_reset_streams(Some(1024))
         .enable_push(false);
@@ -665,6 +688,9 @@ mod tests {
     use std::num::NonZeroU32;
 
     use super::*;
+
+    /// The default limit on response heads.
+    const LIMIT: u32 = crate::proxy::DEFAULT_MAX_HEADERS_KB * 1024;
 
     fn max(n: u32) -> Reuse {
         Reuse {
@@ -883,7 +909,7 @@ mod tests {
             }
         })
         .await;
-        let pool = Pool::new(Plain);
+        let pool = Pool::new(Plain, LIMIT);
         let req = Request::get("http://echo/").body(body::empty()).unwrap();
         let (key, reuse) = (plain(server.addr), unlimited());
         let resp = pool.send(&key, &opts(), &reuse, req).await;
@@ -898,7 +924,7 @@ mod tests {
     #[tokio::test]
     async fn bodies_larger_than_the_windows_go_both_ways_and_a_spent_connection_closes() {
         let server = echo_server().await;
-        let pool = Pool::new(Plain);
+        let pool = Pool::new(Plain, LIMIT);
         let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
         let req = Request::post("http://echo/e")
             .body(body::full(big.clone()))
@@ -945,7 +971,7 @@ mod tests {
             }
             drop(conn);
         });
-        let (sender, conn) = h2_builder().handshake(c).await.unwrap();
+        let (sender, conn) = h2_builder(LIMIT).handshake(c).await.unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
         (sender, tokio::spawn(drive(conn, addr, ping)))
     }
@@ -982,13 +1008,16 @@ mod tests {
 
     impl SlowDial {
         fn new(delay: Duration, fails: bool) -> Arc<Pool<SlowDial>> {
-            Arc::new(Pool::new(SlowDial {
-                delay,
-                fails,
-                dials: AtomicU64::new(0),
-                in_flight: AtomicU64::new(0),
-                peak: AtomicU64::new(0),
-            }))
+            Arc::new(Pool::new(
+                SlowDial {
+                    delay,
+                    fails,
+                    dials: AtomicU64::new(0),
+                    in_flight: AtomicU64::new(0),
+                    peak: AtomicU64::new(0),
+                },
+                LIMIT,
+            ))
         }
     }
 

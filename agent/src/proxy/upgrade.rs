@@ -3,12 +3,12 @@
 //! two upgraded connections are spliced.
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::{self, Body};
+use super::failure::Failure;
 use trellis_dataplane::telemetry::Flag;
 
 /// The protocol an HTTP/1.1 request asks to upgrade to, if it does.
@@ -36,11 +36,19 @@ pub fn restore_request_headers(h: &mut HeaderMap, upgrade: &HeaderValue) {
     h.insert(header::UPGRADE, upgrade.clone());
 }
 
-/// Sends the upgrade request `req` on `io` (a fresh connection to the next
-/// hop); on `101`, splices `downstream`'s upgraded connection with this one.
+/// Where an upgrade request goes: a fresh connection `io` to the next hop
+/// at `addr`, which may answer with a head of up to `max_response_headers`
+/// bytes.
+pub struct Hop<I> {
+    pub io: I,
+    pub addr: std::net::SocketAddr,
+    pub max_response_headers: u32,
+}
+
+/// Sends the upgrade request `req` to `hop`; on `101`, splices
+/// `downstream`'s upgraded connection with this one.
 pub async fn send_on<I>(
-    io: I,
-    addr: std::net::SocketAddr,
+    hop: Hop<I>,
     req: Request<Body>,
     upgrade: HeaderValue,
     downstream: OnUpgrade,
@@ -48,7 +56,13 @@ pub async fn send_on<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = http1::handshake(TokioIo::new(io))
+    let Hop {
+        io,
+        addr,
+        max_response_headers,
+    } = hop;
+    let (mut sender, conn) = super::h1_pool::client_builder(max_response_headers)
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|_| Flag::UpstreamConnectFailure)?;
     tokio::spawn(async move {
@@ -62,7 +76,7 @@ where
     let mut resp = sender
         .send_request(req)
         .await
-        .map_err(|_| Flag::UpstreamConnectionTermination)?;
+        .map_err(|e| Failure::of_hyper(&e).flag())?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(resp.map(body::incoming));
     }

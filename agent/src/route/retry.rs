@@ -12,7 +12,11 @@ pub enum Outcome {
     Status(u16, Option<u16>),
     /// The connection could not be opened.
     ConnectFailure,
-    /// The stream was reset or the connection broke before a response.
+    /// The upstream refused the stream without processing it (HTTP/2
+    /// `REFUSED_STREAM`, or left out by its GOAWAY).
+    Refused,
+    /// The stream was reset or the connection broke before a response,
+    /// after the request was sent: the upstream may have processed it.
     Reset,
     /// The per-try timeout fired.
     Timeout,
@@ -30,6 +34,7 @@ pub struct RetryPolicy {
     on_5xx: bool,
     on_gateway: bool,
     on_connect_failure: bool,
+    on_refused_stream: bool,
     on_reset: bool,
     on_retriable_4xx: bool,
     codes: Vec<u16>,
@@ -83,6 +88,7 @@ impl RetryPolicy {
             on_5xx: false,
             on_gateway: false,
             on_connect_failure: false,
+            on_refused_stream: false,
             on_reset: false,
             on_retriable_4xx: false,
             codes: Vec::new(),
@@ -93,7 +99,8 @@ impl RetryPolicy {
                 "5xx" => p.on_5xx = true,
                 "gateway-error" => p.on_gateway = true,
                 "connect-failure" => p.on_connect_failure = true,
-                "reset" | "refused-stream" => p.on_reset = true,
+                "reset" => p.on_reset = true,
+                "refused-stream" => p.on_refused_stream = true,
                 "retriable-4xx" => p.on_retriable_4xx = true,
                 other => {
                     if let Ok(code) = other.parse::<u16>() {
@@ -107,10 +114,14 @@ impl RetryPolicy {
         p
     }
 
-    /// Whether an outcome is worth another try under this policy.
+    /// Whether an outcome is worth another try under this policy, as in
+    /// Envoy: `reset` and `5xx` take any reset, `refused-stream` only a
+    /// stream the upstream refused unprocessed. (A response the agent
+    /// could not parse is not an outcome to retry: it never gets here.)
     pub fn retriable(&self, o: Outcome) -> bool {
         match o {
             Outcome::ConnectFailure => self.on_connect_failure || self.on_5xx || self.on_gateway,
+            Outcome::Refused => self.on_refused_stream || self.on_reset || self.on_5xx,
             Outcome::Reset => self.on_reset || self.on_5xx,
             Outcome::Timeout => self.on_5xx || self.on_gateway,
             Outcome::Status(s, grpc) => {
@@ -179,6 +190,25 @@ mod tests {
         assert!(p.retriable(Outcome::Status(503, None)));
         assert!(p.retriable(Outcome::ConnectFailure));
         assert!(!p.retriable(Outcome::Status(500, None)));
+    }
+
+    #[test]
+    fn refused_stream_retries_refused_streams_and_not_requests_that_may_have_been_processed() {
+        let default = RetryPolicy::from_config(None);
+        assert!(default.retriable(Outcome::Refused));
+        assert!(
+            !default.retriable(Outcome::Reset),
+            "a reset after sending: the upstream may have processed it"
+        );
+        let refused = RetryPolicy::parse(2, None, None, "refused-stream");
+        assert!(refused.retriable(Outcome::Refused) && !refused.retriable(Outcome::Reset));
+        for on in ["reset", "5xx"] {
+            let p = RetryPolicy::parse(2, None, None, on);
+            assert!(
+                p.retriable(Outcome::Refused) && p.retriable(Outcome::Reset),
+                "{on}"
+            );
+        }
     }
 
     #[test]

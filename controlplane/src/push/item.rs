@@ -60,14 +60,16 @@ impl Type {
     }
 
     /// The type resources of `kind` are pushed as; `None`: not pushed to
-    /// agents (Sidecar scopes pushes, Gateway is for gateways).
+    /// agents (Gateway is for gateways). A Sidecar scopes what its agents
+    /// are pushed, and is pushed to them as a policy too: its
+    /// `outboundTrafficPolicy` is theirs to apply.
     pub fn of_kind(kind: &str) -> Option<Type> {
         Some(match kind {
             "ServiceEntry" => Type::Services,
             "VirtualService" => Type::Routes,
             "DestinationRule" => Type::Clusters,
             "WorkloadEntry" => Type::Endpoints,
-            "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
+            "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" | "Sidecar" => {
                 Type::Policies
             }
             "WorkloadGroup" => Type::Workload,

@@ -520,6 +520,9 @@ spec:
             cluster: String::new(),
             network: String::new(),
             locality: Default::default(),
+            principal: "spiffe://example.org/ns/default/sa/web".into(),
+            workload_name: None,
+            workload_group: None,
         }
     }
 

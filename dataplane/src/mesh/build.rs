@@ -20,7 +20,7 @@ use trellis_transport::connect::Keepalive;
 
 use super::cluster::{Cluster, Endpoint, HashOn, LbPolicy, Limits, OutlierConfig, PlainHttp};
 use super::names::NameTable;
-use super::{AppProtocol, Mesh, MtlsMode, MtlsSettings, Service, ServicePort};
+use super::{AppProtocol, Mesh, MtlsMode, MtlsSettings, OutboundPolicy, Service, ServicePort};
 use crate::telemetry::labels::Workload;
 use crate::FastMap;
 
@@ -44,6 +44,13 @@ pub struct Settings {
     pub cluster: String,
     pub network: String,
     pub locality: Locality,
+    /// This workload's SPIFFE ID, and its name in metrics when given
+    /// (`--workload`; else its `app` label, else its service account).
+    pub principal: String,
+    pub workload_name: Option<String>,
+    /// The WorkloadGroup (in `namespace`) this workload registered in:
+    /// its labels are this workload's too, under those of `labels`.
+    pub workload_group: Option<String>,
 }
 
 /// Istio's root namespace: a PeerAuthentication there applies mesh-wide.
@@ -61,9 +68,24 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
             &b.metadata.name,
         ))
     });
+    let labels = own_labels(&resources, s);
+    let me = Workload::new(
+        &s.principal,
+        &s.namespace,
+        s.workload_name.as_deref(),
+        &labels,
+    );
     let mut mesh = Mesh {
         namespace: s.namespace.clone(),
         domain: s.domain.clone(),
+        peer_metadata: serde_json::to_string(&me)
+            .ok()
+            .and_then(|j| http::HeaderValue::from_str(&j).ok())
+            .or_else(|| {
+                tracing::warn!(?labels, "this workload's labels do not fit in the peer-metadata header; peers will not see them");
+                None
+            }),
+        me: Arc::new(me),
         ..Default::default()
     };
     // (namespace, entry, whether it takes traffic: a registered workload
@@ -171,7 +193,9 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
             _ => {}
         }
     }
-    mesh.mtls = peer_authentication(&resources, s);
+    mesh.mtls = peer_authentication(&resources, s, &labels);
+    mesh.outbound = outbound_policy(&resources, s, &labels);
+    mesh.labels = labels;
     let mut hosts: Vec<&String> = mesh.services.keys().collect();
     hosts.sort();
     let mut clusters: FastMap<String, Vec<Arc<Cluster>>> = FastMap::default();
@@ -553,9 +577,82 @@ fn outlier(p: &TrafficPolicy) -> Option<OutlierConfig> {
     })
 }
 
-/// This workload's mTLS mode: a PeerAuthentication selecting it wins over
-/// its namespace's, which wins over the root namespace's (mesh-wide).
-fn peer_authentication(resources: &[Resource], s: &Settings) -> MtlsSettings {
+/// This workload's labels: those of its WorkloadGroup's template, then
+/// the group's `metadata.labels`, then its own (`--label`), each over the
+/// one before, as the control plane labels the WorkloadEntry it registers
+/// for it (so that the agent's own metrics name it as its callers' do).
+fn own_labels(resources: &[Resource], s: &Settings) -> BTreeMap<String, String> {
+    let group = s.workload_group.as_deref().and_then(|name| {
+        resources.iter().find_map(|r| match &r.spec {
+            Spec::WorkloadGroup(g)
+                if r.metadata.namespace == s.namespace && r.metadata.name == name =>
+            {
+                Some(g)
+            }
+            _ => None,
+        })
+    });
+    let mut labels = BTreeMap::new();
+    if let Some(g) = group {
+        if let Some(t) = &g.template {
+            labels.extend(t.labels.clone());
+        }
+        if let Some(m) = &g.metadata {
+            labels.extend(m.labels.clone());
+        }
+    }
+    labels.extend(s.labels.clone());
+    labels
+}
+
+/// What this workload's traffic to destinations outside the registry does:
+/// the `outboundTrafficPolicy` of the Sidecar that applies to it (one
+/// selecting it by its `labels` over its namespace's over the root
+/// namespace's, as Istio picks it; a policy without a mode is
+/// REGISTRY_ONLY, as in Istio's API), else ALLOW_ANY, Istio's mesh default.
+fn outbound_policy(
+    resources: &[Resource],
+    s: &Settings,
+    labels: &BTreeMap<String, String>,
+) -> OutboundPolicy {
+    let mut best: Option<(u8, &config::Sidecar)> = None;
+    for r in resources {
+        let Spec::Sidecar(sc) = &r.spec else {
+            continue;
+        };
+        let rank = match (&sc.workload_selector, r.metadata.namespace.as_str()) {
+            (Some(sel), ns) if ns == s.namespace => {
+                if sel.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                    3
+                } else {
+                    continue;
+                }
+            }
+            (None, ns) if ns == s.namespace => 2,
+            (None, ROOT_NAMESPACE) => 1,
+            _ => continue,
+        };
+        if best.is_none_or(|(b, _)| rank > b) {
+            best = Some((rank, sc));
+        }
+    }
+    match best.and_then(|(_, sc)| sc.outbound_traffic_policy.as_ref()) {
+        Some(p) if p.mode == Some(config::OutboundTrafficMode::AllowAny) => {
+            OutboundPolicy::AllowAny
+        }
+        Some(_) => OutboundPolicy::RegistryOnly,
+        None => OutboundPolicy::AllowAny,
+    }
+}
+
+/// This workload's mTLS mode: a PeerAuthentication selecting it (by its
+/// `labels`) wins over its namespace's, which wins over the root
+/// namespace's (mesh-wide).
+fn peer_authentication(
+    resources: &[Resource],
+    s: &Settings,
+    labels: &BTreeMap<String, String>,
+) -> MtlsSettings {
     let mut best: Option<(u8, &config::PeerAuthentication)> = None;
     for r in resources {
         let Spec::PeerAuthentication(pa) = &r.spec else {
@@ -566,7 +663,7 @@ fn peer_authentication(resources: &[Resource], s: &Settings) -> MtlsSettings {
                 if sel
                     .match_labels
                     .iter()
-                    .all(|(k, v)| s.labels.get(k) == Some(v))
+                    .all(|(k, v)| labels.get(k) == Some(v))
                 {
                     3
                 } else {

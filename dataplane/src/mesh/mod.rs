@@ -54,6 +54,17 @@ pub enum MtlsMode {
     Permissive,
 }
 
+/// What happens to traffic for a destination the mesh does not know
+/// (Istio's `outboundTrafficPolicy.mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum OutboundPolicy {
+    /// Passed through (Istio's mesh-wide default).
+    #[default]
+    AllowAny,
+    /// Refused: only the services of the registry are reachable.
+    RegistryOnly,
+}
+
 /// A service port.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ServicePort {
@@ -100,8 +111,14 @@ pub struct Mesh {
     clusters: FastMap<String, Vec<Arc<Cluster>>>,
     inbound: FastMap<u16, (AppProtocol, Arc<str>)>,
     mtls: MtlsSettings,
+    outbound: OutboundPolicy,
     namespace: String,
     domain: String,
+    /// This workload: its labels (its WorkloadGroup's and its own), as its
+    /// metrics name it, and as the peer-metadata header tells it.
+    labels: std::collections::BTreeMap<String, String>,
+    me: Arc<crate::telemetry::labels::Workload>,
+    peer_metadata: Option<http::HeaderValue>,
     dns: Arc<NameTable>,
     /// The resources this view was built from (for `/config_dump`).
     pub resources: Vec<trellis_api::config::Resource>,
@@ -128,6 +145,23 @@ impl Mesh {
     /// Every cluster (for `/clusters`).
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         self.clusters.values().flatten()
+    }
+
+    /// This workload's labels: its WorkloadGroup's, and its own over them
+    /// (route `sourceLabels`, PeerAuthentication selectors).
+    pub fn labels(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.labels
+    }
+
+    /// This workload as its metrics name it.
+    pub fn me(&self) -> &Arc<crate::telemetry::labels::Workload> {
+        &self.me
+    }
+
+    /// [`Mesh::me`] as JSON, for the header in which an agent tells a peer
+    /// who calls (`None` if it cannot be a header value).
+    pub fn peer_metadata(&self) -> Option<&http::HeaderValue> {
+        self.peer_metadata.as_ref()
     }
 
     /// The names the DNS proxy answers, with their addresses.
@@ -208,6 +242,13 @@ impl Mesh {
             .iter()
             .find(|c| c.port == port && c.subset == subset)
             .cloned()
+    }
+
+    /// Whether traffic for destinations the mesh does not know passes
+    /// through: the `outboundTrafficPolicy` of the Sidecar that applies to
+    /// this workload, else Istio's default (`ALLOW_ANY`).
+    pub fn outbound_policy(&self) -> OutboundPolicy {
+        self.outbound
     }
 
     /// Whether inbound `port` requires mTLS (Istio's default: PERMISSIVE).

@@ -28,6 +28,9 @@ pub enum Flag {
     UpstreamConnectionTermination,
     /// The downstream sent something that is not valid HTTP.
     DownstreamProtocolError,
+    /// The upstream's response is not valid HTTP, or breaks a limit (its
+    /// headers too large).
+    UpstreamProtocolError,
 }
 
 impl Flag {
@@ -45,6 +48,7 @@ impl Flag {
             Flag::DelayInjected => "DI",
             Flag::UpstreamConnectionTermination => "UC",
             Flag::DownstreamProtocolError => "DPE",
+            Flag::UpstreamProtocolError => "UPE",
         }
     }
 }

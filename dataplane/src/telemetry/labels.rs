@@ -17,6 +17,33 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// A workload as its own metrics name it: `name` if given, else its
+    /// `app` label, else its service account (the last part of its
+    /// principal `spiffe://TD/ns/NS/sa/SA`); its `app` and `version`
+    /// labels.
+    pub fn new(
+        principal: &str,
+        namespace: &str,
+        name: Option<&str>,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Workload {
+        let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+        let app = label("app");
+        let sa = principal.rsplit('/').next().unwrap_or_default();
+        let workload = match name {
+            Some(n) => n.to_string(),
+            None if !app.is_empty() => app.clone(),
+            None => sa.to_string(),
+        };
+        Workload {
+            workload,
+            namespace: namespace.to_string(),
+            principal: principal.to_string(),
+            app,
+            version: label("version"),
+        }
+    }
+
     /// A side not known (yet): one shared value, not one made per request.
     pub fn none() -> Arc<Workload> {
         static NONE: LazyLock<Arc<Workload>> = LazyLock::new(Arc::default);
@@ -65,12 +92,7 @@ pub struct ConnLabels {
 impl ConnLabels {
     /// Appends the labels in Prometheus form (`name="value",...`).
     pub fn render(&self, out: &mut String) {
-        let svc_name = self
-            .destination_service
-            .split('.')
-            .next()
-            .unwrap_or_default();
-        let svc_ns = self.destination_service.split('.').nth(1).unwrap_or("");
+        let (svc_name, svc_ns) = service_name_and_namespace(&self.destination_service);
         let pairs: [(&str, &str); 15] = [
             ("reporter", self.reporter.as_str()),
             ("source_workload", &self.source.workload),
@@ -103,6 +125,19 @@ impl ConnLabels {
     }
 }
 
+/// `destination_service_name` and `destination_service_namespace` of a
+/// service host: a Kubernetes service's name and namespace
+/// (`NAME.NS.svc`, `NAME.NS.svc.DOMAIN`), else the host itself and no
+/// namespace (rendered `unknown`), as Istio names a ServiceEntry's host
+/// or a destination outside the mesh.
+pub fn service_name_and_namespace(host: &str) -> (&str, &str) {
+    let mut labels = host.splitn(4, '.');
+    match (labels.next(), labels.next(), labels.next()) {
+        (Some(name), Some(ns), Some("svc")) if !name.is_empty() && !ns.is_empty() => (name, ns),
+        _ => (host, ""),
+    }
+}
+
 /// `name="value"` with the value escaped as the Prometheus text format wants.
 pub fn push_label(out: &mut String, name: &str, value: &str) {
     out.push_str(name);
@@ -121,4 +156,24 @@ pub fn push_label(out: &mut String, name: &str, value: &str) {
 /// The namespace in a workload SPIFFE ID (`spiffe://TD/ns/NS/sa/SA`).
 pub fn namespace_of(id: &trellis_identity::SpiffeId) -> Option<&str> {
     id.workload_parts().map(|(ns, _)| ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_service_hosts_name_their_namespace_and_other_hosts_none() {
+        let cases = [
+            ("reviews.default.svc.cluster.local", ("reviews", "default")),
+            ("reviews.prod.svc", ("reviews", "prod")),
+            ("api.example.com", ("api.example.com", "")),
+            ("nothere.default", ("nothere.default", "")),
+            ("10.0.0.1", ("10.0.0.1", "")),
+            ("unknown", ("unknown", "")),
+        ];
+        for (host, want) in cases {
+            assert_eq!(service_name_and_namespace(host), want, "{host}");
+        }
+    }
 }

@@ -13,7 +13,7 @@ pub use flag::Flag;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -22,6 +22,7 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use trellis_transport::listen::Slot;
 use trellis_transport::splice::{self as transport_splice, Spliced, Timeouts};
 
 use self::labels::ConnLabels;
@@ -53,6 +54,66 @@ pub struct RequestLog {
     pub flag: Option<Flag>,
     /// Request body bytes read so far; the request body's wrapper adds to it.
     pub request_bytes: Arc<AtomicU64>,
+    /// The request's count on its downstream connection, let go with the
+    /// log once the request is reported (its response sent, or given up).
+    pub in_flight: Option<InFlight>,
+}
+
+/// One downstream HTTP connection as its socket and its requests share
+/// it: the requests open on it, each counted while its [`RequestLog`]
+/// lives ([`InFlight`]) and read by what closes the connection when it
+/// has been idle too long; whether it switched protocols (an HTTP upgrade,
+/// a CONNECT tunnel: then it is never idle); and its place under the
+/// listeners' connection limit, given back when the last of them lets go
+/// (an upgraded connection outlives the task that served its requests).
+#[derive(Debug, Default)]
+pub struct DownstreamConn {
+    open: AtomicU32,
+    _slot: Option<Slot>,
+}
+
+/// The bit of [`DownstreamConn`]'s count that marks an upgraded connection.
+const UPGRADED: u32 = 1 << 31;
+
+impl DownstreamConn {
+    /// A connection holding `slot` under the connection limit.
+    pub fn new(slot: Slot) -> Self {
+        Self {
+            open: AtomicU32::new(0),
+            _slot: Some(slot),
+        }
+    }
+
+    /// Counts one more request until the guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Requests open now.
+    pub fn count(&self) -> u32 {
+        self.open.load(Ordering::Relaxed) & !UPGRADED
+    }
+
+    /// Marks the connection as no longer HTTP (upgraded, tunnelled).
+    pub fn upgrade(&self) {
+        self.open.fetch_or(UPGRADED, Ordering::Relaxed);
+    }
+
+    /// Whether [`DownstreamConn::upgrade`] was called.
+    pub fn upgraded(&self) -> bool {
+        self.open.load(Ordering::Relaxed) & UPGRADED != 0
+    }
+}
+
+/// One request counted open on its connection while this lives.
+#[derive(Debug)]
+pub struct InFlight(Arc<DownstreamConn>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One TCP connection, reported when it closes.
@@ -92,6 +153,33 @@ impl RequestLog {
             grpc_status: None,
             flag: None,
             request_bytes: Default::default(),
+            in_flight: None,
+        }
+    }
+}
+
+impl RequestLog {
+    /// A request the HTTP layer refused before it could be read whole (a
+    /// head that does not parse, or too large): answered `status`, with
+    /// `flag`, its method, path and authority unknown (`-`).
+    pub fn refused(conn: ConnLabels, downstream: SocketAddr, status: u16, flag: Flag) -> Self {
+        Self {
+            start: SystemTime::now(),
+            started: Instant::now(),
+            conn,
+            grpc: false,
+            method: http::Method::from_bytes(b"-").unwrap_or_default(),
+            path: None,
+            authority: Arc::from("-"),
+            request_id: http::HeaderValue::from_static(""),
+            upstream: None,
+            upstream_cluster: Arc::default(),
+            downstream,
+            response_code: status,
+            grpc_status: None,
+            flag: Some(flag),
+            request_bytes: Default::default(),
+            in_flight: None,
         }
     }
 }

@@ -11,7 +11,10 @@ use trellis_e2e::loopback::Block;
 use trellis_e2e::{bin, wait_for, Cluster, Proc};
 
 /// The mesh, with `SERVER` and `BLACKHOLE` for the addresses of the
-/// test's block.
+/// test's block. `web` (port 9081), `grpc` (9082, its one method routed
+/// with a 300 ms timeout), `ws` (9083) and `secure` (9443, TLS: opaque to
+/// the mesh) are served by third-party servers the tests start on the
+/// server, behind the server's agent.
 pub const MESH: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -87,6 +90,53 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9081, name: http}]
+  endpoints: [{address: SERVER, serviceAccount: echo}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: grpc, namespace: default}
+spec:
+  hosts: [grpc.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9082, name: grpc}]
+  endpoints: [{address: SERVER, serviceAccount: echo}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: grpc, namespace: default}
+spec:
+  hosts: [grpc]
+  http:
+  - match: [{uri: {exact: /echo.Echo/Call}}]
+    timeout: 300ms
+    retries: {attempts: 0}
+    route: [{destination: {host: grpc}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secure, namespace: default}
+spec:
+  hosts: [secure.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9443, name: https}]
+  endpoints: [{address: SERVER, serviceAccount: echo}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ws, namespace: default}
+spec:
+  hosts: [ws.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9083, name: http}]
+  endpoints: [{address: SERVER, serviceAccount: echo}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: {name: blackhole, namespace: default}
 spec:
   hosts: [blackhole.default.svc.cluster.local]
@@ -108,8 +158,18 @@ const CLIENT: u8 = 11;
 const SERVER: u8 = 12;
 /// Takes TCP connections on the inbound port and never answers.
 const BLACKHOLE: u8 = 14;
+/// A host outside the mesh, for the tests' own servers.
+const OUTSIDE: u8 = 15;
 /// The agent ports on each host, and the echo server's on the server.
 const AGENT_PORTS: [u16; 5] = [15000, 15001, 15006, 15020, 15053];
+
+/// The port of `web`, where a test's own server listens on the server.
+pub const WEB_PORT: u16 = 9081;
+/// The client agent's explicit upstream port for `web`.
+const WEB_UPSTREAM: u16 = 19081;
+/// The port of `grpc`, and the client agent's upstream port for it.
+pub const GRPC_PORT: u16 = 9082;
+const GRPC_UPSTREAM: u16 = 19082;
 
 /// Loopback block series of this test binary: `127.11.N.0/24`.
 const SERIES: u8 = 11;
@@ -138,7 +198,17 @@ impl Loopback {
         let listeners: Vec<(u8, u16)> = [CLIENT, SERVER, BLACKHOLE]
             .iter()
             .flat_map(|&h| AGENT_PORTS.map(|p| (h, p)))
-            .chain([(SERVER, 9080), (CLIENT, 19080)])
+            .chain([
+                (SERVER, 9080),
+                (SERVER, WEB_PORT),
+                (CLIENT, 19080),
+                (CLIENT, WEB_UPSTREAM),
+                (SERVER, GRPC_PORT),
+                (CLIENT, GRPC_UPSTREAM),
+                (SERVER, 9083),
+                (SERVER, 9443),
+                (OUTSIDE, 8443),
+            ])
             .collect();
         let block = Block::take(SERIES, &listeners)?;
         let cp = Cluster::init(&["--cert-ttl-secs", "16"]).await?;
@@ -184,6 +254,10 @@ impl Loopback {
         client_args.extend([
             "--upstream".into(),
             format!("{client}:19080=echo.default.svc.cluster.local:9080"),
+            "--upstream".into(),
+            format!("{client}:{WEB_UPSTREAM}=web.default.svc.cluster.local:{WEB_PORT}"),
+            "--upstream".into(),
+            format!("{client}:{GRPC_UPSTREAM}=grpc.default.svc.cluster.local:{GRPC_PORT}"),
         ]);
         let mut client_cmd = Command::new(bin("trellis-agent"));
         client_cmd.args(["--token", &token]).args(&client_args);
@@ -215,6 +289,11 @@ impl Loopback {
         self.block.ip(SERVER).to_string()
     }
 
+    /// Where `web`'s server listens: `SERVER:9081`.
+    pub fn web_addr(&self) -> std::net::SocketAddr {
+        (self.block.ip(SERVER), WEB_PORT).into()
+    }
+
     pub fn blackhole_ip(&self) -> String {
         self.block.ip(BLACKHOLE).to_string()
     }
@@ -230,6 +309,39 @@ impl Loopback {
     /// The client agent's explicit upstream to echo: `http://CLIENT:19080/`.
     pub fn upstream(&self) -> String {
         format!("http://{}:19080/", self.client_ip())
+    }
+
+    /// The client agent's explicit upstream to web: `http://CLIENT:19081/`.
+    pub fn web_upstream(&self) -> String {
+        format!("http://{}:{WEB_UPSTREAM}/", self.client_ip())
+    }
+
+    /// The client agent's explicit upstream to grpc: `CLIENT:19082`.
+    pub fn grpc_upstream(&self) -> String {
+        format!("{}:{GRPC_UPSTREAM}", self.client_ip())
+    }
+
+    /// `SERVER:PORT`, where a service's server listens.
+    pub fn server_addr(&self, port: u16) -> std::net::SocketAddr {
+        (self.block.ip(SERVER), port).into()
+    }
+
+    /// `OUTSIDE:PORT`: an address outside the mesh.
+    pub fn outside_addr(&self, port: u16) -> std::net::SocketAddr {
+        (self.block.ip(OUTSIDE), port).into()
+    }
+
+    /// Where `grpc`'s server listens: `SERVER:9082`.
+    pub fn grpc_addr(&self) -> std::net::SocketAddr {
+        (self.block.ip(SERVER), GRPC_PORT).into()
+    }
+
+    /// The client agent's metrics, in Prometheus text.
+    pub fn client_metrics(&self) -> String {
+        curl(&[&format!(
+            "http://{}:15020/stats/prometheus",
+            self.client_ip()
+        )])
     }
 
     /// The client agent's outbound port, an HTTP proxy.
@@ -254,9 +366,14 @@ impl Loopback {
     /// Starts the client agent again, without a token: from what its data
     /// directory holds.
     pub async fn restart_client(&mut self) -> anyhow::Result<()> {
+        self.restart_client_with(&[]).await
+    }
+
+    /// [`Loopback::restart_client`] with `extra` flags.
+    pub async fn restart_client_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         self.client.kill();
         let mut cmd = Command::new(bin("trellis-agent"));
-        cmd.args(&self.client_args);
+        cmd.args(&self.client_args).args(extra);
         self.client = Proc::spawn(
             "client-agent-2",
             &mut cmd,
@@ -299,6 +416,17 @@ pub fn agent_args(ip: &str, data: &Path, config: &Path) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// The value of the series of `metric` in `metrics` whose labels include
+/// all of `labels` (`name="value"` each), summed.
+pub fn series(metrics: &str, metric: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// `curl -s ARGS`: what it printed.

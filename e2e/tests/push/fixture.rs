@@ -289,7 +289,7 @@ fn agent(dir: &Path, name: &str, token: Option<&str>, args: &[String]) -> anyhow
 }
 
 /// `curl -s -m 5 ARGS`: the status code (0: none) and the body.
-fn curl(args: &[&str]) -> (u16, String) {
+pub fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
         .args(args)

@@ -8,7 +8,8 @@
 //! and an agent restarted while the whole control plane is down serving
 //! from its cache; a workload with a probe that fails over to another node
 //! keeping its health, and so its traffic; and the agents' DNS proxies
-//! answering with the virtual IP the control plane allocated.
+//! answering with the virtual IP the control plane allocated; and a
+//! registered workload's own metrics labelled as its group says.
 //!
 //! Most tests change the config, or kill a node or an agent, which the
 //! others would see: each of those starts its own [`Push`] (2-3 s: three
@@ -41,6 +42,31 @@ async fn workloads_register_through_their_groups_and_get_the_traffic_routed_to_t
     let r = registered(&push.cp);
     assert!(r.len() == 2 && r.values().all(|h| h == "ready"), "{r:?}");
     assert_eq!(tally(&push.url(), 20), BTreeMap::from([("v1".into(), 20)]));
+    Ok(())
+}
+
+/// A workload registered through its WorkloadGroup reports the group's
+/// labels in its own metrics (`reporter="destination"`), as its callers
+/// report them: `app` and `version` come from the group, not `unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_registered_through_its_group_reports_its_labels() -> anyhow::Result<()> {
+    let push = fixture::shared().await?;
+    assert_eq!(hit(&push.url()), "v1");
+    let metrics = format!("http://{}:15020/stats/prometheus", push.v1_ip());
+    let labels = [
+        "reporter=\"destination\"",
+        "destination_workload=\"reviews\"",
+        "destination_app=\"reviews\"",
+        "destination_version=\"v1\"",
+        "source_app=\"client\"",
+    ];
+    wait_for(Duration::from_secs(5), "v1's own metrics", || async {
+        let text = fixture::curl(&[&metrics]).1;
+        text.lines()
+            .any(|l| l.starts_with("istio_requests_total{") && labels.iter().all(|w| l.contains(w)))
+            .then_some(())
+    })
+    .await?;
     Ok(())
 }
 

@@ -5,32 +5,38 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use trellis_dataplane::mesh::cluster::Cluster;
+use trellis_dataplane::mesh::OutboundPolicy;
 use trellis_dataplane::telemetry::{self, Flag, TcpLog};
 use trellis_dataplane::tls::ALPN_TCP;
 use trellis_transport::connect::{self, ConnectError};
 use trellis_transport::splice::Timeouts;
 
+use super::{BLACKHOLE, PASSTHROUGH};
 use crate::proxy::{refuse, ConnError, Proxy};
 
 /// Tries at most this many endpoints before giving up on a connection.
 const CONNECT_TRIES: usize = 2;
 
-/// Carries `tcp` to the service `host:port`.
-pub async fn forward(
+/// Carries `tcp` (from `remote`) to the service `host:port`.
+pub async fn forward<I>(
     px: &Arc<Proxy>,
-    tcp: TcpStream,
+    tcp: I,
     remote: SocketAddr,
     host: &str,
     port: u16,
-) -> Result<(), ConnError> {
+) -> Result<(), ConnError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let mesh = px.mesh.load();
     let subset = mesh.tcp_subset(host, port, fastrand::u32(..100));
     let cluster = mesh.cluster(host, port, &subset);
     let mut log = TcpLog::start(
-        super::http::source_labels(px, Arc::from(host)),
+        super::source_labels(&mesh, Arc::from(host)),
         remote,
         format!("outbound|{port}|{subset}|{host}"),
     );
@@ -85,18 +91,25 @@ async fn open(px: &Proxy, cluster: &Cluster, i: usize) -> Result<Upstream, Conne
     }
 }
 
-/// A captured connection to an address outside the mesh: straight through.
+/// A captured connection to an address outside the mesh: straight through
+/// (Istio's PassthroughCluster), unless the outbound traffic policy is
+/// REGISTRY_ONLY (then closed: its BlackHoleCluster).
 pub async fn passthrough(
     px: &Arc<Proxy>,
     tcp: TcpStream,
     remote: SocketAddr,
     orig: SocketAddr,
 ) -> Result<(), ConnError> {
+    let mesh = px.mesh.load();
     let mut log = TcpLog::start(
-        super::http::source_labels(px, Arc::from(orig.ip().to_string())),
+        super::source_labels(&mesh, Arc::from(orig.ip().to_string())),
         remote,
-        "PassthroughCluster".into(),
+        PASSTHROUGH.into(),
     );
+    if mesh.outbound_policy() == OutboundPolicy::RegistryOnly {
+        log.upstream_cluster = BLACKHOLE.into();
+        return Err(refuse(&px.telemetry, log, Flag::NoHealthyUpstream));
+    }
     log.upstream = Some(orig);
     match connect::tcp(orig, &px.opts).await {
         Ok(up) => {

@@ -2,12 +2,18 @@
 //! application server, and agents whose listeners run as in `start`
 //! (certificates from a throwaway CA, config from Istio YAML). The
 //! outbound HTTP pipeline step by step ([`outbound_http`]), opaque TCP
-//! ([`tcp`]), the inbound side ([`inbound_mtls`]) and draining
-//! ([`draining`]).
+//! ([`tcp`]), the inbound side ([`inbound_mtls`]), draining
+//! ([`draining`]), what the agent takes and refuses ([`limits`]), how
+//! long clients may take and stay ([`timeouts`]), its local replies to
+//! gRPC clients ([`grpc`]), and `CONNECT` in HTTP proxy mode ([`tunnel`]).
 mod draining;
+mod grpc;
 mod inbound_mtls;
+mod limits;
 mod outbound_http;
 mod tcp;
+mod timeouts;
+mod tunnel;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -24,7 +30,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use trellis_api::config::parse_documents;
 use trellis_dataplane::mesh::{self, Settings};
-use trellis_dataplane::telemetry::labels::Workload;
 use trellis_dataplane::telemetry::Telemetry;
 use trellis_dataplane::tls::MeshTls;
 use trellis_dataplane::Shared;
@@ -50,6 +55,35 @@ struct Agent {
     watch: drain::Watch,
 }
 
+/// How a test agent differs from the others.
+struct Setup {
+    /// Its own labels (`--label`).
+    labels: BTreeMap<String, String>,
+    /// The WorkloadGroup it registered in.
+    group: Option<String>,
+    /// What its clients may send, and how long they may take.
+    downstream: super::Downstream,
+    max_connections: usize,
+}
+
+impl Default for Setup {
+    /// The agent's defaults: no labels, no group.
+    fn default() -> Self {
+        Setup {
+            labels: BTreeMap::new(),
+            group: None,
+            downstream: super::Downstream {
+                max_header_bytes: super::DEFAULT_MAX_HEADERS_KB * 1024,
+                timeouts: super::downstream::Timeouts {
+                    request_headers: Some(Duration::from_secs(10)),
+                    idle: Some(Duration::from_secs(3600)),
+                },
+            },
+            max_connections: 10_000,
+        }
+    }
+}
+
 /// Config for the agents, with `{APP}` (the application's port) filled in.
 fn yaml(template: &str, app: u16) -> String {
     template.replace("{APP}", &app.to_string())
@@ -60,6 +94,28 @@ impl Agent {
     /// inbound listener started; peers' inbound listeners are on
     /// `peer_inbound_port`.
     async fn start(ca: &TestCa, sa: &str, config: &str, peer_inbound_port: u16) -> Agent {
+        let labels = BTreeMap::from([("app".into(), sa.into()), ("version".into(), "v1".into())]);
+        let setup = Setup {
+            labels,
+            ..Setup::default()
+        };
+        Agent::start_with(ca, sa, config, peer_inbound_port, setup).await
+    }
+
+    /// [`Agent::start`] as `setup` says.
+    async fn start_with(
+        ca: &TestCa,
+        sa: &str,
+        config: &str,
+        peer_inbound_port: u16,
+        setup: Setup,
+    ) -> Agent {
+        let Setup {
+            labels,
+            group,
+            downstream,
+            max_connections,
+        } = setup;
         let id = SpiffeId::parse(&format!("spiffe://td/ns/default/sa/{sa}")).unwrap();
         let cert = CertCell::new(&ca.issue(&id.to_string())).unwrap();
         let tls = Arc::new(MeshTls::new(cert, id.clone(), vec![ca.root.clone()]).unwrap());
@@ -67,12 +123,15 @@ impl Agent {
             trust_domain: "td".into(),
             domain: "cluster.local".into(),
             namespace: "default".into(),
-            labels: BTreeMap::from([("app".into(), sa.into())]),
+            labels,
             addresses: vec![LOCALHOST],
             peer_inbound_port,
             cluster: String::new(),
             network: String::new(),
             locality: Default::default(),
+            principal: id.to_string(),
+            workload_name: None,
+            workload_group: group,
         };
         let resources = parse_documents(config).unwrap();
         let opts = ConnectOpts {
@@ -80,23 +139,18 @@ impl Agent {
             mark: None,
             keepalive: None,
         };
-        let me = Arc::new(Workload {
-            workload: sa.into(),
-            namespace: "default".into(),
-            principal: id.to_string(),
-            app: sa.into(),
-            version: "v1".into(),
-        });
+        let limit = downstream.max_header_bytes;
         let px = Arc::new(Proxy {
-            pool: pool::Pool::new(pool::Peers(tls.clone())),
-            app: AppClient::new(LOCALHOST, opts.clone()),
-            peer_metadata: http::HeaderValue::from_str(&serde_json::to_string(&*me).unwrap())
-                .unwrap(),
-            labels: settings.labels.clone(),
+            pool: pool::Pool::new(
+                pool::Peers(tls.clone()),
+                limit + super::PEER_HEADER_ALLOWANCE,
+            ),
+            app: AppClient::new(LOCALHOST, opts.clone(), limit),
+            downstream,
+            conn_limit: trellis_transport::listen::ConnLimit::new(max_connections),
             tls,
             telemetry: Arc::new(Telemetry::new(false)),
             mesh: Arc::new(Shared::new(mesh::build(resources, &settings, None))),
-            me,
             opts,
             peer_inbound_port,
         });
@@ -123,6 +177,20 @@ impl Agent {
         tokio::spawn(outbound::serve(
             l,
             kind,
+            self.px.clone(),
+            self.watch.clone(),
+        ));
+        addr
+    }
+
+    /// An outbound port taking connections that were not captured: an
+    /// HTTP proxy (the application's `HTTP_PROXY`).
+    async fn proxy(&self) -> SocketAddr {
+        let l = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(outbound::serve(
+            l,
+            Listener::Capture,
             self.px.clone(),
             self.watch.clone(),
         ));
@@ -182,11 +250,16 @@ struct Seen {
     headers: http::HeaderMap,
 }
 
+/// A request header that has the [`App`] answer with a header `x-big`
+/// of that many bytes.
+const HEADER_BYTES: &str = "x-app-header-bytes";
+
 type Respond = dyn Fn(u64, &http::request::Parts) -> (u16, Duration) + Send + Sync;
 
 /// An HTTP/1.1 and HTTP/2 application on loopback that records each
 /// request and answers what `respond` says for the nth (from 0): a
-/// status, after a delay. The body echoes the path.
+/// status, after a delay. The body echoes the path; the head has a header
+/// as large as the request's [`HEADER_BYTES`] asks.
 struct App {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -221,6 +294,11 @@ impl App {
                         let mut resp =
                             Response::new(Full::new(Bytes::from(parts.uri.path().to_string())));
                         *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        if let Some(n) = parts.headers.get(HEADER_BYTES) {
+                            let n: usize = n.to_str().unwrap().parse().unwrap();
+                            let big = http::HeaderValue::from_str(&"a".repeat(n)).unwrap();
+                            resp.headers_mut().insert("x-big", big);
+                        }
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });

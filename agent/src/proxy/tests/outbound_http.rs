@@ -195,3 +195,128 @@ spec:
     );
     assert!(hosts.contains(&"reviews:9080".to_string()), "{hosts:?}");
 }
+
+/// `legacy`: port 9090 served by a workload without an agent at `{LEGACY}`.
+const LEGACY_SERVICE: &str = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: default}
+spec:
+  hosts: [legacy.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9090, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.0.1, labels: {security.istio.io/tlsMode: disabled}, ports: {http: {LEGACY}}}
+"#;
+
+/// A server that reads each request's head and body (a `Content-Length`
+/// one) and closes the connection without an answer; how many it read.
+async fn hang_up_server() -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::AsyncReadExt;
+    let l = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn a_post_whose_connection_breaks_after_it_was_sent_is_not_sent_again_by_default() {
+    let app = App::ok().await;
+    let (legacy, tries) = hang_up_server().await;
+    let config = format!(
+        "{REVIEWS_SERVICE}{}",
+        LEGACY_SERVICE.replace("{LEGACY}", &legacy.port().to_string())
+    );
+    let p = pair(&app, &config).await;
+    let upstream = p
+        .client
+        .upstream("legacy.default.svc.cluster.local", 9090)
+        .await;
+    let req = Request::post("/once")
+        .header(http::header::HOST, "legacy:9090")
+        .body(Full::new(Bytes::from_static(b"pay")))
+        .unwrap();
+    let got = send(upstream, req).await;
+    assert_eq!(got.status, 503);
+    assert_eq!(
+        tries.load(Ordering::SeqCst),
+        1,
+        "Istio's default retries refused streams, not requests that may have been processed"
+    );
+    let uc = ["response_code=\"503\"", "response_flags=\"UC\""];
+    assert_eq!(series(&p.client.metrics(), "istio_requests_total", &uc), 1);
+}
+
+/// WorkloadGroups of both workloads, without labels of their own.
+const GROUPS: &str = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: reviews-v2, namespace: default}
+spec:
+  metadata: {labels: {app: reviews, version: v2}}
+  template: {serviceAccount: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: frontend, namespace: default}
+spec:
+  metadata: {labels: {app: frontend, version: v7}}
+  template: {serviceAccount: client}
+"#;
+
+#[tokio::test]
+async fn workloads_registered_through_a_group_report_its_labels_on_both_sides() {
+    let app = App::ok().await;
+    let ca = TestCa::new();
+    let config = yaml(&format!("{REVIEWS_SERVICE}{GROUPS}"), app.addr.port());
+    let in_group = |g: &str| Setup {
+        group: Some(g.into()),
+        ..Setup::default()
+    };
+    let server = Agent::start_with(&ca, "reviews", &config, 0, in_group("reviews-v2")).await;
+    let port = server.inbound.port();
+    let client = Agent::start_with(&ca, "client", &config, port, in_group("frontend")).await;
+    let upstream = client.upstream(REVIEWS, 9080).await;
+    assert_eq!(send(upstream, get("/grouped")).await.status, 200);
+    let destination = [
+        "reporter=\"destination\"",
+        "source_workload=\"frontend\"",
+        "source_app=\"frontend\"",
+        "source_version=\"v7\"",
+        "destination_workload=\"reviews\"",
+        "destination_app=\"reviews\"",
+        "destination_version=\"v2\"",
+    ];
+    trellis_testing::eventually("the server's agent reports with its group's labels", || {
+        series(&server.metrics(), "istio_requests_total", &destination) == 1
+    })
+    .await;
+    let source = [
+        "reporter=\"source\"",
+        "source_app=\"frontend\"",
+        "source_version=\"v7\"",
+    ];
+    assert_eq!(
+        series(&client.metrics(), "istio_requests_total", &source),
+        1
+    );
+}

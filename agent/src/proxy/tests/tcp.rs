@@ -119,3 +119,40 @@ spec:
     assert_eq!(series(&m, "istio_tcp_connections_closed_total", &db), 1);
     assert_eq!(series(&m, "istio_tcp_sent_bytes_total", &db), 0);
 }
+
+#[tokio::test]
+async fn a_captured_connection_outside_the_mesh_is_closed_under_registry_only() {
+    let registry_only = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+"#;
+    let outside = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let orig = outside.local_addr().unwrap();
+    let ca = TestCa::new();
+    let agent = Agent::start(&ca, "client", registry_only, 0).await;
+    // As if capture had brought a connection for `orig` to the agent.
+    let l = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let app = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (tcp, remote) = l.accept().await.unwrap();
+    let refused = crate::proxy::outbound::tcp::passthrough(&agent.px, tcp, remote, orig).await;
+    assert!(
+        matches!(&refused, Err(crate::proxy::ConnError::Refused { cluster, .. }) if cluster == "BlackHoleCluster"),
+        "{refused:?}"
+    );
+    let nothing = tokio::time::timeout(Duration::from_millis(200), outside.accept()).await;
+    assert!(nothing.is_err(), "no connection to the outside");
+    drop(app);
+    // Reported (the access log has the flag; TCP metrics have none).
+    let refused = ["destination_service=\"127.0.0.1\""];
+    assert_eq!(
+        series(
+            &agent.metrics(),
+            "istio_tcp_connections_closed_total",
+            &refused
+        ),
+        1
+    );
+}

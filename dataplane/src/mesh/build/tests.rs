@@ -86,6 +86,9 @@ fn settings(addr: &str, labels: &[(&str, &str)]) -> Settings {
         cluster: "east".into(),
         network: "net-east".into(),
         locality: Locality::default(),
+        principal: "spiffe://example.org/ns/default/sa/reviews".into(),
+        workload_name: None,
+        workload_group: None,
     }
 }
 
@@ -627,4 +630,85 @@ spec:
         "",
         "the ingress-only TCP route is left out"
     );
+}
+
+#[test]
+fn a_workload_in_a_group_has_the_groups_labels_under_its_own() {
+    let group = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: reviews-v1, namespace: default}
+spec:
+  metadata: {labels: {app: reviews, version: v1, tier: back}}
+  template: {serviceAccount: reviews, labels: {zone: a}}
+"#;
+    let mut s = settings("10.0.0.9", &[("tier", "front")]);
+    s.workload_group = Some("reviews-v1".into());
+    let m = build(parse_documents(group).unwrap(), &s, None);
+    let labels: Vec<(&str, &str)> = m
+        .labels()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            ("app", "reviews"),
+            ("tier", "front"),
+            ("version", "v1"),
+            ("zone", "a")
+        ],
+        "the group's, with the flags' over them"
+    );
+    let me = m.me();
+    assert_eq!(
+        (me.workload.as_str(), me.app.as_str(), me.version.as_str()),
+        ("reviews", "reviews", "v1")
+    );
+    let header = m.peer_metadata().unwrap().to_str().unwrap();
+    assert!(header.contains(r#""version":"v1""#), "{header}");
+    // Before the group is pushed (or without one): the flags' alone.
+    let alone = build(Vec::new(), &s, None);
+    assert_eq!(alone.me().app, "");
+    assert_eq!(alone.me().workload, "reviews", "the service account");
+}
+
+#[test]
+fn the_sidecar_that_applies_sets_the_outbound_traffic_policy() {
+    let sidecar = |ns: &str, name: &str, selector: &str, policy: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{{selector}outboundTrafficPolicy: {policy}}}\n"
+        )
+    };
+    let of = |yaml: &str| {
+        build(
+            parse_documents(yaml).unwrap(),
+            &settings("10.0.0.9", &[("app", "reviews")]),
+            None,
+        )
+        .outbound_policy()
+    };
+    assert_eq!(of(""), OutboundPolicy::AllowAny, "Istio's mesh default");
+    let root = sidecar("istio-system", "default", "", "{mode: REGISTRY_ONLY}");
+    assert_eq!(of(&root), OutboundPolicy::RegistryOnly);
+    let own = sidecar("default", "default", "", "{mode: ALLOW_ANY}");
+    assert_eq!(of(&format!("{root}{own}")), OutboundPolicy::AllowAny);
+    let mine = sidecar(
+        "default",
+        "reviews",
+        "workloadSelector: {labels: {app: reviews}}, ",
+        "{}",
+    );
+    assert_eq!(
+        of(&format!("{root}{own}{mine}")),
+        OutboundPolicy::RegistryOnly,
+        "selected by its labels; a policy without a mode is REGISTRY_ONLY"
+    );
+    let other = sidecar(
+        "default",
+        "ratings",
+        "workloadSelector: {labels: {app: ratings}}, ",
+        "{mode: REGISTRY_ONLY}",
+    );
+    assert_eq!(of(&format!("{own}{other}")), OutboundPolicy::AllowAny);
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
+use http::uri::Authority;
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
@@ -19,6 +20,7 @@ use trellis_dataplane::tls::ALPN_HTTP1;
 
 use super::{Call, Matched};
 use crate::proxy::body::{self, Body};
+use crate::proxy::failure::{DownstreamBody, Failure};
 use crate::proxy::headers::retarget;
 use crate::proxy::inbound::PEER_METADATA;
 use crate::proxy::{connect, upgrade, Proxy};
@@ -39,8 +41,9 @@ pub(super) fn circuit_breaker(cluster: &Cluster) -> Result<Gauge<'_>, Flag> {
 /// goes, the request's log, and the hash that picks its endpoint.
 struct Leaving<'a> {
     px: &'a Arc<Proxy>,
+    mesh: &'a trellis_dataplane::mesh::Mesh,
     head: http::request::Parts,
-    upstream_authority: Arc<str>,
+    upstream_authority: http::uri::Authority,
     log: &'a mut trellis_dataplane::telemetry::RequestLog,
     hash: Option<u64>,
 }
@@ -56,6 +59,7 @@ impl<'a> Call<'a> {
         );
         Leaving {
             px: self.px,
+            mesh: self.mesh,
             head: self.head,
             upstream_authority: self.upstream_authority,
             log: self.log,
@@ -113,9 +117,11 @@ impl<'a> Call<'a> {
             upstream_authority,
             log,
             hash,
+            ..
         } = self.leave(cluster);
         let mut exclude = None;
-        let mut last: Option<Result<Response<Body>, Outcome>> = None;
+        // The last try's answer, and whether it was a retry.
+        let mut last: Option<(Result<Response<Body>, Outcome>, bool)> = None;
         // The request head, copied for each try that may be followed by
         // another, moved into the one that cannot be.
         let mut head = Some(head);
@@ -163,38 +169,53 @@ impl<'a> Call<'a> {
                     send(px, cluster, i, req, &upstream_authority),
                 )
                 .await
-                .unwrap_or(Err(Outcome::Timeout))
+                .unwrap_or(Err(Tried::Timeout))
             };
             let outcome = match &sent {
                 Ok(r) => Outcome::Status(
                     r.status().as_u16(),
                     trellis_dataplane::telemetry::grpc_status(r.headers()),
                 ),
-                Err(o) => *o,
+                Err(Tried::Timeout) => Outcome::Timeout,
+                Err(Tried::Failed(f)) => match f {
+                    Failure::Connect => Outcome::ConnectFailure,
+                    Failure::Refused => Outcome::Refused,
+                    Failure::Reset => Outcome::Reset,
+                    // The client's fault: nothing to hold against the
+                    // endpoint, and no reason to try again.
+                    Failure::DownstreamProtocol | Failure::DownstreamGone => return Err(f.flag()),
+                    // A response that could not be parsed: a gateway
+                    // error for outlier detection, never tried again.
+                    Failure::UpstreamProtocol => {
+                        cluster.record(i, 502, Instant::now());
+                        return Err(f.flag());
+                    }
+                },
             };
             cluster.record(
                 i,
                 match outcome {
                     Outcome::Status(s, _) => s,
-                    Outcome::ConnectFailure | Outcome::Reset => 0,
+                    Outcome::ConnectFailure | Outcome::Refused | Outcome::Reset => 0,
                     Outcome::Timeout => 504,
                 },
                 Instant::now(),
             );
             let again = n < policy.attempts && body.replayable() && policy.retriable(outcome);
-            last = Some(sent);
+            last = Some((sent.map_err(|_| outcome), n > 0));
             if !again {
                 break;
             }
             exclude = Some(i);
         }
-        let retried = policy.attempts > 0;
         match last {
-            Some(Ok(resp)) => Ok(resp),
-            Some(Err(Outcome::ConnectFailure)) => Err(Flag::UpstreamConnectFailure),
-            Some(Err(Outcome::Timeout)) => Err(Flag::UpstreamTimeout),
-            Some(Err(Outcome::Reset)) if retried => Err(Flag::UpstreamRetryLimitExceeded),
-            Some(Err(_)) => Err(Flag::UpstreamConnectionTermination),
+            Some((Ok(resp), _)) => Ok(resp),
+            Some((Err(Outcome::ConnectFailure), _)) => Err(Flag::UpstreamConnectFailure),
+            Some((Err(Outcome::Timeout), _)) => Err(Flag::UpstreamTimeout),
+            // URX only when a retry was made: a single try that was reset
+            // is a plain UC.
+            Some((Err(_), true)) => Err(Flag::UpstreamRetryLimitExceeded),
+            Some((Err(_), false)) => Err(Flag::UpstreamConnectionTermination),
             None => Err(Flag::UpstreamRetryLimitExceeded),
         }
     }
@@ -210,6 +231,7 @@ impl<'a> Call<'a> {
     ) -> Result<Response<Body>, Flag> {
         let Leaving {
             px,
+            mesh,
             head,
             upstream_authority,
             log,
@@ -227,22 +249,37 @@ impl<'a> Call<'a> {
         log.conn.mtls = ep.identity.is_some();
         retarget(&mut req, Version::HTTP_11, &upstream_authority);
         let opts = cluster.limits.connect_opts(&px.opts);
+        let max_response_headers = px.app.max_response_headers();
         match &ep.peer {
             Some(peer) => {
-                req.headers_mut()
-                    .insert(PEER_METADATA, px.peer_metadata.clone());
+                if let Some(m) = mesh.peer_metadata() {
+                    req.headers_mut().insert(PEER_METADATA, m.clone());
+                }
                 let io = px
                     .tls
                     .connect(peer.addr, &peer.sni, &peer.identity, ALPN_HTTP1, &opts)
                     .await
                     .map_err(|_| Flag::UpstreamConnectFailure)?;
-                upgrade::send_on(io, peer.addr, req, u, on_upgrade).await
+                let hop = upgrade::Hop {
+                    io,
+                    addr: peer.addr,
+                    max_response_headers: max_response_headers
+                        .saturating_add(crate::proxy::PEER_HEADER_ALLOWANCE),
+                };
+                upgrade::send_on(hop, req, u, on_upgrade).await
             }
             None => {
+                // The agents' own header: no agent here to take it off.
+                req.headers_mut().remove(PEER_METADATA);
                 let io = connect::tcp(ep.addr, &opts)
                     .await
                     .map_err(|_| Flag::UpstreamConnectFailure)?;
-                upgrade::send_on(io, ep.addr, req, u, on_upgrade).await
+                let hop = upgrade::Hop {
+                    io,
+                    addr: ep.addr,
+                    max_response_headers,
+                };
+                upgrade::send_on(hop, req, u, on_upgrade).await
             }
         }
     }
@@ -254,7 +291,7 @@ pub(super) fn mirror(
     px: &Arc<Proxy>,
     cluster: Arc<Cluster>,
     req: Request<Body>,
-    authority: String,
+    authority: Authority,
 ) {
     let px = px.clone();
     tokio::spawn(async move {
@@ -264,6 +301,13 @@ pub(super) fn mirror(
     });
 }
 
+/// How one try went wrong.
+enum Tried {
+    Failed(Failure),
+    /// The per-try timeout passed first.
+    Timeout,
+}
+
 /// Connect: one try on endpoint `i`, mTLS HTTP/2 to its agent, or
 /// plaintext to a workload without one.
 async fn send(
@@ -271,27 +315,23 @@ async fn send(
     cluster: &Cluster,
     i: usize,
     mut req: Request<Body>,
-    authority: &str,
-) -> Result<Response<Body>, Outcome> {
+    authority: &Authority,
+) -> Result<Response<Body>, Tried> {
     let ep = &cluster.endpoints[i];
     let limits = &cluster.limits;
     match &ep.peer {
         Some(key) => {
             retarget(&mut req, Version::HTTP_2, authority);
-            req.headers_mut()
-                .insert(PEER_METADATA, px.peer_metadata.clone());
             let opts = limits.connect_opts(&px.opts);
             let sent = px.pool.send(key, &opts, &limits.reuse, req).await;
             sent.map_err(|e| {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "request to peer failed");
-                if e.before_sent() {
-                    Outcome::ConnectFailure
-                } else {
-                    Outcome::Reset
-                }
+                Tried::Failed(e.failure())
             })
         }
         None => {
+            // The agents' own header: no agent here to take it off.
+            req.headers_mut().remove(PEER_METADATA);
             let h2 = match limits.plain_http {
                 PlainHttp::Http1 => false,
                 PlainHttp::Http2 => true,
@@ -307,10 +347,7 @@ async fn send(
                 authority,
             );
             let sent = px.app.send_to_endpoint(ep.addr, h2, limits, req).await;
-            sent.map_err(|f| match f {
-                Flag::UpstreamConnectFailure => Outcome::ConnectFailure,
-                _ => Outcome::Reset,
-            })
+            sent.map_err(Tried::Failed)
         }
     }
 }
@@ -366,12 +403,13 @@ impl ReqBody {
             let bytes = b
                 .collect()
                 .await
-                .map_err(|_| Flag::DownstreamConnectionTermination)?
+                .map_err(|e| DownstreamBody(e).failure().flag())?
                 .to_bytes();
             return Ok(ReqBody::Buffered(bytes));
         }
         Ok(ReqBody::Stream(Some(
-            b.map_err(body::BoxError::from).boxed(),
+            b.map_err(|e| body::BoxError::from(DownstreamBody(e)))
+                .boxed(),
         )))
     }
 

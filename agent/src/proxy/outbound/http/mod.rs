@@ -18,7 +18,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use trellis_api::config::{
@@ -26,14 +27,14 @@ use trellis_api::config::{
 };
 use trellis_dataplane::mesh::cluster::Cluster;
 use trellis_dataplane::mesh::Mesh;
-use trellis_dataplane::telemetry::labels::{ConnLabels, Reporter, Workload};
-use trellis_dataplane::telemetry::{Flag, Observed, RequestLog};
+use trellis_dataplane::telemetry::{Flag, InFlight, Observed, RequestLog};
 
 use self::forward::{circuit_breaker, ReqBody};
 use super::ConnTarget;
 use crate::proxy::body::{self, Body};
-use crate::proxy::flags::local_reply;
-use crate::proxy::headers::{authority, strip_hop_by_hop};
+use crate::proxy::flags::{bad_request, grpc_reply, local_reply, reply};
+use crate::proxy::headers::{authority, request_authority, strip_hop_by_hop};
+use crate::proxy::inbound::PEER_METADATA;
 use crate::proxy::{ensure_request_id, trace, upgrade, Proxy};
 use crate::route::{self, RequestView};
 
@@ -44,37 +45,76 @@ pub async fn handle(
     px: Arc<Proxy>,
     target: Arc<ConnTarget>,
     mut req: Request<Incoming>,
+    held: InFlight,
 ) -> Response<Body> {
     let mesh = px.mesh.load();
-    let authority: Arc<str> = Arc::from(authority(&req).unwrap_or_default());
+    // Parsed once: it goes upstream as it is (unless a route rewrites it).
+    let parsed = request_authority(&req);
+    let authority: Arc<str> = Arc::from(match &parsed {
+        Ok(a) => a.as_str(),
+        Err(_) => authority(&req).unwrap_or_default(),
+    });
     let request_id = ensure_request_id(req.headers_mut());
     trace::never_index_ids(req.headers_mut());
-    let resolved = match &target.fixed {
-        Some((h, p)) => Some((h.clone(), *p)),
-        None => mesh.resolve(&authority),
+    let resolved = match (&target.fixed, &parsed) {
+        (Some((h, p)), _) => Some((h.clone(), *p)),
+        (None, Ok(_)) => mesh.resolve(&authority),
+        (None, Err(_)) => None,
     };
-    let destination_service = resolved
-        .as_ref()
-        .map_or_else(|| authority.clone(), |(h, _)| h.clone());
+    // A host the mesh does not know is named without its port, as Istio
+    // names the destination of passthrough traffic.
+    let destination_service = match (&resolved, &parsed) {
+        (Some((h, _)), _) => h.clone(),
+        (None, Ok(a)) => Arc::from(a.host()),
+        (None, Err(_)) => Arc::from("unknown"),
+    };
     let mut log = RequestLog::start(
-        source_labels(&px, destination_service),
+        super::source_labels(&mesh, destination_service),
         &req,
         authority,
         request_id,
         target.downstream,
     );
-    let resp = match resolved {
-        Some((host, port)) => {
+    log.in_flight = Some(held);
+    let resp = match (parsed, resolved) {
+        // The client's fault, not the upstream's: answered here, once.
+        (Err(why), _) => {
+            log.flag = Some(Flag::DownstreamProtocolError);
+            Ok(bad_request(why, log.grpc))
+        }
+        (Ok(a), resolved) if req.method() == Method::CONNECT && target.fixed.is_none() => {
+            // Boxed, as the rare path.
+            Box::pin(super::tunnel::open(
+                &px, &target, req, a, resolved, &mut log,
+            ))
+            .await
+        }
+        (Ok(upstream_authority), Some((host, port))) => {
             let (head, body) = req.into_parts();
-            let call = Call::new(&px, &mesh, target.downstream, &host, port, head, &mut log);
+            let call = Call {
+                px: &px,
+                mesh: &mesh,
+                downstream: target.downstream,
+                host: &host,
+                port,
+                arrived: head.uri.path_and_query().cloned(),
+                upstream_authority,
+                head,
+                log: &mut log,
+            };
             pipeline(call, body).await
         }
-        None => Err(Flag::NoRouteFound),
+        (Ok(_), None) => Err(Flag::NoRouteFound),
     };
     let resp = resp.unwrap_or_else(|flag| {
         log.flag.get_or_insert(flag);
-        local_reply(flag)
+        local_reply(flag, log.grpc)
     });
+    let tunnel = log.method == Method::CONNECT && resp.status().is_success();
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS || tunnel {
+        // No longer HTTP: no request timeouts on the connection.
+        target.open.upgrade();
+    }
     log.response_code = resp.status().as_u16();
     log.grpc_status = trellis_dataplane::telemetry::grpc_status(resp.headers());
     let telemetry = px.telemetry.clone();
@@ -101,6 +141,11 @@ async fn pipeline(mut call: Call<'_>, body: Incoming) -> Result<Response<Body>, 
         // state would enlarge every request's future.
         return Box::pin(call.upgrade(&cluster, body, u)).await;
     }
+    // Who calls, for the peer's agent (removed before a workload without
+    // one, and by the peer before its application, sees the request).
+    if let Some(m) = call.mesh.peer_metadata() {
+        call.head.headers.insert(PEER_METADATA, m.clone());
+    }
     let counted = Observed::counting(body, call.log.request_bytes.clone());
     let body = ReqBody::new(counted).await?;
     if let Some(m) = route {
@@ -109,18 +154,6 @@ async fn pipeline(mut call: Call<'_>, body: Incoming) -> Result<Response<Body>, 
     let mut resp = call.retries(route, &cluster, body).await?;
     response_headers(&mut resp, route, dest.via);
     Ok(resp)
-}
-
-/// The labels of a connection this agent makes as the source, before an
-/// endpoint (and so the destination workload) is chosen.
-pub fn source_labels(px: &Proxy, destination_service: Arc<str>) -> ConnLabels {
-    ConnLabels {
-        reporter: Reporter::Source,
-        source: px.me.clone(),
-        destination: Workload::none(),
-        destination_service,
-        mtls: false,
-    }
 }
 
 /// One request on its way out: what the steps read and change.
@@ -137,7 +170,7 @@ struct Call<'a> {
     /// (no copy), kept while the head is rewritten.
     arrived: Option<http::uri::PathAndQuery>,
     /// The authority sent upstream: the request's, unless rewritten.
-    upstream_authority: Arc<str>,
+    upstream_authority: Authority,
     log: &'a mut RequestLog,
 }
 
@@ -159,28 +192,6 @@ struct Dest<'m> {
 }
 
 impl<'a> Call<'a> {
-    fn new(
-        px: &'a Arc<Proxy>,
-        mesh: &'a Mesh,
-        downstream: SocketAddr,
-        host: &'a str,
-        port: u16,
-        head: Parts,
-        log: &'a mut RequestLog,
-    ) -> Self {
-        Self {
-            px,
-            mesh,
-            downstream,
-            host,
-            port,
-            arrived: head.uri.path_and_query().cloned(),
-            upstream_authority: log.authority.clone(),
-            head,
-            log,
-        }
-    }
-
     /// The path and the query as the request arrived.
     fn path_and_query(&self) -> (&str, Option<&str>) {
         let pq = self.arrived.as_ref().map_or("/", |p| p.as_str());
@@ -206,8 +217,8 @@ impl<'a> Call<'a> {
             scheme: self.head.uri.scheme_str().unwrap_or("http"),
             port: self.port,
             headers: &self.head.headers,
-            source_labels: &self.px.labels,
-            source_namespace: &self.px.me.namespace,
+            source_labels: self.mesh.labels(),
+            source_namespace: &self.mesh.me().namespace,
         };
         match route::first_match(routes, &view) {
             Some((_, route, by)) => Ok(Some(Matched { route, by })),
@@ -280,8 +291,14 @@ impl<'a> Call<'a> {
                 if let Some(p) = route::rewrite_path(path, query, m.by, rw) {
                     set_path(&mut self.head, &p);
                 }
-                if let Some(a) = &rw.authority {
-                    self.upstream_authority = Arc::from(a.as_str());
+                if let Some(a) = rw.authority.as_deref() {
+                    match Authority::try_from(a) {
+                        Ok(a) => self.upstream_authority = a,
+                        Err(_) => tracing::debug!(
+                            authority = a,
+                            "rewrite to an invalid authority skipped"
+                        ),
+                    }
                 }
             }
         }
@@ -336,13 +353,13 @@ impl<'a> Call<'a> {
             }) else {
                 continue;
             };
+            let Ok(shadow) =
+                Authority::try_from(shadow_authority(self.upstream_authority.as_str()))
+            else {
+                continue;
+            };
             let req = Request::from_parts(self.head.clone(), body::full(bytes.clone()));
-            forward::mirror(
-                self.px,
-                cluster,
-                req,
-                shadow_authority(&self.upstream_authority),
-            );
+            forward::mirror(self.px, cluster, req, shadow);
         }
     }
 }
@@ -379,26 +396,24 @@ fn roll(pct: Option<f64>) -> bool {
     fastrand::f64() * 100.0 < pct.unwrap_or(100.0)
 }
 
+/// A fault's abort: its HTTP status (503 if unset), or for a gRPC request
+/// its gRPC status, else the HTTP one mapped as Envoy maps local replies.
 fn abort_reply(http_status: Option<i32>, grpc_status: Option<&str>, grpc: bool) -> Response<Body> {
+    const TEXT: &str = "fault filter abort";
     if let (true, Some(g)) = (grpc, grpc_status) {
         let code = trellis_api::config::GRPC_STATUS_NAMES
             .iter()
             .position(|n| n.eq_ignore_ascii_case(g))
-            .map_or_else(|| g.to_string(), |i| i.to_string());
-        let mut resp = local_response(200, None, Bytes::new());
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        if let Ok(v) = HeaderValue::from_str(&code) {
-            resp.headers_mut().insert("grpc-status", v);
-        }
-        return resp;
+            .and_then(|i| u16::try_from(i).ok())
+            .or_else(|| g.parse().ok())
+            .unwrap_or(2);
+        return grpc_reply(code, TEXT);
     }
     let status = http_status
         .and_then(|s| u16::try_from(s).ok())
-        .unwrap_or(503);
-    local_response(status, None, Bytes::from_static(b"fault filter abort"))
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    reply(status, TEXT, grpc)
 }
 
 fn local_response(status: u16, location: Option<String>, body: Bytes) -> Response<Body> {
@@ -509,5 +524,10 @@ mod tests {
         assert_eq!(r.headers().get("grpc-status").unwrap(), "14");
         let r = abort_reply(Some(418), None, false);
         assert_eq!(r.status(), 418);
+        // An HTTP status only, for a gRPC request: mapped as Envoy maps it.
+        let r = abort_reply(Some(503), None, true);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["grpc-message"], "fault filter abort");
     }
 }
