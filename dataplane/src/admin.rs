@@ -148,13 +148,21 @@ fn config_dump(admin: &Admin) -> serde_json::Value {
     })
 }
 
-/// Envoy's `/clusters` text: one line per cluster, endpoint and fact.
+/// Envoy's `/clusters` text: one line per cluster, endpoint and fact,
+/// with each endpoint's locality and priority level (and its locality's
+/// weight under a `distribute` rule, 0 for one that takes no traffic),
+/// and, under locality balancing, the percent of requests each priority
+/// level takes now.
 fn clusters(admin: &Admin) -> String {
     let mesh = admin.mesh.load();
     let mut cs: Vec<_> = mesh.clusters().collect();
     cs.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = String::new();
     for c in cs {
+        if let Some(loads) = c.priority_loads(std::time::Instant::now()) {
+            let loads: Vec<String> = loads.iter().map(u32::to_string).collect();
+            let _ = writeln!(out, "{}::priority_load::{}", c.name, loads.join(","));
+        }
         for (i, e) in c.endpoints.iter().enumerate() {
             let prefix = format!("{}::{}", c.name, e.addr);
             let health = if c.ejected(i) {
@@ -170,6 +178,21 @@ fn clusters(admin: &Admin) -> String {
             );
             if let Some(id) = &e.identity {
                 let _ = writeln!(out, "{prefix}::identity::{id}");
+            }
+            let l = &e.locality;
+            let _ = writeln!(out, "{prefix}::region::{}", l.region);
+            let _ = writeln!(out, "{prefix}::zone::{}", l.zone);
+            let _ = writeln!(out, "{prefix}::sub_zone::{}", l.subzone);
+            match c.placement(i) {
+                Some((priority, weight)) => {
+                    let _ = writeln!(out, "{prefix}::priority::{priority}");
+                    if let Some(w) = weight {
+                        let _ = writeln!(out, "{prefix}::locality_weight::{w}");
+                    }
+                }
+                None => {
+                    let _ = writeln!(out, "{prefix}::locality_weight::0");
+                }
             }
         }
     }
