@@ -24,7 +24,6 @@ const EXPECTED: &[(&str, &[&str])] = &[
         "resilience.yaml",
         &[
             "DestinationRule web/httpbin spec.trafficPolicy.connectionPool.http.http2KeepAlive",
-            "DestinationRule web/httpbin spec.trafficPolicy.loadBalancer.localityLbSetting",
             "DestinationRule web/httpbin spec.trafficPolicy.tls",
         ],
     ),

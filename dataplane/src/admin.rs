@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use trellis_transport::{drain, listen};
 
+use crate::mesh::cluster::Cluster;
 use crate::mesh::Mesh;
 use crate::telemetry::Telemetry;
 use crate::tls::MeshTls;
@@ -155,25 +156,52 @@ fn clusters(admin: &Admin) -> String {
     cs.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = String::new();
     for c in cs {
-        for (i, e) in c.endpoints.iter().enumerate() {
-            let prefix = format!("{}::{}", c.name, e.addr);
-            let health = if c.ejected(i) {
-                "/failed_outlier_check"
-            } else {
-                "healthy"
-            };
-            let _ = writeln!(out, "{prefix}::health_flags::{health}");
-            let _ = writeln!(
-                out,
-                "{prefix}::rq_active::{}",
-                e.state.active.load(Ordering::Relaxed)
-            );
-            if let Some(id) = &e.identity {
-                let _ = writeln!(out, "{prefix}::identity::{id}");
+        write_cluster(&mut out, c, std::time::Instant::now());
+    }
+    out
+}
+
+/// One cluster's lines of `/clusters` at `now`: each endpoint's health,
+/// load, identity, locality and priority level (and its locality's weight
+/// under a `distribute` rule, 0 for one that takes no traffic), and, under
+/// locality balancing, the percent of requests each level takes.
+fn write_cluster(out: &mut String, c: &Cluster, now: std::time::Instant) {
+    if let Some(loads) = c.priority_loads(now) {
+        let loads: Vec<String> = loads.iter().map(u32::to_string).collect();
+        let _ = writeln!(out, "{}::priority_load::{}", c.name, loads.join(","));
+    }
+    for (i, e) in c.endpoints.iter().enumerate() {
+        let prefix = format!("{}::{}", c.name, e.addr);
+        let health = if c.ejected(i) {
+            "/failed_outlier_check"
+        } else {
+            "healthy"
+        };
+        let _ = writeln!(out, "{prefix}::health_flags::{health}");
+        let _ = writeln!(
+            out,
+            "{prefix}::rq_active::{}",
+            e.state.active.load(Ordering::Relaxed)
+        );
+        if let Some(id) = &e.identity {
+            let _ = writeln!(out, "{prefix}::identity::{id}");
+        }
+        let l = &e.locality;
+        let _ = writeln!(out, "{prefix}::region::{}", l.region);
+        let _ = writeln!(out, "{prefix}::zone::{}", l.zone);
+        let _ = writeln!(out, "{prefix}::sub_zone::{}", l.subzone);
+        match c.placement(i) {
+            Some((priority, weight)) => {
+                let _ = writeln!(out, "{prefix}::priority::{priority}");
+                if let Some(w) = weight {
+                    let _ = writeln!(out, "{prefix}::locality_weight::{w}");
+                }
+            }
+            None => {
+                let _ = writeln!(out, "{prefix}::locality_weight::0");
             }
         }
     }
-    out
 }
 
 fn certs(admin: &Admin) -> serde_json::Value {
@@ -198,4 +226,99 @@ fn certs(admin: &Admin) -> serde_json::Value {
         .map(|r| trellis_identity::pem::fingerprint_hex(r))
         .collect();
     serde_json::json!({ "identity": admin.tls.identity().to_string(), "cert_chain": chain, "roots_sha256": roots })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::{build, Settings};
+    use trellis_api::config::parse_documents;
+    use trellis_api::topology::Locality;
+
+    /// reviews with endpoints in three localities, seen from `us/us-1`.
+    fn clusters_text(rule: &str) -> String {
+        let yaml = format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{{number: 9080, name: http}}]
+  endpoints:
+  - {{address: 10.0.0.2, locality: us/us-1/rack-1}}
+  - {{address: 10.0.0.3, locality: us/us-2}}
+  - {{address: 10.0.0.4, locality: eu/eu-1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: reviews
+  trafficPolicy:
+{rule}
+"#
+        );
+        let settings = Settings {
+            trust_domain: "td".into(),
+            domain: "cluster.local".into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            addresses: vec![],
+            peer_inbound_port: 15006,
+            cluster: String::new(),
+            network: String::new(),
+            locality: Locality::parse("us/us-1/rack-1").unwrap(),
+            principal: "spiffe://td/ns/default/sa/me".into(),
+            workload_name: None,
+            workload_group: None,
+        };
+        let mesh = build(parse_documents(&yaml).unwrap(), &settings, None);
+        let c = mesh
+            .cluster("reviews.default.svc.cluster.local", 9080, "")
+            .unwrap();
+        let mut out = String::new();
+        write_cluster(&mut out, &c, std::time::Instant::now());
+        out
+    }
+
+    fn has(text: &str, line: &str) -> bool {
+        text.lines()
+            .any(|l| l == format!("outbound|9080||reviews.default.svc.cluster.local::{line}"))
+    }
+
+    #[test]
+    fn clusters_shows_each_endpoints_locality_priority_and_the_levels_load() {
+        let text = clusters_text("    outlierDetection: {consecutive5xxErrors: 1}");
+        for line in [
+            "priority_load::100,0,0",
+            "10.0.0.2:15006::region::us",
+            "10.0.0.2:15006::zone::us-1",
+            "10.0.0.2:15006::sub_zone::rack-1",
+            "10.0.0.2:15006::priority::0",
+            "10.0.0.3:15006::priority::1",
+            "10.0.0.4:15006::region::eu",
+            "10.0.0.4:15006::priority::2",
+        ] {
+            assert!(has(&text, line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("locality_weight"), "{text}");
+    }
+
+    #[test]
+    fn clusters_shows_distribute_weights_and_localities_left_out() {
+        let text = clusters_text(
+            "    loadBalancer:\n      localityLbSetting:\n        distribute: [{from: 'us/*', to: {'us/us-1/*': 70, 'us/us-2/*': 30}}]",
+        );
+        for line in [
+            "priority_load::100",
+            "10.0.0.2:15006::locality_weight::70",
+            "10.0.0.3:15006::locality_weight::30",
+            "10.0.0.4:15006::locality_weight::0",
+        ] {
+            assert!(has(&text, line), "{line} in\n{text}");
+        }
+        assert!(!has(&text, "10.0.0.4:15006::priority::0"), "{text}");
+    }
 }

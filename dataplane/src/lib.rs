@@ -6,8 +6,8 @@
 //! 2. [`telemetry`]: Istio's metric labels, the metrics, the access log and
 //!    Envoy's response flags;
 //! 3. [`mesh`]: the view of the mesh compiled from Istio resources
-//!    (services, clusters with balancing and outlier detection, the names
-//!    the DNS proxy answers), pure;
+//!    (services, clusters with balancing, outlier detection and locality
+//!    failover, the names the DNS proxy answers), pure;
 //! 4. [`tls`]: the workload's mTLS configurations, and [`identity`]: its
 //!    certificate from the control plane, renewed;
 //! 5. [`discovery`]: the config stream from the control plane and its

@@ -6,7 +6,8 @@
 //!
 //! The list was read from the code that consumes the config: the agent's
 //! mesh model (`dataplane/src/mesh/build.rs`: clusters, subsets, load
-//! balancing, connection pools, outlier detection, workload selectors),
+//! balancing, locality, connection pools, outlier detection, workload
+//! selectors),
 //! its routing (`agent/src/route/`, `agent/src/proxy/outbound/http/`:
 //! matches, routes, rewrites, redirects, retries, faults, mirrors, header
 //! operations, direct responses, timeouts), the registry and discovery
@@ -83,6 +84,8 @@ const ACTED_ON: &[(&str, &[&str])] = &[
             "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie",
             "spec.trafficPolicy.loadBalancer.consistentHash.httpQueryParameterName",
             "spec.trafficPolicy.loadBalancer.consistentHash.useSourceIp",
+            // Locality-aware balancing (`dataplane/src/mesh/locality.rs`).
+            "spec.trafficPolicy.loadBalancer.localityLbSetting",
             "spec.trafficPolicy.connectionPool.tcp.maxConnections",
             "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
             "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",

@@ -381,6 +381,19 @@ impl Validate for LocalityLbSetting {
                 );
             }
         }
+        for (i, label) in self.failover_priority.iter().enumerate() {
+            if label
+                .split_once('=')
+                .map_or(label.as_str(), |(k, _)| k)
+                .is_empty()
+            {
+                push(
+                    errors,
+                    &format!("{path}.failoverPriority[{i}]"),
+                    format!("`{label}` names no label; write a label name, or NAME=VALUE"),
+                );
+            }
+        }
         for (i, failover) in self.failover.iter().enumerate() {
             if failover.from == failover.to {
                 push(

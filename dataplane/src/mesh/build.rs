@@ -19,6 +19,7 @@ use trellis_identity::SpiffeId;
 use trellis_transport::connect::Keepalive;
 
 use super::cluster::{Cluster, Endpoint, HashOn, LbPolicy, Limits, OutlierConfig, PlainHttp};
+use super::locality::{Place, Plan};
 use super::names::NameTable;
 use super::{AppProtocol, Mesh, MtlsMode, MtlsSettings, OutboundPolicy, Service, ServicePort};
 use crate::telemetry::labels::Workload;
@@ -199,6 +200,12 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
     let mut hosts: Vec<&String> = mesh.services.keys().collect();
     hosts.sort();
     let mut clusters: FastMap<String, Vec<Arc<Cluster>>> = FastMap::default();
+    let origin = Place {
+        locality: &s.locality,
+        network: &s.network,
+        cluster: &s.cluster,
+        labels: &mesh.labels,
+    };
     for host in hosts {
         let svc = &mesh.services[host];
         let eps = endpoints.get(host).map(Vec::as_slice).unwrap_or_default();
@@ -221,6 +228,7 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
                     p.number,
                 );
                 let name = subset.map(|ss| ss.name.as_str()).unwrap_or("");
+                let plan = locality_plan(&policy, &origin, &members);
                 let mut c = Cluster::new(
                     host,
                     p.number,
@@ -229,7 +237,8 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
                     lb_policy(&policy),
                     limits(&policy, p.protocol),
                     outlier(&policy),
-                );
+                )
+                .with_locality(plan);
                 if let Some(old) = prev.and_then(|m| m.cluster(host, p.number, name)) {
                     c.adopt(&old);
                 }
@@ -554,6 +563,25 @@ fn limits(p: &TrafficPolicy, protocol: AppProtocol) -> Limits {
         l.max_active = l.max_active.min((c + pending) as u32);
     }
     l
+}
+
+/// How locality arranges a cluster's `endpoints` for this workload, by the
+/// policy's `localityLbSetting` (failover only with outlier detection).
+fn locality_plan(p: &TrafficPolicy, origin: &Place<'_>, endpoints: &[Endpoint]) -> Option<Plan> {
+    let places: Vec<Place<'_>> = endpoints
+        .iter()
+        .map(|e| Place {
+            locality: &e.locality,
+            network: &e.network,
+            cluster: "",
+            labels: &e.labels,
+        })
+        .collect();
+    let setting = p
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.locality_lb_setting.as_ref());
+    Plan::new(setting, p.outlier_detection.is_some(), origin, &places)
 }
 
 fn outlier(p: &TrafficPolicy) -> Option<OutlierConfig> {

@@ -17,6 +17,7 @@ use trellis_transport::connect::{ConnectOpts, Keepalive};
 use trellis_transport::sni::Sni;
 use trellis_transport::splice::{self, DEFAULT_IDLE_TIMEOUT};
 
+use super::locality::Plan;
 use crate::telemetry::labels::Workload;
 
 /// How a cluster picks an endpoint.
@@ -277,6 +278,9 @@ pub struct Cluster {
     pub lb: LbPolicy,
     pub limits: Limits,
     pub outlier: Option<OutlierConfig>,
+    /// Locality-aware balancing: the endpoints by priority and locality
+    /// weight for this workload; `None`: all alike.
+    pub locality: Option<Plan>,
     pub state: Arc<ClusterState>,
     ring: Vec<(u64, usize)>,
     /// `0..endpoints.len()`: the candidates of a pick when none can be
@@ -336,10 +340,18 @@ impl Cluster {
             lb,
             limits,
             outlier,
+            locality: None,
             state: Arc::default(),
             ring,
             every,
         }
+    }
+
+    /// The cluster with locality-aware balancing arranged by `plan` (over
+    /// the same endpoints, in the same order).
+    pub fn with_locality(mut self, plan: Option<Plan>) -> Self {
+        self.locality = plan;
+        self
     }
 
     /// Takes over the counters of `prev` (the same cluster in the previous
@@ -358,12 +370,13 @@ impl Cluster {
     /// (the one a retry failed on). `None`: no healthy endpoint (`UH`).
     pub fn pick(&self, now: Instant, hash: Option<u64>, exclude: Option<usize>) -> Option<usize> {
         let listed;
-        let candidates: &[usize] = if self.outlier.is_none() && exclude.is_none() {
-            &self.every
-        } else {
-            listed = self.candidates(now, exclude);
-            &listed
-        };
+        let candidates: &[usize] =
+            if self.outlier.is_none() && exclude.is_none() && self.locality.is_none() {
+                &self.every
+            } else {
+                listed = self.candidates(now, exclude);
+                &listed
+            };
         if candidates.is_empty() {
             return None;
         }
@@ -411,21 +424,43 @@ impl Cluster {
 
     /// The endpoints a pick chooses from: those not ejected (all of them in
     /// Envoy's panic mode: below `minHealthPercent` in service, or none at
-    /// all), less `exclude` (the one a retry avoids) unless it is the only
-    /// one.
+    /// all), narrowed by locality to those of one priority level and
+    /// locality, less `exclude` (the one a retry avoids) unless it is the
+    /// only healthy one.
     fn candidates(&self, now: Instant, exclude: Option<usize>) -> Vec<usize> {
-        let mut healthy: Vec<usize> = (0..self.endpoints.len())
-            .filter(|&i| !self.is_ejected(i, now))
+        let healthy: Vec<bool> = (0..self.endpoints.len())
+            .map(|i| !self.is_ejected(i, now))
             .collect();
+        let up = healthy.iter().filter(|h| **h).count();
         let min = self.outlier.as_ref().map_or(0, |o| o.min_health_percent);
-        if healthy.is_empty() || healthy.len() * 100 < self.endpoints.len() * min as usize {
-            // Envoy's panic mode: too few left to carry the load. With
-            // every endpoint ejected, trying them beats a certain 503.
-            healthy.clone_from(&self.every);
-        }
+        let panic = up == 0 || up * 100 < self.endpoints.len() * min as usize;
+        let every: &[usize] = match &self.locality {
+            Some(plan) => plan.all(),
+            None => &self.every,
+        };
+        let chosen = match &self.locality {
+            _ if panic => None,
+            Some(plan) => plan.choose(&healthy, fastrand::u32(..100), fastrand::u64(..)),
+            None => Some(every.iter().copied().filter(|&i| healthy[i]).collect()),
+        };
+        // Envoy's panic mode: too few left to carry the load. With every
+        // endpoint ejected, trying them beats a certain 503.
+        let chosen = chosen.unwrap_or_else(|| every.to_vec());
         match exclude {
-            Some(x) if healthy.len() > 1 => healthy.into_iter().filter(|&i| i != x).collect(),
-            _ => healthy,
+            Some(x) if chosen.contains(&x) => {
+                if chosen.len() > 1 {
+                    chosen.into_iter().filter(|&i| i != x).collect()
+                } else {
+                    // The retry's level has no other endpoint: the
+                    // nearest one that has.
+                    self.locality
+                        .as_ref()
+                        .map(|plan| plan.instead_of(&healthy, x))
+                        .filter(|other| !other.is_empty())
+                        .unwrap_or(chosen)
+                }
+            }
+            _ => chosen,
         }
     }
 
@@ -490,6 +525,29 @@ impl Cluster {
     pub fn ejected(&self, i: usize) -> bool {
         self.is_ejected(i, Instant::now())
     }
+
+    /// Endpoint `i`'s priority level and, when a `distribute` rule weighs
+    /// localities, its locality's weight (for `/clusters`); `None`: it
+    /// takes no traffic.
+    pub fn placement(&self, i: usize) -> Option<(usize, Option<u32>)> {
+        let Some(plan) = &self.locality else {
+            return Some((0, None));
+        };
+        let (level, weight) = plan.place_of(i)?;
+        let weighted = plan.levels[level].len() > 1;
+        Some((level, weighted.then_some(weight)))
+    }
+
+    /// The percent of requests each priority level takes at `now`, given
+    /// the ejections (for `/clusters`); `None` without locality balancing,
+    /// or in panic mode.
+    pub fn priority_loads(&self, now: Instant) -> Option<Vec<u32>> {
+        let plan = self.locality.as_ref()?;
+        let healthy: Vec<bool> = (0..self.endpoints.len())
+            .map(|i| !self.is_ejected(i, now))
+            .collect();
+        plan.loads(&healthy)
+    }
 }
 
 /// FNV-1a: a stable hash for the ring (the same on every agent and run).
@@ -505,6 +563,7 @@ pub fn fnv1a(data: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::locality::Place;
 
     #[test]
     fn a_clusters_connect_timeout_and_keepalive_replace_the_agents() {
@@ -778,6 +837,80 @@ mod tests {
         assert!(!c.is_ejected(0, at(40)));
         c.record(1, 503, at(41));
         assert!(c.is_ejected(1, at(41)));
+    }
+
+    /// Endpoints in the caller's zone, another zone of its region and
+    /// another region, arranged for failover, each ejected by one gateway
+    /// error.
+    fn three_localities() -> Cluster {
+        let mut eps: Vec<Endpoint> = (0..3).map(|i| ep(1000 + i)).collect();
+        for (e, l) in eps.iter_mut().zip(["r1/z1", "r1/z2", "r2/z1"]) {
+            e.locality = Locality::parse(l).unwrap();
+        }
+        let me = Locality::parse("r1/z1").unwrap();
+        let labels = BTreeMap::new();
+        let origin = Place {
+            locality: &me,
+            network: "",
+            cluster: "",
+            labels: &labels,
+        };
+        let places: Vec<Place<'_>> = eps
+            .iter()
+            .map(|e| Place {
+                locality: &e.locality,
+                network: "",
+                cluster: "",
+                labels: &e.labels,
+            })
+            .collect();
+        let plan = Plan::new(None, true, &origin, &places);
+        Cluster::new(
+            "svc",
+            80,
+            "",
+            eps,
+            LbPolicy::RoundRobin,
+            Limits::default(),
+            Some(ejected_on_a_gateway_error(100, 0)),
+        )
+        .with_locality(plan)
+    }
+
+    #[test]
+    fn picks_fail_over_zone_by_zone_region_by_region_and_back() {
+        let c = three_localities();
+        let t0 = Instant::now();
+        let picks = |now| -> std::collections::HashSet<_> {
+            (0..50).map(|_| c.pick(now, None, None)).collect()
+        };
+        assert_eq!(picks(t0), [Some(0)].into(), "the caller's zone first");
+        assert_eq!(c.priority_loads(t0), Some(vec![100, 0, 0]));
+        c.record(0, 503, t0);
+        assert_eq!(picks(t0), [Some(1)].into(), "then the region's other zone");
+        assert_eq!(c.priority_loads(t0), Some(vec![0, 100, 0]));
+        c.record(1, 503, t0);
+        assert_eq!(picks(t0), [Some(2)].into(), "then another region");
+        c.record(2, 503, t0);
+        assert_eq!(
+            picks(t0),
+            [Some(0), Some(1), Some(2)].into(),
+            "all ejected: panic, every endpoint"
+        );
+        assert_eq!(c.priority_loads(t0), None);
+        // Back at the first sweep after 30s: the nearest again.
+        let later = t0 + Duration::from_secs(40);
+        assert_eq!(picks(later), [Some(0)].into());
+        assert_eq!(c.placement(2), Some((2, None)));
+    }
+
+    #[test]
+    fn a_retry_goes_to_the_next_level_when_its_own_has_no_other_endpoint() {
+        let c = three_localities();
+        let now = Instant::now();
+        assert_eq!(c.pick(now, None, Some(0)), Some(1));
+        c.record(1, 503, now);
+        assert_eq!(c.pick(now, None, Some(0)), Some(2));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! config updates.
 pub mod build;
 pub mod cluster;
+pub mod locality;
 pub mod names;
 
 use std::net::{IpAddr, SocketAddr};

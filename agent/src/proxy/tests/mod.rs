@@ -5,11 +5,13 @@
 //! ([`tcp`]), the inbound side ([`inbound_mtls`]), draining
 //! ([`draining`]), what the agent takes and refuses ([`limits`]), how
 //! long clients may take and stay ([`timeouts`]), its local replies to
-//! gRPC clients ([`grpc`]), and `CONNECT` in HTTP proxy mode ([`tunnel`]).
+//! gRPC clients ([`grpc`]), `CONNECT` in HTTP proxy mode ([`tunnel`]),
+//! and locality-aware balancing and failover ([`locality`]).
 mod draining;
 mod grpc;
 mod inbound_mtls;
 mod limits;
+mod locality;
 mod outbound_http;
 mod tcp;
 mod timeouts;
@@ -64,6 +66,8 @@ struct Setup {
     /// What its clients may send, and how long they may take.
     downstream: super::Downstream,
     max_connections: usize,
+    /// Where it is (`--locality`).
+    locality: trellis_api::topology::Locality,
 }
 
 impl Default for Setup {
@@ -80,6 +84,7 @@ impl Default for Setup {
                 },
             },
             max_connections: 10_000,
+            locality: Default::default(),
         }
     }
 }
@@ -115,6 +120,7 @@ impl Agent {
             group,
             downstream,
             max_connections,
+            locality,
         } = setup;
         let id = SpiffeId::parse(&format!("spiffe://td/ns/default/sa/{sa}")).unwrap();
         let cert = CertCell::new(&ca.issue(&id.to_string())).unwrap();
@@ -128,7 +134,7 @@ impl Agent {
             peer_inbound_port,
             cluster: String::new(),
             network: String::new(),
-            locality: Default::default(),
+            locality,
             principal: id.to_string(),
             workload_name: None,
             workload_group: group,

@@ -630,6 +630,7 @@ fn validation_errors_name_the_field() {
         (dr("host: a\ntrafficPolicy:\n  portLevelSettings: [{loadBalancer: {simple: RANDOM}}]"), "spec.trafficPolicy.portLevelSettings[0].port: port is required"),
         (dr("host: a\ntrafficPolicy:\n  portLevelSettings: [{port: {number: 80}}, {port: {number: 80}}]"), "spec.trafficPolicy.portLevelSettings[1].port.number: port 80 already has settings"),
         (dr("host: a\ntrafficPolicy:\n  loadBalancer:\n    localityLbSetting:\n      distribute: [{from: us-west/*, to: {us-west/*: 60, us-east/*: 30}}]"), "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: weights sum to 90"),
+        (dr("host: a\ntrafficPolicy:\n  loadBalancer:\n    localityLbSetting:\n      failoverPriority: [version, '=v1']"), "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority[1]: `=v1` names no label; write a label name, or NAME=VALUE"),
         (se("hosts: [a.com]\nports: [{number: 80, name: http}, {number: 80, name: http}]"), "spec.ports[1].number: port 80 is declared more than once"),
         (se("hosts: [a.com]\nports: [{number: 80, name: http}, {number: 81, name: http}]"), "spec.ports[1].name: port name `http` is declared more than once"),
         (se("hosts: [a.com]\nports: [{number: 80, name: http, protocol: SPDY}]"), "spec.ports[0].protocol: unknown protocol `SPDY`"),

@@ -712,3 +712,59 @@ fn the_sidecar_that_applies_sets_the_outbound_traffic_policy() {
     );
     assert_eq!(of(&format!("{own}{other}")), OutboundPolicy::AllowAny);
 }
+
+#[test]
+fn locality_balancing_follows_the_policy_of_each_subset_and_port() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp}, {number: 9000, name: admin}]
+  endpoints:
+  - {address: 10.0.0.2, locality: eu/eu-2, labels: {v: a}}
+  - {address: 10.0.0.3, locality: us/us-1, labels: {v: a}}
+  - {address: 10.0.0.4, locality: us/us-2, labels: {v: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1}
+    portLevelSettings:
+    - port: {number: 9000}
+      loadBalancer: {localityLbSetting: {enabled: false}}
+  subsets:
+  - {name: a, labels: {v: a}}
+  - name: b
+    labels: {v: b}
+    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3}}
+"#;
+    let mut s = settings("10.0.0.9", &[]);
+    s.locality = Locality::parse("us/us-1").unwrap();
+    let m = build(parse_documents(yaml).unwrap(), &s, None);
+    let host = "db.default.svc.cluster.local";
+    let priorities = |port: u16, subset: &str| {
+        let c = m.cluster(host, port, subset).unwrap();
+        c.locality.as_ref()?;
+        Some(
+            (0..c.endpoints.len())
+                .map(|i| c.placement(i).unwrap().0)
+                .collect::<Vec<_>>(),
+        )
+    };
+    // The caller's zone, its region's other zone, another region.
+    assert_eq!(priorities(5432, ""), Some(vec![2, 0, 1]));
+    assert_eq!(priorities(5432, "a"), Some(vec![1, 0]));
+    assert_eq!(priorities(5432, "b"), None, "one endpoint: one level");
+    assert_eq!(priorities(9000, ""), None, "turned off for the port");
+    let plain = build(parse_documents(MESH).unwrap(), &s, None);
+    assert!(
+        plain.clusters().all(|c| c.locality.is_none()),
+        "endpoints with no locality are all alike"
+    );
+}
