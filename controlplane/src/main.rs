@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use trellis_api::topology;
-use trellis_controlplane::bootstrap::{self, CaKeySource, NewMesh};
+use trellis_controlplane::bootstrap::{self, CaKeySource, JoinOptions, NewMesh};
 use trellis_controlplane::node::Settings;
 use trellis_controlplane::raft::RaftSettings;
 
@@ -42,14 +42,29 @@ enum Cmd {
         #[command(flatten)]
         node: NodeFlags,
     },
-    /// Join an existing mesh with a token from `trellis token create --kind controlplane`, then serve.
+    /// Join an existing mesh with a token from `trellis token create --kind
+    /// controlplane` (a voter; needs the CA key) or `--kind cluster` (a
+    /// cluster's node: a learner with a CA of its own, no CA key), then serve.
     Join {
         /// The join token.
         #[arg(long, env = "TRELLIS_TOKEN")]
         token: String,
-        /// Join as a learner: replicates and serves reads but never votes.
-        #[arg(long)]
+        /// Join as a learner: replicates and serves reads but never votes
+        /// (the default with a cluster token).
+        #[arg(long, conflicts_with = "voter")]
         learner: bool,
+        /// Join as a voter (the default with a control-plane token); with a
+        /// cluster token this needs the mesh's CA key, as voters sign
+        /// intermediates.
+        #[arg(long)]
+        voter: bool,
+        /// With a cluster token: the cluster this node joins; refused if the
+        /// token is for another cluster. Default: the token's.
+        #[arg(long, env = "TRELLIS_CLUSTER")]
+        cluster: Option<String>,
+        /// With a cluster token: this node's locality, REGION[/ZONE[/SUBZONE]].
+        #[arg(long, env = "TRELLIS_LOCALITY")]
+        locality: Option<String>,
         #[command(flatten)]
         node: NodeFlags,
     },
@@ -182,16 +197,17 @@ async fn main() {
         Cmd::Join {
             token,
             learner,
+            voter,
+            cluster,
+            locality,
             node,
         } => {
-            bootstrap::join(
-                &token,
-                &node.advertise(),
-                learner,
-                node.settings(),
-                node.key(),
-            )
-            .await
+            let opts = JoinOptions {
+                voter: (voter || learner).then_some(voter),
+                cluster,
+                locality,
+            };
+            bootstrap::join(&token, &node.advertise(), opts, node.settings(), node.key()).await
         }
         Cmd::Run { node } => bootstrap::run(node.settings(), node.key(), None).await,
     };

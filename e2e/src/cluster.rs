@@ -286,18 +286,50 @@ impl Cluster {
         learner: bool,
         extra: &[&str],
     ) -> anyhow::Result<u64> {
+        let mut flags: Vec<&str> = Vec::new();
+        if learner {
+            flags.push("--learner");
+        }
+        flags.extend(extra);
+        // A --ca-key-file in `extra` replaces the cluster's.
+        let with_key = !extra.contains(&"--ca-key-file");
+        let host = self.host.clone();
+        let role = if learner { "learner" } else { "voter" };
+        self.join_node(token, &host, &flags, with_key, role).await
+    }
+
+    /// Joins a cluster's node with a cluster token, listening on `host`
+    /// (an address of its own), with `extra` flags: without the CA key
+    /// unless it joins `--voter`. Waits until it serves and is a member
+    /// with the role the flags give (a learner by default). Returns its id.
+    pub async fn join_cluster(
+        &mut self,
+        token: &str,
+        host: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<u64> {
+        let voter = extra.contains(&"--voter");
+        let with_key = voter && !extra.contains(&"--ca-key-file");
+        let role = if voter { "voter" } else { "learner" };
+        self.join_node(token, host, extra, with_key, role).await
+    }
+
+    async fn join_node(
+        &mut self,
+        token: &str,
+        host: &str,
+        flags: &[&str],
+        with_key: bool,
+        role: &str,
+    ) -> anyhow::Result<u64> {
         // Unique per attempt: failed joins leave their directory and log.
         static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let seq = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = self.root.path().join(format!("joiner-{seq}"));
-        let addr = format!("{}:{}", self.host, free_port());
+        let addr = format!("{host}:{}", free_port());
         let mut args = vec!["join".to_string(), "--token".into(), token.to_string()];
-        if learner {
-            args.push("--learner".into());
-        }
-        // A --ca-key-file in `extra` replaces the cluster's.
-        args.extend(self.common_args(&dir, &addr, !extra.contains(&"--ca-key-file")));
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(self.common_args(&dir, &addr, with_key));
+        args.extend(flags.iter().map(|s| s.to_string()));
         // The node id is assigned by the cluster; log under a sequence
         // number until we know it.
         let log = self.log_path(&format!("joiner-{seq}"));
@@ -321,7 +353,6 @@ impl Cluster {
         node.id = id;
         self.nodes.push(node);
         self.wait_ready(id).await?;
-        let role = if learner { "learner" } else { "voter" };
         wait_for(
             Duration::from_secs(60),
             &format!("node {id} to become a {role}"),
@@ -355,7 +386,10 @@ impl Cluster {
             (n.dir.clone(), n.addr.clone(), n.log.clone())
         };
         let mut args = vec!["run".to_string()];
-        args.extend(self.common_args(&dir, &addr, true));
+        // A node with a CA key in its data directory (node 1, a cluster's
+        // learner with its own) takes that one.
+        let with_key = !dir.join("ca.key").exists();
+        args.extend(self.common_args(&dir, &addr, with_key));
         let before = self.node(id).output().matches("ready: node").count();
         let proc_ = self.spawn(id, dir, addr, log, &args)?;
         *self.node_mut(id) = proc_;

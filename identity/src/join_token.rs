@@ -45,8 +45,8 @@ const BODY_ENGINE: GeneralPurpose = GeneralPurpose::new(
 /// control plane, trust it on first contact, and prove it was invited.
 ///
 /// Encoded as `trellis1.` followed by base64url (no padding) of the compact
-/// JSON `{"i":id,"s":secret,"a":[addrs],"p":hex pin,"t":trust domain,"w":workload}`,
-/// where `t` and `w` are optional: one shell-safe word that is easy to
+/// JSON `{"i":id,"s":secret,"a":[addrs],"p":hex pin,"t":trust domain,"w":workload,
+/// "g":group,"c":cluster}`, where `t`, `w`, `g` and `c` are optional: one shell-safe word that is easy to
 /// recognise, versioned, and extensible with new optional fields without a
 /// new prefix. Unknown JSON fields are ignored for that reason; anything that
 /// changes how a token must be trusted gets a new version digit instead.
@@ -74,6 +74,11 @@ pub struct JoinToken {
     /// The WorkloadGroup (its name, in the workload's namespace) an agent
     /// joining with this token registers in; optional, on VM tokens only.
     pub group: Option<String>,
+    /// The cluster a control-plane node joining with this token belongs
+    /// to; set on cluster tokens, so the node knows before it contacts the
+    /// control plane that it joins a cluster (and needs no CA key unless
+    /// it joins as a voter). The control plane relies on its own record.
+    pub cluster: Option<String>,
 }
 
 /// Wire form, borrowed for encoding.
@@ -89,6 +94,8 @@ struct WireRef<'a> {
     w: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     g: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    c: Option<&'a str>,
 }
 
 /// Wire form, owned for decoding. A missing `a` decodes as empty so that it
@@ -103,6 +110,7 @@ struct Wire {
     t: Option<String>,
     w: Option<String>,
     g: Option<String>,
+    c: Option<String>,
 }
 
 impl JoinToken {
@@ -127,6 +135,7 @@ impl JoinToken {
             trust_domain: None,
             workload: None,
             group: None,
+            cluster: None,
         }
     }
 
@@ -146,6 +155,14 @@ impl JoinToken {
     pub fn with_group(self, group: &str) -> JoinToken {
         JoinToken {
             group: Some(group.to_owned()),
+            ..self
+        }
+    }
+
+    /// The token naming the cluster `cluster` a control-plane node joins.
+    pub fn with_cluster(self, cluster: &str) -> JoinToken {
+        JoinToken {
+            cluster: Some(cluster.to_owned()),
             ..self
         }
     }
@@ -170,6 +187,7 @@ impl JoinToken {
             t: self.trust_domain.as_deref(),
             w: self.workload.as_deref(),
             g: self.group.as_deref(),
+            c: self.cluster.as_deref(),
         };
         let json =
             serde_json::to_vec(&wire).expect("a struct of strings always serialises to JSON");
@@ -212,6 +230,7 @@ impl JoinToken {
         let root_pin = parse_pin(&wire.p)?;
         validate_workload(wire.t.as_deref(), wire.w.as_deref())?;
         validate_group(wire.w.as_deref(), wire.g.as_deref())?;
+        validate_cluster(wire.w.as_deref(), wire.c.as_deref())?;
         Ok(JoinToken {
             id: wire.i,
             secret: wire.s,
@@ -220,6 +239,7 @@ impl JoinToken {
             trust_domain: wire.t,
             workload: wire.w,
             group: wire.g,
+            cluster: wire.c,
         })
     }
 
@@ -230,7 +250,8 @@ impl JoinToken {
         validate_secret(&self.secret)?;
         validate_addrs(&self.addrs)?;
         validate_workload(self.trust_domain.as_deref(), self.workload.as_deref())?;
-        validate_group(self.workload.as_deref(), self.group.as_deref())
+        validate_group(self.workload.as_deref(), self.group.as_deref())?;
+        validate_cluster(self.workload.as_deref(), self.cluster.as_deref())
     }
 }
 
@@ -244,6 +265,7 @@ impl fmt::Debug for JoinToken {
             .field("trust_domain", &self.trust_domain)
             .field("workload", &self.workload)
             .field("group", &self.group)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -345,6 +367,12 @@ pub enum TokenParseError {
          again or create a new one with `trellis token create`"
     )]
     BadGroup { group: String, reason: &'static str },
+
+    #[error(
+        "join token cluster is invalid: {reason}; copy the whole token again or create \
+         a new one with `trellis token create --kind cluster`"
+    )]
+    BadCluster { reason: String },
 
     #[error(
         "VM identity `{identity}` is invalid: {reason}; write it as `namespace/serviceaccount`, \
@@ -516,6 +544,21 @@ fn validate_group(workload: Option<&str>, group: Option<&str>) -> Result<(), Tok
         })?;
     }
     Ok(())
+}
+
+/// A cluster token names a valid cluster, and no workload.
+fn validate_cluster(workload: Option<&str>, cluster: Option<&str>) -> Result<(), TokenParseError> {
+    let Some(c) = cluster else {
+        return Ok(());
+    };
+    if workload.is_some() {
+        return Err(TokenParseError::BadCluster {
+            reason: "a token names a cluster or a workload, not both".into(),
+        });
+    }
+    trellis_api::topology::validate_name("cluster", c).map_err(|e| TokenParseError::BadCluster {
+        reason: sanitize(&e.to_string(), 200),
+    })
 }
 
 /// [`parse_vm_identity`] without the error wrapping: the two parts, or why

@@ -16,6 +16,7 @@ fn sample() -> JoinToken {
         trust_domain: None,
         workload: None,
         group: None,
+        cluster: None,
     }
 }
 
@@ -671,4 +672,32 @@ fn a_workload_group_round_trips_and_needs_a_workload() {
     let bad = vm_sample().with_group("Reviews_V1");
     let err = JoinToken::parse(&bad.encode()).unwrap_err();
     assert!(err.to_string().contains("DNS-1123"), "{err}");
+}
+
+#[test]
+fn a_cluster_token_names_its_cluster_and_round_trips() {
+    let t = sample().with_cluster("west-1");
+    let back = JoinToken::parse(&t.encode()).unwrap();
+    assert_eq!(back.cluster.as_deref(), Some("west-1"));
+    assert_eq!(back, t);
+    // Tokens without `c` are not cluster tokens.
+    assert_eq!(JoinToken::parse(&sample().encode()).unwrap().cluster, None);
+}
+
+#[test]
+fn a_bad_cluster_name_or_a_cluster_with_a_workload_is_refused() {
+    for (cluster, words) in [
+        ("-west", "starts or ends"),
+        ("", "empty"),
+        ("we st", "character"),
+    ] {
+        let err = JoinToken::parse(&sample().with_cluster(cluster).encode()).unwrap_err();
+        assert!(matches!(err, TokenParseError::BadCluster { .. }), "{err:?}");
+        assert!(err.to_string().contains(words), "{err}");
+        assert!(err.to_string().contains("--kind cluster"), "{err}");
+    }
+    let both = vm_sample().with_cluster("west");
+    let err = JoinToken::parse(&both.encode()).unwrap_err();
+    assert!(err.to_string().contains("not both"), "{err}");
+    assert_eq!(both.validate().unwrap_err(), err);
 }

@@ -1,13 +1,12 @@
 //! The subcommands, one function each; output is plain text for people or
 //! JSON for scripts (`-o json`).
 use std::path::Path;
-use std::time::Duration;
 
 use clap::ValueEnum;
 use serde::Serialize;
 use trellis_api::v1::{
-    CreateTokenRequest, Empty, GetRequest, Member, PutRequest, RemoveNodeRequest,
-    RevokeTokenRequest,
+    ClusterInfo, CreateTokenRequest, Empty, GetRequest, Member, PutRequest, RemoveClusterRequest,
+    RemoveNodeRequest, RevokeTokenRequest,
 };
 
 use crate::client::{admin, status};
@@ -30,26 +29,10 @@ fn time(unix: i64) -> String {
 }
 
 /// `trellis token create`: prints the token alone on stdout.
-pub async fn token_create(
-    config: Option<&Path>,
-    kind: &str,
-    identity: Option<String>,
-    workload_group: Option<String>,
-    ttl: Duration,
-    uses: Option<u32>,
-) -> anyhow::Result<()> {
+pub async fn token_create(config: Option<&Path>, req: CreateTokenRequest) -> anyhow::Result<()> {
     let mut c = admin(config).await?;
-    let r = c
-        .create_token(CreateTokenRequest {
-            kind: kind.to_string(),
-            identity: identity.unwrap_or_default(),
-            ttl_seconds: ttl.as_secs(),
-            max_uses: uses.unwrap_or(0),
-            workload_group: workload_group.unwrap_or_default(),
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
+    let kind = req.kind.clone();
+    let r = c.create_token(req).await.map_err(status)?.into_inner();
     eprintln!(
         "token {} ({kind}) expires {}",
         r.id,
@@ -84,8 +67,12 @@ pub async fn token_list(config: Option<&Path>, output: Output) -> anyhow::Result
         .into_iter()
         .map(|t| TokenRow {
             id: t.id,
+            identity: if t.kind == "cluster" {
+                format!("{} ({})", t.cluster, t.network)
+            } else {
+                t.identity
+            },
             kind: t.kind,
-            identity: t.identity,
             status: t.status,
             uses: t.uses,
             max_uses: (t.max_uses > 0).then_some(t.max_uses),
@@ -201,6 +188,135 @@ pub async fn remove(config: Option<&Path>, node_id: u64, output: Output) -> anyh
         .members;
     eprintln!("node {node_id} removed");
     print_members(m, output)
+}
+
+#[derive(Serialize)]
+struct ClusterRow {
+    name: String,
+    network: String,
+    joined: String,
+    endpoints: u32,
+    ready_endpoints: u32,
+    nodes: Vec<ClusterNodeRow>,
+}
+
+#[derive(Serialize)]
+struct ClusterNodeRow {
+    id: u64,
+    address: String,
+    /// voter, learner, or removed (recorded but no longer a member).
+    role: String,
+    leader: bool,
+    locality: String,
+    last_applied: Option<u64>,
+    /// Log entries behind the node that answered; absent: unreachable.
+    lag: Option<u64>,
+}
+
+fn print_clusters(clusters: Vec<ClusterInfo>, output: Output) -> anyhow::Result<()> {
+    let rows: Vec<ClusterRow> = clusters
+        .into_iter()
+        .map(|c| ClusterRow {
+            name: c.name,
+            network: c.network,
+            joined: time(c.joined_at_unix),
+            endpoints: c.endpoints,
+            ready_endpoints: c.ready_endpoints,
+            nodes: c
+                .nodes
+                .into_iter()
+                .map(|n| ClusterNodeRow {
+                    id: n.node_id,
+                    address: n.address,
+                    role: n.role,
+                    leader: n.leader,
+                    locality: n.locality,
+                    last_applied: n.last_applied_index,
+                    lag: n.lag,
+                })
+                .collect(),
+        })
+        .collect();
+    match output {
+        Output::Json => print_json(&rows),
+        Output::Table => {
+            println!(
+                "{:<16} {:<16} {:<10} {:<40}",
+                "CLUSTER", "NETWORK", "ENDPOINTS", "CONTROL PLANE (id role address freshness)"
+            );
+            for c in rows {
+                let nodes: Vec<String> = c
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let fresh = match n.lag {
+                            Some(0) => "up to date".to_string(),
+                            Some(l) => format!("{l} behind"),
+                            None => "unreachable".to_string(),
+                        };
+                        let leader = if n.leader { "*" } else { "" };
+                        format!("{}{leader} {} {} {fresh}", n.id, n.role, n.address)
+                    })
+                    .collect();
+                println!(
+                    "{:<16} {:<16} {:<10} {}",
+                    c.name,
+                    c.network,
+                    format!("{}/{}", c.ready_endpoints, c.endpoints),
+                    if nodes.is_empty() {
+                        "-".to_string()
+                    } else {
+                        nodes.join(", ")
+                    }
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `trellis cluster join ARGS`: becomes `trellis-controlplane join ARGS`,
+/// the one beside this executable, else the one on `PATH`.
+pub fn cluster_join(args: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    const BIN: &str = "trellis-controlplane";
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(BIN)))
+        .filter(|p| p.is_file());
+    let program = beside.unwrap_or_else(|| BIN.into());
+    let err = std::process::Command::new(&program)
+        .arg("join")
+        .args(args)
+        .exec();
+    Err(anyhow::anyhow!("cannot run {}: {err}", program.display()))
+}
+
+/// `trellis cluster list`.
+pub async fn cluster_list(config: Option<&Path>, output: Output) -> anyhow::Result<()> {
+    let mut c = admin(config).await?;
+    let r = c
+        .list_clusters(Empty {})
+        .await
+        .map_err(status)?
+        .into_inner();
+    print_clusters(r.clusters, output)
+}
+
+/// `trellis cluster remove`.
+pub async fn cluster_remove(
+    config: Option<&Path>,
+    name: String,
+    output: Output,
+) -> anyhow::Result<()> {
+    let mut c = admin(config).await?;
+    let r = c
+        .remove_cluster(RemoveClusterRequest { name: name.clone() })
+        .await
+        .map_err(status)?
+        .into_inner();
+    eprintln!("cluster {name} removed");
+    print_clusters(r.clusters, output)
 }
 
 /// `trellis kv put`.

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use trellis::commands::{self, Output};
 use trellis::config::{self as cfgcmd, GetOutput};
 use trellis::duration::parse_duration;
+use trellis_api::v1::CreateTokenRequest;
 
 #[derive(Parser)]
 #[command(name = "trellis", version, about = "Operate a Trellis mesh")]
@@ -19,12 +20,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Join tokens for control-plane nodes and VMs.
+    /// Join tokens for control-plane nodes, clusters and VMs.
     #[command(subcommand)]
     Token(TokenCmd),
     /// Control-plane membership.
     #[command(subcommand)]
     Controlplane(ControlplaneCmd),
+    /// The mesh's clusters: their networks, control-plane nodes and endpoints.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Raw key-value access to the replicated store (debugging, benchmarks).
     #[command(subcommand)]
     Kv(KvCmd),
@@ -85,9 +89,15 @@ enum Cmd {
 enum TokenCmd {
     /// Create a token; prints it on stdout.
     Create {
-        /// controlplane (a new control-plane node) or vm (a workload).
-        #[arg(long, value_parser = ["controlplane", "vm"])]
+        /// controlplane (a new voter), cluster (a cluster's control-plane node) or vm (a workload).
+        #[arg(long, value_parser = ["controlplane", "cluster", "vm"])]
         kind: String,
+        /// For cluster tokens: the cluster's name.
+        #[arg(long, required_if_eq("kind", "cluster"))]
+        cluster: Option<String>,
+        /// For cluster tokens: the cluster's network (topology.istio.io/network).
+        #[arg(long, required_if_eq("kind", "cluster"))]
+        network: Option<String>,
         /// For vm tokens: the identity NAMESPACE/SERVICEACCOUNT.
         #[arg(long)]
         identity: Option<String>,
@@ -126,6 +136,26 @@ enum ControlplaneCmd {
 }
 
 #[derive(Subcommand)]
+enum ClusterCmd {
+    /// Join this host's control-plane node to the mesh: runs `trellis-controlplane join ARGS` (e.g. `--token T --data-dir D --listen ADDR`).
+    Join {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Each cluster: network, control-plane nodes with role and freshness, endpoints.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Remove a cluster and everything it registered: its nodes leave the membership, then its records go in one write.
+    Remove {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
 enum KvCmd {
     /// Write a key (acknowledged once durable on a majority).
     Put { key: String, value: String },
@@ -145,11 +175,24 @@ async fn main() {
     let res = match cli.command {
         Cmd::Token(TokenCmd::Create {
             kind,
+            cluster,
+            network,
             identity,
             workload_group,
             ttl,
             uses,
-        }) => commands::token_create(cfg, &kind, identity, workload_group, ttl, uses).await,
+        }) => {
+            let req = CreateTokenRequest {
+                kind,
+                identity: identity.unwrap_or_default(),
+                ttl_seconds: ttl.as_secs(),
+                max_uses: uses.unwrap_or(0),
+                workload_group: workload_group.unwrap_or_default(),
+                cluster: cluster.unwrap_or_default(),
+                network: network.unwrap_or_default(),
+            };
+            commands::token_create(cfg, req).await
+        }
         Cmd::Token(TokenCmd::List { output }) => commands::token_list(cfg, output).await,
         Cmd::Token(TokenCmd::Revoke { id }) => commands::token_revoke(cfg, id).await,
         Cmd::Controlplane(ControlplaneCmd::Members { output }) => {
@@ -157,6 +200,11 @@ async fn main() {
         }
         Cmd::Controlplane(ControlplaneCmd::Remove { node_id, output }) => {
             commands::remove(cfg, node_id, output).await
+        }
+        Cmd::Cluster(ClusterCmd::Join { args }) => commands::cluster_join(&args),
+        Cmd::Cluster(ClusterCmd::List { output }) => commands::cluster_list(cfg, output).await,
+        Cmd::Cluster(ClusterCmd::Remove { name, output }) => {
+            commands::cluster_remove(cfg, name, output).await
         }
         Cmd::Kv(KvCmd::Put { key, value }) => commands::kv_put(cfg, key, value).await,
         Cmd::Kv(KvCmd::Get { key, linearizable }) => commands::kv_get(cfg, key, linearizable).await,

@@ -1,19 +1,23 @@
-//! The `Admin` service, for the `trellis` CLI: tokens, members, and raw
-//! key-value access to the store.
+//! The `Admin` service, for the `trellis` CLI: tokens, members, clusters
+//! ([`admin_cluster`]), config ([`admin_config`]) and raw key-value
+//! access to the store.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use trellis_api::topology;
 use trellis_api::v1::admin_server::Admin;
 use trellis_api::v1::{
     AnalyzeRequest, AnalyzeResponse, ApplyConfigRequest, ApplyConfigResponse, CreateTokenRequest,
     CreateTokenResponse, DeleteConfigRequest, Empty, GetConfigRequest, GetConfigResponse,
-    GetRequest, GetResponse, ListTokensResponse, MembersResponse, ProxyStatusResponse, PutRequest,
-    PutResponse, RemoveNodeRequest, RevokeTokenRequest, TokenInfo,
+    GetRequest, GetResponse, ListClustersResponse, ListTokensResponse, MembersResponse,
+    ProxyStatusResponse, PutRequest, PutResponse, RemoveClusterRequest, RemoveNodeRequest,
+    RevokeTokenRequest, TokenInfo,
 };
 
-use super::{admin_config, require_admin};
+use super::{admin_cluster, admin_config, require_admin};
 use crate::config;
 use crate::node::{now, LeaderOp, LeaderReply, Node, NodeError};
+use crate::raft::state::cluster::cluster_taken;
 use crate::raft::Command;
 use crate::tokens::{JoinToken, TokenKind, TokenRecord};
 
@@ -60,6 +64,38 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    /// The kind of a cluster token: valid names, and a cluster that, if
+    /// it exists, is on that network.
+    fn cluster_kind(&self, r: &CreateTokenRequest) -> Result<TokenKind, Status> {
+        let field = |f: &'static str| move |e| Status::invalid_argument(format!("{f}: {e}"));
+        if r.cluster.is_empty() {
+            return Err(Status::invalid_argument(
+                "cluster: a cluster token needs --cluster NAME",
+            ));
+        }
+        if r.network.is_empty() {
+            return Err(Status::invalid_argument(
+                "network: a cluster token needs --network NETWORK",
+            ));
+        }
+        topology::validate_name("cluster", &r.cluster).map_err(field("cluster"))?;
+        topology::validate_name("network", &r.network).map_err(field("network"))?;
+        if let Some(existing) = self.0.read_state(|s| s.store.cluster(&r.cluster)) {
+            if existing.network != r.network {
+                return Err(Status::failed_precondition(format!(
+                    "cluster: {}",
+                    cluster_taken(&r.cluster, &existing.network, &r.network)
+                )));
+            }
+        }
+        Ok(TokenKind::Cluster {
+            cluster: r.cluster.clone(),
+            network: r.network.clone(),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_token(
@@ -69,9 +105,15 @@ impl Admin for AdminService {
         require_admin(&self.0, &req)?;
         let mut r = req.into_inner();
         let group = self.group_identity(&mut r)?;
+        if r.kind != "cluster" && !(r.cluster.is_empty() && r.network.is_empty()) {
+            return Err(Status::invalid_argument(
+                "cluster, network: only cluster tokens name a cluster and a network",
+            ));
+        }
         let kind = match (r.kind.as_str(), r.identity.as_str()) {
             ("controlplane", "") => TokenKind::ControlPlane,
-            ("controlplane", _) => {
+            ("cluster", "") => self.cluster_kind(&r)?,
+            ("controlplane" | "cluster", _) => {
                 return Err(Status::invalid_argument(
                     "identity: only vm tokens carry an identity",
                 ))
@@ -86,7 +128,7 @@ impl Admin for AdminService {
             }
             (other, _) => {
                 return Err(Status::invalid_argument(format!(
-                    "kind: `{other}` is not a token kind; use controlplane or vm"
+                    "kind: `{other}` is not a token kind; use controlplane, cluster or vm"
                 )))
             }
         };
@@ -106,6 +148,7 @@ impl Admin for AdminService {
         // name its SPIFFE ID in its CSR without another round trip.
         let token = match &kind {
             TokenKind::Vm { identity } => token.with_workload(&self.0.trust_domain, identity),
+            TokenKind::Cluster { cluster, .. } => token.with_cluster(cluster),
             TokenKind::ControlPlane => token,
         };
         let token = match &group {
@@ -139,14 +182,19 @@ impl Admin for AdminService {
             .read_state(|s| s.store.tokens())
             .into_iter()
             .map(|t| {
-                let (kind, identity) = match &t.kind {
-                    TokenKind::ControlPlane => ("controlplane".to_string(), String::new()),
-                    TokenKind::Vm { identity } => ("vm".to_string(), identity.clone()),
+                let (kind, identity, cluster, network) = match &t.kind {
+                    TokenKind::ControlPlane => ("controlplane", "", "", ""),
+                    TokenKind::Vm { identity } => ("vm", identity.as_str(), "", ""),
+                    TokenKind::Cluster { cluster, network } => {
+                        ("cluster", "", cluster.as_str(), network.as_str())
+                    }
                 };
                 TokenInfo {
                     id: t.id.clone(),
-                    kind,
-                    identity,
+                    kind: kind.to_string(),
+                    identity: identity.to_string(),
+                    cluster: cluster.to_string(),
+                    network: network.to_string(),
                     created_at_unix: t.created_at as i64,
                     expires_at_unix: t.expires_at as i64,
                     uses: t.uses,
@@ -267,5 +315,22 @@ impl Admin for AdminService {
     ) -> Result<Response<ProxyStatusResponse>, Status> {
         require_admin(&self.0, &req)?;
         Ok(Response::new(admin_config::proxy_status(&self.0).await))
+    }
+
+    async fn list_clusters(
+        &self,
+        req: Request<Empty>,
+    ) -> Result<Response<ListClustersResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        Ok(Response::new(admin_cluster::list(&self.0).await))
+    }
+
+    async fn remove_cluster(
+        &self,
+        req: Request<RemoveClusterRequest>,
+    ) -> Result<Response<ListClustersResponse>, Status> {
+        require_admin(&self.0, &req)?;
+        let name = req.into_inner().name;
+        Ok(Response::new(admin_cluster::remove(&self.0, &name).await?))
     }
 }

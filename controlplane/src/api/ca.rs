@@ -42,9 +42,11 @@ impl CaService {
                 })?;
                 Ok(SpiffeId::workload(&self.0.trust_domain, &ns, &sa))
             }
-            TokenKind::ControlPlane => Err(Status::failed_precondition(
-                "a control-plane token cannot be used to get a workload certificate",
-            )),
+            TokenKind::ControlPlane | TokenKind::Cluster { .. } => {
+                Err(Status::failed_precondition(
+                    "a control-plane or cluster token cannot be used to get a workload certificate",
+                ))
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Who may call what:
 //! - `Raft`, `Peer`: control-plane nodes of this trust domain;
-//! - `Join`: anyone holding a valid control-plane join token;
+//! - `Join`: anyone holding a valid control-plane or cluster join token;
 //! - `Ca.IssueCertificate`: a join token scoped to an identity, or a
 //!   current certificate of this mesh (renewal of that same identity);
 //! - `Ca.GetTrustBundle`: any caller with a certificate of this mesh;
@@ -11,6 +11,7 @@
 //! - `Discovery`: workload identities (`spiffe://TD/ns/NS/sa/SA`), each
 //!   only for its own namespace.
 mod admin;
+mod admin_cluster;
 mod admin_config;
 mod ca;
 mod discovery;

@@ -29,13 +29,39 @@ impl Peer for PeerService {
         &self,
         req: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<ReplyStream>, Status> {
-        require_controlplane(&self.0, &req)?;
+        let caller = require_controlplane(&self.0, &req)?;
+        let caller_id = caller
+            .controlplane_node()
+            .and_then(|n| n.strip_prefix("node-")?.parse::<u64>().ok());
+        // A node removed from the membership (a removed cluster's) keeps
+        // a valid certificate: it must not keep writing through the
+        // leader, on a new stream or on one it opened before.
+        let not_member = {
+            let node = self.0.clone();
+            move || {
+                let m = node.raft.metrics().borrow().membership_config.clone();
+                let member = caller_id.is_some_and(|id| m.membership().get_node(&id).is_some());
+                (!member).then(|| {
+                    Status::permission_denied(format!(
+                        "{caller} is not a member of the control plane (removed?); \
+                         it may not forward operations"
+                    ))
+                })
+            }
+        };
+        if let Some(denied) = not_member() {
+            return Err(denied);
+        }
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let node = self.0.clone();
         tokio::spawn(async move {
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { break };
+                if let Some(denied) = not_member() {
+                    let _ = tx.send(Err(denied));
+                    break;
+                }
                 let forward::Request { id, op } = match bincode::deserialize(&msg.data) {
                     Ok(r) => r,
                     Err(e) => {

@@ -70,6 +70,16 @@ pub enum BootstrapError {
     JoinRefused { addr: String, status: tonic::Status },
     #[error("the root certificate sent by {addr} does not match the token's pin; not joining")]
     RootPin { addr: String },
+    #[error(
+        "{flag} is for cluster tokens (`trellis token create --kind cluster`); this is a \
+         control-plane token, whose node joins the cluster of the node it joins through"
+    )]
+    ClusterFlag { flag: &'static str },
+    #[error(
+        "a cluster's learner holds no CA key: drop --ca-key-file / TRELLIS_CA_KEY, or join \
+         with --voter (a voter needs the mesh's CA key to sign intermediates)"
+    )]
+    LearnerCaKey,
 
     // Starting.
     #[error("node.json: sealed_intermediate_key is not base64")]

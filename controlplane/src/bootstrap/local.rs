@@ -46,6 +46,11 @@ pub struct LocalState {
     /// Join as a non-voting learner.
     #[serde(default)]
     pub learner: bool,
+    /// The CA key (DATA_DIR/ca.key) seals only this node's intermediate
+    /// key: the node joined a cluster as a learner and never held the key
+    /// that unseals the mesh's root key.
+    #[serde(default)]
+    pub own_key_only: bool,
 }
 
 impl LocalState {

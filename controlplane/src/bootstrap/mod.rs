@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use trellis_api::topology;
 use trellis_api::v1::join_client::JoinClient;
 use trellis_api::v1::AddNodeRequest;
-use trellis_api::v1::JoinControlPlaneRequest;
+use trellis_api::v1::{JoinClusterRequest, JoinControlPlaneRequest};
 use trellis_identity::admin_config::AdminConfig;
 use trellis_identity::files::write_private;
 use trellis_identity::verify::{
@@ -170,6 +170,7 @@ pub async fn init(
         joined: true,
         seeds: Vec::new(),
         learner: false,
+        own_key_only: false,
     };
     let (admin_cert, admin_key) = inter.issue_local(
         &SpiffeId::admin(trust_domain).to_string(),
@@ -202,11 +203,25 @@ pub async fn init(
     run(settings, key, Some(seal)).await
 }
 
-/// Joins an existing mesh with a control-plane token, then runs.
+/// How a node joins, besides its token.
+#[derive(Clone, Debug, Default)]
+pub struct JoinOptions {
+    /// `--voter` (`Some(true)`) or `--learner` (`Some(false)`); `None`: a
+    /// control-plane token's node is a voter, a cluster token's a learner.
+    pub voter: Option<bool>,
+    /// `--cluster`: the cluster a cluster token's node says it joins,
+    /// checked against the token's.
+    pub cluster: Option<String>,
+    /// `--locality` of a cluster's node.
+    pub locality: Option<String>,
+}
+
+/// Joins an existing mesh with a control-plane or cluster token, then
+/// runs.
 pub async fn join(
     token: &str,
     advertise: &str,
-    learner: bool,
+    opts: JoinOptions,
     settings: Settings,
     key: CaKeySource,
 ) -> Result<(), BootstrapError> {
@@ -215,16 +230,21 @@ pub async fn join(
         eprintln!("{} has already joined; starting the node", dir.display());
         return run(settings, key, None).await;
     }
-    let seal = key.require(&dir)?;
     let token_str = token.trim();
     let token = JoinToken::parse(token_str)?;
+    if token.cluster.is_some() {
+        return join_cluster(token_str, token, advertise, opts, settings, key).await;
+    }
+    if opts.cluster.is_some() {
+        return Err(BootstrapError::ClusterFlag { flag: "--cluster" });
+    }
+    if opts.locality.is_some() {
+        return Err(BootstrapError::ClusterFlag { flag: "--locality" });
+    }
+    let learner = opts.voter == Some(false);
+    let seal = key.require(&dir)?;
     let req = csr::generate_ca_csr().map_err(BootstrapError::Csr)?;
-    // Trust on first contact only a server whose chain holds the pinned root.
-    let tls = Arc::new(client_config(
-        None,
-        Arc::new(PinnedRootVerifier::new(token.root_pin)),
-    )?);
-    let (channel, addr) = grpc::connect_any(&token.addrs, tls, None).await?;
+    let (channel, addr) = connect_pinned(&token).await?;
     let resp = JoinClient::new(channel)
         .join_control_plane(JoinControlPlaneRequest {
             token: token_str.to_string(),
@@ -237,14 +257,8 @@ pub async fn join(
             status,
         })?
         .into_inner();
-    let root = pem::certs(&resp.root_cert_pem, "root certificate")?;
-    if trellis_identity::sha256(&root[0]) != token.root_pin {
-        return Err(BootstrapError::RootPin { addr });
-    }
-    match seal.open(&resp.seal_check) {
-        Ok(t) if t == SEAL_CHECK_TEXT => {}
-        _ => return Err(BootstrapError::WrongCaKey),
-    }
+    check_root(&resp.root_cert_pem, &token, &addr)?;
+    check_seal(&seal, &resp.seal_check)?;
     IntermediateCa::from_pem(
         &resp.intermediate_cert_pem,
         &req.key_pem,
@@ -266,6 +280,7 @@ pub async fn join(
         joined: false,
         seeds: token.addrs.clone(),
         learner,
+        own_key_only: false,
     };
     local.save(&dir)?;
     println!(
@@ -275,6 +290,117 @@ pub async fn join(
         if learner { "learner" } else { "voter" }
     );
     run(settings, key, Some(seal)).await
+}
+
+/// A cluster's node joins with a cluster token: as a learner it makes a
+/// CA key of its own that seals only its intermediate's key; as a voter
+/// it needs the mesh's CA key, as a control-plane token's node does.
+async fn join_cluster(
+    token_str: &str,
+    token: JoinToken,
+    advertise: &str,
+    opts: JoinOptions,
+    settings: Settings,
+    key: CaKeySource,
+) -> Result<(), BootstrapError> {
+    let dir = settings.data_dir.clone();
+    let voter = opts.voter == Some(true);
+    let seal = if voter {
+        key.require(&dir)?
+    } else if key.file.is_some() || key.value.is_some() {
+        return Err(BootstrapError::LearnerCaKey);
+    } else {
+        SealKey::generate()
+    };
+    let req = csr::generate_ca_csr().map_err(BootstrapError::Csr)?;
+    let (channel, addr) = connect_pinned(&token).await?;
+    let resp = JoinClient::new(channel)
+        .join_cluster(JoinClusterRequest {
+            token: token_str.to_string(),
+            intermediate_csr_pem: req.csr_pem.clone(),
+            address: advertise.to_string(),
+            cluster: opts.cluster.clone().unwrap_or_default(),
+            locality: opts.locality.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|status| BootstrapError::JoinRefused {
+            addr: addr.clone(),
+            status,
+        })?
+        .into_inner();
+    check_root(&resp.root_cert_pem, &token, &addr)?;
+    if voter {
+        check_seal(&seal, &resp.seal_check)?;
+    }
+    IntermediateCa::from_pem(
+        &resp.intermediate_cert_pem,
+        &req.key_pem,
+        &resp.root_cert_pem,
+    )?;
+    create_data_dir(&dir)?;
+    if !voter {
+        let path = CaKeySource::default_file(&dir);
+        write_private(&path, format!("{}\n", seal.to_base64()).as_bytes())
+            .map_err(|source| BootstrapError::WriteCaKey { path, source })?;
+    }
+    let local = LocalState {
+        node_id: resp.node_id,
+        trust_domain: resp.trust_domain.clone(),
+        address: advertise.to_string(),
+        root_cert_pem: resp.root_cert_pem,
+        intermediate_cert_pem: resp.intermediate_cert_pem,
+        sealed_intermediate_key: B64.encode(seal.seal(req.key_pem.as_bytes())),
+        pending_mesh: None,
+        pending_domain: None,
+        cluster: resp.cluster.clone(),
+        network: resp.network.clone(),
+        locality: opts.locality.unwrap_or_default(),
+        joined: false,
+        seeds: token.addrs.clone(),
+        learner: !voter,
+        own_key_only: !voter,
+    };
+    local.save(&dir)?;
+    println!(
+        "joined mesh {} as node {} ({}) of cluster {} on network {}",
+        resp.trust_domain,
+        resp.node_id,
+        if voter { "voter" } else { "learner" },
+        resp.cluster,
+        resp.network
+    );
+    run(settings, key, Some(seal)).await
+}
+
+/// A channel to the first of the token's addresses whose server proves a
+/// chain holding the pinned root: nothing is trusted before that.
+async fn connect_pinned(
+    token: &JoinToken,
+) -> Result<(tonic::transport::Channel, String), BootstrapError> {
+    let tls = Arc::new(client_config(
+        None,
+        Arc::new(PinnedRootVerifier::new(token.root_pin)),
+    )?);
+    Ok(grpc::connect_any(&token.addrs, tls, None).await?)
+}
+
+/// The root certificate a join answer carries is the pinned one.
+fn check_root(root_pem: &str, token: &JoinToken, addr: &str) -> Result<(), BootstrapError> {
+    let root = pem::certs(root_pem, "root certificate")?;
+    if trellis_identity::sha256(&root[0]) != token.root_pin {
+        return Err(BootstrapError::RootPin {
+            addr: addr.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The CA key given opens the mesh's seal check.
+fn check_seal(seal: &SealKey, seal_check: &[u8]) -> Result<(), BootstrapError> {
+    match seal.open(seal_check) {
+        Ok(t) if t == SEAL_CHECK_TEXT => Ok(()),
+        _ => Err(BootstrapError::WrongCaKey),
+    }
 }
 
 /// Runs the node in `settings.data_dir` until SIGINT or SIGTERM.
@@ -318,14 +444,15 @@ pub async fn run(
 
     let replica = crate::raft::start(local.node_id, &dir, &settings.raft, peer_tls.clone()).await?;
     let raft = replica.raft.clone();
-    // Refuse to run with a CA key that cannot open the mesh's root key.
+    // Refuse to run with a CA key that cannot open the mesh's root key,
+    // unless the key is this node's own (a cluster's learner).
     let mesh = replica
         .state
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .store
         .mesh();
-    if let Some(mesh) = mesh {
+    if let (Some(mesh), false) = (mesh, local.own_key_only) {
         seal.open(&mesh.sealed_root_key)
             .map_err(BootstrapError::RootKey)?;
     }
@@ -346,7 +473,7 @@ pub async fn run(
     };
     let keys = CaKeys {
         intermediate: inter,
-        seal,
+        seal: (!local.own_key_only).then_some(seal),
     };
     let node = Arc::new(Node::new(identity, replica, settings, keys, peer_tls));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -90,6 +90,13 @@ pub enum Internal {
     RootKey(#[source] CaError),
     #[error("the mesh's root key is not text")]
     RootKeyText(#[source] FromUtf8Error),
+    #[error(
+        "this node holds no CA key (it joined a cluster as a learner), so it cannot sign \
+         intermediates; only voters do"
+    )]
+    NoCaKey,
+    #[error("cannot sign the joining node's intermediate CA")]
+    SignIntermediate(#[source] CaError),
     #[error("the mesh's root CA cannot be loaded")]
     RootCa(#[source] CaError),
     #[error("the mesh's root certificate cannot be read")]

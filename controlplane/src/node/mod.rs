@@ -22,9 +22,10 @@ pub use error::{Internal, NodeError, Unreachable};
 use forward::{ForwardResult, Forwarder};
 pub use op::{LeaderOp, LeaderReply};
 
-use crate::ca::{IntermediateCa, RootCa, SealKey};
+use crate::ca::{IntermediateCa, RootCa, SealKey, DEFAULT_INTERMEDIATE_LIFETIME};
 use crate::raft::batch::WriteError;
 use crate::raft::network::MAX_MESSAGE_BYTES;
+use crate::raft::state::ClusterJoin;
 use crate::raft::{Command, MeshInfo, NodeId, Raft, RaftSettings, Replica, Response, SharedState};
 use crate::tokens::{JoinToken, KindRequired, Throttle, TokenRecord};
 
@@ -70,6 +71,23 @@ const THROTTLE_MAX_FAILURES: u32 = 5;
 const THROTTLE_WINDOW_SECS: u64 = 60;
 const THROTTLE_LOCKOUT_SECS: u64 = 60;
 
+/// What a cluster's joining node asks for, besides its token.
+pub struct ClusterAsk {
+    /// Its intermediate CA's CSR, already checked.
+    pub csr_pem: String,
+    /// The cluster it says it joins; empty: the token's.
+    pub cluster: String,
+    pub locality: String,
+}
+
+/// A cluster's node, accepted.
+pub struct ClusterJoined {
+    pub node_id: NodeId,
+    pub cluster: String,
+    pub network: String,
+    pub intermediate_cert_pem: String,
+}
+
 /// Who a node is in the mesh.
 pub struct NodeIdentity {
     pub id: NodeId,
@@ -79,10 +97,11 @@ pub struct NodeIdentity {
 }
 
 /// A node's CA material: its intermediate, and the key that unseals the
-/// mesh's root key for the one signing that needs it.
+/// mesh's root key for the one signing that needs it (`None` on a
+/// cluster's learner, which never holds it).
 pub struct CaKeys {
     pub intermediate: IntermediateCa,
-    pub seal: SealKey,
+    pub seal: Option<SealKey>,
 }
 
 pub struct Node {
@@ -97,7 +116,7 @@ pub struct Node {
     pub intermediate: IntermediateCa,
     /// Config push to the agents streaming from this node.
     pub push: crate::push::Push,
-    seal: SealKey,
+    seal: Option<SealKey>,
     peer_tls: Arc<rustls::ClientConfig>,
     peers: Mutex<HashMap<String, PeerClient<Channel>>>,
     throttle: Mutex<Throttle>,
@@ -160,9 +179,9 @@ impl Node {
 
     /// The root CA, unsealed for one signing: only ever held in memory.
     pub fn root_ca(&self) -> Result<RootCa, NodeError> {
+        let seal = self.seal.as_ref().ok_or(Internal::NoCaKey)?;
         let mesh = self.mesh().ok_or(Internal::NoMeshRecord)?;
-        let key = self
-            .seal
+        let key = seal
             .open(&mesh.sealed_root_key)
             .map_err(Internal::RootKey)?;
         let key = String::from_utf8(key).map_err(Internal::RootKeyText)?;
@@ -303,6 +322,33 @@ impl Node {
                     .map_err(write_err)?;
                 Ok(LeaderReply::Done)
             }
+            LeaderOp::JoinCluster { join, csr_pem } => {
+                let (_, response) = self.writer.write(join.clone()).await.map_err(|e| match e {
+                    WriteError::Raft(e) => write_err(e),
+                    e => Local::Failed(Internal::Write(e).into()),
+                })?;
+                let Response::ClusterJoined { node_id, .. } = &response else {
+                    return Ok(LeaderReply::ClusterJoined {
+                        response,
+                        intermediate_cert_pem: String::new(),
+                    });
+                };
+                let cert = self
+                    .root_ca()
+                    .and_then(|root| {
+                        root.sign_intermediate(
+                            csr_pem,
+                            &format!("node-{node_id}"),
+                            DEFAULT_INTERMEDIATE_LIFETIME,
+                        )
+                        .map_err(|e| Internal::SignIntermediate(e).into())
+                    })
+                    .map_err(Local::Failed)?;
+                Ok(LeaderReply::ClusterJoined {
+                    response,
+                    intermediate_cert_pem: cert,
+                })
+            }
         }
     }
 
@@ -328,13 +374,27 @@ impl Node {
         required: KindRequired,
         peer: &str,
     ) -> Result<(TokenRecord, Option<u64>), NodeError> {
+        self.throttled(peer, |now| self.try_use_token(token, required, now))
+            .await
+    }
+
+    /// Runs `attempt` (given the time) unless `peer` is locked out; a
+    /// refusal counts against the peer, a success clears its count.
+    async fn throttled<T, F>(
+        &self,
+        peer: &str,
+        attempt: impl FnOnce(u64) -> F,
+    ) -> Result<T, NodeError>
+    where
+        F: std::future::Future<Output = Result<T, NodeError>>,
+    {
         let now = now();
         self.throttle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .check(peer, now)
             .map_err(NodeError::Throttled)?;
-        let res = self.try_use_token(token, required, now).await;
+        let res = attempt(now).await;
         let mut throttle = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
         match &res {
             Ok(_) => throttle.record_success(peer),
@@ -344,12 +404,9 @@ impl Node {
         res
     }
 
-    async fn try_use_token(
-        self: &Arc<Self>,
-        token: &str,
-        required: KindRequired,
-        now: u64,
-    ) -> Result<(TokenRecord, Option<u64>), NodeError> {
+    /// Parses a token presented to this node and checks it pins this
+    /// mesh's root.
+    fn our_token(&self, token: &str) -> Result<JoinToken, NodeError> {
         let token = JoinToken::parse(token).map_err(NodeError::BadToken)?;
         let mesh = self.mesh().ok_or(NodeError::NoLeader)?;
         let ours = trellis_identity::pem::certs(&mesh.root_cert_pem, "root")
@@ -359,6 +416,64 @@ impl Node {
                 id: token.id.clone(),
             });
         }
+        Ok(token)
+    }
+
+    /// A cluster's control-plane node joins with a cluster token presented
+    /// by `peer` (throttled as [`Node::use_token`]): the store records it,
+    /// a voter signs its intermediate CSR. Returns the node's id, cluster,
+    /// network and intermediate certificate.
+    pub async fn join_cluster(
+        self: &Arc<Self>,
+        token: &str,
+        ask: ClusterAsk,
+        peer: &str,
+    ) -> Result<ClusterJoined, NodeError> {
+        self.throttled(peer, |now| async move {
+            let token = self.our_token(token)?;
+            let join = Command::JoinCluster(Box::new(ClusterJoin {
+                token_id: token.id,
+                secret_sha256: crate::tokens::secret_sha256(&token.secret),
+                now,
+                cluster: ask.cluster,
+                locality: ask.locality,
+            }));
+            let op = LeaderOp::JoinCluster {
+                join: join.once(now),
+                csr_pem: ask.csr_pem,
+            };
+            match self.leader_op(op).await? {
+                LeaderReply::ClusterJoined {
+                    response:
+                        Response::ClusterJoined {
+                            node_id,
+                            cluster,
+                            network,
+                        },
+                    intermediate_cert_pem,
+                } => Ok(ClusterJoined {
+                    node_id,
+                    cluster,
+                    network,
+                    intermediate_cert_pem,
+                }),
+                LeaderReply::ClusterJoined {
+                    response: Response::Refused(why),
+                    ..
+                } => Err(NodeError::Refused(why)),
+                other => Err(Internal::UnexpectedReply(Box::new(other)).into()),
+            }
+        })
+        .await
+    }
+
+    async fn try_use_token(
+        self: &Arc<Self>,
+        token: &str,
+        required: KindRequired,
+        now: u64,
+    ) -> Result<(TokenRecord, Option<u64>), NodeError> {
+        let token = self.our_token(token)?;
         let cmd = Command::UseToken {
             id: token.id,
             secret_sha256: crate::tokens::secret_sha256(&token.secret),

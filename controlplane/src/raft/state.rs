@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::tokens::{KindRequired, TokenRecord};
-pub use cluster::{Bootstrap, ClusterRecord, NodeRecord};
+pub use cluster::{Bootstrap, ClusterJoin, ClusterRecord, NodeRecord};
 pub use registry::{ApplyAction, RegistryCommand};
 
 /// The key of [`MeshInfo`].
@@ -98,6 +98,16 @@ pub enum Command {
     /// Bootstraps the mesh with its domain, first cluster and first node;
     /// refused if the mesh is already set.
     Bootstrap(Box<Bootstrap>),
+    /// A cluster's control-plane node joins with a cluster token: spends a
+    /// use, records the cluster (if new) and the node, hands out its id.
+    JoinCluster(Box<ClusterJoin>),
+    /// Removes cluster `name` and everything it registered: its nodes'
+    /// records and the workloads registered through them.
+    RemoveCluster { name: String },
+    /// Records which cluster node `id` belongs to (a node that joined with
+    /// a control-plane token is in the cluster of the node it joined
+    /// through).
+    RecordNode { id: u64, record: NodeRecord },
 }
 
 impl Command {
@@ -130,6 +140,12 @@ pub enum Response {
     Applied(Vec<ApplyAction>),
     /// The responses of a [`Command::Batch`], in order.
     Batch(Vec<Response>),
+    /// A [`Command::JoinCluster`] was accepted.
+    ClusterJoined {
+        node_id: u64,
+        cluster: String,
+        network: String,
+    },
 }
 
 /// The replicated key space.
@@ -225,27 +241,20 @@ impl Store {
                 required,
                 now,
             } => {
-                let Some(mut record) = self.token(id) else {
-                    return Response::Refused(format!(
-                        "token {id} is not known to this mesh; create one with `trellis token create`"
-                    ));
+                let mut record = match self.check_token(id, secret_sha256, *required, *now) {
+                    Ok(r) => r,
+                    Err(refused) => return refused,
                 };
-                if let Err(e) = record.check_hash(secret_sha256, *required, *now) {
-                    return Response::Refused(e.to_string());
-                }
-                record.consume();
-                self.set(format!("{TOKEN_PREFIX}{id}"), &record, changed);
+                self.spend_token(&mut record, changed);
                 let node_id = match required {
-                    KindRequired::ControlPlane => {
-                        let next: u64 =
-                            self.map.get(NEXT_NODE_ID).and_then(|b| dec(b)).unwrap_or(1);
-                        self.set(NEXT_NODE_ID.into(), &(next + 1), changed);
-                        Some(next)
-                    }
-                    KindRequired::Vm => None,
+                    KindRequired::ControlPlane => Some(self.next_node_id(changed)),
+                    KindRequired::Vm | KindRequired::Cluster => None,
                 };
                 Response::TokenUsed { record, node_id }
             }
+            Command::JoinCluster(join) => self.join_cluster(join, changed),
+            Command::RemoveCluster { name } => self.remove_cluster(name, changed),
+            Command::RecordNode { id, record } => self.record_node(*id, record, changed),
             Command::Registry(cmd) => self.apply_registry(cmd, changed),
             Command::Bootstrap(b) => self.bootstrap(b, changed),
             Command::Once { id, at, cmd } => {
@@ -260,6 +269,39 @@ impl Store {
                 response
             }
         }
+    }
+
+    /// The token `id` if `secret_sha256` may spend a use of it for
+    /// `required` at `now`; else the refusal to answer.
+    fn check_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        required: KindRequired,
+        now: u64,
+    ) -> Result<TokenRecord, Response> {
+        let Some(record) = self.token(id) else {
+            return Err(Response::Refused(format!(
+                "token {id} is not known to this mesh; create one with `trellis token create`"
+            )));
+        };
+        record
+            .check_hash(secret_sha256, required, now)
+            .map_err(|e| Response::Refused(e.to_string()))?;
+        Ok(record)
+    }
+
+    /// Counts one use of a checked token.
+    fn spend_token(&mut self, record: &mut TokenRecord, changed: &mut Vec<String>) {
+        record.consume();
+        self.set(format!("{TOKEN_PREFIX}{}", record.id), &*record, changed);
+    }
+
+    /// Hands out the next control-plane node id.
+    fn next_node_id(&mut self, changed: &mut Vec<String>) -> u64 {
+        let next: u64 = self.map.get(NEXT_NODE_ID).and_then(|b| dec(b)).unwrap_or(1);
+        self.set(NEXT_NODE_ID.into(), &(next + 1), changed);
+        next
     }
 
     /// How many writes' responses are remembered.
@@ -370,6 +412,16 @@ mod tests {
                 )],
             }),
             Command::Delete { key: "b".into() }.once(NOW),
+            Command::JoinCluster(Box::new(ClusterJoin {
+                token_id: t.id.clone(),
+                secret_sha256: secret_sha256(&t.secret),
+                now: NOW,
+                cluster: "west".into(),
+                locality: "eu/a".into(),
+            })),
+            Command::RemoveCluster {
+                name: "west".into(),
+            },
             Command::Bootstrap(Box::new(Bootstrap {
                 mesh: mesh(),
                 next_node_id: 2,
@@ -393,6 +445,13 @@ mod tests {
         let resp = Response::TokenUsed {
             record,
             node_id: Some(3),
+        };
+        let b = bincode::serialize(&resp).unwrap();
+        assert_eq!(bincode::deserialize::<Response>(&b).unwrap(), resp);
+        let resp = Response::ClusterJoined {
+            node_id: 4,
+            cluster: "west".into(),
+            network: "net-west".into(),
         };
         let b = bincode::serialize(&resp).unwrap();
         assert_eq!(bincode::deserialize::<Response>(&b).unwrap(), resp);

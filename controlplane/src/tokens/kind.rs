@@ -18,6 +18,10 @@ pub enum TokenKind {
     /// Admits a VM, which will receive certificates for `identity`
     /// (`namespace/serviceaccount`).
     Vm { identity: String },
+    /// Admits the control-plane node of a cluster: it joins as a learner
+    /// (a voter only if it also holds the CA key) and records `cluster`
+    /// on `network`.
+    Cluster { cluster: String, network: String },
 }
 
 impl TokenKind {
@@ -34,6 +38,7 @@ impl TokenKind {
         match self {
             TokenKind::ControlPlane => KindRequired::ControlPlane,
             TokenKind::Vm { .. } => KindRequired::Vm,
+            TokenKind::Cluster { .. } => KindRequired::Cluster,
         }
     }
 }
@@ -44,6 +49,7 @@ impl TokenKind {
 pub enum KindRequired {
     ControlPlane,
     Vm,
+    Cluster,
 }
 
 impl fmt::Display for KindRequired {
@@ -51,6 +57,7 @@ impl fmt::Display for KindRequired {
         f.write_str(match self {
             KindRequired::ControlPlane => "control-plane node",
             KindRequired::Vm => "VM",
+            KindRequired::Cluster => "cluster's control-plane node",
         })
     }
 }
@@ -90,5 +97,18 @@ mod tests {
             TokenKind::ControlPlane.required(),
             KindRequired::ControlPlane
         );
+        let cluster = TokenKind::Cluster {
+            cluster: "west".into(),
+            network: "net-west".into(),
+        };
+        let json = serde_json::to_string(&cluster).unwrap();
+        assert_eq!(
+            json,
+            r#"{"cluster":{"cluster":"west","network":"net-west"}}"#
+        );
+        assert_eq!(cluster.required(), KindRequired::Cluster);
+        // The Raft log carries kinds in bincode.
+        let b = bincode::serialize(&cluster).unwrap();
+        assert_eq!(bincode::deserialize::<TokenKind>(&b).unwrap(), cluster);
     }
 }

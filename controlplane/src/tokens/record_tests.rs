@@ -15,6 +15,7 @@ fn token() -> JoinToken {
         trust_domain: None,
         workload: None,
         group: None,
+        cluster: None,
     }
 }
 

@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 use trellis_api::topology::DEFAULT_DOMAIN;
 
+use super::registry::{WorkloadRecord, WORKLOAD_PREFIX};
 use super::{dec, MeshInfo, Response, Store, MESH_KEY, NEXT_NODE_ID};
+use crate::tokens::{KindRequired, TokenKind};
 
 /// The key of the mesh's DNS domain. A key of its own: [`MeshInfo`] is
 /// bincode in snapshots and logs, so a field added to it would make them
@@ -57,6 +59,20 @@ pub struct Bootstrap {
     pub node: NodeRecord,
 }
 
+/// A cluster's control-plane node asking to join with a cluster token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterJoin {
+    pub token_id: String,
+    /// Hex SHA-256 of the token's secret: secrets never enter the log.
+    pub secret_sha256: String,
+    pub now: u64,
+    /// The cluster the node says it joins (`--cluster`); empty: the
+    /// token's.
+    pub cluster: String,
+    /// The node's `region/zone/subzone`, possibly empty.
+    pub locality: String,
+}
+
 impl Store {
     /// The DNS domain of service names; [`DEFAULT_DOMAIN`] in a mesh made
     /// without one.
@@ -99,6 +115,111 @@ impl Store {
         Some((node.cluster, network))
     }
 
+    /// The ids of the nodes of cluster `name`.
+    pub fn cluster_nodes(&self, name: &str) -> Vec<u64> {
+        self.node_records()
+            .into_iter()
+            .filter(|(_, n)| n.cluster == name)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// The workloads registered through one of `nodes`, by key.
+    pub fn workloads_through<'a>(
+        &'a self,
+        nodes: &'a [u64],
+    ) -> impl Iterator<Item = (&'a str, WorkloadRecord)> + 'a {
+        self.prefixed(WORKLOAD_PREFIX)
+            .filter_map(|(k, v)| Some((k, dec::<WorkloadRecord>(v)?)))
+            .filter(|(_, r)| nodes.contains(&r.conn.node))
+    }
+
+    /// Checks the token, that it is for the cluster the node names, and
+    /// that the cluster is not already on another network; then spends a
+    /// use, records the cluster if new and the node. A refusal changes
+    /// nothing.
+    pub(super) fn join_cluster(&mut self, j: &ClusterJoin, changed: &mut Vec<String>) -> Response {
+        let mut record =
+            match self.check_token(&j.token_id, &j.secret_sha256, KindRequired::Cluster, j.now) {
+                Ok(r) => r,
+                Err(refused) => return refused,
+            };
+        let TokenKind::Cluster { cluster, network } = record.kind.clone() else {
+            return Response::Refused(format!(
+                "token {} is not a cluster token; create one with `trellis token create --kind cluster`",
+                j.token_id
+            ));
+        };
+        if !j.cluster.is_empty() && j.cluster != cluster {
+            return Response::Refused(format!(
+                "token {} is for cluster {cluster} and cannot join cluster {}; create a token \
+                 for {} with `trellis token create --kind cluster --cluster {} --network NETWORK`",
+                j.token_id, j.cluster, j.cluster, j.cluster
+            ));
+        }
+        if let Some(existing) = self.cluster(&cluster) {
+            if existing.network != network {
+                return Response::Refused(cluster_taken(&cluster, &existing.network, &network));
+            }
+        } else {
+            let rec = ClusterRecord {
+                network: network.clone(),
+                joined_at: j.now,
+            };
+            self.set(cluster_key(&cluster), &rec, changed);
+        }
+        self.spend_token(&mut record, changed);
+        let node_id = self.next_node_id(changed);
+        let node = NodeRecord {
+            cluster: cluster.clone(),
+            locality: j.locality.clone(),
+        };
+        self.set(node_key(node_id), &node, changed);
+        Response::ClusterJoined {
+            node_id,
+            cluster,
+            network,
+        }
+    }
+
+    /// Records node `id` in an existing cluster.
+    pub(super) fn record_node(
+        &mut self,
+        id: u64,
+        record: &NodeRecord,
+        changed: &mut Vec<String>,
+    ) -> Response {
+        if self.cluster(&record.cluster).is_none() {
+            return Response::Refused(format!("no cluster named {}", record.cluster));
+        }
+        self.set(node_key(id), record, changed);
+        Response::Ok
+    }
+
+    /// Removes cluster `name`, its nodes' records and the workloads
+    /// registered through its nodes, in one command. (Its nodes leave the
+    /// Raft membership by membership changes, which are not commands.)
+    pub(super) fn remove_cluster(&mut self, name: &str, changed: &mut Vec<String>) -> Response {
+        if self.cluster(name).is_none() {
+            return Response::Refused(format!(
+                "no cluster named {name}; `trellis cluster list` shows the clusters"
+            ));
+        }
+        let nodes = self.cluster_nodes(name);
+        let workloads: Vec<String> = self
+            .workloads_through(&nodes)
+            .map(|(k, _)| k.to_string())
+            .collect();
+        let keys = std::iter::once(cluster_key(name))
+            .chain(nodes.iter().map(|id| node_key(*id)))
+            .chain(workloads);
+        for k in keys {
+            self.map.remove(&k);
+            changed.push(k);
+        }
+        Response::Ok
+    }
+
     pub(super) fn bootstrap(&mut self, b: &Bootstrap, changed: &mut Vec<String>) -> Response {
         if self.mesh().is_some() {
             return Response::Refused("the mesh is already initialized".into());
@@ -110,6 +231,14 @@ impl Store {
         self.set(node_key(b.node_id), &b.node, changed);
         Response::Ok
     }
+}
+
+/// Why a cluster cannot be (re)made on `wanted`: it exists on `existing`.
+pub fn cluster_taken(name: &str, existing: &str, wanted: &str) -> String {
+    format!(
+        "cluster name {name} is taken: it is on network {existing}, not {wanted}; pick another \
+         name, or use --network {existing} to add a node to that cluster"
+    )
 }
 
 #[cfg(test)]
@@ -162,5 +291,158 @@ mod tests {
         let before = s.clone();
         assert!(matches!(s.apply(&cmd, &mut ch), Response::Refused(_)));
         assert_eq!(s, before);
+    }
+
+    mod joining {
+        use super::*;
+        use crate::raft::state::registry::{Conn, Health, RegistryCommand, WorkloadRecord};
+        use crate::tokens::{secret_sha256, JoinToken, TokenRecord};
+
+        const NOW: u64 = 1_800_000_000;
+
+        /// A bootstrapped mesh (cluster east on net-east, node 1) with a
+        /// cluster token for `cluster` on `network`, `uses` uses.
+        fn mesh_with_token(cluster: &str, network: &str, uses: u32) -> (Store, JoinToken) {
+            let mut s = Store::default();
+            let mut ch = Vec::new();
+            s.apply(&Command::Bootstrap(Box::new(bootstrap())), &mut ch);
+            let t = JoinToken::generate(vec!["127.0.0.1:15012".into()], [7; 32]);
+            let kind = TokenKind::Cluster {
+                cluster: cluster.into(),
+                network: network.into(),
+            };
+            let record = TokenRecord::new(&t, kind, NOW, 3600, Some(uses));
+            s.apply(&Command::CreateToken { record }, &mut ch);
+            (s, t)
+        }
+
+        fn join(t: &JoinToken, cluster: &str, now: u64) -> Command {
+            Command::JoinCluster(Box::new(ClusterJoin {
+                token_id: t.id.clone(),
+                secret_sha256: secret_sha256(&t.secret),
+                now,
+                cluster: cluster.into(),
+                locality: "eu-west1/a".into(),
+            }))
+        }
+
+        fn refused(s: &mut Store, cmd: &Command) -> String {
+            let before = s.clone();
+            let r = s.apply(cmd, &mut Vec::new());
+            assert_eq!(*s, before, "a refused join changed the store");
+            match r {
+                Response::Refused(why) => why,
+                other => panic!("{cmd:?} was not refused: {other:?}"),
+            }
+        }
+
+        #[test]
+        fn a_cluster_token_records_the_cluster_and_node_and_hands_out_ids() {
+            let (mut s, t) = mesh_with_token("west", "net-west", 2);
+            let mut ch = Vec::new();
+            let first = s.apply(&join(&t, "", NOW + 1), &mut ch);
+            assert_eq!(
+                first,
+                Response::ClusterJoined {
+                    node_id: 2,
+                    cluster: "west".into(),
+                    network: "net-west".into()
+                }
+            );
+            assert_eq!(
+                s.cluster("west"),
+                Some(ClusterRecord {
+                    network: "net-west".into(),
+                    joined_at: NOW + 1
+                })
+            );
+            assert_eq!(
+                s.node_topology(2),
+                Some(("west".to_string(), "net-west".to_string()))
+            );
+            // A second node of the same cluster names it: same record.
+            let Response::ClusterJoined { node_id, .. } =
+                s.apply(&join(&t, "west", NOW + 2), &mut ch)
+            else {
+                panic!("second join refused");
+            };
+            assert_eq!(node_id, 3);
+            assert_eq!(s.cluster("west").unwrap().joined_at, NOW + 1);
+            assert_eq!(s.cluster_nodes("west"), vec![2, 3]);
+            assert!(refused(&mut s, &join(&t, "west", NOW + 3)).contains("used up"));
+        }
+
+        #[test]
+        fn a_token_for_one_cluster_cannot_join_another_name() {
+            let (mut s, t) = mesh_with_token("west", "net-west", 1);
+            let why = refused(&mut s, &join(&t, "south", NOW));
+            assert!(why.contains("for cluster west"), "{why}");
+            assert!(why.contains("cannot join cluster south"), "{why}");
+            assert!(why.contains("--cluster south"), "{why}");
+        }
+
+        #[test]
+        fn a_cluster_name_taken_on_another_network_is_refused() {
+            // east is the first cluster, on net-east.
+            let (mut s, t) = mesh_with_token("east", "net-other", 1);
+            let why = refused(&mut s, &join(&t, "", NOW));
+            assert!(why.contains("cluster name east is taken"), "{why}");
+            assert!(why.contains("network net-east, not net-other"), "{why}");
+        }
+
+        #[test]
+        fn expired_wrong_kind_and_unknown_tokens_are_refused() {
+            let (mut s, t) = mesh_with_token("west", "net-west", 1);
+            assert!(refused(&mut s, &join(&t, "", NOW + 3600)).contains("expired"));
+            let other = JoinToken::generate(vec!["127.0.0.1:1".into()], [7; 32]);
+            assert!(refused(&mut s, &join(&other, "", NOW)).contains("not known"));
+            // A cluster token does not admit a VM or a voter of the core.
+            for required in [KindRequired::Vm, KindRequired::ControlPlane] {
+                let cmd = Command::UseToken {
+                    id: t.id.clone(),
+                    secret_sha256: secret_sha256(&t.secret),
+                    required,
+                    now: NOW,
+                };
+                assert!(refused(&mut s, &cmd).contains("cannot be used to join"));
+            }
+        }
+
+        #[test]
+        fn removing_a_cluster_removes_its_nodes_and_their_workloads_only() {
+            let (mut s, t) = mesh_with_token("west", "net-west", 1);
+            let mut ch = Vec::new();
+            s.apply(&join(&t, "", NOW), &mut ch);
+            let workload = |node| WorkloadRecord {
+                entry_json: b"{}".to_vec(),
+                group: "g".into(),
+                conn: Conn { node, stream: 1 },
+                registered_at: NOW,
+                disconnected_at: None,
+                health: Health::NoProbe,
+            };
+            for (key, node) in [("workload/default/a", 2), ("workload/default/b", 1)] {
+                let cmd = Command::Registry(RegistryCommand::RegisterWorkload {
+                    key: key.into(),
+                    record: workload(node),
+                });
+                s.apply(&cmd, &mut ch);
+            }
+            assert_eq!(s.workloads_through(&[2]).count(), 1);
+            ch.clear();
+            let remove = Command::RemoveCluster {
+                name: "west".into(),
+            };
+            assert_eq!(s.apply(&remove, &mut ch), Response::Ok);
+            assert_eq!(s.cluster("west"), None);
+            assert_eq!(s.node_record(2), None);
+            assert!(s.workload("workload/default/a").is_none());
+            assert!(s.workload("workload/default/b").is_some(), "east's stays");
+            assert!(s.cluster("east").is_some());
+            for key in ["cluster/west", "node/2", "workload/default/a"] {
+                assert!(ch.iter().any(|k| k == key), "{key} not in {ch:?}");
+            }
+            assert!(refused(&mut s, &remove).contains("no cluster named west"));
+        }
     }
 }
