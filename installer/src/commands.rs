@@ -30,11 +30,18 @@ fn time(unix: i64) -> String {
 }
 
 /// `trellis token create`: prints the token alone on stdout.
+/// What a token is for, besides its kind: a VM's identity or
+/// WorkloadGroup, a gateway's network.
+pub struct TokenScope {
+    pub identity: Option<String>,
+    pub workload_group: Option<String>,
+    pub network: Option<String>,
+}
+
 pub async fn token_create(
     config: Option<&Path>,
     kind: &str,
-    identity: Option<String>,
-    workload_group: Option<String>,
+    scope: TokenScope,
     ttl: Duration,
     uses: Option<u32>,
 ) -> anyhow::Result<()> {
@@ -42,10 +49,11 @@ pub async fn token_create(
     let r = c
         .create_token(CreateTokenRequest {
             kind: kind.to_string(),
-            identity: identity.unwrap_or_default(),
+            identity: scope.identity.unwrap_or_default(),
             ttl_seconds: ttl.as_secs(),
             max_uses: uses.unwrap_or(0),
-            workload_group: workload_group.unwrap_or_default(),
+            workload_group: scope.workload_group.unwrap_or_default(),
+            network: scope.network.unwrap_or_default(),
         })
         .await
         .map_err(status)?

@@ -85,8 +85,8 @@ enum Cmd {
 enum TokenCmd {
     /// Create a token; prints it on stdout.
     Create {
-        /// controlplane (a new control-plane node) or vm (a workload).
-        #[arg(long, value_parser = ["controlplane", "vm"])]
+        /// controlplane (a new control-plane node), vm (a workload) or gateway (a network's east-west gateway).
+        #[arg(long, value_parser = ["controlplane", "vm", "gateway"])]
         kind: String,
         /// For vm tokens: the identity NAMESPACE/SERVICEACCOUNT.
         #[arg(long)]
@@ -94,6 +94,9 @@ enum TokenCmd {
         /// For vm tokens: the WorkloadGroup NAMESPACE/NAME the agent registers in; the identity is then its service account.
         #[arg(long)]
         workload_group: Option<String>,
+        /// For gateway tokens: the network whose east-west gateway it admits.
+        #[arg(long, required_if_eq("kind", "gateway"))]
+        network: Option<String>,
         /// Lifetime, e.g. 30m, 1h, 7d.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
@@ -147,9 +150,17 @@ async fn main() {
             kind,
             identity,
             workload_group,
+            network,
             ttl,
             uses,
-        }) => commands::token_create(cfg, &kind, identity, workload_group, ttl, uses).await,
+        }) => {
+            let scope = commands::TokenScope {
+                identity,
+                workload_group,
+                network,
+            };
+            commands::token_create(cfg, &kind, scope, ttl, uses).await
+        }
         Cmd::Token(TokenCmd::List { output }) => commands::token_list(cfg, output).await,
         Cmd::Token(TokenCmd::Revoke { id }) => commands::token_revoke(cfg, id).await,
         Cmd::Controlplane(ControlplaneCmd::Members { output }) => {

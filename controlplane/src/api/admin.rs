@@ -16,6 +16,16 @@ use crate::config;
 use crate::node::{now, LeaderOp, LeaderReply, Node, NodeError};
 use crate::raft::Command;
 use crate::tokens::{JoinToken, TokenKind, TokenRecord};
+use trellis_identity::spiffe::GATEWAY_NAMESPACE;
+use trellis_identity::SpiffeId;
+
+/// `NS/SA` of the east-west gateway of `network`.
+fn gateway_workload(trust_domain: &str, network: &str) -> String {
+    SpiffeId::eastwest_gateway(trust_domain, network)
+        .workload_parts()
+        .map(|(ns, sa)| format!("{ns}/{sa}"))
+        .unwrap_or_default()
+}
 
 /// Token lifetime when the request names none.
 const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
@@ -82,14 +92,34 @@ impl Admin for AdminService {
                 ))
             }
             ("vm", id) => {
-                TokenKind::vm(id).map_err(|e| Status::invalid_argument(format!("identity: {e}")))?
+                let kind = TokenKind::vm(id)
+                    .map_err(|e| Status::invalid_argument(format!("identity: {e}")))?;
+                if id.split('/').next() == Some(GATEWAY_NAMESPACE) {
+                    return Err(Status::invalid_argument(format!(
+                        "identity: namespace {GATEWAY_NAMESPACE} is Trellis's own (east-west gateways); \
+                         give the gateway a token with `--kind gateway --network NET`"
+                    )));
+                }
+                kind
+            }
+            ("gateway", "") => TokenKind::gateway(&r.network)
+                .map_err(|e| Status::invalid_argument(format!("network: {e}")))?,
+            ("gateway", _) => {
+                return Err(Status::invalid_argument(
+                    "identity: a gateway token's identity is its network's gateway; give --network only",
+                ))
             }
             (other, _) => {
                 return Err(Status::invalid_argument(format!(
-                    "kind: `{other}` is not a token kind; use controlplane or vm"
+                    "kind: `{other}` is not a token kind; use controlplane, vm or gateway"
                 )))
             }
         };
+        if !r.network.is_empty() && !matches!(kind, TokenKind::Gateway { .. }) {
+            return Err(Status::invalid_argument(
+                "network: only gateway tokens name a network",
+            ));
+        }
         let mesh = self.0.mesh().ok_or(NodeError::NoLeader)?;
         let pin = crate::ca::cert_fingerprint(&mesh.root_cert_pem)
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -106,6 +136,10 @@ impl Admin for AdminService {
         // name its SPIFFE ID in its CSR without another round trip.
         let token = match &kind {
             TokenKind::Vm { identity } => token.with_workload(&self.0.trust_domain, identity),
+            TokenKind::Gateway { network } => token.with_workload(
+                &self.0.trust_domain,
+                &gateway_workload(&self.0.trust_domain, network),
+            ),
             TokenKind::ControlPlane => token,
         };
         let token = match &group {
@@ -142,6 +176,10 @@ impl Admin for AdminService {
                 let (kind, identity) = match &t.kind {
                     TokenKind::ControlPlane => ("controlplane".to_string(), String::new()),
                     TokenKind::Vm { identity } => ("vm".to_string(), identity.clone()),
+                    TokenKind::Gateway { network } => (
+                        "gateway".to_string(),
+                        gateway_workload(&self.0.trust_domain, network),
+                    ),
                 };
                 TokenInfo {
                     id: t.id.clone(),

@@ -242,7 +242,7 @@ impl Store {
                         self.set(NEXT_NODE_ID.into(), &(next + 1), changed);
                         Some(next)
                     }
-                    KindRequired::Vm => None,
+                    KindRequired::Vm | KindRequired::Gateway => None,
                 };
                 Response::TokenUsed { record, node_id }
             }

@@ -1,4 +1,5 @@
-//! [`TokenKind`]: what a join token admits (a control-plane node or one VM identity).
+//! [`TokenKind`]: what a join token admits (a control-plane node, one VM
+//! identity, or the east-west gateway of a network).
 
 use std::fmt;
 
@@ -18,6 +19,9 @@ pub enum TokenKind {
     /// Admits a VM, which will receive certificates for `identity`
     /// (`namespace/serviceaccount`).
     Vm { identity: String },
+    /// Admits an east-west gateway of `network`, which will receive
+    /// certificates for `spiffe://TD/ns/trellis-system/sa/eastwest-gateway-NETWORK`.
+    Gateway { network: String },
 }
 
 impl TokenKind {
@@ -29,11 +33,20 @@ impl TokenKind {
         })
     }
 
+    /// A gateway token kind, with `network` validated as a topology name.
+    pub fn gateway(network: &str) -> Result<TokenKind, trellis_api::topology::TopologyError> {
+        trellis_api::topology::validate_name("network", network)?;
+        Ok(TokenKind::Gateway {
+            network: network.to_string(),
+        })
+    }
+
     /// The kind of join this token admits, without the VM identity.
     pub fn required(&self) -> KindRequired {
         match self {
             TokenKind::ControlPlane => KindRequired::ControlPlane,
             TokenKind::Vm { .. } => KindRequired::Vm,
+            TokenKind::Gateway { .. } => KindRequired::Gateway,
         }
     }
 }
@@ -44,6 +57,7 @@ impl TokenKind {
 pub enum KindRequired {
     ControlPlane,
     Vm,
+    Gateway,
 }
 
 impl fmt::Display for KindRequired {
@@ -51,6 +65,7 @@ impl fmt::Display for KindRequired {
         f.write_str(match self {
             KindRequired::ControlPlane => "control-plane node",
             KindRequired::Vm => "VM",
+            KindRequired::Gateway => "east-west gateway",
         })
     }
 }
@@ -86,6 +101,12 @@ mod tests {
         assert_eq!(json, r#"{"vm":{"identity":"default/web"}}"#);
         assert_eq!(serde_json::from_str::<TokenKind>(&json).unwrap(), vm);
         assert_eq!(vm.required(), KindRequired::Vm);
+        let gw = TokenKind::gateway("net-b").unwrap();
+        let json = serde_json::to_string(&gw).unwrap();
+        assert_eq!(json, r#"{"gateway":{"network":"net-b"}}"#);
+        assert_eq!(serde_json::from_str::<TokenKind>(&json).unwrap(), gw);
+        assert_eq!(gw.required(), KindRequired::Gateway);
+        assert!(TokenKind::gateway("bad/net").is_err());
         assert_eq!(
             TokenKind::ControlPlane.required(),
             KindRequired::ControlPlane
