@@ -5,7 +5,12 @@
 //! marked disconnected when the stream ends ([`disconnected`]); the leader
 //! removes entries whose agent stayed away longer than the grace period,
 //! and marks disconnected those whose node no longer holds their stream
-//! ([`sweep_forever`]).
+//! ([`sweep_forever`]). East-west gateways register alike, for their
+//! network ([`gateway`]).
+mod gateway;
+
+pub use gateway::{gateway_disconnected, horizon, register_gateway, GatewayRegistration};
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
