@@ -85,7 +85,7 @@ struct EastWest {
     _reviews_agent: Proc,
     _gateway: Proc,
     _echo: Proc,
-    _cp: Cluster,
+    cp: Cluster,
     block: Block,
 }
 
@@ -161,7 +161,7 @@ impl EastWest {
             _reviews_agent: reviews_agent,
             _gateway: gateway,
             _echo: echo,
-            _cp: cp,
+            cp,
             block,
         };
         for url in [
@@ -303,6 +303,49 @@ async fn a_connection_naming_an_unknown_service_is_refused_and_counted() -> anyh
         let m = env.gateway_metrics();
         assert!(m.lines().any(|l| l.starts_with(&line)), "{reason}: {m}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_gateway_tokens_give_gateway_identities() -> anyhow::Result<()> {
+    let env = env().await?;
+    let refused = |args: &[&str], why: &str| {
+        let out = env
+            .cp
+            .cli_raw(&[&["token", "create"], args].concat())
+            .expect("trellis runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success() && stderr.contains(why),
+            "{args:?}: {stderr}"
+        );
+    };
+    let gateway_id = "trellis-system/eastwest-gateway-net-b";
+    refused(
+        &["--kind", "vm", "--identity", gateway_id],
+        "trellis-system",
+    );
+    refused(&["--kind", "gateway"], "--network");
+    refused(&["--kind", "gateway", "--network", "Net B"], "network");
+    refused(
+        &[
+            "--kind",
+            "vm",
+            "--identity",
+            "default/web",
+            "--network",
+            "net-b",
+        ],
+        "network",
+    );
+    // The fixture's gateway token is listed with the identity it gave.
+    let list = env.cp.cli(&["token", "list", "-o", "json"])?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&list)?;
+    assert!(
+        rows.iter()
+            .any(|r| r["kind"] == "gateway" && r["identity"] == gateway_id),
+        "{list}"
+    );
     Ok(())
 }
 
