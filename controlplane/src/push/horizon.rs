@@ -31,7 +31,7 @@ pub struct Gateways(BTreeMap<String, Vec<SocketAddr>>);
 impl Gateways {
     /// From the registry's records; addresses sorted, so that every node
     /// sends an endpoint to the same gateway.
-    pub fn new(records: &[GatewayRecord]) -> Gateways {
+    pub fn new<'a>(records: impl IntoIterator<Item = &'a GatewayRecord>) -> Gateways {
         let mut by_network: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
         for r in records {
             let addrs = by_network.entry(r.network.clone()).or_default();

@@ -230,7 +230,7 @@ impl Builder {
     }
 
     fn refresh_bundle(&mut self, st: &Applied) {
-        let gateways = Gateways::new(&st.store.gateways());
+        let gateways = Gateways::new(st.store.gateways().iter().map(|(_, r)| r));
         if gateways != *self.gateways {
             self.gateways = Arc::new(gateways);
             self.gateways_changed = true;

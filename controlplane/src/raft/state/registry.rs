@@ -173,10 +173,10 @@ impl Store {
         self.map.get(key).and_then(|b| dec(b))
     }
 
-    /// Every registered east-west gateway, in key order.
-    pub fn gateways(&self) -> Vec<GatewayRecord> {
+    /// Every registered east-west gateway, by key, in key order.
+    pub fn gateways(&self) -> Vec<(String, GatewayRecord)> {
         self.prefixed(GATEWAY_PREFIX)
-            .filter_map(|(_, v)| dec(v))
+            .filter_map(|(k, v)| Some((k.to_string(), dec(v)?)))
             .collect()
     }
 
@@ -527,7 +527,7 @@ mod tests {
         // It reconnected before its old stream's end was written.
         s.apply(&register(2), &mut ch);
         s.apply(&gone(1), &mut ch);
-        assert_eq!(s.gateways(), vec![record(2)]);
+        assert_eq!(s.gateways(), vec![(key.clone(), record(2))]);
         s.apply(&gone(2), &mut ch);
         assert_eq!(s.gateways(), vec![]);
         assert!(ch.contains(&key));
