@@ -131,7 +131,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
         "trellis-agent ready"
     );
 
-    shutdown_signal().await;
+    drain::shutdown_signal().await;
     tracing::info!(deadline = ?opts.drain_timeout, "draining: no new connections; in-flight requests may finish");
     admin.ready.store(false, Ordering::Relaxed);
     if signal.drain(opts.drain_timeout).await {
@@ -427,13 +427,5 @@ async fn watch_config(path: PathBuf, settings: Settings, view: Arc<Shared<mesh::
                 tracing::error!(error = %e, "config update refused; the previous config stays in force")
             }
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
 }

@@ -14,3 +14,9 @@ pub const READY: &str = "ready";
 
 /// On a registered WorkloadEntry: the WorkloadGroup it registered in.
 pub const WORKLOAD_GROUP: &str = "trellis.io/workload-group";
+
+/// On a WorkloadEntry on another network than the agent it is pushed to:
+/// `IP:PORT` of that network's east-west gateway, where the agent connects
+/// instead (with the SNI and the identity of the endpoint, as if
+/// directly). The entry's `address` is then the gateway's IP.
+pub const GATEWAY: &str = "trellis.io/gateway";

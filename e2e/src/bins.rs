@@ -10,11 +10,12 @@ use crate::process::remove_env_prefixed;
 
 /// What [`bin_dir`] builds when nothing chose otherwise: every binary the
 /// harness starts.
-const HARNESS_PACKAGES: [&str; 4] = [
+const HARNESS_PACKAGES: [&str; 5] = [
     "trellis-controlplane",
     "trellis",
     "trellis-echo",
     "trellis-agent",
+    "trellis-eastwest",
 ];
 
 static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();

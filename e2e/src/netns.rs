@@ -125,11 +125,7 @@ impl Net {
     /// IPv6), and default routes through the bridge.
     pub fn host(&mut self, name: &str) -> anyhow::Result<Host> {
         check_name("host name", name)?;
-        let n = self.namespaces.len() + 2;
-        let last = u8::try_from(n)
-            .ok()
-            .filter(|&n| n < 255)
-            .context("a Net has room for 253 hosts")?;
+        let (n, last) = self.next_address()?;
         let addr = address(self.id, last);
         let netns = format!("trellis-{}-{:04x}-{name}", self.label, self.id);
         ip(&["netns", "add", &netns])?;
@@ -165,6 +161,50 @@ impl Net {
         })
     }
 
+    /// The number of the next veth, and the last byte of its address.
+    fn next_address(&self) -> anyhow::Result<(usize, u8)> {
+        let n = self.veths.len() + 2;
+        let last = u8::try_from(n)
+            .ok()
+            .filter(|&n| n < 255)
+            .context("a Net has room for 253 hosts")?;
+        Ok((n, last))
+    }
+
+    /// Plugs `host`, a host of another net, into this one too, as `dev`
+    /// with the next free address (IPv4 only; its routes stay as they
+    /// are): a host with a foot on two networks, as an east-west gateway
+    /// or a router has. Returns its address here.
+    pub fn attach(&mut self, host: &Host, dev: &str) -> anyhow::Result<Ipv4Addr> {
+        let (n, last) = self.next_address()?;
+        let addr = address(self.id, last);
+        let veth = format!("trv{:04x}-{n}", self.id);
+        ip(&[
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            dev,
+            "netns",
+            &host.netns,
+        ])?;
+        self.veths.push(veth.clone());
+        ip(&["link", "set", &veth, "master", &self.bridge, "up"])?;
+        let inside = |args: &[&str]| ip(&[&["-n", host.netns.as_str()], args].concat());
+        inside(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+        inside(&["link", "set", dev, "up"])?;
+        Ok(addr)
+    }
+
+    /// The net's IPv4 subnet, `10.X.Y.0/24`.
+    pub fn subnet(&self) -> String {
+        let [a, b, c, _] = self.gateway.octets();
+        format!("{a}.{b}.{c}.0/24")
+    }
+
     /// Name of the bridge in the root namespace.
     pub fn bridge(&self) -> &str {
         &self.bridge
@@ -196,6 +236,7 @@ impl Drop for Net {
         for command in &self.forward_rules {
             let _ = run(Command::new(command).args(forward_rule("-D", &self.bridge)));
         }
+
         let _ = ip(&["link", "del", &self.bridge]);
     }
 }
@@ -232,6 +273,27 @@ impl Host {
         let dir = etc_netns(&self.netns);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("resolv.conf"), text).context("writing resolv.conf")
+    }
+
+    /// Replaces the host's default routes by `routes` (destination, next
+    /// hop): it then reaches its own subnets and what they name only,
+    /// whatever the root namespace forwards. How tests keep networks apart.
+    pub fn only_routes(&self, routes: &[(String, Ipv4Addr)]) -> anyhow::Result<()> {
+        let inside = |args: &[&str]| ip(&[&["-n", self.netns.as_str()], args].concat());
+        inside(&["route", "del", "default"])?;
+        inside(&["-6", "route", "del", "default"])?;
+        for (dest, via) in routes {
+            inside(&["route", "replace", dest, "via", &via.to_string()])?;
+        }
+        Ok(())
+    }
+
+    /// Lets the host forward IPv4 between its interfaces: a router.
+    pub fn forward(&self) -> anyhow::Result<()> {
+        run(self
+            .command("sysctl")
+            .args(["-qw", "net.ipv4.ip_forward=1"]))
+        .map(|_| ())
     }
 
     /// Runs `script` with `sh -c` inside this host and returns its stdout;

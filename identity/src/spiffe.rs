@@ -11,6 +11,12 @@ pub struct SpiffeId {
     path: String,
 }
 
+/// The namespace of Trellis's own workloads (the east-west gateways): VM
+/// tokens cannot be made for it.
+pub const GATEWAY_NAMESPACE: &str = "trellis-system";
+/// The service account of an east-west gateway is this and its network.
+const GATEWAY_SA_PREFIX: &str = "eastwest-gateway-";
+
 impl SpiffeId {
     /// Parses `spiffe://TD/PATH`; the trust domain is lowercase letters,
     /// digits, `.`, `-` and `_`; the path is non-empty segments.
@@ -87,6 +93,26 @@ impl SpiffeId {
         (!ns.is_empty() && !sa.is_empty() && !sa.contains('/')).then_some((ns, sa))
     }
 
+    /// `spiffe://TD/ns/trellis-system/sa/eastwest-gateway-NETWORK`: the
+    /// east-west gateway of `network`. It is a workload identity (it
+    /// streams config as agents do), in a namespace workloads cannot be
+    /// given ([`GATEWAY_NAMESPACE`]), and the network it names is the only
+    /// one the gateway may register for.
+    pub fn eastwest_gateway(trust_domain: &str, network: &str) -> Self {
+        Self::workload(
+            trust_domain,
+            GATEWAY_NAMESPACE,
+            &format!("{GATEWAY_SA_PREFIX}{network}"),
+        )
+    }
+
+    /// The network, if this is an east-west gateway's identity.
+    pub fn gateway_network(&self) -> Option<&str> {
+        let (ns, sa) = self.workload_parts()?;
+        let network = sa.strip_prefix(GATEWAY_SA_PREFIX)?;
+        (ns == GATEWAY_NAMESPACE && !network.is_empty()).then_some(network)
+    }
+
     /// The node name if this is a control-plane node's identity.
     pub fn controlplane_node(&self) -> Option<&str> {
         self.path.strip_prefix("/trellis/controlplane/")
@@ -139,6 +165,24 @@ mod tests {
             Some("node-2")
         );
         assert!(SpiffeId::admin("td").is_admin());
+    }
+
+    #[test]
+    fn a_gateway_identity_names_its_network_and_nothing_else_does() {
+        let gw = SpiffeId::eastwest_gateway("td", "net-b");
+        assert_eq!(
+            gw.to_string(),
+            "spiffe://td/ns/trellis-system/sa/eastwest-gateway-net-b"
+        );
+        assert_eq!(gw.gateway_network(), Some("net-b"));
+        for other in [
+            SpiffeId::workload("td", "default", "eastwest-gateway-net-b"),
+            SpiffeId::workload("td", "trellis-system", "eastwest-gateway-"),
+            SpiffeId::workload("td", "trellis-system", "web"),
+            SpiffeId::admin("td"),
+        ] {
+            assert_eq!(other.gateway_network(), None, "{other}");
+        }
     }
 
     #[test]

@@ -89,14 +89,14 @@ enum Cmd {
 enum TokenCmd {
     /// Create a token; prints it on stdout.
     Create {
-        /// controlplane (a new voter), cluster (a cluster's control-plane node) or vm (a workload).
-        #[arg(long, value_parser = ["controlplane", "cluster", "vm"])]
+        /// controlplane (a new voter), cluster (a cluster's control-plane node), vm (a workload) or gateway (a network's east-west gateway).
+        #[arg(long, value_parser = ["controlplane", "cluster", "vm", "gateway"])]
         kind: String,
         /// For cluster tokens: the cluster's name.
         #[arg(long, required_if_eq("kind", "cluster"))]
         cluster: Option<String>,
-        /// For cluster tokens: the cluster's network (topology.istio.io/network).
-        #[arg(long, required_if_eq("kind", "cluster"))]
+        /// For cluster tokens: the cluster's network (topology.istio.io/network); for gateway tokens: the network whose east-west gateway it admits.
+        #[arg(long, required_if_eq_any([("kind", "cluster"), ("kind", "gateway")]))]
         network: Option<String>,
         /// For vm tokens: the identity NAMESPACE/SERVICEACCOUNT.
         #[arg(long)]

@@ -14,6 +14,7 @@ const CHECKED: &[&str] = &[
     "dataplane",
     "controlplane",
     "agent",
+    "eastwest-gateway",
     "installer",
     "e2e",
     "echo",

@@ -42,6 +42,16 @@ impl Watch {
     }
 }
 
+/// Returns at the first SIGINT or SIGTERM: when a data-plane binary
+/// starts its drain.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,16 @@ use crate::node::{now, LeaderOp, LeaderReply, Node, NodeError};
 use crate::raft::state::cluster::cluster_taken;
 use crate::raft::Command;
 use crate::tokens::{JoinToken, TokenKind, TokenRecord};
+use trellis_identity::spiffe::GATEWAY_NAMESPACE;
+use trellis_identity::SpiffeId;
+
+/// `NS/SA` of the east-west gateway of `network`.
+fn gateway_workload(trust_domain: &str, network: &str) -> String {
+    SpiffeId::eastwest_gateway(trust_domain, network)
+        .workload_parts()
+        .map(|(ns, sa)| format!("{ns}/{sa}"))
+        .unwrap_or_default()
+}
 
 /// Token lifetime when the request names none.
 const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
@@ -105,9 +115,14 @@ impl Admin for AdminService {
         require_admin(&self.0, &req)?;
         let mut r = req.into_inner();
         let group = self.group_identity(&mut r)?;
-        if r.kind != "cluster" && !(r.cluster.is_empty() && r.network.is_empty()) {
+        if r.kind != "cluster" && !r.cluster.is_empty() {
             return Err(Status::invalid_argument(
-                "cluster, network: only cluster tokens name a cluster and a network",
+                "cluster: only cluster tokens name a cluster",
+            ));
+        }
+        if !matches!(r.kind.as_str(), "cluster" | "gateway") && !r.network.is_empty() {
+            return Err(Status::invalid_argument(
+                "network: only cluster and gateway tokens name a network",
             ));
         }
         let kind = match (r.kind.as_str(), r.identity.as_str()) {
@@ -124,11 +139,26 @@ impl Admin for AdminService {
                 ))
             }
             ("vm", id) => {
-                TokenKind::vm(id).map_err(|e| Status::invalid_argument(format!("identity: {e}")))?
+                let kind = TokenKind::vm(id)
+                    .map_err(|e| Status::invalid_argument(format!("identity: {e}")))?;
+                if id.split('/').next() == Some(GATEWAY_NAMESPACE) {
+                    return Err(Status::invalid_argument(format!(
+                        "identity: namespace {GATEWAY_NAMESPACE} is Trellis's own (east-west gateways); \
+                         give the gateway a token with `--kind gateway --network NET`"
+                    )));
+                }
+                kind
+            }
+            ("gateway", "") => TokenKind::gateway(&r.network)
+                .map_err(|e| Status::invalid_argument(format!("network: {e}")))?,
+            ("gateway", _) => {
+                return Err(Status::invalid_argument(
+                    "identity: a gateway token's identity is its network's gateway; give --network only",
+                ))
             }
             (other, _) => {
                 return Err(Status::invalid_argument(format!(
-                    "kind: `{other}` is not a token kind; use controlplane, cluster or vm"
+                    "kind: `{other}` is not a token kind; use controlplane, cluster, vm or gateway"
                 )))
             }
         };
@@ -149,6 +179,10 @@ impl Admin for AdminService {
         let token = match &kind {
             TokenKind::Vm { identity } => token.with_workload(&self.0.trust_domain, identity),
             TokenKind::Cluster { cluster, .. } => token.with_cluster(cluster),
+            TokenKind::Gateway { network } => token.with_workload(
+                &self.0.trust_domain,
+                &gateway_workload(&self.0.trust_domain, network),
+            ),
             TokenKind::ControlPlane => token,
         };
         let token = match &group {
@@ -182,11 +216,16 @@ impl Admin for AdminService {
             .read_state(|s| s.store.tokens())
             .into_iter()
             .map(|t| {
+                let gateway;
                 let (kind, identity, cluster, network) = match &t.kind {
                     TokenKind::ControlPlane => ("controlplane", "", "", ""),
                     TokenKind::Vm { identity } => ("vm", identity.as_str(), "", ""),
                     TokenKind::Cluster { cluster, network } => {
                         ("cluster", "", cluster.as_str(), network.as_str())
+                    }
+                    TokenKind::Gateway { network } => {
+                        gateway = gateway_workload(&self.0.trust_domain, network);
+                        ("gateway", gateway.as_str(), "", network.as_str())
                     }
                 };
                 TokenInfo {

@@ -1,5 +1,6 @@
-//! The `Ca` service: signs workload CSRs for the identity the caller proved,
-//! and serves the trust bundle.
+//! The `Ca` service: signs workload CSRs for the identity the caller proved
+//! (a VM token's identity, a gateway token's gateway identity, or the
+//! caller's current certificate), and serves the trust bundle.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,12 +27,11 @@ impl CaService {
         }
     }
 
-    /// The identity a VM token is scoped to, read from this node's replica
-    /// so the CSR can be checked before a use of the token is spent.
-    fn token_identity(&self, token: &str) -> Option<SpiffeId> {
+    /// The kind of a token, read from this node's replica so the CSR can
+    /// be checked before a use of the token is spent.
+    fn token_kind(&self, token: &str) -> Option<TokenKind> {
         let t = JoinToken::parse(token).ok()?;
-        let record = self.0.read_state(|s| s.store.token(&t.id))?;
-        self.identity_of(&record.kind).ok()
+        Some(self.0.read_state(|s| s.store.token(&t.id))?.kind)
     }
 
     fn identity_of(&self, kind: &TokenKind) -> Result<SpiffeId, Status> {
@@ -41,6 +41,9 @@ impl CaService {
                     Status::internal(format!("the token's stored identity {identity}: {e}"))
                 })?;
                 Ok(SpiffeId::workload(&self.0.trust_domain, &ns, &sa))
+            }
+            TokenKind::Gateway { network } => {
+                Ok(SpiffeId::eastwest_gateway(&self.0.trust_domain, network))
             }
             TokenKind::ControlPlane | TokenKind::Cluster { .. } => {
                 Err(Status::failed_precondition(
@@ -62,11 +65,18 @@ impl Ca for CaService {
         let current = trellis_identity::grpc::peer_info(&req).and_then(|p| p.spiffe_id());
         let r = req.into_inner();
         let id = if !r.token.is_empty() {
-            if let Some(id) = self.token_identity(&r.token) {
+            let kind = self.token_kind(&r.token);
+            if let Some(id) = kind.as_ref().and_then(|k| self.identity_of(k).ok()) {
                 check_csr(r.csr_pem.as_bytes(), &self.policy(&id, r.ttl_seconds))
                     .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
             }
-            let (record, _) = node.use_token(&r.token, KindRequired::Vm, &ip).await?;
+            // A workload certificate is for a VM or a gateway; any other
+            // token is refused as a VM token would be.
+            let required = match kind {
+                Some(TokenKind::Gateway { .. }) => KindRequired::Gateway,
+                _ => KindRequired::Vm,
+            };
+            let (record, _) = node.use_token(&r.token, required, &ip).await?;
             self.identity_of(&record.kind)?
         } else {
             match current {

@@ -21,8 +21,9 @@ use trellis_api::v1::{DiscoveryRequest, DiscoveryResponse, ProxyNode};
 use trellis_identity::SpiffeId;
 
 use super::mesh_caller;
-use crate::discovery::{self, Registration};
+use crate::discovery::{self, GatewayRegistration, Registration};
 use crate::node::{now, Node};
+use crate::push::horizon::{Gateways, Horizon};
 use crate::push::response::{delta, full};
 use crate::push::status::StreamStatus;
 use crate::push::{Scope, Snapshot};
@@ -70,6 +71,8 @@ impl Discovery for DiscoveryService {
         };
         let registration =
             discovery::register(&node, &id, &proxy, first.health.as_ref(), remote, conn).await?;
+        let gateway = discovery::register_gateway(&node, &id, &proxy, conn).await?;
+        let horizon = discovery::horizon(&node, &id, &proxy);
         let labels = registration
             .as_ref()
             .map(|r| r.labels.clone())
@@ -100,9 +103,12 @@ impl Discovery for DiscoveryService {
             namespace: ns,
             labels,
             registration,
+            gateway,
+            horizon,
             tx,
             sent: None,
             scope: None,
+            gateways: None,
             full_next: true,
             in_flight: VecDeque::new(),
             nonce: 0,
@@ -147,10 +153,15 @@ struct AgentStream {
     namespace: String,
     labels: BTreeMap<String, String>,
     registration: Option<Registration>,
+    /// The gateway this stream registered, if it is an east-west gateway's.
+    gateway: Option<GatewayRegistration>,
+    horizon: Horizon,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     /// The version last sent.
     sent: Option<u64>,
     scope: Option<Scope>,
+    /// The gateways the last response was computed with.
+    gateways: Option<Arc<Gateways>>,
     /// Send everything next time (first push, after a NACK).
     full_next: bool,
     /// Responses not answered yet: (nonce, version).
@@ -183,21 +194,29 @@ impl AgentStream {
         if let Some(r) = self.registration.take() {
             discovery::disconnected(&self.node, r).await;
         }
+        if let Some(g) = self.gateway.take() {
+            discovery::gateway_disconnected(&self.node, g).await;
+        }
     }
 
     /// Sends what changed up to `snap`; false when the agent is gone.
     async fn push(&mut self, snap: &Arc<Snapshot>) -> bool {
-        let scope = Scope::of(&self.namespace, &self.labels, &snap.sidecars);
-        let rescoped = self.scope.as_ref() != Some(&scope);
+        let scope =
+            Scope::of(&self.namespace, &self.labels, &snap.sidecars).at(self.horizon.clone());
+        // New gateways change how other networks' endpoints are sent: all
+        // of them again.
+        let rescoped =
+            self.scope.as_ref() != Some(&scope) || self.gateways.as_ref() != Some(&snap.gateways);
         let changes = match self.sent {
             Some(v) if !self.full_next && !rescoped => snap.changes_since(v).map(|(c, _)| c),
             _ => None,
         };
         let deltas = match changes {
-            Some(changes) => delta(&scope, &changes),
+            Some(changes) => delta(&scope, &changes, &snap.gateways),
             None => full(&snap.full_view(&scope)),
         };
         self.scope = Some(scope);
+        self.gateways = Some(snap.gateways.clone());
         self.full_next = false;
         self.sent = Some(snap.version);
         if deltas.is_empty() {

@@ -5,7 +5,12 @@
 //! marked disconnected when the stream ends ([`disconnected`]); the leader
 //! removes entries whose agent stayed away longer than the grace period,
 //! and marks disconnected those whose node no longer holds their stream
-//! ([`sweep_forever`]).
+//! ([`sweep_forever`]). East-west gateways register alike, for their
+//! network ([`gateway`]), and the sweep removes those whose stream is gone.
+mod gateway;
+
+pub use gateway::{gateway_disconnected, horizon, register_gateway, GatewayRegistration};
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -317,34 +322,46 @@ async fn sweep(node: &Arc<Node>, unreachable: &mut HashMap<u64, u32>) -> Result<
         .nodes()
         .map(|(id, n)| (*id, n.addr.clone()))
         .collect();
-    for (key, r) in records.iter().filter(|(_, r)| r.disconnected_at.is_none()) {
-        let held = match open.get(&r.conn.node) {
+    // Connected workloads, and the gateways (registered while connected):
+    // their stream must still be open on their node.
+    let gateways: Vec<(String, Conn)> = node.read_state(|s| {
+        s.store
+            .gateways()
+            .into_iter()
+            .map(|(k, r)| (k, r.conn))
+            .collect()
+    });
+    let connected = records
+        .iter()
+        .filter(|(_, r)| r.disconnected_at.is_none())
+        .map(|(k, r)| (k.clone(), r.conn, false))
+        .chain(gateways.into_iter().map(|(k, c)| (k, c, true)));
+    for (key, conn, gateway) in connected {
+        let held = match open.get(&conn.node) {
             Some(h) => h.clone(),
             None => {
-                let h = streams_of(node, r.conn.node, addrs.get(&r.conn.node)).await;
-                open.insert(r.conn.node, h.clone());
+                let h = streams_of(node, conn.node, addrs.get(&conn.node)).await;
+                open.insert(conn.node, h.clone());
                 h
             }
         };
         let gone = match held {
             Some(streams) => {
-                unreachable.remove(&r.conn.node);
-                !streams.contains(&r.conn.stream)
+                unreachable.remove(&conn.node);
+                !streams.contains(&conn.stream)
             }
             None => {
-                let n = unreachable.entry(r.conn.node).or_default();
+                let n = unreachable.entry(conn.node).or_default();
                 *n += 1;
                 *n >= UNREACHABLE_SWEEPS
             }
         };
-        if gone {
-            node.write(Command::Registry(RegistryCommand::WorkloadDisconnected {
-                key: key.clone(),
-                conn: r.conn,
-                now,
-            }))
-            .await?;
-        }
+        let cmd = match (gone, gateway) {
+            (false, _) => continue,
+            (true, false) => RegistryCommand::WorkloadDisconnected { key, conn, now },
+            (true, true) => RegistryCommand::GatewayDisconnected { key, conn },
+        };
+        node.write(Command::Registry(cmd)).await?;
     }
     Ok(())
 }

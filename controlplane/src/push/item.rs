@@ -107,6 +107,10 @@ pub struct Item {
     /// JSON of the resource (for `bundle`, a [`Bundle`]).
     pub body: Bytes,
     pub visibility: Visibility,
+    /// An endpoint's network (`spec.network`, else its
+    /// `topology.istio.io/network` label); empty: not said, or not an
+    /// endpoint. Split horizon reads it ([`super::horizon`]).
+    pub network: Arc<str>,
 }
 
 /// What the `bundle` item carries.
@@ -201,12 +205,18 @@ pub fn config_item(key: &str, stored: StoredConfig, store: &Store) -> Option<Ite
         annotate(&mut r, &[(annotations::ADDRESSES, vips.join(","))])?;
         Bytes::from(serde_json::to_vec(&r).ok()?)
     };
+    let network = if ty == Type::Endpoints {
+        endpoint_network(&body)
+    } else {
+        Arc::default()
+    };
     Some(Item {
         key: key.into(),
         ty,
         namespace: ns.into(),
         body,
         visibility,
+        network,
     })
 }
 
@@ -229,17 +239,39 @@ pub fn workload_item(key: &str, w: &WorkloadRecord) -> Option<Item> {
             (annotations::WORKLOAD_GROUP, w.group.clone()),
         ],
     )?;
+    let body = Bytes::from(serde_json::to_vec(&entry).ok()?);
     Some(Item {
         key: key.into(),
         ty: Type::Endpoints,
         namespace,
-        body: Bytes::from(serde_json::to_vec(&entry).ok()?),
+        network: endpoint_network(&body),
+        body,
         visibility: Visibility::Namespace,
     })
 }
 
+/// The network of a WorkloadEntry (JSON), as agents read it.
+fn endpoint_network(json: &[u8]) -> Arc<str> {
+    #[derive(Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        spec: EntrySpec,
+    }
+    #[derive(Default, Deserialize)]
+    struct EntrySpec {
+        #[serde(default)]
+        network: Option<String>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+    }
+    let spec = serde_json::from_slice::<Entry>(json)
+        .map(|e| e.spec)
+        .unwrap_or_default();
+    trellis_api::topology::network_of(spec.network.as_deref(), &spec.labels).into()
+}
+
 /// Adds `add` to the `metadata.annotations` of `resource` (JSON).
-fn annotate(resource: &mut serde_json::Value, add: &[(&str, String)]) -> Option<()> {
+pub(super) fn annotate(resource: &mut serde_json::Value, add: &[(&str, String)]) -> Option<()> {
     let annotations = resource
         .get_mut("metadata")?
         .as_object_mut()?
@@ -260,5 +292,6 @@ pub fn bundle_item(bundle: &Bundle) -> Item {
         namespace: "".into(),
         body: Bytes::from(serde_json::to_vec(bundle).expect("a bundle serializes")),
         visibility: Visibility::All,
+        network: Arc::default(),
     }
 }

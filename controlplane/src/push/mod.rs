@@ -12,9 +12,13 @@
 //! or NACK each response; [`Streams`] keeps that for `trellis
 //! proxy-status`.
 //!
-//! [`item`], [`scope`], [`snapshot`] and [`response`] are pure functions
+//! Split horizon ([`horizon`]): an agent is sent the endpoints of other
+//! networks behind their east-west gateways.
+//!
+//! [`item`], [`scope`], [`horizon`], [`snapshot`] and [`response`] are pure functions
 //! of the replica's state; [`Push`] is the task that runs them after each
 //! change. Nothing here uses the node or the gRPC services.
+pub mod horizon;
 pub mod item;
 pub mod response;
 pub mod scope;
@@ -79,13 +83,19 @@ impl Push {
 }
 
 /// Whether a changed key can matter to agents.
-fn relevant(key: &str) -> bool {
+pub(crate) fn relevant(key: &str) -> bool {
     use crate::raft::state::cluster::{CLUSTER_PREFIX, DOMAIN_KEY, NODE_PREFIX};
-    use crate::raft::state::registry::{CONFIG_PREFIX, WORKLOAD_PREFIX};
+    use crate::raft::state::registry::{CONFIG_PREFIX, GATEWAY_PREFIX, WORKLOAD_PREFIX};
     use crate::raft::state::MESH_KEY;
-    [CONFIG_PREFIX, WORKLOAD_PREFIX, CLUSTER_PREFIX, NODE_PREFIX]
-        .iter()
-        .any(|p| key.starts_with(p))
+    [
+        CONFIG_PREFIX,
+        WORKLOAD_PREFIX,
+        CLUSTER_PREFIX,
+        NODE_PREFIX,
+        GATEWAY_PREFIX,
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
         || key == MESH_KEY
         || key == DOMAIN_KEY
 }

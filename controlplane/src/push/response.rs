@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use trellis_api::v1::{ConfigItem, TypeDelta};
 
+use super::horizon::Gateways;
 use super::item::{Item, Type};
 use super::scope::Scope;
 use super::snapshot::Change;
@@ -41,9 +42,11 @@ pub fn full(view: &[Arc<Item>]) -> Vec<TypeDelta> {
     by_type.into_values().collect()
 }
 
-/// The changes `scope` sees: an item it now sees is sent, one it saw and
-/// no longer sees (gone, or moved out of its scope) is removed.
-pub fn delta(scope: &Scope, changes: &[Change]) -> Vec<TypeDelta> {
+/// The changes `scope` sees, as it is sent them (split horizon through
+/// `gateways`, the same before and after the changes): an item it now
+/// sees is sent, one it saw and no longer sees (gone, or moved out of its
+/// scope) is removed.
+pub fn delta(scope: &Scope, changes: &[Change], gateways: &Gateways) -> Vec<TypeDelta> {
     fn of(by_type: &mut BTreeMap<Type, TypeDelta>, ty: Type) -> &mut TypeDelta {
         by_type.entry(ty).or_insert_with(|| TypeDelta {
             r#type: ty.as_str().to_string(),
@@ -51,15 +54,16 @@ pub fn delta(scope: &Scope, changes: &[Change]) -> Vec<TypeDelta> {
         })
     }
     let mut by_type = BTreeMap::new();
+    let sent = |i: &Option<Arc<Item>>| {
+        i.as_ref()
+            .filter(|i| scope.sees(i))
+            .and_then(|i| scope.horizon.view(i, gateways))
+    };
     for c in changes {
-        match (&c.new, &c.old) {
-            (Some(new), _) if scope.sees(new) => {
-                of(&mut by_type, new.ty).items.push(config_item(new))
-            }
-            (_, Some(old)) if scope.sees(old) => {
-                of(&mut by_type, old.ty).removed.push(c.key.to_string())
-            }
-            _ => {}
+        match (sent(&c.new), sent(&c.old)) {
+            (Some(new), _) => of(&mut by_type, new.ty).items.push(config_item(&new)),
+            (None, Some(old)) => of(&mut by_type, old.ty).removed.push(c.key.to_string()),
+            (None, None) => {}
         }
     }
     by_type.into_values().collect()
@@ -172,7 +176,7 @@ spec: {address: 10.0.0.2, labels: {app: reviews}}
         let second = b.publish(Some(&first)).expect("a change");
         let (changes, sidecars) = second.changes_since(first.version).unwrap();
         assert!(!sidecars);
-        let d = delta(&scope, &changes);
+        let d = delta(&scope, &changes, &Gateways::default());
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!((d[0].r#type.as_str(), d[0].full), ("endpoints", false));
         assert_eq!(d[0].items.len(), 1);
@@ -209,7 +213,11 @@ spec:
         b.apply(&st, &changed);
         let second = b.publish(Some(&first)).unwrap();
         let (changes, _) = second.changes_since(first.version).unwrap();
-        let here = delta(&Scope::of("default", &BTreeMap::new(), &[]), &changes);
+        let here = delta(
+            &Scope::of("default", &BTreeMap::new(), &[]),
+            &changes,
+            &Gateways::default(),
+        );
         assert_eq!(here.len(), 1);
         assert_eq!(here[0].r#type, "routes");
         assert!(here[0].items.is_empty());
@@ -219,7 +227,11 @@ spec:
         );
         // Exported to its own namespace only: agents elsewhere never had it
         // and are sent nothing.
-        let there = delta(&Scope::of("prod", &BTreeMap::new(), &[]), &changes);
+        let there = delta(
+            &Scope::of("prod", &BTreeMap::new(), &[]),
+            &changes,
+            &Gateways::default(),
+        );
         assert!(there.is_empty(), "{there:?}");
     }
 
@@ -288,5 +300,75 @@ spec:
                 export_to: Vec::new(),
             }
         );
+    }
+
+    /// A gateway connecting makes a new snapshot, and agents on other
+    /// networks are sent the endpoint behind it; agents on its network,
+    /// the endpoint itself.
+    #[test]
+    fn other_networks_endpoints_come_behind_their_gateway_once_it_is_there() {
+        use crate::push::horizon::Horizon;
+        use crate::raft::state::registry::{gateway_key, Conn, GatewayRecord};
+
+        let remote = "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-remote}
+spec: {address: 10.2.0.7, network: net-b, labels: {app: reviews}}
+";
+        let mut st = Applied::default();
+        apply(&mut st, &format!("{MESH}---\n{remote}"), 1);
+        let mut b = Builder::new(&st, 1);
+        let first = b.publish(None).unwrap();
+        let at = |net: &str| {
+            Scope::of("default", &BTreeMap::new(), &[]).at(Horizon {
+                network: net.into(),
+                gateway: false,
+            })
+        };
+        // The bodies of the endpoints sent to an agent on `net`, but the
+        // one with no network (sent to all as it is).
+        let endpoints = |snap: &crate::push::Snapshot, net: &str| -> Vec<String> {
+            let f = full(&snap.full_view(&at(net)));
+            by_type(&f)["endpoints"]
+                .items
+                .iter()
+                .map(|i| String::from_utf8_lossy(&i.body).into_owned())
+                .filter(|b| !b.contains("10.0.0.1"))
+                .collect()
+        };
+        // No gateway on net-b yet: nothing of it on net-a.
+        assert_eq!(endpoints(&first, "net-a").len(), 0);
+        assert_eq!(endpoints(&first, "net-b").len(), 1);
+
+        let mut changed = Vec::new();
+        st.store.apply(
+            &Command::Registry(RegistryCommand::RegisterGateway {
+                key: gateway_key("net-b", "gw-1"),
+                record: GatewayRecord {
+                    network: "net-b".into(),
+                    cluster: "c2".into(),
+                    addresses: vec!["192.0.2.1:15443".into()],
+                    conn: Conn { node: 1, stream: 1 },
+                    registered_at: 0,
+                },
+            }),
+            &mut changed,
+        );
+        st.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), 2));
+        assert!(crate::push::relevant(&changed[0]));
+        b.apply(&st, &changed);
+        let second = b
+            .publish(Some(&first))
+            .expect("new gateways make a snapshot");
+        assert_ne!(second.gateways, first.gateways);
+        let seen = endpoints(&second, "net-a");
+        assert_eq!(seen.len(), 1);
+        assert!(
+            seen[0].contains("\"address\":\"192.0.2.1\"") && seen[0].contains("192.0.2.1:15443"),
+            "{}",
+            seen[0]
+        );
+        let own = endpoints(&second, "net-b");
+        assert!(own[0].contains("10.2.0.7"), "{}", own[0]);
     }
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use trellis_api::config::host_matches;
 
+use super::horizon::Horizon;
 use super::item::{Item, Visibility};
 
 /// Istio's root namespace.
@@ -34,6 +35,8 @@ pub struct Scope {
     /// The Sidecar in force, by key; `None`: no egress restriction.
     pub sidecar: Option<String>,
     egress: Option<Vec<(String, String)>>,
+    /// Where the agent is, for what it is sent of other networks.
+    pub horizon: Horizon,
 }
 
 impl Scope {
@@ -58,7 +61,13 @@ impl Scope {
             namespace: namespace.to_string(),
             sidecar: rule.map(|r| r.key.clone()),
             egress: rule.map(|r| r.egress.clone()),
+            horizon: Horizon::default(),
         }
+    }
+
+    /// This scope, for an agent at `horizon`.
+    pub fn at(self, horizon: Horizon) -> Scope {
+        Scope { horizon, ..self }
     }
 
     /// Whether the agent sees `item`.
@@ -140,6 +149,7 @@ mod tests {
             namespace: ns.into(),
             body: Default::default(),
             visibility,
+            network: "".into(),
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use trellis_api::config::Spec;
 
+use super::horizon::Gateways;
 use super::item::{bundle_item, config_item, workload_item, Bundle, Item, BUNDLE_KEY};
 use super::scope::{Scope, SidecarRule};
 use crate::raft::state::registry::{parse_config_key, CONFIG_PREFIX, WORKLOAD_PREFIX};
@@ -46,6 +47,9 @@ pub struct Snapshot {
     pub version: u64,
     namespaces: HashMap<Arc<str>, Arc<NsItems>>,
     pub sidecars: Arc<Vec<SidecarRule>>,
+    /// The east-west gateways: when they change, every agent on another
+    /// network is sent everything again.
+    pub gateways: Arc<Gateways>,
     bundle: Arc<Item>,
     history: VecDeque<Arc<ChangeSet>>,
     /// Full views computed so far, shared by the streams of one scope.
@@ -53,7 +57,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Every item `scope` sees, in key order within each namespace.
+    /// Every item `scope` sees, as it is sent (split horizon), in key order.
     pub fn full_view(&self, scope: &Scope) -> Arc<Vec<Arc<Item>>> {
         if let Some(v) = self
             .views
@@ -73,7 +77,7 @@ impl Snapshot {
         let mut items: Vec<Arc<Item>> = std::iter::once(&self.bundle)
             .chain(groups.into_iter().flat_map(|m| m.values()))
             .filter(|i| scope.sees(i))
-            .cloned()
+            .filter_map(|i| scope.horizon.view(i, &self.gateways))
             .collect();
         items.sort_by(|a, b| a.key.cmp(&b.key));
         let v = Arc::new(items);
@@ -130,10 +134,12 @@ pub struct Builder {
     /// Namespace of each key, to find an item again when it is removed.
     key_ns: HashMap<Arc<str>, Arc<str>>,
     sidecars: Arc<Vec<SidecarRule>>,
+    gateways: Arc<Gateways>,
     bundle: Arc<Item>,
     history: VecDeque<Arc<ChangeSet>>,
     pending: Vec<Change>,
     sidecars_changed: bool,
+    gateways_changed: bool,
 }
 
 impl Builder {
@@ -145,14 +151,17 @@ impl Builder {
             namespaces: HashMap::new(),
             key_ns: HashMap::new(),
             sidecars: Arc::new(Vec::new()),
+            gateways: Arc::default(),
             bundle: Arc::new(bundle_item(&bundle(st, me))),
             history: VecDeque::new(),
             pending: Vec::new(),
             sidecars_changed: false,
+            gateways_changed: false,
         };
         b.reload(st);
         b.pending.clear();
         b.sidecars_changed = false;
+        b.gateways_changed = false;
         b
     }
 
@@ -221,6 +230,11 @@ impl Builder {
     }
 
     fn refresh_bundle(&mut self, st: &Applied) {
+        let gateways = Gateways::new(st.store.gateways().iter().map(|(_, r)| r));
+        if gateways != *self.gateways {
+            self.gateways = Arc::new(gateways);
+            self.gateways_changed = true;
+        }
         let new = Arc::new(bundle_item(&bundle(st, self.me)));
         if new.body != self.bundle.body {
             self.pending.push(Change {
@@ -266,9 +280,10 @@ impl Builder {
     /// last one (then `last` stays current).
     pub fn publish(&mut self, last: Option<&Snapshot>) -> Option<Arc<Snapshot>> {
         if let Some(last) = last {
-            if self.pending.is_empty() && !self.sidecars_changed {
+            if self.pending.is_empty() && !self.sidecars_changed && !self.gateways_changed {
                 return None;
             }
+            self.gateways_changed = false;
             let set = ChangeSet {
                 from: last.version,
                 to: self.version,
@@ -284,6 +299,7 @@ impl Builder {
             version: self.version,
             namespaces: self.namespaces.clone(),
             sidecars: self.sidecars.clone(),
+            gateways: self.gateways.clone(),
             bundle: self.bundle.clone(),
             history: self.history.clone(),
             views: Mutex::new(HashMap::new()),

@@ -248,7 +248,7 @@ impl Store {
                 self.spend_token(&mut record, changed);
                 let node_id = match required {
                     KindRequired::ControlPlane => Some(self.next_node_id(changed)),
-                    KindRequired::Vm | KindRequired::Cluster => None,
+                    KindRequired::Vm | KindRequired::Cluster | KindRequired::Gateway => None,
                 };
                 Response::TokenUsed { record, node_id }
             }

@@ -1,4 +1,5 @@
-//! [`TokenKind`]: what a join token admits (a control-plane node or one VM identity).
+//! [`TokenKind`]: what a join token admits (a control-plane node, a
+//! cluster's node, one VM identity, or the east-west gateway of a network).
 
 use std::fmt;
 
@@ -22,6 +23,9 @@ pub enum TokenKind {
     /// (a voter only if it also holds the CA key) and records `cluster`
     /// on `network`.
     Cluster { cluster: String, network: String },
+    /// Admits an east-west gateway of `network`, which will receive
+    /// certificates for `spiffe://TD/ns/trellis-system/sa/eastwest-gateway-NETWORK`.
+    Gateway { network: String },
 }
 
 impl TokenKind {
@@ -33,12 +37,21 @@ impl TokenKind {
         })
     }
 
+    /// A gateway token kind, with `network` validated as a topology name.
+    pub fn gateway(network: &str) -> Result<TokenKind, trellis_api::topology::TopologyError> {
+        trellis_api::topology::validate_name("network", network)?;
+        Ok(TokenKind::Gateway {
+            network: network.to_string(),
+        })
+    }
+
     /// The kind of join this token admits, without the VM identity.
     pub fn required(&self) -> KindRequired {
         match self {
             TokenKind::ControlPlane => KindRequired::ControlPlane,
             TokenKind::Vm { .. } => KindRequired::Vm,
             TokenKind::Cluster { .. } => KindRequired::Cluster,
+            TokenKind::Gateway { .. } => KindRequired::Gateway,
         }
     }
 }
@@ -50,6 +63,7 @@ pub enum KindRequired {
     ControlPlane,
     Vm,
     Cluster,
+    Gateway,
 }
 
 impl fmt::Display for KindRequired {
@@ -58,6 +72,7 @@ impl fmt::Display for KindRequired {
             KindRequired::ControlPlane => "control-plane node",
             KindRequired::Vm => "VM",
             KindRequired::Cluster => "cluster's control-plane node",
+            KindRequired::Gateway => "east-west gateway",
         })
     }
 }
@@ -93,6 +108,12 @@ mod tests {
         assert_eq!(json, r#"{"vm":{"identity":"default/web"}}"#);
         assert_eq!(serde_json::from_str::<TokenKind>(&json).unwrap(), vm);
         assert_eq!(vm.required(), KindRequired::Vm);
+        let gw = TokenKind::gateway("net-b").unwrap();
+        let json = serde_json::to_string(&gw).unwrap();
+        assert_eq!(json, r#"{"gateway":{"network":"net-b"}}"#);
+        assert_eq!(serde_json::from_str::<TokenKind>(&json).unwrap(), gw);
+        assert_eq!(gw.required(), KindRequired::Gateway);
+        assert!(TokenKind::gateway("bad/net").is_err());
         assert_eq!(
             TokenKind::ControlPlane.required(),
             KindRequired::ControlPlane

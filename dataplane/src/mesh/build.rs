@@ -90,8 +90,9 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
         ..Default::default()
     };
     // (namespace, entry, whether it takes traffic: a registered workload
-    // failing its probe does not, but still tells its own agent its ports)
-    let workload_entries: Vec<(&str, &WorkloadEntry, bool)> = resources
+    // failing its probe does not, but still tells its own agent its ports;
+    // the east-west gateway it is reached through, on another network)
+    let workload_entries: Vec<(&str, &WorkloadEntry, bool, Option<SocketAddr>)> = resources
         .iter()
         .filter_map(|r| match &r.spec {
             Spec::WorkloadEntry(we) => Some((
@@ -101,26 +102,34 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
                     .annotations
                     .get(annotations::HEALTH)
                     .is_none_or(|h| h == annotations::READY),
+                r.metadata
+                    .annotations
+                    .get(annotations::GATEWAY)
+                    .and_then(|a| a.parse().ok()),
             )),
             _ => None,
         })
         .collect();
-    let mut endpoints: HashMap<String, Vec<(ServiceEntryRef, WorkloadEntry)>> = HashMap::new();
+    let mut endpoints: HashMap<String, Vec<(ServiceEntryRef, WorkloadEntry, Option<SocketAddr>)>> =
+        HashMap::new();
     for r in &resources {
         let Spec::ServiceEntry(se) = &r.spec else {
             continue;
         };
         let ns = r.metadata.namespace.as_str();
-        let mut eps: Vec<(WorkloadEntry, bool)> =
-            se.endpoints.iter().map(|we| (we.clone(), true)).collect();
+        let mut eps: Vec<(WorkloadEntry, bool, Option<SocketAddr>)> = se
+            .endpoints
+            .iter()
+            .map(|we| (we.clone(), true, None))
+            .collect();
         if let Some(sel) = &se.workload_selector {
             eps.extend(
                 workload_entries
                     .iter()
-                    .filter(|(wns, we, _)| {
+                    .filter(|(wns, we, _, _)| {
                         *wns == ns && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))
                     })
-                    .map(|(_, we, ready)| ((*we).clone(), *ready)),
+                    .map(|(_, we, ready, via)| ((*we).clone(), *ready, *via)),
             );
         }
         let vips = allocated_addresses(r);
@@ -132,20 +141,25 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
                         .insert(SocketAddr::new(*ip, p.number), (svc.clone(), p.number));
                 }
             }
-            for (we, _) in &eps {
+            // An entry reached through a gateway has the gateway's address:
+            // never this workload's.
+            for (we, _, _) in eps.iter().filter(|(_, _, via)| via.is_none()) {
                 mark_inbound(&mut mesh, s, &svc, se, we);
             }
             endpoints.entry(host.clone()).or_default().extend(
-                eps.iter().filter(|(_, ready)| *ready).map(|(we, _)| {
-                    (
-                        ServiceEntryRef {
-                            namespace: ns.to_string(),
-                            external: se.location == Some(Location::MeshExternal),
-                            ports: se.ports.clone(),
-                        },
-                        we.clone(),
-                    )
-                }),
+                eps.iter()
+                    .filter(|(_, ready, _)| *ready)
+                    .map(|(we, _, via)| {
+                        (
+                            ServiceEntryRef {
+                                namespace: ns.to_string(),
+                                external: se.location == Some(Location::MeshExternal),
+                                ports: se.ports.clone(),
+                            },
+                            we.clone(),
+                            *via,
+                        )
+                    }),
             );
             mesh.services.entry(host.clone()).or_insert(svc);
         }
@@ -217,10 +231,10 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
                 let labels = subset.map(|ss| &ss.labels);
                 let members: Vec<Endpoint> = eps
                     .iter()
-                    .filter(|(_, we)| {
+                    .filter(|(_, we, _)| {
                         labels.is_none_or(|l| l.iter().all(|(k, v)| we.labels.get(k) == Some(v)))
                     })
-                    .filter_map(|(se, we)| endpoint(s, se, we, p))
+                    .filter_map(|(se, we, via)| endpoint(s, se, we, *via, p))
                     .collect();
                 let policy = merged_policy(
                     dr.and_then(|d| d.traffic_policy.as_ref()),
@@ -347,10 +361,13 @@ fn mark_inbound(
     }
 }
 
+/// The endpoint `we` of service port `p`; `via`: the east-west gateway
+/// it is reached through (it is on another network), with mTLS to it.
 fn endpoint(
     s: &Settings,
     se: &ServiceEntryRef,
     we: &WorkloadEntry,
+    via: Option<SocketAddr>,
     p: &ServicePort,
 ) -> Option<Endpoint> {
     let Ok(ip) = we.address.parse::<IpAddr>() else {
@@ -359,11 +376,12 @@ fn endpoint(
     };
     let cfg_port = se.ports.iter().find(|sp| sp.number as u16 == p.number)?;
     let target = target_port(we, cfg_port);
-    let plaintext = se.external
-        || we
-            .labels
-            .get(TLS_MODE_LABEL)
-            .is_some_and(|m| m == "disabled");
+    let plaintext = via.is_none()
+        && (se.external
+            || we
+                .labels
+                .get(TLS_MODE_LABEL)
+                .is_some_and(|m| m == "disabled"));
     let sa = we
         .service_account
         .clone()
@@ -377,14 +395,16 @@ fn endpoint(
         version: we.labels.get("version").cloned().unwrap_or_default(),
     };
     Some(Endpoint {
-        addr: SocketAddr::new(
-            ip,
-            if plaintext {
-                target
-            } else {
-                s.peer_inbound_port
-            },
-        ),
+        addr: via.unwrap_or_else(|| {
+            SocketAddr::new(
+                ip,
+                if plaintext {
+                    target
+                } else {
+                    s.peer_inbound_port
+                },
+            )
+        }),
         target_port: target,
         identity,
         peer: None,

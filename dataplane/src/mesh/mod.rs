@@ -148,6 +148,14 @@ impl Mesh {
         self.clusters.values().flatten()
     }
 
+    /// The clusters of `host`: one per port and subset.
+    pub fn clusters_of(&self, host: &str) -> &[Arc<Cluster>] {
+        self.clusters
+            .get(host)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
     /// This workload's labels: its WorkloadGroup's, and its own over them
     /// (route `sourceLabels`, PeerAuthentication selectors).
     pub fn labels(&self) -> &std::collections::BTreeMap<String, String> {

@@ -88,6 +88,8 @@ type Series<K, V> = crate::FastMap<K, V>;
 pub struct Metrics {
     requests: Mutex<Series<RequestKey, RequestSeries>>,
     tcp: Mutex<Series<ConnLabels, TcpSeries>>,
+    /// Downstream connections closed before they were proxied, by reason.
+    refused: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -126,6 +128,17 @@ impl Metrics {
             s.sent += sent;
             s.received += received;
         });
+    }
+
+    /// A downstream connection closed before it was proxied, for `reason`
+    /// (`trellis_connections_refused_total{reason}`).
+    pub fn refused(&self, reason: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
     }
 
     fn tcp_entry(&self, labels: &ConnLabels, f: impl FnOnce(&mut TcpSeries)) {
@@ -195,6 +208,16 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} counter");
             for (l, s) in &tcp {
                 let _ = writeln!(out, "{name}{{{l}}} {}", pick(s));
+            }
+        }
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if !refused.is_empty() {
+            out.push_str("# TYPE trellis_connections_refused_total counter\n");
+            for (reason, n) in refused.iter() {
+                let _ = writeln!(
+                    out,
+                    "trellis_connections_refused_total{{reason=\"{reason}\"}} {n}"
+                );
             }
         }
         out
@@ -279,5 +302,12 @@ mod tests {
         assert!(text
             .lines()
             .any(|l| l.starts_with("istio_tcp_received_bytes_total{") && l.ends_with(" 7")));
+        assert!(!text.contains("trellis_connections_refused_total"));
+        m.refused("no_sni");
+        m.refused("no_sni");
+        m.refused("bad_sni");
+        let text = m.render();
+        assert!(text.contains("trellis_connections_refused_total{reason=\"no_sni\"} 2\n"));
+        assert!(text.contains("trellis_connections_refused_total{reason=\"bad_sni\"} 1\n"));
     }
 }

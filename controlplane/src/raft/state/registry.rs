@@ -1,7 +1,8 @@
 //! The mesh's configuration and registry in the replicated key space:
 //! Istio resources (`config/KIND/NS/NAME`), the virtual IPs allocated to
-//! ServiceEntry hosts that have none (`vip/HOST`), and workloads that
-//! registered themselves through their agent (`workload/NS/NAME`).
+//! ServiceEntry hosts that have none (`vip/HOST`), workloads that
+//! registered themselves through their agent (`workload/NS/NAME`), and the
+//! east-west gateways connected now (`gateway/NETWORK/NAME`).
 //!
 //! Like the rest of the state these are pure functions of (store, command):
 //! the proposer has parsed and validated the resources and says which hosts
@@ -17,6 +18,7 @@ use super::{dec, enc, Response, Store};
 pub const CONFIG_PREFIX: &str = "config/";
 pub const VIP_PREFIX: &str = "vip/";
 pub const WORKLOAD_PREFIX: &str = "workload/";
+pub const GATEWAY_PREFIX: &str = "gateway/";
 
 /// Virtual IPs for ServiceEntry hosts without addresses come from Istio's
 /// auto-allocation range, 240.240.0.0/16 (class E: never routed).
@@ -31,6 +33,11 @@ pub fn config_key(kind: &str, namespace: &str, name: &str) -> String {
 /// `workload/NS/NAME`.
 pub fn workload_key(namespace: &str, name: &str) -> String {
     format!("{WORKLOAD_PREFIX}{namespace}/{name}")
+}
+
+/// `gateway/NETWORK/NAME`.
+pub fn gateway_key(network: &str, name: &str) -> String {
+    format!("{GATEWAY_PREFIX}{network}/{name}")
 }
 
 /// (kind, namespace, name) of a `config/` key.
@@ -88,6 +95,18 @@ pub struct WorkloadRecord {
     pub health: Health,
 }
 
+/// An east-west gateway whose config stream is open: where other
+/// networks' agents reach its network's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayRecord {
+    pub network: String,
+    pub cluster: String,
+    /// `IP:PORT` its listener is reached at from other networks.
+    pub addresses: Vec<String>,
+    pub conn: Conn,
+    pub registered_at: u64,
+}
+
 /// What the agents may see of a [`WorkloadRecord`] change: one of the
 /// registry commands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +129,11 @@ pub enum RegistryCommand {
     WorkloadDisconnected { key: String, conn: Conn, now: u64 },
     /// Removes workloads still disconnected on the stream they had.
     RemoveWorkloads { workloads: Vec<(String, Conn)> },
+    /// An east-west gateway's stream opened (or moved to another node).
+    RegisterGateway { key: String, record: GatewayRecord },
+    /// The stream `conn` of a gateway ended: it is removed, unless it
+    /// registered again through another stream meanwhile.
+    GatewayDisconnected { key: String, conn: Conn },
 }
 
 /// What an apply did to each resource, in request order.
@@ -149,6 +173,13 @@ impl Store {
         self.map.get(key).and_then(|b| dec(b))
     }
 
+    /// Every registered east-west gateway, by key, in key order.
+    pub fn gateways(&self) -> Vec<(String, GatewayRecord)> {
+        self.prefixed(GATEWAY_PREFIX)
+            .filter_map(|(k, v)| Some((k.to_string(), dec(v)?)))
+            .collect()
+    }
+
     /// The virtual IP allocated to `host`.
     pub fn vip(&self, host: &str) -> Option<Ipv4Addr> {
         self.map
@@ -186,6 +217,18 @@ impl Store {
                         self.map.remove(key);
                         changed.push(key.clone());
                     }
+                }
+                Response::Ok
+            }
+            RegistryCommand::RegisterGateway { key, record } => {
+                self.set(key.clone(), record, changed);
+                Response::Ok
+            }
+            RegistryCommand::GatewayDisconnected { key, conn } => {
+                let current = self.map.get(key).and_then(|b| dec::<GatewayRecord>(b));
+                if current.is_some_and(|r| r.conn == *conn) {
+                    self.map.remove(key);
+                    changed.push(key.clone());
                 }
                 Response::Ok
             }
@@ -454,5 +497,39 @@ mod tests {
         assert_eq!(s.workload(&key).unwrap().disconnected_at, Some(20));
         s.apply(&remove(new), &mut ch);
         assert_eq!(s.workload(&key), None);
+    }
+
+    #[test]
+    fn a_gateway_is_removed_only_by_the_end_of_the_stream_it_registered_on() {
+        let mut s = Store::default();
+        let mut ch = Vec::new();
+        let key = gateway_key("net-b", "gw-1");
+        let record = |stream| GatewayRecord {
+            network: "net-b".into(),
+            cluster: "c2".into(),
+            addresses: vec!["192.0.2.1:15443".into()],
+            conn: Conn { node: 1, stream },
+            registered_at: 5,
+        };
+        let register = |stream| {
+            Command::Registry(RegistryCommand::RegisterGateway {
+                key: key.clone(),
+                record: record(stream),
+            })
+        };
+        let gone = |stream| {
+            Command::Registry(RegistryCommand::GatewayDisconnected {
+                key: key.clone(),
+                conn: Conn { node: 1, stream },
+            })
+        };
+        s.apply(&register(1), &mut ch);
+        // It reconnected before its old stream's end was written.
+        s.apply(&register(2), &mut ch);
+        s.apply(&gone(1), &mut ch);
+        assert_eq!(s.gateways(), vec![(key.clone(), record(2))]);
+        s.apply(&gone(2), &mut ch);
+        assert_eq!(s.gateways(), vec![]);
+        assert!(ch.contains(&key));
     }
 }

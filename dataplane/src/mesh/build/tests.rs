@@ -768,3 +768,64 @@ spec:
         "endpoints with no locality are all alike"
     );
 }
+
+#[test]
+fn an_endpoint_behind_a_gateway_is_reached_there_with_its_sni_and_identity() {
+    // As the control plane sends an endpoint of another network: its
+    // address the gateway's, the gateway's IP:PORT annotated. One is at
+    // this workload's own address (10.0.0.9): it is still not this
+    // workload.
+    let m = mesh_of(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: reviews-v3
+  namespace: default
+  annotations: {trellis.io/gateway: "192.0.2.1:15443"}
+spec:
+  address: 192.0.2.1
+  network: net-west
+  labels: {app: reviews, version: v3, security.istio.io/tlsMode: disabled}
+  serviceAccount: reviews-v3
+  ports: {http: 8080}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: reviews-odd
+  namespace: default
+  annotations: {trellis.io/gateway: "10.0.0.9:15443"}
+spec: {address: 10.0.0.9, network: net-west, labels: {app: reviews}}
+"#,
+    );
+    let c = m.cluster(HOST, 9080, "").unwrap();
+    let e = c
+        .endpoints
+        .iter()
+        .find(|e| e.addr.port() == 15443 && e.addr.ip().to_string() == "192.0.2.1")
+        .unwrap();
+    // mTLS even though the entry's labels say plaintext: what is behind a
+    // gateway is reached by SNI, never in the clear.
+    let peer = e.peer.as_ref().unwrap();
+    assert_eq!(
+        peer.identity.to_string(),
+        "spiffe://example.org/ns/default/sa/reviews-v3"
+    );
+    assert_eq!(
+        peer.sni,
+        "outbound_.8080_.__.reviews.default.svc.cluster.local"
+    );
+    assert_eq!(&*e.network, "net-west");
+    assert_eq!(m.app_protocol(9080), AppProtocol::Unknown);
+    assert_eq!(m.inbound_service(9080).as_ref(), "unknown");
+}
