@@ -62,8 +62,11 @@ async fn fourth_node_joins_after_10000_writes_and_catches_up_by_snapshot() -> an
     let id = c.join(false).await?;
     // Every write is on the new node, read from its own replica.
     let mut a = c.admin(id).await?;
+    // A snapshot of 10,000 writes, sent, installed and then the log after
+    // it: a few seconds on a quiet machine; 30 s was too short on a busy
+    // one (two cores shared with builds).
     wait_for(
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         "the last write on the new node",
         || {
             let mut a = a.clone();
