@@ -9,8 +9,17 @@ pub const ADDRESSES: &str = "trellis.io/addresses";
 /// traffic (`not probed yet`, `unhealthy: ...`).
 pub const HEALTH: &str = "trellis.io/health";
 
+/// On a registered WorkloadEntry, [`HEALTH`] also says `stale: ...` when
+/// the cluster it registered through has not been heard from for longer
+/// than the control plane's `--cluster-stale-after`.
+///
 /// The value of [`HEALTH`] of a workload that takes traffic.
 pub const READY: &str = "ready";
 
 /// On a registered WorkloadEntry: the WorkloadGroup it registered in.
 pub const WORKLOAD_GROUP: &str = "trellis.io/workload-group";
+
+/// On a registered WorkloadEntry the control-plane node serving it holds
+/// only locally (it registered while the node could not reach the Raft
+/// leader): why, until the registration is committed.
+pub const LOCAL_ONLY: &str = "trellis.io/local-only";
