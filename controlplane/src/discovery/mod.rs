@@ -183,9 +183,13 @@ pub async fn register(
         Ok(Ok(_)) => tracing::info!(%key, %address, "workload registered"),
         Ok(Err(e)) if !e.is_retryable() => return Err(e.into()),
         pending => {
-            let why = match pending {
-                Ok(Err(e)) => e.message(),
-                _ => format!("not committed within {COMMIT_WAIT:?}"),
+            // A write that failed is done; one still waiting goes on.
+            let (why, in_flight) = match pending {
+                Ok(Err(e)) => (e.message(), None),
+                _ => (
+                    format!("not committed within {COMMIT_WAIT:?}"),
+                    Some(write as Write),
+                ),
             };
             tracing::warn!(%key, %address, error = %why,
                 "workload registered on this node only until the leader is reachable");
@@ -195,7 +199,7 @@ pub async fn register(
                 key.clone(),
                 record,
                 cmd,
-                Some(write),
+                in_flight,
             ));
         }
     }
