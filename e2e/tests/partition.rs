@@ -94,17 +94,22 @@ impl Mesh {
         cfg.controlplanes = vec![cp.node(west).addr.clone()];
         let west_admin = dir.join("west-admin.yaml");
         cfg.save(&west_admin)?;
-        let out = Command::new(bin("trellis"))
-            .arg("--config")
-            .arg(&west_admin)
-            .args(["token", "create", "--kind", "vm"])
-            .args(["--workload-group", "default/reviews", "--uses", "2"])
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // West checks the group on its replica: once it has it.
+        let out = wait_for(
+            Duration::from_secs(10),
+            "a token of the group, made through west",
+            || async {
+                let out = Command::new(bin("trellis"))
+                    .arg("--config")
+                    .arg(&west_admin)
+                    .args(["token", "create", "--kind", "vm"])
+                    .args(["--workload-group", "default/reviews", "--uses", "2"])
+                    .output()
+                    .ok()?;
+                out.status.success().then_some(out)
+            },
+        )
+        .await?;
         Ok(Mesh {
             cut: None,
             agents: Vec::new(),
