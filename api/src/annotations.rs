@@ -9,6 +9,10 @@ pub const ADDRESSES: &str = "trellis.io/addresses";
 /// traffic (`not probed yet`, `unhealthy: ...`).
 pub const HEALTH: &str = "trellis.io/health";
 
+/// On a registered WorkloadEntry, [`HEALTH`] also says `stale: ...` when
+/// the cluster it registered through has not been heard from for longer
+/// than the control plane's `--cluster-stale-after`.
+///
 /// The value of [`HEALTH`] of a workload that takes traffic.
 pub const READY: &str = "ready";
 
@@ -20,3 +24,7 @@ pub const WORKLOAD_GROUP: &str = "trellis.io/workload-group";
 /// instead (with the SNI and the identity of the endpoint, as if
 /// directly). The entry's `address` is then the gateway's IP.
 pub const GATEWAY: &str = "trellis.io/gateway";
+/// On a registered WorkloadEntry the control-plane node serving it holds
+/// only locally (it registered while the node could not reach the Raft
+/// leader): why, until the registration is committed.
+pub const LOCAL_ONLY: &str = "trellis.io/local-only";

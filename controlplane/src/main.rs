@@ -125,6 +125,12 @@ struct NodeFlags {
     /// seconds (it may be failing over to another node).
     #[arg(long, env = "TRELLIS_WORKLOAD_GRACE_SECS", default_value_t = 10)]
     workload_grace_secs: u64,
+    /// Seconds after which another cluster not heard from (its
+    /// control-plane nodes stamp it through Raft every few seconds) has its
+    /// registered endpoints pushed as not ready, so that callers fail over.
+    #[arg(long, env = "TRELLIS_CLUSTER_STALE_AFTER", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(3..))]
+    cluster_stale_after: u64,
 }
 
 impl NodeFlags {
@@ -145,6 +151,7 @@ impl NodeFlags {
             leaf_ttl: Duration::from_secs(self.cert_ttl_secs),
             max_leaf_ttl: Duration::from_secs(self.max_cert_ttl_secs),
             workload_grace: Duration::from_secs(self.workload_grace_secs),
+            cluster_stale_after: Duration::from_secs(self.cluster_stale_after),
         }
     }
 

@@ -12,6 +12,7 @@
 
 mod bins;
 mod cluster;
+pub mod cut;
 pub mod loopback;
 pub mod mesh;
 pub mod netns;

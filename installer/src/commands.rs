@@ -197,6 +197,11 @@ struct ClusterRow {
     joined: String,
     endpoints: u32,
     ready_endpoints: u32,
+    /// Seconds since the cluster last stamped itself through Raft.
+    stamp_age_seconds: u64,
+    /// Taken as stale by the node that answered: its endpoints are
+    /// pushed as not ready.
+    stale: bool,
     nodes: Vec<ClusterNodeRow>,
 }
 
@@ -222,6 +227,8 @@ fn print_clusters(clusters: Vec<ClusterInfo>, output: Output) -> anyhow::Result<
             joined: time(c.joined_at_unix),
             endpoints: c.endpoints,
             ready_endpoints: c.ready_endpoints,
+            stamp_age_seconds: c.stamp_age_seconds,
+            stale: c.stale,
             nodes: c
                 .nodes
                 .into_iter()
@@ -241,8 +248,12 @@ fn print_clusters(clusters: Vec<ClusterInfo>, output: Output) -> anyhow::Result<
         Output::Json => print_json(&rows),
         Output::Table => {
             println!(
-                "{:<16} {:<16} {:<10} {:<40}",
-                "CLUSTER", "NETWORK", "ENDPOINTS", "CONTROL PLANE (id role address freshness)"
+                "{:<16} {:<16} {:<10} {:<14} {:<40}",
+                "CLUSTER",
+                "NETWORK",
+                "ENDPOINTS",
+                "HEARD FROM",
+                "CONTROL PLANE (id role address freshness)"
             );
             for c in rows {
                 let nodes: Vec<String> = c
@@ -258,11 +269,17 @@ fn print_clusters(clusters: Vec<ClusterInfo>, output: Output) -> anyhow::Result<
                         format!("{}{leader} {} {} {fresh}", n.id, n.role, n.address)
                     })
                     .collect();
+                let heard = format!(
+                    "{}s ago{}",
+                    c.stamp_age_seconds,
+                    if c.stale { " STALE" } else { "" }
+                );
                 println!(
-                    "{:<16} {:<16} {:<10} {}",
+                    "{:<16} {:<16} {:<10} {:<14} {}",
                     c.name,
                     c.network,
                     format!("{}/{}", c.ready_endpoints, c.endpoints),
+                    heard,
                     if nodes.is_empty() {
                         "-".to_string()
                     } else {

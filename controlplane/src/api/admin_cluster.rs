@@ -1,18 +1,28 @@
 //! The clusters part of the `Admin` service: `trellis cluster list` and
 //! `trellis cluster remove`. What a listing shows is a plain function of
 //! the store and the members' status ([`clusters`]).
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tonic::Status;
 use trellis_api::v1::{ClusterInfo, ClusterNode, ListClustersResponse, Member};
 
-use crate::node::{LeaderOp, Node, NodeError};
+use crate::node::{now, LeaderOp, Node, NodeError};
+use crate::push::local::stale_clusters;
 use crate::raft::state::Command;
 use crate::raft::Store;
 
 /// Every cluster with its nodes (role and freshness from `members`, as
-/// seen by a node that applied up to `applied`) and its endpoints.
-pub fn clusters(store: &Store, members: &[Member], applied: u64) -> Vec<ClusterInfo> {
+/// seen by a node that applied up to `applied`), its endpoints, and the
+/// age of its stamp at `now` (`stale`: the clusters the answering node
+/// takes as stale).
+pub fn clusters(
+    store: &Store,
+    members: &[Member],
+    applied: u64,
+    now: u64,
+    stale: &BTreeSet<String>,
+) -> Vec<ClusterInfo> {
     let records = store.node_records();
     store
         .clusters()
@@ -36,14 +46,18 @@ pub fn clusters(store: &Store, members: &[Member], applied: u64) -> Vec<ClusterI
                     }
                 })
                 .collect();
+            let is_stale = stale.contains(&name);
             let (mut endpoints, mut ready) = (0, 0);
             for (_, w) in store.workloads_through(&ids) {
                 endpoints += 1;
-                if w.disconnected_at.is_none() && w.health.is_ready() {
+                if w.disconnected_at.is_none() && w.health.is_ready() && !is_stale {
                     ready += 1;
                 }
             }
+            let heard = store.heard_from(&name).unwrap_or(rec.joined_at);
             ClusterInfo {
+                stamp_age_seconds: now.saturating_sub(heard),
+                stale: is_stale,
                 name,
                 network: rec.network,
                 joined_at_unix: rec.joined_at as i64,
@@ -64,8 +78,12 @@ pub async fn list(node: &Arc<Node>) -> ListClustersResponse {
         .borrow()
         .last_applied
         .map_or(0, |l| l.index);
+    let now = now();
     ListClustersResponse {
-        clusters: node.read_state(|s| clusters(&s.store, &members, applied)),
+        clusters: node.read_state(|s| {
+            let stale = stale_clusters(&s.store, node.id, now, node.settings.cluster_stale_after);
+            clusters(&s.store, &members, applied, now, &stale)
+        }),
     }
 }
 
@@ -173,7 +191,13 @@ mod tests {
 
     #[test]
     fn a_listing_counts_ready_endpoints_and_says_how_far_behind_each_node_is() {
-        let c = clusters(&store(), &[member(1, "voter", Some(40))], 42);
+        let c = clusters(
+            &store(),
+            &[member(1, "voter", Some(40))],
+            42,
+            130,
+            &BTreeSet::new(),
+        );
         assert_eq!(c.len(), 1);
         let east = &c[0];
         assert_eq!(
@@ -186,14 +210,31 @@ mod tests {
         assert_eq!((n.node_id, n.role.as_str(), n.leader), (1, "voter", true));
         assert_eq!((n.last_applied_index, n.lag), (Some(40), Some(2)));
         assert_eq!(n.locality, "us/a");
+        assert_eq!((east.stamp_age_seconds, east.stale), (30, false));
+    }
+
+    #[test]
+    fn a_stale_cluster_has_no_ready_endpoint_and_its_stamp_age_shows() {
+        let mut s = store();
+        let stamp = Command::StampCluster {
+            cluster: "east".into(),
+            at: 150,
+        };
+        s.apply(&stamp, &mut Vec::new());
+        let stale = BTreeSet::from(["east".to_string()]);
+        let c = clusters(&s, &[member(1, "voter", Some(42))], 42, 200, &stale);
+        let east = &c[0];
+        assert_eq!((east.stamp_age_seconds, east.stale), (50, true));
+        assert_eq!((east.endpoints, east.ready_endpoints), (3, 0));
     }
 
     #[test]
     fn a_node_that_left_the_membership_or_did_not_answer_says_so() {
-        let c = clusters(&store(), &[], 42);
+        let none = BTreeSet::new();
+        let c = clusters(&store(), &[], 42, 100, &none);
         let n = &c[0].nodes[0];
         assert_eq!((n.role.as_str(), n.lag), ("removed", None));
-        let c = clusters(&store(), &[member(1, "voter", None)], 42);
+        let c = clusters(&store(), &[member(1, "voter", None)], 42, 100, &none);
         assert_eq!(c[0].nodes[0].lag, None, "unreachable: no freshness");
     }
 }

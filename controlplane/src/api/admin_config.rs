@@ -116,36 +116,35 @@ pub fn get(node: &Node, r: GetConfigRequest) -> Result<GetConfigResponse, Status
             && (r.namespace.is_empty() || r.namespace == ns)
             && (r.name.is_empty() || r.name == name)
     };
-    let resources = node.read_state(|s| {
-        let mut out = Vec::new();
-        for (key, _) in s.store.prefixed(CONFIG_PREFIX) {
-            let Some((kind, ns, name)) = parse_config_key(key) else {
-                continue;
-            };
-            if wanted(kind, ns, name) {
-                if let Some(c) = s.store.config(key) {
-                    out.push(String::from_utf8_lossy(&c.json).into_owned());
-                }
-            }
-        }
-        if r.kind.is_empty() || r.kind == "WorkloadEntry" {
-            for (key, _) in s.store.prefixed(WORKLOAD_PREFIX) {
-                let Some(item) = s
-                    .store
-                    .workload(key)
-                    .and_then(|w| crate::push::item::workload_item(key, &w))
-                else {
+    let resources =
+        node.read_state(|s| {
+            let mut out = Vec::new();
+            for (key, _) in s.store.prefixed(CONFIG_PREFIX) {
+                let Some((kind, ns, name)) = parse_config_key(key) else {
                     continue;
                 };
-                let mut it = key[WORKLOAD_PREFIX.len()..].splitn(2, '/');
-                let (ns, name) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
-                if wanted("WorkloadEntry", ns, name) {
-                    out.push(String::from_utf8_lossy(&item.body).into_owned());
+                if wanted(kind, ns, name) {
+                    if let Some(c) = s.store.config(key) {
+                        out.push(String::from_utf8_lossy(&c.json).into_owned());
+                    }
                 }
             }
-        }
-        out
-    });
+            if r.kind.is_empty() || r.kind == "WorkloadEntry" {
+                for (key, _) in s.store.prefixed(WORKLOAD_PREFIX) {
+                    let Some(item) = s.store.workload(key).and_then(|w| {
+                        crate::push::item::workload_item(key, &w, Default::default())
+                    }) else {
+                        continue;
+                    };
+                    let mut it = key[WORKLOAD_PREFIX.len()..].splitn(2, '/');
+                    let (ns, name) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+                    if wanted("WorkloadEntry", ns, name) {
+                        out.push(String::from_utf8_lossy(&item.body).into_owned());
+                    }
+                }
+            }
+            out
+        });
     if resources.is_empty() && !r.name.is_empty() {
         return Err(Status::not_found(format!(
             "{} {}/{} not found",

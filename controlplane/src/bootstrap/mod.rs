@@ -508,6 +508,7 @@ pub async fn run(
     }
     tokio::spawn(renew_serving_cert(node.clone(), cert, me, local.clone()));
     tokio::spawn(crate::discovery::sweep_forever(node.clone()));
+    tokio::spawn(crate::discovery::stamp::stamp_forever(node.clone()));
     println!(
         "ready: node {} of {} serving on {}",
         local.node_id, local.trust_domain, local.address

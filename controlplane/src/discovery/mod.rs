@@ -7,7 +7,15 @@
 //! and marks disconnected those whose node no longer holds their stream
 //! ([`sweep_forever`]). East-west gateways register alike, for their
 //! network ([`gateway`]), and the sweep removes those whose stream is gone.
+//!
+//! A node cut off from the leader still takes registrations: what it
+//! cannot commit within [`COMMIT_WAIT`] it holds in its push overlay
+//! (pushed to its own agents, marked local) and keeps writing, with the
+//! same write id, until it commits ([`commit_held`]). Every control-plane
+//! node also stamps its cluster through Raft ([`stamp`]), so that the
+//! others know how fresh its data is.
 mod gateway;
+pub mod stamp;
 
 pub use gateway::{gateway_disconnected, horizon, register_gateway, GatewayRegistration};
 
@@ -169,18 +177,109 @@ pub async fn register(
         },
     };
     let key = workload_key(ns, &entry.metadata.name);
-    node.write(Command::Registry(RegistryCommand::RegisterWorkload {
-        key: key.clone(),
-        record,
-    }))
-    .await?;
-    tracing::info!(%key, %address, "workload registered");
+    let cmd = register_once(&key, &record);
+    let mut write = Box::pin({
+        let node = node.clone();
+        let cmd = cmd.clone();
+        async move { node.write_once(cmd).await }
+    });
+    match tokio::time::timeout(COMMIT_WAIT, &mut write).await {
+        Ok(Ok(_)) => tracing::info!(%key, %address, "workload registered"),
+        Ok(Err(e)) if !e.is_retryable() => return Err(e.into()),
+        pending => {
+            // A write that failed is done; one still waiting goes on.
+            let (why, in_flight) = match pending {
+                Ok(Err(e)) => (e.message(), None),
+                _ => (
+                    format!("not committed within {COMMIT_WAIT:?}"),
+                    Some(write as Write),
+                ),
+            };
+            tracing::warn!(%key, %address, error = %why,
+                "workload registered on this node only until the leader is reachable");
+            node.push.overlay.hold(&key, record.clone());
+            tokio::spawn(commit_held(
+                node.clone(),
+                key.clone(),
+                record,
+                cmd,
+                in_flight,
+            ));
+        }
+    }
     Ok(Some(Registration {
         key,
         conn,
         address,
         labels,
     }))
+}
+
+/// How long a registration waits for its commit before the node holds it
+/// locally: an agent's workload is served by its node within this time,
+/// whether or not the leader is reachable.
+pub const COMMIT_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a held registration waits between two tries to commit it.
+const RETRY_HELD_EVERY: Duration = Duration::from_secs(1);
+
+/// The write of `record` as a registration, with its write id.
+fn register_once(key: &str, record: &WorkloadRecord) -> Command {
+    Command::Registry(RegistryCommand::RegisterWorkload {
+        key: key.to_string(),
+        record: record.clone(),
+    })
+    .once(now())
+}
+
+type Write = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(u64, crate::raft::Response), NodeError>> + Send>,
+>;
+
+/// Commits the registration of `key` the node holds as `written` (the
+/// write `cmd`, maybe still `in_flight`): retries the same write until it
+/// commits, then lets it go from the overlay. A record the node changed
+/// meanwhile (a health report) is written again, as a new write. Stops
+/// when the node no longer holds `key` for the same stream (the agent
+/// left), or the store refuses the write.
+async fn commit_held(
+    node: Arc<Node>,
+    key: String,
+    mut written: WorkloadRecord,
+    mut cmd: Command,
+    mut in_flight: Option<Write>,
+) {
+    let overlay = &node.push.overlay;
+    loop {
+        let res = match in_flight.take() {
+            Some(w) => w.await,
+            None => node.write_once(cmd.clone()).await,
+        };
+        let Some(held) = overlay.get(&key).filter(|h| h.conn == written.conn) else {
+            return;
+        };
+        match res {
+            Ok(_) if held == written => {
+                overlay.release(&key, written.conn);
+                tracing::info!(%key, "held workload registration committed");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) if !e.is_retryable() => {
+                overlay.release(&key, written.conn);
+                tracing::warn!(%key, error = %e.message(), "a held workload registration was refused");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%key, error = %e.message(), "held workload registration not committed yet");
+                tokio::time::sleep(RETRY_HELD_EVERY).await;
+            }
+        }
+        if held != written {
+            cmd = register_once(&key, &held);
+            written = held;
+        }
+    }
 }
 
 /// Why an agent's workload was not registered.
@@ -234,24 +333,52 @@ fn health_of(healthy: bool, reason: String) -> Health {
 }
 
 /// Records a health report of a registered workload (in the background:
-/// the stream goes on meanwhile).
+/// the stream goes on meanwhile). A held registration takes it locally;
+/// a report the leader cannot take is held with the workload's record
+/// until it commits.
 pub fn report_health(node: &Arc<Node>, r: &Registration, healthy: bool, reason: String) {
     let health = health_of(healthy, reason);
+    let conn = r.conn;
+    if node
+        .push
+        .overlay
+        .update(&r.key, |h| h.health = health.clone())
+    {
+        return;
+    }
     let cmd = Command::Registry(RegistryCommand::WorkloadHealth {
         key: r.key.clone(),
-        conn: r.conn,
-        health,
+        conn,
+        health: health.clone(),
     });
     let node = node.clone();
+    let key = r.key.clone();
     tokio::spawn(async move {
-        if let Err(e) = node.write(cmd).await {
-            tracing::warn!(error = %e.message(), "recording a workload's health");
+        match node.write(cmd).await {
+            Ok(_) => {}
+            Err(e) if e.is_retryable() => {
+                let Some(mut record) = node
+                    .read_state(|s| s.store.workload(&key))
+                    .filter(|w| w.conn == conn)
+                else {
+                    return;
+                };
+                tracing::warn!(%key, error = %e.message(),
+                    "workload health held on this node until the leader is reachable");
+                record.health = health;
+                node.push.overlay.hold(&key, record.clone());
+                let cmd = register_once(&key, &record);
+                commit_held(node.clone(), key, record, cmd, None).await;
+            }
+            Err(e) => tracing::warn!(error = %e.message(), "recording a workload's health"),
         }
     });
 }
 
-/// Records that a registered workload's stream ended.
+/// Records that a registered workload's stream ended (a held registration
+/// is let go: its agent left before it was committed).
 pub async fn disconnected(node: &Arc<Node>, r: Registration) {
+    node.push.overlay.release(&r.key, r.conn);
     let cmd = Command::Registry(RegistryCommand::WorkloadDisconnected {
         key: r.key.clone(),
         conn: r.conn,
@@ -269,12 +396,29 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// taken as disconnected.
 const UNREACHABLE_SWEEPS: u32 = 3;
 
+/// A node that did not answer a sweep: how many in a row, and since when.
+#[derive(Clone, Copy)]
+struct Silent {
+    sweeps: u32,
+    since: u64,
+}
+
+/// Whether the workloads of a node that stopped answering are taken as
+/// disconnected (pure): after [`UNREACHABLE_SWEEPS`], and only if its
+/// cluster was heard from since (another node of it stamped it). A
+/// cluster silent as a whole is cut off, or down: its workloads are kept,
+/// pushed as not ready once it is stale, until it answers again or is
+/// removed; a partition does not unregister them.
+fn silent_node_gone(silent: Silent, cluster_heard_from: Option<u64>) -> bool {
+    silent.sweeps >= UNREACHABLE_SWEEPS && cluster_heard_from.is_none_or(|at| at > silent.since)
+}
+
 /// On the leader, every second: workloads disconnected longer than the
 /// grace period are removed; workloads whose stream is no longer open on
 /// their node (it restarted, or stayed unreachable) are marked
 /// disconnected.
 pub async fn sweep_forever(node: Arc<Node>) {
-    let mut unreachable: HashMap<u64, u32> = HashMap::new();
+    let mut unreachable: HashMap<u64, Silent> = HashMap::new();
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         if node.leader().map(|(id, _)| id) != Some(node.id) {
@@ -287,7 +431,7 @@ pub async fn sweep_forever(node: Arc<Node>) {
     }
 }
 
-async fn sweep(node: &Arc<Node>, unreachable: &mut HashMap<u64, u32>) -> Result<(), NodeError> {
+async fn sweep(node: &Arc<Node>, unreachable: &mut HashMap<u64, Silent>) -> Result<(), NodeError> {
     let records: Vec<(String, WorkloadRecord)> = node.read_state(|s| {
         s.store
             .prefixed(WORKLOAD_PREFIX)
@@ -351,9 +495,16 @@ async fn sweep(node: &Arc<Node>, unreachable: &mut HashMap<u64, u32>) -> Result<
                 !streams.contains(&conn.stream)
             }
             None => {
-                let n = unreachable.entry(conn.node).or_default();
-                *n += 1;
-                *n >= UNREACHABLE_SWEEPS
+                let n = unreachable.entry(conn.node).or_insert(Silent {
+                    sweeps: 0,
+                    since: now,
+                });
+                n.sweeps += 1;
+                let heard = node.read_state(|s| {
+                    let cluster = s.store.node_record(conn.node)?.cluster;
+                    s.store.heard_from(&cluster)
+                });
+                silent_node_gone(*n, heard)
             }
         };
         let cmd = match (gone, gateway) {
@@ -460,6 +611,23 @@ spec:
         let back = crate::config::from_json(&json).unwrap();
         back.validate().unwrap();
         assert_eq!(back, r);
+    }
+
+    /// (sweeps without an answer, cluster heard from at) → gone, for a
+    /// node silent since 100.
+    #[test]
+    fn a_silent_node_loses_its_workloads_only_while_its_cluster_is_heard_from() {
+        let rows = [
+            ((1, Some(200)), false),
+            ((3, Some(200)), true),
+            ((3, Some(100)), false),
+            ((3, Some(50)), false),
+            ((3, None), true),
+        ];
+        for ((sweeps, heard), want) in rows {
+            let silent = Silent { sweeps, since: 100 };
+            assert_eq!(silent_node_gone(silent, heard), want, "{sweeps} {heard:?}");
+        }
     }
 
     /// (agent's network, template's, agent's cluster, agent's locality) →

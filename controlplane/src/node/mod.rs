@@ -10,7 +10,7 @@ mod op;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use trellis_api::v1::peer_client::PeerClient;
 use trellis_api::v1::{Empty, Member};
 
+pub use crate::raft::now;
 pub use error::{Internal, NodeError, Unreachable};
 use forward::{ForwardResult, Forwarder};
 pub use op::{LeaderOp, LeaderReply};
@@ -42,6 +43,9 @@ pub struct Settings {
     pub max_leaf_ttl: Duration,
     /// How long a registered workload stays after its agent went away.
     pub workload_grace: Duration,
+    /// Another cluster not heard from for longer is stale: its registered
+    /// endpoints are pushed as not ready.
+    pub cluster_stale_after: Duration,
 }
 
 enum Local {
@@ -56,14 +60,6 @@ impl From<Local> for NodeError {
             Local::Failed(e) => e,
         }
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Failed token attempts before a peer is locked out, within a minute.
@@ -150,7 +146,7 @@ impl Node {
             address,
             raft,
             writer,
-            push: crate::push::Push::start(state.clone(), id),
+            push: crate::push::Push::start(state.clone(), id, settings.cluster_stale_after),
             state,
             settings,
             intermediate,
@@ -356,7 +352,13 @@ impl Node {
     /// [`NodeError::Refused`]. Returns the commit index and the response.
     /// The write is applied once, however often it is retried here.
     pub async fn write(self: &Arc<Self>, cmd: Command) -> Result<(u64, Response), NodeError> {
-        match self.leader_op(LeaderOp::Write(cmd.once(now()))).await? {
+        self.write_once(cmd.once(now())).await
+    }
+
+    /// [`Node::write`] of a command already made a [`Command::Once`], for
+    /// a caller that retries it longer than a write does.
+    pub async fn write_once(self: &Arc<Self>, cmd: Command) -> Result<(u64, Response), NodeError> {
+        match self.leader_op(LeaderOp::Write(cmd)).await? {
             LeaderReply::Written {
                 response: Response::Refused(why),
                 ..

@@ -220,25 +220,43 @@ pub fn config_item(key: &str, stored: StoredConfig, store: &Store) -> Option<Ite
     })
 }
 
+/// What the node pushing a registered workload knows of it besides its
+/// record.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Marks<'a> {
+    /// The cluster it registered through is stale, with the threshold in
+    /// seconds: not ready, whatever its probe says.
+    pub stale: Option<(&'a str, u64)>,
+    /// Held only by this node: not committed yet.
+    pub local_only: bool,
+}
+
 /// The item for a registered workload: its WorkloadEntry, annotated with
-/// its health and group.
-pub fn workload_item(key: &str, w: &WorkloadRecord) -> Option<Item> {
+/// its health and group, and with `marks`.
+pub fn workload_item(key: &str, w: &WorkloadRecord, marks: Marks) -> Option<Item> {
     let mut entry: serde_json::Value = serde_json::from_slice(&w.entry_json).ok()?;
     let namespace: Arc<str> = entry["metadata"]["namespace"].as_str()?.into();
     // A workload whose agent went away keeps its traffic for the grace
     // period: the agent may be failing over to another node.
-    let health = match &w.health {
-        Health::NoProbe | Health::Healthy => annotations::READY.to_string(),
-        Health::Pending => "not probed yet".to_string(),
-        Health::Unhealthy(why) => format!("unhealthy: {why}"),
+    let health = match (&w.health, marks.stale) {
+        (_, Some((cluster, secs))) => {
+            format!("stale: cluster {cluster} not heard from for more than {secs}s")
+        }
+        (Health::NoProbe | Health::Healthy, None) => annotations::READY.to_string(),
+        (Health::Pending, None) => "not probed yet".to_string(),
+        (Health::Unhealthy(why), None) => format!("unhealthy: {why}"),
     };
-    annotate(
-        &mut entry,
-        &[
-            (annotations::HEALTH, health),
-            (annotations::WORKLOAD_GROUP, w.group.clone()),
-        ],
-    )?;
+    let mut add = vec![
+        (annotations::HEALTH, health),
+        (annotations::WORKLOAD_GROUP, w.group.clone()),
+    ];
+    if marks.local_only {
+        add.push((
+            annotations::LOCAL_ONLY,
+            "registered while the Raft leader was unreachable; not committed yet".to_string(),
+        ));
+    }
+    annotate(&mut entry, &add)?;
     let body = Bytes::from(serde_json::to_vec(&entry).ok()?);
     Some(Item {
         key: key.into(),

@@ -15,11 +15,16 @@
 //! Split horizon ([`horizon`]): an agent is sent the endpoints of other
 //! networks behind their east-west gateways.
 //!
+//! Besides the replica, a node pushes its own view ([`local`]): the
+//! registrations it took while it could not reach the leader, and which
+//! clusters are stale, checked every [`STALE_CHECK_EVERY`].
+//!
 //! [`item`], [`scope`], [`horizon`], [`snapshot`] and [`response`] are pure functions
 //! of the replica's state; [`Push`] is the task that runs them after each
 //! change. Nothing here uses the node or the gRPC services.
 pub mod horizon;
 pub mod item;
+pub mod local;
 pub mod response;
 pub mod scope;
 pub mod snapshot;
@@ -31,33 +36,46 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 pub use item::{Item, Type};
+pub use local::Overlay;
 pub use scope::Scope;
 pub use snapshot::Snapshot;
 pub use status::Streams;
 
 use crate::raft::state_machine::Changed;
 use crate::raft::SharedState;
-use snapshot::Builder;
+use snapshot::{Builder, Local};
 
 /// A push waits for the store to be quiet this long...
 pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(30);
 /// ...but no longer than this after the first change.
 pub const DEBOUNCE_MAX: Duration = Duration::from_millis(300);
+/// How often a node checks whether a cluster crossed the staleness
+/// threshold, either way.
+pub const STALE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The pushable state of a node and its streams.
 pub struct Push {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     pub streams: Streams,
+    /// Registrations this node holds until they are committed.
+    pub overlay: Overlay,
 }
 
 impl Push {
-    /// Starts keeping snapshots of `state`, as node `me` pushes them.
-    pub fn start(state: SharedState, me: u64) -> Push {
+    /// Starts keeping snapshots of `state`, as node `me` pushes them;
+    /// another cluster not heard from for longer than `stale_after` has
+    /// its registered endpoints pushed as not ready.
+    pub fn start(state: SharedState, me: u64, stale_after: Duration) -> Push {
         let started = Instant::now();
+        let (overlay, held) = Overlay::new();
+        let local = Local {
+            overlay: overlay.clone(),
+            stale_after,
+        };
         let (changes, mut builder) = {
             let mut st = state.write().unwrap_or_else(|p| p.into_inner());
             let rx = st.watch();
-            (rx, Builder::new(&st, me))
+            (rx, Builder::new(&st, me, local))
         };
         let first = builder
             .publish(None)
@@ -69,10 +87,16 @@ impl Push {
             "push snapshot built"
         );
         let (tx, rx) = watch::channel(first);
-        tokio::spawn(keep_snapshots(state, changes, builder, tx));
+        let events = Events {
+            changes,
+            held,
+            tick: tokio::time::interval(STALE_CHECK_EVERY),
+        };
+        tokio::spawn(keep_snapshots(state, events, builder, tx));
         Push {
             snapshots: rx,
             streams: Streams::default(),
+            overlay,
         }
     }
 
@@ -100,6 +124,33 @@ pub(crate) fn relevant(key: &str) -> bool {
         || key == DOMAIN_KEY
 }
 
+/// What makes a node push again.
+struct Events {
+    /// The replica changed.
+    changes: mpsc::UnboundedReceiver<Changed>,
+    /// A key of the overlay changed.
+    held: mpsc::UnboundedReceiver<String>,
+    /// Time to check the clusters' freshness.
+    tick: tokio::time::Interval,
+}
+
+enum Event {
+    Store(Changed),
+    Held(String),
+    Tick,
+}
+
+impl Events {
+    /// The next event; `None` when the replica is gone.
+    async fn next(&mut self) -> Option<Event> {
+        tokio::select! {
+            c = self.changes.recv() => c.map(Event::Store),
+            Some(k) = self.held.recv() => Some(Event::Held(k)),
+            _ = self.tick.tick() => Some(Event::Tick),
+        }
+    }
+}
+
 /// The changes gathered for the next snapshot.
 #[derive(Default)]
 struct Pending {
@@ -109,10 +160,20 @@ struct Pending {
     membership: bool,
     /// The whole state was replaced: read it all again.
     reload: bool,
+    /// Check the clusters' freshness.
+    tick: bool,
 }
 
 impl Pending {
-    fn take(&mut self, change: Changed) {
+    fn take(&mut self, event: Event) {
+        let change = match event {
+            Event::Store(c) => c,
+            Event::Held(key) => return self.keys.push(key),
+            Event::Tick => {
+                self.tick = true;
+                return;
+            }
+        };
         match change {
             Changed::Keys {
                 keys, membership, ..
@@ -135,24 +196,29 @@ impl Pending {
 
 async fn keep_snapshots(
     state: SharedState,
-    mut changes: mpsc::UnboundedReceiver<Changed>,
+    mut events: Events,
     mut builder: Builder,
     tx: watch::Sender<Arc<Snapshot>>,
 ) {
     loop {
         let mut pending = Pending::default();
-        let Some(first) = changes.recv().await else {
+        let Some(first) = events.next().await else {
             return;
         };
         pending.take(first);
+        if pending.tick {
+            let st = state.read().unwrap_or_else(|p| p.into_inner());
+            // A cluster crossed the threshold: every endpoint again.
+            pending.reload |= builder.restale(&st, crate::raft::now());
+        }
         if pending.is_empty() {
             continue;
         }
         let deadline = Instant::now() + DEBOUNCE_MAX;
         loop {
             let wait = DEBOUNCE_QUIET.min(deadline.saturating_duration_since(Instant::now()));
-            match tokio::time::timeout(wait, changes.recv()).await {
-                Ok(Some(c)) => pending.take(c),
+            match tokio::time::timeout(wait, events.next()).await {
+                Ok(Some(e)) => pending.take(e),
                 Ok(None) => return,
                 Err(_) => break,
             }

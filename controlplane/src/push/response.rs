@@ -142,7 +142,7 @@ spec: {address: 10.0.0.1, labels: {app: reviews}}
     fn an_endpoint_change_sends_endpoints_only() {
         let mut st = Applied::default();
         apply(&mut st, MESH, 1);
-        let mut b = Builder::new(&st, 1);
+        let mut b = Builder::new(&st, 1, Default::default());
         let first = b.publish(None).expect("a first snapshot");
         let scope = Scope::of("default", &BTreeMap::new(), &[]);
 
@@ -199,7 +199,7 @@ spec:
 ";
         let mut st = Applied::default();
         apply(&mut st, &format!("{MESH}---\n{private}"), 1);
-        let mut b = Builder::new(&st, 1);
+        let mut b = Builder::new(&st, 1, Default::default());
         let first = b.publish(None).unwrap();
         let mut changed = Vec::new();
         st.store.apply(
@@ -268,7 +268,9 @@ spec:
         st.store.apply(&Command::Bootstrap(Box::new(init)), &mut ch);
         apply(&mut st, MESH, 2);
         let bundle_of = |me| {
-            let first = Builder::new(&st, me).publish(None).unwrap();
+            let first = Builder::new(&st, me, Default::default())
+                .publish(None)
+                .unwrap();
             let f = full(&first.full_view(&Scope::of("default", &BTreeMap::new(), &[])));
             let b = by_type(&f)["bundle"].items[0].body.clone();
             serde_json::from_slice::<serde_json::Value>(&b).unwrap()
@@ -317,7 +319,7 @@ spec: {address: 10.2.0.7, network: net-b, labels: {app: reviews}}
 ";
         let mut st = Applied::default();
         apply(&mut st, &format!("{MESH}---\n{remote}"), 1);
-        let mut b = Builder::new(&st, 1);
+        let mut b = Builder::new(&st, 1, Default::default());
         let first = b.publish(None).unwrap();
         let at = |net: &str| {
             Scope::of("default", &BTreeMap::new(), &[]).at(Horizon {

@@ -7,15 +7,19 @@
 //! it names. Each snapshot remembers the last [`HISTORY`] change sets, so
 //! a stream that is a few versions behind is sent what changed, not
 //! everything.
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use trellis_api::config::Spec;
 
 use super::horizon::Gateways;
-use super::item::{bundle_item, config_item, workload_item, Bundle, Item, BUNDLE_KEY};
+use super::item::{bundle_item, config_item, workload_item, Bundle, Item, Marks, BUNDLE_KEY};
+use super::local::{stale_clusters, Overlay};
 use super::scope::{Scope, SidecarRule};
-use crate::raft::state::registry::{parse_config_key, CONFIG_PREFIX, WORKLOAD_PREFIX};
+use crate::raft::state::registry::{
+    parse_config_key, WorkloadRecord, CONFIG_PREFIX, WORKLOAD_PREFIX,
+};
 use crate::raft::state_machine::Applied;
 
 /// Change sets a snapshot remembers.
@@ -43,7 +47,9 @@ pub struct ChangeSet {
 
 /// The pushable state at one version.
 pub struct Snapshot {
-    /// The log index this state is at.
+    /// The push version: the log index this state is at, or one past the
+    /// last version when only this node's own view changed (its overlay,
+    /// a cluster's freshness).
     pub version: u64,
     namespaces: HashMap<Arc<str>, Arc<NsItems>>,
     pub sidecars: Arc<Vec<SidecarRule>>,
@@ -140,11 +146,40 @@ pub struct Builder {
     pending: Vec<Change>,
     sidecars_changed: bool,
     gateways_changed: bool,
+    local: Local,
+    /// The clusters taken as stale in the items built.
+    stale: BTreeSet<String>,
+}
+
+/// What a node adds to its replica's state in what it pushes.
+#[derive(Clone)]
+pub struct Local {
+    pub overlay: Overlay,
+    /// A cluster not heard from for longer is stale.
+    pub stale_after: Duration,
+}
+
+impl Default for Local {
+    /// No local registrations; clusters are stale after 30 seconds.
+    fn default() -> Local {
+        Local {
+            overlay: Overlay::new().0,
+            stale_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What building an item reads besides the replica.
+struct Ctx<'a> {
+    overlay: &'a BTreeMap<String, WorkloadRecord>,
+    stale: &'a BTreeSet<String>,
+    stale_after: u64,
 }
 
 impl Builder {
-    /// Everything in `st`, at its index, as node `me` pushes it.
-    pub fn new(st: &Applied, me: u64) -> Builder {
+    /// Everything in `st`, at its index, as node `me` pushes it with
+    /// `local`.
+    pub fn new(st: &Applied, me: u64, local: Local) -> Builder {
         let mut b = Builder {
             me,
             version: st.index(),
@@ -157,6 +192,8 @@ impl Builder {
             pending: Vec::new(),
             sidecars_changed: false,
             gateways_changed: false,
+            stale: stale_clusters(&st.store, me, crate::raft::now(), local.stale_after),
+            local,
         };
         b.reload(st);
         b.pending.clear();
@@ -169,6 +206,10 @@ impl Builder {
     /// topology and the membership).
     pub fn apply(&mut self, st: &Applied, keys: &[String]) {
         let mut sidecars = false;
+        let overlay = self.local.overlay.all();
+        let stale = self.stale.clone();
+        let ctx = self.ctx(&overlay, &stale);
+        let mut built = Vec::new();
         // Virtual IPs change with their ServiceEntry; the mesh record and
         // the topology are the bundle's, read below.
         for key in keys {
@@ -177,16 +218,42 @@ impl Builder {
                 continue;
             }
             if key.starts_with(CONFIG_PREFIX) || key.starts_with(WORKLOAD_PREFIX) {
-                let item = build(key, st).map(Arc::new);
-                self.set(key, item);
+                built.push((key, build(key, st, &ctx).map(Arc::new)));
             }
+        }
+        for (key, item) in built {
+            self.set(key, item);
         }
         if sidecars {
             self.sidecars = Arc::new(sidecar_rules(st));
             self.sidecars_changed = true;
         }
         self.refresh_bundle(st);
-        self.version = st.index();
+        self.version = self.version.max(st.index());
+    }
+
+    fn ctx<'a>(
+        &self,
+        overlay: &'a BTreeMap<String, WorkloadRecord>,
+        stale: &'a BTreeSet<String>,
+    ) -> Ctx<'a> {
+        Ctx {
+            overlay,
+            stale,
+            stale_after: self.local.stale_after.as_secs(),
+        }
+    }
+
+    /// Takes again which clusters are stale at `now`; `true` if that
+    /// changed (then [`Builder::reload`] marks their endpoints).
+    pub fn restale(&mut self, st: &Applied, now: u64) -> bool {
+        let stale = stale_clusters(&st.store, self.me, now, self.local.stale_after);
+        if stale == self.stale {
+            return false;
+        }
+        tracing::info!(stale = ?stale, "clusters' freshness changed");
+        self.stale = stale;
+        true
     }
 
     /// Reads the whole store again (after a snapshot was installed),
@@ -194,12 +261,22 @@ impl Builder {
     pub fn reload(&mut self, st: &Applied) {
         let mut seen: HashSet<Arc<str>> = HashSet::new();
         let sidecars = format!("{CONFIG_PREFIX}Sidecar/");
-        let keys: Vec<&str> = [CONFIG_PREFIX, WORKLOAD_PREFIX]
+        let overlay = self.local.overlay.all();
+        let stale = self.stale.clone();
+        let ctx = self.ctx(&overlay, &stale);
+        let mut keys: Vec<&str> = [CONFIG_PREFIX, WORKLOAD_PREFIX]
             .into_iter()
             .flat_map(|prefix| st.store.prefixed(prefix).map(|(key, _)| key))
             .filter(|key| !key.starts_with(&sidecars))
             .collect();
-        for (key, item) in keys.iter().zip(build_all(&keys, st)) {
+        keys.extend(
+            overlay
+                .keys()
+                .filter(|k| st.store.workload(k).is_none())
+                .map(String::as_str),
+        );
+        let items = build_all(&keys, st, &ctx);
+        for (key, item) in keys.iter().zip(items) {
             let k: Arc<str> = (*key).into();
             seen.insert(k.clone());
             let same = match (self.get(&k), &item) {
@@ -226,7 +303,7 @@ impl Builder {
             self.sidecars_changed = true;
         }
         self.refresh_bundle(st);
-        self.version = st.index();
+        self.version = self.version.max(st.index());
     }
 
     fn refresh_bundle(&mut self, st: &Applied) {
@@ -284,6 +361,8 @@ impl Builder {
                 return None;
             }
             self.gateways_changed = false;
+            // A change of this node's own view, not of the log.
+            self.version = self.version.max(last.version + 1);
             let set = ChangeSet {
                 from: last.version,
                 to: self.version,
@@ -309,7 +388,7 @@ impl Builder {
 
 /// [`build`] of each key, on every core: the whole store is read again
 /// when a node starts (or installs a snapshot), before it serves agents.
-fn build_all(keys: &[&str], st: &Applied) -> Vec<Option<Arc<Item>>> {
+fn build_all(keys: &[&str], st: &Applied, ctx: &Ctx) -> Vec<Option<Arc<Item>>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = keys.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
@@ -318,7 +397,7 @@ fn build_all(keys: &[&str], st: &Applied) -> Vec<Option<Arc<Item>>> {
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|k| build(k, st).map(Arc::new))
+                        .map(|k| build(k, st, ctx).map(Arc::new))
                         .collect::<Vec<_>>()
                 })
             })
@@ -330,10 +409,25 @@ fn build_all(keys: &[&str], st: &Applied) -> Vec<Option<Arc<Item>>> {
     })
 }
 
-/// The item of a store key, if it is pushed.
-fn build(key: &str, st: &Applied) -> Option<Item> {
+/// The item of a store key, if it is pushed. A registered workload is
+/// this node's local record of it if it holds one (newer than any
+/// committed), and marked stale if the cluster it registered through is.
+fn build(key: &str, st: &Applied, ctx: &Ctx) -> Option<Item> {
     if key.starts_with(WORKLOAD_PREFIX) {
-        return workload_item(key, &st.store.workload(key)?);
+        let held = ctx.overlay.get(key);
+        let record = match held {
+            Some(r) => r.clone(),
+            None => st.store.workload(key)?,
+        };
+        let cluster = st.store.node_record(record.conn.node).map(|n| n.cluster);
+        let marks = Marks {
+            stale: cluster
+                .as_deref()
+                .filter(|c| ctx.stale.contains(*c))
+                .map(|c| (c, ctx.stale_after)),
+            local_only: held.is_some(),
+        };
+        return workload_item(key, &record, marks);
     }
     config_item(key, st.store.config(key)?, &st.store)
 }
@@ -395,5 +489,149 @@ fn bundle(st: &Applied, me: u64) -> Bundle {
         cluster,
         network,
         clusters,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::Type;
+    use crate::raft::state::registry::{Conn, Health, RegistryCommand};
+    use crate::raft::state::{Bootstrap, ClusterRecord, Command, MeshInfo, NodeRecord};
+    use openraft::{CommittedLeaderId, LogId};
+    use trellis_api::annotations;
+
+    const NOW: u64 = 1_800_000_000;
+    const KEY: &str = "workload/default/w";
+
+    fn record(address: &str) -> WorkloadRecord {
+        let entry = serde_json::json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "WorkloadEntry",
+            "metadata": {"name": "w", "namespace": "default"},
+            "spec": {"address": address},
+        });
+        WorkloadRecord {
+            entry_json: serde_json::to_vec(&entry).unwrap(),
+            group: "g".into(),
+            conn: Conn { node: 1, stream: 1 },
+            registered_at: NOW,
+            disconnected_at: None,
+            health: Health::NoProbe,
+        }
+    }
+
+    /// Cluster east (node 1, joined long ago, never stamped) with one
+    /// workload registered through node 1.
+    fn state() -> Applied {
+        let mut st = Applied::default();
+        let mut ch = Vec::new();
+        let init = Bootstrap {
+            mesh: MeshInfo {
+                trust_domain: "example.org".into(),
+                root_cert_pem: "ROOT".into(),
+                sealed_root_key: vec![1],
+                seal_check: vec![2],
+            },
+            next_node_id: 2,
+            domain: "cluster.local".into(),
+            cluster: "east".into(),
+            record: ClusterRecord {
+                network: "net-east".into(),
+                joined_at: 1,
+            },
+            node_id: 1,
+            node: NodeRecord {
+                cluster: "east".into(),
+                locality: String::new(),
+            },
+        };
+        st.store.apply(&Command::Bootstrap(Box::new(init)), &mut ch);
+        let reg = Command::Registry(RegistryCommand::RegisterWorkload {
+            key: KEY.into(),
+            record: record("10.0.0.1"),
+        });
+        st.store.apply(&reg, &mut ch);
+        st.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), 2));
+        st
+    }
+
+    /// The annotations of the endpoint `key` in `snap`.
+    fn annotations_of(snap: &Snapshot, key: &str) -> Option<serde_json::Value> {
+        let scope = Scope::of("default", &BTreeMap::new(), &[]);
+        let view = snap.full_view(&scope);
+        let item = view
+            .iter()
+            .find(|i| i.ty == Type::Endpoints && &*i.key == key)?;
+        let v: serde_json::Value = serde_json::from_slice(&item.body).unwrap();
+        Some(v["metadata"]["annotations"].clone())
+    }
+
+    #[test]
+    fn another_clusters_stale_endpoints_are_not_ready_until_it_stamps_again() {
+        let mut st = state();
+        let local = || Local {
+            overlay: Overlay::new().0,
+            stale_after: Duration::from_secs(30),
+        };
+        // Node 1 is east's own: never stale. Node 9 is of no cluster.
+        let own = Builder::new(&st, 1, local()).publish(None).unwrap();
+        assert_eq!(
+            annotations_of(&own, KEY).unwrap()[annotations::HEALTH],
+            annotations::READY
+        );
+        let mut b = Builder::new(&st, 9, local());
+        let first = b.publish(None).unwrap();
+        let health = annotations_of(&first, KEY).unwrap()[annotations::HEALTH].clone();
+        assert_eq!(
+            health,
+            "stale: cluster east not heard from for more than 30s"
+        );
+        // East stamps itself: ready again on the next check, as a new
+        // version though the log moved by a stamp only.
+        let stamp = Command::StampCluster {
+            cluster: "east".into(),
+            at: NOW,
+        };
+        st.store.apply(&stamp, &mut Vec::new());
+        assert!(!b.restale(&st, NOW + 31), "still past the threshold");
+        assert!(b.restale(&st, NOW + 30), "fresh again");
+        b.reload(&st);
+        let next = b.publish(Some(&first)).expect("the endpoint changed");
+        assert!(next.version > first.version);
+        assert_eq!(
+            annotations_of(&next, KEY).unwrap()[annotations::HEALTH],
+            annotations::READY
+        );
+        let (changes, _) = next.changes_since(first.version).unwrap();
+        assert_eq!(changes.len(), 1, "only the endpoint changed");
+    }
+
+    #[test]
+    fn a_held_registration_is_pushed_marked_local_until_released() {
+        let st = state();
+        let (overlay, _held) = Overlay::new();
+        let local = Local {
+            overlay: overlay.clone(),
+            stale_after: Duration::from_secs(30),
+        };
+        let mut b = Builder::new(&st, 1, local);
+        let first = b.publish(None).unwrap();
+        let key = "workload/default/w2";
+        overlay.hold(key, record("10.0.0.2"));
+        b.apply(&st, &[key.to_string()]);
+        let held = b.publish(Some(&first)).expect("a new endpoint");
+        assert_eq!(held.version, first.version + 1, "the log did not move");
+        let a = annotations_of(&held, key).expect("the held endpoint is pushed");
+        assert!(a[annotations::LOCAL_ONLY].is_string(), "{a}");
+        assert_eq!(a[annotations::HEALTH], annotations::READY);
+        // The committed one is not marked.
+        assert!(annotations_of(&held, KEY).unwrap()[annotations::LOCAL_ONLY].is_null());
+        // Another stream's release does nothing; its own removes it.
+        assert!(!overlay.release(key, Conn { node: 1, stream: 2 }));
+        assert!(overlay.release(key, Conn { node: 1, stream: 1 }));
+        b.apply(&st, &[key.to_string()]);
+        let gone = b.publish(Some(&held)).expect("the endpoint went");
+        assert!(annotations_of(&gone, key).is_none());
     }
 }

@@ -22,6 +22,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use state::{Command, MeshInfo, Response, Store};
+
+/// Seconds since the Unix epoch: the proposer's clock, which commands
+/// carry so that every replica decides alike.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 pub use state_machine::SharedState;
 pub use types::{NodeId, Raft, StorageError, TypeConfig};
 

@@ -10,9 +10,9 @@
 //! - `kv/KEY` — user data written through the admin API;
 //! - `config/…`, `vip/…`, `workload/…` — the mesh's configuration and
 //!   registry ([`registry`]);
-//! - `domain`, `cluster/NAME`, `node/ID` — the DNS domain of service
-//!   names, the clusters and which cluster each node belongs to
-//!   ([`cluster`]);
+//! - `domain`, `cluster/NAME`, `node/ID`, `stamp/NAME` — the DNS domain
+//!   of service names, the clusters, which cluster each node belongs to
+//!   and when each cluster was last heard from ([`cluster`]);
 //! - `write/AT/ID` — the response to each write proposed in the last
 //!   [`DEDUP_WINDOW_SECS`] ([`Command::Once`]), so that a write retried
 //!   after its answer was lost is applied once.
@@ -108,6 +108,10 @@ pub enum Command {
     /// a control-plane token is in the cluster of the node it joined
     /// through).
     RecordNode { id: u64, record: NodeRecord },
+    /// Cluster `cluster` was heard from at `at` (its node's clock): each
+    /// control-plane node writes its cluster's stamp every few seconds, so
+    /// that every replica knows how fresh each cluster's data is.
+    StampCluster { cluster: String, at: u64 },
 }
 
 impl Command {
@@ -255,6 +259,7 @@ impl Store {
             Command::JoinCluster(join) => self.join_cluster(join, changed),
             Command::RemoveCluster { name } => self.remove_cluster(name, changed),
             Command::RecordNode { id, record } => self.record_node(*id, record, changed),
+            Command::StampCluster { cluster, at } => self.stamp_cluster(cluster, *at, changed),
             Command::Registry(cmd) => self.apply_registry(cmd, changed),
             Command::Bootstrap(b) => self.bootstrap(b, changed),
             Command::Once { id, at, cmd } => {
@@ -421,6 +426,10 @@ mod tests {
             })),
             Command::RemoveCluster {
                 name: "west".into(),
+            },
+            Command::StampCluster {
+                cluster: "west".into(),
+                at: NOW,
             },
             Command::Bootstrap(Box::new(Bootstrap {
                 mesh: mesh(),

@@ -16,6 +16,9 @@ use crate::tokens::{KindRequired, TokenKind};
 pub const DOMAIN_KEY: &str = "domain";
 pub const CLUSTER_PREFIX: &str = "cluster/";
 pub const NODE_PREFIX: &str = "node/";
+/// `stamp/NAME`: when cluster NAME was last heard from. Not pushed: the
+/// push reads the stamps on a timer, not on every write of one.
+pub const STAMP_PREFIX: &str = "stamp/";
 
 /// `cluster/NAME`.
 pub fn cluster_key(name: &str) -> String {
@@ -25,6 +28,11 @@ pub fn cluster_key(name: &str) -> String {
 /// `node/ID`.
 pub fn node_key(id: u64) -> String {
     format!("{NODE_PREFIX}{id}")
+}
+
+/// `stamp/NAME`.
+pub fn stamp_key(name: &str) -> String {
+    format!("{STAMP_PREFIX}{name}")
 }
 
 /// A cluster of the mesh.
@@ -124,6 +132,14 @@ impl Store {
             .collect()
     }
 
+    /// When cluster `name` was last heard from (unix seconds): its latest
+    /// stamp, else when it joined.
+    pub fn heard_from(&self, name: &str) -> Option<u64> {
+        let joined = self.cluster(name)?.joined_at;
+        let stamp: Option<u64> = self.map.get(&stamp_key(name)).and_then(|b| dec(b));
+        Some(stamp.map_or(joined, |s| s.max(joined)))
+    }
+
     /// The workloads registered through one of `nodes`, by key.
     pub fn workloads_through<'a>(
         &'a self,
@@ -210,12 +226,34 @@ impl Store {
             .workloads_through(&nodes)
             .map(|(k, _)| k.to_string())
             .collect();
-        let keys = std::iter::once(cluster_key(name))
+        let keys = [cluster_key(name), stamp_key(name)]
+            .into_iter()
             .chain(nodes.iter().map(|id| node_key(*id)))
             .chain(workloads);
         for k in keys {
             self.map.remove(&k);
             changed.push(k);
+        }
+        Response::Ok
+    }
+
+    /// Cluster `name` was heard from at `at`; a stamp never goes back
+    /// (nodes of one cluster stamp it with their own clocks).
+    pub(super) fn stamp_cluster(
+        &mut self,
+        name: &str,
+        at: u64,
+        changed: &mut Vec<String>,
+    ) -> Response {
+        if self.cluster(name).is_none() {
+            return Response::Refused(format!(
+                "no cluster named {name}; `trellis cluster list` shows the clusters"
+            ));
+        }
+        let key = stamp_key(name);
+        let old: u64 = self.map.get(&key).and_then(|b| dec(b)).unwrap_or(0);
+        if at > old {
+            self.set(key, &at, changed);
         }
         Response::Ok
     }
@@ -291,6 +329,32 @@ mod tests {
         let before = s.clone();
         assert!(matches!(s.apply(&cmd, &mut ch), Response::Refused(_)));
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_stamp_only_moves_forward_and_only_for_a_known_cluster() {
+        let mut s = Store::default();
+        let mut ch = Vec::new();
+        s.apply(&Command::Bootstrap(Box::new(bootstrap())), &mut ch);
+        assert_eq!(s.heard_from("east"), Some(100), "joined_at before a stamp");
+        let stamp = |at| Command::StampCluster {
+            cluster: "east".into(),
+            at,
+        };
+        assert_eq!(s.apply(&stamp(500), &mut ch), Response::Ok);
+        assert_eq!(s.heard_from("east"), Some(500));
+        // Another node of the cluster, with a clock behind.
+        assert_eq!(s.apply(&stamp(400), &mut ch), Response::Ok);
+        assert_eq!(s.heard_from("east"), Some(500));
+        let unknown = Command::StampCluster {
+            cluster: "west".into(),
+            at: 600,
+        };
+        let Response::Refused(why) = s.apply(&unknown, &mut ch) else {
+            panic!("a stamp of no cluster is refused");
+        };
+        assert!(why.contains("no cluster named west"), "{why}");
+        assert_eq!(s.heard_from("west"), None);
     }
 
     mod joining {
@@ -429,6 +493,11 @@ mod tests {
                 s.apply(&cmd, &mut ch);
             }
             assert_eq!(s.workloads_through(&[2]).count(), 1);
+            let stamp = Command::StampCluster {
+                cluster: "west".into(),
+                at: NOW + 5,
+            };
+            assert_eq!(s.apply(&stamp, &mut ch), Response::Ok);
             ch.clear();
             let remove = Command::RemoveCluster {
                 name: "west".into(),
@@ -439,7 +508,8 @@ mod tests {
             assert!(s.workload("workload/default/a").is_none());
             assert!(s.workload("workload/default/b").is_some(), "east's stays");
             assert!(s.cluster("east").is_some());
-            for key in ["cluster/west", "node/2", "workload/default/a"] {
+            assert_eq!(s.heard_from("west"), None);
+            for key in ["cluster/west", "stamp/west", "node/2", "workload/default/a"] {
                 assert!(ch.iter().any(|k| k == key), "{key} not in {ch:?}");
             }
             assert!(refused(&mut s, &remove).contains("no cluster named west"));
