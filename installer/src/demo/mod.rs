@@ -547,6 +547,9 @@ mod tests {
             std::fs::write(d.path().join(b), "").unwrap();
         }
         let err = Bins::find_in(d.path()).err().unwrap().to_string();
+        assert!(err.contains("`trellis-eastwest` is not in"), "{err}");
+        std::fs::write(d.path().join("trellis-eastwest"), "").unwrap();
+        let err = Bins::find_in(d.path()).err().unwrap().to_string();
         assert!(err.contains("`trellis-echo` is not in"), "{err}");
         std::fs::write(d.path().join("trellis-echo"), "").unwrap();
         assert!(Bins::find_in(d.path()).is_ok());

@@ -638,4 +638,43 @@ mod tests {
             .line()
             .ends_with("1 failed calls (e.g. productpage: status 503)"));
     }
+
+    #[test]
+    fn gateway_connections_by_destination_and_crossings_without_them() {
+        let metrics = "# TYPE istio_tcp_connections_opened_total counter\n\
+            istio_tcp_connections_opened_total{reporter=\"gateway\",destination_service=\"reviews.default.svc.cluster.local\",destination_version=\"v3\"} 2\n\
+            istio_tcp_connections_opened_total{reporter=\"gateway\",source_principal=\"a\",destination_service=\"reviews.default.svc.cluster.local\",destination_version=\"v3\"} 1\n\
+            istio_tcp_connections_opened_total{reporter=\"gateway\",destination_service=\"ratings.default.svc.cluster.local\",destination_version=\"unknown\"} 4\n\
+            istio_tcp_connections_closed_total{reporter=\"gateway\",destination_service=\"details.default.svc.cluster.local\"} 9\n";
+        let g = GatewayTraffic::from_metrics("network-2", "127.20.10.200:15443", metrics);
+        assert_eq!(
+            g.opened,
+            [("ratings".to_string(), 4), ("reviews v3".to_string(), 3)].into()
+        );
+        assert_eq!(g.opened_to("details"), 0);
+
+        let crossing = |network: &str, dest: &str, calls| Crossing {
+            network: network.into(),
+            dest: dest.into(),
+            calls,
+        };
+        let gateways = [g, GatewayTraffic::from_metrics("network-1", "x:15443", "")];
+        let ok = [
+            crossing("network-2", "reviews v3", 5),
+            crossing("network-1", "ratings v1", 0),
+        ];
+        assert_eq!(crossing_problems(&ok, &gateways), Vec::<String>::new());
+        let text = render_crossings(&ok, &gateways);
+        assert!(
+            text.contains("network-2 gateway 127.20.10.200:15443: ratings 4, reviews v3 3"),
+            "{text}"
+        );
+        assert!(text.contains("network-1 gateway x:15443: none"), "{text}");
+        // Answers from another network without its gateway carrying them.
+        let bad = [
+            crossing("network-1", "ratings v1", 2),
+            crossing("network-1", "reviews v3", 1),
+        ];
+        assert_eq!(crossing_problems(&bad, &gateways).len(), 2);
+    }
 }
