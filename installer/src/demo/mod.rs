@@ -461,6 +461,10 @@ fn watch_text(layout: &Layout, topology: &Topology) -> String {
             "every agent, the node it streams from, SYNCED",
         ),
         (
+            format!("{trellis} cluster list"),
+            "the two clusters: nodes, roles, gateways",
+        ),
+        (
             format!("{trellis} get vs reviews -o yaml"),
             "the split in force",
         ),
@@ -483,7 +487,15 @@ fn watch_text(layout: &Layout, topology: &Topology) -> String {
         ),
         (
             format!("curl -s http://{}/clusters", pp.admin()),
-            "what productpage's agent routes to",
+            "what productpage's agent routes to (v3: network-2's gateway)",
+        ),
+        (
+            format!(
+                "curl -s http://{}:{}/stats/prometheus | grep istio_tcp_connections_opened",
+                topology.gateway_ip(NETWORK_2),
+                bookinfo::METRICS_PORT
+            ),
+            "network-2's gateway: what it carried",
         ),
         (
             format!("dig +short @{} -p {} reviews", pp.ip, bookinfo::DNS_PORT),
