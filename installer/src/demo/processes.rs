@@ -435,26 +435,12 @@ pub async fn start_controlplane(
             &[("TRELLIS_TOKEN", &t)],
             log(i),
         )?;
-        let addr = addrs[i - 1].clone();
-        wait_until(
+        wait_member(
             kids,
-            Duration::from_secs(60),
+            layout,
+            &addrs[i - 1],
+            "voter",
             &format!("controlplane-{i} to join as a voter"),
-            || async {
-                let mut admin = connect(layout).await?;
-                let members = bounded(admin.members(Empty {})).await?.members;
-                let me = members.iter().find(|m| m.address == addr);
-                match me {
-                    Some(m) if m.role == "voter" && m.last_applied_index.is_some() => Ok(()),
-                    _ => Err(format!(
-                        "members: {:?}",
-                        members
-                            .iter()
-                            .map(|m| (&m.address, &m.role))
-                            .collect::<Vec<_>>()
-                    )),
-                }
-            },
         )
         .await?;
     }
@@ -514,27 +500,41 @@ pub async fn start_second_cluster(
             .logs()
             .join(format!("controlplane-{}.log", NETWORK_2.cluster)),
     )?;
-    wait_until(
+    wait_member(
         kids,
-        Duration::from_secs(60),
+        layout,
+        &addr,
+        "learner",
         &format!("{}'s node to join as a learner", NETWORK_2.cluster),
-        || async {
-            let mut admin = connect(layout).await?;
-            let members = bounded(admin.members(Empty {})).await?.members;
-            match members.iter().find(|m| m.address == addr) {
-                Some(m) if m.role == "learner" && m.last_applied_index.is_some() => Ok(()),
-                _ => Err(format!(
-                    "members: {:?}",
-                    members
-                        .iter()
-                        .map(|m| (&m.address, &m.role))
-                        .collect::<Vec<_>>()
-                )),
-            }
-        },
     )
     .await?;
     Ok(addr)
+}
+
+/// Waits until the node at `addr` is a member with `role` that has applied
+/// the log.
+async fn wait_member(
+    kids: &mut Children,
+    layout: &Layout,
+    addr: &str,
+    role: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    wait_until(kids, Duration::from_secs(60), what, || async {
+        let mut admin = connect(layout).await?;
+        let members = bounded(admin.members(Empty {})).await?.members;
+        match members.iter().find(|m| m.address == addr) {
+            Some(m) if m.role == role && m.last_applied_index.is_some() => Ok(()),
+            _ => Err(format!(
+                "members: {:?}",
+                members
+                    .iter()
+                    .map(|m| (&m.address, &m.role))
+                    .collect::<Vec<_>>()
+            )),
+        }
+    })
+    .await
 }
 
 /// Starts each network's east-west gateway with a gateway token, on its
