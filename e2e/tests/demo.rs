@@ -1,6 +1,8 @@
 //! `trellis demo` as a user runs it: the real binaries of this build (a
-//! 3-node control plane, bookinfo's echo servers behind agents, a client
-//! agent) on loopback, without root. `--once` runs must route reviews as
+//! 3-node control plane, a second cluster's learner on another network, an
+//! east-west gateway per network, bookinfo's echo servers behind agents —
+//! reviews v3 on the second network — and a client agent) on loopback,
+//! without root. `--once` runs must route reviews as
 //! `--split` says, exit 0 and leave no process behind; a run without
 //! `--once` serves `curl` at its entry point, takes a new split applied
 //! with `trellis apply`, and stops everything on Ctrl-C (SIGINT).
@@ -141,8 +143,8 @@ impl Demo {
         let pids = self.pids();
         assert_eq!(
             pids.len(),
-            16,
-            "3 nodes, 6 echo servers, 7 agents: {pids:?}"
+            19,
+            "4 nodes, 2 gateways, 6 echo servers, 7 agents: {pids:?}"
         );
         let alive: Vec<&(u32, String)> = pids
             .iter()
@@ -187,7 +189,7 @@ fn once_routes_reviews_by_the_split_and_stops_everything() {
     assert!(st.success(), "{st}:\n{}", demo.output());
     assert!(out.contains("3 nodes on 127.0.0.1:"), "{out}");
     assert!(
-        out.contains("proxy-status: 7 agents on 3 nodes, all SYNCED"),
+        out.contains("proxy-status: 9 agents and gateways on 4 nodes, all SYNCED"),
         "{out}"
     );
     assert!(
@@ -195,7 +197,15 @@ fn once_routes_reviews_by_the_split_and_stops_everything() {
         "{out}"
     );
     assert!(out.contains("reviews v3     0    0%"), "{out}");
-    assert!(out.contains("stopped 16 processes"), "{out}");
+    assert!(
+        out.contains("second cluster cluster-2 on network-2: a node on 127.20."),
+        "{out}"
+    );
+    assert!(
+        out.contains("0 answered calls to reviews v3 went through network-2's gateway"),
+        "{out}"
+    );
+    assert!(out.contains("stopped 19 processes"), "{out}");
 
     let r = demo.report();
     assert_eq!(r["split"], serde_json::json!([70, 30, 0]));
@@ -217,7 +227,7 @@ fn once_routes_reviews_by_the_split_and_stops_everything() {
     assert_eq!(r["expected"]["v3"], serde_json::json!([0, 0]));
 
     let proxies = r["proxies"].as_object().unwrap();
-    assert_eq!(proxies.len(), 7, "{proxies:?}");
+    assert_eq!(proxies.len(), 9, "{proxies:?}");
     assert!(proxies.values().all(|s| s == "SYNCED"), "{proxies:?}");
     for w in [
         "productpage-v1",
@@ -228,11 +238,21 @@ fn once_routes_reviews_by_the_split_and_stops_everything() {
         "ratings-v1",
         "demo-client",
     ] {
+        // reviews v3 on network-2's block, the rest on network-1's.
+        let block = if w == "reviews-v3" { 20 } else { 10 };
         assert!(
             proxies
                 .keys()
-                .any(|p| p.starts_with(&format!("{w}-127-0-"))),
+                .any(|p| p.starts_with(&format!("{w}-127-{block}-"))),
             "{w} not in {proxies:?}"
+        );
+    }
+    for n in ["network-1", "network-2"] {
+        assert!(
+            proxies
+                .keys()
+                .any(|p| p.starts_with(&format!("eastwest-{n}"))),
+            "{n}'s gateway not in {proxies:?}"
         );
     }
     demo.assert_all_stopped();
@@ -251,6 +271,29 @@ fn once_with_all_weight_on_v3_is_answered_by_v3_alone() {
     assert_eq!(r["problems"], serde_json::json!([]));
     let out = demo.stdout();
     assert!(out.contains("reviews v3    40  100%"), "{out}");
+    // v3 is only on network-2, productpage and ratings only on network-1:
+    // every call to v3 and every call v3 made crossed a gateway, which
+    // shows it in its metrics.
+    assert!(
+        out.contains("40 answered calls to reviews v3 went through network-2's gateway"),
+        "{out}"
+    );
+    assert!(
+        out.contains("40 answered calls to ratings v1 went through network-1's gateway"),
+        "{out}"
+    );
+    let opened = |network: &str, dest: &str| {
+        r["gateways"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["network"] == network)
+            .and_then(|g| g["opened"][dest].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(opened("network-2", "reviews v3") >= 1, "{r}");
+    assert!(opened("network-1", "ratings v1") >= 1, "{r}");
+    assert_eq!(opened("network-1", "reviews v3"), 0, "{r}");
     demo.assert_all_stopped();
 }
 
@@ -338,7 +381,7 @@ fn runs_until_interrupted_serving_curl_and_a_new_split() {
     let line = out.lines().find(|l| l.starts_with("[  ")).unwrap();
     assert!(line.contains("answered; reviews v1 "), "{line}");
     assert!(!line.contains("failed"), "{line}");
-    assert!(out.contains("stopped 16 processes"), "{out}");
+    assert!(out.contains("stopped 19 processes"), "{out}");
     demo.assert_all_stopped();
 }
 

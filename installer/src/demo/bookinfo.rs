@@ -26,10 +26,45 @@ pub const AGENT_PORTS: [u16; 5] = [
     METRICS_PORT,
     DNS_PORT,
 ];
+/// The east-west gateway's ports, the same on each gateway's address:
+/// the listener other networks connect to, health, metrics, admin.
+pub const GATEWAY_PORT: u16 = 15443;
+pub const GATEWAY_HEALTH_PORT: u16 = 15021;
+pub const GATEWAY_PORTS: [u16; 4] = [GATEWAY_PORT, GATEWAY_HEALTH_PORT, METRICS_PORT, ADMIN_PORT];
 /// The trust domain of the demo mesh (Istio's default).
 pub const TRUST_DOMAIN: &str = "cluster.local";
 /// The last octet of the client agent's address.
 const CLIENT_OCTET: u8 = 100;
+/// The last octet of each network's east-west gateway.
+const GATEWAY_OCTET: u8 = 200;
+/// The last octet of the second cluster's control-plane node.
+const NODE_OCTET: u8 = 250;
+
+/// A network of the demo and the cluster on it, each in its own loopback
+/// block `127.OCTET.B.0/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub name: &'static str,
+    pub cluster: &'static str,
+    /// The second octet of its addresses.
+    pub octet: u8,
+}
+
+/// The first network: the control plane's voters (`init`'s defaults) and
+/// all of bookinfo but reviews v3.
+pub const NETWORK_1: Network = Network {
+    name: "network-1",
+    cluster: "cluster-1",
+    octet: 10,
+};
+/// The second network: one control-plane node joined with a cluster
+/// token (a learner), and reviews v3.
+pub const NETWORK_2: Network = Network {
+    name: "network-2",
+    cluster: "cluster-2",
+    octet: 20,
+};
+pub const NETWORKS: [Network; 2] = [NETWORK_1, NETWORK_2];
 /// The client agent's identity (`NAMESPACE/SERVICE_ACCOUNT`) and app label.
 pub const CLIENT_IDENTITY: &str = "default/demo-client";
 pub const CLIENT_APP: &str = "demo-client";
@@ -50,40 +85,50 @@ pub struct ServiceVersion {
     pub version: &'static str,
     /// The services it calls before answering, in order.
     pub calls: &'static [&'static str],
+    /// The network (and cluster) it runs in.
+    pub network: Network,
 }
 
 /// Bookinfo's workloads: productpage calls details and reviews, reviews v2
-/// and v3 call ratings, v1 calls nothing. The i-th is at `127.0.B.(i+1)`.
+/// and v3 call ratings, v1 calls nothing. Reviews v3 runs on the second
+/// network, the rest on the first. The i-th is at `127.N.B.(i+1)`, N its
+/// network's octet.
 pub const WORKLOADS: [ServiceVersion; 6] = [
     ServiceVersion {
         service: "productpage",
         version: "v1",
         calls: &["details", "reviews"],
+        network: NETWORK_1,
     },
     ServiceVersion {
         service: "details",
         version: "v1",
         calls: &[],
+        network: NETWORK_1,
     },
     ServiceVersion {
         service: "reviews",
         version: "v1",
         calls: &[],
+        network: NETWORK_1,
     },
     ServiceVersion {
         service: "reviews",
         version: "v2",
         calls: &["ratings"],
+        network: NETWORK_1,
     },
     ServiceVersion {
         service: "reviews",
         version: "v3",
         calls: &["ratings"],
+        network: NETWORK_2,
     },
     ServiceVersion {
         service: "ratings",
         version: "v1",
         calls: &[],
+        network: NETWORK_1,
     },
 ];
 
@@ -231,7 +276,7 @@ impl Placed {
     /// Flags of its `trellis-agent`, but for the token.
     pub fn agent_args(&self, data_dir: &Path) -> Vec<String> {
         let w = &self.workload;
-        let mut a = agent_ports(self.ip, data_dir);
+        let mut a = agent_ports(self.ip, w.network, data_dir);
         a.extend([
             "--app-host".to_string(),
             self.ip.to_string(),
@@ -250,8 +295,8 @@ impl Placed {
     }
 }
 
-/// The listeners every agent has, on its own address.
-fn agent_ports(ip: Ipv4Addr, data_dir: &Path) -> Vec<String> {
+/// The listeners every agent has, on its own address, and its network.
+fn agent_ports(ip: Ipv4Addr, network: Network, data_dir: &Path) -> Vec<String> {
     let at = |port: u16| SocketAddr::from((ip, port)).to_string();
     vec![
         "--data-dir".to_string(),
@@ -268,12 +313,16 @@ fn agent_ports(ip: Ipv4Addr, data_dir: &Path) -> Vec<String> {
         at(DNS_PORT),
         "--peer-inbound-port".into(),
         INBOUND_PORT.to_string(),
+        "--network".into(),
+        network.name.into(),
     ]
 }
 
-/// Where everything runs: the workloads at `127.0.BLOCK.1..=6`, the
-/// client agent at `127.0.BLOCK.100` with the mesh's entry point at
-/// `entry` (on 127.0.0.1, for `curl`).
+/// Where everything runs, in block B of each network: the workloads at
+/// `127.N.B.1..=6` (N their network's octet), the client agent at
+/// `127.10.B.100` with the mesh's entry point at `entry` (on 127.0.0.1,
+/// for `curl`), each network's east-west gateway at `127.N.B.200`, the
+/// second cluster's control-plane node at `127.20.B.250`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
     pub block: u8,
@@ -281,6 +330,11 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// Address `host` of `network`'s block.
+    pub fn ip(&self, network: Network, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(127, network.octet, self.block, host)
+    }
+
     /// The workloads at their addresses.
     pub fn placed(&self) -> Vec<Placed> {
         WORKLOADS
@@ -288,7 +342,7 @@ impl Topology {
             .zip(1u8..)
             .map(|(w, i)| Placed {
                 workload: *w,
-                ip: Ipv4Addr::new(127, 0, self.block, i),
+                ip: self.ip(w.network, i),
             })
             .collect()
     }
@@ -300,13 +354,43 @@ impl Topology {
             .find(|p| p.workload.service == service && p.workload.version == version)
     }
 
-    /// The client agent's own address.
+    /// The client agent's own address, on the first network.
     pub fn client_ip(&self) -> Ipv4Addr {
-        Ipv4Addr::new(127, 0, self.block, CLIENT_OCTET)
+        self.ip(NETWORK_1, CLIENT_OCTET)
     }
 
     pub fn client_admin(&self) -> SocketAddr {
         SocketAddr::from((self.client_ip(), ADMIN_PORT))
+    }
+
+    /// The address of `network`'s east-west gateway.
+    pub fn gateway_ip(&self, network: Network) -> Ipv4Addr {
+        self.ip(network, GATEWAY_OCTET)
+    }
+
+    /// The address of the second cluster's control-plane node.
+    pub fn node_ip(&self) -> Ipv4Addr {
+        self.ip(NETWORK_2, NODE_OCTET)
+    }
+
+    /// Flags of `network`'s `trellis-eastwest`, but for the token and the
+    /// control plane: its listeners on its address, which it advertises.
+    pub fn gateway_args(&self, network: Network, data_dir: &Path) -> Vec<String> {
+        let at = |port: u16| SocketAddr::from((self.gateway_ip(network), port)).to_string();
+        vec![
+            "--data-dir".to_string(),
+            data_dir.display().to_string(),
+            "--listen".into(),
+            at(GATEWAY_PORT),
+            "--health".into(),
+            at(GATEWAY_HEALTH_PORT),
+            "--metrics".into(),
+            at(METRICS_PORT),
+            "--admin".into(),
+            at(ADMIN_PORT),
+            "--peer-inbound-port".into(),
+            INBOUND_PORT.to_string(),
+        ]
     }
 
     /// The URL a user `curl`s: productpage through the client agent.
@@ -317,7 +401,7 @@ impl Topology {
     /// Flags of the client agent, but for the token: one upstream
     /// listener, `entry`, standing for productpage.
     pub fn client_agent_args(&self, data_dir: &Path) -> Vec<String> {
-        let mut a = agent_ports(self.client_ip(), data_dir);
+        let mut a = agent_ports(self.client_ip(), NETWORK_1, data_dir);
         a.extend([
             "--label".to_string(),
             format!("app={CLIENT_APP}"),
@@ -342,18 +426,26 @@ impl Topology {
                 .iter()
                 .map(|port| SocketAddr::from((self.client_ip(), *port))),
         );
+        for n in NETWORKS {
+            v.extend(
+                GATEWAY_PORTS
+                    .iter()
+                    .map(|port| SocketAddr::from((self.gateway_ip(n), *port))),
+            );
+        }
         v
     }
 
     /// What must be true before traffic flows: each caller's agent sees a
     /// healthy endpoint of each cluster its calls are routed to, at the
-    /// callee's address. (admin address of the caller's agent, cluster
-    /// name as `/clusters` shows it, callee address.)
+    /// callee's address on the caller's own network, else at the callee
+    /// network's gateway (split horizon). (admin address of the caller's
+    /// agent, cluster name as `/clusters` shows it, endpoint address.)
     pub fn expected_endpoints(&self) -> Vec<(SocketAddr, String, Ipv4Addr)> {
         let placed = self.placed();
         let cluster =
             |service: &str, subset: &str| format!("outbound|{APP_PORT}|{subset}|{}", host(service));
-        let targets = |service: &str| -> Vec<(String, Ipv4Addr)> {
+        let targets = |service: &str, from: Network| -> Vec<(String, Ipv4Addr)> {
             placed
                 .iter()
                 .filter(|p| p.workload.service == service)
@@ -364,17 +456,26 @@ impl Topology {
                     } else {
                         ""
                     };
-                    (cluster(service, subset), p.ip)
+                    let ip = if p.workload.network == from {
+                        p.ip
+                    } else {
+                        self.gateway_ip(p.workload.network)
+                    };
+                    (cluster(service, subset), ip)
                 })
                 .collect()
         };
-        let mut v: Vec<(SocketAddr, String, Ipv4Addr)> = targets("productpage")
+        let mut v: Vec<(SocketAddr, String, Ipv4Addr)> = targets("productpage", NETWORK_1)
             .into_iter()
             .map(|(c, ip)| (self.client_admin(), c, ip))
             .collect();
         for p in &placed {
             for s in p.workload.calls {
-                v.extend(targets(s).into_iter().map(|(c, ip)| (p.admin(), c, ip)));
+                v.extend(
+                    targets(s, p.workload.network)
+                        .into_iter()
+                        .map(|(c, ip)| (p.admin(), c, ip)),
+                );
             }
         }
         v
@@ -630,16 +731,23 @@ mod tests {
                 assert!(agent.contains(&upstream), "{agent:?} lacks {upstream}");
             }
             assert!(agent.contains(&format!("version={}", p.workload.version)));
+            let network = agent.iter().position(|a| a == "--network").unwrap();
+            assert_eq!(agent[network + 1], p.workload.network.name);
+            assert_eq!(p.ip.octets()[1], p.workload.network.octet);
         }
         let pp = t.find("productpage", "v1").unwrap();
         assert_eq!(
             pp.call_urls(),
             [
-                "http://127.0.10.1:19081/details/0",
-                "http://127.0.10.1:19082/reviews/0"
+                "http://127.10.10.1:19081/details/0",
+                "http://127.10.10.1:19082/reviews/0"
             ]
         );
         assert!(t.find("reviews", "v1").unwrap().call_urls().is_empty());
+        assert_eq!(
+            t.find("reviews", "v3").unwrap().ip,
+            Ipv4Addr::new(127, 20, 10, 5)
+        );
         let client = t.client_agent_args(Path::new("/d"));
         assert!(client
             .contains(&"127.0.0.1:19080=productpage.default.svc.cluster.local:9080".to_string()));
@@ -652,14 +760,15 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), l.len());
-        // 6 workloads × (app + 5 agent ports), 4 upstreams, the client agent.
-        assert_eq!(l.len(), 6 * 6 + 4 + 5);
+        // 6 workloads × (app + 5 agent ports), 4 upstreams, the client
+        // agent, 2 gateways.
+        assert_eq!(l.len(), 6 * 6 + 4 + 5 + 2 * 4);
     }
 
     #[test]
     fn expected_endpoints_follow_the_calls() {
         let e = topology().expected_endpoints();
-        let pp: SocketAddr = "127.0.10.1:15000".parse().unwrap();
+        let pp: SocketAddr = "127.10.10.1:15000".parse().unwrap();
         let want = |admin: SocketAddr, cluster: &str, ip: [u8; 4]| {
             assert!(
                 e.contains(&(admin, cluster.to_string(), Ipv4Addr::from(ip))),
@@ -667,24 +776,36 @@ mod tests {
             );
         };
         want(
-            "127.0.10.100:15000".parse().unwrap(),
+            "127.10.10.100:15000".parse().unwrap(),
             "outbound|9080||productpage.default.svc.cluster.local",
-            [127, 0, 10, 1],
+            [127, 10, 10, 1],
         );
         want(
             pp,
             "outbound|9080||details.default.svc.cluster.local",
-            [127, 0, 10, 2],
+            [127, 10, 10, 2],
         );
         want(
             pp,
+            "outbound|9080|v2|reviews.default.svc.cluster.local",
+            [127, 10, 10, 4],
+        );
+        // reviews v3 is on network-2: productpage reaches it at that
+        // network's gateway, and v3 reaches ratings at network-1's.
+        want(
+            pp,
             "outbound|9080|v3|reviews.default.svc.cluster.local",
-            [127, 0, 10, 5],
+            [127, 20, 10, 200],
         );
         want(
-            "127.0.10.4:15000".parse().unwrap(),
+            "127.20.10.5:15000".parse().unwrap(),
             "outbound|9080||ratings.default.svc.cluster.local",
-            [127, 0, 10, 6],
+            [127, 10, 10, 200],
+        );
+        want(
+            "127.10.10.4:15000".parse().unwrap(),
+            "outbound|9080||ratings.default.svc.cluster.local",
+            [127, 10, 10, 6],
         );
         // client→productpage, productpage→details+3 reviews, v2 and v3→ratings
         assert_eq!(e.len(), 1 + 4 + 2);

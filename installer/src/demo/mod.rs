@@ -1,9 +1,14 @@
 //! `trellis demo`: a whole mesh on loopback addresses, without root, as
-//! Istio's bookinfo shows Istio. A 3-node control plane on free ports of
-//! 127.0.0.1, bookinfo's config applied ([`bookinfo::mesh_files`]), each
-//! workload an echo server on its own loopback address behind an agent
-//! that registers it, a client agent as the entry point; then traffic, a
-//! [`report::Tally`] of who answered, and light traffic until Ctrl-C.
+//! Istio's bookinfo shows Istio, across two clusters on two networks. A
+//! 3-node control plane on free ports of 127.0.0.1 (cluster-1 on
+//! network-1), a second cluster's node joined with a cluster token (a
+//! learner, cluster-2 on network-2), an east-west gateway per network,
+//! bookinfo's config applied ([`bookinfo::mesh_files`]), each workload an
+//! echo server on its own loopback address of its network's block behind
+//! an agent that registers it (reviews v3 on network-2, the rest on
+//! network-1), a client agent as the entry point; then traffic, a
+//! [`report::Tally`] of who answered and what crossed a gateway, and
+//! light traffic until Ctrl-C.
 //!
 //! [`processes`] starts, waits on and stops the processes; [`bookinfo`]
 //! and [`report`] are plain functions over plain data.
@@ -20,14 +25,15 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 
-use bookinfo::{Split, Topology, WORKLOADS};
+use bookinfo::{Split, Topology, NETWORKS, NETWORK_1, NETWORK_2, WORKLOADS};
 use http::Http;
 use processes::{Bins, Children, Layout};
-use report::{tally, Answer, Tally};
+use report::{tally, Answer, Crossing, GatewayTraffic, Tally};
 
 /// The entry point's port unless `--port` says otherwise or it is taken.
 const DEFAULT_ENTRY_PORT: u16 = 19080;
-/// Where the loopback blocks `127.0.B.0/24` are looked for, first free first.
+/// Where the loopback blocks `127.10.B.0/24` (network-1) and
+/// `127.20.B.0/24` (network-2) are looked for, first free first.
 const BLOCKS: std::ops::RangeInclusive<u8> = 10..=99;
 /// How often the light traffic's summary is printed.
 const WINDOW: Duration = Duration::from_secs(10);
@@ -105,6 +111,8 @@ struct ReportFile<'a> {
     tally: &'a Tally,
     /// reviews version → the least and most answers its weight allows.
     expected: BTreeMap<&'static str, (usize, usize)>,
+    /// What each network's east-west gateway carried.
+    gateways: &'a [GatewayTraffic],
     problems: Vec<String>,
 }
 
@@ -126,7 +134,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         DemoDir::Temp(_) if args.keep => "kept: --keep".to_string(),
         DemoDir::Temp(_) => "removed at exit unless --keep".to_string(),
     };
-    println!("trellis demo: bookinfo on a 3-node control plane and 7 agents, on loopback");
+    println!(
+        "trellis demo: bookinfo on two clusters on two networks (a 3-node control plane and a \
+         learner, 2 east-west gateways, 7 agents), on loopback"
+    );
     println!("  directory  {} ({kept})", layout.root.display());
     println!("  config     {}/", layout.mesh().display());
     println!(
@@ -199,10 +210,12 @@ fn pick_topology(port: Option<u16>) -> anyhow::Result<Topology> {
         .find(|t| processes::all_free(&t.listeners()))
         .with_context(|| {
             format!(
-                "no block 127.0.B.0/24 with B in {BLOCKS:?} has ports {} free on its addresses \
-                 (is a demo running already, or something listening on 0.0.0.0 at one of them?)",
+                "no blocks 127.10.B.0/24 and 127.20.B.0/24 with B in {BLOCKS:?} have ports {} \
+                 free on their addresses (is a demo running already, or something listening on \
+                 0.0.0.0 at one of them?)",
                 std::iter::once(bookinfo::APP_PORT)
                     .chain(bookinfo::AGENT_PORTS)
+                    .chain([bookinfo::GATEWAY_PORT, bookinfo::GATEWAY_HEALTH_PORT])
                     .map(|p| p.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -235,19 +248,49 @@ async fn demo(
     );
 
     let t = Instant::now();
-    processes::start_workloads(kids, bins, layout, &admin, topology, &addrs).await?;
+    let second = processes::start_second_cluster(kids, bins, layout, &admin, topology).await?;
+    println!(
+        "second cluster {} on {}: a node on {second}, joined with a cluster token as a learner ({:.1} s)",
+        NETWORK_2.cluster,
+        NETWORK_2.name,
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let node_of = |n: bookinfo::Network| {
+        if n == NETWORK_2 {
+            second.clone()
+        } else {
+            addrs[0].clone()
+        }
+    };
+    processes::start_gateways(kids, bins, layout, &admin, topology, node_of).await?;
+    processes::start_workloads(kids, bins, layout, &admin, topology, &addrs, &second).await?;
     let http = Http::new(Duration::from_secs(5));
     let proxies = processes::wait_ready(kids, &http, &admin, topology).await?;
     let placed = topology.placed();
-    println!(
-        "workloads      {} echo servers on 127.0.{b}.1-{}, each behind an agent; a client agent on 127.0.{b}.100",
-        placed.len(),
-        placed.len(),
-        b = topology.block
-    );
+    for n in NETWORKS {
+        let here: Vec<String> = placed
+            .iter()
+            .filter(|p| p.workload.network == n)
+            .map(|p| format!("{} {} {}", p.workload.service, p.workload.version, p.ip))
+            .collect();
+        let client = if n == NETWORK_1 {
+            format!(", the client agent {}", topology.client_ip())
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<14} {}: {}{client}; its east-west gateway {}:{}",
+            n.name,
+            n.cluster,
+            here.join(", "),
+            topology.gateway_ip(n),
+            bookinfo::GATEWAY_PORT
+        );
+    }
     let nodes: std::collections::BTreeSet<u64> = proxies.iter().map(|p| p.node_id).collect();
     println!(
-        "ready          {} workloads registered and healthy; proxy-status: {} agents on {} nodes, all SYNCED ({:.1} s)",
+        "ready          {} workloads registered and healthy, each behind an agent; proxy-status: {} agents and gateways on {} nodes, all SYNCED ({:.1} s)",
         placed.len(),
         proxies.len(),
         nodes.len(),
@@ -266,7 +309,11 @@ async fn demo(
         t.elapsed().as_secs_f64()
     );
     print!("{}", result.render(args.split, &callers));
-    let problems = result.problems(args.split, &callers);
+    let gateways = gateway_traffic(&http, topology).await;
+    let crossings = crossings(&result);
+    print!("{}", report::render_crossings(&crossings, &gateways));
+    let mut problems = result.problems(args.split, &callers);
+    problems.extend(report::crossing_problems(&crossings, &gateways));
     let file = ReportFile {
         entry: url.clone(),
         split: args.split.0,
@@ -282,6 +329,7 @@ async fn demo(
                 (*v, range)
             })
             .collect(),
+        gateways: &gateways,
         problems: problems.clone(),
     };
     std::fs::write(layout.report(), serde_json::to_string_pretty(&file)?)
@@ -298,6 +346,42 @@ async fn demo(
         WINDOW.as_secs()
     );
     light_traffic(kids, &http, &url, args.rate).await
+}
+
+/// Each network's gateway's connections, from its metrics (none if they
+/// cannot be read).
+async fn gateway_traffic(http: &Http, topology: &Topology) -> Vec<GatewayTraffic> {
+    let mut v = Vec::new();
+    for n in NETWORKS {
+        let ip = topology.gateway_ip(n);
+        let metrics = http
+            .get_ok(&format!(
+                "http://{ip}:{}/stats/prometheus",
+                bookinfo::METRICS_PORT
+            ))
+            .await
+            .unwrap_or_default();
+        let address = format!("{ip}:{}", bookinfo::GATEWAY_PORT);
+        v.push(GatewayTraffic::from_metrics(n.name, &address, &metrics));
+    }
+    v
+}
+
+/// The calls of the traffic that crossed networks: productpage (network-1)
+/// to reviews v3 (network-2), and reviews v3 to ratings (network-1).
+fn crossings(t: &Tally) -> Vec<Crossing> {
+    vec![
+        Crossing {
+            network: NETWORK_2.name.into(),
+            dest: "reviews v3".into(),
+            calls: t.reviews_of("v3"),
+        },
+        Crossing {
+            network: NETWORK_1.name.into(),
+            dest: "ratings v1".into(),
+            calls: t.ratings.get("v3").copied().unwrap_or(0),
+        },
+    ]
 }
 
 /// The reviews versions that call ratings.
@@ -377,6 +461,10 @@ fn watch_text(layout: &Layout, topology: &Topology) -> String {
             "every agent, the node it streams from, SYNCED",
         ),
         (
+            format!("{trellis} cluster list"),
+            "the two clusters: nodes, roles, gateways",
+        ),
+        (
             format!("{trellis} get vs reviews -o yaml"),
             "the split in force",
         ),
@@ -399,7 +487,15 @@ fn watch_text(layout: &Layout, topology: &Topology) -> String {
         ),
         (
             format!("curl -s http://{}/clusters", pp.admin()),
-            "what productpage's agent routes to",
+            "what productpage's agent routes to (v3: network-2's gateway)",
+        ),
+        (
+            format!(
+                "curl -s http://{}:{}/stats/prometheus | grep istio_tcp_connections_opened",
+                topology.gateway_ip(NETWORK_2),
+                bookinfo::METRICS_PORT
+            ),
+            "network-2's gateway: what it carried",
         ),
         (
             format!("dig +short @{} -p {} reviews", pp.ip, bookinfo::DNS_PORT),
@@ -462,6 +558,9 @@ mod tests {
         for b in ["trellis-controlplane", "trellis-agent"] {
             std::fs::write(d.path().join(b), "").unwrap();
         }
+        let err = Bins::find_in(d.path()).err().unwrap().to_string();
+        assert!(err.contains("`trellis-eastwest` is not in"), "{err}");
+        std::fs::write(d.path().join("trellis-eastwest"), "").unwrap();
         let err = Bins::find_in(d.path()).err().unwrap().to_string();
         assert!(err.contains("`trellis-echo` is not in"), "{err}");
         std::fs::write(d.path().join("trellis-echo"), "").unwrap();

@@ -1,7 +1,9 @@
 //! The demo's processes, started, watched and stopped: the control plane
-//! (`init`, then two `join`s with tokens), an echo server and an agent per
-//! workload, and the client agent; and the conditions waited on between
-//! the steps, each with a deadline.
+//! (`init`, then two `join`s with tokens: cluster-1's voters), the second
+//! cluster's node (a `join` with a cluster token: a learner), an east-west
+//! gateway per network, an echo server and an agent per workload, and the
+//! client agent; and the conditions waited on between the steps, each with
+//! a deadline.
 //!
 //! Every child runs in its own process group, so a Ctrl-C at the terminal
 //! reaches only the demo, which then stops them in order: SIGTERM to the
@@ -25,7 +27,10 @@ use trellis_api::v1::{
 };
 use trellis_identity::admin_config::AdminConfig;
 
-use super::bookinfo::{self, Topology, CLIENT_IDENTITY, NAMESPACE, TRUST_DOMAIN};
+use super::bookinfo::{
+    self, Network, Topology, CLIENT_IDENTITY, NAMESPACE, NETWORKS, NETWORK_1, NETWORK_2,
+    TRUST_DOMAIN,
+};
 use super::http::Http;
 use crate::client::status;
 use crate::config::{read_sources, sync_status};
@@ -34,6 +39,7 @@ use crate::config::{read_sources, sync_status};
 pub struct Bins {
     pub controlplane: PathBuf,
     pub agent: PathBuf,
+    pub eastwest: PathBuf,
     pub echo: PathBuf,
 }
 
@@ -65,6 +71,7 @@ impl Bins {
         Ok(Self {
             controlplane: find("trellis-controlplane")?,
             agent: find("trellis-agent")?,
+            eastwest: find("trellis-eastwest")?,
             echo: find("trellis-echo")?,
         })
     }
@@ -87,6 +94,7 @@ impl Layout {
             l.mesh(),
             l.root.join("controlplane"),
             l.root.join("agents"),
+            l.root.join("gateways"),
         ] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
@@ -114,6 +122,9 @@ impl Layout {
     }
     fn agent(&self, name: &str) -> PathBuf {
         self.root.join("agents").join(name)
+    }
+    fn gateway(&self, network: &str) -> PathBuf {
+        self.root.join("gateways").join(network)
     }
 }
 
@@ -424,32 +435,143 @@ pub async fn start_controlplane(
             &[("TRELLIS_TOKEN", &t)],
             log(i),
         )?;
-        let addr = addrs[i - 1].clone();
-        wait_until(
+        wait_member(
             kids,
-            Duration::from_secs(60),
+            layout,
+            &addrs[i - 1],
+            "voter",
             &format!("controlplane-{i} to join as a voter"),
-            || async {
-                let mut admin = connect(layout).await?;
-                let members = bounded(admin.members(Empty {})).await?.members;
-                let me = members.iter().find(|m| m.address == addr);
-                match me {
-                    Some(m) if m.role == "voter" && m.last_applied_index.is_some() => Ok(()),
-                    _ => Err(format!(
-                        "members: {:?}",
-                        members
-                            .iter()
-                            .map(|m| (&m.address, &m.role))
-                            .collect::<Vec<_>>()
-                    )),
-                }
-            },
         )
         .await?;
     }
     // Connected again, the client learns every node into admin.yaml.
     let admin = connect(layout).await.map_err(|e| anyhow!(e))?;
     Ok((admin, addrs))
+}
+
+/// Joins the second cluster's node on `topology`'s address for it, with a
+/// cluster token (`--kind cluster --cluster cluster-2 --network
+/// network-2`): a learner with its own intermediate CA and no CA key of
+/// the mesh. Waits until it is a learner that has applied the log.
+/// Returns its address.
+pub async fn start_second_cluster(
+    kids: &mut Children,
+    bins: &Bins,
+    layout: &Layout,
+    admin: &AdminClient<Channel>,
+    topology: &Topology,
+) -> anyhow::Result<String> {
+    let port = free_ports(1)?[0];
+    let addr = SocketAddr::from((topology.node_ip(), port));
+    if !all_free(&[addr]) {
+        bail!("{addr} is taken: run the demo again for another port");
+    }
+    let addr = addr.to_string();
+    let t = token(
+        admin,
+        CreateTokenRequest {
+            kind: "cluster".into(),
+            cluster: NETWORK_2.cluster.into(),
+            network: NETWORK_2.name.into(),
+            ttl_seconds: 600,
+            max_uses: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| anyhow!("a cluster token for {}: {e}", NETWORK_2.cluster))?;
+    let args: Vec<String> = [
+        "join",
+        "--data-dir",
+        &layout.node(4).display().to_string(),
+        "--listen",
+        &addr,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    kids.spawn(
+        &format!("controlplane-{}", NETWORK_2.cluster),
+        Tier::ControlPlane,
+        &bins.controlplane,
+        &args,
+        &[("TRELLIS_TOKEN", &t)],
+        layout
+            .logs()
+            .join(format!("controlplane-{}.log", NETWORK_2.cluster)),
+    )?;
+    wait_member(
+        kids,
+        layout,
+        &addr,
+        "learner",
+        &format!("{}'s node to join as a learner", NETWORK_2.cluster),
+    )
+    .await?;
+    Ok(addr)
+}
+
+/// Waits until the node at `addr` is a member with `role` that has applied
+/// the log.
+async fn wait_member(
+    kids: &mut Children,
+    layout: &Layout,
+    addr: &str,
+    role: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    wait_until(kids, Duration::from_secs(60), what, || async {
+        let mut admin = connect(layout).await?;
+        let members = bounded(admin.members(Empty {})).await?.members;
+        match members.iter().find(|m| m.address == addr) {
+            Some(m) if m.role == role && m.last_applied_index.is_some() => Ok(()),
+            _ => Err(format!(
+                "members: {:?}",
+                members
+                    .iter()
+                    .map(|m| (&m.address, &m.role))
+                    .collect::<Vec<_>>()
+            )),
+        }
+    })
+    .await
+}
+
+/// Starts each network's east-west gateway with a gateway token, on its
+/// address in `topology`, streaming from `node(network)`.
+pub async fn start_gateways(
+    kids: &mut Children,
+    bins: &Bins,
+    layout: &Layout,
+    admin: &AdminClient<Channel>,
+    topology: &Topology,
+    node: impl Fn(Network) -> String,
+) -> anyhow::Result<()> {
+    for n in NETWORKS {
+        let t = token(
+            admin,
+            CreateTokenRequest {
+                kind: "gateway".into(),
+                network: n.name.into(),
+                ttl_seconds: 600,
+                max_uses: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow!("a gateway token for {}: {e}", n.name))?;
+        let mut args = topology.gateway_args(n, &layout.gateway(n.name));
+        args.extend(["--control-plane".to_string(), node(n)]);
+        kids.spawn(
+            &format!("eastwest-{}", n.name),
+            Tier::Workload,
+            &bins.eastwest,
+            &args,
+            &[("TRELLIS_TOKEN", &t)],
+            layout.logs().join(format!("eastwest-{}.log", n.name)),
+        )?;
+    }
+    Ok(())
 }
 
 /// An admin client with the demo's admin config.
@@ -491,9 +613,10 @@ pub async fn apply(
 }
 
 /// Starts each workload's echo server and its agent (registering through
-/// its WorkloadGroup), and the client agent. The agents stream from the
-/// `nodes` in turn, so every node pushes config (each still fails over to
-/// the others, learned from the pushed bundle).
+/// its WorkloadGroup), and the client agent. The first network's agents
+/// stream from the voters `nodes` in turn, so every node pushes config
+/// (each still fails over to the others, learned from the pushed bundle);
+/// the second network's from its cluster's node, `second`.
 pub async fn start_workloads(
     kids: &mut Children,
     bins: &Bins,
@@ -501,12 +624,18 @@ pub async fn start_workloads(
     admin: &AdminClient<Channel>,
     topology: &Topology,
     nodes: &[String],
+    second: &str,
 ) -> anyhow::Result<()> {
     let logs = layout.logs();
     let mut node = nodes.iter().cycle();
-    let mut with_node = |mut args: Vec<String>| {
-        if let Some(n) = node.next() {
-            args.extend(["--control-plane".to_string(), n.clone()]);
+    let mut with_node = |mut args: Vec<String>, network: Network| {
+        let n = if network == NETWORK_2 {
+            Some(second.to_string())
+        } else {
+            node.next().cloned()
+        };
+        if let Some(n) = n {
+            args.extend(["--control-plane".to_string(), n]);
         }
         args
     };
@@ -536,7 +665,7 @@ pub async fn start_workloads(
             &format!("agent-{group}"),
             Tier::Workload,
             &bins.agent,
-            &with_node(p.agent_args(&layout.agent(&group))),
+            &with_node(p.agent_args(&layout.agent(&group)), p.workload.network),
             &[("TRELLIS_TOKEN", &t)],
             logs.join(p.log_name("agent")),
         )?;
@@ -557,17 +686,21 @@ pub async fn start_workloads(
         "agent-client",
         Tier::Workload,
         &bins.agent,
-        &with_node(topology.client_agent_args(&layout.agent("client"))),
+        &with_node(
+            topology.client_agent_args(&layout.agent("client")),
+            NETWORK_1,
+        ),
         &[("TRELLIS_TOKEN", &t)],
         logs.join("agent-client.log"),
     )?;
     Ok(())
 }
 
-/// Waits until the mesh carries traffic: every agent ready, every
-/// workload registered and passing its probe, each caller's agent seeing
-/// its callees' endpoints, and `proxy-status` showing every agent SYNCED.
-/// Returns that proxy-status.
+/// Waits until the mesh carries traffic: every agent and gateway ready,
+/// every workload registered and passing its probe, each caller's agent
+/// seeing its callees' endpoints (behind a gateway for another network's),
+/// and `proxy-status` showing every agent and gateway SYNCED. Returns that
+/// proxy-status.
 pub async fn wait_ready(
     kids: &mut Children,
     http: &Http,
@@ -575,18 +708,28 @@ pub async fn wait_ready(
     topology: &Topology,
 ) -> anyhow::Result<Vec<ProxyStatus>> {
     let placed = topology.placed();
-    let mut admins: Vec<SocketAddr> = placed.iter().map(|p| p.admin()).collect();
-    admins.push(topology.client_admin());
-    let agents = admins.len();
+    let mut ready: Vec<String> = placed
+        .iter()
+        .map(|p| p.admin())
+        .chain([topology.client_admin()])
+        .map(|a| format!("http://{a}/ready"))
+        .collect();
+    ready.extend(NETWORKS.iter().map(|n| {
+        format!(
+            "http://{}/healthz/ready",
+            SocketAddr::from((topology.gateway_ip(*n), bookinfo::GATEWAY_HEALTH_PORT))
+        )
+    }));
+    let agents = ready.len();
     wait_until(
         kids,
         Duration::from_secs(60),
-        "every agent to be ready (/ready)",
+        "every agent and gateway to be ready",
         || async {
             let mut unready = Vec::new();
-            for a in &admins {
-                if http.get_ok(&format!("http://{a}/ready")).await.is_none() {
-                    unready.push(a.to_string());
+            for url in &ready {
+                if http.get_ok(url).await.is_none() {
+                    unready.push(url.clone());
                 }
             }
             if unready.is_empty() {
@@ -662,7 +805,7 @@ pub async fn wait_ready(
     wait_until(
         kids,
         Duration::from_secs(30),
-        "every agent SYNCED in proxy-status",
+        "every agent and gateway SYNCED in proxy-status",
         || async {
             let mut c = admin.clone();
             let r = bounded(c.proxy_status(Empty {})).await?;

@@ -282,6 +282,115 @@ impl Tally {
     }
 }
 
+/// What one network's east-west gateway carried: the connections it
+/// opened, by destination (`reviews v3`), from its
+/// `istio_tcp_connections_opened_total` samples.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GatewayTraffic {
+    pub network: String,
+    /// Where other networks reach it.
+    pub address: String,
+    pub opened: BTreeMap<String, u64>,
+}
+
+impl GatewayTraffic {
+    /// From the gateway's Prometheus text: each
+    /// `istio_tcp_connections_opened_total{...}` sample, added up by its
+    /// `destination_service` (first label of the host) and
+    /// `destination_version`.
+    pub fn from_metrics(network: &str, address: &str, metrics: &str) -> Self {
+        let mut opened: BTreeMap<String, u64> = BTreeMap::new();
+        for l in metrics.lines() {
+            let Some(rest) = l.strip_prefix("istio_tcp_connections_opened_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let label = |name: &str| {
+                let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+                let len = labels[start..].find('"')?;
+                Some(&labels[start..start + len])
+            };
+            let (Some(service), Some(n)) = (
+                label("destination_service"),
+                value.trim().parse::<f64>().ok(),
+            ) else {
+                continue;
+            };
+            let service = service.split('.').next().unwrap_or(service);
+            let dest = match label("destination_version") {
+                Some(v) if !v.is_empty() && v != "unknown" => format!("{service} {v}"),
+                _ => service.to_string(),
+            };
+            *opened.entry(dest).or_default() += n as u64;
+        }
+        Self {
+            network: network.into(),
+            address: address.into(),
+            opened,
+        }
+    }
+
+    /// Connections opened to `dest` (`reviews v3`).
+    pub fn opened_to(&self, dest: &str) -> u64 {
+        self.opened.get(dest).copied().unwrap_or(0)
+    }
+}
+
+/// A call that crosses networks: to `dest` (`reviews v3`) behind
+/// `network`'s gateway, made `calls` times by the traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Crossing {
+    pub network: String,
+    pub dest: String,
+    pub calls: usize,
+}
+
+/// The report of what crossed a gateway, for people.
+pub fn render_crossings(crossings: &[Crossing], gateways: &[GatewayTraffic]) -> String {
+    let mut s = String::from(
+        "  crossed a gateway (connections each network's east-west gateway opened):\n",
+    );
+    for g in gateways {
+        let opened: Vec<String> = g.opened.iter().map(|(d, n)| format!("{d} {n}")).collect();
+        let opened = if opened.is_empty() {
+            "none".to_string()
+        } else {
+            opened.join(", ")
+        };
+        let _ = writeln!(s, "    {} gateway {}: {opened}", g.network, g.address);
+    }
+    for c in crossings {
+        let _ = writeln!(
+            s,
+            "    {} answered calls to {} went through {}'s gateway",
+            c.calls, c.dest, c.network
+        );
+    }
+    s
+}
+
+/// Problems with the crossings: a destination that answered calls from
+/// another network while its network's gateway opened no connection to it.
+pub fn crossing_problems(crossings: &[Crossing], gateways: &[GatewayTraffic]) -> Vec<String> {
+    crossings
+        .iter()
+        .filter(|c| c.calls > 0)
+        .filter(|c| {
+            !gateways
+                .iter()
+                .any(|g| g.network == c.network && g.opened_to(&c.dest) > 0)
+        })
+        .map(|c| {
+            format!(
+                "{} answered {} calls from another network, but {}'s gateway opened no connection to it",
+                c.dest, c.calls, c.network
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use trellis_echo::Responder;
@@ -528,5 +637,44 @@ mod tests {
         assert!(bad
             .line()
             .ends_with("1 failed calls (e.g. productpage: status 503)"));
+    }
+
+    #[test]
+    fn gateway_connections_by_destination_and_crossings_without_them() {
+        let metrics = "# TYPE istio_tcp_connections_opened_total counter\n\
+            istio_tcp_connections_opened_total{reporter=\"gateway\",destination_service=\"reviews.default.svc.cluster.local\",destination_version=\"v3\"} 2\n\
+            istio_tcp_connections_opened_total{reporter=\"gateway\",source_principal=\"a\",destination_service=\"reviews.default.svc.cluster.local\",destination_version=\"v3\"} 1\n\
+            istio_tcp_connections_opened_total{reporter=\"gateway\",destination_service=\"ratings.default.svc.cluster.local\",destination_version=\"unknown\"} 4\n\
+            istio_tcp_connections_closed_total{reporter=\"gateway\",destination_service=\"details.default.svc.cluster.local\"} 9\n";
+        let g = GatewayTraffic::from_metrics("network-2", "127.20.10.200:15443", metrics);
+        assert_eq!(
+            g.opened,
+            [("ratings".to_string(), 4), ("reviews v3".to_string(), 3)].into()
+        );
+        assert_eq!(g.opened_to("details"), 0);
+
+        let crossing = |network: &str, dest: &str, calls| Crossing {
+            network: network.into(),
+            dest: dest.into(),
+            calls,
+        };
+        let gateways = [g, GatewayTraffic::from_metrics("network-1", "x:15443", "")];
+        let ok = [
+            crossing("network-2", "reviews v3", 5),
+            crossing("network-1", "ratings v1", 0),
+        ];
+        assert_eq!(crossing_problems(&ok, &gateways), Vec::<String>::new());
+        let text = render_crossings(&ok, &gateways);
+        assert!(
+            text.contains("network-2 gateway 127.20.10.200:15443: ratings 4, reviews v3 3"),
+            "{text}"
+        );
+        assert!(text.contains("network-1 gateway x:15443: none"), "{text}");
+        // Answers from another network without its gateway carrying them.
+        let bad = [
+            crossing("network-1", "ratings v1", 2),
+            crossing("network-1", "reviews v3", 1),
+        ];
+        assert_eq!(crossing_problems(&bad, &gateways).len(), 2);
     }
 }
