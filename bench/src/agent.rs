@@ -1,7 +1,8 @@
 //! One `trellis-agent` of a test bed (the pair of `proxy`, the DNS proxy
 //! of `dns`): its certificate from a VM token of the bed's control plane,
-//! its mesh config from a file, one worker and no access log, as the
-//! suites compare it with one-worker Envoys and dnsmasq.
+//! its mesh config from a file (or, for `eastwest`, streamed from the
+//! control plane), one worker and no access log, as the suites compare it
+//! with one-worker Envoys and dnsmasq.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -14,11 +15,12 @@ pub fn data_dir(dir: &Path, side: &str) -> PathBuf {
 }
 
 /// `trellis-agent` with identity `default/SIDE` on `ip`, its data and log
-/// in `dir`, one worker, no access log, and `args`.
+/// in `dir`, one worker, no access log, and `args`; its mesh config from
+/// the file `config`, else streamed from `cp`.
 pub fn spawn(
     cp: &Cluster,
     dir: &Path,
-    config: &Path,
+    config: Option<&Path>,
     log: &str,
     side: &str,
     ip: &str,
@@ -29,8 +31,12 @@ pub fn spawn(
     let mut cmd = Command::new(bin("trellis-agent"));
     cmd.args(["--token", &token, "--data-dir"])
         .arg(data_dir(dir, side))
-        .arg("--config-file")
-        .arg(config)
+        .args(
+            config
+                .map(|c| [Path::new("--config-file"), c])
+                .into_iter()
+                .flatten(),
+        )
         .args(["--inbound", &format!("{ip}:15006")])
         .args(["--outbound", &format!("{ip}:15001")])
         .args(["--admin", &format!("{ip}:15000")])

@@ -25,8 +25,13 @@
 //!   apply-to-ACK propagation, and RSS and full recompute at 10,000
 //!   services, 100,000 endpoints and 1,000 agents.
 //!
-//! A new suite (the east-west gateway's, say) is a folder beside them with
-//! a variant of [`Command`].
+//! - `eastwest/`: client → agent → east-west gateway → agent → server,
+//!   `trellis-eastwest` and Envoy as an SNI-passthrough gateway in turn,
+//!   and no gateway as the baseline: the hop's added latency, new
+//!   connections per second, a 1 GB transfer, the gateway's CPU per
+//!   connection and per GB and its peak RSS.
+//!
+//! A new suite is a folder beside them with a variant of [`Command`].
 //!
 //! What the suites share is at the top: `flags` (the flags two or more
 //! suites take), `bins` (the Trellis binaries beside this one, built
@@ -42,6 +47,7 @@ mod agent;
 mod bins;
 mod controlplane;
 mod dns;
+mod eastwest;
 mod flags;
 mod machine;
 mod net;
@@ -83,6 +89,11 @@ pub enum Command {
     /// answered locally and names forwarded to a local upstream: latency
     /// at fixed rates, max queries per second, CPU per query, RSS.
     Dns(dns::Args),
+    /// client -> agent -> east-west gateway -> agent -> server: the
+    /// Trellis gateway vs Envoy as an SNI-passthrough gateway vs no
+    /// gateway: added latency, new connections/s, a 1 GB transfer, the
+    /// gateway's CPU per connection and per GB, and its peak RSS.
+    Eastwest(eastwest::Args),
     /// A null TCP relay, the floor of `proxy` (which starts two): copies
     /// bytes between each accepted connection and one to its target.
     Relay(proxy::relay::Args),
@@ -98,6 +109,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Command::Proxy(args) => proxy::run(args).await,
             Command::Push(args) => push::run(args).await,
             Command::Dns(args) => dns::run(args).await,
+            Command::Eastwest(args) => eastwest::run(args).await,
             Command::Relay(args) => proxy::relay::serve(args).await,
         }
     };

@@ -232,7 +232,7 @@ impl Bed {
         let mut agent = agent::spawn(
             &cp,
             &dir,
-            &config,
+            Some(&config),
             &args.agent.agent_log,
             "dns",
             AGENT_IP,

@@ -83,12 +83,20 @@ impl AgentPair {
         let config = dir.join("mesh.yaml");
         std::fs::write(&config, mesh_yaml(echo))?;
         let no_dns = ["--dns", "off"].map(String::from);
-        let server = agent::spawn(cp, dir, &config, log, "server", SERVER_IP, &no_dns)?;
+        let server = agent::spawn(cp, dir, Some(&config), log, "server", SERVER_IP, &no_dns)?;
         let mut client_args = no_dns.to_vec();
         for (listen, port) in [(HTTP_LISTEN, echo.http), (GRPC_LISTEN, echo.grpc)] {
             client_args.extend(["--upstream".into(), format!("{listen}={SERVICE}:{port}")]);
         }
-        let client = agent::spawn(cp, dir, &config, log, "client", CLIENT_IP, &client_args)?;
+        let client = agent::spawn(
+            cp,
+            dir,
+            Some(&config),
+            log,
+            "client",
+            CLIENT_IP,
+            &client_args,
+        )?;
         let mut pair = Self {
             sides: Sides::new("agent", client, server),
             client_certs: CertFiles::in_dir(&data_dir(dir, "client")),

@@ -114,12 +114,12 @@ impl Pair for EnvoyPair {
     }
 }
 
-fn admin(ip: &str) -> SocketAddr {
+pub(crate) fn admin(ip: &str) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("an IP"), ADMIN_PORT)
 }
 
 /// `NAME: VALUE` of Envoy's plain-text `/stats`.
-fn stat(stats: &str, name: &str) -> Option<u64> {
+pub(crate) fn stat(stats: &str, name: &str) -> Option<u64> {
     stats.lines().find_map(|l| {
         let (n, v) = l.split_once(": ")?;
         (n == name).then(|| v.trim().parse().ok())?
@@ -127,7 +127,12 @@ fn stat(stats: &str, name: &str) -> Option<u64> {
 }
 
 /// Writes `bootstrap` as `SIDE-envoy.yaml` in `dir` and starts Envoy on it.
-fn spawn(envoy: &Path, dir: &Path, side: &str, bootstrap: &Value) -> anyhow::Result<Proc> {
+pub(crate) fn spawn(
+    envoy: &Path,
+    dir: &Path,
+    side: &str,
+    bootstrap: &Value,
+) -> anyhow::Result<Proc> {
     let file = dir.join(format!("{side}-envoy.yaml"));
     std::fs::write(&file, trellis_api::yaml::to_string(bootstrap)?)?;
     let mut cmd = Command::new(envoy);
@@ -172,7 +177,7 @@ fn tls13() -> Value {
     json!({"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"})
 }
 
-fn address(ip: &str, port: u16) -> Value {
+pub(crate) fn address(ip: &str, port: u16) -> Value {
     json!({"socket_address": {"address": ip, "port_value": port}})
 }
 
@@ -215,7 +220,7 @@ fn http_connection_manager(name: &str, cluster: &str, server_side: bool) -> Valu
 }
 
 /// A static cluster of one endpoint; HTTP/2 if `http2`, else HTTP/1.1.
-fn cluster(name: &str, endpoint: Value, http2: bool, tls: Option<Value>) -> Value {
+pub(crate) fn cluster(name: &str, endpoint: Value, http2: bool, tls: Option<Value>) -> Value {
     let mut c = json!({
         "name": name,
         "type": "STATIC",
@@ -239,7 +244,7 @@ fn cluster(name: &str, endpoint: Value, http2: bool, tls: Option<Value>) -> Valu
     c
 }
 
-fn bootstrap(ip: &str, listeners: Vec<Value>, clusters: Vec<Value>) -> Value {
+pub(crate) fn bootstrap(ip: &str, listeners: Vec<Value>, clusters: Vec<Value>) -> Value {
     json!({
         "admin": {"address": address(ip, ADMIN_PORT)},
         "static_resources": {"listeners": listeners, "clusters": clusters},

@@ -15,10 +15,10 @@
 //! alike rather than on whichever was loaded then. [`report`] prints the
 //! tables.
 mod agents;
-mod envoy;
-mod load;
+pub(crate) mod envoy;
+pub(crate) mod load;
 pub mod relay;
-mod report;
+pub(crate) mod report;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -324,8 +324,8 @@ fn memory_rows(t: &Measured, e: &Measured) -> Vec<Row> {
 }
 
 /// One line: metric, direct, Trellis, Envoy, Trellis against Envoy, goal.
-struct Row {
-    cells: [String; 6],
+pub(crate) struct Row {
+    pub cells: [String; 6],
 }
 
 impl Row {
@@ -351,7 +351,12 @@ impl Row {
 
 /// Latencies, those of the proxies with what they add over direct; the
 /// ratio is of the added latencies.
-fn latency_row(metric: &str, d: Option<Duration>, t: Option<Duration>, e: Option<Duration>) -> Row {
+pub(crate) fn latency_row(
+    metric: &str,
+    d: Option<Duration>,
+    t: Option<Duration>,
+    e: Option<Duration>,
+) -> Row {
     let added = |x: Option<Duration>| Some(ms(x?) - ms(d?));
     let (at, ae) = (added(t), added(e));
     // Trellis faster than direct (noise) adds nothing; Envoy adding
@@ -377,29 +382,29 @@ fn latency_row(metric: &str, d: Option<Duration>, t: Option<Duration>, e: Option
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn mb(kib: u64) -> f64 {
+pub(crate) fn mb(kib: u64) -> f64 {
     kib as f64 * 1024.0 / 1e6
 }
 
-fn ratio_of(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
+pub(crate) fn ratio_of(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
     let (a, b) = (a?.as_secs_f64(), b?.as_secs_f64());
     (b > 0.0).then(|| a / b)
 }
 
-fn fmt_us(d: Option<Duration>) -> String {
+pub(crate) fn fmt_us(d: Option<Duration>) -> String {
     d.map_or("-".into(), |d| format!("{:.0}", d.as_secs_f64() * 1e6))
 }
 
-fn fmt_ratio(r: Option<f64>) -> String {
+pub(crate) fn fmt_ratio(r: Option<f64>) -> String {
     r.map_or("-".into(), |r| format!("{r:.2}x"))
 }
 
 /// `OP LIMITx: met` for a ratio, or `-` when there is none to judge.
-fn goal(op: &str, limit: f64, ratio: Option<f64>) -> String {
+pub(crate) fn goal(op: &str, limit: f64, ratio: Option<f64>) -> String {
     let what = format!("{op} {limit:.2}x");
     match ratio {
         Some(r) if op == "<=" => met(&what, r <= limit),
@@ -408,12 +413,12 @@ fn goal(op: &str, limit: f64, ratio: Option<f64>) -> String {
     }
 }
 
-fn met(what: &str, ok: bool) -> String {
+pub(crate) fn met(what: &str, ok: bool) -> String {
     format!("{what}: {}", if ok { "met" } else { "MISSED" })
 }
 
 /// Adds the goals judged in `rows` to `(met, judged)`.
-fn count_goals(rows: &[Row], counts: &mut (usize, usize)) {
+pub(crate) fn count_goals(rows: &[Row], counts: &mut (usize, usize)) {
     for r in rows {
         let g = &r.cells[5];
         if g.ends_with(": met") {
@@ -425,7 +430,7 @@ fn count_goals(rows: &[Row], counts: &mut (usize, usize)) {
     }
 }
 
-fn table(rows: &[Row]) -> String {
+pub(crate) fn table(rows: &[Row]) -> String {
     let cells: Vec<[String; 6]> = rows.iter().map(|r| r.cells.clone()).collect();
     crate::table::render(&cells)
 }
