@@ -67,6 +67,10 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, drain: drain::Watch)
 
 impl Gateway {
     async fn handle(&self, tcp: TcpStream, remote: SocketAddr) {
+        // The bytes relayed are TLS records the agents already sized: send
+        // each at once (the upstream side is set so by `connect::tcp`), or
+        // Nagle holds a small record back until the last one is acked.
+        let _ = tcp.set_nodelay(true);
         let Some(_slot) = self.limit.acquire() else {
             return self.refuse(Refusal::Overloaded, remote, None);
         };
