@@ -396,21 +396,34 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// taken as disconnected.
 const UNREACHABLE_SWEEPS: u32 = 3;
 
-/// A node that did not answer a sweep: how many in a row, and since when.
+/// A node that did not answer a sweep: how many in a row, since when, and
+/// whether its cluster was heard from since.
 #[derive(Clone, Copy)]
 struct Silent {
     sweeps: u32,
     since: u64,
+    cluster_spoke: bool,
 }
 
 /// Whether the workloads of a node that stopped answering are taken as
-/// disconnected (pure): after [`UNREACHABLE_SWEEPS`], and only if its
-/// cluster was heard from since (another node of it stamped it). A
-/// cluster silent as a whole is cut off, or down: its workloads are kept,
-/// pushed as not ready once it is stale, until it answers again or is
-/// removed; a partition does not unregister them.
-fn silent_node_gone(silent: Silent, cluster_heard_from: Option<u64>) -> bool {
-    silent.sweeps >= UNREACHABLE_SWEEPS && cluster_heard_from.is_none_or(|at| at > silent.since)
+/// disconnected (pure, but for counting in `silent`): after
+/// [`UNREACHABLE_SWEEPS`], and only if its cluster was heard from since it
+/// went silent, counted again from then. A cluster silent as a whole is
+/// cut off, or down: its workloads are kept, pushed as not ready once it
+/// is stale, until it answers again or is removed; a partition does not
+/// unregister them. The stamp that ends its silence may be the node's own,
+/// as a cut heals: the count starts again, and the node, back, answers the
+/// next sweeps; one that is down stays silent while the others stamp.
+fn silent_node_gone(silent: &mut Silent, cluster_heard_from: Option<u64>) -> bool {
+    match cluster_heard_from {
+        None => silent.sweeps >= UNREACHABLE_SWEEPS,
+        Some(at) if !silent.cluster_spoke && at > silent.since => {
+            silent.cluster_spoke = true;
+            silent.sweeps = 0;
+            false
+        }
+        Some(_) => silent.cluster_spoke && silent.sweeps >= UNREACHABLE_SWEEPS,
+    }
 }
 
 /// On the leader, every second: workloads disconnected longer than the
@@ -481,12 +494,13 @@ async fn sweep(node: &Arc<Node>, unreachable: &mut HashMap<u64, Silent>) -> Resu
         .map(|(k, r)| (k.clone(), r.conn, false))
         .chain(gateways.into_iter().map(|(k, c)| (k, c, true)));
     for (key, conn, gateway) in connected {
-        let held = match open.get(&conn.node) {
-            Some(h) => h.clone(),
+        // A silent node counts one more sweep when first asked in this one.
+        let (held, asked) = match open.get(&conn.node) {
+            Some(h) => (h.clone(), false),
             None => {
                 let h = streams_of(node, conn.node, addrs.get(&conn.node)).await;
                 open.insert(conn.node, h.clone());
-                h
+                (h, true)
             }
         };
         let gone = match held {
@@ -498,13 +512,16 @@ async fn sweep(node: &Arc<Node>, unreachable: &mut HashMap<u64, Silent>) -> Resu
                 let n = unreachable.entry(conn.node).or_insert(Silent {
                     sweeps: 0,
                     since: now,
+                    cluster_spoke: false,
                 });
-                n.sweeps += 1;
+                if asked {
+                    n.sweeps += 1;
+                }
                 let heard = node.read_state(|s| {
                     let cluster = s.store.node_record(conn.node)?.cluster;
                     s.store.heard_from(&cluster)
                 });
-                silent_node_gone(*n, heard)
+                silent_node_gone(n, heard)
             }
         };
         let cmd = match (gone, gateway) {
@@ -613,21 +630,29 @@ spec:
         assert_eq!(back, r);
     }
 
-    /// (sweeps without an answer, cluster heard from at) → gone, for a
-    /// node silent since 100.
+    /// A node silent since 100, swept once a second: when its workloads
+    /// are taken as disconnected, by when its cluster was heard from.
     #[test]
     fn a_silent_node_loses_its_workloads_only_while_its_cluster_is_heard_from() {
-        let rows = [
-            ((1, Some(200)), false),
-            ((3, Some(200)), true),
-            ((3, Some(100)), false),
-            ((3, Some(50)), false),
-            ((3, None), true),
-        ];
-        for ((sweeps, heard), want) in rows {
-            let silent = Silent { sweeps, since: 100 };
-            assert_eq!(silent_node_gone(silent, heard), want, "{sweeps} {heard:?}");
-        }
+        let gone_after = |heard: Option<u64>| {
+            let mut silent = Silent {
+                sweeps: 0,
+                since: 100,
+                cluster_spoke: false,
+            };
+            (1..=10).find(|_| {
+                silent.sweeps += 1;
+                silent_node_gone(&mut silent, heard)
+            })
+        };
+        // No cluster record: gone after the usual sweeps.
+        assert_eq!(gone_after(None), Some(3));
+        // The whole cluster silent: kept.
+        assert_eq!(gone_after(Some(100)), None);
+        assert_eq!(gone_after(Some(50)), None);
+        // Its cluster spoke since: counted again from then, so that a node
+        // whose own stamp it was (a cut healing) has the sweeps to answer.
+        assert_eq!(gone_after(Some(200)), Some(4));
     }
 
     /// (agent's network, template's, agent's cluster, agent's locality) →
