@@ -14,19 +14,22 @@ pub struct Sni<'a> {
 }
 
 impl Sni<'_> {
-    /// `outbound_.9080_.v1_.reviews.default.svc.cluster.local`; `_` for no subset.
+    /// `outbound_.9080_.v1_.reviews.default.svc.cluster.local`, and for no
+    /// subset `outbound_.9080_._.reviews.default.svc.cluster.local`, as
+    /// Istio writes them (its `BuildDNSSrvSubsetKey`).
     pub fn encode(port: u16, subset: &str, host: &str) -> String {
-        let subset = if subset.is_empty() { "_" } else { subset };
         format!("outbound_.{port}_.{subset}_.{host}")
     }
 
     /// The parts of `sni`, or `None` if it is not in the agent format.
+    /// A subset of `_` is read as none too: agents before Istio's form
+    /// wrote `outbound_.9080_.__.HOST`.
     pub fn parse(sni: &str) -> Option<Sni<'_>> {
         let rest = sni.strip_prefix("outbound_.")?;
         let (port, rest) = rest.split_once("_.")?;
         let (subset, host) = rest.split_once("_.")?;
         let port = port.parse().ok().filter(|p| *p != 0)?;
-        if host.is_empty() || subset.is_empty() {
+        if host.is_empty() {
             return None;
         }
         Some(Sni {
@@ -54,10 +57,14 @@ mod tests {
             })
         );
         let none = Sni::encode(80, "", "a.b");
-        assert_eq!(
-            Sni::parse(&none).map(|s| (s.port, s.subset)),
-            Some((80, ""))
-        );
+        assert_eq!(none, "outbound_.80_._.a.b", "Istio's form");
+        for none in [&*none, "outbound_.80_.__.a.b"] {
+            assert_eq!(
+                Sni::parse(none).map(|s| (s.port, s.subset, s.host)),
+                Some((80, "", "a.b")),
+                "{none}"
+            );
+        }
         for bad in [
             "reviews.default.svc",
             "outbound_.0_._.a",

@@ -89,7 +89,7 @@ mod tests {
         assert_eq!(chains.len(), 2);
         assert_eq!(
             chains[1]["filter_chain_match"]["server_names"][0],
-            "outbound_.30090_.__.echo-c.default.svc.cluster.local"
+            "outbound_.30090_._.echo-c.default.svc.cluster.local"
         );
         // Passed through: no TLS context on the chain or the cluster.
         assert!(chains[0].get("transport_socket").is_none());

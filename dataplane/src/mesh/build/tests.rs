@@ -823,7 +823,7 @@ spec: {address: 10.0.0.9, network: net-west, labels: {app: reviews}}
     );
     assert_eq!(
         peer.sni,
-        "outbound_.8080_.__.reviews.default.svc.cluster.local"
+        "outbound_.8080_._.reviews.default.svc.cluster.local"
     );
     assert_eq!(&*e.network, "net-west");
     assert_eq!(m.app_protocol(9080), AppProtocol::Unknown);
