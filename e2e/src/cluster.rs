@@ -131,6 +131,16 @@ impl Cluster {
         self.root.path().join("node-1").join("admin.yaml")
     }
 
+    /// An admin config that talks to node `id` first, so that tokens made
+    /// with it send their holders to that node (`NAME-admin.yaml`).
+    pub fn admin_config_through(&self, id: u64, name: &str) -> anyhow::Result<PathBuf> {
+        let mut cfg = AdminConfig::load(&self.admin_config())?;
+        cfg.controlplanes = vec![self.node(id).addr.clone()];
+        let path = self.root.path().join(format!("{name}-admin.yaml"));
+        cfg.save(&path)?;
+        Ok(path)
+    }
+
     fn log_path(&self, name: &str) -> PathBuf {
         self.root.path().join(format!("{name}.log"))
     }

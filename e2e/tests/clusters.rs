@@ -12,7 +12,6 @@ use serde_json::Value;
 use trellis_api::v1::PutRequest;
 use trellis_e2e::loopback::Block;
 use trellis_e2e::{bin, wait_for, Cluster, Proc};
-use trellis_identity::admin_config::AdminConfig;
 use trellis_identity::join_token::JoinToken;
 
 /// Loopback block series of this test binary: `127.23.N.0/24`.
@@ -82,11 +81,7 @@ impl Mesh {
     /// An admin config that talks to west's node first, so that tokens
     /// made with it send their holders there.
     fn west_admin(&self) -> anyhow::Result<PathBuf> {
-        let mut cfg = AdminConfig::load(&self.cp.admin_config())?;
-        cfg.controlplanes = vec![self.cp.node(self.west).addr.clone()];
-        let path = self.cp.root.path().join("west-admin.yaml");
-        cfg.save(&path)?;
-        Ok(path)
+        self.cp.admin_config_through(self.west, "west")
     }
 
     /// `trellis --config CONFIG ARGS`: stdout, or the error with stderr.

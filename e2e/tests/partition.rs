@@ -14,7 +14,6 @@ use trellis_api::annotations;
 use trellis_e2e::cut::{Cut, Side};
 use trellis_e2e::loopback::Block;
 use trellis_e2e::{bin, wait_for, Cluster, Proc};
-use trellis_identity::admin_config::AdminConfig;
 
 /// Loopback block series of this test binary: `127.37.N.0/24`.
 const SERIES: u8 = 37;
@@ -90,10 +89,7 @@ impl Mesh {
         std::fs::write(&mesh, MESH)?;
         cp.cli(&["apply", "-f", &mesh.display().to_string()])?;
         // Tokens made through west's node send their holders there.
-        let mut cfg = AdminConfig::load(&cp.admin_config())?;
-        cfg.controlplanes = vec![cp.node(west).addr.clone()];
-        let west_admin = dir.join("west-admin.yaml");
-        cfg.save(&west_admin)?;
+        let west_admin = cp.admin_config_through(west, "west")?;
         // West checks the group on its replica: once it has it.
         let out = wait_for(
             Duration::from_secs(10),
