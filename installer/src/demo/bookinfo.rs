@@ -196,9 +196,13 @@ pub fn crossings() -> Vec<(Network, String)> {
     v
 }
 
-/// The network the cluster `name` is on.
-pub fn network_of(cluster: &str) -> Option<Network> {
-    NETWORKS.into_iter().find(|n| n.cluster == cluster)
+/// The reviews workloads on `network`.
+pub fn reviews_on(network: Network) -> Vec<ServiceVersion> {
+    WORKLOADS
+        .iter()
+        .filter(|w| w.service == "reviews" && w.network == network)
+        .copied()
+        .collect()
 }
 
 /// `NAME.default.svc.cluster.local`.
@@ -929,8 +933,9 @@ mod tests {
                 want("network-2", "reviews v3"),
             ]
         );
-        assert_eq!(network_of("cluster-2"), Some(NETWORK_2));
-        assert_eq!(network_of("cluster-9"), None);
+        let versions = |n| -> Vec<&str> { reviews_on(n).iter().map(|w| w.version).collect() };
+        assert_eq!(versions(NETWORK_1), ["v1", "v2"]);
+        assert_eq!(versions(NETWORK_2), ["v3", "v1", "v2"]);
         let names: Vec<String> = WORKLOADS.iter().map(ServiceVersion::name).collect();
         assert!(
             names.contains(&"reviews-v1-cluster-2".to_string()),

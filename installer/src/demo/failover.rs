@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use super::bookinfo::{Split, Topology, NETWORK_1, NETWORK_2, WORKLOADS};
+use super::bookinfo::{reviews_on, Split, Topology, NETWORK_1, NETWORK_2};
 use super::http::Http;
 use super::processes::{workload_processes, Children};
 use super::report::{tally, Answer, Tally};
@@ -35,9 +35,8 @@ const RECOVER_WITHIN: Duration = Duration::from_secs(60);
 /// The reviews versions that cluster-1 runs and `split` sends traffic to:
 /// those that fail over.
 pub fn moving_versions(split: Split) -> Vec<&'static str> {
-    WORKLOADS
+    reviews_on(NETWORK_1)
         .iter()
-        .filter(|w| w.service == "reviews" && w.network == NETWORK_1)
         .map(|w| w.version)
         .filter(|v| split.weight(v) > 0)
         .collect()
@@ -282,9 +281,8 @@ pub async fn run(
     let url = topology.entry_url();
     let versions = moving_versions(split);
     let (home, away) = (NETWORK_1.cluster, NETWORK_2.cluster);
-    let killed: Vec<String> = WORKLOADS
+    let killed: Vec<String> = reviews_on(NETWORK_1)
         .iter()
-        .filter(|w| w.service == "reviews" && w.network == NETWORK_1)
         .flat_map(workload_processes)
         .collect();
     let mut before = Vec::new();

@@ -332,7 +332,11 @@ async fn demo(
     let crossings = crossings(&result);
     print!("{}", report::render_crossings(&crossings, &gateways));
     let mut problems = result.problems(args.split, &callers);
-    problems.extend(result.locality_problems(NETWORK_1.cluster, &reviews_of(NETWORK_1)));
+    let home: Vec<&str> = bookinfo::reviews_on(NETWORK_1)
+        .iter()
+        .map(|w| w.version)
+        .collect();
+    problems.extend(result.locality_problems(NETWORK_1.cluster, &home));
     problems.extend(report::crossing_problems(&crossings, &gateways));
     let failover = if args.failover {
         println!();
@@ -422,15 +426,6 @@ fn ratings_callers() -> Vec<&'static str> {
     v.sort_unstable();
     v.dedup();
     v
-}
-
-/// The reviews versions that run on `network`.
-fn reviews_of(network: bookinfo::Network) -> Vec<&'static str> {
-    WORKLOADS
-        .iter()
-        .filter(|w| w.service == "reviews" && w.network == network)
-        .map(|w| w.version)
-        .collect()
 }
 
 /// GETs `url` `n` times, one after the other.
