@@ -138,13 +138,14 @@ impl Demo {
             .collect()
     }
 
-    /// Fails if a process the demo started still runs.
-    fn assert_all_stopped(&self) {
+    /// Fails if a process the demo started still runs; `restarts`: how
+    /// many it started again.
+    fn assert_all_stopped(&self, restarts: usize) {
         let pids = self.pids();
         assert_eq!(
             pids.len(),
-            19,
-            "4 nodes, 2 gateways, 6 echo servers, 7 agents: {pids:?}"
+            23 + restarts,
+            "4 nodes, 2 gateways, 8 echo servers, 9 agents, {restarts} restarts: {pids:?}"
         );
         let alive: Vec<&(u32, String)> = pids
             .iter()
@@ -189,7 +190,7 @@ fn once_routes_reviews_by_the_split_and_stops_everything() {
     assert!(st.success(), "{st}:\n{}", demo.output());
     assert!(out.contains("3 nodes on 127.0.0.1:"), "{out}");
     assert!(
-        out.contains("proxy-status: 9 agents and gateways on 4 nodes, all SYNCED"),
+        out.contains("proxy-status: 11 agents and gateways on 4 nodes, all SYNCED"),
         "{out}"
     );
     assert!(
@@ -205,7 +206,13 @@ fn once_routes_reviews_by_the_split_and_stops_everything() {
         out.contains("0 answered calls to reviews v3 went through network-2's gateway"),
         "{out}"
     );
-    assert!(out.contains("stopped 19 processes"), "{out}");
+    // reviews v1 and v2 run in both clusters: locality keeps productpage
+    // (cluster-1) on cluster-1's.
+    assert!(
+        out.contains("0 answered calls to reviews v1 went through network-2's gateway"),
+        "{out}"
+    );
+    assert!(out.contains("stopped 23 processes"), "{out}");
 
     let r = demo.report();
     assert_eq!(r["split"], serde_json::json!([70, 30, 0]));
@@ -226,20 +233,27 @@ fn once_routes_reviews_by_the_split_and_stops_everything() {
     assert_eq!(counts(&t["ratings"]), map(&[("v2", v2.unwrap())]));
     assert_eq!(r["expected"]["v3"], serde_json::json!([0, 0]));
 
+    let by_cluster = &t["reviews_by_cluster"];
+    assert_eq!(
+        counts(&by_cluster["cluster-1"]),
+        map(&[("v1", v1.unwrap()), ("v2", v2.unwrap())])
+    );
+    assert!(by_cluster.get("cluster-2").is_none(), "{by_cluster}");
+
     let proxies = r["proxies"].as_object().unwrap();
-    assert_eq!(proxies.len(), 9, "{proxies:?}");
+    assert_eq!(proxies.len(), 11, "{proxies:?}");
     assert!(proxies.values().all(|s| s == "SYNCED"), "{proxies:?}");
-    for w in [
-        "productpage-v1",
-        "details-v1",
-        "reviews-v1",
-        "reviews-v2",
-        "reviews-v3",
-        "ratings-v1",
-        "demo-client",
+    for (w, block) in [
+        ("productpage-v1", 10),
+        ("details-v1", 10),
+        ("reviews-v1", 10),
+        ("reviews-v2", 10),
+        ("reviews-v1", 20),
+        ("reviews-v2", 20),
+        ("reviews-v3", 20),
+        ("ratings-v1", 10),
+        ("demo-client", 10),
     ] {
-        // reviews v3 on network-2's block, the rest on network-1's.
-        let block = if w == "reviews-v3" { 20 } else { 10 };
         assert!(
             proxies
                 .keys()
@@ -255,7 +269,7 @@ fn once_routes_reviews_by_the_split_and_stops_everything() {
             "{n}'s gateway not in {proxies:?}"
         );
     }
-    demo.assert_all_stopped();
+    demo.assert_all_stopped(0);
 }
 
 #[test]
@@ -294,7 +308,69 @@ fn once_with_all_weight_on_v3_is_answered_by_v3_alone() {
     assert!(opened("network-2", "reviews v3") >= 1, "{r}");
     assert!(opened("network-1", "ratings v1") >= 1, "{r}");
     assert_eq!(opened("network-1", "reviews v3"), 0, "{r}");
-    demo.assert_all_stopped();
+    demo.assert_all_stopped(0);
+}
+
+#[test]
+fn failover_moves_reviews_to_cluster_2_through_its_gateway_and_back() {
+    let _turn = one_at_a_time();
+    let mut demo = Demo::start(&["--once", "--failover", "--requests", "20"]);
+    // Start, then up to 30 s to switch and 60 s to recover.
+    let st = demo.wait(START + Duration::from_secs(90));
+    let out = demo.stdout();
+    assert!(st.success(), "{st}:\n{}", demo.output());
+    for want in [
+        "failover       cluster-1's reviews v1 and v2 go down (SIGKILL to echo-reviews-v1-cluster-1, agent-reviews-v1-cluster-1, echo-reviews-v2-cluster-1, agent-reviews-v2-cluster-1)",
+        "s from the kill until cluster-2 answered, and every answer since;",
+        "network-2's gateway opened reviews v1 ",
+        "until cluster-1 answered again",
+        "stopped 23 processes",
+    ] {
+        assert!(out.contains(want), "{want}:\n{out}");
+    }
+    let r = demo.report();
+    assert_eq!(r["problems"], serde_json::json!([]));
+    let f = &r["failover"];
+    assert_eq!(f["versions"], serde_json::json!(["v1", "v2"]));
+    let from = |phase: &str, cluster: &str| counts(&f[phase]["reviews_by_cluster"][cluster]);
+    let has = |m: &BTreeMap<String, u64>, v: &str| m.get(v).copied().unwrap_or(0) > 0;
+    // Before: productpage in cluster-1 uses cluster-1's v1 and v2.
+    let before = from("before", "cluster-1");
+    assert!(has(&before, "v1") || has(&before, "v2"), "{f}");
+    let away = from("before", "cluster-2");
+    assert!(!has(&away, "v1") && !has(&away, "v2"), "{f}");
+    // The switch: within its time, then every answer from cluster-2.
+    let switch = f["switch"]["secs"].as_f64().expect("switched");
+    assert!(switch < 30.0, "{f}");
+    // Lossless: requests go one at a time, so none is in flight on the
+    // killed agents, and the first to find one dead is retried (Istio's
+    // default retry on connect failures) on cluster-2's endpoint.
+    assert_eq!(f["switch"]["failed"], 0, "{f}");
+    assert!(
+        f["after"]["reviews_by_cluster"].get("cluster-1").is_none(),
+        "{f}"
+    );
+    let after = from("after", "cluster-2");
+    assert!(has(&after, "v1") && has(&after, "v2"), "{f}");
+    assert_eq!(f["after"]["failures"], serde_json::json!({}));
+    // Through network-2's gateway, which opened connections to them.
+    let opened = counts(&f["gateway_opened"]);
+    assert!(
+        has(&opened, "reviews v1") && has(&opened, "reviews v2"),
+        "{f}"
+    );
+    assert!(
+        f["after"]["crossed"]["cluster-2"]["reviews v1"].as_u64() > Some(0),
+        "{f}"
+    );
+    // Restarted: cluster-1 answers again, cluster-2 no longer for v1, v2.
+    assert!(f["recovery"]["secs"].as_f64().is_some(), "{f}");
+    let back = from("recovered", "cluster-1");
+    assert!(has(&back, "v1") && has(&back, "v2"), "{f}");
+    let still = from("recovered", "cluster-2");
+    assert!(!has(&still, "v1") && !has(&still, "v2"), "{f}");
+    // 4 processes restarted, and stopped at the end like the rest.
+    demo.assert_all_stopped(4);
 }
 
 /// GETs `url` with curl: the reviews version in productpage's report, or
@@ -381,8 +457,8 @@ fn runs_until_interrupted_serving_curl_and_a_new_split() {
     let line = out.lines().find(|l| l.starts_with("[  ")).unwrap();
     assert!(line.contains("answered; reviews v1 "), "{line}");
     assert!(!line.contains("failed"), "{line}");
-    assert!(out.contains("stopped 19 processes"), "{out}");
-    demo.assert_all_stopped();
+    assert!(out.contains("stopped 23 processes"), "{out}");
+    demo.assert_all_stopped(0);
 }
 
 #[test]
@@ -391,6 +467,10 @@ fn bad_flags_are_refused_before_anything_starts() {
         (&["--split", "50,50"][..], "summing to 100"),
         (&["--split", "50,30,30"][..], "summing to 100"),
         (&["--requests", "0"][..], "--requests"),
+        (
+            &["--failover", "--split", "0,0,100"][..],
+            "give v1 or v2 a weight",
+        ),
     ] {
         let mut demo = Demo::start(args);
         let st = demo.wait(Duration::from_secs(10));

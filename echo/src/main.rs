@@ -36,6 +36,10 @@ struct Cli {
     /// Identity reported in every response, e.g. the workload's SPIFFE id.
     #[arg(long, default_value = "")]
     identity: String,
+    /// Cluster reported in every HTTP response (not in gRPC's), e.g. the
+    /// mesh cluster the workload runs in.
+    #[arg(long, default_value = "")]
+    cluster: String,
     /// Before answering an HTTP request with its report, GET URL over
     /// HTTP/1.1, passing on the request's tracing and routing headers, and
     /// add the answer to the report's `calls`; repeatable, called in
@@ -62,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             service: cli.name,
             version: cli.version,
             identity: cli.identity,
+            cluster: cli.cluster,
         },
         callees: Callees {
             urls: cli.call,

@@ -18,6 +18,11 @@ pub struct Responder {
     pub version: String,
     /// Free text (`--identity`), e.g. the workload's SPIFFE id.
     pub identity: String,
+    /// The cluster it runs in (`--cluster`), to tell the same version in
+    /// two clusters apart. Absent from the JSON when empty, so a report
+    /// without it keeps its shape.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
 }
 
 impl Default for Responder {
@@ -26,6 +31,7 @@ impl Default for Responder {
             service: "echo".into(),
             version: "v1".into(),
             identity: String::new(),
+            cluster: String::new(),
         }
     }
 }

@@ -28,6 +28,7 @@ async fn start() -> Server {
             service: "reviews".into(),
             version: "v2".into(),
             identity: "spiffe://example.org/ns/default/sa/reviews".into(),
+            cluster: "cluster-2".into(),
         },
         ..Config::default()
     })
@@ -44,6 +45,7 @@ async fn start_calling(service: &str, version: &str, urls: &[String], timeout: D
             service: service.into(),
             version: version.into(),
             identity: String::new(),
+            cluster: String::new(),
         },
         callees: Callees {
             urls: urls.iter().map(|u| u.parse().unwrap()).collect(),
@@ -82,6 +84,10 @@ fn report(body: &[u8]) -> Report {
     serde_json::from_slice(body).unwrap()
 }
 
+fn report_json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap()
+}
+
 #[tokio::test]
 async fn http1_reports_who_answered_and_what_arrived() {
     let s = start().await;
@@ -103,6 +109,8 @@ async fn http1_reports_who_answered_and_what_arrived() {
         r.workload.identity,
         "spiffe://example.org/ns/default/sa/reviews"
     );
+    assert_eq!(r.workload.cluster, "cluster-2");
+    assert_eq!(report_json(&body)["cluster"], "cluster-2");
     assert_eq!(r.host, "reviews.default:9080");
     assert_eq!(r.method, "POST");
     assert_eq!(r.path, "/upload?x=1");
@@ -366,6 +374,8 @@ async fn calls_go_down_the_chain_and_the_reports_nest() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     let r = report(&body);
     assert_eq!(r.workload.service, "productpage");
+    // Without --cluster the report keeps the shape it had before it.
+    assert!(report_json(&body).get("cluster").is_none());
     assert_eq!(r.headers["x-request-id"], "req-1");
     let [reviews_call, details_call] = &r.calls[..] else {
         panic!("two calls, in order: {:?}", r.calls);

@@ -46,6 +46,9 @@ const NODE_OCTET: u8 = 250;
 pub struct Network {
     pub name: &'static str,
     pub cluster: &'static str,
+    /// The region of its workloads' locality (`--locality`), what
+    /// reviews' DestinationRule fails over between.
+    pub region: &'static str,
     /// The second octet of its addresses.
     pub octet: u8,
 }
@@ -55,13 +58,16 @@ pub struct Network {
 pub const NETWORK_1: Network = Network {
     name: "network-1",
     cluster: "cluster-1",
+    region: "region-1",
     octet: 10,
 };
 /// The second network: one control-plane node joined with a cluster
-/// token (a learner), and reviews v3.
+/// token (a learner), and reviews: v3, and v1 and v2 for cluster-1's to
+/// fail over to.
 pub const NETWORK_2: Network = Network {
     name: "network-2",
     cluster: "cluster-2",
+    region: "region-2",
     octet: 20,
 };
 pub const NETWORKS: [Network; 2] = [NETWORK_1, NETWORK_2];
@@ -90,10 +96,11 @@ pub struct ServiceVersion {
 }
 
 /// Bookinfo's workloads: productpage calls details and reviews, reviews v2
-/// and v3 call ratings, v1 calls nothing. Reviews v3 runs on the second
-/// network, the rest on the first. The i-th is at `127.N.B.(i+1)`, N its
-/// network's octet.
-pub const WORKLOADS: [ServiceVersion; 6] = [
+/// and v3 call ratings, v1 calls nothing. Reviews v3 runs only on the
+/// second network; reviews v1 and v2 on both, so that cluster-1's fail
+/// over to cluster-2's; the rest on the first. The i-th is at
+/// `127.N.B.(i+1)`, N its network's octet.
+pub const WORKLOADS: [ServiceVersion; 8] = [
     ServiceVersion {
         service: "productpage",
         version: "v1",
@@ -130,6 +137,18 @@ pub const WORKLOADS: [ServiceVersion; 6] = [
         calls: &[],
         network: NETWORK_1,
     },
+    ServiceVersion {
+        service: "reviews",
+        version: "v1",
+        calls: &[],
+        network: NETWORK_2,
+    },
+    ServiceVersion {
+        service: "reviews",
+        version: "v2",
+        calls: &["ratings"],
+        network: NETWORK_2,
+    },
 ];
 
 /// The reviews versions the split weighs, in the order of [`Split`].
@@ -145,6 +164,45 @@ impl ServiceVersion {
     pub fn service_account(&self) -> String {
         format!("bookinfo-{}", self.service)
     }
+
+    /// Its name among the demo's workloads, a version being in one or two
+    /// clusters: `reviews-v1-cluster-2`.
+    pub fn name(&self) -> String {
+        format!("{}-{}", self.group(), self.network.cluster)
+    }
+
+    /// `reviews v1`, as the report names what answered.
+    pub fn dest(&self) -> String {
+        format!("{} {}", self.service, self.version)
+    }
+}
+
+/// The calls that cross networks, through the callee network's gateway:
+/// (that network, `SERVICE VERSION` of the callee), each once, by network.
+pub fn crossings() -> Vec<(Network, String)> {
+    let mut v: Vec<(Network, String)> = Vec::new();
+    for caller in &WORKLOADS {
+        for callee in WORKLOADS
+            .iter()
+            .filter(|w| caller.calls.contains(&w.service) && w.network != caller.network)
+        {
+            let c = (callee.network, callee.dest());
+            if !v.contains(&c) {
+                v.push(c);
+            }
+        }
+    }
+    v.sort_by(|a, b| (a.0.name, &a.1).cmp(&(b.0.name, &b.1)));
+    v
+}
+
+/// The reviews workloads on `network`.
+pub fn reviews_on(network: Network) -> Vec<ServiceVersion> {
+    WORKLOADS
+        .iter()
+        .filter(|w| w.service == "reviews" && w.network == network)
+        .copied()
+        .collect()
 }
 
 /// `NAME.default.svc.cluster.local`.
@@ -246,9 +304,10 @@ impl Placed {
             .collect()
     }
 
-    /// Where the log of `what` (`agent`, `echo`) goes, e.g. `agent-reviews-v2.log`.
+    /// Where the log of `what` (`agent`, `echo`) goes, e.g.
+    /// `agent-reviews-v2-cluster-1.log`.
     pub fn log_name(&self, what: &str) -> String {
-        format!("{what}-{}.log", self.workload.group())
+        format!("{what}-{}.log", self.workload.name())
     }
 
     /// Flags of its `trellis-echo`.
@@ -266,6 +325,8 @@ impl Placed {
                 "spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{}",
                 w.service_account()
             ),
+            "--cluster".into(),
+            w.network.cluster.into(),
         ];
         for url in self.call_urls() {
             a.extend(["--call".to_string(), url]);
@@ -295,7 +356,8 @@ impl Placed {
     }
 }
 
-/// The listeners every agent has, on its own address, and its network.
+/// The listeners every agent has, on its own address, and its network
+/// and locality.
 fn agent_ports(ip: Ipv4Addr, network: Network, data_dir: &Path) -> Vec<String> {
     let at = |port: u16| SocketAddr::from((ip, port)).to_string();
     vec![
@@ -315,6 +377,8 @@ fn agent_ports(ip: Ipv4Addr, network: Network, data_dir: &Path) -> Vec<String> {
         INBOUND_PORT.to_string(),
         "--network".into(),
         network.name.into(),
+        "--locality".into(),
+        network.region.into(),
     ]
 }
 
@@ -536,10 +600,16 @@ pub fn mesh_files(split: Split) -> Vec<MeshFile> {
          # registers its workload with these labels, runs as the service account, and\n\
          # takes traffic once the probe passes (/plain answers `ok` and calls nothing).\n",
     );
-    for (i, w) in WORKLOADS.iter().enumerate() {
-        if i > 0 {
+    let mut seen = Vec::new();
+    for w in &WORKLOADS {
+        // One group per version, whichever clusters run it.
+        if seen.contains(&w.group()) {
+            continue;
+        }
+        if !seen.is_empty() {
             groups.push_str("---\n");
         }
+        seen.push(w.group());
         groups.push_str(&format!(
             "{API}\nkind: WorkloadGroup\nmetadata: {{name: {g}, namespace: {NAMESPACE}}}\nspec:\n  \
              metadata: {{labels: {{app: {s}, version: {v}}}}}\n  \
@@ -551,9 +621,18 @@ pub fn mesh_files(split: Split) -> Vec<MeshFile> {
             sa = w.service_account(),
         ));
     }
+    let (r1, r2) = (NETWORK_1.region, NETWORK_2.region);
     let mut rule = format!(
-        "# The subsets of reviews, by version label.\n{API}\nkind: DestinationRule\n\
-         metadata: {{name: reviews, namespace: {NAMESPACE}}}\nspec:\n  host: {}\n  subsets:\n",
+        "# The subsets of reviews, by version label, and locality failover: each\n\
+         # caller uses the endpoints of a subset in its own region, and those of the\n\
+         # other region (cluster) once outlier detection has ejected its own.\n\
+         {API}\nkind: DestinationRule\n\
+         metadata: {{name: reviews, namespace: {NAMESPACE}}}\nspec:\n  host: {}\n  \
+         trafficPolicy:\n    loadBalancer:\n      localityLbSetting:\n        \
+         enabled: true\n        failover:\n        - {{from: {r1}, to: {r2}}}\n        \
+         - {{from: {r2}, to: {r1}}}\n    outlierDetection:\n      \
+         consecutive5xxErrors: 1\n      interval: 1s\n      baseEjectionTime: 5s\n      \
+         maxEjectionPercent: 100\n  subsets:\n",
         host("reviews")
     );
     for v in REVIEWS_VERSIONS {
@@ -693,6 +772,20 @@ mod tests {
                         .map(|s| s["name"].as_str().unwrap())
                         .collect();
                     assert_eq!(subsets, REVIEWS_VERSIONS);
+                    // Failover between the clusters' regions, which needs
+                    // outlier detection to eject the endpoints that fail.
+                    let policy = &json["trafficPolicy"];
+                    let lb = &policy["loadBalancer"]["localityLbSetting"];
+                    assert_eq!(lb["enabled"], true);
+                    assert_eq!(
+                        lb["failover"],
+                        serde_json::json!([
+                            {"from": "region-1", "to": "region-2"},
+                            {"from": "region-2", "to": "region-1"}
+                        ])
+                    );
+                    assert_eq!(policy["outlierDetection"]["consecutive5xxErrors"], 1);
+                    assert_eq!(policy["outlierDetection"]["maxEjectionPercent"], 100);
                 }
                 other => panic!("unexpected {}", other.kind()),
             }
@@ -733,6 +826,10 @@ mod tests {
             assert!(agent.contains(&format!("version={}", p.workload.version)));
             let network = agent.iter().position(|a| a == "--network").unwrap();
             assert_eq!(agent[network + 1], p.workload.network.name);
+            let locality = agent.iter().position(|a| a == "--locality").unwrap();
+            assert_eq!(agent[locality + 1], p.workload.network.region);
+            let cluster = echo.iter().position(|a| a == "--cluster").unwrap();
+            assert_eq!(echo[cluster + 1], p.workload.network.cluster);
             assert_eq!(p.ip.octets()[1], p.workload.network.octet);
         }
         let pp = t.find("productpage", "v1").unwrap();
@@ -760,9 +857,9 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), l.len());
-        // 6 workloads × (app + 5 agent ports), 4 upstreams, the client
+        // 8 workloads × (app + 5 agent ports), 5 upstreams, the client
         // agent, 2 gateways.
-        assert_eq!(l.len(), 6 * 6 + 4 + 5 + 2 * 4);
+        assert_eq!(l.len(), 8 * 6 + 5 + 5 + 2 * 4);
     }
 
     #[test]
@@ -807,8 +904,47 @@ mod tests {
             "outbound|9080||ratings.default.svc.cluster.local",
             [127, 10, 10, 6],
         );
-        // client→productpage, productpage→details+3 reviews, v2 and v3→ratings
-        assert_eq!(e.len(), 1 + 4 + 2);
+        // cluster-2's reviews v1, behind its network's gateway too.
+        want(
+            pp,
+            "outbound|9080|v1|reviews.default.svc.cluster.local",
+            [127, 20, 10, 200],
+        );
+        want(
+            pp,
+            "outbound|9080|v1|reviews.default.svc.cluster.local",
+            [127, 10, 10, 3],
+        );
+        // client→productpage, productpage→details+5 reviews, both v2s
+        // and v3→ratings
+        assert_eq!(e.len(), 1 + 6 + 3);
+    }
+
+    #[test]
+    fn calls_cross_to_reviews_in_cluster_2_and_back_to_ratings() {
+        let c: Vec<(&str, String)> = crossings().into_iter().map(|(n, d)| (n.name, d)).collect();
+        let want = |n: &'static str, d: &str| (n, d.to_string());
+        assert_eq!(
+            c,
+            [
+                want("network-1", "ratings v1"),
+                want("network-2", "reviews v1"),
+                want("network-2", "reviews v2"),
+                want("network-2", "reviews v3"),
+            ]
+        );
+        let versions = |n| -> Vec<&str> { reviews_on(n).iter().map(|w| w.version).collect() };
+        assert_eq!(versions(NETWORK_1), ["v1", "v2"]);
+        assert_eq!(versions(NETWORK_2), ["v3", "v1", "v2"]);
+        let names: Vec<String> = WORKLOADS.iter().map(ServiceVersion::name).collect();
+        assert!(
+            names.contains(&"reviews-v1-cluster-2".to_string()),
+            "{names:?}"
+        );
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len());
     }
 
     #[test]

@@ -5,14 +5,16 @@
 //! learner, cluster-2 on network-2), an east-west gateway per network,
 //! bookinfo's config applied ([`bookinfo::mesh_files`]), each workload an
 //! echo server on its own loopback address of its network's block behind
-//! an agent that registers it (reviews v3 on network-2, the rest on
-//! network-1), a client agent as the entry point; then traffic, a
-//! [`report::Tally`] of who answered and what crossed a gateway, and
-//! light traffic until Ctrl-C.
+//! an agent that registers it (reviews v3 on network-2, reviews v1 and v2
+//! on both networks, the rest on network-1), a client agent as the entry
+//! point; then traffic, a [`report::Tally`] of who answered and what
+//! crossed a gateway, with `--failover` cluster-1's reviews taken down and
+//! back ([`failover`]), and light traffic until Ctrl-C.
 //!
 //! [`processes`] starts, waits on and stops the processes; [`bookinfo`]
 //! and [`report`] are plain functions over plain data.
 pub mod bookinfo;
+pub mod failover;
 mod http;
 pub mod processes;
 pub mod report;
@@ -66,6 +68,12 @@ pub struct DemoArgs {
     /// free port if that is taken).
     #[arg(long)]
     pub port: Option<u16>,
+    /// After the report, kill cluster-1's reviews (v1 and v2) and show
+    /// their traffic failing over to cluster-2's through network-2's
+    /// gateway, then restart them and show it coming back; with --once,
+    /// exit non-zero if it did not.
+    #[arg(long)]
+    pub failover: bool,
 }
 
 /// The demo directory: the user's (kept) or a temporary one.
@@ -113,12 +121,22 @@ struct ReportFile<'a> {
     expected: BTreeMap<&'static str, (usize, usize)>,
     /// What each network's east-west gateway carried.
     gateways: &'a [GatewayTraffic],
+    /// With `--failover`: cluster-1's reviews down and back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failover: Option<failover::Failover>,
     problems: Vec<String>,
 }
 
 /// Runs the demo until Ctrl-C or SIGTERM (or, with `--once`, until the
 /// report is printed), then stops every process it started.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.failover && failover::moving_versions(args.split).is_empty() {
+        bail!(
+            "--failover with --split {}: cluster-1 runs reviews v1 and v2, and the split gives \
+             them no traffic to fail over; give v1 or v2 a weight",
+            args.split
+        );
+    }
     let bins = Bins::beside_current_exe()?;
     // Before any child: a signal from now on stops the demo cleanly.
     let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
@@ -136,7 +154,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     println!(
         "trellis demo: bookinfo on two clusters on two networks (a 3-node control plane and a \
-         learner, 2 east-west gateways, 7 agents), on loopback"
+         learner, 2 east-west gateways, {} agents), on loopback",
+        WORKLOADS.len() + 1
     );
     println!("  directory  {} ({kept})", layout.root.display());
     println!("  config     {}/", layout.mesh().display());
@@ -313,7 +332,21 @@ async fn demo(
     let crossings = crossings(&result);
     print!("{}", report::render_crossings(&crossings, &gateways));
     let mut problems = result.problems(args.split, &callers);
+    let home: Vec<&str> = bookinfo::reviews_on(NETWORK_1)
+        .iter()
+        .map(|w| w.version)
+        .collect();
+    problems.extend(result.locality_problems(NETWORK_1.cluster, &home));
     problems.extend(report::crossing_problems(&crossings, &gateways));
+    let failover = if args.failover {
+        println!();
+        let f = failover::run(kids, &http, topology, args.split).await?;
+        print!("{}", failover::render(&f));
+        problems.extend(failover::problems(&f));
+        Some(f)
+    } else {
+        None
+    };
     let file = ReportFile {
         entry: url.clone(),
         split: args.split.0,
@@ -330,6 +363,7 @@ async fn demo(
             })
             .collect(),
         gateways: &gateways,
+        failover,
         problems: problems.clone(),
     };
     std::fs::write(layout.report(), serde_json::to_string_pretty(&file)?)
@@ -367,30 +401,31 @@ async fn gateway_traffic(http: &Http, topology: &Topology) -> Vec<GatewayTraffic
     v
 }
 
-/// The calls of the traffic that crossed networks: productpage (network-1)
-/// to reviews v3 (network-2), and reviews v3 to ratings (network-1).
+/// The calls that can cross networks ([`bookinfo::crossings`]), with how
+/// many of the traffic's did: productpage (network-1) to reviews in
+/// network-2 (v3, and v1 and v2 once failed over), and reviews there to
+/// ratings (network-1).
 fn crossings(t: &Tally) -> Vec<Crossing> {
-    vec![
-        Crossing {
-            network: NETWORK_2.name.into(),
-            dest: "reviews v3".into(),
-            calls: t.reviews_of("v3"),
-        },
-        Crossing {
-            network: NETWORK_1.name.into(),
-            dest: "ratings v1".into(),
-            calls: t.ratings.get("v3").copied().unwrap_or(0),
-        },
-    ]
+    bookinfo::crossings()
+        .into_iter()
+        .map(|(n, dest)| Crossing {
+            network: n.name.into(),
+            calls: t.crossed_to(n.cluster, &dest),
+            dest,
+        })
+        .collect()
 }
 
 /// The reviews versions that call ratings.
 fn ratings_callers() -> Vec<&'static str> {
-    WORKLOADS
+    let mut v: Vec<&'static str> = WORKLOADS
         .iter()
         .filter(|w| w.service == "reviews" && w.calls.contains(&"ratings"))
         .map(|w| w.version)
-        .collect()
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// GETs `url` `n` times, one after the other.
@@ -487,7 +522,15 @@ fn watch_text(layout: &Layout, topology: &Topology) -> String {
         ),
         (
             format!("curl -s http://{}/clusters", pp.admin()),
-            "what productpage's agent routes to (v3: network-2's gateway)",
+            "what productpage's agent routes to: v1, v2 here (priority 0) and behind network-2's gateway (1), v3 there",
+        ),
+        (
+            format!(
+                "kill $(grep reviews-v1-{} {} | cut -d' ' -f1)",
+                NETWORK_1.cluster,
+                layout.pids().display()
+            ),
+            "take cluster-1's reviews v1 down: cluster-2's answers instead",
         ),
         (
             format!(

@@ -28,8 +28,8 @@ use trellis_api::v1::{
 use trellis_identity::admin_config::AdminConfig;
 
 use super::bookinfo::{
-    self, Network, Topology, CLIENT_IDENTITY, NAMESPACE, NETWORKS, NETWORK_1, NETWORK_2,
-    TRUST_DOMAIN,
+    self, Network, ServiceVersion, Topology, CLIENT_IDENTITY, NAMESPACE, NETWORKS, NETWORK_1,
+    NETWORK_2, TRUST_DOMAIN,
 };
 use super::http::Http;
 use crate::client::status;
@@ -138,6 +138,8 @@ enum Tier {
 
 struct Child {
     name: String,
+    program: PathBuf,
+    args: Vec<String>,
     log: PathBuf,
     tier: Tier,
     process: tokio::process::Child,
@@ -187,6 +189,28 @@ impl Children {
     ) -> anyhow::Result<()> {
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let process = self.start(name, program, args, env, out)?;
+        self.list.push(Child {
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            log,
+            tier,
+            process,
+            exited: None,
+        });
+        Ok(())
+    }
+
+    /// The process of [`Self::spawn`], its pid recorded.
+    fn start(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        out: std::fs::File,
+    ) -> anyhow::Result<tokio::process::Child> {
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
@@ -211,13 +235,46 @@ impl Children {
             .open(&self.pids)
             .with_context(|| format!("writing {}", self.pids.display()))?;
         writeln!(f, "{pid} {name}")?;
-        self.list.push(Child {
-            name: name.to_string(),
-            log,
-            tier,
-            process,
-            exited: None,
-        });
+        Ok(process)
+    }
+
+    fn named(&mut self, name: &str) -> anyhow::Result<&mut Child> {
+        self.list
+            .iter_mut()
+            .find(|c| c.name == name)
+            .with_context(|| format!("the demo started no process named {name}"))
+    }
+
+    /// Kills `name` with SIGKILL, as a crash would end it, and waits for
+    /// it: it is then not reported as exited.
+    pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let c = self.named(name)?;
+        c.process
+            .kill()
+            .await
+            .with_context(|| format!("killing {name}"))?;
+        c.exited = c.process.try_wait()?;
+        Ok(())
+    }
+
+    /// Starts `name` again, killed by [`Self::kill`], with the same
+    /// arguments, its output appended to its log. Without the environment
+    /// it was first given: that is a join token, spent by now; an agent
+    /// restarts on the certificate in its data directory.
+    pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let c = self.named(name)?;
+        if c.exited.is_none() {
+            bail!("{name} is still running");
+        }
+        let (program, args, log) = (c.program.clone(), c.args.clone(), c.log.clone());
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let process = self.start(name, &program, &args, &[], out)?;
+        let c = self.named(name)?;
+        c.process = process;
+        c.exited = None;
         Ok(())
     }
 
@@ -237,7 +294,7 @@ impl Children {
     }
 
     /// Fails, with the end of its log, if a child has exited.
-    fn check(&mut self) -> anyhow::Result<()> {
+    pub fn check(&mut self) -> anyhow::Result<()> {
         if let Some((name, st, _)) = self.newly_exited().into_iter().next() {
             let c = self.list.iter().find(|c| c.name == name).expect("listed");
             bail!(
@@ -612,6 +669,11 @@ pub async fn apply(
     Ok(kinds)
 }
 
+/// The names of a workload's processes: its echo server and its agent.
+pub fn workload_processes(w: &ServiceVersion) -> [String; 2] {
+    [format!("echo-{}", w.name()), format!("agent-{}", w.name())]
+}
+
 /// Starts each workload's echo server and its agent (registering through
 /// its WorkloadGroup), and the client agent. The first network's agents
 /// stream from the voters `nodes` in turn, so every node pushes config
@@ -640,9 +702,10 @@ pub async fn start_workloads(
         args
     };
     for p in topology.placed() {
-        let group = p.workload.group();
+        let (group, name) = (p.workload.group(), p.workload.name());
+        let [echo, agent] = workload_processes(&p.workload);
         kids.spawn(
-            &format!("echo-{group}"),
+            &echo,
             Tier::Workload,
             &bins.echo,
             &p.echo_args(),
@@ -662,10 +725,10 @@ pub async fn start_workloads(
         .await
         .map_err(|e| anyhow!("a token for WorkloadGroup {group}: {e}"))?;
         kids.spawn(
-            &format!("agent-{group}"),
+            &agent,
             Tier::Workload,
             &bins.agent,
-            &with_node(p.agent_args(&layout.agent(&group)), p.workload.network),
+            &with_node(p.agent_args(&layout.agent(&name)), p.workload.network),
             &[("TRELLIS_TOKEN", &t)],
             logs.join(p.log_name("agent")),
         )?;

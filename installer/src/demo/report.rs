@@ -69,6 +69,12 @@ pub struct Tally {
     pub details: usize,
     /// productpage's calls to reviews answered, by the version that answered.
     pub reviews: BTreeMap<String, usize>,
+    /// The same, by the cluster that answered, then the version.
+    pub reviews_by_cluster: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Answered calls to a workload in another cluster than its caller's
+    /// (so on another network: through its gateway), by the callee's
+    /// cluster, then `SERVICE VERSION`.
+    pub crossed: BTreeMap<String, BTreeMap<String, usize>>,
     /// reviews' calls to ratings that ratings answered, by the version of
     /// reviews that made them.
     pub ratings: BTreeMap<String, usize>,
@@ -102,6 +108,14 @@ fn failure(call: &Call) -> Option<String> {
     })
 }
 
+/// Adds one to `map[outer][inner]`.
+fn count(map: &mut BTreeMap<String, BTreeMap<String, usize>>, outer: &str, inner: &str) {
+    *map.entry(outer.to_string())
+        .or_default()
+        .entry(inner.to_string())
+        .or_default() += 1;
+}
+
 /// Counts the answers.
 pub fn tally(answers: &[Answer]) -> Tally {
     let mut t = Tally {
@@ -111,6 +125,14 @@ pub fn tally(answers: &[Answer]) -> Tally {
     let mut fail = |what: String| *t.failures.entry(what).or_default() += 1;
     let mut details = 0;
     let mut reviews: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_cluster = BTreeMap::new();
+    let mut crossed = BTreeMap::new();
+    let mut cross = |from: &Report, to: &Report| {
+        if from.workload.cluster != to.workload.cluster {
+            let dest = format!("{} {}", to.workload.service, to.workload.version);
+            count(&mut crossed, &to.workload.cluster, &dest);
+        }
+    };
     let mut ratings: BTreeMap<String, usize> = BTreeMap::new();
     let mut answered = 0;
     for a in answers {
@@ -133,17 +155,24 @@ pub fn tally(answers: &[Answer]) -> Tally {
                 continue;
             }
             let Some(r) = &call.report else { continue };
+            cross(page, r);
             match to.as_str() {
                 "details" => details += 1,
                 "reviews" => {
                     let v = r.workload.version.clone();
                     *reviews.entry(v.clone()).or_default() += 1;
+                    count(&mut by_cluster, &r.workload.cluster, &v);
                     for c in &r.calls {
                         let to = callee(c);
-                        match failure(c) {
-                            Some(f) => fail(format!("reviews {v} → {to}: {f}")),
-                            None if to == "ratings" => *ratings.entry(v.clone()).or_default() += 1,
-                            None => {}
+                        match (failure(c), &c.report) {
+                            (Some(f), _) => fail(format!("reviews {v} → {to}: {f}")),
+                            (None, Some(rr)) => {
+                                cross(r, rr);
+                                if to == "ratings" {
+                                    *ratings.entry(v.clone()).or_default() += 1;
+                                }
+                            }
+                            (None, None) => {}
                         }
                     }
                 }
@@ -154,6 +183,8 @@ pub fn tally(answers: &[Answer]) -> Tally {
     t.answered = answered;
     t.details = details;
     t.reviews = reviews;
+    t.reviews_by_cluster = by_cluster;
+    t.crossed = crossed;
     t.ratings = ratings;
     t
 }
@@ -176,6 +207,64 @@ impl Tally {
     /// How many requests reviews answered, all versions together.
     pub fn reviews_total(&self) -> usize {
         self.reviews.values().sum()
+    }
+
+    /// How many requests reviews `version` in `cluster` answered.
+    pub fn reviews_from(&self, cluster: &str, version: &str) -> usize {
+        self.reviews_by_cluster
+            .get(cluster)
+            .and_then(|v| v.get(version))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Answered calls to `dest` (`reviews v3`) in `cluster` from another
+    /// cluster.
+    pub fn crossed_to(&self, cluster: &str, dest: &str) -> usize {
+        self.crossed
+            .get(cluster)
+            .and_then(|d| d.get(dest))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Who answered reviews, by cluster: `cluster-1 v1 3, v2 1; cluster-2
+    /// v3 1`, or `none`.
+    pub fn reviews_clusters(&self) -> String {
+        let parts: Vec<String> = self
+            .reviews_by_cluster
+            .iter()
+            .map(|(c, vs)| {
+                let vs: Vec<String> = vs.iter().map(|(v, n)| format!("{v} {n}")).collect();
+                format!("{c} {}", vs.join(", "))
+            })
+            .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    /// Answers of reviews `versions` from another cluster than `home`: as
+    /// long as `home` runs them, locality failover keeps its callers there.
+    pub fn locality_problems(&self, home: &str, versions: &[&str]) -> Vec<String> {
+        self.reviews_by_cluster
+            .iter()
+            .filter(|(c, _)| *c != home)
+            .flat_map(|(c, vs)| {
+                versions
+                    .iter()
+                    .filter_map(|v| vs.get(*v).map(|n| (c, *v, *n)))
+                    .collect::<Vec<_>>()
+            })
+            .map(|(c, v, n)| {
+                format!(
+                    "reviews {v} answered {n} from {c} while {home} runs it: locality failover \
+                     should keep them in {home}"
+                )
+            })
+            .collect()
     }
 
     /// Problems that make a `--once` run fail: anything that went wrong,
@@ -232,6 +321,7 @@ impl Tally {
                 "#".repeat(pct / 4),
             );
         }
+        let _ = writeln!(s, "    by cluster: {}", self.reviews_clusters());
         let calls: Vec<String> = REVIEWS_VERSIONS
             .iter()
             .map(|v| format!("{v} {}", self.ratings.get(*v).copied().unwrap_or(0)))
@@ -269,10 +359,11 @@ impl Tally {
             .collect();
         let failed: usize = self.failures.values().sum();
         let mut l = format!(
-            "{} requests, {} answered; reviews {}",
+            "{} requests, {} answered; reviews {} ({})",
             self.sent,
             self.answered,
-            versions.join(", ")
+            versions.join(", "),
+            self.reviews_clusters()
         );
         if failed > 0 {
             let first = self.failures.keys().next().map_or("", String::as_str);
@@ -391,18 +482,42 @@ pub fn crossing_problems(crossings: &[Crossing], gateways: &[GatewayTraffic]) ->
         .collect()
 }
 
+/// Productpage's answers as the demo's echo servers give them, for the
+/// tests of this module and of the failover's.
 #[cfg(test)]
-mod tests {
-    use trellis_echo::Responder;
+pub(crate) mod test_pages {
+    use std::collections::BTreeMap;
 
-    use super::*;
+    use trellis_echo::{Call, Report, Responder};
 
-    fn report(service: &str, version: &str, calls: Vec<Call>) -> Report {
+    use super::Answer;
+
+    /// Where the demo runs it: reviews v3 in cluster-2, the rest (as
+    /// long as nothing failed over) in cluster-1.
+    pub(crate) fn home(service: &str, version: &str) -> &'static str {
+        if (service, version) == ("reviews", "v3") {
+            "cluster-2"
+        } else {
+            "cluster-1"
+        }
+    }
+
+    pub(crate) fn report(service: &str, version: &str, calls: Vec<Call>) -> Report {
+        report_in(service, version, home(service, version), calls)
+    }
+
+    pub(crate) fn report_in(
+        service: &str,
+        version: &str,
+        cluster: &str,
+        calls: Vec<Call>,
+    ) -> Report {
         Report {
             workload: Responder {
                 service: service.into(),
                 version: version.into(),
                 identity: String::new(),
+                cluster: cluster.into(),
             },
             host: String::new(),
             method: "GET".into(),
@@ -414,16 +529,20 @@ mod tests {
         }
     }
 
-    fn ok(service: &str, version: &str, calls: Vec<Call>) -> Call {
+    pub(crate) fn ok(service: &str, version: &str, calls: Vec<Call>) -> Call {
+        ok_in(service, version, home(service, version), calls)
+    }
+
+    pub(crate) fn ok_in(service: &str, version: &str, cluster: &str, calls: Vec<Call>) -> Call {
         Call {
             url: format!("http://127.0.10.1:1/{service}/0"),
             status: Some(200),
-            report: Some(report(service, version, calls)),
+            report: Some(report_in(service, version, cluster, calls)),
             error: None,
         }
     }
 
-    fn failed(service: &str, status: Option<u16>, error: Option<&str>) -> Call {
+    pub(crate) fn failed(service: &str, status: Option<u16>, error: Option<&str>) -> Call {
         Call {
             url: format!("http://127.0.10.1:1/{service}/0"),
             status,
@@ -432,7 +551,7 @@ mod tests {
         }
     }
 
-    fn page(reviews: Call) -> Answer {
+    pub(crate) fn page(reviews: Call) -> Answer {
         Answer::Report(Box::new(report(
             "productpage",
             "v1",
@@ -440,13 +559,34 @@ mod tests {
         )))
     }
 
-    fn v1() -> Call {
+    pub(crate) fn v1() -> Call {
         ok("reviews", "v1", vec![])
     }
 
-    fn with_ratings(v: &str) -> Call {
+    pub(crate) fn with_ratings(v: &str) -> Call {
         ok("reviews", v, vec![ok("ratings", "v1", vec![])])
     }
+
+    /// A page whose reviews `version` answered from `cluster` (v2 and v3
+    /// with ratings' answer).
+    pub(crate) fn page_from(version: &str, cluster: &str) -> Answer {
+        let ratings = if version == "v1" {
+            vec![]
+        } else {
+            vec![ok("ratings", "v1", vec![])]
+        };
+        page(ok_in("reviews", version, cluster, ratings))
+    }
+
+    pub(crate) fn v3_page() -> Answer {
+        page(with_ratings("v3"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_pages::*;
+    use super::*;
 
     fn map(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
         pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
@@ -624,7 +764,15 @@ mod tests {
             text.contains("v1 0, v2 1, v3 1: only reviews v2 and v3 called ratings"),
             "{text}"
         );
-        assert_eq!(t.line(), "3 requests, 3 answered; reviews v1 1, v2 1, v3 1");
+        assert_eq!(
+            t.line(),
+            "3 requests, 3 answered; reviews v1 1, v2 1, v3 1 \
+             (cluster-1 v1 1, v2 1; cluster-2 v3 1)"
+        );
+        assert!(
+            text.contains("    by cluster: cluster-1 v1 1, v2 1; cluster-2 v3 1\n"),
+            "{text}"
+        );
 
         let bad = tally(&[Answer::Status(503), page(v1())]);
         assert_eq!(
@@ -637,6 +785,39 @@ mod tests {
         assert!(bad
             .line()
             .ends_with("1 failed calls (e.g. productpage: status 503)"));
+    }
+
+    #[test]
+    fn clusters_that_answered_and_calls_that_crossed_are_counted() {
+        // v3 in cluster-2 calls ratings back in cluster-1; then cluster-1's
+        // v2 has failed over to cluster-2's, which calls ratings too.
+        let failed_over = page(ok_in(
+            "reviews",
+            "v2",
+            "cluster-2",
+            vec![ok("ratings", "v1", vec![])],
+        ));
+        let t = tally(&[page(with_ratings("v3")), page(v1()), failed_over]);
+        assert_eq!(t.reviews_from("cluster-2", "v3"), 1);
+        assert_eq!(t.reviews_from("cluster-2", "v2"), 1);
+        assert_eq!(t.reviews_from("cluster-1", "v1"), 1);
+        assert_eq!(t.reviews_from("cluster-1", "v2"), 0);
+        assert_eq!(t.reviews_clusters(), "cluster-1 v1 1; cluster-2 v2 1, v3 1");
+        assert_eq!(t.crossed_to("cluster-2", "reviews v3"), 1);
+        assert_eq!(t.crossed_to("cluster-2", "reviews v2"), 1);
+        assert_eq!(t.crossed_to("cluster-1", "ratings v1"), 2);
+        // productpage → details stays in cluster-1, as does v1.
+        assert_eq!(t.crossed_to("cluster-1", "details v1"), 0);
+        assert_eq!(t.crossed.len(), 2, "{:?}", t.crossed);
+        assert_eq!(
+            t.locality_problems("cluster-1", &["v1", "v2"]),
+            [
+                "reviews v2 answered 1 from cluster-2 while cluster-1 runs it: locality \
+              failover should keep them in cluster-1"
+            ]
+        );
+        assert!(t.locality_problems("cluster-1", &["v1"]).is_empty());
+        assert_eq!(tally(&[]).reviews_clusters(), "none");
     }
 
     #[test]
