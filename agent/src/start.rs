@@ -5,12 +5,13 @@
 //! ([`proxy_state`]) → every socket bound ([`Sockets::bind`]) → capture
 //! installed → the listeners served ([`serve`]) → the config source
 //! ([`config_source`]: the file, watched, or the control plane's stream)
-//! → SIGINT or SIGTERM → a drain: listeners stop accepting, in-flight
+//! → READY=1 to systemd once a config is served (the first one the
+//! control plane sent, or the cached one) → SIGINT or SIGTERM → a drain: listeners stop accepting, in-flight
 //! requests and connections get up to `--drain-timeout` to finish →
 //! capture removed.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -115,6 +116,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
         ready: AtomicBool::new(false),
         set_log_level,
     });
+    let ready = Arc::new(admin::Readiness::new(admin.clone()));
     let (signal, watch) = drain::channel();
     let mut tasks = serve(&opts, sockets, &px, &admin, watch);
     config_source(
@@ -123,7 +125,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
         settings,
         control_plane,
         group,
-        &admin,
+        ready.clone(),
         &mut tasks,
     );
     tracing::info!(
@@ -133,7 +135,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
 
     drain::shutdown_signal().await;
     tracing::info!(deadline = ?opts.drain_timeout, "draining: no new connections; in-flight requests may finish");
-    admin.ready.store(false, Ordering::Relaxed);
+    ready.draining();
     if signal.drain(opts.drain_timeout).await {
         tracing::info!("drained");
     } else {
@@ -356,18 +358,18 @@ fn config_source(
     settings: Settings,
     control_plane: Vec<String>,
     group: Option<String>,
-    admin: &Arc<admin::Admin>,
+    ready: Arc<admin::Readiness>,
     tasks: &mut JoinSet<()>,
 ) {
     if let Some(path) = opts.config_file.clone() {
         tasks.spawn(watch_config(path, settings, px.mesh.clone()));
-        admin.ready.store(true, Ordering::Relaxed);
+        ready.serving("serving the config file");
         return;
     }
     let node = opts.proxy_node(&settings, &opts.workload(&settings), group.as_deref());
     let cache = opts.data_dir.join(discovery::CACHE_FILE);
     let cached = discovery::load_cache(&cache);
-    let (applied, mut first) = tokio::sync::watch::channel(0u64);
+    let (applied, first) = tokio::sync::watch::channel(0u64);
     let client = discovery::Client {
         mesh: px.mesh.clone(),
         tls: px.tls.clone(),
@@ -396,13 +398,7 @@ fn config_source(
         ));
     }
     tasks.spawn(client.run(health_rx));
-    let admin = admin.clone();
-    tasks.spawn(async move {
-        if cached.is_none() {
-            let _ = first.changed().await;
-        }
-        admin.ready.store(true, Ordering::Relaxed);
-    });
+    tasks.spawn(async move { ready.once_config_served(cached.is_some(), first).await });
 }
 
 /// Reloads the config file when it changes; a file that does not parse or

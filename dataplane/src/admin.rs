@@ -1,7 +1,8 @@
 //! A proxy's HTTP endpoints: admin on 127.0.0.1:15000 (`/config_dump`,
 //! `/clusters`, `/certs`, `/stats`, `/ready`, `/logging`) and metrics and
 //! health on 15020 (`/stats/prometheus`, `/healthz/ready`), named as in
-//! Envoy and Istio so the usual scripts and scrapers work.
+//! Envoy and Istio so the usual scripts and scrapers work. [`Readiness`]
+//! tells them, and systemd, when the proxy serves a config.
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use trellis_transport::notify::Notifier;
 use trellis_transport::{drain, listen};
 
 use crate::mesh::cluster::Cluster;
@@ -33,6 +35,56 @@ pub struct Admin {
     pub tls: Arc<MeshTls>,
     pub ready: AtomicBool,
     pub set_log_level: SetLogLevel,
+}
+
+/// Who hears whether a proxy serves: `/ready` and `/healthz/ready`, and
+/// systemd (`READY=1`, `STOPPING=1`, the watchdog fed from the runtime)
+/// when it started the process.
+pub struct Readiness {
+    pub admin: Arc<Admin>,
+    notifier: Option<Arc<Notifier>>,
+}
+
+impl Readiness {
+    /// Not ready yet; the watchdog is fed from now on if systemd set one.
+    pub fn new(admin: Arc<Admin>) -> Readiness {
+        let notifier = Notifier::from_env().map(Arc::new);
+        if let Some(n) = &notifier {
+            n.feed_watchdog();
+        }
+        Readiness { admin, notifier }
+    }
+
+    /// Ready: a config is served (`status` says which).
+    pub fn serving(&self, status: &str) {
+        self.admin.ready.store(true, Ordering::Relaxed);
+        if let Some(n) = &self.notifier {
+            n.ready(status);
+        }
+        tracing::info!("ready: {status}");
+    }
+
+    /// Ready once the config streamed from the control plane is first
+    /// applied (`first` changes), or at once when a cached one is served.
+    pub async fn once_config_served(
+        &self,
+        cached: bool,
+        mut first: tokio::sync::watch::Receiver<u64>,
+    ) {
+        if cached {
+            self.serving("serving the cached config");
+        } else if first.changed().await.is_ok() {
+            self.serving("serving the control plane's config");
+        }
+    }
+
+    /// Not ready any more: a drain has started.
+    pub fn draining(&self) {
+        self.admin.ready.store(false, Ordering::Relaxed);
+        if let Some(n) = &self.notifier {
+            n.stopping();
+        }
+    }
 }
 
 /// Which set of endpoints a listener serves.

@@ -55,6 +55,9 @@ pub struct Cluster {
     /// The IP address nodes listen on (127.0.0.1 unless a test needs the
     /// control plane reachable from network namespaces).
     pub host: String,
+    /// Extra environment for nodes started from now on (e.g. systemd's
+    /// `NOTIFY_SOCKET`).
+    pub node_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -66,6 +69,7 @@ impl Cluster {
             nodes: Vec::new(),
             node_flags: node_flags.iter().map(|s| s.to_string()).collect(),
             host: "127.0.0.1".into(),
+            node_env: Vec::new(),
         })
     }
 
@@ -158,6 +162,7 @@ impl Cluster {
         cmd.args(args);
         remove_env_prefixed(&mut cmd, "TRELLIS_");
         cmd.env("TRELLIS_LOG", "warn,trellis_controlplane=info");
+        cmd.envs(self.node_env.iter().map(|(k, v)| (k, v)));
         let name = match log.file_stem() {
             Some(stem) => format!("trellis-controlplane {}", stem.to_string_lossy()),
             None => "trellis-controlplane".into(),

@@ -7,7 +7,7 @@
 //! → the listeners served → SIGINT or SIGTERM → a drain: the listener
 //! stops accepting, open connections get up to `--drain-timeout`.
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -123,6 +123,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
         set_log_level,
     });
 
+    let ready = Arc::new(admin::Readiness::new(admin.clone()));
     let (signal, watch) = drain::channel();
     let mut tasks = JoinSet::new();
     tasks.spawn(proxy::serve(listener, gw, watch.clone()));
@@ -139,14 +140,14 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
         settings,
         control_plane,
         &advertise,
-        &admin,
+        ready.clone(),
         &mut tasks,
     );
     tracing::info!(listen = %opts.listen, advertise = ?advertise, %network, "trellis-eastwest ready");
 
     drain::shutdown_signal().await;
     tracing::info!(deadline = ?opts.drain_timeout, "draining: no new connections; open ones may finish");
-    admin.ready.store(false, Ordering::Relaxed);
+    ready.draining();
     if signal.drain(opts.drain_timeout).await {
         tracing::info!("drained");
     } else {
@@ -189,7 +190,7 @@ fn stream_config(
     settings: Settings,
     control_plane: Vec<String>,
     advertise: &[SocketAddr],
-    admin: &Arc<admin::Admin>,
+    ready: Arc<admin::Readiness>,
     tasks: &mut JoinSet<()>,
 ) {
     let first = advertise[0].to_string().replace(['.', ':'], "-");
@@ -207,10 +208,10 @@ fn stream_config(
     };
     let cache = opts.data_dir.join(discovery::CACHE_FILE);
     let cached = discovery::load_cache(&cache);
-    let (applied, mut first_applied) = tokio::sync::watch::channel(0u64);
+    let (applied, first_applied) = tokio::sync::watch::channel(0u64);
     let client = discovery::Client {
-        mesh: admin.mesh.clone(),
-        tls: admin.tls.clone(),
+        mesh: ready.admin.mesh.clone(),
+        tls: ready.admin.tls.clone(),
         mark: None,
         given: discovery::Given {
             domain: None,
@@ -232,12 +233,10 @@ fn stream_config(
     // health.
     let (_, no_health) = tokio::sync::watch::channel(None);
     tasks.spawn(client.run(no_health));
-    let admin = admin.clone();
     tasks.spawn(async move {
-        if cached.is_none() {
-            let _ = first_applied.changed().await;
-        }
-        admin.ready.store(true, Ordering::Relaxed);
+        ready
+            .once_config_served(cached.is_some(), first_applied)
+            .await
     });
 }
 

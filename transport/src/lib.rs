@@ -8,7 +8,8 @@
 //! again, [`rewind`]), a TLS ClientHello's SNI and
 //! ALPN read without terminating TLS ([`client_hello`]), Istio's
 //! agent-to-agent SNI ([`sni`]), copying bytes both ways ([`splice`]) and write corking for
-//! HTTP/2 connections ([`cork`]).
+//! HTTP/2 connections ([`cork`]), and telling systemd it is ready,
+//! alive and stopping ([`notify`]).
 //!
 //! It must not depend on any other Trellis crate but `trellis-identity`
 //! (for SPIFFE IDs in connect errors).
@@ -18,6 +19,7 @@ pub mod cork;
 pub mod detect;
 pub mod drain;
 pub mod listen;
+pub mod notify;
 pub mod orig_dst;
 pub mod rewind;
 pub mod sni;

@@ -23,6 +23,8 @@ use trellis_identity::verify::{
     SpiffeServerVerifier,
 };
 use trellis_identity::{csr, grpc, pem, SpiffeId};
+use trellis_transport::drain::shutdown_signal;
+use trellis_transport::notify::Notifier;
 
 pub use error::BootstrapError;
 use local::LocalState;
@@ -486,6 +488,9 @@ pub async fn run(
         ),
     );
 
+    // Serving once the mesh is written (init) and this node is a member
+    // (join): then systemd hears READY=1.
+    let mut setup = Vec::new();
     if let Some(mesh) = local.pending_mesh.clone() {
         if !raft
             .is_initialized()
@@ -497,25 +502,46 @@ pub async fn run(
                 .await
                 .map_err(|e| BootstrapError::Initialize(Box::new(e)))?;
         }
-        tokio::spawn(finish_init(
+        setup.push(tokio::spawn(finish_init(
             node.clone(),
             bootstrap_of(&local, mesh),
             dir.clone(),
-        ));
+        )));
     }
     if !local.joined {
-        tokio::spawn(request_membership(node.clone(), local.clone(), dir.clone()));
+        setup.push(tokio::spawn(request_membership(
+            node.clone(),
+            local.clone(),
+            dir.clone(),
+        )));
     }
     tokio::spawn(renew_serving_cert(node.clone(), cert, me, local.clone()));
     tokio::spawn(crate::discovery::sweep_forever(node.clone()));
     tokio::spawn(crate::discovery::stamp::stamp_forever(node.clone()));
+    let notifier = Notifier::from_env().map(Arc::new);
+    if let Some(n) = &notifier {
+        n.feed_watchdog();
+    }
     println!(
         "ready: node {} of {} serving on {}",
         local.node_id, local.trust_domain, local.address
     );
+    let status = format!("node {} serving on {}", local.node_id, local.address);
+    let told = notifier.clone();
+    tokio::spawn(async move {
+        for task in setup {
+            let _ = task.await;
+        }
+        if let Some(n) = told {
+            n.ready(&status);
+        }
+    });
 
     shutdown_signal().await;
     tracing::info!("shutting down");
+    if let Some(n) = &notifier {
+        n.stopping();
+    }
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     raft.shutdown().await.map_err(BootstrapError::Shutdown)?;
@@ -643,25 +669,4 @@ async fn request_membership(node: Arc<Node>, mut local: LocalState, dir: PathBuf
         attempt += 1;
         tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -12,6 +12,7 @@
 //! own, so that the tests run side by side and none depends on what
 //! another did to the agents' pools, circuit breakers or config.
 mod fixture;
+mod systemd;
 mod third_party;
 
 use std::io::{Read, Write};
