@@ -77,6 +77,8 @@ spec:
 const CLIENT: u8 = 10;
 const REVIEWS: u8 = 20;
 const GATEWAY: u8 = 30;
+/// A gateway of net-c (no endpoints there), started and stopped by a test.
+const SPARE: u8 = 31;
 const SERIES: u8 = 40;
 
 struct EastWest {
@@ -95,7 +97,11 @@ impl EastWest {
         let listeners: Vec<(u8, u16)> = [CLIENT, REVIEWS]
             .iter()
             .flat_map(|&h| agent_ports.map(|p| (h, p)))
-            .chain([15000, 15020, 15021, 15443].map(|p| (GATEWAY, p)))
+            .chain(
+                [GATEWAY, SPARE]
+                    .iter()
+                    .flat_map(|&h| [15000, 15020, 15021, 15443].map(|p| (h, p))),
+            )
             .chain([(REVIEWS, 9080), (CLIENT, 19080), (CLIENT, 19081)])
             .collect();
         let block = Block::take(SERIES, &listeners)?;
@@ -122,27 +128,7 @@ impl EastWest {
         args.extend(["--token".into(), t]);
         let reviews_agent = spawn(&dir, "agent-reviews", "trellis-agent", &args)?;
 
-        let t = cp.token(&["--kind", "gateway", "--network", "net-b"])?;
-        let g = ip(GATEWAY);
-        let gateway = spawn(
-            &dir,
-            "gateway",
-            "trellis-eastwest",
-            &[
-                "--token".into(),
-                t,
-                "--data-dir".into(),
-                dir.join("gateway").display().to_string(),
-                "--listen".into(),
-                format!("{g}:15443"),
-                "--health".into(),
-                format!("{g}:15021"),
-                "--metrics".into(),
-                format!("{g}:15020"),
-                "--admin".into(),
-                format!("{g}:15000"),
-            ],
-        )?;
+        let gateway = spawn_gateway(&cp, "net-b", &gateway_listeners(&block, GATEWAY))?;
 
         let t = cp.token(&["--kind", "vm", "--identity", "default/client"])?;
         let c = ip(CLIENT);
@@ -167,7 +153,7 @@ impl EastWest {
         for url in [
             format!("http://{}:15000/ready", ip(CLIENT)),
             format!("http://{}:15000/ready", ip(REVIEWS)),
-            format!("http://{g}:15021/healthz/ready"),
+            format!("http://{}:15021/healthz/ready", ip(GATEWAY)),
         ] {
             wait_for(Duration::from_secs(20), &url, || async {
                 (curl(&[&url]).0 == 200).then_some(())
@@ -307,6 +293,49 @@ async fn a_connection_naming_an_unknown_service_is_refused_and_counted() -> anyh
 }
 
 #[tokio::test]
+async fn cluster_list_shows_each_gateway_healthy_until_it_stops() -> anyhow::Result<()> {
+    let env = env().await?;
+    let gateway = |network: &'static str| {
+        let out = env.cp.cli(&["cluster", "list", "-o", "json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out.ok()?).ok()?;
+        rows.iter()
+            .flat_map(|c| c["gateways"].as_array().cloned().unwrap_or_default())
+            .find(|g| g["network"] == network)
+    };
+    // The fixture's gateway, with reviews' endpoint behind it.
+    let addr = format!("{}:15443", env.ip(GATEWAY));
+    wait_for(
+        Duration::from_secs(20),
+        "net-b's gateway listed healthy with reviews behind it",
+        || {
+            let g = gateway("net-b").filter(|g| {
+                g["healthy"] == true && g["endpoints"] == 1 && g["addresses"][0] == *addr
+            });
+            async move { g }
+        },
+    )
+    .await?;
+    // Another one comes and goes.
+    let mut spare = spawn_gateway(&env.cp, "net-c", &gateway_listeners(&env.block, SPARE))?;
+    let addr = format!("{}:15443", env.ip(SPARE));
+    let listed = wait_for(Duration::from_secs(20), "net-c's gateway listed", || {
+        let g = gateway("net-c").filter(|g| g["healthy"] == true);
+        async move { g }
+    })
+    .await;
+    listed.map_err(|e| anyhow::anyhow!("{e}: {}", spare.output()))?;
+    assert_eq!(gateway("net-c").unwrap()["addresses"][0], *addr);
+    let status = spare.terminate()?;
+    assert!(status.success(), "{status}");
+    wait_for(Duration::from_secs(10), "net-c's gateway gone", || {
+        let gone = gateway("net-b").is_some() && gateway("net-c").is_none();
+        async move { gone.then_some(()) }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn only_gateway_tokens_give_gateway_identities() -> anyhow::Result<()> {
     let env = env().await?;
     let refused = |args: &[&str], why: &str| {
@@ -347,6 +376,35 @@ async fn only_gateway_tokens_give_gateway_identities() -> anyhow::Result<()> {
         "{list}"
     );
     Ok(())
+}
+
+/// The listeners of a gateway at host `h` of `block`.
+fn gateway_listeners(block: &Block, h: u8) -> Vec<String> {
+    let ip = block.ip(h);
+    [
+        ("--listen", 15443),
+        ("--health", 15021),
+        ("--metrics", 15020),
+        ("--admin", 15000),
+    ]
+    .iter()
+    .flat_map(|(flag, port)| [flag.to_string(), format!("{ip}:{port}")])
+    .collect()
+}
+
+/// The gateway of `network`, with a token of its own and `listeners`.
+fn spawn_gateway(cp: &Cluster, network: &str, listeners: &[String]) -> anyhow::Result<Proc> {
+    let dir = cp.root.path();
+    let t = cp.token(&["--kind", "gateway", "--network", network])?;
+    let name = format!("gateway-{network}");
+    let mut args = vec![
+        "--token".to_string(),
+        t,
+        "--data-dir".into(),
+        dir.join(&name).display().to_string(),
+    ];
+    args.extend_from_slice(listeners);
+    spawn(dir, &name, "trellis-eastwest", &args)
 }
 
 /// The first flight of a rustls client asking for `sni`.

@@ -4,7 +4,8 @@
 //! gateway, with mTLS end to end. Only the gateway has an address on the
 //! shared "WAN" bridge (with a router from A's subnet to it); the control
 //! plane runs in the root namespace on the WAN bridge's address. Skipped
-//! where namespaces cannot be made (not root, say).
+//! where namespaces cannot be made (not root, say). A gateway stopped is
+//! dropped by the client at once, and used again once restarted.
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
@@ -35,6 +36,8 @@ spec:
 /// processes, the control plane, then the namespaces.
 struct Networks {
     gateway_proc: Proc,
+    /// How the gateway was started: again the same way after a stop.
+    gateway_args: Vec<String>,
     _procs: Vec<Proc>,
     cp: Cluster,
     client: Host,
@@ -97,15 +100,17 @@ impl Networks {
         let t = cp.token(&["--kind", "gateway", "--network", "net-b"])?;
         let data = dir.join("gateway-data").display().to_string();
         let advertise = format!("{gateway_wan}:15443");
-        let args = [
+        let gateway_args: Vec<String> = [
             "--token",
             &t,
             "--data-dir",
             &data,
             "--advertise",
             &advertise,
-        ];
-        let gateway_proc = spawn(&dir, &gateway, "gateway", "trellis-eastwest", &args)?;
+        ]
+        .map(String::from)
+        .into();
+        let gateway_proc = spawn_gateway(&dir, &gateway, &gateway_args)?;
         let t = cp.token(&["--kind", "vm", "--identity", "default/client"])?;
         let data = dir.join("client-data").display().to_string();
         let upstream = "127.0.0.1:19080=reviews.default.svc.cluster.local:9080";
@@ -135,6 +140,7 @@ impl Networks {
         }
         Ok(Some(Networks {
             gateway_proc,
+            gateway_args,
             _procs: procs,
             cp,
             client,
@@ -196,7 +202,8 @@ async fn a_call_to_a_service_only_on_another_network_crosses_its_gateway() -> an
 }
 
 #[tokio::test]
-async fn a_stopped_gateway_takes_its_networks_endpoints_away_at_once() -> anyhow::Result<()> {
+async fn a_stopped_gateway_is_dropped_at_once_and_used_again_once_restarted() -> anyhow::Result<()>
+{
     let Some(mut env) = Networks::start().await? else {
         return Ok(());
     };
@@ -205,12 +212,14 @@ async fn a_stopped_gateway_takes_its_networks_endpoints_away_at_once() -> anyhow
     let status = env.gateway_proc.terminate()?;
     assert!(status.success(), "{status}");
     let advertise = env.advertise.clone();
+    let clusters = |env: &Networks| env.client.sh("curl -sf 127.0.0.1:15000/clusters").ok();
     wait_for(
         Duration::from_secs(5),
         "the client to drop the gateway",
         || {
-            let clusters = env.client.sh("curl -sf 127.0.0.1:15000/clusters").ok();
-            let gone = clusters.filter(|c| !c.contains(&advertise)).map(|_| ());
+            let gone = clusters(&env)
+                .filter(|c| !c.contains(&advertise))
+                .map(|_| ());
             async move { gone }
         },
     )
@@ -223,7 +232,57 @@ async fn a_stopped_gateway_takes_its_networks_endpoints_away_at_once() -> anyhow
         .sh("curl -s -o /dev/null -m 5 -w '%{http_code}' http://127.0.0.1:19080/hello")?;
     assert_eq!(code.trim(), "503");
     assert!(started.elapsed() < Duration::from_secs(2));
+    // The operator sees net-b cut off.
+    let out = env.cp.cli_raw(&["cluster", "list"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("network net-b has no healthy east-west gateway"),
+        "{stderr}"
+    );
+
+    // Started again as at first (its certificate is kept in its data
+    // directory): registered again, sent to the client, and carrying
+    // the client's calls within seconds.
+    let restarted = std::time::Instant::now();
+    env.gateway_proc = spawn_gateway(env.cp.root.path(), &env.gateway, &env.gateway_args)?;
+    wait_for(
+        Duration::from_secs(10),
+        "the client to be sent the gateway again",
+        || {
+            let back = clusters(&env)
+                .filter(|c| c.contains(&advertise))
+                .map(|_| ());
+            async move { back }
+        },
+    )
+    .await?;
+    let body = env.call().await?;
+    assert!(body.contains("\"v3\""), "{body}");
+    assert!(
+        restarted.elapsed() < Duration::from_secs(10),
+        "used again after {:?}",
+        restarted.elapsed()
+    );
+    // The new process carried it.
+    let m = env
+        .gateway
+        .sh("curl -sf 127.0.0.1:15020/stats/prometheus")?;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("destination_service=\"reviews.default.svc.cluster.local\"")),
+        "{m}"
+    );
+    let out = env.cp.cli_raw(&["cluster", "list"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("net-b"), "{stderr}");
     Ok(())
+}
+
+/// The gateway of net-b on `host`, with `args`.
+fn spawn_gateway(dir: &Path, host: &Host, args: &[String]) -> anyhow::Result<Proc> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn(dir, host, "gateway", "trellis-eastwest", &args)
 }
 
 fn spawn(

@@ -67,6 +67,9 @@ pub struct Options {
     /// TCP connect timeout to endpoints.
     #[arg(long, env = "TRELLIS_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Endpoints a connection tries, each once, when one does not accept it (refused, or no answer within --connect-timeout) before it is closed.
+    #[arg(long, env = "TRELLIS_CONNECT_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connect_attempts: u32,
     /// A connection with no byte either way for this long is closed; `0s` for never.
     #[arg(long, env = "TRELLIS_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub idle_timeout: Duration,

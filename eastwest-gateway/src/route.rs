@@ -3,13 +3,14 @@
 //! subset and the port on the workload (its target port, as the agent's
 //! inbound side takes it); the gateway picks an endpoint of that subset
 //! with that port on its own network, the one with the fewest connections
-//! open through the gateway, ties taken in turn (round robin). What does
-//! not name a reachable endpoint is refused with a [`Refusal`], counted by
-//! reason.
+//! open through the gateway, ties taken in turn (round robin), and the
+//! next ones in that order for the connection to try if the first does
+//! not accept it. What does not name a reachable endpoint is refused with
+//! a [`Refusal`], counted by reason.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use trellis_dataplane::mesh::cluster::Cluster;
+use trellis_dataplane::mesh::cluster::{Cluster, Endpoint};
 use trellis_dataplane::mesh::Mesh;
 use trellis_transport::client_hello::Peeked;
 use trellis_transport::sni::Sni;
@@ -28,7 +29,7 @@ pub enum Refusal {
     NoEndpoint,
     /// `--max-connections` connections were open already.
     Overloaded,
-    /// The endpoint picked did not accept the connection in time.
+    /// None of the endpoints tried accepted the connection in time.
     ConnectFailed,
 }
 
@@ -46,11 +47,24 @@ impl Refusal {
     }
 }
 
-/// The endpoint a connection goes to: `cluster.endpoints[endpoint]`.
+/// An endpoint: `cluster.endpoints[endpoint]`.
 #[derive(Clone, Debug)]
-pub struct Target {
+pub struct Pick {
     pub cluster: Arc<Cluster>,
     pub endpoint: usize,
+}
+
+impl Pick {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.cluster.endpoints[self.endpoint]
+    }
+}
+
+/// Where a connection goes: the endpoints to try in order, each once.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Never empty.
+    pub picks: Vec<Pick>,
     /// The SNI's host (the destination service).
     pub host: Arc<str>,
 }
@@ -64,9 +78,17 @@ pub fn sni(hello: &Peeked) -> Result<&str, Refusal> {
 }
 
 /// Where a connection with SNI `sni` goes, among the endpoints of `mesh`
-/// on `network` (or on no network said); `turn` breaks ties between the
-/// least loaded (a counter, one more per connection).
-pub fn route(mesh: &Mesh, network: &str, sni: &str, turn: usize) -> Result<Target, Refusal> {
+/// on `network` (or on no network said): up to `attempts` (at least one)
+/// different endpoints, the least loaded first, where the connection
+/// tries the next if one does not accept it; `turn` breaks ties between
+/// equally loaded ones (a counter, one more per connection).
+pub fn route(
+    mesh: &Mesh,
+    network: &str,
+    sni: &str,
+    turn: usize,
+    attempts: usize,
+) -> Result<Target, Refusal> {
     let Sni { port, subset, host } = Sni::parse(sni).ok_or(Refusal::BadSni)?;
     if mesh.service(host).is_none() {
         return Err(Refusal::UnknownService);
@@ -98,22 +120,35 @@ pub fn route(mesh: &Mesh, network: &str, sni: &str, turn: usize) -> Result<Targe
     if candidates.is_empty() {
         return Err(Refusal::NoEndpoint);
     }
-    let load =
-        |(c, i): &(&Arc<Cluster>, usize)| c.endpoints[*i].state.active.load(Ordering::Relaxed);
+    // In turn order, with the load read once: it changes meanwhile.
     let n = candidates.len();
-    let (cluster, endpoint) = (0..n)
-        .map(|k| candidates[(turn + k) % n])
-        .min_by_key(load)
-        .expect("candidates is not empty");
+    let mut order: Vec<(u32, (&Arc<Cluster>, usize))> = (0..n)
+        .map(|k| {
+            let (c, i) = candidates[(turn + k) % n];
+            (c.endpoints[i].state.active.load(Ordering::Relaxed), (c, i))
+        })
+        .collect();
+    // The first least loaded of those left, once per attempt.
+    let picks = (0..attempts.clamp(1, n))
+        .map(|_| {
+            let k = (0..order.len())
+                .min_by_key(|&k| order[k].0)
+                .expect("one candidate left per attempt");
+            let (_, (cluster, endpoint)) = order.remove(k);
+            Pick {
+                cluster: cluster.clone(),
+                endpoint,
+            }
+        })
+        .collect();
     Ok(Target {
-        cluster: cluster.clone(),
-        endpoint,
+        picks,
         host: Arc::from(host),
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use trellis_api::config::parse_documents;
     use trellis_api::topology::Locality;
     use trellis_dataplane::mesh::{build, Settings};
@@ -147,13 +182,19 @@ spec:
 "#;
 
     fn mesh() -> Mesh {
+        mesh_of(MESH, 15006)
+    }
+
+    /// The gateway of net-b's view of `yaml`, its endpoints' agents on
+    /// `peer_inbound_port`.
+    pub(crate) fn mesh_of(yaml: &str, peer_inbound_port: u16) -> Mesh {
         let s = Settings {
             trust_domain: "example.org".into(),
             domain: "cluster.local".into(),
             namespace: "trellis-system".into(),
             labels: Default::default(),
             addresses: Vec::new(),
-            peer_inbound_port: 15006,
+            peer_inbound_port,
             cluster: "c2".into(),
             network: "net-b".into(),
             locality: Locality::default(),
@@ -161,11 +202,19 @@ spec:
             workload_name: None,
             workload_group: None,
         };
-        build(parse_documents(MESH).unwrap(), &s, None)
+        build(parse_documents(yaml).unwrap(), &s, None)
+    }
+
+    /// The endpoints `t` tries, in order.
+    fn addrs(t: &Target) -> Vec<String> {
+        t.picks
+            .iter()
+            .map(|p| p.endpoint().addr.to_string())
+            .collect()
     }
 
     fn addr(t: &Target) -> String {
-        t.cluster.endpoints[t.endpoint].addr.to_string()
+        addrs(t).remove(0)
     }
 
     #[test]
@@ -173,7 +222,7 @@ spec:
         let m = mesh();
         let sni = "outbound_.8080_.v3_.reviews.default.svc.cluster.local";
         let mut seen: Vec<String> = (0..4)
-            .map(|turn| addr(&route(&m, "net-b", sni, turn).unwrap()))
+            .map(|turn| addr(&route(&m, "net-b", sni, turn, 1).unwrap()))
             .collect();
         seen.sort();
         seen.dedup();
@@ -184,6 +233,7 @@ spec:
             "net-b",
             "outbound_.9080_.v1_.reviews.default.svc.cluster.local",
             0,
+            1,
         );
         assert_eq!(addr(&v1.unwrap()), "10.1.0.2:15006");
         let any = route(
@@ -191,6 +241,7 @@ spec:
             "net-b",
             "outbound_.9080_.__.reviews.default.svc.cluster.local",
             0,
+            1,
         );
         assert_eq!(&*any.unwrap().host, "reviews.default.svc.cluster.local");
     }
@@ -199,13 +250,41 @@ spec:
     fn the_least_loaded_endpoint_is_picked() {
         let m = mesh();
         let sni = "outbound_.8080_.v3_.reviews.default.svc.cluster.local";
-        let busy = route(&m, "net-b", sni, 0).unwrap();
-        busy.cluster.endpoints[busy.endpoint]
+        let busy = route(&m, "net-b", sni, 0, 1).unwrap();
+        busy.picks[0]
+            .endpoint()
             .state
             .active
             .fetch_add(1, Ordering::Relaxed);
         for turn in 0..4 {
-            assert_ne!(addr(&route(&m, "net-b", sni, turn).unwrap()), addr(&busy));
+            assert_ne!(
+                addr(&route(&m, "net-b", sni, turn, 1).unwrap()),
+                addr(&busy)
+            );
+        }
+    }
+
+    #[test]
+    fn a_connection_may_try_other_endpoints_each_once_the_least_loaded_first() {
+        let m = mesh();
+        let sni = "outbound_.8080_.v3_.reviews.default.svc.cluster.local";
+        let both = ["10.1.0.3:15006", "10.1.0.4:15006"];
+        for turn in 0..4 {
+            // Two candidates: three attempts try each once.
+            let mut tried = addrs(&route(&m, "net-b", sni, turn, 3).unwrap());
+            tried.sort();
+            assert_eq!(tried, both);
+            assert_eq!(addrs(&route(&m, "net-b", sni, turn, 0).unwrap()).len(), 1);
+        }
+        let busy = route(&m, "net-b", sni, 0, 1).unwrap();
+        busy.picks[0]
+            .endpoint()
+            .state
+            .active
+            .fetch_add(1, Ordering::Relaxed);
+        for turn in 0..4 {
+            let tried = addrs(&route(&m, "net-b", sni, turn, 2).unwrap());
+            assert_eq!(tried[1], addr(&busy), "the busy one last");
         }
     }
 
@@ -233,7 +312,7 @@ spec:
                 Refusal::NoEndpoint,
             ),
         ] {
-            assert_eq!(route(&m, "net-b", sni, 0).unwrap_err(), why, "{sni}");
+            assert_eq!(route(&m, "net-b", sni, 0, 1).unwrap_err(), why, "{sni}");
         }
         // On net-c, nothing of reviews but the endpoint with no network.
         let t = route(
@@ -241,6 +320,7 @@ spec:
             "net-c",
             "outbound_.8080_.v3_.reviews.default.svc.cluster.local",
             0,
+            1,
         );
         assert_eq!(addr(&t.unwrap()), "10.1.0.4:15006");
     }

@@ -103,6 +103,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
             mark: None,
             keepalive: None,
         },
+        attempts: opts.connect_attempts as usize,
         timeouts: splice::Timeouts {
             idle: Some(opts.idle_timeout).filter(|d| !d.is_zero()),
             max_duration: None,

@@ -4,8 +4,8 @@
 //! any network that can reach port 15443).
 //!
 //! Beyond "no panic": a connection is either refused with a reason or
-//! sent to an endpoint of the service its SNI names, on the gateway's own
-//! network, with the SNI's port.
+//! sent to endpoints of the service its SNI names, on the gateway's own
+//! network, with the SNI's port, each tried once.
 
 #![no_main]
 
@@ -69,12 +69,17 @@ fuzz_target!(|data: &[u8]| {
     let hello = parse(data);
     let Ok(name) = sni(&hello) else { return };
     for turn in [0, 1, usize::MAX] {
-        if let Ok(t) = route(mesh(), NETWORK, name, turn) {
+        if let Ok(t) = route(mesh(), NETWORK, name, turn, 3) {
             let wanted = Sni::parse(name).expect("routed, so the SNI parsed");
-            let e = &t.cluster.endpoints[t.endpoint];
             assert_eq!(&*t.host, wanted.host);
-            assert_eq!(e.target_port, wanted.port);
-            assert!(e.network.is_empty() || &*e.network == NETWORK);
+            assert!(!t.picks.is_empty() && t.picks.len() <= 3);
+            for (k, p) in t.picks.iter().enumerate() {
+                let e = p.endpoint();
+                assert_eq!(e.target_port, wanted.port);
+                assert!(e.network.is_empty() || &*e.network == NETWORK);
+                // Never the same endpoint twice.
+                assert!(!t.picks[..k].iter().any(|q| q.endpoint().addr == e.addr));
+            }
         }
     }
 });

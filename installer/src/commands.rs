@@ -5,8 +5,8 @@ use std::path::Path;
 use clap::ValueEnum;
 use serde::Serialize;
 use trellis_api::v1::{
-    ClusterInfo, CreateTokenRequest, Empty, GetRequest, Member, PutRequest, RemoveClusterRequest,
-    RemoveNodeRequest, RevokeTokenRequest,
+    ClusterInfo, CreateTokenRequest, Empty, GetRequest, ListClustersResponse, Member, NetworkInfo,
+    PutRequest, RemoveClusterRequest, RemoveNodeRequest, RevokeTokenRequest,
 };
 
 use crate::client::{admin, status};
@@ -190,7 +190,7 @@ pub async fn remove(config: Option<&Path>, node_id: u64, output: Output) -> anyh
     print_members(m, output)
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct ClusterRow {
     name: String,
     network: String,
@@ -203,9 +203,11 @@ struct ClusterRow {
     /// pushed as not ready.
     stale: bool,
     nodes: Vec<ClusterNodeRow>,
+    /// East-west gateways registered for the cluster or on its network.
+    gateways: Vec<GatewayRow>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct ClusterNodeRow {
     id: u64,
     address: String,
@@ -218,8 +220,25 @@ struct ClusterNodeRow {
     lag: Option<u64>,
 }
 
-fn print_clusters(clusters: Vec<ClusterInfo>, output: Output) -> anyhow::Result<()> {
-    let rows: Vec<ClusterRow> = clusters
+#[derive(Debug, Serialize)]
+struct GatewayRow {
+    name: String,
+    network: String,
+    cluster: String,
+    addresses: Vec<String>,
+    /// The control-plane node holding its config stream.
+    node: u64,
+    registered: String,
+    /// Its stream is open on a node that is not stale.
+    healthy: bool,
+    /// Seconds since its stream was last known open; absent: unknown.
+    heard_from_seconds: Option<u64>,
+    /// Ready endpoints of its network, which it forwards to.
+    endpoints: u32,
+}
+
+fn cluster_rows(clusters: Vec<ClusterInfo>) -> Vec<ClusterRow> {
+    clusters
         .into_iter()
         .map(|c| ClusterRow {
             name: c.name,
@@ -242,54 +261,123 @@ fn print_clusters(clusters: Vec<ClusterInfo>, output: Output) -> anyhow::Result<
                     lag: n.lag,
                 })
                 .collect(),
+            gateways: c
+                .gateways
+                .into_iter()
+                .map(|g| GatewayRow {
+                    name: g.name,
+                    network: g.network,
+                    cluster: g.cluster,
+                    addresses: g.addresses,
+                    node: g.node_id,
+                    registered: time(g.registered_at_unix),
+                    healthy: g.healthy,
+                    heard_from_seconds: g.heard_from_seconds,
+                    endpoints: g.endpoints,
+                })
+                .collect(),
         })
-        .collect();
-    match output {
-        Output::Json => print_json(&rows),
-        Output::Table => {
-            println!(
-                "{:<16} {:<16} {:<10} {:<14} {:<40}",
-                "CLUSTER",
-                "NETWORK",
-                "ENDPOINTS",
-                "HEARD FROM",
-                "CONTROL PLANE (id role address freshness)"
-            );
-            for c in rows {
-                let nodes: Vec<String> = c
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        let fresh = match n.lag {
-                            Some(0) => "up to date".to_string(),
-                            Some(l) => format!("{l} behind"),
-                            None => "unreachable".to_string(),
-                        };
-                        let leader = if n.leader { "*" } else { "" };
-                        format!("{}{leader} {} {} {fresh}", n.id, n.role, n.address)
-                    })
-                    .collect();
-                let heard = format!(
-                    "{}s ago{}",
-                    c.stamp_age_seconds,
-                    if c.stale { " STALE" } else { "" }
-                );
-                println!(
-                    "{:<16} {:<16} {:<10} {:<14} {}",
-                    c.name,
-                    c.network,
-                    format!("{}/{}", c.ready_endpoints, c.endpoints),
-                    heard,
-                    if nodes.is_empty() {
-                        "-".to_string()
-                    } else {
-                        nodes.join(", ")
-                    }
-                );
+        .collect()
+}
+
+/// The table of `trellis cluster list`: a line per cluster, then one per
+/// gateway of the cluster.
+fn cluster_table(rows: &[ClusterRow]) -> String {
+    let mut out = format!(
+        "{:<16} {:<16} {:<10} {:<14} {:<9} {}\n",
+        "CLUSTER",
+        "NETWORK",
+        "ENDPOINTS",
+        "HEARD FROM",
+        "GATEWAYS",
+        "CONTROL PLANE (id role address freshness)"
+    );
+    for c in rows {
+        let nodes: Vec<String> = c
+            .nodes
+            .iter()
+            .map(|n| {
+                let fresh = match n.lag {
+                    Some(0) => "up to date".to_string(),
+                    Some(l) => format!("{l} behind"),
+                    None => "unreachable".to_string(),
+                };
+                let leader = if n.leader { "*" } else { "" };
+                format!("{}{leader} {} {} {fresh}", n.id, n.role, n.address)
+            })
+            .collect();
+        let heard = format!(
+            "{}s ago{}",
+            c.stamp_age_seconds,
+            if c.stale { " STALE" } else { "" }
+        );
+        let healthy = c.gateways.iter().filter(|g| g.healthy).count();
+        let gateways = match healthy {
+            0 => "none".to_string(),
+            h => format!("{h}/{}", c.gateways.len()),
+        };
+        out.push_str(&format!(
+            "{:<16} {:<16} {:<10} {:<14} {:<9} {}\n",
+            c.name,
+            c.network,
+            format!("{}/{}", c.ready_endpoints, c.endpoints),
+            heard,
+            gateways,
+            if nodes.is_empty() {
+                "-".to_string()
+            } else {
+                nodes.join(", ")
             }
-            Ok(())
+        ));
+        for g in &c.gateways {
+            let health = if g.healthy { "healthy" } else { "UNHEALTHY" };
+            let heard = g
+                .heard_from_seconds
+                .map_or("never".to_string(), |s| format!("{s}s ago"));
+            out.push_str(&format!(
+                "  gateway {} ({}) {} {health}, heard from {heard}, {} endpoints, node {}\n",
+                g.name,
+                g.network,
+                g.addresses.join(","),
+                g.endpoints,
+                g.node
+            ));
         }
     }
+    out
+}
+
+/// A line for each network whose endpoints other networks cannot reach:
+/// it has endpoints and no healthy gateway, in a mesh of several networks.
+fn network_warnings(networks: &[NetworkInfo]) -> Vec<String> {
+    if networks.len() < 2 {
+        return Vec::new();
+    }
+    networks
+        .iter()
+        .filter(|n| n.endpoints > 0 && n.healthy_gateways == 0)
+        .map(|n| {
+            format!(
+                "network {} has no healthy east-west gateway ({} registered): its {} endpoints \
+                 cannot be reached from other networks",
+                n.name, n.gateways, n.endpoints
+            )
+        })
+        .collect()
+}
+
+/// Prints the clusters as `output` says, and on stderr a warning for each
+/// network cut off from the others.
+fn print_clusters(r: ListClustersResponse, output: Output) -> anyhow::Result<()> {
+    let rows = cluster_rows(r.clusters);
+    match output {
+        Output::Json => print_json(&rows)?,
+        Output::Table => print!("{}", cluster_table(&rows)),
+    }
+    for w in network_warnings(&r.networks) {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
 }
 
 /// `trellis cluster join ARGS`: becomes `trellis-controlplane join ARGS`,
@@ -317,7 +405,7 @@ pub async fn cluster_list(config: Option<&Path>, output: Output) -> anyhow::Resu
         .await
         .map_err(status)?
         .into_inner();
-    print_clusters(r.clusters, output)
+    print_clusters(r, output)
 }
 
 /// `trellis cluster remove`.
@@ -333,7 +421,7 @@ pub async fn cluster_remove(
         .map_err(status)?
         .into_inner();
     eprintln!("cluster {name} removed");
-    print_clusters(r.clusters, output)
+    print_clusters(r, output)
 }
 
 /// `trellis kv put`.
@@ -367,4 +455,113 @@ pub async fn kv_get(config: Option<&Path>, key: String, linearizable: bool) -> a
     }
     println!("{}", String::from_utf8_lossy(&r.value));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use trellis_api::v1::{ClusterNode, GatewayInfo};
+
+    use super::*;
+
+    fn gateway(name: &str, healthy: bool, heard: Option<u64>) -> GatewayInfo {
+        GatewayInfo {
+            name: name.into(),
+            network: "net-b".into(),
+            cluster: "west".into(),
+            addresses: vec!["192.0.2.1:15443".into(), "192.0.2.2:15443".into()],
+            node_id: 2,
+            registered_at_unix: 0,
+            healthy,
+            heard_from_seconds: heard,
+            endpoints: 3,
+        }
+    }
+
+    fn cluster(name: &str, gateways: Vec<GatewayInfo>) -> ClusterInfo {
+        ClusterInfo {
+            name: name.into(),
+            network: "net-b".into(),
+            joined_at_unix: 0,
+            nodes: vec![ClusterNode {
+                node_id: 2,
+                address: "192.0.2.9:15012".into(),
+                role: "learner".into(),
+                leader: false,
+                locality: String::new(),
+                last_applied_index: Some(9),
+                lag: Some(0),
+            }],
+            endpoints: 4,
+            ready_endpoints: 3,
+            stamp_age_seconds: 2,
+            stale: false,
+            gateways,
+        }
+    }
+
+    #[test]
+    fn a_cluster_line_counts_healthy_gateways_and_each_gateway_gets_a_line() {
+        let gws = vec![gateway("gw-1", true, Some(2)), gateway("gw-2", false, None)];
+        let rows = cluster_rows(vec![cluster("west", gws)]);
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["gateways"][0]["name"], "gw-1");
+        assert_eq!(json[0]["gateways"][0]["healthy"], true);
+        assert_eq!(json[0]["gateways"][0]["endpoints"], 3);
+        assert_eq!(
+            json[0]["gateways"][1]["heard_from_seconds"],
+            serde_json::Value::Null
+        );
+        let table = cluster_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[0].contains("GATEWAYS"), "{table}");
+        assert!(
+            lines[1].starts_with("west ") && lines[1].contains(" 1/2 "),
+            "{table}"
+        );
+        assert!(
+            lines[1].contains("2 learner 192.0.2.9:15012 up to date"),
+            "{table}"
+        );
+        assert_eq!(
+            lines[2],
+            "  gateway gw-1 (net-b) 192.0.2.1:15443,192.0.2.2:15443 healthy, heard from 2s ago, \
+             3 endpoints, node 2"
+        );
+        assert!(lines[3].contains("gw-2") && lines[3].contains("UNHEALTHY, heard from never"));
+    }
+
+    #[test]
+    fn a_cluster_without_a_healthy_gateway_says_none() {
+        for gws in [vec![], vec![gateway("gw-1", false, Some(40))]] {
+            let table = cluster_table(&cluster_rows(vec![cluster("west", gws)]));
+            let row = table.lines().nth(1).unwrap();
+            assert!(row.contains(" none "), "{table}");
+        }
+    }
+
+    #[test]
+    fn a_network_with_endpoints_and_no_healthy_gateway_is_warned_about() {
+        let net = |name: &str, endpoints, gateways, healthy_gateways| NetworkInfo {
+            name: name.into(),
+            endpoints,
+            ready_endpoints: endpoints,
+            gateways,
+            healthy_gateways,
+        };
+        let w = network_warnings(&[
+            net("net-a", 2, 0, 0),
+            net("net-b", 3, 1, 0),
+            net("net-c", 0, 0, 0),
+        ]);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("network net-a has no healthy east-west gateway (0 registered)"));
+        assert!(
+            w[1].contains("net-b") && w[1].contains("its 3 endpoints"),
+            "{w:?}"
+        );
+        assert!(network_warnings(&[net("net-a", 2, 1, 1), net("net-b", 3, 2, 1)]).is_empty());
+        // One network: nothing to cross.
+        assert!(network_warnings(&[net("net-a", 2, 0, 0)]).is_empty());
+    }
 }

@@ -210,26 +210,8 @@ pub async fn peek(stream: &TcpStream, timeout: Duration) -> std::io::Result<Peek
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-
-    /// The first flight of a real TLS client (rustls) offering `sni` and
-    /// `alpn`.
-    fn client_hello(sni: &str, alpn: &[&[u8]]) -> Vec<u8> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
-        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-        let mut out = Vec::new();
-        conn.write_tls(&mut out).unwrap();
-        out
-    }
+    use crate::testing::client_hello;
 
     fn hello(sni: Option<&str>, alpn: &[&[u8]]) -> Peeked {
         Peeked::Hello(ClientHello {

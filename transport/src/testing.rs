@@ -1,5 +1,6 @@
 //! Test doubles for code that opens connections: a loopback server that
-//! counts its connections, and an address whose connects hang. For tests of this crate and of the crates above it (the
+//! counts its connections, an address whose connects hang, and the first
+//! bytes of a real TLS client. For tests of this crate and of the crates above it (the
 //! `test-util` feature).
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -60,4 +61,21 @@ pub fn unanswered() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
         }
     }
     panic!("connects to a listener that never accepts keep succeeding (not Linux?)");
+}
+
+/// The first flight of a real TLS client (rustls) offering `sni` and
+/// `alpn`: its ClientHello.
+pub fn client_hello(sni: &str, alpn: &[&[u8]]) -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
 }

@@ -1,27 +1,48 @@
 //! The clusters part of the `Admin` service: `trellis cluster list` and
 //! `trellis cluster remove`. What a listing shows is a plain function of
-//! the store and the members' status ([`clusters`]).
-use std::collections::BTreeSet;
+//! the store and the members' status ([`listing`]).
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tonic::Status;
-use trellis_api::v1::{ClusterInfo, ClusterNode, ListClustersResponse, Member};
+use trellis_api::v1::{
+    ClusterInfo, ClusterNode, GatewayInfo, ListClustersResponse, Member, NetworkInfo,
+};
 
 use crate::node::{now, LeaderOp, Node, NodeError};
+use crate::push::item::endpoint_network;
 use crate::push::local::stale_clusters;
+use crate::raft::state::registry::{gateway_key, WorkloadRecord, WORKLOAD_PREFIX};
 use crate::raft::state::Command;
 use crate::raft::Store;
 
 /// Every cluster with its nodes (role and freshness from `members`, as
-/// seen by a node that applied up to `applied`), its endpoints, and the
-/// age of its stamp at `now` (`stale`: the clusters the answering node
+/// seen by a node that applied up to `applied`), its gateways, its
+/// endpoints, and the age of its stamp at `now`; and every network with
+/// its endpoints and gateways (`stale`: the clusters the answering node
 /// takes as stale).
-pub fn clusters(
+pub fn listing(
     store: &Store,
     members: &[Member],
     applied: u64,
     now: u64,
     stale: &BTreeSet<String>,
+) -> ListClustersResponse {
+    let endpoints = endpoints_by_network(store, stale);
+    let gateways = gateways(store, now, stale, &endpoints);
+    ListClustersResponse {
+        clusters: clusters(store, members, applied, now, stale, &gateways),
+        networks: networks(store, &endpoints, &gateways),
+    }
+}
+
+fn clusters(
+    store: &Store,
+    members: &[Member],
+    applied: u64,
+    now: u64,
+    stale: &BTreeSet<String>,
+    gateways: &[GatewayInfo],
 ) -> Vec<ClusterInfo> {
     let records = store.node_records();
     store
@@ -50,7 +71,7 @@ pub fn clusters(
             let (mut endpoints, mut ready) = (0, 0);
             for (_, w) in store.workloads_through(&ids) {
                 endpoints += 1;
-                if w.disconnected_at.is_none() && w.health.is_ready() && !is_stale {
+                if is_ready(&w, is_stale) {
                     ready += 1;
                 }
             }
@@ -58,12 +79,115 @@ pub fn clusters(
             ClusterInfo {
                 stamp_age_seconds: now.saturating_sub(heard),
                 stale: is_stale,
+                gateways: gateways
+                    .iter()
+                    .filter(|g| g.cluster == name || g.network == rec.network)
+                    .cloned()
+                    .collect(),
                 name,
                 network: rec.network,
                 joined_at_unix: rec.joined_at as i64,
                 nodes,
                 endpoints,
                 ready_endpoints: ready,
+            }
+        })
+        .collect()
+}
+
+/// Whether a registered workload takes traffic: connected, healthy, and
+/// not registered through a node of a stale cluster.
+fn is_ready(w: &WorkloadRecord, through_stale: bool) -> bool {
+    w.disconnected_at.is_none() && w.health.is_ready() && !through_stale
+}
+
+/// Registered endpoints (all, ready) by their network as agents read it;
+/// one that says none is every caller's own, on no network listed.
+fn endpoints_by_network(store: &Store, stale: &BTreeSet<String>) -> BTreeMap<String, (u32, u32)> {
+    let cluster_of: BTreeMap<u64, String> = store
+        .node_records()
+        .into_iter()
+        .map(|(id, n)| (id, n.cluster))
+        .collect();
+    let mut by_network: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    for w in store
+        .prefixed(WORKLOAD_PREFIX)
+        .filter_map(|(k, _)| store.workload(k))
+    {
+        let network = endpoint_network(&w.entry_json);
+        if network.is_empty() {
+            continue;
+        }
+        let through_stale = cluster_of
+            .get(&w.conn.node)
+            .is_some_and(|c| stale.contains(c));
+        let (all, ready) = by_network.entry(network.to_string()).or_default();
+        *all += 1;
+        if is_ready(&w, through_stale) {
+            *ready += 1;
+        }
+    }
+    by_network
+}
+
+/// Every registered gateway. A registration lasts as long as the
+/// gateway's stream (the sweep removes one whose node lost it), so a
+/// registered gateway is healthy unless the node holding its stream is
+/// in a stale cluster (or has no record): then nobody knows.
+fn gateways(
+    store: &Store,
+    now: u64,
+    stale: &BTreeSet<String>,
+    endpoints: &BTreeMap<String, (u32, u32)>,
+) -> Vec<GatewayInfo> {
+    store
+        .gateways()
+        .into_iter()
+        .map(|(key, g)| {
+            let cluster = store.node_record(g.conn.node).map(|n| n.cluster);
+            let heard = cluster.as_deref().and_then(|c| store.heard_from(c));
+            GatewayInfo {
+                name: key
+                    .strip_prefix(&gateway_key(&g.network, ""))
+                    .unwrap_or(&key)
+                    .to_string(),
+                healthy: cluster.is_some_and(|c| !stale.contains(&c)),
+                heard_from_seconds: heard.map(|h| now.saturating_sub(h)),
+                endpoints: endpoints.get(&g.network).map_or(0, |(_, ready)| *ready),
+                network: g.network,
+                cluster: g.cluster,
+                addresses: g.addresses,
+                node_id: g.conn.node,
+                registered_at_unix: g.registered_at as i64,
+            }
+        })
+        .collect()
+}
+
+/// Every network named by a cluster, a gateway or a registered endpoint.
+fn networks(
+    store: &Store,
+    endpoints: &BTreeMap<String, (u32, u32)>,
+    gateways: &[GatewayInfo],
+) -> Vec<NetworkInfo> {
+    let names: BTreeSet<String> = store
+        .clusters()
+        .into_iter()
+        .map(|(_, c)| c.network)
+        .chain(gateways.iter().map(|g| g.network.clone()))
+        .chain(endpoints.keys().cloned())
+        .collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let (all, ready) = endpoints.get(&name).copied().unwrap_or_default();
+            let on = || gateways.iter().filter(|g| g.network == name);
+            NetworkInfo {
+                endpoints: all,
+                ready_endpoints: ready,
+                gateways: on().count() as u32,
+                healthy_gateways: on().filter(|g| g.healthy).count() as u32,
+                name,
             }
         })
         .collect()
@@ -79,12 +203,10 @@ pub async fn list(node: &Arc<Node>) -> ListClustersResponse {
         .last_applied
         .map_or(0, |l| l.index);
     let now = now();
-    ListClustersResponse {
-        clusters: node.read_state(|s| {
-            let stale = stale_clusters(&s.store, node.id, now, node.settings.cluster_stale_after);
-            clusters(&s.store, &members, applied, now, &stale)
-        }),
-    }
+    node.read_state(|s| {
+        let stale = stale_clusters(&s.store, node.id, now, node.settings.cluster_stale_after);
+        listing(&s.store, &members, applied, now, &stale)
+    })
 }
 
 /// `RemoveCluster`: its nodes leave the membership (learners only: a
@@ -124,7 +246,9 @@ pub async fn remove(node: &Arc<Node>, name: &str) -> Result<ListClustersResponse
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::state::registry::{Conn, Health, RegistryCommand, WorkloadRecord};
+    use crate::raft::state::registry::{
+        gateway_key, Conn, GatewayRecord, Health, RegistryCommand, WorkloadRecord,
+    };
     use crate::raft::state::{Bootstrap, ClusterRecord, MeshInfo, NodeRecord};
 
     fn store() -> Store {
@@ -191,13 +315,14 @@ mod tests {
 
     #[test]
     fn a_listing_counts_ready_endpoints_and_says_how_far_behind_each_node_is() {
-        let c = clusters(
+        let c = listing(
             &store(),
             &[member(1, "voter", Some(40))],
             42,
             130,
             &BTreeSet::new(),
-        );
+        )
+        .clusters;
         assert_eq!(c.len(), 1);
         let east = &c[0];
         assert_eq!(
@@ -222,7 +347,7 @@ mod tests {
         };
         s.apply(&stamp, &mut Vec::new());
         let stale = BTreeSet::from(["east".to_string()]);
-        let c = clusters(&s, &[member(1, "voter", Some(42))], 42, 200, &stale);
+        let c = listing(&s, &[member(1, "voter", Some(42))], 42, 200, &stale).clusters;
         let east = &c[0];
         assert_eq!((east.stamp_age_seconds, east.stale), (50, true));
         assert_eq!((east.endpoints, east.ready_endpoints), (3, 0));
@@ -231,10 +356,117 @@ mod tests {
     #[test]
     fn a_node_that_left_the_membership_or_did_not_answer_says_so() {
         let none = BTreeSet::new();
-        let c = clusters(&store(), &[], 42, 100, &none);
+        let c = listing(&store(), &[], 42, 100, &none).clusters;
         let n = &c[0].nodes[0];
         assert_eq!((n.role.as_str(), n.lag), ("removed", None));
-        let c = clusters(&store(), &[member(1, "voter", None)], 42, 100, &none);
+        let c = listing(&store(), &[member(1, "voter", None)], 42, 100, &none).clusters;
         assert_eq!(c[0].nodes[0].lag, None, "unreachable: no freshness");
+    }
+
+    /// `store()` with endpoints that say their network (`e` and `f` on
+    /// net-east, `f` gone; `g` on net-west through node 2), and net-east's
+    /// gateway `gw-1` on stream `conn`, registered at 110; east stamped at
+    /// 120.
+    fn with_gateway(conn: Conn) -> Store {
+        let mut s = store();
+        let mut ch = Vec::new();
+        for (key, network, node, gone) in [
+            ("workload/default/e", "net-east", 1, None),
+            ("workload/default/f", "net-east", 1, Some(5)),
+            ("workload/default/g", "net-west", 2, None),
+        ] {
+            let entry = serde_json::json!({"spec": {"address": "10.0.0.1", "network": network}});
+            let record = WorkloadRecord {
+                entry_json: serde_json::to_vec(&entry).unwrap(),
+                group: "g".into(),
+                conn: Conn { node, stream: 1 },
+                registered_at: 1,
+                disconnected_at: gone,
+                health: Health::NoProbe,
+            };
+            let cmd = RegistryCommand::RegisterWorkload {
+                key: key.into(),
+                record,
+            };
+            s.apply(&Command::Registry(cmd), &mut ch);
+        }
+        let record = GatewayRecord {
+            network: "net-east".into(),
+            cluster: "east".into(),
+            addresses: vec!["192.0.2.1:15443".into()],
+            conn,
+            registered_at: 110,
+        };
+        let cmd = RegistryCommand::RegisterGateway {
+            key: gateway_key("net-east", "gw-1"),
+            record,
+        };
+        s.apply(&Command::Registry(cmd), &mut ch);
+        let stamp = Command::StampCluster {
+            cluster: "east".into(),
+            at: 120,
+        };
+        s.apply(&stamp, &mut ch);
+        s
+    }
+
+    #[test]
+    fn a_registered_gateway_is_healthy_with_the_ready_endpoints_of_its_network() {
+        let conn = Conn { node: 1, stream: 7 };
+        let l = listing(&with_gateway(conn), &[], 42, 130, &BTreeSet::new());
+        let gws = &l.clusters[0].gateways;
+        assert_eq!(gws.len(), 1, "{gws:?}");
+        let g = &gws[0];
+        assert_eq!((g.name.as_str(), g.network.as_str()), ("gw-1", "net-east"));
+        assert_eq!(g.addresses, ["192.0.2.1:15443"]);
+        assert_eq!((g.node_id, g.registered_at_unix), (1, 110));
+        assert!(g.healthy);
+        assert_eq!(g.heard_from_seconds, Some(10));
+        // e only: f is gone, g on another network.
+        assert_eq!(g.endpoints, 1);
+        let nets: Vec<(&str, u32, u32, u32, u32)> = l
+            .networks
+            .iter()
+            .map(|n| {
+                let counts = (n.endpoints, n.ready_endpoints);
+                let gws = (n.gateways, n.healthy_gateways);
+                (n.name.as_str(), counts.0, counts.1, gws.0, gws.1)
+            })
+            .collect();
+        assert_eq!(
+            nets,
+            [("net-east", 2, 1, 1, 1), ("net-west", 1, 1, 0, 0)],
+            "net-west's endpoint cannot be reached from other networks"
+        );
+    }
+
+    #[test]
+    fn a_gateway_held_by_a_stale_or_unknown_node_is_unhealthy() {
+        let conn = Conn { node: 1, stream: 7 };
+        let stale = BTreeSet::from(["east".to_string()]);
+        let l = listing(&with_gateway(conn), &[], 42, 200, &stale);
+        let g = &l.clusters[0].gateways[0];
+        assert!(!g.healthy);
+        assert_eq!((g.heard_from_seconds, g.endpoints), (Some(80), 0));
+        assert_eq!(l.networks[0].healthy_gateways, 0);
+        // Node 9 has no record: nobody vouches for its stream.
+        let unknown = Conn { node: 9, stream: 7 };
+        let l = listing(&with_gateway(unknown), &[], 42, 130, &BTreeSet::new());
+        let g = &l.clusters[0].gateways[0];
+        assert_eq!((g.healthy, g.heard_from_seconds), (false, None));
+    }
+
+    #[test]
+    fn a_gateway_whose_stream_ended_is_not_listed_and_its_network_has_none() {
+        let conn = Conn { node: 1, stream: 7 };
+        let mut s = with_gateway(conn);
+        let gone = RegistryCommand::GatewayDisconnected {
+            key: gateway_key("net-east", "gw-1"),
+            conn,
+        };
+        s.apply(&Command::Registry(gone), &mut Vec::new());
+        let l = listing(&s, &[], 42, 130, &BTreeSet::new());
+        assert!(l.clusters[0].gateways.is_empty());
+        assert_eq!((l.networks[0].gateways, l.networks[0].endpoints), (0, 2));
     }
 }

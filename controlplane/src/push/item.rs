@@ -269,7 +269,7 @@ pub fn workload_item(key: &str, w: &WorkloadRecord, marks: Marks) -> Option<Item
 }
 
 /// The network of a WorkloadEntry (JSON), as agents read it.
-fn endpoint_network(json: &[u8]) -> Arc<str> {
+pub(crate) fn endpoint_network(json: &[u8]) -> Arc<str> {
     #[derive(Deserialize)]
     struct Entry {
         #[serde(default)]

@@ -1,6 +1,7 @@
 //! The agent's Prometheus metrics, under Istio's names, kept as plain
 //! counters and histograms keyed by label set and rendered on scrape.
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -90,6 +91,8 @@ pub struct Metrics {
     tcp: Mutex<Series<ConnLabels, TcpSeries>>,
     /// Downstream connections closed before they were proxied, by reason.
     refused: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Upstream connects tried again with another endpoint.
+    connect_retries: AtomicU64,
 }
 
 impl Metrics {
@@ -139,6 +142,12 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .entry(reason)
             .or_default() += 1;
+    }
+
+    /// A connect to an upstream endpoint failed and another one is tried
+    /// (`trellis_connect_retries_total`).
+    pub fn connect_retry(&self) {
+        self.connect_retries.fetch_add(1, Ordering::Relaxed);
     }
 
     fn tcp_entry(&self, labels: &ConnLabels, f: impl FnOnce(&mut TcpSeries)) {
@@ -219,6 +228,11 @@ impl Metrics {
                     "trellis_connections_refused_total{{reason=\"{reason}\"}} {n}"
                 );
             }
+        }
+        let retries = self.connect_retries.load(Ordering::Relaxed);
+        if retries > 0 {
+            out.push_str("# TYPE trellis_connect_retries_total counter\n");
+            let _ = writeln!(out, "trellis_connect_retries_total {retries}");
         }
         out
     }
@@ -309,5 +323,9 @@ mod tests {
         let text = m.render();
         assert!(text.contains("trellis_connections_refused_total{reason=\"no_sni\"} 2\n"));
         assert!(text.contains("trellis_connections_refused_total{reason=\"bad_sni\"} 1\n"));
+        assert!(!text.contains("trellis_connect_retries_total"));
+        m.connect_retry();
+        m.connect_retry();
+        assert!(m.render().contains("\ntrellis_connect_retries_total 2\n"));
     }
 }
