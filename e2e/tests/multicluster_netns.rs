@@ -619,6 +619,8 @@ async fn a_cut_off_cluster_keeps_serving_and_converges_after_the_heal() -> anyho
     eprintln!("cluster-2 taken as stale {took:?} after the cut");
     assert!(took >= Duration::from_secs(STALE_AFTER - 2), "{took:?}");
     assert_eq!(w["ready_endpoints"], 0, "{w}");
+    // The learner's agents keep their config.
+    assert_eq!(Mesh::pushed(&client_2, &c2), 1);
     // Both sides serve their own traffic.
     for _ in 0..5 {
         assert_eq!(Mesh::call(&client_1).as_deref(), Some("reviews-z1"));
