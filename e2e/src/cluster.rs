@@ -12,6 +12,7 @@ use trellis_api::v1::admin_client::AdminClient;
 use trellis_api::v1::{CreateTokenRequest, Empty, Member, PutRequest};
 use trellis_identity::admin_config::AdminConfig;
 
+use crate::netns::Host;
 use crate::process::{remove_env_prefixed, Proc};
 use crate::{bin, free_port, wait_for};
 
@@ -24,6 +25,8 @@ pub struct NodeProc {
     pub dir: PathBuf,
     pub addr: String,
     pub log: PathBuf,
+    /// The network namespace it runs in; `None`: the test's own.
+    pub netns: Option<Host>,
     proc_: Proc,
 }
 
@@ -94,7 +97,7 @@ impl Cluster {
         // No --ca-key-file: init generates the key in its data directory.
         args.extend(self.common_args(&dir, &addr, false));
         let log = self.log_path("node-1");
-        let node = self.spawn(1, dir, addr, log, &args)?;
+        let node = self.spawn(1, dir, addr, log, None, &args)?;
         self.nodes.push(node);
         Ok(())
     }
@@ -149,16 +152,22 @@ impl Cluster {
         self.root.path().join(format!("{name}.log"))
     }
 
-    /// Starts a node process appending its output to `log`.
+    /// Starts a node process, inside `netns` if given, appending its
+    /// output to `log`.
     fn spawn(
         &self,
         id: u64,
         dir: PathBuf,
         addr: String,
         log: PathBuf,
+        netns: Option<Host>,
         args: &[String],
     ) -> anyhow::Result<NodeProc> {
-        let mut cmd = Command::new(bin("trellis-controlplane"));
+        let program = bin("trellis-controlplane");
+        let mut cmd = match &netns {
+            Some(host) => host.command(program),
+            None => Command::new(program),
+        };
         cmd.args(args);
         remove_env_prefixed(&mut cmd, "TRELLIS_");
         cmd.env("TRELLIS_LOG", "warn,trellis_controlplane=info");
@@ -173,6 +182,7 @@ impl Cluster {
             dir,
             addr,
             log,
+            netns,
             proc_,
         })
     }
@@ -310,7 +320,8 @@ impl Cluster {
         let with_key = !extra.contains(&"--ca-key-file");
         let host = self.host.clone();
         let role = if learner { "learner" } else { "voter" };
-        self.join_node(token, &host, &flags, with_key, role).await
+        self.join_node(token, &host, None, &flags, with_key, role)
+            .await
     }
 
     /// Joins a cluster's node with a cluster token, listening on `host`
@@ -323,16 +334,31 @@ impl Cluster {
         host: &str,
         extra: &[&str],
     ) -> anyhow::Result<u64> {
+        self.join_cluster_in(token, host, None, extra).await
+    }
+
+    /// [`Cluster::join_cluster`] with the node run inside `netns` (a host
+    /// of a [`crate::netns::Net`]), listening on `host`, one of its
+    /// addresses.
+    pub async fn join_cluster_in(
+        &mut self,
+        token: &str,
+        host: &str,
+        netns: Option<&Host>,
+        extra: &[&str],
+    ) -> anyhow::Result<u64> {
         let voter = extra.contains(&"--voter");
         let with_key = voter && !extra.contains(&"--ca-key-file");
         let role = if voter { "voter" } else { "learner" };
-        self.join_node(token, host, extra, with_key, role).await
+        self.join_node(token, host, netns, extra, with_key, role)
+            .await
     }
 
     async fn join_node(
         &mut self,
         token: &str,
         host: &str,
+        netns: Option<&Host>,
         flags: &[&str],
         with_key: bool,
         role: &str,
@@ -348,7 +374,7 @@ impl Cluster {
         // The node id is assigned by the cluster; log under a sequence
         // number until we know it.
         let log = self.log_path(&format!("joiner-{seq}"));
-        let mut node = self.spawn(0, dir.clone(), addr.clone(), log, &args)?;
+        let mut node = self.spawn(0, dir.clone(), addr.clone(), log, netns.cloned(), &args)?;
         let id = wait_for(Duration::from_secs(30), "the joining node's id", || async {
             let out = node.output();
             if out.contains("error:") {
@@ -396,9 +422,14 @@ impl Cluster {
     /// Restarts a stopped node from its data directory and waits for its
     /// ready line.
     pub async fn restart(&mut self, id: u64) -> anyhow::Result<()> {
-        let (dir, addr, log) = {
+        let (dir, addr, log, netns) = {
             let n = self.node(id);
-            (n.dir.clone(), n.addr.clone(), n.log.clone())
+            (
+                n.dir.clone(),
+                n.addr.clone(),
+                n.log.clone(),
+                n.netns.clone(),
+            )
         };
         let mut args = vec!["run".to_string()];
         // A node with a CA key in its data directory (node 1, a cluster's
@@ -406,7 +437,7 @@ impl Cluster {
         let with_key = !dir.join("ca.key").exists();
         args.extend(self.common_args(&dir, &addr, with_key));
         let before = self.node(id).output().matches("ready: node").count();
-        let proc_ = self.spawn(id, dir, addr, log, &args)?;
+        let proc_ = self.spawn(id, dir, addr, log, netns, &args)?;
         *self.node_mut(id) = proc_;
         let node = self.node(id);
         wait_for(

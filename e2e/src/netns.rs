@@ -8,7 +8,8 @@
 //! Needs root and iproute2: a test calls [`unavailable`] first and skips
 //! when it says why not. Dropping a [`Net`] removes everything it made
 //! (processes left inside its hosts, namespaces, their `/etc/netns` files,
-//! veths, bridge, firewall rules), on panics too. Each `Net` takes its own random /24 in
+//! veths, bridge, firewall rules), on panics too; a [`Partition`] cuts
+//! hosts off a `Net` with iptables until it is dropped. Each `Net` takes its own random /24 in
 //! 10.128.0.0/9, and the /64 `fd00:7472:ID::/64` of the same id for IPv6
 //! (every host has both), and names its devices after it, so tests in
 //! parallel, and in parallel processes, do not clash.
@@ -17,6 +18,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context};
@@ -199,6 +201,59 @@ impl Net {
         Ok(addr)
     }
 
+    /// Cuts `addrs`, addresses of hosts on this net (as [`Net::attach`]
+    /// gives them), off its bridge until the [`Partition`] heals or drops:
+    /// iptables in the root namespace drops every packet from or to them
+    /// on the bridge, bridged to another host (FORWARD, which sees bridged
+    /// packets as `br_netfilter` is loaded; checked) or to the root
+    /// namespace itself (INPUT, OUTPUT). Connections already open stall,
+    /// as over a cut link. `name` (with the process id and a count) is the
+    /// rules' comment.
+    pub fn cut_off(&self, name: &str, addrs: &[Ipv4Addr]) -> anyhow::Result<Partition> {
+        check_name("cut name", name)?;
+        let bridged = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+        if !std::fs::read_to_string(bridged).is_ok_and(|v| v.trim() == "1") {
+            bail!("{bridged} is not 1: iptables would not see bridged packets (modprobe br_netfilter)");
+        }
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let comment = format!("trellis-partition-{name}-{}-{n}", std::process::id());
+        let mut cut = Partition {
+            comment,
+            rules: Vec::new(),
+            healed: false,
+        };
+        for addr in addrs {
+            let addr = addr.to_string();
+            for (chain, dir, side) in [
+                ("FORWARD", "-i", "-s"),
+                ("FORWARD", "-o", "-d"),
+                ("INPUT", "-i", "-s"),
+                ("OUTPUT", "-o", "-d"),
+            ] {
+                let rule: Vec<String> = [
+                    chain,
+                    dir,
+                    &self.bridge,
+                    side,
+                    &addr,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    &cut.comment,
+                    "-j",
+                    "DROP",
+                ]
+                .map(String::from)
+                .to_vec();
+                iptables("-I", &rule)?;
+                // From here on, dropping `cut` removes it.
+                cut.rules.push(rule);
+            }
+        }
+        Ok(cut)
+    }
+
     /// The net's IPv4 subnet, `10.X.Y.0/24`.
     pub fn subnet(&self) -> String {
         let [a, b, c, _] = self.gateway.octets();
@@ -238,6 +293,45 @@ impl Drop for Net {
         }
 
         let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// Hosts' addresses on a [`Net`] cut off from it while this lives (see
+/// [`Net::cut_off`]): iptables rules in the root namespace, each with a
+/// comment unique to the cut, removed by [`Partition::heal`] or on drop,
+/// whatever happened in between.
+pub struct Partition {
+    comment: String,
+    /// Each rule's chain and match, as added with `-I` and deleted with `-D`.
+    rules: Vec<Vec<String>>,
+    healed: bool,
+}
+
+impl Partition {
+    /// Removes the rules: the addresses are reachable again.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        if self.healed {
+            return Ok(());
+        }
+        self.healed = true;
+        let failed: Vec<String> = self
+            .rules
+            .iter()
+            .filter_map(|rule| iptables("-D", rule).err())
+            .map(|e| format!("{e:#}"))
+            .collect();
+        if !failed.is_empty() {
+            bail!("healing {}: {}", self.comment, failed.join("; "));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        if let Err(e) = self.heal() {
+            eprintln!("{e:#}");
+        }
     }
 }
 
@@ -352,6 +446,11 @@ fn allow_forwarding(bridge: &str, added: &mut Vec<&'static str>) -> anyhow::Resu
 /// Arguments to add (`-I`) or delete (`-D`) the FORWARD rule of `bridge`.
 fn forward_rule<'a>(op: &'a str, bridge: &'a str) -> [&'a str; 8] {
     [op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+}
+
+/// `iptables -w OP RULE` (`RULE` starting with the chain).
+fn iptables(op: &str, rule: &[String]) -> anyhow::Result<String> {
+    run(Command::new("iptables").args(["-w", op]).args(rule))
 }
 
 /// Letters, digits and `-`, so names stay valid file and device names.

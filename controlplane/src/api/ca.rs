@@ -71,10 +71,14 @@ impl Ca for CaService {
                     .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
             }
             // A workload certificate is for a VM or a gateway; any other
-            // token is refused as a VM token would be.
+            // token is refused as a VM token would be. A token this
+            // node's replica does not have yet (made through another node
+            // a moment ago: a learner may lag) may be either: the
+            // leader's record tells.
             let required = match kind {
                 Some(TokenKind::Gateway { .. }) => KindRequired::Gateway,
-                _ => KindRequired::Vm,
+                Some(_) => KindRequired::Vm,
+                None => KindRequired::Workload,
             };
             let (record, _) = node.use_token(&r.token, required, &ip).await?;
             self.identity_of(&record.kind)?

@@ -252,7 +252,10 @@ impl Store {
                 self.spend_token(&mut record, changed);
                 let node_id = match required {
                     KindRequired::ControlPlane => Some(self.next_node_id(changed)),
-                    KindRequired::Vm | KindRequired::Cluster | KindRequired::Gateway => None,
+                    KindRequired::Vm
+                    | KindRequired::Cluster
+                    | KindRequired::Gateway
+                    | KindRequired::Workload => None,
                 };
                 Response::TokenUsed { record, node_id }
             }
@@ -610,6 +613,36 @@ mod tests {
             panic!("a revoked token was accepted");
         };
         assert!(why.contains("revoked"), "{why}");
+    }
+
+    #[test]
+    fn a_workload_use_takes_a_vm_or_gateway_token_as_its_record_says() {
+        let mut s = Store::default();
+        let mut ch = Vec::new();
+        for kind in [
+            TokenKind::vm("default/web").unwrap(),
+            TokenKind::gateway("net-2").unwrap(),
+        ] {
+            let (t, record) = token(kind.clone(), None);
+            s.apply(&Command::CreateToken { record }, &mut ch);
+            match s.apply(&use_cmd(&t, KindRequired::Workload, NOW), &mut ch) {
+                Response::TokenUsed { record, node_id } => {
+                    assert_eq!(record.kind, kind);
+                    assert_eq!(node_id, None);
+                }
+                other => panic!("{kind:?} gave {other:?}"),
+            }
+        }
+        let (t, record) = token(TokenKind::ControlPlane, None);
+        s.apply(&Command::CreateToken { record }, &mut ch);
+        let Response::Refused(why) = s.apply(&use_cmd(&t, KindRequired::Workload, NOW), &mut ch)
+        else {
+            panic!("a control-plane token gave a workload certificate");
+        };
+        assert!(
+            why.contains("cannot be used to join a VM or east-west gateway"),
+            "{why}"
+        );
     }
 
     #[test]

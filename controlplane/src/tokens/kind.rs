@@ -64,6 +64,19 @@ pub enum KindRequired {
     Vm,
     Cluster,
     Gateway,
+    /// A workload certificate: a VM or an east-west gateway token, as its
+    /// record says. What a node asks for when its replica does not have
+    /// the token yet (made through another node a moment ago).
+    Workload,
+}
+
+impl KindRequired {
+    /// Whether a token of `kind` may be used for this join.
+    pub fn admits(self, kind: KindRequired) -> bool {
+        kind == self
+            || (self == KindRequired::Workload
+                && matches!(kind, KindRequired::Vm | KindRequired::Gateway))
+    }
 }
 
 impl fmt::Display for KindRequired {
@@ -73,6 +86,7 @@ impl fmt::Display for KindRequired {
             KindRequired::Vm => "VM",
             KindRequired::Cluster => "cluster's control-plane node",
             KindRequired::Gateway => "east-west gateway",
+            KindRequired::Workload => "VM or east-west gateway",
         })
     }
 }

@@ -113,7 +113,7 @@ impl TokenRecord {
             });
         }
         let token_kind = self.kind.required();
-        if token_kind != expected_kind {
+        if !expected_kind.admits(token_kind) {
             return Err(TokenError::WrongKind {
                 id: self.id.clone(),
                 token_kind,
