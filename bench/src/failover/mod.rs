@@ -17,20 +17,25 @@
 //! every request has been answered by cluster-2 for a second, the
 //! requests in between give the trial's figures ([`report::failover`]);
 //! then the cluster-1 agents are started again, and the time until every
-//! request goes back to them is the recovery.
+//! request goes back to them is the recovery. Unless `--warm`, cluster-2's
+//! agents are restarted before each trial, so that each failover opens
+//! its connections through the gateway anew, as to a cluster the client
+//! was not talking to.
 mod load;
 mod report;
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use trellis_e2e::loopback::Block;
-use trellis_e2e::{Cluster, Proc};
+use trellis_e2e::{wait_for, Cluster, Proc};
 
 use self::load::{settled, Load, Outcome, REQUEST_TIMEOUT};
 use self::report::{Setup, Trial};
 use crate::flags::{AgentLog, Build};
 use crate::multinet::{self, Endpoint, Place, HOST, NET_A, NET_B};
+use crate::net::Client;
 use crate::process::tail;
 
 /// The binaries of the test bed.
@@ -70,6 +75,12 @@ pub struct Args {
     /// Endpoints in cluster-2, behind its gateway.
     #[arg(long, default_value_t = 2)]
     remote: usize,
+    /// Keep the client agent's connections to cluster-2 (through its
+    /// gateway) from one trial to the next, instead of restarting
+    /// cluster-2's agents after each trial so that every failover opens
+    /// them anew.
+    #[arg(long)]
+    warm: bool,
     /// Turn the agent's default retries off (a VirtualService with
     /// `retries: {attempts: 0}`), so that outlier detection alone moves
     /// the traffic.
@@ -158,9 +169,10 @@ struct Bed {
     client: Proc,
     gateway: Proc,
     local: Vec<(Endpoint, Option<Proc>)>,
-    _remote: Vec<Proc>,
+    remote: Vec<(Endpoint, Proc)>,
     _echos: [Proc; 2],
     log: String,
+    client_ip: Ipv4Addr,
     cp: Cluster,
 }
 
@@ -196,8 +208,9 @@ impl Bed {
         );
         let gateway = multinet::spawn_gateway(&cp, &dir, &log, block.ip(GATEWAY), "net-b").await?;
         let mut remote_agents = Vec::new();
-        for e in &remote {
-            remote_agents.push(e.spawn_agent(&cp, &dir, &log).await?);
+        for e in remote {
+            let p = e.spawn_agent(&cp, &dir, &log).await?;
+            remote_agents.push((e, p));
         }
         let mut local_agents = Vec::new();
         for e in local {
@@ -211,9 +224,10 @@ impl Bed {
             client,
             gateway,
             local: local_agents,
-            _remote: remote_agents,
+            remote: remote_agents,
             _echos: [echo_a, echo_b],
             log,
+            client_ip: block.ip(CLIENT),
             cp,
         })
     }
@@ -246,7 +260,17 @@ impl Bed {
         )
     }
 
-    async fn trial(&mut self, from: Instant) -> anyhow::Result<Trial> {
+    async fn trial(&mut self, from: Instant, warm: bool) -> anyhow::Result<Trial> {
+        if !warm {
+            // While traffic stays on cluster-1: the client agent's pooled
+            // connections through the gateway break with them.
+            for (e, p) in &mut self.remote {
+                p.kill();
+                *p = e
+                    .spawn_agent(&self.cp, self.cp.root.path(), &self.log)
+                    .await?;
+            }
+        }
         self.settle(from, Outcome::Local).await?;
         let kill = Instant::now();
         for (_, p) in &mut self.local {
@@ -274,7 +298,25 @@ impl Bed {
             );
         }
         let ready = Instant::now();
-        let back = self.settle(ready, Outcome::Local).await?;
+        self.settle(ready, Outcome::Local).await?;
+        // One endpoint in service takes all of cluster-1's traffic: wait
+        // for the other too, or the next kill finds it ejected still, and
+        // it comes back (dead) in the middle of that failover.
+        let admin = SocketAddr::new(self.client_ip.into(), 15000);
+        let back = wait_for(
+            SETTLE_TIMEOUT,
+            "every endpoint back in service",
+            || async move {
+                let mut c = Client::new(admin);
+                let (_, body) = c.get("/clusters").await.ok()?;
+                let clusters = String::from_utf8_lossy(&body);
+                let ejected = clusters
+                    .lines()
+                    .any(|l| l.contains(HOST) && l.ends_with("failed_outlier_check"));
+                (!ejected).then(Instant::now)
+            },
+        )
+        .await?;
         trial.recovery = back.saturating_duration_since(ready);
         Ok(trial)
     }
@@ -287,7 +329,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut trials = Vec::new();
     let mut from = Instant::now();
     for i in 1..=args.trials {
-        let t = bed.trial(from).await?;
+        let t = bed.trial(from, args.warm).await?;
         eprintln!(
             "trial {i} of {}: failover {}, kill -> all on cluster-2 {}, {} failed requests, recovery {}",
             args.trials,
@@ -304,6 +346,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         local: args.local,
         remote: args.remote,
         retries: !args.no_retries,
+        warm: args.warm,
     };
     println!("{}", report::render(&setup, &trials));
     Ok(())
@@ -326,7 +369,7 @@ mod tests {
             (args.trials, args.rate, args.local, args.remote),
             (20, 200, 2, 2)
         );
-        assert!(!args.no_retries);
+        assert!(!args.no_retries && !args.warm);
         assert!(args.validate().is_ok());
         for (flag, value) in [
             ("--trials", "0"),

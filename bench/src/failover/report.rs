@@ -23,7 +23,8 @@ pub struct Trial {
     pub from_kill: Duration,
     /// Requests that failed.
     pub failed: usize,
-    /// From cluster-1's agents ready again to all traffic back there.
+    /// From cluster-1's agents ready again to all traffic back there and
+    /// every endpoint in service.
     pub recovery: Duration,
 }
 
@@ -62,6 +63,8 @@ pub struct Setup {
     pub local: usize,
     pub remote: usize,
     pub retries: bool,
+    /// The client agent's connections to cluster-2 kept between trials.
+    pub warm: bool,
 }
 
 pub fn render(setup: &Setup, trials: &[Trial]) -> String {
@@ -69,7 +72,7 @@ pub fn render(setup: &Setup, trials: &[Trial]) -> String {
     let mut out = format!(
         "== Failover: every cluster-1 endpoint killed -> all traffic on cluster-2 (through its gateway) ==\n\
          {} rps through the client agent; {} endpoints in cluster-1, {} in cluster-2; \
-         outlier detection and locality failover; {}; {} trials; {cores} cores\n\n",
+         outlier detection and locality failover; {}; connections to cluster-2 {}; {} trials; {cores} cores\n\n",
         setup.rate,
         setup.local,
         setup.remote,
@@ -77,6 +80,11 @@ pub fn render(setup: &Setup, trials: &[Trial]) -> String {
             "the agent's default retries"
         } else {
             "no retries"
+        },
+        if setup.warm {
+            "kept from the trial before (--warm)"
+        } else {
+            "opened anew in each trial"
         },
         trials.len(),
     );
@@ -107,7 +115,7 @@ pub fn render(setup: &Setup, trials: &[Trial]) -> String {
             String::new(),
         ),
         (
-            "recovery: cluster-1 ready -> all back on it",
+            "recovery: cluster-1 ready -> all back, none ejected",
             sorted(|t| t.recovery),
             String::new(),
         ),
@@ -205,6 +213,7 @@ mod tests {
             local: 2,
             remote: 2,
             retries: true,
+            warm: false,
         };
         let ok: Vec<Trial> = (1..=20).map(|i| trial(i * 10, i as usize % 3)).collect();
         let r = render(&setup, &ok);
