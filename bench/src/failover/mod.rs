@@ -31,7 +31,7 @@ use anyhow::{bail, Context};
 use trellis_e2e::loopback::Block;
 use trellis_e2e::{wait_for, Cluster, Proc};
 
-use self::load::{settled, Load, Outcome, REQUEST_TIMEOUT};
+use self::load::{settled, Load, Outcome, Record, REQUEST_TIMEOUT};
 use self::report::{Setup, Trial};
 use crate::flags::{AgentLog, Build};
 use crate::multinet::{self, Endpoint, Place, HOST, NET_A, NET_B};
@@ -58,6 +58,9 @@ const GATEWAY: u8 = 30;
 const MAX_ENDPOINTS: usize = 9;
 /// How long traffic must stay on one cluster to count as settled there.
 const SETTLED: Duration = Duration::from_secs(1);
+/// Times traffic may seem settled on cluster-2 and then have a request
+/// fail late (answered after the check) before the run fails.
+const SETTLE_ATTEMPTS: usize = 5;
 /// How long traffic may take to settle before the run fails.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -252,6 +255,32 @@ impl Bed {
         }
     }
 
+    /// The requests from [`SETTLED`] before the kill until traffic has
+    /// settled on cluster-2, every one of them answered or failed.
+    async fn settled_on_remote(&self, kill: Instant) -> anyhow::Result<Vec<Record>> {
+        for _ in 0..SETTLE_ATTEMPTS {
+            self.settle(kill, Outcome::Remote).await?;
+            // Every request scheduled by now is answered or failed after
+            // the request timeout; one that failed late means traffic had
+            // not settled yet after all.
+            let until = Instant::now();
+            tokio::time::sleep(REQUEST_TIMEOUT).await;
+            let records: Vec<Record> = self
+                .load
+                .since(kill - SETTLED)
+                .into_iter()
+                .filter(|r| r.sent < until)
+                .collect();
+            if settled(&records, Outcome::Remote, SETTLED).is_some() {
+                return Ok(records);
+            }
+        }
+        bail!(
+            "traffic did not stay on cluster-2 after {SETTLE_ATTEMPTS} tries\n{}",
+            self.logs()
+        )
+    }
+
     fn logs(&self) -> String {
         format!(
             "--- client agent ---\n{}\n--- gateway ---\n{}",
@@ -278,17 +307,7 @@ impl Bed {
                 p.kill();
             }
         }
-        self.settle(kill, Outcome::Remote).await?;
-        // Every request scheduled before the settled run's last one is
-        // answered (or failed) by now.
-        let until = Instant::now();
-        tokio::time::sleep(REQUEST_TIMEOUT).await;
-        let records: Vec<_> = self
-            .load
-            .since(kill - SETTLED)
-            .into_iter()
-            .filter(|r| r.sent < until)
-            .collect();
+        let records = self.settled_on_remote(kill).await?;
         let mut trial = report::failover(&records, kill)?;
 
         for (e, p) in &mut self.local {
