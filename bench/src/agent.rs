@@ -9,6 +9,9 @@ use std::process::Command;
 use anyhow::Context;
 use trellis_e2e::{bin, remove_env_prefixed, Cluster, Proc};
 
+/// The ports an agent listens on, at its address.
+pub const PORTS: [u16; 4] = [15000, 15001, 15006, 15020];
+
 /// Where the agent of `side` keeps its data in `dir`.
 pub fn data_dir(dir: &Path, side: &str) -> PathBuf {
     dir.join(format!("{side}-agent"))

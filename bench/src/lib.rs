@@ -31,11 +31,20 @@
 //!   connections per second, a 1 GB transfer, the gateway's CPU per
 //!   connection and per GB and its peak RSS.
 //!
+//! - `propagation/`: from a workload becoming ready in one network to the
+//!   first successful request to it from another, through that network's
+//!   east-west gateway, with 1,000 simulated agents (`push`'s) streaming.
+//! - `failover/`: every endpoint of the client's cluster killed under a
+//!   steady load: the time until all traffic is on the other cluster,
+//!   through its gateway (outlier detection and locality failover).
+//!
 //! A new suite is a folder beside them with a variant of [`Command`].
 //!
 //! What the suites share is at the top: `flags` (the flags two or more
 //! suites take), `bins` (the Trellis binaries beside this one, built
-//! first), `agent` (one `trellis-agent` of a test bed), `net` (loopback
+//! first), `agent` (one `trellis-agent` of a test bed), `gateway` (one
+//! `trellis-eastwest`), `multinet` (the two-network bed of `propagation`
+//! and `failover`), `net` (loopback
 //! addresses and HTTP/1.1 probes), `process` (the memory and CPU time of
 //! the processes, which run under `trellis_e2e::Proc` and die with their
 //! guard), `machine` (CPU taken by the hypervisor meanwhile), `pace` (fixed
@@ -48,11 +57,15 @@ mod bins;
 mod controlplane;
 mod dns;
 mod eastwest;
+mod failover;
 mod flags;
+mod gateway;
 mod machine;
+mod multinet;
 mod net;
 mod pace;
 mod process;
+mod propagation;
 mod proxy;
 mod push;
 mod report;
@@ -94,6 +107,15 @@ pub enum Command {
     /// gateway: added latency, new connections/s, a 1 GB transfer, the
     /// gateway's CPU per connection and per GB, and its peak RSS.
     Eastwest(eastwest::Args),
+    /// A workload made ready in network B -> the first successful request
+    /// to it from network A through B's gateway, with 1,000 simulated
+    /// agents streaming: p50/p99 over many trials, and the split
+    /// (commit, push, first success).
+    Propagation(propagation::Args),
+    /// Every endpoint of the client's cluster killed under a steady load
+    /// -> all traffic on the other cluster through its gateway: p50/p99
+    /// over many trials, failed requests per trial, recovery.
+    Failover(failover::Args),
     /// A null TCP relay, the floor of `proxy` (which starts two): copies
     /// bytes between each accepted connection and one to its target.
     Relay(proxy::relay::Args),
@@ -110,6 +132,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Command::Push(args) => push::run(args).await,
             Command::Dns(args) => dns::run(args).await,
             Command::Eastwest(args) => eastwest::run(args).await,
+            Command::Propagation(args) => propagation::run(args).await,
+            Command::Failover(args) => failover::run(args).await,
             Command::Relay(args) => proxy::relay::serve(args).await,
         }
     };

@@ -1,6 +1,7 @@
 //! The loopback plumbing of the test beds: fixed addresses checked free
 //! before use, and HTTP/1.1 requests to see whether a process is ready
-//! (an agent's or an Envoy's admin `/ready`) or a path answers.
+//! (an agent's or an Envoy's admin `/ready`) or a path answers, and a
+//! keep-alive client of the loads.
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -79,4 +80,40 @@ pub async fn http1_get(
     // Read to the end, or the connection cannot take the next request.
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, body))
+}
+
+/// A keep-alive HTTP/1.1 client of one address that connects again after
+/// a failed request.
+pub struct Client {
+    addr: SocketAddr,
+    conn: Option<SendRequest<Empty<Bytes>>>,
+}
+
+impl Client {
+    /// Connects on its first request.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, conn: None }
+    }
+
+    /// Connected now, so that a target that is not there fails here.
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        Ok(Self {
+            addr,
+            conn: Some(http1_connect(addr).await?),
+        })
+    }
+
+    /// `GET path`: the status and body.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+        let mut sender = match self.conn.take() {
+            Some(s) => s,
+            None => http1_connect(self.addr).await?,
+        };
+        let r = http1_get(&mut sender, path)
+            .await
+            .with_context(|| format!("GET http://{}{path}", self.addr))?;
+        // Kept only if it carried this request: a broken one is replaced.
+        self.conn = Some(sender);
+        Ok(r)
+    }
 }

@@ -1,13 +1,12 @@
 //! What every suite's report shares: percentiles of latency samples and
 //! when a run is flagged for the CPU the hypervisor took during it.
-use std::time::Duration;
 
 /// Share of the CPU the hypervisor may take during a load before the run
 /// is flagged as not comparable, percent.
 pub const STEAL_WARN_PERCENT: f64 = 5.0;
 
 /// Nearest-rank percentile of sorted samples.
-pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     if sorted.is_empty() {
         return None;
     }
@@ -17,6 +16,8 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn ms(v: &[u64]) -> Vec<Duration> {
@@ -33,6 +34,7 @@ mod tests {
         let few = ms(&[3, 7, 9]);
         assert_eq!(percentile(&few, 50.0), Some(Duration::from_millis(7)));
         assert_eq!(percentile(&few, 99.0), Some(Duration::from_millis(9)));
-        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile::<Duration>(&[], 50.0), None);
+        assert_eq!(percentile(&[0, 1, 1, 4], 50.0), Some(1));
     }
 }

@@ -29,24 +29,24 @@ mod report;
 mod sink;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use trellis_e2e::loopback::Block;
-use trellis_e2e::{bin, free_port, remove_env_prefixed, wait_for, Cluster, Proc};
+use trellis_e2e::{bin, free_port, wait_for, Cluster, Proc};
 
 use self::report::{Measured, Setup};
 use self::sink::Carried;
-use crate::agent;
 use crate::flags::{AgentLog, Build, Phases};
 use crate::net::{http1_connect, http1_get, wait_http_ok};
 use crate::pace::Pace;
 use crate::process::{status_kib, tail};
 use crate::proxy::envoy::{admin, stat, version as envoy_version};
 use crate::proxy::load::{self, Phase, PhaseResult, Protocol, HTTP_PATH};
+use crate::{agent, gateway};
 
 /// How long the control plane may take to send every path to the client.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,12 +68,6 @@ const GATEWAY: u8 = 30;
 const ENVOY: u8 = 50;
 /// The idle `trellis-eastwest` that registers Envoy as net-c's gateway.
 const REGISTRAR: u8 = 51;
-/// The gateway port, Istio's.
-const GATEWAY_PORT: u16 = 15443;
-/// The ports an agent listens on, at its address.
-const AGENT_PORTS: [u16; 4] = [15000, 15001, 15006, 15020];
-/// The ports a `trellis-eastwest` listens on, at its address.
-const GATEWAY_PORTS: [u16; 4] = [GATEWAY_PORT, 15000, 15020, 15021];
 
 #[derive(clap::Args)]
 // A round is shorter than another suite's phase: a shorter warm-up.
@@ -261,12 +255,12 @@ impl Bed {
         for s in SYSTEMS {
             let (http, tcp) = s.upstream_ports();
             listeners.extend([(CLIENT, http), (CLIENT, tcp)]);
-            listeners.extend(AGENT_PORTS.map(|p| (s.network().1, p)));
+            listeners.extend(agent::PORTS.map(|p| (s.network().1, p)));
         }
-        listeners.extend(AGENT_PORTS.map(|p| (CLIENT, p)));
-        listeners.extend(GATEWAY_PORTS.map(|p| (GATEWAY, p)));
-        listeners.extend(GATEWAY_PORTS.map(|p| (REGISTRAR, p)));
-        listeners.extend([(ENVOY, GATEWAY_PORT), (ENVOY, 15000)]);
+        listeners.extend(agent::PORTS.map(|p| (CLIENT, p)));
+        listeners.extend(gateway::PORTS.map(|p| (GATEWAY, p)));
+        listeners.extend(gateway::PORTS.map(|p| (REGISTRAR, p)));
+        listeners.extend([(ENVOY, gateway::PORT), (ENVOY, 15000)]);
         let block = Block::take(SERIES, &listeners)?;
         let ip = |h: u8| block.ip(h).to_string();
 
@@ -304,7 +298,7 @@ impl Bed {
         }
         eprintln!("Trellis: starting net-b's gateway ...");
         let t = cp.token(&["--kind", "gateway", "--network", "net-b"])?;
-        let gateway = spawn_gateway(&dir, "gateway-net-b", &t, block.ip(GATEWAY), None, log)?;
+        let gateway = gateway::spawn(&dir, "gateway-net-b", &t, block.ip(GATEWAY), None, log)?;
         eprintln!("Envoy: starting net-c's gateway ...");
         let (_, c_host) = System::Envoy.network();
         let (c_http, c_tcp) = (app.http, app.tcp);
@@ -313,7 +307,7 @@ impl Bed {
             &dir,
             &envoy::Passthrough {
                 listen_ip: &ip(ENVOY),
-                listen_port: GATEWAY_PORT,
+                listen_port: gateway::PORT,
                 host: &System::Envoy.host(),
                 ports: &[c_http, c_tcp],
                 endpoint: (&ip(c_host), 15006),
@@ -321,8 +315,8 @@ impl Bed {
         )
         .await?;
         let t = cp.token(&["--kind", "gateway", "--network", "net-c"])?;
-        let envoy_addr = SocketAddr::from((block.ip(ENVOY), GATEWAY_PORT));
-        let registrar = spawn_gateway(
+        let envoy_addr = SocketAddr::from((block.ip(ENVOY), gateway::PORT));
+        let registrar = gateway::spawn(
             &dir,
             "registrar-net-c",
             &t,
@@ -460,9 +454,12 @@ impl Bed {
             ),
             (
                 System::Trellis,
-                format!("{}:{GATEWAY_PORT}", self.ip(GATEWAY)),
+                format!("{}:{}", self.ip(GATEWAY), gateway::PORT),
             ),
-            (System::Envoy, format!("{}:{GATEWAY_PORT}", self.ip(ENVOY))),
+            (
+                System::Envoy,
+                format!("{}:{}", self.ip(ENVOY), gateway::PORT),
+            ),
         ] {
             let host = format!("|{}", system.host());
             let sent = clusters
@@ -519,33 +516,6 @@ async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 async fn check_path(http: SocketAddr, tcp: SocketAddr) -> anyhow::Result<()> {
     get(http, HTTP_PATH).await?;
     sink::transfer(tcp, 1000, None).await.map(drop)
-}
-
-/// A `trellis-eastwest` on `ip` with gateway token `token`, advertising
-/// `advertise` (else its listener), one worker and no access log, as the
-/// Envoy it is compared with.
-fn spawn_gateway(
-    dir: &Path,
-    name: &str,
-    token: &str,
-    ip: Ipv4Addr,
-    advertise: Option<SocketAddr>,
-    log: &str,
-) -> anyhow::Result<Proc> {
-    let mut cmd = Command::new(bin("trellis-eastwest"));
-    cmd.args(["--token", token, "--data-dir"])
-        .arg(dir.join(name))
-        .args(["--listen", &format!("{ip}:{GATEWAY_PORT}")])
-        .args(["--health", &format!("{ip}:15021")])
-        .args(["--metrics", &format!("{ip}:15020")])
-        .args(["--admin", &format!("{ip}:15000")])
-        .args(["--concurrency", "1", "--access-log", "false"]);
-    if let Some(a) = advertise {
-        cmd.args(["--advertise", &a.to_string()]);
-    }
-    remove_env_prefixed(&mut cmd, "TRELLIS_");
-    cmd.env("TRELLIS_LOG", log);
-    Proc::spawn(name, &mut cmd, &dir.join(format!("{name}.log")))
 }
 
 /// The order of a load's rounds: round by round, each path in turn.

@@ -18,9 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use http_body_util::Empty;
-use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
 use hyper::StatusCode;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
@@ -29,7 +26,7 @@ use trellis_echo::v1::echo_client::EchoClient;
 use trellis_echo::v1::EchoRequest;
 
 use crate::machine::{CpuShare, CpuTimes};
-use crate::net::{http1_connect, http1_get};
+use crate::net;
 use crate::pace::Pace;
 use crate::process::Usage;
 
@@ -164,10 +161,7 @@ struct Window {
 /// A client of one worker: its own HTTP/1.1 connection, or a handle on a
 /// shared HTTP/2 connection.
 enum Client {
-    Http1 {
-        addr: SocketAddr,
-        conn: Option<SendRequest<Empty<Bytes>>>,
-    },
+    Http1(net::Client),
     Grpc(EchoClient<Channel>),
 }
 
@@ -175,28 +169,11 @@ impl Client {
     /// One request; `Err` says what went wrong.
     async fn call(&mut self) -> Result<(), String> {
         match self {
-            Client::Http1 { addr, conn } => {
-                let mut sender = match conn.take() {
-                    Some(s) => s,
-                    None => http1_connect(*addr).await.map_err(|e| format!("{e:#}"))?,
-                };
-                let status = http1_get(&mut sender, HTTP_PATH)
-                    .await
-                    .map(|(status, _)| status);
-                match status {
-                    // Kept for the next request only if it served this one:
-                    // a failed connection is replaced.
-                    Ok(StatusCode::OK) => {
-                        *conn = Some(sender);
-                        Ok(())
-                    }
-                    Ok(s) => {
-                        *conn = Some(sender);
-                        Err(format!("HTTP status {s}"))
-                    }
-                    Err(e) => Err(format!("{e:#}")),
-                }
-            }
+            Client::Http1(c) => match c.get(HTTP_PATH).await {
+                Ok((StatusCode::OK, _)) => Ok(()),
+                Ok((s, _)) => Err(format!("HTTP status {s}")),
+                Err(e) => Err(format!("{e:#}")),
+            },
             Client::Grpc(c) => c
                 .echo(EchoRequest {
                     message: "ping".into(),
@@ -262,8 +239,7 @@ async fn connect(addr: SocketAddr, phase: &Phase) -> anyhow::Result<Vec<Client>>
     match phase.protocol {
         Protocol::Http1 => {
             for _ in 0..phase.connections {
-                let conn = Some(http1_connect(addr).await?);
-                clients.push(Client::Http1 { addr, conn });
+                clients.push(Client::Http1(net::Client::connect(addr).await?));
             }
         }
         Protocol::Grpc => {
@@ -282,7 +258,7 @@ async fn connect(addr: SocketAddr, phase: &Phase) -> anyhow::Result<Vec<Client>>
 /// The schedule: from `start`, one instant every 1/`rate` s until `until`,
 /// each sent into the returned queue when it comes (from a thread of its
 /// own, which sleeps with the OS's high-resolution timer).
-fn pace(rate: u32, start: Instant, until: Instant) -> mpsc::UnboundedReceiver<Instant> {
+pub(crate) fn pace(rate: u32, start: Instant, until: Instant) -> mpsc::UnboundedReceiver<Instant> {
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for i in 0u64.. {

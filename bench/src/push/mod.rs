@@ -20,12 +20,14 @@
 //!   again, and the time until the last one has it is reported beside it
 //!   (that is mostly moving 250 MB over TLS on this one machine: views are
 //!   computed once per Sidecar scope and shared).
-mod sim;
+pub(crate) mod sim;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tonic::transport::Channel;
+use trellis_api::v1::admin_client::AdminClient;
 use trellis_api::v1::{ApplyConfigRequest, ConfigSource};
 use trellis_e2e::Cluster;
 
@@ -115,13 +117,25 @@ fn ms(d: Duration) -> String {
 }
 
 /// Applies `yaml` through node 1; the commit index.
-async fn apply(c: &Cluster, yaml: String) -> anyhow::Result<u64> {
-    let mut a = c
-        .admin(1)
+pub(crate) async fn apply(c: &Cluster, yaml: String) -> anyhow::Result<u64> {
+    apply_on(&mut admin(c).await?, yaml).await
+}
+
+/// An admin client of node 1 that takes messages as large as the scale
+/// run's.
+pub(crate) async fn admin(c: &Cluster) -> anyhow::Result<AdminClient<Channel>> {
+    Ok(c.admin(1)
         .await?
         .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(256 << 20);
-    let r = a
+        .max_encoding_message_size(256 << 20))
+}
+
+/// Applies `yaml` through `admin`, connected already; the commit index.
+pub(crate) async fn apply_on(
+    admin: &mut AdminClient<Channel>,
+    yaml: String,
+) -> anyhow::Result<u64> {
+    let r = admin
         .apply_config(ApplyConfigRequest {
             sources: vec![ConfigSource {
                 name: "bench".into(),
@@ -152,7 +166,7 @@ spec:
 }
 
 /// `services` ServiceEntries in `ns` with `per` WorkloadEntries each.
-fn services(ns: &str, n: usize, services: usize, per: usize) -> String {
+pub(crate) fn services(ns: &str, n: usize, services: usize, per: usize) -> String {
     let mut y = String::new();
     for s in 0..services {
         let _ = write!(
@@ -208,15 +222,13 @@ fn channels(
         .collect()
 }
 
-/// One propagation run; every delay of every round, sorted.
-async fn propagation(n: usize, rounds: usize) -> anyhow::Result<Vec<Duration>> {
-    eprintln!("propagation, {n} agents: starting a 3-node control plane ...");
-    let c = Cluster::start(3, &[]).await?;
-    let base = apply(
-        &c,
-        services("default", 0, 100, 10) + &vs("default", "svc-0", 0),
-    )
-    .await?;
+/// `n` simulated agents in `default`, `sim-0` to `sim-N`, streaming from
+/// the nodes of `c` in turn, agent `i` on network `network(i)`.
+pub(crate) async fn fleet(
+    c: &Cluster,
+    n: usize,
+    network: impl Fn(usize) -> String,
+) -> anyhow::Result<Fleet> {
     let token = c.token(&["--kind", "vm", "--identity", "default/bench"])?;
     let tls = workload_tls(&token, &c.root.path().join("sim-default")).await?;
     let addrs: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
@@ -229,11 +241,24 @@ async fn propagation(n: usize, rounds: usize) -> anyhow::Result<Vec<Duration>> {
         .map(|i| Agent {
             name: format!("sim-{i}"),
             namespace: "default".into(),
+            network: network(i),
             channel: chans[i % chans.len()].clone(),
         })
         .collect();
+    Ok(Fleet::start(agents))
+}
+
+/// One propagation run; every delay of every round, sorted.
+async fn propagation(n: usize, rounds: usize) -> anyhow::Result<Vec<Duration>> {
+    eprintln!("propagation, {n} agents: starting a 3-node control plane ...");
+    let c = Cluster::start(3, &[]).await?;
+    let base = apply(
+        &c,
+        services("default", 0, 100, 10) + &vs("default", "svc-0", 0),
+    )
+    .await?;
     let started = Instant::now();
-    let fleet = Fleet::start(agents);
+    let fleet = fleet(&c, n, |_| String::new()).await?;
     fleet
         .wait(fleet.all(), base, started, Duration::from_secs(120))
         .await?;
@@ -294,6 +319,7 @@ spec:
             agents.push(Agent {
                 name: format!("sim-{a}"),
                 namespace: ns.clone(),
+                network: String::new(),
                 channel: ch.clone(),
             });
         }

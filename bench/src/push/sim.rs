@@ -73,6 +73,8 @@ pub async fn workload_tls(
 pub struct Agent {
     pub name: String,
     pub namespace: String,
+    /// Its `topology.istio.io/network`; empty: its node's.
+    pub network: String,
     pub channel: Channel,
 }
 
@@ -173,6 +175,7 @@ async fn stream(a: &Agent, seen: &Mutex<Seen>) -> anyhow::Result<()> {
         node: Some(ProxyNode {
             name: a.name.clone(),
             namespace: a.namespace.clone(),
+            network: a.network.clone(),
             ..Default::default()
         }),
         ..Default::default()
