@@ -129,7 +129,10 @@ impl Gateway {
         let mut log = TcpLog::start(conn, remote, pick.cluster.name.to_string());
         log.upstream = Some(endpoint.addr);
         endpoint.state.active.fetch_add(1, Ordering::Relaxed);
-        telemetry::splice(&self.telemetry, log, tcp, upstream, self.timeouts).await;
+        // Both ends are plain TCP (the TLS inside is the agents'): the
+        // bytes move socket to socket in the kernel.
+        let spliced = splice::run_tcp(tcp, upstream, self.timeouts);
+        telemetry::report_tcp(&self.telemetry, log, spliced).await;
         endpoint.state.active.fetch_sub(1, Ordering::Relaxed);
     }
 

@@ -62,6 +62,9 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
     if advertise.is_empty() {
         return Err(StartError::NoAdvertise(opts.listen));
     }
+    // Six descriptors per connection: two sockets, two pipes.
+    let files = listen::raise_open_files(u64::from(opts.max_connections) * 6 + 1024);
+    tracing::debug!(files, "open-files limit");
     let (loaded, tls, network) = certificate(&opts).await?;
     let control_plane = if opts.control_plane.is_empty() {
         loaded.control_plane.clone()

@@ -160,6 +160,31 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Raises this process's soft limit of open files to its hard limit (or
+/// to `wanted`, if lower), for a proxy that holds several descriptors per
+/// connection (two sockets, and the gateway's two pipes); the soft limit
+/// is often 1,024. The limit it has afterwards.
+pub fn raise_open_files(wanted: u64) -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let now = getrlimit(Resource::Nofile);
+    let soft = now.current.unwrap_or(u64::MAX);
+    let target = now.maximum.unwrap_or(u64::MAX).min(wanted);
+    if soft >= target {
+        return soft;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(target),
+        maximum: now.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => target,
+        Err(e) => {
+            tracing::warn!(error = %e, soft, "raising the open-files limit");
+            soft
+        }
+    }
+}
+
 /// Whether the host has IPv6: its loopback address can be bound.
 pub fn host_has_ipv6() -> bool {
     std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()

@@ -427,7 +427,22 @@ pub async fn splice<D, U>(
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    report_tcp(
+        telemetry,
+        log,
+        transport_splice::run(downstream, upstream, timeouts),
+    )
+    .await;
+}
+
+/// Reports the connection as `log` when it opens and when `spliced`, the
+/// splice that carries it, ends.
+pub async fn report_tcp(
+    telemetry: &Telemetry,
+    log: TcpLog,
+    spliced: impl std::future::Future<Output = Spliced>,
+) {
     telemetry.tcp_opened(&log);
-    let Spliced { sent, received } = transport_splice::run(downstream, upstream, timeouts).await;
+    let Spliced { sent, received } = spliced.await;
     telemetry.tcp_closed(&log, sent, received);
 }
