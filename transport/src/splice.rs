@@ -84,10 +84,7 @@ pub async fn run_tcp(downstream: TcpStream, upstream: TcpStream, timeouts: Timeo
     };
     let start = Instant::now();
     let last = AtomicU64::new(0);
-    let moved = Moved {
-        start,
-        last: &last,
-    };
+    let moved = Moved { start, last: &last };
     let (received, sent) = (AtomicU64::new(0), AtomicU64::new(0));
     let both = async {
         tokio::try_join!(
@@ -199,7 +196,12 @@ async fn pump(
             from.readable().await?;
             match from.try_io(Interest::READABLE, || {
                 Ok(rustix::pipe::splice(
-                    from, None, &pipe.write, None, pipe.size, flags,
+                    from,
+                    None,
+                    &pipe.write,
+                    None,
+                    pipe.size,
+                    flags,
                 )?)
             }) {
                 Ok(n) => break n,
