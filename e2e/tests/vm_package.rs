@@ -1,0 +1,177 @@
+//! The trellis-agent .deb on a booted Debian 12 (systemd as PID 1, under
+//! systemd-nspawn, in a network namespace on a test bridge) with a real
+//! control plane on the host: install, a VM token in
+//! /etc/trellis/agent.env, `systemctl start` reaches `active` through
+//! `Type=notify`, the agent runs as `trellis` and captures; `systemctl
+//! stop` removes the rules, and so does a crash (ExecStopPost, then
+//! Restart=on-failure); purge leaves no rule, file or user behind.
+//! The package is built from the debug binaries (`packaging/build-deb.sh
+//! --dev --no-build`). Skipped where namespaces or systemd-nspawn are
+//! missing; the root filesystem is made (debootstrap) when not cached.
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use trellis_e2e::mesh::MeshEnv;
+use trellis_e2e::vm::{self, Vm};
+use trellis_e2e::{profile_dir, wait_for_blocking};
+
+/// Builds the packages from the binaries the harness built into `out`.
+fn build_debs(out: &Path) -> anyhow::Result<()> {
+    let profile = profile_dir()?;
+    let target = profile.parent().context("target dir")?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build-deb.sh");
+    let mut cmd = Command::new(&script);
+    if profile.file_name().is_some_and(|p| p == "debug") {
+        cmd.arg("--dev");
+    }
+    let built = cmd
+        .arg("--no-build")
+        .arg(out)
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !built.status.success() {
+        bail!(
+            "build-deb.sh failed: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The unit's properties, `KEY=VALUE` lines.
+fn show(vm: &Vm) -> anyhow::Result<String> {
+    vm.sh("systemctl show -p ActiveState,SubState,NRestarts,Type,MainPID trellis-agent")
+}
+
+/// The end of the unit's journal, for failure messages.
+fn journal(vm: &Vm) -> String {
+    vm.sh("journalctl -u trellis-agent --no-pager -n 40")
+        .unwrap_or_else(|e| format!("{e:#}"))
+}
+
+/// The capture rules in force: iptables and ip6tables nat chains and
+/// nftables tables that name trellis.
+fn rules(vm: &Vm) -> anyhow::Result<String> {
+    vm.sh("iptables -t nat -S; ip6tables -t nat -S; nft list tables")
+        .map(|all| {
+            all.lines()
+                .filter(|l| l.to_lowercase().contains("trellis"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_deb_installs_starts_as_notify_stops_and_purges_clean() -> anyhow::Result<()> {
+    if let Some(why) = vm::unavailable() {
+        eprintln!("skipping: {why}");
+        return Ok(());
+    }
+    let mut env = MeshEnv::new("vmpkg").await?;
+    let host = env.host("vm")?;
+    let dir = env.cp.root.path().to_path_buf();
+    build_debs(&dir.join("debs"))?;
+    let name = format!(
+        "trellis-vm-{}-{}",
+        std::process::id(),
+        host.netns.rsplit('-').nth(1).unwrap_or_default()
+    );
+    let vm = Vm::boot(&name, &host.netns, &dir.join("vm-console.log"))?;
+
+    let deb = std::fs::read_dir(dir.join("debs"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("trellis-agent_"))
+        })
+        .context("no trellis-agent .deb built")?;
+    std::fs::copy(&deb, vm.path("/root/trellis-agent.deb"))?;
+    let installed = vm.sh("dpkg -i /root/trellis-agent.deb")?;
+    assert!(installed.contains("not enabled"), "{installed}");
+    assert!(vm
+        .sh("getent passwd trellis")?
+        .contains("/usr/sbin/nologin"));
+    let enabled = vm.sh("systemctl is-enabled trellis-agent || true")?;
+    assert_eq!(enabled.trim(), "disabled", "nothing enabled before a token");
+
+    let token = env
+        .cp
+        .token(&["--kind", "vm", "--identity", "default/vm"])?;
+    let env_file = vm.path("/etc/trellis/agent.env");
+    let mut settings = std::fs::read_to_string(&env_file)?;
+    settings += &format!("TRELLIS_TOKEN={token}\nTRELLIS_CAPTURE=iptables\n");
+    std::fs::write(&env_file, settings)?;
+
+    // Returns once the agent said READY=1 (Type=notify), or fails.
+    vm.sh("systemctl start trellis-agent")
+        .with_context(|| journal(&vm))?;
+    let props = show(&vm)?;
+    for want in [
+        "Type=notify",
+        "ActiveState=active",
+        "SubState=running",
+        "NRestarts=0",
+    ] {
+        assert!(props.contains(want), "{want}: {props}\n{}", journal(&vm));
+    }
+    let user = vm.sh("stat -c %U /proc/$(systemctl show -p MainPID --value trellis-agent)")?;
+    assert_eq!(user.trim(), "trellis", "{}", journal(&vm));
+    assert!(vm.path("/var/lib/trellis/agent/cert-chain.pem").exists());
+    let installed = rules(&vm)?;
+    assert!(
+        installed.contains("-A OUTPUT -p tcp -j TRELLIS_OUTPUT"),
+        "{installed}\n{}",
+        journal(&vm)
+    );
+    if let Ok(score) = vm.sh("systemd-analyze security trellis-agent --no-pager | tail -1") {
+        eprintln!("systemd-analyze security trellis-agent: {}", score.trim());
+    }
+
+    // A crash: ExecStopPost removes the rules, Restart=on-failure brings
+    // the agent back (from its state: the token was used), and it
+    // installs them again.
+    vm.sh("systemctl kill -s KILL trellis-agent")?;
+    // Between the crash and the restart (RestartSec=2s).
+    wait_for_blocking(
+        Duration::from_secs(10),
+        "the unit waiting to restart",
+        || {
+            show(&vm)
+                .ok()?
+                .contains("SubState=auto-restart")
+                .then_some(())
+        },
+    )
+    .with_context(|| journal(&vm))?;
+    let left = rules(&vm)?;
+    assert!(left.is_empty(), "left after a crash: {left}");
+    wait_for_blocking(Duration::from_secs(30), "the agent restarted", || {
+        let props = show(&vm).ok()?;
+        (props.contains("NRestarts=1") && props.contains("SubState=running")).then_some(())
+    })
+    .with_context(|| journal(&vm))?;
+    let log = journal(&vm);
+    assert!(
+        log.contains("trellis-agent.service: Main process exited, code=killed"),
+        "{log}"
+    );
+    assert!(!rules(&vm)?.is_empty(), "capture back after the restart");
+
+    vm.sh("systemctl stop trellis-agent")?;
+    let left = rules(&vm)?;
+    assert!(left.is_empty(), "left after stop: {left}");
+
+    vm.sh("dpkg --purge trellis-agent")?;
+    let left = rules(&vm)?;
+    assert!(left.is_empty(), "left after purge: {left}");
+    for path in ["/var/lib/trellis", "/etc/trellis", "/usr/bin/trellis-agent"] {
+        assert!(!vm.path(path).exists(), "{path} left after purge");
+    }
+    let user = vm.sh("getent passwd trellis");
+    assert!(user.is_err(), "user trellis left after purge: {user:?}");
+    Ok(())
+}
