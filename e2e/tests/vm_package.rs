@@ -4,7 +4,8 @@
 //! /etc/trellis/agent.env, `systemctl start` reaches `active` through
 //! `Type=notify`, the agent runs as `trellis` and captures; `systemctl
 //! stop` removes the rules, and so does a crash (ExecStopPost, then
-//! Restart=on-failure); purge leaves no rule, file or user behind.
+//! Restart=on-failure); purge leaves no rule, file or user behind. With
+//! iptables (its nf_tables and its legacy back end) and with nftables.
 //! The package is built from the debug binaries (`packaging/build-deb.sh
 //! --dev --no-build`). Skipped where namespaces or systemd-nspawn are
 //! missing; the root filesystem is made (debootstrap) when not cached.
@@ -64,13 +65,39 @@ fn rules(vm: &Vm) -> anyhow::Result<String> {
         })
 }
 
+/// How the VM's agent captures.
+#[derive(Clone, Copy)]
+enum Netfilter {
+    /// `iptables` of Debian 12: its nf_tables back end.
+    IptablesNft,
+    /// `iptables` switched to its legacy back end (`update-alternatives`),
+    /// which takes the lock `/run/xtables.lock`.
+    IptablesLegacy,
+    /// `TRELLIS_CAPTURE=nftables`.
+    Nftables,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_deb_installs_starts_as_notify_stops_and_purges_clean() -> anyhow::Result<()> {
+    package_lifecycle("vmpkg", Netfilter::IptablesNft).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_unit_captures_with_legacy_iptables_as_user_trellis() -> anyhow::Result<()> {
+    package_lifecycle("vmpkg-legacy", Netfilter::IptablesLegacy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_unit_captures_with_nftables() -> anyhow::Result<()> {
+    package_lifecycle("vmpkg-nft", Netfilter::Nftables).await
+}
+
+async fn package_lifecycle(label: &str, netfilter: Netfilter) -> anyhow::Result<()> {
     if let Some(why) = vm::unavailable() {
         eprintln!("skipping: {why}");
         return Ok(());
     }
-    let mut env = MeshEnv::new("vmpkg").await?;
+    let mut env = MeshEnv::new(label).await?;
     let host = env.host("vm")?;
     let dir = env.cp.root.path().to_path_buf();
     build_debs(&dir.join("debs"))?;
@@ -103,7 +130,18 @@ async fn the_agent_deb_installs_starts_as_notify_stops_and_purges_clean() -> any
         .token(&["--kind", "vm", "--identity", "default/vm"])?;
     let env_file = vm.path("/etc/trellis/agent.env");
     let mut settings = std::fs::read_to_string(&env_file)?;
-    settings += &format!("TRELLIS_TOKEN={token}\nTRELLIS_CAPTURE=iptables\n");
+    let capture = match netfilter {
+        Netfilter::IptablesNft => "iptables",
+        Netfilter::IptablesLegacy => {
+            vm.sh(
+                "update-alternatives --set iptables /usr/sbin/iptables-legacy \
+                   && update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy",
+            )?;
+            "iptables"
+        }
+        Netfilter::Nftables => "nftables",
+    };
+    settings += &format!("TRELLIS_TOKEN={token}\nTRELLIS_CAPTURE={capture}\n");
     std::fs::write(&env_file, settings)?;
 
     // Returns once the agent said READY=1 (Type=notify), or fails.
@@ -122,11 +160,11 @@ async fn the_agent_deb_installs_starts_as_notify_stops_and_purges_clean() -> any
     assert_eq!(user.trim(), "trellis", "{}", journal(&vm));
     assert!(vm.path("/var/lib/trellis/agent/cert-chain.pem").exists());
     let installed = rules(&vm)?;
-    assert!(
-        installed.contains("-A OUTPUT -p tcp -j TRELLIS_OUTPUT"),
-        "{installed}\n{}",
-        journal(&vm)
-    );
+    let want = match netfilter {
+        Netfilter::IptablesNft | Netfilter::IptablesLegacy => "-A OUTPUT -p tcp -j TRELLIS_OUTPUT",
+        Netfilter::Nftables => "table inet trellis",
+    };
+    assert!(installed.contains(want), "{installed}\n{}", journal(&vm));
     if let Ok(score) = vm.sh("systemd-analyze security trellis-agent --no-pager | tail -1") {
         eprintln!("systemd-analyze security trellis-agent: {}", score.trim());
     }
