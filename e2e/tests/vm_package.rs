@@ -9,17 +9,28 @@
 //! The package is built from the debug binaries (`packaging/build-deb.sh
 //! --dev --no-build`). Skipped where namespaces or systemd-nspawn are
 //! missing; the root filesystem is made (debootstrap) when not cached.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use trellis_e2e::mesh::MeshEnv;
+use trellis_e2e::netns::Host;
 use trellis_e2e::vm::{self, Vm};
 use trellis_e2e::{profile_dir, wait_for_blocking};
 
-/// Builds the packages from the binaries the harness built into `out`.
-fn build_debs(out: &Path) -> anyhow::Result<()> {
+/// Builds the packages from the binaries the harness built, once per
+/// process (cargo-deb stages its files in the target directory: two
+/// builds at once would mix them); returns their directory,
+/// TARGET/debian.
+fn debs() -> anyhow::Result<&'static Path> {
+    static DEBS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = DEBS.get_or_init(|| build_debs().map_err(|e| format!("{e:#}")));
+    built.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn build_debs() -> anyhow::Result<PathBuf> {
     let profile = profile_dir()?;
     let target = profile.parent().context("target dir")?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build-deb.sh");
@@ -29,7 +40,6 @@ fn build_debs(out: &Path) -> anyhow::Result<()> {
     }
     let built = cmd
         .arg("--no-build")
-        .arg(out)
         .env("CARGO_TARGET_DIR", target)
         .output()
         .with_context(|| format!("running {}", script.display()))?;
@@ -39,7 +49,7 @@ fn build_debs(out: &Path) -> anyhow::Result<()> {
             String::from_utf8_lossy(&built.stderr)
         );
     }
-    Ok(())
+    Ok(target.join("debian"))
 }
 
 /// The unit's properties, `KEY=VALUE` lines.
@@ -92,32 +102,57 @@ async fn the_agent_unit_captures_with_nftables() -> anyhow::Result<()> {
     package_lifecycle("vmpkg-nft", Netfilter::Nftables).await
 }
 
-async fn package_lifecycle(label: &str, netfilter: Netfilter) -> anyhow::Result<()> {
-    if let Some(why) = vm::unavailable() {
-        eprintln!("skipping: {why}");
-        return Ok(());
-    }
-    let mut env = MeshEnv::new(label).await?;
-    let host = env.host("vm")?;
-    let dir = env.cp.root.path().to_path_buf();
-    build_debs(&dir.join("debs"))?;
-    let name = format!(
-        "trellis-vm-{}-{}",
-        std::process::id(),
-        host.netns.rsplit('-').nth(1).unwrap_or_default()
-    );
-    let vm = Vm::boot(&name, &host.netns, &dir.join("vm-console.log"))?;
+/// A control plane on a test network and a booted Debian on it, with the
+/// packages built. The VM goes first (field order is drop order).
+struct Booted {
+    vm: Vm,
+    host: Host,
+    env: MeshEnv,
+}
 
-    let deb = std::fs::read_dir(dir.join("debs"))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("trellis-agent_"))
-        })
-        .context("no trellis-agent .deb built")?;
-    std::fs::copy(&deb, vm.path("/root/trellis-agent.deb"))?;
-    let installed = vm.sh("dpkg -i /root/trellis-agent.deb")?;
+impl Booted {
+    /// `None` where namespaces or systemd-nspawn are missing.
+    async fn start(label: &str) -> anyhow::Result<Option<Booted>> {
+        if let Some(why) = vm::unavailable() {
+            eprintln!("skipping: {why}");
+            return Ok(None);
+        }
+        let mut env = MeshEnv::new(label).await?;
+        let host = env.host("vm")?;
+        let dir = env.cp.root.path().to_path_buf();
+        debs()?;
+        let name = format!(
+            "trellis-vm-{}-{}",
+            std::process::id(),
+            host.netns.rsplit('-').nth(1).unwrap_or_default()
+        );
+        let vm = Vm::boot(&name, &host.netns, &dir.join("vm-console.log"))?;
+        Ok(Some(Booted { vm, host, env }))
+    }
+
+    /// `dpkg -i` of `package`'s .deb in the VM; what it printed.
+    fn install(&self, package: &str) -> anyhow::Result<String> {
+        let prefix = format!("{package}_");
+        let deb = std::fs::read_dir(debs()?)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .with_context(|| format!("no {package} .deb built"))?;
+        let inside = format!("/root/{package}.deb");
+        std::fs::copy(&deb, self.vm.path(&inside))?;
+        self.vm.sh(&format!("dpkg -i {inside}"))
+    }
+}
+
+async fn package_lifecycle(label: &str, netfilter: Netfilter) -> anyhow::Result<()> {
+    let Some(booted) = Booted::start(label).await? else {
+        return Ok(());
+    };
+    let (vm, env) = (&booted.vm, &booted.env);
+    let installed = booted.install("trellis-agent")?;
     assert!(installed.contains("not enabled"), "{installed}");
     assert!(vm
         .sh("getent passwd trellis")?
@@ -146,25 +181,25 @@ async fn package_lifecycle(label: &str, netfilter: Netfilter) -> anyhow::Result<
 
     // Returns once the agent said READY=1 (Type=notify), or fails.
     vm.sh("systemctl start trellis-agent")
-        .with_context(|| journal(&vm))?;
-    let props = show(&vm)?;
+        .with_context(|| journal(vm))?;
+    let props = show(vm)?;
     for want in [
         "Type=notify",
         "ActiveState=active",
         "SubState=running",
         "NRestarts=0",
     ] {
-        assert!(props.contains(want), "{want}: {props}\n{}", journal(&vm));
+        assert!(props.contains(want), "{want}: {props}\n{}", journal(vm));
     }
     let user = vm.sh("stat -c %U /proc/$(systemctl show -p MainPID --value trellis-agent)")?;
-    assert_eq!(user.trim(), "trellis", "{}", journal(&vm));
+    assert_eq!(user.trim(), "trellis", "{}", journal(vm));
     assert!(vm.path("/var/lib/trellis/agent/cert-chain.pem").exists());
-    let installed = rules(&vm)?;
+    let installed = rules(vm)?;
     let want = match netfilter {
         Netfilter::IptablesNft | Netfilter::IptablesLegacy => "-A OUTPUT -p tcp -j TRELLIS_OUTPUT",
         Netfilter::Nftables => "table inet trellis",
     };
-    assert!(installed.contains(want), "{installed}\n{}", journal(&vm));
+    assert!(installed.contains(want), "{installed}\n{}", journal(vm));
     if let Ok(score) = vm.sh("systemd-analyze security trellis-agent --no-pager | tail -1") {
         eprintln!("systemd-analyze security trellis-agent: {}", score.trim());
     }
@@ -178,38 +213,90 @@ async fn package_lifecycle(label: &str, netfilter: Netfilter) -> anyhow::Result<
         Duration::from_secs(10),
         "the unit waiting to restart",
         || {
-            show(&vm)
+            show(vm)
                 .ok()?
                 .contains("SubState=auto-restart")
                 .then_some(())
         },
     )
-    .with_context(|| journal(&vm))?;
-    let left = rules(&vm)?;
+    .with_context(|| journal(vm))?;
+    let left = rules(vm)?;
     assert!(left.is_empty(), "left after a crash: {left}");
     wait_for_blocking(Duration::from_secs(30), "the agent restarted", || {
-        let props = show(&vm).ok()?;
+        let props = show(vm).ok()?;
         (props.contains("NRestarts=1") && props.contains("SubState=running")).then_some(())
     })
-    .with_context(|| journal(&vm))?;
-    let log = journal(&vm);
+    .with_context(|| journal(vm))?;
+    let log = journal(vm);
     assert!(
         log.contains("trellis-agent.service: Main process exited, code=killed"),
         "{log}"
     );
-    assert!(!rules(&vm)?.is_empty(), "capture back after the restart");
+    assert!(!rules(vm)?.is_empty(), "capture back after the restart");
 
     vm.sh("systemctl stop trellis-agent")?;
-    let left = rules(&vm)?;
+    let left = rules(vm)?;
     assert!(left.is_empty(), "left after stop: {left}");
 
     vm.sh("dpkg --purge trellis-agent")?;
-    let left = rules(&vm)?;
+    let left = rules(vm)?;
     assert!(left.is_empty(), "left after purge: {left}");
     for path in ["/var/lib/trellis", "/etc/trellis", "/usr/bin/trellis-agent"] {
         assert!(!vm.path(path).exists(), "{path} left after purge");
     }
     let user = vm.sh("getent passwd trellis");
     assert!(user.is_err(), "user trellis left after purge: {user:?}");
+    Ok(())
+}
+
+/// The east-west gateway's package beside the agent's: its unit (no
+/// capabilities, no netlink) reaches `active` through `Type=notify` as
+/// `trellis`; purging it leaves the agent's state and the user they
+/// share, purging the agent then removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_eastwest_deb_starts_and_shares_the_user_with_the_agent() -> anyhow::Result<()> {
+    let Some(booted) = Booted::start("vmpkg-ew").await? else {
+        return Ok(());
+    };
+    let (vm, env) = (&booted.vm, &booted.env);
+    booted.install("trellis-agent")?;
+    let installed = booted.install("trellis-eastwest")?;
+    assert!(
+        installed.contains("trellis-eastwest: installed, not enabled"),
+        "{installed}"
+    );
+    let token = env
+        .cp
+        .token(&["--kind", "gateway", "--network", "net-vm"])?;
+    let env_file = vm.path("/etc/trellis/eastwest.env");
+    let mut settings = std::fs::read_to_string(&env_file)?;
+    let advertise = format!("{}:15443", booted.host.addr);
+    settings += &format!("TRELLIS_TOKEN={token}\nTRELLIS_ADVERTISE={advertise}\n");
+    std::fs::write(&env_file, settings)?;
+    let journal = || {
+        vm.sh("journalctl -u trellis-eastwest --no-pager -n 40")
+            .unwrap_or_else(|e| format!("{e:#}"))
+    };
+    vm.sh("systemctl start trellis-eastwest")
+        .with_context(journal)?;
+    let props = vm.sh("systemctl show -p ActiveState,SubState,Type trellis-eastwest")?;
+    for want in ["Type=notify", "ActiveState=active", "SubState=running"] {
+        assert!(props.contains(want), "{want}: {props}\n{}", journal());
+    }
+    let user = vm.sh("stat -c %U /proc/$(systemctl show -p MainPID --value trellis-eastwest)")?;
+    assert_eq!(user.trim(), "trellis", "{}", journal());
+
+    vm.sh("dpkg --purge trellis-eastwest")?;
+    for path in ["/var/lib/trellis/eastwest", "/etc/trellis/eastwest.env"] {
+        assert!(!vm.path(path).exists(), "{path} left after purge");
+    }
+    assert!(vm.path("/var/lib/trellis/agent").exists());
+    vm.sh("getent passwd trellis")
+        .context("the agent's user went with the gateway")?;
+    vm.sh("dpkg --purge trellis-agent")?;
+    for path in ["/var/lib/trellis", "/etc/trellis"] {
+        assert!(!vm.path(path).exists(), "{path} left after purge");
+    }
+    assert!(vm.sh("getent passwd trellis").is_err(), "user trellis left");
     Ok(())
 }
