@@ -300,3 +300,47 @@ async fn the_eastwest_deb_starts_and_shares_the_user_with_the_agent() -> anyhow:
     assert!(vm.sh("getent passwd trellis").is_err(), "user trellis left");
     Ok(())
 }
+
+/// The control plane's package: a node made with `trellis-controlplane
+/// init` as `trellis` in the unit's data directory, then run by the unit:
+/// `active` through `Type=notify` (once it serves), as `trellis`, with no
+/// capability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controlplane_unit_runs_a_node_made_by_init() -> anyhow::Result<()> {
+    let Some(booted) = Booted::start("vmpkg-cp").await? else {
+        return Ok(());
+    };
+    let vm = &booted.vm;
+    booted.install("trellis-controlplane")?;
+    let data = "/var/lib/trellis/controlplane";
+    // `init` serves once it has made the node: stopped when it has.
+    vm.sh(&format!(
+        "setpriv --reuid trellis --regid trellis --init-groups \
+           trellis-controlplane init --trust-domain vm.test --data-dir {data} \
+           >/root/init.log 2>&1 & \
+         for i in $(seq 300); do [ -e {data}/admin.yaml ] && break; sleep 0.1; done; \
+         sleep 1; kill $!; wait $! || true; cat /root/init.log"
+    ))?;
+    let journal = || {
+        vm.sh("journalctl -u trellis-controlplane --no-pager -n 40")
+            .unwrap_or_else(|e| format!("{e:#}"))
+    };
+    vm.sh("systemctl start trellis-controlplane")
+        .with_context(journal)?;
+    let props = vm.sh("systemctl show -p ActiveState,SubState,Type trellis-controlplane")?;
+    for want in ["Type=notify", "ActiveState=active", "SubState=running"] {
+        assert!(props.contains(want), "{want}: {props}\n{}", journal());
+    }
+    let pid = vm.sh("systemctl show -p MainPID --value trellis-controlplane")?;
+    let status = vm.sh(&format!(
+        "stat -c %U /proc/{0}; grep CapEff /proc/{0}/status",
+        pid.trim()
+    ))?;
+    assert!(status.starts_with("trellis\n"), "{status}");
+    assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+    vm.sh("systemctl stop trellis-controlplane && dpkg --purge trellis-controlplane")?;
+    for path in ["/var/lib/trellis", "/etc/trellis"] {
+        assert!(!vm.path(path).exists(), "{path} left after purge");
+    }
+    Ok(())
+}
