@@ -63,6 +63,15 @@ fn journal(vm: &Vm) -> String {
         .unwrap_or_else(|e| format!("{e:#}"))
 }
 
+/// Prints `systemd-analyze security UNIT`'s verdict, for docs/vm.md.
+fn print_security_score(vm: &Vm, unit: &str) {
+    if let Ok(score) = vm.sh(&format!(
+        "systemd-analyze security {unit} --no-pager | tail -1"
+    )) {
+        eprintln!("systemd-analyze security {unit}: {}", score.trim());
+    }
+}
+
 /// The capture rules in force: iptables and ip6tables nat chains and
 /// nftables tables that name trellis.
 fn rules(vm: &Vm) -> anyhow::Result<String> {
@@ -200,9 +209,7 @@ async fn package_lifecycle(label: &str, netfilter: Netfilter) -> anyhow::Result<
         Netfilter::Nftables => "table inet trellis",
     };
     assert!(installed.contains(want), "{installed}\n{}", journal(vm));
-    if let Ok(score) = vm.sh("systemd-analyze security trellis-agent --no-pager | tail -1") {
-        eprintln!("systemd-analyze security trellis-agent: {}", score.trim());
-    }
+    print_security_score(vm, "trellis-agent");
 
     // A crash: ExecStopPost removes the rules, Restart=on-failure brings
     // the agent back (from its state: the token was used), and it
@@ -285,6 +292,7 @@ async fn the_eastwest_deb_starts_and_shares_the_user_with_the_agent() -> anyhow:
     }
     let user = vm.sh("stat -c %U /proc/$(systemctl show -p MainPID --value trellis-eastwest)")?;
     assert_eq!(user.trim(), "trellis", "{}", journal());
+    print_security_score(vm, "trellis-eastwest");
 
     vm.sh("dpkg --purge trellis-eastwest")?;
     for path in ["/var/lib/trellis/eastwest", "/etc/trellis/eastwest.env"] {
@@ -338,6 +346,7 @@ async fn the_controlplane_unit_runs_a_node_made_by_init() -> anyhow::Result<()> 
     ))?;
     assert!(status.starts_with("trellis\n"), "{status}");
     assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+    print_security_score(vm, "trellis-controlplane");
     vm.sh("systemctl stop trellis-controlplane && dpkg --purge trellis-controlplane")?;
     for path in ["/var/lib/trellis", "/etc/trellis"] {
         assert!(!vm.path(path).exists(), "{path} left after purge");
