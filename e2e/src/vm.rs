@@ -31,8 +31,8 @@ const POWEROFF_TIMEOUT: Duration = Duration::from_secs(20);
 /// Why this machine cannot boot a container (no `systemd-nspawn`), or
 /// `None` when it can.
 pub fn unavailable() -> Option<&'static str> {
-    if crate::netns::unavailable().is_some() {
-        return crate::netns::unavailable();
+    if let Some(why) = crate::netns::unavailable() {
+        return Some(why);
     }
     let found = Command::new("sh")
         .args(["-c", "command -v systemd-nspawn"])
