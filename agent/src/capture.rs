@@ -297,11 +297,7 @@ impl Capture {
             Backend::Iptables => Backend::Nftables,
             Backend::Nftables => Backend::Iptables,
         };
-        Capture {
-            backend: other,
-            ..self.clone()
-        }
-        .remove();
+        other.remove();
         let installed = match self.backend {
             Backend::Iptables => self.install_iptables(),
             Backend::Nftables => nft(&["-f", "-"], Some(&self.nft_script())),
@@ -339,7 +335,18 @@ impl Capture {
 
     /// Removes the rules and chains (best effort: what is already gone is fine).
     pub fn remove(&self) {
-        match self.backend {
+        self.backend.remove();
+    }
+}
+
+impl Backend {
+    const ALL: [Backend; 2] = [Backend::Iptables, Backend::Nftables];
+
+    /// Removes the rules and chains this front end installs, whatever
+    /// ports they redirect to (best effort: what is already gone, or a
+    /// front end that is not installed, is fine).
+    pub fn remove(self) {
+        match self {
             Backend::Iptables => {
                 // Both, whatever `ipv6` says now: an earlier run may have
                 // had it.
@@ -359,6 +366,15 @@ impl Capture {
                 let _ = nft(&["-f", "-"], Some(&nft_delete_tables()));
             }
         }
+    }
+}
+
+/// Removes what either front end installed, as `trellis-agent
+/// --remove-capture` does after the agent stopped, cleanly or not
+/// (systemd's `ExecStopPost=`).
+pub fn remove_all() {
+    for backend in Backend::ALL {
+        backend.remove();
     }
 }
 

@@ -8,6 +8,10 @@ use tracing_subscriber::{reload, EnvFilter};
 
 fn main() -> anyhow::Result<()> {
     let opts = trellis_agent::Options::parse();
+    if opts.remove_capture {
+        trellis_agent::capture::remove_all();
+        return Ok(());
+    }
     trellis_agent::options::check(&opts)?;
     let filter = EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);

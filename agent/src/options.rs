@@ -229,6 +229,12 @@ pub struct Options {
     /// How the application's traffic reaches the agent.
     #[arg(long, env = "TRELLIS_CAPTURE", value_enum, default_value_t = CaptureMode::None)]
     pub capture: CaptureMode,
+    /// Remove the capture rules of both front ends (iptables and ip6tables chains, nftables tables), whatever flags installed them, and exit: for after an agent that did not stop cleanly (systemd's `ExecStopPost=`).
+    // No environment variable: set in an EnvironmentFile, it would turn
+    // the agent into this. Not `exclusive`: clap counts the unit's
+    // TRELLIS_* variables as flags given.
+    #[arg(long)]
+    pub remove_capture: bool,
     /// Inbound ports capture leaves alone, besides the agent's own (comma-separated).
     #[arg(
         long,

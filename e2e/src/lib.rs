@@ -20,6 +20,7 @@ mod process;
 pub mod shared;
 pub mod third_party;
 pub mod upgrade;
+pub mod vm;
 
 pub use bins::{bin, bin_dir, profile_dir, use_bins};
 pub use cluster::{admin_client, Cluster, NodeProc};

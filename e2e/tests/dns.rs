@@ -288,3 +288,34 @@ async fn a_clean_shutdown_removes_the_chains_and_the_jumps_to_them() -> anyhow::
     }
     Ok(())
 }
+
+/// After an agent that did not stop cleanly (SIGKILL), `trellis-agent
+/// --remove-capture` (systemd's `ExecStopPost=`) removes its iptables and
+/// ip6tables chains and any nftables table, with the agent's settings in
+/// its environment as a unit's EnvironmentFile puts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_capture_clears_what_a_killed_agent_left() -> anyhow::Result<()> {
+    let Some(mut dns) = Dns::start("dns-kill").await? else {
+        return Ok(());
+    };
+    dns.env.kill(&dns.client, "agent");
+    sh(&dns.client, "nft add table inet trellis").await?;
+    for iptables in ["iptables", "ip6tables"] {
+        let nat = sh(&dns.client, &format!("{iptables} -t nat -S")).await?;
+        assert!(nat.contains("-j TRELLIS_OUTPUT"), "{iptables}: {nat}");
+    }
+    let out = dns
+        .client
+        .command(trellis_e2e::bin("trellis-agent"))
+        .arg("--remove-capture")
+        .envs([("TRELLIS_TOKEN", "t"), ("TRELLIS_CAPTURE", "iptables")])
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    for iptables in ["iptables", "ip6tables"] {
+        let nat = sh(&dns.client, &format!("{iptables} -t nat -S")).await?;
+        assert!(!nat.contains("TRELLIS"), "{iptables}: left behind: {nat}");
+    }
+    let tables = sh(&dns.client, "nft list tables").await?;
+    assert!(!tables.contains("trellis"), "left behind: {tables}");
+    Ok(())
+}

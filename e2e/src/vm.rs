@@ -1,0 +1,272 @@
+//! A booted Debian 12 for the package tests: a copy of a cached root
+//! filesystem (`e2e/vm-root.sh` makes it with debootstrap when missing)
+//! booted by `systemd-nspawn --boot`, systemd as PID 1, inside a
+//! network namespace of the caller's (a [`crate::netns::Host`]). There is
+//! no systemd-machined here: the container runs with `--register=no
+//! --keep-unit` in a cgroup of its own, and commands run inside it with
+//! `nsenter` into its PID 1 (`machinectl` does not work).
+//!
+//! Dropping a [`Vm`] powers it off (SIGTERM to nspawn, which asks the
+//! container's systemd to stop), kills what is left in its cgroup after a
+//! deadline, and removes the cgroup and the root copy, on panics too.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Where the root filesystem is cached between runs.
+pub const CACHED_ROOT: &str = "/var/cache/trellis-vm/bookworm";
+
+/// The cgroup hierarchies a container gets a group of its own in (this
+/// machine mounts systemd's named v1 hierarchy and the unified one).
+const CGROUP_HIERARCHIES: [&str; 2] = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"];
+
+/// How long the container's systemd has to reach `running`.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a power-off may take before what is left is killed.
+const POWEROFF_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why this machine cannot boot a container (no `systemd-nspawn`), or
+/// `None` when it can.
+pub fn unavailable() -> Option<&'static str> {
+    if let Some(why) = crate::netns::unavailable() {
+        return Some(why);
+    }
+    let found = Command::new("sh")
+        .args(["-c", "command -v systemd-nspawn"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (!found).then_some("no systemd-nspawn (Debian package systemd-container)")
+}
+
+/// The cached root filesystem, made first if missing (debootstrap from the
+/// Debian mirror: a few minutes).
+pub fn cached_root() -> anyhow::Result<PathBuf> {
+    let root = PathBuf::from(CACHED_ROOT);
+    if !root.join("usr/lib/systemd/systemd").exists() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("vm-root.sh");
+        let out = Command::new(&script)
+            .arg(&root)
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} {} failed: {}",
+                script.display(),
+                root.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(root)
+}
+
+/// A booted container.
+pub struct Vm {
+    pub name: String,
+    /// The container's root, as the host sees it.
+    root: tempfile::TempDir,
+    nspawn: Child,
+    /// PID (host's view) of the container's systemd.
+    leader: u32,
+    log: PathBuf,
+}
+
+impl Vm {
+    /// Copies the cached root and boots it in network namespace `netns`,
+    /// named `name` (unique: it names the cgroup); returns once its
+    /// systemd is running.
+    pub fn boot(name: &str, netns: &str, log: &Path) -> anyhow::Result<Vm> {
+        let cached = cached_root()?;
+        let root = tempfile::Builder::new()
+            .prefix(&format!("trellis-{name}-"))
+            .tempdir_in("/var/tmp")?;
+        let copy = Command::new("cp")
+            .arg("-a")
+            .arg(cached.join("."))
+            .arg(root.path())
+            .status()?;
+        if !copy.success() {
+            bail!("copying {} failed: {copy}", cached.display());
+        }
+        // Its hostname is its name, so that its logs say which it is.
+        std::fs::write(root.path().join("etc/hostname"), format!("{name}\n"))?;
+        // In a cgroup of its own (the shell moves itself there, then
+        // becomes nspawn): the host's init is not systemd.
+        let mut script = String::new();
+        for h in CGROUP_HIERARCHIES {
+            script += &format!("mkdir -p {h}/{name} && echo $$ > {h}/{name}/cgroup.procs && ");
+        }
+        script += "exec systemd-nspawn --boot --register=no --keep-unit --console=pipe \"$@\"";
+        let out = std::fs::File::create(log)?;
+        let nspawn = Command::new("sh")
+            .args(["-c", &script, "nspawn"])
+            .arg(format!("--directory={}", root.path().display()))
+            .arg(format!("--machine={name}"))
+            .arg(format!("--network-namespace-path=/run/netns/{netns}"))
+            // nspawn keeps CAP_NET_ADMIN from the container only with a
+            // network of its own made by nspawn; a VM's systemd has it.
+            .arg("--capability=CAP_NET_ADMIN")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting systemd-nspawn")?;
+        let mut vm = Vm {
+            name: name.to_string(),
+            root,
+            nspawn,
+            leader: 0,
+            log: log.to_path_buf(),
+        };
+        vm.wait_up().with_context(|| vm.console())?;
+        Ok(vm)
+    }
+
+    /// Waits for the container's systemd (nspawn's child) to say
+    /// `running` (or `degraded`: a unit of the minimal root failed).
+    fn wait_up(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let mut state = String::new();
+        while start.elapsed() < BOOT_TIMEOUT {
+            if let Some(status) = self.nspawn.try_wait()? {
+                bail!("systemd-nspawn exited: {status}");
+            }
+            if self.leader == 0 {
+                self.leader = child_named(self.nspawn.id(), "systemd").unwrap_or(0);
+            }
+            if self.leader != 0 {
+                let out = self
+                    .command("systemctl")
+                    .arg("is-system-running")
+                    .output()?;
+                state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if state == "running" || state == "degraded" {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "{} not up after {BOOT_TIMEOUT:?} (systemd: {state:?})",
+            self.name
+        )
+    }
+
+    /// `program` run inside the container: all its namespaces, as root.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.leader.to_string(), "-a", program]);
+        cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd
+    }
+
+    /// Runs `script` with `sh -c` inside the container; its stdout, or an
+    /// error with its stderr.
+    pub fn sh(&self, script: &str) -> anyhow::Result<String> {
+        let out = self
+            .command("sh")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "in {}: `{script}`: {}: {}{}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Where a path of the container is on the host.
+    pub fn path(&self, inside: &str) -> PathBuf {
+        self.root.path().join(inside.trim_start_matches('/'))
+    }
+
+    /// What the container printed on its console.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every process in the container's cgroup and below.
+    fn processes(&self) -> Vec<String> {
+        let mut pids = Vec::new();
+        for h in CGROUP_HIERARCHIES {
+            let mut dirs = vec![PathBuf::from(h).join(&self.name)];
+            while let Some(dir) = dirs.pop() {
+                if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                    pids.extend(procs.lines().map(str::to_string));
+                }
+                dirs.extend(subdirs(&dir));
+            }
+        }
+        pids.sort();
+        pids.dedup();
+        pids
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.nspawn.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < POWEROFF_TIMEOUT {
+            if matches!(self.nspawn.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+        let left = self.processes();
+        if !left.is_empty() {
+            let _ = Command::new("kill").arg("-KILL").args(&left).status();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Deepest first: a cgroup is removed once empty of processes and
+        // groups.
+        for h in CGROUP_HIERARCHIES {
+            let mut all = vec![PathBuf::from(h).join(&self.name)];
+            let mut i = 0;
+            while i < all.len() {
+                let below = subdirs(&all[i]);
+                all.extend(below);
+                i += 1;
+            }
+            for dir in all.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        // The root copy goes with `self.root`.
+    }
+}
+
+/// The PID of a child of `parent` whose command is `name`.
+fn child_named(parent: u32, name: &str) -> Option<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
+    children.split_whitespace().find_map(|pid| {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == name).then(|| pid.parse().ok()).flatten()
+    })
+}
+
+/// The directories in `dir`.
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}

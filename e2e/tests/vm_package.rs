@@ -1,0 +1,355 @@
+//! The trellis-agent .deb on a booted Debian 12 (systemd as PID 1, under
+//! systemd-nspawn, in a network namespace on a test bridge) with a real
+//! control plane on the host: install, a VM token in
+//! /etc/trellis/agent.env, `systemctl start` reaches `active` through
+//! `Type=notify`, the agent runs as `trellis` and captures; `systemctl
+//! stop` removes the rules, and so does a crash (ExecStopPost, then
+//! Restart=on-failure); purge leaves no rule, file or user behind. With
+//! iptables (its nf_tables and its legacy back end) and with nftables.
+//! The package is built from the debug binaries (`packaging/build-deb.sh
+//! --dev --no-build`). Skipped where namespaces or systemd-nspawn are
+//! missing; the root filesystem is made (debootstrap) when not cached.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use trellis_e2e::mesh::MeshEnv;
+use trellis_e2e::netns::Host;
+use trellis_e2e::vm::{self, Vm};
+use trellis_e2e::{profile_dir, wait_for_blocking};
+
+/// Builds the packages from the binaries the harness built, once per
+/// process (cargo-deb stages its files in the target directory: two
+/// builds at once would mix them); returns their directory,
+/// TARGET/debian.
+fn debs() -> anyhow::Result<&'static Path> {
+    static DEBS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = DEBS.get_or_init(|| build_debs().map_err(|e| format!("{e:#}")));
+    built.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn build_debs() -> anyhow::Result<PathBuf> {
+    let profile = profile_dir()?;
+    let target = profile.parent().context("target dir")?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build-deb.sh");
+    let mut cmd = Command::new(&script);
+    if profile.file_name().is_some_and(|p| p == "debug") {
+        cmd.arg("--dev");
+    }
+    let built = cmd
+        .arg("--no-build")
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !built.status.success() {
+        bail!(
+            "build-deb.sh failed: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    Ok(target.join("debian"))
+}
+
+/// The unit's properties, `KEY=VALUE` lines.
+fn show(vm: &Vm) -> anyhow::Result<String> {
+    vm.sh("systemctl show -p ActiveState,SubState,NRestarts,Type,MainPID trellis-agent")
+}
+
+/// The end of the unit's journal, for failure messages.
+fn journal(vm: &Vm) -> String {
+    vm.sh("journalctl -u trellis-agent --no-pager -n 40")
+        .unwrap_or_else(|e| format!("{e:#}"))
+}
+
+/// Prints `systemd-analyze security UNIT`'s verdict, for docs/vm.md.
+fn print_security_score(vm: &Vm, unit: &str) {
+    if let Ok(score) = vm.sh(&format!(
+        "systemd-analyze security {unit} --no-pager | tail -1"
+    )) {
+        eprintln!("systemd-analyze security {unit}: {}", score.trim());
+    }
+}
+
+/// The capture rules in force: iptables and ip6tables nat chains and
+/// nftables tables that name trellis.
+fn rules(vm: &Vm) -> anyhow::Result<String> {
+    vm.sh("iptables -t nat -S; ip6tables -t nat -S; nft list tables")
+        .map(|all| {
+            all.lines()
+                .filter(|l| l.to_lowercase().contains("trellis"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+}
+
+/// How the VM's agent captures.
+#[derive(Clone, Copy)]
+enum Netfilter {
+    /// `iptables` of Debian 12: its nf_tables back end.
+    IptablesNft,
+    /// `iptables` switched to its legacy back end (`update-alternatives`),
+    /// which takes the lock `/run/xtables.lock`.
+    IptablesLegacy,
+    /// `TRELLIS_CAPTURE=nftables`.
+    Nftables,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_deb_installs_starts_as_notify_stops_and_purges_clean() -> anyhow::Result<()> {
+    package_lifecycle("vmpkg", Netfilter::IptablesNft).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_unit_captures_with_legacy_iptables_as_user_trellis() -> anyhow::Result<()> {
+    package_lifecycle("vmpkg-legacy", Netfilter::IptablesLegacy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_unit_captures_with_nftables() -> anyhow::Result<()> {
+    package_lifecycle("vmpkg-nft", Netfilter::Nftables).await
+}
+
+/// A control plane on a test network and a booted Debian on it, with the
+/// packages built. The VM goes first (field order is drop order).
+struct Booted {
+    vm: Vm,
+    host: Host,
+    env: MeshEnv,
+}
+
+impl Booted {
+    /// `None` where namespaces or systemd-nspawn are missing.
+    async fn start(label: &str) -> anyhow::Result<Option<Booted>> {
+        if let Some(why) = vm::unavailable() {
+            eprintln!("skipping: {why}");
+            return Ok(None);
+        }
+        let mut env = MeshEnv::new(label).await?;
+        let host = env.host("vm")?;
+        let dir = env.cp.root.path().to_path_buf();
+        debs()?;
+        let name = format!(
+            "trellis-vm-{}-{}",
+            std::process::id(),
+            host.netns.rsplit('-').nth(1).unwrap_or_default()
+        );
+        let vm = Vm::boot(&name, &host.netns, &dir.join("vm-console.log"))?;
+        Ok(Some(Booted { vm, host, env }))
+    }
+
+    /// `dpkg -i` of `package`'s .deb in the VM; what it printed.
+    fn install(&self, package: &str) -> anyhow::Result<String> {
+        let prefix = format!("{package}_");
+        let deb = std::fs::read_dir(debs()?)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .with_context(|| format!("no {package} .deb built"))?;
+        let inside = format!("/root/{package}.deb");
+        std::fs::copy(&deb, self.vm.path(&inside))?;
+        self.vm.sh(&format!("dpkg -i {inside}"))
+    }
+}
+
+async fn package_lifecycle(label: &str, netfilter: Netfilter) -> anyhow::Result<()> {
+    let Some(booted) = Booted::start(label).await? else {
+        return Ok(());
+    };
+    let (vm, env) = (&booted.vm, &booted.env);
+    let installed = booted.install("trellis-agent")?;
+    assert!(installed.contains("not enabled"), "{installed}");
+    assert!(vm
+        .sh("getent passwd trellis")?
+        .contains("/usr/sbin/nologin"));
+    let enabled = vm.sh("systemctl is-enabled trellis-agent || true")?;
+    assert_eq!(enabled.trim(), "disabled", "nothing enabled before a token");
+
+    let token = env
+        .cp
+        .token(&["--kind", "vm", "--identity", "default/vm"])?;
+    let env_file = vm.path("/etc/trellis/agent.env");
+    let mut settings = std::fs::read_to_string(&env_file)?;
+    let capture = match netfilter {
+        Netfilter::IptablesNft => "iptables",
+        Netfilter::IptablesLegacy => {
+            vm.sh(
+                "update-alternatives --set iptables /usr/sbin/iptables-legacy \
+                   && update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy",
+            )?;
+            "iptables"
+        }
+        Netfilter::Nftables => "nftables",
+    };
+    settings += &format!("TRELLIS_TOKEN={token}\nTRELLIS_CAPTURE={capture}\n");
+    std::fs::write(&env_file, settings)?;
+
+    // Returns once the agent said READY=1 (Type=notify), or fails.
+    vm.sh("systemctl start trellis-agent")
+        .with_context(|| journal(vm))?;
+    let props = show(vm)?;
+    for want in [
+        "Type=notify",
+        "ActiveState=active",
+        "SubState=running",
+        "NRestarts=0",
+    ] {
+        assert!(props.contains(want), "{want}: {props}\n{}", journal(vm));
+    }
+    let user = vm.sh("stat -c %U /proc/$(systemctl show -p MainPID --value trellis-agent)")?;
+    assert_eq!(user.trim(), "trellis", "{}", journal(vm));
+    assert!(vm.path("/var/lib/trellis/agent/cert-chain.pem").exists());
+    let installed = rules(vm)?;
+    let want = match netfilter {
+        Netfilter::IptablesNft | Netfilter::IptablesLegacy => "-A OUTPUT -p tcp -j TRELLIS_OUTPUT",
+        Netfilter::Nftables => "table inet trellis",
+    };
+    assert!(installed.contains(want), "{installed}\n{}", journal(vm));
+    print_security_score(vm, "trellis-agent");
+
+    // A crash: ExecStopPost removes the rules, Restart=on-failure brings
+    // the agent back (from its state: the token was used), and it
+    // installs them again.
+    vm.sh("systemctl kill -s KILL trellis-agent")?;
+    // Between the crash and the restart (RestartSec=2s).
+    wait_for_blocking(
+        Duration::from_secs(10),
+        "the unit waiting to restart",
+        || {
+            show(vm)
+                .ok()?
+                .contains("SubState=auto-restart")
+                .then_some(())
+        },
+    )
+    .with_context(|| journal(vm))?;
+    let left = rules(vm)?;
+    assert!(left.is_empty(), "left after a crash: {left}");
+    wait_for_blocking(Duration::from_secs(30), "the agent restarted", || {
+        let props = show(vm).ok()?;
+        (props.contains("NRestarts=1") && props.contains("SubState=running")).then_some(())
+    })
+    .with_context(|| journal(vm))?;
+    let log = journal(vm);
+    assert!(
+        log.contains("trellis-agent.service: Main process exited, code=killed"),
+        "{log}"
+    );
+    assert!(!rules(vm)?.is_empty(), "capture back after the restart");
+
+    vm.sh("systemctl stop trellis-agent")?;
+    let left = rules(vm)?;
+    assert!(left.is_empty(), "left after stop: {left}");
+
+    vm.sh("dpkg --purge trellis-agent")?;
+    let left = rules(vm)?;
+    assert!(left.is_empty(), "left after purge: {left}");
+    for path in ["/var/lib/trellis", "/etc/trellis", "/usr/bin/trellis-agent"] {
+        assert!(!vm.path(path).exists(), "{path} left after purge");
+    }
+    let user = vm.sh("getent passwd trellis");
+    assert!(user.is_err(), "user trellis left after purge: {user:?}");
+    Ok(())
+}
+
+/// The east-west gateway's package beside the agent's: its unit (no
+/// capabilities, no netlink) reaches `active` through `Type=notify` as
+/// `trellis`; purging it leaves the agent's state and the user they
+/// share, purging the agent then removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_eastwest_deb_starts_and_shares_the_user_with_the_agent() -> anyhow::Result<()> {
+    let Some(booted) = Booted::start("vmpkg-ew").await? else {
+        return Ok(());
+    };
+    let (vm, env) = (&booted.vm, &booted.env);
+    booted.install("trellis-agent")?;
+    let installed = booted.install("trellis-eastwest")?;
+    assert!(
+        installed.contains("trellis-eastwest: installed, not enabled"),
+        "{installed}"
+    );
+    let token = env
+        .cp
+        .token(&["--kind", "gateway", "--network", "net-vm"])?;
+    let env_file = vm.path("/etc/trellis/eastwest.env");
+    let mut settings = std::fs::read_to_string(&env_file)?;
+    let advertise = format!("{}:15443", booted.host.addr);
+    settings += &format!("TRELLIS_TOKEN={token}\nTRELLIS_ADVERTISE={advertise}\n");
+    std::fs::write(&env_file, settings)?;
+    let journal = || {
+        vm.sh("journalctl -u trellis-eastwest --no-pager -n 40")
+            .unwrap_or_else(|e| format!("{e:#}"))
+    };
+    vm.sh("systemctl start trellis-eastwest")
+        .with_context(journal)?;
+    let props = vm.sh("systemctl show -p ActiveState,SubState,Type trellis-eastwest")?;
+    for want in ["Type=notify", "ActiveState=active", "SubState=running"] {
+        assert!(props.contains(want), "{want}: {props}\n{}", journal());
+    }
+    let user = vm.sh("stat -c %U /proc/$(systemctl show -p MainPID --value trellis-eastwest)")?;
+    assert_eq!(user.trim(), "trellis", "{}", journal());
+    print_security_score(vm, "trellis-eastwest");
+
+    vm.sh("dpkg --purge trellis-eastwest")?;
+    for path in ["/var/lib/trellis/eastwest", "/etc/trellis/eastwest.env"] {
+        assert!(!vm.path(path).exists(), "{path} left after purge");
+    }
+    assert!(vm.path("/var/lib/trellis/agent").exists());
+    vm.sh("getent passwd trellis")
+        .context("the agent's user went with the gateway")?;
+    vm.sh("dpkg --purge trellis-agent")?;
+    for path in ["/var/lib/trellis", "/etc/trellis"] {
+        assert!(!vm.path(path).exists(), "{path} left after purge");
+    }
+    assert!(vm.sh("getent passwd trellis").is_err(), "user trellis left");
+    Ok(())
+}
+
+/// The control plane's package: a node made with `trellis-controlplane
+/// init` as `trellis` in the unit's data directory, then run by the unit:
+/// `active` through `Type=notify` (once it serves), as `trellis`, with no
+/// capability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controlplane_unit_runs_a_node_made_by_init() -> anyhow::Result<()> {
+    let Some(booted) = Booted::start("vmpkg-cp").await? else {
+        return Ok(());
+    };
+    let vm = &booted.vm;
+    booted.install("trellis-controlplane")?;
+    let data = "/var/lib/trellis/controlplane";
+    // `init` serves once it has made the node: stopped when it has.
+    vm.sh(&format!(
+        "setpriv --reuid trellis --regid trellis --init-groups \
+           trellis-controlplane init --trust-domain vm.test --data-dir {data} \
+           >/root/init.log 2>&1 & \
+         for i in $(seq 300); do [ -e {data}/admin.yaml ] && break; sleep 0.1; done; \
+         sleep 1; kill $!; wait $! || true; cat /root/init.log"
+    ))?;
+    let journal = || {
+        vm.sh("journalctl -u trellis-controlplane --no-pager -n 40")
+            .unwrap_or_else(|e| format!("{e:#}"))
+    };
+    vm.sh("systemctl start trellis-controlplane")
+        .with_context(journal)?;
+    let props = vm.sh("systemctl show -p ActiveState,SubState,Type trellis-controlplane")?;
+    for want in ["Type=notify", "ActiveState=active", "SubState=running"] {
+        assert!(props.contains(want), "{want}: {props}\n{}", journal());
+    }
+    let pid = vm.sh("systemctl show -p MainPID --value trellis-controlplane")?;
+    let status = vm.sh(&format!(
+        "stat -c %U /proc/{0}; grep CapEff /proc/{0}/status",
+        pid.trim()
+    ))?;
+    assert!(status.starts_with("trellis\n"), "{status}");
+    assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+    print_security_score(vm, "trellis-controlplane");
+    vm.sh("systemctl stop trellis-controlplane && dpkg --purge trellis-controlplane")?;
+    for path in ["/var/lib/trellis", "/etc/trellis"] {
+        assert!(!vm.path(path).exists(), "{path} left after purge");
+    }
+    Ok(())
+}
