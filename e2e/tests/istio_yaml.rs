@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use trellis_e2e::Cluster;
 
 fn corpus() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .join("../api/tests/fixtures/real-world")
         .display()
         .to_string()

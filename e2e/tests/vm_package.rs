@@ -33,7 +33,8 @@ fn debs() -> anyhow::Result<&'static Path> {
 fn build_debs() -> anyhow::Result<PathBuf> {
     let profile = profile_dir()?;
     let target = profile.parent().context("target dir")?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build-deb.sh");
+    let script = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join("../packaging/build-deb.sh");
     let mut cmd = Command::new(&script);
     if profile.file_name().is_some_and(|p| p == "debug") {
         cmd.arg("--dev");
