@@ -13,11 +13,13 @@
 set -eu
 cd "$(dirname "$0")/.."
 profile=release
-deb_flags=""
+# Stripped: the release profile keeps line tables (for backtraces), which
+# cargo-deb would otherwise ship, doubling the agent's package.
+deb_flags="--strip"
 build=yes
 while [ $# -gt 0 ]; do
     case "$1" in
-    --dev) profile=dev; deb_flags="--fast" ;;
+    --dev) profile=dev; deb_flags="$deb_flags --fast" ;;
     --no-build) build= ;;
     -*) echo "build-deb.sh: unknown flag $1" >&2; exit 2 ;;
     *) break ;;
