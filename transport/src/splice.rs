@@ -79,7 +79,7 @@ where
 /// copied into user space and back. If the pipes cannot be made (out of
 /// file descriptors), it copies as [`run`] does.
 pub async fn run_tcp(downstream: TcpStream, upstream: TcpStream, timeouts: Timeouts) -> Spliced {
-    let (Ok(to_up), Ok(to_down)) = (Pipe::new(), Pipe::new()) else {
+    let (Ok(to_up), Ok(to_down)) = (Pipe::take(), Pipe::take()) else {
         return run(downstream, upstream, timeouts).await;
     };
     let start = Instant::now();
@@ -88,12 +88,16 @@ pub async fn run_tcp(downstream: TcpStream, upstream: TcpStream, timeouts: Timeo
     let (received, sent) = (AtomicU64::new(0), AtomicU64::new(0));
     let both = async {
         tokio::try_join!(
-            pump(&downstream, &upstream, to_up, &received, moved),
-            pump(&upstream, &downstream, to_down, &sent, moved),
+            pump(&downstream, &upstream, &to_up, &received, moved),
+            pump(&upstream, &downstream, &to_down, &sent, moved),
         )
         .map(|_| ())
     };
-    within(both, start, &last, timeouts).await;
+    if within(both, start, &last, timeouts).await {
+        // Both directions ended with their pipe drained: reusable.
+        to_up.give_back();
+        to_down.give_back();
+    }
     Spliced {
         sent: sent.into_inner(),
         received: received.into_inner(),
@@ -102,12 +106,13 @@ pub async fn run_tcp(downstream: TcpStream, upstream: TcpStream, timeouts: Timeo
 
 /// Runs `copy` until it ends or one of `timeouts` is up, counting idleness
 /// from `last` (milliseconds after `start` of the last byte either way).
+/// Whether `copy` ran to its end without an error.
 async fn within(
     copy: impl Future<Output = io::Result<()>>,
     start: Instant,
     last: &AtomicU64,
     timeouts: Timeouts,
-) {
+) -> bool {
     tokio::pin!(copy);
     let deadline = timeouts.max_duration.map(|d| start + d);
     // When the connection is idle too long, counting from the last byte.
@@ -141,8 +146,12 @@ async fn within(
             }
         }
     };
-    if let Some(why) = ended {
-        tracing::debug!(reason = %why, "TCP connection closed");
+    match ended {
+        Some(why) => {
+            tracing::debug!(reason = %why, "TCP connection closed");
+            false
+        }
+        None => true,
     }
 }
 
@@ -172,11 +181,33 @@ impl Pipe {
     /// byte on a fast transfer.
     const SIZE: usize = 256 * 1024;
 
-    fn new() -> io::Result<Pipe> {
+    /// Empty pipes kept for the next connections, at most this many: a new
+    /// pipe costs four system calls and closing it two more, as much CPU as
+    /// a small connection's splicing.
+    const KEPT: usize = 64;
+
+    /// An empty pipe: a kept one, or a new one.
+    fn take() -> io::Result<Pipe> {
+        if let Some(p) = Self::kept().pop() {
+            return Ok(p);
+        }
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         let size = rustix::pipe::fcntl_setpipe_size(&write, Self::SIZE)
             .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))?;
         Ok(Pipe { read, write, size })
+    }
+
+    /// Keeps this pipe, which must be empty, for another connection.
+    fn give_back(self) {
+        let mut kept = Self::kept();
+        if kept.len() < Self::KEPT {
+            kept.push(self);
+        }
+    }
+
+    fn kept() -> std::sync::MutexGuard<'static, Vec<Pipe>> {
+        static KEPT: std::sync::Mutex<Vec<Pipe>> = std::sync::Mutex::new(Vec::new());
+        KEPT.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -185,7 +216,7 @@ impl Pipe {
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
-    pipe: Pipe,
+    pipe: &Pipe,
     count: &AtomicU64,
     moved: Moved<'_>,
 ) -> io::Result<()> {
@@ -412,10 +443,11 @@ mod tests {
 
     /// 8 MiB up, then a half-close, then 8 MiB down: every byte arrives in
     /// order, the server sees the client's end of stream, and the splice
-    /// counts both directions.
+    /// counts both directions; again on pipes a connection gave back.
     #[tokio::test]
     async fn megabytes_both_ways_with_a_half_close_arrive_whole() {
-        for way in [Way::Copy, Way::Kernel] {
+        // The second kernel splice may take the first one's pipes, kept.
+        for way in [Way::Copy, Way::Kernel, Way::Kernel] {
             let (mut client, mut server, task) = spliced(Timeouts::default(), way).await;
             let up: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
             let down: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 241) as u8).collect();
