@@ -249,30 +249,14 @@ mod tests {
     use crate::raft::state::registry::{
         gateway_key, Conn, GatewayRecord, Health, RegistryCommand, WorkloadRecord,
     };
-    use crate::raft::state::{Bootstrap, ClusterRecord, MeshInfo, NodeRecord};
+    use crate::raft::state::Bootstrap;
 
     fn store() -> Store {
         let mut s = Store::default();
         let mut ch = Vec::new();
         let b = Bootstrap {
-            mesh: MeshInfo {
-                trust_domain: "example.org".into(),
-                root_cert_pem: "ROOT".into(),
-                sealed_root_key: vec![1],
-                seal_check: vec![2],
-            },
             next_node_id: 3,
-            domain: "cluster.local".into(),
-            cluster: "east".into(),
-            record: ClusterRecord {
-                network: "net-east".into(),
-                joined_at: 100,
-            },
-            node_id: 1,
-            node: NodeRecord {
-                cluster: "east".into(),
-                locality: "us/a".into(),
-            },
+            ..Bootstrap::for_tests("net-east", 100, "us/a")
         };
         s.apply(&Command::Bootstrap(Box::new(b)), &mut ch);
         for (key, node, health, gone) in [

@@ -109,9 +109,7 @@ pub fn stamp_every(stale_after: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::state::{
-        Bootstrap, ClusterJoin, ClusterRecord, Command, MeshInfo, NodeRecord,
-    };
+    use crate::raft::state::{Bootstrap, ClusterJoin, Command};
     use crate::tokens::{secret_sha256, JoinToken, TokenKind, TokenRecord};
 
     /// East (node 1, stamped at 1000) and west (node 2, joined at 900
@@ -119,26 +117,7 @@ mod tests {
     fn store() -> Store {
         let mut s = Store::default();
         let mut ch = Vec::new();
-        let bootstrap = Bootstrap {
-            mesh: MeshInfo {
-                trust_domain: "example.org".into(),
-                root_cert_pem: "ROOT".into(),
-                sealed_root_key: vec![1],
-                seal_check: vec![2],
-            },
-            next_node_id: 2,
-            domain: "cluster.local".into(),
-            cluster: "east".into(),
-            record: ClusterRecord {
-                network: "n1".into(),
-                joined_at: 100,
-            },
-            node_id: 1,
-            node: NodeRecord {
-                cluster: "east".into(),
-                locality: String::new(),
-            },
-        };
+        let bootstrap = Bootstrap::for_tests("n1", 100, "");
         s.apply(&Command::Bootstrap(Box::new(bootstrap)), &mut ch);
         let t = JoinToken::generate(vec!["127.0.0.1:15012".into()], [7; 32]);
         let kind = TokenKind::Cluster {

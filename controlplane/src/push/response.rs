@@ -241,29 +241,13 @@ spec:
     #[test]
     fn the_bundle_says_where_the_node_is_and_hosts_use_the_meshs_domain() {
         use crate::push::item::{config_item, Visibility};
-        use crate::raft::state::{Bootstrap, ClusterRecord, MeshInfo, NodeRecord};
+        use crate::raft::state::Bootstrap;
 
         let mut st = Applied::default();
         let mut ch = Vec::new();
         let init = Bootstrap {
-            mesh: MeshInfo {
-                trust_domain: "example.org".into(),
-                root_cert_pem: "ROOT".into(),
-                sealed_root_key: vec![1],
-                seal_check: vec![2],
-            },
-            next_node_id: 2,
             domain: "corp.example".into(),
-            cluster: "east".into(),
-            record: ClusterRecord {
-                network: "net-east".into(),
-                joined_at: 1,
-            },
-            node_id: 1,
-            node: NodeRecord {
-                cluster: "east".into(),
-                locality: String::new(),
-            },
+            ..Bootstrap::for_tests("net-east", 1, "")
         };
         st.store.apply(&Command::Bootstrap(Box::new(init)), &mut ch);
         apply(&mut st, MESH, 2);

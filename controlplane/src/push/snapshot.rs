@@ -497,7 +497,7 @@ mod tests {
     use super::*;
     use crate::push::Type;
     use crate::raft::state::registry::{Conn, Health, RegistryCommand};
-    use crate::raft::state::{Bootstrap, ClusterRecord, Command, MeshInfo, NodeRecord};
+    use crate::raft::state::{Bootstrap, Command};
     use openraft::{CommittedLeaderId, LogId};
     use trellis_api::annotations;
 
@@ -526,26 +526,7 @@ mod tests {
     fn state() -> Applied {
         let mut st = Applied::default();
         let mut ch = Vec::new();
-        let init = Bootstrap {
-            mesh: MeshInfo {
-                trust_domain: "example.org".into(),
-                root_cert_pem: "ROOT".into(),
-                sealed_root_key: vec![1],
-                seal_check: vec![2],
-            },
-            next_node_id: 2,
-            domain: "cluster.local".into(),
-            cluster: "east".into(),
-            record: ClusterRecord {
-                network: "net-east".into(),
-                joined_at: 1,
-            },
-            node_id: 1,
-            node: NodeRecord {
-                cluster: "east".into(),
-                locality: String::new(),
-            },
-        };
+        let init = Bootstrap::for_tests("net-east", 1, "");
         st.store.apply(&Command::Bootstrap(Box::new(init)), &mut ch);
         let reg = Command::Registry(RegistryCommand::RegisterWorkload {
             key: KEY.into(),

@@ -67,6 +67,35 @@ pub struct Bootstrap {
     pub node: NodeRecord,
 }
 
+#[cfg(test)]
+impl Bootstrap {
+    /// For tests: mesh `example.org` (a stand-in root) with domain
+    /// `cluster.local`, whose first cluster `east` is on `network` since
+    /// `joined_at`, with node 1 there at `locality`; next node id 2.
+    pub(crate) fn for_tests(network: &str, joined_at: u64, locality: &str) -> Bootstrap {
+        Bootstrap {
+            mesh: MeshInfo {
+                trust_domain: "example.org".into(),
+                root_cert_pem: "ROOT".into(),
+                sealed_root_key: vec![1],
+                seal_check: vec![2],
+            },
+            next_node_id: 2,
+            domain: "cluster.local".into(),
+            cluster: "east".into(),
+            record: ClusterRecord {
+                network: network.into(),
+                joined_at,
+            },
+            node_id: 1,
+            node: NodeRecord {
+                cluster: "east".into(),
+                locality: locality.into(),
+            },
+        }
+    }
+}
+
 /// A cluster's control-plane node asking to join with a cluster token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterJoin {
@@ -286,24 +315,8 @@ mod tests {
 
     fn bootstrap() -> Bootstrap {
         Bootstrap {
-            mesh: MeshInfo {
-                trust_domain: "example.org".into(),
-                root_cert_pem: "ROOT".into(),
-                sealed_root_key: vec![1],
-                seal_check: vec![2],
-            },
-            next_node_id: 2,
             domain: "corp.example".into(),
-            cluster: "east".into(),
-            record: ClusterRecord {
-                network: "net-east".into(),
-                joined_at: 100,
-            },
-            node_id: 1,
-            node: NodeRecord {
-                cluster: "east".into(),
-                locality: "us-east1/b".into(),
-            },
+            ..Bootstrap::for_tests("net-east", 100, "us-east1/b")
         }
     }
 
