@@ -356,6 +356,14 @@ mod tests {
         (client, server, task)
     }
 
+    /// What the splice carried, once it ends (within a minute).
+    async fn ended(task: tokio::task::JoinHandle<Spliced>) -> Spliced {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the splice did not end")
+            .unwrap()
+    }
+
     /// Reads until the peer closes (within a minute); the bytes read.
     async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
         let mut got = Vec::new();
@@ -394,10 +402,7 @@ mod tests {
             took >= Duration::from_millis(290) && took < Duration::from_millis(400),
             "closed after {took:?} idle"
         );
-        let carried = tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .expect("the splice did not end")
-            .unwrap();
+        let carried = ended(task).await;
         assert_eq!(
             carried,
             Spliced {
@@ -429,10 +434,7 @@ mod tests {
                 break;
             }
         }
-        tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .expect("the splice did not end")
-            .unwrap();
+        ended(task).await;
         let took = start.elapsed();
         assert!(
             took >= Duration::from_secs(1) && took < Duration::from_millis(1300),
@@ -470,10 +472,7 @@ mod tests {
             let ((), at_server, at_client) = tokio::join!(send, serve, receive);
             assert!(at_server == up, "{way:?}: the upload arrived changed");
             assert!(at_client == down, "{way:?}: the download arrived changed");
-            let carried = tokio::time::timeout(Duration::from_secs(60), task)
-                .await
-                .expect("the splice did not end")
-                .unwrap();
+            let carried = ended(task).await;
             assert_eq!(
                 carried,
                 Spliced {
