@@ -10,6 +10,28 @@
 //! profile the running executable was built with.
 #![forbid(unsafe_code)]
 
+/// reviews as a VM service: a ServiceEntry on port 9080 selecting the
+/// WorkloadEntries labelled `app: reviews`, and their WorkloadGroup
+/// (service account `reviews`), for the multi-cluster tests.
+pub const REVIEWS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {name: reviews}
+spec:
+  metadata: {labels: {app: reviews}}
+  template: {serviceAccount: reviews}
+"#;
+
 mod bins;
 mod cluster;
 pub mod cut;

@@ -20,25 +20,6 @@ const SERIES: u8 = 23;
 const WEST_NODE: u8 = 1;
 const WORKLOAD: u8 = 2;
 
-const MESH: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: reviews}
-spec:
-  hosts: [reviews.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9080, name: http}]
-  workloadSelector: {labels: {app: reviews}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: reviews}
-spec:
-  metadata: {labels: {app: reviews}}
-  template: {serviceAccount: reviews}
-"#;
-
 /// A one-voter mesh and cluster `west` (network `net-west`) whose node
 /// joined with a cluster token as a learner.
 struct Mesh {
@@ -130,7 +111,7 @@ impl Mesh {
     async fn west_workload(&mut self) -> anyhow::Result<PathBuf> {
         let dir = self.cp.root.path().to_path_buf();
         let mesh = dir.join("mesh.yaml");
-        std::fs::write(&mesh, MESH)?;
+        std::fs::write(&mesh, trellis_e2e::REVIEWS)?;
         self.cp.cli(&["apply", "-f", &mesh.display().to_string()])?;
         let token = self.cli_with(
             &self.west_admin()?,

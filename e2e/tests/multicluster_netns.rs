@@ -36,27 +36,10 @@ const MARGIN: Duration = Duration::from_secs(3);
 /// Answers in a row from one workload that say the traffic is there.
 const IN_A_ROW: usize = 5;
 
-/// reviews in every cluster; a DestinationRule that fails over by
-/// locality, on outlier detection (Istio requires it for failover): one
-/// 5xx ejects, everything may be ejected.
-const MESH: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: reviews}
-spec:
-  hosts: [reviews.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9080, name: http}]
-  workloadSelector: {labels: {app: reviews}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: reviews}
-spec:
-  metadata: {labels: {app: reviews}}
-  template: {serviceAccount: reviews}
----
+/// With [`trellis_e2e::REVIEWS`] in every cluster: a DestinationRule that
+/// fails over by locality, on outlier detection (Istio requires it for
+/// failover): one 5xx ejects, everything may be ejected.
+const FAILOVER: &str = r#"---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: reviews}
@@ -172,7 +155,7 @@ impl Mesh {
             .await?;
         let dir = cp.root.path().to_path_buf();
         let mesh = dir.join("mesh.yaml");
-        std::fs::write(&mesh, MESH)?;
+        std::fs::write(&mesh, format!("{}{FAILOVER}", trellis_e2e::REVIEWS))?;
         cp.cli(&["apply", "-f", &mesh.display().to_string()])?;
         let learner_admin = cp.admin_config_through(learner, "cluster-2")?;
         let mut m = Mesh {

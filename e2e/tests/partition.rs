@@ -26,25 +26,6 @@ const STALE_AFTER: u64 = 4;
 /// `--workload-grace-secs`: a stopped agent's entry goes quickly.
 const GRACE: u64 = 2;
 
-const MESH: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: reviews}
-spec:
-  hosts: [reviews.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9080, name: http}]
-  workloadSelector: {labels: {app: reviews}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: reviews}
-spec:
-  metadata: {labels: {app: reviews}}
-  template: {serviceAccount: reviews}
-"#;
-
 /// The mesh, west's agents by host number, and the cut while it lasts.
 struct Mesh {
     // Field order is drop order: the cut heals, then the agents stop,
@@ -86,7 +67,7 @@ impl Mesh {
         let west = cp.join_cluster(&token, &host, &[]).await?;
         let dir = cp.root.path().to_path_buf();
         let mesh = dir.join("mesh.yaml");
-        std::fs::write(&mesh, MESH)?;
+        std::fs::write(&mesh, trellis_e2e::REVIEWS)?;
         cp.cli(&["apply", "-f", &mesh.display().to_string()])?;
         // Tokens made through west's node send their holders there.
         let west_admin = cp.admin_config_through(west, "west")?;
