@@ -17,6 +17,15 @@ use trellis_e2e::{bin, free_port, Cluster, Proc};
 use crate::net::wait_http_ok;
 use crate::{agent, gateway};
 
+/// The binaries of a multi-network bed (also `eastwest`'s).
+pub const PACKAGES: [&str; 5] = [
+    "trellis-controlplane",
+    "trellis",
+    "trellis-agent",
+    "trellis-echo",
+    "trellis-eastwest",
+];
+
 /// The service's host and port.
 pub const HOST: &str = "svc.default.svc.cluster.local";
 pub const PORT: u16 = 8080;

@@ -52,14 +52,6 @@ use crate::{agent, gateway};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Quiet time between two loads.
 const BETWEEN_LOADS: Duration = Duration::from_secs(1);
-/// The binaries of the test bed.
-const PACKAGES: [&str; 5] = [
-    "trellis-controlplane",
-    "trellis",
-    "trellis-agent",
-    "trellis-echo",
-    "trellis-eastwest",
-];
 /// The loopback series of the bed's block: `127.61.N.0/24`.
 const SERIES: u8 = 61;
 /// Host numbers in the block.
@@ -525,7 +517,7 @@ fn turns(rounds: u32) -> impl Iterator<Item = (u32, usize)> {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    args.build.binaries(&PACKAGES)?;
+    args.build.binaries(&crate::multinet::PACKAGES)?;
     let envoy_version = envoy_version(&args.envoy)?;
     let agent_version = agent::version()?;
 

@@ -38,14 +38,6 @@ use crate::multinet::{self, Endpoint, Place, HOST, NET_A, NET_B};
 use crate::net::Client;
 use crate::process::tail;
 
-/// The binaries of the test bed.
-const PACKAGES: [&str; 5] = [
-    "trellis-controlplane",
-    "trellis",
-    "trellis-agent",
-    "trellis-echo",
-    "trellis-eastwest",
-];
 /// The loopback series of the bed's block: `127.63.N.0/24`.
 const SERIES: u8 = 63;
 /// Host numbers in the block: the client, the first endpoint of each
@@ -343,7 +335,7 @@ impl Bed {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    args.build.binaries(&PACKAGES)?;
+    args.build.binaries(&multinet::PACKAGES)?;
     let mut bed = Bed::start(&args).await.context("starting the test bed")?;
     let mut trials = Vec::new();
     let mut from = Instant::now();

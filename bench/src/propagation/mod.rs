@@ -41,14 +41,6 @@ use crate::process::tail;
 use crate::push::sim::Fleet;
 use crate::push::{admin, apply, apply_on, fleet, services};
 
-/// The binaries of the test bed.
-const PACKAGES: [&str; 5] = [
-    "trellis-controlplane",
-    "trellis",
-    "trellis-agent",
-    "trellis-echo",
-    "trellis-eastwest",
-];
 /// The loopback series of the bed's block: `127.62.N.0/24`.
 const SERIES: u8 = 62;
 /// Host numbers in the block.
@@ -261,7 +253,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
-    args.build.binaries(&PACKAGES)?;
+    args.build.binaries(&multinet::PACKAGES)?;
     let mut bed = Bed::start(&args).await?;
     let probe = Duration::from_millis(args.probe_ms);
     let mut trials = Vec::new();
