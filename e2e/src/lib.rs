@@ -40,6 +40,7 @@ pub mod mesh;
 pub mod netns;
 mod process;
 pub mod shared;
+pub mod steady;
 pub mod third_party;
 pub mod upgrade;
 pub mod vm;

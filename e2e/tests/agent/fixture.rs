@@ -371,8 +371,13 @@ impl Loopback {
 
     /// [`Loopback::restart_client`] with `extra` flags.
     pub async fn restart_client_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.restart_client_from(&bin("trellis-agent"), extra).await
+    }
+
+    /// [`Loopback::restart_client_with`], the agent binary at `exe`.
+    pub async fn restart_client_from(&mut self, exe: &Path, extra: &[&str]) -> anyhow::Result<()> {
         self.client.kill();
-        let mut cmd = Command::new(bin("trellis-agent"));
+        let mut cmd = Command::new(exe);
         cmd.args(&self.client_args).args(extra);
         self.client = Proc::spawn(
             "client-agent-2",
