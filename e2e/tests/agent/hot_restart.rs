@@ -84,7 +84,9 @@ async fn three_hot_restarts_and_a_binary_upgrade_fail_no_keep_alive_request() ->
         }
         let next = hot_restart(pid, &data)?;
         ensure!(next != pid, "the same PID after a hot restart");
-        reaper = Reaper(next);
+        // Not a new Reaper: dropping the old one would kill the draining
+        // agent.
+        reaper.0 = next;
         let old = pid;
         wait_for(Duration::from_secs(10), "the old agent to exit", || async {
             exited(old).then_some(())
