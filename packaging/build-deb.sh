@@ -2,11 +2,13 @@
 # Builds the .deb packages trellis-agent (with the trellis CLI),
 # trellis-controlplane and trellis-eastwest (docs/vm.md).
 #
-#   packaging/build-deb.sh [--dev] [--no-build] [OUTDIR]
+#   packaging/build-deb.sh [--dev] [--no-build] [--deb-version V] [OUTDIR]
 #
 # Release binaries by default; --dev packages the debug build instead
 # (what the tests install: CI builds it anyway), with faster compression.
-# --no-build takes the binaries as they are.
+# --no-build takes the binaries as they are. --deb-version gives the
+# packages version V instead of the workspace's (the upgrade test's
+# "newer" package).
 # The packages go to OUTDIR (default: $CARGO_TARGET_DIR/debian, or
 # target/debian). Needs cargo-deb (`cargo install cargo-deb`); $CARGO_DEB
 # or /var/cache/trellis-tools/bin/cargo-deb are used when set or there.
@@ -21,6 +23,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --dev) profile=dev; deb_flags="$deb_flags --fast" ;;
     --no-build) build= ;;
+    --deb-version) shift; deb_flags="$deb_flags --deb-version $1" ;;
     -*) echo "build-deb.sh: unknown flag $1" >&2; exit 2 ;;
     *) break ;;
     esac
