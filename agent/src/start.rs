@@ -340,7 +340,7 @@ impl Sockets {
             outbound,
             upstreams,
             admin: bind(opts.admin, "admin", handoff.as_deref_mut()).await?,
-            metrics: bind(opts.metrics, "metrics", handoff.as_deref_mut()).await?,
+            metrics: bind(opts.metrics, "metrics", handoff).await?,
             dns,
         })
     }

@@ -61,7 +61,7 @@ impl Debs {
             if profile.file_name().is_some_and(|p| p == "debug") {
                 cmd.arg("--dev");
             }
-            cmd.arg("--no-build");
+            cmd.args(["--no-build", "--only", "trellis-agent"]);
             if let Some(v) = version {
                 cmd.args(["--deb-version", v]);
             }
@@ -103,6 +103,11 @@ pub struct Seen {
     /// Moments (samples every 100 ms) the capture rules differed from
     /// what they were before: missing, or changed.
     pub rules_changed: Vec<String>,
+    /// Connections the inbound capture chain redirected, before and after
+    /// (iptables' packet counters of the nat chain, which count a
+    /// connection's first packet): fewer after means the rules were
+    /// replaced meanwhile, however briefly.
+    pub redirected: (u64, u64),
     pub active_after: bool,
 }
 
@@ -203,6 +208,18 @@ impl Scenario {
             })
     }
 
+    /// Packets the inbound capture chain's rules matched
+    /// (`iptables -t nat -L TRELLIS_INBOUND -v -x`), summed.
+    pub fn redirected(&self) -> anyhow::Result<u64> {
+        let listed = self.vm.sh("iptables -t nat -L TRELLIS_INBOUND -n -v -x")?;
+        // Two header lines, then `PKTS BYTES TARGET ...` per rule.
+        Ok(listed
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum())
+    }
+
     /// `apt install ./newer.deb` while the client runs.
     pub async fn upgrade(&self) -> anyhow::Result<Seen> {
         self.during(|| {
@@ -231,6 +248,7 @@ impl Scenario {
             bail!("no capture rules before: {}", self.journal());
         }
         let main_before = self.number("MainPID")?;
+        let redirected_before = self.redirected()?;
         let restarts_before = self.number("NRestarts")?;
         let steady = Steady::start(&self.url(), RATE, Duration::from_secs(5))?;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -261,6 +279,7 @@ impl Scenario {
             main_pid: (main_before, self.number("MainPID")?),
             restarts: (restarts_before, self.number("NRestarts")?),
             rules_changed,
+            redirected: (redirected_before, self.redirected()?),
             active_after: self.property("ActiveState")? == "active",
         })
     }

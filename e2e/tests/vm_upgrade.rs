@@ -4,7 +4,8 @@
 //! capture) to a server in the VM while `apt install ./newer.deb` runs,
 //! which reloads the unit: a hot restart. No request fails, the unit stays
 //! active without a restart, its main process is a new one, and the
-//! capture rules stay as they were throughout. Then `systemctl restart`
+//! capture rules stay as they were throughout (sampled, and their packet
+//! counters never reset). Then `systemctl restart`
 //! under the same load, whose failures are printed (a restart stops the
 //! agent, and removes capture, before it starts again). Skipped where
 //! namespaces or systemd-nspawn are missing.
@@ -23,6 +24,11 @@ async fn apt_install_of_a_newer_agent_fails_no_request() -> anyhow::Result<()> {
     assert_eq!(up.restarts.0, up.restarts.1, "NRestarts changed: {up:?}");
     assert_ne!(up.main_pid.0, up.main_pid.1, "MainPID unchanged: {up:?}");
     assert!(up.rules_changed.is_empty(), "capture changed: {up:?}");
+    // Not flushed and filled again, even between two samples.
+    assert!(
+        up.redirected.1 > up.redirected.0,
+        "capture replaced: {up:?}"
+    );
     let journal = s.journal();
     assert!(
         journal.contains("took over from the agent that ran before"),

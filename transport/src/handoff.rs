@@ -178,7 +178,7 @@ impl Received {
     /// The sockets sent on handoff socket `at` (`@NAME`).
     pub fn connect(at: &str) -> Result<Received, HandoffError> {
         let io = |what| move |e: io::Error| HandoffError::Io(what, e);
-        let name = at.strip_prefix('@').unwrap_or(&at);
+        let name = at.strip_prefix('@').unwrap_or(at);
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
             .map_err(io("the handoff socket"))?;
         let stream = std::os::unix::net::UnixStream::connect_addr(&addr)
