@@ -248,6 +248,13 @@ impl Scenario {
             bail!("no capture rules before: {}", self.journal());
         }
         let main_before = self.number("MainPID")?;
+        // Ten connections first, so that counters reset by a flush show
+        // below what they were.
+        for _ in 0..10 {
+            Command::new("curl")
+                .args(["-s", "-o", "/dev/null", &self.url()])
+                .status()?;
+        }
         let redirected_before = self.redirected()?;
         let restarts_before = self.number("NRestarts")?;
         let steady = Steady::start(&self.url(), RATE, Duration::from_secs(5))?;
