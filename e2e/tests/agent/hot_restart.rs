@@ -3,7 +3,9 @@
 //! agent's upstream listener to the echo server while the agent hot
 //! restarts (SIGHUP, through `trellis-agent --hot-restart PID`, as the
 //! unit's `ExecReload=`) three times, its binary replaced on disk once
-//! as a package upgrade does; and while it drains on SIGTERM.
+//! as a package upgrade does; and while it drains on SIGTERM. Also what
+//! systemd hears during a hot restart (the test plays its notify
+//! socket), and a successor that fails: the agent serves on.
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -113,6 +115,49 @@ async fn three_hot_restarts_and_a_binary_upgrade_fail_no_keep_alive_request() ->
             .count()
             == 3,
         "three successors took over:\n{log}"
+    );
+    drop(reaper);
+    Ok(())
+}
+
+/// What systemd hears: the new process made the main one (`MAINPID=`),
+/// and no `STOPPING=1`, which would stop the unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_restart_tells_systemd_the_new_main_pid_and_not_stopping() -> anyhow::Result<()> {
+    let mut lb = Loopback::start().await?;
+    let path = lb.dir.join("notify");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&path)?;
+    systemd.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let socket = path.display().to_string();
+    lb.restart_client_env(
+        &bin("trellis-agent"),
+        &["--drain-timeout", "1s"],
+        &[("NOTIFY_SOCKET", &socket)],
+    )
+    .await?;
+    let pid = lb.client.pid().context("the client agent's PID")?;
+    let mut reaper = Reaper(pid);
+    let next = hot_restart(pid, &lb.dir.join("client"))?;
+    reaper.0 = next;
+    wait_for(Duration::from_secs(10), "the old agent to exit", || async {
+        exited(pid).then_some(())
+    })
+    .await?;
+    // Everything sent until then (watchdog pings aside: none without
+    // WATCHDOG_USEC).
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = systemd.recv(&mut buf) {
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let main = format!("MAINPID={next}\n");
+    ensure!(
+        heard.iter().any(|m| m.starts_with(&main)),
+        "no {main:?} in {heard:?}"
+    );
+    ensure!(
+        !heard.iter().any(|m| m.contains("STOPPING=1")),
+        "STOPPING=1 during a hot restart: {heard:?}"
     );
     drop(reaper);
     Ok(())
