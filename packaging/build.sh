@@ -3,14 +3,16 @@
 # trellis-controlplane and trellis-eastwest, as .deb and .rpm
 # (docs/vm.md).
 #
-#   packaging/build.sh [--deb] [--rpm] [--dev] [--no-build] [OUTDIR]
+#   packaging/build.sh [--deb] [--rpm] [--dev] [--no-build]
+#                      [--deb-version V] [OUTDIR]
 #
 # Both kinds unless --deb or --rpm picks one. Release binaries by
 # default; --dev packages the debug build instead (what the tests
 # install: CI builds it anyway), with faster compression. --no-build
-# takes the binaries as they are. The packages go to OUTDIR (default:
-# $CARGO_TARGET_DIR/debian and $CARGO_TARGET_DIR/generate-rpm, or the
-# same under target/). Needs cargo-deb and cargo-generate-rpm (`cargo
+# takes the binaries as they are. --deb-version gives the .debs version
+# V instead of the workspace's (an upgrade test's "newer" package). The
+# packages go to OUTDIR (default: $CARGO_TARGET_DIR/debian and
+# $CARGO_TARGET_DIR/generate-rpm, or the same under target/). Needs cargo-deb and cargo-generate-rpm (`cargo
 # install cargo-deb cargo-generate-rpm`); $CARGO_DEB and
 # $CARGO_GENERATE_RPM, or /var/cache/trellis-tools/bin, are used when
 # set or there.
@@ -30,9 +32,11 @@ while [ $# -gt 0 ]; do
     --dev)
         profile=dev
         deb_flags="$deb_flags --fast"
+        # zstd, the default, takes ten times as long on debug binaries.
         rpm_flags="--payload-compress gzip"
         ;;
     --no-build) build= ;;
+    --deb-version) shift; deb_flags="$deb_flags --deb-version $1" ;;
     -*) echo "build.sh: unknown flag $1" >&2; exit 2 ;;
     *) break ;;
     esac
