@@ -45,7 +45,8 @@ done
 [ -n "$deb$rpm" ] || deb=yes rpm=yes
 target="${CARGO_TARGET_DIR:-target}"
 
-# $1 (cargo-deb) from $2 ($CARGO_DEB...), from PATH or the tools' cache.
+# Where tool $1 is: $2 (its variable, $CARGO_DEB...) when set, else on
+# PATH or in the tools' cache .ci/run keeps.
 tool() {
     if [ -n "$2" ]; then
         echo "$2"

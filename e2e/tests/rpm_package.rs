@@ -310,6 +310,16 @@ fn rpm_installs_upgrades_and_erases_on_a_booted_debian() -> anyhow::Result<()> {
         "{installed}"
     );
     booted.rpm(&["-i", "--nodeps", &agent.to_string_lossy()])?;
+    // Stripped by build.sh, as cargo-deb --strip does.
+    for bin in ["trellis-agent", "trellis", "trellis-controlplane"] {
+        let sections = Command::new("readelf")
+            .arg("-S")
+            .arg(vm.path(&format!("/usr/bin/{bin}")))
+            .output()?;
+        let sections = String::from_utf8_lossy(&sections.stdout);
+        assert!(sections.contains(".text"), "{bin}: {sections}");
+        assert!(!sections.contains(".debug_info"), "{bin} not stripped");
+    }
     assert!(vm
         .sh("getent passwd trellis")?
         .contains(":/var/lib/trellis:/usr/sbin/nologin"));
