@@ -284,8 +284,8 @@ impl Booted {
     }
 }
 
-/// The scriptlets under a real `rpm` transaction: `rpm -i` makes the user
-/// and the state directory and starts nothing; `rpm -U` of a running
+/// The scriptlets under a real `rpm` transaction: `rpm -i` of the three
+/// packages makes the user and the state directories and starts nothing; `rpm -U` of a running
 /// unit's package (%post with 2) restarts it and leaves it enabled
 /// (%preun and %postun with 1 do nothing); `rpm -e` (%preun with 0)
 /// stops and disables it, and (%postun with 0) removes state, settings
@@ -295,6 +295,7 @@ impl Booted {
 fn rpm_installs_upgrades_and_erases_on_a_booted_debian() -> anyhow::Result<()> {
     let agent = rpm_file("trellis-agent")?;
     let controlplane = rpm_file("trellis-controlplane")?;
+    let eastwest = rpm_file("trellis-eastwest")?;
     let Some(booted) = Booted::start()? else {
         return Ok(());
     };
@@ -309,9 +310,16 @@ fn rpm_installs_upgrades_and_erases_on_a_booted_debian() -> anyhow::Result<()> {
         installed.contains("trellis-controlplane: installed, not enabled"),
         "{installed}"
     );
-    booted.rpm(&["-i", "--nodeps", &agent.to_string_lossy()])?;
+    for other in [&agent, &eastwest] {
+        booted.rpm(&["-i", "--nodeps", &other.to_string_lossy()])?;
+    }
     // Stripped by build.sh, as cargo-deb --strip does.
-    for bin in ["trellis-agent", "trellis", "trellis-controlplane"] {
+    for bin in [
+        "trellis-agent",
+        "trellis",
+        "trellis-controlplane",
+        "trellis-eastwest",
+    ] {
         let sections = Command::new("readelf")
             .arg("-S")
             .arg(vm.path(&format!("/usr/bin/{bin}")))
@@ -325,16 +333,19 @@ fn rpm_installs_upgrades_and_erases_on_a_booted_debian() -> anyhow::Result<()> {
         .contains(":/var/lib/trellis:/usr/sbin/nologin"));
     let modes = vm.sh(
         "stat -c '%U %a %n' /var/lib/trellis/controlplane /var/lib/trellis/agent \
-           /etc/trellis/controlplane.env /etc/trellis/agent.env",
+           /var/lib/trellis/eastwest /etc/trellis/controlplane.env \
+           /etc/trellis/agent.env /etc/trellis/eastwest.env",
     )?;
     assert_eq!(
         modes,
         "trellis 700 /var/lib/trellis/controlplane\n\
          trellis 700 /var/lib/trellis/agent\n\
+         trellis 700 /var/lib/trellis/eastwest\n\
          root 600 /etc/trellis/controlplane.env\n\
-         root 600 /etc/trellis/agent.env\n"
+         root 600 /etc/trellis/agent.env\n\
+         root 600 /etc/trellis/eastwest.env\n"
     );
-    for unit in ["trellis-controlplane", "trellis-agent"] {
+    for unit in PACKAGES {
         let props = booted.unit(unit)?;
         for want in ["ActiveState=inactive", "UnitFileState=disabled"] {
             assert!(props.contains(want), "{unit}: {want}: {props}");
@@ -399,6 +410,8 @@ fn rpm_installs_upgrades_and_erases_on_a_booted_debian() -> anyhow::Result<()> {
         "/etc/trellis/controlplane.env",
         "/etc/trellis/controlplane.env.rpmsave",
         "/usr/lib/systemd/system/trellis-controlplane.service",
+        // Disabled.
+        "/etc/systemd/system/multi-user.target.wants/trellis-controlplane.service",
     ] {
         assert!(!vm.path(gone).exists(), "{gone} left after rpm -e");
     }
@@ -406,7 +419,7 @@ fn rpm_installs_upgrades_and_erases_on_a_booted_debian() -> anyhow::Result<()> {
     vm.sh("getent passwd trellis")
         .context("the agent's user went with the control plane")?;
 
-    booted.rpm(&["-e", "trellis-agent"])?;
+    booted.rpm(&["-e", "trellis-eastwest", "trellis-agent"])?;
     for gone in ["/var/lib/trellis", "/etc/trellis", "/usr/bin/trellis-agent"] {
         assert!(!vm.path(gone).exists(), "{gone} left after rpm -e");
     }
