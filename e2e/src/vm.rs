@@ -270,3 +270,63 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
         })
         .unwrap_or_default()
 }
+
+impl Vm {
+    /// The container's root as its processes see it, mounts included
+    /// (`/proc/PID/root` of its systemd): a program of the host's given
+    /// this as its root (`rpm --root`) and chrooting there runs against
+    /// the booted system, its `/run` and systemd included, when started
+    /// with [`Vm::host_command`].
+    pub fn live_root(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.leader))
+    }
+
+    /// `program` of the host's, run in the container's namespaces but its
+    /// mount namespace: in its PID namespace, so that the container's
+    /// systemd takes its (and its children's) credentials.
+    pub fn host_command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args([
+            "-t",
+            &self.leader.to_string(),
+            "-p",
+            "-n",
+            "-u",
+            "-i",
+            program,
+        ]);
+        cmd
+    }
+}
+
+/// Builds the packages of `kind` (`--deb` or `--rpm`) with
+/// `packaging/build.sh --no-build` from the binaries of this executable's
+/// profile (`--dev` for debug), which the caller built; returns their
+/// directory, TARGET/debian or TARGET/generate-rpm.
+pub fn build_packages(kind: &str) -> anyhow::Result<PathBuf> {
+    let dir = match kind {
+        "--deb" => "debian",
+        "--rpm" => "generate-rpm",
+        _ => bail!("build_packages: {kind:?} is neither --deb nor --rpm"),
+    };
+    let profile = crate::profile_dir()?;
+    let target = profile.parent().context("target dir")?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build.sh");
+    let mut cmd = Command::new(&script);
+    cmd.arg(kind);
+    if profile.file_name().is_some_and(|p| p == "debug") {
+        cmd.arg("--dev");
+    }
+    let built = cmd
+        .arg("--no-build")
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !built.status.success() {
+        bail!(
+            "build.sh {kind} failed: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    Ok(target.join(dir))
+}
