@@ -4,13 +4,14 @@
 # (docs/vm.md).
 #
 #   packaging/build.sh [--deb] [--rpm] [--dev] [--no-build]
-#                      [--deb-version V] [OUTDIR]
+#                      [--deb-version V] [--only PACKAGE] [OUTDIR]
 #
 # Both kinds unless --deb or --rpm picks one. Release binaries by
 # default; --dev packages the debug build instead (what the tests
 # install: CI builds it anyway), with faster compression. --no-build
 # takes the binaries as they are. --deb-version gives the .debs version
-# V instead of the workspace's (an upgrade test's "newer" package). The
+# V instead of the workspace's (an upgrade test's "newer" package);
+# --only makes that one .deb (the upgrade test's trellis-agent). The
 # packages go to OUTDIR (default: $CARGO_TARGET_DIR/debian and
 # $CARGO_TARGET_DIR/generate-rpm, or the same under target/). Needs cargo-deb and cargo-generate-rpm (`cargo
 # install cargo-deb cargo-generate-rpm`); $CARGO_DEB and
@@ -25,6 +26,7 @@ deb_flags="--strip"
 rpm_flags=
 deb= rpm=
 build=yes
+debs="trellis-agent trellis-controlplane trellis-eastwest"
 while [ $# -gt 0 ]; do
     case "$1" in
     --deb) deb=yes ;;
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
         ;;
     --no-build) build= ;;
     --deb-version) shift; deb_flags="$deb_flags --deb-version $1" ;;
+    --only) shift; debs="$1" ;;
     -*) echo "build.sh: unknown flag $1" >&2; exit 2 ;;
     *) break ;;
     esac
@@ -68,7 +71,7 @@ tool() {
 if [ -n "$deb" ]; then
     out="${1:-$target/debian}"
     mkdir -p "$out"
-    for package in trellis-agent trellis-controlplane trellis-eastwest; do
+    for package in $debs; do
         # shellcheck disable=SC2086 # deb_flags is a list of flags
         "$cargo_deb" -p "$package" --no-build --profile "$profile" $deb_flags -o "$out"
     done

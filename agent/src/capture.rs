@@ -11,7 +11,8 @@
 //!
 //! The rules are written once ([`Capture::rules`]) and rendered for either
 //! backend. With iptables they live in two chains of the `nat` table of
-//! `iptables` and of `ip6tables`, flushed and refilled on install; with
+//! `iptables` and of `ip6tables`, flushed and refilled on install (left
+//! alone if they hold these rules already: a hot restart); with
 //! nftables in a table of their own, `inet trellis` (both families),
 //! replaced whole in one transaction. Installing is idempotent either way;
 //! [`Capture::remove`] undoes it on clean shutdown.
@@ -310,6 +311,9 @@ impl Capture {
 
     fn install_iptables(&self) -> Result<(), CaptureError> {
         for &family in self.families() {
+            if self.iptables_in_place(family) {
+                continue;
+            }
             let iptables = |args: &[&str]| iptables(family, args);
             for chain in [Chain::Inbound, Chain::Outbound].map(Chain::iptables) {
                 if iptables(&["-t", "nat", "-N", chain]).is_err() {
@@ -331,6 +335,45 @@ impl Capture {
             }
         }
         Ok(())
+    }
+
+    /// Whether `family`'s chains hold these rules and no others, and are
+    /// jumped to: then installing leaves them alone. Flushing and refilling
+    /// them would let connections made meanwhile bypass the agent: an agent
+    /// taking over from another (a hot restart) finds them in place.
+    fn iptables_in_place(&self, family: Family) -> bool {
+        let rules = self.iptables_rules(family);
+        let listed: usize = [Chain::Inbound, Chain::Outbound]
+            .iter()
+            .map(|c| {
+                iptables_output(family, &["-t", "nat", "-S", c.iptables()])
+                    .map(|out| out.lines().filter(|l| l.starts_with("-A ")).count())
+                    .unwrap_or(usize::MAX / 4)
+            })
+            .sum();
+        let check = |args: Vec<&str>| iptables(family, &args).is_ok();
+        listed == rules.len()
+            && rules.iter().all(|r| {
+                let rule = r.strip_prefix("-A ").unwrap_or(r);
+                check(
+                    ["-t", "nat", "-C"]
+                        .into_iter()
+                        .chain(rule.split_whitespace())
+                        .collect(),
+                )
+            })
+            && JUMPS.iter().all(|(hook, proto, chain)| {
+                check(vec![
+                    "-t",
+                    "nat",
+                    "-C",
+                    hook,
+                    "-p",
+                    proto,
+                    "-j",
+                    chain.iptables(),
+                ])
+            })
     }
 
     /// Removes the rules and chains (best effort: what is already gone is fine).
@@ -387,15 +430,20 @@ fn nft_delete_tables() -> String {
 }
 
 fn iptables(family: Family, args: &[&str]) -> Result<(), CaptureError> {
+    iptables_output(family, args).map(drop)
+}
+
+/// What `iptables args` (or `ip6tables`) printed.
+fn iptables_output(family: Family, args: &[&str]) -> Result<String, CaptureError> {
     run(family.iptables(), &[&["-w", "5"], args].concat(), None)
 }
 
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), CaptureError> {
-    run("nft", args, stdin)
+    run("nft", args, stdin).map(drop)
 }
 
-/// Runs `command args`, feeding it `stdin` if given.
-fn run(command: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), CaptureError> {
+/// Runs `command args`, feeding it `stdin` if given; what it printed.
+fn run(command: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String, CaptureError> {
     let err = |reason: String| CaptureError {
         command,
         args: args.join(" "),
@@ -422,7 +470,8 @@ fn run(command: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(), 
     if !out.status.success() {
         return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }
-    written.map_err(|e| err(e.to_string()))
+    written.map_err(|e| err(e.to_string()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

@@ -12,11 +12,13 @@
 //! - [`dns`]: the DNS proxy (15053), and [`capture`]: iptables or
 //!   nftables rules;
 //! - the wiring: [`Options`] and [`run`], which starts them in named
-//!   steps ([`start`]) and drains them on SIGTERM.
+//!   steps ([`start`]) and drains them on SIGTERM, or hands its sockets
+//!   to a new agent process and drains on SIGHUP ([`restart`]).
 pub mod capture;
 pub mod dns;
 pub mod options;
 pub mod proxy;
+pub mod restart;
 pub mod route;
 mod start;
 

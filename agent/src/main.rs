@@ -12,6 +12,19 @@ fn main() -> anyhow::Result<()> {
         trellis_agent::capture::remove_all();
         return Ok(());
     }
+    if let Some(pid) = opts.hot_restart {
+        let timeout = trellis_agent::restart::HANDOFF_TIMEOUT * 2;
+        match trellis_agent::restart::request(pid, &opts.data_dir, timeout) {
+            Ok(new) => {
+                println!("trellis-agent: process {pid} handed over to process {new}");
+                return Ok(());
+            }
+            Err(e) => anyhow::bail!("hot restart of process {pid}: {e}"),
+        }
+    }
+    // Before any thread starts: it reads (and removes) an environment
+    // variable.
+    let handoff = trellis_transport::handoff::Received::from_env()?;
     trellis_agent::options::check(&opts)?;
     let filter = EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
@@ -40,6 +53,6 @@ fn main() -> anyhow::Result<()> {
     runtime
         .enable_all()
         .build()?
-        .block_on(trellis_agent::run(opts, set_level))?;
+        .block_on(trellis_agent::run(opts, set_level, handoff))?;
     Ok(())
 }

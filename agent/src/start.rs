@@ -8,9 +8,15 @@
 //! → READY=1 to systemd once a config is served (the first one the
 //! control plane sent, or the cached one) → SIGINT or SIGTERM → a drain: listeners stop accepting, in-flight
 //! requests and connections get up to `--drain-timeout` to finish →
-//! capture removed.
+//! capture removed. Or SIGHUP → a hot restart ([`crate::restart`]): a new
+//! agent process takes the sockets, and this one drains and leaves capture
+//! to it. An agent started so takes its sockets from its predecessor
+//! rather than binding them, and tells it once it serves.
+use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,12 +31,13 @@ use trellis_dataplane::tls::MeshTls;
 use trellis_dataplane::{admin, discovery, Shared};
 use trellis_identity::verify::CertCell;
 use trellis_transport::connect::{ConnectOpts, CAPTURE_MARK};
+use trellis_transport::handoff::{HandoffError, Received};
 use trellis_transport::{drain, listen};
 
 use crate::options::{Options, OptionsError};
 use crate::proxy::outbound::Listener;
 use crate::proxy::{self, app::AppClient, pool, Proxy};
-use crate::{capture, dns};
+use crate::{capture, dns, restart};
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +67,8 @@ pub enum StartError {
     NoConfigSource,
     #[error("installing capture: {0}")]
     Capture(#[from] capture::CaptureError),
+    #[error("taking over from the agent that ran before: {0}")]
+    Handoff(#[from] HandoffError),
 }
 
 /// Reads and validates a config file: all of it or nothing.
@@ -74,8 +83,19 @@ pub fn load_config(path: &Path) -> Result<Vec<Resource>, StartError> {
     })
 }
 
-/// Runs the agent until SIGINT or SIGTERM, then drains it.
-pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(), StartError> {
+/// Runs the agent until SIGINT or SIGTERM, then drains it; or until a
+/// SIGHUP's hot restart has handed over to a successor, then drains
+/// leaving capture in place. `handoff`: the sockets of the agent this one
+/// succeeds, if any.
+pub async fn run(
+    opts: Options,
+    set_log_level: admin::SetLogLevel,
+    mut handoff: Option<Received>,
+) -> Result<(), StartError> {
+    // At once: SIGHUP's default action would end the process.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let shutdown = drain::shutdown_signal();
+    tokio::pin!(shutdown);
     let resources = match &opts.config_file {
         Some(p) => load_config(p)?,
         None => Vec::new(),
@@ -97,7 +117,13 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
     if opts.capture.backend().is_some() && !ipv6 {
         tracing::warn!("the host has no IPv6 (::1 cannot be bound): capturing IPv4 only");
     }
-    let sockets = Sockets::bind(&opts, ipv6).await?;
+    let sockets = Sockets::bind(&opts, ipv6, handoff.as_mut()).await?;
+    // Copies kept for a successor.
+    let kept = sockets.copies().map_err(|source| StartError::Bind {
+        addr: opts.inbound,
+        what: "copies of the listening sockets",
+        source,
+    })?;
     let control_plane = if opts.control_plane.is_empty() {
         loaded.control_plane.clone()
     } else {
@@ -119,7 +145,7 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
     let ready = Arc::new(admin::Readiness::new(admin.clone()));
     let (signal, watch) = drain::channel();
     let mut tasks = serve(&opts, sockets, &px, &admin, watch);
-    config_source(
+    let served = config_source(
         &opts,
         &px,
         settings,
@@ -130,18 +156,53 @@ pub async fn run(opts: Options, set_log_level: admin::SetLogLevel) -> Result<(),
     );
     tracing::info!(
         inbound = %opts.inbound, outbound = %opts.outbound, admin = %opts.admin, metrics = %opts.metrics,
-        "trellis-agent ready"
+        "trellis-agent started"
     );
+    match handoff {
+        // The predecessor owns capture until it confirms: an error here
+        // returns without removing it.
+        Some(h) => {
+            tokio::select! {
+                () = served => {}
+                () = &mut shutdown => return Ok(()),
+            }
+            h.ready().await?;
+            tracing::info!("took over from the agent that ran before");
+        }
+        None => {
+            tasks.spawn(served);
+        }
+    }
 
-    drain::shutdown_signal().await;
-    tracing::info!(deadline = ?opts.drain_timeout, "draining: no new connections; in-flight requests may finish");
-    ready.draining();
+    let successor = loop {
+        tokio::select! {
+            () = &mut shutdown => break None,
+            Some(()) = async { hangup.as_mut()?.recv().await } => {
+                let outcome = restart::hand_over(&kept, &ready).await;
+                restart::record(&opts.data_dir, &outcome);
+                match outcome {
+                    Ok(pid) => break Some(pid),
+                    Err(e) => tracing::error!(error = %e, "hot restart failed: this agent serves on"),
+                }
+            }
+        }
+    };
+    drop(kept);
+    match successor {
+        Some(pid) => {
+            tracing::info!(successor = pid, deadline = ?opts.drain_timeout, "handed over: draining; capture stays, the new agent's")
+        }
+        None => {
+            tracing::info!(deadline = ?opts.drain_timeout, "draining: no new connections; in-flight requests may finish");
+            ready.draining();
+        }
+    }
     if signal.drain(opts.drain_timeout).await {
         tracing::info!("drained");
     } else {
         tracing::warn!(deadline = ?opts.drain_timeout, "connections still open after the drain deadline are closed");
     }
-    if let Some(c) = &capture {
+    if let (Some(c), None) = (&capture, successor) {
         c.remove();
     }
     tasks.abort_all();
@@ -222,20 +283,26 @@ struct Sockets {
 }
 
 impl Sockets {
-    async fn bind(opts: &Options, ipv6: bool) -> Result<Self, StartError> {
+    /// Binds them, or takes those `handoff` has on the same addresses
+    /// (what it has besides is closed: listeners the agent no longer has).
+    async fn bind(
+        opts: &Options,
+        ipv6: bool,
+        mut handoff: Option<&mut Received>,
+    ) -> Result<Self, StartError> {
         let twin = |addr: SocketAddr, local: bool| listen::ipv6_twin(addr, local).filter(|_| ipv6);
-        let mut inbound = vec![bind(opts.inbound, "inbound").await?];
-        let mut outbound = vec![bind(opts.outbound, "outbound").await?];
+        let mut inbound = vec![bind(opts.inbound, "inbound", handoff.as_deref_mut()).await?];
+        let mut outbound = vec![bind(opts.outbound, "outbound", handoff.as_deref_mut()).await?];
         for (listeners, twin, what) in [
             (&mut inbound, twin(opts.inbound, false), "inbound, IPv6"),
             (&mut outbound, twin(opts.outbound, true), "outbound, IPv6"),
         ] {
             if let Some(addr) = twin {
-                let l = listen::bind_ipv6_only(addr).map_err(|source| StartError::Bind {
-                    addr,
-                    what,
-                    source,
-                })?;
+                let err = |source| StartError::Bind { addr, what, source };
+                let l = match handoff.as_deref_mut().and_then(|h| h.take_tcp(addr)) {
+                    Some(l) => from_std(l).map_err(err)?,
+                    None => listen::bind_ipv6_only(addr).map_err(err)?,
+                };
                 listeners.push(l);
             }
         }
@@ -245,7 +312,8 @@ impl Sockets {
                 host: Arc::from(u.host.as_str()),
                 port: u.port,
             };
-            upstreams.push((bind(u.listen, "upstream").await?, kind));
+            let l = bind(u.listen, "upstream", handoff.as_deref_mut()).await?;
+            upstreams.push((l, kind));
         }
         let mut dns = Vec::new();
         for addr in opts
@@ -253,30 +321,64 @@ impl Sockets {
             .into_iter()
             .chain(opts.dns.and_then(|a| twin(a, true)))
         {
-            let l = dns::Listeners::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr,
-                    what: "DNS, UDP and TCP",
-                    source,
-                })?;
+            let err = |source| StartError::Bind {
+                addr,
+                what: "DNS, UDP and TCP",
+                source,
+            };
+            let taken = handoff
+                .as_deref_mut()
+                .and_then(|h| Some((h.take_udp(addr)?, h.take_tcp(addr)?)));
+            let l = match taken {
+                Some((udp, tcp)) => dns::Listeners::from_std(udp, tcp).map_err(err)?,
+                None => dns::Listeners::bind(addr).await.map_err(err)?,
+            };
             dns.push(l);
         }
         Ok(Self {
             inbound,
             outbound,
             upstreams,
-            admin: bind(opts.admin, "admin").await?,
-            metrics: bind(opts.metrics, "metrics").await?,
+            admin: bind(opts.admin, "admin", handoff.as_deref_mut()).await?,
+            metrics: bind(opts.metrics, "metrics", handoff).await?,
             dns,
         })
     }
+
+    /// A copy of every socket, for a successor.
+    fn copies(&self) -> std::io::Result<Vec<OwnedFd>> {
+        let tcp = self
+            .inbound
+            .iter()
+            .chain(&self.outbound)
+            .chain(self.upstreams.iter().map(|(l, _)| l))
+            .chain([&self.admin, &self.metrics]);
+        let mut fds = tcp
+            .map(|l| l.as_fd().try_clone_to_owned())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        for d in &self.dns {
+            fds.extend(d.sockets()?);
+        }
+        Ok(fds)
+    }
 }
 
-async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
-    listen::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, what, source })
+/// A TCP listener on `addr`: the one `handoff` has there, or a new one.
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    handoff: Option<&mut Received>,
+) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { addr, what, source };
+    match handoff.and_then(|h| h.take_tcp(addr)) {
+        Some(l) => from_std(l).map_err(err),
+        None => listen::bind(addr).await.map_err(err),
+    }
+}
+
+fn from_std(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
 }
 
 /// The capture rules, if the agent captures.
@@ -351,7 +453,8 @@ fn serve(
 /// Where the config comes from: the file, watched for changes (ready at
 /// once), or the control plane's stream (ready once the first response
 /// is applied, or at once from the cache it left), with the
-/// WorkloadGroup's readiness probe.
+/// WorkloadGroup's readiness probe. What it returns tells readiness and
+/// returns once ready.
 fn config_source(
     opts: &Options,
     px: &Arc<Proxy>,
@@ -360,11 +463,10 @@ fn config_source(
     group: Option<String>,
     ready: Arc<admin::Readiness>,
     tasks: &mut JoinSet<()>,
-) {
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     if let Some(path) = opts.config_file.clone() {
         tasks.spawn(watch_config(path, settings, px.mesh.clone()));
-        ready.serving("serving the config file");
-        return;
+        return Box::pin(async move { ready.serving("serving the config file") });
     }
     let node = opts.proxy_node(&settings, &opts.workload(&settings), group.as_deref());
     let cache = opts.data_dir.join(discovery::CACHE_FILE);
@@ -398,7 +500,7 @@ fn config_source(
         ));
     }
     tasks.spawn(client.run(health_rx));
-    tasks.spawn(async move { ready.once_config_served(cached.is_some(), first).await });
+    Box::pin(async move { ready.once_config_served(cached.is_some(), first).await })
 }
 
 /// Reloads the config file when it changes; a file that does not parse or

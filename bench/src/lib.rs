@@ -38,6 +38,10 @@
 //!   steady load: the time until all traffic is on the other cluster,
 //!   through its gateway (outlier detection and locality failover).
 //!
+//! - `upgrade/`: the agent's package upgraded (a hot restart), then its
+//!   unit restarted, on a booted Debian under a steady keep-alive load:
+//!   the requests that failed.
+//!
 //! A new suite is a folder beside them with a variant of [`Command`].
 //!
 //! What the suites share is at the top: `flags` (the flags two or more
@@ -70,6 +74,7 @@ mod proxy;
 mod push;
 mod report;
 mod table;
+mod upgrade;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -116,6 +121,10 @@ pub enum Command {
     /// -> all traffic on the other cluster through its gateway: p50/p99
     /// over many trials, failed requests per trial, recovery.
     Failover(failover::Args),
+    /// `apt install` of a newer agent package (a hot restart) and
+    /// `systemctl restart` on a booted Debian, under 200 requests/s over
+    /// keep-alive through the agent: the requests that failed (root).
+    Upgrade(upgrade::Args),
     /// A null TCP relay, the floor of `proxy` (which starts two): copies
     /// bytes between each accepted connection and one to its target.
     Relay(proxy::relay::Args),
@@ -134,6 +143,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Command::Eastwest(args) => eastwest::run(args).await,
             Command::Propagation(args) => propagation::run(args).await,
             Command::Failover(args) => failover::run(args).await,
+            Command::Upgrade(args) => upgrade::run(args).await,
             Command::Relay(args) => proxy::relay::serve(args).await,
         }
     };

@@ -78,6 +78,19 @@ impl Readiness {
         }
     }
 
+    /// Tells systemd that process `pid` is now the service's main process
+    /// (`MAINPID=`): a successor took over (or, if it failed at the last
+    /// step, this process again). Not ready any more once another took
+    /// over; no `STOPPING=1`, which would stop the whole service.
+    pub fn main_pid(&self, pid: u32) {
+        if pid != std::process::id() {
+            self.admin.ready.store(false, Ordering::Relaxed);
+        }
+        if let Some(n) = &self.notifier {
+            n.send(&format!("MAINPID={pid}\nSTATUS=process {pid} serves"));
+        }
+    }
+
     /// Not ready any more: a drain has started.
     pub fn draining(&self) {
         self.admin.ready.store(false, Ordering::Relaxed);

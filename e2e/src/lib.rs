@@ -40,9 +40,11 @@ pub mod mesh;
 pub mod netns;
 mod process;
 pub mod shared;
+pub mod steady;
 pub mod third_party;
 pub mod upgrade;
 pub mod vm;
+pub mod vm_upgrade;
 
 pub use bins::{bin, bin_dir, profile_dir, use_bins};
 pub use cluster::{admin_client, Cluster, NodeProc};

@@ -9,7 +9,8 @@
 //! ALPN read without terminating TLS ([`client_hello`]), Istio's
 //! agent-to-agent SNI ([`sni`]), copying bytes both ways ([`splice`]) and write corking for
 //! HTTP/2 connections ([`cork`]), and telling systemd it is ready,
-//! alive and stopping ([`notify`]).
+//! alive and stopping ([`notify`]), and handing listening sockets to a
+//! successor process ([`handoff`]).
 //!
 //! It must not depend on any other Trellis crate but `trellis-identity`
 //! (for SPIFFE IDs in connect errors).
@@ -18,6 +19,7 @@ pub mod connect;
 pub mod cork;
 pub mod detect;
 pub mod drain;
+pub mod handoff;
 pub mod listen;
 pub mod notify;
 pub mod orig_dst;

@@ -115,8 +115,28 @@ impl Listeners {
         Err(last.unwrap_or_else(|| io::Error::other("no port")))
     }
 
+    /// Both, from sockets bound already (handed over by the agent that
+    /// ran before).
+    pub fn from_std(udp: std::net::UdpSocket, tcp: std::net::TcpListener) -> io::Result<Self> {
+        udp.set_nonblocking(true)?;
+        tcp.set_nonblocking(true)?;
+        Ok(Self {
+            udp: UdpSocket::from_std(udp)?,
+            tcp: TcpListener::from_std(tcp)?,
+        })
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.udp.local_addr()
+    }
+
+    /// Copies of both sockets, to hand over to a successor.
+    pub fn sockets(&self) -> io::Result<[std::os::fd::OwnedFd; 2]> {
+        use std::os::fd::AsFd;
+        Ok([
+            self.udp.as_fd().try_clone_to_owned()?,
+            self.tcp.as_fd().try_clone_to_owned()?,
+        ])
     }
 }
 

@@ -187,10 +187,15 @@ pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves HTTP on a downstream connection (HTTP/2 writes corked,
 /// upgrades allowed) until it ends, within `limits`; the service counts
-/// its requests in `open`. Once a drain starts, or the connection has been
-/// idle for the idle timeout, the requests in flight finish and the
-/// connection closes (HTTP/2: GOAWAY); one whose request head does not
-/// arrive in time is closed at once.
+/// its requests in `open`. Once the connection has been idle for the idle
+/// timeout, the requests in flight finish and the connection closes
+/// (HTTP/2: GOAWAY); one whose request head does not arrive in time is
+/// closed at once. A drain is Envoy's, friendly to keep-alive clients:
+/// HTTP/2 gets GOAWAY at once; an HTTP/1 connection answers its next
+/// request with `Connection: close` and closes after it, and one that
+/// stays idle is closed only at the drain's deadline (closing an idle
+/// keep-alive connection at once races the request its client may be
+/// sending on it, which would fail).
 pub async fn serve_http<I, S>(
     io: I,
     versions: Versions,
@@ -256,23 +261,44 @@ where
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .max_header_list_size(limits.max_header_bytes);
         let conn = builder.serve_connection(io, svc);
-        until_done(conn, drain, &expiry, |c| c.graceful_shutdown()).await
+        until_done(conn, drain, &expiry, OnDrain::Shutdown, |c| {
+            c.graceful_shutdown()
+        })
+        .await
     } else {
         let mut builder = http1::Builder::new();
         // Past it hyper answers 431 and closes the connection.
         builder.max_header_size(limits.max_header_bytes as usize);
+        let svc = CloseOnDrain {
+            inner: svc,
+            drain: drain.clone(),
+        };
         let conn = builder.serve_connection(io, svc).with_upgrades();
-        until_done(conn, drain, &expiry, |c| c.graceful_shutdown()).await
+        until_done(conn, drain, &expiry, OnDrain::Wait, |c| {
+            c.graceful_shutdown()
+        })
+        .await
     }
 }
 
-/// Runs `conn` to its end; once a drain starts or the connection has been
-/// idle too long, asks it to finish the requests in flight and close
-/// (`shutdown`); one whose request head took too long is dropped (closed).
+/// What a connection does when a drain starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnDrain {
+    /// Finish the requests in flight and close (HTTP/2's GOAWAY).
+    Shutdown,
+    /// Go on: the service ends it (HTTP/1's `Connection: close`).
+    Wait,
+}
+
+/// Runs `conn` to its end; once the connection has been idle too long, or
+/// a drain starts and `on_drain` says so, asks it to finish the requests
+/// in flight and close (`shutdown`); one whose request head took too long
+/// is dropped (closed), as is one still open at the drain's deadline.
 async fn until_done<C, E>(
     conn: C,
     mut drain: drain::Watch,
     expiry: &downstream::Expiry,
+    on_drain: OnDrain,
     shutdown: impl FnOnce(Pin<&mut C>),
 ) -> Result<(), ServeError>
 where
@@ -280,23 +306,84 @@ where
     E: Into<ServeError>,
 {
     tokio::pin!(conn);
-    let served = tokio::select! {
-        served = conn.as_mut() => served,
-        () = drain.signalled() => {
-            shutdown(conn.as_mut());
-            conn.await
-        }
+    let mut closing = drain.clone();
+    let stop = tokio::select! {
+        served = conn.as_mut() => return served.map_err(Into::into),
+        () = drain.signalled() => on_drain == OnDrain::Shutdown,
         e = expiry.wait() => match e {
-            downstream::Expired::Idle => {
-                shutdown(conn.as_mut());
-                conn.await
-            }
+            downstream::Expired::Idle => true,
             downstream::Expired::RequestHeaders => {
                 return Err(Box::new(downstream::TimedOut(e)));
             }
         },
     };
-    served.map_err(Into::into)
+    if stop {
+        shutdown(conn.as_mut());
+    }
+    tokio::select! {
+        served = conn.as_mut() => served.map_err(Into::into),
+        () = closing.closing() => Ok(()),
+    }
+}
+
+/// An HTTP/1 service whose responses, once a drain has started, carry
+/// `Connection: close`: hyper then closes the connection after writing
+/// the response, and the client knows not to send another request on it.
+#[derive(Clone)]
+struct CloseOnDrain<S> {
+    inner: S,
+    drain: drain::Watch,
+}
+
+impl<S, B> Service<Request<Incoming>> for CloseOnDrain<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = CloseOnDrainFuture<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        CloseOnDrainFuture {
+            inner: self.inner.call(req),
+            drain: self.drain.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response that gets `Connection: close` if a drain has started by
+    /// the time it is ready.
+    struct CloseOnDrainFuture<F> {
+        #[pin]
+        inner: F,
+        drain: drain::Watch,
+    }
+}
+
+impl<F, B, E> Future for CloseOnDrainFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let me = self.project();
+        let mut res = std::task::ready!(me.inner.poll(cx));
+        if let Ok(r) = &mut res {
+            // Not on a switch of protocols: the connection is handed over.
+            if me.drain.draining() && r.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                r.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+        }
+        std::task::Poll::Ready(res)
+    }
 }
 
 const X_REQUEST_ID: http::header::HeaderName =

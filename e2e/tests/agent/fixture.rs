@@ -371,8 +371,24 @@ impl Loopback {
 
     /// [`Loopback::restart_client`] with `extra` flags.
     pub async fn restart_client_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.restart_client_from(&bin("trellis-agent"), extra).await
+    }
+
+    /// [`Loopback::restart_client_with`], the agent binary at `exe`.
+    pub async fn restart_client_from(&mut self, exe: &Path, extra: &[&str]) -> anyhow::Result<()> {
+        self.restart_client_env(exe, extra, &[]).await
+    }
+
+    /// [`Loopback::restart_client_from`] with environment variables `env`.
+    pub async fn restart_client_env(
+        &mut self,
+        exe: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         self.client.kill();
-        let mut cmd = Command::new(bin("trellis-agent"));
+        let mut cmd = Command::new(exe);
+        cmd.envs(env.iter().copied());
         cmd.args(&self.client_args).args(extra);
         self.client = Proc::spawn(
             "client-agent-2",

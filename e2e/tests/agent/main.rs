@@ -4,14 +4,15 @@
 //! `maxRequestsPerConnection`, `maxRetries`, `maxConcurrentStreams` and
 //! `connectTimeout`, more concurrent streams between agents than hyper
 //! allows by default, HTTP upgrades through the mesh, certificate renewal,
-//! and serving on while the control plane is down, also across an agent
-//! restart.
+//! serving on while the control plane is down, also across an agent
+//! restart, and hot restarts and drains that no keep-alive client notices.
 //!
 //! Each test starts its own [`Loopback`] (about a second: a one-node
 //! control plane, an echo server and two agents) on a loopback block of its
 //! own, so that the tests run side by side and none depends on what
 //! another did to the agents' pools, circuit breakers or config.
 mod fixture;
+mod hot_restart;
 mod systemd;
 mod third_party;
 
