@@ -270,3 +270,53 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
         })
         .unwrap_or_default()
 }
+
+/// The packages, built from the binaries the harness built, once per
+/// process (cargo-deb stages its files in the target directory: two
+/// builds at once would mix them); returns their directory,
+/// TARGET/debian.
+pub fn debs() -> anyhow::Result<&'static Path> {
+    static DEBS: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let built = DEBS.get_or_init(|| build_debs().map_err(|e| format!("{e:#}")));
+    built.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn build_debs() -> anyhow::Result<PathBuf> {
+    let profile = crate::profile_dir()?;
+    let target = profile.parent().context("target dir")?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build-deb.sh");
+    let mut cmd = Command::new(&script);
+    if profile.file_name().is_some_and(|p| p == "debug") {
+        cmd.arg("--dev");
+    }
+    let built = cmd
+        .arg("--no-build")
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !built.status.success() {
+        bail!(
+            "build-deb.sh failed: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    Ok(target.join("debian"))
+}
+
+impl Vm {
+    /// `dpkg -i` of `package`'s .deb ([`debs`]); what it printed.
+    pub fn install(&self, package: &str) -> anyhow::Result<String> {
+        let prefix = format!("{package}_");
+        let deb = std::fs::read_dir(debs()?)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .with_context(|| format!("no {package} .deb built"))?;
+        let inside = format!("/root/{package}.deb");
+        std::fs::copy(&deb, self.path(&inside))?;
+        self.sh(&format!("dpkg -i {inside}"))
+    }
+}
