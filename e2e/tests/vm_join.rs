@@ -251,7 +251,7 @@ async fn join_refuses_with_a_reason_and_writes_nothing() -> anyhow::Result<()> {
     let (ok, out) = b.run(&format!(
         "setpriv --reuid nobody --regid nogroup --clear-groups trellis vm join --token {token}"
     ))?;
-    assert!(!ok && out.contains("run them as root"), "{out}");
+    assert!(!ok && out.contains("run it as root"), "{out}");
 
     let expired = b.token(&["--ttl", "1s"])?;
     std::thread::sleep(Duration::from_millis(1500));

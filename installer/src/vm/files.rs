@@ -1,67 +1,8 @@
-//! The files `trellis vm join` writes, as pure functions of what was
-//! there before: the agent's settings (`/etc/trellis/agent.env`), the
-//! resolver's (`/etc/resolv.conf`, or a systemd-resolved drop-in), and the
-//! agent unit's drop-in for `--dns`.
+//! The files `trellis vm join --dns` writes, as pure functions of what
+//! was there before: the resolver's (`/etc/resolv.conf`, or a
+//! systemd-resolved drop-in) and the agent unit's drop-in. The agent's
+//! settings are rewritten with [`trellis_transport::unit::set_vars`].
 use std::net::SocketAddr;
-
-/// `text` (an environment file) with each `KEY=VALUE` of `vars` set: the
-/// first line setting KEY, or its commented-out default `#KEY=...`, is
-/// replaced in place, so the packaged comments stay beside it; a KEY with
-/// no such line is appended. Any later line setting KEY is commented out,
-/// so that the value given is the one in force.
-pub fn set_vars(text: &str, vars: &[(&str, String)]) -> String {
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    for (key, value) in vars {
-        let set = format!("{key}={value}");
-        let mut placed = false;
-        for line in lines.iter_mut() {
-            let bare = line.trim_start().trim_start_matches('#').trim_start();
-            if !bare.starts_with(&format!("{key}=")) {
-                continue;
-            }
-            let active = !line.trim_start().starts_with('#');
-            if !placed {
-                *line = set.clone();
-                placed = true;
-            } else if active {
-                *line = format!("#{line}");
-            }
-        }
-        if !placed {
-            lines.push(set);
-        }
-    }
-    let mut out = lines.join("\n");
-    out.push('\n');
-    out
-}
-
-/// The value `text` (an environment file) sets KEY to, if a line sets it
-/// (the last one wins, as systemd reads it).
-pub fn get_var(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .filter_map(|l| l.trim_start().strip_prefix(key)?.strip_prefix('='))
-        .last()
-        .map(|v| v.trim().trim_matches('"').to_string())
-        .filter(|v| !v.is_empty())
-}
-
-/// `text` with every line setting KEY commented out.
-pub fn unset_var(text: &str, key: &str) -> String {
-    let mut out: String = text
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with(&format!("{key}=")) {
-                format!("#{}", l.trim_start())
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    out.push('\n');
-    out
-}
 
 /// The header of the files join writes whole.
 const WRITTEN_BY: &str = "# Written by `trellis vm join --dns`; `trellis vm leave` undoes it.";
@@ -114,56 +55,6 @@ pub fn systemd_version(out: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const PACKAGED: &str = "# Settings.\n\n# The token.\n#TRELLIS_TOKEN=\n\n#TRELLIS_CAPTURE=none\n#TRELLIS_LOG=info\n";
-
-    #[test]
-    fn set_vars_replaces_the_commented_default_in_place_and_keeps_comments() {
-        let out = set_vars(
-            PACKAGED,
-            &[
-                ("TRELLIS_TOKEN", "tok".into()),
-                ("TRELLIS_CAPTURE", "iptables".into()),
-                ("TRELLIS_DNS_UPSTREAM", "10.0.0.2:53".into()),
-            ],
-        );
-        assert_eq!(
-            out,
-            "# Settings.\n\n# The token.\nTRELLIS_TOKEN=tok\n\nTRELLIS_CAPTURE=iptables\n\
-             #TRELLIS_LOG=info\nTRELLIS_DNS_UPSTREAM=10.0.0.2:53\n"
-        );
-        assert_eq!(get_var(&out, "TRELLIS_TOKEN").as_deref(), Some("tok"));
-        assert_eq!(get_var(&out, "TRELLIS_LOG"), None);
-    }
-
-    #[test]
-    fn set_vars_comments_out_a_later_setting_so_the_given_value_wins() {
-        let text = "TRELLIS_CAPTURE=none\nX=1\nTRELLIS_CAPTURE=nftables\n";
-        let out = set_vars(text, &[("TRELLIS_CAPTURE", "iptables".into())]);
-        assert_eq!(
-            out,
-            "TRELLIS_CAPTURE=iptables\nX=1\n#TRELLIS_CAPTURE=nftables\n"
-        );
-        assert_eq!(
-            get_var(&out, "TRELLIS_CAPTURE").as_deref(),
-            Some("iptables")
-        );
-        // A prefix of another key is not that key.
-        let out = set_vars("#TRELLIS_DNS_UPSTREAM=\n", &[("TRELLIS_DNS", "a".into())]);
-        assert_eq!(out, "#TRELLIS_DNS_UPSTREAM=\nTRELLIS_DNS=a\n");
-    }
-
-    #[test]
-    fn get_var_reads_the_last_setting_and_unset_var_comments_it_out() {
-        let text = "TRELLIS_TOKEN=a\n  TRELLIS_TOKEN=\"b\"\n#TRELLIS_TOKEN=c\n";
-        assert_eq!(get_var(text, "TRELLIS_TOKEN").as_deref(), Some("b"));
-        let out = unset_var(text, "TRELLIS_TOKEN");
-        assert_eq!(get_var(&out, "TRELLIS_TOKEN"), None);
-        assert_eq!(
-            out,
-            "#TRELLIS_TOKEN=a\n#TRELLIS_TOKEN=\"b\"\n#TRELLIS_TOKEN=c\n"
-        );
-    }
 
     #[test]
     fn resolv_conf_points_at_the_agent_and_keeps_search_and_options() {

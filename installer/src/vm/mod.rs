@@ -12,8 +12,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::ValueEnum;
@@ -21,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use trellis_dataplane::identity::{self, IdentityError};
 use trellis_identity::files::write_private;
 use trellis_identity::join_token::JoinToken;
+use trellis_transport::unit::{self, get_var, set_vars, systemctl, unset_var};
 
 pub mod files;
 
@@ -170,26 +170,7 @@ fn settings(args: &JoinArgs) -> anyhow::Result<(Settings, JoinToken)> {
 
 /// Root, systemd and the agent's package, or why not.
 fn preflight() -> anyhow::Result<()> {
-    if !rustix::process::geteuid().is_root() {
-        bail!(
-            "trellis vm join and leave change the host (its services, /etc, capture rules): \
-             run them as root (sudo trellis vm ...)"
-        );
-    }
-    if !Path::new("/run/systemd/system").is_dir() {
-        bail!(
-            "systemd is not running on this host (/run/systemd/system is missing): the agent's \
-             unit needs it; without systemd, run trellis-agent --token ... yourself"
-        );
-    }
-    let load = systemctl(&["show", "-p", "LoadState", "--value", UNIT])?;
-    if load.trim() != "loaded" || !Path::new("/usr/bin/trellis-agent").exists() {
-        bail!(
-            "the trellis-agent package is not installed ({UNIT}: {}): install it first, \
-             e.g. apt install ./trellis-agent_VERSION_amd64.deb",
-            load.trim()
-        );
-    }
+    unit::preflight("trellis vm", UNIT, "trellis-agent")?;
     Ok(())
 }
 
@@ -208,10 +189,9 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             );
         }
         // The same join again: the agent keeps its identity; no token use.
-        let was = unit_state()?;
+        let was = unit::state(UNIT)?;
         if was.0 != "active" {
-            systemctl(&["enable", "--now", "--no-block", UNIT])?;
-            wait_ready(args.timeout)?;
+            unit::enable_and_wait(UNIT, args.timeout)?;
         }
         println!(
             "already joined as {} with these settings; {UNIT} {}",
@@ -225,7 +205,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         return print_state(&record);
     }
     let env_before = read(Path::new(AGENT_ENV))?;
-    if files::get_var(&env_before, "TRELLIS_TOKEN").is_some()
+    if get_var(&env_before, "TRELLIS_TOKEN").is_some()
         || Path::new(AGENT_STATE).join("cert-chain.pem").exists()
     {
         bail!(
@@ -378,14 +358,10 @@ fn apply(
             write_file(Path::new(UNIT_DNS_DROPIN), &files::bind_53_dropin(), 0o644)?;
         }
     }
-    write_private(
-        Path::new(AGENT_ENV),
-        files::set_vars(env_before, &vars).as_bytes(),
-    )?;
+    write_private(Path::new(AGENT_ENV), set_vars(env_before, &vars).as_bytes())?;
 
     systemctl(&["daemon-reload"])?;
-    systemctl(&["enable", "--now", "--no-block", UNIT])?;
-    wait_ready(timeout)?;
+    unit::enable_and_wait(UNIT, timeout)?;
 
     if let Some(plan) = dns {
         record.resolver = Some(point_resolver(&plan)?);
@@ -437,7 +413,7 @@ pub fn leave() -> anyhow::Result<()> {
     let record = read_record()?;
     let env = read(Path::new(AGENT_ENV))?;
     let state = Path::new(AGENT_STATE).join("cert-chain.pem").exists();
-    if record.is_none() && files::get_var(&env, "TRELLIS_TOKEN").is_none() && !state {
+    if record.is_none() && get_var(&env, "TRELLIS_TOKEN").is_none() && !state {
         println!("this VM has not joined the mesh: nothing to undo");
         return Ok(());
     }
@@ -477,13 +453,13 @@ fn undo() -> anyhow::Result<()> {
     }
     // Ignored when not enabled or running.
     let _ = systemctl(&["disable", "--now", UNIT]);
-    let stopped = unit_state()?;
+    let stopped = unit::state(UNIT)?;
     if stopped.0 == "active" || stopped.0 == "deactivating" {
         bail!("{UNIT} did not stop: {} ({})", stopped.0, stopped.1);
     }
     // Capture goes with the unit's ExecStopPost; this covers an agent
     // that never ran under the unit.
-    run("/usr/bin/trellis-agent", &["--remove-capture"])?;
+    unit::run("/usr/bin/trellis-agent", &["--remove-capture"])?;
     let dropin = Path::new(UNIT_DNS_DROPIN);
     if dropin.exists() {
         remove_if_exists(dropin)?;
@@ -494,7 +470,7 @@ fn undo() -> anyhow::Result<()> {
         Ok(before) if record.is_some() => write_private(env_path, &before)?,
         _ => {
             let env = read(env_path)?;
-            write_private(env_path, files::unset_var(&env, "TRELLIS_TOKEN").as_bytes())?;
+            write_private(env_path, unset_var(&env, "TRELLIS_TOKEN").as_bytes())?;
         }
     }
     // The state directory stays, empty, as the package made it.
@@ -546,44 +522,6 @@ fn redeem_error(e: IdentityError, token: &JoinToken, given: &[String]) -> anyhow
     }
 }
 
-/// Waits for the unit to be active: systemd says so once the agent sent
-/// READY=1 (`Type=notify`), i.e. holds a certificate and serves its first
-/// config.
-fn wait_ready(timeout: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        let (active, sub) = unit_state()?;
-        match (active.as_str(), sub.as_str()) {
-            ("active", _) => return Ok(()),
-            ("failed", _) | (_, "auto-restart") => {
-                bail!("{UNIT} failed to start ({active}/{sub}):\n{}", journal())
-            }
-            _ if start.elapsed() > timeout => bail!(
-                "{UNIT} not ready after {timeout:?} ({active}/{sub}):\n{}",
-                journal()
-            ),
-            _ => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-/// ActiveState and SubState of the unit.
-fn unit_state() -> anyhow::Result<(String, String)> {
-    let out = systemctl(&["show", "-p", "ActiveState,SubState", UNIT])?;
-    let get = |k: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
-            .unwrap_or_default()
-            .to_string()
-    };
-    Ok((get("ActiveState"), get("SubState")))
-}
-
-fn journal() -> String {
-    run("journalctl", &["-u", UNIT, "--no-pager", "-n", "20"])
-        .unwrap_or_else(|e| format!("(no journal: {e:#})"))
-}
-
 /// What a joined VM runs with.
 fn print_state(record: &Record) -> anyhow::Result<()> {
     let s = &record.settings;
@@ -602,7 +540,7 @@ fn print_state(record: &Record) -> anyhow::Result<()> {
         None => "the host's resolver is unchanged".to_string(),
     };
     println!("  DNS: {dns}");
-    let (active, sub) = unit_state()?;
+    let (active, sub) = unit::state(UNIT)?;
     let enabled = systemctl(&["is-enabled", UNIT]).unwrap_or_else(|e| format!("{e:#}"));
     println!("  {UNIT}: {active} ({sub}), {}", enabled.trim());
     Ok(())
@@ -633,7 +571,7 @@ fn write_record_resolver(resolver: &Resolver) -> anyhow::Result<()> {
 
 /// The `trellis` user's uid and gid, made by the package.
 fn trellis_user() -> anyhow::Result<(u32, u32)> {
-    let line = run("getent", &["passwd", "trellis"])
+    let line = unit::run("getent", &["passwd", "trellis"])
         .context("the user trellis (made by the trellis-agent package) is missing")?;
     let f: Vec<&str> = line.trim().split(':').collect();
     match (
@@ -665,28 +603,6 @@ fn remove_if_exists(path: &Path) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-fn systemctl(args: &[&str]) -> anyhow::Result<String> {
-    run("systemctl", args)
-}
-
-/// Runs `program`; its stdout, or an error with its stderr.
-fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}: {}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
