@@ -263,10 +263,11 @@ async fn the_eastwest_deb_starts_and_shares_the_user_with_the_agent() -> anyhow:
     Ok(())
 }
 
-/// The control plane's package: a node made with `trellis-controlplane
-/// init` as `trellis` in the unit's data directory, then run by the unit:
-/// `active` through `Type=notify` (once it serves), as `trellis`, with no
-/// capability.
+/// The control plane's package: `trellis-controlplane init --systemd`
+/// makes the node as `trellis` in the unit's data directory, writes its
+/// settings and starts the unit: `active` through `Type=notify` (once it
+/// serves), as `trellis`, with no capability. Again: the node exists,
+/// nothing changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controlplane_unit_runs_a_node_made_by_init() -> anyhow::Result<()> {
     let Some(booted) = Booted::start("vmpkg-cp").await? else {
@@ -274,33 +275,63 @@ async fn the_controlplane_unit_runs_a_node_made_by_init() -> anyhow::Result<()> 
     };
     let vm = &booted.vm;
     booted.install("trellis-controlplane")?;
-    let data = "/var/lib/trellis/controlplane";
-    // `init` serves once it has made the node: stopped when it has.
-    vm.sh(&format!(
-        "setpriv --reuid trellis --regid trellis --init-groups \
-           trellis-controlplane init --trust-domain vm.test --data-dir {data} \
-           >/root/init.log 2>&1 & \
-         for i in $(seq 300); do [ -e {data}/admin.yaml ] && break; sleep 0.1; done; \
-         sleep 1; kill $!; wait $! || true; cat /root/init.log"
-    ))?;
     let journal = || {
         vm.sh("journalctl -u trellis-controlplane --no-pager -n 40")
             .unwrap_or_else(|e| format!("{e:#}"))
     };
-    vm.sh("systemctl start trellis-controlplane")
-        .with_context(journal)?;
-    let props = vm.sh("systemctl show -p ActiveState,SubState,Type trellis-controlplane")?;
-    for want in ["Type=notify", "ActiveState=active", "SubState=running"] {
+    let init = "trellis-controlplane init --systemd --trust-domain vm.test \
+                --listen 0.0.0.0:15012 --advertise 127.0.0.1:15012 2>&1";
+    let out = vm.sh(init).with_context(journal)?;
+    for want in [
+        "initialized mesh vm.test",
+        "trellis-controlplane.service: active (running), enabled",
+        "admin config: /var/lib/trellis/controlplane/admin.yaml",
+    ] {
+        assert!(out.contains(want), "{want:?} not in: {out}");
+    }
+    let env =
+        vm.sh("stat -c '%a %U' /etc/trellis/controlplane.env; cat /etc/trellis/controlplane.env")?;
+    assert!(env.starts_with("600 root\n"), "{env}");
+    assert!(env.contains("\nTRELLIS_LISTEN=0.0.0.0:15012\n"), "{env}");
+    assert!(
+        env.contains("\nTRELLIS_ADVERTISE=127.0.0.1:15012\n"),
+        "{env}"
+    );
+    let props =
+        vm.sh("systemctl show -p ActiveState,SubState,Type,NRestarts trellis-controlplane")?;
+    for want in [
+        "Type=notify",
+        "ActiveState=active",
+        "SubState=running",
+        "NRestarts=0",
+    ] {
         assert!(props.contains(want), "{want}: {props}\n{}", journal());
     }
     let pid = vm.sh("systemctl show -p MainPID --value trellis-controlplane")?;
     let status = vm.sh(&format!(
-        "stat -c %U /proc/{0}; grep CapEff /proc/{0}/status",
+        "stat -c %U /proc/{0}; grep CapEff /proc/{0}/status; \
+         stat -c %U /var/lib/trellis/controlplane/node.json",
         pid.trim()
     ))?;
     assert!(status.starts_with("trellis\n"), "{status}");
     assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+    assert!(
+        status.ends_with("trellis\n"),
+        "the node's state is trellis's: {status}"
+    );
+    // The unit listens where controlplane.env says.
+    let listening = vm.sh("ss -Hltn 'sport = :15012'")?;
+    assert!(listening.contains("0.0.0.0:15012"), "{listening}");
     print_security_score(vm, "trellis-controlplane");
+
+    let again = vm.sh(init)?;
+    assert!(again.contains("exists already"), "{again}");
+    assert!(again.contains("is running"), "{again}");
+    assert_eq!(
+        vm.sh("systemctl show -p MainPID --value trellis-controlplane")?,
+        pid
+    );
+
     vm.sh("systemctl stop trellis-controlplane && dpkg --purge trellis-controlplane")?;
     for path in ["/var/lib/trellis", "/etc/trellis"] {
         assert!(!vm.path(path).exists(), "{path} left after purge");
