@@ -8,6 +8,8 @@ use trellis_controlplane::bootstrap::{self, CaKeySource, JoinOptions, NewMesh};
 use trellis_controlplane::node::Settings;
 use trellis_controlplane::raft::RaftSettings;
 
+mod systemd;
+
 #[derive(Parser)]
 #[command(
     name = "trellis-controlplane",
@@ -81,8 +83,14 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:15012";
 #[derive(Args)]
 struct NodeFlags {
     /// Directory of this node's store, keys and certificates.
-    #[arg(long, env = "TRELLIS_DATA_DIR")]
-    data_dir: PathBuf,
+    #[arg(long, env = "TRELLIS_DATA_DIR", required_unless_present = "systemd")]
+    data_dir: Option<PathBuf>,
+    /// For `init` and `join`, as root with the trellis-controlplane package:
+    /// make the node for trellis-controlplane.service (as the user trellis,
+    /// in /var/lib/trellis/controlplane), write --listen, --advertise and
+    /// --ca-key-file to /etc/trellis/controlplane.env, and start the unit.
+    #[arg(long, conflicts_with = "data_dir")]
+    systemd: bool,
     /// Address of the gRPC port (Raft, agents, admin). Default for `init`
     /// and `join`: 127.0.0.1:15012; for `run`: the address the node was
     /// created with.
@@ -134,9 +142,20 @@ struct NodeFlags {
 }
 
 impl NodeFlags {
+    /// What `run` needs in controlplane.env that the node's state does
+    /// not keep.
+    fn unit_vars(&self) -> Vec<(&'static str, String)> {
+        let mut vars = Vec::new();
+        vars.extend(self.listen.clone().map(|v| ("TRELLIS_LISTEN", v)));
+        vars.extend(self.advertise.clone().map(|v| ("TRELLIS_ADVERTISE", v)));
+        let key = self.ca_key_file.as_ref();
+        vars.extend(key.map(|v| ("TRELLIS_CA_KEY_FILE", v.display().to_string())));
+        vars
+    }
+
     fn settings(&self) -> Settings {
         Settings {
-            data_dir: self.data_dir.clone(),
+            data_dir: self.data_dir.clone().unwrap_or_default(),
             listen: self.listen.clone(),
             raft: RaftSettings {
                 heartbeat: Duration::from_millis(self.heartbeat_ms),
@@ -183,6 +202,22 @@ async fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    let node = match &cli.command {
+        Cmd::Init { node, .. } | Cmd::Join { node, .. } | Cmd::Run { node } => node,
+    };
+    if node.systemd {
+        let res = match cli.command {
+            Cmd::Run { .. } => Err(anyhow::anyhow!(
+                "--systemd is for init and join; the unit runs `run` by itself"
+            )),
+            _ => systemd::set_up(&node.unit_vars()),
+        };
+        if let Err(e) = res {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let res = match cli.command {
         Cmd::Init {
             trust_domain,

@@ -330,3 +330,30 @@ pub fn build_packages(kind: &str) -> anyhow::Result<PathBuf> {
     }
     Ok(target.join(dir))
 }
+
+/// The .debs ([`build_packages`]), built once per process (cargo-deb
+/// stages its files in the target directory: two builds at once would mix
+/// them); their directory, TARGET/debian.
+pub fn debs() -> anyhow::Result<&'static Path> {
+    static DEBS: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let built = DEBS.get_or_init(|| build_packages("--deb").map_err(|e| format!("{e:#}")));
+    built.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+impl Vm {
+    /// `dpkg -i` of `package`'s .deb ([`debs`]); what it printed.
+    pub fn install(&self, package: &str) -> anyhow::Result<String> {
+        let prefix = format!("{package}_");
+        let deb = std::fs::read_dir(debs()?)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .with_context(|| format!("no {package} .deb built"))?;
+        let inside = format!("/root/{package}.deb");
+        std::fs::copy(&deb, self.path(&inside))?;
+        self.sh(&format!("dpkg -i {inside}"))
+    }
+}

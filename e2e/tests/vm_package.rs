@@ -9,49 +9,13 @@
 //! The package is built from the debug binaries (`packaging/build-deb.sh
 //! --dev --no-build`). Skipped where namespaces or systemd-nspawn are
 //! missing; the root filesystem is made (debootstrap) when not cached.
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use trellis_e2e::mesh::MeshEnv;
 use trellis_e2e::netns::Host;
 use trellis_e2e::vm::{self, Vm};
-use trellis_e2e::{profile_dir, wait_for_blocking};
-
-/// Builds the packages from the binaries the harness built, once per
-/// process (cargo-deb stages its files in the target directory: two
-/// builds at once would mix them); returns their directory,
-/// TARGET/debian.
-fn debs() -> anyhow::Result<&'static Path> {
-    static DEBS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = DEBS.get_or_init(|| build_debs().map_err(|e| format!("{e:#}")));
-    built.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-fn build_debs() -> anyhow::Result<PathBuf> {
-    let profile = profile_dir()?;
-    let target = profile.parent().context("target dir")?;
-    let script = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo"))
-        .join("../packaging/build-deb.sh");
-    let mut cmd = Command::new(&script);
-    if profile.file_name().is_some_and(|p| p == "debug") {
-        cmd.arg("--dev");
-    }
-    let built = cmd
-        .arg("--no-build")
-        .env("CARGO_TARGET_DIR", target)
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !built.status.success() {
-        bail!(
-            "build-deb.sh failed: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-    }
-    Ok(target.join("debian"))
-}
+use trellis_e2e::wait_for_blocking;
 
 /// The unit's properties, `KEY=VALUE` lines.
 fn show(vm: &Vm) -> anyhow::Result<String> {
@@ -130,7 +94,7 @@ impl Booted {
         let mut env = MeshEnv::new(label).await?;
         let host = env.host("vm")?;
         let dir = env.cp.root.path().to_path_buf();
-        debs()?;
+        vm::debs()?;
         let name = format!(
             "trellis-vm-{}-{}",
             std::process::id(),
@@ -142,18 +106,7 @@ impl Booted {
 
     /// `dpkg -i` of `package`'s .deb in the VM; what it printed.
     fn install(&self, package: &str) -> anyhow::Result<String> {
-        let prefix = format!("{package}_");
-        let deb = std::fs::read_dir(debs()?)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            })
-            .with_context(|| format!("no {package} .deb built"))?;
-        let inside = format!("/root/{package}.deb");
-        std::fs::copy(&deb, self.vm.path(&inside))?;
-        self.vm.sh(&format!("dpkg -i {inside}"))
+        self.vm.install(package)
     }
 }
 
@@ -310,10 +263,11 @@ async fn the_eastwest_deb_starts_and_shares_the_user_with_the_agent() -> anyhow:
     Ok(())
 }
 
-/// The control plane's package: a node made with `trellis-controlplane
-/// init` as `trellis` in the unit's data directory, then run by the unit:
-/// `active` through `Type=notify` (once it serves), as `trellis`, with no
-/// capability.
+/// The control plane's package: `trellis-controlplane init --systemd`
+/// makes the node as `trellis` in the unit's data directory, writes its
+/// settings and starts the unit: `active` through `Type=notify` (once it
+/// serves), as `trellis`, with no capability. Again: the node exists,
+/// nothing changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controlplane_unit_runs_a_node_made_by_init() -> anyhow::Result<()> {
     let Some(booted) = Booted::start("vmpkg-cp").await? else {
@@ -321,33 +275,63 @@ async fn the_controlplane_unit_runs_a_node_made_by_init() -> anyhow::Result<()> 
     };
     let vm = &booted.vm;
     booted.install("trellis-controlplane")?;
-    let data = "/var/lib/trellis/controlplane";
-    // `init` serves once it has made the node: stopped when it has.
-    vm.sh(&format!(
-        "setpriv --reuid trellis --regid trellis --init-groups \
-           trellis-controlplane init --trust-domain vm.test --data-dir {data} \
-           >/root/init.log 2>&1 & \
-         for i in $(seq 300); do [ -e {data}/admin.yaml ] && break; sleep 0.1; done; \
-         sleep 1; kill $!; wait $! || true; cat /root/init.log"
-    ))?;
     let journal = || {
         vm.sh("journalctl -u trellis-controlplane --no-pager -n 40")
             .unwrap_or_else(|e| format!("{e:#}"))
     };
-    vm.sh("systemctl start trellis-controlplane")
-        .with_context(journal)?;
-    let props = vm.sh("systemctl show -p ActiveState,SubState,Type trellis-controlplane")?;
-    for want in ["Type=notify", "ActiveState=active", "SubState=running"] {
+    let init = "trellis-controlplane init --systemd --trust-domain vm.test \
+                --listen 0.0.0.0:15012 --advertise 127.0.0.1:15012 2>&1";
+    let out = vm.sh(init).with_context(journal)?;
+    for want in [
+        "initialized mesh vm.test",
+        "trellis-controlplane.service: active (running), enabled",
+        "admin config: /var/lib/trellis/controlplane/admin.yaml",
+    ] {
+        assert!(out.contains(want), "{want:?} not in: {out}");
+    }
+    let env =
+        vm.sh("stat -c '%a %U' /etc/trellis/controlplane.env; cat /etc/trellis/controlplane.env")?;
+    assert!(env.starts_with("600 root\n"), "{env}");
+    assert!(env.contains("\nTRELLIS_LISTEN=0.0.0.0:15012\n"), "{env}");
+    assert!(
+        env.contains("\nTRELLIS_ADVERTISE=127.0.0.1:15012\n"),
+        "{env}"
+    );
+    let props =
+        vm.sh("systemctl show -p ActiveState,SubState,Type,NRestarts trellis-controlplane")?;
+    for want in [
+        "Type=notify",
+        "ActiveState=active",
+        "SubState=running",
+        "NRestarts=0",
+    ] {
         assert!(props.contains(want), "{want}: {props}\n{}", journal());
     }
     let pid = vm.sh("systemctl show -p MainPID --value trellis-controlplane")?;
     let status = vm.sh(&format!(
-        "stat -c %U /proc/{0}; grep CapEff /proc/{0}/status",
+        "stat -c %U /proc/{0}; grep CapEff /proc/{0}/status; \
+         stat -c %U /var/lib/trellis/controlplane/node.json",
         pid.trim()
     ))?;
     assert!(status.starts_with("trellis\n"), "{status}");
     assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+    assert!(
+        status.ends_with("trellis\n"),
+        "the node's state is trellis's: {status}"
+    );
+    // The unit listens where controlplane.env says.
+    let listening = vm.sh("ss -Hltn 'sport = :15012'")?;
+    assert!(listening.contains("0.0.0.0:15012"), "{listening}");
     print_security_score(vm, "trellis-controlplane");
+
+    let again = vm.sh(init)?;
+    assert!(again.contains("exists already"), "{again}");
+    assert!(again.contains("is running"), "{again}");
+    assert_eq!(
+        vm.sh("systemctl show -p MainPID --value trellis-controlplane")?,
+        pid
+    );
+
     vm.sh("systemctl stop trellis-controlplane && dpkg --purge trellis-controlplane")?;
     for path in ["/var/lib/trellis", "/etc/trellis"] {
         assert!(!vm.path(path).exists(), "{path} left after purge");

@@ -81,8 +81,19 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// This VM in the mesh: `vm join` with a token, `vm leave` (run as root; the trellis-agent package).
+    #[command(subcommand)]
+    Vm(VmCmd),
     /// Run a whole mesh on loopback (3 control-plane nodes, bookinfo behind 7 agents), send traffic and show where it went.
     Demo(trellis::demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Join the mesh: redeem the token (verifying the control plane against its pinned root), write /etc/trellis/agent.env and the identity, start trellis-agent and wait until it is ready.
+    Join(trellis::vm::JoinArgs),
+    /// Leave the mesh: stop and disable trellis-agent (capture goes with it), restore the resolver and agent.env, remove the identity.
+    Leave,
 }
 
 #[derive(Subcommand)]
@@ -231,6 +242,8 @@ async fn main() {
         Cmd::Analyze { files, output } => cfgcmd::analyze(cfg, &files, output).await,
         Cmd::ProxyStatus { output } => cfgcmd::proxy_status(cfg, output).await,
         Cmd::Demo(args) => trellis::demo::run(args).await,
+        Cmd::Vm(VmCmd::Join(args)) => trellis::vm::join(args).await,
+        Cmd::Vm(VmCmd::Leave) => trellis::vm::leave(),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -29,6 +29,7 @@ pub mod sniff;
 pub mod splice;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod unit;
 
 use std::task::{Context, Poll};
 

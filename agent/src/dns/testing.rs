@@ -36,13 +36,19 @@ impl Upstream {
     /// Serves `records` (names without the trailing dot) on `ip`, on a port
     /// the system picks, free for both UDP and TCP.
     pub async fn start(ip: IpAddr, records: &[(&str, Ipv4Addr)]) -> io::Result<Self> {
+        Self::start_at(SocketAddr::new(ip, 0), records).await
+    }
+
+    /// Serves `records` on `addr` (port 53, say, for a resolver that
+    /// /etc/resolv.conf can name).
+    pub async fn start_at(addr: SocketAddr, records: &[(&str, Ipv4Addr)]) -> io::Result<Self> {
         let records: Records = Arc::new(
             records
                 .iter()
                 .map(|(n, a)| (n.to_ascii_lowercase(), *a))
                 .collect(),
         );
-        let listeners = super::Listeners::bind(SocketAddr::new(ip, 0)).await?;
+        let listeners = super::Listeners::bind(addr).await?;
         let addr = listeners.local_addr()?;
         let queries = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();

@@ -102,7 +102,7 @@ pub async fn load(source: &Source, mark: Option<u32>) -> Result<Loaded, Identity
                 return Ok(loaded);
             }
             let token = token.as_deref().ok_or(IdentityError::NoSource)?;
-            obtain(token, data_dir, mark).await
+            redeem(token, &[], data_dir, mark).await
         }
     }
 }
@@ -162,17 +162,27 @@ fn resume(data_dir: &Path) -> Result<Option<Loaded>, IdentityError> {
     Ok(Some(loaded))
 }
 
-async fn obtain(
+/// Gets the first certificate with a VM join token from the control plane
+/// at `addrs` (the token's when empty), trusted only if its root matches
+/// the token's pin, and keeps it in `data_dir` (where [`load`] resumes
+/// from). `trellis vm join` calls it before the agent's unit starts.
+pub async fn redeem(
     token_str: &str,
+    addrs: &[String],
     data_dir: &Path,
     mark: Option<u32>,
 ) -> Result<Loaded, IdentityError> {
     let token = JoinToken::parse(token_str)?;
     let id = token.workload_id().ok_or(IdentityError::NotAVmToken)?;
+    let addrs = if addrs.is_empty() {
+        &token.addrs[..]
+    } else {
+        addrs
+    };
     let tls = client_config(None, Arc::new(PinnedRootVerifier::new(token.root_pin)))?;
-    let (channel, addr) = grpc::connect_any(&token.addrs, Arc::new(tls), mark).await?;
+    let (channel, addr) = grpc::connect_any(addrs, Arc::new(tls), mark).await?;
     tracing::info!(%addr, %id, "requesting the workload certificate with the join token");
-    let mut loaded = issue(channel, &id, Some(token_str), data_dir, token.addrs.clone()).await?;
+    let mut loaded = issue(channel, &id, Some(token_str), data_dir, addrs.to_vec()).await?;
     if let Some(g) = &token.group {
         let path = data_dir.join(GROUP);
         write_private(&path, g.as_bytes())
