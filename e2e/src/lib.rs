@@ -43,6 +43,7 @@ pub mod shared;
 pub mod third_party;
 pub mod upgrade;
 pub mod vm;
+pub mod vm_mesh;
 
 pub use bins::{bin, bin_dir, profile_dir, use_bins};
 pub use cluster::{admin_client, Cluster, NodeProc};

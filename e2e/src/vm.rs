@@ -11,12 +11,13 @@
 //! deadline, and removes the cgroup and the root copy, on panics too.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 /// Where the root filesystem is cached between runs.
-pub const CACHED_ROOT: &str = "/var/cache/trellis-vm/bookworm";
+pub const CACHED_ROOT: &str = "/var/cache/trellis-vm/bookworm-curl";
 
 /// The cgroup hierarchies a container gets a group of its own in (this
 /// machine mounts systemd's named v1 hierarchy and the unified one).
@@ -67,6 +68,8 @@ pub fn cached_root() -> anyhow::Result<PathBuf> {
 /// A booted container.
 pub struct Vm {
     pub name: String,
+    /// The network namespace it runs in.
+    netns: String,
     /// The container's root, as the host sees it.
     root: tempfile::TempDir,
     nspawn: Child,
@@ -94,29 +97,10 @@ impl Vm {
         }
         // Its hostname is its name, so that its logs say which it is.
         std::fs::write(root.path().join("etc/hostname"), format!("{name}\n"))?;
-        // In a cgroup of its own (the shell moves itself there, then
-        // becomes nspawn): the host's init is not systemd.
-        let mut script = String::new();
-        for h in CGROUP_HIERARCHIES {
-            script += &format!("mkdir -p {h}/{name} && echo $$ > {h}/{name}/cgroup.procs && ");
-        }
-        script += "exec systemd-nspawn --boot --register=no --keep-unit --console=pipe \"$@\"";
-        let out = std::fs::File::create(log)?;
-        let nspawn = Command::new("sh")
-            .args(["-c", &script, "nspawn"])
-            .arg(format!("--directory={}", root.path().display()))
-            .arg(format!("--machine={name}"))
-            .arg(format!("--network-namespace-path=/run/netns/{netns}"))
-            // nspawn keeps CAP_NET_ADMIN from the container only with a
-            // network of its own made by nspawn; a VM's systemd has it.
-            .arg("--capability=CAP_NET_ADMIN")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting systemd-nspawn")?;
+        let nspawn = nspawn(name, root.path(), netns, log)?;
         let mut vm = Vm {
             name: name.to_string(),
+            netns: netns.to_string(),
             root,
             nspawn,
             leader: 0,
@@ -269,4 +253,140 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Starts `systemd-nspawn --boot` of `root`, named `name`, in network
+/// namespace `netns`, its console appended to `log`.
+fn nspawn(name: &str, root: &Path, netns: &str, log: &Path) -> anyhow::Result<Child> {
+    // In a cgroup of its own (the shell moves itself there, then
+    // becomes nspawn): the host's init is not systemd.
+    let mut script = String::new();
+    for h in CGROUP_HIERARCHIES {
+        script += &format!("mkdir -p {h}/{name} && echo $$ > {h}/{name}/cgroup.procs && ");
+    }
+    script += "exec systemd-nspawn --boot --register=no --keep-unit --console=pipe \"$@\"";
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Command::new("sh")
+        .args(["-c", &script, "nspawn"])
+        .arg(format!("--directory={}", root.display()))
+        .arg(format!("--machine={name}"))
+        .arg(format!("--network-namespace-path=/run/netns/{netns}"))
+        // nspawn keeps CAP_NET_ADMIN from the container only with a
+        // network of its own made by nspawn; a VM's systemd has it.
+        .arg("--capability=CAP_NET_ADMIN")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("starting systemd-nspawn")
+}
+
+/// How long `systemctl reboot` may take to bring the container down.
+const REBOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Vm {
+    /// Reboots the container: `systemctl reboot` inside (its units stop
+    /// as on a real machine's reboot; nspawn then exits with 133, as it
+    /// does on a reboot), runs `while_down` with the container down, then
+    /// boots the same root again (its files kept, `/run` empty) in the
+    /// same network namespace, and returns once its systemd is running.
+    pub fn reboot(
+        &mut self,
+        while_down: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        // It may not return: the container goes down under it.
+        let _ = self.command("systemctl").arg("reboot").status();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.nspawn.try_wait()? {
+                break status;
+            }
+            if start.elapsed() > REBOOT_TIMEOUT {
+                bail!(
+                    "{} still up {REBOOT_TIMEOUT:?} after systemctl reboot",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if status.code() != Some(133) {
+            bail!("systemd-nspawn exited with {status} on a reboot, not 133");
+        }
+        while_down()?;
+        self.nspawn = nspawn(&self.name, self.root.path(), &self.netns, &self.log)?;
+        self.leader = 0;
+        self.wait_up().with_context(|| self.console())
+    }
+
+    /// `dpkg -i` of the .deb `deb` (a host path) in the container; what
+    /// dpkg printed.
+    pub fn install(&self, deb: &Path) -> anyhow::Result<String> {
+        let name = deb.file_name().context("a .deb file")?.to_string_lossy();
+        let inside = format!("/root/{name}");
+        std::fs::copy(deb, self.path(&inside))
+            .with_context(|| format!("copying {}", deb.display()))?;
+        self.sh(&format!("dpkg -i {inside}"))
+    }
+}
+
+/// The .deb packages of the binaries this process was built with (the
+/// harness builds them first): `packaging/build-deb.sh --no-build`, with
+/// `--dev` for a debug build, once per process (cargo-deb stages its
+/// files in the target directory: two builds at once would mix them);
+/// returns their directory, TARGET/debian.
+pub fn debs() -> anyhow::Result<&'static Path> {
+    static DEBS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = DEBS.get_or_init(|| {
+        let profile = crate::profile_dir().map_err(|e| format!("{e:#}"))?;
+        let dev = profile.file_name().is_some_and(|p| p == "debug");
+        build_debs(dev, true, "debian").map_err(|e| format!("{e:#}"))
+    });
+    built.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs `packaging/build-deb.sh` on the binaries of the target directory
+/// this process's profile directory is in: the debug ones with `dev`,
+/// else the release ones, built first unless `no_build`. Returns the
+/// packages' directory, TARGET/`out` (the debug and release packages have
+/// the same file names: keep them apart).
+pub fn build_debs(dev: bool, no_build: bool, out: &str) -> anyhow::Result<PathBuf> {
+    let profile = crate::profile_dir()?;
+    let target = profile.parent().context("target dir")?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build-deb.sh");
+    let mut cmd = Command::new(&script);
+    if dev {
+        cmd.arg("--dev");
+    }
+    if no_build {
+        cmd.arg("--no-build");
+    }
+    let out = target.join(out);
+    let built = cmd
+        .arg(&out)
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !built.status.success() {
+        bail!(
+            "build-deb.sh failed: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// The .deb of `package` in `dir` (as [`debs`] returns).
+pub fn deb(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
+    let prefix = format!("{package}_");
+    std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .with_context(|| format!("no {package} .deb in {}", dir.display()))
 }

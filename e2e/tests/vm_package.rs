@@ -9,49 +9,13 @@
 //! The package is built from the debug binaries (`packaging/build-deb.sh
 //! --dev --no-build`). Skipped where namespaces or systemd-nspawn are
 //! missing; the root filesystem is made (debootstrap) when not cached.
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use trellis_e2e::mesh::MeshEnv;
 use trellis_e2e::netns::Host;
 use trellis_e2e::vm::{self, Vm};
-use trellis_e2e::{profile_dir, wait_for_blocking};
-
-/// Builds the packages from the binaries the harness built, once per
-/// process (cargo-deb stages its files in the target directory: two
-/// builds at once would mix them); returns their directory,
-/// TARGET/debian.
-fn debs() -> anyhow::Result<&'static Path> {
-    static DEBS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = DEBS.get_or_init(|| build_debs().map_err(|e| format!("{e:#}")));
-    built.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-fn build_debs() -> anyhow::Result<PathBuf> {
-    let profile = profile_dir()?;
-    let target = profile.parent().context("target dir")?;
-    let script = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo"))
-        .join("../packaging/build-deb.sh");
-    let mut cmd = Command::new(&script);
-    if profile.file_name().is_some_and(|p| p == "debug") {
-        cmd.arg("--dev");
-    }
-    let built = cmd
-        .arg("--no-build")
-        .env("CARGO_TARGET_DIR", target)
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !built.status.success() {
-        bail!(
-            "build-deb.sh failed: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-    }
-    Ok(target.join("debian"))
-}
+use trellis_e2e::wait_for_blocking;
 
 /// The unit's properties, `KEY=VALUE` lines.
 fn show(vm: &Vm) -> anyhow::Result<String> {
@@ -130,7 +94,7 @@ impl Booted {
         let mut env = MeshEnv::new(label).await?;
         let host = env.host("vm")?;
         let dir = env.cp.root.path().to_path_buf();
-        debs()?;
+        vm::debs()?;
         let name = format!(
             "trellis-vm-{}-{}",
             std::process::id(),
@@ -142,18 +106,7 @@ impl Booted {
 
     /// `dpkg -i` of `package`'s .deb in the VM; what it printed.
     fn install(&self, package: &str) -> anyhow::Result<String> {
-        let prefix = format!("{package}_");
-        let deb = std::fs::read_dir(debs()?)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            })
-            .with_context(|| format!("no {package} .deb built"))?;
-        let inside = format!("/root/{package}.deb");
-        std::fs::copy(&deb, self.vm.path(&inside))?;
-        self.vm.sh(&format!("dpkg -i {inside}"))
+        self.vm.install(&vm::deb(vm::debs()?, package)?)
     }
 }
 
