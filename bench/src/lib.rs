@@ -37,6 +37,10 @@
 //! - `failover/`: every endpoint of the client's cluster killed under a
 //!   steady load: the time until all traffic is on the other cluster,
 //!   through its gateway (outlier detection and locality failover).
+//! - `vm/`: a booted Debian 12 (systemd-nspawn) joining the mesh with the
+//!   agent's package: from `dpkg -i` and the join to the first request
+//!   through the mesh from the VM, the installed agent's idle memory, the
+//!   package sizes.
 //!
 //! A new suite is a folder beside them with a variant of [`Command`].
 //!
@@ -70,6 +74,7 @@ mod proxy;
 mod push;
 mod report;
 mod table;
+mod vm;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -116,6 +121,11 @@ pub enum Command {
     /// -> all traffic on the other cluster through its gateway: p50/p99
     /// over many trials, failed requests per trial, recovery.
     Failover(failover::Args),
+    /// A booted Debian 12 joining the mesh with the packages: from `dpkg
+    /// -i` and the join to the first request through the mesh from the VM
+    /// (p50/max, split by stage), the installed agent's idle memory, and
+    /// the package sizes.
+    Vm(vm::Args),
     /// A null TCP relay, the floor of `proxy` (which starts two): copies
     /// bytes between each accepted connection and one to its target.
     Relay(proxy::relay::Args),
@@ -134,6 +144,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Command::Eastwest(args) => eastwest::run(args).await,
             Command::Propagation(args) => propagation::run(args).await,
             Command::Failover(args) => failover::run(args).await,
+            Command::Vm(args) => vm::run(args).await,
             Command::Relay(args) => proxy::relay::serve(args).await,
         }
     };

@@ -115,16 +115,20 @@ impl VmMesh {
             .context("installing trellis-agent")
     }
 
-    /// Joins the VM to the mesh as a workload of group reviews with
-    /// iptables capture: a token in /etc/trellis/agent.env, then
+    /// A join token for a workload of group reviews, as an operator
+    /// makes it on the control plane.
+    pub fn token(&self) -> anyhow::Result<String> {
+        self.env
+            .cp
+            .token(&["--kind", "vm", "--workload-group", "default/reviews"])
+    }
+
+    /// Joins the VM to the mesh with `token` ([`VmMesh::token`]), with
+    /// iptables capture: the token in /etc/trellis/agent.env, then
     /// `systemctl enable --now trellis-agent`, which returns once the
     /// agent is READY (`Type=notify`). The one place the VM is set up:
     /// `trellis vm join` will take its place.
-    pub fn join(&self) -> anyhow::Result<()> {
-        let token = self
-            .env
-            .cp
-            .token(&["--kind", "vm", "--workload-group", "default/reviews"])?;
+    pub fn join(&self, token: &str) -> anyhow::Result<()> {
         let env_file = self.vm.path("/etc/trellis/agent.env");
         let mut settings = std::fs::read_to_string(&env_file)
             .with_context(|| format!("reading {}", env_file.display()))?;

@@ -32,7 +32,7 @@ async fn the_vm_serves_and_calls_the_mesh_over_mtls_and_survives_a_reboot() -> a
     let name = format!("trellis-vmmesh-{}", std::process::id());
     let mut m = VmMesh::start("vmmesh", &name).await?;
     m.install_agent(vm::debs()?)?;
-    m.join()?;
+    m.join(&m.token()?)?;
     let td = m.env.cp.trust_domain.clone();
     let principal = |sa: &str| format!("spiffe://{td}/ns/default/sa/{sa}");
 
