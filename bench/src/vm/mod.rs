@@ -131,7 +131,6 @@ fn memory(vm: &Vm) -> anyhow::Result<(u64, Option<u64>)> {
 mod tests {
     use clap::Parser;
 
-    use super::*;
     use crate::{Cli, Command};
 
     #[test]
