@@ -90,11 +90,13 @@ impl VmMesh {
         std::fs::write(vm.path("/etc/resolv.conf"), resolv)?;
         // The same Debian 12 as the host: the harness's binary runs there.
         std::fs::copy(crate::bin("trellis-echo"), vm.path(SERVER))?;
+        // On every address: without capture, or with it and mTLS not
+        // required, plaintext from outside would reach it.
         std::fs::write(
             vm.path(SERVER_UNIT),
             format!(
                 "[Unit]\nDescription=reviews (trellis-echo)\n\
-                 [Service]\nExecStart={SERVER} --http 127.0.0.1:9080 --name reviews\n\
+                 [Service]\nExecStart={SERVER} --http 0.0.0.0:9080 --name reviews\n\
                  DynamicUser=yes\n\
                  [Install]\nWantedBy=multi-user.target\n"
             ),

@@ -37,8 +37,8 @@ async fn the_vm_serves_and_calls_the_mesh_over_mtls_and_survives_a_reboot() -> a
     let principal = |sa: &str| format!("spiffe://{td}/ns/default/sa/{sa}");
 
     both_ways(&m, &principal)?;
-    // Nothing but the agents speaks plaintext to the VM's server: from
-    // the root namespace, plaintext to it is refused (captured, STRICT).
+    // Plaintext to the VM's server, which listens on every address, from
+    // the root namespace: captured, and refused (STRICT).
     let plain = Command::new("curl")
         .args([
             "-sf",
