@@ -37,10 +37,13 @@
 //! - `failover/`: every endpoint of the client's cluster killed under a
 //!   steady load: the time until all traffic is on the other cluster,
 //!   through its gateway (outlier detection and locality failover).
-//!
 //! - `upgrade/`: the agent's package upgraded (a hot restart), then its
 //!   unit restarted, on a booted Debian under a steady keep-alive load:
 //!   the requests that failed.
+//! - `vm/`: a booted Debian 12 (systemd-nspawn) joining the mesh with the
+//!   agent's package: from `dpkg -i` and the join to the first request
+//!   through the mesh from the VM, the installed agent's idle memory, the
+//!   package sizes.
 //!
 //! A new suite is a folder beside them with a variant of [`Command`].
 //!
@@ -75,6 +78,7 @@ mod push;
 mod report;
 mod table;
 mod upgrade;
+mod vm;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -125,6 +129,11 @@ pub enum Command {
     /// `systemctl restart` on a booted Debian, under 200 requests/s over
     /// keep-alive through the agent: the requests that failed (root).
     Upgrade(upgrade::Args),
+    /// A booted Debian 12 joining the mesh with the packages: from `dpkg
+    /// -i` and the join to the first request through the mesh from the VM
+    /// (p50/max, split by stage), the installed agent's idle memory, and
+    /// the package sizes.
+    Vm(vm::Args),
     /// A null TCP relay, the floor of `proxy` (which starts two): copies
     /// bytes between each accepted connection and one to its target.
     Relay(proxy::relay::Args),
@@ -144,6 +153,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Command::Propagation(args) => propagation::run(args).await,
             Command::Failover(args) => failover::run(args).await,
             Command::Upgrade(args) => upgrade::run(args).await,
+            Command::Vm(args) => vm::run(args).await,
             Command::Relay(args) => proxy::relay::serve(args).await,
         }
     };

@@ -14,7 +14,8 @@ pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     parse_status_kib(&text, field).with_context(|| format!("no {field} in {path}"))
 }
 
-fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+/// A `kB` field of the text of a `/proc/PID/status`, in KiB.
+pub fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     status.lines().find_map(|l| {
         let rest = l.strip_prefix(field)?.strip_prefix(':')?;
         rest.trim().strip_suffix("kB")?.trim().parse().ok()

@@ -44,6 +44,7 @@ pub mod steady;
 pub mod third_party;
 pub mod upgrade;
 pub mod vm;
+pub mod vm_mesh;
 pub mod vm_upgrade;
 
 pub use bins::{bin, bin_dir, profile_dir, use_bins};

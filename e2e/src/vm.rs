@@ -11,12 +11,13 @@
 //! deadline, and removes the cgroup and the root copy, on panics too.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 /// Where the root filesystem is cached between runs.
-pub const CACHED_ROOT: &str = "/var/cache/trellis-vm/bookworm";
+pub const CACHED_ROOT: &str = "/var/cache/trellis-vm/bookworm-curl";
 
 /// The cgroup hierarchies a container gets a group of its own in (this
 /// machine mounts systemd's named v1 hierarchy and the unified one).
@@ -67,6 +68,8 @@ pub fn cached_root() -> anyhow::Result<PathBuf> {
 /// A booted container.
 pub struct Vm {
     pub name: String,
+    /// The network namespace it runs in.
+    netns: String,
     /// The container's root, as the host sees it.
     root: tempfile::TempDir,
     nspawn: Child,
@@ -94,29 +97,10 @@ impl Vm {
         }
         // Its hostname is its name, so that its logs say which it is.
         std::fs::write(root.path().join("etc/hostname"), format!("{name}\n"))?;
-        // In a cgroup of its own (the shell moves itself there, then
-        // becomes nspawn): the host's init is not systemd.
-        let mut script = String::new();
-        for h in CGROUP_HIERARCHIES {
-            script += &format!("mkdir -p {h}/{name} && echo $$ > {h}/{name}/cgroup.procs && ");
-        }
-        script += "exec systemd-nspawn --boot --register=no --keep-unit --console=pipe \"$@\"";
-        let out = std::fs::File::create(log)?;
-        let nspawn = Command::new("sh")
-            .args(["-c", &script, "nspawn"])
-            .arg(format!("--directory={}", root.path().display()))
-            .arg(format!("--machine={name}"))
-            .arg(format!("--network-namespace-path=/run/netns/{netns}"))
-            // nspawn keeps CAP_NET_ADMIN from the container only with a
-            // network of its own made by nspawn; a VM's systemd has it.
-            .arg("--capability=CAP_NET_ADMIN")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting systemd-nspawn")?;
+        let nspawn = nspawn(name, root.path(), netns, log)?;
         let mut vm = Vm {
             name: name.to_string(),
+            netns: netns.to_string(),
             root,
             nspawn,
             leader: 0,
@@ -299,16 +283,90 @@ impl Vm {
     }
 }
 
-/// Builds the packages of `kind` (`--deb` or `--rpm`) with
-/// `packaging/build.sh --no-build` from the binaries of this executable's
-/// profile (`--dev` for debug), which the caller built; returns their
-/// directory, TARGET/debian or TARGET/generate-rpm.
-pub fn build_packages(kind: &str) -> anyhow::Result<PathBuf> {
-    let dir = match kind {
-        "--deb" => "debian",
-        "--rpm" => "generate-rpm",
-        _ => bail!("build_packages: {kind:?} is neither --deb nor --rpm"),
-    };
+/// Starts `systemd-nspawn --boot` of `root`, named `name`, in network
+/// namespace `netns`, its console appended to `log`.
+fn nspawn(name: &str, root: &Path, netns: &str, log: &Path) -> anyhow::Result<Child> {
+    // In a cgroup of its own (the shell moves itself there, then
+    // becomes nspawn): the host's init is not systemd.
+    let mut script = String::new();
+    for h in CGROUP_HIERARCHIES {
+        script += &format!("mkdir -p {h}/{name} && echo $$ > {h}/{name}/cgroup.procs && ");
+    }
+    script += "exec systemd-nspawn --boot --register=no --keep-unit --console=pipe \"$@\"";
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Command::new("sh")
+        .args(["-c", &script, "nspawn"])
+        .arg(format!("--directory={}", root.display()))
+        .arg(format!("--machine={name}"))
+        .arg(format!("--network-namespace-path=/run/netns/{netns}"))
+        // nspawn keeps CAP_NET_ADMIN from the container only with a
+        // network of its own made by nspawn; a VM's systemd has it.
+        .arg("--capability=CAP_NET_ADMIN")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("starting systemd-nspawn")
+}
+
+/// How long `systemctl reboot` may take to bring the container down.
+const REBOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Vm {
+    /// Reboots the container: `systemctl reboot` inside (its units stop
+    /// as on a real machine's reboot; nspawn then exits with 133, as it
+    /// does on a reboot), runs `while_down` with the container down, then
+    /// boots the same root again (its files kept, `/run` empty) in the
+    /// same network namespace, and returns once its systemd is running.
+    pub fn reboot(
+        &mut self,
+        while_down: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        // It may not return: the container goes down under it.
+        let _ = self.command("systemctl").arg("reboot").status();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.nspawn.try_wait()? {
+                break status;
+            }
+            if start.elapsed() > REBOOT_TIMEOUT {
+                bail!(
+                    "{} still up {REBOOT_TIMEOUT:?} after systemctl reboot",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if status.code() != Some(133) {
+            bail!("systemd-nspawn exited with {status} on a reboot, not 133");
+        }
+        while_down()?;
+        self.nspawn = nspawn(&self.name, self.root.path(), &self.netns, &self.log)?;
+        self.leader = 0;
+        self.wait_up().with_context(|| self.console())
+    }
+
+    /// `dpkg -i` of the .deb `deb` (a host path) in the container; what
+    /// dpkg printed.
+    pub fn install(&self, deb: &Path) -> anyhow::Result<String> {
+        let name = deb.file_name().context("a .deb file")?.to_string_lossy();
+        let inside = format!("/root/{name}");
+        std::fs::copy(deb, self.path(&inside))
+            .with_context(|| format!("copying {}", deb.display()))?;
+        self.sh(&format!("dpkg -i {inside}"))
+    }
+}
+
+/// Runs `packaging/build.sh KIND --no-build ARGS OUT` on the binaries of
+/// the profile this process was built with (which the harness built
+/// first; `--dev` for a debug build): `kind` is `--deb` or `--rpm`, `args`
+/// more of its flags (`--only P`, `--deb-version V`). The packages go to
+/// TARGET/`out`, which it returns (the debug and release packages have
+/// the same file names: keep them apart).
+pub fn build_packages(kind: &str, args: &[&str], out: &str) -> anyhow::Result<PathBuf> {
     let profile = crate::profile_dir()?;
     let target = profile.parent().context("target dir")?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build.sh");
@@ -317,8 +375,11 @@ pub fn build_packages(kind: &str) -> anyhow::Result<PathBuf> {
     if profile.file_name().is_some_and(|p| p == "debug") {
         cmd.arg("--dev");
     }
+    let out = target.join(out);
     let built = cmd
         .arg("--no-build")
+        .args(args)
+        .arg(&out)
         .env("CARGO_TARGET_DIR", target)
         .output()
         .with_context(|| format!("running {}", script.display()))?;
@@ -328,32 +389,28 @@ pub fn build_packages(kind: &str) -> anyhow::Result<PathBuf> {
             String::from_utf8_lossy(&built.stderr)
         );
     }
-    Ok(target.join(dir))
+    Ok(out)
 }
 
-/// The .debs ([`build_packages`]), built once per process (cargo-deb
-/// stages its files in the target directory: two builds at once would mix
-/// them); their directory, TARGET/debian.
+/// The .debs of this process's profile ([`build_packages`]), built once
+/// per process (cargo-deb stages its files in the target directory: two
+/// builds at once would mix them); their directory, TARGET/debian.
 pub fn debs() -> anyhow::Result<&'static Path> {
-    static DEBS: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    let built = DEBS.get_or_init(|| build_packages("--deb").map_err(|e| format!("{e:#}")));
+    static DEBS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built =
+        DEBS.get_or_init(|| build_packages("--deb", &[], "debian").map_err(|e| format!("{e:#}")));
     built.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-impl Vm {
-    /// `dpkg -i` of `package`'s .deb ([`debs`]); what it printed.
-    pub fn install(&self, package: &str) -> anyhow::Result<String> {
-        let prefix = format!("{package}_");
-        let deb = std::fs::read_dir(debs()?)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            })
-            .with_context(|| format!("no {package} .deb built"))?;
-        let inside = format!("/root/{package}.deb");
-        std::fs::copy(&deb, self.path(&inside))?;
-        self.sh(&format!("dpkg -i {inside}"))
-    }
+/// The .deb of `package` in `dir` (as [`debs`] returns).
+pub fn deb(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
+    let prefix = format!("{package}_");
+    std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .with_context(|| format!("no {package} .deb in {}", dir.display()))
 }

@@ -39,44 +39,16 @@ pub struct Debs {
 
 impl Debs {
     pub fn build() -> anyhow::Result<Debs> {
-        let profile = profile_dir()?;
-        let target = profile.parent().context("target dir")?;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build-deb.sh");
-        let out = target.join("debian-upgrade");
-        let agent_deb = |dir: &Path| -> anyhow::Result<PathBuf> {
-            std::fs::read_dir(dir)?
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("trellis-agent_"))
-                })
-                .with_context(|| format!("no trellis-agent .deb in {}", dir.display()))
-        };
         let mut built = Vec::new();
         for (dir, version) in [("current", None), ("newer", Some(NEWER))] {
-            let dir = out.join(dir);
-            let _ = std::fs::remove_dir_all(&dir);
-            let mut cmd = Command::new(&script);
-            if profile.file_name().is_some_and(|p| p == "debug") {
-                cmd.arg("--dev");
-            }
-            cmd.args(["--no-build", "--only", "trellis-agent"]);
+            let out = format!("debian-upgrade/{dir}");
+            let _ = std::fs::remove_dir_all(profile_dir()?.join("..").join(&out));
+            let mut args = vec!["--only", "trellis-agent"];
             if let Some(v) = version {
-                cmd.args(["--deb-version", v]);
+                args.extend(["--deb-version", v]);
             }
-            let done = cmd
-                .arg(&dir)
-                .env("CARGO_TARGET_DIR", target)
-                .output()
-                .with_context(|| format!("running {}", script.display()))?;
-            if !done.status.success() {
-                bail!(
-                    "build-deb.sh failed: {}",
-                    String::from_utf8_lossy(&done.stderr)
-                );
-            }
-            built.push(agent_deb(&dir)?);
+            let dir = vm::build_packages("--deb", &args, &out)?;
+            built.push(vm::deb(&dir, "trellis-agent")?);
         }
         let newer = built.pop().context("no newer package")?;
         let current = built.pop().context("no current package")?;

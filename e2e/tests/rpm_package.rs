@@ -35,7 +35,7 @@ fn rpms() -> anyhow::Result<&'static Path> {
     static RPMS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     RPMS.get_or_init(|| {
         trellis_e2e::bin_dir();
-        vm::build_packages("--rpm").map_err(|e| format!("{e:#}"))
+        vm::build_packages("--rpm", &[], "generate-rpm").map_err(|e| format!("{e:#}"))
     })
     .as_deref()
     .map_err(|e| anyhow::anyhow!("{e}"))

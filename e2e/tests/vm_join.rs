@@ -61,7 +61,7 @@ impl Booted {
         );
         let dir = env.cp.root.path().to_path_buf();
         let vm = Vm::boot(&name, &host.netns, &dir.join("vm-console.log"))?;
-        vm.install("trellis-agent")?;
+        vm.install(&vm::deb(vm::debs()?, "trellis-agent")?)?;
         Ok(Some(Booted {
             vm,
             _host: host,

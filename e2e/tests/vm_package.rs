@@ -106,7 +106,7 @@ impl Booted {
 
     /// `dpkg -i` of `package`'s .deb in the VM; what it printed.
     fn install(&self, package: &str) -> anyhow::Result<String> {
-        self.vm.install(package)
+        self.vm.install(&vm::deb(vm::debs()?, package)?)
     }
 }
 
