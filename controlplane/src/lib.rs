@@ -58,6 +58,8 @@ mod tests {
         "discovery",
         "api",
         "bootstrap",
+        // The binary's own (main.rs): on top of the library.
+        "systemd",
     ];
 
     #[test]
