@@ -414,3 +414,63 @@ pub fn deb(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
         })
         .with_context(|| format!("no {package} .deb in {}", dir.display()))
 }
+
+/// Where Debian packages downloaded for the tests are kept between runs.
+pub const DEBIAN_DEBS: &str = "/var/cache/trellis-vm/debs";
+
+/// The .deb of Debian's `package` at the version the cached root has of
+/// `matching` (for systemd-resolved: that of the root's systemd, which it
+/// depends on exactly), downloaded once with `apt-get download` from the
+/// host's mirror into [`DEBIAN_DEBS`]; the tests install it in their
+/// booted copy, the cached root stays as it is. `Ok(Err(why))` when the
+/// host's apt cannot get it (no mirror).
+pub fn debian_deb(package: &str, matching: &str) -> anyhow::Result<Result<PathBuf, String>> {
+    let root = cached_root()?;
+    let version = Command::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            root.join("var/lib/dpkg").display()
+        ))
+        .args(["-W", "-f", "${Version} ${Architecture}", matching])
+        .output()
+        .context("dpkg-query")?;
+    if !version.status.success() {
+        bail!(
+            "{matching} is not installed in {}: {}",
+            root.display(),
+            String::from_utf8_lossy(&version.stderr)
+        );
+    }
+    let found = String::from_utf8_lossy(&version.stdout).into_owned();
+    let (version, arch) = found
+        .split_once(' ')
+        .with_context(|| format!("dpkg-query {matching}: {found:?}"))?;
+    let dir = Path::new(DEBIAN_DEBS);
+    // apt-get download names the file with the version's `:` as `%3a`.
+    let file = dir.join(format!(
+        "{package}_{}_{arch}.deb",
+        version.replace(':', "%3a")
+    ));
+    if file.exists() {
+        return Ok(Ok(file));
+    }
+    std::fs::create_dir_all(dir)?;
+    // Downloaded aside, then moved: a half-downloaded .deb is never taken
+    // for a cached one.
+    let tmp = tempfile::tempdir_in(dir)?;
+    let out = Command::new("apt-get")
+        .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
+        .arg(format!("{package}={version}"))
+        .current_dir(tmp.path())
+        .output()
+        .context("running apt-get download")?;
+    let got = tmp.path().join(file.file_name().context("a file name")?);
+    if !out.status.success() || !got.exists() {
+        return Ok(Err(format!(
+            "apt-get download {package}={version} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    std::fs::rename(&got, &file)?;
+    Ok(Ok(file))
+}

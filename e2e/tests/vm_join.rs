@@ -8,7 +8,10 @@
 //! second identical join changes nothing; leave puts everything back byte
 //! for byte. And every refusal: not root, an expired, used or tampered
 //! token, an unreachable control plane, an already joined VM, each with
-//! its reason and nothing written. Skipped where namespaces or
+//! its reason and nothing written. And `--dns` with systemd-resolved
+//! running (its package, from the host's mirror, installed in the test's
+//! copy only): the drop-in, resolved's stub answering through the agent,
+//! and resolved as before after leave. Skipped where namespaces or
 //! systemd-nspawn are missing.
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -297,5 +300,114 @@ async fn join_refuses_with_a_reason_and_writes_nothing() -> anyhow::Result<()> {
         &format!("vm join --token {token}"),
         "the trellis-agent package is not installed",
     )?;
+    Ok(())
+}
+
+/// The same join with systemd-resolved running in the VM (Debian's
+/// package, at the root's systemd version, installed in this test's copy
+/// only), its upstream the host side's resolver set in resolved.conf, as
+/// an admin would: join writes resolved's drop-in, resolved sends every
+/// name to the agent, which answers mesh names and forwards the rest to
+/// that upstream (not to resolved's stub: no loop); leave removes the
+/// drop-in and resolved is as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_with_dns_through_systemd_resolved_and_leave_restores_it() -> anyhow::Result<()> {
+    let Some(b) = Booted::start("vmjoin-rsv").await? else {
+        return Ok(());
+    };
+    let resolved = match vm::debian_deb("systemd-resolved", "systemd")? {
+        Ok(deb) => deb,
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            return Ok(());
+        }
+    };
+    let vm = &b.vm;
+    let gateway = b.env.net.gateway();
+    let upstream = Upstream::start_at(
+        SocketAddr::new(gateway.into(), 53),
+        &[("outside.example.org", OUTSIDE)],
+    )
+    .await?;
+    // Its postinst starts resolved and points /etc/resolv.conf at its stub.
+    vm.install(&resolved)?;
+    vm.sh(&format!(
+        "sed -i 's/^#DNS=$/DNS={gateway}/' /etc/systemd/resolved.conf && \
+         grep -qx 'DNS={gateway}' /etc/systemd/resolved.conf && \
+         systemctl restart systemd-resolved"
+    ))?;
+    assert_eq!(
+        vm.sh("readlink /etc/resolv.conf; systemctl is-active systemd-resolved")?,
+        "../run/systemd/resolve/stub-resolv.conf\nactive\n"
+    );
+    assert_eq!(b.resolve("outside.example.org"), OUTSIDE.to_string());
+    let config = b.env.write("mesh.yaml", MESH)?;
+    b.env
+        .cp
+        .cli(&["apply", "-f", &config.display().to_string()])?;
+    // What join may change, resolved's servers included.
+    let resolved_state = || {
+        vm.sh(
+            "set -e; resolvectl dns; resolvectl domain; cat /run/systemd/resolve/resolv.conf; \
+             ls -A /etc/systemd/resolved.conf.d 2>/dev/null || true",
+        )
+    };
+    let before = (b.snapshot()?, resolved_state()?);
+    assert!(before.1.contains(&gateway.to_string()), "{}", before.1);
+
+    let token = b.token(&[])?;
+    let (ok, out) = b.trellis(&format!("vm join --token {token} --capture iptables --dns"))?;
+    assert!(ok, "{out}\n{}", b.journal());
+    for want in [
+        "joined the mesh as spiffe://",
+        "DNS: systemd-resolved forwards to the agent at 127.0.0.1:15053 \
+         (/etc/systemd/resolved.conf.d/trellis.conf)",
+        "trellis-agent.service: active (running), enabled",
+    ] {
+        assert!(out.contains(want), "{want:?} not in: {out}");
+    }
+    let dropin = vm.sh("cat /etc/systemd/resolved.conf.d/trellis.conf")?;
+    assert!(dropin.contains("\nDNS=127.0.0.1:15053\n"), "{dropin}");
+    // The agent listens where resolved sends, and forwards to the
+    // upstream resolved had, not to resolved's stub (127.0.0.53).
+    let env = vm.sh("cat /etc/trellis/agent.env")?;
+    for want in [
+        "\nTRELLIS_DNS=127.0.0.1:15053\n".to_string(),
+        format!("\nTRELLIS_DNS_UPSTREAM={gateway}:53\n"),
+    ] {
+        assert!(env.contains(&want), "{want:?} not in agent.env: {env}");
+    }
+    // Port 15053 needs no capability: no unit drop-in.
+    assert!(!vm
+        .path("/etc/systemd/system/trellis-agent.service.d/trellis-dns.conf")
+        .exists());
+    // resolved's only global server is the agent.
+    let servers = vm.sh("resolvectl dns")?;
+    assert!(servers.contains("Global: 127.0.0.1:15053\n"), "{servers}");
+
+    // A mesh name through resolved's stub, from the agent; another name
+    // through the agent to the upstream (resolved's cache went with its
+    // restart).
+    wait_for_blocking(Duration::from_secs(20), "a mesh name resolves", || {
+        (b.resolve("reviews.default.svc.cluster.local") == "240.240.0.1").then_some(())
+    })
+    .with_context(|| b.journal())?;
+    let query = vm.sh("resolvectl query --cache=no reviews.default.svc.cluster.local")?;
+    assert!(query.contains("240.240.0.1"), "{query}");
+    let queries = upstream.queries();
+    assert_eq!(b.resolve("outside.example.org"), OUTSIDE.to_string());
+    assert!(upstream.queries() > queries, "not forwarded upstream");
+
+    let (ok, left) = b.trellis("vm leave")?;
+    assert!(ok, "{left}");
+    assert!(left.contains("resolver restored"), "{left}");
+    assert!(!vm
+        .path("/etc/systemd/resolved.conf.d/trellis.conf")
+        .exists());
+    assert_eq!((b.snapshot()?, resolved_state()?), before);
+    assert_eq!(b.resolve("outside.example.org"), OUTSIDE.to_string());
+    assert!(!b
+        .resolve("reviews.default.svc.cluster.local")
+        .contains("240.240.0.1"));
     Ok(())
 }

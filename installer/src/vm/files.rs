@@ -28,12 +28,16 @@ pub fn resolv_conf(before: &str, agent: std::net::IpAddr) -> String {
 }
 
 /// The systemd-resolved drop-in sending every query to the agent's DNS
-/// proxy at `agent` (resolved names a port since systemd 246).
+/// proxy at `agent` (resolved names a port since systemd 246). `DNS=`
+/// accumulates over resolved.conf and its drop-ins: the empty one first
+/// drops the servers set before (resolved.conf's), else resolved would
+/// keep asking the first of them and the agent only when it fails.
 pub fn resolved_dropin(agent: SocketAddr) -> String {
     format!(
         "{WRITTEN_BY}\n# Every name goes to the Trellis agent, which answers mesh names and\n\
-         # forwards the rest to resolved's upstreams (TRELLIS_DNS_UPSTREAM).\n\
-         [Resolve]\nDNS={agent}\nDomains=~.\n"
+         # forwards the rest to resolved's upstreams (TRELLIS_DNS_UPSTREAM); the\n\
+         # empty DNS= drops the servers resolved.conf sets, which come first.\n\
+         [Resolve]\nDNS=\nDNS={agent}\nDomains=~.\n"
     )
 }
 
@@ -75,7 +79,7 @@ mod tests {
     fn drop_ins_name_the_agent_and_the_capability() {
         let d = resolved_dropin("127.0.0.1:15053".parse().unwrap());
         assert!(
-            d.contains("[Resolve]\nDNS=127.0.0.1:15053\nDomains=~.\n"),
+            d.contains("[Resolve]\nDNS=\nDNS=127.0.0.1:15053\nDomains=~.\n"),
             "{d}"
         );
         let u = bind_53_dropin();
