@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::mesh::MeshEnv;
+use crate::netns::Host;
+
 /// Where the root filesystem is cached between runs.
 pub const CACHED_ROOT: &str = "/var/cache/trellis-vm/bookworm-curl";
 
@@ -473,4 +476,31 @@ pub fn debian_deb(package: &str, matching: &str) -> anyhow::Result<Result<PathBu
     }
     std::fs::rename(&got, &file)?;
     Ok(Ok(file))
+}
+
+/// A control plane on a test network ([`MeshEnv`]) and a Debian booted
+/// on it, in the network namespace of its host `vm`. The VM goes first
+/// (field order is drop order).
+pub struct OnMesh {
+    pub vm: Vm,
+    pub host: Host,
+    pub env: MeshEnv,
+}
+
+impl OnMesh {
+    /// `None` (after saying why) where namespaces or systemd-nspawn are
+    /// missing. `label` names the network and the container
+    /// (`trellis-LABEL-PID`): unique per test.
+    pub async fn boot(label: &str) -> anyhow::Result<Option<OnMesh>> {
+        if let Some(why) = unavailable() {
+            eprintln!("skipping: {why}");
+            return Ok(None);
+        }
+        let mut env = MeshEnv::new(label).await?;
+        let host = env.host("vm")?;
+        let log = env.cp.root.path().join("vm-console.log");
+        let name = format!("trellis-{label}-{}", std::process::id());
+        let vm = Vm::boot(&name, &host.netns, &log)?;
+        Ok(Some(OnMesh { vm, host, env }))
+    }
 }

@@ -87,16 +87,10 @@ impl Scenario {
     /// `None` (after saying why) where namespaces or systemd-nspawn are
     /// missing. `label` names the network (unique per test).
     pub async fn start(label: &str) -> anyhow::Result<Option<Scenario>> {
-        if let Some(why) = vm::unavailable() {
-            eprintln!("skipping: {why}");
+        let Some(vm::OnMesh { vm, host, env }) = vm::OnMesh::boot(label).await? else {
             return Ok(None);
-        }
+        };
         let debs = Debs::build()?;
-        let mut env = MeshEnv::new(label).await?;
-        let host = env.host("vm")?;
-        let dir = env.cp.root.path().to_path_buf();
-        let name = format!("trellis-up-{}-{label}", std::process::id());
-        let vm = Vm::boot(&name, &host.netns, &dir.join("vm-console.log"))?;
         let s = Scenario {
             vm,
             host,

@@ -50,20 +50,9 @@ struct Booted {
 
 impl Booted {
     async fn start(label: &str) -> anyhow::Result<Option<Booted>> {
-        if let Some(why) = vm::unavailable() {
-            eprintln!("skipping: {why}");
+        let Some(vm::OnMesh { vm, host, env }) = vm::OnMesh::boot(label).await? else {
             return Ok(None);
-        }
-        let mut env = MeshEnv::new(label).await?;
-        let host = env.host("vm")?;
-        vm::debs()?;
-        let name = format!(
-            "trellis-vmjoin-{}-{}",
-            std::process::id(),
-            host.netns.rsplit('-').nth(1).unwrap_or_default()
-        );
-        let dir = env.cp.root.path().to_path_buf();
-        let vm = Vm::boot(&name, &host.netns, &dir.join("vm-console.log"))?;
+        };
         vm.install(&vm::deb(vm::debs()?, "trellis-agent")?)?;
         Ok(Some(Booted {
             vm,
