@@ -61,6 +61,22 @@ impl Booted {
         }))
     }
 
+    /// A resolver on the host side, port 53, that answers
+    /// `outside.example.org` with [`OUTSIDE`] and counts its queries.
+    async fn upstream(&self) -> anyhow::Result<Upstream> {
+        let at = SocketAddr::new(self.env.net.gateway().into(), 53);
+        Ok(Upstream::start_at(at, &[("outside.example.org", OUTSIDE)]).await?)
+    }
+
+    /// [`MESH`] applied on the control plane.
+    fn apply_mesh(&self) -> anyhow::Result<()> {
+        let config = self.env.write("mesh.yaml", MESH)?;
+        self.env
+            .cp
+            .cli(&["apply", "-f", &config.display().to_string()])
+            .map(drop)
+    }
+
     /// A VM token for default/vm with `extra` flags.
     fn token(&self, extra: &[&str]) -> anyhow::Result<String> {
         let args = [&["--kind", "vm", "--identity", "default/vm"], extra].concat();
@@ -130,19 +146,12 @@ async fn join_with_dns_serves_mesh_names_and_leave_restores_the_vm() -> anyhow::
     let vm = &b.vm;
     let gateway = b.env.net.gateway();
     // The VM's resolver before the join: one on the host side, port 53.
-    let upstream = Upstream::start_at(
-        SocketAddr::new(gateway.into(), 53),
-        &[("outside.example.org", OUTSIDE)],
-    )
-    .await?;
+    let upstream = b.upstream().await?;
     vm.sh(&format!(
         "printf 'nameserver {gateway}\\noptions timeout:2 attempts:1\\n' > /etc/resolv.conf"
     ))?;
     assert_eq!(b.resolve("outside.example.org"), OUTSIDE.to_string());
-    let config = b.env.write("mesh.yaml", MESH)?;
-    b.env
-        .cp
-        .cli(&["apply", "-f", &config.display().to_string()])?;
+    b.apply_mesh()?;
     let before = b.snapshot()?;
 
     // One use: the identical join below must not use the token again.
@@ -313,11 +322,7 @@ async fn join_with_dns_through_systemd_resolved_and_leave_restores_it() -> anyho
     };
     let vm = &b.vm;
     let gateway = b.env.net.gateway();
-    let upstream = Upstream::start_at(
-        SocketAddr::new(gateway.into(), 53),
-        &[("outside.example.org", OUTSIDE)],
-    )
-    .await?;
+    let upstream = b.upstream().await?;
     // Its postinst starts resolved and points /etc/resolv.conf at its stub.
     vm.install(&resolved)?;
     vm.sh(&format!(
@@ -330,10 +335,7 @@ async fn join_with_dns_through_systemd_resolved_and_leave_restores_it() -> anyho
         "../run/systemd/resolve/stub-resolv.conf\nactive\n"
     );
     assert_eq!(b.resolve("outside.example.org"), OUTSIDE.to_string());
-    let config = b.env.write("mesh.yaml", MESH)?;
-    b.env
-        .cp
-        .cli(&["apply", "-f", &config.display().to_string()])?;
+    b.apply_mesh()?;
     // What join may change, resolved's servers included.
     let resolved_state = || {
         vm.sh(
