@@ -338,3 +338,129 @@ async fn the_controlplane_unit_runs_a_node_made_by_init() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// `trellis-controlplane join --systemd` on the VM, a further voter of the
+/// host side's mesh, as an operator does it: a control-plane token of
+/// one use, and the mesh's CA key (a voter unseals the CA keys with it)
+/// copied to `/etc/trellis/ca.key`, root's and readable by the group
+/// `trellis`, passed as `--ca-key-file`. The join makes the node as
+/// `trellis` and starts the unit (`active` through `Type=notify`); the
+/// host's `trellis controlplane members` lists it, reachable, as a voter.
+/// Again: the node exists, nothing changes (the token is not used again).
+/// A restart: back, still a member. Removed from the membership and
+/// purged: the host's mesh is left as it was, and only the operator's key
+/// file stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controlplane_unit_runs_a_node_made_by_join() -> anyhow::Result<()> {
+    let Some(booted) = Booted::start("vmpkg-cpj").await? else {
+        return Ok(());
+    };
+    let (vm, env) = (&booted.vm, &booted.env);
+    booted.install("trellis-controlplane")?;
+    let journal = || {
+        vm.sh("journalctl -u trellis-controlplane --no-pager -n 40")
+            .unwrap_or_else(|e| format!("{e:#}"))
+    };
+    std::fs::copy(env.cp.ca_key_file(), vm.path("/etc/trellis/ca.key"))?;
+    vm.sh("chown root:trellis /etc/trellis/ca.key && chmod 640 /etc/trellis/ca.key")?;
+    let token = env.cp.token(&["--kind", "controlplane", "--uses", "1"])?;
+    let addr = format!("{}:15012", booted.host.addr);
+    let join = format!(
+        "trellis-controlplane join --systemd --token {token} --listen {addr} \
+         --advertise {addr} --ca-key-file /etc/trellis/ca.key 2>&1"
+    );
+    let out = vm.sh(&join).with_context(journal)?;
+    for want in [
+        "joined mesh",
+        "(voter)",
+        "trellis-controlplane.service: active (running), enabled",
+    ] {
+        assert!(out.contains(want), "{want:?} not in: {out}");
+    }
+    let id: u64 = out
+        .split(" as node ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no node id in: {out}"))?;
+    let settings = "stat -c '%a %U' /etc/trellis/controlplane.env; \
+                    cat /etc/trellis/controlplane.env";
+    let written = vm.sh(settings)?;
+    assert!(written.starts_with("600 root\n"), "{written}");
+    for want in [
+        format!("\nTRELLIS_LISTEN={addr}\n"),
+        format!("\nTRELLIS_ADVERTISE={addr}\n"),
+        "\nTRELLIS_CA_KEY_FILE=/etc/trellis/ca.key\n".to_string(),
+    ] {
+        assert!(written.contains(&want), "{want:?} not in: {written}");
+    }
+    assert!(!written.contains(&token), "the token is not a setting");
+    let props =
+        vm.sh("systemctl show -p ActiveState,SubState,Type,NRestarts trellis-controlplane")?;
+    for want in [
+        "Type=notify",
+        "ActiveState=active",
+        "SubState=running",
+        "NRestarts=0",
+    ] {
+        assert!(props.contains(want), "{want}: {props}\n{}", journal());
+    }
+    let pid = vm.sh("systemctl show -p MainPID --value trellis-controlplane")?;
+    let owners = vm.sh(&format!(
+        "stat -c %U /proc/{}; stat -c %U /var/lib/trellis/controlplane \
+         /var/lib/trellis/controlplane/node.json",
+        pid.trim()
+    ))?;
+    assert_eq!(owners, "trellis\ntrellis\ntrellis\n", "{}", journal());
+    // The host's mesh lists the VM's node, reachable, as a voter.
+    let member = |what: &str| {
+        wait_for_blocking(Duration::from_secs(30), what, || {
+            let members = env.cp.cli(&["controlplane", "members"]).ok()?;
+            members
+                .lines()
+                .find(|l| l.contains(&addr))
+                .filter(|l| {
+                    l.split_whitespace().next() == Some(&id.to_string())
+                        && l.contains(" voter ")
+                        && !l.contains("unreachable")
+                })
+                .map(|_| ())
+        })
+        .with_context(journal)
+    };
+    member("the VM's node a reachable voter")?;
+
+    let again = vm.sh(&join)?;
+    assert!(again.contains("exists already"), "{again}");
+    assert!(again.contains("is running"), "{again}");
+    assert!(!again.contains("joined mesh"), "{again}");
+    assert_eq!(vm.sh(settings)?, written);
+    assert_eq!(
+        vm.sh("systemctl show -p MainPID --value trellis-controlplane")?,
+        pid
+    );
+
+    vm.sh("systemctl restart trellis-controlplane")
+        .with_context(journal)?;
+    let props = vm.sh("systemctl show -p ActiveState,SubState,MainPID trellis-controlplane")?;
+    assert!(props.contains("ActiveState=active"), "{props}");
+    assert!(
+        !props.contains(&format!("MainPID={}", pid.trim())),
+        "{props}"
+    );
+    member("the VM's node a member after a restart")?;
+
+    env.cp.cli(&["controlplane", "remove", &id.to_string()])?;
+    vm.sh("systemctl stop trellis-controlplane && dpkg --purge trellis-controlplane")?;
+    for path in ["/var/lib/trellis", "/etc/trellis/controlplane.env"] {
+        assert!(!vm.path(path).exists(), "{path} left after purge");
+    }
+    // The key is the operator's file, not the package's.
+    assert!(vm.path("/etc/trellis/ca.key").exists());
+    let members = env.cp.cli(&["controlplane", "members"])?;
+    assert!(!members.contains(&addr), "{members}");
+    // The host's node alone is a majority again: it writes.
+    env.cp
+        .token(&["--kind", "vm", "--identity", "default/vm"])?;
+    Ok(())
+}
