@@ -87,20 +87,10 @@ struct Booted {
 impl Booted {
     /// `None` where namespaces or systemd-nspawn are missing.
     async fn start(label: &str) -> anyhow::Result<Option<Booted>> {
-        if let Some(why) = vm::unavailable() {
-            eprintln!("skipping: {why}");
+        let Some(vm::OnMesh { vm, host, env }) = vm::OnMesh::boot(label).await? else {
             return Ok(None);
-        }
-        let mut env = MeshEnv::new(label).await?;
-        let host = env.host("vm")?;
-        let dir = env.cp.root.path().to_path_buf();
+        };
         vm::debs()?;
-        let name = format!(
-            "trellis-vm-{}-{}",
-            std::process::id(),
-            host.netns.rsplit('-').nth(1).unwrap_or_default()
-        );
-        let vm = Vm::boot(&name, &host.netns, &dir.join("vm-console.log"))?;
         Ok(Some(Booted { vm, host, env }))
     }
 
