@@ -504,3 +504,27 @@ impl OnMesh {
         Ok(Some(OnMesh { vm, host, env }))
     }
 }
+
+impl Vm {
+    /// Fails, with its journal, unless `unit` is a `Type=notify` service
+    /// that said READY (`active`, `running`) and has not been restarted.
+    pub fn notify_running(&self, unit: &str) -> anyhow::Result<()> {
+        let props = self.sh(&format!(
+            "systemctl show -p Type,ActiveState,SubState,NRestarts {unit}"
+        ))?;
+        for want in [
+            "Type=notify",
+            "ActiveState=active",
+            "SubState=running",
+            "NRestarts=0",
+        ] {
+            if !props.lines().any(|l| l == want) {
+                let journal = self
+                    .sh(&format!("journalctl -u {unit} --no-pager -n 60"))
+                    .unwrap_or_else(|e| format!("{e:#}"));
+                bail!("{unit}: no {want} in:\n{props}\n{journal}");
+            }
+        }
+        Ok(())
+    }
+}

@@ -168,15 +168,7 @@ async fn join_with_dns_serves_mesh_names_and_leave_restores_the_vm() -> anyhow::
     ] {
         assert!(out.contains(want), "{want:?} not in: {out}");
     }
-    let props = vm.sh("systemctl show -p Type,ActiveState,SubState,NRestarts trellis-agent")?;
-    for want in [
-        "Type=notify",
-        "ActiveState=active",
-        "SubState=running",
-        "NRestarts=0",
-    ] {
-        assert!(props.contains(want), "{want}: {props}");
-    }
+    vm.notify_running("trellis-agent")?;
     let env = vm.sh("stat -c '%a %U' /etc/trellis/agent.env; cat /etc/trellis/agent.env")?;
     assert!(env.starts_with("600 root\n"), "{env}");
     for want in [

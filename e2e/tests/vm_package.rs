@@ -135,15 +135,7 @@ async fn package_lifecycle(label: &str, netfilter: Netfilter) -> anyhow::Result<
     // Returns once the agent said READY=1 (Type=notify), or fails.
     vm.sh("systemctl start trellis-agent")
         .with_context(|| journal(vm))?;
-    let props = show(vm)?;
-    for want in [
-        "Type=notify",
-        "ActiveState=active",
-        "SubState=running",
-        "NRestarts=0",
-    ] {
-        assert!(props.contains(want), "{want}: {props}\n{}", journal(vm));
-    }
+    vm.notify_running("trellis-agent")?;
     let user = vm.sh("stat -c %U /proc/$(systemctl show -p MainPID --value trellis-agent)")?;
     assert_eq!(user.trim(), "trellis", "{}", journal(vm));
     assert!(vm.path("/var/lib/trellis/agent/cert-chain.pem").exists());
@@ -287,16 +279,7 @@ async fn the_controlplane_unit_runs_a_node_made_by_init() -> anyhow::Result<()> 
         env.contains("\nTRELLIS_ADVERTISE=127.0.0.1:15012\n"),
         "{env}"
     );
-    let props =
-        vm.sh("systemctl show -p ActiveState,SubState,Type,NRestarts trellis-controlplane")?;
-    for want in [
-        "Type=notify",
-        "ActiveState=active",
-        "SubState=running",
-        "NRestarts=0",
-    ] {
-        assert!(props.contains(want), "{want}: {props}\n{}", journal());
-    }
+    vm.notify_running("trellis-controlplane")?;
     let pid = vm.sh("systemctl show -p MainPID --value trellis-controlplane")?;
     let status = vm.sh(&format!(
         "stat -c %U /proc/{0}; grep CapEff /proc/{0}/status; \
@@ -385,16 +368,7 @@ async fn the_controlplane_unit_runs_a_node_made_by_join() -> anyhow::Result<()> 
         assert!(written.contains(&want), "{want:?} not in: {written}");
     }
     assert!(!written.contains(&token), "the token is not a setting");
-    let props =
-        vm.sh("systemctl show -p ActiveState,SubState,Type,NRestarts trellis-controlplane")?;
-    for want in [
-        "Type=notify",
-        "ActiveState=active",
-        "SubState=running",
-        "NRestarts=0",
-    ] {
-        assert!(props.contains(want), "{want}: {props}\n{}", journal());
-    }
+    vm.notify_running("trellis-controlplane")?;
     let pid = vm.sh("systemctl show -p MainPID --value trellis-controlplane")?;
     let owners = vm.sh(&format!(
         "stat -c %U /proc/{}; stat -c %U /var/lib/trellis/controlplane \
