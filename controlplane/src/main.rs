@@ -139,6 +139,10 @@ struct NodeFlags {
     #[arg(long, env = "TRELLIS_CLUSTER_STALE_AFTER", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(3..))]
     cluster_stale_after: u64,
+    /// The API server of the Kubernetes cluster this node runs in:
+    /// `in-cluster` (the pod's service account) or a kubeconfig file.
+    #[arg(long, env = "TRELLIS_KUBERNETES")]
+    kubernetes: Option<trellis_kubernetes::client::Source>,
 }
 
 impl NodeFlags {
@@ -171,6 +175,7 @@ impl NodeFlags {
             max_leaf_ttl: Duration::from_secs(self.max_cert_ttl_secs),
             workload_grace: Duration::from_secs(self.workload_grace_secs),
             cluster_stale_after: Duration::from_secs(self.cluster_stale_after),
+            kubernetes: self.kubernetes.clone(),
         }
     }
 

@@ -35,6 +35,7 @@ spec:
 mod bins;
 mod cluster;
 pub mod cut;
+pub mod kube;
 pub mod loopback;
 pub mod mesh;
 pub mod netns;

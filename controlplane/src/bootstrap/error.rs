@@ -36,6 +36,9 @@ pub enum BootstrapError {
          first node (its DATA_DIR/ca.key) with --ca-key-file or TRELLIS_CA_KEY"
     )]
     WrongCaKey,
+    /// `--kubernetes` names no API server this node can use.
+    #[error("Kubernetes API server: {0:#}")]
+    Kubernetes(anyhow::Error),
     #[error("the CA key does not open this mesh's root key")]
     RootKey(#[source] CaError),
 

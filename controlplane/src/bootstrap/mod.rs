@@ -477,7 +477,15 @@ pub async fn run(
         intermediate: inter,
         seal: (!local.own_key_only).then_some(seal),
     };
-    let node = Arc::new(Node::new(identity, replica, settings, keys, peer_tls));
+    let kube = match &settings.kubernetes {
+        Some(source) => Some(
+            trellis_kubernetes::client::client(source)
+                .await
+                .map_err(BootstrapError::Kubernetes)?,
+        ),
+        None => None,
+    };
+    let node = Arc::new(Node::new(identity, replica, settings, keys, peer_tls, kube));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         crate::api::router(node.clone()).serve_with_incoming_shutdown(

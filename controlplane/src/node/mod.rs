@@ -46,6 +46,9 @@ pub struct Settings {
     /// Another cluster not heard from for longer is stale: its registered
     /// endpoints are pushed as not ready.
     pub cluster_stale_after: Duration,
+    /// The API server of the Kubernetes cluster this node runs in, if any
+    /// (`--kubernetes`).
+    pub kubernetes: Option<trellis_kubernetes::client::Source>,
 }
 
 enum Local {
@@ -117,6 +120,8 @@ pub struct Node {
     peers: Mutex<HashMap<String, PeerClient<Channel>>>,
     throttle: Mutex<Throttle>,
     forwarder: Forwarder,
+    /// A client of [`Settings::kubernetes`]'s API server.
+    pub kube: Option<kube::Client>,
 }
 
 impl Node {
@@ -128,6 +133,7 @@ impl Node {
         settings: Settings,
         keys: CaKeys,
         peer_tls: Arc<rustls::ClientConfig>,
+        kube: Option<kube::Client>,
     ) -> Self {
         let NodeIdentity {
             id,
@@ -154,6 +160,7 @@ impl Node {
             peer_tls,
             peers: Mutex::new(HashMap::new()),
             forwarder: Forwarder::default(),
+            kube,
             throttle: Mutex::new(Throttle::new(
                 THROTTLE_MAX_FAILURES,
                 THROTTLE_WINDOW_SECS,

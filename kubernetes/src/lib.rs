@@ -1,0 +1,10 @@
+//! `trellis-kubernetes`: Trellis and a Kubernetes cluster's API server.
+//!
+//! [`client`] connects to the API server (a kubeconfig file, or the pod's
+//! service account inside the cluster) with kube-rs over rustls (ring).
+//! The control-plane node that runs in a cluster uses it to watch the
+//! cluster's services and pods, to review pods' service-account tokens,
+//! and to serve the admission webhooks; `trellis` uses it for the CRDs.
+#![forbid(unsafe_code)]
+
+pub mod client;
