@@ -44,12 +44,17 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Fails, with the end of the log, if the process has exited.
-    pub fn check_running(&mut self) -> anyhow::Result<()> {
+    /// How the process ended, if it has (without waiting).
+    pub fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
         let Some(child) = self.child.as_mut() else {
             bail!("{} was killed", self.name);
         };
-        if let Some(status) = child.try_wait()? {
+        Ok(child.try_wait()?)
+    }
+
+    /// Fails, with the end of the log, if the process has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.try_wait()? {
             let out = self.output();
             let tail: Vec<&str> = out.lines().rev().take(20).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
