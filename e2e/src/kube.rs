@@ -7,7 +7,7 @@
 //! binds pods to Node objects and sets their status itself).
 //!
 //! Dropping a [`KubeCluster`] stops its processes and removes its files.
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -94,6 +94,11 @@ pub struct KubeCluster {
     pub issuer: String,
     /// A bearer token of the admin (`--token-auth-file`).
     pub admin_token: String,
+    /// The API server's port (on every address of this machine).
+    pub port: u16,
+    /// The `kubernetes` Service's address (the first of the service
+    /// range), in the API server's certificate.
+    pub service_ip: Ipv4Addr,
     dir: tempfile::TempDir,
     // Dropped in this order: the controller manager, the API server, etcd.
     kcm: Option<Proc>,
@@ -112,7 +117,12 @@ impl KubeCluster {
         let d = dir.path();
         let pki = d.join("pki");
         std::fs::create_dir_all(&pki)?;
-        make_pki(&pki, name)?;
+        let service_cidr = options
+            .service_cidr
+            .clone()
+            .unwrap_or_else(|| "10.96.0.0/16".to_string());
+        let service_ip = first_ip(&service_cidr)?;
+        make_pki(&pki, name, service_ip)?;
         let admin_token = format!("admin-token-{name}");
         std::fs::write(
             pki.join("tokens.csv"),
@@ -142,16 +152,15 @@ impl KubeCluster {
         let port = crate::free_port();
         let server = format!("https://127.0.0.1:{port}");
         let issuer = format!("https://kubernetes.default.svc.{name}");
-        let service_cidr = options
-            .service_cidr
-            .clone()
-            .unwrap_or_else(|| "10.96.0.0/16".to_string());
         let apiserver = Proc::spawn(
             &format!("kube-apiserver {name}"),
             Command::new(bin.join("kube-apiserver"))
                 .current_dir(d)
                 .arg(format!("--etcd-servers={etcd_url}"))
-                .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+                // Every address: pods (network namespaces) reach it
+                // through their bridge's address (the test kubelet sends
+                // the `kubernetes` Service's address there).
+                .args(["--bind-address=0.0.0.0", "--advertise-address=127.0.0.1"])
                 .arg(format!("--secure-port={port}"))
                 .args(["--insecure-port=0", "--endpoint-reconciler-type=none"])
                 .args([
@@ -194,6 +203,8 @@ impl KubeCluster {
             ca: pki.join("ca.crt"),
             issuer,
             admin_token,
+            port,
+            service_ip,
             kcm: None,
             apiserver,
             etcd,
@@ -317,7 +328,7 @@ impl KubeCluster {
 
 /// The cluster's CA, the API server's serving certificate, the admin's
 /// client certificate and the service-account signing key, with openssl.
-fn make_pki(pki: &Path, name: &str) -> anyhow::Result<()> {
+fn make_pki(pki: &Path, name: &str, service_ip: Ipv4Addr) -> anyhow::Result<()> {
     // Each command's words, split on spaces (no argument has one).
     let run = |command: &str| -> anyhow::Result<()> {
         let out = Command::new("openssl")
@@ -335,8 +346,10 @@ fn make_pki(pki: &Path, name: &str) -> anyhow::Result<()> {
     };
     std::fs::write(
         pki.join("srv.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n\
-         extendedKeyUsage=serverAuth\n",
+        format!(
+            "subjectAltName=IP:127.0.0.1,IP:{service_ip},DNS:localhost,DNS:kubernetes.default.svc\n\
+             extendedKeyUsage=serverAuth\n"
+        ),
     )?;
     std::fs::write(pki.join("cli.ext"), "extendedKeyUsage=clientAuth\n")?;
     let key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
@@ -359,4 +372,19 @@ fn make_pki(pki: &Path, name: &str) -> anyhow::Result<()> {
     run("genrsa -out sa.key 2048")?;
     run("rsa -in sa.key -pubout -out sa.pub")?;
     Ok(())
+}
+
+/// The first address of `cidr` (`A.B.C.D/N`): the `kubernetes` Service's.
+fn first_ip(cidr: &str) -> anyhow::Result<Ipv4Addr> {
+    let (addr, bits) = cidr
+        .split_once('/')
+        .with_context(|| format!("service range {cidr}: not A.B.C.D/N"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .with_context(|| format!("service range {cidr}"))?;
+    let bits: u32 = bits
+        .parse()
+        .with_context(|| format!("service range {cidr}"))?;
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    Ok(Ipv4Addr::from((u32::from(addr) & mask) + 1))
 }

@@ -1,33 +1,54 @@
-//! The tests' kubelet (and scheduler): there is no kubelet on this
-//! machine, so a [`Kubelet`] plays one for a [`KubeCluster`]. It registers
-//! a Node object (with topology labels and a Ready condition), binds the
-//! cluster's unscheduled pods to itself when it schedules, and runs each
-//! pod bound to it as real processes: a network namespace on the
-//! cluster's network ([`Net`]) is the pod, with its own address; its init
-//! containers run in order, each to a successful end, then its containers
-//! start. An image is a program of this machine ([`Images`]); the
-//! container's `command` (or the image's program) and `args` are run with
-//! its `env` (literal values, and the downward API's `metadata.name`,
-//! `metadata.namespace`, `spec.serviceAccountName`, `spec.nodeName`,
-//! `status.podIP`), and its projected service-account token volumes are
-//! real tokens from the TokenRequest API, bound to the pod, bind-mounted
-//! at their `mountPath` in the container's own mount namespace. It then
-//! reports the pod's IP and readiness (a TCP connect to the first port of
-//! a readiness probe, else running) in the pod's status, and, when the
-//! pod is deleted, stops its processes and removes the object. What it
-//! does not do: restart containers, pull images, limits, other volumes.
+//! The tests' kubelet (with a scheduler, a kube-proxy and cluster DNS of
+//! a kind): there is no kubelet on this machine, so a [`Kubelet`] plays
+//! one for a [`KubeCluster`]. It registers a Node object (topology labels,
+//! a Ready condition), binds the cluster's unscheduled pods to itself when
+//! it schedules, and runs each pod bound to it as real processes: a
+//! network namespace on the cluster's network ([`Net`]) is the pod, with
+//! its own address; its init containers run in order, each to a
+//! successful end, then its containers start. An image is a program of
+//! this machine ([`Images`]); the container's `command` (its program
+//! replaced by the image's) and `args` are run with its `env` (literal
+//! values; the downward API's `metadata.name`, `metadata.namespace`,
+//! `spec.serviceAccountName`, `spec.nodeName`, `status.podIP`; keys of
+//! Secrets and ConfigMaps; `KUBERNETES_SERVICE_HOST|PORT`), and its
+//! volumes (Secret, ConfigMap, emptyDir, projected service-account tokens
+//! from the real TokenRequest API, Secrets and ConfigMaps; a
+//! PersistentVolumeClaim is an empty directory) bind-mounted at their
+//! `mountPath` in the container's own mount namespace (the empty
+//! directory is made on the machine). It reports the pod's IP and
+//! readiness (a TCP connect to the readiness probe's port, else running)
+//! in the pod's status, and the pod's end (`Succeeded` or `Failed`) when
+//! its containers have all exited; when the pod is deleted it stops its
+//! processes and removes the object.
 //!
-//! The API server, the controller manager (EndpointSlices, ReplicaSets),
-//! the admission webhooks and TokenReview all see a real pod life cycle.
-use std::collections::{BTreeMap, HashMap};
+//! Services: every pod's `/etc/hosts` (`/etc/netns/NETNS/hosts`, which
+//! `ip netns exec` mounts) names each Service's cluster IP
+//! (`NAME.NS.svc.cluster.local`, `NAME.NS.svc`, `NAME.NS`), and the
+//! scheduling kubelet keeps an iptables NAT chain in the root namespace
+//! (from PREROUTING for pods, from OUTPUT for the API server's webhook
+//! calls) that sends each cluster IP and port to a ready endpoint (the
+//! `kubernetes` Service to the API server), masquerading pod-to-pod
+//! hairpins. What it does not do: restart containers, pull images,
+//! limits, probes other than readiness by TCP, other volume kinds.
+//!
+//! The API server, the controller manager (ReplicaSets, StatefulSets,
+//! EndpointSlices), the admission webhooks and TokenReview all see a real
+//! pod life cycle.
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Binding, Container, Node, ObjectReference, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Binding, ConfigMap, Container, Endpoints, KeyToPath, Node, ObjectReference, Pod, Secret,
+    Service, ServiceAccount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -41,6 +62,9 @@ const SYNC_EVERY: Duration = Duration::from_millis(200);
 /// How long an init container may run.
 const INIT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The cluster's DNS domain in `/etc/hosts`.
+const DOMAIN: &str = "cluster.local";
+
 /// Programs by image name: an image `NAME[:TAG]` runs `images[NAME]`.
 pub type Images = HashMap<String, PathBuf>;
 
@@ -53,15 +77,19 @@ pub struct NodeSpec {
     pub region: String,
     pub zone: String,
     pub subzone: String,
-    /// Whether it binds the cluster's unscheduled pods to itself.
+    /// Whether it binds the cluster's unscheduled pods to itself and
+    /// sends the cluster IPs to their endpoints (one kubelet of a cluster
+    /// does).
     pub schedules: bool,
 }
 
-/// A running kubelet; dropping it stops its pods' processes.
+/// A running kubelet; dropping it stops its pods' processes and removes
+/// its NAT chain.
 pub struct Kubelet {
     pub node: String,
     task: tokio::task::JoinHandle<()>,
     pods: Arc<Mutex<HashMap<String, RunningPod>>>,
+    proxy: Option<Proxy>,
 }
 
 /// A pod this kubelet runs.
@@ -69,12 +97,22 @@ struct RunningPod {
     namespace: String,
     name: String,
     host: Host,
-    containers: Vec<Proc>,
-    /// Where its token volumes and logs are.
-    _dir: tempfile::TempDir,
+    containers: Vec<(String, Proc)>,
+    /// Where its volumes and logs are.
+    dir: tempfile::TempDir,
     /// Readiness: a port to connect to, or none (ready when running).
     probe: Option<u16>,
-    ready: Option<bool>,
+    /// Whether its end is its containers' (`restartPolicy` Never or
+    /// OnFailure): then a pod whose containers all exited has ended.
+    ends: bool,
+    /// What its status last said.
+    reported: Option<Reported>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reported {
+    Running { ready: bool },
+    Ended { succeeded: bool },
 }
 
 impl Kubelet {
@@ -89,15 +127,28 @@ impl Kubelet {
             &trellis_kubernetes::client::Source::Kubeconfig(cluster.kubeconfig.clone()),
         )
         .await?;
-        register_node(&client, &node, net_gateway(&net)).await?;
+        let (gateway, subnet) = {
+            let net = net.lock().unwrap_or_else(|e| e.into_inner());
+            (net.gateway(), net.subnet())
+        };
+        register_node(&client, &node, gateway).await?;
+        let proxy = if node.schedules {
+            Some(Proxy::install(subnet)?)
+        } else {
+            None
+        };
         let pods = Arc::new(Mutex::new(HashMap::new()));
         let sync = Syncer {
             client,
             node: node.clone(),
             net,
+            gateway,
             images,
             pods: pods.clone(),
             failed: Mutex::default(),
+            api: (cluster.service_ip, cluster.port),
+            proxy_chain: proxy.as_ref().map(|p| p.chain.clone()),
+            last_rules: Mutex::default(),
         };
         let task = tokio::spawn(async move {
             loop {
@@ -111,28 +162,37 @@ impl Kubelet {
             node: node.name,
             task,
             pods,
+            proxy,
         })
     }
 
     /// The address of pod `namespace/name`, once it runs here.
     pub fn pod_ip(&self, namespace: &str, name: &str) -> Option<Ipv4Addr> {
+        self.with_pod(namespace, name, |p| p.host.addr)
+    }
+
+    /// What container `container` of pod `namespace/name` printed so far.
+    pub fn log(&self, namespace: &str, name: &str, container: &str) -> Option<String> {
+        self.with_pod(namespace, name, |p| {
+            std::fs::read_to_string(p.dir.path().join(format!("{container}.log")))
+                .unwrap_or_default()
+        })
+    }
+
+    fn with_pod<T>(&self, namespace: &str, name: &str, f: impl Fn(&RunningPod) -> T) -> Option<T> {
         let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         pods.values()
             .find(|p| p.namespace == namespace && p.name == name)
-            .map(|p| p.host.addr)
+            .map(f)
     }
 }
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
         self.task.abort();
-        let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
-        pods.clear();
+        self.pods.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        drop(self.proxy.take());
     }
-}
-
-fn net_gateway(net: &Arc<Mutex<Net>>) -> Ipv4Addr {
-    net.lock().unwrap_or_else(|e| e.into_inner()).gateway()
 }
 
 async fn register_node(
@@ -175,16 +235,28 @@ struct Syncer {
     client: kube::Client,
     node: NodeSpec,
     net: Arc<Mutex<Net>>,
+    /// The Net's address in the root namespace (the API server's too).
+    gateway: Ipv4Addr,
     images: Images,
     pods: Arc<Mutex<HashMap<String, RunningPod>>>,
     /// Pods that failed to start: not tried again.
-    failed: Mutex<std::collections::HashSet<String>>,
+    failed: Mutex<HashSet<String>>,
+    /// The `kubernetes` Service's address, and the API server's port.
+    api: (Ipv4Addr, u16),
+    /// The NAT chain this kubelet keeps, if it schedules.
+    proxy_chain: Option<String>,
+    last_rules: Mutex<String>,
 }
 
 impl Syncer {
-    /// One pass: schedule, start new pods, report readiness, stop deleted
-    /// ones.
+    /// One pass: schedule, start new pods, report their state, stop
+    /// deleted ones, and bring the service names and NAT rules up to date.
     async fn once(&self) -> anyhow::Result<()> {
+        let services: Vec<Service> = Api::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let hosts = hosts_entries(&services);
         let all: Api<Pod> = Api::all(self.client.clone());
         let listed = all.list(&ListParams::default()).await?.items;
         let mut seen = Vec::new();
@@ -201,9 +273,7 @@ impl Syncer {
                 Some(n) if n == self.node.name => {}
                 _ => continue,
             }
-            let deleting = pod.metadata.deletion_timestamp.is_some();
-            let running = self.running(&uid);
-            if deleting {
+            if pod.metadata.deletion_timestamp.is_some() {
                 self.stop(&uid);
                 let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
                 let _ = pods
@@ -220,8 +290,8 @@ impl Syncer {
                 continue;
             }
             seen.push(uid.clone());
-            if !running {
-                match self.run(&pod).await {
+            if !self.running(&uid) {
+                match self.run(&pod, &hosts).await {
                     Ok(p) => {
                         self.pods
                             .lock()
@@ -249,6 +319,19 @@ impl Syncer {
         };
         for uid in gone {
             self.stop(&uid);
+        }
+        self.write_hosts(&hosts)?;
+        if let Some(chain) = &self.proxy_chain {
+            let endpoints: Vec<Endpoints> = Api::all(self.client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items;
+            let rules = nat_rules(chain, &services, &endpoints, self.api, self.gateway);
+            let mut last = self.last_rules.lock().unwrap_or_else(|e| e.into_inner());
+            if *last != rules {
+                iptables_restore(&rules)?;
+                *last = rules;
+            }
         }
         Ok(())
     }
@@ -290,9 +373,9 @@ impl Syncer {
         Ok(())
     }
 
-    /// Starts `pod`: its namespace, its init containers to their end, its
-    /// containers.
-    async fn run(&self, pod: &Pod) -> anyhow::Result<RunningPod> {
+    /// Starts `pod`: its namespace, its volumes, its init containers to
+    /// their end, its containers.
+    async fn run(&self, pod: &Pod, hosts: &str) -> anyhow::Result<RunningPod> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let spec = pod.spec.clone().context("a pod without a spec")?;
@@ -302,15 +385,16 @@ impl Syncer {
         let host = {
             let mut net = self.net.lock().unwrap_or_else(|e| e.into_inner());
             // Namespace names are short: a count, not the pod's name.
-            static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            static COUNT: AtomicU32 = AtomicU32::new(0);
+            let n = COUNT.fetch_add(1, Ordering::Relaxed);
             net.host(&format!("p{n}"))?
         };
+        write_in_place(&hosts_file(&host), &pod_hosts(&host, &name, hosts))?;
         let sa = spec
             .service_account_name
             .clone()
             .unwrap_or_else(|| "default".into());
-        let mounts = self.token_volumes(pod, &ns, &sa, dir.path()).await?;
+        let mounts = self.volumes(pod, &ns, &sa, dir.path()).await?;
         let context = PodContext {
             namespace: &ns,
             name: &name,
@@ -321,7 +405,7 @@ impl Syncer {
             dir: dir.path(),
         };
         for c in spec.init_containers.iter().flatten() {
-            let mut proc = self.start_container(&host, c, &context)?;
+            let mut proc = self.start_container(&host, c, &context).await?;
             let status = wait_exit(&mut proc, INIT_TIMEOUT).await?;
             if !status.success() {
                 bail!(
@@ -333,41 +417,27 @@ impl Syncer {
         }
         let mut containers = Vec::new();
         for c in &spec.containers {
-            containers.push(self.start_container(&host, c, &context)?);
+            containers.push((
+                c.name.clone(),
+                self.start_container(&host, c, &context).await?,
+            ));
         }
-        let probe = spec.containers.iter().find_map(|c| {
-            let p = c.readiness_probe.as_ref()?;
-            let port = p
-                .http_get
-                .as_ref()
-                .map(|h| h.port.clone())
-                .or_else(|| p.tcp_socket.as_ref().map(|t| t.port.clone()))?;
-            match port {
-                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => {
-                    u16::try_from(n).ok()
-                }
-                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(named) => c
-                    .ports
-                    .iter()
-                    .flatten()
-                    .find(|p| p.name.as_deref() == Some(&named))
-                    .and_then(|p| u16::try_from(p.container_port).ok()),
-            }
-        });
+        let probe = spec.containers.iter().find_map(readiness_port);
+        let ends = matches!(spec.restart_policy.as_deref(), Some("Never" | "OnFailure"));
         Ok(RunningPod {
             namespace: ns,
             name,
             host,
             containers,
-            _dir: dir,
+            dir,
             probe,
-            ready: None,
+            ends,
+            reported: None,
         })
     }
 
-    /// The pod's projected service-account token volumes, written from
-    /// the TokenRequest API: (volume name, directory holding its files).
-    async fn token_volumes(
+    /// Writes the pod's volumes under `dir`: (volume name, its directory).
+    async fn volumes(
         &self,
         pod: &Pod,
         ns: &str,
@@ -377,23 +447,68 @@ impl Syncer {
         let mut mounts = HashMap::new();
         let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone());
         for v in volumes.into_iter().flatten() {
-            let Some(projected) = &v.projected else {
-                continue;
-            };
             let vdir = dir.join("volumes").join(&v.name);
             std::fs::create_dir_all(&vdir)?;
-            for source in projected.sources.iter().flatten() {
-                let Some(t) = &source.service_account_token else {
-                    continue;
-                };
-                let token = self
-                    .token(ns, sa, pod, t.audience.clone(), t.expiration_seconds)
+            if let Some(s) = &v.secret {
+                let name = s.secret_name.clone().unwrap_or_default();
+                self.secret_files(ns, &name, s.items.as_deref(), &vdir)
                     .await?;
-                std::fs::write(vdir.join(&t.path), token)?;
+            } else if let Some(c) = &v.config_map {
+                self.config_map_files(ns, &c.name, c.items.as_deref(), &vdir)
+                    .await?;
+            } else if let Some(projected) = &v.projected {
+                for source in projected.sources.iter().flatten() {
+                    if let Some(t) = &source.service_account_token {
+                        let token = self
+                            .token(ns, sa, pod, t.audience.clone(), t.expiration_seconds)
+                            .await?;
+                        write_file(&vdir, &t.path, token.as_bytes())?;
+                    } else if let Some(s) = &source.secret {
+                        self.secret_files(ns, &s.name, s.items.as_deref(), &vdir)
+                            .await?;
+                    } else if let Some(c) = &source.config_map {
+                        self.config_map_files(ns, &c.name, c.items.as_deref(), &vdir)
+                            .await?;
+                    }
+                }
+            } else if v.empty_dir.is_none() && v.persistent_volume_claim.is_none() {
+                bail!("volume {}: only Secret, ConfigMap, projected, emptyDir and PVC volumes run here", v.name);
             }
             mounts.insert(v.name.clone(), vdir);
         }
         Ok(mounts)
+    }
+
+    async fn secret_files(
+        &self,
+        ns: &str,
+        name: &str,
+        items: Option<&[KeyToPath]>,
+        dir: &Path,
+    ) -> anyhow::Result<()> {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
+            .get(name)
+            .await
+            .with_context(|| format!("Secret {ns}/{name}"))?;
+        let data = secret.data.unwrap_or_default();
+        let data = data.into_iter().map(|(k, v)| (k, v.0)).collect();
+        write_keys(dir, &data, items)
+    }
+
+    async fn config_map_files(
+        &self,
+        ns: &str,
+        name: &str,
+        items: Option<&[KeyToPath]>,
+        dir: &Path,
+    ) -> anyhow::Result<()> {
+        let map = Api::<ConfigMap>::namespaced(self.client.clone(), ns)
+            .get(name)
+            .await
+            .with_context(|| format!("ConfigMap {ns}/{name}"))?;
+        let data = map.data.unwrap_or_default();
+        let data = data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+        write_keys(dir, &data, items)
     }
 
     async fn token(
@@ -428,7 +543,33 @@ impl Syncer {
             .context("a TokenRequest answered without a token")
     }
 
-    fn start_container(
+    /// The value of a `secretKeyRef` or `configMapKeyRef`.
+    async fn key_ref(&self, ns: &str, kind: &str, name: &str, key: &str) -> anyhow::Result<String> {
+        let data: BTreeMap<String, Vec<u8>> = match kind {
+            "Secret" => Api::<Secret>::namespaced(self.client.clone(), ns)
+                .get(name)
+                .await?
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect(),
+            _ => Api::<ConfigMap>::namespaced(self.client.clone(), ns)
+                .get(name)
+                .await?
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect(),
+        };
+        let value = data
+            .get(key)
+            .with_context(|| format!("{kind} {ns}/{name} has no key {key}"))?;
+        Ok(String::from_utf8_lossy(value).into_owned())
+    }
+
+    async fn start_container(
         &self,
         host: &Host,
         c: &Container,
@@ -440,51 +581,66 @@ impl Syncer {
             .images
             .get(image_name)
             .with_context(|| format!("no program for image {image} (container {})", c.name))?;
-        let argv: Vec<String> = match &c.command {
-            Some(cmd) if !cmd.is_empty() => {
-                // The command's program is the image's (an absolute path
-                // inside the image means nothing here).
-                let mut v = vec![program.display().to_string()];
-                v.extend(cmd.iter().skip(1).cloned());
-                v
-            }
-            _ => vec![program.display().to_string()],
-        };
-        let argv: Vec<String> = argv
-            .into_iter()
+        // The command's program is the image's (a path inside the image
+        // means nothing here).
+        let argv: Vec<String> = std::iter::once(program.display().to_string())
+            .chain(c.command.iter().flatten().skip(1).cloned())
             .chain(c.args.iter().flatten().cloned())
             .collect();
-        // Bind-mount the token volumes in a mount namespace of the
-        // container's own (`ip netns exec` makes one), then exec it.
+        // Bind-mount the volumes in a mount namespace of the container's
+        // own (`ip netns exec` makes one), then exec it.
         let mut script = String::new();
         for m in c.volume_mounts.iter().flatten() {
-            if let Some(src) = pod.mounts.get(&m.name) {
-                script.push_str(&format!(
-                    "mkdir -p '{0}' && mount --bind '{1}' '{0}' && ",
-                    m.mount_path,
-                    src.display()
-                ));
-            }
+            let Some(src) = pod.mounts.get(&m.name) else {
+                bail!("container {}: no volume {}", c.name, m.name);
+            };
+            let src = match m.sub_path.as_deref() {
+                Some(sub) if !sub.is_empty() => src.join(sub),
+                _ => src.clone(),
+            };
+            let at = &m.mount_path;
+            // A file (a subPath) is bound over a file, a directory over a
+            // directory.
+            let make = if src.is_dir() {
+                format!("mkdir -p '{at}'")
+            } else {
+                format!("mkdir -p \"$(dirname '{at}')\" && touch '{at}'")
+            };
+            script.push_str(&format!(
+                "{make} && mount --bind '{}' '{at}' && ",
+                src.display()
+            ));
         }
         script.push_str("exec \"$@\"");
         let mut cmd = host.command("sh");
         cmd.arg("-c").arg(script).arg("sh").args(&argv);
+        let (api_ip, _) = self.api;
+        cmd.env("KUBERNETES_SERVICE_HOST", api_ip.to_string())
+            .env("KUBERNETES_SERVICE_PORT", "443");
         for e in c.env.iter().flatten() {
             let value = match (&e.value, &e.value_from) {
                 (Some(v), _) => v.clone(),
                 (None, Some(from)) => {
-                    let path = from
-                        .field_ref
-                        .as_ref()
-                        .map(|f| f.field_path.as_str())
-                        .unwrap_or_default();
-                    match path {
-                        "metadata.name" => pod.name.to_string(),
-                        "metadata.namespace" => pod.namespace.to_string(),
-                        "spec.serviceAccountName" => pod.service_account.to_string(),
-                        "spec.nodeName" => pod.node.to_string(),
-                        "status.podIP" => pod.ip.to_string(),
-                        other => bail!("env {} from {other:?}: not supported here", e.name),
+                    if let Some(f) = &from.field_ref {
+                        match f.field_path.as_str() {
+                            "metadata.name" => pod.name.to_string(),
+                            "metadata.namespace" => pod.namespace.to_string(),
+                            "spec.serviceAccountName" => pod.service_account.to_string(),
+                            "spec.nodeName" => pod.node.to_string(),
+                            "status.podIP" => pod.ip.to_string(),
+                            other => bail!("env {} from {other:?}: not supported here", e.name),
+                        }
+                    } else if let Some(s) = &from.secret_key_ref {
+                        self.key_ref(pod.namespace, "Secret", &s.name, &s.key)
+                            .await?
+                    } else if let Some(m) = &from.config_map_key_ref {
+                        self.key_ref(pod.namespace, "ConfigMap", &m.name, &m.key)
+                            .await?
+                    } else {
+                        bail!(
+                            "env {}: only fieldRef, secretKeyRef and configMapKeyRef run here",
+                            e.name
+                        )
                     }
                 }
                 (None, None) => String::new(),
@@ -498,33 +654,49 @@ impl Syncer {
         )
     }
 
-    /// Writes the pod's IP and readiness in its status when they change.
+    /// Writes the pod's state in its status when it changes.
     async fn report(&self, uid: &str) -> anyhow::Result<()> {
-        let (ns, name, ip, probe, alive, was) = {
+        let (ns, name, ip, probe, exits, ends, was) = {
             let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
             let Some(p) = pods.get_mut(uid) else {
                 return Ok(());
             };
-            let alive = p.containers.iter_mut().all(|c| c.check_running().is_ok());
+            let mut exits = Vec::new();
+            for (_, c) in &mut p.containers {
+                exits.push(c.try_wait().ok().flatten());
+            }
             let (ns, name) = (p.namespace.clone(), p.name.clone());
-            (ns, name, p.host.addr, p.probe, alive, p.ready)
+            (ns, name, p.host.addr, p.probe, exits, p.ends, p.reported)
         };
-        let ready = alive
-            && match probe {
-                None => true,
-                Some(port) => tokio::net::TcpStream::connect(SocketAddr::from((ip, port)))
-                    .await
-                    .is_ok(),
-            };
-        if was == Some(ready) {
+        let now = if ends && exits.iter().all(Option::is_some) {
+            Reported::Ended {
+                succeeded: exits.iter().flatten().all(|s| s.success()),
+            }
+        } else {
+            let alive = exits.iter().all(Option::is_none);
+            let ready = alive
+                && match probe {
+                    None => true,
+                    Some(port) => tokio::net::TcpStream::connect(SocketAddr::from((ip, port)))
+                        .await
+                        .is_ok(),
+                };
+            Reported::Running { ready }
+        };
+        if was == Some(now) {
             return Ok(());
         }
+        let (phase, ready) = match now {
+            Reported::Running { ready } => ("Running", ready),
+            Reported::Ended { succeeded: true } => ("Succeeded", false),
+            Reported::Ended { succeeded: false } => ("Failed", false),
+        };
         let flag = if ready { "True" } else { "False" };
         let status = json!({"status": {
-            "phase": "Running",
+            "phase": phase,
             "podIP": ip.to_string(),
             "podIPs": [{"ip": ip.to_string()}],
-            "hostIP": net_gateway(&self.net).to_string(),
+            "hostIP": self.gateway.to_string(),
             "conditions": [
                 {"type": "PodScheduled", "status": "True"},
                 {"type": "Initialized", "status": "True"},
@@ -542,7 +714,7 @@ impl Syncer {
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(uid)
         {
-            p.ready = Some(ready);
+            p.reported = Some(now);
         }
         Ok(())
     }
@@ -556,6 +728,19 @@ impl Syncer {
             .await?;
         Ok(())
     }
+
+    /// Every running pod's `/etc/hosts`, with the current services.
+    fn write_hosts(&self, hosts: &str) -> anyhow::Result<()> {
+        let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
+        for p in pods.values() {
+            let path = hosts_file(&p.host);
+            let text = pod_hosts(&p.host, &p.name, hosts);
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                write_in_place(&path, &text)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a container's environment and mounts come from.
@@ -567,6 +752,278 @@ struct PodContext<'a> {
     ip: Ipv4Addr,
     mounts: &'a HashMap<String, PathBuf>,
     dir: &'a Path,
+}
+
+/// The port a container's readiness probe connects to.
+fn readiness_port(c: &Container) -> Option<u16> {
+    let p = c.readiness_probe.as_ref()?;
+    let port = p
+        .http_get
+        .as_ref()
+        .map(|h| h.port.clone())
+        .or_else(|| p.tcp_socket.as_ref().map(|t| t.port.clone()))?;
+    match port {
+        IntOrString::Int(n) => u16::try_from(n).ok(),
+        IntOrString::String(named) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(&named))
+            .and_then(|p| u16::try_from(p.container_port).ok()),
+    }
+}
+
+/// `data`'s keys as files in `dir`, or only `items`' at their paths.
+fn write_keys(
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+) -> anyhow::Result<()> {
+    match items {
+        Some(items) => {
+            for item in items {
+                let value = data
+                    .get(&item.key)
+                    .with_context(|| format!("no key {}", item.key))?;
+                write_file(dir, &item.path, value)?;
+            }
+        }
+        None => {
+            for (key, value) in data {
+                write_file(dir, key, value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_file(dir: &Path, rel: &str, data: &[u8]) -> anyhow::Result<()> {
+    let path = dir.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The `/etc/hosts` lines naming each Service's cluster IP.
+fn hosts_entries(services: &[Service]) -> String {
+    let mut out = String::new();
+    for s in services {
+        let ip = s.spec.as_ref().and_then(|s| s.cluster_ip.clone());
+        let Some(ip) = ip.filter(|ip| ip.parse::<Ipv4Addr>().is_ok()) else {
+            continue;
+        };
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        out.push_str(&format!(
+            "{ip} {name}.{ns}.svc.{DOMAIN} {name}.{ns}.svc {name}.{ns}\n"
+        ));
+    }
+    out
+}
+
+fn pod_hosts(host: &Host, pod: &str, services: &str) -> String {
+    format!(
+        "127.0.0.1 localhost\n::1 localhost\n{} {pod}\n{services}",
+        host.addr
+    )
+}
+
+/// The `/etc/hosts` that `ip netns exec` mounts for `host`.
+fn hosts_file(host: &Host) -> PathBuf {
+    Path::new("/etc/netns").join(&host.netns).join("hosts")
+}
+
+/// Rewrites `path` without replacing the file: it is bind-mounted into
+/// running containers, which would keep seeing a replaced file's old
+/// content.
+fn write_in_place(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The scheduling kubelet's NAT chain in the root namespace, jumped to
+/// from PREROUTING and OUTPUT for what is sent to a cluster IP, and a
+/// masquerade of hairpins back onto the Net; removed on drop.
+struct Proxy {
+    chain: String,
+    /// The iptables arguments of the rules added outside the chain.
+    jumps: Vec<Vec<String>>,
+}
+
+impl Proxy {
+    fn install(subnet: String) -> anyhow::Result<Proxy> {
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let chain = format!(
+            "TRK{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        );
+        iptables(&["-t", "nat", "-N", &chain])?;
+        let mut proxy = Proxy {
+            chain: chain.clone(),
+            jumps: Vec::new(),
+        };
+        let comment = ["-m", "comment", "--comment", chain.as_str()];
+        for hook in ["PREROUTING", "OUTPUT"] {
+            proxy.add(&[&["-t", "nat", "-I", hook], &comment[..], &["-j", &chain]].concat())?;
+        }
+        proxy.add(
+            &[
+                &["-t", "nat", "-I", "POSTROUTING"],
+                &comment[..],
+                &["-s", &subnet, "-d", &subnet],
+                &["-m", "conntrack", "--ctstate", "DNAT", "-j", "MASQUERADE"],
+            ]
+            .concat(),
+        )?;
+        Ok(proxy)
+    }
+
+    fn add(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        iptables(args)?;
+        self.jumps
+            .push(args.iter().map(|a| a.to_string()).collect());
+        Ok(())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for rule in self.jumps.drain(..) {
+            let deleted: Vec<String> = rule
+                .iter()
+                .map(|a| {
+                    if a == "-I" {
+                        "-D".to_string()
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect();
+            let deleted: Vec<&str> = deleted.iter().map(String::as_str).collect();
+            let _ = iptables(&deleted);
+        }
+        let _ = iptables(&["-t", "nat", "-F", &self.chain]);
+        let _ = iptables(&["-t", "nat", "-X", &self.chain]);
+    }
+}
+
+fn iptables(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("iptables").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "iptables {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn iptables_restore(rules: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("iptables-restore")
+        .arg("--noflush")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "iptables-restore failed: {}\n{rules}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The chain's content (pure): each cluster IP and port to a ready
+/// endpoint, chosen at random; the `kubernetes` Service to the API
+/// server at `gateway`.
+fn nat_rules(
+    chain: &str,
+    services: &[Service],
+    endpoints: &[Endpoints],
+    (api_ip, api_port): (Ipv4Addr, u16),
+    gateway: Ipv4Addr,
+) -> String {
+    let mut out = format!("*nat\n:{chain} - [0:0]\n");
+    out.push_str(&format!(
+        "-A {chain} -d {api_ip}/32 -p tcp --dport 443 -j DNAT --to-destination {gateway}:{api_port}\n"
+    ));
+    for s in services {
+        let (ns, name) = (
+            s.metadata.namespace.as_deref().unwrap_or_default(),
+            s.metadata.name.as_deref().unwrap_or_default(),
+        );
+        if (ns, name) == ("default", "kubernetes") {
+            continue;
+        }
+        let Some(spec) = &s.spec else { continue };
+        let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| ip.parse::<Ipv4Addr>().is_ok())
+        else {
+            continue;
+        };
+        let ep = endpoints.iter().find(|e| {
+            e.metadata.namespace.as_deref() == Some(ns) && e.metadata.name.as_deref() == Some(name)
+        });
+        for port in spec.ports.iter().flatten() {
+            let proto = port.protocol.as_deref().unwrap_or("TCP").to_lowercase();
+            // Ready addresses, with the endpoint port of this port's name.
+            let targets: Vec<String> = ep
+                .into_iter()
+                .flat_map(|e| e.subsets.iter().flatten())
+                .flat_map(|subset| {
+                    let target = subset
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|p| p.name == port.name)
+                        .map(|p| p.port);
+                    subset
+                        .addresses
+                        .iter()
+                        .flatten()
+                        .filter_map(move |a| target.map(|t| format!("{}:{t}", a.ip)))
+                })
+                .collect();
+            let n = targets.len();
+            for (i, target) in targets.iter().enumerate() {
+                // The i-th of n takes 1/(n-i) of what is left.
+                let pick = if i + 1 < n {
+                    format!(
+                        "-m statistic --mode random --probability {:.5} ",
+                        1.0 / (n - i) as f64
+                    )
+                } else {
+                    String::new()
+                };
+                out.push_str(&format!(
+                    "-A {chain} -d {ip}/32 -p {proto} --dport {} {pick}-j DNAT --to-destination {target}\n",
+                    port.port
+                ));
+            }
+        }
+    }
+    out.push_str("COMMIT\n");
+    out
 }
 
 /// Waits for an init container to end.

@@ -131,8 +131,65 @@ async fn the_test_kubelet_runs_a_deployment_that_the_controller_manager_sees() -
         },
     )
     .await?;
+
+    // A pod calls the Service by name (its /etc/hosts, then the kubelet's
+    // NAT to an endpoint) and the API server in-cluster (the `kubernetes`
+    // Service, the service account's token and CA mounted from its
+    // Secret), then ends: Succeeded.
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(CLIENT))?;
+    trellis_e2e::wait_for(
+        Duration::from_secs(60),
+        "the client pod succeeded",
+        || async {
+            let phase = cluster
+                .kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"])
+                .ok()?;
+            match phase.as_str() {
+                "Succeeded" => Some(()),
+                "Failed" => panic!(
+                    "client failed: {:?}",
+                    kubelet.log("default", "client", "client")
+                ),
+                _ => None,
+            }
+        },
+    )
+    .await?;
+    let log = kubelet
+        .log("default", "client", "client")
+        .unwrap_or_default();
+    assert!(log.contains("\"service\":\"echo\""), "{log}");
+    assert!(log.contains("\"kind\": \"Service\""), "{log}");
     Ok(())
 }
+
+/// A pod that calls echo by its Service's name and reads the Service from
+/// the API server with its service account (allowed to by `view`).
+const CLIENT: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: default-view, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
+subjects: [{kind: ServiceAccount, name: default, namespace: default}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: shell
+    command:
+    - /bin/sh
+    - -c
+    - |
+      set -e
+      curl -sf --max-time 5 http://echo.default.svc.cluster.local:9080/
+      sa=/var/run/secrets/kubernetes.io/serviceaccount
+      curl -sf --max-time 5 --cacert $sa/ca.crt -H "Authorization: Bearer $(cat $sa/token)" \
+        https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/default/services/echo
+"#;
 
 /// Echo as a Deployment and its Service; an init container checks that
 /// the projected token is mounted where the container asked.
