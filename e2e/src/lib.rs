@@ -35,6 +35,7 @@ spec:
 mod bins;
 mod cluster;
 pub mod cut;
+pub mod kind;
 pub mod kube;
 pub mod kubelet;
 pub mod loopback;
