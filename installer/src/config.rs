@@ -419,6 +419,8 @@ mod tests {
             ("workloadentries", "WorkloadEntry"),
             ("authorizationpolicies", "AuthorizationPolicy"),
             ("sidecars", "Sidecar"),
+            ("gateways", "Gateway"),
+            ("gw", "Gateway"),
         ] {
             assert_eq!(resolve_kind(typed).unwrap(), want, "{typed}");
         }

@@ -210,6 +210,11 @@ mod tests {
         assert_eq!(ap.spec.names.plural, "authorizationpolicies");
         let versions: Vec<_> = ap.spec.versions.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(versions, ["v1", "v1beta1"]);
+        let gw = crds
+            .iter()
+            .find(|c| c.spec.names.kind == "Gateway")
+            .unwrap();
+        assert_eq!(gw.spec.names.plural, "gateways");
         let sidecar = crds
             .iter()
             .find(|c| c.spec.names.kind == "Sidecar")

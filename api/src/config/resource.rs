@@ -247,9 +247,10 @@ impl Spec {
     /// The names of `kind` (a supported kind or not).
     pub fn names(kind: &str) -> KindNames {
         let singular = kind.to_ascii_lowercase();
+        // `policy` → `policies`, but `gateway` → `gateways`.
         let plural = match singular.strip_suffix('y') {
-            Some(stem) => format!("{stem}ies"),
-            None => format!("{singular}s"),
+            Some(stem) if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) => format!("{stem}ies"),
+            _ => format!("{singular}s"),
         };
         let short_names = SHORT_NAMES
             .iter()
