@@ -22,40 +22,39 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 use trellis_api::config::{openapi_schema, ApiVersion, Spec};
 
-/// The columns `kubectl get` shows for a kind besides its name and age, as
-/// in Istio's CRDs: `(name, JSON path, description)`.
-const COLUMNS: &[(&str, &[(&str, &str, &str)])] = &[
-    (
-        "VirtualService",
-        &[
-            ("Gateways", ".spec.gateways", "The names of gateways and sidecars that should apply these routes"),
-            ("Hosts", ".spec.hosts", "The destination hosts to which traffic is being sent"),
-        ],
-    ),
-    (
-        "DestinationRule",
-        &[("Host", ".spec.host", "The name of a service from the service registry")],
-    ),
-    (
-        "ServiceEntry",
-        &[
-            ("Hosts", ".spec.hosts", "The hosts associated with the ServiceEntry"),
-            ("Location", ".spec.location", "Whether the service is external to the mesh or part of the mesh (MESH_EXTERNAL or MESH_INTERNAL)"),
-            ("Resolution", ".spec.resolution", "Service resolution mode for the hosts (NONE, STATIC, or DNS)"),
-        ],
-    ),
-    (
-        "WorkloadEntry",
-        &[("Address", ".spec.address", "Address associated with the network endpoint.")],
-    ),
-    (
-        "AuthorizationPolicy",
-        &[("Action", ".spec.action", "The operation to take.")],
-    ),
-    (
-        "PeerAuthentication",
-        &[("Mode", ".spec.mtls.mode", "Defines the mTLS mode used for peer authentication.")],
-    ),
+/// A column `kubectl get` shows for a kind besides its name and age.
+struct Column {
+    kind: &'static str,
+    name: &'static str,
+    json_path: &'static str,
+    description: &'static str,
+}
+
+const fn column(
+    kind: &'static str,
+    name: &'static str,
+    json_path: &'static str,
+    description: &'static str,
+) -> Column {
+    Column {
+        kind,
+        name,
+        json_path,
+        description,
+    }
+}
+
+/// Istio's CRDs' columns.
+const COLUMNS: &[Column] = &[
+    column("VirtualService", "Gateways", ".spec.gateways", "The names of gateways and sidecars that should apply these routes"),
+    column("VirtualService", "Hosts", ".spec.hosts", "The destination hosts to which traffic is being sent"),
+    column("DestinationRule", "Host", ".spec.host", "The name of a service from the service registry"),
+    column("ServiceEntry", "Hosts", ".spec.hosts", "The hosts associated with the ServiceEntry"),
+    column("ServiceEntry", "Location", ".spec.location", "Whether the service is external to the mesh or part of the mesh (MESH_EXTERNAL or MESH_INTERNAL)"),
+    column("ServiceEntry", "Resolution", ".spec.resolution", "Service resolution mode for the hosts (NONE, STATIC, or DNS)"),
+    column("WorkloadEntry", "Address", ".spec.address", "Address associated with the network endpoint."),
+    column("AuthorizationPolicy", "Action", ".spec.action", "The operation to take."),
+    column("PeerAuthentication", "Mode", ".spec.mtls.mode", "Defines the mTLS mode used for peer authentication."),
 ];
 
 /// The CRD of every kind Trellis serves, in [`Spec::KINDS`] order.
@@ -155,15 +154,12 @@ fn crd(kind: &str) -> anyhow::Result<CustomResourceDefinition> {
 }
 
 fn columns(kind: &str) -> Vec<CustomResourceColumnDefinition> {
-    let own = COLUMNS
-        .iter()
-        .filter(|(k, _)| *k == kind)
-        .flat_map(|(_, columns)| columns.iter());
-    own.map(|(name, path, description)| CustomResourceColumnDefinition {
-        name: name.to_string(),
-        json_path: path.to_string(),
+    let own = COLUMNS.iter().filter(|c| c.kind == kind);
+    own.map(|c| CustomResourceColumnDefinition {
+        name: c.name.to_string(),
+        json_path: c.json_path.to_string(),
         type_: "string".to_string(),
-        description: Some(description.to_string()),
+        description: Some(c.description.to_string()),
         ..Default::default()
     })
     .chain([CustomResourceColumnDefinition {
