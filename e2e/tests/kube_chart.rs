@@ -238,6 +238,13 @@ fn values_schema_refuses_a_missing_required_value_naming_it() -> anyhow::Result<
         };
         assert!(message.contains(refused_at), "{refused_at}: {message}");
     }
+    // A misspelt value is refused too, not ignored.
+    let mut misspelt = values();
+    misspelt["clustr"] = json!({"name": "west"});
+    let Err(message) = render(dir.path(), &misspelt)? else {
+        panic!("rendered with `clustr`");
+    };
+    assert!(message.contains("clustr"), "{message}");
     // A Secret made beforehand stands in for both tokens.
     let mut v = without("/join/token");
     v["join"] = json!({"existingSecret": "my-tokens"});
