@@ -77,7 +77,13 @@ for name in agent controlplane eastwest; do
     printf 'root:x:0:0::/:/nonexistent\ntrellis:x:1337:1337::/nonexistent:/nonexistent\n' >"$root/etc/passwd"
     printf 'root:x:0:\ntrellis:x:1337:\n' >"$root/etc/group"
     if [ "$name" = agent ]; then
-        # The capture step (as root, NET_ADMIN) runs iptables-restore or nft.
+        # The capture step (as root, NET_ADMIN) runs iptables or nft.
+        for tool in iptables-restore nft; do
+            command -v "$tool" >/dev/null || {
+                echo "images/build.sh: the agent's image takes $tool from this host: apt install iptables nftables" >&2
+                exit 1
+            }
+        done
         multi=$(readlink -f "$(command -v iptables-restore)")
         with_libs "$root" "$multi"
         for tool in iptables iptables-restore iptables-save ip6tables ip6tables-restore ip6tables-save; do
