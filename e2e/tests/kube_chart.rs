@@ -13,7 +13,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use trellis_e2e::kube::{unavailable, KubeCluster, Options};
 use trellis_e2e::third_party::{python, python_has};
-use trellis_e2e::{use_bins, wait_for_blocking};
+use trellis_e2e::{bin, wait_for_blocking};
 
 /// Lints, checks and renders the chart at `argv[1]` with the values (JSON)
 /// `argv[2]`, as `helm install trellis -n trellis-system` would; writes
@@ -195,8 +195,7 @@ fn helm_lints_and_renders_the_chart_with_the_binaries_real_flags() -> anyhow::Re
 
 /// Every `--flag` of `args` is one `command --help` lists.
 fn assert_flags_exist(command: &[&str], args: &[&str]) -> anyhow::Result<()> {
-    let bins = use_bins(&["trellis-controlplane", "trellis-eastwest"])?;
-    let out = Command::new(bins.join(command[0]))
+    let out = Command::new(bin(command[0]))
         .args(&command[1..])
         .arg("--help")
         .output()?;
