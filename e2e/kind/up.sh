@@ -46,7 +46,7 @@ node_ip() { docker inspect -f '{{.NetworkSettings.Networks.kind.IPAddress}}' "$1
 while read -r c; do
     kind get clusters | grep -qx "$c" || kind create cluster --config "$state/$c/kind.yaml"
     for image in agent controlplane eastwest; do
-        kind load docker-image --name "$c" "trellis/$image:$tag"
+        kind load docker-image --name "$c" "trellis/trellis-$image:$tag"
     done
     # The host reaches the cluster's pods through its control-plane node
     # (kind's CNI routes each node's pod range between the nodes).

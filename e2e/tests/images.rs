@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use trellis_agent::capture::{Backend, Capture, Family};
 use trellis_e2e::{profile_dir, Proc};
 
 const IMAGES: [&str; 3] = ["agent", "controlplane", "eastwest"];
@@ -65,33 +66,58 @@ fn each_image_root_runs_its_binary_and_the_agent_has_its_capture_tools() -> anyh
         let passwd = std::fs::read_to_string(root.join("etc/passwd"))?;
         assert!(passwd.contains(":1337:1337:"), "{passwd}");
     }
+    // The capture step's rules, exactly as the agent makes them, taken by
+    // the image's own iptables (with its extension modules) and nft, in a
+    // network namespace of their own.
     let agent = dir.path().join("agent/rootfs");
-    let nft = run(Command::new("chroot")
-        .arg(&agent)
-        .args(["/usr/sbin/nft", "--version"]))?;
+    let nft = chrooted(&agent, &["/usr/sbin/nft", "--version"], "")?;
     assert!(nft.starts_with("nftables"), "{nft}");
-    let ipt = run(Command::new("chroot")
-        .arg(&agent)
-        .args(["/usr/sbin/iptables", "--version"]))?;
-    assert!(ipt.contains("nf_tables"), "{ipt}");
-    // And iptables finds its extensions: a rule with a match module parses.
-    let dry = run(Command::new("chroot").arg(&agent).args([
-        "/usr/sbin/iptables-restore",
-        "--test",
-        "--noflush",
-    ]).stdin(std::fs::File::open(write(
-        dir.path(),
-        "rules",
-        "*nat\n:TRELLIS_TEST - [0:0]\n-A TRELLIS_TEST -p tcp -m mark --mark 1337 -j RETURN\nCOMMIT\n",
-    )?)?));
-    assert!(dry.is_ok(), "{dry:?}");
+    let capture = |backend| Capture {
+        backend,
+        inbound_port: 15006,
+        outbound_port: 15001,
+        dns_port: Some(15053),
+        exclude_inbound: vec![15020, 15021],
+        ipv6: false,
+    };
+    let rules = capture(Backend::Iptables).iptables_rules(Family::V4);
+    let mut chains: Vec<&str> = rules.iter().filter_map(|r| r.split(' ').nth(1)).collect();
+    chains.sort();
+    chains.dedup();
+    let declared: String = chains.iter().map(|c| format!(":{c} - [0:0]\n")).collect();
+    let script = format!("*nat\n{declared}{}\nCOMMIT\n", rules.join("\n"));
+    chrooted(&agent, &["/usr/sbin/iptables-restore"], &script)?;
+    chrooted(
+        &agent,
+        &["/usr/sbin/nft", "-f", "-"],
+        &capture(Backend::Nftables).nft_script(),
+    )?;
     Ok(())
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, text)?;
-    Ok(path)
+/// `chroot ROOT ARGS...` in a new network namespace, `input` on stdin;
+/// its stdout.
+fn chrooted(root: &Path, args: &[&str], input: &str) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = Command::new("unshare")
+        .args(["--net", "chroot"])
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("unshare")?;
+    child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{args:?} in {}: {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A Docker engine of this test's own: its socket, data and state under
@@ -176,7 +202,7 @@ fn the_images_build_from_scratch_with_docker_and_run() -> anyhow::Result<()> {
         .env("CARGO_TARGET_DIR", target)
         .env("DOCKER_HOST", &docker.host))?;
     for image in IMAGES {
-        let name = format!("trellis/{image}:{tag}");
+        let name = format!("trellis/trellis-{image}:{tag}");
         let out = run(docker
             .cmd()
             .args(["run", "--rm", "--network", "none", &name, "--version"]))?;

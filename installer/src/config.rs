@@ -26,37 +26,15 @@ pub enum GetOutput {
     Json,
 }
 
-/// Short names, as kubectl knows them for Istio's CRDs.
-const SHORT_NAMES: &[(&str, &str)] = &[
-    ("vs", "VirtualService"),
-    ("dr", "DestinationRule"),
-    ("se", "ServiceEntry"),
-    ("we", "WorkloadEntry"),
-    ("wg", "WorkloadGroup"),
-    ("gw", "Gateway"),
-    ("pa", "PeerAuthentication"),
-    ("ap", "AuthorizationPolicy"),
-    ("ra", "RequestAuthentication"),
-];
-
 /// The kind an operator typed: `VirtualService`, `virtualservice`,
 /// `virtualservices`, `vs` or `virtualservices.networking.istio.io`.
 pub fn resolve_kind(typed: &str) -> anyhow::Result<&'static str> {
     let t = typed.to_ascii_lowercase();
     let base = t.split('.').next().unwrap_or_default();
     for kind in Spec::KINDS {
-        let k = kind.to_ascii_lowercase();
-        let plural = match k.strip_suffix('y') {
-            Some(stem) => format!("{stem}ies"),
-            None => format!("{k}s"),
-        };
-        if base == k || base == plural {
+        let names = Spec::names(kind);
+        if base == names.singular || base == names.plural || names.short_names.contains(&base) {
             return Ok(kind);
-        }
-    }
-    if let Some((_, kind)) = SHORT_NAMES.iter().find(|(s, _)| *s == base) {
-        if let Some(k) = Spec::KINDS.iter().find(|k| *k == kind) {
-            return Ok(k);
         }
     }
     bail!(
@@ -441,6 +419,8 @@ mod tests {
             ("workloadentries", "WorkloadEntry"),
             ("authorizationpolicies", "AuthorizationPolicy"),
             ("sidecars", "Sidecar"),
+            ("gateways", "Gateway"),
+            ("gw", "Gateway"),
         ] {
             assert_eq!(resolve_kind(typed).unwrap(), want, "{typed}");
         }

@@ -84,8 +84,17 @@ enum Cmd {
     /// This VM in the mesh: `vm join` with a token, `vm leave` (run as root; the trellis-agent package).
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Kubernetes: `kube crds` prints the CustomResourceDefinitions of the Istio kinds (the Helm chart's crds/).
+    #[command(subcommand)]
+    Kube(KubeCmd),
     /// Run a whole mesh on loopback (3 control-plane nodes, bookinfo behind 7 agents), send traffic and show where it went.
     Demo(trellis::demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum KubeCmd {
+    /// Print the CRDs of the Istio kinds Trellis serves, as YAML, for `kubectl apply -f -`.
+    Crds,
 }
 
 #[derive(Subcommand)]
@@ -244,6 +253,9 @@ async fn main() {
         Cmd::Demo(args) => trellis::demo::run(args).await,
         Cmd::Vm(VmCmd::Join(args)) => trellis::vm::join(args).await,
         Cmd::Vm(VmCmd::Leave) => trellis::vm::leave(),
+        Cmd::Kube(KubeCmd::Crds) => {
+            trellis_kubernetes::crd::crds_yaml().map(|yaml| print!("{yaml}"))
+        }
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

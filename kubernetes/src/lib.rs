@@ -5,6 +5,9 @@
 //! The control-plane node that runs in a cluster uses it to watch the
 //! cluster's services and pods, to review pods' service-account tokens,
 //! and to serve the admission webhooks; `trellis` uses it for the CRDs.
+//! [`crd`] generates the CustomResourceDefinitions of the Istio kinds
+//! from `trellis_api::config`.
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod crd;

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Builds the container images trellis/agent, trellis/controlplane and
-# trellis/eastwest FROM scratch: no registry, no base image. Each build
+# Builds the container images trellis/trellis-agent,
+# trellis/trellis-controlplane and trellis/trellis-eastwest (the chart's
+# images) FROM scratch: no registry, no base image. Each build
 # context holds rootfs/ with the binary, the shared libraries it loads
 # (as ldd lists them, the dynamic loader included), /etc/passwd and
 # /etc/group naming uid 1337 (trellis), an empty /tmp; the agent's also
@@ -12,7 +13,7 @@
 #
 # Release binaries by default, --dev the debug build; --no-build takes
 # them as they are. Without --contexts-only, `docker build` makes
-# trellis/IMAGE:TAG (TAG: the workspace version); with it, the contexts
+# trellis/trellis-IMAGE:TAG (TAG: the workspace version); with it, the contexts
 # are left in DIR/IMAGE for another builder (or a test) and docker is
 # not needed. IMAGE: agent, controlplane, eastwest (default: all).
 set -eu
@@ -92,7 +93,7 @@ for image in $images; do
     if [ -z "$contexts" ]; then
         # The classic builder: a FROM scratch context needs no BuildKit
         # (which newer clients want as a plugin).
-        DOCKER_BUILDKIT=0 docker build -q -t "trellis/$image:$tag" "$ctx"
+        DOCKER_BUILDKIT=0 docker build -q -t "trellis/trellis-$image:$tag" "$ctx"
         rm -rf "$ctx"
         trap - EXIT
     fi

@@ -83,7 +83,8 @@ pub use percent::Percent;
 pub use protocol::Protocol;
 pub use regex::Regex;
 pub use request_authentication::{ClaimToHeader, JwtHeader, JwtRule, RequestAuthentication};
-pub use resource::{ApiVersion, Checked, Group, KindSpec, Metadata, Resource, Spec};
+pub use resource::{ApiVersion, Checked, Group, KindNames, KindSpec, Metadata, Resource, Spec};
+pub use schema::openapi_schema;
 pub use server_tls::{ServerTlsMode, ServerTlsSettings, TlsProtocol};
 pub use service_entry::{Location, Resolution, ServiceEntry, ServicePort};
 pub use sidecar::{

@@ -219,6 +219,52 @@ kinds!(
     RequestAuthentication,
 );
 
+/// Short names of Istio's CRDs, as kubectl knows them.
+const SHORT_NAMES: &[(&str, &str)] = &[
+    ("VirtualService", "vs"),
+    ("DestinationRule", "dr"),
+    ("ServiceEntry", "se"),
+    ("WorkloadEntry", "we"),
+    ("WorkloadGroup", "wg"),
+    ("Gateway", "gw"),
+    ("PeerAuthentication", "pa"),
+    ("AuthorizationPolicy", "ap"),
+    ("RequestAuthentication", "ra"),
+];
+
+/// The names kubectl knows a kind by, as Istio's CRDs name them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KindNames {
+    /// Lowercase kind: `virtualservice`.
+    pub singular: String,
+    /// `virtualservices`, `serviceentries`.
+    pub plural: String,
+    /// `vs`; none for `Sidecar`.
+    pub short_names: Vec<&'static str>,
+}
+
+impl Spec {
+    /// The names of `kind` (a supported kind or not).
+    pub fn names(kind: &str) -> KindNames {
+        let singular = kind.to_ascii_lowercase();
+        // `policy` → `policies`, but `gateway` → `gateways`.
+        let plural = match singular.strip_suffix('y') {
+            Some(stem) if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) => format!("{stem}ies"),
+            _ => format!("{singular}s"),
+        };
+        let short_names = SHORT_NAMES
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, s)| *s)
+            .collect();
+        KindNames {
+            singular,
+            plural,
+            short_names,
+        }
+    }
+}
+
 /// The Kubernetes `metadata` Trellis uses. Parsing also accepts, and
 /// drops, the fields the API server fills in (`uid`, `resourceVersion`,
 /// `managedFields`, ...), so that `kubectl get -o yaml` output can be fed

@@ -362,6 +362,86 @@ fn expected(names: &[String]) -> String {
     }
 }
 
+/// The OpenAPI v3 schema of `kind`'s `spec` as Istio publishes it, in
+/// the structural form a Kubernetes CustomResourceDefinition takes: types,
+/// enums, bounds, patterns and required fields, as in the table. Istio's
+/// `oneOf`s and CEL rules are not in the table; the validating webhook
+/// runs the same checks as `trellis apply`, which include them. `None` for
+/// a kind the table does not have.
+pub fn openapi_schema(kind: &str) -> Option<Value> {
+    fields(kind).map(|fields| openapi(fields, "spec"))
+}
+
+fn openapi(fields: &Fields, schema: &str) -> Value {
+    let Some(field) = fields.get(schema) else {
+        return serde_json::json!({"x-kubernetes-preserve-unknown-fields": true});
+    };
+    let mut out = serde_json::Map::new();
+    let mut put = |key: &str, value: Value| {
+        out.insert(key.to_string(), value);
+    };
+    match field.ty.as_str() {
+        "object" => {
+            put("type", "object".into());
+            let properties = field
+                .children
+                .iter()
+                .map(|name| (name.clone(), openapi(fields, &format!("{schema}.{name}"))))
+                .collect();
+            put("properties", Value::Object(properties));
+        }
+        "map" => {
+            put("type", "object".into());
+            put(
+                "additionalProperties",
+                openapi(fields, &format!("{schema}{{}}")),
+            );
+        }
+        "array" => {
+            put("type", "array".into());
+            put("items", openapi(fields, &format!("{schema}[]")));
+        }
+        "int-or-string" => put("x-kubernetes-int-or-string", true.into()),
+        "any" => put("x-kubernetes-preserve-unknown-fields", true.into()),
+        ty => put("type", ty.into()),
+    }
+    if field.int32 {
+        put("format", "int32".into());
+    }
+    let number = |n: f64| {
+        if n.fract() == 0.0 && n.abs() < 9.0e15 {
+            Value::from(n as i64)
+        } else {
+            Value::from(n)
+        }
+    };
+    let bounds = [
+        ("minimum", field.min.map(number)),
+        ("maximum", field.max.map(number)),
+        ("minLength", field.min_len.map(Value::from)),
+        ("maxLength", field.max_len.map(Value::from)),
+        ("minItems", field.min_items.map(Value::from)),
+        ("maxItems", field.max_items.map(Value::from)),
+        ("minProperties", field.min_props.map(Value::from)),
+        ("maxProperties", field.max_props.map(Value::from)),
+    ];
+    for (key, value) in bounds {
+        if let Some(value) = value {
+            put(key, value);
+        }
+    }
+    if !field.enum_values.is_empty() {
+        put("enum", field.enum_values.clone().into());
+    }
+    if let Some(pattern) = &field.pattern {
+        put("pattern", pattern.as_str().into());
+    }
+    if !field.required.is_empty() {
+        put("required", field.required.clone().into());
+    }
+    Value::Object(out)
+}
+
 /// An example value of each field, for the completeness test: a document
 /// setting every field the schema has.
 #[cfg(test)]
@@ -407,6 +487,34 @@ mod tests {
             let fields = fields(kind).unwrap_or_else(|| panic!("{kind}"));
             assert_eq!(fields["spec"].ty, "object", "{kind}");
         }
+    }
+
+    /// Every field of the table is one node of the OpenAPI schema, with
+    /// its type, bounds and required fields.
+    #[test]
+    fn the_openapi_schema_has_every_field_of_the_table() {
+        fn count(schema: &Value) -> usize {
+            let children = |key: &str| schema.get(key).map_or(0, count);
+            let properties = schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .map_or(0, |p| p.values().map(count).sum());
+            1 + properties + children("items") + children("additionalProperties")
+        }
+        for kind in super::super::Spec::KINDS {
+            let schema = openapi_schema(kind).unwrap();
+            assert_eq!(count(&schema), fields(kind).unwrap().len(), "{kind}");
+        }
+        let dr = openapi_schema("DestinationRule").unwrap();
+        assert_eq!(dr["required"], serde_json::json!(["host"]));
+        let labels = &dr["properties"]["subsets"]["items"]["properties"]["labels"];
+        assert_eq!(labels["additionalProperties"]["type"], "string");
+        let vs = openapi_schema("VirtualService").unwrap();
+        let weight = &vs["properties"]["http"]["items"]["properties"]["route"]["items"]
+            ["properties"]["weight"];
+        assert_eq!(weight["type"], "integer");
+        assert_eq!(weight["format"], "int32");
+        assert!(openapi_schema("EnvoyFilter").is_none());
     }
 
     /// The completeness test: a document that sets every field of Istio's
