@@ -332,7 +332,7 @@ mod tests {
         let forged = claims(EAST, &[AUDIENCE], NOW + 600);
         let unreadable = KubeTokenError::NotAJwt("not three parts");
         // (claims, this cluster's issuer if known, the refusal, words in its message)
-        let cases: [(Result<&Claims, &KubeTokenError>, Option<&str>, Refusal, &str); 6] = [
+        let cases = [
             (
                 Ok(&west),
                 Some(EAST),
