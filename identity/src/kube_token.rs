@@ -10,8 +10,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
 
-use crate::SpiffeId;
-
 /// The audience a pod's token must be for: a projected service-account
 /// token with `audience: trellis-ca`.
 pub const AUDIENCE: &str = "trellis-ca";
@@ -87,13 +85,6 @@ impl Claims {
         service_account_user(&self.sub)
             .ok_or_else(|| KubeTokenError::NotAServiceAccount(self.sub.clone()))
     }
-
-    /// The workload identity in `trust_domain` the token's service account
-    /// has.
-    pub fn workload_id(&self, trust_domain: &str) -> Result<SpiffeId, KubeTokenError> {
-        let (ns, sa) = self.service_account()?;
-        Ok(SpiffeId::workload(trust_domain, ns, sa))
-    }
 }
 
 /// (namespace, service account) of a Kubernetes user name
@@ -135,10 +126,6 @@ mod tests {
         assert_eq!(c.audiences(), [AUDIENCE]);
         assert_eq!(c.exp, Some(1_700_000_000));
         assert_eq!(c.service_account(), Ok(("shop", "cart")));
-        assert_eq!(
-            c.workload_id("example.org").unwrap().to_string(),
-            "spiffe://example.org/ns/shop/sa/cart"
-        );
         // `aud` may be one string.
         let c = Claims::decode(&jwt(r#"{"aud":"api","sub":"x"}"#)).unwrap();
         assert_eq!(c.audiences(), ["api"]);

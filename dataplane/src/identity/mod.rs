@@ -173,9 +173,10 @@ async fn from_pod_token(
         source,
     };
     let claims = Claims::decode(&token).map_err(bad_token)?;
+    let (ns, sa) = claims.service_account().map_err(bad_token)?;
     let roots = pem::certs(&read(roots_file)?, &roots_file.display().to_string())?;
     let trust_domain = pem::root_trust_domain(&roots[0])?;
-    let id = claims.workload_id(&trust_domain).map_err(bad_token)?;
+    let id = SpiffeId::workload(&trust_domain, ns, sa);
     let verifier = SpiffeServerVerifier::new(&roots, Expect::AnyControlPlane { trust_domain })?;
     let tls = client_config(None, Arc::new(verifier))?;
     let (channel, addr) = grpc::connect_any(addrs, Arc::new(tls), mark).await?;
@@ -381,4 +382,61 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pod's source whose token file holds `token` (none: no file).
+    fn pod(dir: &Path, token: Option<&str>) -> Source {
+        let token_file = dir.join("token");
+        if let Some(t) = token {
+            std::fs::write(&token_file, t).unwrap();
+        }
+        Source::Kubernetes {
+            token_file,
+            roots: dir.join("root-cert.pem"),
+            // Never reached: each case fails before connecting.
+            control_plane: vec!["192.0.2.1:15012".into()],
+            data_dir: dir.join("data"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pods_token_that_names_no_service_account_fails_before_any_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token").display().to_string();
+        let missing = load(&pod(dir.path(), None), None).await.err().unwrap();
+        assert!(
+            missing
+                .to_string()
+                .starts_with(&format!("cannot read {path}: ")),
+            "{missing}"
+        );
+        let garbage = load(&pod(dir.path(), Some("not-a-jwt\n")), None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            garbage.to_string(),
+            format!(
+                "the service-account token in {path}: not a Kubernetes service-account token: \
+                 expected a JWT (three base64url parts separated by `.`), not three parts"
+            )
+        );
+        // A user's token (eyJzdWIiOiJhbGljZSJ9: {"sub":"alice"}).
+        let user = "e30.eyJzdWIiOiJhbGljZSJ9.c2ln";
+        let err = load(&pod(dir.path(), Some(user)), None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the service-account token in {path}: the token's subject `alice` is not a \
+                 service account (system:serviceaccount:NS:SA)"
+            )
+        );
+    }
 }
