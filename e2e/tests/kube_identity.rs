@@ -6,7 +6,8 @@
 //! token with a TokenReview. And every token that proves nothing is
 //! refused with its reason in the agent's error: signed by another key,
 //! from another cluster, for another audience, of a deleted service
-//! account, or presented to a node outside Kubernetes.
+//! account, or presented to a node outside Kubernetes; and a CSR for
+//! another identity than the token's.
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -17,11 +18,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, ServiceAccount};
+use tonic::Code;
+use trellis_api::v1::ca_client::CaClient;
+use trellis_api::v1::IssueCertificateRequest;
 use trellis_e2e::kube::{unavailable, KubeCluster, Options};
 use trellis_e2e::loopback::Block;
 use trellis_e2e::{bin, remove_env_prefixed, wait_for, Cluster, Proc};
 use trellis_identity::admin_config::AdminConfig;
-use trellis_identity::pem;
+use trellis_identity::{csr, grpc, pem};
 use trellis_kubernetes::client::{client, Source};
 
 /// The loopback series of this test binary (e2e/src/loopback.rs).
@@ -340,6 +344,22 @@ async fn tokens_that_prove_nothing_are_refused_with_their_reason() -> anyhow::Re
         out.contains("this control-plane node does not run in a Kubernetes cluster"),
         "{out}"
     );
+    // East's genuine token with a CSR for another service account, sent
+    // straight to the CA: refused, naming the one the token proves.
+    let tls = AdminConfig::load(&f.cp.admin_config())?.tls_as(None)?;
+    let (channel, _) = grpc::connect_any(&[f.cp.nodes[0].addr.clone()], tls, None).await?;
+    let admin = format!("spiffe://{}/ns/{NS}/sa/admin", f.cp.trust_domain);
+    let s = CaClient::new(channel)
+        .issue_certificate(IssueCertificateRequest {
+            csr_pem: csr::generate_csr(&admin)?.csr_pem,
+            kubernetes_token: genuine.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("signed another identity than the token's");
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("/ns/shop/sa/cart"), "{}", s.message());
+
     // The genuine token itself is good: nothing above was refused for
     // something the fixture got wrong.
     let mut agent = f.agent("genuine", &genuine)?;
