@@ -19,7 +19,7 @@ use crate::dns;
 /// Flags that cannot work together, or an identity the agent cannot serve.
 #[derive(Debug, thiserror::Error)]
 pub enum OptionsError {
-    #[error("no identity: pass --token (a VM join token), or --cert-chain, --key and --roots")]
+    #[error("no identity: pass --token (a VM join token), --kube-token-file (a pod's service-account token), or --cert-chain, --key and --roots")]
     NoIdentity,
     #[error("{flag} {addr}: with --capture {mode} {what} must listen on 127.0.0.1 or 0.0.0.0, where captured connections arrive (the agent listens on [::1] for IPv6 itself)")]
     CaptureListener {
@@ -153,7 +153,10 @@ pub struct Options {
     /// VM join token (from `trellis token create --kind vm --identity NS/SA`): get a certificate from the control plane.
     #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Where key, certificate chain and trust bundle are kept (token mode).
+    /// A Kubernetes pod's projected service-account token with audience `trellis-ca` (a file, read anew on each try: the kubelet rotates it): get a certificate for its service account from --control-plane, trusted through --roots.
+    #[arg(long, env = "TRELLIS_KUBE_TOKEN_FILE", conflicts_with_all = ["token", "cert_chain"], requires_all = ["roots", "control_plane"])]
+    pub kube_token_file: Option<PathBuf>,
+    /// Where key, certificate chain and trust bundle are kept (token modes).
     #[arg(
         long,
         env = "TRELLIS_DATA_DIR",
@@ -166,13 +169,13 @@ pub struct Options {
     /// Private key (PEM) of --cert-chain.
     #[arg(long, env = "TRELLIS_KEY")]
     pub key: Option<PathBuf>,
-    /// Trust bundle (PEM roots) of the mesh, with --cert-chain.
+    /// Trust bundle (PEM roots) of the mesh, with --cert-chain or --kube-token-file.
     #[arg(long, env = "TRELLIS_ROOTS")]
     pub roots: Option<PathBuf>,
     /// Istio resources (multi-document YAML: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication), reloaded when it changes, instead of config pushed by the control plane.
     #[arg(long, env = "TRELLIS_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
-    /// Control-plane address to stream config from (repeatable; default: the addresses the join token gave).
+    /// Control-plane address to stream config from (repeatable; default: the addresses the join token gave; with --kube-token-file, the pod's cluster's nodes, which also issue its certificate).
     #[arg(
         long = "control-plane",
         env = "TRELLIS_CONTROL_PLANE",
@@ -291,6 +294,14 @@ pub struct Options {
 impl Options {
     /// Where the certificate comes from.
     pub fn identity_source(&self) -> Source {
+        if let (Some(token_file), Some(roots)) = (&self.kube_token_file, &self.roots) {
+            return Source::Kubernetes {
+                token_file: token_file.clone(),
+                roots: roots.clone(),
+                control_plane: self.control_plane.clone(),
+                data_dir: self.data_dir.clone(),
+            };
+        }
         match (&self.cert_chain, &self.key, &self.roots) {
             (Some(chain), Some(key), Some(roots)) => Source::Files {
                 chain: chain.clone(),
@@ -430,7 +441,11 @@ const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Checks flags that clap cannot: a source of identity must be given.
 pub fn check(o: &Options) -> Result<(), OptionsError> {
-    if o.token.is_none() && o.cert_chain.is_none() && !o.data_dir.join("cert-chain.pem").exists() {
+    if o.token.is_none()
+        && o.kube_token_file.is_none()
+        && o.cert_chain.is_none()
+        && !o.data_dir.join("cert-chain.pem").exists()
+    {
         return Err(OptionsError::NoIdentity);
     }
     if o.capture.backend().is_some() {
@@ -502,6 +517,46 @@ mod tests {
         );
         let f = o.dns_forwarder(None);
         assert_eq!(f.upstreams(), &o.dns_upstreams[..2]);
+    }
+
+    #[test]
+    fn a_pods_token_file_needs_the_roots_and_the_control_plane_and_no_other_identity() {
+        let pod = [
+            "trellis-agent",
+            "--kube-token-file",
+            "/var/run/secrets/tokens/trellis-ca",
+            "--roots",
+            "/etc/trellis/root-cert.pem",
+            "--control-plane",
+            "trellis.trellis-system.svc:15012",
+        ];
+        let o = Options::try_parse_from(pod).unwrap();
+        check(&o).unwrap();
+        let Source::Kubernetes {
+            token_file,
+            roots,
+            control_plane,
+            ..
+        } = o.identity_source()
+        else {
+            panic!("not the pod's token: {:?}", o.identity_source());
+        };
+        assert_eq!(
+            (token_file.to_str(), roots.to_str(), &control_plane[..]),
+            (
+                Some("/var/run/secrets/tokens/trellis-ca"),
+                Some("/etc/trellis/root-cert.pem"),
+                &["trellis.trellis-system.svc:15012".to_string()][..]
+            )
+        );
+        for (without, words) in [(3, "--roots"), (5, "--control-plane")] {
+            let argv = [&pod[..without], &pod[without + 2..]].concat();
+            let e = Options::try_parse_from(argv).unwrap_err().to_string();
+            assert!(e.contains(words), "{e}");
+        }
+        let with_token = [&pod[..], &["--token", "t"]].concat();
+        let e = Options::try_parse_from(with_token).unwrap_err().to_string();
+        assert!(e.contains("cannot be used with"), "{e}");
     }
 
     #[test]

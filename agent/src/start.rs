@@ -210,7 +210,8 @@ pub async fn run(
 }
 
 /// The workload certificate (from files, or from the control plane with
-/// the token), renewed in the background in token mode.
+/// a join token or a pod's token), renewed in the background unless from
+/// files.
 async fn certificate(
     source: &Source,
     mark: Option<u32>,
@@ -219,12 +220,12 @@ async fn certificate(
     tracing::info!(identity = %loaded.id, "workload certificate loaded");
     let cert = CertCell::new(&loaded.identity)?;
     let tls = Arc::new(MeshTls::new(cert, loaded.id.clone(), loaded.roots.clone())?);
-    if let Source::Token { data_dir, .. } = source {
+    if let Some(data_dir) = source.data_dir() {
         tokio::spawn(identity::renew_forever(
             tls.clone(),
             loaded.not_after,
             loaded.control_plane.clone(),
-            data_dir.clone(),
+            data_dir.to_path_buf(),
             mark,
         ));
     }

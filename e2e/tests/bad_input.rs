@@ -158,6 +158,7 @@ async fn repeated_failures_from_one_peer_are_throttled() -> anyhow::Result<()> {
                 csr_pem: key.csr_pem,
                 token: wrong_secret.clone(),
                 ttl_seconds: 0,
+                ..Default::default()
             })
             .await;
         let s = r.expect_err("a bad token was accepted");
@@ -197,6 +198,7 @@ impl Ca {
                 csr_pem: self.key.csr_pem.clone(),
                 token: self.token.clone(),
                 ttl_seconds: 0,
+                ..Default::default()
             })
             .await?
             .into_inner())
@@ -225,6 +227,7 @@ async fn the_ca_refuses_a_csr_with_neither_a_token_nor_a_certificate() -> anyhow
             csr_pem: ca.key.csr_pem.clone(),
             token: String::new(),
             ttl_seconds: 0,
+            ..Default::default()
         })
         .await
         .expect_err("issued without proof");
@@ -245,6 +248,7 @@ async fn the_ca_refuses_a_csr_for_another_identity_than_the_tokens_leaving_it_un
             csr_pem: other.csr_pem,
             token: ca.token.clone(),
             ttl_seconds: 0,
+            ..Default::default()
         })
         .await
         .expect_err("signed a mismatched identity");
@@ -263,6 +267,7 @@ async fn the_ca_refuses_a_lifetime_over_the_maximum() -> anyhow::Result<()> {
             csr_pem: ca.key.csr_pem.clone(),
             token: ca.token.clone(),
             ttl_seconds: 365 * 24 * 3600,
+            ..Default::default()
         })
         .await
         .expect_err("accepted a lifetime over the maximum");
@@ -281,6 +286,7 @@ async fn the_ca_refuses_garbage_instead_of_a_csr() -> anyhow::Result<()> {
                     .into(),
             token: ca.token.clone(),
             ttl_seconds: 0,
+            ..Default::default()
         })
         .await
         .expect_err("accepted garbage");
@@ -328,6 +334,7 @@ async fn a_single_use_token_is_spent_by_its_first_certificate() -> anyhow::Resul
             csr_pem: again.csr_pem,
             token: ca.token.clone(),
             ttl_seconds: 0,
+            ..Default::default()
         })
         .await
         .expect_err("a used-up token was accepted");
@@ -348,6 +355,7 @@ async fn renewal_with_the_current_certificate_gives_the_same_identity_and_no_oth
             csr_pem: again.csr_pem,
             token: String::new(),
             ttl_seconds: 3600,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -362,6 +370,7 @@ async fn renewal_with_the_current_certificate_gives_the_same_identity_and_no_oth
             csr_pem: other.csr_pem,
             token: String::new(),
             ttl_seconds: 0,
+            ..Default::default()
         })
         .await
         .expect_err("renewal escalated to another identity");

@@ -8,7 +8,8 @@
 //! keys and CSRs on the client side ([`csr`]), and connects tonic clients and
 //! servers over those configurations ([`grpc`]). It also holds the join-token
 //! format ([`join_token::JoinToken`]), which the control plane issues and
-//! every joining component parses.
+//! every joining component parses, and reads the claims of a Kubernetes
+//! pod's service-account token ([`kube_token::Claims`]).
 #![forbid(unsafe_code)]
 
 pub mod admin_config;
@@ -16,6 +17,7 @@ pub mod csr;
 pub mod files;
 pub mod grpc;
 pub mod join_token;
+pub mod kube_token;
 pub mod pem;
 pub mod rfc3339;
 pub mod spiffe;

@@ -52,6 +52,22 @@ pub fn spiffe_id(cert_der: &[u8]) -> Result<SpiffeId, IdentityError> {
     }
 }
 
+/// The trust domain a root certificate is for: its URI SAN
+/// `spiffe://TRUST_DOMAIN`, as the mesh's root CA carries it.
+pub fn root_trust_domain(cert_der: &[u8]) -> Result<String, IdentityError> {
+    let uris = uri_sans(cert_der)?;
+    uris.iter()
+        .filter_map(|u| u.strip_prefix("spiffe://"))
+        .find(|td| crate::spiffe::validate_trust_domain(td).is_ok())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            IdentityError::BadCertificate(
+                "the root certificate has no URI SAN spiffe://TRUST_DOMAIN: is it the mesh's root?"
+                    .into(),
+            )
+        })
+}
+
 /// The validity window of a DER certificate (`notBefore`, `notAfter`), as
 /// unix seconds.
 pub fn validity(cert_der: &[u8]) -> Result<(i64, i64), IdentityError> {

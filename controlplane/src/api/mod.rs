@@ -95,7 +95,7 @@ pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {
         .add_service(join_server::JoinServer::new(join::JoinService(
             node.clone(),
         )))
-        .add_service(ca_server::CaServer::new(ca::CaService(node.clone())))
+        .add_service(ca_server::CaServer::new(ca::CaService::new(node.clone())))
         .add_service(
             admin_server::AdminServer::new(admin::AdminService(node.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -136,6 +136,16 @@ fn root_is_a_ten_year_spiffe_ca() {
     assert_eq!(root.trust_domain(), TD);
     assert_eq!(basic_constraints(root.cert_pem()), (true, Some(1)));
     assert_eq!(uris(root.cert_pem()), vec!["spiffe://example.org"]);
+    // What an agent given only the root (a pod's --roots) reads it as.
+    let der = trellis_identity::pem::certs(root.cert_pem(), "root").unwrap();
+    assert_eq!(
+        trellis_identity::pem::root_trust_domain(&der[0]).unwrap(),
+        TD
+    );
+    // Not an intermediate, whose URI SAN names its node.
+    let (_, int, _) = setup();
+    let der = trellis_identity::pem::certs(int.cert_pem(), "intermediate").unwrap();
+    assert!(trellis_identity::pem::root_trust_domain(&der[0]).is_err());
     let (nb, na) = validity(root.cert_pem());
     assert!(nb <= now() - 240 && nb >= now() - 360, "backdated ~5 min");
     assert!((na - now() - ROOT_LIFETIME.as_secs() as i64).abs() < 60);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use openraft::error::{ChangeMembershipError, Fatal};
 use tonic::{Code, Status};
 use trellis_identity::IdentityError;
+use trellis_kubernetes::tokenreview::ReviewError;
 
 use super::op::LeaderReply;
 use crate::ca::CaError;
@@ -55,6 +56,17 @@ pub enum NodeError {
     /// The token does not parse.
     #[error(transparent)]
     BadToken(TokenParseError),
+    /// A pod's service-account token gives no identity, or this node's
+    /// API server could not review it.
+    #[error(transparent)]
+    PodToken(ReviewError),
+    /// A pod's token, presented to a node outside Kubernetes.
+    #[error(
+        "this control-plane node does not run in a Kubernetes cluster (it has no --kubernetes), \
+         so it cannot review a pod's token: present it to a control-plane node of the pod's \
+         own cluster"
+    )]
+    NotInKubernetes,
     /// The node to remove is not a member.
     #[error("node {0} is not a member; `trellis controlplane members` lists them")]
     NotMember(NodeId),
@@ -125,11 +137,15 @@ impl NodeError {
     /// up.
     pub fn code(&self) -> Code {
         match self {
-            NodeError::NoLeader | NodeError::LeaderUnreachable { .. } => Code::Unavailable,
+            NodeError::NoLeader
+            | NodeError::LeaderUnreachable { .. }
+            | NodeError::PodToken(ReviewError::Api(_)) => Code::Unavailable,
             NodeError::Throttled(_) => Code::ResourceExhausted,
-            NodeError::Refused(_) | NodeError::ForeignToken { .. } | NodeError::Membership(_) => {
-                Code::FailedPrecondition
-            }
+            NodeError::Refused(_)
+            | NodeError::ForeignToken { .. }
+            | NodeError::Membership(_)
+            | NodeError::PodToken(ReviewError::Refused(_))
+            | NodeError::NotInKubernetes => Code::FailedPrecondition,
             NodeError::BadToken(_) => Code::InvalidArgument,
             NodeError::NotMember(_) => Code::NotFound,
             NodeError::Internal(_) => Code::Internal,
@@ -173,6 +189,8 @@ impl From<NodeError> for Status {
 
 #[cfg(test)]
 mod tests {
+    use trellis_kubernetes::tokenreview::Refusal;
+
     use super::*;
 
     #[test]
@@ -237,6 +255,25 @@ mod tests {
                 false,
                 true,
                 "bad token",
+            ),
+            (
+                NodeError::PodToken(ReviewError::Refused(Refusal::NotAServiceAccount(
+                    "alice".into(),
+                ))),
+                Code::FailedPrecondition,
+                false,
+                true,
+                "the token authenticates `alice`, which is not a service account \
+                 (system:serviceaccount:NS:SA)",
+            ),
+            (
+                NodeError::NotInKubernetes,
+                Code::FailedPrecondition,
+                false,
+                true,
+                "this control-plane node does not run in a Kubernetes cluster (it has no \
+                 --kubernetes), so it cannot review a pod's token: present it to a \
+                 control-plane node of the pod's own cluster",
             ),
             (
                 NodeError::NotMember(4),

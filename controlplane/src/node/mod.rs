@@ -389,7 +389,7 @@ impl Node {
 
     /// Runs `attempt` (given the time) unless `peer` is locked out; a
     /// refusal counts against the peer, a success clears its count.
-    async fn throttled<T, F>(
+    pub(crate) async fn throttled<T, F>(
         &self,
         peer: &str,
         attempt: impl FnOnce(u64) -> F,

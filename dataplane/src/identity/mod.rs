@@ -11,6 +11,12 @@
 //!   renewed at half its lifetime over mTLS with the current certificate;
 //!   while the control plane is unreachable the agent keeps serving on what
 //!   it has and retries.
+//! - From the control plane with a Kubernetes pod's projected
+//!   service-account token (`--kube-token-file`, audience `trellis-ca`):
+//!   the same, but the first CSR carries the token, read anew from its file
+//!   (the kubelet rotates it), for the identity of its service account; the
+//!   control plane is reached at `--control-plane` and trusted through the
+//!   mesh's root (`--roots`), whose URI SAN names the trust domain.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +26,7 @@ use trellis_api::v1::ca_client::CaClient;
 use trellis_api::v1::IssueCertificateRequest;
 use trellis_identity::files::write_private;
 use trellis_identity::join_token::JoinToken;
+use trellis_identity::kube_token::{Claims, KubeTokenError};
 use trellis_identity::verify::{
     client_config, Expect, Identity, PinnedRootVerifier, SpiffeServerVerifier,
 };
@@ -49,11 +56,16 @@ pub enum IdentityError {
     NotAVmToken,
     #[error("{0}")]
     Certificate(#[from] trellis_identity::IdentityError),
+    #[error("the service-account token in {path}: {source}")]
+    KubeToken {
+        path: PathBuf,
+        source: KubeTokenError,
+    },
     #[error("cannot make a key and CSR: {0}")]
     Csr(#[from] csr::CsrGenError),
     #[error("the control plane refused the certificate request: {0}")]
     Refused(String),
-    #[error("no identity: pass --token, or --cert-chain, --key and --roots")]
+    #[error("no identity: pass --token, --kube-token-file, or --cert-chain, --key and --roots")]
     NoSource,
 }
 
@@ -70,6 +82,33 @@ pub enum Source {
         token: Option<String>,
         data_dir: PathBuf,
     },
+    /// A pod's projected service-account token.
+    Kubernetes {
+        token_file: PathBuf,
+        /// The mesh's root certificate(s), to trust the control plane by.
+        roots: PathBuf,
+        control_plane: Vec<String>,
+        data_dir: PathBuf,
+    },
+}
+
+impl Source {
+    /// Where an obtained certificate is kept and renewed from; `None`:
+    /// it comes from files and is not renewed.
+    pub fn data_dir(&self) -> Option<&Path> {
+        match self {
+            Source::Files { .. } => None,
+            Source::Token { data_dir, .. } | Source::Kubernetes { data_dir, .. } => Some(data_dir),
+        }
+    }
+}
+
+/// What authorizes a certificate request.
+enum Proof<'a> {
+    /// The caller's current certificate (renewal), on the TLS connection.
+    Certificate,
+    JoinToken(&'a str),
+    KubernetesToken(&'a str),
 }
 
 /// A certificate in hand.
@@ -104,7 +143,46 @@ pub async fn load(source: &Source, mark: Option<u32>) -> Result<Loaded, Identity
             let token = token.as_deref().ok_or(IdentityError::NoSource)?;
             redeem(token, &[], data_dir, mark).await
         }
+        Source::Kubernetes {
+            token_file,
+            roots,
+            control_plane,
+            data_dir,
+        } => {
+            if let Some(loaded) = resume(data_dir)? {
+                return Ok(loaded);
+            }
+            from_pod_token(token_file, roots, control_plane, data_dir, mark).await
+        }
     }
+}
+
+/// Gets the first certificate of a pod with its service-account token
+/// (read now: the kubelet rotates it) from the control plane at `addrs`,
+/// trusted through `roots_file`, and keeps it in `data_dir`.
+async fn from_pod_token(
+    token_file: &Path,
+    roots_file: &Path,
+    addrs: &[String],
+    data_dir: &Path,
+    mark: Option<u32>,
+) -> Result<Loaded, IdentityError> {
+    let token = read(token_file)?;
+    let bad_token = |source| IdentityError::KubeToken {
+        path: token_file.into(),
+        source,
+    };
+    let claims = Claims::decode(&token).map_err(bad_token)?;
+    let (ns, sa) = claims.service_account().map_err(bad_token)?;
+    let roots = pem::certs(&read(roots_file)?, &roots_file.display().to_string())?;
+    let trust_domain = pem::root_trust_domain(&roots[0])?;
+    let id = SpiffeId::workload(&trust_domain, ns, sa);
+    let verifier = SpiffeServerVerifier::new(&roots, Expect::AnyControlPlane { trust_domain })?;
+    let tls = client_config(None, Arc::new(verifier))?;
+    let (channel, addr) = grpc::connect_any(addrs, Arc::new(tls), mark).await?;
+    tracing::info!(%addr, %id, "requesting the workload certificate with the pod's service-account token");
+    let proof = Proof::KubernetesToken(token.trim());
+    issue(channel, &id, proof, data_dir, addrs.to_vec()).await
 }
 
 fn read(path: &Path) -> Result<String, IdentityError> {
@@ -182,7 +260,8 @@ pub async fn redeem(
     let tls = client_config(None, Arc::new(PinnedRootVerifier::new(token.root_pin)))?;
     let (channel, addr) = grpc::connect_any(addrs, Arc::new(tls), mark).await?;
     tracing::info!(%addr, %id, "requesting the workload certificate with the join token");
-    let mut loaded = issue(channel, &id, Some(token_str), data_dir, addrs.to_vec()).await?;
+    let proof = Proof::JoinToken(token_str);
+    let mut loaded = issue(channel, &id, proof, data_dir, addrs.to_vec()).await?;
     if let Some(g) = &token.group {
         let path = data_dir.join(GROUP);
         write_private(&path, g.as_bytes())
@@ -195,17 +274,22 @@ pub async fn redeem(
 async fn issue(
     channel: tonic::transport::Channel,
     id: &SpiffeId,
-    token: Option<&str>,
+    proof: Proof<'_>,
     data_dir: &Path,
     control_plane: Vec<String>,
 ) -> Result<Loaded, IdentityError> {
     let kc = csr::generate_csr(&id.to_string())?;
+    let mut req = IssueCertificateRequest {
+        csr_pem: kc.csr_pem,
+        ..Default::default()
+    };
+    match proof {
+        Proof::Certificate => {}
+        Proof::JoinToken(t) => req.token = t.to_string(),
+        Proof::KubernetesToken(t) => req.kubernetes_token = t.to_string(),
+    }
     let resp = CaClient::new(channel)
-        .issue_certificate(IssueCertificateRequest {
-            csr_pem: kc.csr_pem,
-            token: token.unwrap_or_default().to_string(),
-            ttl_seconds: 0,
-        })
+        .issue_certificate(req)
         .await
         .map_err(|s| IdentityError::Refused(s.message().to_string()))?
         .into_inner();
@@ -283,7 +367,7 @@ async fn renew_once(
     let loaded = issue(
         channel,
         tls.identity(),
-        None,
+        Proof::Certificate,
         data_dir,
         control_plane.to_vec(),
     )
@@ -298,4 +382,61 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pod's source whose token file holds `token` (none: no file).
+    fn pod(dir: &Path, token: Option<&str>) -> Source {
+        let token_file = dir.join("token");
+        if let Some(t) = token {
+            std::fs::write(&token_file, t).unwrap();
+        }
+        Source::Kubernetes {
+            token_file,
+            roots: dir.join("root-cert.pem"),
+            // Never reached: each case fails before connecting.
+            control_plane: vec!["192.0.2.1:15012".into()],
+            data_dir: dir.join("data"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pods_token_that_names_no_service_account_fails_before_any_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token").display().to_string();
+        let missing = load(&pod(dir.path(), None), None).await.err().unwrap();
+        assert!(
+            missing
+                .to_string()
+                .starts_with(&format!("cannot read {path}: ")),
+            "{missing}"
+        );
+        let garbage = load(&pod(dir.path(), Some("not-a-jwt\n")), None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            garbage.to_string(),
+            format!(
+                "the service-account token in {path}: not a Kubernetes service-account token: \
+                 expected a JWT (three base64url parts separated by `.`), not three parts"
+            )
+        );
+        // A user's token (eyJzdWIiOiJhbGljZSJ9: {"sub":"alice"}).
+        let user = "e30.eyJzdWIiOiJhbGljZSJ9.c2ln";
+        let err = load(&pod(dir.path(), Some(user)), None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the service-account token in {path}: the token's subject `alice` is not a \
+                 service account (system:serviceaccount:NS:SA)"
+            )
+        );
+    }
 }
