@@ -317,6 +317,7 @@ fn the_rendered_chart_is_created_on_a_real_api_server() -> anyhow::Result<()> {
         ("watch", "pods", true),
         ("list", "nodes", true),
         ("create", "tokenreviews.authentication.k8s.io", true),
+        ("get", "/.well-known/openid-configuration", true),
         (
             "patch",
             "validatingwebhookconfigurations/trellis-validator",
