@@ -36,6 +36,7 @@ mod bins;
 mod cluster;
 pub mod cut;
 pub mod kube;
+pub mod kube_webhook;
 pub mod loopback;
 pub mod mesh;
 pub mod netns;

@@ -1,169 +1,50 @@
 //! The admission webhooks of a control-plane node started with
 //! `--kubernetes`, called by a real `kube-apiserver` v1.20 over TLS
-//! (e2e/src/kube.rs): the webhook configurations are created without a
-//! caBundle, as the chart creates them, and the node writes the mesh root
-//! in. There is no kubelet: pods are only stored, which is what injection
-//! changes.
+//! ([`trellis_e2e::kube_webhook::WebhookBed`]): the webhook configurations
+//! are created without a caBundle, as the chart creates them, and the node
+//! writes the mesh root in. There is no kubelet: pods are only stored,
+//! which is what injection changes.
 //!
-//! The VirtualService CRD here is a minimal one (any spec, no schema):
+//! The VirtualService CRD there is a minimal one (any spec, no schema):
 //! what the API server stores is then exactly what the webhook checks.
 use std::time::Duration;
 
-use base64::Engine;
 use serde_json::Value;
-use trellis_e2e::kube::{unavailable, KubeCluster, Options};
-use trellis_e2e::{free_port, wait_for, Cluster};
-use trellis_identity::admin_config::AdminConfig;
+use trellis_e2e::kube::unavailable;
+use trellis_e2e::kube_webhook::WebhookBed;
+use trellis_e2e::wait_for;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// An API server and a node serving its webhooks on 127.0.0.1:`port`,
-/// the webhook configurations pointing there.
-struct Fixture {
-    kube: KubeCluster,
-    node: Cluster,
-    port: u16,
+/// A bed, unless this machine cannot run an API server.
+async fn bed(name: &str) -> anyhow::Result<Option<WebhookBed>> {
+    if let Some(why) = unavailable() {
+        eprintln!("skipping: {why}");
+        return Ok(None);
+    }
+    Ok(Some(WebhookBed::start(name, &[]).await?))
 }
 
-impl Fixture {
-    async fn start(name: &str) -> anyhow::Result<Option<Fixture>> {
-        if let Some(why) = unavailable() {
-            eprintln!("skipping: {why}");
-            return Ok(None);
-        }
-        let kube = KubeCluster::start(name, Options::default())?;
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let kubeconfig = kube.kubeconfig.display().to_string();
-        kube.kubectl_stdin(&["apply", "-f", "-"], Some(&configurations(port)))?;
-        let node =
-            Cluster::init(&["--kubernetes", &kubeconfig, "--webhook-listen", &listen]).await?;
-        Ok(Some(Fixture { kube, node, port }))
-    }
-
-    /// The mesh root, PEM.
-    fn root(&self) -> anyhow::Result<String> {
-        Ok(AdminConfig::load(&self.node.admin_config())?.trust_bundle)
-    }
-
-    /// Waits until both configurations trust the mesh root.
-    async fn patched(&self) -> anyhow::Result<()> {
-        let root = base64::engine::general_purpose::STANDARD.encode(self.root()?);
-        wait_for(
-            WAIT,
-            "the caBundle of both webhook configurations",
-            || async {
-                let all = [
-                    "mutatingwebhookconfiguration/trellis-sidecar-injector",
-                    "validatingwebhookconfiguration/trellis-validator",
-                ];
-                all.iter()
-                    .all(|c| self.ca_bundles(c).is_ok_and(|b| b == [root.as_str()]))
-                    .then_some(())
-            },
-        )
-        .await
-    }
-
-    fn ca_bundles(&self, config: &str) -> anyhow::Result<Vec<String>> {
-        let out = self.kube.kubectl(&["get", config, "-o", "json"])?;
-        let v: Value = serde_json::from_str(&out)?;
-        Ok(v["webhooks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|w| {
-                w["clientConfig"]["caBundle"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string()
-            })
-            .collect())
-    }
-
-    /// A namespace with a ServiceAccount `default` (there is no
-    /// controller manager to make it), labelled for injection or not.
-    fn namespace(&self, name: &str, injected: bool) -> anyhow::Result<()> {
-        let labels = if injected {
-            "{istio-injection: enabled}"
-        } else {
-            "{}"
+/// Creates the pod `pod` (JSON) describes, retrying while the API server
+/// has not yet seen the patched caBundle, and returns it as stored.
+async fn create_pod(f: &WebhookBed, pod: Value) -> anyhow::Result<Value> {
+    let text = pod.to_string();
+    let mut last = String::new();
+    let created = wait_for(WAIT, "the API server to create the pod", || {
+        let r = f
+            .kube
+            .kubectl_stdin(&["create", "-o", "json", "-f", "-"], Some(&text));
+        let ok = match r {
+            Ok(out) => serde_json::from_str::<Value>(&out).ok(),
+            Err(e) => {
+                last = format!("{e:#}");
+                None
+            }
         };
-        self.kube.kubectl_stdin(
-            &["apply", "-f", "-"],
-            Some(&format!(
-                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {labels}}}\n---\n\
-                 apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {name}}}\n"
-            )),
-        )?;
-        Ok(())
-    }
-
-    /// Creates the pod `spec` (JSON) describes, retrying while the API
-    /// server has not yet seen the patched caBundle, and returns it as
-    /// stored.
-    async fn create_pod(&self, pod: Value) -> anyhow::Result<Value> {
-        let text = pod.to_string();
-        let mut last = String::new();
-        let created = wait_for(WAIT, "the API server to create the pod", || {
-            let r = self
-                .kube
-                .kubectl_stdin(&["create", "-o", "json", "-f", "-"], Some(&text));
-            let ok = match r {
-                Ok(out) => serde_json::from_str::<Value>(&out).ok(),
-                Err(e) => {
-                    last = format!("{e:#}");
-                    None
-                }
-            };
-            async move { ok }
-        })
-        .await;
-        created.map_err(|e| anyhow::anyhow!("{e:#}; last error: {last}"))
-    }
-}
-
-/// The two configurations as the chart makes them, but calling
-/// 127.0.0.1:`port` by URL (there is no Service to a pod here).
-fn configurations(port: u16) -> String {
-    format!(
-        "apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {{name: trellis-sidecar-injector}}
-webhooks:
-- name: inject.trellis.io
-  clientConfig: {{url: 'https://127.0.0.1:{port}/inject'}}
-  rules: [{{operations: [CREATE], apiGroups: [''], apiVersions: [v1], resources: [pods]}}]
-  namespaceSelector: {{matchLabels: {{istio-injection: enabled}}}}
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  failurePolicy: Fail
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata: {{name: trellis-validator}}
-webhooks:
-- name: validate.trellis.io
-  clientConfig: {{url: 'https://127.0.0.1:{port}/validate'}}
-  rules: [{{operations: [CREATE, UPDATE], apiGroups: [networking.istio.io, security.istio.io], apiVersions: ['*'], resources: ['*']}}]
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  failurePolicy: Fail
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {{name: virtualservices.networking.istio.io}}
-spec:
-  group: networking.istio.io
-  names: {{kind: VirtualService, listKind: VirtualServiceList, plural: virtualservices, singular: virtualservice}}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}
-"
-    )
+        async move { ok }
+    })
+    .await;
+    created.map_err(|e| anyhow::anyhow!("{e:#}; last error: {last}"))
 }
 
 fn pod(namespace: &str, name: &str) -> Value {
@@ -188,7 +69,7 @@ fn names(pod: &Value, list: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_writes_the_mesh_root_into_both_webhook_configurations() -> anyhow::Result<()> {
-    let Some(f) = Fixture::start("wh-ca").await? else {
+    let Some(f) = bed("wh-ca").await? else {
         return Ok(());
     };
     f.patched().await?;
@@ -227,12 +108,12 @@ async fn the_node_writes_the_mesh_root_into_both_webhook_configurations() -> any
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_in_a_labelled_namespace_gets_capture_and_the_agent() -> anyhow::Result<()> {
-    let Some(f) = Fixture::start("wh-inject").await? else {
+    let Some(f) = bed("wh-inject").await? else {
         return Ok(());
     };
     f.patched().await?;
     f.namespace("shop", true)?;
-    let stored = f.create_pod(pod("shop", "app")).await?;
+    let stored = create_pod(&f, pod("shop", "app")).await?;
     // v1.20 has no native sidecars: the agent is a regular container.
     assert_eq!(names(&stored, "initContainers"), ["trellis-capture"]);
     assert_eq!(names(&stored, "containers"), ["app", "trellis-agent"]);
@@ -262,7 +143,7 @@ async fn a_pod_in_a_labelled_namespace_gets_capture_and_the_agent() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_not_to_inject_are_stored_as_given() -> anyhow::Result<()> {
-    let Some(f) = Fixture::start("wh-skip").await? else {
+    let Some(f) = bed("wh-skip").await? else {
         return Ok(());
     };
     f.patched().await?;
@@ -270,16 +151,16 @@ async fn pods_not_to_inject_are_stored_as_given() -> anyhow::Result<()> {
     f.namespace("plain", false)?;
     // The webhook answers (so what follows is its decision, not an
     // outage): a pod in the labelled namespace is injected.
-    let injected = f.create_pod(pod("shop", "first")).await?;
+    let injected = create_pod(&f, pod("shop", "first")).await?;
     assert_eq!(names(&injected, "containers"), ["app", "trellis-agent"]);
 
-    let plain = f.create_pod(pod("plain", "app")).await?;
+    let plain = create_pod(&f, pod("plain", "app")).await?;
     assert_eq!(names(&plain, "containers"), ["app"]);
     assert!(names(&plain, "initContainers").is_empty(), "{plain}");
 
     let mut opted_out = pod("shop", "opted-out");
     opted_out["metadata"]["labels"] = serde_json::json!({"sidecar.istio.io/inject": "false"});
-    let opted_out = f.create_pod(opted_out).await?;
+    let opted_out = create_pod(&f, opted_out).await?;
     assert_eq!(names(&opted_out, "containers"), ["app"]);
     assert!(names(&opted_out, "initContainers").is_empty());
 
@@ -288,7 +169,7 @@ async fn pods_not_to_inject_are_stored_as_given() -> anyhow::Result<()> {
     let mut again = injected.clone();
     again["metadata"] = serde_json::json!({"name": "again", "namespace": "shop"});
     again.as_object_mut().unwrap().remove("status");
-    let again = f.create_pod(again).await?;
+    let again = create_pod(&f, again).await?;
     assert_eq!(again["spec"], injected["spec"]);
     Ok(())
 }
@@ -296,7 +177,7 @@ async fn pods_not_to_inject_are_stored_as_given() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_of_an_invalid_virtual_service_is_refused_with_the_field_path(
 ) -> anyhow::Result<()> {
-    let Some(f) = Fixture::start("wh-validate").await? else {
+    let Some(f) = bed("wh-validate").await? else {
         return Ok(());
     };
     f.patched().await?;

@@ -120,7 +120,25 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, inject
 }
 
 async fn handle(req: Request<Incoming>, injection: &Injection) -> Response<Full<Bytes>> {
+    let start = std::time::Instant::now();
     let path = req.uri().path().to_string();
+    let response = respond(&path, req, injection).await;
+    // From the request's head to the answer, body read included: what
+    // `trellis-bench inject` reads.
+    tracing::debug!(
+        path,
+        status = response.status().as_u16(),
+        elapsed_us = start.elapsed().as_micros() as u64,
+        "review answered"
+    );
+    response
+}
+
+async fn respond(
+    path: &str,
+    req: Request<Incoming>,
+    injection: &Injection,
+) -> Response<Full<Bytes>> {
     if path != "/inject" && path != "/validate" {
         return text(
             StatusCode::NOT_FOUND,
