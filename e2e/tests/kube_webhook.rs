@@ -74,35 +74,48 @@ async fn the_node_writes_the_mesh_root_into_both_webhook_configurations() -> any
     };
     f.patched().await?;
     // And serves the webhooks with a certificate from that root; a body
-    // that is not a review is answered 400 with the reason.
+    // that is not a review, or is too large, is answered 400 with the
+    // reason.
     let root = f.node.root.path().join("root.pem");
     std::fs::write(&root, f.root()?)?;
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--cacert"])
-        .arg(&root)
-        .args([
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            "Content-Type: application/json",
-        ])
-        .args([
-            "--data-binary",
-            "{\"apiVersion\": \"admission.k8s.io/v1\", ",
-        ])
-        .arg(format!("https://127.0.0.1:{}/validate", f.port))
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let post = |body: &std::path::Path| -> anyhow::Result<String> {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&root)
+            .args([
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "Content-Type: application/json",
+            ])
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(format!("https://127.0.0.1:{}/validate", f.port))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        anyhow::ensure!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(text)
+    };
+    let malformed = f.node.root.path().join("malformed.json");
+    std::fs::write(&malformed, "{\"apiVersion\": \"admission.k8s.io/v1\", ")?;
+    let text = post(&malformed)?;
     assert!(text.ends_with("\n400"), "{text}");
     assert!(
         text.starts_with("not an admission.k8s.io/v1 AdmissionReview"),
         "{text}"
     );
+    let large = f.node.root.path().join("large.json");
+    std::fs::write(
+        &large,
+        " ".repeat(trellis_kubernetes::webhook::MAX_REVIEW_BYTES + 1),
+    )?;
+    let text = post(&large)?;
+    assert!(text.ends_with("\n400"), "{text}");
+    assert!(text.starts_with("the review is larger than"), "{text}");
     Ok(())
 }
 

@@ -37,8 +37,11 @@ pub use inject::Injection;
 /// The largest review read: the API server stores objects of up to
 /// 1.5 MiB, and an update's review carries the old object and the new.
 pub const MAX_REVIEW_BYTES: usize = 4 << 20;
-/// A client has this long to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client has this long to finish its TLS handshake, then to send a
+/// request's head, then its body: as long as the API server waits for an
+/// answer at most (`timeoutSeconds`), so that a slow client holds
+/// nothing for longer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The webhooks' settings, from the control-plane node's flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,7 +100,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, inject
         let acceptor = acceptor.clone();
         let injection = injection.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "webhook: TLS handshake failed");
@@ -110,6 +113,8 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, inject
                 async move { Ok::<_, Infallible>(handle(req, &injection).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(CLIENT_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service)
                 .await
             {
@@ -148,15 +153,18 @@ async fn respond(
     if req.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "a review is POSTed");
     }
-    let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let read = Limited::new(req.into_body(), MAX_REVIEW_BYTES).collect();
+    let body = match tokio::time::timeout(CLIENT_TIMEOUT, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return bad(BadReview::TooLarge);
         }
-        Err(e) => return bad(BadReview::Read(e.to_string())),
+        Ok(Err(e)) => return bad(BadReview::Read(e.to_string())),
+        Err(_) => {
+            return bad(BadReview::Read(format!(
+                "not all within {CLIENT_TIMEOUT:?}"
+            )))
+        }
     };
     let answer = if path == "/inject" {
         answer::<Pod>(&body, |r| inject_review(r, injection))
