@@ -23,4 +23,4 @@ pub mod route;
 mod start;
 
 pub use options::Options;
-pub use start::{load_config, run, StartError};
+pub use start::{install_capture_only, load_config, run, StartError};

@@ -12,6 +12,11 @@ fn main() -> anyhow::Result<()> {
         trellis_agent::capture::remove_all();
         return Ok(());
     }
+    if opts.install_capture {
+        trellis_agent::install_capture_only(&opts)?;
+        println!("trellis-agent: capture installed ({})", opts.capture.name());
+        return Ok(());
+    }
     if let Some(pid) = opts.hot_restart {
         let timeout = trellis_agent::restart::HANDOFF_TIMEOUT * 2;
         match trellis_agent::restart::request(pid, &opts.data_dir, timeout) {

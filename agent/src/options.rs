@@ -238,6 +238,10 @@ pub struct Options {
     // TRELLIS_* variables as flags given.
     #[arg(long)]
     pub remove_capture: bool,
+    /// Install the capture rules --capture names (for the listeners the other flags give) and exit, leaving them in place: the init container of an injected pod, so that capture is there before the application starts.
+    // No environment variable, as for --remove-capture.
+    #[arg(long, conflicts_with = "remove_capture")]
+    pub install_capture: bool,
     /// Ask the agent of process PID for a hot restart (it starts the agent binary anew, hands it its sockets and drains), wait until its successor serves, print its PID and exit; nonzero if it failed (the agent then serves on): for systemd's `ExecReload=`.
     // No environment variable, as for --remove-capture.
     #[arg(long, value_name = "PID", conflicts_with = "remove_capture")]

@@ -67,6 +67,8 @@ pub enum StartError {
     NoConfigSource,
     #[error("installing capture: {0}")]
     Capture(#[from] capture::CaptureError),
+    #[error("--install-capture needs --capture iptables or --capture nftables")]
+    NothingToInstall,
     #[error("taking over from the agent that ran before: {0}")]
     Handoff(#[from] HandoffError),
 }
@@ -380,6 +382,20 @@ async fn bind(
 fn from_std(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
     l.set_nonblocking(true)?;
     TcpListener::from_std(l)
+}
+
+/// `--install-capture`: installs the rules `--capture` names for the
+/// agent the other flags describe, as the agent itself would at start,
+/// and returns; the rules stay. For an injected pod's init container, so
+/// that capture is in place before the application starts, whenever the
+/// agent does.
+pub fn install_capture_only(opts: &Options) -> Result<(), StartError> {
+    if opts.capture.backend().is_none() {
+        return Err(StartError::NothingToInstall);
+    }
+    // The agent decides alike in the same network namespace.
+    install_capture(opts, listen::host_has_ipv6())?;
+    Ok(())
 }
 
 /// The capture rules, if the agent captures.

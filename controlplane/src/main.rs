@@ -143,6 +143,14 @@ struct NodeFlags {
     /// `in-cluster` (the pod's service account) or a kubeconfig file.
     #[arg(long, env = "TRELLIS_KUBERNETES")]
     kubernetes: Option<trellis_kubernetes::client::Source>,
+    /// With --kubernetes: where the admission webhooks (sidecar injection
+    /// at /inject, validation at /validate) listen, HTTPS.
+    #[arg(long, env = "TRELLIS_WEBHOOK_LISTEN", default_value = "0.0.0.0:15017")]
+    webhook_listen: std::net::SocketAddr,
+    /// With --kubernetes: the image of the containers injected into pods
+    /// (the agent, and the init container that installs capture).
+    #[arg(long, env = "TRELLIS_AGENT_IMAGE", default_value = concat!("trellis/agent:", env!("CARGO_PKG_VERSION")))]
+    agent_image: String,
 }
 
 impl NodeFlags {
@@ -176,6 +184,10 @@ impl NodeFlags {
             workload_grace: Duration::from_secs(self.workload_grace_secs),
             cluster_stale_after: Duration::from_secs(self.cluster_stale_after),
             kubernetes: self.kubernetes.clone(),
+            webhooks: trellis_kubernetes::webhook::Options {
+                listen: self.webhook_listen,
+                agent_image: self.agent_image.clone(),
+            },
         }
     }
 

@@ -38,6 +38,7 @@ pub mod cut;
 pub mod kind;
 pub mod kube;
 pub mod kubelet;
+pub mod kube_webhook;
 pub mod loopback;
 pub mod mesh;
 pub mod netns;

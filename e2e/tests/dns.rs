@@ -319,3 +319,46 @@ async fn remove_capture_clears_what_a_killed_agent_left() -> anyhow::Result<()> 
     assert!(!tables.contains("trellis"), "left behind: {tables}");
     Ok(())
 }
+
+/// `trellis-agent --install-capture` (an injected pod's init container)
+/// installs exactly the rules the agent installs at start, and exits
+/// leaving them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_capture_installs_the_agents_rules_and_exits() -> anyhow::Result<()> {
+    let Some(mut dns) = Dns::start("dns-init").await? else {
+        return Ok(());
+    };
+    dns.env.kill(&dns.client, "agent");
+    let mut agents = Vec::new();
+    for iptables in ["iptables", "ip6tables"] {
+        agents.push(sh(&dns.client, &format!("{iptables} -t nat -S")).await?);
+    }
+    let agent = |args: &[&str]| -> anyhow::Result<()> {
+        let out = dns
+            .client
+            .command(trellis_e2e::bin("trellis-agent"))
+            .args(args)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{args:?}: {out:?}");
+        Ok(())
+    };
+    agent(&["--remove-capture"])?;
+    agent(&["--capture", "iptables", "--install-capture"])?;
+    for (iptables, by_agent) in ["iptables", "ip6tables"].into_iter().zip(agents) {
+        let nat = sh(&dns.client, &format!("{iptables} -t nat -S")).await?;
+        assert!(nat.contains("-j TRELLIS_OUTPUT"), "{iptables}: {nat}");
+        assert_eq!(nat, by_agent, "{iptables}");
+    }
+    let refused = dns
+        .client
+        .command(trellis_e2e::bin("trellis-agent"))
+        .arg("--install-capture")
+        .output()?;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--install-capture needs --capture"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -12,3 +12,4 @@
 pub mod client;
 pub mod crd;
 pub mod tokenreview;
+pub mod webhook;

@@ -3,6 +3,7 @@
 //! these. What a node keeps for itself is its `node.json` ([`local`]).
 mod error;
 pub mod local;
+mod webhook;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -430,8 +431,25 @@ pub async fn run(
         &local.root_cert_pem,
     )?;
 
+    let kube = match &settings.kubernetes {
+        Some(source) => Some(
+            trellis_kubernetes::client::client(source)
+                .await
+                .map_err(BootstrapError::Kubernetes)?,
+        ),
+        None => None,
+    };
     let me = SpiffeId::controlplane(&local.trust_domain, &format!("node-{}", local.node_id));
-    let cert = CertCell::new(&serving_identity(&inter, &me, &local)?)?;
+    let mut names = vec![host_of(&local.address)];
+    if let Some(kube) = &kube {
+        for name in webhook::names(kube, &settings.webhooks) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    let serving = Serving { me, names };
+    let cert = CertCell::new(&serving.identity(&inter, &local)?)?;
     let roots = pem::certs(&local.root_cert_pem, "root certificate")?;
     let server_tls = Arc::new(server_config(cert.clone(), &roots)?);
     let peer_tls = Arc::new(client_config(
@@ -477,15 +495,18 @@ pub async fn run(
         intermediate: inter,
         seal: (!local.own_key_only).then_some(seal),
     };
-    let kube = match &settings.kubernetes {
-        Some(source) => Some(
-            trellis_kubernetes::client::client(source)
-                .await
-                .map_err(BootstrapError::Kubernetes)?,
-        ),
-        None => None,
-    };
-    let node = Arc::new(Node::new(identity, replica, settings, keys, peer_tls, kube));
+    let node = Arc::new(Node::new(
+        identity,
+        replica,
+        settings,
+        keys,
+        peer_tls,
+        kube.clone(),
+    ));
+    if let Some(kube) = kube {
+        let port = local.address.rsplit_once(':').map_or("15012", |(_, p)| p);
+        webhook::start(node.clone(), kube, cert.clone(), port).await?;
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         crate::api::router(node.clone()).serve_with_incoming_shutdown(
@@ -523,7 +544,12 @@ pub async fn run(
             dir.clone(),
         )));
     }
-    tokio::spawn(renew_serving_cert(node.clone(), cert, me, local.clone()));
+    tokio::spawn(renew_serving_cert(
+        node.clone(),
+        cert,
+        serving,
+        local.clone(),
+    ));
     tokio::spawn(crate::discovery::sweep_forever(node.clone()));
     tokio::spawn(crate::discovery::stamp::stamp_forever(node.clone()));
     let notifier = Notifier::from_env().map(Arc::new);
@@ -556,20 +582,28 @@ pub async fn run(
     Ok(())
 }
 
-/// This node's serving certificate, issued by its own intermediate, with
-/// the root appended so a joining node can match it against its pin.
-fn serving_identity(
-    inter: &IntermediateCa,
-    me: &SpiffeId,
-    local: &LocalState,
-) -> Result<Identity, BootstrapError> {
-    let (serving, key) = inter.issue_local(
-        &me.to_string(),
-        &[host_of(&local.address)],
-        SERVING_CERT_TTL,
-    )?;
-    let chain = format!("{}{}", serving.chain_pem.concat(), local.root_cert_pem);
-    Ok(Identity::from_pem(&chain, &key)?)
+/// Who this node's serving certificate says it is: its SPIFFE ID, and
+/// the names clients reach it by (its address; with `--kubernetes`, the
+/// webhooks' names too).
+struct Serving {
+    me: SpiffeId,
+    names: Vec<String>,
+}
+
+impl Serving {
+    /// This node's serving certificate, issued by its own intermediate,
+    /// with the root appended so a joining node can match it against its
+    /// pin.
+    fn identity(
+        &self,
+        inter: &IntermediateCa,
+        local: &LocalState,
+    ) -> Result<Identity, BootstrapError> {
+        let (serving, key) =
+            inter.issue_local(&self.me.to_string(), &self.names, SERVING_CERT_TTL)?;
+        let chain = format!("{}{}", serving.chain_pem.concat(), local.root_cert_pem);
+        Ok(Identity::from_pem(&chain, &key)?)
+    }
 }
 
 fn create_data_dir(dir: &Path) -> Result<(), BootstrapError> {
@@ -581,11 +615,19 @@ fn create_data_dir(dir: &Path) -> Result<(), BootstrapError> {
 
 /// Renews the serving certificate at half its lifetime for as long as the
 /// node runs: open connections keep theirs, new handshakes get the new one.
-async fn renew_serving_cert(node: Arc<Node>, cert: Arc<CertCell>, me: SpiffeId, local: LocalState) {
+async fn renew_serving_cert(
+    node: Arc<Node>,
+    cert: Arc<CertCell>,
+    serving: Serving,
+    local: LocalState,
+) {
     let mut wait = SERVING_CERT_TTL / 2;
     loop {
         tokio::time::sleep(wait).await;
-        match serving_identity(&node.intermediate, &me, &local).and_then(|id| Ok(cert.set(&id)?)) {
+        match serving
+            .identity(&node.intermediate, &local)
+            .and_then(|id| Ok(cert.set(&id)?))
+        {
             Ok(()) => {
                 tracing::info!("renewed the serving certificate");
                 wait = SERVING_CERT_TTL / 2;

@@ -49,6 +49,8 @@ pub struct Settings {
     /// The API server of the Kubernetes cluster this node runs in, if any
     /// (`--kubernetes`).
     pub kubernetes: Option<trellis_kubernetes::client::Source>,
+    /// The admission webhooks served with [`Settings::kubernetes`].
+    pub webhooks: trellis_kubernetes::webhook::Options,
 }
 
 enum Local {
