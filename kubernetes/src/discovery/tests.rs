@@ -136,7 +136,7 @@ fn a_service_is_a_service_entry_selecting_its_ready_pods_entries() {
     let rs = records(&reviews(), &place());
     assert_eq!(
         rs.keys().collect::<Vec<_>>(),
-        ["ServiceEntry/prod/reviews", "WorkloadEntry/prod/r1"],
+        ["ServiceEntry/prod/reviews", "WorkloadEntry/prod/r1.east"],
         "r2 is not ready"
     );
     let Spec::ServiceEntry(se) = spec_of(&rs, "ServiceEntry/prod/reviews") else {
@@ -163,7 +163,7 @@ fn a_service_is_a_service_entry_selecting_its_ready_pods_entries() {
         [("app".to_string(), "reviews".to_string())].into()
     );
     assert!(se.endpoints.is_empty());
-    let r1 = &rs["WorkloadEntry/prod/r1"];
+    let r1 = &rs["WorkloadEntry/prod/r1.east"];
     assert_eq!(r1.metadata.name, "r1.east");
     assert_eq!(
         r1.metadata.annotations[trellis_api::annotations::SOURCE],
@@ -246,7 +246,7 @@ fn an_endpoint_without_a_ready_condition_is_ready() {
             &[("10.0.0.2", Some("r2"), None)],
         ),
     );
-    assert!(records(&o, &place()).contains_key("WorkloadEntry/prod/r2"));
+    assert!(records(&o, &place()).contains_key("WorkloadEntry/prod/r2.east"));
 }
 
 #[test]
@@ -294,14 +294,14 @@ fn a_pod_on_a_node_without_topology_labels_has_no_locality() {
     o.nodes
         .extend([node("n1", json!({"kubernetes.io/hostname": "n1"}))]);
     let rs = records(&o, &place());
-    let Spec::WorkloadEntry(we) = spec_of(&rs, "WorkloadEntry/prod/r1") else {
+    let Spec::WorkloadEntry(we) = spec_of(&rs, "WorkloadEntry/prod/r1.east") else {
         panic!()
     };
     assert_eq!(we.locality, None);
     // A node that is not listed (yet) is the same.
     o.nodes.clear();
     let rs = records(&o, &place());
-    let Spec::WorkloadEntry(we) = spec_of(&rs, "WorkloadEntry/prod/r1") else {
+    let Spec::WorkloadEntry(we) = spec_of(&rs, "WorkloadEntry/prod/r1.east") else {
         panic!()
     };
     assert_eq!(we.locality, None);
@@ -316,7 +316,7 @@ fn a_namespace_or_pod_network_label_wins_over_the_clusters() {
         .insert("prod".into(), serde_json::from_value(ns).unwrap());
     let network = |o: &Objects| {
         let rs = records(o, &place());
-        let Spec::WorkloadEntry(we) = spec_of(&rs, "WorkloadEntry/prod/r1") else {
+        let Spec::WorkloadEntry(we) = spec_of(&rs, "WorkloadEntry/prod/r1.east") else {
             panic!()
         };
         (
@@ -333,7 +333,7 @@ fn a_namespace_or_pod_network_label_wins_over_the_clusters() {
     )]);
     assert_eq!(network(&o), ("net-pod".into(), "net-pod".into()));
     let rs = records(&o, &place());
-    let Spec::WorkloadEntry(we) = spec_of(&rs, "WorkloadEntry/prod/r1") else {
+    let Spec::WorkloadEntry(we) = spec_of(&rs, "WorkloadEntry/prod/r1.east") else {
         panic!()
     };
     assert_eq!(
@@ -361,7 +361,10 @@ fn udp_ports_external_names_and_unknown_pods_are_left_out() {
         }),
     );
     let keys: Vec<String> = records(&o, &place()).into_keys().collect();
-    assert_eq!(keys, ["ServiceEntry/prod/reviews", "WorkloadEntry/prod/r1"]);
+    assert_eq!(
+        keys,
+        ["ServiceEntry/prod/reviews", "WorkloadEntry/prod/r1.east"]
+    );
 }
 
 #[test]
@@ -382,7 +385,7 @@ fn a_pod_behind_two_services_is_one_entry_with_both_ports() {
         ),
     );
     let rs = records(&o, &place());
-    let Spec::WorkloadEntry(we) = spec_of(&rs, "WorkloadEntry/prod/r1") else {
+    let Spec::WorkloadEntry(we) = spec_of(&rs, "WorkloadEntry/prod/r1.east") else {
         panic!()
     };
     assert_eq!(
@@ -417,9 +420,9 @@ fn the_diff_writes_only_what_differs_and_deletes_what_is_gone() {
             .iter()
             .map(|(k, _)| k.as_str())
             .collect::<Vec<_>>(),
-        ["WorkloadEntry/prod/r2"]
+        ["WorkloadEntry/prod/r2.east"]
     );
-    assert_eq!(d.deletes, ["WorkloadEntry/prod/r1"]);
+    assert_eq!(d.deletes, ["WorkloadEntry/prod/r1.east"]);
     // The service goes: everything of it is deleted.
     let d = diff(&to_json(records(&Objects::default(), &place())), &stored);
     assert!(d.upserts.is_empty());

@@ -58,8 +58,7 @@ pub struct Place {
     pub domain: String,
 }
 
-/// The records of the cluster, by key `KIND/NAMESPACE/NAME` (the name of a
-/// pod's entry, not the entry's own name).
+/// The records of the cluster, by key `KIND/NAMESPACE/NAME`.
 pub fn records(objects: &Objects, place: &Place) -> BTreeMap<String, Resource> {
     let source = format!("kubernetes/{}", place.cluster);
     let meta = |ns: &str, name: &str| Metadata {
@@ -159,10 +158,11 @@ pub fn records(objects: &Objects, place: &Place) -> BTreeMap<String, Resource> {
         );
     }
     for ((ns, pod), we) in pods {
-        let mut metadata = meta(&ns, &format!("{pod}.{}", place.cluster));
+        let name = format!("{pod}.{}", place.cluster);
+        let mut metadata = meta(&ns, &name);
         metadata.labels = we.labels.clone();
         out.insert(
-            format!("WorkloadEntry/{ns}/{pod}"),
+            format!("WorkloadEntry/{ns}/{name}"),
             Resource {
                 api_version: ApiVersion::NetworkingV1,
                 metadata,
