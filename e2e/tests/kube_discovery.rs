@@ -22,6 +22,7 @@ const SERIES: u8 = 47;
 const CLIENT: u8 = 10;
 const POD_1: u8 = 11;
 const POD_2: u8 = 12;
+const VM: u8 = 13;
 
 const HOST: &str = "reviews.default.svc.cluster.local";
 
@@ -115,6 +116,31 @@ fn get(cp: &Cluster, kind: &str) -> Vec<serde_json::Value> {
     }
 }
 
+/// reviews on a VM, as `trellis apply` adds it: a ServiceEntry of the
+/// same host selecting `app: reviews`, and the VM's WorkloadEntry (no
+/// agent there: plaintext).
+fn vm_reviews(ip: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews-vm}}
+spec:
+  hosts: [{HOST}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http}}]
+  workloadSelector: {{labels: {{app: reviews}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-vm}}
+spec:
+  address: {ip}
+  labels: {{app: reviews, version: v3, security.istio.io/tlsMode: disabled}}
+"#
+    )
+}
+
 /// Names of the WorkloadEntries discovery wrote.
 fn pod_entries(cp: &Cluster) -> Vec<String> {
     get(cp, "we")
@@ -164,6 +190,98 @@ fn client_agent(dir: &Path, ip: &str, token: &str) -> anyhow::Result<Proc> {
     Proc::spawn("agent-client", &mut cmd, &dir.join("agent-client.log"))
 }
 
+/// A Kubernetes cluster (with its controller manager) holding [`OBJECTS`]
+/// and two ready pods of reviews, at the IPs where two echo servers
+/// listen (v1, v2); a control plane of `nodes` nodes, all in its cluster
+/// and started with `--kubernetes`; and a client agent with an upstream
+/// to reviews. Started, requests reach both pods.
+struct Fixture {
+    // Field order is drop order: the processes, then the control plane,
+    // then the API server.
+    _client: Proc,
+    _echo: Vec<Proc>,
+    cp: Cluster,
+    pods: Api<Pod>,
+    kube: KubeCluster,
+    block: Block,
+    url: String,
+}
+
+impl Fixture {
+    async fn start(name: &str, nodes: usize) -> anyhow::Result<Fixture> {
+        let kube = KubeCluster::start(
+            name,
+            Options {
+                controller_manager: true,
+                ..Default::default()
+            },
+        )?;
+        let listeners: Vec<(u8, u16)> = [15000, 15001, 15006, 15020, 15053, 19080]
+            .map(|p| (CLIENT, p))
+            .into_iter()
+            .chain([(POD_1, 9080), (POD_2, 9080), (VM, 9080)])
+            .collect();
+        let block = Block::take(SERIES, &listeners)?;
+        let ip = |h: u8| block.ip(h).to_string();
+        let kubeconfig = kube.kubeconfig.display().to_string();
+        let cp = Cluster::start(nodes, &["--kubernetes", &kubeconfig]).await?;
+        let dir = cp.root.path().to_path_buf();
+
+        kube.kubectl_stdin(&["apply", "-f", "-"], Some(OBJECTS))?;
+        let c = client(&Source::Kubeconfig(kube.kubeconfig.clone())).await?;
+        let pods: Api<Pod> = Api::namespaced(c, "default");
+        for (name, version, host) in [("reviews-1", "v1", POD_1), ("reviews-2", "v2", POD_2)] {
+            kube.kubectl_stdin(&["apply", "-f", "-"], Some(&pod(name, version)))?;
+            set_status(&pods, name, &ip(host), true).await?;
+        }
+        let echo = vec![
+            echo(&dir, &ip(POD_1), "v1")?,
+            echo(&dir, &ip(POD_2), "v2")?,
+            echo(&dir, &ip(VM), "v3")?,
+        ];
+        let token = cp.token(&["--kind", "vm", "--identity", "default/client"])?;
+        let client = client_agent(&dir, &ip(CLIENT), &token)?;
+        let f = Fixture {
+            _client: client,
+            _echo: echo,
+            cp,
+            pods,
+            kube,
+            url: format!("http://{}:19080/", ip(CLIENT)),
+            block,
+        };
+        wait_for(
+            Duration::from_secs(30),
+            "requests reaching both pods",
+            || async { (versions(&f.url, 10) == ["v1", "v2"]).then_some(()) },
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: entries {:?}, {}",
+                pod_entries(&f.cp),
+                f.cp.node(1).output()
+            )
+        })?;
+        Ok(f)
+    }
+
+    fn ip(&self, host: u8) -> String {
+        self.block.ip(host).to_string()
+    }
+
+    /// Waits until requests reach exactly `want`.
+    async fn reaching(&self, want: &[&str]) -> anyhow::Result<()> {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("requests reaching {want:?}"),
+            || async { (versions(&self.url, 10) == want).then_some(()) },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}: reaching {:?}", versions(&self.url, 10)))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clusters_service_and_ready_pods_reach_the_agents_and_survive_a_restart(
 ) -> anyhow::Result<()> {
@@ -171,53 +289,9 @@ async fn a_clusters_service_and_ready_pods_reach_the_agents_and_survive_a_restar
         eprintln!("skipping: {why}");
         return Ok(());
     }
-    let kube = KubeCluster::start(
-        "kdisc",
-        Options {
-            controller_manager: true,
-            ..Default::default()
-        },
-    )?;
-    let listeners: Vec<(u8, u16)> = [15000, 15001, 15006, 15020, 15053, 19080]
-        .map(|p| (CLIENT, p))
-        .into_iter()
-        .chain([(POD_1, 9080), (POD_2, 9080)])
-        .collect();
-    let block = Block::take(SERIES, &listeners)?;
-    let ip = |h: u8| block.ip(h).to_string();
-    let kubeconfig = kube.kubeconfig.display().to_string();
-    let mut cp = Cluster::init(&["--kubernetes", &kubeconfig]).await?;
-    let dir = cp.root.path().to_path_buf();
-
-    kube.kubectl_stdin(&["apply", "-f", "-"], Some(OBJECTS))?;
-    let c = client(&Source::Kubeconfig(kube.kubeconfig.clone())).await?;
-    let pods: Api<Pod> = Api::namespaced(c, "default");
-    for (name, version, host) in [("reviews-1", "v1", POD_1), ("reviews-2", "v2", POD_2)] {
-        kube.kubectl_stdin(&["apply", "-f", "-"], Some(&pod(name, version)))?;
-        set_status(&pods, name, &ip(host), true).await?;
-    }
-    let _echo_1 = echo(&dir, &ip(POD_1), "v1")?;
-    let _echo_2 = echo(&dir, &ip(POD_2), "v2")?;
-    let token = cp.token(&["--kind", "vm", "--identity", "default/client"])?;
-    let _client = client_agent(&dir, &ip(CLIENT), &token)?;
-    let url = format!("http://{}:19080/", ip(CLIENT));
-
-    // Both pods reach the agent: requests go to both.
-    wait_for(
-        Duration::from_secs(30),
-        "requests reaching both pods",
-        || async { (versions(&url, 10) == ["v1", "v2"]).then_some(()) },
-    )
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "{e}: entries {:?}, {}",
-            pod_entries(&cp),
-            cp.node(1).output()
-        )
-    })?;
+    let mut f = Fixture::start("kdisc-1", 1).await?;
     // As a ServiceEntry and WorkloadEntries with their source and place.
-    let se = get(&cp, "se");
+    let se = get(&f.cp, "se");
     let se = se
         .iter()
         .find(|r| r["metadata"]["name"] == "reviews")
@@ -227,11 +301,11 @@ async fn a_clusters_service_and_ready_pods_reach_the_agents_and_survive_a_restar
         "kubernetes/cluster-1"
     );
     assert_eq!(se["spec"]["hosts"][0], HOST);
-    let entry = get(&cp, "we")
+    let entry = get(&f.cp, "we")
         .into_iter()
         .find(|r| r["metadata"]["name"] == "reviews-1.cluster-1")
         .expect("reviews-1's entry");
-    assert_eq!(entry["spec"]["address"], ip(POD_1));
+    assert_eq!(entry["spec"]["address"], f.ip(POD_1));
     assert_eq!(entry["spec"]["locality"], "eu/eu-1/rack-7");
     assert_eq!(entry["spec"]["serviceAccount"], "reviews");
     assert_eq!(
@@ -239,26 +313,25 @@ async fn a_clusters_service_and_ready_pods_reach_the_agents_and_survive_a_restar
         "cluster-1"
     );
 
+    // A VM service of the same name and namespace is the same service.
+    let vm = f.cp.root.path().join("vm.yaml");
+    std::fs::write(&vm, vm_reviews(&f.ip(VM)))?;
+    f.cp.cli(&["apply", "-f", &vm.display().to_string()])?;
+    f.reaching(&["v1", "v2", "v3"]).await?;
+    f.cp.cli(&["delete", "-f", &vm.display().to_string()])?;
+    f.reaching(&["v1", "v2"]).await?;
+
     // reviews-2 turns not ready: its endpoint goes.
-    set_status(&pods, "reviews-2", &ip(POD_2), false).await?;
-    wait_for(
-        Duration::from_secs(20),
-        "requests reaching reviews-1 only",
-        || async { (versions(&url, 10) == ["v1"]).then_some(()) },
-    )
-    .await?;
-    assert_eq!(pod_entries(&cp), ["reviews-1.cluster-1"]);
+    set_status(&f.pods, "reviews-2", &f.ip(POD_2), false).await?;
+    f.reaching(&["v1"]).await?;
+    assert_eq!(pod_entries(&f.cp), ["reviews-1.cluster-1"]);
 
     // reviews-1 is deleted and reviews-2 ready again.
-    kube.kubectl(&["delete", "pod", "reviews-1", "--wait=false"])?;
-    set_status(&pods, "reviews-2", &ip(POD_2), true).await?;
-    wait_for(
-        Duration::from_secs(20),
-        "requests reaching reviews-2 only",
-        || async { (versions(&url, 10) == ["v2"]).then_some(()) },
-    )
-    .await?;
-    assert_eq!(pod_entries(&cp), ["reviews-2.cluster-1"]);
+    f.kube
+        .kubectl(&["delete", "pod", "reviews-1", "--wait=false"])?;
+    set_status(&f.pods, "reviews-2", &f.ip(POD_2), true).await?;
+    f.reaching(&["v2"]).await?;
+    assert_eq!(pod_entries(&f.cp), ["reviews-2.cluster-1"]);
 
     // The node restarts: the endpoints stay (stored, never cleared), and
     // comparing the cluster with the store finds nothing to write.
@@ -269,15 +342,15 @@ async fn a_clusters_service_and_ready_pods_reach_the_agents_and_survive_a_restar
             .count()
     };
     let compared = "Kubernetes discovery compared the cluster with the store";
-    let before = wrote(&cp);
-    cp.stop(1)?;
-    cp.restart(1).await?;
+    let before = wrote(&f.cp);
+    f.cp.stop(1)?;
+    f.cp.restart(1).await?;
     assert_eq!(
-        pod_entries(&cp),
+        pod_entries(&f.cp),
         ["reviews-2.cluster-1"],
         "kept across the restart"
     );
-    let node = cp.node(1);
+    let node = f.cp.node(1);
     let line = wait_for(
         Duration::from_secs(30),
         "the first comparison after the restart",
@@ -294,12 +367,63 @@ async fn a_clusters_service_and_ready_pods_reach_the_agents_and_survive_a_restar
         line.contains("upserts=0") && line.contains("deletes=0"),
         "{line}"
     );
-    assert_eq!(versions(&url, 10), ["v2"]);
+    assert_eq!(versions(&f.url, 10), ["v2"]);
     assert_eq!(
-        wrote(&cp),
+        wrote(&f.cp),
         before,
         "a write after the restart: {}",
         node.output()
     );
+    Ok(())
+}
+
+/// The node whose log says it writes.
+fn writer(cp: &Cluster, ids: &[u64]) -> Option<u64> {
+    ids.iter().copied().find(|id| {
+        cp.node(*id)
+            .output()
+            .contains("this node writes the cluster's Kubernetes discovery")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_of_the_cluster_takes_over_when_the_writer_stops() -> anyhow::Result<()> {
+    if let Some(why) = unavailable() {
+        eprintln!("skipping: {why}");
+        return Ok(());
+    }
+    let mut f = Fixture::start("kdisc-2", 3).await?;
+    let ids = [1, 2, 3];
+    let first = writer(&f.cp, &ids).expect("one node writes");
+    // The others stand by, and say who writes.
+    for id in ids.iter().filter(|id| **id != first) {
+        let n = f.cp.node(*id);
+        wait_for(
+            Duration::from_secs(20),
+            "the others standing by",
+            || async {
+                n.output()
+                    .contains("another node writes this cluster's Kubernetes discovery")
+                    .then_some(())
+            },
+        )
+        .await?;
+    }
+    f.cp.kill(first);
+    // Within the lease and a renewal, another node writes the changes.
+    let rest: Vec<u64> = ids.into_iter().filter(|id| *id != first).collect();
+    set_status(&f.pods, "reviews-2", &f.ip(POD_2), false).await?;
+    let next = wait_for(Duration::from_secs(40), "another node writing", || async {
+        writer(&f.cp, &rest)
+    })
+    .await?;
+    // The agent (failed over from the killed node, if it was its own)
+    // sees the change the new writer wrote.
+    f.reaching(&["v1"]).await?;
+    assert!(f
+        .cp
+        .node(next)
+        .output()
+        .contains("Kubernetes discovery wrote its changes"));
     Ok(())
 }
