@@ -88,6 +88,8 @@ async fn place_of(node: &Arc<Node>) -> Place {
 #[derive(Default)]
 struct Writer {
     compared: bool,
+    /// The log index of its last write.
+    written: u64,
     standing_by: Option<u64>,
     failing: bool,
 }
@@ -96,6 +98,18 @@ impl Writer {
     /// Writes what differs between `desired` and the store, if this node
     /// holds the lease or may take it; renews the lease when due.
     async fn sync(&mut self, node: &Arc<Node>, cluster: &str, desired: Records) {
+        // Compare with a replica that has our last write: one forwarded
+        // to the leader may reach this node's replica a little later,
+        // and would be written again.
+        let caught_up =
+            caught_up_within(CATCH_UP, || node.read_state(|s| s.index()) >= self.written);
+        if !caught_up.await {
+            tracing::debug!(
+                written = self.written,
+                "this node's replica lags its last write; comparing at the next batch"
+            );
+            return;
+        }
         let now = now();
         let (stored, lease) = node.read_state(|s| {
             let stored: Records = s
@@ -155,6 +169,7 @@ impl Writer {
         };
         match node.write(Command::SyncKubernetes(Box::new(sync))).await {
             Ok((index, _)) => {
+                self.written = index;
                 if self.standing_by.take().is_some() || lease.is_none_or(|l| l.holder != node.id) {
                     tracing::info!(%cluster, "this node writes the cluster's Kubernetes discovery");
                 }
@@ -182,6 +197,21 @@ impl Writer {
             }
         }
     }
+}
+
+/// How long a batch waits for this node's replica to apply its last write.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// Whether `done` holds within `limit`, asked every 10 ms.
+async fn caught_up_within(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 /// Whether the lease must be renewed at `now` by node `me` (with no

@@ -188,7 +188,7 @@ async fn mirror<K, Key, V>(
     let kind = KINDS[ctx.index];
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
-    let mut listing: Option<BTreeMap<Key, V>> = None;
+    let mut listing = None;
     let mut failing = false;
     while let Some(event) = stream.next().await {
         let event = match event {
@@ -201,43 +201,142 @@ async fn mirror<K, Key, V>(
                 continue;
             }
         };
-        match event {
-            Event::Init => listing = Some(BTreeMap::new()),
-            Event::InitApply(o) => {
-                if let (Some(l), Some(k)) = (listing.as_mut(), key(&o)) {
-                    if let Some(v) = value(o) {
-                        l.insert(k, v);
-                    }
-                }
+        let Some(update) = step(&mut listing, event, &key, &value) else {
+            continue;
+        };
+        if failing && matches!(update, Update::Replace(_)) {
+            tracing::info!(kind, "listed again after a lost watch");
+            failing = false;
+        }
+        ctx.update(|s| {
+            if update.apply(map(&mut s.objects)) {
+                s.listed[ctx.index] = true;
             }
-            Event::InitDone => {
-                let listed = listing.take().unwrap_or_default();
-                if failing {
-                    tracing::info!(kind, "listed again after a lost watch");
-                    failing = false;
-                }
-                ctx.update(|s| {
-                    *map(&mut s.objects) = listed;
-                    s.listed[ctx.index] = true;
-                });
+        });
+    }
+}
+
+/// What a watcher's event does to a kind's objects.
+#[derive(Debug, PartialEq, Eq)]
+enum Update<Key, V> {
+    /// A list ended: these are the objects now; those not listed were
+    /// deleted meanwhile.
+    Replace(BTreeMap<Key, V>),
+    Set(Key, V),
+    Remove(Key),
+}
+
+impl<Key: Ord, V> Update<Key, V> {
+    /// Applies it to `objects`; `true` when it was a complete list.
+    fn apply(self, objects: &mut BTreeMap<Key, V>) -> bool {
+        match self {
+            Update::Replace(listed) => {
+                *objects = listed;
+                return true;
             }
-            Event::Apply(o) => {
-                let Some(k) = key(&o) else { continue };
-                ctx.update(|s| match value(o) {
-                    Some(v) => {
-                        map(&mut s.objects).insert(k, v);
-                    }
-                    None => {
-                        map(&mut s.objects).remove(&k);
-                    }
-                });
+            Update::Set(k, v) => {
+                objects.insert(k, v);
             }
-            Event::Delete(o) => {
-                let Some(k) = key(&o) else { continue };
-                ctx.update(|s| {
-                    map(&mut s.objects).remove(&k);
-                });
+            Update::Remove(k) => {
+                objects.remove(&k);
             }
         }
+        false
+    }
+}
+
+/// The update `event` makes (pure): the objects of a list are gathered in
+/// `listing` and replace the kind's at its end, never before; an object
+/// `value` cannot use is removed.
+fn step<K, Key, V>(
+    listing: &mut Option<BTreeMap<Key, V>>,
+    event: Event<K>,
+    key: impl Fn(&K) -> Option<Key>,
+    value: impl Fn(K) -> Option<V>,
+) -> Option<Update<Key, V>>
+where
+    Key: Ord,
+{
+    match event {
+        Event::Init => {
+            *listing = Some(BTreeMap::new());
+            None
+        }
+        Event::InitApply(o) => {
+            let (l, k) = (listing.as_mut()?, key(&o)?);
+            l.insert(k, value(o)?);
+            None
+        }
+        Event::InitDone => Some(Update::Replace(listing.take().unwrap_or_default())),
+        Event::Apply(o) => {
+            let k = key(&o)?;
+            Some(match value(o) {
+                Some(v) => Update::Set(k, v),
+                None => Update::Remove(k),
+            })
+        }
+        Event::Delete(o) => Some(Update::Remove(key(&o)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Objects are (name, value); value 0 cannot be used.
+    fn run(objects: &mut BTreeMap<String, u32>, events: Vec<Event<(&str, u32)>>) -> Vec<bool> {
+        let mut listing = None;
+        let key = |o: &(&str, u32)| Some(o.0.to_string());
+        let value = |o: (&str, u32)| (o.1 != 0).then_some(o.1);
+        events
+            .into_iter()
+            .filter_map(|e| step(&mut listing, e, key, value))
+            .map(|u| u.apply(objects))
+            .collect()
+    }
+
+    #[test]
+    fn a_list_again_replaces_the_objects_at_its_end_only() {
+        let mut objects = BTreeMap::new();
+        let lists = run(
+            &mut objects,
+            vec![
+                Event::Init,
+                Event::InitApply(("a", 1)),
+                Event::InitApply(("b", 1)),
+                Event::InitDone,
+                Event::Apply(("c", 1)),
+                Event::Apply(("a", 2)),
+                Event::Delete(("b", 1)),
+            ],
+        );
+        assert_eq!(lists, [true, false, false, false]);
+        assert_eq!(objects, [("a".into(), 2), ("c".into(), 1)].into());
+        // The watch is lost; while it lists again nothing changes, and at
+        // the end what was deleted meanwhile (c) is gone.
+        let mut during = objects.clone();
+        run(
+            &mut during,
+            vec![
+                Event::Init,
+                Event::InitApply(("a", 3)),
+                Event::InitApply(("d", 1)),
+            ],
+        );
+        assert_eq!(during, objects, "nothing changes before the list ends");
+        let lists = run(
+            &mut objects,
+            vec![
+                Event::Init,
+                Event::InitApply(("a", 3)),
+                Event::InitApply(("d", 1)),
+                Event::InitDone,
+            ],
+        );
+        assert_eq!(lists, [true]);
+        assert_eq!(objects, [("a".into(), 3), ("d".into(), 1)].into());
+        // An object that turns unusable goes.
+        run(&mut objects, vec![Event::Apply(("d", 0))]);
+        assert_eq!(objects, [("a".into(), 3)].into());
     }
 }
