@@ -28,3 +28,7 @@ pub const GATEWAY: &str = "trellis.io/gateway";
 /// only locally (it registered while the node could not reach the Raft
 /// leader): why, until the registration is committed.
 pub const LOCAL_ONLY: &str = "trellis.io/local-only";
+/// On a resource the control plane did not get from `trellis apply`:
+/// where it came from, e.g. `kubernetes/CLUSTER` for the Services and
+/// pods that cluster's discovery wrote.
+pub const SOURCE: &str = "trellis.io/source";

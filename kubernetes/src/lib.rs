@@ -13,3 +13,4 @@ pub mod client;
 pub mod crd;
 pub mod tokenreview;
 pub mod webhook;
+pub mod discovery;

@@ -75,6 +75,12 @@ fn clusters(
                     ready += 1;
                 }
             }
+            // The pods its Kubernetes discovery wrote: ready unless stale.
+            let pods = kube_endpoints(store, &name).count() as u32;
+            endpoints += pods;
+            if !is_stale {
+                ready += pods;
+            }
             let heard = store.heard_from(&name).unwrap_or(rec.joined_at);
             ClusterInfo {
                 stamp_age_seconds: now.saturating_sub(heard),
@@ -95,13 +101,23 @@ fn clusters(
         .collect()
 }
 
+/// The JSON of the pods' WorkloadEntries `cluster`'s Kubernetes discovery
+/// wrote (a Service's inline endpoints are not counted).
+fn kube_endpoints<'a>(store: &'a Store, cluster: &str) -> impl Iterator<Item = Vec<u8>> + 'a {
+    store
+        .kube_records(cluster)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("WorkloadEntry/"))
+        .map(|(_, v)| v.json)
+}
+
 /// Whether a registered workload takes traffic: connected, healthy, and
 /// not registered through a node of a stale cluster.
 fn is_ready(w: &WorkloadRecord, through_stale: bool) -> bool {
     w.disconnected_at.is_none() && w.health.is_ready() && !through_stale
 }
 
-/// Registered endpoints (all, ready) by their network as agents read it;
+/// Endpoints (all, ready), registered or a cluster's pods, by their network as agents read it;
 /// one that says none is every caller's own, on no network listed.
 fn endpoints_by_network(store: &Store, stale: &BTreeSet<String>) -> BTreeMap<String, (u32, u32)> {
     let cluster_of: BTreeMap<u64, String> = store
@@ -110,6 +126,19 @@ fn endpoints_by_network(store: &Store, stale: &BTreeSet<String>) -> BTreeMap<Str
         .map(|(id, n)| (id, n.cluster))
         .collect();
     let mut by_network: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    for (cluster, _) in store.clusters() {
+        for json in kube_endpoints(store, &cluster) {
+            let network = endpoint_network(&json);
+            if network.is_empty() {
+                continue;
+            }
+            let (all, ready) = by_network.entry(network.to_string()).or_default();
+            *all += 1;
+            if !stale.contains(&cluster) {
+                *ready += 1;
+            }
+        }
+    }
     for w in store
         .prefixed(WORKLOAD_PREFIX)
         .filter_map(|(k, _)| store.workload(k))
@@ -335,6 +364,48 @@ mod tests {
         let east = &c[0];
         assert_eq!((east.stamp_age_seconds, east.stale), (50, true));
         assert_eq!((east.endpoints, east.ready_endpoints), (3, 0));
+    }
+
+    #[test]
+    fn a_clusters_pods_count_among_its_endpoints_and_its_networks() {
+        use crate::raft::state::kubernetes::KubeSync;
+        use crate::raft::state::registry::StoredConfig;
+        let mut s = store();
+        let entry = |ip: &str| StoredConfig {
+            json: serde_json::to_vec(&serde_json::json!({
+                "spec": {"address": ip, "network": "net-east"}
+            }))
+            .unwrap(),
+            vip_hosts: vec![],
+        };
+        let sync = Command::SyncKubernetes(Box::new(KubeSync {
+            cluster: "east".into(),
+            node: 1,
+            now: 100,
+            lease_secs: 15,
+            upserts: vec![
+                ("ServiceEntry/default/r".into(), entry("")),
+                ("WorkloadEntry/default/p1.east".into(), entry("10.0.0.1")),
+                ("WorkloadEntry/default/p2.east".into(), entry("10.0.0.2")),
+            ],
+            deletes: vec![],
+        }));
+        s.apply(&sync, &mut Vec::new());
+        let members = [member(1, "voter", Some(42))];
+        let l = listing(&s, &members, 42, 130, &BTreeSet::new());
+        // Three registered (one ready), two pods (ready).
+        assert_eq!(
+            (l.clusters[0].endpoints, l.clusters[0].ready_endpoints),
+            (5, 3)
+        );
+        let net = l.networks.iter().find(|n| n.name == "net-east").unwrap();
+        assert_eq!((net.endpoints, net.ready_endpoints), (2, 2));
+        let stale = BTreeSet::from(["east".to_string()]);
+        let l = listing(&s, &members, 42, 130, &stale);
+        assert_eq!(
+            (l.clusters[0].endpoints, l.clusters[0].ready_endpoints),
+            (5, 0)
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use trellis_api::v1::{
 use crate::config::analyze::{analyze, document_warnings, Workload};
 use crate::config::{from_json, key_of, parse_sources, reference, stored};
 use crate::node::Node;
+use crate::raft::state::kubernetes::{parse_kube_key, KUBE_PREFIX};
 use crate::raft::state::registry::{
     config_key, parse_config_key, ApplyAction, CONFIG_PREFIX, WORKLOAD_PREFIX,
 };
@@ -102,7 +103,9 @@ fn results(refs: Vec<ResourceRef>, actions: &[ApplyAction], index: u64) -> Apply
 
 /// Stored resources matching `r`, from this node's replica. Workloads that
 /// registered themselves are WorkloadEntries too, annotated with their
-/// group and health.
+/// group and health; the Services and pods of the clusters' Kubernetes
+/// discovery are ServiceEntries and WorkloadEntries, annotated with their
+/// source (`trellis.io/source: kubernetes/CLUSTER`).
 pub fn get(node: &Node, r: GetConfigRequest) -> Result<GetConfigResponse, Status> {
     if !r.kind.is_empty() && Spec::group_of(&r.kind).is_none() {
         return Err(Status::invalid_argument(format!(
@@ -124,6 +127,22 @@ pub fn get(node: &Node, r: GetConfigRequest) -> Result<GetConfigResponse, Status
                     continue;
                 };
                 if wanted(kind, ns, name) {
+                    if let Some(c) = s.store.config(key) {
+                        out.push(String::from_utf8_lossy(&c.json).into_owned());
+                    }
+                }
+            }
+            // What the clusters' Kubernetes discovery wrote.
+            for (key, _) in s.store.prefixed(KUBE_PREFIX) {
+                let Some((_, rel)) = parse_kube_key(key) else {
+                    continue;
+                };
+                let Some((kind, ns, name)) = parse_config_key(&format!("{CONFIG_PREFIX}{rel}"))
+                    .map(|(k, n, m)| (k.to_string(), n.to_string(), m.to_string()))
+                else {
+                    continue;
+                };
+                if wanted(&kind, &ns, &name) {
                     if let Some(c) = s.store.config(key) {
                         out.push(String::from_utf8_lossy(&c.json).into_owned());
                     }
@@ -213,11 +232,12 @@ pub fn analyze_config(node: &Node, r: AnalyzeRequest) -> Result<AnalyzeResponse,
 /// A workload's namespace and labels.
 type Labelled = (String, BTreeMap<String, String>);
 
-/// Every stored resource, and the namespace and labels of every registered
-/// workload.
+/// Every stored resource (Kubernetes discovery's too), and the namespace
+/// and labels of every registered workload.
 fn stored_resources(store: &Store) -> (Vec<Resource>, Vec<Labelled>) {
     let resources = store
         .prefixed(CONFIG_PREFIX)
+        .chain(store.prefixed(KUBE_PREFIX))
         .filter_map(|(key, _)| from_json(&store.config(key)?.json).ok())
         .collect();
     let registered = store

@@ -552,6 +552,12 @@ pub async fn run(
     ));
     tokio::spawn(crate::discovery::sweep_forever(node.clone()));
     tokio::spawn(crate::discovery::stamp::stamp_forever(node.clone()));
+    if let Some(client) = node.kube.clone() {
+        tokio::spawn(crate::discovery::kubernetes::discover_forever(
+            node.clone(),
+            client,
+        ));
+    }
     let notifier = Notifier::from_env().map(Arc::new);
     if let Some(n) = &notifier {
         n.feed_watchdog();

@@ -13,8 +13,10 @@
 //! (pushed to its own agents, marked local) and keeps writing, with the
 //! same write id, until it commits ([`commit_held`]). Every control-plane
 //! node also stamps its cluster through Raft ([`stamp`]), so that the
-//! others know how fresh its data is.
+//! others know how fresh its data is. A node started with `--kubernetes`
+//! writes its cluster's Services and pods ([`kubernetes`]).
 mod gateway;
+pub mod kubernetes;
 pub mod stamp;
 
 pub use gateway::{gateway_disconnected, horizon, register_gateway, GatewayRegistration};

@@ -239,9 +239,7 @@ pub fn workload_item(key: &str, w: &WorkloadRecord, marks: Marks) -> Option<Item
     // A workload whose agent went away keeps its traffic for the grace
     // period: the agent may be failing over to another node.
     let health = match (&w.health, marks.stale) {
-        (_, Some((cluster, secs))) => {
-            format!("stale: cluster {cluster} not heard from for more than {secs}s")
-        }
+        (_, Some((cluster, secs))) => stale_health(cluster, secs),
         (Health::NoProbe | Health::Healthy, None) => annotations::READY.to_string(),
         (Health::Pending, None) => "not probed yet".to_string(),
         (Health::Unhealthy(why), None) => format!("unhealthy: {why}"),
@@ -266,6 +264,29 @@ pub fn workload_item(key: &str, w: &WorkloadRecord, marks: Marks) -> Option<Item
         body,
         visibility: Visibility::Namespace,
     })
+}
+
+/// `item`, an endpoint of `cluster`, marked not ready because the
+/// cluster is stale (not heard from for more than `secs`); other items
+/// as they are.
+pub fn mark_stale(item: Item, cluster: &str, secs: u64) -> Option<Item> {
+    if item.ty != Type::Endpoints {
+        return Some(item);
+    }
+    let mut entry: serde_json::Value = serde_json::from_slice(&item.body).ok()?;
+    annotate(
+        &mut entry,
+        &[(annotations::HEALTH, stale_health(cluster, secs))],
+    )?;
+    Some(Item {
+        body: Bytes::from(serde_json::to_vec(&entry).ok()?),
+        ..item
+    })
+}
+
+/// [`annotations::HEALTH`] of an endpoint of a stale cluster.
+fn stale_health(cluster: &str, secs: u64) -> String {
+    format!("stale: cluster {cluster} not heard from for more than {secs}s")
 }
 
 /// The network of a WorkloadEntry (JSON), as agents read it.

@@ -109,11 +109,13 @@ impl Push {
 /// Whether a changed key can matter to agents.
 pub(crate) fn relevant(key: &str) -> bool {
     use crate::raft::state::cluster::{CLUSTER_PREFIX, DOMAIN_KEY, NODE_PREFIX};
+    use crate::raft::state::kubernetes::KUBE_PREFIX;
     use crate::raft::state::registry::{CONFIG_PREFIX, GATEWAY_PREFIX, WORKLOAD_PREFIX};
     use crate::raft::state::MESH_KEY;
     [
         CONFIG_PREFIX,
         WORKLOAD_PREFIX,
+        KUBE_PREFIX,
         CLUSTER_PREFIX,
         NODE_PREFIX,
         GATEWAY_PREFIX,

@@ -14,9 +14,12 @@ use std::time::Duration;
 use trellis_api::config::Spec;
 
 use super::horizon::Gateways;
-use super::item::{bundle_item, config_item, workload_item, Bundle, Item, Marks, BUNDLE_KEY};
+use super::item::{
+    bundle_item, config_item, mark_stale, workload_item, Bundle, Item, Marks, BUNDLE_KEY,
+};
 use super::local::{stale_clusters, Overlay};
 use super::scope::{Scope, SidecarRule};
+use crate::raft::state::kubernetes::{parse_kube_key, KUBE_PREFIX};
 use crate::raft::state::registry::{
     parse_config_key, WorkloadRecord, CONFIG_PREFIX, WORKLOAD_PREFIX,
 };
@@ -217,7 +220,10 @@ impl Builder {
                 sidecars = true;
                 continue;
             }
-            if key.starts_with(CONFIG_PREFIX) || key.starts_with(WORKLOAD_PREFIX) {
+            if [CONFIG_PREFIX, WORKLOAD_PREFIX, KUBE_PREFIX]
+                .iter()
+                .any(|p| key.starts_with(p))
+            {
                 built.push((key, build(key, st, &ctx).map(Arc::new)));
             }
         }
@@ -264,7 +270,7 @@ impl Builder {
         let overlay = self.local.overlay.all();
         let stale = self.stale.clone();
         let ctx = self.ctx(&overlay, &stale);
-        let mut keys: Vec<&str> = [CONFIG_PREFIX, WORKLOAD_PREFIX]
+        let mut keys: Vec<&str> = [CONFIG_PREFIX, WORKLOAD_PREFIX, KUBE_PREFIX]
             .into_iter()
             .flat_map(|prefix| st.store.prefixed(prefix).map(|(key, _)| key))
             .filter(|key| !key.starts_with(&sidecars))
@@ -411,7 +417,8 @@ fn build_all(keys: &[&str], st: &Applied, ctx: &Ctx) -> Vec<Option<Arc<Item>>> {
 
 /// The item of a store key, if it is pushed. A registered workload is
 /// this node's local record of it if it holds one (newer than any
-/// committed), and marked stale if the cluster it registered through is.
+/// committed), and marked stale if the cluster it registered through is;
+/// a pod's entry is marked stale if its cluster is.
 fn build(key: &str, st: &Applied, ctx: &Ctx) -> Option<Item> {
     if key.starts_with(WORKLOAD_PREFIX) {
         let held = ctx.overlay.get(key);
@@ -429,7 +436,14 @@ fn build(key: &str, st: &Applied, ctx: &Ctx) -> Option<Item> {
         };
         return workload_item(key, &record, marks);
     }
-    config_item(key, st.store.config(key)?, &st.store)
+    let item = config_item(key, st.store.config(key)?, &st.store)?;
+    // A Kubernetes endpoint is as fresh as its cluster's discovery.
+    match parse_kube_key(key) {
+        Some((cluster, _)) if ctx.stale.contains(cluster) => {
+            mark_stale(item, cluster, ctx.stale_after)
+        }
+        _ => Some(item),
+    }
 }
 
 /// Every Sidecar in the store, as scoping needs them, in key order.
@@ -586,6 +600,76 @@ mod tests {
         );
         let (changes, _) = next.changes_since(first.version).unwrap();
         assert_eq!(changes.len(), 1, "only the endpoint changed");
+    }
+
+    #[test]
+    fn kubernetes_records_are_pushed_and_marked_stale_with_their_cluster() {
+        use crate::raft::state::kubernetes::KubeSync;
+        use crate::raft::state::registry::StoredConfig;
+        let mut st = state();
+        let se = serde_json::json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "ServiceEntry",
+            "metadata": {"name": "reviews", "namespace": "default"},
+            "spec": {"hosts": ["reviews.default.svc.cluster.local"]},
+        });
+        let we = serde_json::json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "WorkloadEntry",
+            "metadata": {"name": "r1.east", "namespace": "default"},
+            "spec": {"address": "10.0.0.9"},
+        });
+        let stored = |v: &serde_json::Value| StoredConfig {
+            json: serde_json::to_vec(v).unwrap(),
+            vip_hosts: vec![],
+        };
+        let sync = Command::SyncKubernetes(Box::new(KubeSync {
+            cluster: "east".into(),
+            node: 1,
+            now: NOW,
+            lease_secs: 15,
+            upserts: vec![
+                ("ServiceEntry/default/reviews".into(), stored(&se)),
+                ("WorkloadEntry/default/r1.east".into(), stored(&we)),
+            ],
+            deletes: vec![],
+        }));
+        assert_eq!(
+            st.store.apply(&sync, &mut Vec::new()),
+            crate::raft::Response::Ok
+        );
+        let key = "kube/east/WorkloadEntry/default/r1.east";
+        let view = |me| {
+            let snap = Builder::new(&st, me, Local::default())
+                .publish(None)
+                .unwrap();
+            let scope = Scope::of("default", &BTreeMap::new(), &[]);
+            let types: Vec<(Type, String)> = snap
+                .full_view(&scope)
+                .iter()
+                .filter(|i| i.key.starts_with("kube/"))
+                .map(|i| (i.ty, i.key.to_string()))
+                .collect();
+            (types, annotations_of(&snap, key))
+        };
+        let (types, own) = view(1);
+        assert_eq!(
+            types,
+            [
+                (
+                    Type::Services,
+                    "kube/east/ServiceEntry/default/reviews".to_string()
+                ),
+                (Type::Endpoints, key.to_string()),
+            ]
+        );
+        assert!(own.unwrap()[annotations::HEALTH].is_null(), "ready");
+        // East was never stamped: stale to a node of no cluster.
+        let (_, other) = view(9);
+        assert_eq!(
+            other.unwrap()[annotations::HEALTH],
+            "stale: cluster east not heard from for more than 30s"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - `kv/KEY` — user data written through the admin API;
 //! - `config/…`, `vip/…`, `workload/…` — the mesh's configuration and
 //!   registry ([`registry`]);
+//! - `kube/CLUSTER/…`, `kube-lease/CLUSTER` — each cluster's Kubernetes
+//!   services and endpoints, and its writer's lease ([`kubernetes`]);
 //! - `domain`, `cluster/NAME`, `node/ID`, `stamp/NAME` — the DNS domain
 //!   of service names, the clusters, which cluster each node belongs to
 //!   and when each cluster was last heard from ([`cluster`]);
@@ -17,6 +19,7 @@
 //!   [`DEDUP_WINDOW_SECS`] ([`Command::Once`]), so that a write retried
 //!   after its answer was lost is applied once.
 pub mod cluster;
+pub mod kubernetes;
 pub mod registry;
 
 use std::collections::BTreeMap;
@@ -102,7 +105,8 @@ pub enum Command {
     /// use, records the cluster (if new) and the node, hands out its id.
     JoinCluster(Box<ClusterJoin>),
     /// Removes cluster `name` and everything it registered: its nodes'
-    /// records and the workloads registered through them.
+    /// records, the workloads registered through them, and its Kubernetes
+    /// discovery's records.
     RemoveCluster { name: String },
     /// Records which cluster node `id` belongs to (a node that joined with
     /// a control-plane token is in the cluster of the node it joined
@@ -112,6 +116,9 @@ pub enum Command {
     /// control-plane node writes its cluster's stamp every few seconds, so
     /// that every replica knows how fresh each cluster's data is.
     StampCluster { cluster: String, at: u64 },
+    /// A cluster's Kubernetes discovery writes its changes, holding the
+    /// cluster's writer lease ([`kubernetes`]).
+    SyncKubernetes(Box<kubernetes::KubeSync>),
 }
 
 impl Command {
@@ -265,6 +272,7 @@ impl Store {
             Command::StampCluster { cluster, at } => self.stamp_cluster(cluster, *at, changed),
             Command::Registry(cmd) => self.apply_registry(cmd, changed),
             Command::Bootstrap(b) => self.bootstrap(b, changed),
+            Command::SyncKubernetes(sync) => self.kube_sync(sync, changed),
             Command::Once { id, at, cmd } => {
                 let key = format!("{WRITE_PREFIX}{at:020}/{id:032x}");
                 if let Some(first) = self.map.get(&key).and_then(|b| dec(b)) {

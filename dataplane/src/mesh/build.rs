@@ -1,7 +1,7 @@
 //! Compiling Istio resources into a [`Mesh`]: pure, deterministic, and
 //! total (resources were validated when parsed; what still cannot be used,
 //! such as a WorkloadEntry with a DNS name, is skipped with a log line).
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -92,7 +92,7 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
     // (namespace, entry, whether it takes traffic: a registered workload
     // failing its probe does not, but still tells its own agent its ports;
     // the east-west gateway it is reached through, on another network)
-    let workload_entries: Vec<(&str, &WorkloadEntry, bool, Option<SocketAddr>)> = resources
+    let workload_entries: Vec<(&str, &WorkloadEntry, bool, Option<SocketAddr>, &str)> = resources
         .iter()
         .filter_map(|r| match &r.spec {
             Spec::WorkloadEntry(we) => Some((
@@ -106,10 +106,16 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
                     .annotations
                     .get(annotations::GATEWAY)
                     .and_then(|a| a.parse().ok()),
+                r.metadata.name.as_str(),
             )),
             _ => None,
         })
         .collect();
+    // The entries each host took by selector: a WorkloadEntry selected by
+    // two ServiceEntries of one host (a VM service and a Kubernetes
+    // Service of the same name, or one Service in two clusters) is one
+    // endpoint of it, with the ports of the first.
+    let mut selected: HashSet<(&str, &str, &str)> = HashSet::new();
     let mut endpoints: HashMap<String, Vec<(ServiceEntryRef, WorkloadEntry, Option<SocketAddr>)>> =
         HashMap::new();
     for r in &resources {
@@ -117,23 +123,29 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
             continue;
         };
         let ns = r.metadata.namespace.as_str();
-        let mut eps: Vec<(WorkloadEntry, bool, Option<SocketAddr>)> = se
+        let inline: Vec<(WorkloadEntry, bool, Option<SocketAddr>)> = se
             .endpoints
             .iter()
             .map(|we| (we.clone(), true, None))
             .collect();
-        if let Some(sel) = &se.workload_selector {
-            eps.extend(
-                workload_entries
-                    .iter()
-                    .filter(|(wns, we, _, _)| {
-                        *wns == ns && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))
-                    })
-                    .map(|(_, we, ready, via)| ((*we).clone(), *ready, *via)),
-            );
-        }
+        let chosen: Vec<_> = match &se.workload_selector {
+            Some(sel) => workload_entries
+                .iter()
+                .filter(|(wns, we, _, _, _)| {
+                    *wns == ns && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let vips = allocated_addresses(r);
         for host in &se.hosts {
+            let mut eps = inline.clone();
+            eps.extend(
+                chosen
+                    .iter()
+                    .filter(|(wns, _, _, _, name)| selected.insert((host.as_str(), wns, name)))
+                    .map(|(_, we, ready, via, _)| ((*we).clone(), *ready, *via)),
+            );
             let svc = service(host, ns, se, &vips);
             for ip in &svc.addresses {
                 for p in &svc.ports {

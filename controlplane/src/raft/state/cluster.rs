@@ -263,6 +263,7 @@ impl Store {
             self.map.remove(&k);
             changed.push(k);
         }
+        self.remove_kube(name, changed);
         Response::Ok
     }
 

@@ -829,3 +829,53 @@ spec: {address: 10.0.0.9, network: net-west, labels: {app: reviews}}
     assert_eq!(m.app_protocol(9080), AppProtocol::Unknown);
     assert_eq!(m.inbound_service(9080).as_ref(), "unknown");
 }
+
+/// A Kubernetes Service (as discovery writes it) and a VM service of the
+/// same name and namespace are one service: their endpoints add up, and
+/// an entry both select is one endpoint.
+#[test]
+fn two_service_entries_of_one_host_add_up_their_endpoints_once() {
+    let m = mesh_of(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, annotations: {trellis.io/source: kubernetes/east}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews-vm}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: r1.east}
+spec: {address: 10.0.0.1, labels: {app: reviews}, ports: {http: 8080}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1}
+spec: {address: 10.0.1.1, labels: {app: reviews}}
+"#,
+    );
+    let c = m.cluster(HOST, 9080, "").unwrap();
+    let mut addrs: Vec<String> = c.endpoints.iter().map(|e| e.addr.to_string()).collect();
+    addrs.sort();
+    assert_eq!(addrs, ["10.0.0.1:15006", "10.0.1.1:15006"]);
+    let r1 = c
+        .endpoints
+        .iter()
+        .find(|e| e.addr.ip().to_string() == "10.0.0.1")
+        .unwrap();
+    assert_eq!(r1.target_port, 8080);
+}

@@ -1,0 +1,241 @@
+//! Kubernetes discovery on a node started with `--kubernetes`: it mirrors
+//! its cluster's API server ([`Mirror`]), and on each batch of changes
+//! (after [`DEBOUNCE`]) computes the cluster's records, compares them with
+//! what the store holds for the cluster, and writes the difference in one
+//! Raft write ([`Command::SyncKubernetes`]); nothing when nothing
+//! differs. There is no clearing: a node that starts, or a watch that is
+//! lost and lists again, writes only what changed meanwhile.
+//!
+//! One node of a cluster writes at a time: the holder of the cluster's
+//! lease, renewed every [`LEASE`]/3 with the writes (or alone). The other
+//! nodes of the cluster keep their mirror and compare too, but write only
+//! once the lease expired, then taking it over.
+use std::sync::Arc;
+use std::time::Duration;
+
+use trellis_kubernetes::discovery::watch::Mirror;
+use trellis_kubernetes::discovery::{diff, records, to_json, Place, Records};
+
+use crate::node::{now, Node, NodeError};
+use crate::raft::state::kubernetes::{KubeLease, KubeSync};
+use crate::raft::state::registry::StoredConfig;
+use crate::raft::state::Command;
+
+/// How long a batch of changes gathers before it is written.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How long the writer's lease lasts: another node of the cluster takes
+/// over at most this long after the writer stopped.
+pub const LEASE: Duration = Duration::from_secs(15);
+
+/// Watches the API server of `client` and writes its cluster's records,
+/// forever.
+pub async fn discover_forever(node: Arc<Node>, client: kube::Client) {
+    let place = place_of(&node).await;
+    let mirror = loop {
+        match Mirror::start(client.clone()).await {
+            Ok(m) => break m,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot start Kubernetes discovery; trying again in 5s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    tracing::info!(cluster = %place.cluster, slices = %mirror.slice_version,
+        "Kubernetes discovery watching the API server");
+    let mut changes = mirror.changes();
+    let mut renew = tokio::time::interval(LEASE / 3);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut writer = Writer::default();
+    loop {
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                tokio::time::sleep(DEBOUNCE).await;
+                changes.borrow_and_update();
+            }
+            _ = renew.tick() => {}
+        }
+        let Some(desired) = mirror.read(|o| to_json(records(o, &place))) else {
+            tracing::debug!(unlisted = ?mirror.unlisted(), "Kubernetes discovery waiting for the first lists");
+            continue;
+        };
+        writer.sync(&node, &place.cluster, desired).await;
+    }
+}
+
+/// Where this node's cluster is, once the node has its record (a node
+/// that is joining waits for it).
+async fn place_of(node: &Arc<Node>) -> Place {
+    loop {
+        let place = node.read_state(|s| {
+            let (cluster, network) = s.store.node_topology(node.id)?;
+            Some(Place {
+                cluster,
+                network,
+                domain: s.store.domain(),
+            })
+        });
+        if let Some(p) = place {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// What the writer remembers between two batches, for its logs.
+#[derive(Default)]
+struct Writer {
+    compared: bool,
+    /// The log index of its last write.
+    written: u64,
+    standing_by: Option<u64>,
+    failing: bool,
+}
+
+impl Writer {
+    /// Writes what differs between `desired` and the store, if this node
+    /// holds the lease or may take it; renews the lease when due.
+    async fn sync(&mut self, node: &Arc<Node>, cluster: &str, desired: Records) {
+        // Compare with a replica that has our last write: one forwarded
+        // to the leader may reach this node's replica a little later,
+        // and would be written again.
+        let caught_up =
+            caught_up_within(CATCH_UP, || node.read_state(|s| s.index()) >= self.written);
+        if !caught_up.await {
+            tracing::debug!(
+                written = self.written,
+                "this node's replica lags its last write; comparing at the next batch"
+            );
+            return;
+        }
+        let now = now();
+        let (stored, lease) = node.read_state(|s| {
+            let stored: Records = s
+                .store
+                .kube_records(cluster)
+                .into_iter()
+                .map(|(k, v)| (k, v.json))
+                .collect();
+            (stored, s.store.kube_lease(cluster))
+        });
+        let d = diff(&desired, &stored);
+        if !self.compared {
+            // The first comparison after a start: what a restart or a
+            // takeover has to write (nothing, when nothing changed).
+            tracing::info!(
+                records = desired.len(),
+                upserts = d.upserts.len(),
+                deletes = d.deletes.len(),
+                "Kubernetes discovery compared the cluster with the store"
+            );
+            self.compared = true;
+        }
+        if let Some(l) = lease
+            .as_ref()
+            .filter(|l| l.holder != node.id && l.expires > now)
+        {
+            if self.standing_by != Some(l.holder) {
+                tracing::info!(
+                    holder = l.holder,
+                    "another node writes this cluster's Kubernetes discovery; standing by"
+                );
+                self.standing_by = Some(l.holder);
+            }
+            return;
+        }
+        if d.is_empty() && !renewal_due(lease.as_ref(), node.id, now) {
+            return;
+        }
+        let (upserts, deletes) = (d.upserts.len(), d.deletes.len());
+        let sync = KubeSync {
+            cluster: cluster.to_string(),
+            node: node.id,
+            now,
+            lease_secs: LEASE.as_secs(),
+            upserts: d
+                .upserts
+                .into_iter()
+                .map(|(k, json)| {
+                    let value = StoredConfig {
+                        json,
+                        vip_hosts: vec![],
+                    };
+                    (k, value)
+                })
+                .collect(),
+            deletes: d.deletes,
+        };
+        match node.write(Command::SyncKubernetes(Box::new(sync))).await {
+            Ok((index, _)) => {
+                self.written = index;
+                if self.standing_by.take().is_some() || lease.is_none_or(|l| l.holder != node.id) {
+                    tracing::info!(%cluster, "this node writes the cluster's Kubernetes discovery");
+                }
+                if self.failing {
+                    tracing::info!("Kubernetes discovery writes again");
+                    self.failing = false;
+                }
+                if upserts + deletes > 0 {
+                    tracing::info!(
+                        upserts,
+                        deletes,
+                        index,
+                        "Kubernetes discovery wrote its changes"
+                    );
+                }
+            }
+            Err(NodeError::Refused(why)) => {
+                tracing::info!(%why, "Kubernetes discovery's write refused");
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!(error = %e.message(), "Kubernetes discovery cannot write; the stored records stay until it can");
+                }
+                self.failing = true;
+            }
+        }
+    }
+}
+
+/// How long a batch waits for this node's replica to apply its last write.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// Whether `done` holds within `limit`, asked every 10 ms.
+async fn caught_up_within(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// Whether the lease must be renewed at `now` by node `me` (with no
+/// changes to write): it is not `me`'s, or a third of it has passed.
+fn renewal_due(lease: Option<&KubeLease>, me: u64, now: u64) -> bool {
+    lease.is_none_or(|l| l.holder != me || l.expires <= now + LEASE.as_secs() * 2 / 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_is_renewed_after_a_third_of_it() {
+        let lease = |holder, expires| KubeLease {
+            holder,
+            expires,
+            changes: 0,
+        };
+        assert!(renewal_due(None, 1, 100));
+        assert!(!renewal_due(Some(&lease(1, 115)), 1, 100));
+        assert!(!renewal_due(Some(&lease(1, 115)), 1, 104));
+        assert!(renewal_due(Some(&lease(1, 115)), 1, 105));
+        // Expired, another's: due (the write takes it over).
+        assert!(renewal_due(Some(&lease(2, 90)), 1, 100));
+    }
+}
