@@ -149,7 +149,7 @@ struct NodeFlags {
     webhook_listen: std::net::SocketAddr,
     /// With --kubernetes: the image of the containers injected into pods
     /// (the agent, and the init container that installs capture).
-    #[arg(long, env = "TRELLIS_AGENT_IMAGE", default_value = concat!("trellis/agent:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "TRELLIS_AGENT_IMAGE", default_value = concat!("trellis/trellis-agent:", env!("CARGO_PKG_VERSION")))]
     agent_image: String,
 }
 

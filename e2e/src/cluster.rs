@@ -125,6 +125,15 @@ impl Cluster {
             ]);
         }
         a.extend(self.node_flags.iter().cloned());
+        // A node in a Kubernetes cluster serves the admission webhooks, on
+        // 0.0.0.0:15017 unless told: one port of its own each here.
+        let flag = |f: &str| self.node_flags.iter().any(|a| a == f);
+        if flag("--kubernetes") && !flag("--webhook-listen") {
+            a.extend([
+                "--webhook-listen".into(),
+                format!("127.0.0.1:{}", free_port()),
+            ]);
+        }
         a
     }
 

@@ -108,7 +108,11 @@ fn chrooted(root: &Path, args: &[&str], input: &str) -> anyhow::Result<String> {
         .stderr(Stdio::piped())
         .spawn()
         .context("unshare")?;
-    child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(

@@ -133,7 +133,7 @@ async fn a_pod_in_a_labelled_namespace_gets_capture_and_the_agent() -> anyhow::R
     let init = &stored["spec"]["initContainers"][0];
     assert_eq!(
         init["image"],
-        format!("trellis/agent:{}", env!("CARGO_PKG_VERSION"))
+        format!("trellis/trellis-agent:{}", env!("CARGO_PKG_VERSION"))
     );
     assert_eq!(init["args"], serde_json::json!(["--install-capture"]));
     let token = &stored["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"];

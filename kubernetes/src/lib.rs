@@ -11,6 +11,6 @@
 
 pub mod client;
 pub mod crd;
+pub mod discovery;
 pub mod tokenreview;
 pub mod webhook;
-pub mod discovery;

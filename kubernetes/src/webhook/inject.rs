@@ -16,6 +16,8 @@ use k8s_openapi::api::core::v1::{
 };
 use serde_json::{json, Value};
 
+use crate::discovery::view::TLS_MODE_LABEL;
+
 /// The init container that installs capture.
 pub const CAPTURE_CONTAINER: &str = "trellis-capture";
 /// The agent's container.
@@ -122,6 +124,15 @@ impl Injection {
         if !self.native_sidecar {
             ops.push(add("/spec/containers/-", agent));
         }
+        // Reached over mTLS: discovery tells injected pods by this label,
+        // as Istio's registry does.
+        match &pod.metadata.labels {
+            Some(l) if !l.is_empty() => ops.push(add(
+                &format!("/metadata/labels/{}", TLS_MODE_LABEL.replace('/', "~1")),
+                json!("istio"),
+            )),
+            _ => ops.push(add("/metadata/labels", json!({TLS_MODE_LABEL: "istio"}))),
+        }
         let volume = to_value(token_volume());
         match spec.volumes {
             Some(v) if !v.is_empty() => ops.push(add("/spec/volumes/-", volume)),
@@ -177,7 +188,7 @@ impl Injection {
                 from("TRELLIS_NAME", "metadata.name"),
                 from("TRELLIS_POD_NAMESPACE", "metadata.namespace"),
                 from("TRELLIS_SERVICE_ACCOUNT", "spec.serviceAccountName"),
-                env("TRELLIS_CA_TOKEN_FILE", TOKEN_PATH),
+                env("TRELLIS_KUBE_TOKEN_FILE", TOKEN_PATH),
             ]),
             volume_mounts: Some(vec![VolumeMount {
                 name: TOKEN_VOLUME.into(),
@@ -279,6 +290,15 @@ mod tests {
         assert_eq!(names(&out, "containers"), ["app", AGENT_CONTAINER]);
         let agent = &out["spec"]["containers"][1];
         assert!(agent.get("restartPolicy").is_none(), "{agent}");
+        // Discovery reaches it over mTLS; the agent proves its identity
+        // with the projected token.
+        assert_eq!(out["metadata"]["labels"][TLS_MODE_LABEL], "istio");
+        let env = agent["env"].as_array().expect("env");
+        assert!(
+            env.iter()
+                .any(|e| e["name"] == "TRELLIS_KUBE_TOKEN_FILE" && e["value"] == TOKEN_PATH),
+            "{agent}"
+        );
         let init = &out["spec"]["initContainers"][0];
         assert_eq!(init["args"], json!(["--install-capture"]));
         assert_eq!(
