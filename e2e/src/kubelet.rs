@@ -451,10 +451,10 @@ impl Syncer {
             std::fs::create_dir_all(&vdir)?;
             if let Some(s) = &v.secret {
                 let name = s.secret_name.clone().unwrap_or_default();
-                self.secret_files(ns, &name, s.items.as_deref(), &vdir)
+                self.key_files(Keys::Secret, ns, &name, s.items.as_deref(), &vdir)
                     .await?;
             } else if let Some(c) = &v.config_map {
-                self.config_map_files(ns, &c.name, c.items.as_deref(), &vdir)
+                self.key_files(Keys::ConfigMap, ns, &c.name, c.items.as_deref(), &vdir)
                     .await?;
             } else if let Some(projected) = &v.projected {
                 for source in projected.sources.iter().flatten() {
@@ -464,10 +464,10 @@ impl Syncer {
                             .await?;
                         write_file(&vdir, &t.path, token.as_bytes())?;
                     } else if let Some(s) = &source.secret {
-                        self.secret_files(ns, &s.name, s.items.as_deref(), &vdir)
+                        self.key_files(Keys::Secret, ns, &s.name, s.items.as_deref(), &vdir)
                             .await?;
                     } else if let Some(c) = &source.config_map {
-                        self.config_map_files(ns, &c.name, c.items.as_deref(), &vdir)
+                        self.key_files(Keys::ConfigMap, ns, &c.name, c.items.as_deref(), &vdir)
                             .await?;
                     }
                 }
@@ -479,36 +479,47 @@ impl Syncer {
         Ok(mounts)
     }
 
-    async fn secret_files(
+    /// A Secret's or ConfigMap's keys as files in `dir` (or only
+    /// `items`', at their paths).
+    async fn key_files(
         &self,
+        kind: Keys,
         ns: &str,
         name: &str,
         items: Option<&[KeyToPath]>,
         dir: &Path,
     ) -> anyhow::Result<()> {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
-            .get(name)
-            .await
-            .with_context(|| format!("Secret {ns}/{name}"))?;
-        let data = secret.data.unwrap_or_default();
-        let data = data.into_iter().map(|(k, v)| (k, v.0)).collect();
-        write_keys(dir, &data, items)
+        write_keys(dir, &self.keys(kind, ns, name).await?, items)
     }
 
-    async fn config_map_files(
+    /// The data of Secret or ConfigMap `ns/name`.
+    async fn keys(
         &self,
+        kind: Keys,
         ns: &str,
         name: &str,
-        items: Option<&[KeyToPath]>,
-        dir: &Path,
-    ) -> anyhow::Result<()> {
-        let map = Api::<ConfigMap>::namespaced(self.client.clone(), ns)
-            .get(name)
-            .await
-            .with_context(|| format!("ConfigMap {ns}/{name}"))?;
-        let data = map.data.unwrap_or_default();
-        let data = data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-        write_keys(dir, &data, items)
+    ) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+        let c = self.client.clone();
+        let data = match kind {
+            Keys::Secret => Api::<Secret>::namespaced(c, ns).get(name).await.map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect()
+            }),
+            Keys::ConfigMap => Api::<ConfigMap>::namespaced(c, ns)
+                .get(name)
+                .await
+                .map(|m| {
+                    m.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .collect()
+                }),
+        };
+        data.with_context(|| format!("{kind:?} {ns}/{name}"))
     }
 
     async fn token(
@@ -544,28 +555,11 @@ impl Syncer {
     }
 
     /// The value of a `secretKeyRef` or `configMapKeyRef`.
-    async fn key_ref(&self, ns: &str, kind: &str, name: &str, key: &str) -> anyhow::Result<String> {
-        let data: BTreeMap<String, Vec<u8>> = match kind {
-            "Secret" => Api::<Secret>::namespaced(self.client.clone(), ns)
-                .get(name)
-                .await?
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect(),
-            _ => Api::<ConfigMap>::namespaced(self.client.clone(), ns)
-                .get(name)
-                .await?
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
-                .collect(),
-        };
+    async fn key_ref(&self, kind: Keys, ns: &str, name: &str, key: &str) -> anyhow::Result<String> {
+        let data = self.keys(kind, ns, name).await?;
         let value = data
             .get(key)
-            .with_context(|| format!("{kind} {ns}/{name} has no key {key}"))?;
+            .with_context(|| format!("{kind:?} {ns}/{name} has no key {key}"))?;
         Ok(String::from_utf8_lossy(value).into_owned())
     }
 
@@ -631,10 +625,10 @@ impl Syncer {
                             other => bail!("env {} from {other:?}: not supported here", e.name),
                         }
                     } else if let Some(s) = &from.secret_key_ref {
-                        self.key_ref(pod.namespace, "Secret", &s.name, &s.key)
+                        self.key_ref(Keys::Secret, pod.namespace, &s.name, &s.key)
                             .await?
                     } else if let Some(m) = &from.config_map_key_ref {
-                        self.key_ref(pod.namespace, "ConfigMap", &m.name, &m.key)
+                        self.key_ref(Keys::ConfigMap, pod.namespace, &m.name, &m.key)
                             .await?
                     } else {
                         bail!(
@@ -741,6 +735,13 @@ impl Syncer {
         }
         Ok(())
     }
+}
+
+/// Where keys come from: a Secret or a ConfigMap.
+#[derive(Clone, Copy, Debug)]
+enum Keys {
+    Secret,
+    ConfigMap,
 }
 
 /// What a container's environment and mounts come from.

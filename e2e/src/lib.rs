@@ -79,3 +79,18 @@ where
 {
     Ok(trellis_testing::wait_for(timeout, what, f).await?)
 }
+
+/// Gives an agent's `cmd` its listeners on `ip`, at Istio's ports:
+/// inbound 15006, outbound 15001, admin 15000, metrics 15020, DNS 15053
+/// (a test that runs several agents gives each an address of its own).
+pub fn agent_listeners(cmd: &mut std::process::Command, ip: &str) {
+    for (flag, port) in [
+        ("--inbound", 15006),
+        ("--outbound", 15001),
+        ("--admin", 15000),
+        ("--metrics", 15020),
+        ("--dns", 15053),
+    ] {
+        cmd.args([flag, &format!("{ip}:{port}")]);
+    }
+}

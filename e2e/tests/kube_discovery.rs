@@ -170,15 +170,7 @@ fn client_agent(dir: &Path, ip: &str, token: &str) -> anyhow::Result<Proc> {
     let data = dir.join("client");
     let mut cmd = Command::new(bin("trellis-agent"));
     cmd.args(["--token", token, "--data-dir", &data.display().to_string()]);
-    for (flag, port) in [
-        ("--inbound", 15006),
-        ("--outbound", 15001),
-        ("--admin", 15000),
-        ("--metrics", 15020),
-        ("--dns", 15053),
-    ] {
-        cmd.args([flag, &format!("{ip}:{port}")]);
-    }
+    trellis_e2e::agent_listeners(&mut cmd, ip);
     cmd.args([
         "--app-host",
         ip,

@@ -149,15 +149,7 @@ impl Fixture {
             .args(["--control-plane", &self.cp.nodes[0].addr])
             .arg("--data-dir")
             .arg(&data);
-        for (flag, port) in [
-            ("--inbound", 15006),
-            ("--outbound", 15001),
-            ("--admin", 15000),
-            ("--metrics", 15020),
-            ("--dns", 15053),
-        ] {
-            cmd.args([flag, &format!("{ip}:{port}")]);
-        }
+        trellis_e2e::agent_listeners(&mut cmd, &ip);
         cmd.args(["--app-host", &ip, "--address", &ip]);
         let proc_ = Proc::spawn(name, &mut cmd, &dir.join("agent.log"))?;
         Ok(Agent { proc_, data })

@@ -54,15 +54,7 @@ async fn the_agent_tells_systemd_ready_after_its_first_config_feeds_the_watchdog
     let data = cp.root.path().join("agent-data");
     let mut cmd = Command::new(bin("trellis-agent"));
     cmd.args(["--token", &token, "--data-dir", &data.display().to_string()]);
-    for (flag, port) in [
-        ("--inbound", 15006),
-        ("--outbound", 15001),
-        ("--admin", 15000),
-        ("--metrics", 15020),
-        ("--dns", 15053),
-    ] {
-        cmd.args([flag, &format!("{ip}:{port}")]);
-    }
+    trellis_e2e::agent_listeners(&mut cmd, &ip);
     cmd.args(["--app-host", &ip, "--address", &ip]);
     // systemd's variables, as a unit with WatchdogSec=1 would set them.
     cmd.env("NOTIFY_SOCKET", &systemd.path)

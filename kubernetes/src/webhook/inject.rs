@@ -149,15 +149,7 @@ impl Injection {
             image: Some(self.agent_image.clone()),
             args: Some(vec!["--install-capture".into()]),
             env: Some(vec![env("TRELLIS_CAPTURE", "iptables")]),
-            security_context: Some(SecurityContext {
-                run_as_user: Some(0),
-                run_as_non_root: Some(false),
-                capabilities: Some(Capabilities {
-                    add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
-                    drop: Some(vec!["ALL".into()]),
-                }),
-                ..Default::default()
-            }),
+            security_context: Some(root_with_net_admin()),
             ..Default::default()
         }
     }
@@ -196,17 +188,23 @@ impl Injection {
                 read_only: Some(true),
                 ..Default::default()
             }]),
-            security_context: Some(SecurityContext {
-                run_as_user: Some(0),
-                run_as_non_root: Some(false),
-                capabilities: Some(Capabilities {
-                    add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
-                    drop: Some(vec!["ALL".into()]),
-                }),
-                ..Default::default()
-            }),
+            security_context: Some(root_with_net_admin()),
             ..Default::default()
         }
+    }
+}
+
+/// Root with NET_ADMIN and NET_RAW and nothing else: capture's rules, and
+/// the agent's marked sockets.
+fn root_with_net_admin() -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(0),
+        run_as_non_root: Some(false),
+        capabilities: Some(Capabilities {
+            add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+            drop: Some(vec!["ALL".into()]),
+        }),
+        ..Default::default()
     }
 }
 
