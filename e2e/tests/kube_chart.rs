@@ -126,6 +126,11 @@ fn helm_lints_and_renders_the_chart_with_the_binaries_real_flags() -> anyhow::Re
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
+    // The chart's appVersion is the workspace's version.
+    let agent_image = format!(
+        "--agent-image=trellis/trellis-agent:{}",
+        env!("CARGO_PKG_VERSION")
+    );
     assert_eq!(
         args,
         [
@@ -135,6 +140,7 @@ fn helm_lints_and_renders_the_chart_with_the_binaries_real_flags() -> anyhow::Re
             "--kubernetes=in-cluster",
             "--data-dir=/var/lib/trellis/controlplane",
             "--listen=0.0.0.0:15012",
+            agent_image.as_str(),
             "--advertise=$(POD_IP):15012",
         ]
     );
