@@ -139,14 +139,7 @@ pub fn parse(text: &str) -> anyhow::Result<Topology> {
 /// Names of clusters, networks and zones: DNS labels (kind and Docker
 /// name things after them).
 fn check_name(field: &str, name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 40
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if !ok {
+    if name.len() > 40 || !trellis_api::config::is_dns1123_label(name) {
         bail!("{field}: {name:?} is not a DNS label (a-z, 0-9, '-', at most 40)");
     }
     Ok(())

@@ -28,21 +28,13 @@ pub fn unavailable() -> Option<&'static str> {
     if let Some(why) = crate::netns::unavailable() {
         return Some(why);
     }
-    if !on_path("etcd") {
+    if !crate::on_path("etcd") {
         return Some("no etcd (Debian package etcd-server)");
     }
-    if !on_path("openssl") {
+    if !crate::on_path("openssl") {
         return Some("no openssl");
     }
     None
-}
-
-fn on_path(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// The directory holding `kube-apiserver` and `kube-controller-manager`,

@@ -94,3 +94,12 @@ pub fn agent_listeners(cmd: &mut std::process::Command, ip: &str) {
         cmd.args([flag, &format!("{ip}:{port}")]);
     }
 }
+
+/// Whether `program` is on PATH (`command -v`).
+pub fn on_path(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

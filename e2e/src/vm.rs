@@ -38,12 +38,8 @@ pub fn unavailable() -> Option<&'static str> {
     if let Some(why) = crate::netns::unavailable() {
         return Some(why);
     }
-    let found = Command::new("sh")
-        .args(["-c", "command -v systemd-nspawn"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    (!found).then_some("no systemd-nspawn (Debian package systemd-container)")
+    (!crate::on_path("systemd-nspawn"))
+        .then_some("no systemd-nspawn (Debian package systemd-container)")
 }
 
 /// The cached root filesystem, made first if missing (debootstrap from the

@@ -189,12 +189,7 @@ fn the_images_build_from_scratch_with_docker_and_run() -> anyhow::Result<()> {
         eprintln!("skipping: dockerd needs root");
         return Ok(());
     }
-    if Command::new("sh")
-        .args(["-c", "command -v dockerd"])
-        .stdout(Stdio::null())
-        .status()
-        .map_or(true, |s| !s.success())
-    {
+    if !trellis_e2e::on_path("dockerd") {
         eprintln!("skipping: no dockerd (Debian package docker.io)");
         return Ok(());
     }
