@@ -7,7 +7,8 @@
 //! its own address; its init containers run in order, each to a
 //! successful end, then its containers start. An image is a program of
 //! this machine ([`Images`]); the container's `command` (its program
-//! replaced by the image's) and `args` are run with its `env` (literal
+//! replaced by the image's) and `args` (`$(VAR)` expanded from the
+//! container's `env`) are run with its `env` (literal
 //! values; the downward API's `metadata.name`, `metadata.namespace`,
 //! `spec.serviceAccountName`, `spec.nodeName`, `status.podIP`; keys of
 //! Secrets and ConfigMaps; `KUBERNETES_SERVICE_HOST|PORT`), and its
@@ -575,11 +576,18 @@ impl Syncer {
             .images
             .get(image_name)
             .with_context(|| format!("no program for image {image} (container {})", c.name))?;
+        let env = self.container_env(c, pod).await?;
         // The command's program is the image's (a path inside the image
-        // means nothing here).
+        // means nothing here); `$(VAR)` in the rest is the variable's value.
         let argv: Vec<String> = std::iter::once(program.display().to_string())
-            .chain(c.command.iter().flatten().skip(1).cloned())
-            .chain(c.args.iter().flatten().cloned())
+            .chain(
+                c.command
+                    .iter()
+                    .flatten()
+                    .skip(1)
+                    .chain(c.args.iter().flatten())
+                    .map(|a| expand(a, &env)),
+            )
             .collect();
         // Bind-mount the volumes in a mount namespace of the container's
         // own (`ip netns exec` makes one), then exec it.
@@ -611,6 +619,21 @@ impl Syncer {
         let (api_ip, _) = self.api;
         cmd.env("KUBERNETES_SERVICE_HOST", api_ip.to_string())
             .env("KUBERNETES_SERVICE_PORT", "443");
+        cmd.envs(env);
+        Proc::spawn(
+            &format!("{}/{} {}", pod.namespace, pod.name, c.name),
+            &mut cmd,
+            &pod.dir.join(format!("{}.log", c.name)),
+        )
+    }
+
+    /// A container's environment, in its order.
+    async fn container_env(
+        &self,
+        c: &Container,
+        pod: &PodContext<'_>,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let mut env = Vec::new();
         for e in c.env.iter().flatten() {
             let value = match (&e.value, &e.value_from) {
                 (Some(v), _) => v.clone(),
@@ -639,13 +662,9 @@ impl Syncer {
                 }
                 (None, None) => String::new(),
             };
-            cmd.env(&e.name, value);
+            env.push((e.name.clone(), value));
         }
-        Proc::spawn(
-            &format!("{}/{} {}", pod.namespace, pod.name, c.name),
-            &mut cmd,
-            &pod.dir.join(format!("{}.log", c.name)),
-        )
+        Ok(env)
     }
 
     /// Writes the pod's state in its status when it changes.
@@ -753,6 +772,33 @@ struct PodContext<'a> {
     ip: Ipv4Addr,
     mounts: &'a HashMap<String, PathBuf>,
     dir: &'a Path,
+}
+
+/// `arg` with each `$(NAME)` of a variable in `env` replaced by its value,
+/// as the kubelet does: `$$` is a `$`, a reference to an unknown
+/// variable stays as it is.
+fn expand(arg: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = arg;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|r| r.split_once(')')) {
+            match env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The port a container's readiness probe connects to.
@@ -1038,5 +1084,24 @@ async fn wait_exit(proc: &mut Proc, timeout: Duration) -> anyhow::Result<std::pr
             bail!("still running after {timeout:?}: {}", proc.output());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    #[test]
+    fn args_expand_variables_as_the_kubelet_does() {
+        let env = vec![
+            ("POD_IP".to_string(), "10.1.2.3".to_string()),
+            ("EMPTY".to_string(), String::new()),
+        ];
+        assert_eq!(
+            expand("--advertise=$(POD_IP):15012", &env),
+            "--advertise=10.1.2.3:15012"
+        );
+        assert_eq!(expand("$(EMPTY)x$(NOPE)", &env), "x$(NOPE)");
+        assert_eq!(expand("$$(POD_IP) $5 $(", &env), "$(POD_IP) $5 $(");
     }
 }

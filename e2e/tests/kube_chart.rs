@@ -2,18 +2,23 @@
 //! own engine (PyPI's `helm-python-sdk`, Helm v4 as a library: this
 //! machine has no `helm` binary), its values checked by
 //! `values.schema.json`, and what it renders created on a real
-//! `kube-apiserver` v1.20 (e2e/src/kube.rs). There is no kubelet: nothing
-//! the chart runs starts here, but every object is created, the RBAC is
-//! the API server's, and the webhooks are called by the API server.
+//! `kube-apiserver` v1.20 (e2e/src/kube.rs): every object is created, the
+//! RBAC is the API server's, and the webhooks are called by the API
+//! server. And the chart's pods run under the tests' kubelet
+//! (e2e/src/kubelet.rs): the control-plane node joins the mesh and serves
+//! the webhooks, the east-west gateway joins.
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{json, Value};
 use trellis_e2e::kube::{unavailable, KubeCluster, Options};
+use trellis_e2e::kubelet::{Images, Kubelet, NodeSpec};
+use trellis_e2e::netns::Net;
 use trellis_e2e::third_party::{python, python_has};
-use trellis_e2e::{bin, wait_for_blocking};
+use trellis_e2e::{bin, wait_for, wait_for_blocking, Cluster};
 
 /// Lints, checks and renders the chart at `argv[1]` with the values (JSON)
 /// `argv[2]`, as `helm install trellis -n trellis-system` would; writes
@@ -509,5 +514,232 @@ fn istio_resources_apply_and_read_back_once_the_charts_crds_are_in() -> anyhow::
         .unwrap_err()
         .to_string();
     assert!(err.contains("spec.http[0].route[1].weight"), "{err}");
+    Ok(())
+}
+
+/// The chart installed as `helm install` would, and its pods run: by the
+/// real controller manager (StatefulSet, Deployment, ReplicaSet,
+/// EndpointSlice and service-account token controllers) and the tests'
+/// kubelet (e2e/src/kubelet.rs), which runs each image as the binary of
+/// this build. The control-plane node joins the mesh as cluster `east`
+/// with the token from the chart's Secret, finds its API server in-cluster,
+/// discovers its own Services, patches the webhooks' caBundle and answers
+/// the API server's webhook calls; the east-west gateway joins with its
+/// token and is listed healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_pods_join_the_mesh_and_answer_its_webhooks() -> anyhow::Result<()> {
+    let Some(why) = unavailable()
+        .or_else(trellis_e2e::netns::unavailable)
+        .or((!helm_available()).then_some("helm-python-sdk is not installed"))
+    else {
+        return run_the_charts_pods().await;
+    };
+    eprintln!("skipping: {why}");
+    Ok(())
+}
+
+async fn run_the_charts_pods() -> anyhow::Result<()> {
+    let net = Arc::new(Mutex::new(Net::new("chartpods")?));
+    let on_net = net.lock().unwrap().gateway();
+    // The mesh's first cluster: a node of the machine, on the pods' network.
+    let mut cp = Cluster::new(&[])?;
+    cp.host = on_net.to_string();
+    cp.spawn_init()?;
+    cp.wait_ready(1).await?;
+    cp.wait_writable(1).await?;
+    let token = cp.token(&[
+        "--kind",
+        "cluster",
+        "--cluster",
+        "east",
+        "--network",
+        "net-east",
+    ])?;
+    let gateway_token = cp.token(&["--kind", "gateway", "--network", "net-east"])?;
+
+    let cluster = KubeCluster::start(
+        "chartpods",
+        Options {
+            controller_manager: true,
+            ..Options::default()
+        },
+    )?;
+    let images = Images::from(
+        [
+            ("trellis/trellis-controlplane", "trellis-controlplane"),
+            ("trellis/trellis-eastwest", "trellis-eastwest"),
+            ("trellis/trellis-agent", "trellis-agent"),
+        ]
+        .map(|(image, program)| (image.to_string(), bin(program))),
+    );
+    let node = NodeSpec {
+        name: "east-a".into(),
+        region: "eu".into(),
+        zone: "eu-a".into(),
+        subzone: String::new(),
+        schedules: true,
+    };
+    let kubelet = Kubelet::start(&cluster, node, net.clone(), images).await?;
+
+    let dir = tempfile::tempdir()?;
+    let values = json!({
+        "cluster": {"name": "east", "network": "net-east"},
+        "join": {"token": token, "gatewayToken": gateway_token},
+        "controlplane": {"locality": "eu/eu-a"},
+        "eastwestGateway": {"advertise": [format!("{on_net}:31443")], "service": {"type": "NodePort"}},
+    });
+    let r = render(dir.path(), &values)?.map_err(anyhow::Error::msg)?;
+    cluster.kubectl(&["create", "namespace", "trellis-system"])?;
+    cluster.kubectl(&["create", "-f", r.crds.to_str().unwrap()])?;
+    wait_established(&cluster)?;
+    cluster.kubectl(&["apply", "-f", r.templates.to_str().unwrap()])?;
+
+    let pod_log = |name: &str, container: &str| {
+        kubelet
+            .log("trellis-system", name, container)
+            .unwrap_or_default()
+    };
+    // The StatefulSet's pod joins: `trellis cluster list` shows east's
+    // learner at the pod's address, and its gateway.
+    let east = wait_for(
+        Duration::from_secs(90),
+        "cluster east listed with its node and a healthy gateway",
+        || async {
+            let out = cp.cli(&["cluster", "list", "-o", "json"]).ok()?;
+            let all: Vec<Value> = serde_json::from_str(&out).ok()?;
+            all.into_iter().find(|c| {
+                c["name"] == "east"
+                    && c["nodes"][0]["role"] == "learner"
+                    && c["gateways"][0]["healthy"] == true
+            })
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "controlplane log:\n{}\ngateway log:\n{}",
+            pod_log("trellis-controlplane-0", "controlplane"),
+            cluster
+                .kubectl(&[
+                    "get",
+                    "pods",
+                    "-n",
+                    "trellis-system",
+                    "-l",
+                    "app.kubernetes.io/name=trellis-eastwest",
+                    "-o",
+                    "jsonpath={.items[0].metadata.name}",
+                ])
+                .map(|gateway| pod_log(&gateway, "eastwest"))
+                .unwrap_or_default()
+        )
+    })?;
+    let pod_ip = kubelet
+        .pod_ip("trellis-system", "trellis-controlplane-0")
+        .context("the control plane's pod runs here")?;
+    assert_eq!(east["network"], "net-east", "{east}");
+    assert_eq!(east["nodes"][0]["locality"], "eu/eu-a", "{east}");
+    assert_eq!(
+        east["nodes"][0]["address"],
+        format!("{pod_ip}:15012"),
+        "the pod's IP, from $(POD_IP): {east}"
+    );
+    assert_eq!(
+        east["gateways"][0]["addresses"][0],
+        format!("{on_net}:31443"),
+        "{east}"
+    );
+
+    // In-cluster discovery: the node's own Service is a service of the
+    // mesh, from cluster east.
+    let host = "trellis-controlplane.trellis-system.svc.cluster.local";
+    wait_for(
+        Duration::from_secs(30),
+        "east's Services discovered",
+        || async {
+            let out = cp
+                .cli(&["get", "serviceentries", "-A", "-o", "json"])
+                .ok()?;
+            out.contains(host).then_some(())
+        },
+    )
+    .await
+    .with_context(|| pod_log("trellis-controlplane-0", "controlplane"))?;
+
+    // The node patched the webhooks' caBundle, and the API server calls
+    // them: a pod of an injected namespace gets the sidecar (a server-side
+    // dry run: mutated, not kept) ...
+    for webhook in [
+        "mutatingwebhookconfiguration/trellis-sidecar-injector",
+        "validatingwebhookconfiguration/trellis-validator",
+    ] {
+        wait_for_blocking(Duration::from_secs(30), "the caBundle patched", || {
+            let b = cluster
+                .kubectl(&[
+                    "get",
+                    webhook,
+                    "-o",
+                    "jsonpath={.webhooks[0].clientConfig.caBundle}",
+                ])
+                .ok()?;
+            (!b.is_empty()).then_some(())
+        })?;
+    }
+    cluster.kubectl(&["create", "namespace", "shop"])?;
+    cluster.kubectl(&["label", "namespace", "shop", "istio-injection=enabled"])?;
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "app", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "app"}]},
+    })
+    .to_string();
+    let mutated = wait_for_blocking(Duration::from_secs(30), "the injector answering", || {
+        cluster
+            .kubectl_stdin(
+                &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+                Some(&pod),
+            )
+            .ok()
+    })?;
+    let mutated: Value = serde_json::from_str(&mutated)?;
+    let names = |field: &str| -> Vec<String> {
+        mutated["spec"][field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(names("initContainers"), ["trellis-capture"], "{mutated}");
+    assert!(
+        names("containers").contains(&"trellis-agent".to_string()),
+        "{mutated}"
+    );
+    let agent_image = mutated["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "trellis-agent")
+        .map(|c| c["image"].as_str().unwrap_or_default().to_string());
+    assert_eq!(
+        agent_image.as_deref(),
+        Some(format!("trellis/trellis-agent:{}", env!("CARGO_PKG_VERSION")).as_str()),
+        "the chart's images.agent, passed as --agent-image"
+    );
+    // ... and an invalid VirtualService is refused with its field path.
+    let bad = REVIEWS
+        .split("---")
+        .next()
+        .unwrap()
+        .replace("weight: 25", "weight: 35");
+    let err = cluster
+        .kubectl_stdin(&["apply", "-f", "-"], Some(&bad))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("denied the request") && err.contains("weight"),
+        "{err}"
+    );
+    drop(kubelet);
     Ok(())
 }
