@@ -35,8 +35,10 @@ spec:
 mod bins;
 mod cluster;
 pub mod cut;
+pub mod helm;
 pub mod kind;
 pub mod kube;
+pub mod kube_mesh;
 pub mod kube_webhook;
 pub mod kubelet;
 pub mod loopback;

@@ -7,49 +7,18 @@
 //! server. And the chart's pods run under the tests' kubelet
 //! (e2e/src/kubelet.rs): the control-plane node joins the mesh and serves
 //! the webhooks, the east-west gateway joins.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{json, Value};
+use trellis_e2e::helm;
 use trellis_e2e::kube::{unavailable, KubeCluster, Options};
-use trellis_e2e::kubelet::{Images, Kubelet, NodeSpec};
-use trellis_e2e::netns::Net;
-use trellis_e2e::third_party::{python, python_has};
-use trellis_e2e::{bin, wait_for, wait_for_blocking, Cluster};
-
-/// Lints, checks and renders the chart at `argv[1]` with the values (JSON)
-/// `argv[2]`, as `helm install trellis -n trellis-system` would; writes
-/// the templates to `argv[3]/templates.yaml` (NOTES.txt to `NOTES.txt`)
-/// and the CRDs to `crds.yaml`; prints the lint messages that are
-/// warnings or errors, as JSON. With the values refused it prints
-/// `refused: MESSAGE` instead.
-const RENDER_PY: &str = r#"
-import json, os, sys
-import helm_python as helm
-
-chart_dir, values, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-chart = helm.Chart.load(chart_dir)
-try:
-    chart.validate_schema(values)
-except helm.HelmValuesError as e:
-    print(f"refused: {e}")
-    sys.exit(0)
-lint = helm.lint(chart_dir, values, strict=True, namespace="trellis-system", kube_version="v1.20.0")
-rendered = chart.render(values, name="trellis", namespace="trellis-system", is_install=True)
-templates = []
-for path in sorted(rendered):
-    if path.endswith("NOTES.txt"):
-        open(os.path.join(out, "NOTES.txt"), "w").write(rendered[path])
-    elif rendered[path].strip():
-        templates.append(rendered[path])
-open(os.path.join(out, "templates.yaml"), "w").write("\n---\n".join(templates))
-open(os.path.join(out, "crds.yaml"), "w").write("\n---\n".join(c["data"] for c in chart.crds))
-problems = [m for m in lint["messages"] if m["severity"] >= 2] + lint["errors"]
-print(json.dumps(problems))
-"#;
+use trellis_e2e::kube_mesh::{Member, MemberSpec, SYSTEM};
+use trellis_e2e::kubelet::{Images, NodeSpec};
+use trellis_e2e::mesh::MeshEnv;
+use trellis_e2e::{bin, wait_for, wait_for_blocking};
 
 /// The values of `helm install ... --set cluster.name=east --set
 /// cluster.network=net-east --set-file join.token=token.txt ...`.
@@ -61,50 +30,6 @@ fn values() -> Value {
     })
 }
 
-fn chart_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../installer/charts/trellis")
-}
-
-/// What the chart renders with `values`, in `dir`.
-struct Rendered {
-    /// The templates' objects.
-    objects: Vec<Value>,
-    templates: PathBuf,
-    crds: PathBuf,
-    notes: String,
-}
-
-/// Renders the chart; `Err` with Helm's message if the values are refused.
-fn render(dir: &Path, values: &Value) -> anyhow::Result<Result<Rendered, String>> {
-    let chart = chart_dir();
-    let printed = python(
-        dir,
-        "render.py",
-        RENDER_PY,
-        &[
-            chart.to_str().unwrap(),
-            &values.to_string(),
-            dir.to_str().unwrap(),
-        ],
-    )?;
-    if let Some(refused) = printed.strip_prefix("refused: ") {
-        return Ok(Err(refused.to_string()));
-    }
-    let problems: Value = serde_json::from_str(&printed).context("render.py's output")?;
-    anyhow::ensure!(problems == json!([]), "helm lint: {problems:#}");
-    let templates = dir.join("templates.yaml");
-    let objects = trellis_api::yaml::documents(&std::fs::read_to_string(&templates)?)
-        .into_iter()
-        .map(|d| d.value.map_err(|e| anyhow::anyhow!("{e}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Ok(Rendered {
-        objects,
-        templates,
-        crds: dir.join("crds.yaml"),
-        notes: std::fs::read_to_string(dir.join("NOTES.txt"))?,
-    }))
-}
-
 fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
     objects
         .iter()
@@ -112,17 +37,13 @@ fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
 }
 
-fn helm_available() -> bool {
-    python_has(&["helm_python"])
-}
-
 #[test]
 fn helm_lints_and_renders_the_chart_with_the_binaries_real_flags() -> anyhow::Result<()> {
-    if !helm_available() {
+    if !helm::available() {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let r = render(dir.path(), &values())?.map_err(anyhow::Error::msg)?;
+    let r = helm::render(dir.path(), &values())?.map_err(anyhow::Error::msg)?;
     let node = object(&r.objects, "StatefulSet", "trellis-controlplane");
     let container = &node["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<&str> = container["args"]
@@ -192,7 +113,7 @@ fn helm_lints_and_renders_the_chart_with_the_binaries_real_flags() -> anyhow::Re
     // A voter mounts the CA key the Secret must then hold.
     let mut voter = values();
     voter["controlplane"] = json!({"role": "voter"});
-    let r = render(dir.path(), &voter)?.map_err(anyhow::Error::msg)?;
+    let r = helm::render(dir.path(), &voter)?.map_err(anyhow::Error::msg)?;
     let node = object(&r.objects, "StatefulSet", "trellis-controlplane");
     let args = &node["spec"]["template"]["spec"]["containers"][0]["args"];
     assert_eq!(args[1], "--voter");
@@ -223,7 +144,7 @@ fn assert_flags_exist(command: &[&str], args: &[&str]) -> anyhow::Result<()> {
 
 #[test]
 fn values_schema_refuses_a_missing_required_value_naming_it() -> anyhow::Result<()> {
-    if !helm_available() {
+    if !helm::available() {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -243,7 +164,7 @@ fn values_schema_refuses_a_missing_required_value_naming_it() -> anyhow::Result<
         (without("/join/token"), "/join/token"),
         (without("/join/gatewayToken"), "/join/gatewayToken"),
     ] {
-        let Err(message) = render(dir.path(), &values)? else {
+        let Err(message) = helm::render(dir.path(), &values)? else {
             panic!("rendered without {refused_at}: {values}");
         };
         assert!(message.contains(refused_at), "{refused_at}: {message}");
@@ -251,14 +172,14 @@ fn values_schema_refuses_a_missing_required_value_naming_it() -> anyhow::Result<
     // A misspelt value is refused too, not ignored.
     let mut misspelt = values();
     misspelt["clustr"] = json!({"name": "west"});
-    let Err(message) = render(dir.path(), &misspelt)? else {
+    let Err(message) = helm::render(dir.path(), &misspelt)? else {
         panic!("rendered with `clustr`");
     };
     assert!(message.contains("clustr"), "{message}");
     // A Secret made beforehand stands in for both tokens.
     let mut v = without("/join/token");
     v["join"] = json!({"existingSecret": "my-tokens"});
-    let r = render(dir.path(), &v)?.map_err(anyhow::Error::msg)?;
+    let r = helm::render(dir.path(), &v)?.map_err(anyhow::Error::msg)?;
     assert!(!r.objects.iter().any(|o| o["kind"] == "Secret"));
     let node = object(&r.objects, "StatefulSet", "trellis-controlplane");
     let env = &node["spec"]["template"]["spec"]["containers"][0]["env"][1];
@@ -268,15 +189,18 @@ fn values_schema_refuses_a_missing_required_value_naming_it() -> anyhow::Result<
 
 /// The API server, the namespace the chart is installed in, and the
 /// rendered chart.
-fn installed_cluster(name: &str, dir: &Path) -> anyhow::Result<Option<(KubeCluster, Rendered)>> {
+fn installed_cluster(
+    name: &str,
+    dir: &Path,
+) -> anyhow::Result<Option<(KubeCluster, helm::Rendered)>> {
     if let Some(why) = unavailable() {
         eprintln!("skipping: {why}");
         return Ok(None);
     }
-    if !helm_available() {
+    if !helm::available() {
         return Ok(None);
     }
-    let rendered = render(dir, &values())?.map_err(anyhow::Error::msg)?;
+    let rendered = helm::render(dir, &values())?.map_err(anyhow::Error::msg)?;
     let cluster = KubeCluster::start(name, Options::default())?;
     cluster.kubectl(&["create", "namespace", "trellis-system"])?;
     Ok(Some((cluster, rendered)))
@@ -290,7 +214,7 @@ fn the_rendered_chart_is_created_on_a_real_api_server() -> anyhow::Result<()> {
     };
     // As `helm install` does: the CRDs first, then the templates.
     cluster.kubectl(&["create", "-f", r.crds.to_str().unwrap()])?;
-    wait_established(&cluster)?;
+    helm::wait_established(&cluster)?;
     let templates = r.templates.to_str().unwrap();
     cluster.kubectl(&["apply", "--dry-run=server", "-f", templates])?;
     // The dry run created nothing.
@@ -424,28 +348,6 @@ spec:
     labels: {version: v3}
 "#;
 
-/// Waits until the API server serves every CRD of the chart (`kubectl
-/// wait` fails on a CRD whose status is not written yet).
-fn wait_established(cluster: &KubeCluster) -> anyhow::Result<()> {
-    let established =
-        r#"{range .items[*]}{.status.conditions[?(@.type=="Established")].status}{"\n"}{end}"#;
-    let kinds = trellis_api::config::Spec::KINDS.len();
-    wait_for_blocking(Duration::from_secs(30), "the CRDs established", || {
-        let out = cluster
-            .kubectl(&[
-                "get",
-                "crd",
-                "-l",
-                "app.kubernetes.io/part-of=trellis",
-                "-o",
-                &format!("jsonpath={established}"),
-            ])
-            .ok()?;
-        (out.lines().filter(|l| *l == "True").count() == kinds).then_some(())
-    })?;
-    Ok(())
-}
-
 #[test]
 fn istio_resources_apply_and_read_back_once_the_charts_crds_are_in() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -454,7 +356,7 @@ fn istio_resources_apply_and_read_back_once_the_charts_crds_are_in() -> anyhow::
     };
     // As `helm install` does with crds/: created, before the templates.
     cluster.kubectl(&["create", "-f", r.crds.to_str().unwrap()])?;
-    wait_established(&cluster)?;
+    helm::wait_established(&cluster)?;
     let names = cluster.kubectl(&[
         "get",
         "crd",
@@ -530,7 +432,7 @@ fn istio_resources_apply_and_read_back_once_the_charts_crds_are_in() -> anyhow::
 async fn the_charts_pods_join_the_mesh_and_answer_its_webhooks() -> anyhow::Result<()> {
     let Some(why) = unavailable()
         .or_else(trellis_e2e::netns::unavailable)
-        .or((!helm_available()).then_some("helm-python-sdk is not installed"))
+        .or((!helm::available()).then_some("helm-python-sdk is not installed"))
     else {
         return run_the_charts_pods().await;
     };
@@ -539,115 +441,51 @@ async fn the_charts_pods_join_the_mesh_and_answer_its_webhooks() -> anyhow::Resu
 }
 
 async fn run_the_charts_pods() -> anyhow::Result<()> {
-    let net = Arc::new(Mutex::new(Net::new("chartpods")?));
-    let on_net = net.lock().unwrap().gateway();
-    // The mesh's first cluster: a node of the machine, on the pods' network.
-    let mut cp = Cluster::new(&[])?;
-    cp.host = on_net.to_string();
-    cp.spawn_init()?;
-    cp.wait_ready(1).await?;
-    cp.wait_writable(1).await?;
-    let token = cp.token(&[
-        "--kind",
-        "cluster",
-        "--cluster",
-        "east",
-        "--network",
-        "net-east",
-    ])?;
-    let gateway_token = cp.token(&["--kind", "gateway", "--network", "net-east"])?;
-
-    let cluster = KubeCluster::start(
-        "chartpods",
-        Options {
-            controller_manager: true,
-            ..Options::default()
-        },
-    )?;
-    let images = Images::from(
-        [
-            ("trellis/trellis-controlplane", "trellis-controlplane"),
-            ("trellis/trellis-eastwest", "trellis-eastwest"),
-            ("trellis/trellis-agent", "trellis-agent"),
-        ]
-        .map(|(image, program)| (image.to_string(), bin(program))),
-    );
-    let node = NodeSpec {
-        name: "east-a".into(),
-        region: "eu".into(),
-        zone: "eu-a".into(),
-        subzone: String::new(),
-        schedules: true,
-    };
-    let kubelet = Kubelet::start(&cluster, node, net.clone(), images).await?;
-
-    let dir = tempfile::tempdir()?;
-    let values = json!({
-        "cluster": {"name": "east", "network": "net-east"},
-        "join": {"token": token, "gatewayToken": gateway_token},
-        "controlplane": {"locality": "eu/eu-a"},
-        "eastwestGateway": {"advertise": [format!("{on_net}:31443")], "service": {"type": "NodePort"}},
-    });
-    let r = render(dir.path(), &values)?.map_err(anyhow::Error::msg)?;
-    cluster.kubectl(&["create", "namespace", "trellis-system"])?;
-    cluster.kubectl(&["create", "-f", r.crds.to_str().unwrap()])?;
-    wait_established(&cluster)?;
-    cluster.kubectl(&["apply", "-f", r.templates.to_str().unwrap()])?;
-
-    let pod_log = |name: &str, container: &str| {
-        kubelet
-            .log("trellis-system", name, container)
-            .unwrap_or_default()
-    };
-    // The StatefulSet's pod joins: `trellis cluster list` shows east's
-    // learner at the pod's address, and its gateway.
-    let east = wait_for(
-        Duration::from_secs(90),
-        "cluster east listed with its node and a healthy gateway",
-        || async {
-            let out = cp.cli(&["cluster", "list", "-o", "json"]).ok()?;
-            let all: Vec<Value> = serde_json::from_str(&out).ok()?;
-            all.into_iter().find(|c| {
-                c["name"] == "east"
-                    && c["nodes"][0]["role"] == "learner"
-                    && c["gateways"][0]["healthy"] == true
-            })
+    // The mesh's first cluster: a node of the machine, on a network of
+    // its own that the pods' network routes to.
+    let vms = MeshEnv::new("chartvms").await?;
+    let cp = &vms.cp;
+    let east = Member::install(
+        cp,
+        MemberSpec {
+            name: "east",
+            network: "net-east",
+            node: NodeSpec {
+                name: "east-a".into(),
+                region: "eu".into(),
+                zone: "eu-a".into(),
+                subzone: String::new(),
+                schedules: true,
+            },
+            service_cidr: "10.97.0.0/16",
+            images: Images::new(),
         },
     )
-    .await
-    .with_context(|| {
-        format!(
-            "controlplane log:\n{}\ngateway log:\n{}",
-            pod_log("trellis-controlplane-0", "controlplane"),
-            cluster
-                .kubectl(&[
-                    "get",
-                    "pods",
-                    "-n",
-                    "trellis-system",
-                    "-l",
-                    "app.kubernetes.io/name=trellis-eastwest",
-                    "-o",
-                    "jsonpath={.items[0].metadata.name}",
-                ])
-                .map(|gateway| pod_log(&gateway, "eastwest"))
-                .unwrap_or_default()
-        )
-    })?;
-    let pod_ip = kubelet
-        .pod_ip("trellis-system", "trellis-controlplane-0")
-        .context("the control plane's pod runs here")?;
-    assert_eq!(east["network"], "net-east", "{east}");
-    assert_eq!(east["nodes"][0]["locality"], "eu/eu-a", "{east}");
+    .await?;
+    let cluster = &east.api;
+    let pod_log = |selector: &str, container: &str| east.system_log(selector, container);
+    let pod_ip = |selector: &str| -> anyhow::Result<std::net::Ipv4Addr> {
+        let pod = east.pod(SYSTEM, selector)?;
+        east.kubelet
+            .pod_ip(SYSTEM, &pod)
+            .with_context(|| format!("{pod} runs here"))
+    };
+    // The StatefulSet's pod joined as east's learner, at the pod's
+    // address; the gateway's pod registered its own.
+    let listed = &east.listed;
+    assert_eq!(listed["network"], "net-east", "{listed}");
+    assert_eq!(listed["nodes"][0]["locality"], "eu/eu-a", "{listed}");
+    let node_ip = pod_ip(CONTROLPLANE)?;
     assert_eq!(
-        east["nodes"][0]["address"],
-        format!("{pod_ip}:15012"),
-        "the pod's IP, from $(POD_IP): {east}"
+        listed["nodes"][0]["address"],
+        format!("{node_ip}:15012"),
+        "the pod's IP, from $(POD_IP): {listed}"
     );
+    let gateway_ip = pod_ip("app.kubernetes.io/name=trellis-eastwest")?;
     assert_eq!(
-        east["gateways"][0]["addresses"][0],
-        format!("{on_net}:31443"),
-        "{east}"
+        listed["gateways"][0]["addresses"][0],
+        format!("{gateway_ip}:15443"),
+        "{listed}"
     );
 
     // In-cluster discovery: the node's own Service is a service of the
@@ -664,7 +502,7 @@ async fn run_the_charts_pods() -> anyhow::Result<()> {
         },
     )
     .await
-    .with_context(|| pod_log("trellis-controlplane-0", "controlplane"))?;
+    .with_context(|| pod_log(CONTROLPLANE, "controlplane"))?;
 
     // The node patched the webhooks' caBundle, and the API server calls
     // them: a pod of an injected namespace gets the sidecar (a server-side
@@ -740,6 +578,8 @@ async fn run_the_charts_pods() -> anyhow::Result<()> {
         err.contains("denied the request") && err.contains("weight"),
         "{err}"
     );
-    drop(kubelet);
     Ok(())
 }
+
+/// The chart's control-plane pods.
+const CONTROLPLANE: &str = "app.kubernetes.io/name=trellis-controlplane";
