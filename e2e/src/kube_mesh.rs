@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::kube::{KubeCluster, Options};
 use crate::kubelet::{Images, Kubelet, NodeSpec};
 use crate::netns::Net;
-use crate::{bin, helm, wait_for, Cluster};
+use crate::{bin, helm, wait_for, wait_for_blocking, Cluster};
 
 /// The namespace the chart is installed in.
 pub const SYSTEM: &str = "trellis-system";
@@ -53,7 +53,8 @@ impl Member {
     /// through `cp` (a cluster token and a gateway token of its network),
     /// installs the chart with them (the gateway advertising its pod's
     /// address) and waits until `trellis cluster list` shows its
-    /// control-plane node and a healthy gateway.
+    /// control-plane node and a healthy gateway, and the node has patched
+    /// the webhooks' caBundle.
     pub async fn install(cp: &Cluster, spec: MemberSpec<'_>) -> anyhow::Result<Member> {
         let token = cp.token(&[
             "--kind",
@@ -132,6 +133,25 @@ impl Member {
                 member.system_log("app.kubernetes.io/name=trellis-eastwest", "eastwest"),
             )
         })?;
+        // The node patches the webhooks' caBundle once it serves them;
+        // until then the API server cannot call them.
+        for webhook in [
+            "mutatingwebhookconfiguration/trellis-sidecar-injector",
+            "validatingwebhookconfiguration/trellis-validator",
+        ] {
+            wait_for_blocking(Duration::from_secs(30), "the caBundle patched", || {
+                let b = member
+                    .api
+                    .kubectl(&[
+                        "get",
+                        webhook,
+                        "-o",
+                        "jsonpath={.webhooks[0].clientConfig.caBundle}",
+                    ])
+                    .ok()?;
+                (!b.is_empty()).then_some(())
+            })?;
+        }
         Ok(member)
     }
 

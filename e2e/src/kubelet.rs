@@ -180,6 +180,13 @@ impl Kubelet {
         })
     }
 
+    /// The network namespace of pod `namespace/name`, to run commands in
+    /// as `kubectl exec` would (in the pod's network, not its containers'
+    /// mounts).
+    pub fn host(&self, namespace: &str, name: &str) -> Option<Host> {
+        self.with_pod(namespace, name, |p| p.host.clone())
+    }
+
     fn with_pod<T>(&self, namespace: &str, name: &str, f: impl Fn(&RunningPod) -> T) -> Option<T> {
         let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         pods.values()
@@ -354,7 +361,7 @@ impl Syncer {
     }
 
     async fn bind(&self, ns: &str, name: &str) -> anyhow::Result<()> {
-        let bindings: Api<Binding> = Api::namespaced(self.client.clone(), ns);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let binding = Binding {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.to_string()),
@@ -367,8 +374,9 @@ impl Syncer {
                 ..Default::default()
             },
         };
-        bindings
-            .create(&PostParams::default(), &binding)
+        // The API server answers with a Status, not the Binding.
+        let _: serde_json::Value = pods
+            .create_subresource("binding", name, &PostParams::default(), &binding)
             .await
             .with_context(|| format!("binding pod {ns}/{name} to {}", self.node.name))?;
         Ok(())

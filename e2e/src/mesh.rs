@@ -117,13 +117,25 @@ impl MeshEnv {
         args: &[&str],
     ) -> anyhow::Result<()> {
         let token = self.cp.token(&["--kind", "vm", "--identity", identity])?;
+        self.agent_with_token(host, &token, config, args).await
+    }
+
+    /// [`MeshEnv::agent`] with a token made by the caller (e.g. for a
+    /// workload group: the agent then registers its workload entry).
+    pub async fn agent_with_token(
+        &mut self,
+        host: &Host,
+        token: &str,
+        config: Option<&std::path::Path>,
+        args: &[&str],
+    ) -> anyhow::Result<()> {
         let data = self
             .cp
             .root
             .path()
             .join(format!("{}-agent-data", host.name));
         let addr = host.addr.to_string();
-        let mut all: Vec<&str> = vec!["--token", &token];
+        let mut all: Vec<&str> = vec!["--token", token];
         if !args.contains(&"--capture") {
             all.extend(["--capture", "iptables"]);
         }

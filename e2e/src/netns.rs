@@ -422,9 +422,10 @@ fn subnet_in_use(gateway: Ipv4Addr) -> anyhow::Result<bool> {
     Ok(!routes.trim().is_empty())
 }
 
-/// Lets traffic between the bridge's ports through the FORWARD chains of
-/// iptables and ip6tables, which see bridged packets when `br_netfilter`
-/// is loaded and may drop them by default (Docker sets that policy).
+/// Lets traffic from the bridge's ports (to each other, and routed to
+/// other `Net`s) through the FORWARD chains of iptables and ip6tables,
+/// which see bridged packets when `br_netfilter` is loaded and may drop
+/// them by default (Docker sets that policy).
 /// Without the command no such rule can have been set: nothing to do;
 /// nor when ip6tables fails (a kernel without its tables filters nothing).
 /// What was added goes into `added`, for [`Net`]'s drop.
@@ -444,8 +445,8 @@ fn allow_forwarding(bridge: &str, added: &mut Vec<&'static str>) -> anyhow::Resu
 }
 
 /// Arguments to add (`-I`) or delete (`-D`) the FORWARD rule of `bridge`.
-fn forward_rule<'a>(op: &'a str, bridge: &'a str) -> [&'a str; 8] {
-    [op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+fn forward_rule<'a>(op: &'a str, bridge: &'a str) -> [&'a str; 6] {
+    [op, "FORWARD", "-i", bridge, "-j", "ACCEPT"]
 }
 
 /// `iptables -w OP RULE` (`RULE` starting with the chain).

@@ -504,25 +504,9 @@ async fn run_the_charts_pods() -> anyhow::Result<()> {
     .await
     .with_context(|| pod_log(CONTROLPLANE, "controlplane"))?;
 
-    // The node patched the webhooks' caBundle, and the API server calls
-    // them: a pod of an injected namespace gets the sidecar (a server-side
-    // dry run: mutated, not kept) ...
-    for webhook in [
-        "mutatingwebhookconfiguration/trellis-sidecar-injector",
-        "validatingwebhookconfiguration/trellis-validator",
-    ] {
-        wait_for_blocking(Duration::from_secs(30), "the caBundle patched", || {
-            let b = cluster
-                .kubectl(&[
-                    "get",
-                    webhook,
-                    "-o",
-                    "jsonpath={.webhooks[0].clientConfig.caBundle}",
-                ])
-                .ok()?;
-            (!b.is_empty()).then_some(())
-        })?;
-    }
+    // The node patched the webhooks' caBundle (Member::install waited for
+    // it), and the API server calls them: a pod of an injected namespace
+    // gets the sidecar (a server-side dry run: mutated, not kept) ...
     cluster.kubectl(&["create", "namespace", "shop"])?;
     cluster.kubectl(&["label", "namespace", "shop", "istio-injection=enabled"])?;
     let pod = json!({

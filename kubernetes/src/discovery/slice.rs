@@ -5,7 +5,7 @@
 //! readiness, the pod they are) and the ports (by service port name).
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// The label that names a slice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -17,7 +17,9 @@ pub struct EndpointSlice {
     pub metadata: SliceMetadata,
     /// `IPv4`, `IPv6` or `FQDN`: only IP slices are endpoints here.
     pub address_type: String,
+    #[serde(deserialize_with = "null_as_empty")]
     pub endpoints: Vec<SliceEndpoint>,
+    #[serde(deserialize_with = "null_as_empty")]
     pub ports: Vec<SlicePort>,
 }
 
@@ -26,12 +28,14 @@ pub struct EndpointSlice {
 pub struct SliceMetadata {
     pub name: String,
     pub namespace: String,
+    #[serde(deserialize_with = "null_as_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SliceEndpoint {
+    #[serde(deserialize_with = "null_as_empty")]
     pub addresses: Vec<String>,
     pub conditions: Conditions,
     pub target_ref: Option<TargetRef>,
@@ -63,6 +67,17 @@ pub struct SlicePort {
     pub protocol: Option<String>,
 }
 
+/// `null` read as empty: the API server writes `"endpoints": null` for a
+/// slice whose Service has no endpoint (scaled to zero, no pod selected),
+/// which is a slice with none, not one to leave out.
+fn null_as_empty<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 impl EndpointSlice {
     /// The Service the slice belongs to.
     pub fn service(&self) -> Option<&str> {
@@ -89,5 +104,22 @@ impl SliceEndpoint {
             .as_ref()
             .filter(|t| t.kind == "Pod")
             .map(|t| t.name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slice_with_null_endpoints_and_ports_is_an_empty_slice() {
+        let slice: EndpointSlice = serde_json::from_str(
+            r#"{"metadata": {"name": "reviews-x", "namespace": "default",
+                 "labels": {"kubernetes.io/service-name": "reviews"}},
+                "addressType": "IPv4", "endpoints": null, "ports": null}"#,
+        )
+        .unwrap();
+        assert_eq!(slice.service(), Some("reviews"));
+        assert!(slice.endpoints.is_empty() && slice.ports.is_empty());
     }
 }
