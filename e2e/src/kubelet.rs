@@ -179,6 +179,12 @@ impl Kubelet {
         })
     }
 
+    /// `program` to run in pod `namespace/name`'s network namespace (with
+    /// its `/etc/hosts`), once the pod runs here: `kubectl exec` of a kind.
+    pub fn command(&self, namespace: &str, name: &str, program: &str) -> Option<Command> {
+        self.with_pod(namespace, name, |p| p.host.command(program))
+    }
+
     fn with_pod<T>(&self, namespace: &str, name: &str, f: impl Fn(&RunningPod) -> T) -> Option<T> {
         let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         pods.values()
