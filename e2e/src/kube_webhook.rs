@@ -28,22 +28,24 @@ impl WebhookBed {
     /// Starts both (the caller checks [`crate::kube::unavailable`]
     /// first), the node with `node_env` in its environment.
     pub async fn start(name: &str, node_env: &[(&str, &str)]) -> anyhow::Result<WebhookBed> {
-        Self::start_with(name, Options::default(), "127.0.0.1", node_env).await
+        let kube = KubeCluster::start(name, Options::default())?;
+        let kubeconfig = kube.kubeconfig.clone();
+        Self::serve(kube, &kubeconfig, "127.0.0.1", node_env).await
     }
 
-    /// [`WebhookBed::start`] with the API server started with `options`
-    /// and the node listening on `host` (e.g. a [`crate::netns::Net`]'s
-    /// gateway, for pods to reach it).
-    pub async fn start_with(
-        name: &str,
-        options: Options,
+    /// [`WebhookBed::start`] on an API server started already, the node
+    /// using `kubeconfig` (e.g. a service account's) and listening on
+    /// `host` (e.g. a [`crate::netns::Net`]'s gateway, for pods to reach
+    /// it).
+    pub async fn serve(
+        kube: KubeCluster,
+        kubeconfig: &std::path::Path,
         host: &str,
         node_env: &[(&str, &str)],
     ) -> anyhow::Result<WebhookBed> {
-        let kube = KubeCluster::start(name, options)?;
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let kubeconfig = kube.kubeconfig.display().to_string();
+        let kubeconfig = kubeconfig.display().to_string();
         kube.kubectl_stdin(&["apply", "-f", "-"], Some(&configurations(port)))?;
         let mut node = Cluster::new(&["--kubernetes", &kubeconfig, "--webhook-listen", &listen])?;
         node.host = host.to_string();

@@ -8,18 +8,23 @@
 //! in the pod's network namespace) and the agent, which gets its
 //! certificate with the pod's projected token and the mounted root. A
 //! client pod's request by Service name then crosses both agents over
-//! mTLS; a pod of a namespace without the label runs as it is.
-use std::path::PathBuf;
+//! mTLS; a pod of a namespace without the label runs as it is. The node
+//! runs as a service account with the chart's ClusterRole.
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ::kube::api::{Api, PostParams};
 use anyhow::{bail, Context};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use serde_json::Value;
-use trellis_e2e::kube::{unavailable, Options};
+use trellis_e2e::kube::{unavailable, KubeCluster, Options};
 use trellis_e2e::kube_webhook::WebhookBed;
 use trellis_e2e::kubelet::{Images, Kubelet, NodeSpec};
 use trellis_e2e::netns::Net;
 use trellis_e2e::{bin, wait_for};
+use trellis_kubernetes::client::{client, Source};
 
 /// Pods start (init, certificate, readiness) within this.
 const WAIT: Duration = Duration::from_secs(60);
@@ -97,12 +102,89 @@ spec:
     command: [/bin/sh, -c, 'exec sleep 600']
 "#;
 
+/// The chart's ClusterRole (the first document of its `rbac.yaml`, less
+/// the labels its template makes) for ServiceAccount
+/// `default/trellis-controlplane`, as YAML to apply.
+fn chart_role() -> anyhow::Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../installer/charts/trellis/templates/rbac.yaml");
+    let text = std::fs::read_to_string(&path)?;
+    let role = text.split("\n---\n").next().unwrap_or_default();
+    let lines: Vec<&str> = role.lines().collect();
+    let mut out = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let templated = |l: Option<&&str>| l.is_some_and(|l| l.contains("{{"));
+        if templated(Some(line)) || (line.trim() == "labels:" && templated(lines.get(i + 1))) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    anyhow::ensure!(
+        out.contains("kind: ClusterRole") && !out.contains("{{"),
+        "{} no longer starts with a plain ClusterRole: update this test\n{out}",
+        path.display()
+    );
+    Ok(format!(
+        "{out}---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: trellis-controlplane}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: trellis-controlplane}}
+subjects: [{{kind: ServiceAccount, name: trellis-controlplane, namespace: default}}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: trellis-controlplane, namespace: default}}
+"
+    ))
+}
+
+/// A kubeconfig in `dir` of ServiceAccount `default/trellis-controlplane`
+/// with [`chart_role`]'s privileges: the node runs with the chart's RBAC,
+/// so that a permission it lacks fails this test.
+async fn chart_account(kube: &KubeCluster, dir: &Path) -> anyhow::Result<PathBuf> {
+    kube.kubectl_stdin(&["apply", "-f", "-"], Some(&chart_role()?))?;
+    let admin = client(&Source::Kubeconfig(kube.kubeconfig.clone())).await?;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            bound_object_ref: None,
+        },
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(admin, "default")
+        .create_token_request("trellis-controlplane", &PostParams::default(), &request)
+        .await?
+        .status
+        .context("no token in the TokenRequest's answer")?
+        .token;
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: '{}', certificate-authority: '{}'}}}}]
+users: [{{name: trellis-controlplane, user: {{token: '{token}'}}}}]
+contexts: [{{name: c, context: {{cluster: c, user: trellis-controlplane}}}}]
+current-context: c
+",
+            kube.server,
+            kube.ca.display()
+        ),
+    )?;
+    Ok(path)
+}
+
 struct Bed {
     // Field order is drop order: the pods' processes, then the node and
-    // the API server, then the network.
+    // the API server, then the network and the node's kubeconfig.
     kubelet: Kubelet,
     bed: WebhookBed,
     _net: Arc<Mutex<Net>>,
+    _dir: tempfile::TempDir,
 }
 
 impl Bed {
@@ -114,7 +196,10 @@ impl Bed {
             controller_manager: true,
             ..Options::default()
         };
-        let bed = WebhookBed::start_with("inject", options, &gateway, &[]).await?;
+        let kube = KubeCluster::start("inject", options)?;
+        let dir = tempfile::Builder::new().prefix("trellis-kinj-").tempdir()?;
+        let kubeconfig = chart_account(&kube, dir.path()).await?;
+        let bed = WebhookBed::serve(kube, &kubeconfig, &gateway, &[]).await?;
         bed.patched().await?;
         let port = bed.node.nodes[0]
             .addr
@@ -140,6 +225,7 @@ impl Bed {
             kubelet,
             bed,
             _net: net,
+            _dir: dir,
         })
     }
 
@@ -332,7 +418,9 @@ async fn injected_pods_get_the_mesh_root_and_talk_over_mtls_through_their_agents
     t.bed
         .kube
         .kubectl(&["delete", "configmap", "trellis-ca-root-cert", "-n", MESH])?;
+    let deleted = std::time::Instant::now();
     t.root_in(MESH).await?;
+    eprintln!("deleted ConfigMap back after {:?}", deleted.elapsed());
     t.bed.kube.kubectl(&[
         "patch",
         "configmap",
@@ -343,6 +431,8 @@ async fn injected_pods_get_the_mesh_root_and_talk_over_mtls_through_their_agents
         "-p",
         r#"{"data":{"root-cert.pem":"not a root"}}"#,
     ])?;
+    let edited = std::time::Instant::now();
     t.root_in(MESH).await?;
+    eprintln!("edited ConfigMap set back after {:?}", edited.elapsed());
     Ok(())
 }
