@@ -179,7 +179,10 @@ impl Cluster {
         };
         cmd.args(args);
         remove_env_prefixed(&mut cmd, "TRELLIS_");
-        cmd.env("TRELLIS_LOG", "warn,trellis_controlplane=info");
+        cmd.env(
+            "TRELLIS_LOG",
+            "warn,trellis_controlplane=info,trellis_kubernetes=info",
+        );
         cmd.envs(self.node_env.iter().map(|(k, v)| (k, v)));
         let name = match log.file_stem() {
             Some(stem) => format!("trellis-controlplane {}", stem.to_string_lossy()),

@@ -29,11 +29,26 @@ impl WebhookBed {
     /// first), the node with `node_env` in its environment.
     pub async fn start(name: &str, node_env: &[(&str, &str)]) -> anyhow::Result<WebhookBed> {
         let kube = KubeCluster::start(name, Options::default())?;
+        let kubeconfig = kube.kubeconfig.clone();
+        Self::serve(kube, &kubeconfig, "127.0.0.1", node_env).await
+    }
+
+    /// [`WebhookBed::start`] on an API server started already, the node
+    /// using `kubeconfig` (e.g. a service account's) and listening on
+    /// `host` (e.g. a [`crate::netns::Net`]'s gateway, for pods to reach
+    /// it).
+    pub async fn serve(
+        kube: KubeCluster,
+        kubeconfig: &std::path::Path,
+        host: &str,
+        node_env: &[(&str, &str)],
+    ) -> anyhow::Result<WebhookBed> {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let kubeconfig = kube.kubeconfig.display().to_string();
+        let kubeconfig = kubeconfig.display().to_string();
         kube.kubectl_stdin(&["apply", "-f", "-"], Some(&configurations(port)))?;
         let mut node = Cluster::new(&["--kubernetes", &kubeconfig, "--webhook-listen", &listen])?;
+        node.host = host.to_string();
         node.node_env = node_env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -180,11 +180,10 @@ impl Kubelet {
         })
     }
 
-    /// The network namespace of pod `namespace/name`, to run commands in
-    /// as `kubectl exec` would (in the pod's network, not its containers'
-    /// mounts).
-    pub fn host(&self, namespace: &str, name: &str) -> Option<Host> {
-        self.with_pod(namespace, name, |p| p.host.clone())
+    /// `program` to run in pod `namespace/name`'s network namespace (with
+    /// its `/etc/hosts`), once the pod runs here: `kubectl exec` of a kind.
+    pub fn command(&self, namespace: &str, name: &str, program: &str) -> Option<Command> {
+        self.with_pod(namespace, name, |p| p.host.command(program))
     }
 
     fn with_pod<T>(&self, namespace: &str, name: &str, f: impl Fn(&RunningPod) -> T) -> Option<T> {

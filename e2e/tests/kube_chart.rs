@@ -264,6 +264,11 @@ fn the_rendered_chart_is_created_on_a_real_api_server() -> anyhow::Result<()> {
             true,
         ),
         ("list", "virtualservices.networking.istio.io", true),
+        ("watch", "configmaps", true),
+        ("create", "configmaps", true),
+        ("update", "configmaps/trellis-ca-root-cert", true),
+        ("update", "configmaps/someone-elses", false),
+        ("delete", "configmaps/trellis-ca-root-cert", false),
         (
             "patch",
             "validatingwebhookconfigurations/someone-elses",

@@ -387,6 +387,14 @@ async fn another_node_of_the_cluster_takes_over_when_the_writer_stops() -> anyho
     let mut f = Fixture::start("kdisc-2", 3).await?;
     let ids = [1, 2, 3];
     let first = writer(&f.cp, &ids).expect("one node writes");
+    // The writer alone publishes the mesh root's ConfigMaps.
+    let published = "ConfigMap trellis-ca-root-cert with the mesh root";
+    wait_for(
+        Duration::from_secs(20),
+        "the writer publishing the root",
+        || async { f.cp.node(first).output().contains(published).then_some(()) },
+    )
+    .await?;
     // The others stand by, and say who writes.
     for id in ids.iter().filter(|id| **id != first) {
         let n = f.cp.node(*id);
@@ -417,5 +425,27 @@ async fn another_node_of_the_cluster_takes_over_when_the_writer_stops() -> anyho
         .node(next)
         .output()
         .contains("Kubernetes discovery wrote its changes"));
+    for id in rest.iter().filter(|id| **id != next) {
+        assert!(!f.cp.node(*id).output().contains(published), "node {id}");
+    }
+    // And the new writer publishes it: a ConfigMap deleted comes back.
+    f.kube.kubectl(&[
+        "delete",
+        "configmap",
+        "trellis-ca-root-cert",
+        "-n",
+        "default",
+    ])?;
+    wait_for(
+        Duration::from_secs(20),
+        "the new writer re-creating the root's ConfigMap",
+        || async {
+            let back =
+                f.kube
+                    .kubectl(&["get", "configmap", "trellis-ca-root-cert", "-n", "default"]);
+            (back.is_ok() && f.cp.node(next).output().contains(published)).then_some(())
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -555,6 +555,10 @@ pub async fn run(
     if let Some(client) = node.kube.clone() {
         tokio::spawn(crate::discovery::kubernetes::discover_forever(
             node.clone(),
+            client.clone(),
+        ));
+        tokio::spawn(crate::discovery::kubernetes::publish_roots(
+            node.clone(),
             client,
         ));
     }

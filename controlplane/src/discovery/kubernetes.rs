@@ -9,7 +9,8 @@
 //! One node of a cluster writes at a time: the holder of the cluster's
 //! lease, renewed every [`LEASE`]/3 with the writes (or alone). The other
 //! nodes of the cluster keep their mirror and compare too, but write only
-//! once the lease expired, then taking it over.
+//! once the lease expired, then taking it over. The lease's holder also
+//! publishes the mesh root in every namespace ([`publish_roots`]).
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +64,25 @@ pub async fn discover_forever(node: Arc<Node>, client: kube::Client) {
         };
         writer.sync(&node, &place.cluster, desired).await;
     }
+}
+
+/// Keeps the mesh root in the ConfigMap `trellis-ca-root-cert` of every
+/// namespace ([`trellis_kubernetes::roots`]) while this node holds its
+/// cluster's discovery lease, so that one node of a cluster writes it.
+pub async fn publish_roots(node: Arc<Node>, client: kube::Client) {
+    let cluster = place_of(&node).await.cluster;
+    let roots = node.clone();
+    trellis_kubernetes::roots::publish_forever(
+        client,
+        move || roots.mesh().map(|m| m.root_cert_pem),
+        move || node.read_state(|s| holds(s.store.kube_lease(&cluster).as_ref(), node.id, now())),
+    )
+    .await;
+}
+
+/// Whether node `me` holds `lease` at `now`.
+fn holds(lease: Option<&KubeLease>, me: u64, now: u64) -> bool {
+    lease.is_some_and(|l| l.holder == me && l.expires > now)
 }
 
 /// Where this node's cluster is, once the node has its record (a node
@@ -223,6 +243,19 @@ fn renewal_due(lease: Option<&KubeLease>, me: u64, now: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_holder_of_an_unexpired_lease_holds_it() {
+        let lease = KubeLease {
+            holder: 1,
+            expires: 115,
+            changes: 0,
+        };
+        assert!(holds(Some(&lease), 1, 100));
+        assert!(!holds(Some(&lease), 2, 100));
+        assert!(!holds(Some(&lease), 1, 115));
+        assert!(!holds(None, 1, 100));
+    }
 
     #[test]
     fn the_lease_is_renewed_after_a_third_of_it() {

@@ -6,17 +6,22 @@
 //! the agent beside the application: a native sidecar (an init container
 //! with `restartPolicy: Always`, Kubernetes 1.29 and newer), else a
 //! regular container. Both mount the pod's service-account token for the
-//! mesh CA (audience `trellis-ca`) at [`TOKEN_PATH`].
+//! mesh CA (audience `trellis-ca`) at [`TOKEN_PATH`]; the agent also
+//! mounts the mesh root the control plane publishes in every namespace
+//! ([`crate::roots`]) at [`ROOTS_PATH`], and an empty directory for its
+//! key and certificate at [`DATA_DIR`].
 use std::collections::BTreeMap;
 
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, ProjectedVolumeSource,
-    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ObjectFieldSelector, Pod, ProjectedVolumeSource, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use serde_json::{json, Value};
 
 use crate::discovery::view::TLS_MODE_LABEL;
+use crate::roots;
 
 /// The init container that installs capture.
 pub const CAPTURE_CONTAINER: &str = "trellis-capture";
@@ -29,6 +34,15 @@ pub const TOKEN_AUDIENCE: &str = "trellis-ca";
 /// Where the token is, in both containers.
 pub const TOKEN_PATH: &str = "/var/run/secrets/tokens/trellis-ca";
 const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+/// The volume of the mesh root: the ConfigMap [`roots::CONFIG_MAP`].
+pub const ROOTS_VOLUME: &str = roots::CONFIG_MAP;
+const ROOTS_DIR: &str = "/var/run/secrets/trellis";
+/// The agent's `--roots` (`TRELLIS_ROOTS`): the ConfigMap's key.
+pub const ROOTS_PATH: &str = "/var/run/secrets/trellis/root-cert.pem";
+/// The agent's key and certificate: an empty directory of the pod's own.
+pub const DATA_VOLUME: &str = "trellis-data";
+/// Where it is mounted: the agent's `--data-dir` (`TRELLIS_DATA_DIR`).
+pub const DATA_DIR: &str = "/var/lib/trellis-agent";
 /// The kubelet refreshes a projected token at 80 % of its lifetime.
 const TOKEN_LIFETIME_SECS: i64 = 12 * 3600;
 /// The pod label or annotation that opts a pod out (`"false"`), as in Istio.
@@ -133,10 +147,12 @@ impl Injection {
             )),
             _ => ops.push(add("/metadata/labels", json!({TLS_MODE_LABEL: "istio"}))),
         }
-        let volume = to_value(token_volume());
+        let volumes = [token_volume(), roots_volume(), data_volume()].map(to_value);
         match spec.volumes {
-            Some(v) if !v.is_empty() => ops.push(add("/spec/volumes/-", volume)),
-            _ => ops.push(add("/spec/volumes", json!([volume]))),
+            Some(v) if !v.is_empty() => {
+                ops.extend(volumes.into_iter().map(|v| add("/spec/volumes/-", v)))
+            }
+            _ => ops.push(add("/spec/volumes", json!(volumes))),
         }
         Ok(serde_json::from_value(Value::Array(ops)).expect("add operations are a JSON patch"))
     }
@@ -181,13 +197,14 @@ impl Injection {
                 from("TRELLIS_POD_NAMESPACE", "metadata.namespace"),
                 from("TRELLIS_SERVICE_ACCOUNT", "spec.serviceAccountName"),
                 env("TRELLIS_KUBE_TOKEN_FILE", TOKEN_PATH),
+                env("TRELLIS_ROOTS", ROOTS_PATH),
+                env("TRELLIS_DATA_DIR", DATA_DIR),
             ]),
-            volume_mounts: Some(vec![VolumeMount {
-                name: TOKEN_VOLUME.into(),
-                mount_path: TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            }]),
+            volume_mounts: Some(vec![
+                mount(TOKEN_VOLUME, TOKEN_DIR, true),
+                mount(ROOTS_VOLUME, ROOTS_DIR, true),
+                mount(DATA_VOLUME, DATA_DIR, false),
+            ]),
             security_context: Some(root_with_net_admin()),
             ..Default::default()
         }
@@ -222,6 +239,37 @@ fn token_volume() -> Volume {
             }]),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// The mesh root, from the ConfigMap the control plane keeps in the
+/// pod's namespace: the pod waits for it (it is not optional), and the
+/// kubelet brings a new root into the running pod.
+fn roots_volume() -> Volume {
+    Volume {
+        name: ROOTS_VOLUME.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: roots::CONFIG_MAP.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn data_volume() -> Volume {
+    Volume {
+        name: DATA_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+fn mount(volume: &str, at: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: at.into(),
+        read_only: read_only.then_some(true),
         ..Default::default()
     }
 }
@@ -337,6 +385,34 @@ mod tests {
             env("TRELLIS_CONTROL_PLANE")["value"],
             "trellis-controlplane.trellis.svc:15012"
         );
+        // The mesh root from the namespace's ConfigMap, where --roots
+        // reads it; the key and certificate in the pod's own directory.
+        let mounted = |volume: &str| {
+            agent["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == volume)
+                .unwrap_or_else(|| panic!("no mount of {volume} in {agent}"))["mountPath"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let roots = &out["spec"]["volumes"][1];
+        assert_eq!(roots["configMap"]["name"], roots::CONFIG_MAP);
+        assert_eq!(
+            format!(
+                "{}/{}",
+                mounted(roots["name"].as_str().unwrap()),
+                roots::KEY
+            ),
+            ROOTS_PATH
+        );
+        assert_eq!(env("TRELLIS_ROOTS")["value"], ROOTS_PATH);
+        let data = &out["spec"]["volumes"][2];
+        assert_eq!(data["emptyDir"], json!({}));
+        assert_eq!(mounted(data["name"].as_str().unwrap()), DATA_DIR);
+        assert_eq!(env("TRELLIS_DATA_DIR")["value"], DATA_DIR);
     }
 
     #[test]
@@ -352,7 +428,10 @@ mod tests {
         );
         assert_eq!(out["spec"]["initContainers"][1]["restartPolicy"], "Always");
         assert_eq!(names(&out, "containers"), ["app"]);
-        assert_eq!(names(&out, "volumes"), ["data", TOKEN_VOLUME]);
+        assert_eq!(
+            names(&out, "volumes"),
+            ["data", TOKEN_VOLUME, ROOTS_VOLUME, DATA_VOLUME]
+        );
     }
 
     #[test]
