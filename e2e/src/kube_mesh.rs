@@ -18,6 +18,9 @@ use crate::{bin, helm, wait_for, wait_for_blocking, Cluster};
 
 /// The namespace the chart is installed in.
 pub const SYSTEM: &str = "trellis-system";
+/// The label selectors of the chart's control-plane and gateway pods.
+pub const CONTROLPLANE: &str = "app.kubernetes.io/name=trellis-controlplane";
+pub const GATEWAY: &str = "app.kubernetes.io/name=trellis-eastwest";
 
 /// What a member cluster is.
 pub struct MemberSpec<'a> {
@@ -126,11 +129,8 @@ impl Member {
         .with_context(|| {
             format!(
                 "control plane's log:\n{}\ngateway's log:\n{}",
-                member.system_log(
-                    "app.kubernetes.io/name=trellis-controlplane",
-                    "controlplane"
-                ),
-                member.system_log("app.kubernetes.io/name=trellis-eastwest", "eastwest"),
+                member.system_log(CONTROLPLANE, "controlplane"),
+                member.system_log(GATEWAY, "eastwest"),
             )
         })?;
         // The node patches the webhooks' caBundle once it serves them;

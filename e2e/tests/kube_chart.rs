@@ -15,7 +15,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use trellis_e2e::helm;
 use trellis_e2e::kube::{unavailable, KubeCluster, Options};
-use trellis_e2e::kube_mesh::{Member, MemberSpec, SYSTEM};
+use trellis_e2e::kube_mesh::{Member, MemberSpec, CONTROLPLANE, GATEWAY, SYSTEM};
 use trellis_e2e::kubelet::{Images, NodeSpec};
 use trellis_e2e::mesh::MeshEnv;
 use trellis_e2e::{bin, wait_for, wait_for_blocking};
@@ -486,7 +486,7 @@ async fn run_the_charts_pods() -> anyhow::Result<()> {
         format!("{node_ip}:15012"),
         "the pod's IP, from $(POD_IP): {listed}"
     );
-    let gateway_ip = pod_ip("app.kubernetes.io/name=trellis-eastwest")?;
+    let gateway_ip = pod_ip(GATEWAY)?;
     assert_eq!(
         listed["gateways"][0]["addresses"][0],
         format!("{gateway_ip}:15443"),
@@ -569,6 +569,3 @@ async fn run_the_charts_pods() -> anyhow::Result<()> {
     );
     Ok(())
 }
-
-/// The chart's control-plane pods.
-const CONTROLPLANE: &str = "app.kubernetes.io/name=trellis-controlplane";
