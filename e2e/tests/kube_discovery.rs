@@ -390,7 +390,7 @@ async fn another_node_of_the_cluster_takes_over_when_the_writer_stops() -> anyho
     // The writer alone publishes the mesh root's ConfigMaps.
     let published = "ConfigMap trellis-ca-root-cert with the mesh root";
     wait_for(
-        Duration::from_secs(20),
+        Duration::from_secs(40),
         "the writer publishing the root",
         || async { f.cp.node(first).output().contains(published).then_some(()) },
     )
@@ -437,7 +437,7 @@ async fn another_node_of_the_cluster_takes_over_when_the_writer_stops() -> anyho
         "default",
     ])?;
     wait_for(
-        Duration::from_secs(20),
+        Duration::from_secs(40),
         "the new writer re-creating the root's ConfigMap",
         || async {
             let back =

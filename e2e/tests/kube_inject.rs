@@ -251,8 +251,11 @@ impl Bed {
     /// Waits until namespace `ns` has the mesh root.
     async fn root_in(&self, ns: &str) -> anyhow::Result<()> {
         let root = self.bed.root()?;
+        // The first time, after the node took the discovery lease (its
+        // first comparison, then at most RECHECK later): slow on a loaded
+        // machine.
         wait_for(
-            Duration::from_secs(20),
+            WAIT,
             &format!("the mesh root in namespace {ns}"),
             || async { (self.published(ns).as_deref() == Some(root.as_str())).then_some(()) },
         )

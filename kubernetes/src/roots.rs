@@ -108,9 +108,13 @@ pub async fn publish_forever(
         loop {
             if let (true, Some(root)) = (writes(), root()) {
                 for ns in namespaces.state() {
-                    let existing = maps.get(&ObjectRef::new(CONFIG_MAP).within(&ns.name_any()));
-                    if let Some(write) = plan(&ns, existing.as_deref(), &root) {
-                        apply(&client, &ns.name_any(), write, &mut failing).await;
+                    let name = ns.name_any();
+                    let existing = maps.get(&ObjectRef::new(CONFIG_MAP).within(&name));
+                    match plan(&ns, existing.as_deref(), &root) {
+                        Some(write) => apply(&client, &name, write, &mut failing).await,
+                        None => {
+                            failing.remove(&name);
+                        }
                     }
                 }
             }
