@@ -492,6 +492,14 @@ async fn run_the_charts_pods() -> anyhow::Result<()> {
         format!("{gateway_ip}:15443"),
         "{listed}"
     );
+    // The gateway streams from its cluster's node, by the Service's name.
+    let log = pod_log(GATEWAY, "eastwest");
+    assert!(
+        log.contains(
+            "streaming config from the control plane addr=trellis-controlplane.trellis-system.svc:15012"
+        ),
+        "{log}"
+    );
 
     // In-cluster discovery: the node's own Service is a service of the
     // mesh, from cluster east.
