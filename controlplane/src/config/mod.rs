@@ -4,6 +4,7 @@
 //! ([`stored`], [`from_json`]), and the cross-resource checks of
 //! `trellis analyze` ([`analyze`]).
 pub mod analyze;
+pub mod owner;
 
 use std::collections::BTreeSet;
 
