@@ -21,9 +21,7 @@ use super::local::{stale_clusters, Overlay};
 use super::scope::{Scope, SidecarRule};
 use crate::config::owner;
 use crate::raft::state::kubernetes::{parse_kube_key, KUBE_PREFIX};
-use crate::raft::state::registry::{
-    WorkloadRecord, CONFIG_PREFIX, WORKLOAD_PREFIX,
-};
+use crate::raft::state::registry::{WorkloadRecord, CONFIG_PREFIX, WORKLOAD_PREFIX};
 use crate::raft::state_machine::Applied;
 
 /// Change sets a snapshot remembers.
