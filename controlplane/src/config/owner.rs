@@ -251,6 +251,41 @@ mod tests {
     }
 
     #[test]
+    fn a_clusters_workload_group_takes_registrations() {
+        let mut s = Store::default();
+        s.apply(
+            &Command::Bootstrap(Box::new(Bootstrap::for_tests("net-east", 1, ""))),
+            &mut Vec::new(),
+        );
+        assert!(crate::config::workload_group(&s, "prod", "reviews").is_none());
+        let group = trellis_api::config::parse_documents(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\n\
+             metadata: {name: reviews, namespace: prod}\n\
+             spec: {template: {serviceAccount: reviews}}\n",
+        )
+        .unwrap()
+        .remove(0);
+        let json = serde_json::to_vec(&group).unwrap();
+        let sync = KubeSync {
+            cluster: "east".into(),
+            node: 1,
+            now: 100,
+            lease_secs: 15,
+            upserts: vec![(
+                format!("{CONFIG}WorkloadGroup/prod/reviews"),
+                StoredConfig {
+                    json,
+                    vip_hosts: vec![],
+                },
+            )],
+            deletes: vec![],
+        };
+        s.apply(&Command::SyncKubernetes(Box::new(sync)), &mut Vec::new());
+        let group = crate::config::workload_group(&s, "prod", "reviews").unwrap();
+        assert_eq!(crate::config::service_account(&group), "reviews");
+    }
+
+    #[test]
     fn discovery_records_and_refused_resources_are_no_copies() {
         let s = Store::default();
         assert_eq!(identity("kube/east/ServiceEntry/prod/reviews"), None);
