@@ -181,10 +181,15 @@ impl Writer {
                 .upserts
                 .into_iter()
                 .map(|(k, json)| {
-                    let value = StoredConfig {
-                        json,
-                        vip_hosts: vec![],
-                    };
+                    // Virtual IPs for a cluster's ServiceEntry as for an
+                    // applied one (discovery's have the Service's IP).
+                    let vip_hosts = k
+                        .starts_with(config::CONFIG)
+                        .then(|| crate::config::from_json(&json).ok())
+                        .flatten()
+                        .map(|r| crate::config::stored(&r).vip_hosts)
+                        .unwrap_or_default();
+                    let value = StoredConfig { json, vip_hosts };
                     (k, value)
                 })
                 .collect(),
