@@ -50,17 +50,14 @@ pub fn records(objects: &Objects, cluster: &str) -> Records {
         .iter()
         .map(|((kind, ns, name), object)| {
             let rel = format!("{kind}/{ns}/{name}");
-            let json = match resource(kind, object.clone(), cluster) {
+            let (key, json) = match resource(kind, object.clone(), cluster) {
                 Ok(r) => (format!("{CONFIG}{rel}"), serde_json::to_vec(&r)),
                 Err(errors) => (
                     format!("{INVALID}{rel}"),
                     serde_json::to_vec(&Invalid { errors }),
                 ),
             };
-            (
-                json.0,
-                json.1.expect("a resource always serializes to JSON"),
-            )
+            (key, json.expect("a record always serializes to JSON"))
         })
         .collect()
 }
