@@ -32,3 +32,11 @@ pub const LOCAL_ONLY: &str = "trellis.io/local-only";
 /// where it came from, e.g. `kubernetes/CLUSTER` for the Services and
 /// pods that cluster's discovery wrote.
 pub const SOURCE: &str = "trellis.io/source";
+/// On a resource a cluster's Istio custom resource became: its
+/// `metadata.creationTimestamp` there (RFC 3339, UTC). When clusters hold
+/// the same resource, the oldest is in force.
+pub const CREATED: &str = "trellis.io/created";
+/// On a copy of a resource that another copy of the same kind, namespace
+/// and name shadows (`trellis get` shows it; agents never get it): the
+/// source of the copy in force, `trellis` or `kubernetes/CLUSTER`.
+pub const SHADOWED_BY: &str = "trellis.io/shadowed-by";

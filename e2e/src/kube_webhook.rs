@@ -1,8 +1,8 @@
 //! A bed for the admission webhooks: a real API server (see [`super::kube`])
 //! holding the two webhook configurations (by `clientConfig.url`, without a
-//! caBundle, as the chart leaves them) and a minimal VirtualService CRD
-//! (any spec, no schema: what the API server stores is what the webhook
-//! checks), and a control-plane node serving the webhooks. For
+//! caBundle, as the chart leaves them) and the CRDs of the Istio kinds
+//! the chart installs ([`trellis_kubernetes::crd`]), and a control-plane
+//! node serving the webhooks. For
 //! `tests/kube_webhook.rs` and `trellis-bench inject`.
 use std::time::Duration;
 
@@ -47,6 +47,10 @@ impl WebhookBed {
         let listen = format!("127.0.0.1:{port}");
         let kubeconfig = kubeconfig.display().to_string();
         kube.kubectl_stdin(&["apply", "-f", "-"], Some(&configurations(port)))?;
+        kube.kubectl_stdin(
+            &["apply", "-f", "-"],
+            Some(&trellis_kubernetes::crd::crds_yaml()?),
+        )?;
         let mut node = Cluster::new(&["--kubernetes", &kubeconfig, "--webhook-listen", &listen])?;
         node.host = host.to_string();
         node.node_env = node_env
@@ -144,19 +148,6 @@ webhooks:
   sideEffects: None
   admissionReviewVersions: [v1]
   failurePolicy: Fail
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {{name: virtualservices.networking.istio.io}}
-spec:
-  group: networking.istio.io
-  names: {{kind: VirtualService, listKind: VirtualServiceList, plural: virtualservices, singular: virtualservice}}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}
 "
     )
 }

@@ -410,7 +410,9 @@ fn istio_resources_apply_and_read_back_once_the_charts_crds_are_in() -> anyhow::
     let resources = trellis_api::config::parse_documents(&items.join("---\n"))?;
     assert_eq!(resources.len(), 2);
 
-    // The structural schema refuses a wrong type, naming the field.
+    // The structural schema refuses a wrong type, naming the field (a
+    // v1.20 API server leaves the list indexes out of the path of a
+    // schema that keeps unknown fields, as the CRDs' does).
     let bad = REVIEWS
         .split("---")
         .next()
@@ -420,7 +422,10 @@ fn istio_resources_apply_and_read_back_once_the_charts_crds_are_in() -> anyhow::
         .kubectl_stdin(&["apply", "-f", "-"], Some(&bad))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("spec.http[0].route[1].weight"), "{err}");
+    assert!(
+        err.contains("spec.http.route.weight in body must be of type integer"),
+        "{err}"
+    );
     Ok(())
 }
 

@@ -5,8 +5,9 @@
 //! writes the mesh root in. There is no kubelet: pods are only stored,
 //! which is what injection changes.
 //!
-//! The VirtualService CRD there is a minimal one (any spec, no schema):
-//! what the API server stores is then exactly what the webhook checks.
+//! The Istio CRDs there are the generated ones the chart installs: their
+//! schemas keep unknown fields, so that a misspelt field reaches the
+//! webhook (instead of being pruned silently) and is refused by its path.
 use std::time::Duration;
 
 use serde_json::Value;
@@ -244,6 +245,20 @@ spec:
         panic!("a VirtualService with an unknown field was stored");
     };
     assert!(format!("{e:#}").contains("spec.htttp"), "{e:#}");
+    // Deeper in the spec too: the CRD's schema keeps the misspelt field
+    // for the webhook instead of pruning it.
+    let nested = vs([80, 20]).replace(
+        "      weight: 20",
+        "      weight: 20
+      wieght: 1",
+    );
+    let Err(e) = f.kube.kubectl_stdin(&["apply", "-f", "-"], Some(&nested)) else {
+        panic!("a VirtualService with a misspelt nested field was stored");
+    };
+    assert!(
+        format!("{e:#}").contains("spec.http[0].route[1].wieght: unknown field"),
+        "{e:#}"
+    );
     // A valid one is stored.
     f.kube
         .kubectl_stdin(&["apply", "-f", "-"], Some(&vs([80, 20])))?;

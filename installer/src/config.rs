@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::ValueEnum;
 use serde::Serialize;
+use trellis_api::annotations;
 use trellis_api::config::{parse_documents, Spec};
 use trellis_api::v1::{
     AnalyzeRequest, ApplyConfigRequest, ApplyConfigResponse, ConfigSource, DeleteConfigRequest,
@@ -221,20 +222,40 @@ pub async fn get(
                 eprintln!("No resources found.");
                 return Ok(());
             }
-            println!("{:<11} {:<24} {:<20} DETAIL", "NAMESPACE", "NAME", "KIND");
+            println!(
+                "{:<11} {:<24} {:<20} {:<20} DETAIL",
+                "NAMESPACE", "NAME", "KIND", "SOURCE"
+            );
             for d in &docs {
                 let m = &d["metadata"];
                 println!(
-                    "{:<11} {:<24} {:<20} {}",
+                    "{:<11} {:<24} {:<20} {:<20} {}",
                     m["namespace"].as_str().unwrap_or(""),
                     m["name"].as_str().unwrap_or(""),
                     d["kind"].as_str().unwrap_or(""),
+                    source(d),
                     detail(d)
                 );
             }
         }
     }
     Ok(())
+}
+
+/// Where a resource comes from: `trellis` (`trellis apply`), `registered`
+/// (a workload that registered itself) or `kubernetes/CLUSTER`; a copy
+/// another one shadows says so.
+fn source(d: &serde_json::Value) -> String {
+    let a = &d["metadata"]["annotations"];
+    let source = match a[annotations::SOURCE].as_str() {
+        Some(s) => s,
+        None if a[annotations::WORKLOAD_GROUP].is_string() => "registered",
+        None => "trellis",
+    };
+    match a[annotations::SHADOWED_BY].as_str() {
+        Some(by) => format!("{source} (shadowed by {by})"),
+        None => source.to_string(),
+    }
 }
 
 /// A short summary for the table: hosts, address and health, ...

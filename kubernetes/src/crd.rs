@@ -4,7 +4,8 @@
 //! group ([`ApiVersion::ALL`]; the first, `v1`, is the storage version, as
 //! in Istio), named as Istio names them ([`Spec::names`]), with the
 //! structural schema of `spec` that `trellis apply` checks documents
-//! against ([`openapi_schema`]) and a `status` subresource. A kind added
+//! against ([`openapi_schema`]), each object of it keeping unknown fields
+//! for the webhook to refuse by path, and a `status` subresource. A kind added
 //! to `api/` gets its CRD here with no change.
 //!
 //! `trellis kube crds` prints them; the Helm chart's
@@ -80,8 +81,9 @@ fn crd(kind: &str) -> anyhow::Result<CustomResourceDefinition> {
     let group =
         Spec::group_of(kind).with_context(|| format!("`{kind}` is not a supported kind"))?;
     let names = Spec::names(kind);
-    let spec = openapi_schema(kind)
+    let mut spec = openapi_schema(kind)
         .with_context(|| format!("no schema of `{kind}` in api/src/config/schema"))?;
+    preserve_unknown_fields(&mut spec);
     let schema: JSONSchemaProps = serde_json::from_value(json!({
         "type": "object",
         "properties": {
@@ -151,6 +153,36 @@ fn crd(kind: &str) -> anyhow::Result<CustomResourceDefinition> {
         },
         status: None,
     })
+}
+
+/// Marks every object of a schema that lists its fields with
+/// `x-kubernetes-preserve-unknown-fields`: the API server then keeps a
+/// misspelt field instead of pruning it silently, so that the validating
+/// webhook (and, without it, the control plane's reading) refuses it by
+/// its field path, as `trellis apply` does. Types are still checked by the
+/// API server.
+fn preserve_unknown_fields(schema: &mut serde_json::Value) {
+    let Some(o) = schema.as_object_mut() else {
+        return;
+    };
+    if o.contains_key("properties") {
+        o.insert("x-kubernetes-preserve-unknown-fields".into(), true.into());
+    }
+    for (key, value) in o.iter_mut() {
+        match key.as_str() {
+            "properties" => {
+                for p in value
+                    .as_object_mut()
+                    .into_iter()
+                    .flat_map(|p| p.values_mut())
+                {
+                    preserve_unknown_fields(p);
+                }
+            }
+            "items" | "additionalProperties" => preserve_unknown_fields(value),
+            _ => {}
+        }
+    }
 }
 
 fn columns(kind: &str) -> Vec<CustomResourceColumnDefinition> {
@@ -239,6 +271,24 @@ mod tests {
 
     /// The drift test: the chart installs exactly what the types generate.
     /// After a change to `api/`, regenerate with
+    #[test]
+    fn every_object_of_a_spec_keeps_unknown_fields_for_the_webhook() {
+        let crd = crd("VirtualService").unwrap();
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+        let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+        let route = &spec["properties"]["http"]["items"]["properties"]["route"]["items"];
+        for object in [spec, &spec["properties"]["http"]["items"], route] {
+            assert_eq!(
+                object["x-kubernetes-preserve-unknown-fields"], true,
+                "{object}"
+            );
+        }
+        assert_eq!(
+            route["properties"]["weight"]["type"], "integer",
+            "types still checked"
+        );
+    }
+
     /// `cargo run -p trellis -- kube crds > installer/charts/trellis/crds/istio.yaml`.
     #[test]
     fn the_charts_crds_are_the_generated_ones() {

@@ -13,7 +13,11 @@ use trellis_api::v1::{
     ProxyStatusResponse, ResourceRef,
 };
 
-use crate::config::analyze::{analyze, document_warnings, Workload};
+use trellis_api::annotations;
+use trellis_kubernetes::config::{Invalid, CONFIG, INVALID};
+
+use crate::config::analyze::{analyze, document_warnings, Level, Message, Workload};
+use crate::config::owner::{self, Source};
 use crate::config::{from_json, key_of, parse_sources, reference, stored};
 use crate::node::Node;
 use crate::raft::state::kubernetes::{parse_kube_key, KUBE_PREFIX};
@@ -71,6 +75,30 @@ pub async fn delete(
             )));
         }
         deletes.push(config_key(&x.kind, &x.namespace, &x.name));
+    }
+    // A resource only a cluster holds is deleted in that cluster.
+    let elsewhere = node.read_state(|s| {
+        r.resources.iter().enumerate().find_map(|(i, x)| {
+            let rel = format!("{}/{}/{}", x.kind, x.namespace, x.name);
+            let copies = owner::copies(&s.store, &rel);
+            let first = copies.first()?;
+            match &first.source {
+                Source::Kubernetes { cluster, .. } => Some(format!(
+                    "resources[{i}]: {} {}/{} comes from Kubernetes cluster {cluster}: delete \
+                     it there with `kubectl delete {} {} -n {}`",
+                    x.kind,
+                    x.namespace,
+                    x.name,
+                    Spec::names(&x.kind).plural,
+                    x.name,
+                    x.namespace
+                )),
+                Source::Trellis => None,
+            }
+        })
+    });
+    if let Some(why) = elsewhere {
+        return Err(Status::failed_precondition(why));
     }
     let cmd = Command::Registry(RegistryCommand::ApplyConfig {
         upserts: Vec::new(),
@@ -132,19 +160,22 @@ pub fn get(node: &Node, r: GetConfigRequest) -> Result<GetConfigResponse, Status
                     }
                 }
             }
-            // What the clusters' Kubernetes discovery wrote.
+            // What the clusters' Kubernetes discovery wrote, and their
+            // Istio resources (a shadowed copy says what shadows it).
             for (key, _) in s.store.prefixed(KUBE_PREFIX) {
                 let Some((_, rel)) = parse_kube_key(key) else {
                     continue;
                 };
-                let Some((kind, ns, name)) = parse_config_key(&format!("{CONFIG_PREFIX}{rel}"))
-                    .map(|(k, n, m)| (k.to_string(), n.to_string(), m.to_string()))
-                else {
+                if rel.starts_with(INVALID) {
+                    continue;
+                }
+                let rel = rel.strip_prefix(CONFIG).unwrap_or(rel);
+                let Some((kind, ns, name)) = owner::split(rel) else {
                     continue;
                 };
-                if wanted(&kind, &ns, &name) {
+                if wanted(kind, ns, name) {
                     if let Some(c) = s.store.config(key) {
-                        out.push(String::from_utf8_lossy(&c.json).into_owned());
+                        out.push(shown(&c.json, owner::shadowed_by(&s.store, key)));
                     }
                 }
             }
@@ -183,12 +214,34 @@ pub fn get(node: &Node, r: GetConfigRequest) -> Result<GetConfigResponse, Status
     Ok(GetConfigResponse { resources })
 }
 
+/// A stored resource as `trellis get` shows it: a shadowed copy annotated
+/// with the source of the copy in force.
+fn shown(json: &[u8], shadowed_by: Option<String>) -> String {
+    let by = shadowed_by.and_then(|by| {
+        let mut v: serde_json::Value = serde_json::from_slice(json).ok()?;
+        let meta = v.get_mut("metadata")?.as_object_mut()?;
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| serde_json::json!({}));
+        annotations
+            .as_object_mut()?
+            .insert(annotations::SHADOWED_BY.into(), by.into());
+        Some(v.to_string())
+    });
+    by.unwrap_or_else(|| String::from_utf8_lossy(json).into_owned())
+}
+
 /// The stored config with the given sources in place of their stored
 /// versions, analyzed.
 pub fn analyze_config(node: &Node, r: AnalyzeRequest) -> Result<AnalyzeResponse, Status> {
     let given = parse_sources(&r.sources).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let ((mut resources, registered), domain) =
-        node.read_state(|s| (stored_resources(&s.store), s.store.domain()));
+    let ((mut resources, registered), domain, refused) = node.read_state(|s| {
+        (
+            stored_resources(&s.store),
+            s.store.domain(),
+            refused_custom_resources(&s.store),
+        )
+    });
     let given_keys: std::collections::BTreeSet<String> = given.iter().map(key_of).collect();
     resources.retain(|r| !given_keys.contains(&key_of(r)));
     resources.extend(given);
@@ -214,6 +267,7 @@ pub fn analyze_config(node: &Node, r: AnalyzeRequest) -> Result<AnalyzeResponse,
     let messages = analyze(&resources, &workloads, &domain)
         .into_iter()
         .chain(file_warnings)
+        .chain(refused)
         .map(|m| AnalysisMessage {
             level: m.level.as_str().to_string(),
             code: m.code.to_string(),
@@ -232,12 +286,13 @@ pub fn analyze_config(node: &Node, r: AnalyzeRequest) -> Result<AnalyzeResponse,
 /// A workload's namespace and labels.
 type Labelled = (String, BTreeMap<String, String>);
 
-/// Every stored resource (Kubernetes discovery's too), and the namespace
-/// and labels of every registered workload.
+/// Every stored resource in force (Kubernetes discovery's and clusters'
+/// too), and the namespace and labels of every registered workload.
 fn stored_resources(store: &Store) -> (Vec<Resource>, Vec<Labelled>) {
     let resources = store
         .prefixed(CONFIG_PREFIX)
         .chain(store.prefixed(KUBE_PREFIX))
+        .filter(|(key, _)| owner::in_force(store, key))
         .filter_map(|(key, _)| from_json(&store.config(key)?.json).ok())
         .collect();
     let registered = store
@@ -251,6 +306,50 @@ fn stored_resources(store: &Store) -> (Vec<Resource>, Vec<Labelled>) {
         })
         .collect();
     (resources, registered)
+}
+
+/// An error per field of each Istio resource a cluster holds that the
+/// mesh refused (applied there without the validating webhook): it is not
+/// in force.
+fn refused_custom_resources(store: &Store) -> Vec<Message> {
+    let mut out = Vec::new();
+    for (key, _) in store.prefixed(KUBE_PREFIX) {
+        let Some((cluster, rel)) = parse_kube_key(key) else {
+            continue;
+        };
+        let Some(rel) = rel.strip_prefix(INVALID) else {
+            continue;
+        };
+        let Some((kind, ns, name)) = owner::split(rel) else {
+            continue;
+        };
+        let Some(invalid) = store
+            .config(key)
+            .and_then(|c| serde_json::from_slice::<Invalid>(&c.json).ok())
+        else {
+            continue;
+        };
+        for e in invalid.errors {
+            let (field, reason) = e.split_once(": ").unwrap_or(("", &e));
+            out.push(Message {
+                level: Level::Error,
+                code: "SchemaValidationError",
+                kind: Spec::KINDS
+                    .iter()
+                    .find(|k| **k == kind)
+                    .copied()
+                    .unwrap_or(""),
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                field: field.to_string(),
+                text: format!(
+                    "{reason} (in Kubernetes cluster {cluster}, applied without the validating \
+                     webhook: not in force until fixed there)"
+                ),
+            });
+        }
+    }
+    out
 }
 
 /// Every agent streaming from any node: this node's own, and each other

@@ -4,6 +4,7 @@
 //! ([`stored`], [`from_json`]), and the cross-resource checks of
 //! `trellis analyze` ([`analyze`]).
 pub mod analyze;
+pub mod owner;
 
 use std::collections::BTreeSet;
 
@@ -131,9 +132,12 @@ pub fn from_json(json: &[u8]) -> Result<Resource, StoredConfigError> {
     Ok(Resource::from_value(value)?)
 }
 
-/// The WorkloadGroup `namespace/name` in `store`, if there is one.
+/// The WorkloadGroup `namespace/name` in `store`, if there is one: the
+/// copy in force ([`owner`]), applied with `trellis apply` or to a
+/// Kubernetes cluster.
 pub fn workload_group(store: &Store, namespace: &str, name: &str) -> Option<WorkloadGroup> {
-    let stored = store.config(&config_key("WorkloadGroup", namespace, name))?;
+    let rel = format!("WorkloadGroup/{namespace}/{name}");
+    let stored = store.config(&owner::copies(store, &rel).first()?.key)?;
     match from_json(&stored.json).ok()?.spec {
         Spec::WorkloadGroup(g) => Some(*g),
         _ => None,

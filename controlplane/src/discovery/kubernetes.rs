@@ -11,9 +11,13 @@
 //! nodes of the cluster keep their mirror and compare too, but write only
 //! once the lease expired, then taking it over. The lease's holder also
 //! publishes the mesh root in every namespace ([`publish_roots`]).
+//!
+//! The Istio resources applied to the cluster ([`config`]) are written
+//! the same way, as more of the cluster's records.
 use std::sync::Arc;
 use std::time::Duration;
 
+use trellis_kubernetes::config::{self, Invalid, INVALID};
 use trellis_kubernetes::discovery::watch::Mirror;
 use trellis_kubernetes::discovery::{diff, records, to_json, Place, Records};
 
@@ -43,7 +47,9 @@ pub async fn discover_forever(node: Arc<Node>, client: kube::Client) {
     };
     tracing::info!(cluster = %place.cluster, slices = %mirror.slice_version,
         "Kubernetes discovery watching the API server");
+    let mut resources = config::watch::Mirror::start(client).await;
     let mut changes = mirror.changes();
+    let mut resource_changes = resources.changes();
     let mut renew = tokio::time::interval(LEASE / 3);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut writer = Writer::default();
@@ -56,12 +62,23 @@ pub async fn discover_forever(node: Arc<Node>, client: kube::Client) {
                 tokio::time::sleep(DEBOUNCE).await;
                 changes.borrow_and_update();
             }
-            _ = renew.tick() => {}
+            _ = resource_changes.changed() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                resource_changes.borrow_and_update();
+            }
+            // CRDs installed since are watched from here.
+            _ = renew.tick() => resources.refresh().await,
         }
-        let Some(desired) = mirror.read(|o| to_json(records(o, &place))) else {
+        let Some(mut desired) = mirror.read(|o| to_json(records(o, &place))) else {
             tracing::debug!(unlisted = ?mirror.unlisted(), "Kubernetes discovery waiting for the first lists");
             continue;
         };
+        // The cluster's Istio resources are its records too.
+        let Some(custom) = resources.read(|o| config::records(o, &place.cluster)) else {
+            tracing::debug!("Kubernetes discovery waiting for the first lists of Istio resources");
+            continue;
+        };
+        desired.extend(custom);
         writer.sync(&node, &place.cluster, desired).await;
     }
 }
@@ -169,6 +186,12 @@ impl Writer {
             return;
         }
         let (upserts, deletes) = (d.upserts.len(), d.deletes.len());
+        let refused: Vec<(String, Vec<u8>)> = d
+            .upserts
+            .iter()
+            .filter(|(k, _)| k.starts_with(INVALID))
+            .cloned()
+            .collect();
         let sync = KubeSync {
             cluster: cluster.to_string(),
             node: node.id,
@@ -178,10 +201,15 @@ impl Writer {
                 .upserts
                 .into_iter()
                 .map(|(k, json)| {
-                    let value = StoredConfig {
-                        json,
-                        vip_hosts: vec![],
-                    };
+                    // Virtual IPs for a cluster's ServiceEntry as for an
+                    // applied one (discovery's have the Service's IP).
+                    let vip_hosts = k
+                        .starts_with(config::CONFIG)
+                        .then(|| crate::config::from_json(&json).ok())
+                        .flatten()
+                        .map(|r| crate::config::stored(&r).vip_hosts)
+                        .unwrap_or_default();
+                    let value = StoredConfig { json, vip_hosts };
                     (k, value)
                 })
                 .collect(),
@@ -196,6 +224,13 @@ impl Writer {
                 if self.failing {
                     tracing::info!("Kubernetes discovery writes again");
                     self.failing = false;
+                }
+                for (key, json) in refused {
+                    let errors = serde_json::from_slice::<Invalid>(&json)
+                        .map(|i| i.errors.join("; "))
+                        .unwrap_or_default();
+                    tracing::warn!(%cluster, resource = &key[INVALID.len()..], %errors,
+                        "an Istio resource of the cluster is invalid; not in force until fixed there (`trellis analyze` shows it)");
                 }
                 if upserts + deletes > 0 {
                     tracing::info!(

@@ -19,10 +19,9 @@ use super::item::{
 };
 use super::local::{stale_clusters, Overlay};
 use super::scope::{Scope, SidecarRule};
+use crate::config::owner;
 use crate::raft::state::kubernetes::{parse_kube_key, KUBE_PREFIX};
-use crate::raft::state::registry::{
-    parse_config_key, WorkloadRecord, CONFIG_PREFIX, WORKLOAD_PREFIX,
-};
+use crate::raft::state::registry::{WorkloadRecord, CONFIG_PREFIX, WORKLOAD_PREFIX};
 use crate::raft::state_machine::Applied;
 
 /// Change sets a snapshot remembers.
@@ -213,10 +212,18 @@ impl Builder {
         let stale = self.stale.clone();
         let ctx = self.ctx(&overlay, &stale);
         let mut built = Vec::new();
+        // A copy of a resource that changed may change which of its
+        // copies is in force: all are built again.
+        let mut keys: Vec<String> = keys
+            .iter()
+            .flat_map(|k| std::iter::once(k.clone()).chain(owner::siblings(&st.store, k)))
+            .collect();
+        keys.sort();
+        keys.dedup();
         // Virtual IPs change with their ServiceEntry; the mesh record and
         // the topology are the bundle's, read below.
-        for key in keys {
-            if key.starts_with(&format!("{CONFIG_PREFIX}Sidecar/")) {
+        for key in &keys {
+            if is_sidecar(key) {
                 sidecars = true;
                 continue;
             }
@@ -266,14 +273,13 @@ impl Builder {
     /// recording what differs.
     pub fn reload(&mut self, st: &Applied) {
         let mut seen: HashSet<Arc<str>> = HashSet::new();
-        let sidecars = format!("{CONFIG_PREFIX}Sidecar/");
         let overlay = self.local.overlay.all();
         let stale = self.stale.clone();
         let ctx = self.ctx(&overlay, &stale);
         let mut keys: Vec<&str> = [CONFIG_PREFIX, WORKLOAD_PREFIX, KUBE_PREFIX]
             .into_iter()
             .flat_map(|prefix| st.store.prefixed(prefix).map(|(key, _)| key))
-            .filter(|key| !key.starts_with(&sidecars))
+            .filter(|key| !is_sidecar(key))
             .collect();
         keys.extend(
             overlay
@@ -436,6 +442,9 @@ fn build(key: &str, st: &Applied, ctx: &Ctx) -> Option<Item> {
         };
         return workload_item(key, &record, marks);
     }
+    if !owner::in_force(&st.store, key) {
+        return None;
+    }
     let item = config_item(key, st.store.config(key)?, &st.store)?;
     // A Kubernetes endpoint is as fresh as its cluster's discovery.
     match parse_kube_key(key) {
@@ -446,13 +455,23 @@ fn build(key: &str, st: &Applied, ctx: &Ctx) -> Option<Item> {
     }
 }
 
-/// Every Sidecar in the store, as scoping needs them, in key order.
+/// Whether `key` holds a copy of a Sidecar: Sidecars scope what is
+/// pushed, and are no items themselves.
+fn is_sidecar(key: &str) -> bool {
+    owner::identity(key).is_some_and(|(rel, _)| rel.starts_with("Sidecar/"))
+}
+
+/// Every Sidecar in force in the store, as scoping needs them, in key
+/// order.
 fn sidecar_rules(st: &Applied) -> Vec<SidecarRule> {
-    let prefix = format!("{CONFIG_PREFIX}Sidecar/");
+    let own = format!("{CONFIG_PREFIX}Sidecar/");
     st.store
-        .prefixed(&prefix)
+        .prefixed(&own)
+        .chain(st.store.prefixed(KUBE_PREFIX))
+        .filter(|(key, _)| is_sidecar(key) && owner::in_force(&st.store, key))
         .filter_map(|(key, _)| {
-            let (_, ns, _) = parse_config_key(key)?;
+            let (rel, _) = owner::identity(key)?;
+            let (_, ns, _) = owner::split(rel)?;
             let r = crate::config::from_json(&st.store.config(key)?.json).ok()?;
             sidecar_rule(key, ns, &r.spec)
         })

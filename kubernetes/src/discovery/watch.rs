@@ -73,7 +73,8 @@ impl Mirror {
         let ctx = |index: usize| Ctx {
             state: state.clone(),
             bump: bump.clone(),
-            index,
+            kind: KINDS[index],
+            listed: move |s: &mut State| s.listed[index] = true,
         };
         let tasks = vec![
             tokio::spawn(mirror(
@@ -81,35 +82,35 @@ impl Mirror {
                 ctx(0),
                 namespaced,
                 Some,
-                |o| &mut o.services,
+                |s| &mut s.objects.services,
             )),
             tokio::spawn(mirror(
                 Api::<DynamicObject>::all_with(client.clone(), &slices),
                 ctx(1),
                 namespaced,
                 to_slice,
-                |o| &mut o.slices,
+                |s| &mut s.objects.slices,
             )),
             tokio::spawn(mirror(
                 Api::<Pod>::all(client.clone()),
                 ctx(2),
                 namespaced,
                 Some,
-                |o| &mut o.pods,
+                |s| &mut s.objects.pods,
             )),
             tokio::spawn(mirror(
                 Api::<Node>::all(client.clone()),
                 ctx(3),
                 |o: &Node| Some(o.name_any()),
                 Some,
-                |o| &mut o.nodes,
+                |s| &mut s.objects.nodes,
             )),
             tokio::spawn(mirror(
                 Api::<Namespace>::all(client),
                 ctx(4),
                 |o: &Namespace| Some(o.name_any()),
                 Some,
-                |o| &mut o.namespaces,
+                |s| &mut s.objects.namespaces,
             )),
         ];
         Ok(Mirror {
@@ -143,21 +144,23 @@ impl Mirror {
     }
 }
 
-/// What one kind's watcher writes to.
-struct Ctx {
-    state: Arc<Mutex<State>>,
-    bump: Arc<signal::Sender<u64>>,
-    index: usize,
+/// What one kind's watcher writes to: the mirror's state `S`, where
+/// `listed` records that `kind` was listed completely.
+pub(crate) struct Ctx<S, L> {
+    pub(crate) state: Arc<Mutex<S>>,
+    pub(crate) bump: Arc<signal::Sender<u64>>,
+    pub(crate) kind: &'static str,
+    pub(crate) listed: L,
 }
 
-impl Ctx {
-    fn update(&self, f: impl FnOnce(&mut State)) {
+impl<S, L: Fn(&mut S)> Ctx<S, L> {
+    fn update(&self, f: impl FnOnce(&mut S)) {
         f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
         self.bump.send_modify(|g| *g += 1);
     }
 }
 
-fn namespaced<K: Resource>(o: &K) -> Option<(String, String)> {
+pub(crate) fn namespaced<K: Resource>(o: &K) -> Option<(String, String)> {
     Some((o.meta().namespace.clone()?, o.meta().name.clone()?))
 }
 
@@ -175,17 +178,18 @@ fn to_slice(o: DynamicObject) -> Option<EndpointSlice> {
 
 /// Mirrors the objects of `api` into the map `map` picks, keyed by `key`,
 /// converted by `value`.
-async fn mirror<K, Key, V>(
+pub(crate) async fn mirror<S, L, K, Key, V>(
     api: Api<K>,
-    ctx: Ctx,
+    ctx: Ctx<S, L>,
     key: impl Fn(&K) -> Option<Key>,
     value: impl Fn(K) -> Option<V>,
-    map: impl Fn(&mut Objects) -> &mut BTreeMap<Key, V>,
+    map: impl Fn(&mut S) -> &mut BTreeMap<Key, V>,
 ) where
+    L: Fn(&mut S),
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     Key: Ord,
 {
-    let kind = KINDS[ctx.index];
+    let kind = ctx.kind;
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
     let mut listing = None;
@@ -209,8 +213,8 @@ async fn mirror<K, Key, V>(
             failing = false;
         }
         ctx.update(|s| {
-            if update.apply(map(&mut s.objects)) {
-                s.listed[ctx.index] = true;
+            if update.apply(map(s)) {
+                (ctx.listed)(s);
             }
         });
     }

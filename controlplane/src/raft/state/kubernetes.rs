@@ -101,14 +101,24 @@ impl Store {
         };
         self.set(lease_key(&s.cluster), &lease, changed);
         let prefix = kube_prefix(&s.cluster);
+        // A ServiceEntry without addresses (a cluster's Istio resource)
+        // gets virtual IPs, as one applied with `trellis apply` does.
+        let mut vips_touched = false;
         for rel in &s.deletes {
             let key = format!("{prefix}{rel}");
+            vips_touched |= self.config(&key).is_some_and(|o| !o.vip_hosts.is_empty());
             if self.map.remove(&key).is_some() {
                 changed.push(key);
             }
         }
         for (rel, value) in &s.upserts {
-            self.set(format!("{prefix}{rel}"), value, changed);
+            let key = format!("{prefix}{rel}");
+            vips_touched |= !value.vip_hosts.is_empty()
+                || self.config(&key).is_some_and(|o| !o.vip_hosts.is_empty());
+            self.set(key, value, changed);
+        }
+        if vips_touched {
+            self.reallocate_vips(changed);
         }
         Response::Ok
     }
@@ -270,6 +280,28 @@ mod tests {
             ["kube-lease/east", "kube/east/A/ns/a", "kube/east/B/ns/b"]
         );
         assert_eq!(parse_kube_key("kube/east/B/ns/b"), Some(("east", "B/ns/b")));
+    }
+
+    #[test]
+    fn a_clusters_service_entry_without_addresses_gets_a_virtual_ip() {
+        let mut s = store();
+        let se = StoredConfig {
+            json: b"{}".to_vec(),
+            vip_hosts: vec!["ratings.example".into()],
+        };
+        let key = "config/ServiceEntry/prod/ratings";
+        let cmd = Command::SyncKubernetes(Box::new(KubeSync {
+            cluster: "east".into(),
+            node: 1,
+            now: 100,
+            lease_secs: 15,
+            upserts: vec![(key.into(), se)],
+            deletes: vec![],
+        }));
+        s.apply(&cmd, &mut Vec::new());
+        assert!(s.vip("ratings.example").is_some());
+        s.apply(&sync(1, 101, &[], &[key]), &mut Vec::new());
+        assert_eq!(s.vip("ratings.example"), None, "freed with it");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use super::kubernetes::KUBE_PREFIX;
 use super::{dec, enc, Response, Store};
 
 pub const CONFIG_PREFIX: &str = "config/";
@@ -298,9 +299,11 @@ impl Store {
     /// Gives every host that needs a virtual IP one, keeping the addresses
     /// already given, and frees those of hosts no longer needing one. The
     /// lowest free address is taken, so replicas agree.
-    fn reallocate_vips(&mut self, changed: &mut Vec<String>) {
+    /// ServiceEntries of the clusters' Istio resources need them too.
+    pub(super) fn reallocate_vips(&mut self, changed: &mut Vec<String>) {
         let needed: BTreeSet<String> = self
             .prefixed(&format!("{CONFIG_PREFIX}ServiceEntry/"))
+            .chain(self.prefixed(KUBE_PREFIX))
             .filter_map(|(_, v)| dec::<StoredConfig>(v))
             .flat_map(|c| c.vip_hosts)
             .collect();
