@@ -353,7 +353,9 @@ impl Syncer {
     }
 
     async fn bind(&self, ns: &str, name: &str) -> anyhow::Result<()> {
-        let bindings: Api<Binding> = Api::namespaced(self.client.clone(), ns);
+        // The API server answers a pod's `binding` with a Status, not the
+        // Binding.
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let binding = Binding {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.to_string()),
@@ -366,10 +368,14 @@ impl Syncer {
                 ..Default::default()
             },
         };
-        bindings
-            .create(&PostParams::default(), &binding)
-            .await
-            .with_context(|| format!("binding pod {ns}/{name} to {}", self.node.name))?;
+        pods.create_subresource::<_, kube::core::Status>(
+            "binding",
+            name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+        .with_context(|| format!("binding pod {ns}/{name} to {}", self.node.name))?;
         Ok(())
     }
 
