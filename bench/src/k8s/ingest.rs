@@ -30,12 +30,13 @@ use kube::core::GroupVersionKind;
 use serde_json::json;
 use trellis_e2e::kube::{KubeCluster, Options};
 use trellis_e2e::loopback::Block;
+use trellis_e2e::Proc;
 use trellis_kubernetes::client::{client, Source};
 
 use super::{Mesh, PACKAGES};
 use crate::flags::Build;
 use crate::net::{wait_http_ok, Client};
-use crate::process::{status_kib, Usage};
+use crate::process::{status_kib, tail, Usage};
 use crate::table::render;
 
 /// The loopback series of the bed's block: `127.64.N.0/24`.
@@ -156,7 +157,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let args = Arc::new(args);
     let t0 = Instant::now();
     let created = create_all(&kube, args.clone());
-    let agents_done = wait_agents(&block, &args, t0);
+    let agents_done = wait_agents(&block, &args, &agents, t0);
     let (created, agents_done) = tokio::join!(created, agents_done);
     let created = created?;
     let agents_done = agents_done?;
@@ -367,8 +368,15 @@ async fn create_service(kube: &kube::Client, args: &Args, s: usize) -> anyhow::R
 }
 
 /// Polls each agent's `/clusters` until it has every Service with all its
-/// endpoints; the time each got there, from `t0`.
-async fn wait_agents(block: &Block, args: &Args, t0: Instant) -> anyhow::Result<Vec<Duration>> {
+/// endpoints; the time each got there, from `t0`. An agent that has
+/// fewer complete services than it had before is reported, with the end
+/// of its log (the views only grow during the run).
+async fn wait_agents(
+    block: &Block,
+    args: &Args,
+    agents: &[Proc],
+    t0: Instant,
+) -> anyhow::Result<Vec<Duration>> {
     let want: BTreeMap<String, usize> = (0..args.services)
         .map(|s| {
             (
@@ -381,6 +389,7 @@ async fn wait_agents(block: &Block, args: &Args, t0: Instant) -> anyhow::Result<
     let mut clients: Vec<Client> = (0..args.agents)
         .map(|a| Client::new(SocketAddr::new(block.ip(FIRST_AGENT + a).into(), 15000)))
         .collect();
+    let mut best = vec![0; usize::from(args.agents)];
     let mut last_report = Instant::now();
     while done.iter().any(Option::is_none) {
         if t0.elapsed() > TIMEOUT {
@@ -395,6 +404,15 @@ async fn wait_agents(block: &Block, args: &Args, t0: Instant) -> anyhow::Result<
                 bail!("agent {a}'s /clusters answered {status}");
             }
             let (services, endpoints) = complete(&String::from_utf8_lossy(&body), &want);
+            if services < best[a] {
+                eprintln!(
+                    "  {:.0} s: agent {a} went back from {} to {services} complete services; its log ends:\n{}",
+                    t0.elapsed().as_secs_f64(),
+                    best[a],
+                    tail(&agents[a].output(), 5)
+                );
+            }
+            best[a] = best[a].max(services);
             if services == want.len() {
                 done[a] = Some(t0.elapsed());
             } else if last_report.elapsed() > Duration::from_secs(10) {
