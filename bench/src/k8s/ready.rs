@@ -25,6 +25,7 @@ use hyper::StatusCode;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -106,11 +107,14 @@ fn is_ready(p: &Pod) -> bool {
 }
 
 /// The times the bench's watch first saw each pod ready, sent as seen.
+/// With a backoff: without one a watcher retries at once when the API
+/// server is gone, and its task spins without yielding, which keeps the
+/// runtime from shutting down.
 fn watch_ready(pods: Api<Pod>) -> mpsc::UnboundedReceiver<(String, Instant)> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut seen = std::collections::HashSet::new();
-        let stream = watcher(pods, watcher::Config::default().labels("app=web"));
+        let stream = watcher(pods, watcher::Config::default().labels("app=web")).default_backoff();
         tokio::pin!(stream);
         while let Some(event) = stream.next().await {
             let (Ok(Event::Apply(p)) | Ok(Event::InitApply(p))) = event else {
