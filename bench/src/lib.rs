@@ -45,6 +45,12 @@
 //!   through the mesh from the VM, the installed agent's idle memory, the
 //!   package sizes.
 //!
+//! - `k8s/`: two clusters, `west` (the agents' node) and `east` (a node
+//!   watching a real kube-apiserver v1.20): `kube-ingest`, 1,000 Services
+//!   and 10,000 pods created in east until every west agent has them, with
+//!   the nodes' CPU and RSS; `kube-ready`, a pod made ready in east (the
+//!   tests' kubelet) to the first request to it from west.
+//!
 //! A new suite is a folder beside them with a variant of [`Command`].
 //!
 //! What the suites share is at the top: `flags` (the flags two or more
@@ -68,6 +74,7 @@ mod failover;
 mod flags;
 mod gateway;
 mod inject;
+mod k8s;
 mod machine;
 mod multinet;
 mod net;
@@ -139,6 +146,14 @@ pub enum Command {
     /// against a real kube-apiserver: its time per review (p99 goal
     /// 5 ms), the API server's view of the calls, the creations' latency.
     Inject(inject::Args),
+    /// 1,000 Services and 10,000 pods created in cluster east's real
+    /// kube-apiserver -> every agent of cluster west has them all: the
+    /// time, and the control-plane nodes' CPU seconds and peak RSS.
+    KubeIngest(k8s::ingest::Args),
+    /// A pod turning ready in cluster east (real kube-apiserver, the
+    /// tests' kubelet) -> the first successful request to it from cluster
+    /// west's agent: p50/p90/p99/max over many pods (goal p99 < 1 s).
+    KubeReady(k8s::ready::Args),
     /// A null TCP relay, the floor of `proxy` (which starts two): copies
     /// bytes between each accepted connection and one to its target.
     Relay(proxy::relay::Args),
@@ -160,6 +175,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Command::Upgrade(args) => upgrade::run(args).await,
             Command::Vm(args) => vm::run(args).await,
             Command::Inject(args) => inject::run(args).await,
+            Command::KubeIngest(args) => k8s::ingest::run(args).await,
+            Command::KubeReady(args) => k8s::ready::run(args).await,
             Command::Relay(args) => proxy::relay::serve(args).await,
         }
     };
