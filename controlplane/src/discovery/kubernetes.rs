@@ -11,6 +11,7 @@
 //! nodes of the cluster keep their mirror and compare too, but write only
 //! once the lease expired, then taking it over. The lease's holder also
 //! publishes the mesh root in every namespace ([`publish_roots`]).
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,6 +191,12 @@ impl Writer {
         match node.write(Command::SyncKubernetes(Box::new(sync))).await {
             Ok((index, _)) => {
                 self.written = index;
+                let stats = &node.stats;
+                stats.kube_writes.fetch_add(1, Ordering::Relaxed);
+                let records = (upserts + deletes) as u64;
+                stats
+                    .kube_records_written
+                    .fetch_add(records, Ordering::Relaxed);
                 if self.standing_by.take().is_some() || lease.is_none_or(|l| l.holder != node.id) {
                     tracing::info!(%cluster, "this node writes the cluster's Kubernetes discovery");
                 }
