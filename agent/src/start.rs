@@ -222,12 +222,12 @@ async fn certificate(
     tracing::info!(identity = %loaded.id, "workload certificate loaded");
     let cert = CertCell::new(&loaded.identity)?;
     let tls = Arc::new(MeshTls::new(cert, loaded.id.clone(), loaded.roots.clone())?);
-    if let Some(data_dir) = source.data_dir() {
+    if source.data_dir().is_some() {
         tokio::spawn(identity::renew_forever(
             tls.clone(),
+            source.clone(),
             loaded.not_after,
             loaded.control_plane.clone(),
-            data_dir.to_path_buf(),
             mark,
         ));
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use trellis_api::topology;
 use trellis_controlplane::bootstrap::{self, CaKeySource, JoinOptions, NewMesh};
-use trellis_controlplane::node::Settings;
+use trellis_controlplane::node::{HttpListen, Settings};
 use trellis_controlplane::raft::RaftSettings;
 
 mod systemd;
@@ -79,6 +79,22 @@ enum Cmd {
 
 /// Where `init` and `join` listen unless told otherwise.
 const DEFAULT_LISTEN: &str = "127.0.0.1:15012";
+/// Where /ready and /metrics are served unless told otherwise.
+const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:15014";
+
+/// `--http-listen`'s value: an address, or none.
+#[derive(Clone, Copy, Debug)]
+struct HttpAddr(Option<std::net::SocketAddr>);
+
+/// `--http-listen`: an address, or `off`/empty for none.
+fn parse_http_listen(s: &str) -> Result<HttpAddr, String> {
+    match s.trim() {
+        "" | "off" => Ok(HttpAddr(None)),
+        a => a.parse().map(|a| HttpAddr(Some(a))).map_err(|e| {
+            format!("{e}: give IP:PORT (e.g. 0.0.0.0:15014), or `off` to serve no HTTP")
+        }),
+    }
+}
 
 #[derive(Args)]
 struct NodeFlags {
@@ -147,6 +163,12 @@ struct NodeFlags {
     /// at /inject, validation at /validate) listen, HTTPS.
     #[arg(long, env = "TRELLIS_WEBHOOK_LISTEN", default_value = "0.0.0.0:15017")]
     webhook_listen: std::net::SocketAddr,
+    /// Where `GET /ready` and `GET /metrics` (Prometheus) are served, plain
+    /// HTTP; `off` for nowhere. Default 0.0.0.0:15014; when that
+    /// port is taken (several nodes on one host) the node warns and goes on
+    /// without it, while an address given here must bind.
+    #[arg(long, env = "TRELLIS_HTTP_LISTEN", value_parser = parse_http_listen)]
+    http_listen: Option<HttpAddr>,
     /// With --kubernetes: the image of the containers injected into pods
     /// (the agent, and the init container that installs capture).
     #[arg(long, env = "TRELLIS_AGENT_IMAGE", default_value = concat!("trellis/trellis-agent:", env!("CARGO_PKG_VERSION")))]
@@ -184,6 +206,16 @@ impl NodeFlags {
             workload_grace: Duration::from_secs(self.workload_grace_secs),
             cluster_stale_after: Duration::from_secs(self.cluster_stale_after),
             kubernetes: self.kubernetes.clone(),
+            http_listen: match self.http_listen {
+                None => Some(HttpListen {
+                    addr: DEFAULT_HTTP_LISTEN.parse().expect("a socket address"),
+                    required: false,
+                }),
+                Some(HttpAddr(given)) => given.map(|addr| HttpListen {
+                    addr,
+                    required: true,
+                }),
+            },
             webhooks: trellis_kubernetes::webhook::Options {
                 listen: self.webhook_listen,
                 agent_image: self.agent_image.clone(),

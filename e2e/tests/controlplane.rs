@@ -346,3 +346,93 @@ async fn whole_cluster_killed_restarts_from_snapshot_and_log() -> anyhow::Result
     }
     Ok(())
 }
+
+/// One request on its own connection, as raw bytes; the whole answer.
+async fn raw_http(addr: &str, request: &[u8]) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(request).await?;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await?;
+    // A server that answers before reading the whole request (431) resets
+    // the connection after its answer: the answer is what counts.
+    if answer.is_empty() {
+        read?;
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: cp\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
+/// `--http-listen`: `/ready` and `/metrics` over plain HTTP, the node's
+/// Raft facts in Prometheus' format; what is not a probe or a scrape gets
+/// a 4xx and the node goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_port_serves_ready_and_metrics_and_refuses_the_rest() -> anyhow::Result<()> {
+    let http = format!("127.0.0.1:{}", trellis_e2e::free_port());
+    let c = Cluster::start(1, &["--http-listen", &http]).await?;
+    put(&c, 1, "some/key", "v").await?;
+
+    let ready = raw_http(&http, &get("/ready")).await?;
+    assert!(ready.starts_with("HTTP/1.1 200 OK\r\n"), "{ready}");
+    assert!(ready.ends_with("\r\n\r\nready\n"), "{ready}");
+
+    let metrics = wait_for(Duration::from_secs(5), "the write in /metrics", || async {
+        let m = raw_http(&http, &get("/metrics")).await.ok()?;
+        let applied: u64 = m
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("trellis_controlplane_raft_last_applied_index{node=\"1\"} ")
+            })?
+            .parse()
+            .ok()?;
+        (applied >= 2).then_some(m)
+    })
+    .await?;
+    assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+    assert!(
+        metrics.contains("content-type: text/plain; version=0.0.4"),
+        "{metrics}"
+    );
+    for line in [
+        "trellis_controlplane_ready{node=\"1\"} 1",
+        "trellis_controlplane_raft_is_leader{node=\"1\"} 1",
+        "trellis_controlplane_raft_leader{node=\"1\"} 1",
+        "trellis_controlplane_connected_agents{node=\"1\"} 0",
+        "trellis_controlplane_kubernetes_discovery_writes_total{node=\"1\"} 0",
+        "# TYPE trellis_controlplane_raft_term gauge",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+
+    let post =
+        b"POST /ready HTTP/1.1\r\nHost: cp\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
+    let status = |r: &str| r.lines().next().unwrap_or_default().to_string();
+    for (what, request, want) in [
+        ("a POST", post.to_vec(), "HTTP/1.1 405 Method Not Allowed"),
+        ("another path", get("/debug"), "HTTP/1.1 404 Not Found"),
+        (
+            "not HTTP",
+            b"HELLO THERE\r\n\r\n".to_vec(),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "a 20 KiB header",
+            format!(
+                "GET /ready HTTP/1.1\r\nHost: cp\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(20 << 10)
+            )
+            .into_bytes(),
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ),
+    ] {
+        let answer = raw_http(&http, &request).await?;
+        assert_eq!(status(&answer), want, "{what}: {answer}");
+    }
+    // None of it harmed the node.
+    let again = raw_http(&http, &get("/ready")).await?;
+    assert_eq!(status(&again), "HTTP/1.1 200 OK");
+    Ok(())
+}

@@ -66,11 +66,18 @@ fn helm_lints_and_renders_the_chart_with_the_binaries_real_flags() -> anyhow::Re
             "--kubernetes=in-cluster",
             "--data-dir=/var/lib/trellis/controlplane",
             "--listen=0.0.0.0:15012",
+            "--http-listen=0.0.0.0:15014",
             agent_image.as_str(),
             "--advertise=$(POD_IP):15012",
         ]
     );
     assert_flags_exist(&["trellis-controlplane", "join"], &args)?;
+    // Ready when the node says so on its HTTP port, not when it listens.
+    let probe = &container["readinessProbe"]["httpGet"];
+    assert_eq!(
+        (&probe["path"], &probe["port"]),
+        (&"/ready".into(), &"http".into())
+    );
     // The token comes from the Secret, trimmed of --set-file's newline.
     assert_eq!(container["env"][1]["name"], "TRELLIS_TOKEN");
     let secret = object(&r.objects, "Secret", "trellis-join");

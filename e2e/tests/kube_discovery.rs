@@ -9,9 +9,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use hickory_proto::rr::RecordType;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
+use trellis_agent::dns::testing::{addresses, query};
+use trellis_agent::dns::Transport;
 use trellis_e2e::kube::{unavailable, KubeCluster, Options};
 use trellis_e2e::loopback::Block;
 use trellis_e2e::{bin, wait_for, Cluster, Proc};
@@ -47,7 +50,18 @@ metadata: {name: reviews, namespace: default}
 spec:
   selector: {app: reviews}
   ports: [{name: http, port: 9080, targetPort: 9080, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-pods, namespace: default}
+spec:
+  clusterIP: None
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, targetPort: 9080, protocol: TCP}]
 "#;
+
+/// The headless Service's name.
+const HEADLESS: &str = "reviews-pods.default.svc.cluster.local";
 
 /// Pod `name` (label `version`), bound to node-a.
 fn pod(name: &str, version: &str) -> String {
@@ -262,6 +276,31 @@ impl Fixture {
         self.block.ip(host).to_string()
     }
 
+    /// Waits until the client agent's DNS proxy answers `name` with the A
+    /// records of exactly the pods `hosts`.
+    async fn resolving(&self, name: &str, hosts: &[u8]) -> anyhow::Result<()> {
+        let want: Vec<String> = hosts.iter().map(|h| self.ip(*h)).collect();
+        let server = format!("{}:15053", self.ip(CLIENT)).parse()?;
+        let answer = || async {
+            let m = query(server, name, RecordType::A, Transport::Udp).await;
+            let mut ips: Vec<String> = m
+                .map(|m| addresses(&m).iter().map(|ip| ip.to_string()).collect())
+                .unwrap_or_default();
+            ips.sort();
+            ips
+        };
+        let waited = wait_for(
+            Duration::from_secs(30),
+            &format!("{name} resolving to {want:?}"),
+            || async { (answer().await == want).then_some(()) },
+        )
+        .await;
+        match waited {
+            Ok(()) => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("{e}: resolves to {:?}", answer().await)),
+        }
+    }
+
     /// Waits until requests reach exactly `want`.
     async fn reaching(&self, want: &[&str]) -> anyhow::Result<()> {
         wait_for(
@@ -304,6 +343,15 @@ async fn a_clusters_service_and_ready_pods_reach_the_agents_and_survive_a_restar
         entry["spec"]["labels"]["topology.istio.io/cluster"],
         "cluster-1"
     );
+    // The headless Service has no address: its name resolves to its
+    // ready pods, as Kubernetes DNS answers it.
+    let headless = get(&f.cp, "se")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == "reviews-pods")
+        .expect("the headless Service as a ServiceEntry");
+    assert_eq!(headless["spec"]["hosts"][0], HEADLESS);
+    assert!(headless["spec"].get("addresses").is_none(), "{headless}");
+    f.resolving(HEADLESS, &[POD_1, POD_2]).await?;
 
     // A VM service of the same name and namespace is the same service.
     let vm = f.cp.root.path().join("vm.yaml");
@@ -316,6 +364,7 @@ async fn a_clusters_service_and_ready_pods_reach_the_agents_and_survive_a_restar
     // reviews-2 turns not ready: its endpoint goes.
     set_status(&f.pods, "reviews-2", &f.ip(POD_2), false).await?;
     f.reaching(&["v1"]).await?;
+    f.resolving("reviews-pods.default", &[POD_1]).await?;
     assert_eq!(pod_entries(&f.cp), ["reviews-1.cluster-1"]);
 
     // reviews-1 is deleted and reviews-2 ready again.

@@ -59,8 +59,9 @@ impl Fixture {
             .create(&PostParams::default(), &ns)
             .await?;
         let kubeconfig = cluster.kubeconfig.display().to_string();
+        // Certificates of 8 s: one expires while a test keeps the node away.
         let flags: &[&str] = if node_in_cluster {
-            &["--kubernetes", &kubeconfig]
+            &["--kubernetes", &kubeconfig, "--cert-ttl-secs", "8"]
         } else {
             &[]
         };
@@ -241,6 +242,40 @@ async fn a_pod_gets_the_certificate_of_its_service_account_with_its_token() -> a
                 && l.contains("pod=cart-1")
                 && l.contains("/ns/shop/sa/cart")),
         "no log line of the pod's certificate: {log}"
+    );
+
+    // The node is away for longer than the certificate's lifetime: the
+    // expired certificate proves nothing, so the agent asks with its token
+    // again (read anew from its file), without a restart.
+    f.cp.stop(1)?;
+    let chain = agent.data.join("cert-chain.pem");
+    let expiry = || -> anyhow::Result<i64> {
+        let pem = std::fs::read_to_string(&chain)?;
+        Ok(pem::validity(&pem::certs(&pem, "the agent's chain")?[0])?.1)
+    };
+    let expired = expiry()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let left = u64::try_from(expired + 1)
+        .unwrap_or(0)
+        .saturating_sub(now.as_secs());
+    tokio::time::sleep(Duration::from_secs(left)).await;
+    f.cp.restart(1).await?;
+    wait_for(
+        Duration::from_secs(60),
+        "a new certificate after the old one expired",
+        || std::future::ready(expiry().ok().filter(|e| *e > expired)),
+    )
+    .await
+    .with_context(|| agent.proc_.output())?;
+    let out = agent.proc_.output();
+    assert!(
+        out.contains("requesting a new one with the pod's token"),
+        "{out}"
+    );
+    agent.proc_.check_running()?;
+    assert_eq!(
+        agent.identity().await?,
+        format!("spiffe://{}/ns/{NS}/sa/cart", f.cp.trust_domain)
     );
     Ok(())
 }

@@ -179,9 +179,9 @@ async fn certificate(
     let tls = Arc::new(MeshTls::new(cert, loaded.id.clone(), loaded.roots.clone())?);
     tokio::spawn(identity::renew_forever(
         tls.clone(),
+        source,
         loaded.not_after,
         loaded.control_plane.clone(),
-        opts.data_dir.clone(),
         None,
     ));
     Ok((loaded, tls, network))

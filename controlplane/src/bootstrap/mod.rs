@@ -2,11 +2,13 @@
 //! (restart from the data directory). `main.rs` parses flags and calls
 //! these. What a node keeps for itself is its `node.json` ([`local`]).
 mod error;
+mod http;
 pub mod local;
 mod webhook;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -507,6 +509,9 @@ pub async fn run(
         let port = local.address.rsplit_once(':').map_or("15012", |(_, p)| p);
         webhook::start(node.clone(), kube, cert.clone(), port).await?;
     }
+    if let Some(listen) = node.settings.http_listen {
+        http::start(node.clone(), listen).await?;
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         crate::api::router(node.clone()).serve_with_incoming_shutdown(
@@ -572,10 +577,12 @@ pub async fn run(
     );
     let status = format!("node {} serving on {}", local.node_id, local.address);
     let told = notifier.clone();
+    let serving = node.clone();
     tokio::spawn(async move {
         for task in setup {
             let _ = task.await;
         }
+        serving.stats.serving.store(true, Ordering::Relaxed);
         if let Some(n) = told {
             n.ready(&status);
         }

@@ -14,6 +14,7 @@
 //!
 //! The Istio resources applied to the cluster ([`config`]) are written
 //! the same way, as more of the cluster's records.
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,6 +219,12 @@ impl Writer {
         match node.write(Command::SyncKubernetes(Box::new(sync))).await {
             Ok((index, _)) => {
                 self.written = index;
+                let stats = &node.stats;
+                stats.kube_writes.fetch_add(1, Ordering::Relaxed);
+                let records = (upserts + deletes) as u64;
+                stats
+                    .kube_records_written
+                    .fetch_add(records, Ordering::Relaxed);
                 if self.standing_by.take().is_some() || lease.is_none_or(|l| l.holder != node.id) {
                     tracing::info!(%cluster, "this node writes the cluster's Kubernetes discovery");
                 }

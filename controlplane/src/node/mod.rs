@@ -49,8 +49,19 @@ pub struct Settings {
     /// The API server of the Kubernetes cluster this node runs in, if any
     /// (`--kubernetes`).
     pub kubernetes: Option<trellis_kubernetes::client::Source>,
+    /// Where `/ready` and `/metrics` are served (`--http-listen`); `None`:
+    /// nowhere.
+    pub http_listen: Option<HttpListen>,
     /// The admission webhooks served with [`Settings::kubernetes`].
     pub webhooks: trellis_kubernetes::webhook::Options,
+}
+
+/// The HTTP port's address, and whether failing to bind it stops the node
+/// (given by the operator) or only warns (the default).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpListen {
+    pub addr: std::net::SocketAddr,
+    pub required: bool,
 }
 
 enum Local {
@@ -124,6 +135,20 @@ pub struct Node {
     forwarder: Forwarder,
     /// A client of [`Settings::kubernetes`]'s API server.
     pub kube: Option<kube::Client>,
+    /// What `/ready` and `/metrics` on `--http-listen` report.
+    pub stats: Stats,
+}
+
+/// Facts about a node that its Raft metrics and push state do not hold.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Set once the node serves: the mesh is written (`init`) and it is a
+    /// member (`join`).
+    pub serving: std::sync::atomic::AtomicBool,
+    /// Kubernetes discovery's writes to the store, and the records they
+    /// upserted or deleted.
+    pub kube_writes: std::sync::atomic::AtomicU64,
+    pub kube_records_written: std::sync::atomic::AtomicU64,
 }
 
 impl Node {
@@ -163,6 +188,7 @@ impl Node {
             peers: Mutex::new(HashMap::new()),
             forwarder: Forwarder::default(),
             kube,
+            stats: Stats::default(),
             throttle: Mutex::new(Throttle::new(
                 THROTTLE_MAX_FAILURES,
                 THROTTLE_WINDOW_SECS,

@@ -49,6 +49,11 @@ impl Streams {
         self.lock().remove(&id);
     }
 
+    /// How many streams are open.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
     pub fn is_open(&self, id: u64) -> bool {
         self.lock().contains_key(&id)
     }

@@ -317,20 +317,37 @@ async fn issue(
 /// passed (the CA backdates `notBefore`, so the remaining lifetime, not the
 /// whole, is what counts), for as long as the agent runs. After a failure it
 /// retries with backoff (capped at a minute) and keeps the current
-/// certificate meanwhile.
+/// certificate meanwhile. A pod whose certificate expired meanwhile (the
+/// control plane was out of reach for longer than its lifetime) asks with
+/// its service-account token again, as at start.
 pub async fn renew_forever(
     tls: Arc<MeshTls>,
+    source: Source,
     mut not_after: i64,
     control_plane: Vec<String>,
-    data_dir: PathBuf,
     mark: Option<u32>,
 ) {
+    let Some(data_dir) = source.data_dir() else {
+        return;
+    };
     let mut retry = Duration::from_secs(1);
     loop {
         let wait = ((not_after - unix_now()) / 2).max(1) as u64;
         tokio::time::sleep(Duration::from_secs(wait)).await;
         loop {
-            match renew_once(&tls, &control_plane, &data_dir, mark).await {
+            let renewed = match pod_token_renewal(&source, not_after, unix_now()) {
+                Some((token_file, roots, addrs)) => {
+                    tracing::warn!(
+                        not_after = %trellis_identity::rfc3339::format_rfc3339(not_after as u64),
+                        "the workload certificate has expired; requesting a new one with the pod's token"
+                    );
+                    from_pod_token(token_file, roots, addrs, data_dir, mark)
+                        .await
+                        .and_then(|l| install(&tls, l))
+                }
+                None => renew_once(&tls, &control_plane, data_dir, mark).await,
+            };
+            match renewed {
                 Ok(l) => {
                     tracing::info!(
                         not_after = %trellis_identity::rfc3339::format_rfc3339(l.not_after as u64),
@@ -372,9 +389,35 @@ async fn renew_once(
         control_plane.to_vec(),
     )
     .await?;
+    install(tls, loaded)
+}
+
+/// Serves on `loaded` from now on.
+fn install(tls: &MeshTls, loaded: Loaded) -> Result<Loaded, IdentityError> {
     tls.cert().set(&loaded.identity)?;
     tls.set_roots(loaded.roots.clone())?;
     Ok(loaded)
+}
+
+/// The pod token file, roots file and control-plane addresses to renew
+/// with when the certificate (valid until `not_after`) has expired by
+/// `now` and `source` is a pod's: an expired certificate proves nothing to
+/// the control plane, the token (read anew: the kubelet rotates it) does.
+/// `None`: renew with the current certificate.
+fn pod_token_renewal(
+    source: &Source,
+    not_after: i64,
+    now: i64,
+) -> Option<(&Path, &Path, &[String])> {
+    match source {
+        Source::Kubernetes {
+            token_file,
+            roots,
+            control_plane,
+            ..
+        } if not_after <= now => Some((token_file, roots, control_plane)),
+        _ => None,
+    }
 }
 
 fn unix_now() -> i64 {
@@ -401,6 +444,28 @@ mod tests {
             control_plane: vec!["192.0.2.1:15012".into()],
             data_dir: dir.join("data"),
         }
+    }
+
+    #[test]
+    fn only_a_pod_renews_an_expired_certificate_with_its_token() {
+        let dir = Path::new("/pod");
+        let pod = pod(dir, None);
+        let (now, valid, expired) = (1_000, 1_001, 1_000);
+        assert_eq!(pod_token_renewal(&pod, valid, now), None);
+        assert_eq!(
+            pod_token_renewal(&pod, expired, now),
+            Some((
+                dir.join("token").as_path(),
+                dir.join("root-cert.pem").as_path(),
+                &["192.0.2.1:15012".to_string()][..]
+            ))
+        );
+        // A VM's join token was redeemed once: nothing to fall back to.
+        let vm = Source::Token {
+            token: None,
+            data_dir: dir.join("data"),
+        };
+        assert_eq!(pod_token_renewal(&vm, expired, now), None);
     }
 
     #[tokio::test]

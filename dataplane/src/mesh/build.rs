@@ -176,8 +176,30 @@ pub fn build(resources: Vec<Resource>, s: &Settings, prev: Option<&Mesh>) -> Mes
             mesh.services.entry(host.clone()).or_insert(svc);
         }
     }
+    // A service without an address (a headless Kubernetes Service) is
+    // answered as Kubernetes DNS answers it: with the addresses of its
+    // ready endpoints, those reached directly (not through a gateway).
+    let headless: Vec<Service> = mesh
+        .services
+        .values()
+        .filter(|svc| svc.addresses.is_empty())
+        .filter_map(|svc| {
+            let mut addresses: Vec<IpAddr> = endpoints
+                .get(&svc.host)?
+                .iter()
+                .filter(|(_, _, via)| via.is_none())
+                .filter_map(|(_, we, _)| we.address.parse().ok())
+                .collect();
+            addresses.sort_unstable();
+            addresses.dedup();
+            Some(Service {
+                addresses,
+                ..Service::clone(svc)
+            })
+        })
+        .collect();
     mesh.dns = Arc::new(NameTable::new(
-        mesh.services.values().map(AsRef::as_ref),
+        mesh.services.values().map(AsRef::as_ref).chain(&headless),
         &s.namespace,
         &s.domain,
     ));

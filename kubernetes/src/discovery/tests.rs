@@ -202,6 +202,27 @@ fn a_service_is_a_service_entry_selecting_its_ready_pods_entries() {
     }
 }
 
+/// A headless Service (`clusterIP: None`) is a ServiceEntry without an
+/// address (agents answer its name with its endpoints' addresses) that
+/// still selects its ready pods' entries.
+#[test]
+fn a_headless_service_has_no_address_and_its_pods_entries() {
+    let mut o = reviews();
+    let (_, svc) = o.services.iter_mut().next().unwrap();
+    svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+    let rs = records(&o, &place());
+    assert_eq!(
+        rs.keys().collect::<Vec<_>>(),
+        ["ServiceEntry/prod/reviews", "WorkloadEntry/prod/r1.east"]
+    );
+    let Spec::ServiceEntry(se) = spec_of(&rs, "ServiceEntry/prod/reviews") else {
+        panic!()
+    };
+    assert!(se.addresses.is_empty(), "{:?}", se.addresses);
+    assert!(se.workload_selector.is_some());
+    rs["ServiceEntry/prod/reviews"].validate().unwrap();
+}
+
 #[test]
 fn a_v1beta1_slice_reads_like_a_v1_slice() {
     // What a 1.20 server sends: `topology` instead of `nodeName`/`zone`,

@@ -879,3 +879,65 @@ spec: {address: 10.0.1.1, labels: {app: reviews}}
         .unwrap();
     assert_eq!(r1.target_port, 8080);
 }
+
+/// A ServiceEntry without addresses (a headless Kubernetes Service) is
+/// answered by the DNS proxy with its ready endpoints reached directly:
+/// not those failing their probe, not those behind a gateway.
+#[test]
+fn a_headless_service_resolves_to_its_ready_endpoints() {
+    let m = mesh_of(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp-pg}]
+  workloadSelector: {labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db-1, namespace: default}
+spec: {address: 10.1.0.8, labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db-0, namespace: default}
+spec: {address: 10.1.0.7, labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: db-2
+  namespace: default
+  annotations: {trellis.io/health: "unhealthy: probe failed"}
+spec: {address: 10.1.0.9, labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: db-west
+  namespace: default
+  annotations: {trellis.io/gateway: "192.0.2.1:15443"}
+spec: {address: 192.0.2.1, network: net-west, labels: {app: db}}
+"#,
+    );
+    for name in ["db.default.svc.cluster.local", "db.default", "db"] {
+        let a = m.dns().lookup(name).unwrap();
+        assert_eq!(
+            a.v4,
+            [
+                "10.1.0.7".parse::<std::net::Ipv4Addr>().unwrap(),
+                "10.1.0.8".parse().unwrap()
+            ],
+            "{name}"
+        );
+    }
+    // Still no virtual address: a connection to a pod's own address is
+    // not taken for the service's.
+    assert!(m
+        .service_by_addr("10.1.0.7:5432".parse().unwrap())
+        .is_none());
+}
