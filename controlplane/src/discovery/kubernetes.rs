@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use trellis_kubernetes::config::{self, Invalid, INVALID};
 use trellis_kubernetes::discovery::watch::Mirror;
-use trellis_kubernetes::discovery::{diff, records, to_json, Place, Records};
+use trellis_kubernetes::discovery::{diff, records, to_json, Diff, Place, Records};
 
 use crate::node::{now, Node, NodeError};
 use crate::raft::state::kubernetes::{KubeLease, KubeSync};
@@ -80,7 +80,8 @@ pub async fn discover_forever(node: Arc<Node>, client: kube::Client) {
             continue;
         };
         desired.extend(custom);
-        writer.sync(&node, &place.cluster, desired).await;
+        // A large difference goes in parts, one after the other.
+        while writer.sync(&node, &place.cluster, &desired).await {}
     }
 }
 
@@ -134,8 +135,9 @@ struct Writer {
 
 impl Writer {
     /// Writes what differs between `desired` and the store, if this node
-    /// holds the lease or may take it; renews the lease when due.
-    async fn sync(&mut self, node: &Arc<Node>, cluster: &str, desired: Records) {
+    /// holds the lease or may take it; renews the lease when due. At most
+    /// [`MAX_WRITE`] records at a time: whether more are left to write.
+    async fn sync(&mut self, node: &Arc<Node>, cluster: &str, desired: &Records) -> bool {
         // Compare with a replica that has our last write: one forwarded
         // to the leader may reach this node's replica a little later,
         // and would be written again.
@@ -146,7 +148,7 @@ impl Writer {
                 written = self.written,
                 "this node's replica lags its last write; comparing at the next batch"
             );
-            return;
+            return false;
         }
         let now = now();
         let (stored, lease) = node.read_state(|s| {
@@ -158,7 +160,7 @@ impl Writer {
                 .collect();
             (stored, s.store.kube_lease(cluster))
         });
-        let d = diff(&desired, &stored);
+        let (d, more) = first_part(diff(desired, &stored), MAX_WRITE);
         if !self.compared {
             // The first comparison after a start: what a restart or a
             // takeover has to write (nothing, when nothing changed).
@@ -181,10 +183,10 @@ impl Writer {
                 );
                 self.standing_by = Some(l.holder);
             }
-            return;
+            return false;
         }
         if d.is_empty() && !renewal_due(lease.as_ref(), node.id, now) {
-            return;
+            return false;
         }
         let (upserts, deletes) = (d.upserts.len(), d.deletes.len());
         let refused: Vec<(String, Vec<u8>)> = d
@@ -244,21 +246,41 @@ impl Writer {
                         upserts,
                         deletes,
                         index,
+                        more,
                         "Kubernetes discovery wrote its changes"
                     );
                 }
+                more
             }
             Err(NodeError::Refused(why)) => {
                 tracing::info!(%why, "Kubernetes discovery's write refused");
+                false
             }
             Err(e) => {
                 if !self.failing {
                     tracing::warn!(error = %e.message(), "Kubernetes discovery cannot write; the stored records stay until it can");
                 }
                 self.failing = true;
+                false
             }
         }
     }
+}
+
+/// Most records one discovery write carries. A larger difference (a big
+/// cluster's first write, a mass change) goes in several log entries,
+/// each small enough to reach every replica within the Raft RPC timeout:
+/// one entry of thousands of records was resent whole, timing out, until
+/// the cluster's writes stalled.
+const MAX_WRITE: usize = 100;
+
+/// The first `max` changes of `d` (deletes first), and whether more are
+/// left.
+fn first_part(mut d: Diff, max: usize) -> (Diff, bool) {
+    let more = d.upserts.len() + d.deletes.len() > max;
+    d.deletes.truncate(max);
+    d.upserts.truncate(max - d.deletes.len());
+    (d, more)
 }
 
 /// How long a batch waits for this node's replica to apply its last write.
@@ -297,6 +319,22 @@ mod tests {
         assert!(!holds(Some(&lease), 2, 100));
         assert!(!holds(Some(&lease), 1, 115));
         assert!(!holds(None, 1, 100));
+    }
+
+    #[test]
+    fn a_large_difference_is_written_in_parts_deletes_first() {
+        let d = |upserts: usize, deletes: usize| Diff {
+            upserts: (0..upserts).map(|i| (format!("u{i}"), vec![])).collect(),
+            deletes: (0..deletes).map(|i| format!("d{i}")).collect(),
+        };
+        let (part, more) = first_part(d(3, 2), 4);
+        assert!(more);
+        assert_eq!(part.deletes.len(), 2);
+        assert_eq!(part.upserts.len(), 2);
+        let (part, more) = first_part(d(0, 9), 4);
+        assert!(more && part.deletes.len() == 4 && part.upserts.is_empty());
+        let (part, more) = first_part(d(2, 2), 4);
+        assert!(!more && part.upserts.len() == 2 && part.deletes.len() == 2);
     }
 
     #[test]

@@ -72,6 +72,15 @@ type Call =
 #[error("no answer within {0:?}")]
 struct TimedOut(std::time::Duration);
 
+/// How long a call of `bytes` may take: openraft's limit (for
+/// AppendEntries, about the heartbeat interval), plus a second per MiB.
+/// A large entry (a cluster's discovery write) takes longer to send and
+/// store than a heartbeat; under openraft's limit alone it timed out and
+/// was sent again, whole, again and again.
+fn time_limit(ttl: std::time::Duration, bytes: usize) -> std::time::Duration {
+    ttl + std::time::Duration::from_secs_f64(bytes as f64 / f64::from(1 << 20))
+}
+
 impl PeerConnection {
     async fn call<Req, Resp, E>(
         &mut self,
@@ -89,13 +98,10 @@ impl PeerConnection {
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
         };
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let ttl = time_limit(option.hard_ttl(), data.len());
         let fut = which(client, RaftPayload { data });
-        let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
-            Err(_) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&TimedOut(
-                    option.hard_ttl(),
-                ))))
-            }
+        let reply = match tokio::time::timeout(ttl, fut).await {
+            Err(_) => return Err(RPCError::Unreachable(Unreachable::new(&TimedOut(ttl)))),
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 return Err(RPCError::Unreachable(Unreachable::new(&status)))
             }
@@ -140,5 +146,19 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             Box::pin(async move { c.vote(p).await })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::time_limit;
+
+    #[test]
+    fn a_large_call_gets_a_second_per_mib_more() {
+        let ttl = Duration::from_millis(150);
+        assert!(time_limit(ttl, 200) < Duration::from_millis(151));
+        assert_eq!(time_limit(ttl, 3 << 20), Duration::from_millis(3150));
     }
 }
