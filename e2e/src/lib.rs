@@ -45,6 +45,7 @@ pub mod loopback;
 pub mod mesh;
 pub mod netns;
 mod process;
+pub mod reviews;
 pub mod shared;
 pub mod steady;
 pub mod third_party;

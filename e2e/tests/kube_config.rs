@@ -6,14 +6,13 @@
 //! follow the VirtualService and DestinationRule applied to the cluster.
 //! No validating webhook is installed here: an invalid resource reaches
 //! the API server, as when the webhook was bypassed.
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use trellis_e2e::kube::{unavailable, KubeCluster, Options};
 use trellis_e2e::loopback::Block;
-use trellis_e2e::{bin, wait_for, Cluster, Proc};
+use trellis_e2e::reviews::{client_agent, echo, versions, HOST};
+use trellis_e2e::{wait_for, Cluster, Proc};
 
 /// Loopback block series of this test binary: `127.52.N.0/24`.
 const SERIES: u8 = 52;
@@ -21,7 +20,6 @@ const CLIENT: u8 = 10;
 const V1: u8 = 11;
 const V2: u8 = 12;
 
-const HOST: &str = "reviews.default.svc.cluster.local";
 const SOURCE: &str = "kubernetes/cluster-1";
 
 /// reviews as `trellis apply` registers it: a ServiceEntry and a
@@ -67,61 +65,6 @@ spec:
     - destination: {{host: {HOST}, subset: {subset}}}
 "
     )
-}
-
-/// `curl -s -m 5 URL`: the version of reviews that answered, or why not.
-fn hit(url: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    if code.trim() != "200" {
-        return format!("status {}", code.trim());
-    }
-    let v: Value = serde_json::from_str(body).unwrap_or_default();
-    v["version"].as_str().unwrap_or("?").to_string()
-}
-
-/// The versions that answered `n` requests, sorted and deduplicated.
-fn versions(url: &str, n: usize) -> Vec<String> {
-    let mut v: Vec<String> = (0..n).map(|_| hit(url)).collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
-fn echo(dir: &Path, ip: &str, version: &str) -> anyhow::Result<Proc> {
-    Proc::spawn(
-        &format!("echo-{version}"),
-        Command::new(bin("trellis-echo")).args([
-            "--http",
-            &format!("{ip}:9080"),
-            "--name",
-            "reviews",
-            "--version",
-            version,
-        ]),
-        &dir.join(format!("echo-{version}.log")),
-    )
-}
-
-/// A client agent on `ip` with an explicit upstream to reviews.
-fn client_agent(dir: &Path, ip: &str, token: &str) -> anyhow::Result<Proc> {
-    let data = dir.join("client");
-    let mut cmd = Command::new(bin("trellis-agent"));
-    cmd.args(["--token", token, "--data-dir", &data.display().to_string()]);
-    trellis_e2e::agent_listeners(&mut cmd, ip);
-    cmd.args([
-        "--app-host",
-        ip,
-        "--access-log",
-        "false",
-        "--upstream",
-        &format!("{ip}:19080={HOST}:9080"),
-    ]);
-    Proc::spawn("agent-client", &mut cmd, &dir.join("agent-client.log"))
 }
 
 /// An API server; a one-node control plane in its cluster started with

@@ -5,8 +5,6 @@
 //! real request to the echo server listening on each pod's IP. There is
 //! no kubelet: the test binds the pods to a Node object and writes their
 //! status (IP, readiness) itself.
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
@@ -17,7 +15,8 @@ use trellis_agent::dns::testing::{addresses, query};
 use trellis_agent::dns::Transport;
 use trellis_e2e::kube::{unavailable, KubeCluster, Options};
 use trellis_e2e::loopback::Block;
-use trellis_e2e::{bin, wait_for, Cluster, Proc};
+use trellis_e2e::reviews::{client_agent, echo, versions, HOST};
+use trellis_e2e::{wait_for, Cluster, Proc};
 use trellis_kubernetes::client::{client, Source};
 
 /// Loopback block series of this test binary: `127.47.N.0/24`.
@@ -26,8 +25,6 @@ const CLIENT: u8 = 10;
 const POD_1: u8 = 11;
 const POD_2: u8 = 12;
 const VM: u8 = 13;
-
-const HOST: &str = "reviews.default.svc.cluster.local";
 
 /// The Node (with topology labels), the Service and its pods' account.
 const OBJECTS: &str = r#"
@@ -96,29 +93,6 @@ async fn set_status(pods: &Api<Pod>, name: &str, ip: &str, ready: bool) -> anyho
     Ok(())
 }
 
-/// `curl -s -m 5 URL`: the version of reviews that answered, or why not.
-fn hit(url: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    if code.trim() != "200" {
-        return format!("status {}", code.trim());
-    }
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    v["version"].as_str().unwrap_or("?").to_string()
-}
-
-/// The versions that answered `n` requests, sorted and deduplicated.
-fn versions(url: &str, n: usize) -> Vec<String> {
-    let mut v: Vec<String> = (0..n).map(|_| hit(url)).collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
 /// `trellis get KIND -o json` as a list of resources.
 fn get(cp: &Cluster, kind: &str) -> Vec<serde_json::Value> {
     let out = cp.cli(&["get", kind, "-o", "json"]).unwrap_or_default();
@@ -162,38 +136,6 @@ fn pod_entries(cp: &Cluster) -> Vec<String> {
         .filter(|r| r["metadata"]["annotations"]["trellis.io/source"] == "kubernetes/cluster-1")
         .filter_map(|r| r["metadata"]["name"].as_str().map(String::from))
         .collect()
-}
-
-fn echo(dir: &Path, ip: &str, version: &str) -> anyhow::Result<Proc> {
-    Proc::spawn(
-        &format!("echo-{version}"),
-        Command::new(bin("trellis-echo")).args([
-            "--http",
-            &format!("{ip}:9080"),
-            "--name",
-            "reviews",
-            "--version",
-            version,
-        ]),
-        &dir.join(format!("echo-{version}.log")),
-    )
-}
-
-/// A client agent on `ip` with an explicit upstream to reviews.
-fn client_agent(dir: &Path, ip: &str, token: &str) -> anyhow::Result<Proc> {
-    let data = dir.join("client");
-    let mut cmd = Command::new(bin("trellis-agent"));
-    cmd.args(["--token", token, "--data-dir", &data.display().to_string()]);
-    trellis_e2e::agent_listeners(&mut cmd, ip);
-    cmd.args([
-        "--app-host",
-        ip,
-        "--access-log",
-        "false",
-        "--upstream",
-        &format!("{ip}:19080={HOST}:9080"),
-    ]);
-    Proc::spawn("agent-client", &mut cmd, &dir.join("agent-client.log"))
 }
 
 /// A Kubernetes cluster (with its controller manager) holding [`OBJECTS`]

@@ -57,48 +57,39 @@ spec:
   template: {serviceAccount: reviews}
 "#;
 
-/// reviews v1 and v2 in `south`, injected; the Service is in both
-/// clusters (as Istio's multi-cluster guides have it: a client's cluster
-/// names the Service for its DNS), with pods in south only.
-const SOUTH_REVIEWS: &str = r#"
+/// reviews' service account, in `south`.
+const ACCOUNT: &str = r#"
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: reviews, namespace: default}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: reviews-v1, namespace: default}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: reviews, version: v1}}
-  template:
-    metadata: {labels: {app: reviews, version: v1}}
-    spec:
-      serviceAccountName: reviews
-      containers:
-      - name: reviews
-        image: trellis/echo
-        args: [--http, 0.0.0.0:9080, --name, reviews-v1]
-        ports: [{name: http, containerPort: 9080}]
-        readinessProbe: {tcpSocket: {port: http}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: reviews-v2, namespace: default}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: reviews, version: v2}}
-  template:
-    metadata: {labels: {app: reviews, version: v2}}
-    spec:
-      serviceAccountName: reviews
-      containers:
-      - name: reviews
-        image: trellis/echo
-        args: [--http, 0.0.0.0:9080, --name, reviews-v2]
-        ports: [{name: http, containerPort: 9080}]
-        readinessProbe: {tcpSocket: {port: http}}
 "#;
+
+/// reviews `version` in `south`, injected (its namespace is labelled).
+/// The Service is in both clusters (as Istio's multi-cluster guides have
+/// it: a client's cluster names the Service for its DNS), with pods in
+/// south only.
+fn deployment(version: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: reviews-{version}, namespace: default}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: reviews, version: {version}}}}}
+  template:
+    metadata: {{labels: {{app: reviews, version: {version}}}}}
+    spec:
+      serviceAccountName: reviews
+      containers:
+      - name: reviews
+        image: trellis/echo
+        args: [--http, 0.0.0.0:9080, --name, reviews-{version}]
+        ports: [{{name: http, containerPort: 9080}}]
+        readinessProbe: {{tcpSocket: {{port: http}}}}
+"#
+    )
+}
 
 const SERVICE: &str = r#"
 apiVersion: v1
@@ -230,7 +221,12 @@ impl Scenario {
         }
         south
             .api
-            .kubectl_stdin(&["apply", "-f", "-"], Some(SOUTH_REVIEWS))?;
+            .kubectl_stdin(&["apply", "-f", "-"], Some(ACCOUNT))?;
+        for version in ["v1", "v2"] {
+            south
+                .api
+                .kubectl_stdin(&["apply", "-f", "-"], Some(&deployment(version)))?;
+        }
         east.api.kubectl_stdin(&["apply", "-f", "-"], Some(SLEEP))?;
         wait_for(
             Duration::from_secs(60),

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -72,13 +73,20 @@ type Call =
 #[error("no answer within {0:?}")]
 struct TimedOut(std::time::Duration);
 
-/// How long a call of `bytes` may take: openraft's limit (for
-/// AppendEntries, about the heartbeat interval), plus a second per MiB.
-/// A large entry (a cluster's discovery write) takes longer to send and
-/// store than a heartbeat; under openraft's limit alone it timed out and
-/// was sent again, whole, again and again.
-fn time_limit(ttl: std::time::Duration, bytes: usize) -> std::time::Duration {
-    ttl + std::time::Duration::from_secs_f64(bytes as f64 / f64::from(1 << 20))
+/// Most bytes of entries one AppendEntries carries when it has more than
+/// one. openraft gives an AppendEntries the heartbeat interval to answer
+/// and sends a lagging follower up to 300 entries at once: a learner that
+/// fell behind a cluster's large discovery writes was sent megabytes that
+/// could not arrive in time, again and again. Above this size the call is
+/// refused as too large with a hint of how many entries fit, and openraft
+/// sends fewer.
+const MAX_APPEND_BYTES: u64 = 256 << 10;
+
+/// How many of `entries` entries of `bytes` bytes fit in
+/// [`MAX_APPEND_BYTES`], if not all do (at least one).
+fn entries_that_fit(entries: usize, bytes: u64) -> Option<u64> {
+    (entries > 1 && bytes > MAX_APPEND_BYTES)
+        .then(|| (entries as u64 * MAX_APPEND_BYTES / bytes).max(1))
 }
 
 impl PeerConnection {
@@ -98,10 +106,13 @@ impl PeerConnection {
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
         };
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let ttl = time_limit(option.hard_ttl(), data.len());
         let fut = which(client, RaftPayload { data });
-        let reply = match tokio::time::timeout(ttl, fut).await {
-            Err(_) => return Err(RPCError::Unreachable(Unreachable::new(&TimedOut(ttl)))),
+        let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
+            Err(_) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&TimedOut(
+                    option.hard_ttl(),
+                ))))
+            }
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 return Err(RPCError::Unreachable(Unreachable::new(&status)))
             }
@@ -120,6 +131,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        let bytes = bincode::serialized_size(&rpc).unwrap_or(0);
+        if let Some(hint) = entries_that_fit(rpc.entries.len(), bytes) {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
         self.call(&rpc, &option, |mut c, p| {
             Box::pin(async move { c.append_entries(p).await })
         })
@@ -151,14 +168,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use super::time_limit;
+    use super::{entries_that_fit, MAX_APPEND_BYTES};
 
     #[test]
-    fn a_large_call_gets_a_second_per_mib_more() {
-        let ttl = Duration::from_millis(150);
-        assert!(time_limit(ttl, 200) < Duration::from_millis(151));
-        assert_eq!(time_limit(ttl, 3 << 20), Duration::from_millis(3150));
+    fn too_many_bytes_of_entries_are_sent_in_fewer() {
+        assert_eq!(entries_that_fit(300, MAX_APPEND_BYTES), None);
+        assert_eq!(entries_that_fit(300, MAX_APPEND_BYTES * 4), Some(75));
+        assert_eq!(entries_that_fit(3, MAX_APPEND_BYTES * 100), Some(1));
+        // One entry goes whatever its size: it cannot be split.
+        assert_eq!(entries_that_fit(1, MAX_APPEND_BYTES * 100), None);
     }
 }
