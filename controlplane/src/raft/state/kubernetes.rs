@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::registry::StoredConfig;
+pub use super::registry::KUBE_PREFIX;
 use super::{dec, Response, Store};
 
-pub const KUBE_PREFIX: &str = "kube/";
 const LEASE_PREFIX: &str = "kube-lease/";
 
 /// `kube/CLUSTER/`: the prefix of a cluster's records.

@@ -13,10 +13,12 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::kubernetes::KUBE_PREFIX;
 use super::{dec, enc, Response, Store};
 
 pub const CONFIG_PREFIX: &str = "config/";
+/// Where a Kubernetes cluster's discovery records are (`kube/CLUSTER/...`,
+/// [`super::kubernetes`]).
+pub const KUBE_PREFIX: &str = "kube/";
 pub const VIP_PREFIX: &str = "vip/";
 pub const WORKLOAD_PREFIX: &str = "workload/";
 pub const GATEWAY_PREFIX: &str = "gateway/";
