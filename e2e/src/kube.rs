@@ -380,3 +380,21 @@ fn first_ip(cidr: &str) -> anyhow::Result<Ipv4Addr> {
     let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
     Ok(Ipv4Addr::from((u32::from(addr) & mask) + 1))
 }
+
+/// The line of `node`'s second "compared the cluster with the store" (the
+/// first comparison after a restart: its log holds both runs), once
+/// written.
+pub async fn comparison_after_restart(node: &crate::NodeProc) -> anyhow::Result<String> {
+    crate::wait_for(
+        Duration::from_secs(30),
+        "the first comparison after the restart",
+        || async {
+            node.output()
+                .lines()
+                .filter(|l| l.contains("Kubernetes discovery compared the cluster with the store"))
+                .nth(1)
+                .map(String::from)
+        },
+    )
+    .await
+}

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use trellis_e2e::kube::{unavailable, KubeCluster, Options};
+use trellis_e2e::kube::{comparison_after_restart, unavailable, KubeCluster, Options};
 use trellis_e2e::loopback::Block;
 use trellis_e2e::reviews::{client_agent, echo, versions, HOST};
 use trellis_e2e::{wait_for, Cluster, Proc};
@@ -294,19 +294,7 @@ async fn an_invalid_resource_is_not_in_force_and_a_restart_writes_nothing() -> a
     f.cp.stop(1)?;
     f.cp.restart(1).await?;
     let node = f.cp.node(1);
-    let compared = "Kubernetes discovery compared the cluster with the store";
-    let line = wait_for(
-        Duration::from_secs(30),
-        "the first comparison after the restart",
-        || async {
-            node.output()
-                .lines()
-                .filter(|l| l.contains(compared))
-                .nth(1)
-                .map(String::from)
-        },
-    )
-    .await?;
+    let line = comparison_after_restart(node).await?;
     assert!(
         line.contains("upserts=0") && line.contains("deletes=0"),
         "{line}"

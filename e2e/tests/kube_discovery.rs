@@ -13,7 +13,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use trellis_agent::dns::testing::{addresses, query};
 use trellis_agent::dns::Transport;
-use trellis_e2e::kube::{unavailable, KubeCluster, Options};
+use trellis_e2e::kube::{comparison_after_restart, unavailable, KubeCluster, Options};
 use trellis_e2e::loopback::Block;
 use trellis_e2e::reviews::{client_agent, echo, versions, HOST};
 use trellis_e2e::{wait_for, Cluster, Proc};
@@ -324,7 +324,6 @@ async fn a_clusters_service_and_ready_pods_reach_the_agents_and_survive_a_restar
             .matches("Kubernetes discovery wrote its changes")
             .count()
     };
-    let compared = "Kubernetes discovery compared the cluster with the store";
     let before = wrote(&f.cp);
     f.cp.stop(1)?;
     f.cp.restart(1).await?;
@@ -334,18 +333,7 @@ async fn a_clusters_service_and_ready_pods_reach_the_agents_and_survive_a_restar
         "kept across the restart"
     );
     let node = f.cp.node(1);
-    let line = wait_for(
-        Duration::from_secs(30),
-        "the first comparison after the restart",
-        || async {
-            node.output()
-                .lines()
-                .filter(|l| l.contains(compared))
-                .nth(1)
-                .map(String::from)
-        },
-    )
-    .await?;
+    let line = comparison_after_restart(node).await?;
     assert!(
         line.contains("upserts=0") && line.contains("deletes=0"),
         "{line}"
